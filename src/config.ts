@@ -1,0 +1,300 @@
+// One typed configuration for every part of meshcc: defaults, then the TOML file
+// (~/.config/meshcc/config.toml or MESHCC_CONF), then environment variables.
+// Kept free of heavy imports: the per-compile launcher loads it too.
+import { readFileSync } from 'node:fs'
+import { homedir, availableParallelism, userInfo } from 'node:os'
+import { join, resolve, dirname } from 'node:path'
+import { parse as parseToml } from 'smol-toml'
+
+export type LogLevel = 'error' | 'warn' | 'info' | 'debug'
+export const LOG_LEVELS: readonly LogLevel[] = ['error', 'warn', 'info', 'debug']
+
+export interface Config {
+  /** the file the settings came from, or null when none exists (defaults only) */
+  file: string | null
+  /** directory of the config file: identity and mesh key live beside it by default */
+  configDir: string
+  daemon: {
+    socket: string
+    /** seconds without a request before the daemon exits; 0 = never */
+    idleTimeout: number
+  }
+  cache: {
+    dir: string
+    /** bytes */
+    size: number
+  }
+  log: { level: LogLevel }
+  build: {
+    /** compiles this machine runs for itself at once */
+    localSlots: number
+    /** cores offered to the mesh */
+    cores: number
+  }
+  mesh: {
+    enabled: boolean
+    listen: string[]
+    bootstrap: string[]
+    mdns: boolean
+    dht: boolean
+    keyFile: string
+    identityFile: string
+    allow: string[]
+    deny: string[]
+    name: string
+  }
+  shim: {
+    enabled: boolean
+    listen: string
+  }
+}
+
+/** One clear line for the user: which file, which key, what is wrong. */
+export class ConfigError extends Error {
+  constructor(message: string) {
+    super(message)
+    this.name = 'ConfigError'
+  }
+}
+
+export const DEFAULT_MESH_PORT = 10650
+export const DEFAULT_SHIM_LISTEN = '127.0.0.1:10600'
+
+export function expandHome(p: string): string {
+  if (p === '~') return homedir()
+  if (p.startsWith('~/')) return join(homedir(), p.slice(2))
+  return p
+}
+
+function defaultConfigDir(env: NodeJS.ProcessEnv): string {
+  const base = env.XDG_CONFIG_HOME && env.XDG_CONFIG_HOME !== '' ? env.XDG_CONFIG_HOME : join(homedir(), '.config')
+  return join(base, 'meshcc')
+}
+
+function defaultCacheDir(env: NodeJS.ProcessEnv): string {
+  const base = env.XDG_CACHE_HOME && env.XDG_CACHE_HOME !== '' ? env.XDG_CACHE_HOME : join(homedir(), '.cache')
+  return join(base, 'meshcc')
+}
+
+function defaultSocket(env: NodeJS.ProcessEnv): string {
+  const runtime = env.XDG_RUNTIME_DIR
+  if (runtime && runtime !== '') return join(runtime, 'meshcc', 'daemon.sock')
+  return join('/tmp', `meshcc-${userInfo().uid}`, 'daemon.sock')
+}
+
+const SIZE_UNITS: Record<string, number> = {
+  '': 1, B: 1,
+  K: 1024, KB: 1000, KIB: 1024,
+  M: 1024 ** 2, MB: 1000 ** 2, MIB: 1024 ** 2,
+  G: 1024 ** 3, GB: 1000 ** 3, GIB: 1024 ** 3,
+  T: 1024 ** 4, TB: 1000 ** 4, TIB: 1024 ** 4
+}
+
+/** "10G", "500M", "1.5GiB", "4096" → bytes; null when the text is not a size. */
+export function parseSize(text: string | number): number | null {
+  if (typeof text === 'number') return Number.isFinite(text) && text >= 0 ? Math.floor(text) : null
+  const m = /^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$/.exec(text)
+  if (!m) return null
+  const unit = SIZE_UNITS[m[2].toUpperCase()]
+  if (unit === undefined) return null
+  return Math.floor(Number(m[1]) * unit)
+}
+
+export function formatSize(bytes: number): string {
+  const units = ['bytes', 'KiB', 'MiB', 'GiB', 'TiB']
+  let v = bytes
+  let i = 0
+  while (v >= 1024 && i < units.length - 1) { v /= 1024; i++ }
+  return i === 0 ? `${bytes} bytes` : `${v.toFixed(1)} ${units[i]}`
+}
+
+type Table = Record<string, unknown>
+
+/** Reads typed values out of one TOML table, reporting wrong types and unknown keys. */
+class Section {
+  private readonly seen = new Set<string>()
+  constructor(private readonly file: string, private readonly name: string, private readonly table: Table) {}
+
+  private where(key: string): string { return `${this.file}: [${this.name}] ${key}` }
+
+  private take(key: string): unknown {
+    this.seen.add(key)
+    return this.table[key]
+  }
+
+  string(key: string, fallback: string): string {
+    const v = this.take(key)
+    if (v === undefined) return fallback
+    if (typeof v !== 'string') throw new ConfigError(`${this.where(key)}: expected a string, got ${describe(v)}`)
+    return v
+  }
+
+  bool(key: string, fallback: boolean): boolean {
+    const v = this.take(key)
+    if (v === undefined) return fallback
+    if (typeof v !== 'boolean') throw new ConfigError(`${this.where(key)}: expected true or false, got ${describe(v)}`)
+    return v
+  }
+
+  int(key: string, fallback: number, min: number, max = Number.MAX_SAFE_INTEGER): number {
+    const v = this.take(key)
+    if (v === undefined) return fallback
+    const n = typeof v === 'bigint' ? Number(v) : v
+    if (typeof n !== 'number' || !Number.isInteger(n)) throw new ConfigError(`${this.where(key)}: expected a whole number, got ${describe(v)}`)
+    if (n < min || n > max) throw new ConfigError(`${this.where(key)}: ${n} is out of range (${min} to ${max})`)
+    return n
+  }
+
+  size(key: string, fallback: number): number {
+    const v = this.take(key)
+    if (v === undefined) return fallback
+    const n = typeof v === 'bigint' ? Number(v) : v
+    const bytes = typeof n === 'string' || typeof n === 'number' ? parseSize(n) : null
+    if (bytes === null) throw new ConfigError(`${this.where(key)}: expected a size such as "10G" or "500M", got ${describe(v)}`)
+    return bytes
+  }
+
+  stringList(key: string, fallback: string[]): string[] {
+    const v = this.take(key)
+    if (v === undefined) return fallback
+    if (!Array.isArray(v) || v.some((x) => typeof x !== 'string')) throw new ConfigError(`${this.where(key)}: expected a list of strings, got ${describe(v)}`)
+    return v as string[]
+  }
+
+  oneOf<T extends string>(key: string, fallback: T, allowed: readonly T[]): T {
+    const v = this.string(key, fallback)
+    if (!(allowed as readonly string[]).includes(v)) throw new ConfigError(`${this.where(key)}: "${v}" is not one of ${allowed.join(', ')}`)
+    return v as T
+  }
+
+  /** Call after reading every known key: any key left over is a mistake worth reporting. */
+  done(): void {
+    for (const key of Object.keys(this.table)) {
+      if (!this.seen.has(key)) throw new ConfigError(`${this.file}: unknown key [${this.name}] ${key}`)
+    }
+  }
+}
+
+function describe(v: unknown): string {
+  if (Array.isArray(v)) return 'a list'
+  if (v === null) return 'null'
+  if (typeof v === 'object') return 'a table'
+  if (typeof v === 'string') return `"${v}"`
+  return `${typeof v} ${String(v)}`
+}
+
+const KNOWN_SECTIONS = ['daemon', 'cache', 'log', 'build', 'mesh', 'shim'] as const
+
+function readToml(file: string): Table {
+  let text: string
+  try {
+    text = readFileSync(file, 'utf8')
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException
+    if (e.code === 'ENOENT') return {}
+    throw new ConfigError(`${file}: cannot read config (${e.code ?? e.message})`)
+  }
+  try {
+    return parseToml(text) as Table
+  } catch (err) {
+    const e = err as Error & { line?: number; column?: number }
+    const firstLine = String(e.message).split('\n')[0]
+    const where = e.line !== undefined ? `line ${e.line}` : 'syntax'
+    throw new ConfigError(`${file}: ${where}: ${firstLine.replace(/^Invalid TOML document:\s*/i, '')}`)
+  }
+}
+
+function envInt(env: NodeJS.ProcessEnv, name: string): number | undefined {
+  const v = env[name]
+  if (v === undefined || v === '') return undefined
+  if (!/^\d+$/.test(v.trim())) throw new ConfigError(`environment ${name}: expected a whole number, got "${v}"`)
+  return Number(v.trim())
+}
+
+/**
+ * Load the configuration. `env` defaults to process.env; tests pass their own.
+ * Throws ConfigError with a one-line message on any problem.
+ */
+export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
+  const explicit = env.MESHCC_CONF && env.MESHCC_CONF !== '' ? resolve(expandHome(env.MESHCC_CONF)) : null
+  const file = explicit ?? join(defaultConfigDir(env), 'config.toml')
+  const doc = readToml(file)
+  const exists = Object.keys(doc).length > 0 || explicit !== null
+  const configDir = explicit ? dirname(explicit) : defaultConfigDir(env)
+
+  for (const key of Object.keys(doc)) {
+    if (!(KNOWN_SECTIONS as readonly string[]).includes(key)) {
+      throw new ConfigError(typeof doc[key] === 'object' && !Array.isArray(doc[key])
+        ? `${file}: unknown section [${key}]`
+        : `${file}: unknown key ${key} (keys belong in a section such as [daemon] or [cache])`)
+    }
+    if (typeof doc[key] !== 'object' || Array.isArray(doc[key])) throw new ConfigError(`${file}: ${key} must be a section ([${key}])`)
+  }
+  const section = (name: string) => new Section(file, name, (doc[name] as Table | undefined) ?? {})
+
+  const cores = availableParallelism()
+  const daemon = section('daemon')
+  const cache = section('cache')
+  const log = section('log')
+  const build = section('build')
+  const mesh = section('mesh')
+  const shim = section('shim')
+
+  const cfg: Config = {
+    file: exists ? file : null,
+    configDir,
+    daemon: {
+      socket: expandHome(daemon.string('socket', defaultSocket(env))),
+      idleTimeout: daemon.int('idle_timeout', 600, 0)
+    },
+    cache: {
+      dir: expandHome(cache.string('dir', defaultCacheDir(env))),
+      size: cache.size('size', 10 * 1024 ** 3)
+    },
+    log: { level: log.oneOf('level', 'info', LOG_LEVELS) },
+    build: {
+      localSlots: build.int('local_slots', cores, 0, 4096),
+      cores: build.int('cores', cores, 0, 4096)
+    },
+    mesh: {
+      enabled: mesh.bool('enabled', true),
+      listen: mesh.stringList('listen', [`/ip4/0.0.0.0/tcp/${DEFAULT_MESH_PORT}`]),
+      bootstrap: mesh.stringList('bootstrap', []),
+      mdns: mesh.bool('mdns', true),
+      dht: mesh.bool('dht', true),
+      keyFile: expandHome(mesh.string('key_file', join(configDir, 'mesh.key'))),
+      identityFile: expandHome(mesh.string('identity_file', join(configDir, 'identity.key'))),
+      allow: mesh.stringList('allow', []),
+      deny: mesh.stringList('deny', []),
+      name: mesh.string('name', '')
+    },
+    shim: {
+      enabled: shim.bool('enabled', false),
+      listen: shim.string('listen', DEFAULT_SHIM_LISTEN)
+    }
+  }
+  for (const s of [daemon, cache, log, build, mesh, shim]) s.done()
+
+  // Environment variables override the file.
+  if (env.MESHCC_SOCKET) cfg.daemon.socket = resolve(expandHome(env.MESHCC_SOCKET))
+  if (env.MESHCC_DIR) cfg.cache.dir = resolve(expandHome(env.MESHCC_DIR))
+  if (env.MESHCC_CACHE_SIZE) {
+    const bytes = parseSize(env.MESHCC_CACHE_SIZE)
+    if (bytes === null) throw new ConfigError(`environment MESHCC_CACHE_SIZE: expected a size such as "10G", got "${env.MESHCC_CACHE_SIZE}"`)
+    cfg.cache.size = bytes
+  }
+  if (env.MESHCC_LOG) {
+    const level = env.MESHCC_LOG.toLowerCase()
+    if (!(LOG_LEVELS as readonly string[]).includes(level)) throw new ConfigError(`environment MESHCC_LOG: "${env.MESHCC_LOG}" is not one of ${LOG_LEVELS.join(', ')}`)
+    cfg.log.level = level as LogLevel
+  }
+  const idle = envInt(env, 'MESHCC_IDLE_TIMEOUT')
+  if (idle !== undefined) cfg.daemon.idleTimeout = idle
+  const slots = envInt(env, 'MESHCC_LOCAL_SLOTS')
+  if (slots !== undefined) cfg.build.localSlots = slots
+
+  if (Buffer.byteLength(cfg.daemon.socket) > 100) {
+    throw new ConfigError(`${file}: [daemon] socket: path is too long for a unix socket (${Buffer.byteLength(cfg.daemon.socket)} bytes, at most 100): ${cfg.daemon.socket}`)
+  }
+  return cfg
+}
