@@ -1,0 +1,258 @@
+// On-disk (and later on-the-wire) format of one cache entry. Everything read back is
+// length-checked and checksummed, so a truncated, corrupted or hostile buffer is refused
+// with a one-line reason instead of being returned as a compile result.
+//
+// Layout, integers little-endian:
+//   header (52 bytes)
+//     0  8  magic "MESHCC01"
+//     8  1  format version (1)
+//     9  1  body encoding: 0 = stored, 1 = raw deflate
+//    10  2  reserved, zero
+//    12  4  payload length (uncompressed)
+//    16  4  body length (bytes that follow the header)
+//    20 32  sha256 of the uncompressed payload
+//   body: the payload, encoded as the header says
+//   payload
+//     i32 exit code
+//     u32 length + stdout bytes
+//     u32 length + stderr bytes
+//     u16 output count, each: u8 name length + ASCII name, u32 length + data
+//     u16 meta count, each: u16 length + UTF-8 key, u16 length + UTF-8 value
+//     (nothing after the last field)
+import { createHash, webcrypto } from 'node:crypto'
+import { promisify } from 'node:util'
+import { deflateRaw, inflateRaw, constants as zlibConstants } from 'node:zlib'
+
+export interface CacheEntry {
+  /** always 0 for stored entries */
+  exitCode: number
+  stdout: Buffer
+  stderr: Buffer
+  /** e.g. { name: 'obj', data }, { name: 'dep', data } */
+  outputs: Array<{ name: string; data: Buffer }>
+  /** free-form small strings (compiler, source name, ...) */
+  meta?: Record<string, string>
+}
+
+/** A buffer that is not a valid entry, or an entry that cannot be encoded. */
+export class EntryFormatError extends Error {
+  constructor(message: string) {
+    super(message)
+    this.name = 'EntryFormatError'
+  }
+}
+
+export const ENTRY_MAGIC = Buffer.from('MESHCC01', 'latin1')
+export const ENTRY_VERSION = 1
+export const HEADER_LENGTH = 52
+export const ENCODING_STORED = 0
+export const ENCODING_DEFLATE = 1
+
+/** Largest uncompressed payload accepted by default; bigger outputs are not worth caching. */
+export const MAX_PAYLOAD_BYTES = 1024 ** 3
+export const MAX_OUTPUTS = 64
+export const MAX_META = 256
+export const MAX_META_KEY_BYTES = 256
+export const MAX_META_VALUE_BYTES = 0xffff
+/** Output names may end up in file names, so keep them short and plain. */
+export const OUTPUT_NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/
+
+const deflateRawAsync = promisify(deflateRaw)
+const inflateRawAsync = promisify(inflateRaw)
+const utf8 = new TextDecoder('utf-8', { fatal: true })
+
+// Hashing large buffers on the main thread would stall the daemon; WebCrypto runs it on
+// the libuv pool. Small buffers are cheaper to hash inline than to hand off.
+async function sha256(data: Buffer): Promise<Buffer> {
+  if (data.length < 64 * 1024) return createHash('sha256').update(data).digest()
+  const view = new Uint8Array(data.buffer as ArrayBuffer, data.byteOffset, data.byteLength)
+  return Buffer.from(await webcrypto.subtle.digest('SHA-256', view))
+}
+
+function fail(message: string): never {
+  throw new EntryFormatError(message)
+}
+
+function isBytes(v: unknown): v is Uint8Array {
+  return v instanceof Uint8Array
+}
+
+function packPayload(entry: CacheEntry): Buffer {
+  if (entry === null || typeof entry !== 'object') fail('cannot encode cache entry: not an object')
+  const { exitCode, stdout, stderr, outputs, meta } = entry
+  if (!Number.isInteger(exitCode) || exitCode < -0x80000000 || exitCode > 0x7fffffff) fail(`cannot encode cache entry: bad exit code ${String(exitCode)}`)
+  if (!isBytes(stdout) || !isBytes(stderr)) fail('cannot encode cache entry: stdout and stderr must be Buffers')
+  if (!Array.isArray(outputs)) fail('cannot encode cache entry: outputs must be an array')
+  if (outputs.length > MAX_OUTPUTS) fail(`cannot encode cache entry: ${outputs.length} outputs (at most ${MAX_OUTPUTS})`)
+
+  let size = 4 + 4 + stdout.length + 4 + stderr.length + 2 + 2 // exit, stdout, stderr, both counts
+  const names = new Set<string>()
+  for (const out of outputs) {
+    if (out === null || typeof out !== 'object' || typeof out.name !== 'string' || !OUTPUT_NAME_RE.test(out.name)) {
+      fail(`cannot encode cache entry: bad output name ${JSON.stringify(String(out?.name)).slice(0, 80)}`)
+    }
+    if (names.has(out.name)) fail(`cannot encode cache entry: duplicate output "${out.name}"`)
+    names.add(out.name)
+    if (!isBytes(out.data)) fail(`cannot encode cache entry: output "${out.name}" data must be a Buffer`)
+    size += 1 + out.name.length + 4 + out.data.length
+  }
+
+  const metaPairs: Array<[Buffer, Buffer]> = []
+  if (meta !== undefined) {
+    if (meta === null || typeof meta !== 'object') fail('cannot encode cache entry: meta must be an object')
+    const keys = Object.keys(meta)
+    if (keys.length > MAX_META) fail(`cannot encode cache entry: ${keys.length} meta keys (at most ${MAX_META})`)
+    for (const k of keys) {
+      const v = meta[k]
+      if (typeof v !== 'string') fail(`cannot encode cache entry: meta "${k.slice(0, 40)}" is not a string`)
+      const kb = Buffer.from(k, 'utf8')
+      const vb = Buffer.from(v, 'utf8')
+      if (kb.length === 0 || kb.length > MAX_META_KEY_BYTES) fail(`cannot encode cache entry: meta key of ${kb.length} bytes (1 to ${MAX_META_KEY_BYTES})`)
+      if (vb.length > MAX_META_VALUE_BYTES) fail(`cannot encode cache entry: meta "${k.slice(0, 40)}" is ${vb.length} bytes (at most ${MAX_META_VALUE_BYTES})`)
+      metaPairs.push([kb, vb])
+      size += 2 + kb.length + 2 + vb.length
+    }
+  }
+  if (size > MAX_PAYLOAD_BYTES) fail(`cannot encode cache entry: ${size} bytes (at most ${MAX_PAYLOAD_BYTES})`)
+
+  const buf = Buffer.allocUnsafe(size)
+  let pos = buf.writeInt32LE(exitCode, 0)
+  pos = buf.writeUInt32LE(stdout.length, pos); buf.set(stdout, pos); pos += stdout.length
+  pos = buf.writeUInt32LE(stderr.length, pos); buf.set(stderr, pos); pos += stderr.length
+  pos = buf.writeUInt16LE(outputs.length, pos)
+  for (const out of outputs) {
+    pos = buf.writeUInt8(out.name.length, pos)
+    pos += buf.write(out.name, pos, 'latin1')
+    pos = buf.writeUInt32LE(out.data.length, pos)
+    buf.set(out.data, pos); pos += out.data.length
+  }
+  pos = buf.writeUInt16LE(metaPairs.length, pos)
+  for (const [kb, vb] of metaPairs) {
+    pos = buf.writeUInt16LE(kb.length, pos); pos += kb.copy(buf, pos)
+    pos = buf.writeUInt16LE(vb.length, pos); pos += vb.copy(buf, pos)
+  }
+  if (pos !== size) fail(`internal error: packed ${pos} of ${size} bytes`)
+  return buf
+}
+
+/** Serialize an entry: validated, checksummed, compressed (fast deflate, off the main thread). */
+export async function encodeEntry(entry: CacheEntry): Promise<Buffer> {
+  const payload = packPayload(entry)
+  const [digest, deflated] = await Promise.all([
+    sha256(payload),
+    deflateRawAsync(payload, { level: zlibConstants.Z_BEST_SPEED })
+  ])
+  // Already-compressed outputs would only grow.
+  const stored = deflated.length >= payload.length
+  const body = stored ? payload : deflated
+  const header = Buffer.alloc(HEADER_LENGTH)
+  ENTRY_MAGIC.copy(header, 0)
+  header.writeUInt8(ENTRY_VERSION, 8)
+  header.writeUInt8(stored ? ENCODING_STORED : ENCODING_DEFLATE, 9)
+  header.writeUInt32LE(payload.length, 12)
+  header.writeUInt32LE(body.length, 16)
+  digest.copy(header, 20)
+  return Buffer.concat([header, body], HEADER_LENGTH + body.length)
+}
+
+class Reader {
+  pos = 0
+  constructor(private readonly buf: Buffer) {}
+
+  private need(n: number, what: string): void {
+    const left = this.buf.length - this.pos
+    if (n > left) fail(`malformed payload: ${what} needs ${n} bytes, ${left} left`)
+  }
+  u8(what: string): number { this.need(1, what); const v = this.buf.readUInt8(this.pos); this.pos += 1; return v }
+  u16(what: string): number { this.need(2, what); const v = this.buf.readUInt16LE(this.pos); this.pos += 2; return v }
+  u32(what: string): number { this.need(4, what); const v = this.buf.readUInt32LE(this.pos); this.pos += 4; return v }
+  i32(what: string): number { this.need(4, what); const v = this.buf.readInt32LE(this.pos); this.pos += 4; return v }
+  bytes(n: number, what: string): Buffer { this.need(n, what); const v = this.buf.subarray(this.pos, this.pos + n); this.pos += n; return v }
+  text(n: number, what: string): string {
+    const b = this.bytes(n, what)
+    try { return utf8.decode(b) } catch { return fail(`malformed payload: ${what} is not UTF-8`) }
+  }
+  get remaining(): number { return this.buf.length - this.pos }
+}
+
+function unpackPayload(payload: Buffer): CacheEntry {
+  const r = new Reader(payload)
+  const exitCode = r.i32('exit code')
+  const stdout = r.bytes(r.u32('stdout length'), 'stdout')
+  const stderr = r.bytes(r.u32('stderr length'), 'stderr')
+  const outputCount = r.u16('output count')
+  if (outputCount > MAX_OUTPUTS) fail(`malformed payload: ${outputCount} outputs (at most ${MAX_OUTPUTS})`)
+  const outputs: CacheEntry['outputs'] = []
+  const names = new Set<string>()
+  for (let i = 0; i < outputCount; i++) {
+    const name = r.text(r.u8('output name length'), 'output name')
+    if (!OUTPUT_NAME_RE.test(name)) fail(`malformed payload: bad output name ${JSON.stringify(name)}`)
+    if (names.has(name)) fail(`malformed payload: duplicate output "${name}"`)
+    names.add(name)
+    outputs.push({ name, data: r.bytes(r.u32(`output "${name}" length`), `output "${name}"`) })
+  }
+  const metaCount = r.u16('meta count')
+  if (metaCount > MAX_META) fail(`malformed payload: ${metaCount} meta keys (at most ${MAX_META})`)
+  const pairs: Array<[string, string]> = []
+  const keys = new Set<string>()
+  for (let i = 0; i < metaCount; i++) {
+    const klen = r.u16('meta key length')
+    if (klen === 0 || klen > MAX_META_KEY_BYTES) fail(`malformed payload: meta key of ${klen} bytes`)
+    const key = r.text(klen, 'meta key')
+    if (keys.has(key)) fail('malformed payload: duplicate meta key')
+    keys.add(key)
+    pairs.push([key, r.text(r.u16('meta value length'), 'meta value')])
+  }
+  if (r.remaining !== 0) fail(`malformed payload: ${r.remaining} trailing bytes`)
+  const entry: CacheEntry = { exitCode, stdout, stderr, outputs }
+  // fromEntries defines own properties, so a "__proto__" key cannot touch the prototype.
+  if (pairs.length > 0) entry.meta = Object.fromEntries(pairs)
+  return entry
+}
+
+export interface DecodeOptions {
+  /** refuse payloads that declare more bytes than this (default MAX_PAYLOAD_BYTES) */
+  maxPayloadBytes?: number
+}
+
+/**
+ * Parse and verify an encoded entry. Throws EntryFormatError with a one-line reason on a
+ * truncated, corrupted or malformed buffer; never returns partial data. The returned
+ * Buffers are views into one freshly allocated payload buffer, not into `buf`.
+ */
+export async function decodeEntry(buf: Uint8Array, opts: DecodeOptions = {}): Promise<CacheEntry> {
+  const maxPayload = opts.maxPayloadBytes ?? MAX_PAYLOAD_BYTES
+  const data = Buffer.isBuffer(buf) ? buf : Buffer.from(buf.buffer, buf.byteOffset, buf.byteLength)
+  if (data.length < HEADER_LENGTH) fail(`truncated: ${data.length} bytes, shorter than the ${HEADER_LENGTH}-byte header`)
+  if (!data.subarray(0, 8).equals(ENTRY_MAGIC)) fail('bad magic: not a meshcc cache entry')
+  const version = data.readUInt8(8)
+  if (version !== ENTRY_VERSION) fail(`unsupported format version ${version} (expected ${ENTRY_VERSION})`)
+  const encoding = data.readUInt8(9)
+  if (encoding !== ENCODING_STORED && encoding !== ENCODING_DEFLATE) fail(`unknown body encoding ${encoding}`)
+  if (data.readUInt16LE(10) !== 0) fail('reserved header bytes are not zero')
+  const payloadLength = data.readUInt32LE(12)
+  const bodyLength = data.readUInt32LE(16)
+  if (payloadLength > maxPayload) fail(`payload of ${payloadLength} bytes exceeds the limit of ${maxPayload}`)
+  const actualBody = data.length - HEADER_LENGTH
+  if (bodyLength > actualBody) fail(`truncated: header declares ${bodyLength} body bytes, ${actualBody} present`)
+  if (bodyLength < actualBody) fail(`${actualBody - bodyLength} trailing bytes after the body`)
+  const body = data.subarray(HEADER_LENGTH)
+
+  let payload: Buffer
+  if (encoding === ENCODING_STORED) {
+    if (bodyLength !== payloadLength) fail(`stored body is ${bodyLength} bytes, header declares ${payloadLength}`)
+    payload = Buffer.from(body) // copy: the entry must not alias the caller's buffer
+  } else {
+    try {
+      // maxOutputLength stops a small hostile body from inflating into gigabytes.
+      payload = await inflateRawAsync(body, { maxOutputLength: Math.max(1, payloadLength) })
+    } catch (err) {
+      const msg = String((err as Error).message ?? err).split('\n')[0]
+      return fail(`decompression failed: ${msg}`)
+    }
+    if (payload.length !== payloadLength) fail(`decompressed to ${payload.length} bytes, header declares ${payloadLength}`)
+  }
+  const digest = await sha256(payload)
+  if (!digest.equals(data.subarray(20, 52))) fail('checksum mismatch')
+  return unpackPayload(payload)
+}

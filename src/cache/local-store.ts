@@ -1,0 +1,382 @@
+// The local content-addressed cache: <dir>/<first 2 hex of key>/<key>, one compressed,
+// checksummed file per compile result (see entry-format.ts). Several daemons may share
+// the directory, so the filesystem is the only truth: writes are temp file + rename,
+// reads verify everything, LRU is the file mtime (refreshed on every hit), and eviction
+// re-scans the directory and tolerates files vanishing under it.
+import { randomBytes } from 'node:crypto'
+import type { Dirent, Stats } from 'node:fs'
+import type { FileHandle } from 'node:fs/promises'
+import { lstat, mkdir, open as openFile, readdir, rename, unlink, writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { formatSize } from '../config.js'
+import type { Logger } from '../log.js'
+import { decodeEntry, encodeEntry, type CacheEntry } from './entry-format.js'
+
+export type { CacheEntry } from './entry-format.js'
+
+export type GetResult =
+  | { status: 'hit'; entry: CacheEntry }
+  | { status: 'miss' }
+  /** the entry was unreadable and has been removed */
+  | { status: 'corrupt'; reason: string }
+
+export interface StoreStats { entries: number; bytes: number; maxBytes: number }
+
+export interface LocalStoreOptions {
+  dir: string
+  /** size limit in bytes for all entries together */
+  maxBytes: number
+  log: Logger
+}
+
+const KEY_RE = /^[0-9a-f]{64}$/
+const SUBDIR_RE = /^[0-9a-f]{2}$/
+const TEMP_PREFIX = '.tmp-'
+/** temp files older than this belong to a crashed writer */
+const STALE_TEMP_MS = 60 * 60 * 1000
+/** eviction frees space down to this fraction of the limit, so it does not run on every put */
+const EVICT_TARGET = 0.9
+/** files larger than this in the store are garbage, not entries (the format caps payloads at 1 GiB) */
+const MAX_FILE_BYTES = 2 * 1024 ** 3
+
+interface IndexEntry { size: number; mtimeMs: number }
+
+function errCode(err: unknown): string | undefined {
+  return (err as NodeJS.ErrnoException | null)?.code
+}
+
+function errText(err: unknown): string {
+  const e = err as NodeJS.ErrnoException | null
+  return e?.code ?? String(e?.message ?? err).split('\n')[0]
+}
+
+/** Run fn over items with at most `limit` calls in flight. */
+async function forEachLimit<T>(items: readonly T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
+  let next = 0
+  const worker = async (): Promise<void> => {
+    while (next < items.length) await fn(items[next++])
+  }
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker))
+}
+
+export function isValidKey(key: unknown): key is string {
+  return typeof key === 'string' && KEY_RE.test(key)
+}
+
+export class LocalStore {
+  readonly dir: string
+  readonly maxBytes: number
+  private readonly log: Logger
+  private readonly index = new Map<string, IndexEntry>()
+  private totalBytes = 0
+  private opening: Promise<void> | null = null
+  private closed = false
+  private readonly inflight = new Set<Promise<unknown>>()
+  /** evictions run one at a time */
+  private evictChain: Promise<unknown> = Promise.resolve()
+  /** the eviction started by put(), so a burst of puts queues at most one */
+  private autoEvict: Promise<unknown> | null = null
+
+  constructor(opts: LocalStoreOptions) {
+    if (!Number.isFinite(opts.maxBytes) || opts.maxBytes < 0) throw new Error(`cache size must be a number of bytes, got ${opts.maxBytes}`)
+    this.dir = opts.dir
+    this.maxBytes = Math.floor(opts.maxBytes)
+    this.log = opts.log
+  }
+
+  /** Create the directory, index what is there, remove stale temp files. Safe to call twice. */
+  open(): Promise<void> {
+    // Already open: work still draining during close() (an eviction after a put) may proceed.
+    if (this.opening) return this.opening
+    if (this.closed) return Promise.reject(new Error('cache store is closed'))
+    this.opening = this.doOpen().catch((err: unknown) => {
+      this.opening = null // let a later call retry
+      throw err
+    })
+    return this.opening
+  }
+
+  private async doOpen(): Promise<void> {
+    await mkdir(this.dir, { recursive: true, mode: 0o700 })
+    const started = Date.now()
+    const found = await this.scan()
+    this.replaceIndex(found, started)
+    this.log.debug(`cache ${this.dir}: ${this.index.size} entries, ${formatSize(this.totalBytes)} of ${formatSize(this.maxBytes)} (scanned in ${Date.now() - started} ms)`)
+    // The limit may have been lowered since the last run.
+    this.maybeEvict()
+  }
+
+  async get(key: string): Promise<GetResult> {
+    const file = this.pathFor(key)
+    this.assertOpen()
+    await this.open()
+    let fh: FileHandle
+    try {
+      fh = await openFile(file, 'r')
+    } catch (err) {
+      // ENOENT is the normal miss, and also a get racing with eviction.
+      const code = errCode(err)
+      if (code !== 'ENOENT' && code !== 'ENOTDIR') this.log.warn(`cache read ${key}: ${errText(err)}`)
+      this.forget(key)
+      return { status: 'miss' }
+    }
+    try {
+      const st = await fh.stat()
+      if (!st.isFile()) {
+        this.log.warn(`cache read ${key}: not a regular file, ignored`)
+        return { status: 'miss' }
+      }
+      const read = await this.readEntry(fh, st)
+      if ('reason' in read) {
+        await this.removeCorrupt(key, file, st)
+        this.log.warn(`cache entry ${key} is corrupt (${read.reason}); removed`)
+        return { status: 'corrupt', reason: read.reason }
+      }
+      // Refresh the LRU clock through the descriptor: touches exactly the file that was read.
+      const now = new Date()
+      try {
+        await fh.utimes(now, now)
+      } catch (err) {
+        this.log.debug(`cache touch ${key}: ${errText(err)}`)
+      }
+      this.setIndex(key, { size: st.size, mtimeMs: now.getTime() })
+      return { status: 'hit', entry: read.entry }
+    } catch (err) {
+      // An I/O error is not evidence of a bad entry: report a miss and keep the file.
+      this.log.warn(`cache read ${key}: ${errText(err)}`)
+      return { status: 'miss' }
+    } finally {
+      await fh.close().catch(() => {})
+    }
+  }
+
+  /** Decode an open entry file; I/O errors throw, bad content gives a reason. */
+  private async readEntry(fh: FileHandle, st: Stats): Promise<{ entry: CacheEntry } | { reason: string }> {
+    if (st.size > MAX_FILE_BYTES) return { reason: `file of ${st.size} bytes is too large` }
+    const buf = await fh.readFile()
+    let entry: CacheEntry
+    try {
+      entry = await decodeEntry(buf)
+    } catch (err) {
+      return { reason: String((err as Error).message ?? err) }
+    }
+    // Never hand out a failed compile as a hit, whoever wrote the file.
+    if (entry.exitCode !== 0) return { reason: `stored entry has exit code ${entry.exitCode}` }
+    return { entry }
+  }
+
+  async put(key: string, entry: CacheEntry): Promise<void> {
+    const file = this.pathFor(key)
+    if (!entry || entry.exitCode !== 0) throw new Error(`refusing to cache a failed compile (exit code ${String(entry?.exitCode)})`)
+    this.assertOpen()
+    // Tracked from the first synchronous step so close() always sees it.
+    return this.track(this.doPut(key, file, entry))
+  }
+
+  private async doPut(key: string, file: string, entry: CacheEntry): Promise<void> {
+    await this.open()
+    const buf = await encodeEntry(entry)
+    if (buf.length > this.targetBytes()) {
+      // It would push out everything else, itself included.
+      this.log.info(`not caching ${key}: ${formatSize(buf.length)} does not fit a ${formatSize(this.maxBytes)} cache`)
+      return
+    }
+    const sub = join(this.dir, key.slice(0, 2))
+    const tmp = join(sub, `${TEMP_PREFIX}${process.pid}-${randomBytes(8).toString('hex')}`)
+    try {
+      try {
+        await writeFile(tmp, buf, { flag: 'wx' })
+      } catch (err) {
+        if (errCode(err) !== 'ENOENT') throw err
+        await mkdir(sub, { recursive: true, mode: 0o700 })
+        await writeFile(tmp, buf, { flag: 'wx' })
+      }
+      // No fsync: after a power loss a damaged entry fails its checksum and is removed on read.
+      await rename(tmp, file)
+    } catch (err) {
+      await unlink(tmp).catch(() => {})
+      throw err
+    }
+    this.setIndex(key, { size: buf.length, mtimeMs: Date.now() })
+    this.maybeEvict()
+  }
+
+  stats(): StoreStats {
+    return { entries: this.index.size, bytes: this.totalBytes, maxBytes: this.maxBytes }
+  }
+
+  /** Evict now (after any eviction already running); resolves to the number of entries this call removed. */
+  evict(): Promise<number> {
+    const run = this.evictChain.then(async () => {
+      await this.open()
+      return this.runEviction()
+    })
+    this.evictChain = run.catch(() => {})
+    return this.track(run)
+  }
+
+  /** Stop accepting work and wait for writes and evictions in flight. */
+  async close(): Promise<void> {
+    this.closed = true
+    while (this.inflight.size > 0) await Promise.allSettled([...this.inflight])
+  }
+
+  // --- internals ---
+
+  /** Validated path of an entry; a key is exactly 64 lowercase hex digits, so it cannot leave the store. */
+  private pathFor(key: string): string {
+    if (!isValidKey(key)) throw new Error(`invalid cache key ${JSON.stringify(String(key).slice(0, 80))}: expected 64 lowercase hex digits`)
+    return join(this.dir, key.slice(0, 2), key)
+  }
+
+  private assertOpen(): void {
+    if (this.closed) throw new Error('cache store is closed')
+  }
+
+  private targetBytes(): number {
+    return Math.floor(this.maxBytes * EVICT_TARGET)
+  }
+
+  private track<T>(p: Promise<T>): Promise<T> {
+    this.inflight.add(p)
+    const done = () => { this.inflight.delete(p) }
+    p.then(done, done)
+    return p
+  }
+
+  private setIndex(key: string, e: IndexEntry): void {
+    const old = this.index.get(key)
+    if (old) this.totalBytes -= old.size
+    this.index.set(key, e)
+    this.totalBytes += e.size
+  }
+
+  private forget(key: string): void {
+    const old = this.index.get(key)
+    if (!old) return
+    this.totalBytes -= old.size
+    this.index.delete(key)
+  }
+
+  /**
+   * Take a fresh scan as the index. Entries this process wrote or hit after the scan
+   * started may be missing from it or stale in it, so those keep their in-memory values.
+   */
+  private replaceIndex(found: Map<string, IndexEntry>, scanStarted: number): void {
+    for (const [key, e] of this.index) {
+      if (e.mtimeMs >= scanStarted) found.set(key, e)
+    }
+    this.index.clear()
+    this.totalBytes = 0
+    for (const [key, e] of found) this.setIndex(key, e)
+  }
+
+  /** Unlink a corrupt entry, unless a writer has already replaced it with a new file. */
+  private async removeCorrupt(key: string, file: string, seen: Stats): Promise<void> {
+    try {
+      const now = await lstat(file)
+      if (now.ino === seen.ino && now.dev === seen.dev) await unlink(file)
+    } catch (err) {
+      if (errCode(err) !== 'ENOENT') this.log.warn(`cache remove ${key}: ${errText(err)}`)
+    }
+    this.forget(key)
+  }
+
+  /** Entries actually on disk (only <dir>/<2 hex>/<key>); stale temp files are removed on the way. */
+  private async scan(): Promise<Map<string, IndexEntry>> {
+    const found = new Map<string, IndexEntry>()
+    let top: Dirent[]
+    try {
+      top = await readdir(this.dir, { withFileTypes: true })
+    } catch (err) {
+      if (errCode(err) === 'ENOENT') return found
+      throw err
+    }
+    const subdirs = top.filter((d) => d.isDirectory() && SUBDIR_RE.test(d.name)).map((d) => d.name)
+    const now = Date.now()
+    let staleTemps = 0
+    await forEachLimit(subdirs, 8, async (sub) => {
+      const subPath = join(this.dir, sub)
+      let names: string[]
+      try {
+        names = await readdir(subPath)
+      } catch (err) {
+        if (errCode(err) !== 'ENOENT') this.log.warn(`cache scan ${subPath}: ${errText(err)}`)
+        return
+      }
+      await forEachLimit(names, 32, async (name) => {
+        const isTemp = name.startsWith(TEMP_PREFIX)
+        if (!isTemp && !(KEY_RE.test(name) && name.startsWith(sub))) return
+        const p = join(subPath, name)
+        try {
+          const st = await lstat(p)
+          if (!st.isFile()) return
+          if (!isTemp) {
+            found.set(name, { size: st.size, mtimeMs: st.mtimeMs })
+          } else if (now - st.mtimeMs > STALE_TEMP_MS) {
+            await unlink(p)
+            staleTemps++
+          }
+        } catch (err) {
+          if (errCode(err) !== 'ENOENT') this.log.debug(`cache scan ${p}: ${errText(err)}`)
+        }
+      })
+    })
+    if (staleTemps > 0) this.log.info(`cache: removed ${staleTemps} temp file(s) left by an interrupted write`)
+    return found
+  }
+
+  private maybeEvict(): void {
+    if (this.autoEvict || this.totalBytes <= this.maxBytes) return
+    this.autoEvict = this.evict()
+      .catch((err: unknown) => { this.log.warn(`cache eviction failed: ${errText(err)}`) })
+      .finally(() => { this.autoEvict = null })
+  }
+
+  private async runEviction(): Promise<number> {
+    // Re-scan: another daemon sharing the directory may have written or evicted entries.
+    const started = Date.now()
+    const found = await this.scan()
+    this.replaceIndex(new Map(found), started)
+    if (this.totalBytes <= this.maxBytes) return 0
+
+    const target = this.targetBytes()
+    const before = this.totalBytes
+    const candidates = [...found].sort((a, b) => a[1].mtimeMs - b[1].mtimeMs || (a[0] < b[0] ? -1 : 1))
+    let removed = 0
+    let i = 0
+    while (this.totalBytes > target && i < candidates.length) {
+      // Plan a batch that would reach the target, delete it, then re-check: some may be kept.
+      const batch: Array<[string, IndexEntry]> = []
+      for (let planned = this.totalBytes; planned > target && i < candidates.length; i++) {
+        batch.push(candidates[i])
+        planned -= candidates[i][1].size
+      }
+      await forEachLimit(batch, 16, async ([key, seen]) => {
+        if (await this.evictOne(key, seen)) removed++
+      })
+    }
+    this.log.info(`cache eviction: removed ${removed} entries, ${formatSize(before)} -> ${formatSize(this.totalBytes)} (limit ${formatSize(this.maxBytes)})`)
+    return removed
+  }
+
+  /** Remove one entry unless it was used or rewritten since the scan; true when this call removed it. */
+  private async evictOne(key: string, seen: IndexEntry): Promise<boolean> {
+    const file = join(this.dir, key.slice(0, 2), key)
+    try {
+      const st = await lstat(file)
+      if (st.mtimeMs !== seen.mtimeMs) {
+        this.setIndex(key, { size: st.size, mtimeMs: st.mtimeMs })
+        return false
+      }
+      await unlink(file)
+      this.forget(key)
+      return true
+    } catch (err) {
+      // ENOENT: the other daemon got there first.
+      if (errCode(err) === 'ENOENT') this.forget(key)
+      else this.log.warn(`cache evict ${key}: ${errText(err)}`)
+      return false
+    }
+  }
+}

@@ -1,0 +1,32 @@
+// The seam between the daemon and a compiler family: a family turns an argument list into
+// either "not cacheable, because …" or a CompileSpec saying how to preprocess, what goes
+// into the cache key, which files a compile writes and how to redirect them to temp files.
+
+export interface OutputFile {
+  /** name of the blob in a cache entry */
+  name: 'obj' | 'dep'
+  /** where the user expects it, as given (relative to cwd or absolute) */
+  path: string
+}
+
+export interface CompileSpec {
+  family: 'gcc' | 'clang'
+  /** language after -x / extension, e.g. "c", "c++", "objective-c", "assembler-with-cpp" */
+  language: string
+  input: string
+  outputs: OutputFile[]
+  /** full argument list (after the compiler) that writes the preprocessed TU to stdout */
+  preprocessArgs: string[]
+  /** every argument that affects the outputs, in order, output paths removed */
+  keyArgs: string[]
+  /** the dependency file's target text, or null when no depfile is written */
+  depTarget: string | null
+  /** true when the object embeds the working directory (debug info without a prefix map) */
+  cwdInKey: boolean
+  /** arguments for the real compile, with each output redirected to the given temp path */
+  compileArgs(tempPaths: Record<OutputFile['name'], string>): string[]
+}
+
+export type ParseResult =
+  | { cacheable: true; spec: CompileSpec }
+  | { cacheable: false; reason: string }

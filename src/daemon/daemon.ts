@@ -1,0 +1,218 @@
+// The per-user daemon: owns the socket, the cache and the stats, serves launcher requests,
+// exits after an idle period. One daemon per socket, enforced by a pid lock beside it.
+import { closeSync, mkdirSync, openSync, readFileSync, rmSync, statSync, writeSync, chmodSync } from 'node:fs'
+import { createServer, type Server, type Socket } from 'node:net'
+import { dirname, join } from 'node:path'
+import { userInfo } from 'node:os'
+import { LocalStore } from '../cache/local-store.js'
+import type { Config } from '../config.js'
+import { createLogger, type Logger } from '../log.js'
+import { VERSION } from '../version.js'
+import { CompileService, type CompileReply } from './compile-service.js'
+import {
+  FrameReader, MsgType, ProtocolError, decodeCompileRequest, encodeFrame, type Frame
+} from './launcher-protocol.js'
+import { Stats } from './stats.js'
+
+export class DaemonStartError extends Error {}
+
+export interface DaemonHandle {
+  /** resolves when the daemon has shut down */
+  closed: Promise<void>
+  shutdown(reason: string): Promise<void>
+}
+
+/** Create the socket's directory private to this user, or check an existing one is not shared. */
+function prepareSocketDir(socket: string, log: Logger): void {
+  const dir = dirname(socket)
+  try {
+    mkdirSync(dir, { recursive: true, mode: 0o700 })
+  } catch (err) {
+    throw new DaemonStartError(`cannot create socket directory ${dir}: ${(err as NodeJS.ErrnoException).code}`)
+  }
+  const st = statSync(dir)
+  if (st.uid !== userInfo().uid) throw new DaemonStartError(`socket directory ${dir} belongs to another user (uid ${st.uid})`)
+  if ((st.mode & 0o022) !== 0 && (st.mode & 0o1000) === 0) {
+    log.warn(`socket directory ${dir} is writable by others; prefer a private directory`)
+  }
+}
+
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM'
+  }
+}
+
+/** Take the pid lock; returns false when another live daemon holds it. */
+function takeLock(lockFile: string): boolean {
+  for (let attempt = 0; attempt < 3; attempt++) {
+    try {
+      const fd = openSync(lockFile, 'wx', 0o600)
+      writeSync(fd, String(process.pid))
+      closeSync(fd)
+      return true
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err
+      let pid = NaN
+      try { pid = Number(readFileSync(lockFile, 'utf8').trim()) } catch { /* vanished */ }
+      if (Number.isInteger(pid) && pid > 0 && pid !== process.pid && processAlive(pid)) return false
+      rmSync(lockFile, { force: true }) // left by a crashed daemon
+    }
+  }
+  return false
+}
+
+export async function startDaemon(config: Config, foreground: boolean): Promise<DaemonHandle | null> {
+  const log = createLogger({ level: config.log.level, file: join(config.cache.dir, 'meshcc.log'), stderr: foreground })
+  try {
+    prepareSocketDir(config.daemon.socket, log)
+  } catch (err) {
+    log.error((err as Error).message) // a background daemon has no stderr: the log is where users look
+    throw err
+  }
+  const lockFile = `${config.daemon.socket}.pid`
+  if (!takeLock(lockFile)) {
+    log.debug('another daemon already serves this socket; exiting')
+    return null
+  }
+
+  const stats = new Stats(config.cache.dir, log)
+  const store = new LocalStore({ dir: config.cache.dir, maxBytes: config.cache.size, log: log.child('cache') })
+  await store.open()
+  const compiles = new CompileService({ store, stats, log, slots: config.build.localSlots })
+
+  let active = 0
+  let lastActivity = Date.now()
+  let shuttingDown: Promise<void> | null = null
+  let resolveClosed!: () => void
+  const closed = new Promise<void>((r) => { resolveClosed = r })
+
+  const server: Server = createServer((sock) => serve(sock))
+  const flushTimer = setInterval(() => stats.flushIfDirty(), 2000)
+  const idleTimer = setInterval(() => {
+    const idleMs = config.daemon.idleTimeout * 1000
+    if (idleMs > 0 && active === 0 && Date.now() - lastActivity > idleMs) void shutdown('idle timeout')
+  }, Math.min(5000, Math.max(250, config.daemon.idleTimeout * 250)))
+  flushTimer.unref()
+
+  function reply(sock: Socket, type: number, fields: Array<Buffer | string>): void {
+    if (!sock.destroyed) sock.end(encodeFrame(type, fields))
+  }
+
+  function compileReplyFrame(r: CompileReply): [number, Array<Buffer | string>] {
+    switch (r.kind) {
+      case 'result': return [MsgType.RESULT, [String(r.exitCode), r.stdout, r.stderr]]
+      case 'passthrough': return [MsgType.PASSTHROUGH, [r.reason]]
+      case 'fallback': return [MsgType.FALLBACK, [r.reason]]
+    }
+  }
+
+  async function admin(command: string): Promise<string> {
+    switch (command) {
+      case 'ping': return `pong ${process.pid}`
+      case 'stats': {
+        const s = stats.snapshot()
+        const st = store.stats()
+        return JSON.stringify({ ...s, cache_entries: st.entries, cache_size_bytes: st.bytes, cache_max_bytes: st.maxBytes, cache_dir: config.cache.dir, version: VERSION })
+      }
+      case 'zero': stats.zero(); return 'statistics zeroed'
+      case 'shutdown': setImmediate(() => void shutdown('stop requested')); return 'stopping'
+      case 'status': return JSON.stringify({
+        pid: process.pid, version: VERSION, socket: config.daemon.socket, cache_dir: config.cache.dir,
+        running: compiles.cpu.running, queued: compiles.cpu.queued, slots: compiles.cpu.capacity
+      })
+      default: throw new ProtocolError(`unknown admin command ${command}`)
+    }
+  }
+
+  async function handleFrame(sock: Socket, frame: Frame): Promise<void> {
+    if (frame.type === MsgType.COMPILE) {
+      const r = await compiles.handle(decodeCompileRequest(frame))
+      const [type, fields] = compileReplyFrame(r)
+      reply(sock, type, fields)
+    } else if (frame.type === MsgType.ADMIN) {
+      const text = await admin(frame.fields[0]?.toString('utf8') ?? '')
+      reply(sock, MsgType.ADMIN_REPLY, [text])
+    } else {
+      throw new ProtocolError(`unknown message type ${frame.type}`)
+    }
+  }
+
+  function serve(sock: Socket): void {
+    const reader = new FrameReader()
+    let handled = false
+    sock.on('error', () => {}) // a launcher that went away mid-request is not our problem
+    sock.on('data', (chunk) => {
+      if (handled) return
+      let frames: Frame[]
+      try {
+        frames = reader.push(chunk)
+      } catch (err) {
+        handled = true
+        log.warn(`bad request on the socket: ${(err as Error).message}`)
+        reply(sock, MsgType.ERROR, [(err as Error).message])
+        return
+      }
+      if (frames.length === 0) return
+      handled = true
+      active++
+      lastActivity = Date.now()
+      handleFrame(sock, frames[0])
+        .catch((err) => {
+          log.error(`request failed: ${(err as Error).message}`)
+          reply(sock, err instanceof ProtocolError ? MsgType.ERROR : MsgType.FALLBACK, [(err as Error).message])
+        })
+        .finally(() => {
+          active--
+          lastActivity = Date.now()
+        })
+    })
+  }
+
+  async function shutdown(reason: string): Promise<void> {
+    if (shuttingDown) return shuttingDown
+    shuttingDown = (async () => {
+      log.info(`shutting down: ${reason}`)
+      clearInterval(idleTimer)
+      clearInterval(flushTimer)
+      server.close()
+      const deadline = Date.now() + 30_000
+      while (active > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50))
+      await compiles.drain()
+      await store.close()
+      stats.flush()
+      rmSync(config.daemon.socket, { force: true })
+      rmSync(lockFile, { force: true })
+      resolveClosed()
+    })()
+    return shuttingDown
+  }
+
+  // We hold the lock, so any socket file left here belongs to a dead daemon.
+  rmSync(config.daemon.socket, { force: true })
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject)
+    server.listen(config.daemon.socket, () => {
+      server.off('error', reject)
+      resolve()
+    })
+  }).catch((err) => {
+    rmSync(lockFile, { force: true })
+    const msg = `cannot listen on ${config.daemon.socket}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`
+    log.error(msg)
+    throw new DaemonStartError(msg)
+  })
+  chmodSync(config.daemon.socket, 0o600)
+  rmSync(`${config.daemon.socket}.starting`, { force: true })
+
+  // One job's bug must not take the daemon (and every build using it) down.
+  process.on('uncaughtException', (err) => log.error(`uncaught: ${err.stack ?? err.message}`))
+  process.on('unhandledRejection', (err) => log.error(`unhandled rejection: ${(err as Error)?.stack ?? String(err)}`))
+  for (const sig of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) process.on(sig, () => void shutdown(`signal ${sig}`))
+
+  log.info(`meshcc ${VERSION} daemon listening on ${config.daemon.socket} (cache ${config.cache.dir}, ${config.build.localSlots} slots${config.file ? `, config ${config.file}` : ''})`)
+  return { closed, shutdown }
+}

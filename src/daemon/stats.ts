@@ -1,0 +1,180 @@
+// Counters that survive restarts. Each daemon keeps the increments it has not yet saved and
+// folds them into <cache dir>/stats.json under a lock, so two daemons sharing one cache
+// directory add up instead of overwriting each other. Launchers that could not reach any
+// daemon leave one line each in a journal, folded in at the next save.
+import { appendFileSync, mkdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+import type { Logger } from '../log.js'
+
+export const COUNTERS = [
+  'compile_requests', 'cache_hits', 'cache_misses', 'non_cacheable', 'local_compiles', 'remote_compiles',
+  'compile_failures', 'fallbacks', 'cache_errors', 'cache_writes'
+] as const
+export type Counter = (typeof COUNTERS)[number]
+
+export interface StatsData {
+  counters: Record<Counter, number>
+  non_cacheable_reasons: Record<string, number>
+  fallback_reasons: Record<string, number>
+  /** milliseconds summed over hits, for the average hit time */
+  hit_time_ms: number
+}
+
+const STATS_FILE = 'stats.json'
+const JOURNAL_FILE = 'fallbacks.journal'
+
+function emptyData(): StatsData {
+  return {
+    counters: Object.fromEntries(COUNTERS.map((c) => [c, 0])) as Record<Counter, number>,
+    non_cacheable_reasons: {},
+    fallback_reasons: {},
+    hit_time_ms: 0
+  }
+}
+
+function addReasons(into: Record<string, number>, from: Record<string, number>): void {
+  for (const [k, v] of Object.entries(from)) into[k] = (into[k] ?? 0) + v
+}
+
+/** Called by a launcher that compiled on its own: one appended line, no lock needed. */
+export function journalFallback(cacheDir: string, reason: string): void {
+  try {
+    mkdirSync(cacheDir, { recursive: true, mode: 0o700 })
+    appendFileSync(join(cacheDir, JOURNAL_FILE), reason.replace(/\n/g, ' ').slice(0, 200) + '\n')
+  } catch {
+    // nowhere to record it; the compile itself already succeeded or failed on its own
+  }
+}
+
+/** A lock directory (mkdir is atomic); a lock older than 10 s is taken to be left by a crash. */
+function withLock<T>(dir: string, fn: () => T): T {
+  const lock = join(dir, 'stats.lock')
+  for (let attempt = 0; ; attempt++) {
+    try {
+      mkdirSync(lock)
+      break
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err
+      try {
+        if (Date.now() - statSync(lock).mtimeMs > 10_000) rmSync(lock, { recursive: true, force: true })
+      } catch { /* gone already */ }
+      if (attempt > 2000) throw new Error('stats lock busy')
+      const until = Date.now() + 2
+      while (Date.now() < until) { /* short spin: the holder writes one small file */ }
+    }
+  }
+  try {
+    return fn()
+  } finally {
+    rmSync(lock, { recursive: true, force: true })
+  }
+}
+
+export class Stats {
+  private pending = emptyData()
+  private dirty = false
+
+  constructor(private readonly dir: string, private readonly log: Logger) {
+    mkdirSync(dir, { recursive: true, mode: 0o700 })
+  }
+
+  inc(counter: Counter, n = 1): void {
+    this.pending.counters[counter] += n
+    this.dirty = true
+  }
+
+  nonCacheable(reason: string): void {
+    this.inc('non_cacheable')
+    this.pending.non_cacheable_reasons[reason] = (this.pending.non_cacheable_reasons[reason] ?? 0) + 1
+  }
+
+  fallback(reason: string): void {
+    this.inc('fallbacks')
+    this.pending.fallback_reasons[reason] = (this.pending.fallback_reasons[reason] ?? 0) + 1
+  }
+
+  hitTime(ms: number): void {
+    this.pending.hit_time_ms += ms
+    this.dirty = true
+  }
+
+  private readSaved(): StatsData {
+    const data = emptyData()
+    try {
+      const saved = JSON.parse(readFileSync(join(this.dir, STATS_FILE), 'utf8')) as Partial<StatsData>
+      for (const c of COUNTERS) {
+        const v = saved.counters?.[c]
+        if (typeof v === 'number' && Number.isFinite(v)) data.counters[c] = v
+      }
+      addReasons(data.non_cacheable_reasons, saved.non_cacheable_reasons ?? {})
+      addReasons(data.fallback_reasons, saved.fallback_reasons ?? {})
+      if (typeof saved.hit_time_ms === 'number') data.hit_time_ms = saved.hit_time_ms
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') this.log.warn(`stats file unreadable, starting from zero: ${(err as Error).message}`)
+    }
+    return data
+  }
+
+  private ingestJournal(into: StatsData): void {
+    const journal = join(this.dir, JOURNAL_FILE)
+    const taken = `${journal}.${process.pid}`
+    try {
+      renameSync(journal, taken)
+    } catch {
+      return
+    }
+    for (const line of readFileSync(taken, 'utf8').split('\n')) {
+      if (!line) continue
+      into.counters.fallbacks++
+      into.counters.compile_requests++
+      into.fallback_reasons[line] = (into.fallback_reasons[line] ?? 0) + 1
+      this.log.warn(`launcher compiled without the daemon: ${line}`)
+    }
+    rmSync(taken, { force: true })
+  }
+
+  private write(data: StatsData): void {
+    const file = join(this.dir, STATS_FILE)
+    const tmp = `${file}.${process.pid}.tmp`
+    writeFileSync(tmp, JSON.stringify(data))
+    renameSync(tmp, file)
+  }
+
+  /** Fold unsaved increments and the launcher journal into the stats file. */
+  flush(): void {
+    try {
+      withLock(this.dir, () => {
+        const data = this.readSaved()
+        for (const c of COUNTERS) data.counters[c] += this.pending.counters[c]
+        addReasons(data.non_cacheable_reasons, this.pending.non_cacheable_reasons)
+        addReasons(data.fallback_reasons, this.pending.fallback_reasons)
+        data.hit_time_ms += this.pending.hit_time_ms
+        this.ingestJournal(data)
+        this.write(data)
+      })
+      this.pending = emptyData()
+      this.dirty = false
+    } catch (err) {
+      this.log.warn(`could not save stats: ${(err as Error).message}`)
+    }
+  }
+
+  flushIfDirty(): void {
+    if (this.dirty) this.flush()
+  }
+
+  /** Totals as saved plus what this daemon has not saved yet. */
+  snapshot(): StatsData {
+    this.flush()
+    return this.readSaved()
+  }
+
+  zero(): void {
+    withLock(this.dir, () => {
+      this.ingestJournal(emptyData())
+      this.write(emptyData())
+    })
+    this.pending = emptyData()
+    this.dirty = false
+  }
+}

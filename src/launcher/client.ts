@@ -1,0 +1,127 @@
+// Talking to the local daemon: one request per connection, starting the daemon on demand.
+import { spawn, type ChildProcess } from 'node:child_process'
+import { closeSync, mkdirSync, openSync, rmSync, statSync } from 'node:fs'
+import { dirname } from 'node:path'
+import { connect, type Socket } from 'node:net'
+import { fileURLToPath } from 'node:url'
+import type { Config } from '../config.js'
+import { FrameReader, MsgType, encodeFrame, type Frame } from '../daemon/launcher-protocol.js'
+
+export class DaemonUnreachable extends Error {}
+
+const MAIN_SCRIPT = fileURLToPath(new URL('../cli/main.js', import.meta.url))
+
+function tryConnect(socketPath: string): Promise<Socket> {
+  return new Promise((resolve, reject) => {
+    const sock = connect(socketPath)
+    sock.once('connect', () => {
+      sock.off('error', reject)
+      resolve(sock)
+    })
+    sock.once('error', reject)
+  })
+}
+
+/** Start a detached daemon that holds none of our file descriptors (ninja waits on our pipes). */
+export function spawnDaemon(config: Config): ChildProcess | null {
+  // Only one launcher of a burst spawns; the others wait for the socket.
+  const marker = `${config.daemon.socket}.starting`
+  try {
+    if (Date.now() - statSync(marker).mtimeMs < 10_000) return null
+    rmSync(marker, { force: true })
+  } catch { /* no marker */ }
+  try {
+    mkdirSync(dirname(config.daemon.socket), { recursive: true, mode: 0o700 })
+    closeSync(openSync(marker, 'wx', 0o600))
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'EEXIST') return null // another launcher is spawning
+    // the daemon will report why it cannot use the directory; spawn it anyway
+  }
+  const child = spawn(process.execPath, [MAIN_SCRIPT, 'daemon', '--background'], {
+    detached: true,
+    stdio: 'ignore',
+    env: process.env
+  })
+  child.on('error', () => {})
+  child.unref()
+  return child
+}
+
+function sendAndReceive(sock: Socket, request: Buffer, timeoutMs: number): Promise<Frame> {
+  return new Promise((resolve, reject) => {
+    const reader = new FrameReader()
+    let done = false
+    const finish = (err: Error | null, frame?: Frame) => {
+      if (done) return
+      done = true
+      clearTimeout(timer)
+      sock.destroy()
+      if (err) reject(err)
+      else resolve(frame!)
+    }
+    const timer = timeoutMs > 0 ? setTimeout(() => finish(new DaemonUnreachable('daemon did not answer in time')), timeoutMs) : undefined
+    sock.on('data', (chunk) => {
+      try {
+        const frames = reader.push(chunk)
+        if (frames.length > 0) finish(null, frames[0])
+      } catch (err) {
+        finish(new DaemonUnreachable(`bad reply from daemon: ${(err as Error).message}`))
+      }
+    })
+    sock.on('error', (err) => finish(new DaemonUnreachable(`daemon connection failed: ${(err as NodeJS.ErrnoException).code ?? err.message}`)))
+    sock.on('close', () => finish(new DaemonUnreachable('daemon closed the connection without answering')))
+    sock.write(request)
+  })
+}
+
+export interface RequestOptions {
+  /** start the daemon when nobody listens */
+  autostart: boolean
+  /** 0 = wait as long as it takes (compiles queue in the daemon) */
+  timeoutMs: number
+}
+
+/** Send one frame to the daemon and wait for its reply. */
+export async function requestDaemon(config: Config, request: Buffer, opts: RequestOptions): Promise<Frame> {
+  let sock: Socket
+  try {
+    sock = await tryConnect(config.daemon.socket)
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code
+    if (!opts.autostart || (code !== 'ENOENT' && code !== 'ECONNREFUSED')) {
+      throw new DaemonUnreachable(`cannot connect to ${config.daemon.socket}: ${code ?? (err as Error).message}`)
+    }
+    sock = await startAndConnect(config)
+  }
+  return sendAndReceive(sock, request, opts.timeoutMs)
+}
+
+async function startAndConnect(config: Config): Promise<Socket> {
+  let failed: string | null = null
+  const watch = (child: ChildProcess | null) => child?.once('exit', (code) => {
+    // exit 0 means another daemon won the race; anything else means it cannot start
+    if (code !== 0) failed = `daemon exited with status ${code} at start (see ${config.cache.dir}/meshcc.log)`
+  })
+  watch(spawnDaemon(config))
+  const deadline = Date.now() + 10_000
+  let delay = 20
+  for (;;) {
+    await new Promise((r) => setTimeout(r, delay))
+    if (failed) throw new DaemonUnreachable(failed)
+    try {
+      return await tryConnect(config.daemon.socket)
+    } catch (err) {
+      if (Date.now() > deadline) throw new DaemonUnreachable(`daemon did not start within 10 s (${(err as NodeJS.ErrnoException).code})`)
+      delay = Math.min(delay * 2, 250)
+      // a marker from a launcher that died before spawning must not block us forever
+      if (Date.now() + 5000 > deadline) watch(spawnDaemon(config))
+    }
+  }
+}
+
+export async function adminRequest(config: Config, command: string, opts: RequestOptions): Promise<string> {
+  const frame = await requestDaemon(config, encodeFrame(MsgType.ADMIN, [command, '']), opts)
+  const text = frame.fields[0]?.toString('utf8') ?? ''
+  if (frame.type !== MsgType.ADMIN_REPLY) throw new Error(text || 'daemon refused the request')
+  return text
+}

@@ -1,0 +1,125 @@
+// The per-compile launcher: hands one compiler call to the daemon and replays its answer,
+// or runs the compiler itself whenever the daemon cannot help. It never fails a build
+// that the plain compiler would pass.
+import { spawnSync } from 'node:child_process'
+import { accessSync, constants, realpathSync, statSync, writeSync } from 'node:fs'
+import { basename, delimiter, join, resolve } from 'node:path'
+import { ConfigError, loadConfig, type Config } from '../config.js'
+import { createLogger } from '../log.js'
+import { MsgType, encodeCompileRequest } from '../daemon/launcher-protocol.js'
+import { journalFallback } from '../daemon/stats.js'
+import { requestDaemon } from './client.js'
+
+/** Names a masquerade link may have: cc, gcc-12, x86_64-linux-gnu-g++, clang++-14, … */
+const COMPILER_NAME = /^(?:[\w.]+-)*(?:cc|c\+\+|gcc|g\+\+|clang|clang\+\+)(?:-\d+(?:\.\d+)*)?$/
+
+export function isCompilerName(name: string): boolean {
+  return COMPILER_NAME.test(name)
+}
+
+function isExecutableFile(p: string): boolean {
+  try {
+    accessSync(p, constants.X_OK)
+    return statSync(p).isFile()
+  } catch {
+    return false
+  }
+}
+
+function realOrSelf(p: string): string {
+  try { return realpathSync(p) } catch { return p }
+}
+
+/**
+ * Find the real compiler: a path is taken as given; a bare name is looked up on PATH,
+ * skipping meshcc itself (a masquerade directory is usually first on PATH).
+ */
+export function resolveCompiler(name: string, selfScript: string, cwd: string, pathVar = process.env.PATH ?? ''): string | null {
+  if (name.includes('/')) return isExecutableFile(resolve(cwd, name)) ? resolve(cwd, name) : null
+  const self = realOrSelf(selfScript)
+  for (const dir of pathVar.split(delimiter)) {
+    if (!dir) continue
+    const candidate = resolve(cwd, dir, name)
+    if (!isExecutableFile(candidate)) continue
+    const real = realOrSelf(candidate)
+    if (real === self || basename(real) === 'meshcc') continue
+    return candidate
+  }
+  return null
+}
+
+function writeAll(fd: number, data: Buffer): void {
+  let off = 0
+  while (off < data.length) {
+    try {
+      off += writeSync(fd, data, off, data.length - off)
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'EAGAIN') continue // non-blocking pipe: retry
+      throw err
+    }
+  }
+}
+
+/** Run the compiler ourselves with the build's own stdio, and exit the way it exited. */
+function runDirect(compiler: string, args: string[]): never {
+  const r = spawnSync(compiler, args, { stdio: 'inherit' })
+  if (r.error) {
+    process.stderr.write(`meshcc: cannot run ${compiler}: ${(r.error as NodeJS.ErrnoException).code ?? r.error.message}\n`)
+    process.exit(127)
+  }
+  if (r.signal) {
+    process.kill(process.pid, r.signal)
+  }
+  process.exit(r.status ?? 1)
+}
+
+function fallbackLocally(config: Config | null, compiler: string, args: string[], reason: string): never {
+  if (config) {
+    journalFallback(config.cache.dir, reason)
+    createLogger({ level: config.log.level, file: join(config.cache.dir, 'meshcc.log') }, 'launcher').warn(`compiling locally without the daemon: ${reason}`)
+  }
+  runDirect(compiler, args)
+}
+
+export async function runLauncher(compilerName: string, args: string[], selfScript: string): Promise<never> {
+  const cwd = process.cwd()
+  const compiler = resolveCompiler(compilerName, selfScript, cwd)
+  if (compiler === null) {
+    process.stderr.write(`meshcc: compiler "${compilerName}" not found${compilerName.includes('/') ? '' : ' on PATH (meshcc itself skipped)'}\n`)
+    process.exit(127)
+  }
+  if (process.env.MESHCC_DISABLE && process.env.MESHCC_DISABLE !== '0') runDirect(compiler, args)
+
+  let config: Config
+  try {
+    config = loadConfig()
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err
+    process.stderr.write(`meshcc: ${err.message}; compiling without meshcc\n`)
+    runDirect(compiler, args)
+  }
+
+  const env: Record<string, string> = {}
+  for (const [k, v] of Object.entries(process.env)) if (v !== undefined) env[k] = v
+  let frame
+  try {
+    frame = await requestDaemon(config, encodeCompileRequest({ cwd, compiler, args, env }), { autostart: true, timeoutMs: 0 })
+  } catch (err) {
+    fallbackLocally(config, compiler, args, (err as Error).message.startsWith('daemon closed') ? 'daemon connection lost' : 'daemon unreachable')
+  }
+  switch (frame.type) {
+    case MsgType.RESULT: {
+      const code = Number(frame.fields[0]?.toString('utf8'))
+      writeAll(1, frame.fields[1] ?? Buffer.alloc(0))
+      writeAll(2, frame.fields[2] ?? Buffer.alloc(0))
+      process.exit(Number.isInteger(code) ? code : 1)
+    }
+    // eslint-disable-next-line no-fallthrough
+    case MsgType.PASSTHROUGH:
+    case MsgType.FALLBACK:
+      runDirect(compiler, args) // the daemon has counted it already
+    // eslint-disable-next-line no-fallthrough
+    default:
+      fallbackLocally(config, compiler, args, 'unexpected daemon reply')
+  }
+}

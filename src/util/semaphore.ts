@@ -1,0 +1,37 @@
+// A counting semaphore: bounds how many compilers run at once so a -j200 build queues in
+// the daemon instead of thrashing the machine.
+export class Semaphore {
+  private readonly waiters: Array<() => void> = []
+  private used = 0
+
+  constructor(private limit: number) {}
+
+  get running(): number { return this.used }
+  get queued(): number { return this.waiters.length }
+  get capacity(): number { return this.limit }
+
+  async acquire(): Promise<() => void> {
+    if (this.used < this.limit) {
+      this.used++
+    } else {
+      await new Promise<void>((resolve) => this.waiters.push(resolve))
+    }
+    let released = false
+    return () => {
+      if (released) return
+      released = true
+      const next = this.waiters.shift()
+      if (next) next()
+      else this.used--
+    }
+  }
+
+  async run<T>(fn: () => Promise<T>): Promise<T> {
+    const release = await this.acquire()
+    try {
+      return await fn()
+    } finally {
+      release()
+    }
+  }
+}
