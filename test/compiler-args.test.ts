@@ -1,0 +1,110 @@
+// gcc/clang argument classification and the depfile/key details, checked against what the
+// real compilers do where it matters (the end-to-end tests compare whole builds).
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import { mkdtempSync, readFileSync, rmSync, writeFileSync, mkdirSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { parseGccArgs } from '../src/compiler/gcc.js'
+import { splitResponseFile } from '../src/compiler/response-file.js'
+import { runCommand } from './helpers/meshcc.js'
+
+const cwd = '/work/proj'
+const ok = (args: string[], family: 'gcc' | 'clang' = 'gcc') => {
+  const r = parseGccArgs(args, cwd, family)
+  if (!r.cacheable) assert.fail(`expected cacheable, got: ${r.reason}`)
+  return r.spec
+}
+const no = (args: string[], reason: RegExp) => {
+  const r = parseGccArgs(args, cwd, 'gcc')
+  assert.equal(r.cacheable, false, `${args.join(' ')} should not be cacheable`)
+  if (!r.cacheable) assert.match(r.reason, reason)
+}
+
+test('cacheable compiles of C, C++, Objective-C and preprocessed assembly', () => {
+  assert.equal(ok(['-c', 'a.c', '-o', 'a.o']).language, 'c')
+  assert.equal(ok(['-c', 'a.cpp']).language, 'c++')
+  assert.equal(ok(['-c', 'a.cc', '-O2', '-std=c++17', '-DX=1', '-I', 'inc', '-isystem', 'sys']).language, 'c++')
+  assert.equal(ok(['-c', 'a.m']).language, 'objective-c')
+  assert.equal(ok(['-c', 'a.S']).language, 'assembler-with-cpp')
+  assert.equal(ok(['-x', 'c++', '-c', 'a.inc']).language, 'c++')
+  assert.deepEqual(ok(['-c', 'dir/a.c']).outputs, [{ name: 'obj', path: 'a.o' }])
+})
+
+test('not cacheable: link, -E, several sources, stdin, PCH, -save-temps, profiling, unknown options', () => {
+  no(['a.c', '-o', 'a'], /no -c/)
+  no(['-E', 'a.c'], /-E/)
+  no(['-c', 'a.c', 'b.c'], /multiple input/)
+  no(['-c', '-x', 'c', '-'], /stdin/)
+  no(['-c', 'a.h', '-o', 'a.h.gch'], /unsupported source type/)
+  no(['-c', '-x', 'c-header', 'a.h'], /unsupported language c-header/)
+  no(['-c', 'a.c', '-save-temps'], /save-temps/)
+  no(['-c', 'a.c', '-fprofile-generate'], /profile/)
+  no(['-c', 'a.c', '--coverage'], /coverage/)
+  no(['-c', 'a.c', '-fplugin=x.so'], /plugin/)
+  no(['-c', 'a.c', '--frobnicate'], /unknown option --frobnicate/)
+  no(['-c', 'a.c', '-gsplit-dwarf'], /split DWARF/)
+  no(['-c', 'a.c', '-MG', '-MD'], /-MG/)
+  no(['-c', 'a.s'], /unsupported source type \.s/)
+  no(['-c', 'a.c', '-Wa,-adhln=a.lst'], /assembler output/)
+  no(['-c', 'a.c', '@/nonexistent/rsp'], /unreadable response file/)
+})
+
+test('output name does not enter the key; the depfile target does', () => {
+  const a = ok(['-c', 'a.c', '-o', 'x/a.o', '-O2'])
+  const b = ok(['-c', 'a.c', '-o', 'y/b.o', '-O2'])
+  assert.deepEqual(a.keyArgs, b.keyArgs)
+  const da = ok(['-c', 'a.c', '-o', 'x/a.o', '-MD'])
+  const db = ok(['-c', 'a.c', '-o', 'y/b.o', '-MD'])
+  assert.equal(da.depTarget, 'x/a.o')
+  assert.notEqual(da.depTarget, db.depTarget)
+  assert.deepEqual(da.outputs, [{ name: 'obj', path: 'x/a.o' }, { name: 'dep', path: 'x/a.d' }])
+})
+
+test('working directory enters the key only with debug info and no prefix map covering it', () => {
+  assert.equal(ok(['-c', 'a.c']).cwdInKey, false)
+  assert.equal(ok(['-c', 'a.c', '-g']).cwdInKey, true)
+  assert.equal(ok(['-c', 'a.c', '-g', '-g0']).cwdInKey, false)
+  assert.equal(ok(['-c', 'a.c', '-g', `-fdebug-prefix-map=${cwd}=.`]).cwdInKey, false)
+  assert.equal(ok(['-c', 'a.c', '-g', '-ffile-prefix-map=/work=/src']).cwdInKey, false)
+  assert.equal(ok(['-c', 'a.c', '-g', '-ffile-prefix-map=/elsewhere=/src']).cwdInKey, true)
+})
+
+test('response files split like gcc does', () => {
+  assert.deepEqual(splitResponseFile(`-O2 "-DMSG=hello world" 'a b.c'\n-I\\ spaced\n`), ['-O2', '-DMSG=hello world', 'a b.c', '-I spaced'])
+})
+
+// Depfiles through our rewritten command must equal the compiler's own, for every form.
+const depForms: string[][] = [
+  ['-MD'], ['-MMD'], ['-MD', '-MF', 'deps/out.dep'], ['-MMD', '-MT', 'custom target'], ['-MD', '-MQ', 'q$target'],
+  ['-MD', '-MP'], ['-MMD', '-MT', 'a', '-MT', 'b', '-MP'], ['-Wp,-MMD,deps/wp.d'], ['-Wp,-MD,deps/wp2.d', '-MT', 'zz']
+]
+for (const family of ['gcc', 'clang'] as const) {
+  test(`depfiles from the rewritten command equal ${family}'s own`, async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'deps-'))
+    try {
+      mkdirSync(join(dir, 'out'))
+      mkdirSync(join(dir, 'deps'))
+      mkdirSync(join(dir, 'inc'))
+      writeFileSync(join(dir, 'inc', 'h.h'), '#define H 1\n')
+      writeFileSync(join(dir, 'src.c'), '#include <stdio.h>\n#include "h.h"\nint f(void) { return H; }\n')
+      for (const form of depForms) {
+        const args = ['-c', 'src.c', '-Iinc', '-o', 'out/obj.o', ...form]
+        const spec = parseGccArgs(args, dir, family)
+        assert.ok(spec.cacheable, `${form.join(' ')} cacheable`)
+        if (!spec.cacheable) continue
+        const plain = await runCommand(family, args, { cwd: dir })
+        assert.equal(plain.code, 0, plain.stderr)
+        const depPath = spec.spec.outputs.find((o) => o.name === 'dep')!.path
+        const expected = readFileSync(join(dir, depPath))
+        const rewritten = spec.spec.compileArgs({ obj: join(dir, 'tmp.o'), dep: join(dir, 'tmp.d') })
+        const r = await runCommand(family, rewritten, { cwd: dir })
+        assert.equal(r.code, 0, r.stderr)
+        assert.equal(readFileSync(join(dir, 'tmp.d'), 'utf8'), expected.toString('utf8'), `${family} ${form.join(' ')}`)
+        assert.ok(readFileSync(join(dir, 'tmp.o')).equals(readFileSync(join(dir, 'out/obj.o'))), `object for ${form.join(' ')}`)
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true })
+    }
+  })
+}

@@ -1,0 +1,91 @@
+// Configuration: the documented names work, env overrides the file, and every mistake is
+// one clear line naming the file, the key and what is wrong.
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { ConfigError, loadConfig, parseSize } from '../src/config.js'
+import { runCommand, MESHCC } from './helpers/meshcc.js'
+
+function withConf(text: string, fn: (file: string, dir: string) => void | Promise<void>) {
+  return async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'conf-'))
+    const file = join(dir, 'config.toml')
+    writeFileSync(file, text)
+    try { await fn(file, dir) } finally { rmSync(dir, { recursive: true, force: true }) }
+  }
+}
+
+test('the documented keys are read as written', withConf(`
+[daemon]
+socket = "/tmp/meshcc-test/daemon.sock"
+idle_timeout = 0
+[cache]
+dir = "~/.cache/meshcc-test"
+size = "512M"
+[log]
+level = "debug"
+`, (file) => {
+  const c = loadConfig({ MESHCC_CONF: file, HOME: '/home/u' })
+  assert.equal(c.daemon.socket, '/tmp/meshcc-test/daemon.sock')
+  assert.equal(c.daemon.idleTimeout, 0)
+  assert.match(c.cache.dir, /\.cache\/meshcc-test$/)
+  assert.equal(c.cache.size, 512 * 1024 ** 2)
+  assert.equal(c.log.level, 'debug')
+  assert.equal(c.file, file)
+}))
+
+test('environment variables override the file', withConf('[cache]\nsize = "1G"\n', (file) => {
+  const c = loadConfig({ MESHCC_CONF: file, MESHCC_DIR: '/tmp/x-cache', MESHCC_CACHE_SIZE: '2G', MESHCC_LOG: 'warn', MESHCC_IDLE_TIMEOUT: '5', MESHCC_SOCKET: '/tmp/s.sock' })
+  assert.equal(c.cache.dir, '/tmp/x-cache')
+  assert.equal(c.cache.size, 2 * 1024 ** 3)
+  assert.equal(c.log.level, 'warn')
+  assert.equal(c.daemon.idleTimeout, 5)
+  assert.equal(c.daemon.socket, '/tmp/s.sock')
+}))
+
+test('defaults without any config file', () => {
+  const c = loadConfig({ HOME: '/nonexistent-home', XDG_CONFIG_HOME: '/nonexistent-conf', XDG_CACHE_HOME: '/nonexistent-cache', XDG_RUNTIME_DIR: '/run/user/4242' })
+  assert.equal(c.file, null)
+  assert.equal(c.cache.dir, '/nonexistent-cache/meshcc')
+  assert.equal(c.cache.size, 10 * 1024 ** 3)
+  assert.equal(c.daemon.idleTimeout, 600)
+  assert.equal(c.daemon.socket, '/run/user/4242/meshcc/daemon.sock')
+})
+
+test('sizes', () => {
+  assert.equal(parseSize('10G'), 10 * 1024 ** 3)
+  assert.equal(parseSize('1.5GiB'), 1.5 * 1024 ** 3)
+  assert.equal(parseSize('500MB'), 500 * 1000 ** 2)
+  assert.equal(parseSize('4096'), 4096)
+  assert.equal(parseSize('lots'), null)
+  assert.equal(parseSize('10X'), null)
+})
+
+const bad: Array<[string, string, RegExp]> = [
+  ['wrong type', '[cache]\nsize = "lots"\n', /config\.toml: \[cache\] size: expected a size such as "10G"/],
+  ['unknown key', '[daemon]\nsokcet = "/tmp/x"\n', /config\.toml: unknown key \[daemon\] sokcet/],
+  ['unknown section', '[caches]\ndir = "/tmp"\n', /config\.toml: unknown section \[caches\]/],
+  ['negative number', '[daemon]\nidle_timeout = -1\n', /\[daemon\] idle_timeout: -1 is out of range/],
+  ['bad log level', '[log]\nlevel = "loud"\n', /\[log\] level: "loud" is not one of error, warn, info, debug/],
+  ['TOML syntax', '[daemon]\nsocket = \n', /config\.toml: line 2:/]
+]
+for (const [name, text, re] of bad) {
+  test(`bad config (${name}) gives one clear line`, withConf(text, async (file) => {
+    assert.throws(() => loadConfig({ MESHCC_CONF: file }), (e: unknown) => e instanceof ConfigError && re.test(e.message) && !e.message.includes('\n'))
+    // through the CLI: one line on stderr, no stack trace, non-zero exit
+    const r = await runCommand(MESHCC, ['-s'], { env: { ...process.env, MESHCC_CONF: file } })
+    assert.equal(r.code, 2)
+    assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr)
+    assert.match(r.stderr, re)
+    assert.match(r.stderr, new RegExp(file.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')))
+  }))
+}
+
+test('a bad config never fails a build: the launcher warns and compiles plainly', withConf('[cache]\nsize = "lots"\n', async (file, dir) => {
+  writeFileSync(join(dir, 'a.c'), 'int a(void) { return 1; }\n')
+  const r = await runCommand(MESHCC, ['gcc', '-c', 'a.c', '-o', 'a.o'], { cwd: dir, env: { ...process.env, MESHCC_CONF: file } })
+  assert.equal(r.code, 0)
+  assert.match(r.stderr, /^meshcc: .*\[cache\] size.*; compiling without meshcc\n$/)
+}))

@@ -1,0 +1,218 @@
+// meshcc must never break a build nor hand back a wrong object: compile errors, crashes of
+// the daemon, damaged cache entries, eviction, pass-through invocations, many concurrent
+// compiles, and a daemon that must not hold the build's pipes open.
+import { test, after } from 'node:test'
+import assert from 'node:assert/strict'
+import { spawn } from 'node:child_process'
+import { existsSync, readFileSync, readdirSync, statSync, truncateSync, writeFileSync, mkdirSync } from 'node:fs'
+import { join } from 'node:path'
+import { createInstance, runCommand, MESHCC, type Instance } from './helpers/meshcc.js'
+
+const instances: Instance[] = []
+after(async () => { for (const i of instances) await i.stop() })
+
+function fresh(extra = '', name = 'rob'): Instance {
+  const i = createInstance(extra, name)
+  instances.push(i)
+  return i
+}
+
+function entryFiles(cacheDir: string): string[] {
+  const out: string[] = []
+  for (const d of readdirSync(cacheDir)) {
+    if (!/^[0-9a-f]{2}$/.test(d)) continue
+    for (const f of readdirSync(join(cacheDir, d))) if (/^[0-9a-f]{64}$/.test(f)) out.push(join(cacheDir, d, f))
+  }
+  return out
+}
+
+test('a compile error gives the plain compiler\'s stderr and exit code, and is never cached', async () => {
+  const inst = fresh()
+  writeFileSync(join(inst.dir, 'bad.c'), 'int f(void) { return undeclared_name; }\n')
+  const plain = await runCommand('gcc', ['-c', 'bad.c', '-o', 'bad.o'], { cwd: inst.dir })
+  assert.notEqual(plain.code, 0)
+  for (let round = 0; round < 2; round++) {
+    const r = await inst.run(['gcc', '-c', 'bad.c', '-o', 'bad.o'])
+    assert.equal(r.code, plain.code)
+    assert.equal(r.stderr, plain.stderr)
+    assert.equal(r.stdout, plain.stdout)
+    assert.equal(existsSync(join(inst.dir, 'bad.o')), false)
+  }
+  const s = await inst.stats()
+  assert.equal(s.cache_hits, 0, 'a failure is never served from the cache')
+  assert.equal(s.cache_entries, 0)
+})
+
+test('non-cacheable invocations (link, -E, two sources) pass through untouched', async () => {
+  const inst = fresh()
+  writeFileSync(join(inst.dir, 'a.c'), '#define TWO 2\nint a(void) { return TWO; }\n')
+  writeFileSync(join(inst.dir, 'b.c'), 'int a(void);\nint main(void) { return a() - 2; }\n')
+  const pre = await inst.run(['gcc', '-E', 'a.c'])
+  const plainPre = await runCommand('gcc', ['-E', 'a.c'], { cwd: inst.dir })
+  assert.equal(pre.code, 0)
+  assert.equal(pre.stdout, plainPre.stdout)
+  const two = await inst.run(['gcc', '-c', 'a.c', 'b.c'])
+  assert.equal(two.code, 0, two.stderr)
+  const link = await inst.run(['gcc', 'a.o', 'b.o', '-o', 'prog'])
+  assert.equal(link.code, 0, link.stderr)
+  assert.equal((await runCommand(join(inst.dir, 'prog'), [])).code, 0)
+  const s = await inst.stats()
+  assert.equal(s.non_cacheable, 3)
+  assert.equal(s.cache_misses, 0)
+  const reasons = s.non_cacheable_reasons as unknown as Record<string, number>
+  assert.equal(reasons['preprocess only (-E)'], 1)
+  assert.equal(reasons['multiple input files'], 1)
+  assert.equal(reasons['not a compile-only invocation (no -c)'], 1)
+})
+
+test('a corrupted and a truncated cache entry each give a miss and a correct object', async () => {
+  const inst = fresh()
+  writeFileSync(join(inst.dir, 'x.c'), 'static const char big[4096] = "payload"; const char *x(void) { return big; }\n')
+  const plain = await runCommand('gcc', ['-O1', '-c', 'x.c', '-o', 'plain.o'], { cwd: inst.dir })
+  assert.equal(plain.code, 0)
+  const expected = readFileSync(join(inst.dir, 'plain.o'))
+  const compile = async () => {
+    const r = await inst.run(['gcc', '-O1', '-c', 'x.c', '-o', 'x.o'])
+    assert.equal(r.code, 0, r.stderr)
+    assert.ok(readFileSync(join(inst.dir, 'x.o')).equals(expected), 'object equals the plain compile')
+  }
+  await compile() // miss, stored
+  await inst.stats() // flushes; the entry write has finished by the time the next compile reads it
+  for (const damage of ['corrupt', 'truncate'] as const) {
+    const [entry] = entryFiles(inst.cacheDir)
+    assert.ok(entry, 'an entry exists')
+    if (damage === 'corrupt') {
+      const buf = readFileSync(entry)
+      for (let i = Math.floor(buf.length / 2); i < Math.floor(buf.length / 2) + 16; i++) buf[i] ^= 0xff
+      writeFileSync(entry, buf)
+    } else {
+      truncateSync(entry, Math.floor(statSync(entry).size / 2))
+    }
+    const before = await inst.stats()
+    await compile()
+    const afterStats = await inst.stats()
+    assert.equal(afterStats.cache_errors - before.cache_errors, 1, `${damage}: counted as a cache error`)
+    assert.equal(afterStats.cache_misses - before.cache_misses, 1, `${damage}: treated as a miss`)
+  }
+  await compile()
+  const s = await inst.stats()
+  assert.ok(s.cache_hits >= 1, 'the rewritten entry is good again')
+})
+
+test('eviction keeps the cache under its size limit', async () => {
+  const inst = fresh('', 'evict')
+  // 200 KiB limit; each object carries ~24 KiB of incompressible data
+  writeFileSync(inst.conf, readFileSync(inst.conf, 'utf8').replace('[cache]\n', '[cache]\nsize = "200K"\n'))
+  for (let i = 0; i < 16; i++) {
+    const bytes = Array.from({ length: 24 * 1024 }, (_, k) => (k * 2654435761 + i * 97) % 251).join(',')
+    writeFileSync(join(inst.dir, `e${i}.c`), `const unsigned char data${i}[] = {${bytes}};\n`)
+    const r = await inst.run(['gcc', '-c', `e${i}.c`, '-o', `e${i}.o`])
+    assert.equal(r.code, 0, r.stderr)
+  }
+  await inst.run(['--stop-server']) // waits for writes and evictions in flight
+  const total = entryFiles(inst.cacheDir).reduce((n, f) => n + statSync(f).size, 0)
+  assert.ok(total <= 200 * 1024, `cache holds ${total} bytes, limit 204800`)
+  assert.ok(entryFiles(inst.cacheDir).length >= 3, 'recent entries are kept')
+  const s = await inst.stats()
+  assert.ok(s.cache_size_bytes <= 200 * 1024)
+})
+
+test('200 concurrent compiles against one daemon all succeed', async () => {
+  const inst = fresh('', 'conc')
+  mkdirSync(join(inst.dir, 'c'))
+  for (let i = 0; i < 100; i++) writeFileSync(join(inst.dir, 'c', `u${i}.c`), `int u${i}(int x) { return x * ${i} + ${i % 7}; }\n`)
+  // 100 distinct sources, each compiled twice at once: misses, racing identical misses, and hits
+  const jobs = Array.from({ length: 200 }, (_, j) => inst.run(['gcc', '-O2', '-c', `c/u${j % 100}.c`, '-o', `c/u${j % 100}-${j >= 100 ? 'b' : 'a'}.o`], { timeoutMs: 300_000 }))
+  const results = await Promise.all(jobs)
+  results.forEach((r, j) => assert.equal(r.code, 0, `job ${j}: ${r.stderr}`))
+  for (let i = 0; i < 100; i++) {
+    const plain = await runCommand('gcc', ['-O2', '-c', `c/u${i}.c`, '-o', `c/p${i}.o`], { cwd: inst.dir })
+    assert.equal(plain.code, 0)
+    const p = readFileSync(join(inst.dir, 'c', `p${i}.o`))
+    assert.ok(readFileSync(join(inst.dir, 'c', `u${i}-a.o`)).equals(p))
+    assert.ok(readFileSync(join(inst.dir, 'c', `u${i}-b.o`)).equals(p))
+  }
+  const s = await inst.stats()
+  assert.equal(s.compile_requests, 200)
+  assert.equal(s.fallbacks, 0)
+})
+
+test('the daemon killed with SIGKILL in the middle of a build leaves the build green', async () => {
+  const inst = fresh('', 'kill')
+  const src = join(inst.dir, 'k')
+  mkdirSync(src)
+  const n = 30
+  for (let i = 0; i < n; i++) writeFileSync(join(src, `k${i}.c`), `#include <stdio.h>\n#include <stdlib.h>\n#include <string.h>\nint k${i}(const char *s) { return (int)strlen(s) + ${i}; }\n`)
+  writeFileSync(join(src, 'Makefile'), `OBJS = ${Array.from({ length: n }, (_, i) => `k${i}.o`).join(' ')}\nall: $(OBJS)\n%.o: %.c\n\t$(CC) -O2 -c $< -o $@\n`)
+  const build = inst.run(['-j4', `CC=${MESHCC} gcc`], { cmd: 'make', cwd: src, timeoutMs: 300_000 })
+  // wait for the daemon to be up and some objects to exist, then kill it
+  const deadline = Date.now() + 60_000
+  let killed = false
+  while (Date.now() < deadline) {
+    const pid = inst.daemonPid()
+    const done = readdirSync(src).filter((f) => f.endsWith('.o')).length
+    if (pid !== null && done >= 3) {
+      process.kill(pid, 'SIGKILL')
+      killed = true
+      break
+    }
+    await new Promise((r) => setTimeout(r, 20))
+  }
+  assert.ok(killed, 'the daemon was killed mid-build')
+  const r = await build
+  assert.equal(r.code, 0, r.stderr)
+  for (let i = 0; i < n; i++) {
+    const obj = join(src, `k${i}.o`)
+    assert.ok(existsSync(obj), `k${i}.o exists`)
+    const plain = await runCommand('gcc', ['-O2', '-c', `k${i}.c`, '-o', `k${i}.plain`], { cwd: src })
+    assert.equal(plain.code, 0)
+    assert.ok(readFileSync(obj).equals(readFileSync(join(src, `k${i}.plain`))), `k${i}.o is correct`)
+  }
+})
+
+test('a daemon that cannot start means a plain local compile, counted as a fallback', async () => {
+  const inst = fresh('', 'nostart')
+  writeFileSync(join(inst.dir, 'f.c'), 'int f(void) { return 1; }\n')
+  // a socket path whose directory cannot be created
+  writeFileSync(join(inst.dir, 'blocker'), '')
+  const r = await inst.run(['gcc', '-c', 'f.c', '-o', 'f.o'], { env: { MESHCC_SOCKET: join(inst.dir, 'blocker', 'd.sock') } })
+  assert.equal(r.code, 0, r.stderr)
+  assert.ok(existsSync(join(inst.dir, 'f.o')))
+  const s = await inst.stats() // the working daemon folds in the launcher's journal
+  assert.equal(s.fallbacks, 1)
+  assert.equal((s.fallback_reasons as unknown as Record<string, number>)['daemon unreachable'], 1)
+})
+
+test('the daemon started by a launcher does not hold the caller\'s pipes open', async () => {
+  const inst = fresh('', 'pipes')
+  writeFileSync(join(inst.dir, 'p.c'), 'int p(void) { return 2; }\n')
+  assert.equal(inst.daemonPid(), null, 'no daemon before the first compile')
+  const child = spawn(MESHCC, ['gcc', '-c', 'p.c', '-o', 'p.o'], { cwd: inst.dir, env: inst.env, stdio: ['ignore', 'pipe', 'pipe'] })
+  const started = Date.now()
+  const exited = new Promise<number>((res) => child.on('exit', () => res(Date.now())))
+  // read stdout and stderr to EOF, as ninja does
+  const eof = (s: NodeJS.ReadableStream) => new Promise<void>((res) => { s.on('end', res); s.resume() })
+  const timeout = new Promise<string>((res) => setTimeout(() => res('timeout'), 20_000))
+  const outcome = await Promise.race([Promise.all([eof(child.stdout), eof(child.stderr)]).then(() => 'eof'), timeout])
+  assert.equal(outcome, 'eof', 'pipes reached EOF')
+  const eofAt = Date.now()
+  const exitedAt = await exited
+  assert.ok(Math.abs(eofAt - exitedAt) < 2000, 'EOF came with the launcher\'s exit, not later')
+  assert.ok(Date.now() - started < 20_000)
+  const pid = inst.daemonPid()
+  assert.ok(pid !== null, 'the daemon is still running after the compile')
+  process.kill(pid, 0)
+})
+
+test('@file response files are expanded and cached', async () => {
+  const inst = fresh('', 'rsp')
+  writeFileSync(join(inst.dir, 'r.c'), 'int r(void) { return VALUE; }\n')
+  writeFileSync(join(inst.dir, 'args.rsp'), '-O2 "-DVALUE=4"\n-c r.c\n')
+  for (let i = 0; i < 2; i++) {
+    const r = await inst.run(['gcc', '@args.rsp', '-o', 'r.o'])
+    assert.equal(r.code, 0, r.stderr)
+  }
+  const s = await inst.stats()
+  assert.equal(s.cache_misses, 1)
+  assert.equal(s.cache_hits, 1)
+})
