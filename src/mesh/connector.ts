@@ -1,0 +1,230 @@
+// Who we dial and when. libp2p 3 has no auto-dialer: discovery (mDNS, DHT) and gossip only tell
+// us about peers, so we dial them here, plus the configured bootstrap addresses, which are
+// redialed with bounded backoff whenever we are not connected to them.
+import type { Multiaddr } from '@multiformats/multiaddr'
+import { multiaddr } from '@multiformats/multiaddr'
+import { peerIdFromString } from '@libp2p/peer-id'
+import type { PeerId } from '@libp2p/interface'
+import type { Logger } from '../log.js'
+import type { MeshLibp2p } from './node.js'
+
+const TICK_MS = 1000
+const DIAL_TIMEOUT_MS = 10_000
+const BOOTSTRAP_MAX_BACKOFF_MS = 60_000
+const BOOTSTRAP_CHECK_MS = 5000
+const PEER_MAX_BACKOFF_MS = 120_000
+/** the larger peer id waits this long before dialing, so both sides rarely dial at once */
+const TIE_BREAK_DELAY_MS = 3000
+const MAX_PARALLEL_DIALS = 8
+/** stop dialing discovered peers beyond this many connections */
+const MAX_CONNECTIONS = 200
+const FAILURE_WARN_EVERY_MS = 5 * 60_000
+
+interface BootstrapEntry {
+  addr: Multiaddr
+  text: string
+  peerId: string | null
+  failures: number
+  nextAt: number
+  busy: boolean
+  connected: boolean
+  warned: boolean
+}
+
+interface PeerDialState { failures: number; nextAt: number }
+
+export type DiscoverySource = 'mdns' | 'dht' | 'gossip'
+
+export interface ConnectorInit {
+  node: MeshLibp2p
+  log: Logger
+  bootstrap: Multiaddr[]
+  isDenied: (peerId: string) => boolean
+}
+
+export class Connector {
+  private readonly node: MeshLibp2p
+  private readonly log: Logger
+  private readonly isDenied: (peerId: string) => boolean
+  private readonly self: string
+  private readonly bootstrap: BootstrapEntry[]
+  private readonly dialing = new Set<string>()
+  private readonly peerState = new Map<string, PeerDialState>()
+  private readonly delayed = new Map<string, NodeJS.Timeout>()
+  private readonly lastWarned = new Map<string, number>()
+  private timer: NodeJS.Timeout | null = null
+  private stopped = false
+
+  constructor(init: ConnectorInit) {
+    this.node = init.node
+    this.log = init.log
+    this.isDenied = init.isDenied
+    this.self = init.node.peerId.toString()
+    this.bootstrap = init.bootstrap
+      .map((addr) => ({ addr, text: addr.toString(), peerId: peerIdOf(addr), failures: 0, nextAt: 0, busy: false, connected: false, warned: false }))
+      .filter((e) => e.peerId !== this.self) // our own invite address in our own config
+  }
+
+  start(): void {
+    this.tick()
+    this.timer = setInterval(() => this.tick(), TICK_MS)
+    this.timer.unref()
+  }
+
+  stop(): void {
+    this.stopped = true
+    if (this.timer) clearInterval(this.timer)
+    for (const t of this.delayed.values()) clearTimeout(t)
+    this.delayed.clear()
+  }
+
+  /** A peer was discovered (mDNS, DHT) or announced itself by gossip: connect if we are not. */
+  consider(peerIdText: string, addrs: Array<Multiaddr | string>, source: DiscoverySource): void {
+    if (this.stopped || peerIdText === this.self || this.isDenied(peerIdText)) return
+    if (this.dialing.has(peerIdText) || this.delayed.has(peerIdText)) return
+    let peer: PeerId
+    try { peer = peerIdFromString(peerIdText) } catch { return }
+    if (this.node.getConnections(peer).length > 0) return
+    const st = this.peerState.get(peerIdText)
+    if (st && Date.now() < st.nextAt) return
+    if (this.node.getConnections().length >= MAX_CONNECTIONS) return
+    let mas = addrs.map(toMultiaddr).filter((m): m is Multiaddr => m !== null)
+    // a remote host's loopback address would reach whatever listens on our own loopback
+    if (mas.some((m) => !isLoopbackAddr(m))) mas = mas.filter((m) => !isLoopbackAddr(m))
+    const go = () => {
+      this.delayed.delete(peerIdText)
+      if (this.stopped || this.node.getConnections(peer).length > 0) return
+      void this.dialPeer(peer, mas, source)
+    }
+    if (this.self < peerIdText) {
+      go()
+    } else {
+      const t = setTimeout(go, TIE_BREAK_DELAY_MS)
+      t.unref()
+      this.delayed.set(peerIdText, t)
+    }
+  }
+
+  private async dialPeer(peer: PeerId, addrs: Multiaddr[], source: DiscoverySource): Promise<void> {
+    const id = peer.toString()
+    if (this.dialing.size >= MAX_PARALLEL_DIALS || this.dialing.has(id)) return
+    this.dialing.add(id)
+    try {
+      if (addrs.length > 0) await this.node.peerStore.merge(peer, { multiaddrs: addrs })
+      await this.node.dial(peer, { signal: AbortSignal.timeout(DIAL_TIMEOUT_MS) })
+      this.peerState.delete(id)
+      this.log.debug(`connected to ${id} (found by ${source})`)
+    } catch (err) {
+      const st = this.peerState.get(id) ?? { failures: 0, nextAt: 0 }
+      st.failures++
+      st.nextAt = Date.now() + Math.min(PEER_MAX_BACKOFF_MS, 1000 * 2 ** st.failures)
+      this.peerState.set(id, st)
+      this.log.debug(`dial to ${id} (found by ${source}) failed: ${errText(err)}`)
+    } finally {
+      this.dialing.delete(id)
+    }
+  }
+
+  private tick(): void {
+    if (this.stopped) return
+    const now = Date.now()
+    for (const e of this.bootstrap) {
+      if (e.busy || now < e.nextAt) continue
+      if (e.peerId && this.connectedTo(e.peerId)) {
+        e.connected = true
+        e.failures = 0
+        e.nextAt = now + BOOTSTRAP_CHECK_MS
+        continue
+      }
+      if (e.connected) {
+        e.connected = false
+        this.log.info(`lost connection to bootstrap peer ${e.text}; redialing`)
+      }
+      void this.dialBootstrap(e)
+    }
+    // forget backoff state of peers we have not heard of for a long time
+    if (this.peerState.size > 1000) this.peerState.clear()
+  }
+
+  private async dialBootstrap(e: BootstrapEntry): Promise<void> {
+    e.busy = true
+    try {
+      const conn = await this.node.dial(e.addr, { signal: AbortSignal.timeout(DIAL_TIMEOUT_MS) })
+      e.peerId = conn.remotePeer.toString()
+      e.failures = 0
+      e.connected = true
+      e.warned = false
+      e.nextAt = Date.now() + BOOTSTRAP_CHECK_MS
+      this.log.info(`connected to bootstrap peer ${e.text}`)
+    } catch (err) {
+      e.failures++
+      const delay = Math.min(BOOTSTRAP_MAX_BACKOFF_MS, 1000 * 2 ** Math.min(e.failures - 1, 16))
+      e.nextAt = Date.now() + delay
+      const name = (err as Error).name
+      const msg = name === 'EncryptionFailedError'
+        ? `connection to bootstrap peer ${e.text} failed during the private-network handshake: the peer probably has a different mesh key (${errText(err)}); retrying in ${Math.round(delay / 1000)} s`
+        : `cannot reach bootstrap peer ${e.text}: ${errText(err)}; retrying in ${Math.round(delay / 1000)} s`
+      if (!e.warned) { this.log.warn(msg); e.warned = true } else this.log.debug(msg)
+    } finally {
+      e.busy = false
+    }
+  }
+
+  private connectedTo(peerIdText: string): boolean {
+    try {
+      return this.node.getConnections(peerIdFromString(peerIdText)).length > 0
+    } catch {
+      return false
+    }
+  }
+
+  /** Called by the node when a connection dies inside the pnet/noise handshake. */
+  reportHandshakeFailure(remoteAddr: string, direction: 'inbound' | 'outbound', err: Error | undefined): void {
+    // the bootstrap loop reports its own dials, with the retry delay
+    if (direction === 'outbound' && this.bootstrap.some((e) => remoteAddr === e.text || remoteAddr.startsWith(`${e.text}/p2p/`))) return
+    // inbound ports are ephemeral: rate-limit per remote host, not per address
+    const key = direction === 'inbound' ? `in:${hostOf(remoteAddr)}` : `out:${remoteAddr}`
+    const now = Date.now()
+    const last = this.lastWarned.get(key)
+    const detail = err ? ` (${errText(err)})` : ''
+    const msg = direction === 'inbound'
+      ? `connection from ${hostOf(remoteAddr)} failed during the private-network handshake: the peer probably has a different mesh key${detail}`
+      : `connection to ${remoteAddr} failed during the private-network handshake: the peer probably has a different mesh key${detail}`
+    if (last === undefined || now - last > FAILURE_WARN_EVERY_MS) {
+      if (this.lastWarned.size > 1000) this.lastWarned.clear()
+      this.lastWarned.set(key, now)
+      this.log.warn(msg)
+    } else {
+      this.log.debug(msg)
+    }
+  }
+}
+
+function peerIdOf(ma: Multiaddr): string | null {
+  const c = ma.getComponents().findLast((x) => x.name === 'p2p')
+  return c?.value ?? null
+}
+
+function isLoopbackAddr(ma: Multiaddr): boolean {
+  const c = ma.getComponents()[0]
+  return (c?.name === 'ip4' && (c.value ?? '').startsWith('127.')) || (c?.name === 'ip6' && c.value === '::1')
+}
+
+function toMultiaddr(a: Multiaddr | string): Multiaddr | null {
+  if (typeof a !== 'string') return a
+  try { return multiaddr(a) } catch { return null }
+}
+
+function hostOf(addr: string): string {
+  try {
+    const c = multiaddr(addr).getComponents()
+    return c.find((x) => x.name === 'ip4' || x.name === 'ip6' || x.name === 'dns' || x.name === 'dns4' || x.name === 'dns6')?.value ?? addr
+  } catch {
+    return addr
+  }
+}
+
+export function errText(err: unknown): string {
+  const e = err as Error
+  return `${e?.name && e.name !== 'Error' ? e.name + ': ' : ''}${String(e?.message ?? err).split('\n')[0]}`
+}

@@ -1,0 +1,188 @@
+// The gossip load view: we publish our load every interval and on change, and keep the latest
+// message of every other member until it goes silent for `expiryMs`. Peers pick builders from
+// this view; builders still make the final accept/refuse decision, so staleness costs a retry.
+import { TopicValidatorResult, type Message } from '@libp2p/gossipsub'
+import type { Logger } from '../log.js'
+import type { MeshLibp2p } from './node.js'
+import { decodeLoad, encodeLoad, loadTopic, LoadDecodeError, type Accept, type LoadMessage } from './protocols/load-gossip.js'
+import { errText } from './connector.js'
+
+export interface LoadInfo {
+  cores: number
+  running: number
+  queued: number
+  freeSlots: number
+  load1: number
+  speed: number
+  toolchains: string[]
+  accept: Accept
+  version: string
+  shim: boolean
+  name: string
+}
+
+export interface ViewEntry {
+  peerId: string
+  load: LoadInfo
+  addrs: string[]
+  seq: number
+  /** local clock, ms epoch */
+  lastSeen: number
+}
+
+export const DEFAULT_GOSSIP_INTERVAL_MS = 1000
+export const MAX_GOSSIP_INTERVAL_MS = 2000
+export const MIN_GOSSIP_INTERVAL_MS = 100
+/** extra publishes from notifyLoadChanged are at least this far apart */
+export const MIN_PUBLISH_GAP_MS = 100
+
+/** Silent for 3 intervals plus slack: 5 s at the default 1 s interval. */
+export function defaultExpiryMs(intervalMs: number): number {
+  return 3 * intervalMs + 2000
+}
+
+export interface LoadViewInit {
+  node: MeshLibp2p
+  meshId: string
+  log: Logger
+  name: string
+  version: string
+  getLoad: () => Omit<LoadInfo, 'version' | 'name'>
+  getAddrs: () => string[]
+  isDenied: (peerId: string) => boolean
+  intervalMs: number
+  expiryMs: number
+  /** every valid message from another member (the connector dials members we are not connected to) */
+  onMessage?: (peerId: string, addrs: string[]) => void
+  /** the view changed (member joined, left or reported new load) */
+  onChange?: () => void
+}
+
+export class LoadView {
+  readonly topic: string
+  private readonly entries = new Map<string, ViewEntry>()
+  private seq = Date.now() // grows across restarts, so receivers never mistake a restart for stale data
+  private lastPublish = 0
+  private publishTimer: NodeJS.Timeout | null = null
+  private sweepTimer: NodeJS.Timeout | null = null
+  private extraTimer: NodeJS.Timeout | null = null
+  private stopped = false
+  private readonly self: string
+  private readonly onGossip = (evt: CustomEvent<Message>) => this.handle(evt.detail)
+
+  constructor(private readonly init: LoadViewInit) {
+    this.topic = loadTopic(init.meshId)
+    this.self = init.node.peerId.toString()
+  }
+
+  start(): void {
+    const pubsub = this.init.node.services.pubsub
+    pubsub.topicValidators.set(this.topic, (_peer, msg) => this.validate(msg))
+    pubsub.addEventListener('message', this.onGossip)
+    pubsub.subscribe(this.topic)
+    this.publishTimer = setInterval(() => { void this.publish() }, this.init.intervalMs)
+    this.sweepTimer = setInterval(() => this.sweep(), Math.max(50, Math.min(1000, Math.floor(this.init.intervalMs / 2))))
+    void this.publish()
+  }
+
+  /** Publishes a goodbye so the others drop us at once instead of after the expiry. */
+  async stop(): Promise<void> {
+    if (this.stopped) return
+    this.stopped = true
+    for (const t of [this.publishTimer, this.sweepTimer]) if (t) clearInterval(t)
+    if (this.extraTimer) clearTimeout(this.extraTimer)
+    const pubsub = this.init.node.services.pubsub
+    try {
+      const res = await pubsub.publish(this.topic, encodeLoad(this.message(true)))
+      // give the goodbye a moment to leave before the caller closes the connections
+      if (res.recipients.length > 0) await new Promise((r) => setTimeout(r, 100))
+    } catch { /* nobody listening */ }
+    pubsub.removeEventListener('message', this.onGossip)
+    pubsub.topicValidators.delete(this.topic)
+  }
+
+  /** Publish now, at most one extra message per MIN_PUBLISH_GAP_MS. */
+  notifyLoadChanged(): void {
+    if (this.stopped || this.extraTimer) return
+    const wait = this.lastPublish + MIN_PUBLISH_GAP_MS - Date.now()
+    if (wait <= 0) { void this.publish(); return }
+    this.extraTimer = setTimeout(() => { this.extraTimer = null; void this.publish() }, wait)
+  }
+
+  /** Other live members (self is not stored; mesh.ts adds it). */
+  list(): ViewEntry[] {
+    this.sweep()
+    return [...this.entries.values()]
+  }
+
+  selfLoad(): LoadInfo {
+    return { ...this.init.getLoad(), version: this.init.version, name: this.init.name }
+  }
+
+  private message(bye = false): LoadMessage {
+    const l = this.selfLoad()
+    return { ...l, addrs: this.init.getAddrs(), seq: ++this.seq, timestamp: Date.now(), ...(bye ? { bye: true, accept: 'never' as const } : {}) }
+  }
+
+  private async publish(): Promise<void> {
+    if (this.stopped) return
+    this.lastPublish = Date.now()
+    try {
+      await this.init.node.services.pubsub.publish(this.topic, encodeLoad(this.message()))
+    } catch (err) {
+      this.init.log.debug(`load publish failed: ${errText(err)}`)
+    }
+  }
+
+  private validate(msg: Message): TopicValidatorResult {
+    if (msg.type !== 'signed') return TopicValidatorResult.Reject
+    if (this.init.isDenied(msg.from.toString())) return TopicValidatorResult.Reject
+    try {
+      decodeLoad(msg.data)
+      return TopicValidatorResult.Accept
+    } catch {
+      return TopicValidatorResult.Reject
+    }
+  }
+
+  private handle(msg: Message): void {
+    if (this.stopped || msg.topic !== this.topic || msg.type !== 'signed') return
+    const from = msg.from.toString()
+    if (from === this.self || this.init.isDenied(from)) return
+    let m: LoadMessage
+    try {
+      m = decodeLoad(msg.data)
+    } catch (err) {
+      if (err instanceof LoadDecodeError) this.init.log.debug(`bad load message from ${from}: ${err.message}`)
+      return
+    }
+    const prev = this.entries.get(from)
+    if (prev && m.seq <= prev.seq) return // late duplicate through another path
+    if (m.bye) {
+      if (prev) {
+        this.entries.delete(from)
+        this.init.log.info(`mesh member left: ${prev.load.name || '?'} (${from})`)
+        this.init.onChange?.()
+      }
+      return
+    }
+    const { addrs, seq, timestamp: _ts, bye: _bye, ...load } = m
+    this.entries.set(from, { peerId: from, load, addrs, seq, lastSeen: Date.now() })
+    if (!prev) this.init.log.info(`mesh member joined: ${load.name || '?'} (${from}), ${load.cores} cores`)
+    this.init.onMessage?.(from, addrs)
+    this.init.onChange?.()
+  }
+
+  private sweep(): void {
+    const cutoff = Date.now() - this.init.expiryMs
+    let changed = false
+    for (const [id, e] of this.entries) {
+      if (e.lastSeen < cutoff) {
+        this.entries.delete(id)
+        changed = true
+        this.init.log.info(`mesh member silent for ${this.init.expiryMs} ms, dropped: ${e.load.name || '?'} (${id})`)
+      }
+    }
+    if (changed) this.init.onChange?.()
+  }
+}

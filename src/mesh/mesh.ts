@@ -1,0 +1,279 @@
+// The one object the daemon uses: starts the libp2p node, dials bootstrap and discovered peers,
+// runs the gossip load view, measures RTTs and announces capabilities in the DHT.
+import './polyfill.js'
+import { hostname } from 'node:os'
+import { multiaddr, type Multiaddr } from '@multiformats/multiaddr'
+import { peerIdFromString } from '@libp2p/peer-id'
+import { isPrivate } from '@libp2p/utils'
+import type { Libp2p, PeerInfo } from '@libp2p/interface'
+import type { Config } from '../config.js'
+import type { Logger } from '../log.js'
+import { MeshError } from './errors.js'
+import { readMeshKey, meshIdFromKey, loadOrCreateIdentity } from './keys.js'
+import { createMeshNode, type MeshLibp2p, type MeshServices } from './node.js'
+import { Connector, errText } from './connector.js'
+import { Advertiser, platformCapability } from './dht-ads.js'
+import { LoadView, DEFAULT_GOSSIP_INTERVAL_MS, MAX_GOSSIP_INTERVAL_MS, MIN_GOSSIP_INTERVAL_MS, defaultExpiryMs, type LoadInfo } from './load-view.js'
+
+export type { LoadInfo } from './load-view.js'
+export { MeshError } from './errors.js'
+export { platformCapability } from './dht-ads.js'
+
+export interface MeshMember {
+  peerId: string
+  self: boolean
+  addrs: string[]
+  load: LoadInfo
+  /** ms epoch, local clock; now for self */
+  lastSeen: number
+  rttMs: number | null
+  connection: 'self' | 'direct' | 'relayed' | 'none'
+  /** discovered via mDNS, or connected over a private/loopback address */
+  lan: boolean
+}
+
+export interface MeshOptions {
+  config: Config
+  log: Logger
+  version: string
+  getLoad: () => Omit<LoadInfo, 'version' | 'name'>
+  /** load gossip interval, default 1000, clamped to 100..2000 */
+  gossipIntervalMs?: number
+  /** a member silent this long leaves the view; default 3 intervals + 2 s */
+  expiryMs?: number
+  /** RTT measurement period for connected members, default 5000 */
+  rttIntervalMs?: number
+}
+
+export type MembersListener = (members: MeshMember[]) => void
+
+export interface Mesh {
+  readonly peerId: string
+  readonly meshId: string
+  /** dialable multiaddrs ending in /p2p/<id> (real ports when listening on port 0) */
+  addresses(): string[]
+  /** live view including self, sorted by peerId */
+  members(): MeshMember[]
+  /** publish our load now (rate-limited to one extra message per 100 ms) */
+  notifyLoadChanged(): void
+  /**
+   * Called with the full member list whenever it changes (join, leave, new load, RTT),
+   * coalesced to at most one call per 100 ms. Returns a function that unsubscribes.
+   */
+  on(event: 'members', fn: MembersListener): () => void
+  provideCapability(name: string): Promise<void>
+  provideToolchain(hash: string): Promise<void>
+  /** peer ids holding the toolchain: DHT providers plus members whose gossip lists it */
+  findToolchainProviders(hash: string, timeoutMs?: number): Promise<string[]>
+  findCapabilityProviders(name: string, timeoutMs?: number): Promise<string[]>
+  /** is this peer allowed to submit jobs / read the cache ([mesh] allow; empty = everyone) */
+  isAllowed(peerId: string): boolean
+  readonly libp2p: Libp2p<MeshServices>
+  stop(): Promise<void>
+}
+
+const DEFAULT_FIND_TIMEOUT_MS = 5000
+const EMIT_GAP_MS = 100
+const PING_TIMEOUT_MS = 2000
+const MAX_PINGS_PER_ROUND = 64
+
+export async function startMesh(opts: MeshOptions): Promise<Mesh> {
+  const { config, version } = opts
+  const log = opts.log
+  const mc = config.mesh
+  if (!mc.enabled) throw new MeshError('the mesh is disabled ([mesh] enabled = false)')
+
+  const psk = readMeshKey(mc.keyFile)
+  const meshId = meshIdFromKey(psk)
+  const privateKey = await loadOrCreateIdentity(mc.identityFile)
+
+  const deny = new Set(mc.deny.map((p) => checkPeerId(p, 'deny')))
+  const allow = new Set(mc.allow.map((p) => checkPeerId(p, 'allow')))
+  const isDenied = (id: string) => deny.has(id)
+  const bootstrap: Multiaddr[] = mc.bootstrap.map((a) => {
+    try { return multiaddr(a) } catch { throw new MeshError(`${where(config)}[mesh] bootstrap: "${a}" is not a valid multiaddr (expected e.g. /ip4/192.168.1.10/tcp/10650/p2p/12D3Koo...)`) }
+  })
+  if (mc.listen.length === 0) throw new MeshError(`${where(config)}[mesh] listen is empty: the mesh needs at least one address to listen on`)
+  for (const a of mc.listen) {
+    try { multiaddr(a) } catch { throw new MeshError(`${where(config)}[mesh] listen: "${a}" is not a valid multiaddr (expected e.g. /ip4/0.0.0.0/tcp/10650)`) }
+  }
+
+  const intervalMs = clamp(opts.gossipIntervalMs ?? DEFAULT_GOSSIP_INTERVAL_MS, MIN_GOSSIP_INTERVAL_MS, MAX_GOSSIP_INTERVAL_MS)
+  const expiryMs = Math.max(intervalMs + 50, opts.expiryMs ?? defaultExpiryMs(intervalMs))
+  const rttIntervalMs = Math.max(500, opts.rttIntervalMs ?? 5000)
+
+  const mdnsPeers = new Set<string>()
+  let connector: Connector | null = null
+  const t0 = Date.now()
+  const node: MeshLibp2p = await createMeshNode({
+    privateKey,
+    psk,
+    meshId,
+    listen: mc.listen,
+    mdns: mc.mdns,
+    dht: mc.dht,
+    isDenied,
+    log,
+    onMdnsPeer: (id) => { if (mdnsPeers.size < 10_000) mdnsPeers.add(id) },
+    onHandshakeFailure: (addr, dir, err) => connector?.reportHandshakeFailure(addr, dir, err)
+  })
+  const self = node.peerId.toString()
+  connector = new Connector({ node, log, bootstrap, isDenied })
+
+  const addresses = (): string[] => {
+    const all = node.getMultiaddrs().map((m) => m.toString())
+    // loopback last: useless to remote members, but keep it for same-host meshes and tests
+    return [...all.filter((a) => !isLoopback(a)), ...all.filter(isLoopback)]
+  }
+
+  const listeners = new Set<MembersListener>()
+  let emitTimer: NodeJS.Timeout | null = null
+  let stopped = false
+  const changed = () => {
+    if (stopped || emitTimer || listeners.size === 0) return
+    emitTimer = setTimeout(() => {
+      emitTimer = null
+      const list = members()
+      for (const fn of listeners) {
+        try { fn(list) } catch (err) { log.error(`members listener threw: ${errText(err)}`) }
+      }
+    }, EMIT_GAP_MS)
+  }
+
+  const view = new LoadView({
+    node,
+    meshId,
+    log,
+    name: mc.name !== '' ? mc.name : hostname(),
+    version,
+    getLoad: opts.getLoad,
+    getAddrs: addresses,
+    isDenied,
+    intervalMs,
+    expiryMs,
+    onMessage: (id, addrs) => connector?.consider(id, addrs, 'gossip'),
+    onChange: changed
+  })
+
+  const rtts = new Map<string, number>()
+  const connectionKind = (id: string): { kind: MeshMember['connection']; lan: boolean } => {
+    const conns = node.getConnections(peerIdFromString(id)).filter((c) => c.status === 'open')
+    const lan = mdnsPeers.has(id) || conns.some((c) => isPrivate(c.remoteAddr))
+    if (conns.length === 0) return { kind: 'none', lan }
+    const direct = conns.some((c) => c.limits == null && !c.remoteAddr.toString().includes('/p2p-circuit'))
+    return { kind: direct ? 'direct' : 'relayed', lan }
+  }
+
+  const members = (): MeshMember[] => {
+    const now = Date.now()
+    const list: MeshMember[] = [{
+      peerId: self, self: true, addrs: addresses(), load: view.selfLoad(), lastSeen: now, rttMs: 0, connection: 'self', lan: true
+    }]
+    for (const e of view.list()) {
+      const { kind, lan } = connectionKind(e.peerId)
+      list.push({ peerId: e.peerId, self: false, addrs: e.addrs, load: e.load, lastSeen: e.lastSeen, rttMs: rtts.get(e.peerId) ?? null, connection: kind, lan })
+    }
+    return list.sort((a, b) => (a.peerId < b.peerId ? -1 : a.peerId > b.peerId ? 1 : 0))
+  }
+
+  // RTT: one bounded ping round at a time, only over existing connections (ping would dial)
+  let pinging = false
+  const pingRound = async () => {
+    if (pinging || stopped) return
+    pinging = true
+    try {
+      const live = new Set<string>()
+      for (const e of view.list().slice(0, MAX_PINGS_PER_ROUND)) {
+        if (stopped) break
+        live.add(e.peerId)
+        const peer = peerIdFromString(e.peerId)
+        if (node.getConnections(peer).length === 0) { rtts.delete(e.peerId); continue }
+        try {
+          const ms = await node.services.ping.ping(peer, { signal: AbortSignal.timeout(PING_TIMEOUT_MS) })
+          rtts.set(e.peerId, Math.round(ms * 10) / 10)
+        } catch (err) {
+          log.debug(`ping ${e.peerId} failed: ${errText(err)}`)
+        }
+      }
+      for (const id of rtts.keys()) if (!live.has(id)) rtts.delete(id)
+      changed()
+    } finally {
+      pinging = false
+    }
+  }
+
+  const onDiscovery = (evt: CustomEvent<PeerInfo>) => {
+    const id = evt.detail.id.toString()
+    connector?.consider(id, evt.detail.multiaddrs, mdnsPeers.has(id) ? 'mdns' : 'dht')
+  }
+  node.addEventListener('peer:discovery', onDiscovery)
+
+  const ads = new Advertiser(node, meshId, log)
+  view.start()
+  connector.start()
+  ads.start()
+  void ads.provide(platformCapability())
+  const firstPing = setTimeout(() => { void pingRound() }, Math.min(1000, rttIntervalMs))
+  const pingTimer = setInterval(() => { void pingRound() }, rttIntervalMs)
+  pingTimer.unref()
+
+  log.info(`mesh ${meshId} started as ${self} in ${Date.now() - t0} ms, listening on ${addresses().join(' ') || '(nothing)'}${mc.mdns ? ', mDNS on' : ''}${mc.dht ? ', DHT on' : ''}`)
+
+  return {
+    peerId: self,
+    meshId,
+    addresses,
+    members,
+    notifyLoadChanged: () => view.notifyLoadChanged(),
+    on(event, fn) {
+      if (event !== 'members') throw new TypeError(`unknown mesh event ${String(event)}`)
+      listeners.add(fn)
+      return () => { listeners.delete(fn) }
+    },
+    provideCapability: (name) => ads.provide(name),
+    provideToolchain: (hash) => ads.provide(`toolchain:${hash}`),
+    async findToolchainProviders(hash, timeoutMs = DEFAULT_FIND_TIMEOUT_MS) {
+      const found = new Set(await ads.find(`toolchain:${hash}`, timeoutMs))
+      for (const e of view.list()) if (e.load.toolchains.includes(hash)) found.add(e.peerId)
+      if (view.selfLoad().toolchains.includes(hash)) found.add(self)
+      return [...found].sort()
+    },
+    findCapabilityProviders: (name, timeoutMs = DEFAULT_FIND_TIMEOUT_MS) => ads.find(name, timeoutMs),
+    isAllowed: (id) => !deny.has(id) && (allow.size === 0 || allow.has(id) || id === self),
+    libp2p: node,
+    async stop() {
+      if (stopped) return
+      stopped = true
+      listeners.clear()
+      if (emitTimer) clearTimeout(emitTimer)
+      clearTimeout(firstPing)
+      clearInterval(pingTimer)
+      node.removeEventListener('peer:discovery', onDiscovery)
+      connector?.stop()
+      ads.stop()
+      await view.stop()
+      await node.stop()
+      log.info('mesh stopped')
+    }
+  }
+}
+
+function checkPeerId(text: string, key: string): string {
+  try {
+    return peerIdFromString(text).toString()
+  } catch {
+    throw new MeshError(`[mesh] ${key}: "${text}" is not a peer id (expected e.g. 12D3KooW...)`)
+  }
+}
+
+function where(config: Config): string {
+  return config.file ? `${config.file}: ` : ''
+}
+
+function clamp(n: number, lo: number, hi: number): number {
+  return Math.min(hi, Math.max(lo, Number.isFinite(n) ? n : lo))
+}
+
+function isLoopback(addr: string): boolean {
+  return addr.startsWith('/ip4/127.') || addr.startsWith('/ip6/::1/')
+}

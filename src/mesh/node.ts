@@ -1,0 +1,193 @@
+// Builds the libp2p node every meshcc daemon runs: tcp + pnet + noise + yamux, identify, ping,
+// a private kad-dht, gossipsub and (LAN only) mDNS. Discovery and dialing policy live in
+// connector.ts; this file only assembles libp2p and reports handshake failures.
+import './polyfill.js'
+import { createLibp2p, type Libp2p, type ServiceFactoryMap } from 'libp2p'
+import { tcp } from '@libp2p/tcp'
+import { noise } from '@libp2p/noise'
+import { yamux } from '@libp2p/yamux'
+import { identify, identifyPush, type Identify, type IdentifyPush } from '@libp2p/identify'
+import { ping, type Ping } from '@libp2p/ping'
+import { preSharedKey } from '@libp2p/pnet'
+import { kadDHT, passthroughMapper, type KadDHT } from '@libp2p/kad-dht'
+import { gossipsub, type GossipSub } from '@libp2p/gossipsub'
+import { mdns } from '@libp2p/mdns'
+import type { ConnectionEncrypter, ConnectionProtector, MessageStream, MultiaddrConnection, PeerId, PrivateKey, StreamCloseEvent } from '@libp2p/interface'
+import type { Logger } from '../log.js'
+import { MeshError } from './errors.js'
+
+export type MeshServices = {
+  identify: Identify
+  identifyPush: IdentifyPush
+  ping: Ping
+  pubsub: GossipSub
+  /** absent when config.mesh.dht is false */
+  dht?: KadDHT
+}
+
+export type MeshLibp2p = Libp2p<MeshServices>
+
+export interface MeshNodeInit {
+  privateKey: PrivateKey
+  /** swarm key bytes as read by readMeshKey; required */
+  psk: Uint8Array
+  meshId: string
+  listen: string[]
+  mdns: boolean
+  dht: boolean
+  isDenied: (peerId: string) => boolean
+  log: Logger
+  /** a peer announced itself by mDNS (marks it as LAN) */
+  onMdnsPeer?: (peerId: string) => void
+  /** a connection died after the pnet nonce exchange but before it was usable */
+  onHandshakeFailure?: (remoteAddr: string, direction: 'inbound' | 'outbound', err: Error | undefined) => void
+}
+
+export const MAX_DHT_RECORD_BYTES = 4096
+
+export function dhtProtocol(meshId: string): string {
+  return `/meshcc/${meshId}/kad/1.0.0`
+}
+
+export function mdnsServiceTag(meshId: string): string {
+  return `_meshcc-${meshId}._udp.local`
+}
+
+/** DHT record keys look like '/meshcc/<meshid>/...'; values are small JSON with an optional ts. */
+export function dhtRecordKey(meshId: string, name: string): Uint8Array {
+  return new TextEncoder().encode(`/meshcc/${meshId}/${name}`)
+}
+
+export async function createMeshNode(init: MeshNodeInit): Promise<MeshLibp2p> {
+  if (!(init.psk instanceof Uint8Array) || init.psk.length === 0) {
+    throw new MeshError('refusing to start the mesh without a mesh key')
+  }
+  const upgraded = new WeakSet<object>()
+  const denied = new WeakSet<object>()
+  const gate = (peer: PeerId, maConn?: MultiaddrConnection): boolean => {
+    const no = init.isDenied(peer.toString())
+    if (no && maConn) denied.add(maConn.timeline)
+    return no
+  }
+
+  const services: ServiceFactoryMap<MeshServices> = {
+    identify: identify(),
+    identifyPush: identifyPush(),
+    ping: ping(),
+    pubsub: gossipsub({
+      allowPublishToZeroTopicPeers: true,
+      emitSelf: false,
+      // load messages are < 8 KiB; nothing on our topics needs big messages
+      maxInboundDataLength: 256 * 1024
+    })
+  }
+  if (init.dht) {
+    const prefix = `/meshcc/${init.meshId}/`
+    services.dht = kadDHT({
+      protocol: dhtProtocol(init.meshId),
+      clientMode: false, // auto mode stays 'client' forever on private addresses
+      peerInfoMapper: passthroughMapper, // the default strips LAN addresses and empties the table
+      validators: {
+        meshcc: async (key, value) => {
+          const k = new TextDecoder().decode(key)
+          if (!k.startsWith(prefix)) throw new Error(`record key outside this mesh: ${k.slice(0, 64)}`)
+          if (value.length > MAX_DHT_RECORD_BYTES) throw new Error('record too large')
+        }
+      },
+      selectors: { meshcc: (_key, records) => newestRecord(records) }
+    })
+  }
+
+  const peerDiscovery = init.mdns
+    ? [(components: Parameters<ReturnType<typeof mdns>>[0]) => {
+        const d = mdns({ serviceTag: mdnsServiceTag(init.meshId) })(components)
+        d.addEventListener('peer', (evt) => init.onMdnsPeer?.(evt.detail.id.toString()))
+        return d
+      }]
+    : []
+
+  const protector = preSharedKey({ psk: init.psk })
+  // protected stream -> raw connection timeline, so the encrypter wrapper can mark success
+  const rawOf = new WeakMap<object, object>()
+  const encrypted = new WeakSet<object>()
+  const watchingProtector = (): ConnectionProtector => {
+    const inner = protector()
+    return {
+      async protect(conn: MessageStream, opts) {
+        const maConn = conn as MultiaddrConnection
+        const out = await inner.protect(conn, opts)
+        // A wrong key only shows after this point (multistream-select/noise read garbage and
+        // the socket dies), so watch the raw connection until noise has succeeded.
+        if (maConn.remoteAddr && maConn.timeline) {
+          rawOf.set(out, maConn.timeline)
+          const started = Date.now()
+          maConn.addEventListener('close', (evt: Event) => {
+            const tl = maConn.timeline
+            if (encrypted.has(tl) || upgraded.has(tl) || denied.has(tl)) return
+            if (Date.now() - started > 30_000) return
+            const e = (evt as StreamCloseEvent).error
+            if (e?.name === 'AbortError' && maConn.direction === 'outbound') return // dial cancelled by us
+            init.onHandshakeFailure?.(maConn.remoteAddr.toString(), maConn.direction, e)
+          }, { once: true })
+        }
+        return out
+      }
+    }
+  }
+  const markingNoise = (components: Parameters<ReturnType<typeof noise>>[0]): ConnectionEncrypter => {
+    const inner = noise()(components)
+    const mark = <T>(conn: MessageStream, r: T): T => {
+      const tl = rawOf.get(conn)
+      if (tl) encrypted.add(tl)
+      return r
+    }
+    return {
+      protocol: inner.protocol,
+      secureInbound: async (conn, opts) => mark(conn, await inner.secureInbound(conn, opts)),
+      secureOutbound: async (conn, opts) => mark(conn, await inner.secureOutbound(conn, opts))
+    }
+  }
+
+  let node: MeshLibp2p
+  try {
+    node = await createLibp2p<MeshServices>({
+      privateKey: init.privateKey,
+      addresses: { listen: init.listen },
+      transports: [tcp()],
+      connectionEncrypters: [markingNoise],
+      streamMuxers: [yamux()],
+      connectionProtector: watchingProtector,
+      connectionManager: {
+        // default is 5 inbound per second per IP: too few for a LAN behind one NAT or a test host
+        inboundConnectionThreshold: 100
+      },
+      connectionGater: {
+        denyDialPeer: (peer) => init.isDenied(peer.toString()),
+        denyOutboundConnection: (peer, maConn) => gate(peer, maConn),
+        denyInboundEncryptedConnection: (peer, maConn) => gate(peer, maConn),
+        denyOutboundEncryptedConnection: (peer, maConn) => gate(peer, maConn)
+      },
+      peerDiscovery,
+      services
+    })
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException
+    if (e.code === 'EADDRINUSE') throw new MeshError(`cannot listen on ${init.listen.join(', ')}: address already in use (is another meshcc daemon running?)`)
+    if (e.code === 'EADDRNOTAVAIL') throw new MeshError(`cannot listen on ${init.listen.join(', ')}: address not available on this machine`)
+    throw new MeshError(`cannot start the mesh node: ${e.message.split('\n')[0]}`)
+  }
+  node.addEventListener('connection:open', (evt) => { upgraded.add(evt.detail.timeline) })
+  return node
+}
+
+function newestRecord(records: Uint8Array[]): number {
+  let best = 0
+  let bestTs = -Infinity
+  records.forEach((r, i) => {
+    try {
+      const ts = Number((JSON.parse(new TextDecoder().decode(r)) as { ts?: unknown }).ts)
+      if (Number.isFinite(ts) && ts > bestTs) { bestTs = ts; best = i }
+    } catch { /* not ours: keep the default */ }
+  })
+  return best
+}

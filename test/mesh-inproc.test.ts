@@ -1,0 +1,123 @@
+// In-process meshes on 127.0.0.1 (mdns off): the 'members' event, notifyLoadChanged latency,
+// the deny list, and addresses() with real ports.
+import { test, after } from 'node:test'
+import assert from 'node:assert/strict'
+import { mkdtempSync, rmSync, writeFileSync, mkdirSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { createServer } from 'node:net'
+import { peerIdFromPrivateKey } from '@libp2p/peer-id'
+import { generateMeshKey, writeMeshKey, loadOrCreateIdentity } from '../src/mesh/keys.js'
+import { startMesh, type Mesh, type MeshMember, type LoadInfo } from '../src/mesh/mesh.js'
+import { loadConfig } from '../src/config.js'
+import { createLogger, type Logger } from '../src/log.js'
+import { waitFor } from './helpers/mesh-proc.js'
+
+const dir = mkdtempSync(join(tmpdir(), 'meshcc-inproc-'))
+const meshes: Mesh[] = []
+after(async () => {
+  await Promise.all(meshes.map((m) => m.stop()))
+  rmSync(dir, { recursive: true, force: true })
+})
+
+interface Captured { log: Logger; lines: string[] }
+function capture(): Captured {
+  const lines: string[] = []
+  const mk = (prefix: string): Logger => ({
+    error: (m) => lines.push(`E ${prefix}${m}`), warn: (m) => lines.push(`W ${prefix}${m}`),
+    info: (m) => lines.push(`I ${prefix}${m}`), debug: (m) => lines.push(`D ${prefix}${m}`),
+    child: (c) => mk(`${prefix}${c}: `), enabled: () => true
+  })
+  return { log: process.env.MESHCC_TEST_VERBOSE ? createLogger({ level: 'debug', file: null, stderr: true }) : mk(''), lines }
+}
+
+async function start(name: string, key: string, o: { bootstrap?: string[]; deny?: string[]; load: () => Omit<LoadInfo, 'version' | 'name'>; gossipIntervalMs?: number; listen?: string }) {
+  const home = join(dir, name)
+  mkdirSync(home, { recursive: true })
+  const list = (a: string[]) => `[${a.map((x) => JSON.stringify(x)).join(', ')}]`
+  writeFileSync(join(home, 'config.toml'), [
+    '[mesh]', `listen = ["${o.listen ?? '/ip4/127.0.0.1/tcp/0'}"]`, 'mdns = false', 'dht = false',
+    `bootstrap = ${list(o.bootstrap ?? [])}`, `deny = ${list(o.deny ?? [])}`, `name = "${name}"`,
+    `key_file = ${JSON.stringify(key)}`, `identity_file = ${JSON.stringify(join(home, 'id.key'))}`, ''
+  ].join('\n'))
+  const cap = capture()
+  const m = await startMesh({ config: loadConfig({ MESHCC_CONF: join(home, 'config.toml'), HOME: dir }), log: cap.log, version: '9.9.9', getLoad: o.load, gossipIntervalMs: o.gossipIntervalMs, expiryMs: 6000 })
+  meshes.push(m)
+  return { m, lines: cap.lines }
+}
+
+const load = (cores: number, running = 0): Omit<LoadInfo, 'version' | 'name'> => ({ cores, running, queued: 0, freeSlots: cores - running, load1: 0.5, speed: 2, toolchains: ['tc1'], accept: 'always', shim: true })
+
+test('members event, notifyLoadChanged, deny list', { timeout: 60_000 }, async (t) => {
+  const key = join(dir, 'mesh.key')
+  writeMeshKey(key, generateMeshKey())
+  // C's peer id must be known before A starts, to deny it
+  mkdirSync(join(dir, 'C'), { recursive: true })
+  const cId = peerIdFromPrivateKey(await loadOrCreateIdentity(join(dir, 'C', 'id.key'))).toString()
+
+  let aRunning = 0
+  // a long interval, so a fast update can only come from notifyLoadChanged
+  const A = await start('A', key, { deny: [cId], load: () => load(4, aRunning), gossipIntervalMs: 2000 })
+  assert.ok(A.m.addresses().every((a) => /\/tcp\/[1-9]\d*\/p2p\//.test(a)), `real ports: ${A.m.addresses().join(' ')}`)
+  const events: MeshMember[][] = []
+  const off = A.m.on('members', (ms) => events.push(ms))
+
+  const B = await start('B', key, { bootstrap: [A.m.addresses()[0]], load: () => load(2) })
+  const C = await start('C', key, { bootstrap: [B.m.addresses()[0]], load: () => load(8) })
+
+  await waitFor('B to see A and C', () => (B.m.members().length === 3 ? true : undefined), 15_000)
+  await waitFor('A to see B', () => (A.m.members().some((m) => m.peerId === B.m.peerId) ? true : undefined), 15_000)
+  await waitFor('members event listing B', () => (events.some((ms) => ms.some((m) => m.peerId === B.m.peerId)) ? true : undefined), 5000)
+  off()
+
+  // deny: C never enters A's view (not even through B's forwarding) and never connects to A
+  await new Promise((r) => setTimeout(r, 2500))
+  assert.ok(!A.m.members().some((m) => m.peerId === cId), 'A must not list denied C')
+  assert.equal(A.m.libp2p.getConnections().filter((c) => c.remotePeer.toString() === cId).length, 0)
+  assert.equal(A.m.isAllowed(cId), false)
+  assert.equal(A.m.isAllowed(B.m.peerId), true)
+  assert.ok(!A.lines.concat(C.lines).some((l) => /different mesh key/.test(l)), 'a denied peer is not reported as a key mismatch')
+
+  // the gossip carries the load fields
+  const aInB = B.m.members().find((m) => m.peerId === A.m.peerId)!
+  assert.deepEqual(aInB.load, { ...load(4), version: '9.9.9', name: 'A' })
+
+  // notifyLoadChanged: B sees the new running count long before the next periodic publish
+  await new Promise((r) => setTimeout(r, 300))
+  aRunning = 3
+  const t0 = Date.now()
+  A.m.notifyLoadChanged()
+  A.m.notifyLoadChanged() // coalesced with the first
+  await waitFor('B to see A running 3', () => (B.m.members().find((m) => m.peerId === A.m.peerId)?.load.running === 3 ? true : undefined), 1500, 10)
+  t.diagnostic(`load change visible on B after ${Date.now() - t0} ms`)
+
+  // gossip view holders count as toolchain providers even without the DHT
+  assert.deepEqual(await B.m.findToolchainProviders('tc1', 500), [A.m.peerId, B.m.peerId, C.m.peerId].sort())
+})
+
+test('bootstrap peers are redialed until they come up', { timeout: 60_000 }, async (t) => {
+  const key = join(dir, 'mesh2.key')
+  writeMeshKey(key, generateMeshKey())
+  const port = await new Promise<number>((resolve) => {
+    const srv = createServer().listen(0, '127.0.0.1', () => {
+      const p = (srv.address() as { port: number }).port
+      srv.close(() => resolve(p))
+    })
+  })
+  // learn A's peer id and address, then take A down
+  const first = await start('R-A', key, { load: () => load(1), listen: `/ip4/127.0.0.1/tcp/${port}` })
+  const addr = first.m.addresses()[0]
+  await first.m.stop()
+  meshes.splice(meshes.indexOf(first.m), 1)
+
+  const B = await start('R-B', key, { bootstrap: [addr], load: () => load(1) })
+  await new Promise((r) => setTimeout(r, 2500)) // a few failed attempts
+  assert.ok(B.lines.some((l) => /^W .*cannot reach bootstrap peer .*retrying in/.test(l)), B.lines.join('\n'))
+  assert.equal(B.lines.filter((l) => /^W .*cannot reach bootstrap peer/.test(l)).length, 1, 'warned once, then quiet')
+  const t0 = Date.now()
+  const A = await start('R-A', key, { load: () => load(1), listen: `/ip4/127.0.0.1/tcp/${port}` })
+  assert.equal(A.m.addresses()[0], addr, 'same identity and port')
+  await waitFor('B to reconnect to A', () => (B.m.members().some((m) => m.peerId === A.m.peerId) ? true : undefined), 20_000, 100)
+  t.diagnostic(`B reached A ${Date.now() - t0} ms after A came back`)
+  assert.ok(B.lines.some((l) => /^I .*connected to bootstrap peer/.test(l)))
+})
