@@ -15,6 +15,12 @@ Usage:
   meshcc --stop-server                  stop the daemon
   meshcc -s, --show-stats [--stats-format text|json]
   meshcc -z, --zero-stats
+  meshcc status [--json | --watch]      this daemon and the mesh: peers, cores, load, links
+  meshcc jobs                           a -j for make/ninja from the live mesh's cores
+  meshcc --dist-status                  mesh summary in sccache's --dist-status JSON shape
+  meshcc mesh init [--force]            create a mesh key (a new mesh)
+  meshcc mesh invite                    print a one-line invite for other machines
+  meshcc mesh join <invite> [--force]   join a mesh from an invite
   meshcc --version | --help
 
 Configuration: ~/.config/meshcc/config.toml or MESHCC_CONF; see the README.`
@@ -52,6 +58,9 @@ export async function runAdmin(argv: string[]): Promise<number> {
         'stop-server': { type: 'boolean' },
         background: { type: 'boolean' },
         json: { type: 'boolean' },
+        watch: { type: 'boolean' },
+        force: { type: 'boolean' },
+        'dist-status': { type: 'boolean' },
         version: { type: 'boolean', short: 'V' },
         help: { type: 'boolean', short: 'h' }
       }
@@ -83,7 +92,8 @@ export async function runAdmin(argv: string[]): Promise<number> {
         return values.background ? 0 : 1
       }
       await handle.closed
-      return 0
+      // libp2p leaves short timers behind after stop; the daemon is done, so leave now
+      process.exit(0)
     } catch (err) {
       if (err instanceof DaemonStartError) {
         process.stderr.write(`meshcc: ${err.message}\n`)
@@ -122,6 +132,14 @@ export async function runAdmin(argv: string[]): Promise<number> {
     const json = await adminRequest(config, 'stats', { autostart: true, timeoutMs: 10_000 })
     const flat = flattenStats(JSON.parse(json))
     process.stdout.write(format === 'json' ? JSON.stringify(flat) + '\n' : formatStatsText(flat))
+    return 0
+  }
+  if (positionals[0] === 'status' || positionals[0] === 'jobs' || positionals[0] === 'mesh' || values['dist-status']) {
+    const mc = await import('./mesh-commands.js')
+    if (positionals[0] === 'mesh') return mc.meshCommand(config, positionals.slice(1), Boolean(values.force))
+    if (positionals[0] === 'status') return mc.statusCommand(config, { json: Boolean(values.json), watch: Boolean(values.watch) })
+    const s = await mc.fetchStatus(config)
+    process.stdout.write((positionals[0] === 'jobs' ? String(mc.suggestedJobs(s)) : mc.distStatus(s)) + '\n')
     return 0
   }
   process.stderr.write(`meshcc: unknown command ${argv.join(' ')}\n${USAGE}\n`)

@@ -13,6 +13,7 @@ import {
   FrameReader, MsgType, ProtocolError, decodeCompileRequest, encodeFrame, type Frame
 } from './launcher-protocol.js'
 import { Stats } from './stats.js'
+import { MeshService } from './mesh-service.js'
 
 export class DaemonStartError extends Error {}
 
@@ -85,6 +86,8 @@ export async function startDaemon(config: Config, foreground: boolean): Promise<
   const compiles = new CompileService({ store, stats, log, slots: config.build.localSlots })
 
   let active = 0
+  let mesh: MeshService | null = null
+  let meshNote: string | null = 'starting'
   let lastActivity = Date.now()
   let shuttingDown: Promise<void> | null = null
   let resolveClosed!: () => void
@@ -121,8 +124,12 @@ export async function startDaemon(config: Config, foreground: boolean): Promise<
       case 'zero': stats.zero(); return 'statistics zeroed'
       case 'shutdown': setImmediate(() => void shutdown('stop requested')); return 'stopping'
       case 'status': return JSON.stringify({
-        pid: process.pid, version: VERSION, socket: config.daemon.socket, cache_dir: config.cache.dir,
-        running: compiles.cpu.running, queued: compiles.cpu.queued, slots: compiles.cpu.capacity
+        daemon: {
+          pid: process.pid, version: VERSION, socket: config.daemon.socket, cache_dir: config.cache.dir,
+          running: compiles.cpu.running, queued: compiles.cpu.queued, slots: compiles.cpu.capacity
+        },
+        mesh: mesh?.status() ?? null,
+        mesh_note: mesh ? null : meshNote
       })
       default: throw new ProtocolError(`unknown admin command ${command}`)
     }
@@ -160,6 +167,7 @@ export async function startDaemon(config: Config, foreground: boolean): Promise<
       handled = true
       active++
       lastActivity = Date.now()
+      mesh?.loadChanged()
       handleFrame(sock, frames[0])
         .catch((err) => {
           log.error(`request failed: ${(err as Error).message}`)
@@ -168,6 +176,7 @@ export async function startDaemon(config: Config, foreground: boolean): Promise<
         .finally(() => {
           active--
           lastActivity = Date.now()
+          mesh?.loadChanged()
         })
     })
   }
@@ -182,6 +191,8 @@ export async function startDaemon(config: Config, foreground: boolean): Promise<
       const deadline = Date.now() + 30_000
       while (active > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50))
       await compiles.drain()
+      await meshStarting
+      await mesh?.stop().catch((err) => log.warn(`mesh stop: ${(err as Error).message}`))
       await store.close()
       stats.flush()
       rmSync(config.daemon.socket, { force: true })
@@ -212,6 +223,17 @@ export async function startDaemon(config: Config, foreground: boolean): Promise<
   process.on('uncaughtException', (err) => log.error(`uncaught: ${err.stack ?? err.message}`))
   process.on('unhandledRejection', (err) => log.error(`unhandled rejection: ${(err as Error)?.stack ?? String(err)}`))
   for (const sig of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) process.on(sig, () => void shutdown(`signal ${sig}`))
+
+  // The mesh starts after the socket serves: local compiles never wait for the network.
+  const meshStarting = MeshService.start(config, log, VERSION, () => ({ running: compiles.cpu.running, queued: compiles.cpu.queued }))
+    .then((m) => {
+      mesh = m
+      meshNote = m ? null : (config.mesh.enabled ? `no mesh key at ${config.mesh.keyFile} (run "meshcc mesh init" or "meshcc mesh join <invite>")` : 'mesh disabled in config')
+    })
+    .catch((err: Error) => {
+      meshNote = err.message
+      log.error(`mesh not started: ${err.message}`)
+    })
 
   log.info(`meshcc ${VERSION} daemon listening on ${config.daemon.socket} (cache ${config.cache.dir}, ${config.build.localSlots} slots${config.file ? `, config ${config.file}` : ''})`)
   return { closed, shutdown }

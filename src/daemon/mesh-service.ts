@@ -1,0 +1,186 @@
+// The daemon's mesh membership: starts the libp2p mesh when a mesh key exists, publishes
+// this machine's load, keeps the legacy sccache shim on exactly one elected node, and
+// turns the live view into the status that `meshcc status` and `--dist-status` print.
+import { createHash } from 'node:crypto'
+import { existsSync, readFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { loadavg } from 'node:os'
+import type { Config } from '../config.js'
+import type { Logger } from '../log.js'
+import type { Mesh, MeshMember } from '../mesh/index.js'
+import { electShimServer } from '../shim/election.js'
+import type { ShimServer } from '../shim/server.js'
+
+/** What the daemon reports about its own work, for the load gossip. */
+export interface LocalLoad { running: number; queued: number }
+
+export interface MemberStatus {
+  peer_id: string
+  name: string
+  self: boolean
+  version: string
+  cores: number
+  running: number
+  queued: number
+  free_slots: number
+  load1: number
+  speed: number
+  toolchains: number
+  accept: string
+  shim: boolean
+  rtt_ms: number | null
+  connection: string
+  lan: boolean
+  addrs: string[]
+  last_seen_ms_ago: number
+}
+
+export interface MeshStatus {
+  peer_id: string
+  mesh_id: string
+  name: string
+  addresses: string[]
+  members: MemberStatus[]
+  totals: { members: number; cores: number; running: number; queued: number; free_slots: number }
+  shim: { capable: boolean; serving_peer: string | null; serving_here: boolean; listen: string | null }
+}
+
+/** File beside the config where `meshcc mesh join` keeps the invite's addresses. */
+export function joinedBootstrapFile(config: Config): string {
+  return join(config.configDir, 'mesh-bootstrap.txt')
+}
+
+export function readJoinedBootstrap(config: Config): string[] {
+  try {
+    return readFileSync(joinedBootstrapFile(config), 'utf8').split('\n').map((l) => l.trim()).filter((l) => l && !l.startsWith('#'))
+  } catch {
+    return []
+  }
+}
+
+/** A relative CPU speed figure: how fast this machine hashes a fixed buffer (higher is faster). */
+function measureSpeed(): number {
+  const buf = Buffer.alloc(4 * 1024 * 1024, 7)
+  const t0 = performance.now()
+  for (let i = 0; i < 4; i++) createHash('sha256').update(buf).digest()
+  const ms = Math.max(0.1, performance.now() - t0)
+  return Math.round((16 / ms) * 1000) / 10 // MiB per ms ×100, one decimal
+}
+
+export class MeshService {
+  private shimServer: ShimServer | null = null
+  private shimStarting: Promise<void> | null = null
+  private servingPeer: string | null = null
+  private unsubscribe: (() => void) | null = null
+
+  private constructor(private readonly mesh: Mesh, private readonly config: Config, private readonly log: Logger) {}
+
+  /** Start the mesh, or return null (logged) when it is disabled or has no key yet. */
+  static async start(config: Config, log: Logger, version: string, local: () => LocalLoad): Promise<MeshService | null> {
+    if (!config.mesh.enabled) {
+      log.info('mesh disabled in config ([mesh] enabled = false): local cache only')
+      return null
+    }
+    if (!existsSync(config.mesh.keyFile)) {
+      log.info(`no mesh key at ${config.mesh.keyFile}: local cache only (create a mesh with "meshcc mesh init", or join one with "meshcc mesh join <invite>")`)
+      return null
+    }
+    const { startMesh } = await import('../mesh/index.js')
+    const speed = measureSpeed()
+    const cores = config.build.cores
+    const meshConfig: Config = { ...config, mesh: { ...config.mesh, bootstrap: [...new Set([...config.mesh.bootstrap, ...readJoinedBootstrap(config)])] } }
+    const mesh = await startMesh({
+      config: meshConfig,
+      log: log.child('mesh'),
+      version,
+      getLoad: () => {
+        const l = local()
+        return {
+          cores, running: l.running, queued: l.queued, freeSlots: Math.max(0, cores - l.running),
+          load1: Math.round(loadavg()[0] * 100) / 100, speed, toolchains: [], accept: 'always', shim: config.shim.enabled
+        }
+      }
+    })
+    const svc = new MeshService(mesh, config, log)
+    log.info(`mesh ${mesh.meshId}: peer ${mesh.peerId} listening on ${mesh.addresses().join(' ')}`)
+    if (config.shim.enabled) {
+      svc.unsubscribe = mesh.on('members', (m) => svc.electShim(m))
+      svc.electShim(mesh.members())
+    }
+    return svc
+  }
+
+  /** The daemon's load changed (a job started or ended): tell the mesh now. */
+  loadChanged(): void {
+    this.mesh.notifyLoadChanged()
+  }
+
+  private electShim(members: MeshMember[]): void {
+    const winner = electShimServer(members.filter((m) => m.load.shim).map((m) => ({ peerId: m.peerId, shim: true, lastSeen: m.lastSeen })))
+    if (winner !== this.servingPeer) this.log.info(`sccache shim served by ${winner === this.mesh.peerId ? 'this node' : winner ?? 'nobody'}`)
+    this.servingPeer = winner
+    if (winner === this.mesh.peerId) void this.startShim()
+    else void this.stopShim()
+  }
+
+  private async startShim(): Promise<void> {
+    if (this.shimServer || this.shimStarting) return
+    this.shimStarting = (async () => {
+      const { startShimServer } = await import('../shim/server.js')
+      try {
+        this.shimServer = await startShimServer({ listen: this.config.shim.listen, log: this.log.child('shim'), getStatus: () => this.schedulerStatus() })
+        this.log.info(`sccache scheduler shim listening on http://${this.shimServer.address}/`)
+      } catch (err) {
+        this.log.error(`cannot serve the sccache shim on ${this.config.shim.listen}: ${(err as Error).message}`)
+      }
+    })().finally(() => { this.shimStarting = null })
+  }
+
+  private async stopShim(): Promise<void> {
+    await this.shimStarting
+    const s = this.shimServer
+    this.shimServer = null
+    if (s) {
+      await s.close()
+      this.log.info('sccache shim stopped: another node serves it')
+    }
+  }
+
+  /** Mesh-wide numbers in the shape of sccache's scheduler status. */
+  schedulerStatus(): { numServers: number; numCpus: number; inProgress: number } {
+    const t = this.status().totals
+    return { numServers: t.members, numCpus: t.cores, inProgress: t.running }
+  }
+
+  addresses(): string[] {
+    return this.mesh.addresses()
+  }
+
+  status(): MeshStatus {
+    const now = Date.now()
+    const members: MemberStatus[] = this.mesh.members().map((m) => ({
+      peer_id: m.peerId, name: m.load.name, self: m.self, version: m.load.version,
+      cores: m.load.cores, running: m.load.running, queued: m.load.queued, free_slots: m.load.freeSlots,
+      load1: m.load.load1, speed: m.load.speed, toolchains: m.load.toolchains.length, accept: m.load.accept,
+      shim: m.load.shim, rtt_ms: m.rttMs, connection: m.connection, lan: m.lan, addrs: m.addrs,
+      last_seen_ms_ago: Math.max(0, now - m.lastSeen)
+    }))
+    const sum = (f: (m: MemberStatus) => number) => members.reduce((n, m) => n + f(m), 0)
+    const self = members.find((m) => m.self)
+    return {
+      peer_id: this.mesh.peerId,
+      mesh_id: this.mesh.meshId,
+      name: self?.name ?? '',
+      addresses: this.mesh.addresses(),
+      members,
+      totals: { members: members.length, cores: sum((m) => m.cores), running: sum((m) => m.running), queued: sum((m) => m.queued), free_slots: sum((m) => m.free_slots) },
+      shim: { capable: this.config.shim.enabled, serving_peer: this.servingPeer, serving_here: this.shimServer !== null, listen: this.shimServer?.address ?? null }
+    }
+  }
+
+  async stop(): Promise<void> {
+    this.unsubscribe?.()
+    await this.stopShim()
+    await this.mesh.stop()
+  }
+}
