@@ -40,13 +40,16 @@ export function runCommand(cmd: string, args: string[], opts: { cwd?: string; en
   })
 }
 
-/** A fresh meshcc with its own config file; extraToml is appended to the config. */
-export function createInstance(extraToml = '', name = 'mcc'): Instance {
+/**
+ * A fresh meshcc with its own config file; extraToml is appended to the config.
+ * meshToml, when given, is the body of the [mesh] section (default: mesh disabled).
+ */
+export function createInstance(extraToml = '', name = 'mcc', meshToml: string | null = null): Instance {
   const dir = mkdtempSync(join(tmpdir(), `${name}-`))
   const socket = join(dir, 'run', 'd.sock')
   const cacheDir = join(dir, 'cache')
   const conf = join(dir, 'config.toml')
-  writeFileSync(conf, `[daemon]\nsocket = "${socket}"\nidle_timeout = 0\n[cache]\ndir = "${cacheDir}"\n[log]\nlevel = "debug"\n[mesh]\nenabled = false\n${extraToml}`)
+  writeFileSync(conf, `[daemon]\nsocket = "${socket}"\nidle_timeout = 0\n[cache]\ndir = "${cacheDir}"\n[log]\nlevel = "debug"\n[mesh]\n${meshToml ?? "enabled = false"}\n${extraToml}`)
   const env: NodeJS.ProcessEnv = { ...process.env, MESHCC_CONF: conf }
   for (const k of ['MESHCC_DIR', 'MESHCC_SOCKET', 'MESHCC_LOG', 'MESHCC_CACHE_SIZE', 'MESHCC_DISABLE', 'MESHCC_IDLE_TIMEOUT']) delete env[k]
 

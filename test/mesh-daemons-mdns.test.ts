@@ -1,0 +1,58 @@
+// Three real daemons, each in its own network namespace on one lab bridge, no bootstrap
+// addresses: they find each other by mDNS alone, as machines on an office LAN would.
+// mDNS runs only inside the namespaces this test creates.
+import { test, after } from 'node:test'
+import assert from 'node:assert/strict'
+import { join } from 'node:path'
+import { createInstance, MESHCC, type Instance } from './helpers/meshcc.js'
+import { createNetnsLab, liveNamespaces } from './helpers/netns.js'
+import type { DaemonStatus } from '../src/cli/mesh-commands.js'
+
+const instances: Instance[] = []
+after(async () => { for (const i of instances) await i.stop() })
+
+test('three daemons in separate network namespaces find each other by mDNS alone', { timeout: 120_000 }, async (t) => {
+  const r = createNetnsLab(3)
+  if ('skip' in r) {
+    t.skip(`cannot create network namespaces: ${r.skip}`)
+    return
+  }
+  const { lab } = r
+  try {
+    const first = createInstance('[build]\ncores = 1\n', 'mdns0', 'listen = ["/ip4/0.0.0.0/tcp/0"]\nmdns = true\nbootstrap = []\nkey_file = "KEY"')
+    const keyFile = join(first.dir, 'mesh.key')
+    const nodes = [first, ...[1, 2].map((i) => createInstance(`[build]\ncores = ${i + 1}\n`, `mdns${i}`, `listen = ["/ip4/0.0.0.0/tcp/0"]\nmdns = true\nbootstrap = []\nkey_file = "${keyFile}"`))]
+    instances.push(...nodes)
+    const { readFileSync, writeFileSync } = await import('node:fs')
+    writeFileSync(first.conf, readFileSync(first.conf, 'utf8').replace('key_file = "KEY"', `key_file = "${keyFile}"`))
+    assert.equal((await first.run(['mesh', 'init'])).code, 0)
+
+    // each daemon runs in the foreground inside its namespace; the unix socket is reachable from here
+    nodes.forEach((n, i) => lab.spawn(lab.hosts[i], process.execPath, [MESHCC, 'daemon'], { env: n.env, stdio: 'ignore' }))
+    const status = async (n: Instance): Promise<DaemonStatus | undefined> => {
+      const s = await n.run(['status', '--json'])
+      return s.code === 0 ? (JSON.parse(s.stdout) as DaemonStatus) : undefined
+    }
+    const t0 = Date.now()
+    let views: DaemonStatus[] = []
+    while (Date.now() - t0 < 60_000) {
+      views = (await Promise.all(nodes.map(status))).filter((s): s is DaemonStatus => s !== undefined)
+      if (views.length === 3 && views.every((v) => v.mesh && v.mesh.members.length === 3)) break
+      await new Promise((res) => setTimeout(res, 300))
+    }
+    t.diagnostic(`views complete after ${Date.now() - t0} ms`)
+    assert.equal(views.length, 3, 'all three daemons answer')
+    for (const [i, v] of views.entries()) {
+      assert.ok(v.mesh, `daemon ${i} is in the mesh`)
+      assert.equal(v.mesh.members.length, 3, `daemon ${i} sees all three`)
+      assert.deepEqual(v.mesh.members.map((m) => m.cores).sort(), [1, 2, 3])
+      for (const m of v.mesh.members.filter((x) => !x.self)) {
+        assert.equal(m.lan, true, 'found on the LAN')
+        assert.ok(m.addrs.some((a) => a.startsWith('/ip4/10.231.0.')), m.addrs.join(' '))
+      }
+    }
+  } finally {
+    await lab.destroy()
+    assert.deepEqual(liveNamespaces(), [], 'namespaces deleted')
+  }
+})
