@@ -288,20 +288,22 @@ export function parseGccArgs(rawArgs: readonly string[], cwd: string, family: 'g
     language,
     input,
     outputs,
-    preprocessArgs: [...common.filter((a) => a !== '-c'), '-E'],
-    keyArgs,
-    depTarget,
-    cwdInKey,
-    compileArgs(temp) {
-      const out = [...common, '-o', temp.obj]
-      if (dep.driverMode) out.push(dep.driverMode, '-MF', temp.dep)
-      if (dep.wpMode) out.push(`-Wp,${dep.wpMode},${temp.dep}`)
-      if (dep.driverMode || dep.wpMode) {
+    preprocessArgs(depPath) {
+      const out = [...common.filter((a) => a !== '-c'), '-E']
+      if (depPath !== null && (dep.driverMode || dep.wpMode)) {
+        if (dep.driverMode) out.push(dep.driverMode, '-MF', depPath)
+        else out.push(`-Wp,${dep.wpMode},${depPath}`)
         for (const t of dep.targets) out.push(t.quoted ? '-MQ' : '-MT', t.value)
         out.push(...addTargetArgs)
         if (dep.mp) out.push('-MP')
       }
       return out
+    },
+    keyArgs,
+    depTarget,
+    cwdInKey,
+    compileArgs(objPath) {
+      return [...common, '-o', objPath]
     }
   }
   return { cacheable: true, spec }

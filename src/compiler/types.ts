@@ -15,16 +15,19 @@ export interface CompileSpec {
   language: string
   input: string
   outputs: OutputFile[]
-  /** full argument list (after the compiler) that writes the preprocessed TU to stdout */
-  preprocessArgs: string[]
+  /**
+   * Arguments that write the preprocessed TU to stdout and, when the compile asks for one,
+   * the dependency file to `depPath` (exactly the file the compile itself would write)
+   */
+  preprocessArgs(depPath: string | null): string[]
   /** every argument that affects the outputs, in order, output paths removed */
   keyArgs: string[]
   /** the dependency file's target text, or null when no depfile is written */
   depTarget: string | null
   /** true when the object embeds the working directory (debug info without a prefix map) */
   cwdInKey: boolean
-  /** arguments for the real compile, with each output redirected to the given temp path */
-  compileArgs(tempPaths: Record<OutputFile['name'], string>): string[]
+  /** arguments for the real compile writing the object to `objPath`; no dependency options */
+  compileArgs(objPath: string): string[]
 }
 
 export type ParseResult =

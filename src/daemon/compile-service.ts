@@ -1,13 +1,14 @@
-// One compile request, end to end: parse, key, cache lookup, compile on a miss, store.
-// Every outcome is one of: a result to replay, "run it yourself" (not cacheable) or
-// "run it yourself" (we failed). The build never depends on this code being right about
-// anything but cache keys.
+// One compile request, end to end: parse, key, cache lookup, compile on a miss (here or on
+// a mesh peer), store. Every outcome is one of: a result to replay, "run it yourself" (not
+// cacheable) or "run it yourself" (we failed). The build never depends on this code being
+// right about anything but cache keys.
 import { createHash } from 'node:crypto'
-import { readFile, rename, rm } from 'node:fs/promises'
+import { readFile, rm } from 'node:fs/promises'
+import { availableParallelism } from 'node:os'
 import { basename, resolve } from 'node:path'
 import { execa } from 'execa'
 import { compilerFamily, parseGccArgs } from '../compiler/gcc.js'
-import type { CompileSpec, OutputFile } from '../compiler/types.js'
+import type { CompileSpec } from '../compiler/types.js'
 import type { CacheEntry, LocalStore } from '../cache/local-store.js'
 import type { Logger } from '../log.js'
 import { Semaphore } from '../util/semaphore.js'
@@ -25,24 +26,52 @@ export type CompileReply =
 const KEY_VERSION = 'meshcc-key-1'
 
 /** Environment variables that can change what the compiler writes (the preprocessed text covers the rest). */
-const KEY_ENV = ['LANG', 'LC_ALL', 'LC_CTYPE', 'LC_MESSAGES', 'LANGUAGE', 'GCC_EXEC_PREFIX', 'COMPILER_PATH',
+export const KEY_ENV = ['LANG', 'LC_ALL', 'LC_CTYPE', 'LC_MESSAGES', 'LANGUAGE', 'GCC_EXEC_PREFIX', 'COMPILER_PATH',
   'GCC_COMPARE_DEBUG', 'CCC_OVERRIDE_OPTIONS', 'SOURCE_DATE_EPOCH', 'SDKROOT', 'MACOSX_DEPLOYMENT_TARGET',
   'MESHCC_CACHE_BUSTER']
 /** These make the compiler write files we cannot see. */
 const UNCACHEABLE_ENV = ['DEPENDENCIES_OUTPUT', 'SUNPRO_DEPENDENCIES', 'GCC_COMPARE_DEBUG_FILE']
 
+/** A miss that may be compiled on a mesh peer. */
+export interface RemoteJob {
+  req: CompileRequest
+  spec: CompileSpec
+  /** the compiler's real path and content hash */
+  compilerReal: string
+  compilerHash: string
+  /** the preprocessed TU and its sha256: the builder re-preprocesses and must get the same */
+  pp: Buffer
+  ppHash: string
+}
+
+export interface RemoteOutcome { exitCode: number; stdout: Buffer; stderr: Buffer; obj: Buffer | null; peer: string }
+
+/** Where misses can go besides this machine (the mesh); absent without a mesh. */
+export interface RemoteRunner {
+  /** should this miss try the mesh? `localFree` says whether a local slot is free now */
+  wants(localFree: boolean): boolean
+  /** run on a peer, retrying others; null when no peer could do it (then we compile here) */
+  run(job: RemoteJob): Promise<RemoteOutcome | null>
+}
+
 export interface CompileServiceOptions {
   store: LocalStore
   stats: Stats
   log: Logger
-  /** compilers run at once (preprocessing and compiling) */
+  /** compiles this machine runs for itself at once; 0 = every miss to the mesh when a peer can take it */
   slots: number
 }
 
+interface KeyResult { key: string; ppHash: string; pp: Buffer }
+
 export class CompileService {
   private readonly identity = new CompilerIdentity()
+  /** local compiles */
   readonly cpu: Semaphore
+  /** local preprocessing: bounded separately, so distributing misses cannot thrash this machine */
+  private readonly pre = new Semaphore(availableParallelism())
   private readonly pendingWrites = new Set<Promise<void>>()
+  remote: RemoteRunner | null = null
 
   constructor(private readonly opts: CompileServiceOptions) {
     this.cpu = new Semaphore(Math.max(1, opts.slots))
@@ -63,34 +92,38 @@ export class CompileService {
     const parsed = parseGccArgs(req.args, req.cwd, compilerFamily(real))
     if (!parsed.cacheable) return this.notCacheable(parsed.reason)
     const spec = parsed.spec
+    const depOut = spec.outputs.find((o) => o.name === 'dep')
+    const depTemp = depOut ? siblingTemp(resolve(req.cwd, depOut.path)) : null
 
     try {
-      const key = await this.computeKey(req, spec, compilerHash)
-      if (key === null) return this.notCacheable('preprocessor failed')
+      const k = await this.computeKey(req, spec, compilerHash, depTemp)
+      if (k === null) return this.notCacheable('preprocessor failed')
       const started = performance.now()
-      const got = await this.opts.store.get(key)
+      const got = await this.opts.store.get(k.key)
       if (got.status === 'corrupt') {
         stats.inc('cache_errors')
-        log.warn(`cache entry ${key} was corrupt and has been removed: ${got.reason}`)
+        log.warn(`cache entry ${k.key} was corrupt and has been removed: ${got.reason}`)
       }
       if (got.status === 'hit') {
-        const ok = await this.writeOutputs(req.cwd, spec.outputs, got.entry)
+        const ok = await this.writeOutputs(req.cwd, spec, got.entry)
         if (ok) {
           stats.inc('cache_hits')
           stats.hitTime(performance.now() - started)
-          log.debug(`hit ${key.slice(0, 16)} ${spec.input}`)
+          log.debug(`hit ${k.key.slice(0, 16)} ${spec.input}`)
           return { kind: 'result', exitCode: 0, stdout: got.entry.stdout, stderr: got.entry.stderr }
         }
         // outputs could not be written (e.g. missing directory): the compiler reports that best
         return this.notCacheable('output not writable')
       }
       stats.inc('cache_misses')
-      log.debug(`miss ${key.slice(0, 16)} ${spec.input}`)
-      return await this.compileAndStore(req, spec, key)
+      log.debug(`miss ${k.key.slice(0, 16)} ${spec.input}`)
+      return await this.compileAndStore(req, spec, k, depTemp, { compilerReal: real, compilerHash })
     } catch (err) {
       stats.fallback('daemon error')
       log.error(`compile of ${spec.input} in ${req.cwd} failed inside the daemon: ${(err as Error).message}`)
       return { kind: 'fallback', reason: 'daemon error' }
+    } finally {
+      if (depTemp) await rm(depTemp, { force: true })
     }
   }
 
@@ -101,7 +134,7 @@ export class CompileService {
   }
 
   /** The cache key, or null when the preprocessor fails (the real compile will say why). */
-  private async computeKey(req: CompileRequest, spec: CompileSpec, compilerHash: string): Promise<string | null> {
+  private async computeKey(req: CompileRequest, spec: CompileSpec, compilerHash: string, depTemp: string | null): Promise<KeyResult | null> {
     const h = createHash('sha256')
     const field = (s: string) => { h.update(s); h.update('\0') }
     field(KEY_VERSION)
@@ -116,71 +149,87 @@ export class CompileService {
     for (const name of KEY_ENV) if (req.env[name] !== undefined) field(`${name}=${req.env[name]}`)
     field('--preprocessed--')
 
-    const ok = await this.cpu.run(async () => {
-      const sub = execa(req.compiler, spec.preprocessArgs, {
+    const ppHash = createHash('sha256')
+    const chunks: Buffer[] = []
+    const ok = await this.pre.run(async () => {
+      const sub = execa(req.compiler, spec.preprocessArgs(depTemp), {
         cwd: req.cwd, env: req.env, extendEnv: false, stdin: 'ignore', reject: false,
         buffer: { stdout: false, stderr: true }, encoding: 'buffer', stripFinalNewline: false
       })
-      sub.stdout.on('data', (chunk: Buffer) => h.update(chunk))
+      sub.stdout.on('data', (chunk: Buffer) => {
+        h.update(chunk)
+        ppHash.update(chunk)
+        if (this.remote) chunks.push(chunk) // kept only when a peer may need to check it
+      })
       const r = await sub
       return r.exitCode === 0
     })
-    return ok ? h.digest('hex') : null
+    return ok ? { key: h.digest('hex'), ppHash: ppHash.digest('hex'), pp: Buffer.concat(chunks) } : null
   }
 
-  private async compileAndStore(req: CompileRequest, spec: CompileSpec, key: string): Promise<CompileReply> {
+  private async compileAndStore(req: CompileRequest, spec: CompileSpec, k: KeyResult, depTemp: string | null,
+    compiler: { compilerReal: string; compilerHash: string }): Promise<CompileReply> {
     const { stats, log } = this.opts
-    const dests = spec.outputs.map((o) => ({ ...o, abs: resolve(req.cwd, o.path) }))
-    const temps = Object.fromEntries(dests.map((o) => [o.name, siblingTemp(o.abs)])) as Record<OutputFile['name'], string>
-    const args = spec.compileArgs(temps)
-    const r = await this.cpu.run(() => execa(req.compiler, args, {
-      cwd: req.cwd, env: req.env, extendEnv: false, stdin: 'ignore', reject: false,
-      encoding: 'buffer', stripFinalNewline: false, maxBuffer: 64 * 1024 * 1024
-    }))
-    stats.inc('local_compiles')
-    const stdout = Buffer.from(r.stdout as Uint8Array)
-    const stderr = Buffer.from(r.stderr as Uint8Array)
-    const cleanup = () => Promise.all(Object.values(temps).map((t) => rm(t, { force: true })))
+    const objDest = resolve(req.cwd, spec.outputs[0].path)
 
-    const mentionsTemp = Object.values(temps).some((t) => stderr.includes(t) || stdout.includes(t))
-    if (r.exitCode !== 0 || r.signal) {
-      await cleanup()
-      stats.inc('compile_failures')
+    // a peer when this machine is busy (or offers no local slots), else here
+    let result: { exitCode: number; stdout: Buffer; stderr: Buffer; obj: Buffer | null } | null = null
+    if (this.remote && this.remote.wants(this.cpu.running < this.opts.slots)) {
+      const out = await this.remote.run({ req, spec, ...compiler, pp: k.pp, ppHash: k.ppHash })
+      if (out) {
+        stats.inc('remote_compiles')
+        log.debug(`compiled ${spec.input} on ${out.peer}`)
+        result = out
+      }
+    }
+    if (result === null) {
+      const objTemp = siblingTemp(objDest)
+      const r = await this.cpu.run(() => execa(req.compiler, spec.compileArgs(objTemp), {
+        cwd: req.cwd, env: req.env, extendEnv: false, stdin: 'ignore', reject: false,
+        encoding: 'buffer', stripFinalNewline: false, maxBuffer: 64 * 1024 * 1024
+      }))
+      stats.inc('local_compiles')
+      const stdout = Buffer.from(r.stdout as Uint8Array)
+      const stderr = Buffer.from(r.stderr as Uint8Array)
+      let obj: Buffer | null = null
+      if (r.exitCode === 0 && !r.signal) obj = await readFile(objTemp).catch(() => null)
+      await rm(objTemp, { force: true })
       // a diagnostic naming our temp file would differ from the plain compiler's: let the launcher rerun it
-      if (mentionsTemp || r.exitCode === undefined) return { kind: 'passthrough', reason: 'compile failed' }
-      return { kind: 'result', exitCode: r.exitCode ?? 1, stdout, stderr }
-    }
-    if (mentionsTemp) {
-      await cleanup()
-      return this.notCacheable('compiler output names the output file')
+      if (stderr.includes(objTemp) || stdout.includes(objTemp)) {
+        return r.exitCode === 0 ? this.notCacheable('compiler output names the output file') : { kind: 'passthrough', reason: 'compile failed' }
+      }
+      if (r.exitCode === undefined || r.signal) return { kind: 'passthrough', reason: 'compiler killed' }
+      result = { exitCode: r.exitCode, stdout, stderr, obj }
     }
 
-    // read before renaming: the entry must hold exactly what we hand to the user
-    const outputs: CacheEntry['outputs'] = []
-    try {
-      for (const o of dests) outputs.push({ name: o.name, data: await readFile(temps[o.name]) })
-      for (const o of dests) await rename(temps[o.name], o.abs)
-    } catch (err) {
-      await cleanup()
-      log.warn(`compile of ${spec.input} succeeded but an output is missing (${(err as Error).message}); passing through`)
+    if (result.exitCode !== 0) {
+      stats.inc('compile_failures')
+      return { kind: 'result', exitCode: result.exitCode, stdout: result.stdout, stderr: result.stderr }
+    }
+    if (result.obj === null) {
+      log.warn(`compile of ${spec.input} succeeded but wrote no object; passing through`)
       return this.notCacheable('expected output missing')
     }
-    const entry: CacheEntry = { exitCode: 0, stdout, stderr, outputs, meta: { input: spec.input, compiler: req.compiler } }
-    const write = this.opts.store.put(key, entry).then(
+    const outputs: CacheEntry['outputs'] = [{ name: 'obj', data: result.obj }]
+    if (depTemp) outputs.push({ name: 'dep', data: await readFile(depTemp) })
+    const entry: CacheEntry = { exitCode: 0, stdout: result.stdout, stderr: result.stderr, outputs, meta: { input: spec.input, compiler: req.compiler } }
+    if (!(await this.writeOutputs(req.cwd, spec, entry))) return this.notCacheable('output not writable')
+
+    const write = this.opts.store.put(k.key, entry).then(
       () => { stats.inc('cache_writes') },
-      (err: Error) => { stats.inc('cache_errors'); log.warn(`could not store cache entry ${key}: ${err.message}`) }
+      (err: Error) => { stats.inc('cache_errors'); log.warn(`could not store cache entry ${k.key}: ${err.message}`) }
     )
     this.pendingWrites.add(write)
     void write.finally(() => this.pendingWrites.delete(write))
-    return { kind: 'result', exitCode: 0, stdout, stderr }
+    return { kind: 'result', exitCode: 0, stdout: result.stdout, stderr: result.stderr }
   }
 
-  /** Place a hit's outputs where the compiler would have written them. */
-  private async writeOutputs(cwd: string, outputs: OutputFile[], entry: CacheEntry): Promise<boolean> {
+  /** Place an entry's outputs where the compiler would have written them, each atomically. */
+  private async writeOutputs(cwd: string, spec: CompileSpec, entry: CacheEntry): Promise<boolean> {
     const byName = new Map(entry.outputs.map((o) => [o.name, o.data]))
-    if (outputs.some((o) => !byName.has(o.name))) return false
+    if (spec.outputs.some((o) => !byName.has(o.name))) return false
     try {
-      for (const o of outputs) await writeFileAtomic(resolve(cwd, o.path), byName.get(o.name)!)
+      for (const o of spec.outputs) await writeFileAtomic(resolve(cwd, o.path), byName.get(o.name)!)
       return true
     } catch {
       return false

@@ -1,0 +1,47 @@
+// The files a compile reads, taken from the line markers of its preprocessed output
+// (`# 12 "/usr/include/stdio.h" 1 3 4`): what a builder needs to reproduce the compile
+// with every file at its own path, so objects (debug info included) and diagnostics are
+// exactly the local ones. The builder re-preprocesses and compares hashes, so a file this
+// misses can only cost a retry, never a wrong object.
+import { isAbsolute, join, normalize, resolve } from 'node:path'
+
+export interface InputSet {
+  /** absolute, normalised paths of every file the preprocessor entered */
+  files: string[]
+  /** directories that must exist because a path walks through them ("src/../inc/h.h") */
+  dirs: string[]
+}
+
+const MARKER = /^#(?:line)? \d+ "((?:[^"\\]|\\.)*)"/
+
+function unescape(s: string): string {
+  return s.replace(/\\(.)/g, '$1')
+}
+
+export function inputsFromPreprocessed(pp: Buffer, cwd: string, mainInput: string): InputSet {
+  const seen = new Set<string>()
+  const dirs = new Set<string>()
+  const add = (raw: string) => {
+    if (raw.startsWith('<') && raw.endsWith('>')) return // <built-in>, <command-line>, <stdin>
+    if (raw.endsWith('//')) return // gcc's "# 1 "/cwd//"" working-directory marker
+    const abs = isAbsolute(raw) ? raw : join(cwd, raw)
+    const parts = abs.split('/')
+    for (let i = 1; i < parts.length; i++) if (parts[i] === '..') dirs.add(normalize(parts.slice(0, i).join('/') || '/'))
+    seen.add(normalize(abs))
+  }
+  add(mainInput)
+  // markers sit at line starts; scanning as latin1 keeps byte offsets and never throws
+  const text = pp.toString('latin1')
+  let pos = 0
+  while (pos < text.length) {
+    const nl = text.indexOf('\n', pos)
+    const end = nl === -1 ? text.length : nl
+    if (text.charCodeAt(pos) === 35 /* # */) {
+      const m = MARKER.exec(text.slice(pos, Math.min(end, pos + 8192)))
+      if (m) add(Buffer.from(unescape(m[1]), 'latin1').toString('utf8'))
+    }
+    pos = end + 1
+  }
+  dirs.add(resolve(cwd))
+  return { files: [...seen].sort(), dirs: [...dirs].sort() }
+}

@@ -1,0 +1,173 @@
+// The compile-job protocol: a client sends one compile to a builder peer.
+//
+//   client → {v, toolchain, compiler, argv, cwd, env, ppHash, ppArgv, objPath, files:[{path,mode,size}], dirs}
+//   builder → {type:'refused', reason}                  full, not offering, no sandbox: try another peer
+//           | {type:'accepted'}
+//   client → blob: gzip of every input file's bytes, concatenated in the order of `files`
+//   builder → {type:'working'} …                        heartbeats, so a long compile is never idle-aborted
+//           → {type:'done', exitCode} + blob stdout + blob stderr [+ blob object when exitCode is 0]
+//           | {type:'failed', reason}                   sandbox, toolchain or input problem: try another peer
+//
+// It carries argv, files and environment only: nothing here knows compiler flags.
+import { gunzip, gzip } from 'node:zlib'
+import { promisify } from 'node:util'
+import type { Libp2p } from '@libp2p/interface'
+import { peerIdFromString } from '@libp2p/peer-id'
+import { Framed, ProtocolViolation, int, str, strList } from './framing.js'
+
+const gzipAsync = promisify(gzip)
+const gunzipAsync = promisify(gunzip)
+
+export const compileJobProtocol = (meshId: string) => `/meshcc/${meshId}/compile/1.0.0`
+
+export const LIMITS = {
+  files: 20_000,
+  /** compressed and decompressed input bytes of one job */
+  inputBytes: 512 * 1024 * 1024,
+  outputBytes: 256 * 1024 * 1024,
+  argv: 4096,
+  env: 512
+}
+const HEARTBEAT_MS = 15_000
+
+export interface JobFile { path: string; mode: number; data: Buffer }
+
+export interface JobHeader {
+  toolchain: string
+  compiler: string
+  argv: string[]
+  cwd: string
+  env: Record<string, string>
+  /** sha256 of the client's preprocessed output: the builder's own must match */
+  ppHash: string
+  ppArgv: string[]
+  objPath: string
+  files: Array<{ path: string; mode: number; size: number }>
+  /** directories that must exist although no file is sent in them */
+  dirs: string[]
+}
+
+export type JobReply =
+  | { kind: 'done'; exitCode: number; stdout: Buffer; stderr: Buffer; obj: Buffer | null }
+  | { kind: 'refused'; reason: string }
+  | { kind: 'failed'; reason: string }
+
+function parseHeader(h: Record<string, unknown>): JobHeader {
+  if (h.v !== 1) throw new ProtocolViolation(`unsupported job version ${String(h.v)}`)
+  const envIn = h.env
+  if (envIn === null || typeof envIn !== 'object' || Array.isArray(envIn)) throw new ProtocolViolation('field env: expected an object')
+  const env: Record<string, string> = {}
+  const entries = Object.entries(envIn as Record<string, unknown>)
+  if (entries.length > LIMITS.env) throw new ProtocolViolation('too many environment variables')
+  for (const [k, v] of entries) env[str(k, 'env key', 256)] = str(v, `env ${k}`, 65536)
+  if (!Array.isArray(h.files) || h.files.length > LIMITS.files) throw new ProtocolViolation(`field files: expected at most ${LIMITS.files} entries`)
+  const files = h.files.map((f: unknown, i: number) => {
+    const o = (f ?? {}) as Record<string, unknown>
+    const path = str(o.path, `files[${i}].path`)
+    if (!path.startsWith('/') || path.split('/').includes('..')) throw new ProtocolViolation(`files[${i}].path must be absolute without '..': ${path}`)
+    return { path, mode: int(o.mode, `files[${i}].mode`, 0, 0o777), size: int(o.size, `files[${i}].size`, 0, LIMITS.inputBytes) }
+  })
+  const dirs = strList(h.dirs, 'dirs', LIMITS.files)
+  for (const d of dirs) if (!d.startsWith('/') || d.split('/').includes('..')) throw new ProtocolViolation(`dirs entry must be absolute without '..': ${d}`)
+  const cwd = str(h.cwd, 'cwd')
+  const objPath = str(h.objPath, 'objPath')
+  if (!cwd.startsWith('/') || !objPath.startsWith(cwd + '/') || objPath.split('/').includes('..')) throw new ProtocolViolation('cwd must be absolute and objPath inside it')
+  return {
+    toolchain: str(h.toolchain, 'toolchain', 128),
+    compiler: str(h.compiler, 'compiler'),
+    argv: strList(h.argv, 'argv', LIMITS.argv, 65536),
+    cwd, env,
+    ppHash: str(h.ppHash, 'ppHash', 128),
+    ppArgv: strList(h.ppArgv, 'ppArgv', LIMITS.argv, 65536),
+    objPath, files, dirs
+  }
+}
+
+export interface SendOptions {
+  signal: AbortSignal
+  /** called once the builder has accepted, before the inputs are sent */
+  onAccepted?: () => void
+}
+
+/** Client side: run one job on `peer`. Throws on transport or protocol trouble. */
+export async function sendCompileJob(node: Libp2p, meshId: string, peer: string, header: JobHeader, files: JobFile[], opts: SendOptions): Promise<JobReply> {
+  const stream = await node.dialProtocol(peerIdFromString(peer), compileJobProtocol(meshId), { signal: opts.signal })
+  const f = new Framed(stream)
+  try {
+    await f.writeJson({ v: 1, ...header }, opts.signal)
+    const first = await f.readJson<{ type?: string; reason?: unknown }>(opts.signal)
+    if (first.type === 'refused') return { kind: 'refused', reason: str(first.reason, 'reason', 1024) }
+    if (first.type !== 'accepted') throw new ProtocolViolation(`unexpected reply ${String(first.type)}`)
+    opts.onAccepted?.()
+    await f.writeBlob(await gzipAsync(Buffer.concat(files.map((x) => x.data)), { level: 1 }), opts.signal)
+    for (;;) {
+      const msg = await f.readJson<{ type?: string; reason?: unknown; exitCode?: unknown }>(opts.signal)
+      if (msg.type === 'working') continue
+      if (msg.type === 'failed') return { kind: 'failed', reason: str(msg.reason, 'reason', 1024) }
+      if (msg.type !== 'done') throw new ProtocolViolation(`unexpected reply ${String(msg.type)}`)
+      const exitCode = int(msg.exitCode, 'exitCode', 0, 255)
+      const stdout = await f.readBlob(LIMITS.outputBytes, opts.signal)
+      const stderr = await f.readBlob(LIMITS.outputBytes, opts.signal)
+      const obj = exitCode === 0 ? await f.readBlob(LIMITS.outputBytes, opts.signal) : null
+      return { kind: 'done', exitCode, stdout, stderr, obj }
+    }
+  } finally {
+    await f.close()
+  }
+}
+
+export interface JobHandler {
+  /** decide at once: a refusal reason, or a release function for the reserved slot */
+  admit(peer: string, header: JobHeader): string | (() => void)
+  run(peer: string, header: JobHeader, files: JobFile[]): Promise<JobReply>
+}
+
+/** Builder side: serve compile jobs with `handler`. */
+export async function serveCompileJobs(node: Libp2p, meshId: string, handler: JobHandler, onError: (peer: string, err: Error) => void): Promise<void> {
+  await node.handle(compileJobProtocol(meshId), async (stream, connection) => {
+    const peer = connection.remotePeer.toString()
+    const f = new Framed(stream)
+    let release: (() => void) | null = null
+    let beat: NodeJS.Timeout | null = null
+    try {
+      const header = parseHeader(await f.readJson())
+      const admitted = handler.admit(peer, header)
+      if (typeof admitted === 'string') {
+        await f.writeJson({ type: 'refused', reason: admitted })
+        return
+      }
+      release = admitted
+      await f.writeJson({ type: 'accepted' })
+      const declared = header.files.reduce((n, x) => n + x.size, 0)
+      if (declared > LIMITS.inputBytes) throw new ProtocolViolation('inputs exceed the size limit')
+      const packed = await f.readBlob(LIMITS.inputBytes)
+      const all = await gunzipAsync(packed, { maxOutputLength: declared })
+      if (all.length !== declared) throw new ProtocolViolation('inputs do not match their declared sizes')
+      let off = 0
+      const files = header.files.map((x) => {
+        const data = all.subarray(off, off + x.size)
+        off += x.size
+        return { path: x.path, mode: x.mode, data }
+      })
+      beat = setInterval(() => { void f.writeJson({ type: 'working' }).catch(() => {}) }, HEARTBEAT_MS)
+      const reply = await handler.run(peer, header, files)
+      clearInterval(beat)
+      beat = null
+      if (reply.kind === 'done') {
+        await f.writeJson({ type: 'done', exitCode: reply.exitCode })
+        await f.writeBlob(reply.stdout)
+        await f.writeBlob(reply.stderr)
+        if (reply.exitCode === 0) await f.writeBlob(reply.obj ?? Buffer.alloc(0))
+      } else {
+        await f.writeJson({ type: reply.kind === 'refused' ? 'refused' : 'failed', reason: reply.reason })
+      }
+    } catch (err) {
+      onError(peer, err as Error)
+      f.abort(err as Error)
+    } finally {
+      if (beat) clearInterval(beat)
+      release?.()
+      await f.close()
+    }
+  }, { maxInboundStreams: 256 })
+}
