@@ -26,10 +26,20 @@ export interface Config {
   }
   log: { level: LogLevel }
   build: {
-    /** compiles this machine runs for itself at once */
+    /** compiles this machine runs for itself at once; 0 = every miss to the mesh when a peer can take it */
     localSlots: number
     /** cores offered to the mesh */
     cores: number
+    /** whether this machine compiles for others */
+    offer: 'always' | 'idle' | 'never'
+    /** how remote jobs are isolated; "none" must be chosen explicitly */
+    sandbox: 'bwrap' | 'none'
+    /** bytes of received toolchains kept */
+    toolchainCacheSize: number
+    /** compiler path → toolchain archive to ship instead of discovering one (cross/custom toolchains) */
+    toolchainArchives: Record<string, string>
+    /** wall-clock limit of one remote job, seconds */
+    jobTimeout: number
   }
   mesh: {
     enabled: boolean
@@ -161,6 +171,16 @@ class Section {
     return v as string[]
   }
 
+  /** a sub-table of strings, e.g. toolchain_archives = { "/opt/x/bin/gcc" = "/opt/x/gcc.tar.gz" } */
+  stringTable(key: string): Record<string, string> {
+    const v = this.take(key)
+    if (v === undefined) return {}
+    if (v === null || typeof v !== 'object' || Array.isArray(v) || Object.values(v).some((x) => typeof x !== 'string')) {
+      throw new ConfigError(`${this.where(key)}: expected a table of strings such as { "/opt/cross/bin/gcc" = "/opt/cross/gcc.tar.gz" }, got ${describe(v)}`)
+    }
+    return v as Record<string, string>
+  }
+
   oneOf<T extends string>(key: string, fallback: T, allowed: readonly T[]): T {
     const v = this.string(key, fallback)
     if (!(allowed as readonly string[]).includes(v)) throw new ConfigError(`${this.where(key)}: "${v}" is not one of ${allowed.join(', ')}`)
@@ -254,7 +274,12 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     log: { level: log.oneOf('level', 'info', LOG_LEVELS) },
     build: {
       localSlots: build.int('local_slots', cores, 0, 4096),
-      cores: build.int('cores', cores, 0, 4096)
+      cores: build.int('cores', cores, 0, 4096),
+      offer: build.oneOf('offer', 'always', ['always', 'idle', 'never'] as const),
+      sandbox: build.oneOf('sandbox', 'bwrap', ['bwrap', 'none'] as const),
+      toolchainCacheSize: build.size('toolchain_cache_size', 10 * 1024 ** 3),
+      toolchainArchives: Object.fromEntries(Object.entries(build.stringTable('toolchain_archives')).map(([k, v]) => [expandHome(k), expandHome(v)])),
+      jobTimeout: build.int('job_timeout', 600, 1, 86_400)
     },
     mesh: {
       enabled: mesh.bool('enabled', true),

@@ -30,14 +30,19 @@ export function formatStatus(s: DaemonStatus): string {
   out += `mesh ${m.mesh_id}, this node ${m.peer_id}\n`
   out += `  listening on ${m.addresses.join(' ')}\n`
   const shim = m.shim.serving_peer ? `served by ${m.shim.serving_peer === m.peer_id ? `this node at http://${m.shim.listen ?? '?'}/` : short(m.shim.serving_peer)}` : 'not served (no shim-capable node)'
-  out += `  sccache shim: ${shim}\n\n`
-  const header = ['PEER', 'NAME', 'CORES', 'RUNNING', 'QUEUED', 'FREE', 'LOAD', 'TOOLCHAINS', 'RTT', 'LINK']
+  out += `  sccache shim: ${shim}\n`
+  const b = m.builder
+  out += `  builder: ${b.capacity > 0 ? `offers ${b.capacity} cores (${b.offer}), sandbox ${b.sandbox}` : `not taking jobs (${b.sandbox_note ?? `offer = "${b.offer}"`})`}; ${b.running} running, ${b.jobs_done} done, ${b.jobs_failed} failed, ${b.jobs_refused} refused\n`
+  for (const t of m.toolchain_transfers.slice(-3)) out += `  toolchain ${t.hash.slice(0, 12)} ${t.direction} ${t.direction === 'sent' ? 'to' : 'from'} ${short(t.peer)}: ${(t.bytes / 1048576).toFixed(1)} MiB in ${t.ms} ms\n`
+  out += '\n'
+  const header = ['PEER', 'NAME', 'CORES', 'RUNNING', 'QUEUED', 'FREE', 'LOAD', 'TOOLCHAINS', 'RTT', 'LINK', 'JOBS SENT/DONE']
   const rows = m.members.map((p) => [
     short(p.peer_id) + (p.self ? ' *' : ''), p.name, String(p.cores), String(p.running), String(p.queued), String(p.free_slots),
     p.load1.toFixed(2), String(p.toolchains), p.self ? '-' : p.rtt_ms === null ? '?' : `${p.rtt_ms.toFixed(1)}ms`,
-    p.self ? 'self' : `${p.lan ? 'LAN ' : ''}${p.connection}`
+    p.self ? 'self' : `${p.lan ? 'LAN ' : ''}${p.connection}`,
+    p.self ? '-' : `${m.jobs_per_peer[p.peer_id]?.sent ?? 0}/${m.jobs_per_peer[p.peer_id]?.done ?? 0}`
   ])
-  rows.push(['total', `${m.totals.members} nodes`, String(m.totals.cores), String(m.totals.running), String(m.totals.queued), String(m.totals.free_slots), '', '', '', ''])
+  rows.push(['total', `${m.totals.members} nodes`, String(m.totals.cores), String(m.totals.running), String(m.totals.queued), String(m.totals.free_slots), '', '', '', '', ''])
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)))
   const line = (r: string[]) => r.map((c, i) => (i >= 2 && i <= 8 ? c.padStart(widths[i]) : c.padEnd(widths[i]))).join('  ').trimEnd()
   return out + [line(header), ...rows.map(line)].join('\n') + '\n'

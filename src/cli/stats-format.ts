@@ -10,6 +10,7 @@ const LINES: Array<[string, string]> = [
   ['Remote compiles', 'remote_compiles'],
   ['Compile failures', 'compile_failures'],
   ['Fallbacks to a plain compile', 'fallbacks'],
+  ['Remote attempts retried', 'remote_retries'],
   ['Cache errors', 'cache_errors'],
   ['Cache writes', 'cache_writes']
 ]
@@ -26,7 +27,7 @@ export function formatStatsText(s: Record<string, unknown>): string {
   const width = Math.max(...rows.map(([l]) => l.length)) + 2
   const valueWidth = Math.max(...rows.map(([, v]) => v.length))
   let out = rows.map(([l, v]) => l.padEnd(width) + v.padStart(valueWidth)).join('\n') + '\n'
-  for (const [title, key] of [['Non-cacheable reasons', 'non_cacheable_reasons'], ['Fallback reasons', 'fallback_reasons']] as const) {
+  for (const [title, key] of [['Non-cacheable reasons', 'non_cacheable_reasons'], ['Fallback reasons', 'fallback_reasons'], ['Retry reasons', 'retry_reasons']] as const) {
     const reasons = Object.entries((s[key] as Record<string, number>) ?? {}).sort((a, b) => b[1] - a[1] || a[0].localeCompare(b[0]))
     if (reasons.length === 0) continue
     out += `\n${title}:\n` + reasons.map(([r, n]) => `  ${r.padEnd(width + valueWidth - 10)} ${String(n).padStart(7)}`).join('\n') + '\n'

@@ -3,13 +3,18 @@
 // turns the live view into the status that `meshcc status` and `--dist-status` print.
 import { createHash } from 'node:crypto'
 import { existsSync, readFileSync } from 'node:fs'
+import { readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { loadavg } from 'node:os'
 import type { Config } from '../config.js'
 import type { Logger } from '../log.js'
 import type { Mesh, MeshMember } from '../mesh/index.js'
+import type { ToolchainCache } from '../toolchain/cache.js'
 import { electShimServer } from '../shim/election.js'
 import type { ShimServer } from '../shim/server.js'
+import type { Stats } from './stats.js'
+import { Builder, type BuilderStatus } from './builder.js'
+import { MeshRemoteRunner, type PeerJobStats } from './remote-runner.js'
 
 /** What the daemon reports about its own work, for the load gossip. */
 export interface LocalLoad { running: number; queued: number }
@@ -43,7 +48,13 @@ export interface MeshStatus {
   members: MemberStatus[]
   totals: { members: number; cores: number; running: number; queued: number; free_slots: number }
   shim: { capable: boolean; serving_peer: string | null; serving_here: boolean; listen: string | null }
+  builder: BuilderStatus
+  /** jobs this node sent to each peer */
+  jobs_per_peer: Record<string, PeerJobStats>
+  toolchain_transfers: ToolchainTransfer[]
 }
+
+export interface ToolchainTransfer { hash: string; peer: string; direction: 'sent' | 'received'; bytes: number; ms: number; at: string }
 
 /** File beside the config where `meshcc mesh join` keeps the invite's addresses. */
 export function joinedBootstrapFile(config: Config): string {
@@ -72,11 +83,20 @@ export class MeshService {
   private shimStarting: Promise<void> | null = null
   private servingPeer: string | null = null
   private unsubscribe: (() => void) | null = null
+  private readonly stopTimers: Array<() => void> = []
 
-  private constructor(private readonly mesh: Mesh, private readonly config: Config, private readonly log: Logger) {}
+  private readonly transfers: ToolchainTransfer[] = []
+
+  private constructor(private readonly mesh: Mesh, private readonly config: Config, private readonly log: Logger,
+    readonly builder: Builder, readonly runner: MeshRemoteRunner, private readonly toolchains: ToolchainCache) {}
+
+  private recordTransfer(t: Omit<ToolchainTransfer, 'at'>): void {
+    this.transfers.push({ ...t, at: new Date().toISOString() })
+    if (this.transfers.length > 20) this.transfers.shift()
+  }
 
   /** Start the mesh, or return null (logged) when it is disabled or has no key yet. */
-  static async start(config: Config, log: Logger, version: string, local: () => LocalLoad): Promise<MeshService | null> {
+  static async start(config: Config, log: Logger, version: string, local: () => LocalLoad, stats: Stats): Promise<MeshService | null> {
     if (!config.mesh.enabled) {
       log.info('mesh disabled in config ([mesh] enabled = false): local cache only')
       return null
@@ -86,8 +106,17 @@ export class MeshService {
       return null
     }
     const { startMesh } = await import('../mesh/index.js')
+    const { ToolchainCache } = await import('../toolchain/cache.js')
+    const { serveCompileJobs } = await import('../mesh/protocols/compile-job.js')
+    const { fetchToolchain, serveToolchains } = await import('../mesh/protocols/toolchain-fetch.js')
     const speed = measureSpeed()
     const cores = config.build.cores
+    const toolchains = new ToolchainCache({ dir: join(config.cache.dir, 'toolchains'), maxBytes: config.build.toolchainCacheSize, log: log.child('toolchains') })
+    await toolchains.open()
+    // the builder and runner need the mesh, and the mesh's load gossip needs them: filled in below
+    let builder: Builder | null = null
+    let runner: MeshRemoteRunner | null = null
+    let packed: string[] = []
     const meshConfig: Config = { ...config, mesh: { ...config.mesh, bootstrap: [...new Set([...config.mesh.bootstrap, ...readJoinedBootstrap(config)])] } }
     const mesh = await startMesh({
       config: meshConfig,
@@ -96,12 +125,41 @@ export class MeshService {
       getLoad: () => {
         const l = local()
         return {
-          cores, running: l.running, queued: l.queued, freeSlots: Math.max(0, cores - l.running),
-          load1: Math.round(loadavg()[0] * 100) / 100, speed, toolchains: [], accept: 'always', shim: config.shim.enabled
+          cores, running: l.running + (builder?.running ?? 0), queued: l.queued, freeSlots: builder?.freeSlots() ?? 0,
+          load1: Math.round(loadavg()[0] * 100) / 100, speed, toolchains: [...new Set([...toolchains.list(), ...packed])].slice(0, 32),
+          accept: builder?.acceptPolicy() ?? 'never', shim: config.shim.enabled
         }
       }
     })
-    const svc = new MeshService(mesh, config, log)
+    const fetchLimit = Math.min(config.build.toolchainCacheSize, 4 * 1024 ** 3)
+    let svc: MeshService | null = null
+    builder = new Builder({
+      config, log: log.child('builder'), toolchains,
+      fetchToolchain: async (peer, hash) => {
+        const t0 = Date.now()
+        const data = await fetchToolchain(mesh.libp2p, mesh.meshId, peer, hash, fetchLimit, AbortSignal.timeout(600_000))
+        svc?.recordTransfer({ hash, peer, direction: 'received', bytes: data.length, ms: Date.now() - t0 })
+        return data
+      },
+      findToolchainHolders: (hash) => mesh.findToolchainProviders(hash, 3000),
+      isAllowed: (peer) => mesh.isAllowed(peer),
+      onLoadChange: () => mesh.notifyLoadChanged()
+    })
+    await builder.cleanStaleJobs()
+    await builder.init()
+    runner = new MeshRemoteRunner({ mesh, config, log: log.child('remote'), stats, toolchainDir: join(config.cache.dir, 'toolchains-packed') })
+    const r = runner
+    const onProtocolError = (what: string) => (peer: string, err: Error) => log.warn(`${what} with ${peer}: ${err.message.split('\n')[0]}`)
+    await serveCompileJobs(mesh.libp2p, mesh.meshId, builder, onProtocolError('compile job'))
+    await serveToolchains(mesh.libp2p, mesh.meshId, async (hash) => {
+      const data = (await r.archiveOf(hash)) ?? (toolchains.has(hash) ? await readFile(toolchains.archivePath(hash)!).catch(() => null) : null)
+      if (data) log.info(`sending toolchain ${hash.slice(0, 12)} (${(data.length / 1048576).toFixed(1)} MiB)`)
+      return data
+    }, onProtocolError('toolchain transfer'))
+    const refreshPacked = setInterval(() => { void r.heldToolchains().then((h) => { packed = h }) }, 2000)
+    refreshPacked.unref()
+    svc = new MeshService(mesh, config, log, builder, runner, toolchains)
+    svc.stopTimers.push(() => clearInterval(refreshPacked))
     log.info(`mesh ${mesh.meshId}: peer ${mesh.peerId} listening on ${mesh.addresses().join(' ')}`)
     if (config.shim.enabled) {
       svc.unsubscribe = mesh.on('members', (m) => svc.electShim(m))
@@ -174,13 +232,18 @@ export class MeshService {
       addresses: this.mesh.addresses(),
       members,
       totals: { members: members.length, cores: sum((m) => m.cores), running: sum((m) => m.running), queued: sum((m) => m.queued), free_slots: sum((m) => m.free_slots) },
-      shim: { capable: this.config.shim.enabled, serving_peer: this.servingPeer, serving_here: this.shimServer !== null, listen: this.shimServer?.address ?? null }
+      shim: { capable: this.config.shim.enabled, serving_peer: this.servingPeer, serving_here: this.shimServer !== null, listen: this.shimServer?.address ?? null },
+      builder: this.builder.status(),
+      jobs_per_peer: this.runner.jobsPerPeer(),
+      toolchain_transfers: [...this.transfers]
     }
   }
 
   async stop(): Promise<void> {
+    for (const t of this.stopTimers) t()
     this.unsubscribe?.()
     await this.stopShim()
     await this.mesh.stop()
+    await this.toolchains.close()
   }
 }

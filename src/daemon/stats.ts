@@ -8,7 +8,7 @@ import type { Logger } from '../log.js'
 
 export const COUNTERS = [
   'compile_requests', 'cache_hits', 'cache_misses', 'non_cacheable', 'local_compiles', 'remote_compiles',
-  'compile_failures', 'fallbacks', 'cache_errors', 'cache_writes'
+  'compile_failures', 'fallbacks', 'remote_retries', 'cache_errors', 'cache_writes'
 ] as const
 export type Counter = (typeof COUNTERS)[number]
 
@@ -16,6 +16,7 @@ export interface StatsData {
   counters: Record<Counter, number>
   non_cacheable_reasons: Record<string, number>
   fallback_reasons: Record<string, number>
+  retry_reasons: Record<string, number>
   /** milliseconds summed over hits, for the average hit time */
   hit_time_ms: number
 }
@@ -28,6 +29,7 @@ function emptyData(): StatsData {
     counters: Object.fromEntries(COUNTERS.map((c) => [c, 0])) as Record<Counter, number>,
     non_cacheable_reasons: {},
     fallback_reasons: {},
+    retry_reasons: {},
     hit_time_ms: 0
   }
 }
@@ -93,6 +95,12 @@ export class Stats {
     this.pending.fallback_reasons[reason] = (this.pending.fallback_reasons[reason] ?? 0) + 1
   }
 
+  /** a remote attempt that failed and was retried elsewhere or locally */
+  retry(reason: string): void {
+    this.inc('remote_retries')
+    this.pending.retry_reasons[reason] = (this.pending.retry_reasons[reason] ?? 0) + 1
+  }
+
   hitTime(ms: number): void {
     this.pending.hit_time_ms += ms
     this.dirty = true
@@ -108,6 +116,7 @@ export class Stats {
       }
       addReasons(data.non_cacheable_reasons, saved.non_cacheable_reasons ?? {})
       addReasons(data.fallback_reasons, saved.fallback_reasons ?? {})
+      addReasons(data.retry_reasons, saved.retry_reasons ?? {})
       if (typeof saved.hit_time_ms === 'number') data.hit_time_ms = saved.hit_time_ms
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'ENOENT') this.log.warn(`stats file unreadable, starting from zero: ${(err as Error).message}`)
@@ -148,6 +157,7 @@ export class Stats {
         for (const c of COUNTERS) data.counters[c] += this.pending.counters[c]
         addReasons(data.non_cacheable_reasons, this.pending.non_cacheable_reasons)
         addReasons(data.fallback_reasons, this.pending.fallback_reasons)
+        addReasons(data.retry_reasons, this.pending.retry_reasons)
         data.hit_time_ms += this.pending.hit_time_ms
         this.ingestJournal(data)
         this.write(data)

@@ -187,9 +187,13 @@ export class Connector {
     const now = Date.now()
     const last = this.lastWarned.get(key)
     const detail = err ? ` (${errText(err)})` : ''
-    const msg = direction === 'inbound'
-      ? `connection from ${hostOf(remoteAddr)} failed during the private-network handshake: the peer probably has a different mesh key${detail}`
-      : `connection to ${remoteAddr} failed during the private-network handshake: the peer probably has a different mesh key${detail}`
+    const who = direction === 'inbound' ? `connection from ${hostOf(remoteAddr)}` : `connection to ${remoteAddr}`
+    // a timeout or abort is load or the network; a reset during the handshake is what a key mismatch looks like
+    if (err && /timeout|timed out|abort/i.test(`${err.name} ${err.message}`)) {
+      this.log.debug(`${who}: private-network handshake timed out${detail}`)
+      return
+    }
+    const msg = `${who} failed during the private-network handshake: the peer probably has a different mesh key${detail}`
     if (last === undefined || now - last > FAILURE_WARN_EVERY_MS) {
       if (this.lastWarned.size > 1000) this.lastWarned.clear()
       this.lastWarned.set(key, now)

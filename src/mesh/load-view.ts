@@ -30,7 +30,7 @@ export interface ViewEntry {
   lastSeen: number
 }
 
-export const DEFAULT_GOSSIP_INTERVAL_MS = 1000
+export const DEFAULT_GOSSIP_INTERVAL_MS = 2000
 export const MAX_GOSSIP_INTERVAL_MS = 2000
 export const MIN_GOSSIP_INTERVAL_MS = 100
 /** extra publishes from notifyLoadChanged are at least this far apart */
@@ -170,6 +170,18 @@ export class LoadView {
     this.entries.set(from, { peerId: from, load, addrs, seq, lastSeen: Date.now() })
     if (!prev) this.init.log.info(`mesh member joined: ${load.name || '?'} (${from}), ${load.cores} cores`)
     this.init.onMessage?.(from, addrs)
+    this.init.onChange?.()
+  }
+
+  /**
+   * Drop a member now: its last connection closed (a killed daemon's sockets close at once).
+   * If it is alive behind another path, its next message through the mesh brings it back.
+   */
+  forget(peerId: string, why: string): void {
+    const e = this.entries.get(peerId)
+    if (!e || this.stopped) return
+    this.entries.delete(peerId)
+    this.init.log.info(`mesh member ${why}, dropped: ${e.load.name || '?'} (${peerId})`)
     this.init.onChange?.()
   }
 

@@ -5,7 +5,7 @@ import { hostname } from 'node:os'
 import { multiaddr, type Multiaddr } from '@multiformats/multiaddr'
 import { peerIdFromString } from '@libp2p/peer-id'
 import { isPrivate } from '@libp2p/utils'
-import type { Libp2p, PeerInfo } from '@libp2p/interface'
+import type { Libp2p, PeerId, PeerInfo } from '@libp2p/interface'
 import type { Config } from '../config.js'
 import type { Logger } from '../log.js'
 import { MeshError } from './errors.js'
@@ -37,11 +37,11 @@ export interface MeshOptions {
   log: Logger
   version: string
   getLoad: () => Omit<LoadInfo, 'version' | 'name'>
-  /** load gossip interval, default 1000, clamped to 100..2000 */
+  /** load gossip interval, default 2000, clamped to 100..2000 */
   gossipIntervalMs?: number
   /** a member silent this long leaves the view; default 3 intervals + 2 s */
   expiryMs?: number
-  /** RTT measurement period for connected members, default 5000 */
+  /** RTT measurement period for connected members, default 15000 */
   rttIntervalMs?: number
 }
 
@@ -100,7 +100,7 @@ export async function startMesh(opts: MeshOptions): Promise<Mesh> {
 
   const intervalMs = clamp(opts.gossipIntervalMs ?? DEFAULT_GOSSIP_INTERVAL_MS, MIN_GOSSIP_INTERVAL_MS, MAX_GOSSIP_INTERVAL_MS)
   const expiryMs = Math.max(intervalMs + 50, opts.expiryMs ?? defaultExpiryMs(intervalMs))
-  const rttIntervalMs = Math.max(500, opts.rttIntervalMs ?? 5000)
+  const rttIntervalMs = Math.max(500, opts.rttIntervalMs ?? 15_000)
 
   const mdnsPeers = new Set<string>()
   let connector: Connector | null = null
@@ -207,6 +207,10 @@ export async function startMesh(opts: MeshOptions): Promise<Mesh> {
     connector?.consider(id, evt.detail.multiaddrs, mdnsPeers.has(id) ? 'mdns' : 'dht')
   }
   node.addEventListener('peer:discovery', onDiscovery)
+  const onDisconnect = (evt: CustomEvent<PeerId>) => {
+    if (node.getConnections(evt.detail).length === 0) view.forget(evt.detail.toString(), 'disconnected')
+  }
+  node.addEventListener('peer:disconnect', onDisconnect)
 
   const ads = new Advertiser(node, meshId, log)
   view.start()
@@ -249,6 +253,7 @@ export async function startMesh(opts: MeshOptions): Promise<Mesh> {
       clearTimeout(firstPing)
       clearInterval(pingTimer)
       node.removeEventListener('peer:discovery', onDiscovery)
+      node.removeEventListener('peer:disconnect', onDisconnect)
       connector?.stop()
       ads.stop()
       await view.stop()

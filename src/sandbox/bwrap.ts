@@ -91,8 +91,10 @@ export async function checkBwrap(): Promise<BwrapCheck> {
 
 function probe(): Promise<BwrapInfo | string> {
   checked ??= (async () => {
-    const path = findOnPath('bwrap')
-    if (!path) return 'bwrap (bubblewrap) not found on PATH'
+    // MESHCC_BWRAP names the binary explicitly (a custom install; empty = treat as absent)
+    const explicit = process.env.MESHCC_BWRAP
+    const path = explicit !== undefined ? (explicit !== '' && isExecutable(explicit) ? explicit : null) : findOnPath('bwrap')
+    if (!path) return explicit !== undefined ? `MESHCC_BWRAP="${explicit}" is not an executable bwrap` : 'bwrap (bubblewrap) not found on PATH'
     const v = await runQuiet(path, ['--version'], 5000)
     const m = /bubblewrap\s+(\S+)/.exec(v.stdout)
     if (v.code !== 0 || !m) return `${path} --version failed: ${oneLine(v.stderr || v.stdout) || `exit ${v.code}`}`
@@ -350,6 +352,10 @@ function signalName(n: number): string | null {
 
 function failed(reason: string): SandboxResult {
   return { exitCode: null, signal: null, stdout: Buffer.alloc(0), stderr: Buffer.alloc(0), timedOut: false, outputTooLarge: false, sandboxError: reason }
+}
+
+function isExecutable(p: string): boolean {
+  try { accessSync(p, fsConstants.X_OK); return true } catch { return false }
 }
 
 function findOnPath(cmd: string): string | null {

@@ -1,0 +1,253 @@
+// The builder side of distributed compilation: admits jobs from mesh peers (it has the last
+// word, whatever the client read in the load view), fetches the toolchain when missing,
+// rebuilds the client's files at their own paths and compiles in a bubblewrap sandbox.
+//
+// Per job: <cache dir>/jobs/<id>/root (hard links to the unpacked toolchain plus the input
+// files outside the client's cwd) is the sandbox's read-only root, and <id>/cwd (the inputs
+// under the cwd, and the object) is mounted read-write at the client's cwd.
+import { createHash } from 'node:crypto'
+import { copyFile, link, lstat, mkdir, mkdtemp, readdir, readFile, readlink, rm, symlink, writeFile } from 'node:fs/promises'
+import { loadavg } from 'node:os'
+import { dirname, join, relative } from 'node:path'
+import { execa } from 'execa'
+import type { Config } from '../config.js'
+import type { Logger } from '../log.js'
+import type { JobFile, JobHandler, JobHeader, JobReply } from '../mesh/protocols/compile-job.js'
+import { checkBwrap, runSandboxed, type SandboxJob, type SandboxResult } from '../sandbox/bwrap.js'
+import type { ToolchainCache } from '../toolchain/cache.js'
+
+export interface BuilderOptions {
+  config: Config
+  log: Logger
+  toolchains: ToolchainCache
+  /** fetch a toolchain archive from a peer that holds it (the client first) */
+  fetchToolchain: (fromPeer: string, hash: string) => Promise<Buffer>
+  /** providers of a toolchain besides the client (DHT, load view) */
+  findToolchainHolders: (hash: string) => Promise<string[]>
+  isAllowed: (peer: string) => boolean
+  onLoadChange: () => void
+}
+
+export interface BuilderStatus { offer: string; sandbox: string; sandbox_ok: boolean; sandbox_note: string | null; running: number; capacity: number; jobs_done: number; jobs_failed: number; jobs_refused: number }
+
+export class Builder implements JobHandler {
+  running = 0
+  private done = 0
+  private failed = 0
+  private refused = 0
+  private sandboxOk = false
+  private sandboxNote: string | null = 'not checked yet'
+  private readonly fetching = new Map<string, Promise<void>>()
+
+  constructor(private readonly opts: BuilderOptions) {}
+
+  /** Decide once at start whether remote jobs can be taken (bwrap present, or sandbox = "none"). */
+  async init(): Promise<void> {
+    const { config, log } = this.opts
+    if (config.build.sandbox === 'none') {
+      this.sandboxOk = true
+      this.sandboxNote = 'sandbox = "none": remote jobs run without isolation'
+      log.warn(`[build] sandbox = "none": jobs from mesh peers run without a sandbox (chroot only)`)
+      return
+    }
+    const c = await checkBwrap()
+    this.sandboxOk = c.ok
+    this.sandboxNote = c.ok ? null : `${c.reason}; remote jobs refused (install bubblewrap, or set [build] sandbox = "none")`
+    if (!c.ok) log.warn(`not accepting compile jobs from the mesh: ${this.sandboxNote}`)
+    else log.info(`builder ready: bubblewrap ${c.version}, ${config.build.cores} cores offered (${config.build.offer})`)
+  }
+
+  get capacity(): number {
+    const { offer, cores } = this.opts.config.build
+    return this.sandboxOk && offer !== 'never' ? cores : 0
+  }
+
+  /** free slots for the load view */
+  freeSlots(): number {
+    if (this.opts.config.build.offer === 'idle' && loadavg()[0] > this.opts.config.build.cores / 2) return 0
+    return Math.max(0, this.capacity - this.running)
+  }
+
+  acceptPolicy(): 'always' | 'idle' | 'never' {
+    return this.capacity === 0 ? 'never' : this.opts.config.build.offer
+  }
+
+  status(): BuilderStatus {
+    const b = this.opts.config.build
+    return { offer: b.offer, sandbox: b.sandbox, sandbox_ok: this.sandboxOk, sandbox_note: this.sandboxNote, running: this.running, capacity: this.capacity, jobs_done: this.done, jobs_failed: this.failed, jobs_refused: this.refused }
+  }
+
+  admit(peer: string, header: JobHeader): string | (() => void) {
+    const reason = this.refusal(peer)
+    if (reason) {
+      this.refused++
+      this.opts.log.debug(`refused job from ${peer}: ${reason}`)
+      return reason
+    }
+    this.running++
+    this.opts.onLoadChange()
+    this.opts.log.debug(`accepted job from ${peer}: ${header.argv.length} args, ${header.files.length} files`)
+    let released = false
+    return () => {
+      if (released) return
+      released = true
+      this.running--
+      this.opts.onLoadChange()
+    }
+  }
+
+  private refusal(peer: string): string | null {
+    const b = this.opts.config.build
+    if (!this.opts.isAllowed(peer)) return 'not allowed by [mesh] allow/deny'
+    if (b.offer === 'never') return 'not offering (offer = "never")'
+    if (!this.sandboxOk) return `no sandbox: ${this.sandboxNote}`
+    if (this.running >= b.cores) return 'busy'
+    if (b.offer === 'idle' && loadavg()[0] > b.cores / 2) return 'busy (offers only when idle)'
+    return null
+  }
+
+  async run(peer: string, header: JobHeader, files: JobFile[]): Promise<JobReply> {
+    const { log } = this.opts
+    try {
+      await this.ensureToolchain(peer, header.toolchain)
+    } catch (err) {
+      this.failed++
+      log.warn(`job from ${peer}: toolchain ${header.toolchain.slice(0, 12)} unavailable: ${(err as Error).message}`)
+      return { kind: 'failed', reason: `toolchain unavailable: ${(err as Error).message}` }
+    }
+    const release = this.opts.toolchains.acquire(header.toolchain)
+    const base = await mkdtemp(join(this.jobsDir(), 'j-'))
+    try {
+      const reply = await this.runIn(base, header, files)
+      if (reply.kind === 'done') this.done++
+      else this.failed++
+      return reply
+    } catch (err) {
+      this.failed++
+      log.warn(`job from ${peer} failed on this builder: ${(err as Error).message}`)
+      return { kind: 'failed', reason: `builder error: ${(err as Error).message}` }
+    } finally {
+      release()
+      await rm(base, { recursive: true, force: true })
+    }
+  }
+
+  private jobsDir(): string {
+    return join(this.opts.config.cache.dir, 'jobs')
+  }
+
+  async cleanStaleJobs(): Promise<void> {
+    await rm(this.jobsDir(), { recursive: true, force: true })
+    await mkdir(this.jobsDir(), { recursive: true, mode: 0o700 })
+  }
+
+  private async ensureToolchain(peer: string, hash: string): Promise<void> {
+    const tc = this.opts.toolchains
+    if (tc.has(hash)) return
+    let p = this.fetching.get(hash)
+    if (!p) {
+      p = (async () => {
+        const holders = [peer, ...(await this.opts.findToolchainHolders(hash).catch(() => [])).filter((h) => h !== peer)]
+        let lastErr: Error | null = null
+        for (const h of holders.slice(0, 4)) {
+          try {
+            const t0 = Date.now()
+            const data = await this.opts.fetchToolchain(h, hash)
+            await tc.add(hash, data)
+            this.opts.log.info(`received toolchain ${hash.slice(0, 12)} (${(data.length / 1048576).toFixed(1)} MiB) from ${h} in ${Date.now() - t0} ms`)
+            this.opts.onLoadChange()
+            return
+          } catch (err) {
+            lastErr = err as Error
+          }
+        }
+        throw lastErr ?? new Error('no peer holds it')
+      })().finally(() => this.fetching.delete(hash))
+      this.fetching.set(hash, p)
+    }
+    await p
+  }
+
+  private async runIn(base: string, header: JobHeader, files: JobFile[]): Promise<JobReply> {
+    const b = this.opts.config.build
+    const root = join(base, 'root')
+    await linkTree(this.opts.toolchains.rootOf(header.toolchain), root)
+    // without bwrap there is no mount: the cwd's files live inside the chroot itself
+    const cwdDir = b.sandbox === 'none' ? join(root, header.cwd) : join(base, 'cwd')
+    await mkdir(cwdDir, { recursive: true })
+    const under = (p: string) => p === header.cwd || p.startsWith(header.cwd + '/')
+    const place = (p: string) => (under(p) ? join(cwdDir, relative(header.cwd, p)) : join(root, p))
+    for (const d of header.dirs) await mkdir(place(d), { recursive: true })
+    for (const f of files) {
+      const dest = place(f.path)
+      await mkdir(dirname(dest), { recursive: true })
+      await rm(dest, { force: true }) // never write through a toolchain hard link
+      await writeFile(dest, f.data, { mode: f.mode || 0o644 })
+    }
+    const env = { ...header.env, PATH: '/usr/local/bin:/usr/bin:/bin' }
+    const job = (argv: string[]): SandboxJob => ({
+      root, jobDir: cwdDir, cwd: header.cwd, argv, env,
+      timeoutMs: b.jobTimeout * 1000, cpuSeconds: b.jobTimeout, maxOutputBytes: 256 * 1024 * 1024
+    })
+    const exec = (argv: string[]) => (b.sandbox === 'none' ? runChrooted(root, header.cwd, argv, env, b.jobTimeout * 1000) : runSandboxed(job(argv)))
+
+    // the builder must see exactly the client's translation unit, or the object could differ
+    const pp = await exec([header.compiler, ...header.ppArgv])
+    const infra = infraFailure(pp)
+    if (infra) return { kind: 'failed', reason: `preprocessing: ${infra}` }
+    if (pp.exitCode !== 0) return { kind: 'failed', reason: `preprocessing failed here: ${pp.stderr.toString('utf8').split('\n')[0].slice(0, 200)}` }
+    const ppHash = createHash('sha256').update(pp.stdout).digest('hex')
+    if (ppHash !== header.ppHash) return { kind: 'failed', reason: 'inputs mismatch: the preprocessed unit differs from the client\'s' }
+
+    const r = await exec([header.compiler, ...header.argv])
+    const bad = infraFailure(r)
+    if (bad) return { kind: 'failed', reason: bad }
+    if (r.exitCode !== 0) return { kind: 'done', exitCode: r.exitCode ?? 1, stdout: r.stdout, stderr: r.stderr, obj: null }
+    const obj = await readFile(join(cwdDir, relative(header.cwd, header.objPath))).catch(() => null)
+    if (!obj) return { kind: 'failed', reason: 'the compiler wrote no object' }
+    return { kind: 'done', exitCode: 0, stdout: r.stdout, stderr: r.stderr, obj }
+  }
+}
+
+/** A sandbox or resource problem (retry elsewhere), as opposed to the compiler's own verdict. */
+function infraFailure(r: SandboxResult): string | null {
+  if (r.sandboxError) return `sandbox: ${r.sandboxError}`
+  if (r.timedOut) return 'timed out'
+  if (r.outputTooLarge) return 'output too large'
+  if (r.signal) return `compiler killed by ${r.signal}`
+  if (r.exitCode === null) return 'compiler did not exit normally'
+  return null
+}
+
+/** Mirror a toolchain tree with hard links (cheap, same filesystem) and recreated symlinks. */
+async function linkTree(src: string, dest: string): Promise<void> {
+  await mkdir(dest, { recursive: true })
+  for (const name of await readdir(src)) {
+    const s = join(src, name)
+    const d = join(dest, name)
+    const st = await lstat(s)
+    if (st.isDirectory()) await linkTree(s, d)
+    else if (st.isSymbolicLink()) await symlink(await readlink(s), d)
+    else await link(s, d)
+  }
+}
+
+/**
+ * sandbox = "none": the operator chose no isolation. chroot still gives the client's paths;
+ * the host's coreutils `env -C` (copied into the job root) changes into the cwd there.
+ */
+async function runChrooted(root: string, cwd: string, argv: string[], env: Record<string, string>, timeoutMs: number): Promise<SandboxResult> {
+  const envBin = join(root, 'usr', 'bin', 'env')
+  await mkdir(dirname(envBin), { recursive: true })
+  await rm(envBin, { force: true })
+  await copyFile('/usr/bin/env', envBin)
+  const r = await execa('chroot', [root, '/usr/bin/env', '-C', cwd, ...argv], {
+    env, extendEnv: false, reject: false, encoding: 'buffer', timeout: timeoutMs, stdin: 'ignore', maxBuffer: 256 * 1024 * 1024
+  })
+  const setupFailed = r.exitCode === 125 || r.exitCode === 126 || r.exitCode === 127 || (r.failed && r.exitCode === undefined)
+  return {
+    exitCode: r.exitCode ?? null, signal: r.signal ?? null, stdout: Buffer.from(r.stdout as Uint8Array), stderr: Buffer.from(r.stderr as Uint8Array),
+    timedOut: Boolean(r.timedOut), outputTooLarge: false,
+    sandboxError: setupFailed ? `chroot: ${Buffer.from(r.stderr as Uint8Array).toString('utf8').split('\n')[0].slice(0, 200) || `exit ${r.exitCode}`}` : null
+  }
+}

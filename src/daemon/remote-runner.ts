@@ -1,0 +1,219 @@
+// Client side of distributed compilation: choose a peer from the gossip load view, ship the
+// job, retry another peer on any peer problem, and give up (compile here) after a few tries.
+// Placement: two random candidates weighted by free slots, the better one by free slots,
+// speed, RTT and whether it already holds the toolchain; in-flight jobs count against a
+// peer's advertised slots until the view catches up, so many clients do not herd.
+import { createHash } from 'node:crypto'
+import { readFile, stat } from 'node:fs/promises'
+import { join, resolve } from 'node:path'
+import type { Config } from '../config.js'
+import type { Logger } from '../log.js'
+import type { Mesh, MeshMember } from '../mesh/index.js'
+import { sendCompileJob, type JobFile, type JobHeader } from '../mesh/protocols/compile-job.js'
+import { inputsFromPreprocessed } from '../compiler/inputs.js'
+import { packToolchainCached } from '../toolchain/pack.js'
+import { KEY_ENV, type RemoteJob, type RemoteOutcome, type RemoteRunner } from './compile-service.js'
+import type { Stats } from './stats.js'
+
+const MAX_ATTEMPTS = 3
+/** environment a remote compile may depend on: the key's, and the include paths the preprocessor reads */
+const JOB_ENV = [...KEY_ENV, 'CPATH', 'C_INCLUDE_PATH', 'CPLUS_INCLUDE_PATH', 'OBJC_INCLUDE_PATH']
+const MAX_INPUT_BYTES = 256 * 1024 * 1024
+/** a peer that failed a job is skipped for this long */
+const BACKOFF_MS = 30_000
+
+export interface PeerJobStats { sent: number; done: number; failed: number; refused: number }
+
+interface Toolchain { hash: string; archive: string }
+
+export class MeshRemoteRunner implements RemoteRunner {
+  private readonly inFlight = new Map<string, number>()
+  private readonly backoff = new Map<string, number>()
+  private readonly perPeer = new Map<string, PeerJobStats>()
+  private readonly toolchains = new Map<string, Promise<Toolchain>>()
+  private readonly configured = new Map<string, Promise<Toolchain>>()
+
+  constructor(private readonly opts: { mesh: Mesh; config: Config; log: Logger; stats: Stats; toolchainDir: string }) {}
+
+  wants(localFree: boolean): boolean {
+    if (localFree && this.opts.config.build.localSlots > 0) return false // a free local slot beats any transfer
+    return this.candidates().length > 0
+  }
+
+  private candidates(exclude: ReadonlySet<string> = new Set()): MeshMember[] {
+    const now = Date.now()
+    return this.opts.mesh.members().filter((m) => !m.self && !exclude.has(m.peerId) && m.load.accept !== 'never' &&
+      this.effectiveFree(m) > 0 && (this.backoff.get(m.peerId) ?? 0) < now && this.opts.mesh.isAllowed(m.peerId))
+  }
+
+  private effectiveFree(m: MeshMember): number {
+    return m.load.freeSlots - (this.inFlight.get(m.peerId) ?? 0)
+  }
+
+  private pick(toolchain: string, exclude: ReadonlySet<string>): MeshMember | null {
+    const c = this.candidates(exclude)
+    if (c.length === 0) return null
+    const weighted = () => {
+      const total = c.reduce((n, m) => n + this.effectiveFree(m), 0)
+      let r = Math.random() * total
+      for (const m of c) if ((r -= this.effectiveFree(m)) <= 0) return m
+      return c[c.length - 1]
+    }
+    const score = (m: MeshMember) => this.effectiveFree(m) * Math.max(1, m.load.speed) *
+      (m.load.toolchains.includes(toolchain) ? 2 : 1) / (1 + (m.rttMs ?? 5) / 20)
+    const a = weighted()
+    const b = weighted()
+    return score(a) >= score(b) ? a : b
+  }
+
+  private peerStats(peer: string): PeerJobStats {
+    let s = this.perPeer.get(peer)
+    if (!s) this.perPeer.set(peer, (s = { sent: 0, done: 0, failed: 0, refused: 0 }))
+    return s
+  }
+
+  jobsPerPeer(): Record<string, PeerJobStats> {
+    return Object.fromEntries(this.perPeer)
+  }
+
+  /** Packed once per compiler; a configured archive (cross/custom toolchains) takes precedence. */
+  private toolchainFor(job: RemoteJob): Promise<Toolchain> {
+    const custom = this.opts.config.build.toolchainArchives[job.req.compiler] ?? this.opts.config.build.toolchainArchives[job.compilerReal]
+    if (custom) {
+      let p = this.configured.get(custom)
+      if (!p) {
+        p = readFile(custom).then((data) => ({ hash: createHash('sha256').update(data).digest('hex'), archive: custom }))
+        this.configured.set(custom, p)
+        p.catch(() => this.configured.delete(custom))
+      }
+      return p
+    }
+    const memo = `${job.compilerReal}:${job.compilerHash}`
+    let p = this.toolchains.get(memo)
+    if (!p) {
+      const t0 = Date.now()
+      p = packToolchainCached(job.req.compiler, job.spec.family, this.opts.toolchainDir).then((r) => {
+        this.opts.log.info(`toolchain for ${job.req.compiler}: ${r.hash.slice(0, 12)} (${(r.bytes / 1048576).toFixed(1)} MiB, ready in ${Date.now() - t0} ms)`)
+        void this.opts.mesh.provideToolchain(r.hash)
+        return { hash: r.hash, archive: r.archive }
+      })
+      this.toolchains.set(memo, p)
+      p.catch(() => this.toolchains.delete(memo))
+    }
+    return p
+  }
+
+  /** Archive bytes for a toolchain this client packed or was configured with (served to builders). */
+  async archiveOf(hash: string): Promise<Buffer | null> {
+    for (const p of [...this.toolchains.values(), ...this.configured.values()]) {
+      const t = await p.catch(() => null)
+      if (t && t.hash === hash) return readFile(t.archive)
+    }
+    return readFile(join(this.opts.toolchainDir, `${hash}.tar.gz`)).catch(() => null)
+  }
+
+  /** Hashes of the toolchains this client can serve. */
+  async heldToolchains(): Promise<string[]> {
+    const out: string[] = []
+    for (const p of [...this.toolchains.values(), ...this.configured.values()]) {
+      const t = await p.catch(() => null)
+      if (t) out.push(t.hash)
+    }
+    return out
+  }
+
+  private async readInputs(job: RemoteJob): Promise<{ files: JobFile[]; dirs: string[] }> {
+    const set = inputsFromPreprocessed(job.pp, job.req.cwd, resolve(job.req.cwd, job.spec.input))
+    const files: JobFile[] = []
+    let total = 0
+    for (const path of set.files) {
+      const st = await stat(path)
+      if (!st.isFile()) throw new Error(`input ${path} is not a regular file`)
+      total += st.size
+      if (total > MAX_INPUT_BYTES) throw new Error('inputs larger than 256 MiB')
+      files.push({ path, mode: st.mode & 0o755, data: await readFile(path) })
+    }
+    return { files, dirs: set.dirs }
+  }
+
+  async run(job: RemoteJob): Promise<RemoteOutcome | null> {
+    const { log, stats, mesh, config } = this.opts
+    let toolchain: Toolchain
+    let inputs: { files: JobFile[]; dirs: string[] }
+    try {
+      ;[toolchain, inputs] = await Promise.all([this.toolchainFor(job), this.readInputs(job)])
+    } catch (err) {
+      stats.fallback('remote: job not shippable')
+      log.warn(`compiling ${job.spec.input} here: cannot ship it (${(err as Error).message})`)
+      return null
+    }
+    const cwd = resolve(job.req.cwd)
+    const objPath = join(cwd, `.meshcc-remote-${process.pid}-${createHash('sha256').update(job.ppHash + Math.random()).digest('hex').slice(0, 8)}.o`)
+    const env: Record<string, string> = {}
+    for (const k of JOB_ENV) if (job.req.env[k] !== undefined) env[k] = job.req.env[k]
+    const header: JobHeader = {
+      toolchain: toolchain.hash,
+      compiler: job.req.compiler,
+      argv: job.spec.compileArgs(objPath),
+      cwd, env,
+      ppHash: job.ppHash,
+      ppArgv: job.spec.preprocessArgs(null),
+      objPath,
+      files: inputs.files.map((f) => ({ path: f.path, mode: f.mode, size: f.data.length })),
+      dirs: inputs.dirs
+    }
+
+    const tried = new Set<string>()
+    let lastReason = 'no peer available'
+    for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
+      const peer = this.pick(toolchain.hash, tried)
+      if (!peer) break
+      tried.add(peer.peerId)
+      const ps = this.peerStats(peer.peerId)
+      ps.sent++
+      this.inFlight.set(peer.peerId, (this.inFlight.get(peer.peerId) ?? 0) + 1)
+      mesh.notifyLoadChanged()
+      try {
+        const reply = await sendCompileJob(mesh.libp2p, mesh.meshId, peer.peerId, header, inputs.files, {
+          signal: AbortSignal.timeout((config.build.jobTimeout + 120) * 1000)
+        })
+        if (reply.kind === 'done') {
+          ps.done++
+          return { exitCode: reply.exitCode, stdout: reply.stdout, stderr: reply.stderr, obj: reply.obj, peer: peer.peerId }
+        }
+        lastReason = reply.kind === 'refused' ? `refused: ${reply.reason}` : `failed: ${reply.reason}`
+        if (reply.kind === 'refused') ps.refused++
+        else {
+          ps.failed++
+          this.backoff.set(peer.peerId, Date.now() + BACKOFF_MS)
+        }
+      } catch (err) {
+        ps.failed++
+        this.backoff.set(peer.peerId, Date.now() + BACKOFF_MS)
+        lastReason = `peer error: ${(err as Error).name === 'TimeoutError' ? 'timed out' : (err as Error).message.split('\n')[0].slice(0, 120)}`
+      } finally {
+        const n = (this.inFlight.get(peer.peerId) ?? 1) - 1
+        if (n <= 0) this.inFlight.delete(peer.peerId)
+        else this.inFlight.set(peer.peerId, n)
+      }
+      stats.retry(reasonClass(lastReason))
+      log.info(`remote compile of ${job.spec.input} on ${peer.load.name} (${peer.peerId.slice(-8)}) did not complete: ${lastReason}`)
+    }
+    stats.fallback(`remote: ${reasonClass(lastReason)}`)
+    log.info(`compiling ${job.spec.input} here after ${tried.size} peer attempt(s): ${lastReason}`)
+    return null
+  }
+}
+
+/** Stats keep a handful of reason classes, not one entry per distinct message. */
+function reasonClass(reason: string): string {
+  if (reason.startsWith('refused: busy')) return 'peer busy'
+  if (reason.startsWith('refused')) return 'peer refused'
+  if (reason.includes('inputs mismatch')) return 'inputs mismatch'
+  if (reason.includes('toolchain')) return 'toolchain unavailable'
+  if (reason.includes('sandbox')) return 'sandbox failure'
+  if (reason.includes('timed out')) return 'timeout'
+  if (reason.startsWith('peer error')) return 'peer connection error'
+  if (reason === 'no peer available') return 'no peer available'
+  return 'peer failure'
+}
