@@ -1,0 +1,224 @@
+// One meshcc daemon of the mesh benchmark: its private dir and config, start/stop through the
+// CLI, status through the daemon's admin socket, and finding daemons of this run that outlived
+// their CLI (matched by the MESHCC_CONF path, a unique temp path of this run).
+import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { connect } from 'node:net'
+import { join } from 'node:path'
+import { fail, isAlive, run, sleep, type RunResult } from './proc.js'
+import { cleanEnv } from './tools.js'
+
+export const MESHCC_MAIN = '/work/main/dist/cli/main.js'
+
+/** The parts of `meshcc status --json` the benchmark reads. */
+export interface DaemonStatus {
+  daemon: { pid: number; version: string; socket: string }
+  mesh: {
+    peer_id: string
+    mesh_id: string
+    addresses: string[]
+    members: Array<{ peer_id: string; self: boolean; connection: string; rtt_ms: number | null }>
+    totals: { members: number }
+  } | null
+  mesh_note: string | null
+}
+
+export interface BenchNode {
+  index: number
+  dir: string
+  conf: string
+  socket: string
+  log: string
+  /** daemon pid, from <socket>.pid once the daemon is up */
+  pid?: number
+  /** performance.now() when its --start-server returned */
+  startedAt?: number
+  /** wall time of its --start-server */
+  startMs?: number
+}
+
+export function makeNode(root: string, index: number): BenchNode {
+  const dir = join(root, `n${String(index).padStart(2, '0')}`)
+  mkdirSync(dir, { recursive: true, mode: 0o700 })
+  return { index, dir, conf: join(dir, 'meshcc.toml'), socket: join(dir, 'd.sock'), log: join(dir, 'cache', 'meshcc.log') }
+}
+
+const tomlString = (s: string) => JSON.stringify(s) // TOML basic strings accept JSON escapes for our paths
+
+/** Loopback only, no mDNS (multicast is not allowed here): the only addresses a daemon may use. */
+export function writeConfig(node: BenchNode, keyFile: string, bootstrap: string[], logLevel = 'warn'): void {
+  for (const a of bootstrap) if (!a.startsWith('/ip4/127.0.0.1/tcp/')) fail(`refusing a non-loopback bootstrap address: ${a}`)
+  writeFileSync(node.conf, [
+    '[daemon]',
+    `socket = ${tomlString(node.socket)}`,
+    'idle_timeout = 0',
+    '[cache]',
+    `dir = ${tomlString(join(node.dir, 'cache'))}`,
+    '[log]',
+    `level = ${tomlString(logLevel)}`,
+    '[mesh]',
+    'listen = ["/ip4/127.0.0.1/tcp/0"]',
+    'mdns = false',
+    `key_file = ${tomlString(keyFile)}`,
+    `bootstrap = [${bootstrap.map(tomlString).join(', ')}]`,
+    '[build]',
+    'cores = 4',
+    ''
+  ].join('\n'))
+}
+
+/** The CLI's (and so the daemon's) environment: no inherited MESHCC_* or NODE_OPTIONS. */
+export function nodeEnv(node: BenchNode): NodeJS.ProcessEnv {
+  const env = cleanEnv({ MESHCC_CONF: node.conf })
+  delete env.NODE_OPTIONS
+  return env
+}
+
+export function meshcc(node: BenchNode, args: string[], timeoutMs: number): Promise<RunResult> {
+  return run(process.execPath, [MESHCC_MAIN, ...args], { env: nodeEnv(node), timeoutMs })
+}
+
+function lastLine(r: RunResult): string {
+  return (r.stderr || r.stdout).trim().split('\n').pop() ?? ''
+}
+
+export async function meshInit(node: BenchNode): Promise<void> {
+  const r = await meshcc(node, ['mesh', 'init'], 30_000)
+  if (r.timedOut || r.code !== 0) fail(`meshcc mesh init failed (exit ${r.timedOut ? 'timeout' : r.code}): ${lastLine(r)}`)
+}
+
+export function readPidFile(node: BenchNode): number | undefined {
+  try {
+    const pid = Number(readFileSync(`${node.socket}.pid`, 'utf8').trim())
+    return Number.isInteger(pid) && pid > 0 ? pid : undefined
+  } catch {
+    return undefined
+  }
+}
+
+/** `meshcc --start-server`; records the pid and when it returned. Throws one line with the log tail. */
+export async function startNode(node: BenchNode, timeoutMs: number): Promise<void> {
+  const r = await meshcc(node, ['--start-server'], timeoutMs)
+  node.pid = readPidFile(node) ?? node.pid
+  if (r.timedOut || r.code !== 0) {
+    fail(`daemon ${node.index}: --start-server failed (exit ${r.timedOut ? 'timeout' : r.code}): ${lastLine(r)}${logTail(node)}`)
+  }
+  node.startedAt = performance.now()
+  node.startMs = r.wallMs
+  if (!node.pid) fail(`daemon ${node.index}: started but ${node.socket}.pid is missing`)
+}
+
+export function logTail(node: BenchNode, lines = 5): string {
+  try {
+    const tail = readFileSync(node.log, 'utf8').trim().split('\n').slice(-lines)
+    return tail.length && tail[0] ? `\n  last lines of ${node.log}:\n    ${tail.join('\n    ')}` : ''
+  } catch {
+    return ''
+  }
+}
+
+/**
+ * The daemon's status, asked on its admin socket exactly as `meshcc status --json` does
+ * (one ADMIN "status" frame), but without spawning a Node CLI per poll and without the CLI's
+ * autostart (a status of a dead daemon must not start a new one).
+ */
+export function adminStatus(socket: string, timeoutMs: number): Promise<DaemonStatus> {
+  return new Promise((resolve, reject) => {
+    const sock = connect(socket)
+    const chunks: Buffer[] = []
+    let size = 0
+    let done = false
+    const finish = (err: Error | null, value?: DaemonStatus) => {
+      if (done) return
+      done = true
+      clearTimeout(timer)
+      sock.destroy()
+      if (err) reject(err)
+      else resolve(value!)
+    }
+    const timer = setTimeout(() => finish(new Error('status timed out')), timeoutMs)
+    sock.on('connect', () => sock.write(frame(0x02, ['status', ''])))
+    sock.on('data', (d: Buffer) => {
+      chunks.push(d)
+      size += d.length
+      if (size < 4) return
+      const buf = Buffer.concat(chunks)
+      const len = buf.readUInt32BE(0)
+      if (buf.length < 4 + len) return
+      const type = buf[4]
+      const fieldLen = buf.readUInt32BE(5)
+      const text = buf.subarray(9, 9 + fieldLen).toString('utf8')
+      if (type !== 0x84) return finish(new Error(`daemon refused status: ${text}`))
+      try {
+        finish(null, JSON.parse(text) as DaemonStatus)
+      } catch (err) {
+        finish(new Error(`bad status JSON: ${(err as Error).message}`))
+      }
+    })
+    sock.on('error', (err: NodeJS.ErrnoException) => finish(new Error(`cannot reach daemon: ${err.code ?? err.message}`)))
+    sock.on('close', () => finish(new Error('daemon closed the connection without answering')))
+  })
+}
+
+function frame(type: number, fields: string[]): Buffer {
+  const bufs = fields.map((f) => Buffer.from(f, 'utf8'))
+  const body = 1 + bufs.reduce((n, b) => n + 4 + b.length, 0)
+  const out = Buffer.alloc(4 + body)
+  out.writeUInt32BE(body, 0)
+  out[4] = type
+  let off = 5
+  for (const b of bufs) {
+    out.writeUInt32BE(b.length, off)
+    b.copy(out, off + 4)
+    off += 4 + b.length
+  }
+  return out
+}
+
+/** Is `pid` a process started with this node's MESHCC_CONF (guards against pid reuse)? */
+export function ownsPid(node: BenchNode, pid: number): boolean {
+  return envOf(pid)?.includes(`MESHCC_CONF=${node.conf}`) ?? false
+}
+
+function envOf(pid: number): string[] | undefined {
+  try {
+    return readFileSync(`/proc/${pid}/environ`, 'latin1').split('\0')
+  } catch {
+    return undefined
+  }
+}
+
+/** Every process whose MESHCC_CONF lies under `root` (this run's temp dir): only ours can. */
+export function processesUnder(root: string): number[] {
+  const prefix = `MESHCC_CONF=${root}/`
+  const pids: number[] = []
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry) || Number(entry) === process.pid) continue
+    if (envOf(Number(entry))?.some((kv) => kv.startsWith(prefix))) pids.push(Number(entry))
+  }
+  return pids
+}
+
+export type StopOutcome = 'stopped' | 'killed' | 'not running'
+
+/**
+ * `meshcc --stop-server` with the node's config, then SIGKILL of its pid (checked to be ours)
+ * if it is still alive a few seconds later.
+ */
+export async function stopNode(node: BenchNode, timeoutMs: number): Promise<StopOutcome> {
+  const pid = readPidFile(node) ?? node.pid
+  const alive = pid !== undefined && isAlive(pid) && ownsPid(node, pid)
+  if (!alive && !existsSync(node.socket)) return 'not running'
+  if (timeoutMs > 0) await meshcc(node, ['--stop-server'], timeoutMs)
+  if (pid === undefined) return 'stopped'
+  const deadline = Date.now() + 3000
+  while (isAlive(pid) && ownsPid(node, pid) && Date.now() < deadline) await sleep(50)
+  if (isAlive(pid) && ownsPid(node, pid)) {
+    try {
+      process.kill(pid, 'SIGKILL')
+    } catch {
+      // gone meanwhile
+    }
+    return 'killed'
+  }
+  return 'stopped'
+}
