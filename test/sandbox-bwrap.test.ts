@@ -1,5 +1,5 @@
 // bubblewrap sandbox: a tiny toolchain root built from host binaries (dash, coreutils, bash for
-// /dev/tcp), jobs run in it and must see only that root, their job directory and a fresh /tmp.
+// /dev/tcp), jobs run in it and must see only that root, their job directory and a fresh TMPDIR.
 import { test, before, after } from 'node:test'
 import assert from 'node:assert/strict'
 import { execFileSync } from 'node:child_process'
@@ -7,7 +7,7 @@ import { copyFileSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readFileSy
 import { createServer, type Server } from 'node:net'
 import { tmpdir } from 'node:os'
 import { basename, dirname, join } from 'node:path'
-import { checkBwrap, runSandboxed, SandboxJobError, type SandboxJob } from '../src/sandbox/bwrap.js'
+import { checkBwrap, runSandboxed, SandboxJobError, SCRATCH_DIR, type SandboxJob } from '../src/sandbox/bwrap.js'
 
 const TOOLS = ['/bin/sh', '/bin/cat', '/bin/ls', '/usr/bin/env', '/bin/sleep', '/usr/bin/head', '/bin/mkdir', '/bin/bash']
 
@@ -94,7 +94,7 @@ test('cwd below a directory the root has keeps its siblings visible', async () =
   assert.equal(r.sandboxError, null, text(r.stderr))
   assert.equal(r.exitCode, 0, text(r.stderr))
   assert.equal(text(r.stdout), '/usr/src/proj\n/usr/bin/cat\nhi\n')
-  // and under /tmp, which is the sandbox's own tmpfs
+  // and under /tmp (the client's paths are reproduced there too; scratch space is TMPDIR)
   const t = await runSandboxed(sh('pwd; echo a > f; ls', { cwd: '/tmp/build' }))
   assert.equal(t.exitCode, 0, text(t.stderr))
   assert.equal(text(t.stdout), '/tmp/build\nf\n')
@@ -112,7 +112,7 @@ test('job sees no host files and cannot write the root, /proc/sys or outside its
       'echo x > /evil && echo WROTE-slash',
       // uts is unshared too, so even a failure here would not touch the host's domainname
       'echo x > /proc/sys/kernel/domainname && echo WROTE-proc',
-      'echo x > /tmp/scratch && echo tmp-ok',
+      'echo x > "$TMPDIR/scratch" && echo tmp-ok',
       'exit 0'
     ].join('; ')
     const r = await runSandboxed(sh(script))
@@ -145,13 +145,13 @@ test('no network: a connection to 127.0.0.1 in the host namespace fails', async 
   }
 })
 
-test('environment is exactly job.env (plus the PWD bwrap always sets)', async () => {
+test('environment is exactly job.env (plus the PWD bwrap always sets and the scratch TMPDIR)', async () => {
   const job = newJob({ argv: ['/usr/bin/env'], env: { A: '1', LANG: 'C', PATH: '/bin' } })
   process.env.MESHCC_SANDBOX_LEAK = 'host'
   try {
     const r = await runSandboxed(job)
     assert.equal(r.exitCode, 0)
-    assert.deepEqual(text(r.stdout).trim().split('\n').sort(), ['A=1', 'LANG=C', 'PATH=/bin', `PWD=${job.cwd}`])
+    assert.deepEqual(text(r.stdout).trim().split('\n').sort(), ['A=1', 'LANG=C', 'PATH=/bin', `PWD=${job.cwd}`, `TMPDIR=${SCRATCH_DIR}`])
   } finally {
     delete process.env.MESHCC_SANDBOX_LEAK
   }

@@ -63,7 +63,12 @@ export class SandboxJobError extends Error {
 // meshcc itself being limited; sh is always there even where prlimit(1) is not.
 const HOST_SH = '/bin/sh'
 // Mounted by us, whatever the toolchain has there.
-const RESERVED_TOP = new Set(['proc', 'dev', 'tmp'])
+const RESERVED_TOP = new Set(['proc', 'dev'])
+/**
+ * The job's private scratch space (TMPDIR). Not /tmp: a client's sources and headers may live
+ * under /tmp, and they must stay visible at their own paths.
+ */
+export const SCRATCH_DIR = '/.meshcc-tmp'
 const MIN_TMP_BYTES = 16 * 1024 * 1024
 // After the sandbox's bwrap has exited, give the pipes this long to drain before giving up.
 const DRAIN_MS = 2000
@@ -131,12 +136,12 @@ export async function runSandboxed(job: SandboxJob): Promise<SandboxResult> {
     '--json-status-fd', '3',
     ...mounts,
     '--proc', '/proc', '--dev', '/dev',
-    ...(cwd === '/tmp' ? [] : ['--size', String(tmpBytes), '--tmpfs', '/tmp']),
+    '--size', String(tmpBytes), '--tmpfs', SCRATCH_DIR,
     '--bind', job.jobDir, cwd,
     '--remount-ro', '/proc', '--remount-ro', '/',
     '--chdir', cwd,
     '--clearenv',
-    ...Object.entries(job.env).flatMap(([k, v]) => ['--setenv', k, v]),
+    ...Object.entries({ ...job.env, TMPDIR: SCRATCH_DIR }).flatMap(([k, v]) => ['--setenv', k, v]),
     '--', ...job.argv
   ]
   const cpu = Math.max(1, Math.ceil(job.cpuSeconds))

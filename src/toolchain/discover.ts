@@ -164,6 +164,37 @@ async function clangDataFiles(compiler: string): Promise<string[]> {
   return files
 }
 
+/** locale-archive holds every generated locale; beyond this it is not worth shipping */
+const MAX_LOCALE_ARCHIVE = 16 * 1024 * 1024
+
+/**
+ * Locale data, so diagnostics under the client's LANG (C.UTF-8 is the usual default) keep
+ * their typographic quotes: without it the compiler falls back to ASCII and the remote
+ * stderr would differ from the local one.
+ */
+async function localeFiles(): Promise<string[]> {
+  const out: string[] = []
+  const dir = '/usr/lib/locale'
+  let names: string[] = []
+  try { names = await readdir(dir) } catch { return out }
+  for (const n of names.sort()) {
+    const p = join(dir, n)
+    try {
+      const st = await stat(p)
+      if (n === 'locale-archive' && st.isFile() && st.size <= MAX_LOCALE_ARCHIVE) out.push(p)
+      else if (st.isDirectory() && /^c\.utf-?8$/i.test(n)) {
+        for (const f of (await readdir(p)).sort()) {
+          const fp = join(p, f)
+          const fst = await stat(fp)
+          if (fst.isFile()) out.push(fp)
+          else if (fst.isDirectory()) for (const g of (await readdir(fp)).sort()) out.push(join(fp, g)) // LC_MESSAGES/
+        }
+      }
+    } catch { /* vanished */ }
+  }
+  return out
+}
+
 interface Memo { size: number; mtimeMs: number; spec: ToolchainSpec }
 const memo = new Map<string, Memo>()
 const inflight = new Map<string, Promise<ToolchainSpec>>()
@@ -201,7 +232,7 @@ function cloneSpec(s: ToolchainSpec): ToolchainSpec {
 }
 
 async function discoverUncached(compiler: string, family: CompilerFamily): Promise<ToolchainSpec> {
-  const roots: string[] = [compiler]
+  const roots: string[] = [compiler, ...await localeFiles()]
   if (family === 'gcc') {
     roots.push(...await gccPrograms(compiler), ...await gccDataFiles(compiler))
   } else {

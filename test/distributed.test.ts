@@ -1,0 +1,198 @@
+// Distributed compilation with real daemons on loopback: a client with local_slots = 0
+// sends every miss to two builders (toolchains shipped, jobs in bubblewrap). Objects and
+// depfiles must be byte-identical to a plain local build (debug info included), warnings
+// and errors must look exactly like local ones, a builder killed mid-build must not break
+// the build, and a builder without bubblewrap must refuse jobs.
+import { test, after, before } from 'node:test'
+import assert from 'node:assert/strict'
+import { cpSync, existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { createInstance, haveCommand, runCommand, MESHCC, type Instance } from './helpers/meshcc.js'
+import { C_UNITS, CXX_UNITS, writeCProject, writeCxxProject } from './helpers/projects.js'
+import type { DaemonStatus } from '../src/cli/mesh-commands.js'
+
+const all: Instance[] = []
+let keyDir: Instance
+let client: Instance
+let builders: Instance[] = []
+
+function daemon(name: string, opts: { localSlots: number; cores: number; bootstrap: string[]; extraEnv?: Record<string, string>; build?: string }): Instance {
+  const i = createInstance(`[build]\nlocal_slots = ${opts.localSlots}\ncores = ${opts.cores}\n${opts.build ?? ''}`, name,
+    `listen = ["/ip4/127.0.0.1/tcp/0"]\nmdns = false\nkey_file = "${join(keyDir.dir, 'mesh.key')}"\nbootstrap = ${JSON.stringify(opts.bootstrap)}`)
+  Object.assign(i.env, opts.extraEnv ?? {})
+  all.push(i)
+  return i
+}
+
+async function status(i: Instance): Promise<DaemonStatus> {
+  const r = await i.run(['status', '--json'])
+  assert.equal(r.code, 0, r.stderr)
+  return JSON.parse(r.stdout) as DaemonStatus
+}
+
+async function waitFor<T>(what: string, fn: () => Promise<T | undefined>, timeoutMs = 30_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs
+  for (;;) {
+    const v = await fn()
+    if (v !== undefined) return v
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
+    await new Promise((r) => setTimeout(r, 250))
+  }
+}
+
+async function start(i: Instance): Promise<DaemonStatus> {
+  const r = await i.run(['--start-server'])
+  assert.equal(r.code, 0, r.stderr)
+  return waitFor('the mesh to start', async () => { const s = await status(i); return s.mesh ? s : undefined })
+}
+
+function snapshot(dir: string, exts: string[]): Map<string, Buffer> {
+  const out = new Map<string, Buffer>()
+  for (const f of readdirSync(dir)) if (exts.some((e) => f.endsWith(e))) out.set(f, readFileSync(join(dir, f)))
+  return out
+}
+
+function assertSameFiles(actual: Map<string, Buffer>, expected: Map<string, Buffer>, what: string): void {
+  assert.deepEqual([...actual.keys()].sort(), [...expected.keys()].sort(), `${what}: same file set`)
+  for (const [name, data] of expected) assert.ok(actual.get(name)!.equals(data), `${what}: ${name} differs from the plain build`)
+}
+
+before(async () => {
+  keyDir = createInstance('', 'dist-key')
+  all.push(keyDir)
+  writeFileSync(keyDir.conf, readFileSync(keyDir.conf, 'utf8').replace('[mesh]\nenabled = false', `[mesh]\nkey_file = "${join(keyDir.dir, 'mesh.key')}"`))
+  assert.equal((await keyDir.run(['mesh', 'init'])).code, 0)
+  const b1 = daemon('dist-b1', { localSlots: 2, cores: 2, bootstrap: [] })
+  const s1 = await start(b1)
+  const boot = s1.mesh!.addresses.filter((a) => a.includes('/127.0.0.1/'))
+  const b2 = daemon('dist-b2', { localSlots: 2, cores: 2, bootstrap: boot })
+  await start(b2)
+  builders = [b1, b2]
+  client = daemon('dist-client', { localSlots: 0, cores: 0, bootstrap: boot })
+  await start(client)
+  // the client must see both builders with free slots before it can place anything
+  await waitFor('both builders in the client\'s view', async () => {
+    const s = await status(client)
+    const ready = s.mesh!.members.filter((m) => !m.self && m.free_slots > 0 && m.accept !== 'never')
+    return ready.length === 2 ? true : undefined
+  })
+})
+after(async () => { for (const i of all) await i.stop() })
+
+test('a C project via make, every miss compiled remotely: objects (-g) and depfiles identical to a plain build, warnings identical', { timeout: 300_000 }, async () => {
+  const proj = join(client.dir, 'cproj')
+  writeCProject(proj)
+  const plain = await runCommand('make', ['-j2', 'CC=gcc'], { cwd: proj })
+  assert.equal(plain.code, 0, plain.stderr)
+  const expected = snapshot(join(proj, 'build'), ['.o', '.d'])
+  await runCommand('make', ['clean'], { cwd: proj })
+
+  const before = await client.stats()
+  const r = await client.run(['-j4', `CC=${MESHCC} gcc`], { cmd: 'make', cwd: proj, timeoutMs: 240_000 })
+  assert.equal(r.code, 0, r.stderr)
+  assertSameFiles(snapshot(join(proj, 'build'), ['.o', '.d']), expected, 'distributed build')
+  const s = await client.stats()
+  assert.equal(s.remote_compiles - before.remote_compiles, C_UNITS.length, `every TU compiled remotely (fallback reasons: ${JSON.stringify(s.fallback_reasons)})`)
+  assert.equal(s.local_compiles - before.local_compiles, 0)
+  const warn = (t: string) => t.split('\n').filter((l) => l.includes('warn.c')).join('\n')
+  assert.ok(warn(r.stderr).length > 0)
+  assert.equal(warn(r.stderr), warn(plain.stderr), 'the remote warning reads exactly like the local one')
+  const app = await runCommand(join(proj, 'build', 'app'), [])
+  assert.equal(app.stdout, '6 3 16.41 2 9\n')
+  // status shows the jobs per peer and the toolchain transfers
+  const st = await status(client)
+  const sent = Object.values(st.mesh!.jobs_per_peer).reduce((n, p) => n + p.done, 0)
+  assert.ok(sent >= C_UNITS.length)
+  const bs = await Promise.all(builders.map(status))
+  assert.ok(bs.some((b) => b.mesh!.toolchain_transfers.some((t) => t.direction === 'received')), 'a builder received the toolchain')
+})
+
+test('a C++ project via CMake with the compiler-launcher variables, compiled remotely, byte-identical (Debug, -g)', { timeout: 300_000, skip: !haveCommand('cmake') || !haveCommand('ninja') ? 'cmake or ninja missing' : false }, async () => {
+  const src = join(client.dir, 'cxx')
+  writeCxxProject(src)
+  const build = join(client.dir, 'cxx-build')
+  const configure = (launcher: boolean) => runCommand('cmake', ['-S', src, '-B', build, '-G', 'Ninja', '-DCMAKE_CXX_COMPILER=g++', '-DCMAKE_BUILD_TYPE=Debug',
+    ...(launcher ? [`-DCMAKE_CXX_COMPILER_LAUNCHER=${MESHCC}`] : [])], { env: client.env })
+  const objDir = join(build, 'CMakeFiles', 'app.dir', 'src')
+  assert.equal((await configure(false)).code, 0)
+  assert.equal((await runCommand('ninja', ['-C', build], { env: client.env })).code, 0)
+  const aside = join(client.dir, 'cxx-plain-objs')
+  cpSync(objDir, aside, { recursive: true })
+  rmSync(build, { recursive: true, force: true })
+  assert.equal((await configure(true)).code, 0)
+  const before = await client.stats()
+  const r = await runCommand('ninja', ['-C', build, '-j4'], { env: client.env, timeoutMs: 240_000 })
+  assert.equal(r.code, 0, r.stdout + r.stderr)
+  assertSameFiles(snapshot(objDir, ['.o', '.d']), snapshot(aside, ['.o', '.d']), 'distributed CMake build')
+  const s = await client.stats()
+  assert.ok(s.remote_compiles - before.remote_compiles > 0, `compiled remotely (${JSON.stringify({ f: s.fallback_reasons, r: s.retry_reasons, local: s.local_compiles })})`)
+  assert.equal(s.remote_compiles - before.remote_compiles, CXX_UNITS.length, `all remote (fallbacks: ${JSON.stringify(s.fallback_reasons)})`)
+  assert.equal((await runCommand(join(build, 'app'), [])).stdout, '7.14159 3 6\n')
+})
+
+test('a compile error from a remote compile looks exactly like the local one and is not cached', { timeout: 120_000 }, async () => {
+  const dir = join(client.dir, 'err')
+  mkdirSync(dir)
+  writeFileSync(join(dir, 'bad.c'), '#include <stdio.h>\n#define CALL(f) f(1, 2)\nint g(int);\nint main(void) { return CALL(g) + missing; }\n')
+  const plain = await runCommand('gcc', ['-g', '-c', 'bad.c', '-o', 'bad.o'], { cwd: dir })
+  assert.notEqual(plain.code, 0)
+  const before = await client.stats()
+  const r = await client.run(['gcc', '-g', '-c', 'bad.c', '-o', 'bad.o'], { cwd: dir })
+  assert.equal(r.code, plain.code)
+  assert.equal(r.stderr, plain.stderr)
+  const s = await client.stats()
+  assert.equal(s.remote_compiles - before.remote_compiles, 1, `the error came from a builder (${JSON.stringify({ f: s.fallback_reasons, r: s.retry_reasons, nc: s.non_cacheable_reasons })})`)
+  assert.equal(existsSync(join(dir, 'bad.o')), false)
+  assert.equal(s.cache_writes, before.cache_writes)
+})
+
+test('a builder killed with SIGKILL in the middle of a build: the build stays green and correct', { timeout: 300_000 }, async () => {
+  const dir = join(client.dir, 'kill')
+  mkdirSync(dir)
+  const n = 24
+  for (let i = 0; i < n; i++) writeFileSync(join(dir, `k${i}.c`), `#include <stdio.h>\n#include <string.h>\nint k${i}(const char *s) { return (int)strlen(s) * ${i + 1}; }\n`)
+  writeFileSync(join(dir, 'Makefile'), `OBJS = ${Array.from({ length: n }, (_, i) => `k${i}.o`).join(' ')}\nall: $(OBJS)\n%.o: %.c\n\t$(CC) -O2 -g -c $< -o $@\n`)
+  const victim = builders[0]
+  const pid = victim.daemonPid()!
+  const build = client.run(['-j4', `CC=${MESHCC} gcc`], { cmd: 'make', cwd: dir, timeoutMs: 280_000 })
+  const deadline = Date.now() + 120_000
+  let killed = false
+  while (Date.now() < deadline) {
+    if (readdirSync(dir).filter((f) => f.endsWith('.o')).length >= 2) {
+      process.kill(pid, 'SIGKILL')
+      killed = true
+      break
+    }
+    await new Promise((r) => setTimeout(r, 20))
+  }
+  assert.ok(killed, 'the builder was killed mid-build')
+  const r = await build
+  assert.equal(r.code, 0, r.stderr)
+  for (let i = 0; i < n; i++) {
+    const p = await runCommand('gcc', ['-O2', '-g', '-c', `k${i}.c`, '-o', `k${i}.plain`], { cwd: dir })
+    assert.equal(p.code, 0)
+    assert.ok(readFileSync(join(dir, `k${i}.o`)).equals(readFileSync(join(dir, `k${i}.plain`))), `k${i}.o correct`)
+  }
+})
+
+test('a builder without bubblewrap refuses jobs unless sandbox = "none" is configured, and says so', { timeout: 120_000 }, async () => {
+  const boot = (await status(builders[1])).mesh!.addresses.filter((a) => a.includes('/127.0.0.1/'))
+  const noBwrap = daemon('dist-nobwrap', { localSlots: 1, cores: 2, bootstrap: boot, extraEnv: { MESHCC_BWRAP: '' } })
+  const s = await start(noBwrap)
+  const self = await waitFor('the builder check', async () => { const x = await status(noBwrap); return x.mesh!.builder.sandbox_note !== 'not checked yet' ? x : undefined })
+  assert.equal(self.mesh!.builder.capacity, 0)
+  assert.match(self.mesh!.builder.sandbox_note ?? '', /MESHCC_BWRAP.*remote jobs refused/)
+  assert.match((await noBwrap.run(['status'])).stdout, /builder: not taking jobs/)
+  // the others see it as not accepting, so they never place a job there
+  await waitFor('the others to see it refusing', async () => {
+    const v = await status(client)
+    const m = v.mesh!.members.find((x) => x.peer_id === s.mesh!.peer_id)
+    return m && m.accept === 'never' && m.free_slots === 0 ? true : undefined
+  })
+  // the operator's explicit choice: sandbox = "none" takes jobs without bwrap
+  const none = daemon('dist-none', { localSlots: 1, cores: 2, bootstrap: boot, extraEnv: { MESHCC_BWRAP: '' }, build: 'sandbox = "none"\n' })
+  await start(none)
+  const ns = await waitFor('the none builder', async () => { const x = await status(none); return x.mesh!.builder.sandbox_note !== 'not checked yet' ? x : undefined })
+  assert.equal(ns.mesh!.builder.capacity, 2)
+  assert.match((await none.run(['status'])).stdout, /sandbox none/)
+})
