@@ -1,8 +1,7 @@
-// Client side of distributed compilation: choose a peer from the gossip load view, ship the
-// job, retry another peer on any peer problem, and give up (compile here) after a few tries.
-// Placement: two random candidates weighted by free slots, the better one by free slots,
-// speed, RTT and whether it already holds the toolchain; in-flight jobs count against a
-// peer's advertised slots until the view catches up, so many clients do not herd.
+// Client side of distributed compilation: choose a peer from the gossip load view
+// (placement.ts), ship the job, retry another peer on any peer problem, and give up (compile
+// here) after a few tries. In-flight jobs count against a peer's advertised slots until the
+// view catches up, so many clients do not herd.
 import { createHash } from 'node:crypto'
 import { readFile, stat } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
@@ -14,6 +13,7 @@ import { inputsFromPreprocessed } from '../compiler/inputs.js'
 import { packToolchainCached } from '../toolchain/pack.js'
 import { KEY_ENV, type RemoteJob, type RemoteOutcome, type RemoteRunner } from './compile-service.js'
 import type { Stats } from './stats.js'
+import { choosePeer } from './placement.js'
 
 const MAX_ATTEMPTS = 3
 /** environment a remote compile may depend on: the key's, and the include paths the preprocessor reads */
@@ -51,19 +51,11 @@ export class MeshRemoteRunner implements RemoteRunner {
   }
 
   private pick(toolchain: string, exclude: ReadonlySet<string>): MeshMember | null {
-    const c = this.candidates(exclude)
-    if (c.length === 0) return null
-    const weighted = () => {
-      const total = c.reduce((n, m) => n + this.effectiveFree(m), 0)
-      let r = Math.random() * total
-      for (const m of c) if ((r -= this.effectiveFree(m)) <= 0) return m
-      return c[c.length - 1]
-    }
-    const score = (m: MeshMember) => this.effectiveFree(m) * Math.max(1, m.load.speed) *
-      (m.load.toolchains.includes(toolchain) ? 2 : 1) / (1 + (m.rttMs ?? 5) / 20)
-    const a = weighted()
-    const b = weighted()
-    return score(a) >= score(b) ? a : b
+    const members = this.candidates(exclude)
+    const chosen = choosePeer(members.map((m) => ({
+      id: m.peerId, free: this.effectiveFree(m), speed: m.load.speed, rttMs: m.rttMs, hasToolchain: m.load.toolchains.includes(toolchain)
+    })))
+    return chosen ? members.find((m) => m.peerId === chosen.id) ?? null : null
   }
 
   private peerStats(peer: string): PeerJobStats {
