@@ -2,24 +2,14 @@
 // for byte with a plain build (objects, depfiles, warnings).
 import { test, after } from 'node:test'
 import assert from 'node:assert/strict'
-import { cpSync, existsSync, readFileSync, readdirSync, rmSync } from 'node:fs'
+import { cpSync, existsSync, rmSync } from 'node:fs'
 import { join } from 'node:path'
+import { assertSameFiles, snapshot } from './helpers/compare.js'
 import { createInstance, haveCommand, runCommand, MESHCC, type Instance } from './helpers/meshcc.js'
 import { C_UNITS, CXX_UNITS, writeCProject, writeCxxProject } from './helpers/projects.js'
 
 const instances: Instance[] = []
 after(async () => { for (const i of instances) await i.stop() })
-
-function snapshot(dir: string, exts: string[]): Map<string, Buffer> {
-  const out = new Map<string, Buffer>()
-  for (const f of readdirSync(dir)) if (exts.some((e) => f.endsWith(e))) out.set(f, readFileSync(join(dir, f)))
-  return out
-}
-
-function assertSameFiles(actual: Map<string, Buffer>, expected: Map<string, Buffer>, what: string): void {
-  assert.deepEqual([...actual.keys()].sort(), [...expected.keys()].sort(), `${what}: same file set`)
-  for (const [name, data] of expected) assert.ok(actual.get(name)!.equals(data), `${what}: ${name} differs from the plain build`)
-}
 
 for (const [cc, label] of [['gcc', 'gcc'], ['clang', 'clang']] as const) {
   test(`C project via make with ${label}: second build all hits, objects, depfiles and warnings identical to plain`, async () => {

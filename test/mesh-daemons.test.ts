@@ -10,7 +10,7 @@ import { request } from 'node:http'
 import { join } from 'node:path'
 import { createInstance, type Instance } from './helpers/meshcc.js'
 import { encodeSchedulerStatus } from '../src/shim/bincode.js'
-import type { DaemonStatus } from '../src/cli/mesh-commands.js'
+import { status, startMeshDaemon, waitFor } from './helpers/mesh-daemons.js'
 
 const all: Instance[] = []
 after(async () => { for (const i of all) await i.stop() })
@@ -24,29 +24,6 @@ function node(name: string, keyFile: string, opts: { cores: number; bootstrap?: 
   const i = createInstance(extra, name, mesh)
   all.push(i)
   return i
-}
-
-async function status(i: Instance): Promise<DaemonStatus> {
-  const r = await i.run(['status', '--json'])
-  assert.equal(r.code, 0, r.stderr)
-  return JSON.parse(r.stdout) as DaemonStatus
-}
-
-/** Poll until fn returns a value (bounded). */
-async function waitFor<T>(what: string, fn: () => Promise<T | undefined>, timeoutMs = 20_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs
-  for (;;) {
-    const v = await fn()
-    if (v !== undefined) return v
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
-    await new Promise((r) => setTimeout(r, 250))
-  }
-}
-
-async function start(i: Instance): Promise<DaemonStatus> {
-  const r = await i.run(['--start-server'])
-  assert.equal(r.code, 0, r.stderr)
-  return waitFor('the mesh to start', async () => { const s = await status(i); return s.mesh ? s : undefined })
 }
 
 async function memberIds(i: Instance): Promise<string[]> {
@@ -75,7 +52,7 @@ test('daemons joined by bootstrap converge; status, dist-status, jobs; a killed 
   const init = await a.run(['mesh', 'init'])
   assert.equal(init.code, 0, init.stderr)
   assert.equal((readFileSync(keyFile).length > 0), true)
-  const sa = await start(a)
+  const sa = await startMeshDaemon(a)
   const bootstrap = sa.mesh!.addresses.filter((x) => x.includes('/127.0.0.1/'))
   assert.ok(bootstrap.length > 0, 'A has a loopback address')
 
@@ -83,7 +60,7 @@ test('daemons joined by bootstrap converge; status, dist-status, jobs; a killed 
   const c = node('meshC', keyFile, { cores: 3, bootstrap, shim: true })
   const d = node('meshD', keyFile, { cores: 4, bootstrap })
   const started = Date.now()
-  const ids = [sa.mesh!.peer_id, ...(await Promise.all([b, c, d].map(start))).map((s) => s.mesh!.peer_id)].sort()
+  const ids = [sa.mesh!.peer_id, ...(await Promise.all([b, c, d].map(startMeshDaemon))).map((s) => s.mesh!.peer_id)].sort()
   for (const i of [a, b, c, d]) await waitFor(`${i.dir} to see all four`, async () => (JSON.stringify(await memberIds(i)) === JSON.stringify(ids) ? true : undefined))
   t.diagnostic(`4 daemons converged ${Date.now() - started} ms after the last three were started`)
 
@@ -123,7 +100,7 @@ test('daemons joined by bootstrap converge; status, dist-status, jobs; a killed 
   const e = node('meshE', otherKey, { cores: 8, bootstrap })
   const initE = await e.run(['mesh', 'init'])
   assert.equal(initE.code, 0, initE.stderr)
-  await start(e)
+  await startMeshDaemon(e)
   await new Promise((r) => setTimeout(r, 4000))
   assert.equal((await memberIds(e)).length, 1, 'E sees only itself')
   assert.equal((await memberIds(a)).length, 3, 'A does not see E')

@@ -46,12 +46,25 @@ export interface RemoteJob {
 
 export interface RemoteOutcome { exitCode: number; stdout: Buffer; stderr: Buffer; obj: Buffer | null; peer: string }
 
+/** A job made ready to ship (toolchain packed, inputs read), offered to peers until one runs it. */
+export interface PreparedJob {
+  input: string
+  header: import('../mesh/protocols/compile-job.js').JobHeader
+  files: import('../mesh/protocols/compile-job.js').JobFile[]
+  /** failed peer attempts so far (refusals by full peers do not count) */
+  failures: number
+}
+
+export type RemoteAttempt = { kind: 'done'; outcome: RemoteOutcome } | { kind: 'no-room' } | { kind: 'failed' }
+
 /** Where misses can go besides this machine (the mesh); absent without a mesh. */
 export interface RemoteRunner {
   /** should this miss try the mesh? `localFree` says whether a local slot is free now */
   wants(localFree: boolean): boolean
-  /** run on a peer, retrying others; null when no peer could do it (then we compile here) */
-  run(job: RemoteJob): Promise<RemoteOutcome | null>
+  prepare(job: RemoteJob): Promise<PreparedJob | null>
+  tryPeers(job: PreparedJob): Promise<RemoteAttempt>
+  /** resolves when the load view shows room for the job (or after `ms`) */
+  waitForRoom(job: PreparedJob, ms: number): Promise<void>
 }
 
 export interface CompileServiceOptions {
@@ -172,14 +185,24 @@ export class CompileService {
     const { stats, log } = this.opts
     const objDest = resolve(req.cwd, spec.outputs[0].path)
 
-    // a peer when this machine is busy (or offers no local slots), else here
+    // Here when a local slot is free; else a peer with room; with neither, wait for whichever
+    // comes first (a queued job never commits to one side while the other frees up).
     let result: { exitCode: number; stdout: Buffer; stderr: Buffer; obj: Buffer | null } | null = null
-    if (this.remote && this.remote.wants(this.cpu.running < this.opts.slots)) {
-      const out = await this.remote.run({ req, spec, ...compiler, pp: k.pp, ppHash: k.ppHash })
-      if (out) {
-        stats.inc('remote_compiles')
-        log.debug(`compiled ${spec.input} on ${out.peer}`)
-        result = out
+    const remote = this.remote
+    if (remote && remote.wants(this.cpu.running < this.opts.slots)) {
+      const prepared = await remote.prepare({ req, spec, ...compiler, pp: k.pp, ppHash: k.ppHash })
+      while (prepared && result === null) {
+        const a = await remote.tryPeers(prepared)
+        if (a.kind === 'done') {
+          stats.inc('remote_compiles')
+          log.debug(`compiled ${spec.input} on ${a.outcome.peer}`)
+          result = a.outcome
+          break
+        }
+        if (a.kind === 'failed' || !remote.wants(false)) break
+        if (this.opts.slots > 0 && this.cpu.running < this.opts.slots) break
+        await Promise.race([remote.waitForRoom(prepared, 1000), this.opts.slots > 0 ? this.cpu.whenFree() : new Promise(() => {})])
+        if (this.opts.slots > 0 && this.cpu.running < this.opts.slots) break
       }
     }
     if (result === null) {

@@ -11,7 +11,7 @@ import type { Mesh, MeshMember } from '../mesh/index.js'
 import { sendCompileJob, type JobFile, type JobHeader } from '../mesh/protocols/compile-job.js'
 import { inputsFromPreprocessed } from '../compiler/inputs.js'
 import { packToolchainCached } from '../toolchain/pack.js'
-import { KEY_ENV, type RemoteJob, type RemoteOutcome, type RemoteRunner } from './compile-service.js'
+import { KEY_ENV, type PreparedJob, type RemoteAttempt, type RemoteJob, type RemoteRunner } from './compile-service.js'
 import type { Stats } from './stats.js'
 import { choosePeer } from './placement.js'
 
@@ -19,6 +19,8 @@ const MAX_ATTEMPTS = 3
 /** environment a remote compile may depend on: the key's, and the include paths the preprocessor reads */
 const JOB_ENV = [...KEY_ENV, 'CPATH', 'C_INCLUDE_PATH', 'CPLUS_INCLUDE_PATH', 'OBJC_INCLUDE_PATH']
 const MAX_INPUT_BYTES = 256 * 1024 * 1024
+/** a job sent this close before a load message may not be counted in it yet */
+const IN_FLIGHT_MARGIN_MS = 50
 /** a peer that failed a job is skipped for this long */
 const BACKOFF_MS = 30_000
 
@@ -27,7 +29,8 @@ export interface PeerJobStats { sent: number; done: number; failed: number; refu
 interface Toolchain { hash: string; archive: string }
 
 export class MeshRemoteRunner implements RemoteRunner {
-  private readonly inFlight = new Map<string, number>()
+  /** jobs this client has sent to each peer and not yet seen finish */
+  private readonly inFlight = new Map<string, Array<{ at: number }>>()
   private readonly backoff = new Map<string, number>()
   private readonly perPeer = new Map<string, PeerJobStats>()
   private readonly toolchains = new Map<string, Promise<Toolchain>>()
@@ -37,7 +40,9 @@ export class MeshRemoteRunner implements RemoteRunner {
 
   wants(localFree: boolean): boolean {
     if (localFree && this.opts.config.build.localSlots > 0) return false // a free local slot beats any transfer
-    return this.candidates().length > 0
+    // any member that accepts jobs: the caller waits for room there or for a local slot
+    const now = Date.now()
+    return this.opts.mesh.members().some((m) => !m.self && m.load.accept !== 'never' && (this.backoff.get(m.peerId) ?? 0) < now && this.opts.mesh.isAllowed(m.peerId))
   }
 
   private candidates(exclude: ReadonlySet<string> = new Set()): MeshMember[] {
@@ -46,8 +51,13 @@ export class MeshRemoteRunner implements RemoteRunner {
       this.effectiveFree(m) > 0 && (this.backoff.get(m.peerId) ?? 0) < now && this.opts.mesh.isAllowed(m.peerId))
   }
 
+  /**
+   * The peer's advertised free slots, minus this client's jobs sent after that advertisement
+   * was received: earlier ones are already counted in it.
+   */
   private effectiveFree(m: MeshMember): number {
-    return m.load.freeSlots - (this.inFlight.get(m.peerId) ?? 0)
+    const newer = (this.inFlight.get(m.peerId) ?? []).filter((j) => j.at > m.lastSeen - IN_FLIGHT_MARGIN_MS).length
+    return m.load.freeSlots - newer
   }
 
   private pick(toolchain: string, exclude: ReadonlySet<string>): MeshMember | null {
@@ -128,8 +138,9 @@ export class MeshRemoteRunner implements RemoteRunner {
     return { files, dirs: set.dirs }
   }
 
-  async run(job: RemoteJob): Promise<RemoteOutcome | null> {
-    const { log, stats, mesh, config } = this.opts
+  /** Toolchain and inputs, once per job however many peers it is offered to; null = cannot ship. */
+  async prepare(job: RemoteJob): Promise<PreparedJob | null> {
+    const { log, stats } = this.opts
     let toolchain: Toolchain
     let inputs: { files: JobFile[]; dirs: string[] }
     try {
@@ -154,46 +165,69 @@ export class MeshRemoteRunner implements RemoteRunner {
       files: inputs.files.map((f) => ({ path: f.path, mode: f.mode, size: f.data.length })),
       dirs: inputs.dirs
     }
+    return { input: job.spec.input, header, files: inputs.files, failures: 0 }
+  }
 
+  /**
+   * Offer the job to peers with room, up to three attempts. "no-room" when every peer was full
+   * (the caller waits for room or a local slot); "failed" after peer failures (compile here).
+   */
+  async tryPeers(job: PreparedJob): Promise<RemoteAttempt> {
+    const { log, stats, mesh, config } = this.opts
     const tried = new Set<string>()
-    let lastReason = 'no peer available'
     for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
-      const peer = this.pick(toolchain.hash, tried)
+      const peer = this.pick(job.header.toolchain, tried)
       if (!peer) break
       tried.add(peer.peerId)
       const ps = this.peerStats(peer.peerId)
       ps.sent++
-      this.inFlight.set(peer.peerId, (this.inFlight.get(peer.peerId) ?? 0) + 1)
-      mesh.notifyLoadChanged()
+      const mine = { at: Date.now() }
+      const list = this.inFlight.get(peer.peerId) ?? []
+      list.push(mine)
+      this.inFlight.set(peer.peerId, list)
+      let reason: string
       try {
-        const reply = await sendCompileJob(mesh.libp2p, mesh.meshId, peer.peerId, header, inputs.files, {
+        const reply = await sendCompileJob(mesh.libp2p, mesh.meshId, peer.peerId, job.header, job.files, {
           signal: AbortSignal.timeout((config.build.jobTimeout + 120) * 1000)
         })
         if (reply.kind === 'done') {
           ps.done++
-          return { exitCode: reply.exitCode, stdout: reply.stdout, stderr: reply.stderr, obj: reply.obj, peer: peer.peerId }
+          return { kind: 'done', outcome: { exitCode: reply.exitCode, stdout: reply.stdout, stderr: reply.stderr, obj: reply.obj, peer: peer.peerId } }
         }
-        lastReason = reply.kind === 'refused' ? `refused: ${reply.reason}` : `failed: ${reply.reason}`
-        if (reply.kind === 'refused') ps.refused++
-        else {
-          ps.failed++
-          this.backoff.set(peer.peerId, Date.now() + BACKOFF_MS)
+        if (reply.kind === 'refused') {
+          // a full builder is backpressure, not a failure: try another, or wait for room
+          ps.refused++
+          continue
         }
+        ps.failed++
+        this.backoff.set(peer.peerId, Date.now() + BACKOFF_MS)
+        reason = `failed: ${reply.reason}`
       } catch (err) {
         ps.failed++
         this.backoff.set(peer.peerId, Date.now() + BACKOFF_MS)
-        lastReason = `peer error: ${(err as Error).name === 'TimeoutError' ? 'timed out' : (err as Error).message.split('\n')[0].slice(0, 120)}`
+        reason = `peer error: ${(err as Error).name === 'TimeoutError' ? 'timed out' : (err as Error).message.split('\n')[0].slice(0, 120)}`
       } finally {
-        const n = (this.inFlight.get(peer.peerId) ?? 1) - 1
-        if (n <= 0) this.inFlight.delete(peer.peerId)
-        else this.inFlight.set(peer.peerId, n)
+        const rest = (this.inFlight.get(peer.peerId) ?? []).filter((x) => x !== mine)
+        if (rest.length === 0) this.inFlight.delete(peer.peerId)
+        else this.inFlight.set(peer.peerId, rest)
       }
-      stats.retry(reasonClass(lastReason))
-      log.info(`remote compile of ${job.spec.input} on ${peer.load.name} (${peer.peerId.slice(-8)}) did not complete: ${lastReason}`)
+      stats.retry(reasonClass(reason))
+      log.info(`remote compile of ${job.input} on ${peer.load.name} (${peer.peerId.slice(-8)}) did not complete: ${reason}`)
+      if (++job.failures >= MAX_ATTEMPTS) {
+        stats.fallback(`remote: ${reasonClass(reason)}`)
+        log.info(`compiling ${job.input} here after ${job.failures} failed peer attempt(s): ${reason}`)
+        return { kind: 'failed' }
+      }
     }
-    stats.fallback(`remote: ${reasonClass(lastReason)}`)
-    log.info(`compiling ${job.spec.input} here after ${tried.size} peer attempt(s): ${lastReason}`)
-    return null
+    return { kind: 'no-room' }
+  }
+
+  /** Resolve when the view shows room for this job somewhere (or after `ms`). */
+  async waitForRoom(job: PreparedJob, ms: number): Promise<void> {
+    const deadline = Date.now() + ms
+    while (Date.now() < deadline && this.pick(job.header.toolchain, new Set()) === null) {
+      await new Promise((r) => setTimeout(r, 25 + Math.random() * 50)) // jitter: waiting clients do not wake in lockstep
+    }
   }
 }
 

@@ -4,22 +4,10 @@
 import { TopicValidatorResult, type Message } from '@libp2p/gossipsub'
 import type { Logger } from '../log.js'
 import type { MeshLibp2p } from './node.js'
-import { decodeLoad, encodeLoad, loadTopic, LoadDecodeError, type Accept, type LoadMessage } from './protocols/load-gossip.js'
+import { decodeLoad, encodeLoad, loadTopic, LoadDecodeError, type LoadInfo, type LoadMessage } from './protocols/load-gossip.js'
 import { errText } from './connector.js'
 
-export interface LoadInfo {
-  cores: number
-  running: number
-  queued: number
-  freeSlots: number
-  load1: number
-  speed: number
-  toolchains: string[]
-  accept: Accept
-  version: string
-  shim: boolean
-  name: string
-}
+export type { LoadInfo } from './protocols/load-gossip.js'
 
 export interface ViewEntry {
   peerId: string

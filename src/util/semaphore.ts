@@ -2,6 +2,7 @@
 // the daemon instead of thrashing the machine.
 export class Semaphore {
   private readonly waiters: Array<() => void> = []
+  private freed: Array<() => void> = []
   private used = 0
 
   constructor(private limit: number) {}
@@ -9,6 +10,12 @@ export class Semaphore {
   get running(): number { return this.used }
   get queued(): number { return this.waiters.length }
   get capacity(): number { return this.limit }
+
+  /** Resolves when a slot is free (without taking it): lets a job race a local slot against other work. */
+  whenFree(): Promise<void> {
+    if (this.used < this.limit) return Promise.resolve()
+    return new Promise((resolve) => this.freed.push(resolve))
+  }
 
   async acquire(): Promise<() => void> {
     if (this.used < this.limit) {
@@ -22,7 +29,12 @@ export class Semaphore {
       released = true
       const next = this.waiters.shift()
       if (next) next()
-      else this.used--
+      else {
+        this.used--
+        const watchers = this.freed
+        this.freed = []
+        for (const w of watchers) w()
+      }
     }
   }
 

@@ -25,7 +25,8 @@ export function loadTopic(meshId: string): string {
 
 export type Accept = 'always' | 'idle' | 'never'
 
-export interface LoadMessage {
+/** What a member says about itself in the load view. */
+export interface LoadInfo {
   cores: number
   running: number
   queued: number
@@ -37,6 +38,9 @@ export interface LoadMessage {
   version: string
   shim: boolean
   name: string
+}
+
+export interface LoadMessage extends LoadInfo {
   addrs: string[]
   seq: number
   timestamp: number
