@@ -216,3 +216,23 @@ test('@file response files are expanded and cached', async () => {
   assert.equal(s.cache_misses, 1)
   assert.equal(s.cache_hits, 1)
 })
+
+test('an output that is a device (-o /dev/null in configure probes) is left a device', async (t) => {
+  const inst = fresh('', 'devnull')
+  // a private null device in the test's own directory: the real /dev/null is never at risk
+  const dev = join(inst.dir, 'null')
+  const mk = await runCommand('mknod', [dev, 'c', '1', '3'])
+  if (mk.code !== 0) {
+    t.skip(`cannot create a device node here: ${mk.stderr.trim()}`)
+    return
+  }
+  writeFileSync(join(inst.dir, 'probe.c'), 'int probe(void) { return 0; }\n')
+  for (let i = 0; i < 2; i++) {
+    const r = await inst.run(['gcc', '-c', 'probe.c', '-o', dev])
+    assert.equal(r.code, 0, r.stderr)
+    assert.ok(statSync(dev).isCharacterDevice(), 'still a character device')
+  }
+  const s = await inst.stats()
+  assert.equal(s.non_cacheable, 2)
+  assert.equal(readdirSync(inst.dir).filter((f) => f.includes('meshcc-tmp')).length, 0, 'no temp files left beside it')
+})

@@ -3,7 +3,7 @@
 // cacheable) or "run it yourself" (we failed). The build never depends on this code being
 // right about anything but cache keys.
 import { createHash } from 'node:crypto'
-import { readFile, rm } from 'node:fs/promises'
+import { lstat, readFile, rm } from 'node:fs/promises'
 import { availableParallelism } from 'node:os'
 import { basename, resolve } from 'node:path'
 import { execa } from 'execa'
@@ -105,6 +105,12 @@ export class CompileService {
     const parsed = parseGccArgs(req.args, req.cwd, compilerFamily(real))
     if (!parsed.cacheable) return this.notCacheable(parsed.reason)
     const spec = parsed.spec
+    // `-o /dev/null` (configure probes) or any other non-file output: an atomic rename would
+    // replace the device itself, so the compiler writes it as it would without us
+    for (const o of spec.outputs) {
+      const st = await lstat(resolve(req.cwd, o.path)).catch(() => null)
+      if (st && !st.isFile()) return this.notCacheable(`output ${o.path} is not a regular file`)
+    }
     const depOut = spec.outputs.find((o) => o.name === 'dep')
     const depTemp = depOut ? siblingTemp(resolve(req.cwd, depOut.path)) : null
 
