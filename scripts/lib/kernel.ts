@@ -1,7 +1,7 @@
 // The real-world C project the cache benchmark builds: the Linux kernel from Debian's
 // linux-source package, unpacked once into a work dir and configured with `make tinyconfig`.
 import { createHash } from 'node:crypto'
-import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { fail, run, runOk } from './proc.js'
 
@@ -87,11 +87,14 @@ export async function ensureConfig(linux: string, env: NodeJS.ProcessEnv, say: (
   writeFileSync(marker, CONFIG_NAME + '\n')
 }
 
-/** Translation units compiled by one make run: Kbuild's quiet `  CC      dir/file.o` lines. */
-export function countCompiledTUs(makeOutput: string): number {
-  let n = 0
-  for (const line of makeOutput.split('\n')) if (/^\s+CC(\s+\[M\])?\s+\S+\.o\s*$/.test(line)) n++
-  return n
+/** Objects compiled through $(CC) by one make run: Kbuild's quiet `  CC      dir/file.o` lines. */
+export function compiledObjects(makeOutput: string): string[] {
+  const out: string[] = []
+  for (const line of makeOutput.split('\n')) {
+    const m = /^\s+CC(?:\s+\[M\])?\s+(\S+\.o)\s*$/.exec(line)
+    if (m) out.push(m[1]!)
+  }
+  return out
 }
 
 /**
@@ -114,30 +117,15 @@ export function readKbuildCompileArgs(linux: string, obj: string, cc: string): s
   return cmd.slice(cc.length + 1).trim()
 }
 
-/** sha256 of every object file under the given dirs (relative paths + contents), for comparing builds. */
-export function hashObjects(linux: string, dirs: string[]): { digest: string; files: Map<string, string> } {
+/** sha256 of each given object file (paths relative to the tree); missing files are left out. */
+export function hashObjects(linux: string, objects: string[]): Map<string, string> {
   const files = new Map<string, string>()
-  const walk = (rel: string) => {
-    const abs = join(linux, rel)
-    let entries: string[]
+  for (const rel of objects) {
     try {
-      entries = readdirSync(abs)
+      files.set(rel, createHash('sha256').update(readFileSync(join(linux, rel))).digest('hex'))
     } catch {
-      return
-    }
-    for (const e of entries) {
-      const r = rel ? `${rel}/${e}` : e
-      const st = statSync(join(linux, r), { throwIfNoEntry: false })
-      if (!st) continue
-      if (st.isDirectory()) {
-        if (e !== '.git' && e !== 'Documentation') walk(r)
-      } else if (e.endsWith('.o') && !e.endsWith('.mod.o')) {
-        files.set(r, createHash('sha256').update(readFileSync(join(linux, r))).digest('hex'))
-      }
+      // not there (e.g. removed by a later Kbuild step): reported as missing by the comparison
     }
   }
-  for (const d of dirs) walk(d)
-  const all = createHash('sha256')
-  for (const k of [...files.keys()].sort()) all.update(`${k} ${files.get(k)}\n`)
-  return { digest: all.digest('hex'), files }
+  return files
 }

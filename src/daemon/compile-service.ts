@@ -236,7 +236,7 @@ export class CompileService {
       return { kind: 'result', exitCode: result.exitCode, stdout: result.stdout, stderr: result.stderr }
     }
     if (result.obj === null) {
-      log.warn(`compile of ${spec.input} succeeded but wrote no object; passing through`)
+      log.info(`${basename(req.compiler)} ${req.args.join(' ').slice(0, 300)} (in ${req.cwd}) exited 0 but wrote no object; passing through`)
       return this.notCacheable('expected output missing')
     }
     const outputs: CacheEntry['outputs'] = [{ name: 'obj', data: result.obj }]
