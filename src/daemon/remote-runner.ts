@@ -19,6 +19,8 @@ const MAX_ATTEMPTS = 3
 /** environment a remote compile may depend on: the key's, and the include paths the preprocessor reads */
 const JOB_ENV = [...KEY_ENV, 'CPATH', 'C_INCLUDE_PATH', 'CPLUS_INCLUDE_PATH', 'OBJC_INCLUDE_PATH']
 const MAX_INPUT_BYTES = 256 * 1024 * 1024
+/** how long a refusal marks a peer full when no newer load message arrives */
+const REFUSAL_HOLD_MS = 250
 /** a job sent this close before a load message may not be counted in it yet */
 const IN_FLIGHT_MARGIN_MS = 50
 /** a peer that failed a job is skipped for this long */
@@ -32,6 +34,8 @@ export class MeshRemoteRunner implements RemoteRunner {
   /** jobs this client has sent to each peer and not yet seen finish */
   private readonly inFlight = new Map<string, Array<{ at: number }>>()
   private readonly backoff = new Map<string, number>()
+  /** when each peer last refused a job as full */
+  private readonly refusedAt = new Map<string, number>()
   private readonly perPeer = new Map<string, PeerJobStats>()
   private readonly toolchains = new Map<string, Promise<Toolchain>>()
   private readonly configured = new Map<string, Promise<Toolchain>>()
@@ -56,6 +60,10 @@ export class MeshRemoteRunner implements RemoteRunner {
    * was received: earlier ones are already counted in it.
    */
   private effectiveFree(m: MeshMember): number {
+    // a peer that just refused is full until its next load message says otherwise (bounded,
+    // so a lost message cannot hide a peer): otherwise waiting jobs re-offer it every round trip
+    const refused = this.refusedAt.get(m.peerId)
+    if (refused !== undefined && m.lastSeen < refused && Date.now() - refused < REFUSAL_HOLD_MS) return 0
     const newer = (this.inFlight.get(m.peerId) ?? []).filter((j) => j.at > m.lastSeen - IN_FLIGHT_MARGIN_MS).length
     return m.load.freeSlots - newer
   }
@@ -197,6 +205,7 @@ export class MeshRemoteRunner implements RemoteRunner {
         if (reply.kind === 'refused') {
           // a full builder is backpressure, not a failure: try another, or wait for room
           ps.refused++
+          this.refusedAt.set(peer.peerId, Date.now())
           continue
         }
         ps.failed++
