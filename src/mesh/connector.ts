@@ -197,7 +197,9 @@ export class Connector {
     if (last === undefined || now - last > FAILURE_WARN_EVERY_MS) {
       if (this.lastWarned.size > 1000) this.lastWarned.clear()
       this.lastWarned.set(key, now)
-      this.log.warn(msg)
+      // an inbound reset is also what a pruned duplicate dial looks like under load: info, not warn
+      if (direction === 'inbound') this.log.info(msg)
+      else this.log.warn(msg)
     } else {
       this.log.debug(msg)
     }
