@@ -102,7 +102,7 @@ test('a C++ project via CMake with the compiler-launcher variables, compiled rem
   assert.equal((await runCommand(join(build, 'app'), [])).stdout, '7.14159 3 6\n')
 })
 
-test('a compile error from a remote compile looks exactly like the local one and is not cached', { timeout: 120_000 }, async () => {
+test('a compile error on a builder is rechecked here: the user sees exactly the local error, never cached', { timeout: 120_000 }, async () => {
   const dir = join(client.dir, 'err')
   mkdirSync(dir)
   writeFileSync(join(dir, 'bad.c'), '#include <stdio.h>\n#define CALL(f) f(1, 2)\nint g(int);\nint main(void) { return CALL(g) + missing; }\n')
@@ -113,7 +113,10 @@ test('a compile error from a remote compile looks exactly like the local one and
   assert.equal(r.code, plain.code)
   assert.equal(r.stderr, plain.stderr)
   const s = await client.stats()
-  assert.equal(s.remote_compiles - before.remote_compiles, 1, `the error came from a builder (${JSON.stringify({ f: s.fallback_reasons, r: s.retry_reasons, nc: s.non_cacheable_reasons })})`)
+  const rechecked = (s.retry_reasons as unknown as Record<string, number>)['remote compile failed, rechecked here'] ?? 0
+  const rBefore = (before.retry_reasons as unknown as Record<string, number>)['remote compile failed, rechecked here'] ?? 0
+  assert.equal(rechecked - rBefore, 1, `a builder ran it first (${JSON.stringify(s.retry_reasons)})`)
+  assert.equal(s.local_compiles - before.local_compiles, 1, 'then it was compiled here')
   assert.equal(existsSync(join(dir, 'bad.o')), false)
   assert.equal(s.cache_writes, before.cache_writes)
 })
@@ -197,4 +200,16 @@ test('a toolchain archive named in [build] toolchain_archives is shipped instead
   assert.ok(readFileSync(join(c2.dir, 'x.o')).equals(readFileSync(join(c2.dir, 'p.o'))))
   const got = await Promise.all(builders.slice(1).map(status))
   assert.ok(got.some((b) => b.mesh!.toolchain_transfers.some((t) => t.hash === hash && t.direction === 'received')), 'the builder received the configured archive')
+})
+
+test('a file no line marker names (an assembler .incbin) cannot break the build: the local recheck compiles it', { timeout: 120_000 }, async () => {
+  const dir = join(client.dir, 'incbin')
+  mkdirSync(dir)
+  writeFileSync(join(dir, 'blob.bin'), Buffer.from(Array.from({ length: 256 }, (_, i) => i)))
+  writeFileSync(join(dir, 'piggy.S'), '#define SECTION .rodata\n\t.section SECTION\n\t.globl blob\nblob:\n\t.incbin "blob.bin"\n')
+  const plain = await runCommand('gcc', ['-c', 'piggy.S', '-o', 'plain.o'], { cwd: dir })
+  assert.equal(plain.code, 0, plain.stderr)
+  const r = await client.run(['gcc', '-c', 'piggy.S', '-o', 'piggy.o'], { cwd: dir })
+  assert.equal(r.code, 0, r.stderr)
+  assert.ok(readFileSync(join(dir, 'piggy.o')).equals(readFileSync(join(dir, 'plain.o'))), 'same object as a plain compile')
 })

@@ -61,6 +61,15 @@ const SOURCE_LANGUAGES: Record<string, string> = {
   '.c': 'c', '.cc': 'c++', '.cp': 'c++', '.cxx': 'c++', '.cpp': 'c++', '.CPP': 'c++', '.c++': 'c++', '.C': 'c++',
   '.m': 'objective-c', '.mm': 'objective-c++', '.M': 'objective-c++', '.S': 'assembler-with-cpp', '.sx': 'assembler-with-cpp'
 }
+/**
+ * Options that make the compiler read programs or files outside what preprocessing shows
+ * (another cc1 via -B, a specs file, sanitizer lists): such compiles are cached but never
+ * sent to a peer, whose sandbox would lack them.
+ */
+const LOCAL_ONLY_PREFIX = ['-B', '--gcc-toolchain', '-gcc-toolchain', '-specs', '--specs', '-fsanitize-ignorelist',
+  '-fsanitize-blacklist', '-fsanitize-coverage-allowlist', '-fsanitize-coverage-ignorelist', '-fsanitize-system-ignorelist',
+  '--sysroot', '-isysroot', '-resource-dir', '-fplugin']
+
 const CACHEABLE_LANGUAGES = new Set(['c', 'c++', 'objective-c', 'objective-c++', 'assembler-with-cpp'])
 
 export function compilerFamily(compilerPath: string): 'gcc' | 'clang' {
@@ -302,6 +311,7 @@ export function parseGccArgs(rawArgs: readonly string[], cwd: string, family: 'g
     keyArgs,
     depTarget,
     cwdInKey,
+    remoteBlocker: args.find((a) => LOCAL_ONLY_PREFIX.some((p) => a.startsWith(p))) ?? null,
     compileArgs(objPath) {
       return [...common, '-o', objPath]
     }

@@ -26,6 +26,11 @@ export interface CompileSpec {
   depTarget: string | null
   /** true when the object embeds the working directory (debug info without a prefix map) */
   cwdInKey: boolean
+  /**
+   * Why this compile must not run on a peer (an option makes the compiler read programs or
+   * files the preprocessed view does not show), or null
+   */
+  remoteBlocker: string | null
   /** arguments for the real compile writing the object to `objPath`; no dependency options */
   compileArgs(objPath: string): string[]
 }

@@ -195,10 +195,17 @@ export class CompileService {
     // comes first (a queued job never commits to one side while the other frees up).
     let result: { exitCode: number; stdout: Buffer; stderr: Buffer; obj: Buffer | null } | null = null
     const remote = this.remote
-    if (remote && remote.wants(this.cpu.running < this.opts.slots)) {
+    if (remote && spec.remoteBlocker === null && remote.wants(this.cpu.running < this.opts.slots)) {
       const prepared = await remote.prepare({ req, spec, ...compiler, pp: k.pp, ppHash: k.ppHash })
       while (prepared && result === null) {
         const a = await remote.tryPeers(prepared)
+        if (a.kind === 'done' && a.outcome.exitCode !== 0) {
+          // A failure may be a file the compiler read that no line marker named (an assembler
+          // .incbin, say): the local compile below gives the verdict the user sees.
+          stats.retry('remote compile failed, rechecked here')
+          log.info(`compile of ${spec.input} failed on ${a.outcome.peer}; rechecking it here`)
+          break
+        }
         if (a.kind === 'done') {
           stats.inc('remote_compiles')
           log.debug(`compiled ${spec.input} on ${a.outcome.peer}`)
