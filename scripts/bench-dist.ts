@@ -46,6 +46,15 @@ const HERE = dirname(fileURLToPath(import.meta.url))
 const DEFAULT_TOOLS: ToolName[] = ['distcc', 'icecream', 'meshcc']
 /** Target from the issue: meshcc's per-job distribution overhead no worse than distcc's. */
 const TARGET_RATIO = 1.0
+/**
+ * Built (untimed) before each timed full build, through the tool's own CC so Kbuild does not
+ * rebuild it, with meshcc passed through (MESHCC_DISABLE=1): arch/x86/realmode/rmpiggy.S pulls
+ * realmode.bin in with the assembler's `.incbin`, which the preprocessor does not see, so
+ * meshcc sends it to a builder without that file and the build stops with
+ * "Error: file not found: arch/x86/realmode/rm/realmode.bin". distcc and icecream compile that
+ * assembler file locally.
+ */
+const PREBUILD_DEFAULT = 'arch/x86/realmode/'
 
 function usage(): string {
   return `usage: node --import tsx scripts/bench-dist.ts [--quick] [--tools ${DEFAULT_TOOLS.join(',')}] [--builders N]
@@ -62,6 +71,8 @@ function usage(): string {
                  (default 1.0 for a full run, 0 = do not wait, the default with --quick)
   --load-wait    give up waiting for the load after this many minutes and measure anyway (default 20)
   --meshcc-log-level  [log] level of the meshcc daemons (default warn)
+  --prebuild     make targets built untimed before each full build, through the tool with meshcc
+                 passed through (default ${PREBUILD_DEFAULT}: meshcc fails on its .incbin; "" = none)
   --keep         keep the temp dir (configs, daemon logs) instead of removing it
   --no-install   fail instead of running apt-get when packages are missing`
 }
@@ -142,6 +153,7 @@ async function main(): Promise<number> {
       'max-load': { type: 'string' },
       'load-wait': { type: 'string', default: '20' },
       'meshcc-log-level': { type: 'string', default: 'warn' },
+      prebuild: { type: 'string' },
       keep: { type: 'boolean', default: false },
       'no-install': { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h', default: false }
@@ -170,6 +182,7 @@ async function main(): Promise<number> {
   const outFile = resolve(values.out ?? join(HERE, 'bench-results', 'dist.md'))
   const makeTargets = quick ? ['kernel/', 'lib/'] : []
   const buildTimeout = (quick ? 20 : 60) * 60_000
+  const prebuild = (values.prebuild ?? (quick ? '' : PREBUILD_DEFAULT)).split(',').map((t) => t.trim()).filter(Boolean)
 
   if (process.platform !== 'linux') fail('this benchmark needs Linux')
   if (process.getuid?.() !== 0) fail('run as root: icecream needs network namespaces, distccd/iceccd drop to their own users')
@@ -246,6 +259,12 @@ async function main(): Promise<number> {
         }
         say(`${name}: make clean`)
         await runOk('make', ['clean'], { cwd: linux, env: baseEnv, timeoutMs: 10 * 60_000, logFile: join(logDir, `dist-${name}-clean.log`) }, 'make clean')
+        if (prebuild.length) {
+          say(`${name}: untimed pre-build of ${prebuild.join(' ')}${name === 'meshcc' ? ' (MESHCC_DISABLE=1)' : ''}`)
+          const env = name === 'meshcc' ? { ...tool.env, MESHCC_DISABLE: '1' } : tool.env
+          const r = await onClient(tool, 'make', [`-j${jobs}`, `CC=${tool.cc}`, ...prebuild], { cwd: linux, env, timeoutMs: buildTimeout, logFile: join(logDir, `dist-${name}-prebuild.log`) })
+          if (r.timedOut || r.code !== 0) fail(`pre-build of ${prebuild.join(' ')} failed (exit ${r.timedOut ? 'timeout' : r.code}; log ${join(logDir, `dist-${name}-prebuild.log`)})`)
+        }
         if (maxLoad > 0) {
           // one budget for the whole run (the first wait may use all of it), at least 3 min per tool
           const budget = Math.max(3, loadWaitMin - loadWaitedS / 60)
@@ -293,7 +312,7 @@ async function main(): Promise<number> {
 
   // raw figures first, so a problem in the report below never loses a long run
   writeFileSync(join(logDir, 'dist-results.json'), JSON.stringify(results, (k, v) => (k === 'objects' ? undefined : v), 2))
-  const report = buildReport(results, { quick, jobs, builders, slots, kernelVersion, makeTargets, maxLoad, loadWaitMin })
+  const report = buildReport(results, { quick, jobs, builders, slots, kernelVersion, makeTargets, maxLoad, loadWaitMin, prebuild })
   process.stdout.write('\n' + report.text + '\n')
   mkdirSync(dirname(outFile), { recursive: true })
   writeFileSync(outFile, report.markdown)
@@ -420,7 +439,7 @@ function diffObjects(ref: Map<string, string>, other: Map<string, string>): stri
 
 function buildReport(
   results: ToolResult[],
-  o: { quick: boolean; jobs: number; builders: number; slots: number; kernelVersion: string; makeTargets: string[]; maxLoad: number; loadWaitMin: number }
+  o: { quick: boolean; jobs: number; builders: number; slots: number; kernelVersion: string; makeTargets: string[]; maxLoad: number; loadWaitMin: number; prebuild: string[] }
 ): { text: string; markdown: string } {
   const ok = (n: ToolName) => results.find((r) => r.name === n && r.build && !r.failed)
   const distcc = ok('distcc')
@@ -480,6 +499,9 @@ function buildReport(
   const scope = o.quick ? `\`make ${o.makeTargets.join(' ')}\` (--quick)` : 'the whole kernel (`make`)'
   notes.push(`Linux ${o.kernelVersion} ${CONFIG_NAME}, ${scope}, make -j${o.jobs}; ${o.builders} builders x ${o.slots} slots + 1 client, all on this ${CORES}-core machine (kernel ${release()}, ${cpus()[0]?.model ?? '?'}).`)
   for (const r of results) if (r.describe) notes.push(`${r.name}: ${r.describe}.`)
+  if (o.prebuild.length) {
+    notes.push(`\`${o.prebuild.join(' ')}\` (with Kbuild's prepare steps) is built before each timed build, untimed, through the same CC (meshcc with MESHCC_DISABLE=1), so the timed build skips it for every tool. Reason: meshcc cannot build arch/x86/realmode/rmpiggy.S remotely — it \`.incbin\`s arch/x86/realmode/rm/realmode.bin, which the preprocessed input does not reveal, so the builder's assembler fails with "Error: file not found: arch/x86/realmode/rm/realmode.bin" and meshcc returns that error instead of compiling locally; the build stops (distcc and icecream compile this assembler file on the client).`)
+  }
   notes.push('jobs remote / local: as each tool reports them. meshcc: `remote_compiles` / `local_compiles + non_cacheable` from `meshcc -s` (non-cacheable calls — links, `-S`, Kbuild\'s compiler probes — run on the client untouched); distcc: COMPILE_OK lines in the distccd logs / TUs not sent (≈); icecream: the scheduler\'s `END … status=0` / `handle_local_job` lines. TUs = Kbuild `CC` + `AS` lines.')
   notes.push('client CPU: user+sys of make\'s whole process tree (/usr/bin/time: every launcher, the distcc/icecc client with its preprocessing, links, Kbuild scripts — the same non-compile work for every tool) plus the client daemon\'s process tree (meshcc client daemon and the preprocessors it ran; the client iceccd). Divided by the remote jobs (each tool counts its own: Kbuild\'s compiler probes are remote jobs for icecream, local for meshcc), and, for a common denominator, by the Kbuild TUs. builders CPU: the builder daemons\' process trees (compiles included; for icecream also the scheduler).')
   notes.push('first job: wall time of the first probe compile through the tool, before timing (meshcc packs and ships its toolchain, ~43 MiB; icecream creates and ships its environment tarball). The timed build starts after every builder holds the toolchain.')

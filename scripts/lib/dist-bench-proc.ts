@@ -147,7 +147,7 @@ export async function waitForLoad(max: number, maxMin: number, pollS: number, sa
     const l = load1()
     if (l < max) return { ok: true, waitedS: (Date.now() - start) / 1000, load: l }
     if (Date.now() >= deadline || aborted()) return { ok: false, waitedS: (Date.now() - start) / 1000, load: l }
-    if (i % 2 === 0) say(`load average ${loadString()} — waiting for the 1-minute load to drop below ${max} (up to ${maxMin} min; ${Math.round((deadline - Date.now()) / 60_000)} min left)`)
+    if (i % 2 === 0) say(`load average ${loadString()} — waiting for the 1-minute load to drop below ${max} (up to ${maxMin.toFixed(0)} min; ${Math.round((deadline - Date.now()) / 60_000)} min left)`)
     const until = Math.min(deadline, Date.now() + pollS * 1000)
     while (Date.now() < until && !aborted()) await sleep(500)
   }

@@ -619,7 +619,8 @@ export async function icecreamTool(base: Record<string, string>, tmp: string, o:
           // the daemons' own lines only ("[pid] date: …"): the compilers' stderr of Kbuild's
           // option probes (gcc: error: unrecognized option …) is expected and not a problem
           if (!/^\[\d+\] \d{4}-/.test(line) || /arguments:|status=0/.test(line)) continue
-          if (/\b(error|warning|failed|failure|exception|refus\w*|broken|lost|timeout|timed out)\b/i.test(line)) out.push([who, line])
+          // (not inside a path such as boot/compressed/error.c)
+          if (/(?<![\w./-])(error|warning|failed|failure|exception|refus\w*|broken|lost|timeout|timed out)(?![\w./-])/i.test(line)) out.push([who, line])
         }
       }
       return out

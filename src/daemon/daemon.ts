@@ -167,7 +167,9 @@ export async function startDaemon(config: Config, foreground: boolean): Promise<
       handled = true
       active++
       lastActivity = Date.now()
-      mesh?.loadChanged()
+      // only compiles change the load others see; status polls must not trigger gossip
+      const isCompile = frames[0].type === MsgType.COMPILE
+      if (isCompile) mesh?.loadChanged()
       handleFrame(sock, frames[0])
         .catch((err) => {
           log.error(`request failed: ${(err as Error).message}`)
@@ -176,7 +178,7 @@ export async function startDaemon(config: Config, foreground: boolean): Promise<
         .finally(() => {
           active--
           lastActivity = Date.now()
-          mesh?.loadChanged()
+          if (isCompile) mesh?.loadChanged()
         })
     })
   }
