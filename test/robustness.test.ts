@@ -236,3 +236,22 @@ test('an output that is a device (-o /dev/null in configure probes) is left a de
   assert.equal(s.non_cacheable, 2)
   assert.equal(readdirSync(inst.dir).filter((f) => f.includes('meshcc-tmp')).length, 0, 'no temp files left beside it')
 })
+
+test('.incbin makes a compile non-cacheable: a changed blob is never answered with a stale object', async () => {
+  const inst = fresh('', 'incbin')
+  writeFileSync(join(inst.dir, 'blob.bin'), 'first')
+  writeFileSync(join(inst.dir, 'data.S'), '\t.section .rodata\n\t.globl blob\nblob:\n\t.incbin "blob.bin"\n')
+  const build = async () => {
+    const r = await inst.run(['gcc', '-c', 'data.S', '-o', 'data.o'])
+    assert.equal(r.code, 0, r.stderr)
+    const p = await runCommand('gcc', ['-c', 'data.S', '-o', 'plain.o'], { cwd: inst.dir })
+    assert.equal(p.code, 0)
+    assert.ok(readFileSync(join(inst.dir, 'data.o')).equals(readFileSync(join(inst.dir, 'plain.o'))), 'object matches the current blob')
+  }
+  await build()
+  writeFileSync(join(inst.dir, 'blob.bin'), 'second, longer')
+  await build()
+  const s = await inst.stats()
+  assert.equal(s.cache_hits, 0)
+  assert.equal((s.non_cacheable_reasons as unknown as Record<string, number>)['.incbin directive (reads a file the key cannot see)'], 2)
+})

@@ -117,6 +117,7 @@ export class CompileService {
     try {
       const k = await this.computeKey(req, spec, compilerHash, depTemp)
       if (k === null) return this.notCacheable('preprocessor failed')
+      if (k === 'incbin') return this.notCacheable('.incbin directive (reads a file the key cannot see)')
       const started = performance.now()
       const got = await this.opts.store.get(k.key)
       if (got.status === 'corrupt') {
@@ -153,7 +154,7 @@ export class CompileService {
   }
 
   /** The cache key, or null when the preprocessor fails (the real compile will say why). */
-  private async computeKey(req: CompileRequest, spec: CompileSpec, compilerHash: string, depTemp: string | null): Promise<KeyResult | null> {
+  private async computeKey(req: CompileRequest, spec: CompileSpec, compilerHash: string, depTemp: string | null): Promise<KeyResult | 'incbin' | null> {
     const h = createHash('sha256')
     const field = (s: string) => { h.update(s); h.update('\0') }
     field(KEY_VERSION)
@@ -170,6 +171,10 @@ export class CompileService {
 
     const ppHash = createHash('sha256')
     const chunks: Buffer[] = []
+    // An assembler .incbin (in a .S file or inline asm) reads a file the preprocessed text does
+    // not contain: a change there would leave the key unchanged and a hit would be stale.
+    let incbin = false
+    let tail: Buffer = Buffer.alloc(0)
     const ok = await this.pre.run(async () => {
       const sub = execa(req.compiler, spec.preprocessArgs(depTemp), {
         cwd: req.cwd, env: req.env, extendEnv: false, stdin: 'ignore', reject: false,
@@ -178,11 +183,16 @@ export class CompileService {
       sub.stdout.on('data', (chunk: Buffer) => {
         h.update(chunk)
         ppHash.update(chunk)
+        if (!incbin) {
+          incbin = Buffer.concat([tail, chunk]).includes('.incbin')
+          tail = chunk.subarray(Math.max(0, chunk.length - 7))
+        }
         if (this.remote) chunks.push(chunk) // kept only when a peer may need to check it
       })
       const r = await sub
       return r.exitCode === 0
     })
+    if (ok && incbin) return 'incbin'
     return ok ? { key: h.digest('hex'), ppHash: ppHash.digest('hex'), pp: Buffer.concat(chunks) } : null
   }
 

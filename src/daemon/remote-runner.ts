@@ -155,7 +155,7 @@ export class MeshRemoteRunner implements RemoteRunner {
       ;[toolchain, inputs] = await Promise.all([this.toolchainFor(job), this.readInputs(job)])
     } catch (err) {
       stats.fallback('remote: job not shippable')
-      log.warn(`compiling ${job.spec.input} here: cannot ship it (${(err as Error).message})`)
+      log.debug(`compiling ${job.spec.input} here: cannot ship it (${(err as Error).message})`)
       return null
     }
     const cwd = resolve(job.req.cwd)
