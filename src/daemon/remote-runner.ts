@@ -24,7 +24,7 @@ const REFUSAL_HOLD_MS = 250
 /** a job sent this close before a load message may not be counted in it yet */
 const IN_FLIGHT_MARGIN_MS = 50
 /** a peer that failed a job is skipped for this long */
-const BACKOFF_MS = 30_000
+const BACKOFF_MS = 5_000
 
 export interface PeerJobStats { sent: number; done: number; failed: number; refused: number }
 
