@@ -76,14 +76,20 @@ test('three meshes converge; wrong key refused; DHT providers; expiry after SIGK
     return m && m.connection === 'direct' && m.rttMs !== null ? m : undefined
   }, 10_000)
 
-  // one connection per pair: only the smaller peer id dials on discovery
-  for (const p of good) {
-    const conns = await p.request<Array<{ peer: string }>>('connections')
-    const per = new Map<string, number>()
-    for (const x of conns) per.set(x.peer, (per.get(x.peer) ?? 0) + 1)
-    t.diagnostic(`${p.label} connections: ${conns.length}`)
-    for (const [peer, n] of per) assert.ok(n <= 1, `${p.label} has ${n} connections to ${peer}`)
+  // one connection per pair: only the smaller peer id dials on discovery, and a crossed dial
+  // (bootstrap meeting discovery) is closed within a second by both ends' common rule
+  const duplicates = async () => {
+    const found: string[] = []
+    for (const p of good) {
+      const conns = await p.request<Array<{ peer: string }>>('connections')
+      const per = new Map<string, number>()
+      for (const x of conns) per.set(x.peer, (per.get(x.peer) ?? 0) + 1)
+      for (const [peer, n] of per) if (n > 1) found.push(`${p.label} has ${n} connections to ${peer}`)
+    }
+    return found
   }
+  const left = await waitFor('duplicate connections to close', async () => ((await duplicates()).length === 0 ? [] : undefined), 5000, 250).catch(async () => duplicates())
+  assert.deepEqual(left, [])
 
   // the other mesh never shows up, and says why
   for (const p of good) assert.ok(!ids(await p.members()).includes(d.peerId), `${p.label} must not list D`)

@@ -4,7 +4,7 @@
 import type { Multiaddr } from '@multiformats/multiaddr'
 import { multiaddr } from '@multiformats/multiaddr'
 import { peerIdFromString } from '@libp2p/peer-id'
-import type { PeerId } from '@libp2p/interface'
+import type { Connection, PeerId } from '@libp2p/interface'
 import type { Logger } from '../log.js'
 import type { MeshLibp2p } from './node.js'
 
@@ -69,9 +69,29 @@ export class Connector {
     this.tick()
     this.timer = setInterval(() => this.tick(), TICK_MS)
     this.timer.unref()
+    this.node.addEventListener('connection:open', this.onOpen)
+  }
+
+  /**
+   * Dials from both sides can cross (a bootstrap redial meeting a discovery dial) and leave two
+   * connections. Both ends keep the one the smaller peer id dialed and close the other: the rule
+   * gives the same answer on both sides, so they never close both.
+   */
+  private readonly onOpen = (evt: CustomEvent<Connection>): void => {
+    const remote = evt.detail.remotePeer
+    setTimeout(() => {
+      if (this.stopped) return
+      const conns = this.node.getConnections(remote)
+      if (conns.length < 2) return
+      const selfSmaller = this.node.peerId.toString() < remote.toString()
+      const preferred = (c: Connection) => (c.direction === 'outbound') === selfSmaller
+      if (!conns.some(preferred)) return
+      for (const c of conns) if (!preferred(c)) void c.close().catch(() => {})
+    }, 500).unref()
   }
 
   stop(): void {
+    this.node.removeEventListener('connection:open', this.onOpen)
     this.stopped = true
     if (this.timer) clearInterval(this.timer)
     for (const t of this.delayed.values()) clearTimeout(t)
