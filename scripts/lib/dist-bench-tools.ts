@@ -8,11 +8,11 @@
 // Each tool reports how many jobs ran remotely/locally in its own terms, the CPU of its
 // client-side daemon (if any) and of its builders, and the WARN/ERROR lines of its logs.
 import { chownSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs'
-import { connect } from 'node:net'
 import { join } from 'node:path'
 import { createNsLab, startDaemon, stopDaemon, treeCpuSeconds, userIds, type Daemon, type NsLab } from './dist-bench-proc.js'
 import { fail, freePort, isAlive, run, sleep, type RunResult } from './proc.js'
 import { cleanEnv } from './tools.js'
+import { adminStatus as sharedAdminStatus } from './mesh-bench-node.js'
 
 export const MESHCC_MAIN = '/work/main/dist/cli/main.js'
 
@@ -150,59 +150,7 @@ interface MeshNode {
   pid?: number
 }
 
-/**
- * The daemon's status over its admin socket (one ADMIN "status" frame, exactly what
- * `meshcc status --json` sends), without the CLI's autostart: polling a dead daemon must not
- * start a new one. Adapted from scripts/lib/mesh-bench-node.ts.
- */
-function adminStatus(socket: string, timeoutMs: number): Promise<MeshStatus> {
-  return new Promise((resolve, reject) => {
-    const sock = connect(socket)
-    const chunks: Buffer[] = []
-    let done = false
-    const finish = (err: Error | null, value?: MeshStatus) => {
-      if (done) return
-      done = true
-      clearTimeout(timer)
-      sock.destroy()
-      if (err) reject(err)
-      else resolve(value!)
-    }
-    const timer = setTimeout(() => finish(new Error('status timed out')), timeoutMs)
-    sock.on('connect', () => {
-      const fields = ['status', ''].map((f) => Buffer.from(f, 'utf8'))
-      const body = 1 + fields.reduce((n, b) => n + 4 + b.length, 0)
-      const out = Buffer.alloc(4 + body)
-      out.writeUInt32BE(body, 0)
-      out[4] = 0x02 // ADMIN
-      let off = 5
-      for (const b of fields) {
-        out.writeUInt32BE(b.length, off)
-        b.copy(out, off + 4)
-        off += 4 + b.length
-      }
-      sock.write(out)
-    })
-    sock.on('data', (d: Buffer) => {
-      chunks.push(d)
-      const buf = Buffer.concat(chunks)
-      if (buf.length < 4) return
-      const len = buf.readUInt32BE(0)
-      if (buf.length < 4 + len) return
-      const type = buf[4]
-      const fieldLen = buf.readUInt32BE(5)
-      const text = buf.subarray(9, 9 + fieldLen).toString('utf8')
-      if (type !== 0x84) return finish(new Error(`daemon refused status: ${text}`))
-      try {
-        finish(null, JSON.parse(text) as MeshStatus)
-      } catch (err) {
-        finish(new Error(`bad status JSON: ${(err as Error).message}`))
-      }
-    })
-    sock.on('error', (err: NodeJS.ErrnoException) => finish(new Error(`cannot reach daemon: ${err.code ?? err.message}`)))
-    sock.on('close', () => finish(new Error('daemon closed the connection without answering')))
-  })
-}
+const adminStatus = (socket: string, timeoutMs: number) => sharedAdminStatus<MeshStatus>(socket, timeoutMs)
 
 export interface MeshccOptions {
   builders: number

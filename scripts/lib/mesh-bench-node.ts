@@ -3,6 +3,7 @@
 // their CLI (matched by the MESHCC_CONF path, a unique temp path of this run).
 import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { connect } from 'node:net'
+import { FrameReader, MsgType, encodeFrame } from '../../src/daemon/launcher-protocol.js'
 import { join } from 'node:path'
 import { fail, isAlive, run, sleep, type RunResult } from './proc.js'
 import { cleanEnv } from './tools.js'
@@ -121,13 +122,12 @@ export function logTail(node: BenchNode, lines = 5): string {
  * (one ADMIN "status" frame), but without spawning a Node CLI per poll and without the CLI's
  * autostart (a status of a dead daemon must not start a new one).
  */
-export function adminStatus(socket: string, timeoutMs: number): Promise<DaemonStatus> {
+export function adminStatus<T = DaemonStatus>(socket: string, timeoutMs: number): Promise<T> {
   return new Promise((resolve, reject) => {
     const sock = connect(socket)
-    const chunks: Buffer[] = []
-    let size = 0
+    const reader = new FrameReader()
     let done = false
-    const finish = (err: Error | null, value?: DaemonStatus) => {
+    const finish = (err: Error | null, value?: T) => {
       if (done) return
       done = true
       clearTimeout(timer)
@@ -136,20 +136,15 @@ export function adminStatus(socket: string, timeoutMs: number): Promise<DaemonSt
       else resolve(value!)
     }
     const timer = setTimeout(() => finish(new Error('status timed out')), timeoutMs)
-    sock.on('connect', () => sock.write(frame(0x02, ['status', ''])))
+    sock.on('connect', () => sock.write(encodeFrame(MsgType.ADMIN, ['status', ''])))
     sock.on('data', (d: Buffer) => {
-      chunks.push(d)
-      size += d.length
-      if (size < 4) return
-      const buf = Buffer.concat(chunks)
-      const len = buf.readUInt32BE(0)
-      if (buf.length < 4 + len) return
-      const type = buf[4]
-      const fieldLen = buf.readUInt32BE(5)
-      const text = buf.subarray(9, 9 + fieldLen).toString('utf8')
-      if (type !== 0x84) return finish(new Error(`daemon refused status: ${text}`))
+      let frames
+      try { frames = reader.push(d) } catch (err) { return finish(err as Error) }
+      if (frames.length === 0) return
+      const text = frames[0].fields[0]?.toString('utf8') ?? ''
+      if (frames[0].type !== MsgType.ADMIN_REPLY) return finish(new Error(`daemon refused status: ${text}`))
       try {
-        finish(null, JSON.parse(text) as DaemonStatus)
+        finish(null, JSON.parse(text) as T)
       } catch (err) {
         finish(new Error(`bad status JSON: ${(err as Error).message}`))
       }
@@ -157,21 +152,6 @@ export function adminStatus(socket: string, timeoutMs: number): Promise<DaemonSt
     sock.on('error', (err: NodeJS.ErrnoException) => finish(new Error(`cannot reach daemon: ${err.code ?? err.message}`)))
     sock.on('close', () => finish(new Error('daemon closed the connection without answering')))
   })
-}
-
-function frame(type: number, fields: string[]): Buffer {
-  const bufs = fields.map((f) => Buffer.from(f, 'utf8'))
-  const body = 1 + bufs.reduce((n, b) => n + 4 + b.length, 0)
-  const out = Buffer.alloc(4 + body)
-  out.writeUInt32BE(body, 0)
-  out[4] = type
-  let off = 5
-  for (const b of bufs) {
-    out.writeUInt32BE(b.length, off)
-    b.copy(out, off + 4)
-    off += 4 + b.length
-  }
-  return out
 }
 
 /** Is `pid` a process started with this node's MESHCC_CONF (guards against pid reuse)? */
