@@ -134,7 +134,8 @@ test('200 concurrent compiles against one daemon all succeed', async () => {
   }
   const s = await inst.stats()
   assert.equal(s.compile_requests, 200)
-  assert.equal(s.fallbacks, 0)
+  const why = () => readFileSync(join(inst.cacheDir, 'meshcc.log'), 'utf8').split('\n').filter((l) => /WARN|ERROR/i.test(l)).slice(-10).join('\n')
+  assert.equal(s.fallbacks, 0, `fallbacks: ${JSON.stringify(s.fallback_reasons)}\n${why()}`)
 })
 
 test('the daemon killed with SIGKILL in the middle of a build leaves the build green', async () => {

@@ -1,6 +1,6 @@
 // Talking to the local daemon: one request per connection, starting the daemon on demand.
 import { spawn, type ChildProcess } from 'node:child_process'
-import { closeSync, mkdirSync, openSync, rmSync, statSync } from 'node:fs'
+import { closeSync, mkdirSync, openSync, readFileSync, rmSync, statSync } from 'node:fs'
 import { dirname } from 'node:path'
 import { connect, type Socket } from 'node:net'
 import { fileURLToPath } from 'node:url'
@@ -85,7 +85,7 @@ export interface RequestOptions {
 export async function requestDaemon(config: Config, request: Buffer, opts: RequestOptions): Promise<Frame> {
   let sock: Socket
   try {
-    sock = await tryConnect(config.daemon.socket)
+    sock = await connectBusy(config.daemon.socket)
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code
     if (!opts.autostart || (code !== 'ENOENT' && code !== 'ECONNREFUSED')) {
@@ -96,6 +96,40 @@ export async function requestDaemon(config: Config, request: Buffer, opts: Reque
   return sendAndReceive(sock, request, opts.timeoutMs)
 }
 
+/** Connect, waiting while the daemon's accept queue is full (EAGAIN when a burst of launchers arrives). */
+async function connectBusy(socketPath: string): Promise<Socket> {
+  const deadline = Date.now() + 30_000
+  let delay = 5
+  for (;;) {
+    try {
+      return await tryConnect(socketPath)
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EAGAIN' || Date.now() > deadline) throw err
+      await new Promise((r) => setTimeout(r, delay + Math.random() * delay))
+      delay = Math.min(delay * 2, 200)
+    }
+  }
+}
+
+/** Whether the daemon that holds the socket's pid lock is alive (it may be slow to listen on a loaded machine). */
+function daemonStarting(config: Config): boolean {
+  try {
+    const pid = Number(readFileSync(`${config.daemon.socket}.pid`, 'utf8').trim())
+    if (!Number.isInteger(pid) || pid <= 0) return false
+    process.kill(pid, 0)
+    return true
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM'
+  }
+}
+
+// A daemon normally listens within a second. Give up after SOFT_START_MS unless a daemon
+// process is visibly alive and starting: then wait up to HARD_START_MS, because a build that
+// launches hundreds of compilers at once can starve the daemon's start for many seconds, and
+// each launcher that gives up early compiles without the cache.
+const SOFT_START_MS = 10_000
+const HARD_START_MS = 60_000
+
 async function startAndConnect(config: Config): Promise<Socket> {
   let failed: string | null = null
   const watch = (child: ChildProcess | null) => child?.once('exit', (code) => {
@@ -103,18 +137,21 @@ async function startAndConnect(config: Config): Promise<Socket> {
     if (code !== 0) failed = `daemon exited with status ${code} at start (see ${config.cache.dir}/meshcc.log)`
   })
   watch(spawnDaemon(config))
-  const deadline = Date.now() + 10_000
+  const started = Date.now()
   let delay = 20
   for (;;) {
     await new Promise((r) => setTimeout(r, delay))
     if (failed) throw new DaemonUnreachable(failed)
     try {
-      return await tryConnect(config.daemon.socket)
+      return await connectBusy(config.daemon.socket)
     } catch (err) {
-      if (Date.now() > deadline) throw new DaemonUnreachable(`daemon did not start within 10 s (${(err as NodeJS.ErrnoException).code})`)
+      const waited = Date.now() - started
+      if (waited > HARD_START_MS || (waited > SOFT_START_MS && !daemonStarting(config))) {
+        throw new DaemonUnreachable(`daemon did not start within ${Math.round(waited / 1000)} s (${(err as NodeJS.ErrnoException).code})`)
+      }
       delay = Math.min(delay * 2, 250)
       // a marker from a launcher that died before spawning must not block us forever
-      if (Date.now() + 5000 > deadline) watch(spawnDaemon(config))
+      if (waited > SOFT_START_MS / 2 && !daemonStarting(config)) watch(spawnDaemon(config))
     }
   }
 }

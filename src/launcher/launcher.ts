@@ -73,10 +73,10 @@ function runDirect(compiler: string, args: string[]): never {
   process.exit(r.status ?? 1)
 }
 
-function fallbackLocally(config: Config | null, compiler: string, args: string[], reason: string): never {
+function fallbackLocally(config: Config | null, compiler: string, args: string[], reason: string, detail = reason): never {
   if (config) {
     journalFallback(config.cache.dir, reason)
-    createLogger({ level: config.log.level, file: join(config.cache.dir, 'meshcc.log') }, 'launcher').warn(`compiling locally without the daemon: ${reason}`)
+    createLogger({ level: config.log.level, file: join(config.cache.dir, 'meshcc.log') }, 'launcher').warn(`compiling locally without the daemon: ${detail}`)
   }
   runDirect(compiler, args)
 }
@@ -105,7 +105,8 @@ export async function runLauncher(compilerName: string, args: string[], selfScri
   try {
     frame = await requestDaemon(config, encodeCompileRequest({ cwd, compiler, args, env }), { autostart: true, timeoutMs: 0 })
   } catch (err) {
-    fallbackLocally(config, compiler, args, (err as Error).message.startsWith('daemon closed') ? 'daemon connection lost' : 'daemon unreachable')
+    const msg = (err as Error).message
+    fallbackLocally(config, compiler, args, msg.startsWith('daemon closed') ? 'daemon connection lost' : 'daemon unreachable', msg)
   }
   switch (frame.type) {
     case MsgType.RESULT: {
