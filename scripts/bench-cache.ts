@@ -11,7 +11,7 @@
 // Needs root for apt-get when packages are missing (linux-source and the build deps, ccache,
 // sccache, time). The kernel is unpacked once into --work-dir (default /var/tmp/meshcc-bench)
 // and reused; every tool's cache lives in its own temp dir that is removed at the end.
-// meshcc is skipped with a clear message when dist/cli/main.js is not built.
+// meshcc is skipped with a clear message when dist/bin/meshcc is not built.
 //
 // Why tinyconfig: it is the smallest config that still builds a bootable kernel image and on
 // x86 it compiles ~450 C translation units (plus ~25 assembler files, all through $(CC)),

@@ -11,10 +11,10 @@ import { chownSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync, 
 import { join } from 'node:path'
 import { createNsLab, startDaemon, stopDaemon, treeCpuSeconds, userIds, type Daemon, type NsLab } from './dist-bench-proc.js'
 import { fail, freePort, isAlive, run, sleep, type RunResult } from './proc.js'
-import { cleanEnv } from './tools.js'
+import { MESHCC_MAIN, cleanEnv } from './tools.js'
 import { adminStatus as sharedAdminStatus } from './mesh-bench-node.js'
 
-export const MESHCC_MAIN = '/work/main/dist/cli/main.js'
+export { MESHCC_MAIN }
 
 export const ALL_TOOLS = ['gcc', 'distcc', 'icecream', 'meshcc'] as const
 export type ToolName = (typeof ALL_TOOLS)[number]
@@ -173,7 +173,7 @@ export function meshccTool(base: Record<string, string>, tmp: string, o: MeshccO
     delete e.NODE_OPTIONS
     return e
   }
-  const cli = (n: MeshNode, args: string[], timeoutMs = 60_000) => run(process.execPath, [MESHCC_MAIN, ...args], { env: envOf(n), timeoutMs })
+  const cli = (n: MeshNode, args: string[], timeoutMs = 60_000) => run(MESHCC_MAIN, args, { env: envOf(n), timeoutMs })
   const writeConf = (n: MeshNode, localSlots: number, cores: number, bootstrap: string[]) => {
     mkdirSync(n.dir, { recursive: true, mode: 0o700 })
     for (const a of bootstrap) if (!a.startsWith('/ip4/127.0.0.1/tcp/')) fail(`refusing a non-loopback bootstrap address: ${a}`)

@@ -6,9 +6,9 @@ import { connect } from 'node:net'
 import { FrameReader, MsgType, encodeFrame } from '../../src/daemon/launcher-protocol.js'
 import { join } from 'node:path'
 import { fail, isAlive, run, sleep, type RunResult } from './proc.js'
-import { cleanEnv } from './tools.js'
+import { MESHCC_MAIN, cleanEnv } from './tools.js'
 
-export const MESHCC_MAIN = '/work/main/dist/cli/main.js'
+export { MESHCC_MAIN }
 
 /** The parts of `meshcc status --json` the benchmark reads. */
 export interface DaemonStatus {
@@ -75,7 +75,7 @@ export function nodeEnv(node: BenchNode): NodeJS.ProcessEnv {
 }
 
 export function meshcc(node: BenchNode, args: string[], timeoutMs: number): Promise<RunResult> {
-  return run(process.execPath, [MESHCC_MAIN, ...args], { env: nodeEnv(node), timeoutMs })
+  return run(MESHCC_MAIN, args, { env: nodeEnv(node), timeoutMs })
 }
 
 function lastLine(r: RunResult): string {

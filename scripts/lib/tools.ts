@@ -2,6 +2,7 @@
 // plain gcc, meshcc (launcher + daemon), ccache, sccache (client + server).
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
+import { fileURLToPath } from 'node:url'
 import { cpuSecondsOf, fail, findPidsByEnv, freePort, isAlive, run, sleep } from './proc.js'
 
 /** Hit/miss counts in one shape for every tool. */
@@ -181,10 +182,11 @@ export async function sccacheTool(base: Record<string, string>, tmp: string): Pr
   }
 }
 
-export const MESHCC_MAIN = '/work/main/dist/cli/main.js'
+/** The `meshcc` users run: the native launcher, or a link to the Node CLI where no C compiler built it. */
+export const MESHCC_MAIN = fileURLToPath(new URL('../../dist/bin/meshcc', import.meta.url))
 
 /**
- * meshcc through its launcher `dist/cli/main.js` (node shebang), daemon config in a temp TOML.
+ * meshcc through its launcher `dist/bin/meshcc`, daemon config in a temp TOML.
  * `meshBin` is the launcher path; the caller checks that it exists.
  */
 export function meshccTool(base: Record<string, string>, tmp: string, meshBin: string): Tool {

@@ -99,6 +99,13 @@ export async function runLauncher(compilerName: string, args: string[], selfScri
     runDirect(compiler, args)
   }
 
+  // the native launcher already tried the daemon for this very call and it failed
+  const nativeFailed = process.env.MESHCC_LAUNCHER_FALLBACK
+  if (nativeFailed !== undefined) {
+    delete process.env.MESHCC_LAUNCHER_FALLBACK
+    fallbackLocally(config, compiler, args, nativeFailed || 'daemon unreachable')
+  }
+
   const env: Record<string, string> = {}
   for (const [k, v] of Object.entries(process.env)) if (v !== undefined) env[k] = v
   let frame

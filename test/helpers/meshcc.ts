@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
 
 export const REPO = resolve(import.meta.dirname, '..', '..')
-export const MESHCC = join(REPO, 'dist', 'cli', 'main.js')
+export const MESHCC = join(REPO, 'dist', 'bin', 'meshcc')
 
 export interface RunResult { code: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string; stdoutBuf: Buffer }
 
