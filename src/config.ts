@@ -23,6 +23,8 @@ export interface Config {
     dir: string
     /** bytes */
     size: number
+    /** direct mode: find hits from the included files' hashes, without running the preprocessor */
+    direct: boolean
   }
   log: { level: LogLevel }
   build: {
@@ -269,7 +271,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     },
     cache: {
       dir: expandHome(cache.string('dir', defaultCacheDir(env))),
-      size: cache.size('size', 10 * 1024 ** 3)
+      size: cache.size('size', 10 * 1024 ** 3),
+      direct: cache.bool('direct', true)
     },
     log: { level: log.oneOf('level', 'info', LOG_LEVELS) },
     build: {
@@ -307,6 +310,11 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     const bytes = parseSize(env.MESHCC_CACHE_SIZE)
     if (bytes === null) throw new ConfigError(`environment MESHCC_CACHE_SIZE: expected a size such as "10G", got "${env.MESHCC_CACHE_SIZE}"`)
     cfg.cache.size = bytes
+  }
+  if (env.MESHCC_DIRECT) {
+    const v = env.MESHCC_DIRECT.trim().toLowerCase()
+    if (!['0', '1', 'true', 'false'].includes(v)) throw new ConfigError(`environment MESHCC_DIRECT: expected 0 or 1, got "${env.MESHCC_DIRECT}"`)
+    cfg.cache.direct = v === '1' || v === 'true'
   }
   if (env.MESHCC_LOG) {
     const level = env.MESHCC_LOG.toLowerCase()

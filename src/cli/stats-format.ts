@@ -4,6 +4,7 @@ import { formatSize } from '../config.js'
 const LINES: Array<[string, string]> = [
   ['Compile requests', 'compile_requests'],
   ['Cache hits', 'cache_hits'],
+  ['  without preprocessing (direct)', 'direct_hits'],
   ['Cache misses', 'cache_misses'],
   ['Non-cacheable calls', 'non_cacheable'],
   ['Local compiles', 'local_compiles'],

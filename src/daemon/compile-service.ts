@@ -10,6 +10,9 @@ import { execa } from 'execa'
 import { compilerFamily, parseGccArgs } from '../compiler/gcc.js'
 import type { CompileSpec } from '../compiler/types.js'
 import type { CacheEntry, LocalStore } from '../cache/local-store.js'
+import { FileHasher } from '../cache/file-hashes.js'
+import type { FileSet, ManifestStore } from '../cache/manifest.js'
+import { inputsFromPreprocessed } from '../compiler/inputs.js'
 import type { Logger } from '../log.js'
 import { Semaphore } from '../util/semaphore.js'
 import { siblingTemp, writeFileAtomic } from '../util/atomic-write.js'
@@ -29,6 +32,11 @@ const KEY_VERSION = 'meshcc-key-1'
 export const KEY_ENV = ['LANG', 'LC_ALL', 'LC_CTYPE', 'LC_MESSAGES', 'LANGUAGE', 'GCC_EXEC_PREFIX', 'COMPILER_PATH',
   'GCC_COMPARE_DEBUG', 'CCC_OVERRIDE_OPTIONS', 'SOURCE_DATE_EPOCH', 'SDKROOT', 'MACOSX_DEPLOYMENT_TARGET',
   'MESHCC_CACHE_BUSTER']
+/** Where the preprocessor looks for headers: the preprocessed text shows the outcome, a direct key needs the cause. */
+const INCLUDE_ENV = ['CPATH', 'C_INCLUDE_PATH', 'CPLUS_INCLUDE_PATH', 'OBJC_INCLUDE_PATH', 'OBJCPLUS_INCLUDE_PATH']
+const DIRECT_KEY_VERSION = 'meshcc-direct-1'
+/** Files changed this recently before a request are not trusted into a manifest (timestamps are coarse). */
+const TOO_NEW_MS = 1000
 /** These make the compiler write files we cannot see. */
 const UNCACHEABLE_ENV = ['DEPENDENCIES_OUTPUT', 'SUNPRO_DEPENDENCIES', 'GCC_COMPARE_DEBUG_FILE']
 
@@ -73,12 +81,15 @@ export interface CompileServiceOptions {
   log: Logger
   /** compiles this machine runs for itself at once; 0 = every miss to the mesh when a peer can take it */
   slots: number
+  /** direct mode's manifests; null = always run the preprocessor */
+  direct?: ManifestStore | null
 }
 
 interface KeyResult { key: string; ppHash: string; pp: Buffer }
 
 export class CompileService {
   private readonly identity = new CompilerIdentity()
+  private readonly hasher = new FileHasher()
   /** local compiles */
   readonly cpu: Semaphore
   /** local preprocessing: bounded separately, so distributing misses cannot thrash this machine */
@@ -115,10 +126,24 @@ export class CompileService {
     const depTemp = depOut ? siblingTemp(resolve(req.cwd, depOut.path)) : null
 
     try {
+      const started = performance.now()
+      const requestStart = Date.now()
+      const direct = this.opts.direct ? await this.directKey(req, spec, compilerHash) : null
+      if (direct) {
+        const hit = await this.directLookup(req.cwd, spec, direct)
+        if (hit) {
+          stats.inc('cache_hits')
+          stats.inc('direct_hits')
+          stats.hitTime(performance.now() - started)
+          log.debug(`direct hit ${direct.slice(0, 16)} ${spec.input}`)
+          return hit
+        }
+      }
       const k = await this.computeKey(req, spec, compilerHash, depTemp)
       if (k === null) return this.notCacheable('preprocessor failed')
       if (k === 'incbin') return this.notCacheable('.incbin directive (reads a file the key cannot see)')
-      const started = performance.now()
+      // once the result is in the cache, the next identical command can find it without -E
+      const record = direct ? () => this.recordManifest(direct, req.cwd, spec.input, k, requestStart) : null
       const got = await this.opts.store.get(k.key)
       if (got.status === 'corrupt') {
         stats.inc('cache_errors')
@@ -130,6 +155,7 @@ export class CompileService {
           stats.inc('cache_hits')
           stats.hitTime(performance.now() - started)
           log.debug(`hit ${k.key.slice(0, 16)} ${spec.input}`)
+          if (record) this.track(record())
           return { kind: 'result', exitCode: 0, stdout: got.entry.stdout, stderr: got.entry.stderr }
         }
         // outputs could not be written (e.g. missing directory): the compiler reports that best
@@ -137,7 +163,7 @@ export class CompileService {
       }
       stats.inc('cache_misses')
       log.debug(`miss ${k.key.slice(0, 16)} ${spec.input}`)
-      return await this.compileAndStore(req, spec, k, depTemp, { compilerReal: real, compilerHash })
+      return await this.compileAndStore(req, spec, k, depTemp, { compilerReal: real, compilerHash }, record)
     } catch (err) {
       stats.fallback('daemon error')
       log.error(`compile of ${spec.input} in ${req.cwd} failed inside the daemon: ${(err as Error).message}`)
@@ -187,7 +213,7 @@ export class CompileService {
           incbin = Buffer.concat([tail, chunk]).includes('.incbin')
           tail = chunk.subarray(Math.max(0, chunk.length - 7))
         }
-        if (this.remote) chunks.push(chunk) // kept only when a peer may need to check it
+        if (this.remote || this.opts.direct) chunks.push(chunk) // a peer may check it; direct mode reads its line markers
       })
       const r = await sub
       return r.exitCode === 0
@@ -197,7 +223,7 @@ export class CompileService {
   }
 
   private async compileAndStore(req: CompileRequest, spec: CompileSpec, k: KeyResult, depTemp: string | null,
-    compiler: { compilerReal: string; compilerHash: string }): Promise<CompileReply> {
+    compiler: { compilerReal: string; compilerHash: string }, afterStore: (() => Promise<void>) | null): Promise<CompileReply> {
     const { stats, log } = this.opts
     const objDest = resolve(req.cwd, spec.outputs[0].path)
 
@@ -261,12 +287,13 @@ export class CompileService {
     const entry: CacheEntry = { exitCode: 0, stdout: result.stdout, stderr: result.stderr, outputs, meta: { input: spec.input, compiler: req.compiler } }
     if (!(await this.writeOutputs(req.cwd, spec, entry))) return this.notCacheable('output not writable')
 
-    const write = this.opts.store.put(k.key, entry).then(
-      () => { stats.inc('cache_writes') },
+    this.track(this.opts.store.put(k.key, entry).then(
+      async () => {
+        stats.inc('cache_writes')
+        if (afterStore) await afterStore()
+      },
       (err: Error) => { stats.inc('cache_errors'); log.warn(`could not store cache entry ${k.key}: ${err.message}`) }
-    )
-    this.pendingWrites.add(write)
-    void write.finally(() => this.pendingWrites.delete(write))
+    ))
     return { kind: 'result', exitCode: 0, stdout: result.stdout, stderr: result.stderr }
   }
 
@@ -280,6 +307,63 @@ export class CompileService {
     } catch {
       return false
     }
+  }
+
+  /** Keep a background write (entry, manifest) in the set that drain() waits for. */
+  private track(write: Promise<void>): void {
+    this.pendingWrites.add(write)
+    void write.finally(() => this.pendingWrites.delete(write))
+  }
+
+  /**
+   * The direct-mode key: everything the preprocessed key covers except the included files,
+   * plus what decides which files get included (working directory, include-path variables)
+   * and the source's content. Null when the source cannot be used (unreadable, __TIME__ …).
+   */
+  private async directKey(req: CompileRequest, spec: CompileSpec, compilerHash: string): Promise<string | null> {
+    const src = await this.hasher.hash(resolve(req.cwd, spec.input))
+    if (src === null || src.volatile) return null
+    const h = createHash('sha256')
+    const field = (s: string) => { h.update(s); h.update('\0') }
+    field(DIRECT_KEY_VERSION)
+    field(compilerHash)
+    field(basename(req.compiler))
+    field(spec.family)
+    field(spec.language)
+    for (const a of spec.keyArgs) field(a)
+    field('--')
+    field(`cwd=${req.cwd}`)
+    if (spec.depTarget !== null) field(`deptarget=${spec.depTarget}`)
+    for (const name of [...KEY_ENV, ...INCLUDE_ENV]) if (req.env[name] !== undefined) field(`${name}=${req.env[name]}`)
+    field(`source=${src.hash}`)
+    return h.digest('hex')
+  }
+
+  /** A hit found through the manifest: every recorded file still has its recorded hash. */
+  private async directLookup(cwd: string, spec: CompileSpec, direct: string): Promise<CompileReply | null> {
+    const { store, stats, log } = this.opts
+    for (const set of await this.opts.direct!.get(direct)) {
+      const now = await Promise.all(set.files.map(([p]) => this.hasher.hash(p)))
+      if (!now.every((f, i) => f !== null && f.hash === set.files[i][1])) continue
+      const got = await store.get(set.result)
+      if (got.status === 'corrupt') {
+        stats.inc('cache_errors')
+        log.warn(`cache entry ${set.result} was corrupt and has been removed: ${got.reason}`)
+      }
+      if (got.status !== 'hit') continue
+      if (!(await this.writeOutputs(cwd, spec, got.entry))) return null
+      return { kind: 'result', exitCode: 0, stdout: got.entry.stdout, stderr: got.entry.stderr }
+    }
+    return null
+  }
+
+  /** Remember which files produced `k`, unless one of them may have changed while we looked. */
+  private async recordManifest(direct: string, cwd: string, input: string, k: KeyResult, requestStart: number): Promise<void> {
+    const paths = inputsFromPreprocessed(k.pp, cwd, input).files
+    const hashes = await Promise.all(paths.map((p) => this.hasher.hash(p)))
+    if (hashes.some((f) => f === null || f.volatile || f.newerThan(requestStart - TOO_NEW_MS))) return
+    const set: FileSet = { files: paths.map((p, i) => [p, hashes[i]!.hash]), result: k.key }
+    await this.opts.direct!.add(direct, set).catch((err: Error) => this.opts.log.warn(`could not write manifest ${direct}: ${err.message}`))
   }
 
   /** Wait for cache writes still in flight (shutdown, tests). */

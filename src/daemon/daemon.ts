@@ -12,6 +12,7 @@ import { CompileService, type CompileReply } from './compile-service.js'
 import {
   FrameReader, MsgType, ProtocolError, decodeCompileRequest, encodeFrame, type Frame
 } from './launcher-protocol.js'
+import { ManifestStore } from '../cache/manifest.js'
 import { Stats } from './stats.js'
 import { MeshService } from './mesh-service.js'
 
@@ -83,7 +84,7 @@ export async function startDaemon(config: Config, foreground: boolean): Promise<
   const stats = new Stats(config.cache.dir, log)
   const store = new LocalStore({ dir: config.cache.dir, maxBytes: config.cache.size, log: log.child('cache') })
   await store.open()
-  const compiles = new CompileService({ store, stats, log, slots: config.build.localSlots })
+  const compiles = new CompileService({ store, stats, log, slots: config.build.localSlots, direct: config.cache.direct ? new ManifestStore(config.cache.dir) : null })
 
   let active = 0
   let mesh: MeshService | null = null

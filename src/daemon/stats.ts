@@ -7,7 +7,7 @@ import { join } from 'node:path'
 import type { Logger } from '../log.js'
 
 export const COUNTERS = [
-  'compile_requests', 'cache_hits', 'cache_misses', 'non_cacheable', 'local_compiles', 'remote_compiles',
+  'compile_requests', 'cache_hits', 'direct_hits', 'cache_misses', 'non_cacheable', 'local_compiles', 'remote_compiles',
   'compile_failures', 'fallbacks', 'remote_retries', 'cache_errors', 'cache_writes'
 ] as const
 export type Counter = (typeof COUNTERS)[number]

@@ -51,7 +51,7 @@ export function createInstance(extraToml = '', name = 'mcc', meshToml: string | 
   const conf = join(dir, 'config.toml')
   writeFileSync(conf, `[daemon]\nsocket = "${socket}"\nidle_timeout = 0\n[cache]\ndir = "${cacheDir}"\n[log]\nlevel = "debug"\n[mesh]\n${meshToml ?? "enabled = false"}\n${extraToml}`)
   const env: NodeJS.ProcessEnv = { ...process.env, MESHCC_CONF: conf }
-  for (const k of ['MESHCC_DIR', 'MESHCC_SOCKET', 'MESHCC_LOG', 'MESHCC_CACHE_SIZE', 'MESHCC_DISABLE', 'MESHCC_IDLE_TIMEOUT']) delete env[k]
+  for (const k of ['MESHCC_DIR', 'MESHCC_SOCKET', 'MESHCC_LOG', 'MESHCC_CACHE_SIZE', 'MESHCC_DISABLE', 'MESHCC_IDLE_TIMEOUT', 'MESHCC_DIRECT']) delete env[k]
 
   const inst: Instance = {
     dir, conf, socket, cacheDir, env,

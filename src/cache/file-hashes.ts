@@ -1,0 +1,61 @@
+// Content hashes of source and header files, memoised by what stat says about them.
+//
+// Direct mode checks every header a translation unit included (hundreds for a kernel file)
+// on each lookup. The daemon lives across compiles, so after the first read a header costs
+// one stat: its hash is reused while device, inode, size, mtime and ctime (nanoseconds) are
+// unchanged. A file changed within the last seconds is hashed but not memoised: two writes
+// inside one timestamp tick with the same size would look unchanged.
+import { createHash } from 'node:crypto'
+import { readFile, stat } from 'node:fs/promises'
+
+export interface FileHash {
+  hash: string
+  /** the file names __DATE__, __TIME__ or __TIMESTAMP__, or embeds a file (#embed): its output is not a function of the inputs we see */
+  volatile: boolean
+  /** modified at or after `since`: the content may still be changing */
+  newerThan(since: number): boolean
+}
+
+interface Memo { dev: bigint; ino: bigint; size: bigint; mtimeNs: bigint; ctimeNs: bigint; hash: string; volatile: boolean }
+
+/** How recently a file may have changed and still have its hash memoised. */
+const SETTLE_MS = 2000
+const MAX_MEMO = 200_000
+
+const VOLATILE = /__(?:DATE|TIME|TIMESTAMP)__|#\s*embed\b|__has_embed/
+
+export class FileHasher {
+  private readonly memo = new Map<string, Memo>()
+
+  /** The file's hash, or null when it cannot be read (gone, a directory, no permission). */
+  async hash(path: string): Promise<FileHash | null> {
+    let st
+    try {
+      st = await stat(path, { bigint: true })
+    } catch {
+      return null
+    }
+    if (!st.isFile()) return null
+    const changedMs = Number((st.mtimeNs > st.ctimeNs ? st.mtimeNs : st.ctimeNs) / 1_000_000n)
+    const newerThan = (since: number) => changedMs >= since
+    const m = this.memo.get(path)
+    if (m && m.dev === st.dev && m.ino === st.ino && m.size === st.size && m.mtimeNs === st.mtimeNs && m.ctimeNs === st.ctimeNs) {
+      return { hash: m.hash, volatile: m.volatile, newerThan }
+    }
+    let data: Buffer
+    try {
+      data = await readFile(path)
+    } catch {
+      return null
+    }
+    const hash = createHash('sha256').update(data).digest('hex')
+    const volatile = VOLATILE.test(data.toString('latin1'))
+    if (Date.now() - changedMs > SETTLE_MS) {
+      if (this.memo.size >= MAX_MEMO) this.memo.clear() // a crude bound; refilling costs one read per file
+      this.memo.set(path, { dev: st.dev, ino: st.ino, size: st.size, mtimeNs: st.mtimeNs, ctimeNs: st.ctimeNs, hash, volatile })
+    } else {
+      this.memo.delete(path)
+    }
+    return { hash, volatile, newerThan }
+  }
+}

@@ -1,0 +1,88 @@
+// Direct-mode manifests: for one compile command (compiler, arguments, working directory,
+// source content), the sets of included files that were seen with it, each set with the
+// content hashes of its files and the cache key of the result they produced. A lookup that
+// finds a set whose files all still have those hashes knows the result key without running
+// the preprocessor.
+//
+// Stored beside the cache entries under manifests/xx/<key>, written atomically; a damaged
+// manifest is a miss and is removed. Each holds at most MAX_SETS sets, newest first.
+import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { randomBytes } from 'node:crypto'
+
+export interface FileSet {
+  /** [absolute path, sha256] of every file the preprocessor entered, the source included */
+  files: Array<[string, string]>
+  /** key of the cache entry this set produced */
+  result: string
+}
+
+const FORMAT = 'meshcc-manifest-1'
+const MAX_SETS = 16
+/** A manifest of 16 sets of a few hundred headers is well under this; anything larger is damage. */
+const MAX_BYTES = 16 * 1024 * 1024
+const HEX64 = /^[0-9a-f]{64}$/
+
+export class ManifestStore {
+  private readonly dir: string
+
+  constructor(cacheDir: string) {
+    this.dir = join(cacheDir, 'manifests')
+  }
+
+  private path(key: string): string {
+    return join(this.dir, key.slice(0, 2), key)
+  }
+
+  /** The sets recorded for `key`, newest first; empty when there is none or it is damaged. */
+  async get(key: string): Promise<FileSet[]> {
+    let text: string
+    try {
+      const buf = await readFile(this.path(key))
+      if (buf.length > MAX_BYTES) throw new Error('too large')
+      text = buf.toString('utf8')
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') await rm(this.path(key), { force: true })
+      return []
+    }
+    const sets = parse(text)
+    if (sets === null) await rm(this.path(key), { force: true })
+    return sets ?? []
+  }
+
+  /** Record a set first (replacing an older set with the same files). */
+  async add(key: string, set: FileSet): Promise<void> {
+    const sets = await this.get(key)
+    const same = (a: FileSet) => a.files.length === set.files.length && a.files.every(([p, h], i) => set.files[i][0] === p && set.files[i][1] === h)
+    const next = [set, ...sets.filter((s) => !same(s))].slice(0, MAX_SETS)
+    const dest = this.path(key)
+    await mkdir(join(dest, '..'), { recursive: true })
+    const tmp = `${dest}.${randomBytes(6).toString('hex')}.tmp`
+    try {
+      await writeFile(tmp, JSON.stringify({ format: FORMAT, sets: next }))
+      await rename(tmp, dest)
+    } catch (err) {
+      await rm(tmp, { force: true })
+      throw err
+    }
+  }
+}
+
+function parse(text: string): FileSet[] | null {
+  let doc: unknown
+  try {
+    doc = JSON.parse(text)
+  } catch {
+    return null
+  }
+  if (typeof doc !== 'object' || doc === null || (doc as { format?: unknown }).format !== FORMAT) return null
+  const sets = (doc as { sets?: unknown }).sets
+  if (!Array.isArray(sets)) return null
+  for (const s of sets) {
+    if (typeof s !== 'object' || s === null || typeof s.result !== 'string' || !HEX64.test(s.result) || !Array.isArray(s.files)) return null
+    for (const f of s.files) {
+      if (!Array.isArray(f) || f.length !== 2 || typeof f[0] !== 'string' || typeof f[1] !== 'string' || !HEX64.test(f[1])) return null
+    }
+  }
+  return sets as FileSet[]
+}

@@ -1,0 +1,113 @@
+// Direct mode: a hit found from the hashes of the included files, without running the
+// preprocessor, and never a stale object when a header changes. Real gcc, real daemon.
+import { test, after } from 'node:test'
+import assert from 'node:assert/strict'
+import { readFileSync, utimesSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { createInstance, runCommand, type Instance } from './helpers/meshcc.js'
+
+const instances: Instance[] = []
+after(async () => { for (const i of instances) await i.stop() })
+
+/** Files changed (mtime or ctime) within the last second are "too new" to go into a manifest. */
+const settle = () => sleep(1100)
+
+async function project(name: string, extra = ''): Promise<Instance> {
+  const inst = createInstance(extra, name)
+  instances.push(inst)
+  writeFileSync(join(inst.dir, 'h.h'), '#define VALUE 41\n')
+  writeFileSync(join(inst.dir, 'd.c'), '#include "h.h"\n#include <stdio.h>\n#warning replayed\nint d(void) { return VALUE + 1; }\n')
+  await settle()
+  return inst
+}
+
+async function compile(inst: Instance, out: string, extra: string[] = [], env: Record<string, string> = {}) {
+  const args = ['gcc', '-O2', '-MD', '-MF', `${out}.d`, ...extra, '-c', 'd.c', '-o', out]
+  const r = await inst.run(args, { env })
+  assert.equal(r.code, 0, r.stderr)
+  const plain = await runCommand('gcc', args.slice(1).map((a) => (a === out ? 'plain.o' : a === `${out}.d` ? 'plain.d' : a)), { cwd: inst.dir })
+  assert.equal(plain.code, 0)
+  assert.ok(readFileSync(join(inst.dir, out)).equals(readFileSync(join(inst.dir, 'plain.o'))), `${out} is byte-identical to gcc's`)
+  assert.equal(readFileSync(join(inst.dir, `${out}.d`), 'utf8').replace(new RegExp(`^${out}:`), 'X:'),
+    readFileSync(join(inst.dir, 'plain.d'), 'utf8').replace(/^plain\.o:/, 'X:'), 'depfile as gcc writes it')
+  assert.equal(r.stderr, plain.stderr, 'warnings replayed')
+  return r
+}
+
+test('the second identical compile is a direct hit; outputs, depfile and warnings as gcc gives them', async () => {
+  const inst = await project('direct')
+  await compile(inst, 'a.o')
+  let s = await inst.stats()
+  assert.equal(s.cache_misses, 1)
+  assert.equal(s.direct_hits, 0)
+  await compile(inst, 'a.o')
+  s = await inst.stats()
+  assert.equal(s.cache_hits, 1)
+  assert.equal(s.direct_hits, 1)
+  // touching a header without changing it keeps the hit: contents count, not timestamps
+  const past = new Date(Date.now() - 60_000)
+  utimesSync(join(inst.dir, 'h.h'), past, past)
+  await compile(inst, 'a.o')
+  s = await inst.stats()
+  assert.equal(s.direct_hits, 2)
+})
+
+test('a changed header is never answered from the old manifest, and both versions hit afterwards', async () => {
+  const inst = await project('direct-hdr')
+  await compile(inst, 'a.o')
+  writeFileSync(join(inst.dir, 'h.h'), '#define VALUE 99\n')
+  await settle()
+  await compile(inst, 'a.o') // compile() compares with plain gcc: a stale object fails here
+  let s = await inst.stats()
+  assert.equal(s.cache_misses, 2)
+  assert.equal(s.direct_hits, 0)
+  writeFileSync(join(inst.dir, 'h.h'), '#define VALUE 41\n')
+  await settle()
+  await compile(inst, 'a.o')
+  writeFileSync(join(inst.dir, 'h.h'), '#define VALUE 99\n')
+  await settle()
+  await compile(inst, 'a.o')
+  s = await inst.stats()
+  assert.equal(s.direct_hits, 2, 'one manifest remembers both header versions')
+  await compile(inst, 'a.o', ['-DEXTRA=1'])
+  s = await inst.stats()
+  assert.equal(s.cache_misses, 3, 'another define is another command')
+})
+
+test('a header changed moments before the compile is not trusted into a manifest', async () => {
+  const inst = await project('direct-new')
+  writeFileSync(join(inst.dir, 'h.h'), '#define VALUE 7\n') // mtime: now
+  await compile(inst, 'a.o')
+  await compile(inst, 'a.o')
+  let s = await inst.stats()
+  assert.equal(s.cache_hits, 1, 'the preprocessed key still hits')
+  assert.equal(s.direct_hits, 0, 'no manifest was recorded while the header was new')
+  await sleep(1200)
+  await compile(inst, 'a.o') // the header has settled: this hit records the manifest
+  await compile(inst, 'a.o')
+  s = await inst.stats()
+  assert.equal(s.direct_hits, 1)
+})
+
+test('__TIME__ in the source disables direct mode for it', async () => {
+  const inst = await project('direct-time')
+  writeFileSync(join(inst.dir, 'd.c'), '#include "h.h"\nconst char *built = "x" __TIME__;\nint d(void) { return VALUE; }\n')
+  await settle()
+  for (let i = 0; i < 2; i++) {
+    const r = await inst.run(['gcc', '-c', 'd.c', '-o', 't.o'])
+    assert.equal(r.code, 0, r.stderr)
+  }
+  const s = await inst.stats()
+  assert.equal(s.direct_hits, 0)
+})
+
+test('MESHCC_DIRECT=0 (or [cache] direct = false) always runs the preprocessor', async () => {
+  const inst = await project('direct-off', '')
+  writeFileSync(inst.conf, readFileSync(inst.conf, 'utf8').replace('[cache]\n', '[cache]\ndirect = false\n'))
+  await compile(inst, 'a.o')
+  await compile(inst, 'a.o')
+  const s = await inst.stats()
+  assert.equal(s.cache_hits, 1)
+  assert.equal(s.direct_hits, 0)
+})
