@@ -110,3 +110,11 @@ for (const family of ['gcc', 'clang'] as const) {
     }
   })
 }
+
+test('depfile prerequisites: continuations, escaped spaces, $$, -MP rules', async () => {
+  const { depfilePrerequisites } = await import('../src/compiler/depfile.js')
+  const text = 'out/a.o: src/a.c include/my\\ dir/h.h \\\n  /usr/include/stdio.h price$$.h\n\ninclude/my\\ dir/h.h:\n'
+  assert.deepEqual(depfilePrerequisites(text), ['src/a.c', 'include/my dir/h.h', '/usr/include/stdio.h', 'price$.h'])
+  assert.deepEqual(depfilePrerequisites('a.o b.o: x.c\n'), ['x.c'])
+  assert.deepEqual(depfilePrerequisites('garbage without a rule\n'), [])
+})

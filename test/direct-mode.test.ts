@@ -2,7 +2,7 @@
 // preprocessor, and never a stale object when a header changes. Real gcc, real daemon.
 import { test, after } from 'node:test'
 import assert from 'node:assert/strict'
-import { readFileSync, utimesSync, writeFileSync } from 'node:fs'
+import { existsSync, readFileSync, readdirSync, utimesSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { createInstance, runCommand, type Instance } from './helpers/meshcc.js'
@@ -12,6 +12,17 @@ after(async () => { for (const i of instances) await i.stop() })
 
 /** Files changed (mtime or ctime) within the last second are "too new" to go into a manifest. */
 const settle = () => sleep(1100)
+
+/** Manifests are written after the reply (off the build's critical path): wait for the n-th. */
+async function manifests(inst: Instance, n: number): Promise<void> {
+  const count = () => {
+    const root = join(inst.cacheDir, 'manifests')
+    if (!existsSync(root)) return 0
+    return readdirSync(root).reduce((k, d) => k + readdirSync(join(root, d)).filter((f) => /^[0-9a-f]{64}$/.test(f)).length, 0)
+  }
+  for (let i = 0; i < 100 && count() < n; i++) await sleep(50)
+  assert.ok(count() >= n, `${n} manifest(s) written`)
+}
 
 async function project(name: string, extra = ''): Promise<Instance> {
   const inst = createInstance(extra, name)
@@ -38,6 +49,7 @@ async function compile(inst: Instance, out: string, extra: string[] = [], env: R
 test('the second identical compile is a direct hit; outputs, depfile and warnings as gcc gives them', async () => {
   const inst = await project('direct')
   await compile(inst, 'a.o')
+  await manifests(inst, 1)
   let s = await inst.stats()
   assert.equal(s.cache_misses, 1)
   assert.equal(s.direct_hits, 0)
@@ -81,10 +93,11 @@ test('a header changed moments before the compile is not trusted into a manifest
   await compile(inst, 'a.o')
   await compile(inst, 'a.o')
   let s = await inst.stats()
-  assert.equal(s.cache_hits, 1, 'the preprocessed key still hits')
-  assert.equal(s.direct_hits, 0, 'no manifest was recorded while the header was new')
+  assert.equal(s.direct_hits, 0, 'nothing was recorded while the header was new')
+  assert.equal(s.cache_hits, 0, 'a compile without the preprocessor stores nothing it cannot key safely')
   await sleep(1200)
-  await compile(inst, 'a.o') // the header has settled: this hit records the manifest
+  await compile(inst, 'a.o') // the header has settled: this compile is recorded
+  await manifests(inst, 1)
   await compile(inst, 'a.o')
   s = await inst.stats()
   assert.equal(s.direct_hits, 1)
@@ -110,4 +123,42 @@ test('MESHCC_DIRECT=0 (or [cache] direct = false) always runs the preprocessor',
   const s = await inst.stats()
   assert.equal(s.cache_hits, 1)
   assert.equal(s.direct_hits, 0)
+})
+
+test('a miss runs no preprocessor (depend mode); -MMD qualifies only with -nostdinc', async () => {
+  const inst = await project('direct-depend')
+  await compile(inst, 'a.o')
+  await manifests(inst, 1)
+  let s = await inst.stats()
+  assert.equal(s.cache_misses, 1)
+  // the compiler's own depfile listed the headers: the next lookup hits without -E
+  await compile(inst, 'a.o')
+  s = await inst.stats()
+  assert.equal(s.direct_hits, 1)
+  // -MMD drops system headers from the list, so with <stdio.h> it takes the preprocessed path;
+  // the manifest then comes from the line markers, which name every header
+  const mmd = ['gcc', '-O2', '-MMD', '-c', 'd.c', '-o', 'm.o']
+  assert.equal((await inst.run(mmd)).code, 0)
+  await manifests(inst, 2)
+  assert.equal((await inst.run(mmd)).code, 0)
+  s = await inst.stats()
+  assert.equal(s.direct_hits, 2)
+  assert.equal(readFileSync(join(inst.dir, 'm.d'), 'utf8'), 'm.o: d.c h.h\n')
+  // a stdio.h of our own through -nostdinc: no system directories, so -MMD lists everything
+  writeFileSync(join(inst.dir, 'stdio.h'), 'int puts(const char *);\n')
+  await settle()
+  const own = ['gcc', '-O2', '-nostdinc', '-I.', '-MMD', '-c', 'd.c', '-o', 'n.o']
+  assert.equal((await inst.run(own)).code, 0)
+  await manifests(inst, 3)
+  assert.equal((await inst.run(own)).code, 0)
+  assert.equal(readFileSync(join(inst.dir, 'n.d'), 'utf8'), 'n.o: d.c h.h stdio.h\n')
+  s = await inst.stats()
+  assert.equal(s.direct_hits, 3)
+  writeFileSync(join(inst.dir, 'stdio.h'), 'int puts(const char *); int other;\n')
+  await settle()
+  assert.equal((await inst.run(own)).code, 0)
+  s = await inst.stats()
+  assert.equal(s.direct_hits, 3, 'a changed header listed by -MMD is a miss')
+  const log = readFileSync(join(inst.cacheDir, 'meshcc.log'), 'utf8')
+  assert.equal(log.match(/miss \(depend mode\)/g)?.length, 3, 'the -MD, the -nostdinc and the changed-header misses ran without -E')
 })

@@ -12,17 +12,20 @@ export interface FileHash {
   hash: string
   /** the file names __DATE__, __TIME__ or __TIMESTAMP__, or embeds a file (#embed): its output is not a function of the inputs we see */
   volatile: boolean
+  /** the file declares itself a system header: -MMD leaves out what it includes */
+  systemHeader: boolean
   /** modified at or after `since`: the content may still be changing */
   newerThan(since: number): boolean
 }
 
-interface Memo { dev: bigint; ino: bigint; size: bigint; mtimeNs: bigint; ctimeNs: bigint; hash: string; volatile: boolean }
+interface Memo { dev: bigint; ino: bigint; size: bigint; mtimeNs: bigint; ctimeNs: bigint; hash: string; volatile: boolean; systemHeader: boolean }
 
 /** How recently a file may have changed and still have its hash memoised. */
 const SETTLE_MS = 2000
 const MAX_MEMO = 200_000
 
 const VOLATILE = /__(?:DATE|TIME|TIMESTAMP)__|#\s*embed\b|__has_embed/
+const SYSTEM_HEADER = /#\s*pragma\s+(?:GCC|clang)\s+system_header/
 
 export class FileHasher {
   private readonly memo = new Map<string, Memo>()
@@ -40,7 +43,7 @@ export class FileHasher {
     const newerThan = (since: number) => changedMs >= since
     const m = this.memo.get(path)
     if (m && m.dev === st.dev && m.ino === st.ino && m.size === st.size && m.mtimeNs === st.mtimeNs && m.ctimeNs === st.ctimeNs) {
-      return { hash: m.hash, volatile: m.volatile, newerThan }
+      return { hash: m.hash, volatile: m.volatile, systemHeader: m.systemHeader, newerThan }
     }
     let data: Buffer
     try {
@@ -49,13 +52,15 @@ export class FileHasher {
       return null
     }
     const hash = createHash('sha256').update(data).digest('hex')
-    const volatile = VOLATILE.test(data.toString('latin1'))
+    const text = data.toString('latin1')
+    const volatile = VOLATILE.test(text)
+    const systemHeader = SYSTEM_HEADER.test(text)
     if (Date.now() - changedMs > SETTLE_MS) {
       if (this.memo.size >= MAX_MEMO) this.memo.clear() // a crude bound; refilling costs one read per file
-      this.memo.set(path, { dev: st.dev, ino: st.ino, size: st.size, mtimeNs: st.mtimeNs, ctimeNs: st.ctimeNs, hash, volatile })
+      this.memo.set(path, { dev: st.dev, ino: st.ino, size: st.size, mtimeNs: st.mtimeNs, ctimeNs: st.ctimeNs, hash, volatile, systemHeader })
     } else {
       this.memo.delete(path)
     }
-    return { hash, volatile, newerThan }
+    return { hash, volatile, systemHeader, newerThan }
   }
 }

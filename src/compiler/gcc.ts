@@ -111,6 +111,10 @@ interface Dep {
  * Parse a gcc or clang argument list (without the compiler itself).
  * `family` decides the few places where gcc and clang differ.
  */
+/** Options that add system include directories, whose headers -MMD leaves out of a depfile. */
+const SYSTEM_DIR_OPTIONS = ['-isystem', '-idirafter', '-iwithprefix', '-iwithsysroot', '-isysroot', '--sysroot', '-cxx-isystem',
+  '-iframework', '-isystem-after', '--system-header-prefix', '-imsvc', '-Xclang', '-Xpreprocessor', '-Wp,-isystem', '-Wp,-idirafter']
+
 export function parseGccArgs(rawArgs: readonly string[], cwd: string, family: 'gcc' | 'clang'): ParseResult {
   let args: string[]
   try {
@@ -299,13 +303,7 @@ export function parseGccArgs(rawArgs: readonly string[], cwd: string, family: 'g
     outputs,
     preprocessArgs(depPath) {
       const out = [...common.filter((a) => a !== '-c'), '-E']
-      if (depPath !== null && (dep.driverMode || dep.wpMode)) {
-        if (dep.driverMode) out.push(dep.driverMode, '-MF', depPath)
-        else out.push(`-Wp,${dep.wpMode},${depPath}`)
-        for (const t of dep.targets) out.push(t.quoted ? '-MQ' : '-MT', t.value)
-        out.push(...addTargetArgs)
-        if (dep.mp) out.push('-MP')
-      }
+      if (depPath !== null && (dep.driverMode || dep.wpMode)) out.push(...userDepArgs(depPath))
       return out
     },
     keyArgs,
@@ -314,7 +312,21 @@ export function parseGccArgs(rawArgs: readonly string[], cwd: string, family: 'g
     remoteBlocker: args.find((a) => LOCAL_ONLY_PREFIX.some((p) => a.startsWith(p))) ?? null,
     compileArgs(objPath) {
       return [...common, '-o', objPath]
+    },
+    dependCompileArgs(objPath, depPath) {
+      const mmd = dep.driverMode === '-MMD' || dep.wpMode === '-MMD'
+      if (mmd && (!common.includes('-nostdinc') || common.some((a) => SYSTEM_DIR_OPTIONS.some((o) => a.startsWith(o))))) return null
+      const deps = dep.driverMode || dep.wpMode ? userDepArgs(depPath) : ['-MD', '-MF', depPath]
+      return [...common, ...deps, '-o', objPath]
     }
+  }
+  /** the user's dependency options, writing to `path` and naming the user's target */
+  function userDepArgs(path: string): string[] {
+    const out = dep.driverMode ? [dep.driverMode, '-MF', path] : [`-Wp,${dep.wpMode},${path}`]
+    for (const t of dep.targets) out.push(t.quoted ? '-MQ' : '-MT', t.value)
+    out.push(...addTargetArgs)
+    if (dep.mp) out.push('-MP')
+    return out
   }
   return { cacheable: true, spec }
 }

@@ -33,6 +33,13 @@ export interface CompileSpec {
   remoteBlocker: string | null
   /** arguments for the real compile writing the object to `objPath`; no dependency options */
   compileArgs(objPath: string): string[]
+  /**
+   * Depend mode: arguments for the real compile that also make the compiler list every file
+   * it read in a dependency file at `depPath` (the user's own depfile, byte for byte, when the
+   * compile asks for one). Null when that list could miss files: -MMD leaves out system
+   * headers, so it only qualifies with -nostdinc and no system include directories.
+   */
+  dependCompileArgs(objPath: string, depPath: string): string[] | null
 }
 
 export type ParseResult =

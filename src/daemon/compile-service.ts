@@ -13,6 +13,7 @@ import type { CacheEntry, LocalStore } from '../cache/local-store.js'
 import { FileHasher } from '../cache/file-hashes.js'
 import type { FileSet, ManifestStore } from '../cache/manifest.js'
 import { inputsFromPreprocessed } from '../compiler/inputs.js'
+import { depfilePrerequisites } from '../compiler/depfile.js'
 import type { Logger } from '../log.js'
 import { Semaphore } from '../util/semaphore.js'
 import { siblingTemp, writeFileAtomic } from '../util/atomic-write.js'
@@ -35,6 +36,9 @@ export const KEY_ENV = ['LANG', 'LC_ALL', 'LC_CTYPE', 'LC_MESSAGES', 'LANGUAGE',
 /** Where the preprocessor looks for headers: the preprocessed text shows the outcome, a direct key needs the cause. */
 const INCLUDE_ENV = ['CPATH', 'C_INCLUDE_PATH', 'CPLUS_INCLUDE_PATH', 'OBJC_INCLUDE_PATH', 'OBJCPLUS_INCLUDE_PATH']
 const DIRECT_KEY_VERSION = 'meshcc-direct-1'
+const DEPEND_KEY_VERSION = 'meshcc-depend-1'
+/** They add system include directories, whose headers -MMD does not list. */
+const SYSTEM_INCLUDE_ENV = ['C_INCLUDE_PATH', 'CPLUS_INCLUDE_PATH', 'OBJC_INCLUDE_PATH', 'OBJCPLUS_INCLUDE_PATH']
 /** Files changed this recently before a request are not trusted into a manifest (timestamps are coarse). */
 const TOO_NEW_MS = 1000
 /** These make the compiler write files we cannot see. */
@@ -86,6 +90,7 @@ export interface CompileServiceOptions {
 }
 
 interface KeyResult { key: string; ppHash: string; pp: Buffer }
+interface LocalResult { exitCode: number; stdout: Buffer; stderr: Buffer; obj: Buffer | null }
 
 export class CompileService {
   private readonly identity = new CompilerIdentity()
@@ -138,6 +143,11 @@ export class CompileService {
           log.debug(`direct hit ${direct.slice(0, 16)} ${spec.input}`)
           return hit
         }
+      }
+      // a miss compiled here needs no preprocessor run at all; one that may go to a peer does (its inputs)
+      if (direct && !(this.remote && spec.remoteBlocker === null)) {
+        const r = await this.compileDepend(req, spec, direct, depTemp, requestStart)
+        if (r) return r
       }
       const k = await this.computeKey(req, spec, compilerHash, depTemp)
       if (k === null) return this.notCacheable('preprocessor failed')
@@ -229,7 +239,7 @@ export class CompileService {
 
     // Here when a local slot is free; else a peer with room; with neither, wait for whichever
     // comes first (a queued job never commits to one side while the other frees up).
-    let result: { exitCode: number; stdout: Buffer; stderr: Buffer; obj: Buffer | null } | null = null
+    let result: LocalResult | null = null
     const remote = this.remote
     if (remote && spec.remoteBlocker === null && remote.wants(this.cpu.running < this.opts.slots)) {
       const prepared = await remote.prepare({ req, spec, ...compiler, pp: k.pp, ppHash: k.ppHash })
@@ -256,24 +266,39 @@ export class CompileService {
     }
     if (result === null) {
       const objTemp = siblingTemp(objDest)
-      const r = await this.cpu.run(() => execa(req.compiler, spec.compileArgs(objTemp), {
-        cwd: req.cwd, env: req.env, extendEnv: false, stdin: 'ignore', reject: false,
-        encoding: 'buffer', stripFinalNewline: false, maxBuffer: 64 * 1024 * 1024
-      }))
-      stats.inc('local_compiles')
-      const stdout = Buffer.from(r.stdout as Uint8Array)
-      const stderr = Buffer.from(r.stderr as Uint8Array)
-      let obj: Buffer | null = null
-      if (r.exitCode === 0 && !r.signal) obj = await readFile(objTemp).catch(() => null)
-      await rm(objTemp, { force: true })
-      // a diagnostic naming our temp file would differ from the plain compiler's: let the launcher rerun it
-      if (stderr.includes(objTemp) || stdout.includes(objTemp)) {
-        return r.exitCode === 0 ? this.notCacheable('compiler output names the output file') : { kind: 'passthrough', reason: 'compile failed' }
-      }
-      if (r.exitCode === undefined || r.signal) return { kind: 'passthrough', reason: 'compiler killed' }
-      result = { exitCode: r.exitCode, stdout, stderr, obj }
+      const r = await this.localCompile(req, spec.compileArgs(objTemp), objTemp, [])
+      if ('kind' in r) return r
+      result = r
     }
 
+    const dep = depTemp ? await readFile(depTemp) : null
+    return this.storeResult(req, spec, k.key, result, dep, afterStore)
+  }
+
+  /** Run the compiler here; `temps` are our temp paths that must not show in its output. */
+  private async localCompile(req: CompileRequest, args: string[], objTemp: string, temps: string[]): Promise<LocalResult | CompileReply> {
+    const r = await this.cpu.run(() => execa(req.compiler, args, {
+      cwd: req.cwd, env: req.env, extendEnv: false, stdin: 'ignore', reject: false,
+      encoding: 'buffer', stripFinalNewline: false, maxBuffer: 64 * 1024 * 1024
+    }))
+    this.opts.stats.inc('local_compiles')
+    const stdout = Buffer.from(r.stdout as Uint8Array)
+    const stderr = Buffer.from(r.stderr as Uint8Array)
+    let obj: Buffer | null = null
+    if (r.exitCode === 0 && !r.signal) obj = await readFile(objTemp).catch(() => null)
+    await rm(objTemp, { force: true })
+    // a diagnostic naming our temp file would differ from the plain compiler's: let the launcher rerun it
+    if ([objTemp, ...temps].some((t) => stderr.includes(t) || stdout.includes(t))) {
+      return r.exitCode === 0 ? this.notCacheable('compiler output names the output file') : { kind: 'passthrough', reason: 'compile failed' }
+    }
+    if (r.exitCode === undefined || r.signal) return { kind: 'passthrough', reason: 'compiler killed' }
+    return { exitCode: r.exitCode, stdout, stderr, obj }
+  }
+
+  /** Hand a finished compile to the user and, when it succeeded, to the cache under `key`. */
+  private async storeResult(req: CompileRequest, spec: CompileSpec, key: string | null, result: LocalResult, dep: Buffer | null,
+    afterStore: (() => Promise<void>) | null): Promise<CompileReply> {
+    const { stats, log } = this.opts
     if (result.exitCode !== 0) {
       stats.inc('compile_failures')
       return { kind: 'result', exitCode: result.exitCode, stdout: result.stdout, stderr: result.stderr }
@@ -283,18 +308,59 @@ export class CompileService {
       return this.notCacheable('expected output missing')
     }
     const outputs: CacheEntry['outputs'] = [{ name: 'obj', data: result.obj }]
-    if (depTemp) outputs.push({ name: 'dep', data: await readFile(depTemp) })
+    if (dep) outputs.push({ name: 'dep', data: dep })
     const entry: CacheEntry = { exitCode: 0, stdout: result.stdout, stderr: result.stderr, outputs, meta: { input: spec.input, compiler: req.compiler } }
     if (!(await this.writeOutputs(req.cwd, spec, entry))) return this.notCacheable('output not writable')
-
-    this.track(this.opts.store.put(k.key, entry).then(
-      async () => {
-        stats.inc('cache_writes')
-        if (afterStore) await afterStore()
-      },
-      (err: Error) => { stats.inc('cache_errors'); log.warn(`could not store cache entry ${k.key}: ${err.message}`) }
-    ))
+    if (key !== null) {
+      this.track(this.opts.store.put(key, entry).then(
+        async () => {
+          stats.inc('cache_writes')
+          if (afterStore) await afterStore()
+        },
+        (err: Error) => { stats.inc('cache_errors'); log.warn(`could not store cache entry ${key}: ${err.message}`) }
+      ))
+    }
     return { kind: 'result', exitCode: 0, stdout: result.stdout, stderr: result.stderr }
+  }
+
+  /**
+   * Depend mode, for a miss this machine compiles anyway: no preprocessor run. The compiler
+   * writes a dependency file listing every file it read; their hashes and the direct key make
+   * the result key, recorded in the manifest for the next lookup. Null when the compile does
+   * not qualify (its depfile could miss files): the caller takes the preprocessed path.
+   */
+  private async compileDepend(req: CompileRequest, spec: CompileSpec, direct: string, userDep: string | null, requestStart: number): Promise<CompileReply | null> {
+    if (SYSTEM_INCLUDE_ENV.some((v) => req.env[v] !== undefined)) return null
+    const objTemp = siblingTemp(resolve(req.cwd, spec.outputs[0].path))
+    const depPath = userDep ?? `${objTemp}.d`
+    const args = spec.dependCompileArgs(objTemp, depPath)
+    if (args === null) return null
+    this.opts.stats.inc('cache_misses')
+    this.opts.log.debug(`miss (depend mode) ${direct.slice(0, 16)} ${spec.input}`)
+    try {
+      const r = await this.localCompile(req, args, objTemp, [depPath])
+      if ('kind' in r) return r
+      const depText = r.exitCode === 0 ? await readFile(depPath).catch(() => null) : null
+      let key: string | null = null
+      let record: (() => Promise<void>) | null = null
+      if (depText !== null) {
+        const mmd = spec.keyArgs.includes('dep=-MMD') || spec.keyArgs.includes('dep=wp-MMD')
+        const paths = [...new Set([spec.input, ...depfilePrerequisites(depText.toString('utf8'))].map((p) => resolve(req.cwd, p)))].sort()
+        const hashes = await Promise.all(paths.map((p) => this.hasher.hash(p)))
+        const trusted = hashes.every((f) => f !== null && !f.volatile && !(mmd && f.systemHeader) && !f.newerThan(requestStart - TOO_NEW_MS))
+        if (trusted) {
+          const files = paths.map((p, i): [string, string] => [p, hashes[i]!.hash])
+          const h = createHash('sha256').update(`${DEPEND_KEY_VERSION}\0${direct}\0`)
+          for (const [p, fh] of files) h.update(`${p}\0${fh}\0`)
+          key = h.digest('hex')
+          const set: FileSet = { files, result: key }
+          record = () => this.opts.direct!.add(direct, set).catch((err: Error) => this.opts.log.warn(`could not write manifest ${direct}: ${err.message}`))
+        }
+      }
+      return await this.storeResult(req, spec, key, r, userDep ? depText : null, record)
+    } finally {
+      if (!userDep) await rm(depPath, { force: true })
+    }
   }
 
   /** Place an entry's outputs where the compiler would have written them, each atomically. */
