@@ -384,6 +384,12 @@ int main(int argc, char **argv) {
     }
     case PASSTHROUGH:
     case FALLBACK: {
+      /* a warning for the user (a bad config file, say), as the Node launcher prints it */
+      if (nfields >= 2 && flen[1] > 0) {
+        write_all(2, "meshcc: ", 8, 0);
+        write_all(2, field[1], flen[1], 0);
+        write_all(2, "\n", 1, 0);
+      }
       /* the daemon counted it already: become the compiler, with the build's own stdio */
       char **av = calloc((size_t)(argc - first_arg) + 2, sizeof(char *));
       if (!av) return 127;

@@ -36,7 +36,7 @@ import { CORES, deleteAllNamespacesNow, killAllDaemonsNow, loadString, machineBu
 import {
   ALL_TOOLS, MESHCC_MAIN, distccTool, gccTool, icecreamTool, meshccTool, type DistTool, type JobCounts, type ToolName
 } from './lib/dist-bench-tools.js'
-import { compiledObjects, hashObjects } from './lib/dist-bench-kernel.js'
+import { compiledObjects, hashObjects } from './lib/kernel.js'
 import { CONFIG_NAME, KBUILD_FIXED_ENV, ensureConfig, ensurePackages, ensureTree } from './lib/kernel.js'
 import { BenchError, fail, killRunningChildren, machineBusySeconds, run, runOk } from './lib/proc.js'
 import { fmtRatio, fmtSec, markdownTable, textTable } from './lib/stats.js'
@@ -400,7 +400,7 @@ async function timedBuild(
   const clientDaemonCpuS = Math.max(0, client1 - client0)
   const builderCpuS = Math.max(0, builders1 - builders0)
   const machineCpuS = machine0 !== undefined && machine1 !== undefined ? machine1 - machine0 : undefined
-  const objs = compiledObjects(out)
+  const objs = compiledObjects(out, { assembler: true })
   return {
     wallMs: r.wallMs,
     makeCpuS,

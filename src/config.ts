@@ -237,9 +237,14 @@ function envInt(env: NodeJS.ProcessEnv, name: string): number | undefined {
  * Load the configuration. `env` defaults to process.env; tests pass their own.
  * Throws ConfigError with a one-line message on any problem.
  */
+/** The config file loadConfig(env) reads. */
+export function configFilePath(env: NodeJS.ProcessEnv = process.env): string {
+  return env.MESHCC_CONF && env.MESHCC_CONF !== '' ? resolve(expandHome(env.MESHCC_CONF)) : join(defaultConfigDir(env), 'config.toml')
+}
+
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   const explicit = env.MESHCC_CONF && env.MESHCC_CONF !== '' ? resolve(expandHome(env.MESHCC_CONF)) : null
-  const file = explicit ?? join(defaultConfigDir(env), 'config.toml')
+  const file = configFilePath(env)
   const doc = readToml(file)
   const exists = Object.keys(doc).length > 0 || explicit !== null
   const configDir = explicit ? dirname(explicit) : defaultConfigDir(env)

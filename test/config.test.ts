@@ -2,7 +2,7 @@
 // one clear line naming the file, the key and what is wrong.
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { ConfigError, loadConfig, parseSize } from '../src/config.js'
@@ -89,3 +89,20 @@ test('a bad config never fails a build: the launcher warns and compiles plainly'
   assert.equal(r.code, 0)
   assert.match(r.stderr, /^meshcc: .*\[cache\] size.*; compiling without meshcc\n$/)
 }))
+
+test('a config broken while the daemon runs: the launcher still warns in one line and compiles plainly', async () => {
+  const { createInstance } = await import('./helpers/meshcc.js')
+  const inst = createInstance('', 'conf-live')
+  try {
+    writeFileSync(join(inst.dir, 'a.c'), 'int a(void) { return 1; }\n')
+    assert.equal((await inst.run(['gcc', '-c', 'a.c', '-o', 'a.o'])).code, 0) // the daemon is up
+    writeFileSync(inst.conf, readFileSync(inst.conf, 'utf8').replace('[cache]\n', '[cache]\nsize = "lots"\n'))
+    const r = await inst.run(['gcc', '-c', 'a.c', '-o', 'b.o'])
+    assert.equal(r.code, 0)
+    assert.match(r.stderr, /^meshcc: .*\[cache\] size.*; compiling without meshcc\n$/)
+    assert.ok(existsSync(join(inst.dir, 'b.o')))
+  } finally {
+    writeFileSync(inst.conf, readFileSync(inst.conf, 'utf8').replace('size = "lots"\n', ''))
+    await inst.stop()
+  }
+})

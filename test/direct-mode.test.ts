@@ -89,13 +89,18 @@ test('a changed header is never answered from the old manifest, and both version
 
 test('a header changed moments before the compile is not trusted into a manifest', async () => {
   const inst = await project('direct-new')
-  writeFileSync(join(inst.dir, 'h.h'), '#define VALUE 7\n') // mtime: now
+  writeFileSync(join(inst.dir, 'h.h'), '#define VALUE 7\n')
+  // a timestamp ahead of the clock stays "just changed" however slowly this machine runs
+  const future = new Date(Date.now() + 3_600_000)
+  utimesSync(join(inst.dir, 'h.h'), future, future)
   await compile(inst, 'a.o')
   await compile(inst, 'a.o')
   let s = await inst.stats()
   assert.equal(s.direct_hits, 0, 'nothing was recorded while the header was new')
   assert.equal(s.cache_hits, 0, 'a compile without the preprocessor stores nothing it cannot key safely')
-  await sleep(1200)
+  const past = new Date(Date.now() - 60_000)
+  utimesSync(join(inst.dir, 'h.h'), past, past)
+  await sleep(1200) // and its ctime settles
   await compile(inst, 'a.o') // the header has settled: this compile is recorded
   await manifests(inst, 1)
   await compile(inst, 'a.o')

@@ -87,11 +87,12 @@ export async function ensureConfig(linux: string, env: NodeJS.ProcessEnv, say: (
   writeFileSync(marker, CONFIG_NAME + '\n')
 }
 
-/** Objects compiled through $(CC) by one make run: Kbuild's quiet `  CC      dir/file.o` lines. */
-export function compiledObjects(makeOutput: string): string[] {
+/** Objects compiled through $(CC) by one make run: Kbuild's quiet `  CC  dir/file.o` lines (and `  AS  x.o` with `assembler`). */
+export function compiledObjects(makeOutput: string, opts: { assembler?: boolean } = {}): string[] {
   const out: string[] = []
+  const re = opts.assembler ? /^\s+(?:CC|AS)(?:\s+\[M\])?\s+(\S+\.o)\s*$/ : /^\s+CC(?:\s+\[M\])?\s+(\S+\.o)\s*$/
   for (const line of makeOutput.split('\n')) {
-    const m = /^\s+CC(?:\s+\[M\])?\s+(\S+\.o)\s*$/.exec(line)
+    const m = re.exec(line)
     if (m) out.push(m[1]!)
   }
   return out

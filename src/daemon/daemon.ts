@@ -13,6 +13,7 @@ import {
   FrameReader, MsgType, ProtocolError, decodeCompileRequest, encodeFrame, type Frame
 } from './launcher-protocol.js'
 import { ManifestStore } from '../cache/manifest.js'
+import { LauncherConfigCheck } from './launcher-config-check.js'
 import { Stats } from './stats.js'
 import { MeshService } from './mesh-service.js'
 
@@ -102,6 +103,8 @@ export async function startDaemon(config: Config, foreground: boolean): Promise<
   }, Math.min(5000, Math.max(250, config.daemon.idleTimeout * 250)))
   flushTimer.unref()
 
+  const configCheck = new LauncherConfigCheck()
+
   function reply(sock: Socket, type: number, fields: Array<Buffer | string>): void {
     if (!sock.destroyed) sock.end(encodeFrame(type, fields))
   }
@@ -138,7 +141,15 @@ export async function startDaemon(config: Config, foreground: boolean): Promise<
 
   async function handleFrame(sock: Socket, frame: Frame): Promise<void> {
     if (frame.type === MsgType.COMPILE) {
-      const r = await compiles.handle(decodeCompileRequest(frame))
+      const req = decodeCompileRequest(frame)
+      const badConfig = configCheck.check(req.env)
+      if (badConfig !== null) {
+        stats.inc('compile_requests')
+        stats.nonCacheable('bad config')
+        reply(sock, MsgType.PASSTHROUGH, ['bad config', `${badConfig}; compiling without meshcc`])
+        return
+      }
+      const r = await compiles.handle(req)
       const [type, fields] = compileReplyFrame(r)
       reply(sock, type, fields)
     } else if (frame.type === MsgType.ADMIN) {

@@ -10,7 +10,8 @@
 //   ADMIN    [command, argument]        command: ping | stats | zero | shutdown | status
 // Replies:
 //   RESULT       [exit code, stdout, stderr]   the daemon wrote the outputs; replay and exit
-//   PASSTHROUGH  [reason]                      not cacheable: run the compiler yourself
+//   PASSTHROUGH  [reason, warning?]            not cacheable: run the compiler yourself
+//                                              (a warning is printed first as "meshcc: <warning>")
 //   FALLBACK     [reason]                      the daemon failed: run the compiler yourself
 //   ADMIN_REPLY  [text]
 //   ERROR        [message]

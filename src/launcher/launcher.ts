@@ -125,6 +125,7 @@ export async function runLauncher(compilerName: string, args: string[], selfScri
     // eslint-disable-next-line no-fallthrough
     case MsgType.PASSTHROUGH:
     case MsgType.FALLBACK:
+      if (frame.fields[1]?.length) process.stderr.write(`meshcc: ${frame.fields[1].toString('utf8')}\n`)
       runDirect(compiler, args) // the daemon has counted it already
     // eslint-disable-next-line no-fallthrough
     default:
