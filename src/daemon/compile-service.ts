@@ -145,7 +145,9 @@ export class CompileService {
         }
       }
       // a miss compiled here needs no preprocessor run at all; one that may go to a peer does (its inputs)
-      if (direct && !(this.remote && spec.remoteBlocker === null)) {
+      // a source saved a moment ago (the edit-compile loop) goes the preprocessed way, which can store it
+      const freshSource = direct !== null && (await this.hasher.hash(resolve(req.cwd, spec.input)))?.newerThan(requestStart - TOO_NEW_MS) !== false
+      if (direct && !freshSource && !(this.remote && spec.remoteBlocker === null)) {
         const r = await this.compileDepend(req, spec, direct, depTemp, requestStart)
         if (r) return r
       }
