@@ -28,7 +28,7 @@ test('three daemons in separate network namespaces find each other by mDNS alone
     assert.equal((await first.run(['mesh', 'init'])).code, 0)
 
     // each daemon runs in the foreground inside its namespace; the unix socket is reachable from here
-    nodes.forEach((n, i) => lab.spawn(lab.hosts[i], process.execPath, [MESHCC, 'daemon'], { env: n.env, stdio: 'ignore' }))
+    nodes.forEach((n, i) => lab.spawn(lab.hosts[i], MESHCC, ['daemon'], { env: n.env, stdio: 'ignore' }))
     const status = async (n: Instance): Promise<DaemonStatus | undefined> => {
       const s = await n.run(['status', '--json'])
       return s.code === 0 ? (JSON.parse(s.stdout) as DaemonStatus) : undefined
