@@ -10,7 +10,7 @@ import { readFile, stat } from 'node:fs/promises'
 
 export interface FileHash {
   hash: string
-  /** the file names __DATE__, __TIME__ or __TIMESTAMP__, or embeds a file (#embed): its output is not a function of the inputs we see */
+  /** the file names __DATE__, __TIME__ or __TIMESTAMP__, or reads a file no depfile or line marker lists (#embed, .incbin): its output is not a function of the inputs we see */
   volatile: boolean
   /** the file declares itself a system header: -MMD leaves out what it includes */
   systemHeader: boolean
@@ -24,7 +24,7 @@ interface Memo { dev: bigint; ino: bigint; size: bigint; mtimeNs: bigint; ctimeN
 const SETTLE_MS = 2000
 const MAX_MEMO = 200_000
 
-const VOLATILE = /__(?:DATE|TIME|TIMESTAMP)__|#\s*embed\b|__has_embed/
+const VOLATILE = /__(?:DATE|TIME|TIMESTAMP)__|#\s*embed\b|__has_embed|\.incbin\b/
 const SYSTEM_HEADER = /#\s*pragma\s+(?:GCC|clang)\s+system_header/
 
 export class FileHasher {
