@@ -317,7 +317,7 @@ export function parseGccArgs(rawArgs: readonly string[], cwd: string, family: 'g
       const mmd = dep.driverMode === '-MMD' || dep.wpMode === '-MMD'
       if (mmd && (!common.includes('-nostdinc') || common.some((a) => SYSTEM_DIR_OPTIONS.some((o) => a.startsWith(o))))) return null
       const deps = dep.driverMode || dep.wpMode ? userDepArgs(depPath) : ['-MD', '-MF', depPath]
-      return [...common, ...deps, '-o', objPath]
+      return { args: [...common, ...deps, '-o', objPath], userHeadersOnly: mmd }
     }
   }
   /** the user's dependency options, writing to `path` and naming the user's target */

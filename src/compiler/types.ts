@@ -36,10 +36,10 @@ export interface CompileSpec {
   /**
    * Depend mode: arguments for the real compile that also make the compiler list every file
    * it read in a dependency file at `depPath` (the user's own depfile, byte for byte, when the
-   * compile asks for one). Null when that list could miss files: -MMD leaves out system
+   * compile asks for one); `userHeadersOnly` for -MMD. Null when that list could miss files: -MMD leaves out system
    * headers, so it only qualifies with -nostdinc and no system include directories.
    */
-  dependCompileArgs(objPath: string, depPath: string): string[] | null
+  dependCompileArgs(objPath: string, depPath: string): { args: string[]; userHeadersOnly: boolean } | null
 }
 
 export type ParseResult =

@@ -34,11 +34,11 @@ export const KEY_ENV = ['LANG', 'LC_ALL', 'LC_CTYPE', 'LC_MESSAGES', 'LANGUAGE',
   'GCC_COMPARE_DEBUG', 'CCC_OVERRIDE_OPTIONS', 'SOURCE_DATE_EPOCH', 'SDKROOT', 'MACOSX_DEPLOYMENT_TARGET',
   'MESHCC_CACHE_BUSTER']
 /** Where the preprocessor looks for headers: the preprocessed text shows the outcome, a direct key needs the cause. */
-const INCLUDE_ENV = ['CPATH', 'C_INCLUDE_PATH', 'CPLUS_INCLUDE_PATH', 'OBJC_INCLUDE_PATH', 'OBJCPLUS_INCLUDE_PATH']
+/** Those after CPATH add system include directories, whose headers -MMD does not list. */
+const SYSTEM_INCLUDE_ENV = ['C_INCLUDE_PATH', 'CPLUS_INCLUDE_PATH', 'OBJC_INCLUDE_PATH', 'OBJCPLUS_INCLUDE_PATH']
+const INCLUDE_ENV = ['CPATH', ...SYSTEM_INCLUDE_ENV]
 const DIRECT_KEY_VERSION = 'meshcc-direct-1'
 const DEPEND_KEY_VERSION = 'meshcc-depend-1'
-/** They add system include directories, whose headers -MMD does not list. */
-const SYSTEM_INCLUDE_ENV = ['C_INCLUDE_PATH', 'CPLUS_INCLUDE_PATH', 'OBJC_INCLUDE_PATH', 'OBJCPLUS_INCLUDE_PATH']
 /** Files changed this recently before a request are not trusted into a manifest (timestamps are coarse). */
 const TOO_NEW_MS = 1000
 /** These make the compiler write files we cannot see. */
@@ -90,6 +90,8 @@ export interface CompileServiceOptions {
 }
 
 interface KeyResult { key: string; ppHash: string; pp: Buffer }
+/** A manifest entry to write once the result it points at is stored. */
+interface ManifestUpdate { direct: string; write: () => Promise<void> }
 interface LocalResult { exitCode: number; stdout: Buffer; stderr: Buffer; obj: Buffer | null }
 
 export class CompileService {
@@ -100,6 +102,8 @@ export class CompileService {
   /** local preprocessing: bounded separately, so distributing misses cannot thrash this machine */
   private readonly pre = new Semaphore(availableParallelism())
   private readonly pendingWrites = new Set<Promise<void>>()
+  /** manifest updates in flight, by direct key */
+  private readonly manifestWrites = new Map<string, Promise<void>>()
   remote: RemoteRunner | null = null
 
   constructor(private readonly opts: CompileServiceOptions) {
@@ -133,7 +137,8 @@ export class CompileService {
     try {
       const started = performance.now()
       const requestStart = Date.now()
-      const direct = this.opts.direct ? await this.directKey(req, spec, compilerHash) : null
+      const dk = this.opts.direct ? await this.directKey(req, spec, compilerHash, requestStart) : null
+      const direct = dk?.key ?? null
       if (direct) {
         const hit = await this.directLookup(req.cwd, spec, direct)
         if (hit) {
@@ -144,10 +149,10 @@ export class CompileService {
           return hit
         }
       }
-      // a miss compiled here needs no preprocessor run at all; one that may go to a peer does (its inputs)
-      // a source saved a moment ago (the edit-compile loop) goes the preprocessed way, which can store it
-      const freshSource = direct !== null && (await this.hasher.hash(resolve(req.cwd, spec.input)))?.newerThan(requestStart - TOO_NEW_MS) !== false
-      if (direct && !freshSource && !(this.remote && spec.remoteBlocker === null)) {
+      // A miss compiled here needs no preprocessor run at all; one that may go to a peer does (its
+      // inputs). A source saved a moment ago (the edit-compile loop) goes the preprocessed way,
+      // which can store its result where depend mode could not key it safely.
+      if (direct && !dk!.sourceFresh && !(this.remote && spec.remoteBlocker === null)) {
         const r = await this.compileDepend(req, spec, direct, depTemp, requestStart)
         if (r) return r
       }
@@ -155,20 +160,16 @@ export class CompileService {
       if (k === null) return this.notCacheable('preprocessor failed')
       if (k === 'incbin') return this.notCacheable('.incbin directive (reads a file the key cannot see)')
       // once the result is in the cache, the next identical command can find it without -E
-      const record = direct ? () => this.recordManifest(direct, req.cwd, spec.input, k, requestStart) : null
-      const got = await this.opts.store.get(k.key)
-      if (got.status === 'corrupt') {
-        stats.inc('cache_errors')
-        log.warn(`cache entry ${k.key} was corrupt and has been removed: ${got.reason}`)
-      }
-      if (got.status === 'hit') {
-        const ok = await this.writeOutputs(req.cwd, spec, got.entry)
+      const record: ManifestUpdate | null = direct ? { direct, write: () => this.recordManifest(direct, req.cwd, spec.input, k, requestStart) } : null
+      const got = await this.storeGet(k.key)
+      if (got) {
+        const ok = await this.writeOutputs(req.cwd, spec, got)
         if (ok) {
           stats.inc('cache_hits')
           stats.hitTime(performance.now() - started)
           log.debug(`hit ${k.key.slice(0, 16)} ${spec.input}`)
-          if (record) this.track(record())
-          return { kind: 'result', exitCode: 0, stdout: got.entry.stdout, stderr: got.entry.stderr }
+          if (record) this.track(record.write(), record.direct)
+          return { kind: 'result', exitCode: 0, stdout: got.stdout, stderr: got.stderr }
         }
         // outputs could not be written (e.g. missing directory): the compiler reports that best
         return this.notCacheable('output not writable')
@@ -235,7 +236,7 @@ export class CompileService {
   }
 
   private async compileAndStore(req: CompileRequest, spec: CompileSpec, k: KeyResult, depTemp: string | null,
-    compiler: { compilerReal: string; compilerHash: string }, afterStore: (() => Promise<void>) | null): Promise<CompileReply> {
+    compiler: { compilerReal: string; compilerHash: string }, afterStore: ManifestUpdate | null): Promise<CompileReply> {
     const { stats, log } = this.opts
     const objDest = resolve(req.cwd, spec.outputs[0].path)
 
@@ -299,7 +300,7 @@ export class CompileService {
 
   /** Hand a finished compile to the user and, when it succeeded, to the cache under `key`. */
   private async storeResult(req: CompileRequest, spec: CompileSpec, key: string | null, result: LocalResult, dep: Buffer | null,
-    afterStore: (() => Promise<void>) | null): Promise<CompileReply> {
+    afterStore: ManifestUpdate | null): Promise<CompileReply> {
     const { stats, log } = this.opts
     if (result.exitCode !== 0) {
       stats.inc('compile_failures')
@@ -317,10 +318,10 @@ export class CompileService {
       this.track(this.opts.store.put(key, entry).then(
         async () => {
           stats.inc('cache_writes')
-          if (afterStore) await afterStore()
+          if (afterStore) await afterStore.write()
         },
         (err: Error) => { stats.inc('cache_errors'); log.warn(`could not store cache entry ${key}: ${err.message}`) }
-      ))
+      ), afterStore?.direct)
     }
     return { kind: 'result', exitCode: 0, stdout: result.stdout, stderr: result.stderr }
   }
@@ -335,28 +336,25 @@ export class CompileService {
     if (SYSTEM_INCLUDE_ENV.some((v) => req.env[v] !== undefined)) return null
     const objTemp = siblingTemp(resolve(req.cwd, spec.outputs[0].path))
     const depPath = userDep ?? `${objTemp}.d`
-    const args = spec.dependCompileArgs(objTemp, depPath)
-    if (args === null) return null
+    const plan = spec.dependCompileArgs(objTemp, depPath)
+    if (plan === null) return null
     this.opts.stats.inc('cache_misses')
     this.opts.log.debug(`miss (depend mode) ${direct.slice(0, 16)} ${spec.input}`)
     try {
-      const r = await this.localCompile(req, args, objTemp, [depPath])
+      const r = await this.localCompile(req, plan.args, objTemp, [depPath])
       if ('kind' in r) return r
       const depText = r.exitCode === 0 ? await readFile(depPath).catch(() => null) : null
       let key: string | null = null
-      let record: (() => Promise<void>) | null = null
+      let record: ManifestUpdate | null = null
       if (depText !== null) {
-        const mmd = spec.keyArgs.includes('dep=-MMD') || spec.keyArgs.includes('dep=wp-MMD')
         const paths = [...new Set([spec.input, ...depfilePrerequisites(depText.toString('utf8'))].map((p) => resolve(req.cwd, p)))].sort()
-        const hashes = await Promise.all(paths.map((p) => this.hasher.hash(p)))
-        const trusted = hashes.every((f) => f !== null && !f.volatile && !(mmd && f.systemHeader) && !f.newerThan(requestStart - TOO_NEW_MS))
-        if (trusted) {
-          const files = paths.map((p, i): [string, string] => [p, hashes[i]!.hash])
+        const files = await this.trustedFiles(paths, requestStart, plan.userHeadersOnly)
+        if (files) {
           const h = createHash('sha256').update(`${DEPEND_KEY_VERSION}\0${direct}\0`)
           for (const [p, fh] of files) h.update(`${p}\0${fh}\0`)
-          key = h.digest('hex')
-          const set: FileSet = { files, result: key }
-          record = () => this.opts.direct!.add(direct, set).catch((err: Error) => this.opts.log.warn(`could not write manifest ${direct}: ${err.message}`))
+          const result = h.digest('hex')
+          key = result
+          record = { direct, write: () => this.addToManifest(direct, { files, result }) }
         }
       }
       return await this.storeResult(req, spec, key, r, userDep ? depText : null, record)
@@ -377,10 +375,17 @@ export class CompileService {
     }
   }
 
-  /** Keep a background write (entry, manifest) in the set that drain() waits for. */
-  private track(write: Promise<void>): void {
+  /**
+   * Keep a background write (entry, manifest) in the set that drain() waits for; with a direct
+   * key, a lookup of that key waits for it too (the same command right after its miss hits).
+   */
+  private track(write: Promise<void>, direct?: string): void {
     this.pendingWrites.add(write)
-    void write.finally(() => this.pendingWrites.delete(write))
+    if (direct) this.manifestWrites.set(direct, write)
+    void write.finally(() => {
+      this.pendingWrites.delete(write)
+      if (direct && this.manifestWrites.get(direct) === write) this.manifestWrites.delete(direct)
+    })
   }
 
   /**
@@ -388,7 +393,7 @@ export class CompileService {
    * plus what decides which files get included (working directory, include-path variables)
    * and the source's content. Null when the source cannot be used (unreadable, __TIME__ …).
    */
-  private async directKey(req: CompileRequest, spec: CompileSpec, compilerHash: string): Promise<string | null> {
+  private async directKey(req: CompileRequest, spec: CompileSpec, compilerHash: string, requestStart: number): Promise<{ key: string; sourceFresh: boolean } | null> {
     const src = await this.hasher.hash(resolve(req.cwd, spec.input))
     if (src === null || src.volatile) return null
     const h = createHash('sha256')
@@ -404,34 +409,52 @@ export class CompileService {
     if (spec.depTarget !== null) field(`deptarget=${spec.depTarget}`)
     for (const name of [...KEY_ENV, ...INCLUDE_ENV]) if (req.env[name] !== undefined) field(`${name}=${req.env[name]}`)
     field(`source=${src.hash}`)
-    return h.digest('hex')
+    return { key: h.digest('hex'), sourceFresh: src.newerThan(requestStart - TOO_NEW_MS) }
   }
 
   /** A hit found through the manifest: every recorded file still has its recorded hash. */
   private async directLookup(cwd: string, spec: CompileSpec, direct: string): Promise<CompileReply | null> {
-    const { store, stats, log } = this.opts
+    await this.manifestWrites.get(direct)
     for (const set of await this.opts.direct!.get(direct)) {
       const now = await Promise.all(set.files.map(([p]) => this.hasher.hash(p)))
       if (!now.every((f, i) => f !== null && f.hash === set.files[i][1])) continue
-      const got = await store.get(set.result)
-      if (got.status === 'corrupt') {
-        stats.inc('cache_errors')
-        log.warn(`cache entry ${set.result} was corrupt and has been removed: ${got.reason}`)
-      }
-      if (got.status !== 'hit') continue
-      if (!(await this.writeOutputs(cwd, spec, got.entry))) return null
-      return { kind: 'result', exitCode: 0, stdout: got.entry.stdout, stderr: got.entry.stderr }
+      const got = await this.storeGet(set.result)
+      if (got === null) continue
+      if (!(await this.writeOutputs(cwd, spec, got))) return null
+      return { kind: 'result', exitCode: 0, stdout: got.stdout, stderr: got.stderr }
     }
     return null
   }
 
-  /** Remember which files produced `k`, unless one of them may have changed while we looked. */
-  private async recordManifest(direct: string, cwd: string, input: string, k: KeyResult, requestStart: number): Promise<void> {
-    const paths = inputsFromPreprocessed(k.pp, cwd, input).files
+  /** A cache entry, or null; a corrupt one is counted, logged and (by the store) removed. */
+  private async storeGet(key: string): Promise<CacheEntry | null> {
+    const got = await this.opts.store.get(key)
+    if (got.status === 'corrupt') {
+      this.opts.stats.inc('cache_errors')
+      this.opts.log.warn(`cache entry ${key} was corrupt and has been removed: ${got.reason}`)
+    }
+    return got.status === 'hit' ? got.entry : null
+  }
+
+  /**
+   * [path, hash] of each file, or null when one cannot go into a manifest: unreadable, using
+   * __TIME__ and the like, changed while we looked, or (for a -MMD list) a self-declared system
+   * header whose own includes the list leaves out.
+   */
+  private async trustedFiles(paths: string[], requestStart: number, userHeadersOnly: boolean): Promise<Array<[string, string]> | null> {
     const hashes = await Promise.all(paths.map((p) => this.hasher.hash(p)))
-    if (hashes.some((f) => f === null || f.volatile || f.newerThan(requestStart - TOO_NEW_MS))) return
-    const set: FileSet = { files: paths.map((p, i) => [p, hashes[i]!.hash]), result: k.key }
+    const ok = hashes.every((f) => f !== null && !f.volatile && !(userHeadersOnly && f.systemHeader) && !f.newerThan(requestStart - TOO_NEW_MS))
+    return ok ? paths.map((p, i) => [p, hashes[i]!.hash]) : null
+  }
+
+  private async addToManifest(direct: string, set: FileSet): Promise<void> {
     await this.opts.direct!.add(direct, set).catch((err: Error) => this.opts.log.warn(`could not write manifest ${direct}: ${err.message}`))
+  }
+
+  /** Remember which files produced `k` (from the preprocessor's line markers). */
+  private async recordManifest(direct: string, cwd: string, input: string, k: KeyResult, requestStart: number): Promise<void> {
+    const files = await this.trustedFiles(inputsFromPreprocessed(k.pp, cwd, input).files, requestStart, false)
+    if (files) await this.addToManifest(direct, { files, result: k.key })
   }
 
   /** Wait for cache writes still in flight (shutdown, tests). */
