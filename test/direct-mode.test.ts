@@ -95,6 +95,25 @@ test('a header changed moments before the compile is not trusted into a manifest
   assert.equal(s.direct_hits, 1)
 })
 
+test('a source compiled right after it was saved still hits next time (its result is under the preprocessed key)', async () => {
+  const inst = await project('direct-fresh')
+  const src = join(inst.dir, 'd.c')
+  writeFileSync(src, readFileSync(src, 'utf8') + 'int fresh;\n')
+  const future = new Date(Date.now() + 3_600_000) // "just saved", however slow this machine is
+  utimesSync(src, future, future)
+  await compile(inst, 'a.o')
+  const past = new Date(Date.now() - 60_000)
+  utimesSync(src, past, past)
+  await settle()
+  await compile(inst, 'a.o') // settled now: without the hint this would be a depend-mode miss
+  let s = await inst.stats()
+  assert.equal(s.cache_misses, 1)
+  assert.equal(s.cache_hits, 1)
+  await compile(inst, 'a.o')
+  s = await inst.stats()
+  assert.equal(s.direct_hits, 1, 'the preprocessed hit recorded the manifest')
+})
+
 test('__TIME__ in the source disables direct mode for it', async () => {
   const inst = await project('direct-time')
   writeFileSync(join(inst.dir, 'd.c'), '#include "h.h"\nconst char *built = "x" __TIME__;\nint d(void) { return VALUE; }\n')

@@ -6,6 +6,9 @@
 //
 // Stored beside the cache entries under manifests/xx/<key>, written atomically; a damaged
 // manifest is a miss and is removed. Each holds at most MAX_SETS sets, newest first.
+// A manifest can also say "preprocess": the command's result was stored under its
+// preprocessed key while its files were too new to record, so a miss here should take the
+// preprocessed path (and find it) rather than compile again without the preprocessor.
 import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { randomBytes } from 'node:crypto'
@@ -17,7 +20,14 @@ export interface FileSet {
   result: string
 }
 
+export interface Manifest {
+  sets: FileSet[]
+  /** look the command up by its preprocessed key when no set matches */
+  preprocess: boolean
+}
+
 const FORMAT = 'meshcc-manifest-1'
+const EMPTY: Manifest = { sets: [], preprocess: false }
 const MAX_SETS = 16
 /** A manifest of 16 sets of a few hundred headers is well under this; anything larger is damage. */
 const MAX_BYTES = 16 * 1024 * 1024
@@ -34,8 +44,8 @@ export class ManifestStore {
     return join(this.dir, key.slice(0, 2), key)
   }
 
-  /** The sets recorded for `key`, newest first; empty when there is none or it is damaged. */
-  async get(key: string): Promise<FileSet[]> {
+  /** The sets recorded for `key`, newest first, and the preprocess hint; empty when there is none or it is damaged. */
+  async get(key: string): Promise<Manifest> {
     let text: string
     try {
       const buf = await readFile(this.path(key))
@@ -43,23 +53,32 @@ export class ManifestStore {
       text = buf.toString('utf8')
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'ENOENT') await rm(this.path(key), { force: true })
-      return []
+      return EMPTY
     }
-    const sets = parse(text)
-    if (sets === null) await rm(this.path(key), { force: true })
-    return sets ?? []
+    const m = parse(text)
+    if (m === null) await rm(this.path(key), { force: true })
+    return m ?? EMPTY
   }
 
   /** Record a set first (replacing an older set with the same files). */
   async add(key: string, set: FileSet): Promise<void> {
-    const sets = await this.get(key)
+    const { sets } = await this.get(key)
     const same = (a: FileSet) => a.files.length === set.files.length && a.files.every(([p, h], i) => set.files[i][0] === p && set.files[i][1] === h)
-    const next = [set, ...sets.filter((s) => !same(s))].slice(0, MAX_SETS)
+    await this.write(key, { sets: [set, ...sets.filter((s) => !same(s))].slice(0, MAX_SETS), preprocess: false })
+  }
+
+  /** Note that this command's latest result is only under its preprocessed key. */
+  async markPreprocess(key: string): Promise<void> {
+    const m = await this.get(key)
+    if (!m.preprocess) await this.write(key, { sets: m.sets, preprocess: true })
+  }
+
+  private async write(key: string, m: Manifest): Promise<void> {
     const dest = this.path(key)
     await mkdir(join(dest, '..'), { recursive: true })
     const tmp = `${dest}.${randomBytes(6).toString('hex')}.tmp`
     try {
-      await writeFile(tmp, JSON.stringify({ format: FORMAT, sets: next }))
+      await writeFile(tmp, JSON.stringify({ format: FORMAT, ...m }))
       await rename(tmp, dest)
     } catch (err) {
       await rm(tmp, { force: true })
@@ -68,7 +87,7 @@ export class ManifestStore {
   }
 }
 
-function parse(text: string): FileSet[] | null {
+function parse(text: string): Manifest | null {
   let doc: unknown
   try {
     doc = JSON.parse(text)
@@ -84,5 +103,5 @@ function parse(text: string): FileSet[] | null {
       if (!Array.isArray(f) || f.length !== 2 || typeof f[0] !== 'string' || typeof f[1] !== 'string' || !HEX64.test(f[1])) return null
     }
   }
-  return sets as FileSet[]
+  return { sets: sets as FileSet[], preprocess: (doc as { preprocess?: unknown }).preprocess === true }
 }

@@ -11,7 +11,7 @@ import { compilerFamily, parseGccArgs } from '../compiler/gcc.js'
 import type { CompileSpec } from '../compiler/types.js'
 import type { CacheEntry, LocalStore } from '../cache/local-store.js'
 import { FileHasher } from '../cache/file-hashes.js'
-import type { FileSet, ManifestStore } from '../cache/manifest.js'
+import type { ManifestStore } from '../cache/manifest.js'
 import { inputsFromPreprocessed } from '../compiler/inputs.js'
 import { depfilePrerequisites } from '../compiler/depfile.js'
 import type { Logger } from '../log.js'
@@ -139,8 +139,10 @@ export class CompileService {
       const requestStart = Date.now()
       const dk = this.opts.direct ? await this.directKey(req, spec, compilerHash, requestStart) : null
       const direct = dk?.key ?? null
+      let preferPreprocessed = false
       if (direct) {
-        const hit = await this.directLookup(req.cwd, spec, direct)
+        const { hit, preprocess } = await this.directLookup(req.cwd, spec, direct)
+        preferPreprocessed = preprocess
         if (hit) {
           stats.inc('cache_hits')
           stats.inc('direct_hits')
@@ -152,7 +154,7 @@ export class CompileService {
       // A miss compiled here needs no preprocessor run at all; one that may go to a peer does (its
       // inputs). A source saved a moment ago (the edit-compile loop) goes the preprocessed way,
       // which can store its result where depend mode could not key it safely.
-      if (direct && !dk!.sourceFresh && !(this.remote && spec.remoteBlocker === null)) {
+      if (direct && !dk!.sourceFresh && !preferPreprocessed && !(this.remote && spec.remoteBlocker === null)) {
         const r = await this.compileDepend(req, spec, direct, depTemp, requestStart)
         if (r) return r
       }
@@ -354,7 +356,7 @@ export class CompileService {
           for (const [p, fh] of files) h.update(`${p}\0${fh}\0`)
           const result = h.digest('hex')
           key = result
-          record = { direct, write: () => this.addToManifest(direct, { files, result }) }
+          record = { direct, write: () => this.manifestWrite(direct, this.opts.direct!.add(direct, { files, result })) }
         }
       }
       return await this.storeResult(req, spec, key, r, userDep ? depText : null, record)
@@ -413,17 +415,18 @@ export class CompileService {
   }
 
   /** A hit found through the manifest: every recorded file still has its recorded hash. */
-  private async directLookup(cwd: string, spec: CompileSpec, direct: string): Promise<CompileReply | null> {
+  private async directLookup(cwd: string, spec: CompileSpec, direct: string): Promise<{ hit: CompileReply | null; preprocess: boolean }> {
     await this.manifestWrites.get(direct)
-    for (const set of await this.opts.direct!.get(direct)) {
+    const manifest = await this.opts.direct!.get(direct)
+    for (const set of manifest.sets) {
       const now = await Promise.all(set.files.map(([p]) => this.hasher.hash(p)))
       if (!now.every((f, i) => f !== null && f.hash === set.files[i][1])) continue
       const got = await this.storeGet(set.result)
       if (got === null) continue
-      if (!(await this.writeOutputs(cwd, spec, got))) return null
-      return { kind: 'result', exitCode: 0, stdout: got.stdout, stderr: got.stderr }
+      if (!(await this.writeOutputs(cwd, spec, got))) break
+      return { hit: { kind: 'result', exitCode: 0, stdout: got.stdout, stderr: got.stderr }, preprocess: false }
     }
-    return null
+    return { hit: null, preprocess: manifest.preprocess }
   }
 
   /** A cache entry, or null; a corrupt one is counted, logged and (by the store) removed. */
@@ -447,14 +450,19 @@ export class CompileService {
     return ok ? paths.map((p, i) => [p, hashes[i]!.hash]) : null
   }
 
-  private async addToManifest(direct: string, set: FileSet): Promise<void> {
-    await this.opts.direct!.add(direct, set).catch((err: Error) => this.opts.log.warn(`could not write manifest ${direct}: ${err.message}`))
-  }
 
-  /** Remember which files produced `k` (from the preprocessor's line markers). */
+  /**
+   * Remember which files produced `k` (from the preprocessor's line markers); when they are too
+   * new to trust, at least that the result is under its preprocessed key.
+   */
   private async recordManifest(direct: string, cwd: string, input: string, k: KeyResult, requestStart: number): Promise<void> {
     const files = await this.trustedFiles(inputsFromPreprocessed(k.pp, cwd, input).files, requestStart, false)
-    if (files) await this.addToManifest(direct, { files, result: k.key })
+    await this.manifestWrite(direct, files ? this.opts.direct!.add(direct, { files, result: k.key }) : this.opts.direct!.markPreprocess(direct))
+  }
+
+  /** A manifest that cannot be written costs a later hit, never the compile. */
+  private async manifestWrite(direct: string, op: Promise<void>): Promise<void> {
+    await op.catch((err: Error) => this.opts.log.warn(`could not write manifest ${direct}: ${err.message}`))
   }
 
   /** Wait for cache writes still in flight (shutdown, tests). */
