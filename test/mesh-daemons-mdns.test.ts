@@ -7,6 +7,8 @@ import { join } from 'node:path'
 import { createInstance, MESHCC, type Instance } from './helpers/meshcc.js'
 import { createNetnsLab, liveNamespaces } from './helpers/netns.js'
 import type { DaemonStatus } from '../src/cli/mesh-commands.js'
+import { adminRequest } from '../src/launcher/client.js'
+import { loadConfig } from '../src/config.js'
 
 const instances: Instance[] = []
 after(async () => { for (const i of instances) await i.stop() })
@@ -29,9 +31,14 @@ test('three daemons in separate network namespaces find each other by mDNS alone
 
     // each daemon runs in the foreground inside its namespace; the unix socket is reachable from here
     nodes.forEach((n, i) => lab.spawn(lab.hosts[i], MESHCC, ['daemon'], { env: n.env, stdio: 'ignore' }))
+    // asked on the socket without autostart: a poll that started a daemon here would start it
+    // in the root namespace, with mDNS on
     const status = async (n: Instance): Promise<DaemonStatus | undefined> => {
-      const s = await n.run(['status', '--json'])
-      return s.code === 0 ? (JSON.parse(s.stdout) as DaemonStatus) : undefined
+      try {
+        return JSON.parse(await adminRequest(loadConfig({ MESHCC_CONF: n.conf }), 'status', { autostart: false, timeoutMs: 10_000 })) as DaemonStatus
+      } catch {
+        return undefined
+      }
     }
     const t0 = Date.now()
     let views: DaemonStatus[] = []
