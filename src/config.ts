@@ -233,17 +233,21 @@ function envInt(env: NodeJS.ProcessEnv, name: string): number | undefined {
   return Number(v.trim())
 }
 
+function explicitConfigFile(env: NodeJS.ProcessEnv): string | null {
+  return env.MESHCC_CONF && env.MESHCC_CONF !== '' ? resolve(expandHome(env.MESHCC_CONF)) : null
+}
+
+/** The config file loadConfig(env) reads. */
+export function configFilePath(env: NodeJS.ProcessEnv = process.env): string {
+  return explicitConfigFile(env) ?? join(defaultConfigDir(env), 'config.toml')
+}
+
 /**
  * Load the configuration. `env` defaults to process.env; tests pass their own.
  * Throws ConfigError with a one-line message on any problem.
  */
-/** The config file loadConfig(env) reads. */
-export function configFilePath(env: NodeJS.ProcessEnv = process.env): string {
-  return env.MESHCC_CONF && env.MESHCC_CONF !== '' ? resolve(expandHome(env.MESHCC_CONF)) : join(defaultConfigDir(env), 'config.toml')
-}
-
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
-  const explicit = env.MESHCC_CONF && env.MESHCC_CONF !== '' ? resolve(expandHome(env.MESHCC_CONF)) : null
+  const explicit = explicitConfigFile(env)
   const file = configFilePath(env)
   const doc = readToml(file)
   const exists = Object.keys(doc).length > 0 || explicit !== null

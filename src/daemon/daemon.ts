@@ -1,6 +1,6 @@
 // The per-user daemon: owns the socket, the cache and the stats, serves launcher requests,
 // exits after an idle period. One daemon per socket, enforced by a pid lock beside it.
-import { closeSync, mkdirSync, openSync, readFileSync, rmSync, statSync, writeSync, chmodSync } from 'node:fs'
+import { closeSync, mkdirSync, openSync, rmSync, statSync, writeSync, chmodSync } from 'node:fs'
 import { createServer, type Server, type Socket } from 'node:net'
 import { dirname, join } from 'node:path'
 import { userInfo } from 'node:os'
@@ -15,6 +15,7 @@ import {
 import { ManifestStore } from '../cache/manifest.js'
 import { LauncherConfigCheck } from './launcher-config-check.js'
 import { Stats } from './stats.js'
+import { lockHolder, processAlive } from '../util/pid-lock.js'
 import { MeshService } from './mesh-service.js'
 
 export class DaemonStartError extends Error {}
@@ -40,15 +41,6 @@ function prepareSocketDir(socket: string, log: Logger): void {
   }
 }
 
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0)
-    return true
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM'
-  }
-}
-
 /** Take the pid lock; returns false when another live daemon holds it. */
 function takeLock(lockFile: string): boolean {
   for (let attempt = 0; attempt < 3; attempt++) {
@@ -59,9 +51,8 @@ function takeLock(lockFile: string): boolean {
       return true
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err
-      let pid = NaN
-      try { pid = Number(readFileSync(lockFile, 'utf8').trim()) } catch { /* vanished */ }
-      if (Number.isInteger(pid) && pid > 0 && pid !== process.pid && processAlive(pid)) return false
+      const pid = lockHolder(lockFile)
+      if (pid !== null && pid !== process.pid && processAlive(pid)) return false
       rmSync(lockFile, { force: true }) // left by a crashed daemon
     }
   }

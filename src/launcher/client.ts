@@ -1,10 +1,11 @@
 // Talking to the local daemon: one request per connection, starting the daemon on demand.
 import { spawn, type ChildProcess } from 'node:child_process'
-import { closeSync, mkdirSync, openSync, readFileSync, rmSync, statSync } from 'node:fs'
+import { closeSync, mkdirSync, openSync, rmSync, statSync } from 'node:fs'
 import { dirname } from 'node:path'
 import { connect, type Socket } from 'node:net'
 import { fileURLToPath } from 'node:url'
 import type { Config } from '../config.js'
+import { lockHolder, processAlive } from '../util/pid-lock.js'
 import { FrameReader, MsgType, encodeFrame, type Frame } from '../daemon/launcher-protocol.js'
 
 export class DaemonUnreachable extends Error {}
@@ -113,14 +114,8 @@ async function connectBusy(socketPath: string): Promise<Socket> {
 
 /** Whether the daemon that holds the socket's pid lock is alive (it may be slow to listen on a loaded machine). */
 function daemonStarting(config: Config): boolean {
-  try {
-    const pid = Number(readFileSync(`${config.daemon.socket}.pid`, 'utf8').trim())
-    if (!Number.isInteger(pid) || pid <= 0) return false
-    process.kill(pid, 0)
-    return true
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM'
-  }
+  const pid = lockHolder(`${config.daemon.socket}.pid`)
+  return pid !== null && processAlive(pid)
 }
 
 // A daemon normally listens within a second. Give up after SOFT_START_MS unless a daemon
