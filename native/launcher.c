@@ -4,11 +4,12 @@
  *
  * A build calls the launcher once per translation unit, so its start-up is paid thousands of
  * times: Node.js needs about 0.1 s of CPU to start, this program about 1 ms. It does only the
- * common case: find the compiler, find the running daemon's socket, send one COMPILE frame
- * (src/daemon/launcher-protocol.ts), replay the reply. Everything else (admin commands,
- * starting the daemon, a daemon that cannot be reached, MESHCC_DISABLE, a config file it does
- * not fully understand) is handed to the Node CLI with exec, so every behaviour and message
- * lives in one place and this file stays small.
+ * common case: find the compiler, find the daemon's socket, send one COMPILE frame
+ * (src/daemon/launcher-protocol.ts), replay the reply. When no daemon listens yet, one
+ * launcher of the burst starts it and all of them wait (a cold `make -j200` must not start
+ * 200 Node processes). Everything else (admin commands, a daemon that cannot be reached,
+ * MESHCC_DISABLE, a config file it does not fully understand) is handed to the Node CLI with
+ * exec, so every behaviour and message lives in one place and this file stays small.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -21,8 +22,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #ifndef MESHCC_NODE
@@ -281,6 +285,141 @@ static int read_all(int fd, void *data, size_t n) {
   return 1;
 }
 
+/* ---- starting the daemon ------------------------------------------------------------------ */
+
+/* The same protocol as spawnDaemon() and startAndConnect() in src/launcher/client.ts:
+ * <socket>.starting (created with O_EXCL) says a launcher is starting the daemon, and
+ * <socket>.pid names the daemon once it runs. */
+#define SOFT_START_MS 10000 /* give up unless a daemon is visibly alive and starting */
+#define HARD_START_MS 60000 /* a burst of compilers can starve the daemon's start this long */
+#define MARKER_FRESH_MS 10000
+
+static long long now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void sleep_ms(long ms) {
+  struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+  while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {}
+}
+
+static int marker_fresh(const char *marker) {
+  struct stat st;
+  if (stat(marker, &st) != 0) return 0;
+  return (time(NULL) - st.st_mtime) * 1000 < MARKER_FRESH_MS;
+}
+
+/* the daemon holding <socket>.pid is alive */
+static int lock_holder_alive(const char *sock_path) {
+  char lock[PATH_MAX], text[32];
+  if (snprintf(lock, sizeof lock, "%s.pid", sock_path) >= (int)sizeof lock) return 0;
+  int fd = open(lock, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return 0;
+  ssize_t n = read(fd, text, sizeof text - 1);
+  close(fd);
+  if (n <= 0) return 0;
+  text[n] = 0;
+  char *end;
+  long pid = strtol(text, &end, 10);
+  if (pid <= 0 || (*end && *end != '\n')) return 0;
+  return kill((pid_t)pid, 0) == 0 || errno == EPERM;
+}
+
+static int mkdirs(const char *dir) {
+  char p[PATH_MAX];
+  if (snprintf(p, sizeof p, "%s", dir) >= (int)sizeof p) return 0;
+  for (char *s = p + 1; *s; s++) {
+    if (*s != '/') continue;
+    *s = 0;
+    if (mkdir(p, 0700) != 0 && errno != EEXIST) return 0;
+    *s = '/';
+  }
+  return mkdir(p, 0700) == 0 || errno == EEXIST;
+}
+
+/* Start `node main.js daemon --background` unless another launcher is doing so. The daemon
+ * gets its own session and none of our descriptors: make and ninja wait for their pipes to
+ * close, so a daemon holding them would hang the build. Returns the child's pid, 0 when
+ * another launcher is starting it, -1 when we could not. */
+static pid_t spawn_daemon(const char *sock_path) {
+  char marker[PATH_MAX], dir[PATH_MAX];
+  if (snprintf(marker, sizeof marker, "%s.starting", sock_path) >= (int)sizeof marker) return -1;
+  if (marker_fresh(marker)) return 0;
+  unlink(marker); /* left by a launcher that died before the daemon listened */
+  snprintf(dir, sizeof dir, "%s", sock_path);
+  char *slash = strrchr(dir, '/');
+  if (slash && slash != dir) {
+    *slash = 0;
+    mkdirs(dir); /* when this fails, the daemon logs why it cannot use the directory */
+  }
+  int mfd = open(marker, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  if (mfd < 0 && errno == EEXIST) return 0;
+  if (mfd >= 0) close(mfd);
+  pid_t pid = fork();
+  if (pid != 0) return pid;
+  setsid();
+  int devnull = open("/dev/null", O_RDWR);
+  if (devnull >= 0) {
+    dup2(devnull, 0);
+    dup2(devnull, 1);
+    dup2(devnull, 2);
+  }
+  long maxfd = sysconf(_SC_OPEN_MAX);
+  if (maxfd < 0 || maxfd > 65536) maxfd = 65536;
+  for (int fd = 3; fd < maxfd; fd++) close(fd); /* the jobserver pipe of make, for one */
+  char *av[] = {(char *)"node", g_main_js, (char *)"daemon", (char *)"--background", NULL};
+  if (strchr(MESHCC_NODE, '/')) execv(MESHCC_NODE, av);
+  execvp("node", av);
+  _exit(127);
+}
+
+/* Connect, starting the daemon when nobody listens. Returns the connected socket, or -1 when
+ * the Node CLI should take over (it reports and counts why). */
+static int connect_daemon(const struct sockaddr_un *addr, const char *sock_path, const char **why) {
+  *why = NULL;
+  for (int busy = 0;; busy++) {
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -1;
+    if (connect(fd, (const struct sockaddr *)addr, sizeof *addr) == 0) return fd;
+    int err = errno;
+    close(fd);
+    if ((err == EAGAIN || err == EINTR) && busy < 3000) { sleep_ms(10); continue; } /* accept queue full */
+    if (err != ENOENT && err != ECONNREFUSED) return -1;
+    break;
+  }
+  pid_t child = spawn_daemon(sock_path);
+  long long started = now_ms();
+  long delay = 20;
+  for (;;) {
+    sleep_ms(delay);
+    if (child > 0) {
+      int status;
+      pid_t r = waitpid(child, &status, WNOHANG);
+      if (r == child) {
+        child = 0;
+        /* exit 0: another daemon won the race; anything else: it cannot start (Node says why) */
+        if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) return -1;
+      }
+    }
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -1;
+    if (connect(fd, (const struct sockaddr *)addr, sizeof *addr) == 0) return fd;
+    close(fd);
+    long long waited = now_ms() - started;
+    char marker[PATH_MAX];
+    snprintf(marker, sizeof marker, "%s.starting", sock_path);
+    int starting = lock_holder_alive(sock_path) || marker_fresh(marker);
+    if (waited > HARD_START_MS || (waited > SOFT_START_MS && !lock_holder_alive(sock_path))) {
+      *why = "daemon unreachable";
+      return -1;
+    }
+    delay = delay * 2 > 250 ? 250 : delay * 2;
+    if (!starting && child <= 0) child = spawn_daemon(sock_path);
+  }
+}
+
 /* ---- main ------------------------------------------------------------------------------------ */
 
 int main(int argc, char **argv) {
@@ -322,9 +461,9 @@ int main(int argc, char **argv) {
   addr.sun_family = AF_UNIX;
   if (strlen(sock_path) >= sizeof addr.sun_path) exec_node(NULL);
   strcpy(addr.sun_path, sock_path);
-  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) exec_node(NULL);
-  if (connect(fd, (struct sockaddr *)&addr, sizeof addr) != 0) exec_node(NULL); /* Node starts the daemon */
+  const char *why;
+  int fd = connect_daemon(&addr, sock_path, &why);
+  if (fd < 0) exec_node(why);
 
   /* COMPILE [version, cwd, compiler, argc, args..., env...] */
   struct buf b = {0};

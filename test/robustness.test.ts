@@ -135,7 +135,7 @@ test('200 concurrent compiles against one daemon all succeed', async () => {
   }
   const s = await inst.stats()
   assert.equal(s.compile_requests, 200)
-  const why = () => readFileSync(join(inst.cacheDir, 'meshcc.log'), 'utf8').split('\n').filter((l) => /WARN|ERROR/i.test(l)).slice(-10).join('\n')
+  const why = () => readFileSync(join(inst.cacheDir, 'meshcc.log'), 'utf8').split('\n').filter((l) => /WARN|ERROR/i.test(l) && !/launcher compiled without the daemon/.test(l)).slice(-10).join('\n')
   assert.equal(s.fallbacks, 0, `fallbacks: ${JSON.stringify(s.fallback_reasons)}\n${why()}`)
 })
 
