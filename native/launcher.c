@@ -34,6 +34,7 @@
 #endif
 
 #define MAX_REPLY (256u * 1024u * 1024u) /* the daemon's own frame cap */
+#define DAEMON_NODE_FLAG "--max-semi-space-size=4" /* DAEMON_NODE_FLAGS in src/launcher/client.ts */
 
 enum { COMPILE = 0x01, RESULT = 0x81, PASSTHROUGH = 0x82, FALLBACK = 0x83 };
 
@@ -56,10 +57,11 @@ static const char *base_name(const char *p) {
  * failed this request, so it compiles locally and records why instead of asking again. */
 static void exec_node(const char *reason) {
   if (reason) setenv("MESHCC_LAUNCHER_FALLBACK", reason, 1);
-  char **av = calloc((size_t)g_argc + 3, sizeof(char *));
+  char **av = calloc((size_t)g_argc + 4, sizeof(char *));
   if (!av) _exit(127);
   int n = 0;
   av[n++] = (char *)"node";
+  if (!g_masquerade && g_argc > 1 && strcmp(g_argv[1], "daemon") == 0) av[n++] = (char *)DAEMON_NODE_FLAG;
   av[n++] = g_main_js;
   /* a masquerade call becomes the explicit form `main.js <compiler> args` */
   if (g_masquerade) av[n++] = (char *)base_name(g_argv[0]);
@@ -369,7 +371,7 @@ static pid_t spawn_daemon(const char *sock_path) {
   long maxfd = sysconf(_SC_OPEN_MAX);
   if (maxfd < 0 || maxfd > 65536) maxfd = 65536;
   for (int fd = 3; fd < maxfd; fd++) close(fd); /* the jobserver pipe of make, for one */
-  char *av[] = {(char *)"node", g_main_js, (char *)"daemon", (char *)"--background", NULL};
+  char *av[] = {(char *)"node", (char *)DAEMON_NODE_FLAG, g_main_js, (char *)"daemon", (char *)"--background", NULL};
   if (strchr(MESHCC_NODE, '/')) execv(MESHCC_NODE, av);
   execvp("node", av);
   _exit(127);

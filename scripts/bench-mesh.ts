@@ -43,6 +43,7 @@ const POLL_PARALLEL = 8
 function usage(): string {
   return `usage: node --import tsx scripts/bench-mesh.ts [--sizes 10,30] [--window S] [--settle S]
                         [--timeout S] [--concurrency N] [--out FILE] [--keep] [--log-level L]
+                        [--cpu-prof DIR]
   --sizes        mesh sizes to run, one after the other (default 10,30)
   --window       idle measurement window in seconds (default 20)
   --settle       pause between convergence and the idle window, in seconds (default 5)
@@ -50,7 +51,8 @@ function usage(): string {
   --concurrency  daemons started at once after the first (default 3)
   --out          Markdown results file (default scripts/bench-results/mesh.md)
   --keep         keep each size's temp dir (configs, logs) instead of removing it
-  --log-level    the daemons' [log] level (default warn; the report lists WARN/ERROR lines)`
+  --log-level    the daemons' [log] level (default warn; the report lists WARN/ERROR lines)
+  --cpu-prof     write a V8 CPU profile of daemon 1 of each size into DIR (for finding idle cost)`
 }
 
 function say(s: string): void {
@@ -174,6 +176,10 @@ async function runSize(n: number, o: Options): Promise<SizeResult> {
   const res: SizeResult = { n, started: 0, startMs: [], died: [] }
   const root = mkdtempSync(join(tmpdir(), 'meshcc-mesh-'))
   const nodes = Array.from({ length: n }, (_, i) => makeNode(root, i))
+  if (o.cpuProfDir) {
+    mkdirSync(o.cpuProfDir, { recursive: true })
+    nodes[1].cpuProfDir = o.cpuProfDir
+  }
   live.root = root
   live.nodes = nodes
   let stopAt: Date | undefined
@@ -251,7 +257,10 @@ async function runSize(n: number, o: Options): Promise<SizeResult> {
     const m0 = machineTicks()
     const w0 = now()
     say(`N=${n}: idle window of ${o.windowS} s…`)
+    const profiled = nodes.filter((nd) => nd.cpuProfDir && nd.pid)
+    for (const nd of profiled) process.kill(nd.pid!, 'SIGUSR2') // profile start (cpu-profile-preload.mjs)
     await isleep(o.windowS * 1000)
+    for (const nd of profiled) process.kill(nd.pid!, 'SIGUSR2') // profile written
     const cpu1 = pids.map(cpuSeconds)
     const m1 = machineTicks()
     const w1 = now()
@@ -432,6 +441,7 @@ interface Options {
   out: string
   keep: boolean
   logLevel: string
+  cpuProfDir?: string
 }
 
 function parseOptions(): Options | null {
@@ -445,6 +455,7 @@ function parseOptions(): Options | null {
       out: { type: 'string' },
       keep: { type: 'boolean', default: false },
       'log-level': { type: 'string', default: 'warn' },
+      'cpu-prof': { type: 'string' },
       help: { type: 'boolean', short: 'h', default: false }
     },
     strict: true
@@ -466,7 +477,8 @@ function parseOptions(): Options | null {
     concurrency: Math.floor(num('concurrency', values.concurrency!, 1, 16)),
     out: resolve(values.out ?? join(HERE, 'bench-results', 'mesh.md')),
     keep: values.keep!,
-    logLevel: values['log-level']!
+    logLevel: values['log-level']!,
+    cpuProfDir: values['cpu-prof'] === undefined ? undefined : resolve(values['cpu-prof'])
   }
 }
 

@@ -86,6 +86,12 @@ test('daemons joined by bootstrap converge; status, dist-status, jobs; a killed 
   assert.equal(body.status, 200)
   assert.ok(body.body.equals(encodeSchedulerStatus({ numServers: 4, numCpus: 10, inProgress: 0 })), 'bincode status with mesh-wide numbers')
 
+  // every member is directly connected: once past its start, none forwards gossip any more
+  // (flood publishing alone reaches everyone), and the views stay complete
+  for (const i of [a, b, c, d]) await waitFor(`${i.dir} to stop forwarding gossip`, async () => ((await status(i)).mesh?.gossip_forwarding === false ? true : undefined), 40_000)
+  await new Promise((r) => setTimeout(r, 5000))
+  for (const i of [a, b, c, d]) assert.deepEqual(await memberIds(i), ids, `${i.dir} still sees all four without forwarding`)
+
   // SIGKILL D: it leaves every other view within the expiry (5 s by default)
   const dPid = d.daemonPid()!
   process.kill(dPid, 'SIGKILL')

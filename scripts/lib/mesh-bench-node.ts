@@ -4,11 +4,14 @@
 import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { connect } from 'node:net'
 import { FrameReader, MsgType, encodeFrame } from '../../src/daemon/launcher-protocol.js'
-import { join } from 'node:path'
+import { dirname, join } from 'node:path'
+import { fileURLToPath, pathToFileURL } from 'node:url'
 import { fail, isAlive, run, sleep, type RunResult } from './proc.js'
 import { MESHCC_MAIN, cleanEnv } from './tools.js'
 
 export { MESHCC_MAIN }
+
+const HERE = dirname(fileURLToPath(import.meta.url))
 
 /** The parts of `meshcc status --json` the benchmark reads. */
 export interface DaemonStatus {
@@ -35,6 +38,8 @@ export interface BenchNode {
   startedAt?: number
   /** wall time of its --start-server */
   startMs?: number
+  /** write a V8 CPU profile of this daemon into this dir when it stops (--cpu-prof) */
+  cpuProfDir?: string
 }
 
 export function makeNode(root: string, index: number): BenchNode {
@@ -71,6 +76,11 @@ export function writeConfig(node: BenchNode, keyFile: string, bootstrap: string[
 export function nodeEnv(node: BenchNode): NodeJS.ProcessEnv {
   const env = cleanEnv({ MESHCC_CONF: node.conf })
   delete env.NODE_OPTIONS
+  if (node.cpuProfDir) {
+    // node refuses --cpu-prof in NODE_OPTIONS; the preload profiles between two SIGUSR2
+    env.NODE_OPTIONS = `--import=${pathToFileURL(join(HERE, 'cpu-profile-preload.mjs')).href}`
+    env.MESHCC_BENCH_PROF_DIR = node.cpuProfDir
+  }
   return env
 }
 

@@ -45,6 +45,8 @@ export interface MeshStatus {
   mesh_id: string
   name: string
   addresses: string[]
+  /** this member's gossipsub mesh forwards messages (while starting or while a member is not directly connected) */
+  gossip_forwarding: boolean
   members: MemberStatus[]
   totals: { members: number; cores: number; running: number; queued: number; free_slots: number }
   shim: { capable: boolean; serving_peer: string | null; serving_here: boolean; listen: string | null }
@@ -230,6 +232,7 @@ export class MeshService {
       mesh_id: this.mesh.meshId,
       name: self?.name ?? '',
       addresses: this.mesh.addresses(),
+      gossip_forwarding: this.mesh.gossipForwarding(),
       members,
       totals: { members: members.length, cores: sum((m) => m.cores), running: sum((m) => m.running), queued: sum((m) => m.queued), free_slots: sum((m) => m.free_slots) },
       shim: { capable: this.config.shim.enabled, serving_peer: this.servingPeer, serving_here: this.shimServer !== null, listen: this.shimServer?.address ?? null },

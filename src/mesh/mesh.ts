@@ -13,6 +13,8 @@ import { readMeshKey, meshIdFromKey, loadOrCreateIdentity } from './keys.js'
 import { createMeshNode, type MeshLibp2p, type MeshServices } from './node.js'
 import { Connector, errText } from './connector.js'
 import { Advertiser, platformCapability } from './dht-ads.js'
+import { ForwardingControl } from './forwarding.js'
+import { loadTopic } from './protocols/load-gossip.js'
 import { LoadView, DEFAULT_GOSSIP_INTERVAL_MS, MAX_GOSSIP_INTERVAL_MS, MIN_GOSSIP_INTERVAL_MS, defaultExpiryMs, type LoadInfo } from './load-view.js'
 
 export type { LoadInfo } from './load-view.js'
@@ -41,7 +43,7 @@ export interface MeshOptions {
   gossipIntervalMs?: number
   /** a member silent this long leaves the view; default 3 intervals + 2 s */
   expiryMs?: number
-  /** RTT measurement period for connected members, default 15000 */
+  /** how often RTTs are refreshed from libp2p's connection monitor (new connections are pinged), default 5000 */
   rttIntervalMs?: number
 }
 
@@ -66,6 +68,8 @@ export interface Mesh {
   /** peer ids holding the toolchain: DHT providers plus members whose gossip lists it */
   findToolchainProviders(hash: string, timeoutMs?: number): Promise<string[]>
   findCapabilityProviders(name: string, timeoutMs?: number): Promise<string[]>
+  /** whether our gossipsub mesh forwards messages now (forwarding.ts) */
+  gossipForwarding(): boolean
   /** is this peer allowed to submit jobs / read the cache ([mesh] allow; empty = everyone) */
   isAllowed(peerId: string): boolean
   readonly libp2p: Libp2p<MeshServices>
@@ -100,7 +104,7 @@ export async function startMesh(opts: MeshOptions): Promise<Mesh> {
 
   const intervalMs = clamp(opts.gossipIntervalMs ?? DEFAULT_GOSSIP_INTERVAL_MS, MIN_GOSSIP_INTERVAL_MS, MAX_GOSSIP_INTERVAL_MS)
   const expiryMs = Math.max(intervalMs + 50, opts.expiryMs ?? defaultExpiryMs(intervalMs))
-  const rttIntervalMs = Math.max(500, opts.rttIntervalMs ?? 15_000)
+  const rttIntervalMs = Math.max(500, opts.rttIntervalMs ?? 5000)
 
   const mdnsPeers = new Set<string>()
   let connector: Connector | null = null
@@ -176,7 +180,9 @@ export async function startMesh(opts: MeshOptions): Promise<Mesh> {
     return list.sort((a, b) => (a.peerId < b.peerId ? -1 : a.peerId > b.peerId ? 1 : 0))
   }
 
-  // RTT: one bounded ping round at a time, only over existing connections (ping would dial)
+  // RTT: libp2p's connection monitor pings every connection (CONNECTION_PING_MS) and records
+  // conn.rtt; we ping only connections it has not measured yet, so a new member shows an RTT
+  // within a second instead of after the monitor's first round (idle pings cost CPU on every node).
   let pinging = false
   const pingRound = async () => {
     if (pinging || stopped) return
@@ -186,10 +192,16 @@ export async function startMesh(opts: MeshOptions): Promise<Mesh> {
       for (const e of view.list().slice(0, MAX_PINGS_PER_ROUND)) {
         if (stopped) break
         live.add(e.peerId)
-        const peer = peerIdFromString(e.peerId)
-        if (node.getConnections(peer).length === 0) { rtts.delete(e.peerId); continue }
+        const conns = node.getConnections(peerIdFromString(e.peerId)).filter((c) => c.status === 'open')
+        if (conns.length === 0) { rtts.delete(e.peerId); continue }
+        const measured = conns.map((c) => c.rtt).filter((r): r is number => typeof r === 'number' && Number.isFinite(r))
+        if (measured.length > 0) {
+          rtts.set(e.peerId, Math.round(Math.min(...measured) * 10) / 10)
+          continue
+        }
+        if (rtts.has(e.peerId)) continue
         try {
-          const ms = await node.services.ping.ping(peer, { signal: AbortSignal.timeout(PING_TIMEOUT_MS) })
+          const ms = await node.services.ping.ping(conns[0]!.remotePeer, { signal: AbortSignal.timeout(PING_TIMEOUT_MS) })
           rtts.set(e.peerId, Math.round(ms * 10) / 10)
         } catch (err) {
           log.debug(`ping ${e.peerId} failed: ${errText(err)}`)
@@ -213,7 +225,12 @@ export async function startMesh(opts: MeshOptions): Promise<Mesh> {
   node.addEventListener('peer:disconnect', onDisconnect)
 
   const ads = new Advertiser(node, meshId, log)
+  const forwarding = new ForwardingControl(node.services.pubsub, loadTopic(meshId), () => {
+    for (const e of view.list()) if (connectionKind(e.peerId).kind !== 'direct') return true
+    return false
+  }, log)
   view.start()
+  forwarding.start()
   connector.start()
   ads.start()
   void ads.provide(platformCapability())
@@ -243,6 +260,7 @@ export async function startMesh(opts: MeshOptions): Promise<Mesh> {
       return [...found].sort()
     },
     findCapabilityProviders: (name, timeoutMs = DEFAULT_FIND_TIMEOUT_MS) => ads.find(name, timeoutMs),
+    gossipForwarding: () => forwarding.active,
     isAllowed: (id) => !deny.has(id) && (allow.size === 0 || allow.has(id) || id === self),
     libp2p: node,
     async stop() {
@@ -252,6 +270,7 @@ export async function startMesh(opts: MeshOptions): Promise<Mesh> {
       if (emitTimer) clearTimeout(emitTimer)
       clearTimeout(firstPing)
       clearInterval(pingTimer)
+      forwarding.stop()
       node.removeEventListener('peer:discovery', onDiscovery)
       node.removeEventListener('peer:disconnect', onDisconnect)
       connector?.stop()
