@@ -6,6 +6,9 @@
 //   const r = createNetnsLab(3)
 //   if ('skip' in r) return t.skip(`cannot create network namespaces: ${r.skip}`)
 //   try { ... r.lab.prefix(r.lab.hosts[0]) ... } finally { await r.lab.destroy() }
+//
+// createTwoSegmentLab() builds two such LANs (two bridges) with one host on each and a third
+// host on both, which does not route between them: the outer two cannot reach each other.
 import { spawn, spawnSync, type ChildProcess, type SpawnOptions } from 'node:child_process'
 
 export interface NetnsHost {
@@ -16,18 +19,48 @@ export interface NetnsHost {
   iface: 'eth0'
 }
 
-export interface NetnsLab {
+/** What the lab's process helpers need of a host: its namespace. */
+export interface NetnsMember {
+  ns: string
+}
+
+/** Process helpers every lab has. */
+export interface NetnsLabControls {
+  /** command prefix that runs a program inside the host's namespace */
+  prefix(host: NetnsMember): string[]
+  /** spawns a program inside the host's namespace (killed by destroy) */
+  spawn(host: NetnsMember, cmd: string, args: string[], opts?: SpawnOptions): ChildProcess
+  /** runs a short command inside the host's namespace */
+  run(host: NetnsMember, cmd: string, args: string[], timeoutMs?: number): { status: number | null; stdout: string; stderr: string }
+  /** kills every process in the lab's namespaces (by PID) and deletes the namespaces */
+  destroy(): Promise<void>
+}
+
+export interface NetnsLab extends NetnsLabControls {
   readonly bridgeNs: string
   readonly hosts: NetnsHost[]
   readonly subnet: string
-  /** command prefix that runs a program inside the host's namespace */
-  prefix(host: NetnsHost): string[]
-  /** spawns a program inside the host's namespace (killed by destroy) */
-  spawn(host: NetnsHost, cmd: string, args: string[], opts?: SpawnOptions): ChildProcess
-  /** runs a short command inside the host's namespace */
-  run(host: NetnsHost, cmd: string, args: string[], timeoutMs?: number): { status: number | null; stdout: string; stderr: string }
-  /** kills every process in the lab's namespaces (by PID) and deletes the namespaces */
-  destroy(): Promise<void>
+}
+
+/** A host with one interface on each segment of a two-segment lab; it forwards nothing. */
+export interface NetnsDualHost {
+  ns: string
+  /** [address on segment 1 (eth0), address on segment 2 (eth1)] */
+  ips: [string, string]
+  ifaces: ['eth0', 'eth1']
+}
+
+export interface TwoSegmentLab extends NetnsLabControls {
+  /** the bridge namespaces of segment 1 and segment 2 */
+  readonly bridgeNs: [string, string]
+  /** ['10.232.1.0/24', '10.232.2.0/24'] */
+  readonly subnets: [string, string]
+  /** on segment 1 only */
+  readonly a: NetnsHost
+  /** on both segments, IP forwarding off */
+  readonly b: NetnsDualHost
+  /** on segment 2 only */
+  readonly c: NetnsHost
 }
 
 const allNamespaces = new Set<string>()
@@ -72,52 +105,48 @@ function installExitHook(): void {
   process.on('exit', () => { for (const ns of [...allNamespaces]) deleteNamespace(ns) })
 }
 
-/**
- * Creates the lab, or says why it cannot: { skip: reason }. Addresses are 10.231.0.10+i/24
- * (each lab has its own bridge namespace, so parallel labs do not clash).
- */
-export function createNetnsLab(n: number): { lab: NetnsLab } | { skip: string } {
+/** Starts a lab: checks for iproute2 and creates its first namespace, or says why it cannot. */
+function beginLab(firstNsSuffix: string): { id: string; created: string[] } | { skip: string } {
   const probe = ip(['-V'])
   if (probe.code === 'ENOENT') return { skip: 'the ip binary (iproute2) is not installed' }
   const id = `mcc${process.pid}x${labCounter++}`
-  const bridgeNs = `${id}-br`
-  const first = ip(['netns', 'add', bridgeNs])
+  const first = ip(['netns', 'add', `${id}-${firstNsSuffix}`])
   if (!first.ok) return { skip: `ip netns add failed: ${first.err || 'unknown error'}` }
   installExitHook()
-  allNamespaces.add(bridgeNs)
-  const hosts: NetnsHost[] = []
-  const created = [bridgeNs]
-  try {
-    mustIp(['-n', bridgeNs, 'link', 'set', 'lo', 'up'])
-    mustIp(['-n', bridgeNs, 'link', 'add', 'br0', 'type', 'bridge', 'mcast_snooping', '0'])
-    mustIp(['-n', bridgeNs, 'link', 'set', 'br0', 'up'])
-    for (let i = 0; i < n; i++) {
-      const ns = `${id}-h${i}`
-      mustIp(['netns', 'add', ns])
-      allNamespaces.add(ns)
-      created.push(ns)
-      const addr = `10.231.0.${10 + i}`
-      mustIp(['-n', ns, 'link', 'set', 'lo', 'up'])
-      // both veth ends are created directly inside the lab namespaces, never in the root one
-      mustIp(['-n', ns, 'link', 'add', 'eth0', 'type', 'veth', 'peer', 'name', `veth${i}`, 'netns', bridgeNs])
-      mustIp(['-n', bridgeNs, 'link', 'set', `veth${i}`, 'master', 'br0'])
-      mustIp(['-n', bridgeNs, 'link', 'set', `veth${i}`, 'up'])
-      mustIp(['-n', ns, 'addr', 'add', `${addr}/24`, 'dev', 'eth0'])
-      mustIp(['-n', ns, 'link', 'set', 'eth0', 'up'])
-      mustIp(['-n', ns, 'route', 'add', '224.0.0.0/4', 'dev', 'eth0']) // mDNS multicast
-      hosts.push({ ns, ip: addr, iface: 'eth0' })
-    }
-  } catch (err) {
-    for (const ns of created) deleteNamespace(ns)
-    return { skip: (err as Error).message }
-  }
+  allNamespaces.add(`${id}-${firstNsSuffix}`)
+  return { id, created: [`${id}-${firstNsSuffix}`] }
+}
 
+/** Creates a namespace with lo up, recorded for destroy() and the exit hook. */
+function addNamespace(ns: string, created: string[]): void {
+  mustIp(['netns', 'add', ns])
+  allNamespaces.add(ns)
+  created.push(ns)
+  mustIp(['-n', ns, 'link', 'set', 'lo', 'up'])
+}
+
+/** A bridge br0 (no multicast snooping) inside an existing namespace. */
+function addBridge(bridgeNs: string): void {
+  mustIp(['-n', bridgeNs, 'link', 'set', 'lo', 'up'])
+  mustIp(['-n', bridgeNs, 'link', 'add', 'br0', 'type', 'bridge', 'mcast_snooping', '0'])
+  mustIp(['-n', bridgeNs, 'link', 'set', 'br0', 'up'])
+}
+
+/** Plugs `iface` of host namespace `ns` into the bridge of `bridgeNs` (as port `port`) with address addr/24. */
+function plugIntoBridge(ns: string, iface: string, bridgeNs: string, port: string, addr: string): void {
+  // both veth ends are created directly inside the lab namespaces, never in the root one
+  mustIp(['-n', ns, 'link', 'add', iface, 'type', 'veth', 'peer', 'name', port, 'netns', bridgeNs])
+  mustIp(['-n', bridgeNs, 'link', 'set', port, 'master', 'br0'])
+  mustIp(['-n', bridgeNs, 'link', 'set', port, 'up'])
+  mustIp(['-n', ns, 'addr', 'add', `${addr}/24`, 'dev', iface])
+  mustIp(['-n', ns, 'link', 'set', iface, 'up'])
+}
+
+/** spawn/run/destroy over the lab's namespaces (destroy deletes every one in `created`). */
+function labControls(created: string[]): NetnsLabControls {
   const children = new Set<ChildProcess>()
   let destroyed = false
-  const lab: NetnsLab = {
-    bridgeNs,
-    hosts,
-    subnet: '10.231.0.0/24',
+  return {
     prefix: (h) => ['ip', 'netns', 'exec', h.ns],
     spawn(h, cmd, args, opts = {}) {
       const child = spawn('ip', ['netns', 'exec', h.ns, cmd, ...args], opts)
@@ -143,7 +172,72 @@ export function createNetnsLab(n: number): { lab: NetnsLab } | { skip: string } 
       for (const ns of created) deleteNamespace(ns)
     }
   }
-  return { lab }
+}
+
+/**
+ * Creates the lab, or says why it cannot: { skip: reason }. Addresses are 10.231.0.10+i/24
+ * (each lab has its own bridge namespace, so parallel labs do not clash).
+ */
+export function createNetnsLab(n: number): { lab: NetnsLab } | { skip: string } {
+  const begun = beginLab('br')
+  if ('skip' in begun) return begun
+  const { id, created } = begun
+  const bridgeNs = created[0]!
+  const hosts: NetnsHost[] = []
+  try {
+    addBridge(bridgeNs)
+    for (let i = 0; i < n; i++) {
+      const ns = `${id}-h${i}`
+      addNamespace(ns, created)
+      const addr = `10.231.0.${10 + i}`
+      plugIntoBridge(ns, 'eth0', bridgeNs, `veth${i}`, addr)
+      mustIp(['-n', ns, 'route', 'add', '224.0.0.0/4', 'dev', 'eth0']) // mDNS multicast
+      hosts.push({ ns, ip: addr, iface: 'eth0' })
+    }
+  } catch (err) {
+    for (const ns of created) deleteNamespace(ns)
+    return { skip: (err as Error).message }
+  }
+  return { lab: { bridgeNs, hosts, subnet: '10.231.0.0/24', ...labControls(created) } }
+}
+
+/**
+ * Two LAN segments, each a bridge in its own namespace: host a (10.232.1.10) on segment 1 only,
+ * host c (10.232.2.12) on segment 2 only, and host b on both (eth0 10.232.1.11, eth1 10.232.2.11)
+ * with IP forwarding off. No host has a route to the other segment (no default routes), so a
+ * and c cannot reach each other; both can reach b. Or { skip: reason }, like createNetnsLab.
+ */
+export function createTwoSegmentLab(): { lab: TwoSegmentLab } | { skip: string } {
+  const begun = beginLab('br1')
+  if ('skip' in begun) return begun
+  const { id, created } = begun
+  const bridge1 = created[0]!
+  const bridge2 = `${id}-br2`
+  const subnets: [string, string] = ['10.232.1.0/24', '10.232.2.0/24']
+  try {
+    addBridge(bridge1)
+    addNamespace(bridge2, created)
+    addBridge(bridge2)
+    const a: NetnsHost = { ns: `${id}-a`, ip: '10.232.1.10', iface: 'eth0' }
+    const b: NetnsDualHost = { ns: `${id}-b`, ips: ['10.232.1.11', '10.232.2.11'], ifaces: ['eth0', 'eth1'] }
+    const c: NetnsHost = { ns: `${id}-c`, ip: '10.232.2.12', iface: 'eth0' }
+    addNamespace(a.ns, created)
+    plugIntoBridge(a.ns, 'eth0', bridge1, 'vetha', a.ip)
+    addNamespace(b.ns, created)
+    // forwarding off before b has a second interface: b is a host on both LANs, never a router
+    const fwd = spawnSync('ip', ['netns', 'exec', b.ns, 'sysctl', '-q', '-w', 'net.ipv4.ip_forward=0'], { encoding: 'utf8', timeout: 10_000 })
+    if (fwd.status !== 0) throw new Error(`sysctl net.ipv4.ip_forward=0 in ${b.ns}: ${(fwd.stderr ?? '').trim() || fwd.error?.message || 'failed'}`)
+    const check = spawnSync('ip', ['netns', 'exec', b.ns, 'cat', '/proc/sys/net/ipv4/ip_forward'], { encoding: 'utf8', timeout: 10_000 })
+    if ((check.stdout ?? '').trim() !== '0') throw new Error(`IP forwarding still on in ${b.ns}: ${(check.stdout ?? '').trim() || check.stderr}`)
+    plugIntoBridge(b.ns, 'eth0', bridge1, 'vethb', b.ips[0])
+    plugIntoBridge(b.ns, 'eth1', bridge2, 'vethb', b.ips[1])
+    addNamespace(c.ns, created)
+    plugIntoBridge(c.ns, 'eth0', bridge2, 'vethc', c.ip)
+    return { lab: { bridgeNs: [bridge1, bridge2], subnets, a, b, c, ...labControls(created) } }
+  } catch (err) {
+    for (const ns of created) deleteNamespace(ns)
+    return { skip: (err as Error).message }
+  }
 }
 
 /** Namespaces this process created and has not deleted yet (tests assert it ends empty). */
