@@ -46,7 +46,8 @@ function usage(): string {
                         [--cpu-prof DIR]
   --sizes        mesh sizes to run, one after the other (default 10,30)
   --window       idle measurement window in seconds (default 20)
-  --settle       pause between convergence and the idle window, in seconds (default 5)
+  --settle       pause between convergence and the idle window, in seconds (default 30: past a
+                 member's 20 s of start-up gossip forwarding, and JIT warm-up)
   --timeout      give up on convergence this many seconds after the last start (default 120)
   --concurrency  daemons started at once after the first (default 3)
   --out          Markdown results file (default scripts/bench-results/mesh.md)
@@ -449,7 +450,7 @@ function parseOptions(): Options | null {
     options: {
       sizes: { type: 'string', default: '10,30' },
       window: { type: 'string', default: '20' },
-      settle: { type: 'string', default: '5' },
+      settle: { type: 'string', default: '30' },
       timeout: { type: 'string', default: '120' },
       concurrency: { type: 'string', default: '3' },
       out: { type: 'string' },
