@@ -16,6 +16,7 @@ import type { ConnectionEncrypter, ConnectionProtector, MessageStream, Multiaddr
 import type { Logger } from '../log.js'
 import { MeshError } from './errors.js'
 import { FORWARD_D, FORWARD_DLO } from './forwarding.js'
+import { fixPnetCipher } from './pnet-cipher-fix.js'
 
 export type MeshServices = {
   identify: Identify
@@ -136,6 +137,7 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshLibp2p> {
       }]
     : []
 
+  fixPnetCipher()
   const protector = preSharedKey({ psk: init.psk })
   // protected stream -> raw connection timeline, so the encrypter wrapper can mark success
   const rawOf = new WeakMap<object, object>()
