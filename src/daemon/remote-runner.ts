@@ -30,6 +30,9 @@ export interface PeerJobStats { sent: number; done: number; failed: number; refu
 
 interface Toolchain { hash: string; archive: string }
 
+/** devices every builder's sandbox provides (bwrap --dev /dev): inputs that need no shipping */
+const SANDBOX_DEVICES = new Set(['/dev/null', '/dev/zero'])
+
 export class MeshRemoteRunner implements RemoteRunner {
   /** jobs this client has sent to each peer and not yet seen finish */
   private readonly inFlight = new Map<string, Array<{ at: number }>>()
@@ -138,6 +141,8 @@ export class MeshRemoteRunner implements RemoteRunner {
     let total = 0
     for (const path of set.files) {
       const st = await stat(path)
+      // Kbuild's compiler probes compile /dev/null: the sandbox has its own (bwrap --dev)
+      if (SANDBOX_DEVICES.has(path) && st.isCharacterDevice()) continue
       if (!st.isFile()) throw new Error(`input ${path} is not a regular file`)
       total += st.size
       if (total > MAX_INPUT_BYTES) throw new Error('inputs larger than 256 MiB')
