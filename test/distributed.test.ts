@@ -121,10 +121,11 @@ test('a compile error on a builder is rechecked here: the user sees exactly the 
   assert.equal(s.cache_writes, before.cache_writes)
 })
 
-test('a compiler probe on /dev/null (Kbuild cc-option) is compiled remotely too, not counted as a fallback', { timeout: 120_000 }, async () => {
+test('a compiler probe on /dev/null (Kbuild cc-option), shipping no file, is compiled remotely too, not counted as a fallback', { timeout: 120_000 }, async () => {
   const dir = join(client.dir, 'probe')
   mkdirSync(dir)
-  const args = ['-Werror', '-fno-stack-protector', '-c', '-x', 'c', '/dev/null', '-o', 'probe.o']
+  // -nostdinc as Kbuild has it: not even stdc-predef.h is read, so the job ships no file at all
+  const args = ['-nostdinc', '-Werror', '-fno-stack-protector', '-c', '-x', 'c', '/dev/null', '-o', 'probe.o']
   const plain = await runCommand('gcc', [...args.slice(0, -1), 'plain.o'], { cwd: dir })
   assert.equal(plain.code, 0, plain.stderr)
   const before = await client.stats()

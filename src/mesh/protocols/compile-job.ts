@@ -141,7 +141,8 @@ export async function serveCompileJobs(node: Libp2p, meshId: string, handler: Jo
       const declared = header.files.reduce((n, x) => n + x.size, 0)
       if (declared > LIMITS.inputBytes) throw new ProtocolViolation('inputs exceed the size limit')
       const packed = await f.readBlob(LIMITS.inputBytes)
-      const all = await gunzipAsync(packed, { maxOutputLength: declared })
+      // a job may ship no file at all (a -nostdinc probe compiling /dev/null); zlib refuses a 0 cap
+      const all = await gunzipAsync(packed, { maxOutputLength: Math.max(1, declared) })
       if (all.length !== declared) throw new ProtocolViolation('inputs do not match their declared sizes')
       let off = 0
       const files = header.files.map((x) => {
