@@ -3,7 +3,7 @@
 // with every file at its own path, so objects (debug info included) and diagnostics are
 // exactly the local ones. The builder re-preprocesses and compares hashes, so a file this
 // misses can only cost a retry, never a wrong object.
-import { isAbsolute, join, normalize, resolve } from 'node:path'
+import { isAbsolute, normalize, resolve } from 'node:path'
 
 export interface InputSet {
   /** absolute, normalised paths of every file the preprocessor entered */
@@ -18,13 +18,31 @@ function unescape(s: string): string {
   return s.replace(/\\(.)/g, '$1')
 }
 
+// A miss that may go to the mesh reads the set twice (the manifest, the job's inputs): a
+// kernel unit's preprocessed output is megabytes, so parse each buffer once.
+const parsed = new WeakMap<Buffer, { key: string; set: InputSet }>()
+
 export function inputsFromPreprocessed(pp: Buffer, cwd: string, mainInput: string): InputSet {
+  const key = `${cwd}\0${mainInput}`
+  const memo = parsed.get(pp)
+  if (memo && memo.key === key) return { files: [...memo.set.files], dirs: [...memo.set.dirs] }
+  const set = parseMarkers(pp, cwd, mainInput)
+  parsed.set(pp, { key, set })
+  return { files: [...set.files], dirs: [...set.dirs] }
+}
+
+function parseMarkers(pp: Buffer, cwd: string, mainInput: string): InputSet {
   const seen = new Set<string>()
   const dirs = new Set<string>()
+  // a unit returns to the same few hundred files thousands of times: resolve each name once
+  const rawSeen = new Set<string>()
   const add = (raw: string) => {
+    if (rawSeen.has(raw)) return
+    rawSeen.add(raw)
     if (raw.startsWith('<') && raw.endsWith('>')) return // <built-in>, <command-line>, <stdin>
     if (raw.endsWith('//')) return // gcc's "# 1 "/cwd//"" working-directory marker
-    const abs = isAbsolute(raw) ? raw : join(cwd, raw)
+    // not path.join: it would resolve the ".." whose directory must exist on the builder
+    const abs = isAbsolute(raw) ? raw : `${cwd.replace(/\/+$/, '')}/${raw}`
     const parts = abs.split('/')
     for (let i = 1; i < parts.length; i++) if (parts[i] === '..') dirs.add(normalize(parts.slice(0, i).join('/') || '/'))
     seen.add(normalize(abs))

@@ -1,0 +1,35 @@
+// The input list a builder gets, from the preprocessor's line markers (real gcc output).
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { inputsFromPreprocessed } from '../src/compiler/inputs.js'
+import { runCommand } from './helpers/meshcc.js'
+
+test('every file the preprocessor entered, once, with the directories a ".." path walks through', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'meshcc-inputs-'))
+  mkdirSync(join(dir, 'src'))
+  mkdirSync(join(dir, 'inc'))
+  writeFileSync(join(dir, 'inc', 'a.h'), '#pragma once\nint a(void);\n')
+  writeFileSync(join(dir, 'inc', 'b.h'), '#include "a.h"\nint b(void);\n')
+  // a.h is entered several times (and left again): one entry
+  writeFileSync(join(dir, 'src', 'm.c'), '#include "../inc/a.h"\n#include "../inc/b.h"\n#include <stddef.h>\nint m(void) { return a() + b(); }\n')
+  const pp = await runCommand('gcc', ['-E', 'src/m.c'], { cwd: dir })
+  assert.equal(pp.code, 0, pp.stderr)
+  const buf = Buffer.from(pp.stdout)
+  const set = inputsFromPreprocessed(buf, dir, join(dir, 'src', 'm.c'))
+  const ours = set.files.filter((f) => f.startsWith(dir))
+  assert.deepEqual(ours, [join(dir, 'inc', 'a.h'), join(dir, 'inc', 'b.h'), join(dir, 'src', 'm.c')])
+  assert.ok(set.files.some((f) => f.endsWith('/stddef.h')), 'system headers are listed too')
+  assert.ok(!set.files.some((f) => f.includes('<')), 'no <built-in> or <command-line>')
+  assert.ok(set.dirs.includes(join(dir, 'src')), '"src/../inc" needs src to exist')
+  assert.ok(set.dirs.includes(dir))
+  // parsed once per buffer, but a caller that edits its copy does not change the next answer
+  set.files.length = 0
+  assert.deepEqual(inputsFromPreprocessed(buf, dir, join(dir, 'src', 'm.c')).files.filter((f) => f.startsWith(dir)), ours)
+  // another working directory is another question
+  const other = inputsFromPreprocessed(buf, '/elsewhere', '/elsewhere/src/m.c')
+  assert.ok(other.files.includes('/elsewhere/src/m.c'))
+  assert.ok(!other.files.includes(join(dir, 'src', 'm.c')), 'the main input is the one named, not the old one')
+})
