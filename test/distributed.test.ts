@@ -137,6 +137,39 @@ test('a compiler probe on /dev/null (Kbuild cc-option), shipping no file, is com
   assert.ok(readFileSync(join(dir, 'probe.o')).equals(readFileSync(join(dir, 'plain.o'))))
 })
 
+test('a header shared by many units crosses the network once per builder, not once per unit', { timeout: 180_000 }, async () => {
+  const dir = join(client.dir, 'shared')
+  mkdirSync(dir)
+  // a big header: about 300 KB of declarations, the same bytes for every unit
+  const decls = Array.from({ length: 6000 }, (_, i) => `int shared_function_number_${i}(int a, int b, int c);`).join('\n')
+  writeFileSync(join(dir, 'big.h'), `#ifndef BIG_H\n#define BIG_H\n${decls}\n#endif\n`)
+  const headerBytes = readFileSync(join(dir, 'big.h')).length
+  const units = 6
+  for (let i = 0; i < units; i++) writeFileSync(join(dir, `u${i}.c`), `#include "big.h"\nint u${i}(void) { return shared_function_number_${i}(1, 2, 3); }\n`)
+  const received = async () => {
+    let n = 0
+    for (const b of builders) n += (await status(b)).mesh!.input_cache.received_bytes
+    return n
+  }
+  const before = await received()
+  const stats0 = await client.stats()
+  for (let i = 0; i < units; i++) {
+    const r = await client.run(['gcc', '-O2', '-c', `u${i}.c`, '-o', `u${i}.o`], { cwd: dir })
+    assert.equal(r.code, 0, r.stderr)
+  }
+  const s = await client.stats()
+  assert.equal(s.remote_compiles - stats0.remote_compiles, units, `all compiled on builders (${JSON.stringify(s.fallback_reasons)})`)
+  const shipped = (await received()) - before
+  // each builder gets the header (and stdc-predef.h) at most once; every unit's own source once
+  assert.ok(shipped < 2 * headerBytes + 2 * 8192 + units * 200, `${shipped} input bytes received for ${units} units of a ${headerBytes}-byte header`)
+  assert.ok(shipped >= headerBytes, 'the header was shipped at least once')
+  for (let i = 0; i < units; i++) {
+    const plain = await runCommand('gcc', ['-O2', '-c', `u${i}.c`, '-o', `p${i}.o`], { cwd: dir })
+    assert.equal(plain.code, 0)
+    assert.ok(readFileSync(join(dir, `u${i}.o`)).equals(readFileSync(join(dir, `p${i}.o`))), `u${i}.o is what gcc makes`)
+  }
+})
+
 test('a builder killed with SIGKILL in the middle of a build: the build stays green and correct', { timeout: 300_000 }, async () => {
   const dir = join(client.dir, 'kill')
   mkdirSync(dir)

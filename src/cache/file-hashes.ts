@@ -10,6 +10,9 @@ import { readFile, stat } from 'node:fs/promises'
 
 export interface FileHash {
   hash: string
+  size: number
+  /** permission bits */
+  mode: number
   /** the file names __DATE__, __TIME__ or __TIMESTAMP__, or reads a file no depfile or line marker lists (#embed, .incbin): its output is not a function of the inputs we see */
   volatile: boolean
   /** the file declares itself a system header: -MMD leaves out what it includes */
@@ -18,7 +21,7 @@ export interface FileHash {
   newerThan(since: number): boolean
 }
 
-interface Memo { dev: bigint; ino: bigint; size: bigint; mtimeNs: bigint; ctimeNs: bigint; hash: string; volatile: boolean; systemHeader: boolean }
+interface Memo { dev: bigint; ino: bigint; size: bigint; mode: number; mtimeNs: bigint; ctimeNs: bigint; hash: string; volatile: boolean; systemHeader: boolean }
 
 /** How recently a file may have changed and still have its hash memoised. */
 const SETTLE_MS = 2000
@@ -42,8 +45,9 @@ export class FileHasher {
     const changedMs = Number((st.mtimeNs > st.ctimeNs ? st.mtimeNs : st.ctimeNs) / 1_000_000n)
     const newerThan = (since: number) => changedMs >= since
     const m = this.memo.get(path)
-    if (m && m.dev === st.dev && m.ino === st.ino && m.size === st.size && m.mtimeNs === st.mtimeNs && m.ctimeNs === st.ctimeNs) {
-      return { hash: m.hash, volatile: m.volatile, systemHeader: m.systemHeader, newerThan }
+    const mode = Number(st.mode & 0o7777n)
+    if (m && m.dev === st.dev && m.ino === st.ino && m.size === st.size && m.mode === mode && m.mtimeNs === st.mtimeNs && m.ctimeNs === st.ctimeNs) {
+      return { hash: m.hash, size: Number(m.size), mode, volatile: m.volatile, systemHeader: m.systemHeader, newerThan }
     }
     let data: Buffer
     try {
@@ -57,10 +61,10 @@ export class FileHasher {
     const systemHeader = SYSTEM_HEADER.test(text)
     if (Date.now() - changedMs > SETTLE_MS) {
       if (this.memo.size >= MAX_MEMO) this.memo.clear() // a crude bound; refilling costs one read per file
-      this.memo.set(path, { dev: st.dev, ino: st.ino, size: st.size, mtimeNs: st.mtimeNs, ctimeNs: st.ctimeNs, hash, volatile, systemHeader })
+      this.memo.set(path, { dev: st.dev, ino: st.ino, size: st.size, mode, mtimeNs: st.mtimeNs, ctimeNs: st.ctimeNs, hash, volatile, systemHeader })
     } else {
       this.memo.delete(path)
     }
-    return { hash, volatile, systemHeader, newerThan }
+    return { hash, size: data.length, mode, volatile, systemHeader, newerThan }
   }
 }

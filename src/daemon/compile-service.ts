@@ -62,7 +62,7 @@ export interface RemoteOutcome { exitCode: number; stdout: Buffer; stderr: Buffe
 export interface PreparedJob {
   input: string
   header: import('../mesh/protocols/compile-job.js').JobHeader
-  files: import('../mesh/protocols/compile-job.js').JobFile[]
+  files: import('../mesh/protocols/compile-job.js').JobFileRef[]
   /** failed peer attempts so far (refusals by full peers do not count) */
   failures: number
 }

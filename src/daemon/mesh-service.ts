@@ -15,6 +15,7 @@ import type { ShimServer } from '../shim/server.js'
 import type { Stats } from './stats.js'
 import { Builder, type BuilderStatus } from './builder.js'
 import { MeshRemoteRunner, type PeerJobStats } from './remote-runner.js'
+import { MemoryInputCache, type InputCacheStatus } from './input-cache.js'
 
 /** What the daemon reports about its own work, for the load gossip. */
 export interface LocalLoad { running: number; queued: number }
@@ -51,6 +52,8 @@ export interface MeshStatus {
   totals: { members: number; cores: number; running: number; queued: number; free_slots: number }
   shim: { capable: boolean; serving_peer: string | null; serving_here: boolean; listen: string | null }
   builder: BuilderStatus
+  /** inputs this builder holds by content hash, and the input bytes it has received */
+  input_cache: InputCacheStatus
   /** jobs this node sent to each peer */
   jobs_per_peer: Record<string, PeerJobStats>
   toolchain_transfers: ToolchainTransfer[]
@@ -90,7 +93,7 @@ export class MeshService {
   private readonly transfers: ToolchainTransfer[] = []
 
   private constructor(private readonly mesh: Mesh, private readonly config: Config, private readonly log: Logger,
-    readonly builder: Builder, readonly runner: MeshRemoteRunner, private readonly toolchains: ToolchainCache) {}
+    readonly builder: Builder, readonly runner: MeshRemoteRunner, private readonly toolchains: ToolchainCache, private readonly inputs: MemoryInputCache) {}
 
   private recordTransfer(t: Omit<ToolchainTransfer, 'at'>): void {
     this.transfers.push({ ...t, at: new Date().toISOString() })
@@ -152,7 +155,8 @@ export class MeshService {
     runner = new MeshRemoteRunner({ mesh, config, log: log.child('remote'), stats, toolchainDir: join(config.cache.dir, 'toolchains-packed') })
     const r = runner
     const onProtocolError = (what: string) => (peer: string, err: Error) => log.warn(`${what} with ${peer}: ${err.message.split('\n')[0]}`)
-    await serveCompileJobs(mesh.libp2p, mesh.meshId, builder, onProtocolError('compile job'))
+    const inputs = new MemoryInputCache()
+    await serveCompileJobs(mesh.libp2p, mesh.meshId, builder, inputs, onProtocolError('compile job'))
     await serveToolchains(mesh.libp2p, mesh.meshId, async (hash) => {
       const data = (await r.archiveOf(hash)) ?? (toolchains.has(hash) ? await readFile(toolchains.archivePath(hash)!).catch(() => null) : null)
       if (data) log.info(`sending toolchain ${hash.slice(0, 12)} (${(data.length / 1048576).toFixed(1)} MiB)`)
@@ -160,8 +164,8 @@ export class MeshService {
     }, onProtocolError('toolchain transfer'))
     const refreshPacked = setInterval(() => { void r.heldToolchains().then((h) => { packed = h }) }, 2000)
     refreshPacked.unref()
-    svc = new MeshService(mesh, config, log, builder, runner, toolchains)
-    svc.stopTimers.push(() => clearInterval(refreshPacked))
+    svc = new MeshService(mesh, config, log, builder, runner, toolchains, inputs)
+    svc.stopTimers.push(() => clearInterval(refreshPacked), () => inputs.stop())
     log.info(`mesh ${mesh.meshId}: peer ${mesh.peerId} listening on ${mesh.addresses().join(' ')}`)
     if (config.shim.enabled) {
       svc.unsubscribe = mesh.on('members', (m) => svc.electShim(m))
@@ -237,6 +241,7 @@ export class MeshService {
       totals: { members: members.length, cores: sum((m) => m.cores), running: sum((m) => m.running), queued: sum((m) => m.queued), free_slots: sum((m) => m.free_slots) },
       shim: { capable: this.config.shim.enabled, serving_peer: this.servingPeer, serving_here: this.shimServer !== null, listen: this.shimServer?.address ?? null },
       builder: this.builder.status(),
+      input_cache: this.inputs.status(),
       jobs_per_peer: this.runner.jobsPerPeer(),
       toolchain_transfers: [...this.transfers]
     }

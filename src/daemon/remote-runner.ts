@@ -8,8 +8,9 @@ import { join, resolve } from 'node:path'
 import type { Config } from '../config.js'
 import type { Logger } from '../log.js'
 import type { Mesh, MeshMember } from '../mesh/index.js'
-import { sendCompileJob, type JobFile, type JobHeader } from '../mesh/protocols/compile-job.js'
+import { sendCompileJob, type JobFileRef, type JobHeader } from '../mesh/protocols/compile-job.js'
 import { inputsFromPreprocessed } from '../compiler/inputs.js'
+import { FileHasher } from '../cache/file-hashes.js'
 import { packToolchainCached } from '../toolchain/pack.js'
 import { KEY_ENV, type PreparedJob, type RemoteAttempt, type RemoteJob, type RemoteRunner } from './compile-service.js'
 import type { Stats } from './stats.js'
@@ -42,6 +43,7 @@ export class MeshRemoteRunner implements RemoteRunner {
   private readonly perPeer = new Map<string, PeerJobStats>()
   private readonly toolchains = new Map<string, Promise<Toolchain>>()
   private readonly configured = new Map<string, Promise<Toolchain>>()
+  private readonly hasher = new FileHasher()
 
   constructor(private readonly opts: { mesh: Mesh; config: Config; log: Logger; stats: Stats; toolchainDir: string }) {}
 
@@ -135,27 +137,39 @@ export class MeshRemoteRunner implements RemoteRunner {
     return out
   }
 
-  private async readInputs(job: RemoteJob): Promise<{ files: JobFile[]; dirs: string[] }> {
+  /** The job's inputs by content hash (memoised by stat): a builder fetches only what it lacks. */
+  private async readInputs(job: RemoteJob): Promise<{ files: JobFileRef[]; dirs: string[] }> {
     const set = inputsFromPreprocessed(job.pp, job.req.cwd, resolve(job.req.cwd, job.spec.input))
-    const files: JobFile[] = []
+    const files: JobFileRef[] = []
     let total = 0
     for (const path of set.files) {
-      const st = await stat(path)
       // Kbuild's compiler probes compile /dev/null: the sandbox has its own (bwrap --dev)
-      if (SANDBOX_DEVICES.has(path) && st.isCharacterDevice()) continue
-      if (!st.isFile()) throw new Error(`input ${path} is not a regular file`)
-      total += st.size
+      if (SANDBOX_DEVICES.has(path) && (await stat(path).catch(() => null))?.isCharacterDevice()) continue
+      const h = await this.hasher.hash(path)
+      if (!h) throw new Error(`input ${path} is not a readable regular file`)
+      total += h.size
       if (total > MAX_INPUT_BYTES) throw new Error('inputs larger than 256 MiB')
-      files.push({ path, mode: st.mode & 0o755, data: await readFile(path) })
+      files.push({ path, mode: h.mode & 0o755, size: h.size, hash: h.hash })
     }
     return { files, dirs: set.dirs }
+  }
+
+  /** The bytes of the files a builder asked for; a file that changed since fails the job there. */
+  private async loadInputs(files: JobFileRef[], need: number[]): Promise<Buffer[]> {
+    const out: Buffer[] = []
+    for (const i of need) {
+      const data = await readFile(files[i]!.path)
+      if (data.length !== files[i]!.size) throw new Error(`input ${files[i]!.path} changed during the compile`)
+      out.push(data)
+    }
+    return out
   }
 
   /** Toolchain and inputs, once per job however many peers it is offered to; null = cannot ship. */
   async prepare(job: RemoteJob): Promise<PreparedJob | null> {
     const { log, stats } = this.opts
     let toolchain: Toolchain
-    let inputs: { files: JobFile[]; dirs: string[] }
+    let inputs: { files: JobFileRef[]; dirs: string[] }
     try {
       ;[toolchain, inputs] = await Promise.all([this.toolchainFor(job), this.readInputs(job)])
     } catch (err) {
@@ -175,7 +189,7 @@ export class MeshRemoteRunner implements RemoteRunner {
       ppHash: job.ppHash,
       ppArgv: job.spec.preprocessArgs(null),
       objPath,
-      files: inputs.files.map((f) => ({ path: f.path, mode: f.mode, size: f.data.length })),
+      files: inputs.files,
       dirs: inputs.dirs
     }
     return { input: job.spec.input, header, files: inputs.files, failures: 0 }
@@ -200,7 +214,7 @@ export class MeshRemoteRunner implements RemoteRunner {
       this.inFlight.set(peer.peerId, list)
       let reason: string
       try {
-        const reply = await sendCompileJob(mesh.libp2p, mesh.meshId, peer.peerId, job.header, job.files, {
+        const reply = await sendCompileJob(mesh.libp2p, mesh.meshId, peer.peerId, job.header, (need) => this.loadInputs(job.files, need), {
           signal: AbortSignal.timeout((config.build.jobTimeout + 120) * 1000)
         })
         if (reply.kind === 'done') {

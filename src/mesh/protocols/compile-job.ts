@@ -1,14 +1,19 @@
 // The compile-job protocol: a client sends one compile to a builder peer.
 //
-//   client → {v, toolchain, compiler, argv, cwd, env, ppHash, ppArgv, objPath, files:[{path,mode,size}], dirs}
+//   client → {v, toolchain, compiler, argv, cwd, env, ppHash, ppArgv, objPath, files:[{path,mode,size,hash}], dirs}
 //   builder → {type:'refused', reason}                  full, not offering, no sandbox: try another peer
-//           | {type:'accepted'}
-//   client → blob: gzip of every input file's bytes, concatenated in the order of `files`
+//           | {type:'accepted', need:[i...]}            the files whose content (sha256) it does not hold
+//   client → blob: gzip of the needed files' bytes, concatenated in the order of `need`
+//
+// Builders keep received inputs by content hash (InputCache), so the headers every unit of a
+// project includes cross the network once, not once per unit. A received file whose bytes do
+// not match its hash fails the job; nothing unverified enters the cache.
 //   builder → {type:'working'} …                        heartbeats, so a long compile is never idle-aborted
 //           → {type:'done', exitCode} + blob stdout + blob stderr [+ blob object when exitCode is 0]
 //           | {type:'failed', reason}                   sandbox, toolchain or input problem: try another peer
 //
 // It carries argv, files and environment only: nothing here knows compiler flags.
+import { createHash } from 'node:crypto'
 import { gunzip, gzip } from 'node:zlib'
 import { promisify } from 'node:util'
 import type { Libp2p } from '@libp2p/interface'
@@ -18,7 +23,9 @@ import { Framed, ProtocolViolation, int, str, strList } from './framing.js'
 const gzipAsync = promisify(gzip)
 const gunzipAsync = promisify(gunzip)
 
-export const compileJobProtocol = (meshId: string) => `/meshcc/${meshId}/compile/1.0.0`
+export const compileJobProtocol = (meshId: string) => `/meshcc/${meshId}/compile/2.0.0`
+const VERSION = 2
+const SHA256_HEX = /^[0-9a-f]{64}$/
 
 export const LIMITS = {
   files: 20_000,
@@ -32,6 +39,16 @@ const HEARTBEAT_MS = 15_000
 
 export interface JobFile { path: string; mode: number; data: Buffer }
 
+/** An input as the header names it: the builder fetches only contents it does not hold. */
+export interface JobFileRef { path: string; mode: number; size: number; hash: string }
+
+/** Builder side: received inputs by content hash. */
+export interface InputCache {
+  get(hash: string): Buffer | undefined
+  /** only called with bytes whose sha256 is `hash` */
+  put(hash: string, data: Buffer): void
+}
+
 export interface JobHeader {
   toolchain: string
   compiler: string
@@ -42,7 +59,7 @@ export interface JobHeader {
   ppHash: string
   ppArgv: string[]
   objPath: string
-  files: Array<{ path: string; mode: number; size: number }>
+  files: JobFileRef[]
   /** directories that must exist although no file is sent in them */
   dirs: string[]
 }
@@ -53,7 +70,7 @@ export type JobReply =
   | { kind: 'failed'; reason: string }
 
 function parseHeader(h: Record<string, unknown>): JobHeader {
-  if (h.v !== 1) throw new ProtocolViolation(`unsupported job version ${String(h.v)}`)
+  if (h.v !== VERSION) throw new ProtocolViolation(`unsupported job version ${String(h.v)}`)
   const envIn = h.env
   if (envIn === null || typeof envIn !== 'object' || Array.isArray(envIn)) throw new ProtocolViolation('field env: expected an object')
   const env: Record<string, string> = {}
@@ -65,7 +82,9 @@ function parseHeader(h: Record<string, unknown>): JobHeader {
     const o = (f ?? {}) as Record<string, unknown>
     const path = str(o.path, `files[${i}].path`)
     if (!path.startsWith('/') || path.split('/').includes('..')) throw new ProtocolViolation(`files[${i}].path must be absolute without '..': ${path}`)
-    return { path, mode: int(o.mode, `files[${i}].mode`, 0, 0o777), size: int(o.size, `files[${i}].size`, 0, LIMITS.inputBytes) }
+    const hash = str(o.hash, `files[${i}].hash`, 64)
+    if (!SHA256_HEX.test(hash)) throw new ProtocolViolation(`files[${i}].hash: expected a sha256 in hex`)
+    return { path, mode: int(o.mode, `files[${i}].mode`, 0, 0o777), size: int(o.size, `files[${i}].size`, 0, LIMITS.inputBytes), hash }
   })
   const dirs = strList(h.dirs, 'dirs', LIMITS.files)
   for (const d of dirs) if (!d.startsWith('/') || d.split('/').includes('..')) throw new ProtocolViolation(`dirs entry must be absolute without '..': ${d}`)
@@ -89,17 +108,24 @@ export interface SendOptions {
   onAccepted?: () => void
 }
 
-/** Client side: run one job on `peer`. Throws on transport or protocol trouble. */
-export async function sendCompileJob(node: Libp2p, meshId: string, peer: string, header: JobHeader, files: JobFile[], opts: SendOptions): Promise<JobReply> {
+/**
+ * Client side: run one job on `peer`. `load` returns the bytes of the files the builder asks
+ * for (indices into header.files). Throws on transport or protocol trouble.
+ */
+export async function sendCompileJob(node: Libp2p, meshId: string, peer: string, header: JobHeader, load: (need: number[]) => Promise<Buffer[]>, opts: SendOptions): Promise<JobReply> {
   const stream = await node.dialProtocol(peerIdFromString(peer), compileJobProtocol(meshId), { signal: opts.signal })
   const f = new Framed(stream)
   try {
-    await f.writeJson({ v: 1, ...header }, opts.signal)
-    const first = await f.readJson<{ type?: string; reason?: unknown }>(opts.signal)
+    await f.writeJson({ v: VERSION, ...header }, opts.signal)
+    const first = await f.readJson<{ type?: string; reason?: unknown; need?: unknown }>(opts.signal)
     if (first.type === 'refused') return { kind: 'refused', reason: str(first.reason, 'reason', 1024) }
     if (first.type !== 'accepted') throw new ProtocolViolation(`unexpected reply ${String(first.type)}`)
+    const need = first.need
+    if (!Array.isArray(need) || need.length > header.files.length) throw new ProtocolViolation('field need: expected a list of file indices')
+    for (const i of need) if (!Number.isInteger(i) || i < 0 || i >= header.files.length) throw new ProtocolViolation('field need: index out of range')
     opts.onAccepted?.()
-    await f.writeBlob(await gzipAsync(Buffer.concat(files.map((x) => x.data)), { level: 1 }), opts.signal)
+    const data = await load(need as number[])
+    await f.writeBlob(await gzipAsync(Buffer.concat(data), { level: 1 }), opts.signal)
     for (;;) {
       const msg = await f.readJson<{ type?: string; reason?: unknown; exitCode?: unknown }>(opts.signal)
       if (msg.type === 'working') continue
@@ -123,7 +149,7 @@ export interface JobHandler {
 }
 
 /** Builder side: serve compile jobs with `handler`. */
-export async function serveCompileJobs(node: Libp2p, meshId: string, handler: JobHandler, onError: (peer: string, err: Error) => void): Promise<void> {
+export async function serveCompileJobs(node: Libp2p, meshId: string, handler: JobHandler, cache: InputCache, onError: (peer: string, err: Error) => void): Promise<void> {
   await node.handle(compileJobProtocol(meshId), async (stream, connection) => {
     const peer = connection.remotePeer.toString()
     const f = new Framed(stream)
@@ -137,19 +163,32 @@ export async function serveCompileJobs(node: Libp2p, meshId: string, handler: Jo
         return
       }
       release = admitted
-      await f.writeJson({ type: 'accepted' })
-      const declared = header.files.reduce((n, x) => n + x.size, 0)
+      // what we hold, pinned for this job (the cache may evict meanwhile); each content once
+      const held = new Map<string, Buffer>()
+      const need: number[] = []
+      const asked = new Set<string>()
+      header.files.forEach((x, i) => {
+        const data = held.get(x.hash) ?? cache.get(x.hash)
+        if (data && data.length === x.size) held.set(x.hash, data)
+        else if (!asked.has(x.hash)) { asked.add(x.hash); need.push(i) }
+      })
+      await f.writeJson({ type: 'accepted', need })
+      const declared = need.reduce((n, i) => n + header.files[i]!.size, 0)
       if (declared > LIMITS.inputBytes) throw new ProtocolViolation('inputs exceed the size limit')
       const packed = await f.readBlob(LIMITS.inputBytes)
-      // a job may ship no file at all (a -nostdinc probe compiling /dev/null); zlib refuses a 0 cap
+      // a job may need no file at all (all cached, or a -nostdinc probe of /dev/null); zlib refuses a 0 cap
       const all = await gunzipAsync(packed, { maxOutputLength: Math.max(1, declared) })
       if (all.length !== declared) throw new ProtocolViolation('inputs do not match their declared sizes')
       let off = 0
-      const files = header.files.map((x) => {
-        const data = all.subarray(off, off + x.size)
+      for (const i of need) {
+        const x = header.files[i]!
+        const data = Buffer.from(all.subarray(off, off + x.size)) // its own memory: it may outlive this job in the cache
         off += x.size
-        return { path: x.path, mode: x.mode, data }
-      })
+        if (createHash('sha256').update(data).digest('hex') !== x.hash) throw new ProtocolViolation(`input ${x.path} does not match its hash`)
+        held.set(x.hash, data)
+        cache.put(x.hash, data)
+      }
+      const files = header.files.map((x) => ({ path: x.path, mode: x.mode, data: held.get(x.hash)! }))
       beat = setInterval(() => { void f.writeJson({ type: 'working' }).catch(() => {}) }, HEARTBEAT_MS)
       const reply = await handler.run(peer, header, files)
       clearInterval(beat)
