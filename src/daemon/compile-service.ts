@@ -96,7 +96,8 @@ interface LocalResult { exitCode: number; stdout: Buffer; stderr: Buffer; obj: B
 
 export class CompileService {
   private readonly identity = new CompilerIdentity()
-  private readonly hasher = new FileHasher()
+  /** file content hashes, memoised by stat: shared with the remote runner, which names job inputs by them */
+  readonly hasher = new FileHasher()
   /** local compiles */
   readonly cpu: Semaphore
   /** local preprocessing: bounded separately, so distributing misses cannot thrash this machine */

@@ -10,7 +10,7 @@ import type { Logger } from '../log.js'
 import type { Mesh, MeshMember } from '../mesh/index.js'
 import { sendCompileJob, type JobFileRef, type JobHeader } from '../mesh/protocols/compile-job.js'
 import { inputsFromPreprocessed } from '../compiler/inputs.js'
-import { FileHasher } from '../cache/file-hashes.js'
+import type { FileHasher } from '../cache/file-hashes.js'
 import { packToolchainCached } from '../toolchain/pack.js'
 import { KEY_ENV, type PreparedJob, type RemoteAttempt, type RemoteJob, type RemoteRunner } from './compile-service.js'
 import type { Stats } from './stats.js'
@@ -43,9 +43,8 @@ export class MeshRemoteRunner implements RemoteRunner {
   private readonly perPeer = new Map<string, PeerJobStats>()
   private readonly toolchains = new Map<string, Promise<Toolchain>>()
   private readonly configured = new Map<string, Promise<Toolchain>>()
-  private readonly hasher = new FileHasher()
 
-  constructor(private readonly opts: { mesh: Mesh; config: Config; log: Logger; stats: Stats; toolchainDir: string }) {}
+  constructor(private readonly opts: { mesh: Mesh; config: Config; log: Logger; stats: Stats; hasher: FileHasher; toolchainDir: string }) {}
 
   wants(localFree: boolean): boolean {
     if (localFree && this.opts.config.build.localSlots > 0) return false // a free local slot beats any transfer
@@ -145,7 +144,7 @@ export class MeshRemoteRunner implements RemoteRunner {
     for (const path of set.files) {
       // Kbuild's compiler probes compile /dev/null: the sandbox has its own (bwrap --dev)
       if (SANDBOX_DEVICES.has(path) && (await stat(path).catch(() => null))?.isCharacterDevice()) continue
-      const h = await this.hasher.hash(path)
+      const h = await this.opts.hasher.hash(path)
       if (!h) throw new Error(`input ${path} is not a readable regular file`)
       total += h.size
       if (total > MAX_INPUT_BYTES) throw new Error('inputs larger than 256 MiB')
