@@ -43,7 +43,7 @@ const POLL_PARALLEL = 8
 function usage(): string {
   return `usage: node --import tsx scripts/bench-mesh.ts [--sizes 10,30] [--window S] [--settle S]
                         [--timeout S] [--concurrency N] [--out FILE] [--keep] [--log-level L]
-                        [--cpu-prof DIR]
+                        [--cpu-prof DIR] [--cpu-prof-phase idle|converge]
   --sizes        mesh sizes to run, one after the other (default 10,30)
   --window       idle measurement window in seconds (default 20)
   --settle       pause between convergence and the idle window, in seconds (default 30: past a
@@ -53,7 +53,9 @@ function usage(): string {
   --out          Markdown results file (default scripts/bench-results/mesh.md)
   --keep         keep each size's temp dir (configs, logs) instead of removing it
   --log-level    the daemons' [log] level (default warn; the report lists WARN/ERROR lines)
-  --cpu-prof     write a V8 CPU profile of daemon 1 of each size into DIR (for finding idle cost)`
+  --cpu-prof     write a V8 CPU profile of daemon 1 of each size into DIR (for finding idle cost)
+  --cpu-prof-phase  idle (default: daemon 1 during the idle window) or converge (daemons 0, 1
+                 and the last one, from the last start until the views are complete)`
 }
 
 function say(s: string): void {
@@ -179,7 +181,8 @@ async function runSize(n: number, o: Options): Promise<SizeResult> {
   const nodes = Array.from({ length: n }, (_, i) => makeNode(root, i))
   if (o.cpuProfDir) {
     mkdirSync(o.cpuProfDir, { recursive: true })
-    nodes[1].cpuProfDir = o.cpuProfDir
+    // idle: one ordinary member; converge: the bootstrap hub, an early member and the last one
+    for (const i of o.cpuProfPhase === 'converge' ? [0, 1, n - 1] : [1]) nodes[i]!.cpuProfDir = o.cpuProfDir
   }
   live.root = root
   live.nodes = nodes
@@ -218,6 +221,8 @@ async function runSize(n: number, o: Options): Promise<SizeResult> {
     // 1. convergence: the first poll round in which every daemon's view holds all n
     const deadline = tLast + o.timeoutS * 1000
     res.peakCounts = nodes.map(() => 0)
+    const convergeProfiled = o.cpuProfPhase === 'converge' ? nodes.filter((nd) => nd.cpuProfDir && nd.pid) : []
+    for (const nd of convergeProfiled) process.kill(nd.pid!, 'SIGUSR2') // profile start (cpu-profile-preload.mjs)
     const convTicks0 = machineTicks()
     for (;;) {
       checkInterrupted()
@@ -245,6 +250,7 @@ async function runSize(n: number, o: Options): Promise<SizeResult> {
       }
       await isleep(POLL_MS - (now() - round))
     }
+    for (const nd of convergeProfiled) process.kill(nd.pid!, 'SIGUSR2') // profile written
     res.convergeBusy = coresBusy(convTicks0, machineTicks(), cpus().length)
     if (res.converged) say(`N=${n}: all ${n} views complete ${(res.fromLastMs! / 1000).toFixed(2)} s after the last start (${(res.fromFirstMs! / 1000).toFixed(2)} s after the first)`)
 
@@ -258,7 +264,7 @@ async function runSize(n: number, o: Options): Promise<SizeResult> {
     const m0 = machineTicks()
     const w0 = now()
     say(`N=${n}: idle window of ${o.windowS} s…`)
-    const profiled = nodes.filter((nd) => nd.cpuProfDir && nd.pid)
+    const profiled = o.cpuProfPhase === 'idle' ? nodes.filter((nd) => nd.cpuProfDir && nd.pid) : []
     for (const nd of profiled) process.kill(nd.pid!, 'SIGUSR2') // profile start (cpu-profile-preload.mjs)
     await isleep(o.windowS * 1000)
     for (const nd of profiled) process.kill(nd.pid!, 'SIGUSR2') // profile written
@@ -443,6 +449,7 @@ interface Options {
   keep: boolean
   logLevel: string
   cpuProfDir?: string
+  cpuProfPhase: 'idle' | 'converge'
 }
 
 function parseOptions(): Options | null {
@@ -457,6 +464,7 @@ function parseOptions(): Options | null {
       keep: { type: 'boolean', default: false },
       'log-level': { type: 'string', default: 'warn' },
       'cpu-prof': { type: 'string' },
+      'cpu-prof-phase': { type: 'string', default: 'idle' },
       help: { type: 'boolean', short: 'h', default: false }
     },
     strict: true
@@ -479,7 +487,8 @@ function parseOptions(): Options | null {
     out: resolve(values.out ?? join(HERE, 'bench-results', 'mesh.md')),
     keep: values.keep!,
     logLevel: values['log-level']!,
-    cpuProfDir: values['cpu-prof'] === undefined ? undefined : resolve(values['cpu-prof'])
+    cpuProfDir: values['cpu-prof'] === undefined ? undefined : resolve(values['cpu-prof']),
+    cpuProfPhase: profPhase(values['cpu-prof-phase'])
   }
 }
 
@@ -530,3 +539,8 @@ main().then(
     process.exit(1)
   }
 )
+
+function profPhase(v: string | undefined): 'idle' | 'converge' {
+  if (v === 'idle' || v === 'converge') return v
+  fail(`--cpu-prof-phase: expected idle or converge, got ${v}`)
+}

@@ -1,6 +1,8 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { encodeLoad, decodeLoad, LoadDecodeError, MAX_LOAD_MESSAGE_BYTES, MAX_TOOLCHAINS, loadTopic, type LoadMessage } from '../src/mesh/protocols/load-gossip.js'
+import { decodeExchange, exchangeDoc, MAX_EXCHANGE_ADDRS } from '../src/mesh/protocols/member-exchange.js'
+import { MAX_CONTROL_BYTES, ProtocolViolation } from '../src/mesh/protocols/framing.js'
 
 const sample: LoadMessage = {
   cores: 16, running: 3, queued: 1, freeSlots: 13, load1: 2.57, speed: 1.25,
@@ -15,6 +17,8 @@ test('load message roundtrip', () => {
   const bye = decodeLoad(encodeLoad({ ...sample, bye: true, accept: 'never' }))
   assert.equal(bye.bye, true)
   assert.equal(bye.accept, 'never')
+  assert.equal(decodeLoad(encodeLoad({ ...sample, wantsForwarding: true })).wantsForwarding, true)
+  assert.equal(decodeLoad(encodeLoad(sample)).wantsForwarding, undefined)
 })
 
 test('encode caps lists and sanitises numbers', () => {
@@ -63,4 +67,33 @@ test('unknown fields are ignored (room for additions)', () => {
 
 test('topic names the mesh', () => {
   assert.equal(loadTopic('0123abcd'), '/meshcc/0123abcd/load/1')
+})
+
+test('member exchange: roundtrip, caps, and one control frame at most', () => {
+  const members = [{ peerId: '12D3KooWabc', addrs: Array.from({ length: 10 }, (_, i) => `/ip4/10.0.0.${i}/tcp/10650`) }]
+  const doc = JSON.parse(JSON.stringify(exchangeDoc({ load: sample, members }))) as Record<string, unknown>
+  const back = decodeExchange(doc)
+  assert.deepEqual(back.load, sample)
+  assert.equal(back.members[0]!.peerId, '12D3KooWabc')
+  assert.equal(back.members[0]!.addrs.length, MAX_EXCHANGE_ADDRS)
+  // a huge mesh is cut to what fits one control frame, and that still decodes
+  const many = Array.from({ length: 5000 }, (_, i) => ({ peerId: `12D3KooW${'x'.repeat(44)}${i}`, addrs: ['/ip4/10.1.2.3/tcp/10650', '/ip6/fd00::1/tcp/10650', '/ip4/192.168.100.200/tcp/10650', '/dns4/some-build-host.example.org/tcp/10650'] }))
+  const big = exchangeDoc({ load: sample, members: many })
+  assert.ok(Buffer.byteLength(JSON.stringify(big)) <= MAX_CONTROL_BYTES)
+  assert.ok(decodeExchange(JSON.parse(JSON.stringify(big)) as Record<string, unknown>).members.length > 100)
+})
+
+test('member exchange: bad frames are refused with a ProtocolViolation naming the field', () => {
+  const good = JSON.parse(JSON.stringify(exchangeDoc({ load: sample, members: [] }))) as Record<string, unknown>
+  const bad: Array<[Record<string, unknown>, RegExp]> = [
+    [{ ...good, v: 2 }, /field v/],
+    [{ ...good, load: '{"v":1}' }, /field load/],
+    [{ ...good, load: 7 }, /field load/],
+    [{ ...good, members: 'all' }, /field members/],
+    [{ ...good, members: [['12D3KooWabc']] }, /members\[0\]/],
+    [{ ...good, members: [[5, []]] }, /members\[0\]\[0\]/],
+    [{ ...good, members: [['12D3KooWabc', ['a', 'b', 'c', 'd', 'e']]] }, /members\[0\]\[1\]/],
+    [{ ...good, members: Array.from({ length: 1001 }, () => ['p', []]) }, /field members/]
+  ]
+  for (const [doc, re] of bad) assert.throws(() => decodeExchange(doc), (e: unknown) => e instanceof ProtocolViolation && re.test((e as Error).message), JSON.stringify(doc).slice(0, 120))
 })

@@ -121,3 +121,24 @@ test('bootstrap peers are redialed until they come up', { timeout: 60_000 }, asy
   t.diagnostic(`B reached A ${Date.now() - t0} ms after A came back`)
   assert.ok(B.lines.some((l) => /^I .*connected to bootstrap peer/.test(l)))
 })
+
+test('a newcomer that knows only its bootstrap peer meets the rest by member exchange', { timeout: 60_000 }, async (t) => {
+  const key = join(dir, 'mesh3.key')
+  writeMeshKey(key, generateMeshKey())
+  const A = await start('X-A', key, { load: () => load(2) })
+  const addrA = A.m.addresses()[0]!
+  const B = await start('X-B', key, { bootstrap: [addrA], load: () => load(3) })
+  const sees = (m: Mesh, id: string, kind?: MeshMember['connection']) => m.members().some((x) => x.peerId === id && (kind === undefined || x.connection === kind))
+  await waitFor('A and B to see each other', () => (sees(A.m, B.m.peerId) && sees(B.m, A.m.peerId) ? true : undefined), 20_000, 100)
+
+  const t0 = Date.now()
+  const C = await start('X-C', key, { bootstrap: [addrA], load: () => load(5) })
+  await waitFor('C and B to be connected and in each other\'s view', () =>
+    (sees(C.m, B.m.peerId, 'direct') && sees(B.m, C.m.peerId, 'direct') ? true : undefined), 20_000, 100)
+  t.diagnostic(`C and B met ${Date.now() - t0} ms after C started`)
+  // C heard of B from A in the exchange on their new connection, not from gossip
+  assert.ok(C.lines.some((l) => l.startsWith(`D connected to ${B.m.peerId} (found by exchange)`)), C.lines.filter((l) => l.includes('connected to')).join('\n'))
+  // and the exchange on C's connection to B gave each its load at once
+  assert.equal(B.m.members().find((x) => x.peerId === C.m.peerId)?.load.cores, 5)
+  assert.equal(C.m.members().find((x) => x.peerId === B.m.peerId)?.load.cores, 3)
+})

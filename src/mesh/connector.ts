@@ -13,8 +13,13 @@ const DIAL_TIMEOUT_MS = 10_000
 const BOOTSTRAP_MAX_BACKOFF_MS = 60_000
 const BOOTSTRAP_CHECK_MS = 5000
 const PEER_MAX_BACKOFF_MS = 120_000
-/** the larger peer id waits this long before dialing, so both sides rarely dial at once */
+/**
+ * The larger peer id waits this long before dialing, so both sides rarely dial at once: they
+ * often learn of each other together (mDNS, gossip). A member named in a member exchange
+ * usually does not know of us yet, so that wait is short.
+ */
 const TIE_BREAK_DELAY_MS = 3000
+const EXCHANGE_TIE_BREAK_DELAY_MS = 500
 const MAX_PARALLEL_DIALS = 8
 /** stop dialing discovered peers beyond this many connections */
 const MAX_CONNECTIONS = 200
@@ -31,9 +36,12 @@ interface BootstrapEntry {
   warned: boolean
 }
 
-interface PeerDialState { failures: number; nextAt: number }
+interface PeerDialState { failures: number; nextAt: number; lastFailure: number }
 
-export type DiscoverySource = 'mdns' | 'dht' | 'gossip'
+/** a member we could not dial counts as out of reach this long after someone last named it */
+const UNREACHABLE_MEMORY_MS = 30_000
+
+export type DiscoverySource = 'mdns' | 'dht' | 'gossip' | 'exchange'
 
 export interface ConnectorInit {
   node: MeshLibp2p
@@ -49,9 +57,13 @@ export class Connector {
   private readonly self: string
   private readonly bootstrap: BootstrapEntry[]
   private readonly dialing = new Set<string>()
+  /** peers waiting for one of the MAX_PARALLEL_DIALS dial slots, in the order they came */
+  private readonly queued = new Map<string, { peer: PeerId; addrs: Multiaddr[]; source: DiscoverySource }>()
   private readonly peerState = new Map<string, PeerDialState>()
   private readonly delayed = new Map<string, NodeJS.Timeout>()
   private readonly lastWarned = new Map<string, number>()
+  /** when we last heard of each peer we were not connected to (any discovery source) */
+  private readonly heard = new Map<string, number>()
   private timer: NodeJS.Timeout | null = null
   private stopped = false
 
@@ -96,15 +108,18 @@ export class Connector {
     if (this.timer) clearInterval(this.timer)
     for (const t of this.delayed.values()) clearTimeout(t)
     this.delayed.clear()
+    this.queued.clear()
   }
 
   /** A peer was discovered (mDNS, DHT) or announced itself by gossip: connect if we are not. */
   consider(peerIdText: string, addrs: Array<Multiaddr | string>, source: DiscoverySource): void {
     if (this.stopped || peerIdText === this.self || this.isDenied(peerIdText)) return
-    if (this.dialing.has(peerIdText) || this.delayed.has(peerIdText)) return
+    if (this.dialing.has(peerIdText) || this.delayed.has(peerIdText) || this.queued.has(peerIdText)) return
     let peer: PeerId
     try { peer = peerIdFromString(peerIdText) } catch { return }
     if (this.node.getConnections(peer).length > 0) return
+    if (this.heard.size > 10_000) this.heard.clear()
+    this.heard.set(peerIdText, Date.now())
     const st = this.peerState.get(peerIdText)
     if (st && Date.now() < st.nextAt) return
     if (this.node.getConnections().length >= MAX_CONNECTIONS) return
@@ -114,20 +129,31 @@ export class Connector {
     const go = () => {
       this.delayed.delete(peerIdText)
       if (this.stopped || this.node.getConnections(peer).length > 0) return
-      void this.dialPeer(peer, mas, source)
+      this.queued.set(peerIdText, { peer, addrs: mas, source })
+      this.pump()
     }
     if (this.self < peerIdText) {
       go()
     } else {
-      const t = setTimeout(go, TIE_BREAK_DELAY_MS)
+      const t = setTimeout(go, source === 'exchange' ? EXCHANGE_TIE_BREAK_DELAY_MS : TIE_BREAK_DELAY_MS)
       t.unref()
       this.delayed.set(peerIdText, t)
     }
   }
 
+  /** Starts queued dials while dial slots are free. */
+  private pump(): void {
+    for (const [id, q] of this.queued) {
+      if (this.stopped || this.dialing.size >= MAX_PARALLEL_DIALS) return
+      this.queued.delete(id)
+      if (this.node.getConnections(q.peer).length > 0) continue
+      void this.dialPeer(q.peer, q.addrs, q.source)
+    }
+  }
+
   private async dialPeer(peer: PeerId, addrs: Multiaddr[], source: DiscoverySource): Promise<void> {
     const id = peer.toString()
-    if (this.dialing.size >= MAX_PARALLEL_DIALS || this.dialing.has(id)) return
+    if (this.dialing.has(id)) return
     this.dialing.add(id)
     try {
       if (addrs.length > 0) await this.node.peerStore.merge(peer, { multiaddrs: addrs })
@@ -135,14 +161,29 @@ export class Connector {
       this.peerState.delete(id)
       this.log.debug(`connected to ${id} (found by ${source})`)
     } catch (err) {
-      const st = this.peerState.get(id) ?? { failures: 0, nextAt: 0 }
+      const st = this.peerState.get(id) ?? { failures: 0, nextAt: 0, lastFailure: 0 }
       st.failures++
+      st.lastFailure = Date.now()
       st.nextAt = Date.now() + Math.min(PEER_MAX_BACKOFF_MS, 1000 * 2 ** st.failures)
       this.peerState.set(id, st)
       this.log.debug(`dial to ${id} (found by ${source}) failed: ${errText(err)}`)
     } finally {
       this.dialing.delete(id)
+      this.pump()
     }
+  }
+
+  /**
+   * Whether some member that was named to us lately (member exchange, gossip, mDNS, DHT) could
+   * not be dialed and is still not connected: its gossip can only reach us through forwarding.
+   */
+  someoneUnreachable(): boolean {
+    const since = Date.now() - UNREACHABLE_MEMORY_MS
+    for (const [id, st] of this.peerState) {
+      if (st.lastFailure < since || (this.heard.get(id) ?? 0) < since) continue
+      if (!this.connectedTo(id)) return true
+    }
+    return false
   }
 
   private tick(): void {
@@ -181,7 +222,8 @@ export class Connector {
       const delay = Math.min(BOOTSTRAP_MAX_BACKOFF_MS, 1000 * 2 ** Math.min(e.failures - 1, 16))
       e.nextAt = Date.now() + delay
       const name = (err as Error).name
-      const msg = name === 'EncryptionFailedError'
+      // a handshake that timed out is a slow or overloaded peer, not a wrong key
+      const msg = name === 'EncryptionFailedError' && !isTimeout(err as Error)
         ? `connection to bootstrap peer ${e.text} failed during the private-network handshake: the peer probably has a different mesh key (${errText(err)}); retrying in ${Math.round(delay / 1000)} s`
         : `cannot reach bootstrap peer ${e.text}: ${errText(err)}; retrying in ${Math.round(delay / 1000)} s`
       if (!e.warned) { this.log.warn(msg); e.warned = true } else this.log.debug(msg)
@@ -209,7 +251,7 @@ export class Connector {
     const detail = err ? ` (${errText(err)})` : ''
     const who = direction === 'inbound' ? `connection from ${hostOf(remoteAddr)}` : `connection to ${remoteAddr}`
     // a timeout or abort is load or the network; a reset during the handshake is what a key mismatch looks like
-    if (err && /timeout|timed out|abort/i.test(`${err.name} ${err.message}`)) {
+    if (err && isTimeout(err)) {
       this.log.debug(`${who}: private-network handshake timed out${detail}`)
       return
     }
@@ -224,6 +266,10 @@ export class Connector {
       this.log.debug(msg)
     }
   }
+}
+
+function isTimeout(err: Error): boolean {
+  return /timeout|timed out|abort/i.test(`${err.name} ${err.message}`)
 }
 
 function peerIdOf(ma: Multiaddr): string | null {

@@ -6,23 +6,44 @@
 // member publishing every 2 s each duplicate costs every idle daemon CPU. So the mesh degree
 // is 0 while this member has a direct connection to every member it knows of.
 //
-// It turns forwarding on (degree FORWARD_D: it grafts peers, and they forward what they
-// receive to it) while it is starting, when it knows only its bootstrap peers, and while
-// any known member is not directly connected (behind NAT, on another segment, only relayed).
-// Those members' messages then reach us through the peers we grafted, and ours reach them
-// the same way, since the peers they grafted forward them. Turning it off leaves the mesh
-// (unsubscribe + subscribe sends PRUNE), so an idle, fully connected mesh forwards nothing.
+// A member needs forwarding for its first few seconds, and while some member it knows of is
+// not directly connected: a member in its view reached only through others (behind NAT, on
+// another segment, relayed), or a member that a peer named in a member exchange and that it
+// failed to dial. It then uses degree FORWARD_D (it grafts peers, and they forward what they
+// receive to it, as it forwards to them) and lazy gossip (IHAVE to FORWARD_DLAZY peers each
+// heartbeat), and says so in its load messages (field fw).
+//
+// When it no longer needs forwarding it sets the degrees to 0 and leaves the gossipsub mesh:
+// it PRUNEs its mesh peers, so they stop forwarding to it and it to them, and an idle, fully
+// connected mesh sends each message once to each member and nothing else (over TCP a direct
+// message is not lost, and the next one follows within the interval). It keeps the mesh
+// peers that ask for forwarding: they grafted it because they cannot reach some member, and a
+// PRUNE would keep them from grafting it again for gossipsub's backoff.
 import type { GossipSub } from '@libp2p/gossipsub'
 import type { Logger } from '../log.js'
 
 export const FORWARD_D = 2
 export const FORWARD_DLO = 1
-/** how long a new member forwards regardless: until it has met the mesh */
-export const STARTUP_FORWARD_MS = 20_000
+export const FORWARD_DLAZY = 3
+export const FORWARD_GOSSIP_FACTOR = 0.1
+/**
+ * How long a new member forwards regardless. The member exchange on its first connection
+ * names the whole mesh, and unreachable members then keep forwarding on; this is the safety
+ * net for a first peer that does not answer the exchange. It is short because every member
+ * it grafts forwards the whole mesh's gossip to it meanwhile, which on a large mesh's
+ * bootstrap peer adds up when many members start at once.
+ */
+export const STARTUP_FORWARD_MS = 5000
 const CHECK_EVERY_MS = 2000
 
 /** The degrees gossipsub's heartbeat reads; they live on its options object. */
-interface Degrees { D: number; Dlo: number }
+interface Degrees { D: number; Dlo: number; Dlazy: number; gossipFactor: number }
+
+/** The parts of gossipsub that leaving the mesh peer by peer needs (what its own leave() uses). */
+interface MeshInternals {
+  mesh: Map<string, Set<string>>
+  sendPrune(id: string, topic: string): Promise<void>
+}
 
 export class ForwardingControl {
   private timer: NodeJS.Timeout | null = null
@@ -32,8 +53,10 @@ export class ForwardingControl {
   constructor(
     private readonly pubsub: GossipSub,
     private readonly topic: string,
-    /** true when some known member has no direct connection to us */
+    /** true when some known member has no direct connection to us (see the header) */
     private readonly someoneIndirect: () => boolean,
+    /** peer ids of the connected members that ask for forwarding (their fw field) */
+    private readonly askers: () => Set<string>,
     private readonly log: Logger
   ) {}
 
@@ -54,22 +77,41 @@ export class ForwardingControl {
   }
 
   check(): void {
-    const want = Date.now() - this.started < STARTUP_FORWARD_MS || this.someoneIndirect()
+    const why = Date.now() - this.started < STARTUP_FORWARD_MS ? 'starting'
+      : this.someoneIndirect() ? 'a member is not directly connected'
+        : null
+    const want = why !== null
     if (want === this.forwarding) return
     this.forwarding = want
     this.apply(want)
-    if (!want) {
-      // leave the mesh we built: our PRUNE makes the peers stop forwarding to us
-      this.pubsub.unsubscribe(this.topic)
-      this.pubsub.subscribe(this.topic)
-    }
-    this.log.debug(`gossip forwarding ${want ? 'on: a member is not directly connected' : 'off: every member is directly connected'}`)
+    if (!want) this.leaveMesh()
+    this.log.debug(`gossip forwarding ${why !== null ? `on: ${why}` : 'off: every member is directly connected'}`)
   }
 
   private apply(on: boolean): void {
     const opts = (this.pubsub as unknown as { opts?: Partial<Degrees> }).opts
-    if (typeof opts?.D !== 'number' || typeof opts.Dlo !== 'number') return // not the gossipsub we know: keep its config
+    if (typeof opts?.D !== 'number' || typeof opts.Dlo !== 'number' || typeof opts.Dlazy !== 'number' || typeof opts.gossipFactor !== 'number') return // not the gossipsub we know: keep its config
     opts.D = on ? FORWARD_D : 0
     opts.Dlo = on ? FORWARD_DLO : 0
+    opts.Dlazy = on ? FORWARD_DLAZY : 0
+    opts.gossipFactor = on ? FORWARD_GOSSIP_FACTOR : 0
+  }
+
+  /** PRUNE every mesh peer that does not ask for forwarding (see the header). */
+  private leaveMesh(): void {
+    const gs = this.pubsub as unknown as Partial<MeshInternals>
+    const peers = gs.mesh instanceof Map ? gs.mesh.get(this.topic) : undefined
+    if (!(peers instanceof Set) || typeof gs.sendPrune !== 'function') {
+      // not the gossipsub we know: leave the whole mesh through the public API
+      this.pubsub.unsubscribe(this.topic)
+      this.pubsub.subscribe(this.topic)
+      return
+    }
+    const keep = this.askers()
+    for (const id of [...peers]) {
+      if (keep.has(id)) continue
+      peers.delete(id)
+      gs.sendPrune.call(this.pubsub, id, this.topic).catch(() => { /* the peer went away */ })
+    }
   }
 }

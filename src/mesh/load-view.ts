@@ -16,6 +16,8 @@ export interface ViewEntry {
   seq: number
   /** local clock, ms epoch */
   lastSeen: number
+  /** it asked its peers to forward gossip to it (forwarding.ts) */
+  wantsForwarding: boolean
 }
 
 export const DEFAULT_GOSSIP_INTERVAL_MS = 2000
@@ -44,6 +46,8 @@ export interface LoadViewInit {
   onMessage?: (peerId: string, addrs: string[]) => void
   /** the view changed (member joined, left or reported new load) */
   onChange?: () => void
+  /** whether our messages ask peers to forward gossip to us */
+  wantsForwarding?: () => boolean
 }
 
 export class LoadView {
@@ -57,6 +61,8 @@ export class LoadView {
   private stopped = false
   private readonly self: string
   private readonly onGossip = (evt: CustomEvent<Message>) => this.handle(evt.detail)
+  /** the validator's decoding, so the message event does not parse the same bytes again */
+  private readonly validated = new WeakMap<Uint8Array, LoadMessage>()
 
   constructor(private readonly init: LoadViewInit) {
     this.topic = loadTopic(init.meshId)
@@ -109,7 +115,11 @@ export class LoadView {
 
   private message(bye = false): LoadMessage {
     const l = this.selfLoad()
-    return { ...l, addrs: this.init.getAddrs(), seq: ++this.seq, timestamp: Date.now(), ...(bye ? { bye: true, accept: 'never' as const } : {}) }
+    return {
+      ...l, addrs: this.init.getAddrs(), seq: ++this.seq, timestamp: Date.now(),
+      ...(bye ? { bye: true, accept: 'never' as const } : {}),
+      ...(!bye && this.init.wantsForwarding?.() ? { wantsForwarding: true } : {})
+    }
   }
 
   private async publish(): Promise<void> {
@@ -126,7 +136,7 @@ export class LoadView {
     if (msg.type !== 'signed') return TopicValidatorResult.Reject
     if (this.init.isDenied(msg.from.toString())) return TopicValidatorResult.Reject
     try {
-      decodeLoad(msg.data)
+      this.validated.set(msg.data, decodeLoad(msg.data))
       return TopicValidatorResult.Accept
     } catch {
       return TopicValidatorResult.Reject
@@ -139,11 +149,29 @@ export class LoadView {
     if (from === this.self || this.init.isDenied(from)) return
     let m: LoadMessage
     try {
-      m = decodeLoad(msg.data)
+      m = this.validated.get(msg.data) ?? decodeLoad(msg.data)
     } catch (err) {
       if (err instanceof LoadDecodeError) this.init.log.debug(`bad load message from ${from}: ${err.message}`)
       return
     }
+    this.apply(from, m)
+  }
+
+  /**
+   * A member's own load message that reached us outside gossip, on a stream it authenticated
+   * (member-exchange.ts): same rules as a gossiped one.
+   */
+  acceptDirect(from: string, m: LoadMessage): void {
+    if (this.stopped || from === this.self || this.init.isDenied(from)) return
+    this.apply(from, m)
+  }
+
+  /** The message we would publish now (for member exchange); counts as one of our sequence numbers. */
+  ownMessage(): LoadMessage {
+    return this.message()
+  }
+
+  private apply(from: string, m: LoadMessage): void {
     const prev = this.entries.get(from)
     if (prev && m.seq <= prev.seq) return // late duplicate through another path
     if (m.bye) {
@@ -154,8 +182,8 @@ export class LoadView {
       }
       return
     }
-    const { addrs, seq, timestamp: _ts, bye: _bye, ...load } = m
-    this.entries.set(from, { peerId: from, load, addrs, seq, lastSeen: Date.now() })
+    const { addrs, seq, timestamp: _ts, bye: _bye, wantsForwarding, ...load } = m
+    this.entries.set(from, { peerId: from, load, addrs, seq, lastSeen: Date.now(), wantsForwarding: wantsForwarding === true })
     if (!prev) this.init.log.info(`mesh member joined: ${load.name || '?'} (${from}), ${load.cores} cores`)
     this.init.onMessage?.(from, addrs)
     this.init.onChange?.()

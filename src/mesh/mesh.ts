@@ -5,7 +5,7 @@ import { hostname } from 'node:os'
 import { multiaddr, type Multiaddr } from '@multiformats/multiaddr'
 import { peerIdFromString } from '@libp2p/peer-id'
 import { isPrivate } from '@libp2p/utils'
-import type { Libp2p, PeerId, PeerInfo } from '@libp2p/interface'
+import type { Connection, Libp2p, PeerId, PeerInfo } from '@libp2p/interface'
 import type { Config } from '../config.js'
 import type { Logger } from '../log.js'
 import { MeshError } from './errors.js'
@@ -15,6 +15,7 @@ import { Connector, errText } from './connector.js'
 import { Advertiser, platformCapability } from './dht-ads.js'
 import { ForwardingControl } from './forwarding.js'
 import { loadTopic } from './protocols/load-gossip.js'
+import { exchangeMembers, memberExchangeProtocol, serveMemberExchange, type MemberInfo } from './protocols/member-exchange.js'
 import { LoadView, DEFAULT_GOSSIP_INTERVAL_MS, MAX_GOSSIP_INTERVAL_MS, MIN_GOSSIP_INTERVAL_MS, defaultExpiryMs, type LoadInfo } from './load-view.js'
 
 export type { LoadInfo } from './load-view.js'
@@ -144,7 +145,12 @@ export async function startMesh(opts: MeshOptions): Promise<Mesh> {
     }, EMIT_GAP_MS)
   }
 
-  const view = new LoadView({
+  // some member we know of is reached only through others, or could not be dialed
+  const someoneIndirect = (): boolean => {
+    for (const e of view.list()) if (connectionKind(e.peerId).kind !== 'direct') return true
+    return connector?.someoneUnreachable() ?? false
+  }
+  const view: LoadView = new LoadView({
     node,
     meshId,
     log,
@@ -156,7 +162,8 @@ export async function startMesh(opts: MeshOptions): Promise<Mesh> {
     intervalMs,
     expiryMs,
     onMessage: (id, addrs) => connector?.consider(id, addrs, 'gossip'),
-    onChange: changed
+    onChange: changed,
+    wantsForwarding: () => someoneIndirect()
   })
 
   const rtts = new Map<string, number>()
@@ -180,9 +187,9 @@ export async function startMesh(opts: MeshOptions): Promise<Mesh> {
     return list.sort((a, b) => (a.peerId < b.peerId ? -1 : a.peerId > b.peerId ? 1 : 0))
   }
 
-  // RTT: libp2p's connection monitor pings every connection (CONNECTION_PING_MS) and records
-  // conn.rtt; we ping only connections it has not measured yet, so a new member shows an RTT
-  // within a second instead of after the monitor's first round (idle pings cost CPU on every node).
+  // RTT: yamux pings every connection when it opens and then every 30 s (one frame each way);
+  // libp2p's connection monitor (CONNECTION_PING_MS) records conn.rtt too. We ping only
+  // connections neither has measured, so a new member shows an RTT within a second.
   let pinging = false
   const pingRound = async () => {
     if (pinging || stopped) return
@@ -194,7 +201,7 @@ export async function startMesh(opts: MeshOptions): Promise<Mesh> {
         live.add(e.peerId)
         const conns = node.getConnections(peerIdFromString(e.peerId)).filter((c) => c.status === 'open')
         if (conns.length === 0) { rtts.delete(e.peerId); continue }
-        const measured = conns.map((c) => c.rtt).filter((r): r is number => typeof r === 'number' && Number.isFinite(r))
+        const measured = conns.map(rttOf).filter((r): r is number => r !== null)
         if (measured.length > 0) {
           rtts.set(e.peerId, Math.round(Math.min(...measured) * 10) / 10)
           continue
@@ -219,16 +226,37 @@ export async function startMesh(opts: MeshOptions): Promise<Mesh> {
     connector?.consider(id, evt.detail.multiaddrs, mdnsPeers.has(id) ? 'mdns' : 'dht')
   }
   node.addEventListener('peer:discovery', onDiscovery)
+  // Member exchange (protocols/member-exchange.ts): the dialer of each new connection swaps
+  // "who I am, whom I know" with the other end, so a newcomer meets the whole mesh at once.
+  const ourInfo = (): MemberInfo => ({ load: view.ownMessage(), members: view.list().map((e) => ({ peerId: e.peerId, addrs: e.addrs })) })
+  const onInfo = (peer: string, info: MemberInfo) => {
+    if (stopped || isDenied(peer)) return
+    view.acceptDirect(peer, info.load)
+    for (const m of info.members) connector?.consider(m.peerId, m.addrs, 'exchange')
+  }
+  await serveMemberExchange(node, meshId, ourInfo, onInfo, (peer, err) => log.debug(`member exchange with ${peer} failed: ${errText(err)}`))
+  const onOpen = (evt: CustomEvent<Connection>) => {
+    const conn = evt.detail
+    if (conn.direction !== 'outbound' || stopped) return
+    const peer = conn.remotePeer.toString()
+    void (async () => {
+      try {
+        const stream = await conn.newStream(memberExchangeProtocol(meshId), { signal: AbortSignal.timeout(10_000) })
+        onInfo(peer, await exchangeMembers(stream, ourInfo()))
+      } catch (err) {
+        if (!stopped) log.debug(`member exchange with ${peer} failed: ${errText(err)}`)
+      }
+    })()
+  }
+  node.addEventListener('connection:open', onOpen)
   const onDisconnect = (evt: CustomEvent<PeerId>) => {
     if (node.getConnections(evt.detail).length === 0) view.forget(evt.detail.toString(), 'disconnected')
   }
   node.addEventListener('peer:disconnect', onDisconnect)
 
   const ads = new Advertiser(node, meshId, log)
-  const forwarding = new ForwardingControl(node.services.pubsub, loadTopic(meshId), () => {
-    for (const e of view.list()) if (connectionKind(e.peerId).kind !== 'direct') return true
-    return false
-  }, log)
+  const forwarding = new ForwardingControl(node.services.pubsub, loadTopic(meshId), someoneIndirect,
+    () => new Set(view.list().filter((e) => e.wantsForwarding).map((e) => e.peerId)), log)
   view.start()
   forwarding.start()
   connector.start()
@@ -273,6 +301,7 @@ export async function startMesh(opts: MeshOptions): Promise<Mesh> {
       forwarding.stop()
       node.removeEventListener('peer:discovery', onDiscovery)
       node.removeEventListener('peer:disconnect', onDisconnect)
+      node.removeEventListener('connection:open', onOpen)
       connector?.stop()
       ads.stop()
       await view.stop()
@@ -296,6 +325,16 @@ function where(config: Config): string {
 
 function clamp(n: number, lo: number, hi: number): number {
   return Math.min(hi, Math.max(lo, Number.isFinite(n) ? n : lo))
+}
+
+/**
+ * A connection's round-trip time in ms: the muxer's keep-alive measurement (yamux sets rtt to -1
+ * until its first ping returns), else the connection monitor's, else null.
+ */
+export function rttOf(conn: Connection): number | null {
+  const muxerRtt = (conn as unknown as { muxer?: { rtt?: unknown } }).muxer?.rtt
+  if (typeof muxerRtt === 'number' && Number.isFinite(muxerRtt) && muxerRtt >= 0) return muxerRtt
+  return typeof conn.rtt === 'number' && Number.isFinite(conn.rtt) ? conn.rtt : null
 }
 
 function isLoopback(addr: string): boolean {

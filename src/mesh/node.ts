@@ -15,8 +15,9 @@ import { mdns } from '@libp2p/mdns'
 import type { ConnectionEncrypter, ConnectionProtector, MessageStream, MultiaddrConnection, PeerId, PrivateKey, StreamCloseEvent } from '@libp2p/interface'
 import type { Logger } from '../log.js'
 import { MeshError } from './errors.js'
-import { FORWARD_D, FORWARD_DLO } from './forwarding.js'
+import { FORWARD_D, FORWARD_DLAZY, FORWARD_DLO, FORWARD_GOSSIP_FACTOR } from './forwarding.js'
 import { fixPnetCipher } from './pnet-cipher-fix.js'
+import { fixYamuxWindowUpdates } from './yamux-window-fix.js'
 
 export type MeshServices = {
   identify: Identify
@@ -54,7 +55,8 @@ export const MAX_DHT_RECORD_BYTES = 4096
  * D and Dlo between these and 0). With the default degree a 30-member mesh on one machine
  * burned 5.5 % of a core per idle daemon, with forwarding off 3.7 % (npm run bench:mesh).
  * Dhi leaves room for the members that graft us because they need forwarding; the lazy gossip
- * (IHAVE to a few peers each heartbeat) repairs what a lost message would leave out.
+ * (IHAVE to a few peers each heartbeat) repairs what a lost message would leave out, and is
+ * switched off with forwarding.
  */
 export const GOSSIP_DEGREES = {
   floodPublish: true,
@@ -62,12 +64,18 @@ export const GOSSIP_DEGREES = {
   Dlo: FORWARD_DLO,
   Dhi: 8,
   Dout: 0,
-  Dlazy: 3,
-  gossipFactor: 0.1
+  Dlazy: FORWARD_DLAZY,
+  gossipFactor: FORWARD_GOSSIP_FACTOR
 } as const
 
-/** libp2p's connection monitor pings each connection this often (it also records conn.rtt). */
-export const CONNECTION_PING_MS = 15_000
+/**
+ * libp2p's connection monitor pings each connection this often and closes it when the ping
+ * fails: it finds connections whose peer vanished without closing them (power cut, cable).
+ * Each ping opens a stream (protocol negotiation both ways, a peer-store write on each side),
+ * so with 30 members a 15 s interval cost every idle daemon four streams a second. RTTs come
+ * from yamux's keep-alive pings instead (see rttOf in mesh.ts), which are one frame each way.
+ */
+export const CONNECTION_PING_MS = 60_000
 
 export function dhtProtocol(meshId: string): string {
   return `/meshcc/${meshId}/kad/1.0.0`
@@ -138,6 +146,7 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshLibp2p> {
     : []
 
   fixPnetCipher()
+  fixYamuxWindowUpdates()
   const protector = preSharedKey({ psk: init.psk })
   // protected stream -> raw connection timeline, so the encrypter wrapper can mark success
   const rawOf = new WeakMap<object, object>()
@@ -189,7 +198,8 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshLibp2p> {
       connectionEncrypters: [markingNoise],
       streamMuxers: [yamux()],
       connectionProtector: watchingProtector,
-      connectionMonitor: { pingInterval: CONNECTION_PING_MS },
+      // a ping slower than 20 s is an overloaded machine, not a dead peer: keep the connection
+      connectionMonitor: { pingInterval: CONNECTION_PING_MS, pingTimeout: { minTimeout: 20_000, maxTimeout: 60_000 } },
       connectionManager: {
         // default is 5 inbound per second per IP: too few for a LAN behind one NAT or a test host
         inboundConnectionThreshold: 100

@@ -10,6 +10,8 @@
 //   sh   shim-capable (0/1)     n   name (hostname)    ad multiaddrs (<= 16)
 //   seq  sender's sequence number (grows across restarts)   ts  sender's clock, ms epoch
 //   bye  1 when the sender is leaving the mesh (optional)
+//   fw   1 when the sender knows a member it has no direct connection to, so its peers should
+//        forward gossip to it (optional; forwarding.ts)
 
 export const LOAD_FORMAT_VERSION = 1
 /** Messages larger than this are rejected before parsing. */
@@ -45,6 +47,8 @@ export interface LoadMessage extends LoadInfo {
   seq: number
   timestamp: number
   bye?: boolean
+  /** the sender needs its peers to forward gossip (field fw) */
+  wantsForwarding?: boolean
 }
 
 const ACCEPT_CODE: Record<Accept, string> = { always: 'a', idle: 'i', never: 'n' }
@@ -76,6 +80,7 @@ export function encodeLoad(m: LoadMessage): Uint8Array {
     ts: int(m.timestamp)
   }
   if (m.bye) doc.bye = 1
+  if (m.wantsForwarding) doc.fw = 1
   const bytes = new TextEncoder().encode(JSON.stringify(doc))
   if (bytes.length > MAX_LOAD_MESSAGE_BYTES) throw new LoadDecodeError(`load message too large (${bytes.length} bytes)`)
   return bytes
@@ -116,7 +121,8 @@ export function decodeLoad(data: Uint8Array): LoadMessage {
     addrs: strings(d.ad, 'ad', MAX_ADDRS, MAX_STRING),
     seq: num(d.seq, 'seq', 0, Number.MAX_SAFE_INTEGER),
     timestamp: num(d.ts, 'ts', 0, Number.MAX_SAFE_INTEGER),
-    ...(d.bye === 1 || d.bye === true ? { bye: true } : {})
+    ...(d.bye === 1 || d.bye === true ? { bye: true } : {}),
+    ...(d.fw === 1 || d.fw === true ? { wantsForwarding: true } : {})
   }
 }
 
