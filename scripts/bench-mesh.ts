@@ -224,17 +224,24 @@ async function runSize(n: number, o: Options): Promise<SizeResult> {
     const convergeProfiled = o.cpuProfPhase === 'converge' ? nodes.filter((nd) => nd.cpuProfDir && nd.pid) : []
     for (const nd of convergeProfiled) process.kill(nd.pid!, 'SIGUSR2') // profile start (cpu-profile-preload.mjs)
     const convTicks0 = machineTicks()
+    // Status requests cost the daemons CPU too, so a daemon whose view is complete is not asked
+    // again until every view was complete once; then one round over all of them confirms it.
+    const complete = new Set<number>()
     for (;;) {
       checkInterrupted()
       const round = now()
-      const replies = await pollAll(nodes)
+      const confirming = complete.size === n
+      const asked = confirming ? nodes : nodes.filter((nd) => !complete.has(nd.index))
+      const replies = await pollAll(asked)
       replies.forEach((r, i) => {
-        const nd = nodes[i]!
+        const nd = asked[i]!
         if (r.pid && r.pid !== nd.pid && ownsPid(nd, r.pid)) nd.pid = r.pid // status.daemon.pid is authoritative
-        res.peakCounts![i] = Math.max(res.peakCounts![i]!, r.count)
+        res.peakCounts![nd.index] = Math.max(res.peakCounts![nd.index]!, r.count)
+        if (r.count >= n) complete.add(nd.index)
+        else complete.delete(nd.index)
       })
       checkAlive(nodes, res, 'before the views converged')
-      if (replies.every((r) => r.count >= n)) {
+      if (confirming && replies.every((r) => r.count >= n)) {
         const at = Math.max(...replies.map((r) => r.at))
         res.converged = true
         res.fromLastMs = at - tLast
@@ -243,7 +250,7 @@ async function runSize(n: number, o: Options): Promise<SizeResult> {
       }
       if (now() > deadline) {
         res.converged = false
-        res.lastCounts = replies.map((r) => r.count)
+        res.lastCounts = (await pollAll(nodes)).map((r) => r.count)
         const errs = replies.filter((r) => r.err).map((r) => r.err)
         say(`N=${n}: views NOT complete ${o.timeoutS} s after the last start: members per daemon ${res.lastCounts.join(' ')} (largest seen: ${res.peakCounts.join(' ')})${errs.length ? `; status errors: ${errs[0]}` : ''}`)
         break
@@ -401,7 +408,7 @@ function report(results: SizeResult[], o: Options, machine: string): { text: str
   const notes: string[] = [
     `${machine}; daemons share the machine with each other and with this script (polling stops during the idle window).`,
     `Every daemon: own config/socket/cache/identity, \`[mesh] listen = ["/ip4/127.0.0.1/tcp/0"]\`, \`mdns = false\`, DHT on (default), \`[build] cores = 4\`, log level warn; one shared mesh key. Node 0 starts first; the others get node 0's loopback address as their only bootstrap peer and are started ${o.concurrency} at a time with \`meshcc --start-server\`.`,
-    `Convergence: every daemon's status (the admin request behind \`meshcc status --json\`, sent on its socket) is polled in rounds at most every ${POLL_MS} ms; the time is that of the last reply of the first round in which every \`mesh.members\` holds all N, measured from when the last (first) \`--start-server\` returned. Resolution is one round (≥ ${POLL_MS} ms).`,
+    `Convergence: every daemon's status (the admin request behind \`meshcc status --json\`, sent on its socket) is polled in rounds at most every ${POLL_MS} ms, skipping daemons whose view already held all N (status requests cost the daemons CPU too); once every view did, a round over all daemons confirms it, and the time is that of the last reply of the first confirming round in which every \`mesh.members\` holds all N, measured from when the last (first) \`--start-server\` returned. Resolution is one to two rounds (≥ ${POLL_MS} ms each).`,
     `Idle cost: ${o.settleS} s after convergence, a ${o.windowS} s window. CPU = utime+stime from /proc/<pid>/stat (daemon pid from status.daemon.pid) over the window; RSS = VmRSS at its end. Traffic = tcp_info bytes_sent + bytes_received (\`ss -tinp\`) summed over each daemon's TCP sockets, end minus start: real payload bytes of all mesh protocols (gossipsub, ping, identify, DHT) including pnet/noise/yamux framing, not just the load gossip; "whole mesh" counts each byte once (sum of bytes sent). All traffic is loopback.`
   ]
   for (const r of results) {

@@ -17,9 +17,9 @@ let keyDir: Instance
 let client: Instance
 let builders: Instance[] = []
 
-function daemon(name: string, opts: { localSlots: number; cores: number; bootstrap: string[]; extraEnv?: Record<string, string>; build?: string }): Instance {
+function daemon(name: string, opts: { localSlots: number; cores: number; bootstrap: string[]; extraEnv?: Record<string, string>; build?: string; mesh?: string }): Instance {
   const i = createInstance(`[build]\nlocal_slots = ${opts.localSlots}\ncores = ${opts.cores}\n${opts.build ?? ''}`, name,
-    `listen = ["/ip4/127.0.0.1/tcp/0"]\nmdns = false\nkey_file = "${join(keyDir.dir, 'mesh.key')}"\nbootstrap = ${JSON.stringify(opts.bootstrap)}`)
+    `listen = ["/ip4/127.0.0.1/tcp/0"]\nmdns = false\nkey_file = "${join(keyDir.dir, 'mesh.key')}"\nbootstrap = ${JSON.stringify(opts.bootstrap)}${opts.mesh ? `\n${opts.mesh}` : ''}`)
   Object.assign(i.env, opts.extraEnv ?? {})
   all.push(i)
   return i
@@ -219,6 +219,35 @@ test('a builder without bubblewrap refuses jobs unless sandbox = "none" is confi
   const ns = await waitFor('the none builder', async () => { const x = await status(none); return x.mesh!.builder.sandbox_note !== 'not checked yet' ? x : undefined })
   assert.equal(ns.mesh!.builder.capacity, 2)
   assert.match((await none.run(['status'])).stdout, /sandbox none/)
+
+  // and jobs really run there (chrooted at the client's paths): a client that may use only
+  // this builder compiles with -g, byte-identical to a plain local compile
+  const noneId = ns.mesh!.peer_id
+  // every other member the first client knows of
+  const others = [...new Set([...(await status(client)).mesh!.members.map((m) => m.peer_id), s.mesh!.peer_id])].filter((id) => id !== noneId)
+  const only = daemon('dist-client-none', {
+    localSlots: 0, cores: 0, bootstrap: ns.mesh!.addresses.filter((a) => a.includes('/127.0.0.1/')), mesh: `deny = ${JSON.stringify(others)}`
+  })
+  await startMeshDaemon(only)
+  await waitFor('the none builder in the new client\'s view, with free slots', async () => {
+    const v = await status(only)
+    return v.mesh!.members.some((m) => m.peer_id === noneId && m.free_slots > 0) ? true : undefined
+  })
+  const dir = join(only.dir, 'src')
+  mkdirSync(dir)
+  writeFileSync(join(dir, 'n.c'), '#include <stdio.h>\nstatic int twice(int x) { return 2 * x; }\nint main(void) { printf("%d\\n", twice(21)); return 0; }\n')
+  const plain = await runCommand('gcc', ['-g', '-O1', '-c', 'n.c', '-o', 'plain.o'], { cwd: dir })
+  assert.equal(plain.code, 0, plain.stderr)
+  const before = await only.stats()
+  const r = await only.run(['gcc', '-g', '-O1', '-c', 'n.c', '-o', 'n.o'], { cwd: dir })
+  assert.equal(r.code, 0, r.stderr)
+  const after = await only.stats()
+  const noneLog = () => [none, only].map((i) => readFileSync(join(i.cacheDir, 'meshcc.log'), 'utf8')).join('\n').split('\n').filter((l) => /job|chroot|sandbox/i.test(l)).slice(-5).join('\n')
+  assert.equal(after.remote_compiles - before.remote_compiles, 1, `compiled on the sandbox = "none" builder (fallbacks: ${JSON.stringify(after.fallback_reasons)}, retries: ${JSON.stringify(after.retry_reasons)}); builder log:\n${noneLog()}`)
+  assert.ok(readFileSync(join(dir, 'n.o')).equals(readFileSync(join(dir, 'plain.o'))), 'same bytes as the local compile, debug info included')
+  assert.ok((await status(none)).mesh!.builder.jobs_done >= 1, 'the none builder counts the job')
+  // the tests after this one expect the first builders only
+  for (const i of [only, none, noBwrap]) await i.stop()
 })
 
 test('a toolchain archive named in [build] toolchain_archives is shipped instead of a discovered one', { timeout: 180_000 }, async () => {

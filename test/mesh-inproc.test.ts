@@ -142,3 +142,41 @@ test('a newcomer that knows only its bootstrap peer meets the rest by member exc
   assert.equal(B.m.members().find((x) => x.peerId === C.m.peerId)?.load.cores, 5)
   assert.equal(C.m.members().find((x) => x.peerId === B.m.peerId)?.load.cores, 3)
 })
+
+// Crossing dials leave two connections, and the connector closes the one the larger peer id
+// dialed (both sides agree). Gossipsub runs one long-lived stream per peer and direction over
+// whichever connection it met first; closing that one must not leave the pair unable to
+// gossip. (The connector also tells gossipsub about the connection it kept, since gossipsub
+// opens its outbound stream only when told of a connection or when the peer opens one; in
+// our runs it recovered here even without that.)
+test('a duplicate connection closed under gossipsub does not silence the pair', { timeout: 60_000 }, async (t) => {
+  const key = join(dir, 'mesh4.key')
+  writeMeshKey(key, generateMeshKey())
+  // know the peer ids first: the smaller one's connection is kept when dials cross
+  const ids: Array<{ name: string; id: string }> = []
+  for (const name of ['D-1', 'D-2']) {
+    mkdirSync(join(dir, name), { recursive: true })
+    ids.push({ name, id: peerIdFromPrivateKey(await loadOrCreateIdentity(join(dir, name, 'id.key'))).toString() })
+  }
+  ids.sort((a, b) => (a.id < b.id ? -1 : 1))
+  const S = await start(ids[0]!.name, key, { load: () => load(1) })
+  // the larger one dials first: gossipsub opens its streams on that connection
+  const L = await start(ids[1]!.name, key, { bootstrap: [S.m.addresses()[0]!], load: () => load(2) })
+  const sees = (m: Mesh, id: string) => m.members().find((x) => x.peerId === id)
+  await waitFor('S and L to see each other', () => (sees(S.m, L.m.peerId) && sees(L.m, S.m.peerId) ? true : undefined), 20_000, 100)
+  // then the smaller one opens a second connection, as a crossing dial would: the first one,
+  // which carries gossipsub's streams, is the one both sides close
+  const { peerIdFromString } = await import('@libp2p/peer-id')
+  await S.m.libp2p.dial(peerIdFromString(L.m.peerId), { force: true })
+  await waitFor('the duplicate to be closed', () => (S.m.libp2p.getConnections(peerIdFromString(L.m.peerId)).length === 1 ? true : undefined), 10_000, 100)
+  // past the expiry (6 s here), both still hear from each other
+  const t0 = Date.now()
+  while (Date.now() - t0 < 9000) {
+    await new Promise((r) => setTimeout(r, 1000))
+    const ls = sees(S.m, L.m.peerId)
+    const sl = sees(L.m, S.m.peerId)
+    assert.ok(ls && Date.now() - ls.lastSeen < 4000, `S still hears from L (${ls ? `${Date.now() - ls.lastSeen} ms since its last message` : 'gone from the view'})`)
+    assert.ok(sl && Date.now() - sl.lastSeen < 4000, `L still hears from S (${sl ? `${Date.now() - sl.lastSeen} ms since its last message` : 'gone from the view'})`)
+  }
+  t.diagnostic(`one connection left: ${S.m.libp2p.getConnections(peerIdFromString(L.m.peerId))[0]?.direction} from S`)
+})

@@ -6,6 +6,7 @@
 // files outside the client's cwd) is the sandbox's read-only root, and <id>/cwd (the inputs
 // under the cwd, and the object) is mounted read-write at the client's cwd.
 import { createHash } from 'node:crypto'
+import { existsSync } from 'node:fs'
 import { copyFile, link, lstat, mkdir, mkdtemp, readdir, readFile, readlink, rm, symlink, writeFile } from 'node:fs/promises'
 import { loadavg } from 'node:os'
 import { dirname, join, relative } from 'node:path'
@@ -241,13 +242,16 @@ async function runChrooted(root: string, cwd: string, argv: string[], env: Recor
   await mkdir(dirname(envBin), { recursive: true })
   await rm(envBin, { force: true })
   await copyFile('/usr/bin/env', envBin)
-  const r = await execa('chroot', [root, '/usr/bin/env', '-C', cwd, ...argv], {
-    env, extendEnv: false, reject: false, encoding: 'buffer', timeout: timeoutMs, stdin: 'ignore', maxBuffer: 256 * 1024 * 1024
+  // by absolute path: the job's PATH (the client's view of /usr/bin and /bin) has no sbin
+  const chroot = ['/usr/sbin/chroot', '/sbin/chroot'].find((p) => existsSync(p)) ?? 'chroot'
+  const r = await execa(chroot, [root, '/usr/bin/env', '-C', cwd, ...argv], {
+    // the bytes exactly as the compiler wrote them: execa would drop a final newline
+    env, extendEnv: false, reject: false, encoding: 'buffer', stripFinalNewline: false, timeout: timeoutMs, stdin: 'ignore', maxBuffer: 256 * 1024 * 1024
   })
   const setupFailed = r.exitCode === 125 || r.exitCode === 126 || r.exitCode === 127 || (r.failed && r.exitCode === undefined)
   return {
     exitCode: r.exitCode ?? null, signal: r.signal ?? null, stdout: Buffer.from(r.stdout as Uint8Array), stderr: Buffer.from(r.stderr as Uint8Array),
     timedOut: Boolean(r.timedOut), outputTooLarge: false,
-    sandboxError: setupFailed ? `chroot: ${Buffer.from(r.stderr as Uint8Array).toString('utf8').split('\n')[0].slice(0, 200) || `exit ${r.exitCode}`}` : null
+    sandboxError: setupFailed ? `chroot: ${Buffer.from(r.stderr as Uint8Array).toString('utf8').split('\n')[0].slice(0, 200) || (r.exitCode === undefined ? (r.shortMessage ?? 'could not start').slice(0, 200) : `exit ${r.exitCode}`)}` : null
   }
 }

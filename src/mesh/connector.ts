@@ -48,12 +48,18 @@ export interface ConnectorInit {
   log: Logger
   bootstrap: Multiaddr[]
   isDenied: (peerId: string) => boolean
+  /**
+   * A duplicate connection to this peer was closed and `kept` remains. Long-lived streams that
+   * happened to run over the closed one (gossipsub's) must be reopened on `kept`.
+   */
+  onDuplicateClosed?: (peer: PeerId, kept: Connection) => void
 }
 
 export class Connector {
   private readonly node: MeshLibp2p
   private readonly log: Logger
   private readonly isDenied: (peerId: string) => boolean
+  private readonly onDuplicateClosed?: (peer: PeerId, kept: Connection) => void
   private readonly self: string
   private readonly bootstrap: BootstrapEntry[]
   private readonly dialing = new Set<string>()
@@ -71,6 +77,7 @@ export class Connector {
     this.node = init.node
     this.log = init.log
     this.isDenied = init.isDenied
+    this.onDuplicateClosed = init.onDuplicateClosed
     this.self = init.node.peerId.toString()
     this.bootstrap = init.bootstrap
       .map((addr) => ({ addr, text: addr.toString(), peerId: peerIdOf(addr), failures: 0, nextAt: 0, busy: false, connected: false, warned: false }))
@@ -97,8 +104,11 @@ export class Connector {
       if (conns.length < 2) return
       const selfSmaller = this.node.peerId.toString() < remote.toString()
       const preferred = (c: Connection) => (c.direction === 'outbound') === selfSmaller
-      if (!conns.some(preferred)) return
-      for (const c of conns) if (!preferred(c)) void c.close().catch(() => {})
+      const kept = conns.find(preferred)
+      if (!kept) return
+      void Promise.allSettled(conns.filter((c) => !preferred(c)).map(async (c) => c.close())).then(() => {
+        if (!this.stopped && kept.status === 'open') this.onDuplicateClosed?.(remote, kept)
+      })
     }, 500).unref()
   }
 
@@ -222,10 +232,13 @@ export class Connector {
       const delay = Math.min(BOOTSTRAP_MAX_BACKOFF_MS, 1000 * 2 ** Math.min(e.failures - 1, 16))
       e.nextAt = Date.now() + delay
       const name = (err as Error).name
-      // a handshake that timed out is a slow or overloaded peer, not a wrong key
-      const msg = name === 'EncryptionFailedError' && !isTimeout(err as Error)
-        ? `connection to bootstrap peer ${e.text} failed during the private-network handshake: the peer probably has a different mesh key (${errText(err)}); retrying in ${Math.round(delay / 1000)} s`
-        : `cannot reach bootstrap peer ${e.text}: ${errText(err)}; retrying in ${Math.round(delay / 1000)} s`
+      // a wrong key garbles the handshake, which often stalls until the timeout; so does an
+      // overloaded peer: say both
+      const msg = name !== 'EncryptionFailedError'
+        ? `cannot reach bootstrap peer ${e.text}: ${errText(err)}; retrying in ${Math.round(delay / 1000)} s`
+        : isTimeout(err as Error)
+          ? `connection to bootstrap peer ${e.text} timed out during the private-network handshake: the peer probably has a different mesh key, or is overloaded (${errText(err)}); retrying in ${Math.round(delay / 1000)} s`
+          : `connection to bootstrap peer ${e.text} failed during the private-network handshake: the peer probably has a different mesh key (${errText(err)}); retrying in ${Math.round(delay / 1000)} s`
       if (!e.warned) { this.log.warn(msg); e.warned = true } else this.log.debug(msg)
     } finally {
       e.busy = false

@@ -123,7 +123,16 @@ export async function startMesh(opts: MeshOptions): Promise<Mesh> {
     onHandshakeFailure: (addr, dir, err) => connector?.reportHandshakeFailure(addr, dir, err)
   })
   const self = node.peerId.toString()
-  connector = new Connector({ node, log, bootstrap, isDenied })
+  connector = new Connector({
+    node, log, bootstrap, isDenied,
+    // gossipsub keeps one outbound stream per peer and only opens it when told of a connection;
+    // if it ran over the duplicate we closed, nothing would reach that peer any more (it would
+    // go silent in the peer's view while connected). Tell it about the connection we kept.
+    onDuplicateClosed: (peer, kept) => {
+      const gs = node.services.pubsub as unknown as { onPeerConnected?: (p: PeerId, c: Connection) => void }
+      if (typeof gs.onPeerConnected === 'function') gs.onPeerConnected(peer, kept)
+    }
+  })
 
   const addresses = (): string[] => {
     const all = node.getMultiaddrs().map((m) => m.toString())
