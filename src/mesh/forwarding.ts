@@ -55,7 +55,7 @@ export class ForwardingControl {
     private readonly topic: string,
     /** true when some known member has no direct connection to us (see the header) */
     private readonly someoneIndirect: () => boolean,
-    /** peer ids of the connected members that ask for forwarding (their fw field) */
+    /** peer ids of the members that ask for forwarding (their fw field) */
     private readonly askers: () => Set<string>,
     private readonly log: Logger
   ) {}
