@@ -143,6 +143,8 @@ test('daemons joined by bootstrap converge; status, dist-status, jobs; a killed 
   const join1 = await f.run(['mesh', 'join', inv.stdout.trim()])
   assert.equal(join1.code, 0, join1.stderr)
   await waitFor('F to join', async () => ((await memberIds(inviter)).length === 3 ? true : undefined), 30_000)
+  // F hears of the third member from the inviter's member exchange and meets it a moment later
+  await waitFor('F to see the whole mesh', async () => ((await memberIds(f)).length === 3 ? true : undefined), 10_000)
   const sf = await status(f)
   assert.equal(sf.mesh!.members.length, 3)
 })

@@ -7,6 +7,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { createServer } from 'node:net'
 import { peerIdFromPrivateKey } from '@libp2p/peer-id'
+import type { PeerId } from '@libp2p/interface'
 import { generateMeshKey, writeMeshKey, loadOrCreateIdentity } from '../src/mesh/keys.js'
 import { startMesh, type Mesh, type MeshMember, type LoadInfo } from '../src/mesh/mesh.js'
 import { loadConfig } from '../src/config.js'
@@ -31,7 +32,7 @@ function capture(): Captured {
   return { log: process.env.MESHCC_TEST_VERBOSE ? createLogger({ level: 'debug', file: null, stderr: true }) : mk(''), lines }
 }
 
-async function start(name: string, key: string, o: { bootstrap?: string[]; deny?: string[]; load: () => Omit<LoadInfo, 'version' | 'name'>; gossipIntervalMs?: number; listen?: string }) {
+async function start(name: string, key: string, o: { bootstrap?: string[]; deny?: string[]; load: () => Omit<LoadInfo, 'version' | 'name'>; gossipIntervalMs?: number; listen?: string; repairIntervalMs?: number }) {
   const home = join(dir, name)
   mkdirSync(home, { recursive: true })
   const list = (a: string[]) => `[${a.map((x) => JSON.stringify(x)).join(', ')}]`
@@ -41,7 +42,7 @@ async function start(name: string, key: string, o: { bootstrap?: string[]; deny?
     `key_file = ${JSON.stringify(key)}`, `identity_file = ${JSON.stringify(join(home, 'id.key'))}`, ''
   ].join('\n'))
   const cap = capture()
-  const m = await startMesh({ config: loadConfig({ MESHCC_CONF: join(home, 'config.toml'), HOME: dir }), log: cap.log, version: '9.9.9', getLoad: o.load, gossipIntervalMs: o.gossipIntervalMs, expiryMs: 6000 })
+  const m = await startMesh({ config: loadConfig({ MESHCC_CONF: join(home, 'config.toml'), HOME: dir }), log: cap.log, version: '9.9.9', getLoad: o.load, gossipIntervalMs: o.gossipIntervalMs, expiryMs: 6000, repairIntervalMs: o.repairIntervalMs })
   meshes.push(m)
   return { m, lines: cap.lines }
 }
@@ -179,4 +180,40 @@ test('a duplicate connection closed under gossipsub does not silence the pair', 
     assert.ok(sl && Date.now() - sl.lastSeen < 4000, `L still hears from S (${sl ? `${Date.now() - sl.lastSeen} ms since its last message` : 'gone from the view'})`)
   }
   t.diagnostic(`one connection left: ${S.m.libp2p.getConnections(peerIdFromString(L.m.peerId))[0]?.direction} from S`)
+})
+
+test('gossipsub keeps a connected peer when a read stream fails, and gets a lost stream back', { timeout: 60_000 }, async (t) => {
+  const key = join(dir, 'mesh5.key')
+  writeMeshKey(key, generateMeshKey())
+  const P = await start('R-1', key, { load: () => load(1), repairIntervalMs: 1000 })
+  const Q = await start('R-2', key, { bootstrap: [P.m.addresses()[0]!], load: () => load(2), repairIntervalMs: 1000 })
+  const sees = (m: Mesh, id: string) => m.members().find((x) => x.peerId === id)
+  await waitFor('P and Q to see each other', () => (sees(P.m, Q.m.peerId) && sees(Q.m, P.m.peerId) ? true : undefined), 20_000, 100)
+  const { peerIdFromString } = await import('@libp2p/peer-id')
+  type Internals = { handlePeerReadStreamError(e: Error, p: PeerId): void; peers: Map<string, unknown>; streamsOutbound: Map<string, { rawStream: { abort(e: Error): void } }> }
+  const gsP = P.m.libp2p.services.pubsub as unknown as Internals
+  const qId = peerIdFromString(Q.m.peerId)
+  const bothHear = async (what: string) => {
+    // past the expiry (6 s here), both still hear from each other
+    const t0 = Date.now()
+    while (Date.now() - t0 < 8000) {
+      await new Promise((r) => setTimeout(r, 1000))
+      const pq = sees(P.m, Q.m.peerId)
+      const qp = sees(Q.m, P.m.peerId)
+      assert.ok(pq && Date.now() - pq.lastSeen < 4500, `${what}: P still hears from Q (${pq ? `${Date.now() - pq.lastSeen} ms since its last message` : 'gone from the view'})`)
+      assert.ok(qp && Date.now() - qp.lastSeen < 4500, `${what}: Q still hears from P (${qp ? `${Date.now() - qp.lastSeen} ms since its last message` : 'gone from the view'})`)
+    }
+  }
+  // 1. what gossipsub calls when a read stream from Q fails, as a stale one left by a closed
+  // duplicate connection does: stock gossipsub forgets Q although the connection stays open
+  gsP.handlePeerReadStreamError(new Error('stream reset'), qId)
+  assert.equal(gsP.peers.has(Q.m.peerId), true, 'P keeps Q while connected')
+  await bothHear('after a failed read stream')
+  // 2. P's outbound stream to Q dies on an open connection: P gets a new one from the repair
+  gsP.streamsOutbound.get(Q.m.peerId)!.rawStream.abort(new Error('test: stream reset'))
+  await waitFor('the stream to be gone', () => (gsP.streamsOutbound.has(Q.m.peerId) ? undefined : true), 5000, 50)
+  assert.equal(P.m.libp2p.getConnections(qId).length, 1, 'the connection stays')
+  await bothHear('after a lost outbound stream')
+  assert.ok(P.lines.some((l) => l.includes('telling it of the connection again')), 'P repaired its stream to Q')
+  t.diagnostic(P.lines.filter((l) => l.includes('gossip:')).join(' | '))
 })

@@ -3,7 +3,7 @@
 // redialed with bounded backoff whenever we are not connected to them.
 import type { Multiaddr } from '@multiformats/multiaddr'
 import { multiaddr } from '@multiformats/multiaddr'
-import { peerIdFromString } from '@libp2p/peer-id'
+import { peerIdOf } from './peer-ids.js'
 import type { Connection, PeerId } from '@libp2p/interface'
 import type { Logger } from '../log.js'
 import type { MeshLibp2p } from './node.js'
@@ -80,7 +80,7 @@ export class Connector {
     this.onDuplicateClosed = init.onDuplicateClosed
     this.self = init.node.peerId.toString()
     this.bootstrap = init.bootstrap
-      .map((addr) => ({ addr, text: addr.toString(), peerId: peerIdOf(addr), failures: 0, nextAt: 0, busy: false, connected: false, warned: false }))
+      .map((addr) => ({ addr, text: addr.toString(), peerId: peerIdInAddr(addr), failures: 0, nextAt: 0, busy: false, connected: false, warned: false }))
       .filter((e) => e.peerId !== this.self) // our own invite address in our own config
   }
 
@@ -126,7 +126,7 @@ export class Connector {
     if (this.stopped || peerIdText === this.self || this.isDenied(peerIdText)) return
     if (this.dialing.has(peerIdText) || this.delayed.has(peerIdText) || this.queued.has(peerIdText)) return
     let peer: PeerId
-    try { peer = peerIdFromString(peerIdText) } catch { return }
+    try { peer = peerIdOf(peerIdText) } catch { return }
     if (this.node.getConnections(peer).length > 0) return
     if (this.heard.size > 10_000) this.heard.clear()
     this.heard.set(peerIdText, Date.now())
@@ -181,6 +181,11 @@ export class Connector {
       this.dialing.delete(id)
       this.pump()
     }
+  }
+
+  /** Whether a dial to this peer is under way or about to start (queued, or waiting out the tie-break). */
+  connecting(peerIdText: string): boolean {
+    return this.dialing.has(peerIdText) || this.queued.has(peerIdText) || this.delayed.has(peerIdText)
   }
 
   /**
@@ -247,7 +252,7 @@ export class Connector {
 
   private connectedTo(peerIdText: string): boolean {
     try {
-      return this.node.getConnections(peerIdFromString(peerIdText)).length > 0
+      return this.node.getConnections(peerIdOf(peerIdText)).length > 0
     } catch {
       return false
     }
@@ -285,7 +290,7 @@ function isTimeout(err: Error): boolean {
   return /timeout|timed out|abort/i.test(`${err.name} ${err.message}`)
 }
 
-function peerIdOf(ma: Multiaddr): string | null {
+function peerIdInAddr(ma: Multiaddr): string | null {
   const c = ma.getComponents().findLast((x) => x.name === 'p2p')
   return c?.value ?? null
 }

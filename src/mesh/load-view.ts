@@ -48,6 +48,8 @@ export interface LoadViewInit {
   onChange?: () => void
   /** whether our messages ask peers to forward gossip to us */
   wantsForwarding?: () => boolean
+  /** a silent member stays past the expiry while this says so (a dial to it is under way) */
+  keepSilent?: (peerId: string) => boolean
 }
 
 export class LoadView {
@@ -205,7 +207,7 @@ export class LoadView {
     const cutoff = Date.now() - this.init.expiryMs
     let changed = false
     for (const [id, e] of this.entries) {
-      if (e.lastSeen < cutoff) {
+      if (e.lastSeen < cutoff && !(this.init.keepSilent?.(id) ?? false)) {
         this.entries.delete(id)
         changed = true
         this.init.log.info(`mesh member silent for ${this.init.expiryMs} ms, dropped: ${e.load.name || '?'} (${id})`)

@@ -4,6 +4,7 @@ import './polyfill.js'
 import { hostname } from 'node:os'
 import { multiaddr, type Multiaddr } from '@multiformats/multiaddr'
 import { peerIdFromString } from '@libp2p/peer-id'
+import { peerIdOf } from './peer-ids.js'
 import { isPrivate } from '@libp2p/utils'
 import type { Connection, Libp2p, PeerId, PeerInfo } from '@libp2p/interface'
 import type { Config } from '../config.js'
@@ -14,6 +15,7 @@ import { createMeshNode, type MeshLibp2p, type MeshServices } from './node.js'
 import { Connector, errText } from './connector.js'
 import { Advertiser, platformCapability } from './dht-ads.js'
 import { ForwardingControl } from './forwarding.js'
+import { GossipRepair } from './gossip-repair.js'
 import { loadTopic } from './protocols/load-gossip.js'
 import { exchangeMembers, memberExchangeProtocol, serveMemberExchange, type MemberInfo } from './protocols/member-exchange.js'
 import { LoadView, DEFAULT_GOSSIP_INTERVAL_MS, MAX_GOSSIP_INTERVAL_MS, MIN_GOSSIP_INTERVAL_MS, defaultExpiryMs, type LoadInfo } from './load-view.js'
@@ -46,6 +48,8 @@ export interface MeshOptions {
   expiryMs?: number
   /** how often RTTs are refreshed from libp2p's connection monitor (new connections are pinged), default 5000 */
   rttIntervalMs?: number
+  /** how often gossipsub's peers are checked against the open connections (gossip-repair.ts), default 5000 */
+  repairIntervalMs?: number
 }
 
 export type MembersListener = (members: MeshMember[]) => void
@@ -106,6 +110,7 @@ export async function startMesh(opts: MeshOptions): Promise<Mesh> {
   const intervalMs = clamp(opts.gossipIntervalMs ?? DEFAULT_GOSSIP_INTERVAL_MS, MIN_GOSSIP_INTERVAL_MS, MAX_GOSSIP_INTERVAL_MS)
   const expiryMs = Math.max(intervalMs + 50, opts.expiryMs ?? defaultExpiryMs(intervalMs))
   const rttIntervalMs = Math.max(500, opts.rttIntervalMs ?? 5000)
+  const repairIntervalMs = Math.max(500, opts.repairIntervalMs ?? 5000)
 
   const mdnsPeers = new Set<string>()
   let connector: Connector | null = null
@@ -154,9 +159,14 @@ export async function startMesh(opts: MeshOptions): Promise<Mesh> {
     }, EMIT_GAP_MS)
   }
 
-  // some member we know of is reached only through others, or could not be dialed
+  // Some member we know of is reached only through others, or could not be dialed. A member
+  // we are about to connect to does not count: while many members start at once nearly every
+  // member has such a dial pending, and forwarding for all of them cost more CPU than the dials
+  // (npm run bench:mesh, convergence phase); the member exchange on connecting brings its load.
   const someoneIndirect = (): boolean => {
-    for (const e of view.list()) if (connectionKind(e.peerId).kind !== 'direct') return true
+    for (const e of view.list()) {
+      if (connectionKind(e.peerId).kind !== 'direct' && !(connector?.connecting(e.peerId) ?? false)) return true
+    }
     return connector?.someoneUnreachable() ?? false
   }
   const view: LoadView = new LoadView({
@@ -172,12 +182,15 @@ export async function startMesh(opts: MeshOptions): Promise<Mesh> {
     expiryMs,
     onMessage: (id, addrs) => connector?.consider(id, addrs, 'gossip'),
     onChange: changed,
-    wantsForwarding: () => someoneIndirect()
+    wantsForwarding: () => someoneIndirect(),
+    // a member we are connecting to is not forwarded to us meanwhile (see someoneIndirect); its
+    // connection brings its load, or the failed dial lets it expire
+    keepSilent: (id) => connector?.connecting(id) ?? false
   })
 
   const rtts = new Map<string, number>()
   const connectionKind = (id: string): { kind: MeshMember['connection']; lan: boolean } => {
-    const conns = node.getConnections(peerIdFromString(id)).filter((c) => c.status === 'open')
+    const conns = node.getConnections(peerIdOf(id)).filter((c) => c.status === 'open')
     const lan = mdnsPeers.has(id) || conns.some((c) => isPrivate(c.remoteAddr))
     if (conns.length === 0) return { kind: 'none', lan }
     const direct = conns.some((c) => c.limits == null && !c.remoteAddr.toString().includes('/p2p-circuit'))
@@ -208,7 +221,7 @@ export async function startMesh(opts: MeshOptions): Promise<Mesh> {
       for (const e of view.list().slice(0, MAX_PINGS_PER_ROUND)) {
         if (stopped) break
         live.add(e.peerId)
-        const conns = node.getConnections(peerIdFromString(e.peerId)).filter((c) => c.status === 'open')
+        const conns = node.getConnections(peerIdOf(e.peerId)).filter((c) => c.status === 'open')
         if (conns.length === 0) { rtts.delete(e.peerId); continue }
         const measured = conns.map(rttOf).filter((r): r is number => r !== null)
         if (measured.length > 0) {
@@ -266,8 +279,10 @@ export async function startMesh(opts: MeshOptions): Promise<Mesh> {
   const ads = new Advertiser(node, meshId, log)
   const forwarding = new ForwardingControl(node.services.pubsub, loadTopic(meshId), someoneIndirect,
     () => new Set(view.list().filter((e) => e.wantsForwarding).map((e) => e.peerId)), log)
+  const repair = new GossipRepair(node, log, repairIntervalMs)
   view.start()
   forwarding.start()
+  repair.start()
   connector.start()
   ads.start()
   void ads.provide(platformCapability())
@@ -308,6 +323,7 @@ export async function startMesh(opts: MeshOptions): Promise<Mesh> {
       clearTimeout(firstPing)
       clearInterval(pingTimer)
       forwarding.stop()
+      repair.stop()
       node.removeEventListener('peer:discovery', onDiscovery)
       node.removeEventListener('peer:disconnect', onDisconnect)
       node.removeEventListener('connection:open', onOpen)

@@ -1,0 +1,90 @@
+// Keeps gossipsub's table of peers in step with libp2p's connections.
+//
+// Gossipsub (17.x) forgets a peer entirely, its streams and its subscriptions, when any inbound
+// stream from it fails (handlePeerReadStreamError), also a stale one left on a connection that
+// closed while another to the same peer stays open (a crossing dial's duplicate, see
+// connector.ts). Libp2p then reports no new connection, so nothing brings the peer back: the
+// two members stop hearing each other while connected, and each drops out of the other's view
+// (bench:mesh saw views lose a member after convergence). Two repairs:
+//  - a failed read stream makes gossipsub forget the peer only when no connection to it is left
+//    open (when one is, the other side reopens its stream: see the next point);
+//  - every few seconds, each open connection whose peer gossipsub has no outbound stream to is
+//    handed to gossipsub again, as the registrar does for a new connection: it opens a stream
+//    and sends its subscriptions, and the other side, given a new inbound stream, adds us back.
+import type { Connection, PeerId } from '@libp2p/interface'
+import type { Logger } from '../log.js'
+import type { MeshLibp2p } from './node.js'
+
+/** a connection younger than this is still being set up: the registrar tells gossipsub of it */
+const SETTLE_MS = 3000
+/** tries per connection: a peer that does not speak gossipsub would otherwise be retried forever */
+const MAX_TRIES = 3
+
+/** The parts of gossipsub this uses (what its registrar topology does on a new connection). */
+interface GossipInternals {
+  peers: Map<string, unknown>
+  streamsOutbound: Map<string, unknown>
+  protocols: string[]
+  onPeerConnected(peer: PeerId, connection: Connection): void
+  handlePeerReadStreamError(err: unknown, peer: PeerId): void
+}
+
+export class GossipRepair {
+  private readonly tries = new WeakMap<Connection, number>()
+  private timer: NodeJS.Timeout | null = null
+  private running = false
+  /** connections handed back to gossipsub so far (for status and tests) */
+  repaired = 0
+
+  constructor(private readonly node: MeshLibp2p, private readonly log: Logger, private readonly everyMs: number) {}
+
+  start(): void {
+    const gs = this.node.services.pubsub as unknown as Partial<GossipInternals>
+    const forget = gs.handlePeerReadStreamError
+    if (typeof forget === 'function') {
+      // an own property of this instance: the class and other instances stay as they are
+      gs.handlePeerReadStreamError = (err: unknown, peer: PeerId): void => {
+        if (this.node.getConnections(peer).some((c) => c.status === 'open')) {
+          this.log.debug(`gossip: a read stream from ${peer.toString()} failed while connected; keeping the peer`)
+          return
+        }
+        forget.call(gs, err, peer)
+      }
+    }
+    this.timer = setInterval(() => { void this.check() }, this.everyMs)
+    this.timer.unref()
+  }
+
+  stop(): void {
+    if (this.timer) clearInterval(this.timer)
+    this.timer = null
+  }
+
+  async check(): Promise<void> {
+    const gs = this.node.services.pubsub as unknown as Partial<GossipInternals>
+    if (!(gs.peers instanceof Map) || !(gs.streamsOutbound instanceof Map) || typeof gs.onPeerConnected !== 'function' || !Array.isArray(gs.protocols)) return // not the gossipsub we know
+    if (this.running) return
+    this.running = true
+    try {
+      const now = Date.now()
+      for (const conn of this.node.getConnections()) {
+        const id = conn.remotePeer.toString()
+        if (conn.status !== 'open' || conn.limits != null || now - conn.timeline.open < SETTLE_MS) continue
+        if (gs.peers.has(id) && gs.streamsOutbound.has(id)) { this.tries.delete(conn); continue }
+        const tries = this.tries.get(conn) ?? 0
+        if (tries >= MAX_TRIES) continue
+        // only members that speak gossipsub (identify recorded their protocols)
+        const protocols = await this.node.peerStore.get(conn.remotePeer).then((p) => p.protocols, () => [] as string[])
+        if (!protocols.some((p) => gs.protocols!.includes(p))) continue
+        // the connection may have moved on while the peer store answered
+        if (conn.status !== 'open' || (gs.peers.has(id) && gs.streamsOutbound.has(id))) continue
+        this.tries.set(conn, tries + 1)
+        this.repaired++
+        this.log.debug(`gossip: ${id} is connected but gossipsub had ${gs.peers.has(id) ? 'no stream to it' : 'forgotten it'}; telling it of the connection again`)
+        gs.onPeerConnected.call(gs, conn.remotePeer, conn)
+      }
+    } finally {
+      this.running = false
+    }
+  }
+}
