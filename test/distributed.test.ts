@@ -5,7 +5,7 @@
 // the build, and a builder without bubblewrap must refuse jobs.
 import { test, after, before } from 'node:test'
 import assert from 'node:assert/strict'
-import { cpSync, existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs'
+import { cpSync, existsSync, mkdirSync, readFileSync, readdirSync, readlinkSync, rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { createInstance, haveCommand, runCommand, MESHCC, type Instance } from './helpers/meshcc.js'
 import { C_UNITS, CXX_UNITS, writeCProject, writeCxxProject } from './helpers/projects.js'
@@ -278,6 +278,43 @@ test('a toolchain archive named in [build] toolchain_archives is shipped instead
   assert.ok(readFileSync(join(c2.dir, 'x.o')).equals(readFileSync(join(c2.dir, 'p.o'))))
   const got = await Promise.all(builders.slice(1).map(status))
   assert.ok(got.some((b) => b.mesh!.toolchain_transfers.some((t) => t.hash === hash && t.direction === 'received')), 'the builder received the configured archive')
+})
+
+test('a remote compile longer than libp2p\'s 120 s idle-stream timeout is not cut off', { timeout: 400_000 }, async (t) => {
+  // A real compile that long would need gigabytes of memory here (gcc's constexpr evaluator keeps
+  // every step), so the toolchain's assembler is wrapped to wait 130 s first: the job is real,
+  // only slow. The wrapper lives in a toolchain archive named in [build] toolchain_archives.
+  const { discoverToolchain } = await import('../src/toolchain/discover.js')
+  const { packToolchain } = await import('../src/toolchain/pack.js')
+  const dir = join(client.dir, 'slow-tc')
+  mkdirSync(join(dir, 'root'), { recursive: true })
+  const spec = await discoverToolchain('/usr/bin/cc', 'gcc')
+  const packed = await packToolchain({ ...spec, files: [...spec.files, '/usr/bin/dash', '/usr/bin/sleep'] }, dir)
+  assert.equal((await runCommand('tar', ['-xzf', packed.archive, '-C', join(dir, 'root')])).code, 0)
+  const as = join(dir, 'root/usr/bin/as')
+  const realAs = readlinkSync(as) // as -> x86_64-linux-gnu-as on Debian
+  rmSync(as)
+  writeFileSync(as, `#!/usr/bin/dash\n/usr/bin/sleep 130\nexec /usr/bin/${realAs} "$@"\n`, { mode: 0o755 })
+  const slow = join(dir, 'slow.tar.gz')
+  assert.equal((await runCommand('tar', ['--owner=0', '--group=0', '-czf', slow, '-C', join(dir, 'root'), '.'])).code, 0)
+
+  const boot = (await status(builders[1])).mesh!.addresses.filter((a) => a.includes('/127.0.0.1/'))
+  const c3 = daemon('dist-slow', { localSlots: 0, cores: 0, bootstrap: boot, build: `toolchain_archives = { "/usr/bin/cc" = "${slow}" }\n` })
+  await startMeshDaemon(c3)
+  await waitFor('a builder with room', async () => ((await status(c3)).mesh!.members.some((m) => !m.self && m.free_slots > 0) ? true : undefined))
+  writeFileSync(join(c3.dir, 'slow.c'), 'int slow(int x) { return x * 3; }\n')
+  const t0 = Date.now()
+  const r = await c3.run(['/usr/bin/cc', '-g', '-O2', '-c', 'slow.c', '-o', 'slow.o'], { timeoutMs: 300_000 })
+  const took = Date.now() - t0
+  t.diagnostic(`the remote compile took ${(took / 1000).toFixed(1)} s`)
+  assert.equal(r.code, 0, r.stderr)
+  assert.ok(took > 125_000, `the job ran past 120 s (${took} ms)`)
+  const s = await c3.stats()
+  assert.equal(s.remote_compiles, 1, `compiled remotely, not retried or compiled here: ${JSON.stringify(s.fallback_reasons)} ${JSON.stringify(s.retry_reasons)}`)
+  assert.equal(s.local_compiles, 0)
+  const plain = await runCommand('/usr/bin/cc', ['-g', '-O2', '-c', 'slow.c', '-o', 'plain.o'], { cwd: c3.dir })
+  assert.equal(plain.code, 0)
+  assert.ok(readFileSync(join(c3.dir, 'slow.o')).equals(readFileSync(join(c3.dir, 'plain.o'))), 'the same object as a local compile')
 })
 
 test('a file no line marker names (an assembler .incbin) cannot break the build: the local recheck compiles it', { timeout: 120_000 }, async () => {
