@@ -214,6 +214,14 @@ test('gossipsub keeps a connected peer when a read stream fails, and gets a lost
   await waitFor('the stream to be gone', () => (gsP.streamsOutbound.has(Q.m.peerId) ? undefined : true), 5000, 50)
   assert.equal(P.m.libp2p.getConnections(qId).length, 1, 'the connection stays')
   await bothHear('after a lost outbound stream')
-  assert.ok(P.lines.some((l) => l.includes('telling it of the connection again')), 'P repaired its stream to Q')
+  assert.ok(P.lines.some((l) => l.includes('had no stream to it; telling it of the connection again')), 'P repaired its stream to Q')
+  // 3. a closed stream left in gossipsub's table, as when the other side closes a new stream
+  // before gossipsub listens for its close event: every message to Q would be dropped
+  const stale = gsP.streamsOutbound.get(Q.m.peerId)!
+  stale.rawStream.abort(new Error('test: stream reset'))
+  await waitFor('the stream to be gone', () => (gsP.streamsOutbound.has(Q.m.peerId) ? undefined : true), 5000, 50)
+  gsP.streamsOutbound.set(Q.m.peerId, stale)
+  await bothHear('after a closed stream was kept')
+  assert.ok(P.lines.some((l) => l.includes('had a closed stream to it')), 'P replaced the closed stream')
   t.diagnostic(P.lines.filter((l) => l.includes('gossip:')).join(' | '))
 })

@@ -8,7 +8,8 @@
 // (bench:mesh saw views lose a member after convergence). Two repairs:
 //  - a failed read stream makes gossipsub forget the peer only when no connection to it is left
 //    open (when one is, the other side reopens its stream: see the next point);
-//  - every few seconds, each open connection whose peer gossipsub has no outbound stream to is
+//  - every few seconds, each open connection whose peer gossipsub has no outbound stream to, or
+//    only a closed one (bench:mesh caught both sides of a pair holding a closed stream), is
 //    handed to gossipsub again, as the registrar does for a new connection: it opens a stream
 //    and sends its subscriptions, and the other side, given a new inbound stream, adds us back.
 import type { Connection, PeerId } from '@libp2p/interface'
@@ -21,6 +22,16 @@ const SETTLE_MS = 3000
 const MAX_TRIES = 3
 
 /** The parts of gossipsub this uses (what its registrar topology does on a new connection). */
+/**
+ * Whether gossipsub's outbound stream can still carry messages. A stream that closed before
+ * gossipsub listened for its close event (the other side closed it at once) stays in its table
+ * for good, and every message to that peer is dropped.
+ */
+function isWritable(out: unknown): boolean {
+  const raw = (out as { rawStream?: { status?: unknown; writeStatus?: unknown } } | null)?.rawStream
+  return raw?.status === 'open' && raw.writeStatus === 'writable'
+}
+
 interface GossipInternals {
   peers: Map<string, unknown>
   streamsOutbound: Map<string, unknown>
@@ -70,17 +81,21 @@ export class GossipRepair {
       for (const conn of this.node.getConnections()) {
         const id = conn.remotePeer.toString()
         if (conn.status !== 'open' || conn.limits != null || now - conn.timeline.open < SETTLE_MS) continue
-        if (gs.peers.has(id) && gs.streamsOutbound.has(id)) { this.tries.delete(conn); continue }
+        const out = gs.streamsOutbound.get(id)
+        const dead = out !== undefined && !isWritable(out)
+        if (gs.peers.has(id) && out !== undefined && !dead) { this.tries.delete(conn); continue }
         const tries = this.tries.get(conn) ?? 0
         if (tries >= MAX_TRIES) continue
         // only members that speak gossipsub (identify recorded their protocols)
         const protocols = await this.node.peerStore.get(conn.remotePeer).then((p) => p.protocols, () => [] as string[])
         if (!protocols.some((p) => gs.protocols!.includes(p))) continue
         // the connection may have moved on while the peer store answered
-        if (conn.status !== 'open' || (gs.peers.has(id) && gs.streamsOutbound.has(id))) continue
+        if (conn.status !== 'open' || gs.streamsOutbound.get(id) !== out) continue
         this.tries.set(conn, tries + 1)
         this.repaired++
-        this.log.debug(`gossip: ${id} is connected but gossipsub had ${gs.peers.has(id) ? 'no stream to it' : 'forgotten it'}; telling it of the connection again`)
+        const had = !gs.peers.has(id) ? 'forgotten it' : dead ? 'a closed stream to it' : 'no stream to it'
+        this.log.debug(`gossip: ${id} is connected but gossipsub had ${had}; telling it of the connection again`)
+        if (dead) gs.streamsOutbound.delete(id)
         gs.onPeerConnected.call(gs, conn.remotePeer, conn)
       }
     } finally {
