@@ -42,7 +42,7 @@ const POLL_PARALLEL = 8
 
 function usage(): string {
   return `usage: node --import tsx scripts/bench-mesh.ts [--sizes 10,30] [--window S] [--settle S]
-                        [--timeout S] [--concurrency N] [--out FILE] [--keep] [--log-level L]
+                        [--timeout S] [--concurrency N] [--out FILE] [--keep] [--log-level L] [--no-dht]
                         [--cpu-prof DIR] [--cpu-prof-phase idle|converge]
   --sizes        mesh sizes to run, one after the other (default 10,30)
   --window       idle measurement window in seconds (default 20)
@@ -53,6 +53,7 @@ function usage(): string {
   --out          Markdown results file (default scripts/bench-results/mesh.md)
   --keep         keep each size's temp dir (configs, logs) instead of removing it
   --log-level    the daemons' [log] level (default warn; the report lists WARN/ERROR lines)
+  --no-dht       run the daemons with [mesh] dht = false (what the DHT costs)
   --cpu-prof     write a V8 CPU profile of daemon 1 of each size into DIR (for finding idle cost)
   --cpu-prof-phase  idle (default: daemon 1 during the idle window) or converge (daemons 0, 1
                  and the last one, from the last start until the views are complete)`
@@ -191,7 +192,7 @@ async function runSize(n: number, o: Options): Promise<SizeResult> {
   try {
     const keyFile = join(root, 'mesh.key')
     const first = nodes[0]!
-    writeConfig(first, keyFile, [], o.logLevel)
+    writeConfig(first, keyFile, [], o.logLevel, o.dht)
     await meshInit(first)
     const t0 = now()
     await startNode(first, START_TIMEOUT_MS)
@@ -206,7 +207,7 @@ async function runSize(n: number, o: Options): Promise<SizeResult> {
       if (now() > addrDeadline) fail(`daemon 0 has no mesh address after 30 s (mesh_note: ${s?.mesh_note ?? 'no status'})${logTail(first)}`)
       await isleep(100)
     }
-    for (const nd of nodes.slice(1)) writeConfig(nd, keyFile, [addr], o.logLevel)
+    for (const nd of nodes.slice(1)) writeConfig(nd, keyFile, [addr], o.logLevel, o.dht)
     await pool(nodes.slice(1), o.concurrency, async (nd) => {
       checkInterrupted()
       await startNode(nd, START_TIMEOUT_MS)
@@ -407,7 +408,7 @@ function report(results: SizeResult[], o: Options, machine: string): { text: str
   ]
   const notes: string[] = [
     `${machine}; daemons share the machine with each other and with this script (polling stops during the idle window).`,
-    `Every daemon: own config/socket/cache/identity, \`[mesh] listen = ["/ip4/127.0.0.1/tcp/0"]\`, \`mdns = false\`, DHT on (default), \`[build] cores = 4\`, log level warn; one shared mesh key. Node 0 starts first; the others get node 0's loopback address as their only bootstrap peer and are started ${o.concurrency} at a time with \`meshcc --start-server\`.`,
+    `Every daemon: own config/socket/cache/identity, \`[mesh] listen = ["/ip4/127.0.0.1/tcp/0"]\`, \`mdns = false\`, ${o.dht ? 'DHT on (default)' : '\`dht = false\` (--no-dht)'}, \`[build] cores = 4\`, log level warn; one shared mesh key. Node 0 starts first; the others get node 0's loopback address as their only bootstrap peer and are started ${o.concurrency} at a time with \`meshcc --start-server\`.`,
     `Convergence: every daemon's status (the admin request behind \`meshcc status --json\`, sent on its socket) is polled in rounds at most every ${POLL_MS} ms, skipping daemons whose view already held all N (status requests cost the daemons CPU too); once every view did, a round over all daemons confirms it, and the time is that of the last reply of the first confirming round in which every \`mesh.members\` holds all N, measured from when the last (first) \`--start-server\` returned. Resolution is one to two rounds (≥ ${POLL_MS} ms each).`,
     `Idle cost: ${o.settleS} s after convergence, a ${o.windowS} s window. CPU = utime+stime from /proc/<pid>/stat (daemon pid from status.daemon.pid) over the window; RSS = VmRSS at its end. Traffic = tcp_info bytes_sent + bytes_received (\`ss -tinp\`) summed over each daemon's TCP sockets, end minus start: real payload bytes of all mesh protocols (gossipsub, ping, identify, DHT) including pnet/noise/yamux framing, not just the load gossip; "whole mesh" counts each byte once (sum of bytes sent). All traffic is loopback.`
   ]
@@ -455,6 +456,7 @@ interface Options {
   out: string
   keep: boolean
   logLevel: string
+  dht: boolean
   cpuProfDir?: string
   cpuProfPhase: 'idle' | 'converge'
 }
@@ -470,6 +472,7 @@ function parseOptions(): Options | null {
       out: { type: 'string' },
       keep: { type: 'boolean', default: false },
       'log-level': { type: 'string', default: 'warn' },
+      'no-dht': { type: 'boolean', default: false },
       'cpu-prof': { type: 'string' },
       'cpu-prof-phase': { type: 'string', default: 'idle' },
       help: { type: 'boolean', short: 'h', default: false }
@@ -494,6 +497,7 @@ function parseOptions(): Options | null {
     out: resolve(values.out ?? join(HERE, 'bench-results', 'mesh.md')),
     keep: values.keep!,
     logLevel: values['log-level']!,
+    dht: !values['no-dht'],
     cpuProfDir: values['cpu-prof'] === undefined ? undefined : resolve(values['cpu-prof']),
     cpuProfPhase: profPhase(values['cpu-prof-phase'])
   }

@@ -51,7 +51,7 @@ export function makeNode(root: string, index: number): BenchNode {
 const tomlString = (s: string) => JSON.stringify(s) // TOML basic strings accept JSON escapes for our paths
 
 /** Loopback only, no mDNS (multicast is not allowed here): the only addresses a daemon may use. */
-export function writeConfig(node: BenchNode, keyFile: string, bootstrap: string[], logLevel = 'warn'): void {
+export function writeConfig(node: BenchNode, keyFile: string, bootstrap: string[], logLevel = 'warn', dht = true): void {
   for (const a of bootstrap) if (!a.startsWith('/ip4/127.0.0.1/tcp/')) fail(`refusing a non-loopback bootstrap address: ${a}`)
   writeFileSync(node.conf, [
     '[daemon]',
@@ -64,6 +64,7 @@ export function writeConfig(node: BenchNode, keyFile: string, bootstrap: string[
     '[mesh]',
     'listen = ["/ip4/127.0.0.1/tcp/0"]',
     'mdns = false',
+    `dht = ${dht}`,
     `key_file = ${tomlString(keyFile)}`,
     `bootstrap = [${bootstrap.map(tomlString).join(', ')}]`,
     '[build]',
