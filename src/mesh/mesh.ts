@@ -159,13 +159,17 @@ export async function startMesh(opts: MeshOptions): Promise<Mesh> {
     }, EMIT_GAP_MS)
   }
 
-  // Some member we know of is reached only through others, or could not be dialed. A member
-  // we are about to connect to does not count: while many members start at once nearly every
-  // member has such a dial pending, and forwarding for all of them cost more CPU than the dials
-  // (npm run bench:mesh, convergence phase); the member exchange on connecting brings its load.
-  const someoneIndirect = (): boolean => {
+  // Some member we know of is reached only through others, or could not be dialed. For turning
+  // our own forwarding on (ForwardingControl), a member we are about to connect to does not
+  // count: while many members start at once nearly every member has such a dial pending, and
+  // forwarding for all of them cost more CPU than the dials (npm run bench:mesh, convergence
+  // phase). What our load messages ask of the members connected to us (fw) counts it, though: a
+  // peer that stops forwarding prunes every member that does not ask, and if the dial then
+  // fails, gossipsub's prune backoff keeps us from grafting that peer again for a minute.
+  const someoneIndirect = (pendingCounts: boolean): boolean => {
     for (const e of view.list()) {
-      if (connectionKind(e.peerId).kind !== 'direct' && !(connector?.connecting(e.peerId) ?? false)) return true
+      if (connectionKind(e.peerId).kind === 'direct') continue
+      if (pendingCounts || !(connector?.connecting(e.peerId) ?? false)) return true
     }
     return connector?.someoneUnreachable() ?? false
   }
@@ -182,9 +186,9 @@ export async function startMesh(opts: MeshOptions): Promise<Mesh> {
     expiryMs,
     onMessage: (id, addrs) => connector?.consider(id, addrs, 'gossip'),
     onChange: changed,
-    wantsForwarding: () => someoneIndirect(),
-    // a member we are connecting to is not forwarded to us meanwhile (see someoneIndirect); its
-    // connection brings its load, or the failed dial lets it expire
+    wantsForwarding: () => someoneIndirect(true),
+    // a member we are connecting to may not be forwarded to us meanwhile (see someoneIndirect):
+    // its connection brings its load, or the failed dial lets it expire
     keepSilent: (id) => connector?.connecting(id) ?? false
   })
 
@@ -277,7 +281,7 @@ export async function startMesh(opts: MeshOptions): Promise<Mesh> {
   node.addEventListener('peer:disconnect', onDisconnect)
 
   const ads = new Advertiser(node, meshId, log)
-  const forwarding = new ForwardingControl(node.services.pubsub, loadTopic(meshId), someoneIndirect,
+  const forwarding = new ForwardingControl(node.services.pubsub, loadTopic(meshId), () => someoneIndirect(false),
     () => new Set(view.list().filter((e) => e.wantsForwarding).map((e) => e.peerId)), log)
   const repair = new GossipRepair(node, log, repairIntervalMs)
   view.start()
