@@ -82,6 +82,8 @@ interface SizeResult {
   convergeBusy?: number
   cpuPct?: number[]
   rssMiB?: number[]
+  /** V8 heap (committed) per daemon after the window, from its status */
+  heapMiB?: number[]
   traffic?: { perNodeBps: number[]; sentBps: number[]; meshBps: number; sockets: number[]; opened: number; closed: number }
   trafficProblem?: string
   membersAfter?: number[]
@@ -154,11 +156,12 @@ async function pool<T, R>(items: T[], limit: number, fn: (item: T) => Promise<R>
 
 const now = () => performance.now()
 
-async function pollAll(nodes: BenchNode[]): Promise<Array<{ count: number; at: number; pid?: number; err?: string }>> {
+async function pollAll(nodes: BenchNode[]): Promise<Array<{ count: number; at: number; pid?: number; heapMiB?: number; err?: string }>> {
   return pool(nodes, POLL_PARALLEL, async (nd) => {
     try {
       const s = await adminStatus(nd.socket, STATUS_TIMEOUT_MS)
-      return { count: s.mesh?.members.length ?? 0, at: now(), pid: s.daemon.pid }
+      const heap = s.daemon.memory?.heap_total
+      return { count: s.mesh?.members.length ?? 0, at: now(), pid: s.daemon.pid, heapMiB: heap === undefined ? undefined : heap / 1024 / 1024 }
     } catch (err) {
       return { count: -1, at: now(), err: (err as Error).message }
     }
@@ -304,6 +307,7 @@ async function runSize(n: number, o: Options): Promise<SizeResult> {
     }
     const after = await pollAll(nodes)
     res.membersAfter = after.map((r) => r.count)
+    if (after.every((r) => r.heapMiB !== undefined)) res.heapMiB = after.map((r) => r.heapMiB!)
     say(`N=${n}: CPU median ${median(res.cpuPct).toFixed(2)} % max ${Math.max(...res.cpuPct).toFixed(2)} %, RSS median ${median(res.rssMiB).toFixed(0)} MiB max ${Math.max(...res.rssMiB).toFixed(0)} MiB` +
       (res.traffic ? `, traffic median ${fmtRate(median(res.traffic.perNodeBps))} per daemon` : `, traffic: ${res.trafficProblem}`))
   } catch (err) {
@@ -399,6 +403,7 @@ function report(results: SizeResult[], o: Options, machine: string): { text: str
     ['all views hold all N, after the first start', ...col((r) => (r.converged ? fmtS(r.fromFirstMs) : '-')), '-'],
     [`idle CPU per daemon, % of one core, min / median / max (${o.windowS} s)`, ...col((r) => r.cpuPct ? `${trio(r.cpuPct, (x) => x.toFixed(2))} % ${mark(Math.max(...r.cpuPct) < TARGETS.cpuPct)}` : '-'), `< ${TARGETS.cpuPct} % (every daemon)`],
     ['idle RSS per daemon, MiB, min / median / max', ...col((r) => r.rssMiB ? `${trio(r.rssMiB, (x) => x.toFixed(0))} ${mark(Math.max(...r.rssMiB) < TARGETS.rssMiB)}` : '-'), `< ${TARGETS.rssMiB} MiB (every daemon)`],
+    ['of which V8 heap (committed, just after the window), MiB, min / median / max', ...col((r) => r.heapMiB ? trio(r.heapMiB, (x) => x.toFixed(0)) : '-'), '-'],
     ['idle mesh TCP traffic per daemon (sent + received), min / median / max', ...col((r) => r.traffic ? trio(r.traffic.perNodeBps, fmtRate) : r.trafficProblem ? 'n/a' : '-'), '-'],
     ['idle mesh TCP traffic, whole mesh (each byte once)', ...col((r) => (r.traffic ? fmtRate(r.traffic.meshBps) : '-')), '-'],
     ['TCP connections per daemon, min / median / max', ...col((r) => (r.traffic ? trio(r.traffic.sockets, (x) => x.toFixed(0)) : '-')), '-'],

@@ -72,6 +72,21 @@ test('a cache hit through the native launcher starts no Node.js process and repl
   assert.equal(s.compile_requests, 3)
 })
 
+test('the daemon a compile starts runs with its memory settings, and reports its memory in status', async () => {
+  const inst = fresh('nat-mem')
+  const first = await inst.run(['gcc', '-c', 'w.c', '-o', 'w1.o'])
+  assert.equal(first.code, 0, first.stderr)
+  const pid = inst.daemonPid()
+  assert.ok(pid, 'a daemon is running')
+  const environ = readFileSync(`/proc/${pid}/environ`, 'utf8').split('\0')
+  assert.ok(environ.includes('MALLOC_ARENA_MAX=2'), 'two malloc arenas')
+  assert.ok(readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').includes('--max-semi-space-size=4'), 'the small young generation')
+  const st = await inst.run(['status', '--json'])
+  assert.equal(st.code, 0, st.stderr)
+  const mem = (JSON.parse(st.stdout) as { daemon: { memory: { rss: number; heap_used: number; heap_total: number; external: number } } }).daemon.memory
+  assert.ok(mem.heap_used > 0 && mem.heap_used <= mem.heap_total && mem.heap_total < mem.rss, JSON.stringify(mem))
+})
+
 test('the request carries cwd, the resolved compiler, the arguments and the environment', async () => {
   const inst = fresh('nat-req')
   const seen = await scriptedDaemon(inst, () => encodeFrame(MsgType.RESULT, ['3', 'out-bytes\n', 'err-bytes\n']))

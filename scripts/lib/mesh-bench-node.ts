@@ -15,7 +15,7 @@ const HERE = dirname(fileURLToPath(import.meta.url))
 
 /** The parts of `meshcc status --json` the benchmark reads. */
 export interface DaemonStatus {
-  daemon: { pid: number; version: string; socket: string }
+  daemon: { pid: number; version: string; socket: string; memory?: { rss: number; heap_used: number; heap_total: number } }
   mesh: {
     peer_id: string
     mesh_id: string

@@ -121,7 +121,8 @@ export async function startDaemon(config: Config, foreground: boolean): Promise<
       case 'status': return JSON.stringify({
         daemon: {
           pid: process.pid, version: VERSION, socket: config.daemon.socket, cache_dir: config.cache.dir,
-          running: compiles.cpu.running, queued: compiles.cpu.queued, slots: compiles.cpu.capacity
+          running: compiles.cpu.running, queued: compiles.cpu.queued, slots: compiles.cpu.capacity,
+          memory: memoryStatus()
         },
         mesh: mesh?.status() ?? null,
         mesh_note: mesh ? null : meshNote
@@ -243,4 +244,10 @@ export async function startDaemon(config: Config, foreground: boolean): Promise<
 
   log.info(`meshcc ${VERSION} daemon listening on ${config.daemon.socket} (cache ${config.cache.dir}, ${config.build.localSlots} slots${config.file ? `, config ${config.file}` : ''})`)
   return { closed, shutdown }
+}
+
+/** The daemon's memory in bytes: the whole process, and V8's heap within it. */
+function memoryStatus(): { rss: number; heap_used: number; heap_total: number; external: number } {
+  const m = process.memoryUsage()
+  return { rss: m.rss, heap_used: m.heapUsed, heap_total: m.heapTotal, external: m.external }
 }
