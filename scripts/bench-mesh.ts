@@ -84,6 +84,8 @@ interface SizeResult {
   rssMiB?: number[]
   /** V8 heap (committed) per daemon after the window, from its status */
   heapMiB?: number[]
+  /** daemons whose gossipsub mesh forwarded just after the window */
+  forwardingAfter?: number
   traffic?: { perNodeBps: number[]; sentBps: number[]; meshBps: number; sockets: number[]; opened: number; closed: number }
   trafficProblem?: string
   membersAfter?: number[]
@@ -156,12 +158,12 @@ async function pool<T, R>(items: T[], limit: number, fn: (item: T) => Promise<R>
 
 const now = () => performance.now()
 
-async function pollAll(nodes: BenchNode[]): Promise<Array<{ count: number; at: number; pid?: number; heapMiB?: number; err?: string }>> {
+async function pollAll(nodes: BenchNode[]): Promise<Array<{ count: number; at: number; pid?: number; heapMiB?: number; forwarding?: boolean; err?: string }>> {
   return pool(nodes, POLL_PARALLEL, async (nd) => {
     try {
       const s = await adminStatus(nd.socket, STATUS_TIMEOUT_MS)
       const heap = s.daemon.memory?.heap_total
-      return { count: s.mesh?.members.length ?? 0, at: now(), pid: s.daemon.pid, heapMiB: heap === undefined ? undefined : heap / 1024 / 1024 }
+      return { count: s.mesh?.members.length ?? 0, at: now(), pid: s.daemon.pid, heapMiB: heap === undefined ? undefined : heap / 1024 / 1024, forwarding: s.mesh?.gossip_forwarding }
     } catch (err) {
       return { count: -1, at: now(), err: (err as Error).message }
     }
@@ -308,6 +310,7 @@ async function runSize(n: number, o: Options): Promise<SizeResult> {
     const after = await pollAll(nodes)
     res.membersAfter = after.map((r) => r.count)
     if (after.every((r) => r.heapMiB !== undefined)) res.heapMiB = after.map((r) => r.heapMiB!)
+    res.forwardingAfter = after.filter((r) => r.forwarding === true).length
     say(`N=${n}: CPU median ${median(res.cpuPct).toFixed(2)} % max ${Math.max(...res.cpuPct).toFixed(2)} %, RSS median ${median(res.rssMiB).toFixed(0)} MiB max ${Math.max(...res.rssMiB).toFixed(0)} MiB` +
       (res.traffic ? `, traffic median ${fmtRate(median(res.traffic.perNodeBps))} per daemon` : `, traffic: ${res.trafficProblem}`))
   } catch (err) {
@@ -408,6 +411,7 @@ function report(results: SizeResult[], o: Options, machine: string): { text: str
     ['idle mesh TCP traffic, whole mesh (each byte once)', ...col((r) => (r.traffic ? fmtRate(r.traffic.meshBps) : '-')), '-'],
     ['TCP connections per daemon, min / median / max', ...col((r) => (r.traffic ? trio(r.traffic.sockets, (x) => x.toFixed(0)) : '-')), '-'],
     ['machine CPU busy while waiting for convergence / during the window, cores of ' + cpus().length, ...col((r) => `${r.convergeBusy === undefined ? '-' : r.convergeBusy.toFixed(2)} / ${r.machineBusy === undefined ? '-' : r.machineBusy.toFixed(2)}` + (r.cpuPct ? ` (daemons ${(r.cpuPct.reduce((a, b) => a + b, 0) / 100).toFixed(2)})` : '')), '-'],
+    ['daemons forwarding gossip just after the window (a member asks, or one is unreachable)', ...col((r) => r.forwardingAfter === undefined ? '-' : `${r.forwardingAfter} of ${r.n}`), '-'],
     ['views still complete after the window', ...col((r) => r.membersAfter ? (r.membersAfter.every((c) => c >= r.n) ? 'yes' : `no (${Math.min(...r.membersAfter)}..${Math.max(...r.membersAfter)} of ${r.n})`) : '-'), '-'],
     ['WARN/ERROR lines in the daemons\' logs', ...results.map((r) => r.logs ? `${r.logs.lines}${r.logs.groups.length ? ` (${r.logs.groups.length} kinds)` : ''}` : '-'), '0']
   ]

@@ -22,6 +22,7 @@ export interface DaemonStatus {
     addresses: string[]
     members: Array<{ peer_id: string; self: boolean; connection: string; rtt_ms: number | null }>
     totals: { members: number }
+    gossip_forwarding?: boolean
   } | null
   mesh_note: string | null
 }
