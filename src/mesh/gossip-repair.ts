@@ -18,10 +18,9 @@ import type { MeshLibp2p } from './node.js'
 
 /** a connection younger than this is still being set up: the registrar tells gossipsub of it */
 const SETTLE_MS = 3000
-/** tries per connection: a peer that does not speak gossipsub would otherwise be retried forever */
+/** tries per connection while it stays broken: a peer whose gossipsub keeps failing is not retried forever */
 const MAX_TRIES = 3
 
-/** The parts of gossipsub this uses (what its registrar topology does on a new connection). */
 /**
  * Whether gossipsub's outbound stream can still carry messages. A stream that closed before
  * gossipsub listened for its close event (the other side closed it at once) stays in its table
@@ -29,9 +28,11 @@ const MAX_TRIES = 3
  */
 function isWritable(out: unknown): boolean {
   const raw = (out as { rawStream?: { status?: unknown; writeStatus?: unknown } } | null)?.rawStream
-  return raw?.status === 'open' && raw.writeStatus === 'writable'
+  if (raw === undefined || raw === null) return true // not the stream we know: leave it alone
+  return raw.status === 'open' && raw.writeStatus === 'writable'
 }
 
+/** The parts of gossipsub this uses (what its registrar topology does on a new connection). */
 interface GossipInternals {
   peers: Map<string, unknown>
   streamsOutbound: Map<string, unknown>
@@ -44,7 +45,7 @@ export class GossipRepair {
   private readonly tries = new WeakMap<Connection, number>()
   private timer: NodeJS.Timeout | null = null
   private running = false
-  /** connections handed back to gossipsub so far (for status and tests) */
+  /** connections handed back to gossipsub so far (for debugging) */
   repaired = 0
 
   constructor(private readonly node: MeshLibp2p, private readonly log: Logger, private readonly everyMs: number) {}
