@@ -45,8 +45,6 @@ export class GossipRepair {
   private readonly tries = new WeakMap<Connection, number>()
   private timer: NodeJS.Timeout | null = null
   private running = false
-  /** connections handed back to gossipsub so far (for debugging) */
-  repaired = 0
 
   constructor(private readonly node: MeshLibp2p, private readonly log: Logger, private readonly everyMs: number) {}
 
@@ -72,6 +70,16 @@ export class GossipRepair {
     this.timer = null
   }
 
+  /**
+   * The connector closed a duplicate connection to `peer` and kept `kept`: gossipsub's stream
+   * may have run over the closed one, and gossipsub only opens one when told of a connection.
+   * (A kept connection younger than SETTLE_MS would wait for a later round.)
+   */
+  connectionKept(peer: PeerId, kept: Connection): void {
+    const gs = this.node.services.pubsub as unknown as Partial<GossipInternals>
+    if (typeof gs.onPeerConnected === 'function') gs.onPeerConnected.call(gs, peer, kept)
+  }
+
   async check(): Promise<void> {
     const gs = this.node.services.pubsub as unknown as Partial<GossipInternals>
     if (!(gs.peers instanceof Map) || !(gs.streamsOutbound instanceof Map) || typeof gs.onPeerConnected !== 'function' || !Array.isArray(gs.protocols)) return // not the gossipsub we know
@@ -93,7 +101,6 @@ export class GossipRepair {
         // the connection may have moved on while the peer store answered
         if (conn.status !== 'open' || gs.streamsOutbound.get(id) !== out) continue
         this.tries.set(conn, tries + 1)
-        this.repaired++
         const had = !gs.peers.has(id) ? 'forgotten it' : dead ? 'a closed stream to it' : 'no stream to it'
         this.log.debug(`gossip: ${id} is connected but gossipsub had ${had}; telling it of the connection again`)
         if (dead) gs.streamsOutbound.delete(id)

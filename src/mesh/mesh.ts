@@ -128,15 +128,12 @@ export async function startMesh(opts: MeshOptions): Promise<Mesh> {
     onHandshakeFailure: (addr, dir, err) => connector?.reportHandshakeFailure(addr, dir, err)
   })
   const self = node.peerId.toString()
+  const repair = new GossipRepair(node, log, repairIntervalMs)
   connector = new Connector({
     node, log, bootstrap, isDenied,
-    // gossipsub keeps one outbound stream per peer and only opens it when told of a connection;
-    // if it ran over the duplicate we closed, nothing would reach that peer any more (it would
-    // go silent in the peer's view while connected). Tell it about the connection we kept.
-    onDuplicateClosed: (peer, kept) => {
-      const gs = node.services.pubsub as unknown as { onPeerConnected?: (p: PeerId, c: Connection) => void }
-      if (typeof gs.onPeerConnected === 'function') gs.onPeerConnected(peer, kept)
-    }
+    // gossipsub's stream may have run over the duplicate we closed: tell it of the one we kept
+    // now rather than at the next repair round
+    onDuplicateClosed: (peer, kept) => repair.connectionKept(peer, kept)
   })
 
   const addresses = (): string[] => {
@@ -283,7 +280,6 @@ export async function startMesh(opts: MeshOptions): Promise<Mesh> {
   const ads = new Advertiser(node, meshId, log)
   const forwarding = new ForwardingControl(node.services.pubsub, loadTopic(meshId), () => someoneIndirect(false),
     () => new Set(view.list().filter((e) => e.wantsForwarding).map((e) => e.peerId)), log)
-  const repair = new GossipRepair(node, log, repairIntervalMs)
   view.start()
   forwarding.start()
   repair.start()
