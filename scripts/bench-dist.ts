@@ -66,7 +66,7 @@ function usage(): string {
   --slots        compile slots per builder (default 2)
   --jobs         make -j (default: builders x slots)
   --work-dir     where the kernel tree is unpacked and reused (default /var/tmp/meshcc-bench-dist)
-  --out          Markdown results file (default scripts/bench-results/dist.md)
+  --out          Markdown results file (default scripts/bench-results/dist.md, dist-quick.md with --quick)
   --max-load     before each timed build wait until the 1-minute load average is below this
                  (default 1.0 for a full run, 0 = do not wait, the default with --quick)
   --load-wait    give up waiting for the load after this many minutes and measure anyway (default 20)
@@ -179,7 +179,7 @@ async function main(): Promise<number> {
   if (!Number.isFinite(loadWaitMin) || loadWaitMin < 0 || loadWaitMin > 120) fail('--load-wait must be between 0 and 120 minutes')
   if (!['error', 'warn', 'info', 'debug'].includes(values['meshcc-log-level']!)) fail('--meshcc-log-level must be error, warn, info or debug')
   const workDir = resolve(values['work-dir']!)
-  const outFile = resolve(values.out ?? join(HERE, 'bench-results', 'dist.md'))
+  const outFile = resolve(values.out ?? join(HERE, 'bench-results', values.quick ? 'dist-quick.md' : 'dist.md'))
   const makeTargets = quick ? ['kernel/', 'lib/'] : []
   const buildTimeout = (quick ? 20 : 60) * 60_000
   const prebuild = (values.prebuild ?? (quick ? '' : PREBUILD_DEFAULT)).split(',').map((t) => t.trim()).filter(Boolean)
