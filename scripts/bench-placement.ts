@@ -22,6 +22,7 @@ import { DEFAULT_NET, MAX_ATTEMPTS, POLL_JITTER_MS, POLL_MIN_MS, REFUSED_HOLD_MS
 import { MESHCC, OMNI, RANDOM, SCENARIOS, VARIANTS, type NamedPolicy } from './lib/placement-bench-scenarios.js'
 import { idealMakespan, makeWorkload, type Scenario } from './lib/placement-bench-workload.js'
 import { markdownTable, mean, textTable } from './lib/stats.js'
+import { FASTER_THAN_HERE, SAME_TIER } from '../src/daemon/placement.js'
 
 const HERE = dirname(fileURLToPath(import.meta.url))
 const ROOT = resolve(HERE, '..')
@@ -158,8 +159,8 @@ builders, clients, load gossip and the network are modelled; jobs take a known s
 nothing sleeps. That measures placement alone and repeatably, and it is the only way to run an
 omniscient scheduler at all. The meshcc policy is the **real \`choosePeer\`** imported from
 \`src/daemon/placement.ts\`; what surrounds it is modelled rule for rule from the source as it is
-now (commit db2bb21, "count only in-flight jobs the peer's last load message cannot include; a
-job without room waits for a local slot or room in the view"):
+now (the commit "placement: the fastest peers with room, and skip a free local slot for a
+clearly faster peer", on top of db2bb21's in-flight accounting and waiting for room):
 
 - **builder.ts** admission: refuse (\`busy\`) when \`running >= slots\`; a slot is held from
   admission to the end of the compile; every admission and every end calls \`notifyLoadChanged\`.
@@ -171,16 +172,19 @@ job without room waits for a local slot or room in the view"):
   - \`effectiveFree = freeSlots − #{this client's jobs in flight to that peer sent after lastSeen − ${RESERVE_MARGIN_MS} ms}\`
     (\`IN_FLIGHT_MARGIN_MS\`): jobs sent before the last load message are already counted in it.
     An in-flight entry lives from the offer until the reply (a refusal, or the result).
-  - \`pick\`: candidates with \`effectiveFree > 0\` and not yet tried in this call, then \`choosePeer\`
+  - \`pick\`: candidates with \`effectiveFree > 0\` and not yet tried in this call, then \`choosePeer\`:
+    the peers within ${(100 - SAME_TIER * 100).toFixed(0)} % of the fastest with room, a draw in proportion to free slots among them
     (speed from the view, the same RTT for all, toolchain held everywhere).
   - \`tryPeers\`: up to ${MAX_ATTEMPTS} offers per call; a refusal (one ${net.rttMs} ms header round trip, no inputs sent)
     is backpressure, not a failure: the next pick; \`no-room\` when no untried peer shows room or
-    after ${MAX_ATTEMPTS} refusals. Peer *failures* (30 s backoff, three of them → compile here) do not occur in
+    after ${MAX_ATTEMPTS} refusals. Peer *failures* (5 s backoff, three of them → compile here) do not occur in
     this model.
   - \`waitForRoom(job, ${WAIT_FOR_ROOM_MS})\`: checks the view at once, then every ${POLL_MIN_MS}-${POLL_MIN_MS + POLL_JITTER_MS} ms (uniform jitter);
     resolves when \`pick\` finds a peer with room, or after ${WAIT_FOR_ROOM_MS / 1000} s.
-- **compile-service.ts** \`compileAndStore\`: a free local slot first (\`wants(true)\` is false;
-  \`local_slots\` = 2 per client here, speed 1.0). Otherwise \`wants(false)\` is true (every builder
+- **compile-service.ts** \`compileAndStore\`: a free local slot first (\`local_slots\` = 2 per
+  client here, speed 1.0), unless \`fasterPeerThanHere\` finds a candidate with room more than
+  ${FASTER_THAN_HERE}× as fast (\`wants(true)\`): then the job tries the peers, and a free local slot
+  still takes it on \`no-room\`. Otherwise \`wants(false)\` is true (every builder
   accepts jobs), the job is prepared (free in the model) and loops: \`tryPeers\`; on \`no-room\`,
   compile here if a local slot is free, else race \`waitForRoom(job, 1000)\` against
   \`cpu.whenFree()\`, compile here if a local slot is free, else \`tryPeers\` again.
@@ -248,8 +252,9 @@ on after the last remote compile ended, the farm idle${has('meshcc-0.1-as-built'
 ${policies.length > 3 ? `
 ## Variants
 
-meshcc 0.1 for comparison, a stale-view model, and proposals (PROPOSAL = not in src/; implemented
-in scripts/lib/placement-bench-sim.ts, on top of the src-now model unless said otherwise):
+meshcc 0.1 and the previous placement for comparison, src now with one rule taken away, and
+earlier proposals (PROPOSAL = not in src/; implemented in scripts/lib/placement-bench-sim.ts, on
+top of the src-now model unless said otherwise):
 
 ${policies.slice(3).map((p) => `- \`${p.key}\`: ${p.label}`).join('\n')}
 
@@ -307,25 +312,28 @@ sends ${range(saturated.map((s) => R('meshcc', s)), 0)} refused offers per job, 
    Since then a refusal marks the peer full until its next load message arrives (at most
    ${REFUSED_HOLD_MS} ms): ${saturated.length ? `${range(saturated.map((s) => R('meshcc', s)), 1)} refusals per job` : 'few refusals'} at the same efficiency. meshcc still depends on the
    on-change publish: with the 2 s periodic gossip only (\`meshcc-2s\`) efficiency is ${saturated.length ? range(saturated.map((s) => E('meshcc-2s', s)), 2) : '-'} in those scenarios.
-2. **Matching jobs to fast slots** (\`het20-light\`, \`het30-bursty\`: ${fx(E('meshcc', 'het20-light'))} vs ${fx(E('omni', 'het20-light'))} and
-   ${fx(E('meshcc', 'het30-bursty'))} vs ${fx(E('omni', 'het30-bursty'))}). These farms are not saturated (few or no jobs wait for room,
-   refusals are rare), so A and B do not close the gap there (meshcc 0.1 reached ${fx(E('meshcc-0.1-as-built', 'het20-light'))} in \`het20-light\`; in
-   \`het30-bursty\` A+B took it from ${fx(E('meshcc-0.1-as-built', 'het30-bursty'))} to ${fx(E('meshcc', 'het30-bursty'))}, and the rest is the same as here). Omniscient puts every
-   job on the fastest free slot and skips the clients' slower local slots; meshcc takes a free
-   local slot first and draws among peers in proportion to free slots, comparing free × speed, so
-   an idle 16-slot speed-1.0 builder beats an idle 2-slot speed-2.0 one. Proposals **D**
-   (choosePeer: draws ∝ free × speed, keep the faster of the two) and **E** (compile-service: skip
-   the free local slot when a peer with room is > 1.2× faster) together reach ${fx(E('DE', 'het20-light'))} and ${fx(E('DE', 'het30-bursty'))}
-   (${fx(E('DE', 'het20-light') / E('omni', 'het20-light') * 100, 0)} % and ${fx(E('DE', 'het30-bursty') / E('omni', 'het30-bursty') * 100, 0)} % of omniscient); each alone is within the noise of src now
-   (sd 0.03-0.07 over ${seeds.length} seeds). They close part of the gap, not all of it, and E ships jobs
-   the client could have started at once, which only pays when the transfer is cheap compared with
-   the compile. What is left is the price of deciding from a view instead of a central queue.
-3. **\`het30-bursty\` is only narrowly ahead of random** (${fx(E('meshcc', 'het30-bursty') - E('random', 'het30-bursty'))} on average, below the ${TARGETS.vsRandomMargin} asked for):
-   short bursts between barriers leave most of the farm idle, so random placement rarely queues;
-   the same speed matching (D+E: ${fx(E('DE', 'het30-bursty') - E('random', 'het30-bursty'))} ahead) is what would widen it.
+2. **Matching jobs to fast slots** (closed by the fastest tier and the local-slot rule). Up to
+   5e6a39d (variant \`prev\`) meshcc took a free local slot first and drew two peers in proportion
+   to free slots, keeping the one with more free × speed, so an idle 16-slot speed-1.0 builder beat
+   an idle 2-slot speed-2.0 one. That left the farms that are not saturated short of omniscient:
+   \`het20-light\` ${fx(E('prev', 'het20-light'))} and \`het30-bursty\` ${fx(E('prev', 'het30-bursty'))} (${fx(E('prev', 'het20-light') / E('omni', 'het20-light') * 100, 0)} % and ${fx(E('prev', 'het30-bursty') / E('omni', 'het30-bursty') * 100, 0)} % of omniscient), and \`het30-bursty\`
+   only ${fx(E('prev', 'het30-bursty') - E('random', 'het30-bursty'))} ahead of random. Omniscient puts every job on the fastest free slot; now
+   meshcc does too, from its view: \`choosePeer\` keeps the fastest tier with room, and a free local
+   slot waits when a peer with room is more than ${FASTER_THAN_HERE}× faster. Together: ${fx(E('meshcc', 'het20-light'))} and ${fx(E('meshcc', 'het30-bursty'))}
+   (${fx(E('meshcc', 'het20-light') / E('omni', 'het20-light') * 100, 0)} % and ${fx(E('meshcc', 'het30-bursty') / E('omni', 'het30-bursty') * 100, 0)} %), ${fx(E('meshcc', 'het30-bursty') - E('random', 'het30-bursty'))} ahead of random in \`het30-bursty\`. Each rule alone does less:
+   the tier with local slots always first (\`tier-only\`) ${fx(E('tier-only', 'het20-light'))} and ${fx(E('tier-only', 'het30-bursty'))}, skipping the
+   local slot with the old draw (\`skip-only\`) ${fx(E('skip-only', 'het20-light'))} and ${fx(E('skip-only', 'het30-bursty'))}. (Two earlier proposals, a draw in
+   proportion to free × speed keeping the faster of two, plus the same local rule, reached 0.66
+   and 0.74 in the run of 2026-11-22: not enough.)
+3. **The price: more refusals where the farm has room.** Clients reading the same view now pick
+   the same fastest tier: ${fx(R('meshcc', 'het20-light'))} refused offers per job in \`het20-light\` (\`prev\`: ${fx(R('prev', 'het20-light'))}) and ${fx(R('meshcc', 'het30-bursty'))}
+   in \`het30-bursty\` (${fx(R('prev', 'het30-bursty'))}). A refusal is one header round trip with no inputs sent, and it
+   marks the peer full until its next load message, so this costs milliseconds per job. In the
+   saturated scenarios the count hardly moves (${saturated.length ? `${range(saturated.map((s) => R('meshcc', s)), 1)} per job against ${range(saturated.map((s) => R('prev', s)), 1)}` : '-'}): every slot is
+   busy whichever peer is chosen.
 4. **What the model leaves out**, each of which could move the numbers: the cost of \`prepare\`
    (toolchain packing once, reading inputs per job), toolchain transfers to builders, peer
-   failures and their 30 s backoff, RTT differences between peers, builders' own local builds
+   failures and their 5 s backoff, RTT differences between peers, builders' own local builds
    (their \`freeSlots\` only counts remote jobs), \`offer = "idle"\`, the preprocessing semaphore,
    and real libp2p latencies (a stream open is more than ${net.rttMs} ms). Only a run on real daemons can
    settle those: \`scripts/bench-dist.ts\` builds a kernel through real daemons but on one 2-core

@@ -1,8 +1,9 @@
-// The placement policy: never a full peer, the better of two weighted draws, and a spread
-// that tracks free capacity (what keeps many clients from herding onto one peer).
+// The placement policy: never a full peer, the fastest tier with room first, a spread within
+// that tier that tracks free capacity (what keeps many clients from piling onto one peer), and
+// a free local slot skipped only for a clearly faster peer.
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
-import { choosePeer, type Candidate } from '../src/daemon/placement.js'
+import { choosePeer, fasterPeerThanHere, type Candidate } from '../src/daemon/placement.js'
 
 const peer = (id: string, free: number, extra: Partial<Candidate> = {}): Candidate => ({ id, free, speed: 10, rttMs: 1, hasToolchain: false, ...extra })
 
@@ -12,21 +13,47 @@ function lcg(seed: number): () => number {
   return () => ((s = (s * 1103515245 + 12345) % 2 ** 31) / 2 ** 31)
 }
 
+function spread(cands: Candidate[], n: number, seed: number): Record<string, number> {
+  const r = lcg(seed)
+  const counts: Record<string, number> = Object.fromEntries(cands.map((c) => [c.id, 0]))
+  for (let i = 0; i < n; i++) counts[choosePeer(cands, r)!.id]!++
+  return counts
+}
+
 test('no candidate with free slots means no peer', () => {
   assert.equal(choosePeer([]), null)
   assert.equal(choosePeer([peer('a', 0), peer('b', 0)]), null)
 })
 
-test('a full peer is never chosen', () => {
+test('a full peer is never chosen, however fast', () => {
   const r = lcg(1)
-  for (let i = 0; i < 500; i++) assert.equal(choosePeer([peer('full', 0), peer('free', 1)], r)!.id, 'free')
+  for (let i = 0; i < 500; i++) assert.equal(choosePeer([peer('full', 0, { speed: 100 }), peer('free', 1)], r)!.id, 'free')
 })
 
-test('the spread follows free capacity and favours toolchain holders', () => {
-  const r = lcg(7)
-  const counts: Record<string, number> = { big: 0, small: 0, holder: 0 }
-  for (let i = 0; i < 6000; i++) counts[choosePeer([peer('big', 8), peer('small', 2), peer('holder', 2, { hasToolchain: true })], r)!.id]++
-  assert.ok(counts.big > counts.small * 3, JSON.stringify(counts))
-  assert.ok(counts.holder > counts.small * 1.5, JSON.stringify(counts))
-  assert.ok(counts.small > 0, 'a small peer still gets work: no herding onto the single best')
+test('among equally fast peers the spread follows free capacity; no herding onto the biggest', () => {
+  // speed scores within 10 % are one tier: measured speeds of identical machines differ a little
+  const counts = spread([peer('big', 8), peer('small', 2, { speed: 9.5 }), peer('mid', 4, { speed: 10.4 })], 7000, 7)
+  assert.ok(counts.big! > counts.small! * 3, JSON.stringify(counts))
+  assert.ok(counts.mid! > counts.small! * 1.5, JSON.stringify(counts))
+  assert.ok(counts.small! > 0, JSON.stringify(counts))
+})
+
+test('a faster peer with room wins over a slower one with more room', () => {
+  // what the two-draw policy got wrong: an idle 16-slot slow builder beat an idle 2-slot fast one
+  const counts = spread([peer('slow-big', 16, { speed: 10 }), peer('fast-small', 2, { speed: 20 })], 500, 3)
+  assert.deepEqual(counts, { 'slow-big': 0, 'fast-small': 500 })
+})
+
+test('a toolchain holder comes first; a far peer only when the near ones are full', () => {
+  assert.equal(spread([peer('lacks', 8), peer('holds', 1, { hasToolchain: true })], 300, 5).holds, 300)
+  assert.equal(spread([peer('far', 8, { rttMs: 40 }), peer('near', 1, { rttMs: 1 })], 300, 5).near, 300)
+  assert.equal(choosePeer([peer('far', 8, { rttMs: 40 }), peer('near', 0, { rttMs: 1 })], lcg(2))!.id, 'far')
+})
+
+test('a free local slot is skipped only for a peer with room that is clearly faster', () => {
+  assert.equal(fasterPeerThanHere(100, [{ speed: 150, rttMs: 1 }]), true)
+  assert.equal(fasterPeerThanHere(100, [{ speed: 110, rttMs: 1 }]), false, 'noise between equal machines keeps jobs here')
+  assert.equal(fasterPeerThanHere(100, [{ speed: 150, rttMs: 40 }]), false, 'a far peer does not pay for the transfer')
+  assert.equal(fasterPeerThanHere(100, []), false)
+  assert.equal(fasterPeerThanHere(null, [{ speed: 500, rttMs: 1 }]), false, 'before its own first load message a daemon stays local')
 })

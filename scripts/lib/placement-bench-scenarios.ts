@@ -45,7 +45,7 @@ export interface NamedPolicy { key: string; label: string; policy: Policy; propo
 
 type MeshccPolicy = Extract<Policy, { kind: 'meshcc' }>
 /** src now: until-view in-flight accounting, on "no-room" wait for room (polled) or a local slot */
-const NOW: MeshccPolicy = { kind: 'meshcc', gossip: 'on-change', reserve: 'until-view', noRoom: 'wait-poll', score: 'as-built', localFirst: 'always', refusal: 'mark-full' }
+const NOW: MeshccPolicy = { kind: 'meshcc', gossip: 'on-change', reserve: 'until-view', noRoom: 'wait-poll', score: 'as-built', localFirst: 'unless-faster-peer', refusal: 'mark-full' }
 
 export const MESHCC: NamedPolicy = { key: 'meshcc', label: 'meshcc (src now)', proposal: false, policy: NOW }
 export const RANDOM: NamedPolicy = { key: 'random', label: 'random (distcc-like)', proposal: false, policy: { kind: 'random' } }
@@ -56,7 +56,7 @@ export const VARIANTS: NamedPolicy[] = [
   {
     key: 'meshcc-0.1-as-built', proposal: false,
     label: 'meshcc 0.1 as built: own jobs counted for their whole life; no room in the view, or 3 refusals → the local queue for good',
-    policy: { ...NOW, reserve: 'whole-job', noRoom: 'local-queue' }
+    policy: { ...NOW, reserve: 'whole-job', noRoom: 'local-queue', score: 'two-choices', localFirst: 'always' }
   },
   { key: 'meshcc-2s', proposal: false, label: 'meshcc (src now) with the 2 s periodic gossip only (no on-change publish)', policy: { ...NOW, gossip: 'periodic' } },
   {
@@ -65,7 +65,11 @@ export const VARIANTS: NamedPolicy[] = [
     policy: { ...NOW, noRoom: 'wake-on-message' }
   },
   { key: 'no-F', proposal: false, label: 'before F (commit db2bb21): a refusal leaves the view unchanged, so waiting jobs re-offer the peer every round trip', policy: { ...NOW, refusal: 'keep-view' } },
-  { key: 'D', proposal: true, label: 'PROPOSAL D on src now: speed-first score (draws ∝ free × speed, keep the faster)', policy: { ...NOW, score: 'speed-first' } },
-  { key: 'E', proposal: true, label: 'PROPOSAL E on src now: a free local slot first only when no peer with room in the view is > 1.2× faster', policy: { ...NOW, localFirst: 'unless-faster-peer' } },
-  { key: 'DE', proposal: true, label: 'PROPOSALS D+E on src now', policy: { ...NOW, score: 'speed-first', localFirst: 'unless-faster-peer' } }
+  {
+    key: 'prev', proposal: false,
+    label: 'meshcc as of 5e6a39d: two draws ∝ free slots, the better by free × speed; a free local slot always first',
+    policy: { ...NOW, score: 'two-choices', localFirst: 'always' }
+  },
+  { key: 'tier-only', proposal: false, label: 'src now, but a free local slot always first (the fastest tier alone)', policy: { ...NOW, localFirst: 'always' } },
+  { key: 'skip-only', proposal: false, label: 'src now, but the two-draw choosePeer (skipping a free local slot for a faster peer alone)', policy: { ...NOW, score: 'two-choices' } }
 ]

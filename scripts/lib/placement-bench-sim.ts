@@ -4,7 +4,7 @@
 // (compile-service's compileAndStore loop, remote-runner's effectiveFree/tryPeers/waitForRoom,
 // builder.ts's admission, load-view.ts's publishing, the Semaphore's whenFree) is modelled
 // here, rule for rule. meshcc 0.1's client logic is kept as a variant ('local-queue').
-import { choosePeer, type Candidate } from '../../src/daemon/placement.js'
+import { choosePeer, fasterPeerThanHere, type Candidate } from '../../src/daemon/placement.js'
 import { rng, subSeed, type BuilderSpec, type ClientSpec, type Workload } from './placement-bench-workload.js'
 
 // ---- the network and gossip model -------------------------------------------------------
@@ -55,9 +55,12 @@ export type Policy =
      *   room wakes at most that many waiting jobs, each makes one attempt at that very peer
      */
     noRoom: 'wait-poll' | 'local-queue' | 'wake-on-message'
-    /** 'as-built': the real choosePeer; 'speed-first': PROPOSAL D, see chooseSpeedFirst */
-    score?: 'as-built' | 'speed-first'
-    /** 'always': compile-service as built; 'unless-faster-peer': PROPOSAL E, a free local slot first only when no peer with room in the view is faster than this machine */
+    /** 'as-built': the real choosePeer; 'two-choices': choosePeer before the fastest tier (chooseTwoChoices) */
+    score?: 'as-built' | 'two-choices'
+    /**
+     * 'unless-faster-peer': src now, a free local slot first unless the real fasterPeerThanHere
+     * finds a peer with room that is clearly faster; 'always': a free local slot first, as meshcc did up to 5e6a39d
+     */
     localFirst?: 'always' | 'unless-faster-peer'
     /**
      * 'keep-view': src now, a refusal changes nothing in the view (the peer still shows the room
@@ -69,26 +72,24 @@ export type Policy =
   }
 
 /**
- * PROPOSAL (not in src/): two draws in proportion to free × speed (the work a peer can absorb
- * per second rather than its slot count), and the faster of the two, more free slots breaking
- * a tie. As built, the score is free × speed, so a big slow peer beats a small fast one even
- * when each would start the job at once, and the job simply runs slower there.
+ * src/daemon/placement.ts's choosePeer before the fastest tier (up to commit 5e6a39d): two
+ * draws in proportion to free slots, and the better of the two by free × speed (× 2 with the
+ * toolchain, less for a far peer). A big slow peer beat a small fast one even when each would
+ * start the job at once.
  */
-export function chooseSpeedFirst(candidates: readonly Candidate[], random: () => number): Candidate | null {
+export function chooseTwoChoices(candidates: readonly Candidate[], random: () => number): Candidate | null {
   const c = candidates.filter((x) => x.free > 0)
   if (c.length === 0) return null
-  const w = (x: Candidate) => x.free * Math.max(1, x.speed)
-  const total = c.reduce((n, x) => n + w(x), 0)
+  const total = c.reduce((n, x) => n + x.free, 0)
   const draw = (): Candidate => {
     let r = random() * total
-    for (const x of c) if ((r -= w(x)) <= 0) return x
+    for (const x of c) if ((r -= x.free) <= 0) return x
     return c[c.length - 1]!
   }
+  const old = (x: Candidate) => x.free * Math.max(1, x.speed) * (x.hasToolchain ? 2 : 1) / (1 + (x.rttMs ?? 5) / 20)
   const a = draw()
   const b = draw()
-  const fa = Math.max(1, a.speed) * (a.hasToolchain ? 2 : 1) / (1 + (a.rttMs ?? 5) / 20)
-  const fb = Math.max(1, b.speed) * (b.hasToolchain ? 2 : 1) / (1 + (b.rttMs ?? 5) / 20)
-  return fa > fb || (fa === fb && a.free >= b.free) ? a : b
+  return old(a) >= old(b) ? a : b
 }
 
 /** remote-runner.ts IN_FLIGHT_MARGIN_MS: a job sent this close before a load message may not be counted in it yet */
@@ -394,7 +395,7 @@ export function simulate(w: Workload, policy: Policy, seed: number, net: NetMode
       builders.filter((b) => !exclude.has(b.idx) && effectiveFree(c, b) > 0)
     const pick = (c: ClientState, exclude: ReadonlySet<number>): BuilderState | null => {
       const members = candidates(c, exclude)
-      const choose = p.score === 'speed-first' ? chooseSpeedFirst : choosePeer
+      const choose = p.score === 'two-choices' ? chooseTwoChoices : choosePeer
       const chosen = choose(members.map((b): Candidate => ({
         id: b.spec.id, free: effectiveFree(c, b), speed: c.view[b.idx]!.speed, rttMs: 1, hasToolchain: true
       })), pr)
@@ -535,8 +536,9 @@ export function simulate(w: Workload, policy: Policy, seed: number, net: NetMode
 
     // compile-service.ts: a free local slot first (wants(localFree) is false), then the mesh
     place = (c, d, submitted, cb) => {
+      // remote-runner.ts wants(true): this machine's score in the view is its speed × 100, as the builders'
       const fasterPeer = p.localFirst === 'unless-faster-peer' &&
-        candidates(c, new Set()).some((b) => c.view[b.idx]!.speed > c.spec.localSpeed * 100 * 1.2)
+        fasterPeerThanHere(c.spec.localSpeed * 100, candidates(c, new Set()).map((b) => ({ speed: c.view[b.idx]!.speed, rttMs: 1 })))
       if (localFree(c) && !fasterPeer) { res.localFirst++; runLocal(c, d, submitted, cb); return }
       // now: wants(false) is true while any member accepts jobs (every builder here), with or
       // without room in the view; 0.1: only when a candidate had room, else the local queue

@@ -243,8 +243,9 @@ export class CompileService {
     const { stats, log } = this.opts
     const objDest = resolve(req.cwd, spec.outputs[0].path)
 
-    // Here when a local slot is free; else a peer with room; with neither, wait for whichever
-    // comes first (a queued job never commits to one side while the other frees up).
+    // Here when a local slot is free (unless a peer with room is clearly faster); else a peer
+    // with room; with neither, wait for whichever comes first (a queued job never commits to
+    // one side while the other frees up).
     let result: LocalResult | null = null
     const remote = this.remote
     if (remote && spec.remoteBlocker === null && remote.wants(this.cpu.running < this.opts.slots)) {

@@ -1,8 +1,14 @@
-// Which peer gets a job: two random candidates, drawn with probability proportional to their
-// free slots, and the better of the two by free slots, speed, RTT and whether it already
-// holds the toolchain. Random draws keep many clients reading the same (slightly stale) view
-// from herding onto one "best" peer; the second draw keeps the choice close to least-loaded.
-// Pure, so the placement benchmark measures exactly this code.
+// Which peer gets a job, and whether a free local slot should wait for a faster peer instead.
+// Pure, so the placement benchmark (scripts/bench-placement.ts) measures exactly this code.
+//
+// A job goes to the fastest peers with room: a job runs 1/speed as long there, and the view
+// says who has room. Peers within SAME_TIER of the fastest count as equally fast (speed scores
+// are measured, so two identical machines never report quite the same one), and among those a
+// draw in proportion to free slots spreads the jobs. Many clients reading the same view do
+// pick the same tier; what keeps them from piling onto one peer is in remote-runner.ts: a
+// client counts its own jobs in flight against a peer's advertised room, a full builder
+// refuses an offer after one header round trip (no inputs sent), and a refusal marks the peer
+// full until its next load message. The benchmark counts those refusals.
 
 export interface Candidate {
   id: string
@@ -14,20 +20,41 @@ export interface Candidate {
   hasToolchain: boolean
 }
 
+/** peers this close to the fastest one with room count as equally fast */
+export const SAME_TIER = 0.9
+/**
+ * A free local slot is skipped for a peer with room only when that peer is this much faster:
+ * the margin pays for shipping the job, and keeps noise in the speed scores of equal machines
+ * from sending work away.
+ */
+export const FASTER_THAN_HERE = 1.2
+
+/** How fast a job gets done on this peer, relatively: speed, less for a far peer. */
+export function reach(c: Pick<Candidate, 'speed' | 'rttMs'>): number {
+  return Math.max(1, c.speed) / (1 + (c.rttMs ?? 5) / 20)
+}
+
+/** reach, and a peer that must first receive the toolchain counts as half as fast */
 export function score(c: Candidate): number {
-  return c.free * Math.max(1, c.speed) * (c.hasToolchain ? 2 : 1) / (1 + (c.rttMs ?? 5) / 20)
+  return reach(c) * (c.hasToolchain ? 2 : 1)
 }
 
 export function choosePeer(candidates: readonly Candidate[], random: () => number = Math.random): Candidate | null {
-  const c = candidates.filter((x) => x.free > 0)
-  if (c.length === 0) return null
-  const total = c.reduce((n, x) => n + x.free, 0)
-  const draw = (): Candidate => {
-    let r = random() * total
-    for (const x of c) if ((r -= x.free) <= 0) return x
-    return c[c.length - 1]
-  }
-  const a = draw()
-  const b = draw()
-  return score(a) >= score(b) ? a : b
+  const withRoom = candidates.filter((x) => x.free > 0)
+  if (withRoom.length === 0) return null
+  const best = Math.max(...withRoom.map(score))
+  const tier = withRoom.filter((x) => score(x) >= best * SAME_TIER)
+  let r = random() * tier.reduce((n, x) => n + x.free, 0)
+  for (const x of tier) if ((r -= x.free) <= 0) return x
+  return tier[tier.length - 1]!
+}
+
+/**
+ * Whether a job should go to the mesh even though a local slot is free: some peer with room
+ * (the candidates) gets it done FASTER_THAN_HERE times faster than this machine. `ownSpeed` is
+ * this machine's score in the view (null before its first load message: stay local).
+ */
+export function fasterPeerThanHere(ownSpeed: number | null, candidates: ReadonlyArray<Pick<Candidate, 'speed' | 'rttMs'>>): boolean {
+  if (ownSpeed === null || !(ownSpeed > 0)) return false
+  return candidates.some((c) => reach(c) > ownSpeed * FASTER_THAN_HERE)
 }

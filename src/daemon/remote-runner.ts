@@ -14,7 +14,7 @@ import type { FileHasher } from '../cache/file-hashes.js'
 import { packToolchainCached } from '../toolchain/pack.js'
 import { KEY_ENV, type PreparedJob, type RemoteAttempt, type RemoteJob, type RemoteRunner } from './compile-service.js'
 import type { Stats } from './stats.js'
-import { choosePeer } from './placement.js'
+import { choosePeer, fasterPeerThanHere } from './placement.js'
 
 const MAX_ATTEMPTS = 3
 /** environment a remote compile may depend on: the key's, and the include paths the preprocessor reads */
@@ -47,7 +47,11 @@ export class MeshRemoteRunner implements RemoteRunner {
   constructor(private readonly opts: { mesh: Mesh; config: Config; log: Logger; stats: Stats; hasher: FileHasher; toolchainDir: string }) {}
 
   wants(localFree: boolean): boolean {
-    if (localFree && this.opts.config.build.localSlots > 0) return false // a free local slot beats any transfer
+    // a free local slot beats any transfer, unless a peer with room is clearly faster
+    if (localFree && this.opts.config.build.localSlots > 0) {
+      const own = this.opts.mesh.members().find((m) => m.self)?.load.speed ?? null
+      return fasterPeerThanHere(own, this.candidates().map((m) => ({ speed: m.load.speed, rttMs: m.rttMs })))
+    }
     // any member that accepts jobs: the caller waits for room there or for a local slot
     const now = Date.now()
     return this.opts.mesh.members().some((m) => !m.self && m.load.accept !== 'never' && (this.backoff.get(m.peerId) ?? 0) < now && this.opts.mesh.isAllowed(m.peerId))
