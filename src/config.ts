@@ -42,6 +42,8 @@ export interface Config {
     toolchainArchives: Record<string, string>
     /** wall-clock limit of one remote job, seconds */
     jobTimeout: number
+    /** the speed score this machine advertises; 0 = measure it at start */
+    speed: number
   }
   mesh: {
     enabled: boolean
@@ -291,7 +293,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       sandbox: build.oneOf('sandbox', 'bwrap', ['bwrap', 'none'] as const),
       toolchainCacheSize: build.size('toolchain_cache_size', 10 * 1024 ** 3),
       toolchainArchives: Object.fromEntries(Object.entries(build.stringTable('toolchain_archives')).map(([k, v]) => [expandHome(k), expandHome(v)])),
-      jobTimeout: build.int('job_timeout', 600, 1, 86_400)
+      jobTimeout: build.int('job_timeout', 600, 1, 86_400),
+      speed: build.int('speed', 0, 0, 1_000_000)
     },
     mesh: {
       enabled: mesh.bool('enabled', true),

@@ -170,6 +170,42 @@ test('a header shared by many units crosses the network once per builder, not on
   }
 })
 
+test('a free local slot is passed over for a much faster peer, and kept next to peers as fast ([build] speed)', { timeout: 180_000 }, async () => {
+  const boot = (await status(builders[0])).mesh!.addresses.filter((a) => a.includes('/127.0.0.1/'))
+  const ready = async (i: Instance) => waitFor('both builders with room in its view', async () => {
+    const v = await status(i)
+    const b = v.mesh!.members.filter((m) => !m.self && m.free_slots > 0 && m.accept !== 'never')
+    return b.length === 2 ? v : undefined
+  })
+  const compileOne = async (i: Instance, name: string) => {
+    const dir = join(i.dir, 'src')
+    mkdirSync(dir, { recursive: true })
+    writeFileSync(join(dir, `${name}.c`), `int ${name}(int x) { return x * 7 + 1; }\n`)
+    const before = await i.stats()
+    const r = await i.run(['gcc', '-O2', '-g', '-c', `${name}.c`, '-o', `${name}.o`], { cwd: dir })
+    assert.equal(r.code, 0, r.stderr)
+    const plain = await runCommand('gcc', ['-O2', '-g', '-c', `${name}.c`, '-o', `${name}.plain`], { cwd: dir })
+    assert.equal(plain.code, 0)
+    assert.ok(readFileSync(join(dir, `${name}.o`)).equals(readFileSync(join(dir, `${name}.plain`))), `${name}.o is what gcc makes`)
+    const after = await i.stats()
+    return { remote: after.remote_compiles - before.remote_compiles, local: after.local_compiles - before.local_compiles }
+  }
+  // a laptop: one free local slot, declared far slower than the builders (whose speed is measured)
+  const laptop = daemon('dist-laptop', { localSlots: 1, cores: 0, bootstrap: boot, build: 'speed = 1\n' })
+  await startMeshDaemon(laptop)
+  const view = await ready(laptop)
+  assert.equal(view.mesh!.members.find((m) => m.self)!.speed, 1, 'the declared speed is what it advertises')
+  assert.deepEqual(await compileOne(laptop, 'lap'), { remote: 1, local: 0 }, 'sent to a faster builder although its own slot was free')
+  // a workstation as fast as the fastest builder keeps its job on its free slot
+  const fastest = Math.ceil(Math.max(...view.mesh!.members.filter((m) => !m.self).map((m) => m.speed)))
+  const ws = daemon('dist-workstation', { localSlots: 1, cores: 0, bootstrap: boot, build: `speed = ${fastest}\n` })
+  await startMeshDaemon(ws)
+  await ready(ws)
+  assert.deepEqual(await compileOne(ws, 'ws'), { remote: 0, local: 1 }, 'compiled on its own free slot')
+  await laptop.stop()
+  await ws.stop()
+})
+
 test('a builder killed with SIGKILL in the middle of a build: the build stays green and correct', { timeout: 300_000 }, async () => {
   const dir = join(client.dir, 'kill')
   mkdirSync(dir)

@@ -115,7 +115,7 @@ export class MeshService {
     const { ToolchainCache } = await import('../toolchain/cache.js')
     const { serveCompileJobs } = await import('../mesh/protocols/compile-job.js')
     const { fetchToolchain, serveToolchains } = await import('../mesh/protocols/toolchain-fetch.js')
-    const speed = measureSpeed()
+    const speed = config.build.speed > 0 ? config.build.speed : measureSpeed()
     const cores = config.build.cores
     const toolchains = new ToolchainCache({ dir: join(config.cache.dir, 'toolchains'), maxBytes: config.build.toolchainCacheSize, log: log.child('toolchains') })
     await toolchains.open()
