@@ -225,3 +225,32 @@ test('gossipsub keeps a connected peer when a read stream fails, and gets a lost
   assert.ok(P.lines.some((l) => l.includes('had a closed stream to it')), 'P replaced the closed stream')
   t.diagnostic(P.lines.filter((l) => l.includes('gossip:')).join(' | '))
 })
+
+test('a gossipsub mesh link left over from a graft is pruned once neither side asks for forwarding', { timeout: 60_000 }, async () => {
+  const key = join(dir, 'mesh6.key')
+  writeMeshKey(key, generateMeshKey())
+  const P = await start('G-1', key, { load: () => load(1) })
+  const Q = await start('G-2', key, { bootstrap: [P.m.addresses()[0]!], load: () => load(2) })
+  const sees = (m: Mesh, id: string) => m.members().find((x) => x.peerId === id)
+  await waitFor('P and Q to see each other', () => (sees(P.m, Q.m.peerId) && sees(Q.m, P.m.peerId) ? true : undefined), 20_000, 100)
+  // past their first seconds both are directly connected to every member: no forwarding
+  await waitFor('both to stop forwarding', () => (!P.m.gossipForwarding() && !Q.m.gossipForwarding() ? true : undefined), 20_000, 200)
+  const { loadTopic } = await import('../src/mesh/index.js')
+  const topic = loadTopic(P.m.meshId)
+  type Internals = { mesh: Map<string, Set<string>>; backoff: Map<string, Map<string, number>>; sendGraft(id: string, topics: string[]): void }
+  const gsP = P.m.libp2p.services.pubsub as unknown as Internals
+  const gsQ = Q.m.libp2p.services.pubsub as unknown as Internals
+  // Q grafts P, as a member does while it starts or cannot reach someone; P (below Dhi) accepts.
+  // Neither then changes its own forwarding, so only pruning at every check undoes the link:
+  // left alone, each would forward every message of the mesh to the other for good.
+  // (their first seconds may have ended in a PRUNE: let its backoff be over, as after a minute)
+  gsP.backoff.get(topic)?.delete(Q.m.peerId)
+  gsQ.backoff.get(topic)?.delete(P.m.peerId)
+  gsQ.mesh.get(topic)!.add(P.m.peerId)
+  gsQ.sendGraft(P.m.peerId, [topic])
+  await waitFor('P to accept the graft', () => (gsP.mesh.get(topic)?.has(Q.m.peerId) ? true : undefined), 5000, 20)
+  await waitFor('the link to be pruned on both sides', () =>
+    (!gsP.mesh.get(topic)?.has(Q.m.peerId) && !gsQ.mesh.get(topic)?.has(P.m.peerId) ? true : undefined), 8000, 100)
+  assert.equal(P.m.gossipForwarding(), false)
+  assert.ok(sees(P.m, Q.m.peerId) && sees(Q.m, P.m.peerId), 'both still in each other\'s view')
+})

@@ -17,8 +17,11 @@
 // it PRUNEs its mesh peers, so they stop forwarding to it and it to them, and an idle, fully
 // connected mesh sends each message once to each member and nothing else (over TCP a direct
 // message is not lost, and the next one follows within the interval). It keeps the mesh
-// peers that ask for forwarding: they grafted it because they cannot reach some member, and a
-// PRUNE would keep them from grafting it again for gossipsub's backoff.
+// peers that ask for forwarding: they grafted it because they cannot reach some member (or
+// are still connecting to members), and a PRUNE would keep them from grafting it again for gossipsub's backoff.
+// It goes on pruning at every check: a peer kept because it asked, or one that grafted it
+// later, stays in gossipsub's mesh after it stops asking (gossipsub only trims a mesh above
+// Dhi), and each such pair forwarded every message of the mesh to each other for good.
 import type { GossipSub } from '@libp2p/gossipsub'
 import type { Logger } from '../log.js'
 
@@ -55,8 +58,8 @@ export class ForwardingControl {
     private readonly topic: string,
     /** true when some known member has no direct connection to us (see the header) */
     private readonly someoneIndirect: () => boolean,
-    /** peer ids of the members that ask for forwarding (their fw field) */
-    private readonly askers: () => Set<string>,
+    /** whether to stay in the gossipsub mesh with this peer: it asks for forwarding (its fw field), or has not said yet */
+    private readonly keeps: (peerId: string) => boolean,
     private readonly log: Logger
   ) {}
 
@@ -81,10 +84,13 @@ export class ForwardingControl {
       : this.someoneIndirect() ? 'a member is not directly connected'
         : null
     const want = why !== null
-    if (want === this.forwarding) return
+    if (want === this.forwarding) {
+      if (!want) this.leaveMesh(false)
+      return
+    }
     this.forwarding = want
     this.apply(want)
-    if (!want) this.leaveMesh()
+    if (!want) this.leaveMesh(true)
     this.log.debug(`gossip forwarding ${why !== null ? `on: ${why}` : 'off: every member is directly connected'}`)
   }
 
@@ -97,19 +103,19 @@ export class ForwardingControl {
     opts.gossipFactor = on ? FORWARD_GOSSIP_FACTOR : 0
   }
 
-  /** PRUNE every mesh peer that does not ask for forwarding (see the header). */
-  private leaveMesh(): void {
+  /** PRUNE every mesh peer that does not ask for forwarding (see the header); `switchingOff`: forwarding was just turned off. */
+  private leaveMesh(switchingOff: boolean): void {
     const gs = this.pubsub as unknown as Partial<MeshInternals>
     const peers = gs.mesh instanceof Map ? gs.mesh.get(this.topic) : undefined
     if (!(peers instanceof Set) || typeof gs.sendPrune !== 'function') {
-      // not the gossipsub we know: leave the whole mesh through the public API
+      if (!switchingOff) return
+      // not the gossipsub we know: leave the whole mesh through the public API, once
       this.pubsub.unsubscribe(this.topic)
       this.pubsub.subscribe(this.topic)
       return
     }
-    const keep = this.askers()
     for (const id of [...peers]) {
-      if (keep.has(id)) continue
+      if (this.keeps(id)) continue
       peers.delete(id)
       gs.sendPrune.call(this.pubsub, id, this.topic).catch(() => { /* the peer went away */ })
     }

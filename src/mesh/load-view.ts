@@ -111,6 +111,12 @@ export class LoadView {
     return [...this.entries.values()]
   }
 
+  /** One live member's entry, if it is in the view. */
+  get(peerId: string): ViewEntry | undefined {
+    this.sweep()
+    return this.entries.get(peerId)
+  }
+
   selfLoad(): LoadInfo {
     return { ...this.init.getLoad(), version: this.init.version, name: this.init.name }
   }

@@ -279,7 +279,7 @@ export async function startMesh(opts: MeshOptions): Promise<Mesh> {
 
   const ads = new Advertiser(node, meshId, log)
   const forwarding = new ForwardingControl(node.services.pubsub, loadTopic(meshId), () => someoneIndirect(false),
-    () => new Set(view.list().filter((e) => e.wantsForwarding).map((e) => e.peerId)), log)
+    (id) => view.get(id)?.wantsForwarding ?? true, log)
   view.start()
   forwarding.start()
   repair.start()
