@@ -23,7 +23,7 @@ import {
   MESHCC_MAIN, adminStatus, logTail, makeNode, meshInit, ownsPid, processesUnder, readPidFile, startNode, stopNode,
   writeConfig, type BenchNode, type StopOutcome
 } from './lib/mesh-bench-node.js'
-import { coresBusy, cpuSeconds, machineTicks, rssBytes, ssSnapshot, trafficDelta } from './lib/mesh-bench-sample.js'
+import { coresBusy, cpuTimes, machineTicks, rssBytes, ssSnapshot, trafficDelta } from './lib/mesh-bench-sample.js'
 import { BenchError, fail, isAlive, killRunningChildren, run } from './lib/proc.js'
 import { markdownTable, median, textTable } from './lib/stats.js'
 import { meshccMissing } from './lib/tools.js'
@@ -81,6 +81,8 @@ interface SizeResult {
   machineBusy?: number
   convergeBusy?: number
   cpuPct?: number[]
+  /** of cpuPct, the part spent in the kernel (stime): on loopback that includes the receiving side's TCP stack */
+  sysPct?: number[]
   rssMiB?: number[]
   /** V8 heap (committed) per daemon after the window, from its status */
   heapMiB?: number[]
@@ -273,7 +275,7 @@ async function runSize(n: number, o: Options): Promise<SizeResult> {
     const pidSet = new Set(pids)
     const ssT0 = now()
     const ss0 = await ssSnapshot(pidSet)
-    const cpu0 = pids.map(cpuSeconds)
+    const cpu0 = pids.map(cpuTimes)
     const m0 = machineTicks()
     const w0 = now()
     say(`N=${n}: idle window of ${o.windowS} s…`)
@@ -281,7 +283,7 @@ async function runSize(n: number, o: Options): Promise<SizeResult> {
     for (const nd of profiled) process.kill(nd.pid!, 'SIGUSR2') // profile start (cpu-profile-preload.mjs)
     await isleep(o.windowS * 1000)
     for (const nd of profiled) process.kill(nd.pid!, 'SIGUSR2') // profile written
-    const cpu1 = pids.map(cpuSeconds)
+    const cpu1 = pids.map(cpuTimes)
     const m1 = machineTicks()
     const w1 = now()
     const ssT1 = now()
@@ -290,7 +292,8 @@ async function runSize(n: number, o: Options): Promise<SizeResult> {
     checkAlive(nodes, res, 'during the idle window')
     const windowS = (w1 - w0) / 1000
     res.windowS = windowS
-    res.cpuPct = pids.map((_, i) => ((cpu1[i]! - cpu0[i]!) / windowS) * 100)
+    res.cpuPct = pids.map((_, i) => ((cpu1[i]!.user + cpu1[i]!.sys - cpu0[i]!.user - cpu0[i]!.sys) / windowS) * 100)
+    res.sysPct = pids.map((_, i) => ((cpu1[i]!.sys - cpu0[i]!.sys) / windowS) * 100)
     res.rssMiB = rss.map((b) => b! / 1024 / 1024)
     res.machineBusy = coresBusy(m0, m1, cpus().length)
     if (ss0.problem || ss1.problem) {
@@ -405,6 +408,7 @@ function report(results: SizeResult[], o: Options, machine: string): { text: str
     ['all views hold all N, after the last start', ...col(conv), `≤ ${TARGETS.convergeS} s (30 daemons)`],
     ['all views hold all N, after the first start', ...col((r) => (r.converged ? fmtS(r.fromFirstMs) : '-')), '-'],
     [`idle CPU per daemon, % of one core, min / median / max (${o.windowS} s)`, ...col((r) => r.cpuPct ? `${trio(r.cpuPct, (x) => x.toFixed(2))} % ${mark(Math.max(...r.cpuPct) < TARGETS.cpuPct)}` : '-'), `< ${TARGETS.cpuPct} % (every daemon)`],
+    ['of which in the kernel (stime; on loopback it includes the receiver\'s TCP stack), min / median / max', ...col((r) => r.sysPct ? `${trio(r.sysPct, (x) => x.toFixed(2))} %` : '-'), '-'],
     ['idle RSS per daemon, MiB, min / median / max', ...col((r) => r.rssMiB ? `${trio(r.rssMiB, (x) => x.toFixed(0))} ${mark(Math.max(...r.rssMiB) < TARGETS.rssMiB)}` : '-'), `< ${TARGETS.rssMiB} MiB (every daemon)`],
     ['of which V8 heap (committed, just after the window), MiB, min / median / max', ...col((r) => r.heapMiB ? trio(r.heapMiB, (x) => x.toFixed(0)) : '-'), '-'],
     ['idle mesh TCP traffic per daemon (sent + received), min / median / max', ...col((r) => r.traffic ? trio(r.traffic.perNodeBps, fmtRate) : r.trafficProblem ? 'n/a' : '-'), '-'],

@@ -16,10 +16,16 @@ try {
 
 /** utime+stime of the process itself in seconds (no children), or undefined when it is gone. */
 export function cpuSeconds(pid: number): number | undefined {
+  const t = cpuTimes(pid)
+  return t && t.user + t.sys
+}
+
+/** utime and stime of the process itself in seconds (no children), or undefined when it is gone. */
+export function cpuTimes(pid: number): { user: number; sys: number } | undefined {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
     const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
-    return (Number(f[11]) + Number(f[12])) / clkTck // fields 14 and 15
+    return { user: Number(f[11]) / clkTck, sys: Number(f[12]) / clkTck } // fields 14 and 15
   } catch {
     return undefined
   }
