@@ -1,6 +1,8 @@
 // Builds the native launcher (native/launcher.c) into dist/bin/meshcc, the `meshcc` users run.
 // Without a C compiler, dist/bin/meshcc becomes a link to the Node CLI: everything works,
 // each compile just pays Node's start-up (about 0.1 s of CPU) instead of about 1 ms.
+// Also native/reap.c into dist/bin/meshcc-reap, which builders run their sandboxes under
+// (src/sandbox/bwrap.ts); without it they run them directly.
 import { spawnSync } from 'node:child_process'
 import { chmodSync, mkdirSync, renameSync, rmSync, symlinkSync } from 'node:fs'
 import { dirname, join } from 'node:path'
@@ -24,3 +26,14 @@ if (built) {
   symlinkSync('../cli/main.js', out)
 }
 chmodSync(join(root, 'dist', 'cli', 'main.js'), 0o755)
+
+const reap = join(root, 'dist', 'bin', 'meshcc-reap')
+const reapTmp = `${reap}.${process.pid}.tmp`
+rmSync(reapTmp, { force: true })
+const reapArgs = ['-O2', '-Wall', '-Wextra', '-o', reapTmp, join(root, 'native', 'reap.c')]
+if (built && spawnSync(built, reapArgs, { stdio: ['ignore', 'inherit', 'inherit'] }).status === 0) {
+  renameSync(reapTmp, reap)
+} else {
+  rmSync(reapTmp, { force: true })
+  rmSync(reap, { force: true })
+}

@@ -5,9 +5,10 @@
 // own failures come back as `sandboxError`, never as an exit code.
 import { spawn } from 'node:child_process'
 import { constants as osConstants } from 'node:os'
-import { accessSync, constants as fsConstants, lstatSync, readdirSync, readlinkSync } from 'node:fs'
+import { accessSync, constants as fsConstants, existsSync, lstatSync, readdirSync, readlinkSync } from 'node:fs'
 import { lstat, readdir } from 'node:fs/promises'
 import { delimiter, isAbsolute, join, posix } from 'node:path'
+import { fileURLToPath } from 'node:url'
 
 export interface SandboxJob {
   /** toolchain root, mounted read-only as / */
@@ -62,6 +63,14 @@ export class SandboxJobError extends Error {
 // The host's shell sets the rlimits and then execs bwrap, so the limits cover the job without
 // meshcc itself being limited; sh is always there even where prlimit(1) is not.
 const HOST_SH = '/bin/sh'
+/**
+ * dist/bin/meshcc-reap (native/reap.c): the sandbox runs as its child, so bwrap's namespace
+ * init, which bwrap leaves behind when it exits, is reaped there and not by PID 1, and the
+ * job's CPU (the compile itself) counts among the daemon's children. The same path from
+ * src/sandbox/ and from the bundled dist/cli/; without the binary the sandbox runs directly.
+ */
+const REAPER = fileURLToPath(new URL('../../dist/bin/meshcc-reap', import.meta.url))
+let reaperFound: boolean | undefined
 // Mounted by us, whatever the toolchain has there.
 const RESERVED_TOP = new Set(['proc', 'dev'])
 /**
@@ -162,10 +171,12 @@ export async function runSandboxed(job: SandboxJob): Promise<SandboxResult> {
   return new Promise<SandboxResult>((resolve) => {
     let child: ReturnType<typeof spawn>
     try {
-      // detached: sh/bwrap lead a process group of their own, so the timeout can kill it whole.
-      // bwrap's children are in a fresh session (--new-session) but also in bwrap's pid
-      // namespace, which the kernel tears down once bwrap (its parent) is gone.
-      child = spawn(HOST_SH, ['-c', script, 'meshcc-sandbox', info.path, ...args], {
+      // detached: the reaper, sh and bwrap lead a process group of their own, so the timeout
+      // can kill it whole. bwrap's children are in a fresh session (--new-session) but also in
+      // bwrap's pid namespace, whose init dies with bwrap (--die-with-parent).
+      reaperFound ??= existsSync(REAPER)
+      const argv = [HOST_SH, '-c', script, 'meshcc-sandbox', info.path, ...args]
+      child = spawn(reaperFound ? REAPER : argv[0]!, reaperFound ? argv : argv.slice(1), {
         detached: true,
         stdio: ['ignore', 'pipe', 'pipe', 'pipe'],
         env: { PATH: '/usr/sbin:/usr/bin:/sbin:/bin' }
