@@ -32,7 +32,7 @@ import { cpus, release } from 'node:os'
 import { dirname, join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
-import { CORES, deleteAllNamespacesNow, killAllDaemonsNow, loadString, machineBusyCores, waitForLoad } from './lib/dist-bench-proc.js'
+import { CORES, allProcessCpu, deleteAllNamespacesNow, descendants, killAllDaemonsNow, loadString, machineBusyCores, topOtherProcesses, waitForLoad } from './lib/dist-bench-proc.js'
 import {
   ALL_TOOLS, MESHCC_MAIN, distccTool, gccTool, icecreamTool, meshccTool, type DistTool, type JobCounts, type ToolName
 } from './lib/dist-bench-tools.js'
@@ -95,6 +95,8 @@ interface BuildResult {
   machineCpuS?: number
   /** CPU used by processes outside this benchmark during the build (noise) */
   foreignCpuS?: number
+  /** the long-lived processes outside the measured trees that used the most CPU during the build */
+  foreignTop: string[]
   tus: number
   counts: JobCounts
   objects: Map<string, string>
@@ -383,9 +385,12 @@ async function timedBuild(
   const loadBefore = loadString()
   const client0 = tool.clientCpu()
   const builders0 = tool.builderCpu()
+  const procs0 = allProcessCpu()
   const machine0 = machineBusySeconds()
   const r = await onClient(tool, '/usr/bin/time', ['-f', '%e %U %S', '-o', timeFile, 'make', `-j${jobs}`, `CC=${tool.cc}`, ...targets], { cwd: linux, timeoutMs, logFile: log })
   const machine1 = machineBusySeconds()
+  const procs1 = allProcessCpu()
+  const tracked = new Set([...tool.roots(), process.pid].flatMap((p) => descendants(p)))
   const client1 = tool.clientCpu()
   const builders1 = tool.builderCpu()
   const loadAfter = loadString()
@@ -408,6 +413,7 @@ async function timedBuild(
     builderCpuS,
     machineCpuS,
     foreignCpuS: machineCpuS !== undefined ? Math.max(0, machineCpuS - makeCpuS - clientDaemonCpuS - builderCpuS) : undefined,
+    foreignTop: topOtherProcesses(procs0, procs1, tracked),
     tus: objs.length,
     counts: await tool.counts(out),
     objects: hashObjects(linux, objs),
@@ -509,6 +515,9 @@ function buildReport(
   if (meshcc?.build && (meshcc.build.counts.raw.local_compiles ?? 0) > meshcc.build.counts.fallbacks) {
     const c = meshcc.build.counts.raw
     notes.push(`meshcc compiled ${c.local_compiles} misses on the client although local_slots = 0 (${meshcc.build.counts.fallbacks} of them counted as fallbacks); their compiler CPU is inside the client daemon's figure, which therefore overstates the per-remote-job overhead — the per-TU column is the fairer comparison for meshcc here.`)
+  }
+  for (const r of results) {
+    if (r.build && r.build.foreignTop.length) notes.push(`${r.name}: the long-lived processes outside the measured trees that used the most CPU during its build (kernel threads included; processes that started and ended in between count only through whoever reaped them): ${r.build.foreignTop.join(', ')}.`)
   }
   for (const r of results) {
     if (r.loadWait && !r.loadWait.ok) notes.push(`${r.name}: the 1-minute load average was still ${r.loadWait.load.toFixed(2)} after ${(r.loadWait.waitedS / 60).toFixed(0)} min of waiting; measured anyway (see "other procs CPU").`)

@@ -125,6 +125,39 @@ export function treeCpuSeconds(root: number | undefined): number {
   return sum
 }
 
+/**
+ * CPU seconds (own plus reaped children) of every process now, by pid, with its name. Two
+ * snapshots show which long-lived processes used the machine in between: kernel threads
+ * (kworker, ksoftirqd, jbd2), a reaper of orphans (init), stray daemons. Processes that start
+ * and end in between are not in it, except through the parent that reaped them.
+ */
+export function allProcessCpu(): Map<number, { comm: string; cpuS: number }> {
+  const out = new Map<number, { comm: string; cpuS: number }>()
+  for (const e of readdirSync('/proc')) {
+    if (!/^\d+$/.test(e)) continue
+    try {
+      const stat = readFileSync(`/proc/${e}/stat`, 'utf8')
+      const comm = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'))
+      const cpuS = cpuSecondsOf(Number(e))
+      if (cpuS !== undefined) out.set(Number(e), { comm, cpuS })
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return out
+}
+
+/** The biggest CPU users between two snapshots among processes outside `exclude`, as "name pid: N s". */
+export function topOtherProcesses(before: Map<number, { comm: string; cpuS: number }>, after: Map<number, { comm: string; cpuS: number }>, exclude: Set<number>, n = 6): string[] {
+  const rows: Array<{ label: string; s: number }> = []
+  for (const [pid, a] of after) {
+    if (exclude.has(pid)) continue
+    const s = a.cpuS - (before.get(pid)?.comm === a.comm ? before.get(pid)!.cpuS : 0)
+    if (s >= 0.5) rows.push({ label: `${a.comm} ${pid}`, s })
+  }
+  return rows.sort((x, y) => y.s - x.s).slice(0, n).map((r) => `${r.label}: ${r.s.toFixed(1)} s`)
+}
+
 // ---------------------------------------------------------------------------------------------
 // A quiet machine before measuring.
 

@@ -53,6 +53,8 @@ export interface DistTool {
   clientCpu(): number
   /** cumulative CPU seconds of the builders' process trees (and scheduler) */
   builderCpu(): number
+  /** the pids whose trees clientCpu and builderCpu count */
+  roots(): number[]
   /** WARN/ERROR lines of the tool's logs: [where, line] */
   problems(): Array<[string, string]>
   teardown(): Promise<void>
@@ -120,6 +122,7 @@ export function gccTool(base: Record<string, string>): DistTool {
     },
     clientCpu: () => 0,
     builderCpu: () => 0,
+    roots: () => [],
     problems: () => [],
     async teardown() {}
   }
@@ -299,6 +302,7 @@ export function meshccTool(base: Record<string, string>, tmp: string, o: MeshccO
     },
     clientCpu: () => treeCpuSeconds(client.pid),
     builderCpu: () => builders.reduce((n, b) => n + treeCpuSeconds(b.pid), 0),
+    roots: () => [client.pid, ...builders.map((b) => b.pid)].filter((p): p is number => p !== undefined),
     problems() {
       const out: Array<[string, string]> = []
       for (const n of all) {
@@ -426,6 +430,7 @@ export async function distccTool(base: Record<string, string>, tmp: string, o: D
     },
     clientCpu: () => 0, // no client daemon: the distcc client runs inside make's process tree
     builderCpu: () => daemons.reduce((n, d) => n + treeCpuSeconds(d.exited ? undefined : d.pid), 0),
+    roots: () => daemons.filter((d) => !d.exited).map((d) => d.pid),
     problems() {
       const out: Array<[string, string]> = []
       logs.forEach((l, i) => {
@@ -558,6 +563,7 @@ export async function icecreamTool(base: Record<string, string>, tmp: string, o:
     },
     clientCpu: () => treeCpuSeconds(clientD && !clientD.exited ? clientD.pid : undefined),
     builderCpu: () => [scheduler, ...builders].reduce((n, d) => n + treeCpuSeconds(d && !d.exited ? d.pid : undefined), 0),
+    roots: () => [clientD, scheduler, ...builders].filter((d): d is Daemon => d !== undefined && d !== null && !d.exited).map((d) => d.pid),
     problems() {
       const out: Array<[string, string]> = []
       const files: Array<[string, string]> = [['icecc-scheduler', schedLog], ['iceccd client', join(root, 'client', 'iceccd.log')],
