@@ -59,7 +59,7 @@ const PREBUILD_DEFAULT = 'arch/x86/realmode/'
 function usage(): string {
   return `usage: node --import tsx scripts/bench-dist.ts [--quick] [--tools ${DEFAULT_TOOLS.join(',')}] [--builders N]
                         [--slots N] [--jobs N] [--work-dir DIR] [--out FILE] [--max-load L] [--load-wait MIN]
-                        [--meshcc-log-level L] [--keep] [--no-install]
+                        [--meshcc-log-level L] [--cpu-prof DIR] [--keep] [--no-install]
   --quick        build only kernel/ and lib/ instead of the whole kernel (development)
   --tools        which tools, in order (default ${DEFAULT_TOOLS.join(',')}; also: gcc = plain local build, for reference)
   --builders     builder machines per tool (default 2), plus one client
@@ -71,6 +71,8 @@ function usage(): string {
                  (default 1.0 for a full run, 0 = do not wait, the default with --quick)
   --load-wait    give up waiting for the load after this many minutes and measure anyway (default 20)
   --meshcc-log-level  [log] level of the meshcc daemons (default warn)
+  --cpu-prof     write V8 CPU profiles of meshcc's builder1 and client daemons, over the timed
+                 build, into DIR (profiling costs them CPU: not for the figures)
   --prebuild     make targets built untimed before each full build, through the tool with meshcc
                  passed through (default ${PREBUILD_DEFAULT}: meshcc fails on its .incbin; "" = none)
   --keep         keep the temp dir (configs, daemon logs) instead of removing it
@@ -155,6 +157,7 @@ async function main(): Promise<number> {
       'max-load': { type: 'string' },
       'load-wait': { type: 'string', default: '20' },
       'meshcc-log-level': { type: 'string', default: 'warn' },
+      'cpu-prof': { type: 'string' },
       prebuild: { type: 'string' },
       keep: { type: 'boolean', default: false },
       'no-install': { type: 'boolean', default: false },
@@ -243,7 +246,8 @@ async function main(): Promise<number> {
           say(`meshcc: SKIPPED — ${missing}`)
           continue
         }
-        tool = meshccTool(base, tmp, { builders, slotsPerBuilder: slots, logLevel: values['meshcc-log-level']! }, say)
+        tool = meshccTool(base, tmp, { builders, slotsPerBuilder: slots, logLevel: values['meshcc-log-level']!, cpuProfDir: values['cpu-prof'] === undefined ? undefined : resolve(values['cpu-prof']) }, say)
+        if (values['cpu-prof'] !== undefined) mkdirSync(resolve(values['cpu-prof']), { recursive: true })
       } else if (name === 'distcc') tool = await distccTool(base, tmp, { builders, slotsPerBuilder: slots }, say)
       else if (name === 'icecream') tool = await icecreamTool(base, tmp, { builders, slotsPerBuilder: slots }, say)
       else tool = gccTool(base)
@@ -386,9 +390,11 @@ async function timedBuild(
   const client0 = tool.clientCpu()
   const builders0 = tool.builderCpu()
   const procs0 = allProcessCpu()
+  tool.profile?.(true)
   const machine0 = machineBusySeconds()
   const r = await onClient(tool, '/usr/bin/time', ['-f', '%e %U %S', '-o', timeFile, 'make', `-j${jobs}`, `CC=${tool.cc}`, ...targets], { cwd: linux, timeoutMs, logFile: log })
   const machine1 = machineBusySeconds()
+  tool.profile?.(false)
   const procs1 = allProcessCpu()
   const tracked = new Set([...tool.roots(), process.pid].flatMap((p) => descendants(p)))
   const client1 = tool.clientCpu()

@@ -8,7 +8,8 @@
 // Each tool reports how many jobs ran remotely/locally in its own terms, the CPU of its
 // client-side daemon (if any) and of its builders, and the WARN/ERROR lines of its logs.
 import { chownSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs'
-import { join } from 'node:path'
+import { dirname, join } from 'node:path'
+import { fileURLToPath, pathToFileURL } from 'node:url'
 import { createNsLab, startDaemon, stopDaemon, treeCpuSeconds, userIds, type Daemon, type NsLab } from './dist-bench-proc.js'
 import { fail, freePort, isAlive, run, sleep, type RunResult } from './proc.js'
 import { MESHCC_MAIN, cleanEnv } from './tools.js'
@@ -55,6 +56,8 @@ export interface DistTool {
   builderCpu(): number
   /** the pids whose trees clientCpu and builderCpu count */
   roots(): number[]
+  /** start (true) or write (false) the CPU profiles asked for with --cpu-prof, if any */
+  profile?(on: boolean): void
   /** WARN/ERROR lines of the tool's logs: [where, line] */
   problems(): Array<[string, string]>
   teardown(): Promise<void>
@@ -159,6 +162,8 @@ export interface MeshccOptions {
   builders: number
   slotsPerBuilder: number
   logLevel: string
+  /** write V8 CPU profiles of builder1 and the client daemon during the timed build here */
+  cpuProfDir?: string
 }
 
 export function meshccTool(base: Record<string, string>, tmp: string, o: MeshccOptions, say: Say): DistTool {
@@ -204,8 +209,11 @@ export function meshccTool(base: Record<string, string>, tmp: string, o: MeshccO
       return false
     }
   }
+  const profiled = (n: MeshNode) => o.cpuProfDir !== undefined && (n === client || n === builders[0])
   const start = async (n: MeshNode) => {
-    const r = await cli(n, ['--start-server'], 45_000)
+    // node refuses --cpu-prof in NODE_OPTIONS; the preload profiles between two SIGUSR2
+    const prof = profiled(n) ? { NODE_OPTIONS: `--import=${pathToFileURL(join(dirname(fileURLToPath(import.meta.url)), 'cpu-profile-preload.mjs')).href}`, MESHCC_BENCH_PROF_DIR: o.cpuProfDir! } : {}
+    const r = await run(MESHCC_MAIN, ['--start-server'], { env: { ...envOf(n), ...prof }, timeoutMs: 45_000 })
     n.pid = readPid(n)
     if (r.timedOut || r.code !== 0) fail(`meshcc ${n.name}: --start-server failed (exit ${r.timedOut ? 'timeout' : r.code}): ${lastLine(r)}`)
     if (!n.pid) fail(`meshcc ${n.name}: started but ${n.socket}.pid is missing`)
@@ -303,6 +311,7 @@ export function meshccTool(base: Record<string, string>, tmp: string, o: MeshccO
     clientCpu: () => treeCpuSeconds(client.pid),
     builderCpu: () => builders.reduce((n, b) => n + treeCpuSeconds(b.pid), 0),
     roots: () => [client.pid, ...builders.map((b) => b.pid)].filter((p): p is number => p !== undefined),
+    profile: () => { for (const n of all) if (profiled(n) && n.pid) process.kill(n.pid, 'SIGUSR2') },
     problems() {
       const out: Array<[string, string]> = []
       for (const n of all) {
