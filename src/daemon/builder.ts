@@ -178,11 +178,19 @@ export class Builder implements JobHandler {
     await mkdir(cwdDir, { recursive: true })
     const under = (p: string) => p === header.cwd || p.startsWith(header.cwd + '/')
     const place = (p: string) => (under(p) ? join(cwdDir, relative(header.cwd, p)) : join(root, p))
-    for (const d of header.dirs) await mkdir(place(d), { recursive: true })
+    // a kernel unit brings hundreds of inputs from a few dozen directories: create each once
+    const made = new Set<string>()
+    const mkdirOnce = async (d: string) => {
+      if (made.has(d)) return
+      await mkdir(d, { recursive: true })
+      made.add(d)
+    }
+    for (const d of header.dirs) await mkdirOnce(place(d))
     for (const f of files) {
       const dest = place(f.path)
-      await mkdir(dirname(dest), { recursive: true })
-      await rm(dest, { force: true }) // never write through a toolchain hard link
+      await mkdirOnce(dirname(dest))
+      // never write through a toolchain hard link (the job's own cwd directory has none)
+      if (!under(f.path) || b.sandbox === 'none') await rm(dest, { force: true })
       await writeFile(dest, f.data, { mode: f.mode || 0o644 })
     }
     const env = { ...header.env, PATH: '/usr/local/bin:/usr/bin:/bin' }
