@@ -14,12 +14,6 @@ try {
   // keep 100
 }
 
-/** utime+stime of the process itself in seconds (no children), or undefined when it is gone. */
-export function cpuSeconds(pid: number): number | undefined {
-  const t = cpuTimes(pid)
-  return t && t.user + t.sys
-}
-
 /** utime and stime of the process itself in seconds (no children), or undefined when it is gone. */
 export function cpuTimes(pid: number): { user: number; sys: number } | undefined {
   try {

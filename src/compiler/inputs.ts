@@ -34,11 +34,7 @@ export function inputsFromPreprocessed(pp: Buffer, cwd: string, mainInput: strin
 function parseMarkers(pp: Buffer, cwd: string, mainInput: string): InputSet {
   const seen = new Set<string>()
   const dirs = new Set<string>()
-  // a unit returns to the same few hundred files thousands of times: resolve each name once
-  const rawSeen = new Set<string>()
   const add = (raw: string) => {
-    if (rawSeen.has(raw)) return
-    rawSeen.add(raw)
     if (raw.startsWith('<') && raw.endsWith('>')) return // <built-in>, <command-line>, <stdin>
     if (raw.endsWith('//')) return // gcc's "# 1 "/cwd//"" working-directory marker
     // not path.join: it would resolve the ".." whose directory must exist on the builder
@@ -50,7 +46,8 @@ function parseMarkers(pp: Buffer, cwd: string, mainInput: string): InputSet {
   add(mainInput)
   // Markers sit at line starts: jump from one "\n#" to the next in the buffer (memchr-fast)
   // instead of walking every line, and decode only the marker lines. latin1 keeps byte
-  // offsets and never throws; a raw name seen before skips the rest.
+  // offsets and never throws. A unit returns to the same few hundred files thousands of
+  // times: a raw name seen before skips the rest.
   const rawNames = new Set<string>()
   const marker = (start: number) => {
     const nl = pp.indexOf(10, start)

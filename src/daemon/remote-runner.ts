@@ -49,17 +49,18 @@ export class MeshRemoteRunner implements RemoteRunner {
   wants(localFree: boolean): boolean {
     // a free local slot beats any transfer, unless a peer with room is clearly faster
     if (localFree && this.opts.config.build.localSlots > 0) {
-      const own = this.opts.mesh.members().find((m) => m.self)?.load.speed ?? null
-      return fasterPeerThanHere(own, this.candidates().map((m) => ({ speed: m.load.speed, rttMs: m.rttMs })))
+      const members = this.opts.mesh.members()
+      const own = members.find((m) => m.self)?.load.speed ?? null
+      return fasterPeerThanHere(own, this.candidates(new Set(), members).map((m) => ({ speed: m.load.speed, rttMs: m.rttMs })))
     }
     // any member that accepts jobs: the caller waits for room there or for a local slot
     const now = Date.now()
     return this.opts.mesh.members().some((m) => !m.self && m.load.accept !== 'never' && (this.backoff.get(m.peerId) ?? 0) < now && this.opts.mesh.isAllowed(m.peerId))
   }
 
-  private candidates(exclude: ReadonlySet<string> = new Set()): MeshMember[] {
+  private candidates(exclude: ReadonlySet<string> = new Set(), members: MeshMember[] = this.opts.mesh.members()): MeshMember[] {
     const now = Date.now()
-    return this.opts.mesh.members().filter((m) => !m.self && !exclude.has(m.peerId) && m.load.accept !== 'never' &&
+    return members.filter((m) => !m.self && !exclude.has(m.peerId) && m.load.accept !== 'never' &&
       this.effectiveFree(m) > 0 && (this.backoff.get(m.peerId) ?? 0) < now && this.opts.mesh.isAllowed(m.peerId))
   }
 

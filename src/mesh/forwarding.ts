@@ -18,10 +18,11 @@
 // connected mesh sends each message once to each member and nothing else (over TCP a direct
 // message is not lost, and the next one follows within the interval). It keeps the mesh
 // peers that ask for forwarding: they grafted it because they cannot reach some member (or
-// are still connecting to members), and a PRUNE would keep them from grafting it again for gossipsub's backoff.
-// It goes on pruning at every check: a peer kept because it asked, or one that grafted it
-// later, stays in gossipsub's mesh after it stops asking (gossipsub only trims a mesh above
-// Dhi), and each such pair forwarded every message of the mesh to each other for good.
+// are still connecting to members), and a PRUNE would keep them from grafting it again for
+// gossipsub's backoff. It goes on pruning at every check: a peer kept because it asked, or
+// one that grafted it later, stays in gossipsub's mesh after it stops asking (gossipsub only
+// trims a mesh above Dhi), and each such pair forwarded every message of the mesh to each
+// other for good.
 import type { GossipSub } from '@libp2p/gossipsub'
 import type { Logger } from '../log.js'
 
