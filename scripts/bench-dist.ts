@@ -94,6 +94,8 @@ interface BuildResult {
   makeCpuS: number
   clientDaemonCpuS: number
   builderCpuS: number
+  /** of builderCpuS, the builder daemons' own processes (undefined when the tool cannot tell) */
+  builderOwnCpuS?: number
   machineCpuS?: number
   /** CPU used by processes outside this benchmark during the build (noise) */
   foreignCpuS?: number
@@ -389,6 +391,7 @@ async function timedBuild(
   const loadBefore = loadString()
   const client0 = tool.clientCpu()
   const builders0 = tool.builderCpu()
+  const own0 = tool.builderOwnCpu?.()
   const procs0 = allProcessCpu()
   tool.profile?.(true)
   const machine0 = machineBusySeconds()
@@ -399,6 +402,7 @@ async function timedBuild(
   const tracked = new Set([...tool.roots(), process.pid].flatMap((p) => descendants(p)))
   const client1 = tool.clientCpu()
   const builders1 = tool.builderCpu()
+  const own1 = tool.builderOwnCpu?.()
   const loadAfter = loadString()
   if (r.timedOut) fail(`${tool.name} build timed out after ${Math.round(timeoutMs / 60_000)} min (log: ${log})`)
   const out = readFileSync(log, 'utf8')
@@ -417,6 +421,7 @@ async function timedBuild(
     makeCpuS,
     clientDaemonCpuS,
     builderCpuS,
+    builderOwnCpuS: own0 !== undefined && own1 !== undefined ? Math.max(0, own1 - own0) : undefined,
     machineCpuS,
     foreignCpuS: machineCpuS !== undefined ? Math.max(0, machineCpuS - makeCpuS - clientDaemonCpuS - builderCpuS) : undefined,
     foreignTop: topOtherProcesses(procs0, procs1, tracked),
@@ -523,6 +528,11 @@ function buildReport(
     notes.push(`meshcc compiled ${c.local_compiles} misses on the client although local_slots = 0 (${meshcc.build.counts.fallbacks} of them counted as fallbacks); their compiler CPU is inside the client daemon's figure, which therefore overstates the per-remote-job overhead — the per-TU column is the fairer comparison for meshcc here.`)
   }
   for (const r of results) {
+    if (r.build?.builderOwnCpuS !== undefined) {
+      const b = r.build
+      const jobs = b.counts.remote || 1
+      notes.push(`${r.name}: of the builders' ${b.builderCpuS.toFixed(1)} s, the builder daemons themselves used ${b.builderOwnCpuS!.toFixed(1)} s (${(1000 * b.builderOwnCpuS! / jobs).toFixed(0)} ms per remote job) and the jobs they ran (sandbox, preprocessing check, compile) ${(b.builderCpuS - b.builderOwnCpuS!).toFixed(1)} s (${(1000 * (b.builderCpuS - b.builderOwnCpuS!) / jobs).toFixed(0)} ms per remote job).`)
+    }
     if (r.build && r.build.foreignTop.length) notes.push(`${r.name}: the long-lived processes outside the measured trees that used the most CPU during its build (kernel threads included; processes that started and ended in between count only through whoever reaped them): ${r.build.foreignTop.join(', ')}.`)
   }
   for (const r of results) {

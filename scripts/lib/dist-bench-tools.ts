@@ -11,7 +11,7 @@ import { chownSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync, 
 import { dirname, join } from 'node:path'
 import { fileURLToPath, pathToFileURL } from 'node:url'
 import { createNsLab, startDaemon, stopDaemon, treeCpuSeconds, userIds, type Daemon, type NsLab } from './dist-bench-proc.js'
-import { fail, freePort, isAlive, run, sleep, type RunResult } from './proc.js'
+import { fail, freePort, isAlive, ownCpuSecondsOf, run, sleep, type RunResult } from './proc.js'
 import { MESHCC_MAIN, cleanEnv } from './tools.js'
 import { adminStatus as sharedAdminStatus } from './mesh-bench-node.js'
 
@@ -54,6 +54,8 @@ export interface DistTool {
   clientCpu(): number
   /** cumulative CPU seconds of the builders' process trees (and scheduler) */
   builderCpu(): number
+  /** of builderCpu, the builder daemons' own processes (without the jobs they ran), if it can tell */
+  builderOwnCpu?(): number
   /** the pids whose trees clientCpu and builderCpu count */
   roots(): number[]
   /** start (true) or write (false) the CPU profiles asked for with --cpu-prof, if any */
@@ -310,6 +312,7 @@ export function meshccTool(base: Record<string, string>, tmp: string, o: MeshccO
     },
     clientCpu: () => treeCpuSeconds(client.pid),
     builderCpu: () => builders.reduce((n, b) => n + treeCpuSeconds(b.pid), 0),
+    builderOwnCpu: () => builders.reduce((n, b) => n + (b.pid ? ownCpuSecondsOf(b.pid) ?? 0 : 0), 0),
     roots: () => [client.pid, ...builders.map((b) => b.pid)].filter((p): p is number => p !== undefined),
     profile: () => { for (const n of all) if (profiled(n) && n.pid) process.kill(n.pid, 'SIGUSR2') },
     problems() {

@@ -148,6 +148,17 @@ export function cpuSecondsOf(pid: number): number | undefined {
   }
 }
 
+/** CPU seconds of the process itself (all its threads), without the children it reaped. */
+export function ownCpuSecondsOf(pid: number): number | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+    return (Number(fields[11] ?? 0) + Number(fields[12] ?? 0)) / clkTck
+  } catch {
+    return undefined
+  }
+}
+
 /**
  * Processes whose environment holds exactly `key=value` and whose executable (or argv[0]) has
  * one of the given base names. The value is a unique temp path of this run, so the match
