@@ -153,6 +153,8 @@ test('a header shared by many units crosses the network once per builder, not on
   }
   const before = await received()
   const stats0 = await client.stats()
+  const trees = async () => (await Promise.all(builders.map(status))).map((b) => b.mesh!.builder.workspaces)
+  const trees0 = await trees()
   for (let i = 0; i < units; i++) {
     const r = await client.run(['gcc', '-O2', '-c', `u${i}.c`, '-o', `u${i}.o`], { cwd: dir })
     assert.equal(r.code, 0, r.stderr)
@@ -163,6 +165,12 @@ test('a header shared by many units crosses the network once per builder, not on
   // each builder gets the header (and stdc-predef.h) at most once; every unit's own source once
   assert.ok(shipped < 2 * headerBytes + 2 * 8192 + units * 200, `${shipped} input bytes received for ${units} units of a ${headerBytes}-byte header`)
   assert.ok(shipped >= headerBytes, 'the header was shipped at least once')
+  // and a builder writes the header once, not once per unit: the next job reuses the tree
+  const trees1 = await trees()
+  const reused = trees1.reduce((n, t, i) => n + t.reused - trees0[i]!.reused, 0)
+  const written = trees1.reduce((n, t, i) => n + t.files_written - trees0[i]!.files_written, 0)
+  assert.ok(reused >= units - builders.length, `job trees reused ${reused} times for ${units} units on ${builders.length} builders`)
+  assert.ok(written < units * 2, `${written} files written for ${units} units of one shared header`)
   for (let i = 0; i < units; i++) {
     const plain = await runCommand('gcc', ['-O2', '-c', `u${i}.c`, '-o', `p${i}.o`], { cwd: dir })
     assert.equal(plain.code, 0)

@@ -2,20 +2,21 @@
 // word, whatever the client read in the load view), fetches the toolchain when missing,
 // rebuilds the client's files at their own paths and compiles in a bubblewrap sandbox.
 //
-// Per job: <cache dir>/jobs/<id>/root (hard links to the unpacked toolchain plus the input
-// files outside the client's cwd) is the sandbox's read-only root, and <id>/cwd (the inputs
-// under the cwd, and the object) is mounted read-write at the client's cwd.
+// Each job runs in a tree from the WorkspacePool (job-workspace.ts): the toolchain and the
+// client's inputs at the client's own paths, kept between jobs of the same client and project
+// so that only the files that differ are written.
 import { createHash } from 'node:crypto'
 import { existsSync } from 'node:fs'
-import { copyFile, link, lstat, mkdir, mkdtemp, readdir, readFile, readlink, rm, symlink, writeFile } from 'node:fs/promises'
+import { copyFile, mkdir, readFile, rm } from 'node:fs/promises'
 import { loadavg } from 'node:os'
-import { dirname, join, relative } from 'node:path'
+import { dirname, join } from 'node:path'
 import { execa } from 'execa'
 import type { Config } from '../config.js'
 import type { Logger } from '../log.js'
 import type { JobFile, JobHandler, JobHeader, JobReply } from '../mesh/protocols/compile-job.js'
 import { checkBwrap, runSandboxed, type SandboxJob, type SandboxResult } from '../sandbox/bwrap.js'
 import type { ToolchainCache } from '../toolchain/cache.js'
+import { WorkspacePool, type Workspace, type WorkspaceStats } from './job-workspace.js'
 
 export interface BuilderOptions {
   config: Config
@@ -29,7 +30,7 @@ export interface BuilderOptions {
   onLoadChange: () => void
 }
 
-export interface BuilderStatus { offer: string; sandbox: string; sandbox_ok: boolean; sandbox_note: string | null; running: number; capacity: number; jobs_done: number; jobs_failed: number; jobs_refused: number }
+export interface BuilderStatus { offer: string; sandbox: string; sandbox_ok: boolean; sandbox_note: string | null; running: number; capacity: number; jobs_done: number; jobs_failed: number; jobs_refused: number; workspaces: WorkspaceStats }
 
 export class Builder implements JobHandler {
   running = 0
@@ -39,8 +40,17 @@ export class Builder implements JobHandler {
   private sandboxOk = false
   private sandboxNote: string | null = 'not checked yet'
   private readonly fetching = new Map<string, Promise<void>>()
+  private readonly workspaces: WorkspacePool
 
-  constructor(private readonly opts: BuilderOptions) {}
+  constructor(private readonly opts: BuilderOptions) {
+    const b = opts.config.build
+    this.workspaces = new WorkspacePool({
+      dir: this.jobsDir(),
+      toolchainRoot: (hash) => opts.toolchains.rootOf(hash),
+      chrooted: b.sandbox === 'none',
+      maxIdle: Math.max(2, 2 * b.cores)
+    })
+  }
 
   /** Decide once at start whether remote jobs can be taken (bwrap present, or sandbox = "none"). */
   async init(): Promise<void> {
@@ -75,7 +85,7 @@ export class Builder implements JobHandler {
 
   status(): BuilderStatus {
     const b = this.opts.config.build
-    return { offer: b.offer, sandbox: b.sandbox, sandbox_ok: this.sandboxOk, sandbox_note: this.sandboxNote, running: this.running, capacity: this.capacity, jobs_done: this.done, jobs_failed: this.failed, jobs_refused: this.refused }
+    return { offer: b.offer, sandbox: b.sandbox, sandbox_ok: this.sandboxOk, sandbox_note: this.sandboxNote, running: this.running, capacity: this.capacity, jobs_done: this.done, jobs_failed: this.failed, jobs_refused: this.refused, workspaces: this.workspaces.status() }
   }
 
   admit(peer: string, header: JobHeader): string | (() => void) {
@@ -117,19 +127,22 @@ export class Builder implements JobHandler {
       return { kind: 'failed', reason: `toolchain unavailable: ${(err as Error).message}` }
     }
     const release = this.opts.toolchains.acquire(header.toolchain)
-    const base = await mkdtemp(join(this.jobsDir(), 'j-'))
+    let clean = false
+    let ws
     try {
-      const reply = await this.runIn(base, header, files)
+      ws = await this.workspaces.acquire({ peer, toolchain: header.toolchain, cwd: header.cwd }, header.files, files.map((f) => f.data), header.dirs)
+      const reply = await this.runIn(ws, header)
       if (reply.kind === 'done') this.done++
       else this.failed++
+      clean = reply.kind === 'done'
       return reply
     } catch (err) {
       this.failed++
       log.warn(`job from ${peer} failed on this builder: ${(err as Error).message}`)
       return { kind: 'failed', reason: `builder error: ${(err as Error).message}` }
     } finally {
+      if (ws) await this.workspaces.release(ws, clean)
       release()
-      await rm(base, { recursive: true, force: true })
     }
   }
 
@@ -169,33 +182,13 @@ export class Builder implements JobHandler {
     await p
   }
 
-  private async runIn(base: string, header: JobHeader, files: JobFile[]): Promise<JobReply> {
+  private async runIn(ws: Workspace, header: JobHeader): Promise<JobReply> {
     const b = this.opts.config.build
-    const root = join(base, 'root')
-    await linkTree(this.opts.toolchains.rootOf(header.toolchain), root)
-    // without bwrap there is no mount: the cwd's files live inside the chroot itself
-    const cwdDir = b.sandbox === 'none' ? join(root, header.cwd) : join(base, 'cwd')
-    await mkdir(cwdDir, { recursive: true })
-    const under = (p: string) => p === header.cwd || p.startsWith(header.cwd + '/')
-    const place = (p: string) => (under(p) ? join(cwdDir, relative(header.cwd, p)) : join(root, p))
-    // a kernel unit brings hundreds of inputs from a few dozen directories: create each once
-    const made = new Set<string>()
-    const mkdirOnce = async (d: string) => {
-      if (made.has(d)) return
-      await mkdir(d, { recursive: true })
-      made.add(d)
-    }
-    for (const d of header.dirs) await mkdirOnce(place(d))
-    for (const f of files) {
-      const dest = place(f.path)
-      await mkdirOnce(dirname(dest))
-      // never write through a toolchain hard link (the job's own cwd directory has none)
-      if (!under(f.path) || b.sandbox === 'none') await rm(dest, { force: true })
-      await writeFile(dest, f.data, { mode: f.mode || 0o644 })
-    }
+    const { root, cwdDir } = ws
+    const inputs = ws.inputsUnderCwd()
     const env = { ...header.env, PATH: '/usr/local/bin:/usr/bin:/bin' }
     const job = (argv: string[]): SandboxJob => ({
-      root, jobDir: cwdDir, cwd: header.cwd, argv, env,
+      root, jobDir: cwdDir, cwd: header.cwd, argv, env, inputs,
       timeoutMs: b.jobTimeout * 1000, cpuSeconds: b.jobTimeout, maxOutputBytes: 256 * 1024 * 1024
     })
     const exec = (argv: string[]) => (b.sandbox === 'none' ? runChrooted(root, header.cwd, argv, env, b.jobTimeout * 1000) : runSandboxed(job(argv)))
@@ -212,7 +205,7 @@ export class Builder implements JobHandler {
     const bad = infraFailure(r)
     if (bad) return { kind: 'failed', reason: bad }
     if (r.exitCode !== 0) return { kind: 'done', exitCode: r.exitCode ?? 1, stdout: r.stdout, stderr: r.stderr, obj: null }
-    const obj = await readFile(join(cwdDir, relative(header.cwd, header.objPath))).catch(() => null)
+    const obj = await readFile(ws.place(header.objPath)).catch(() => null)
     if (!obj) return { kind: 'failed', reason: 'the compiler wrote no object' }
     return { kind: 'done', exitCode: 0, stdout: r.stdout, stderr: r.stderr, obj }
   }
@@ -226,19 +219,6 @@ function infraFailure(r: SandboxResult): string | null {
   if (r.signal) return `compiler killed by ${r.signal}`
   if (r.exitCode === null) return 'compiler did not exit normally'
   return null
-}
-
-/** Mirror a toolchain tree with hard links (cheap, same filesystem) and recreated symlinks. */
-async function linkTree(src: string, dest: string): Promise<void> {
-  await mkdir(dest, { recursive: true })
-  for (const name of await readdir(src)) {
-    const s = join(src, name)
-    const d = join(dest, name)
-    const st = await lstat(s)
-    if (st.isDirectory()) await linkTree(s, d)
-    else if (st.isSymbolicLink()) await symlink(await readlink(s), d)
-    else await link(s, d)
-  }
 }
 
 /**

@@ -5,7 +5,7 @@
 // own failures come back as `sandboxError`, never as an exit code.
 import { spawn } from 'node:child_process'
 import { constants as osConstants } from 'node:os'
-import { accessSync, constants as fsConstants, existsSync, lstatSync, readdirSync, readlinkSync } from 'node:fs'
+import { accessSync, constants as fsConstants, existsSync, lstatSync, readdirSync, readlinkSync, type Dirent } from 'node:fs'
 import { lstat, readdir } from 'node:fs/promises'
 import { delimiter, isAbsolute, join, posix } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -27,6 +27,9 @@ export interface SandboxJob {
   cpuSeconds: number
   /** cap on stdout+stderr captured, and (separately) on the total size of the files left in jobDir */
   maxOutputBytes: number
+  /** host paths of the files in jobDir that the caller put there (the job's inputs): not
+   *  counted as output, and not stat'ed one by one after every job */
+  inputs?: ReadonlySet<string>
   /** optional RLIMIT_AS */
   maxMemoryBytes?: number
   /** size of the job's private /tmp (tmpfs, i.e. host memory); also the largest file the job may
@@ -329,15 +332,17 @@ function validate(job: SandboxJob): string {
 async function dirTooLarge(job: SandboxJob): Promise<boolean> {
   let total = 0
   const walk = async (dir: string): Promise<boolean> => {
-    let names: string[]
-    try { names = await readdir(dir) } catch { return false }
-    for (const name of names) {
-      const p = join(dir, name)
-      let st
-      try { st = await lstat(p) } catch { continue }
-      total += st.isDirectory() ? 0 : st.size
+    let entries: Dirent[]
+    try { entries = await readdir(dir, { withFileTypes: true }) } catch { return false }
+    for (const e of entries) {
+      const p = join(dir, e.name)
+      if (e.isDirectory()) {
+        if (await walk(p)) return true
+        continue
+      }
+      if (e.isFile() && job.inputs?.has(p)) continue
+      try { total += (await lstat(p)).size } catch { continue }
       if (total > job.maxOutputBytes) return true
-      if (st.isDirectory() && await walk(p)) return true
     }
     return false
   }

@@ -1,0 +1,242 @@
+// Job trees on a builder, kept and reused between jobs.
+//
+// A job's tree is <jobs dir>/w-*/root (hard links to the unpacked toolchain plus the inputs
+// outside the client's cwd; the sandbox's read-only root) and w-*/cwd (the inputs under the
+// cwd; mounted read-write at the client's cwd). A kernel unit brings about 800 headers:
+// creating and deleting them for every job cost a builder about 350 ms of CPU per job on ext4,
+// more than the compile itself. The units of one build share nearly all of them, so a finished
+// job's tree is kept, and the next job from the same peer with the same toolchain and cwd gets
+// it brought to exactly its own file set: only files that differ are written or removed, and
+// whatever the previous job left in the cwd (its object, dump files, directories) is removed.
+//
+// Trees are never shared between peers: a job can change files in its writable cwd, and that
+// must only ever reach the same client's later jobs (whose preprocessing check then fails).
+// A tree whose job did not finish cleanly is deleted, not reused.
+import { chmod, link, lstat, mkdir, mkdtemp, readdir, readlink, rm, symlink, writeFile } from 'node:fs/promises'
+import { dirname, join, relative } from 'node:path'
+import type { JobFileRef } from '../mesh/protocols/compile-job.js'
+
+export interface WorkspaceKey {
+  peer: string
+  toolchain: string
+  /** the client's working directory, where the cwd tree is mounted */
+  cwd: string
+}
+
+export interface WorkspacePoolOptions {
+  /** where trees live (emptied by the builder at start) */
+  dir: string
+  /** unpacked toolchain tree to hard-link into each new root */
+  toolchainRoot: (hash: string) => string
+  /** sandbox = "none": the cwd lives inside the chroot, which the job can write: never reuse */
+  chrooted: boolean
+  /** most idle trees kept (least recently used go first) */
+  maxIdle: number
+  /** idle trees unused this long are deleted */
+  idleMs?: number
+}
+
+export interface WorkspaceStats { kept: number; reused: number; created: number; files_written: number; files_removed: number }
+
+/** One job tree, owned by one job at a time. */
+export class Workspace {
+  readonly root: string
+  /** host directory mounted at the client's cwd (inside root when chrooted) */
+  readonly cwdDir: string
+  /** inputs present now: placed host path → content hash and mode */
+  private readonly files = new Map<string, { hash: string; mode: number }>()
+  /** directories this tree created for inputs (not the toolchain's own) */
+  private readonly dirs = new Set<string>()
+  /** an input replaced a toolchain file: removing it later would not bring the toolchain's back */
+  private shadowsToolchain = false
+  /** a job removed or replaced one of the inputs: the tree no longer matches what it records */
+  private tampered = false
+  lastUsed = Date.now()
+
+  constructor(readonly base: string, readonly key: WorkspaceKey, chrooted: boolean) {
+    this.root = join(base, 'root')
+    this.cwdDir = chrooted ? join(this.root, key.cwd) : join(base, 'cwd')
+  }
+
+  /** Where a client path lives on this host. */
+  place(p: string): string {
+    const cwd = this.key.cwd
+    return p === cwd || p.startsWith(cwd + '/') ? join(this.cwdDir, relative(cwd, p)) : join(this.root, p)
+  }
+
+  /** Host paths of the inputs now present under the cwd tree (not counted as the job's output). */
+  inputsUnderCwd(): Set<string> {
+    const out = new Set<string>()
+    for (const p of this.files.keys()) if (p.startsWith(this.cwdDir + '/')) out.add(p)
+    return out
+  }
+
+  get reusable(): boolean {
+    return !this.shadowsToolchain && !this.tampered
+  }
+
+  /**
+   * Make the tree hold exactly these inputs (and directories), whatever it held before.
+   * Returns how many files were written and removed.
+   */
+  async sync(refs: JobFileRef[], data: Buffer[], dirs: string[]): Promise<{ written: number; removed: number }> {
+    const want = new Map<string, { hash: string; mode: number; data: Buffer }>()
+    refs.forEach((r, i) => want.set(this.place(r.path), { hash: r.hash, mode: r.mode || 0o644, data: data[i]! }))
+    const wantDirs = new Set<string>()
+    const addAncestors = (d: string) => {
+      for (let x = d; x !== this.root && x !== this.cwdDir && x.length > this.base.length; x = dirname(x)) {
+        if (wantDirs.has(x)) break
+        wantDirs.add(x)
+      }
+    }
+    for (const d of dirs) addAncestors(this.place(d))
+    for (const p of want.keys()) addAncestors(dirname(p))
+
+    let removed = 0
+    for (const [p, have] of this.files) {
+      const w = want.get(p)
+      if (w && w.hash === have.hash) continue
+      await rm(p, { force: true })
+      this.files.delete(p)
+      if (!w) removed++
+    }
+    // deepest first, so a directory is empty when its turn comes
+    for (const d of [...this.dirs].filter((x) => !wantDirs.has(x)).sort((a, b) => b.length - a.length)) {
+      await rm(d, { recursive: true, force: true })
+      this.dirs.delete(d)
+    }
+    for (const d of [...wantDirs].sort((a, b) => a.length - b.length)) {
+      if (this.dirs.has(d)) continue
+      const first = await mkdir(d, { recursive: true })
+      if (first !== undefined) for (let x = d; ; x = dirname(x)) { this.dirs.add(x); if (x === first || x.length <= first.length) break }
+    }
+    let written = 0
+    for (const [p, w] of want) {
+      const have = this.files.get(p)
+      if (have) {
+        if (have.mode !== w.mode) { await chmod(p, w.mode); have.mode = w.mode }
+        continue
+      }
+      try {
+        await writeFile(p, w.data, { mode: w.mode, flag: 'wx' })
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e
+        // a toolchain file (hard link) at an input's path: never write through the link
+        this.shadowsToolchain = true
+        await rm(p, { force: true })
+        await writeFile(p, w.data, { mode: w.mode, flag: 'wx' })
+      }
+      this.files.set(p, { hash: w.hash, mode: w.mode })
+      written++
+    }
+    return { written, removed }
+  }
+
+  /**
+   * After a job: remove from the cwd tree everything that is not an input this tree placed
+   * (the object, dump files, directories the job made). The root was read-only to the job.
+   * An input the job removed or replaced by something else makes the tree unfit for reuse.
+   */
+  async clearOutputs(): Promise<void> {
+    let seen = 0
+    const walk = async (dir: string): Promise<void> => {
+      for (const e of await readdir(dir, { withFileTypes: true })) {
+        const p = join(dir, e.name)
+        if (e.isDirectory() && this.dirs.has(p)) await walk(p)
+        else if (e.isFile() && this.files.has(p)) seen++
+        else {
+          if (this.files.has(p) || this.dirs.has(p)) this.tampered = true
+          await rm(p, { recursive: true, force: true })
+        }
+      }
+    }
+    await walk(this.cwdDir)
+    if (seen !== this.inputsUnderCwd().size) this.tampered = true
+  }
+}
+
+export class WorkspacePool {
+  private readonly idle: Workspace[] = []
+  private readonly stats: WorkspaceStats = { kept: 0, reused: 0, created: 0, files_written: 0, files_removed: 0 }
+  private readonly timer: NodeJS.Timeout
+
+  constructor(private readonly opts: WorkspacePoolOptions) {
+    const idleMs = opts.idleMs ?? 10 * 60_000
+    this.timer = setInterval(() => void this.dropIdle(idleMs), Math.min(60_000, idleMs))
+    this.timer.unref()
+  }
+
+  /** A tree for this job, holding exactly its inputs; give it back with release(). */
+  async acquire(key: WorkspaceKey, refs: JobFileRef[], data: Buffer[], dirs: string[]): Promise<Workspace> {
+    const i = this.opts.chrooted ? -1 : this.idle.findIndex((w) => w.key.peer === key.peer && w.key.toolchain === key.toolchain && w.key.cwd === key.cwd)
+    let ws: Workspace
+    if (i >= 0) {
+      ws = this.idle.splice(i, 1)[0]!
+      this.stats.reused++
+    } else {
+      ws = new Workspace(await mkdtemp(join(this.opts.dir, 'w-')), key, this.opts.chrooted)
+      await linkTree(this.opts.toolchainRoot(key.toolchain), ws.root)
+      await mkdir(ws.cwdDir, { recursive: true })
+      this.stats.created++
+    }
+    try {
+      const r = await ws.sync(refs, data, dirs)
+      this.stats.files_written += r.written
+      this.stats.files_removed += r.removed
+    } catch (e) {
+      await rm(ws.base, { recursive: true, force: true })
+      throw e
+    }
+    ws.lastUsed = Date.now()
+    return ws
+  }
+
+  /** Keep the tree for the next job (clean = the job ran to a verdict), or delete it. */
+  async release(ws: Workspace, clean: boolean): Promise<void> {
+    if (clean && ws.reusable && !this.opts.chrooted) {
+      try {
+        await ws.clearOutputs()
+        if (!ws.reusable) throw new Error('tampered')
+        ws.lastUsed = Date.now()
+        this.idle.push(ws)
+        while (this.idle.length > this.opts.maxIdle) await rm(this.idle.shift()!.base, { recursive: true, force: true })
+        this.stats.kept = this.idle.length
+        return
+      } catch {
+        // fall through: a tree that cannot be cleaned, or whose inputs the job changed, goes
+      }
+    }
+    await rm(ws.base, { recursive: true, force: true })
+  }
+
+  status(): WorkspaceStats {
+    return { ...this.stats, kept: this.idle.length }
+  }
+
+  private async dropIdle(idleMs: number): Promise<void> {
+    const now = Date.now()
+    for (const ws of [...this.idle]) {
+      if (now - ws.lastUsed < idleMs) continue
+      this.idle.splice(this.idle.indexOf(ws), 1)
+      await rm(ws.base, { recursive: true, force: true }).catch(() => undefined)
+    }
+  }
+
+  async stop(): Promise<void> {
+    clearInterval(this.timer)
+    for (const ws of this.idle.splice(0)) await rm(ws.base, { recursive: true, force: true }).catch(() => undefined)
+  }
+}
+
+/** Mirror a toolchain tree with hard links (cheap, same filesystem) and recreated symlinks. */
+async function linkTree(src: string, dest: string): Promise<void> {
+  await mkdir(dest, { recursive: true })
+  for (const name of await readdir(src)) {
+    const s = join(src, name)
+    const d = join(dest, name)
+    const st = await lstat(s)
+    if (st.isDirectory()) await linkTree(s, d)
+    else if (st.isSymbolicLink()) await symlink(await readlink(s), d)
+    else await link(s, d)
+  }
+}

@@ -1,0 +1,155 @@
+// Job trees kept between jobs on a builder (src/daemon/job-workspace.ts), on the real
+// filesystem: a reused tree must hold exactly the next job's inputs (nothing left from the job
+// before, no output of it), never be shared between peers, never write through a toolchain
+// hard link, and be dropped when its job did not end cleanly or changed its inputs.
+import { test, after } from 'node:test'
+import assert from 'node:assert/strict'
+import { createHash } from 'node:crypto'
+import { existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join, relative } from 'node:path'
+import { WorkspacePool } from '../src/daemon/job-workspace.js'
+import type { JobFileRef } from '../src/mesh/protocols/compile-job.js'
+
+const top = mkdtempSync(join(tmpdir(), 'meshcc-ws-'))
+after(() => rmSync(top, { recursive: true, force: true }))
+
+const CWD = '/home/dev/proj'
+const TOOL = 'a'.repeat(64)
+
+function toolchain(): string {
+  const t = join(top, 'toolchain')
+  if (existsSync(t)) return t
+  mkdirSync(join(t, 'usr', 'bin'), { recursive: true })
+  mkdirSync(join(t, 'usr', 'include'), { recursive: true })
+  writeFileSync(join(t, 'usr', 'bin', 'cc'), 'the compiler')
+  writeFileSync(join(t, 'usr', 'include', 'stdio.h'), 'toolchain stdio.h')
+  symlinkSync('usr/bin', join(t, 'bin'))
+  return t
+}
+
+function pool(chrooted = false) {
+  const dir = mkdtempSync(join(top, 'jobs-'))
+  return new WorkspacePool({ dir, toolchainRoot: () => toolchain(), chrooted, maxIdle: 4 })
+}
+
+/** A job's inputs: client path → content. */
+function job(files: Record<string, string>): { refs: JobFileRef[]; data: Buffer[] } {
+  const refs: JobFileRef[] = []
+  const data: Buffer[] = []
+  for (const [path, text] of Object.entries(files)) {
+    const b = Buffer.from(text)
+    refs.push({ path, mode: 0o644, size: b.length, hash: createHash('sha256').update(b).digest('hex') })
+    data.push(b)
+  }
+  return { refs, data }
+}
+
+/** Every file and directory under dir: relative path → content (or "<dir>"). */
+function tree(dir: string): Record<string, string> {
+  const out: Record<string, string> = {}
+  const walk = (d: string) => {
+    for (const name of readdirSync(d)) {
+      const p = join(d, name)
+      const st = lstatSync(p)
+      if (st.isDirectory()) { out[relative(dir, p) + '/'] = '<dir>'; walk(p) }
+      else if (st.isSymbolicLink()) out[relative(dir, p)] = '<link>'
+      else out[relative(dir, p)] = readFileSync(p, 'utf8')
+    }
+  }
+  walk(dir)
+  return out
+}
+
+const key = (peer: string) => ({ peer, toolchain: TOOL, cwd: CWD })
+
+test('a reused tree holds exactly the next job\'s inputs: nothing of the previous job, none of its output', async () => {
+  const p = pool()
+  const a = job({ [`${CWD}/src/a.c`]: 'int a;', [`${CWD}/include/x.h`]: 'x1', [`${CWD}/gone/old.h`]: 'old', '/opt/sdk/include/sdk.h': 'sdk' })
+  const ws = await p.acquire(key('peer1'), a.refs, a.data, [`${CWD}/build`])
+  assert.deepEqual(tree(ws.cwdDir), { 'src/': '<dir>', 'src/a.c': 'int a;', 'include/': '<dir>', 'include/x.h': 'x1', 'gone/': '<dir>', 'gone/old.h': 'old', 'build/': '<dir>' })
+  assert.equal(readFileSync(join(ws.root, 'opt/sdk/include/sdk.h'), 'utf8'), 'sdk')
+  assert.equal(readFileSync(join(ws.root, 'usr/bin/cc'), 'utf8'), 'the compiler')
+  // what a compile leaves behind: its object, a dump file, a directory of its own
+  writeFileSync(join(ws.cwdDir, 'build', 'a.o'), 'object')
+  writeFileSync(join(ws.cwdDir, 'src', 'a.su'), 'stack usage')
+  mkdirSync(join(ws.cwdDir, 'build', 'tmpdir'))
+  writeFileSync(join(ws.cwdDir, 'build', 'tmpdir', 'f'), 'x')
+  await p.release(ws, true)
+
+  const b = job({ [`${CWD}/src/b.c`]: 'int b;', [`${CWD}/include/x.h`]: 'x2', [`${CWD}/include/y.h`]: 'y', '/opt/sdk/include/sdk.h': 'sdk' })
+  const ws2 = await p.acquire(key('peer1'), b.refs, b.data, [])
+  assert.equal(ws2.base, ws.base, 'the same tree is reused')
+  assert.deepEqual(tree(ws2.cwdDir), { 'src/': '<dir>', 'src/b.c': 'int b;', 'include/': '<dir>', 'include/x.h': 'x2', 'include/y.h': 'y' })
+  assert.equal(readFileSync(join(ws2.root, 'opt/sdk/include/sdk.h'), 'utf8'), 'sdk')
+  const st = p.status()
+  assert.equal(st.created, 1)
+  assert.equal(st.reused, 1)
+  // first job: 4 files; second: b.c, the changed x.h and the new y.h (sdk.h and the rest kept)
+  assert.equal(st.files_written, 4 + 3)
+  assert.equal(st.files_removed, 2, 'a.c and gone/old.h')
+
+  // a third job outside /opt: the directories made for sdk.h go, the toolchain's stay
+  await p.release(ws2, true)
+  const c = job({ [`${CWD}/src/b.c`]: 'int b;' })
+  const ws3 = await p.acquire(key('peer1'), c.refs, c.data, [])
+  assert.equal(existsSync(join(ws3.root, 'opt')), false, 'no directory left from an earlier job')
+  assert.deepEqual(tree(ws3.root), { 'usr/': '<dir>', 'usr/bin/': '<dir>', 'usr/bin/cc': 'the compiler', 'usr/include/': '<dir>', 'usr/include/stdio.h': 'toolchain stdio.h', 'bin': '<link>' })
+  await p.release(ws3, true)
+  await p.stop()
+})
+
+test('trees are never shared between peers, and one that did not end cleanly is deleted', async () => {
+  const p = pool()
+  const a = job({ [`${CWD}/a.c`]: 'int a;' })
+  const w1 = await p.acquire(key('peer1'), a.refs, a.data, [])
+  await p.release(w1, true)
+  const w2 = await p.acquire(key('peer2'), a.refs, a.data, [])
+  assert.notEqual(w2.base, w1.base, 'another peer gets a tree of its own')
+  await p.release(w2, false)
+  assert.equal(existsSync(w2.base), false, 'a tree whose job failed is deleted')
+  const w3 = await p.acquire({ ...key('peer1'), cwd: '/elsewhere' }, [], [], [])
+  assert.notEqual(w3.base, w1.base, 'another cwd gets a tree of its own')
+  await p.release(w3, true)
+  assert.equal(p.status().created, 3)
+  await p.stop()
+  assert.equal(existsSync(w1.base), false, 'stop deletes the idle trees')
+})
+
+test('a job that removed or replaced one of its inputs leaves a tree that is not reused', async () => {
+  const p = pool()
+  const a = job({ [`${CWD}/a.c`]: 'int a;', [`${CWD}/inc/h.h`]: 'h' })
+  const w1 = await p.acquire(key('peer1'), a.refs, a.data, [])
+  unlinkSync(join(w1.cwdDir, 'inc', 'h.h'))
+  symlinkSync('/etc/passwd', join(w1.cwdDir, 'inc', 'h.h'))
+  await p.release(w1, true)
+  assert.equal(existsSync(w1.base), false)
+  const w2 = await p.acquire(key('peer1'), a.refs, a.data, [])
+  assert.notEqual(w2.base, w1.base)
+  assert.equal(readFileSync(join(w2.cwdDir, 'inc', 'h.h'), 'utf8'), 'h')
+  rmSync(join(w2.cwdDir, 'a.c'))
+  await p.release(w2, true)
+  assert.equal(existsSync(w2.base), false, 'a removed input is noticed too')
+  await p.stop()
+})
+
+test('an input at a toolchain file\'s path replaces the hard link, never writes through it', async () => {
+  const p = pool()
+  const a = job({ '/usr/include/stdio.h': 'the client\'s own stdio.h', [`${CWD}/a.c`]: 'int a;' })
+  const w = await p.acquire(key('peer1'), a.refs, a.data, [])
+  assert.equal(readFileSync(join(w.root, 'usr/include/stdio.h'), 'utf8'), 'the client\'s own stdio.h')
+  assert.equal(readFileSync(join(toolchain(), 'usr/include/stdio.h'), 'utf8'), 'toolchain stdio.h', 'the toolchain is untouched')
+  await p.release(w, true)
+  assert.equal(existsSync(w.base), false, 'the tree lost a toolchain file for good: not reused')
+  await p.stop()
+})
+
+test('sandbox = "none" (the job can write anywhere in its chroot): trees are never reused', async () => {
+  const p = pool(true)
+  const a = job({ [`${CWD}/a.c`]: 'int a;' })
+  const w = await p.acquire(key('peer1'), a.refs, a.data, [])
+  assert.equal(readFileSync(join(w.root, CWD, 'a.c'), 'utf8'), 'int a;', 'the cwd lives inside the chroot')
+  await p.release(w, true)
+  assert.equal(existsSync(w.base), false)
+  await p.stop()
+})
