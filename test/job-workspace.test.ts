@@ -153,3 +153,27 @@ test('sandbox = "none" (the job can write anywhere in its chroot): trees are nev
   assert.equal(existsSync(w.base), false)
   await p.stop()
 })
+
+test('of several idle trees, a job gets the one that already holds most of its inputs', async () => {
+  const p = pool()
+  const libH = Object.fromEntries(Array.from({ length: 20 }, (_, i) => [`${CWD}/lib/h${i}.h`, `lib ${i}`]))
+  const kernH = Object.fromEntries(Array.from({ length: 20 }, (_, i) => [`${CWD}/kernel/h${i}.h`, `kernel ${i}`]))
+  const mmH = Object.fromEntries(Array.from({ length: 20 }, (_, i) => [`${CWD}/mm/h${i}.h`, `mm ${i}`]))
+  const a = job({ ...libH, [`${CWD}/lib/a.c`]: 'a' })
+  const b = job({ ...kernH, [`${CWD}/kernel/b.c`]: 'b' })
+  const m = job({ ...mmH, [`${CWD}/mm/m.c`]: 'm' })
+  // three jobs at once: three trees, released so that neither the oldest nor the newest fits
+  const wa = await p.acquire(key('peer1'), a.refs, a.data, [])
+  const wb = await p.acquire(key('peer1'), b.refs, b.data, [])
+  const wm = await p.acquire(key('peer1'), m.refs, m.data, [])
+  await p.release(wa, true)
+  await p.release(wb, true)
+  await p.release(wm, true)
+  const written0 = p.status().files_written
+  const c = job({ ...kernH, [`${CWD}/kernel/c.c`]: 'c' })
+  const wc = await p.acquire(key('peer1'), c.refs, c.data, [])
+  assert.equal(wc.base, wb.base, 'the tree that held the kernel headers')
+  assert.equal(p.status().files_written - written0, 1, 'only c.c was written')
+  await p.release(wc, true)
+  await p.stop()
+})

@@ -142,7 +142,7 @@ interface MeshStatus {
     peer_id: string
     addresses: string[]
     members: Array<{ peer_id: string; self: boolean; free_slots: number; accept: string; cores: number; toolchains: number }>
-    builder: { capacity: number; sandbox: string; sandbox_note: string | null; jobs_done: number; jobs_failed: number; jobs_refused: number }
+    builder: { capacity: number; sandbox: string; sandbox_note: string | null; jobs_done: number; jobs_failed: number; jobs_refused: number; workspaces: { files_written: number } }
     toolchain_transfers: Array<{ hash: string; direction: string; peer: string; bytes: number; ms: number }>
     jobs_per_peer: Record<string, { sent: number; done: number; failed?: number; refused?: number }>
   } | null
@@ -228,7 +228,7 @@ export function meshccTool(base: Record<string, string>, tmp: string, o: MeshccO
     }, () => `(last mesh note: ${note || 'none'})`)
   }
   let startedAny = false
-  let zeroBuilders: Array<{ done: number; failed: number; refused: number }> = []
+  let zeroBuilders: Array<{ done: number; failed: number; refused: number; written: number }> = []
   const slotsPer = o.slotsPerBuilder
 
   return {
@@ -284,7 +284,7 @@ export function meshccTool(base: Record<string, string>, tmp: string, o: MeshccO
       zeroBuilders = []
       for (const b of builders) {
         const s = await adminStatus(b.socket, 5000)
-        zeroBuilders.push({ done: s.mesh!.builder.jobs_done, failed: s.mesh!.builder.jobs_failed, refused: s.mesh!.builder.jobs_refused })
+        zeroBuilders.push({ done: s.mesh!.builder.jobs_done, failed: s.mesh!.builder.jobs_failed, refused: s.mesh!.builder.jobs_refused, written: s.mesh!.builder.workspaces.files_written })
       }
     },
     async counts() {
@@ -301,8 +301,9 @@ export function meshccTool(base: Record<string, string>, tmp: string, o: MeshccO
       for (let i = 0; i < builders.length; i++) {
         const st = await adminStatus(builders[i]!.socket, 5000).catch(() => undefined)
         if (st?.mesh) {
-          const z = zeroBuilders[i] ?? { done: 0, failed: 0, refused: 0 }
+          const z = zeroBuilders[i] ?? { done: 0, failed: 0, refused: 0, written: 0 }
           raw[`${builders[i]!.name} jobs done`] = st.mesh.builder.jobs_done - z.done
+          raw[`${builders[i]!.name} input files written`] = st.mesh.builder.workspaces.files_written - z.written
           if (st.mesh.builder.jobs_failed - z.failed) raw[`${builders[i]!.name} jobs failed`] = st.mesh.builder.jobs_failed - z.failed
           if (st.mesh.builder.jobs_refused - z.refused) raw[`${builders[i]!.name} jobs refused`] = st.mesh.builder.jobs_refused - z.refused
         }

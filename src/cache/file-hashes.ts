@@ -6,7 +6,8 @@
 // unchanged. A file changed within the last seconds is hashed but not memoised: two writes
 // inside one timestamp tick with the same size would look unchanged.
 import { createHash } from 'node:crypto'
-import { readFile, stat } from 'node:fs/promises'
+import { statSync } from 'node:fs'
+import { readFile } from 'node:fs/promises'
 
 export interface FileHash {
   hash: string
@@ -35,13 +36,15 @@ export class FileHasher {
 
   /** The file's hash, or null when it cannot be read (gone, a directory, no permission). */
   async hash(path: string): Promise<FileHash | null> {
+    // stat on this thread: an fs.promises round trip through the thread pool costs about ten
+    // times the CPU of the syscall itself, and a kernel unit asks for hundreds of headers
     let st
     try {
-      st = await stat(path, { bigint: true })
+      st = statSync(path, { bigint: true, throwIfNoEntry: false })
     } catch {
       return null
     }
-    if (!st.isFile()) return null
+    if (!st?.isFile()) return null
     const changedMs = Number((st.mtimeNs > st.ctimeNs ? st.mtimeNs : st.ctimeNs) / 1_000_000n)
     const newerThan = (since: number) => changedMs >= since
     const m = this.memo.get(path)

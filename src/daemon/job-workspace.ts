@@ -71,6 +71,13 @@ export class Workspace {
     return out
   }
 
+  /** How many of these inputs the tree holds already, byte for byte. */
+  holding(refs: JobFileRef[]): number {
+    let n = 0
+    for (const r of refs) if (this.files.get(this.place(r.path))?.hash === r.hash) n++
+    return n
+  }
+
   get reusable(): boolean {
     return !this.shadowsToolchain && !this.tampered
   }
@@ -168,7 +175,7 @@ export class WorkspacePool {
 
   /** A tree for this job, holding exactly its inputs; give it back with release(). */
   async acquire(key: WorkspaceKey, refs: JobFileRef[], data: Buffer[], dirs: string[]): Promise<Workspace> {
-    const i = this.opts.chrooted ? -1 : this.idle.findIndex((w) => w.key.peer === key.peer && w.key.toolchain === key.toolchain && w.key.cwd === key.cwd)
+    const i = this.opts.chrooted ? -1 : this.closest(key, refs)
     let ws: Workspace
     if (i >= 0) {
       ws = this.idle.splice(i, 1)[0]!
@@ -189,6 +196,19 @@ export class WorkspacePool {
     }
     ws.lastUsed = Date.now()
     return ws
+  }
+
+  /** The idle tree for this key that already holds the most of these inputs (-1: none). */
+  private closest(key: WorkspaceKey, refs: JobFileRef[]): number {
+    let best = -1
+    let bestCount = -1
+    this.idle.forEach((w, i) => {
+      if (w.key.peer !== key.peer || w.key.toolchain !== key.toolchain || w.key.cwd !== key.cwd) return
+      const n = w.holding(refs)
+      // ties go to the most recently released (later in the list)
+      if (n >= bestCount) { best = i; bestCount = n }
+    })
+    return best
   }
 
   /** Keep the tree for the next job (clean = the job ran to a verdict), or delete it. */
