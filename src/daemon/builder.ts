@@ -18,6 +18,8 @@ import { checkBwrap, runSandboxed, type SandboxJob, type SandboxResult } from '.
 import type { ToolchainCache } from '../toolchain/cache.js'
 import { WorkspacePool, type Workspace, type WorkspaceStats } from './job-workspace.js'
 
+const INPUTS_MISMATCH = 'inputs mismatch'
+
 export interface BuilderOptions {
   config: Config
   log: Logger
@@ -127,22 +129,36 @@ export class Builder implements JobHandler {
       return { kind: 'failed', reason: `toolchain unavailable: ${(err as Error).message}` }
     }
     const release = this.opts.toolchains.acquire(header.toolchain)
-    let clean = false
-    let ws
     try {
-      ws = await this.workspaces.acquire({ peer, toolchain: header.toolchain, cwd: header.cwd }, header.files, files.map((f) => f.data), header.dirs)
-      const reply = await this.runIn(ws, header)
-      if (reply.kind === 'done') this.done++
+      const key = { peer, toolchain: header.toolchain, cwd: header.cwd }
+      const data = files.map((f) => f.data)
+      let reply = await this.runInTree(peer, header, () => this.workspaces.acquire(key, header.files, data, header.dirs, false))
+      // a kept tree can hold a file the client no longer has: once more in a fresh, exact one
+      if (reply.reused && reply.reply.kind === 'failed' && reply.reply.reason.startsWith(INPUTS_MISMATCH)) {
+        log.debug(`job from ${peer}: ${reply.reply.reason} in a kept tree; running it again in a fresh one`)
+        reply = await this.runInTree(peer, header, () => this.workspaces.acquire(key, header.files, data, header.dirs, true, true))
+      }
+      if (reply.reply.kind === 'done') this.done++
       else this.failed++
+      return reply.reply
+    } finally {
+      release()
+    }
+  }
+
+  private async runInTree(peer: string, header: JobHeader, acquire: () => Promise<Workspace>): Promise<{ reply: JobReply; reused: boolean }> {
+    let clean = false
+    let ws: Workspace | undefined
+    try {
+      ws = await acquire()
+      const reply = await this.runIn(ws, header)
       clean = reply.kind === 'done'
-      return reply
+      return { reply, reused: ws.jobsBefore > 0 }
     } catch (err) {
-      this.failed++
-      log.warn(`job from ${peer} failed on this builder: ${(err as Error).message}`)
-      return { kind: 'failed', reason: `builder error: ${(err as Error).message}` }
+      this.opts.log.warn(`job from ${peer} failed on this builder: ${(err as Error).message}`)
+      return { reply: { kind: 'failed', reason: `builder error: ${(err as Error).message}` }, reused: false }
     } finally {
       if (ws) await this.workspaces.release(ws, clean)
-      release()
     }
   }
 
@@ -199,7 +215,7 @@ export class Builder implements JobHandler {
     if (infra) return { kind: 'failed', reason: `preprocessing: ${infra}` }
     if (pp.exitCode !== 0) return { kind: 'failed', reason: `preprocessing failed here: ${pp.stderr.toString('utf8').split('\n')[0].slice(0, 200)}` }
     const ppHash = createHash('sha256').update(pp.stdout).digest('hex')
-    if (ppHash !== header.ppHash) return { kind: 'failed', reason: 'inputs mismatch: the preprocessed unit differs from the client\'s' }
+    if (ppHash !== header.ppHash) return { kind: 'failed', reason: `${INPUTS_MISMATCH}: the preprocessed unit differs from the client's` }
 
     const r = await exec([header.compiler, ...header.argv])
     const bad = infraFailure(r)

@@ -4,10 +4,19 @@
 // outside the client's cwd; the sandbox's read-only root) and w-*/cwd (the inputs under the
 // cwd; mounted read-write at the client's cwd). A kernel unit brings about 800 headers:
 // creating and deleting them for every job cost a builder about 350 ms of CPU per job on ext4,
-// more than the compile itself. The units of one build share nearly all of them, so a finished
-// job's tree is kept, and the next job from the same peer with the same toolchain and cwd gets
-// it brought to exactly its own file set: only files that differ are written or removed, and
-// whatever the previous job left in the cwd (its object, dump files, directories) is removed.
+// more than the compile itself. So a finished job's tree is kept, and the next job from the
+// same peer with the same toolchain and cwd gets the kept tree that already holds most of its
+// inputs. Files whose content differs are replaced, missing ones written, and whatever the
+// previous job left in the cwd (its object, dump files, directories) is removed.
+//
+// Files of the same client's earlier jobs stay in the tree (a mirror of the client's
+// filesystem as far as it has shown it): the units of one build differ by a hundred headers
+// or so, and the client has those files at those paths too. A file that has gone from the
+// client since makes the builder's preprocessing differ from the client's, which the
+// builder's check catches; the job then runs again in a fresh tree holding exactly its own
+// inputs. What a job reads besides its preprocessor's inputs cannot be stale either: a unit
+// whose preprocessed text names a file to read later (.incbin) is not cacheable, so the
+// client compiles it itself and never ships it.
 //
 // Trees are never shared between peers: a job can change files in its writable cwd, and that
 // must only ever reach the same client's later jobs (whose preprocessing check then fails).
@@ -36,7 +45,14 @@ export interface WorkspacePoolOptions {
   idleMs?: number
 }
 
-export interface WorkspaceStats { kept: number; reused: number; created: number; files_written: number; files_removed: number }
+export interface WorkspaceStats {
+  kept: number; reused: number; created: number; files_written: number; files_removed: number
+  /** jobs run again in a fresh tree after a kept one held a file the client no longer has */
+  fresh_reruns: number
+}
+
+/** A tree that has grown past this many inputs is not kept. */
+const MAX_TREE_FILES = 100_000
 
 /** One job tree, owned by one job at a time. */
 export class Workspace {
@@ -52,6 +68,8 @@ export class Workspace {
   /** a job removed or replaced one of the inputs: the tree no longer matches what it records */
   private tampered = false
   lastUsed = Date.now()
+  /** jobs run in this tree before the current one */
+  jobsBefore = 0
 
   constructor(readonly base: string, readonly key: WorkspaceKey, chrooted: boolean) {
     this.root = join(base, 'root')
@@ -79,14 +97,14 @@ export class Workspace {
   }
 
   get reusable(): boolean {
-    return !this.shadowsToolchain && !this.tampered
+    return !this.shadowsToolchain && !this.tampered && this.files.size <= MAX_TREE_FILES
   }
 
   /**
-   * Make the tree hold exactly these inputs (and directories), whatever it held before.
-   * Returns how many files were written and removed.
+   * Make the tree hold these inputs with these contents (and these directories). exact: and
+   * nothing else of earlier jobs. Returns how many files were written and removed.
    */
-  async sync(refs: JobFileRef[], data: Buffer[], dirs: string[]): Promise<{ written: number; removed: number }> {
+  async sync(refs: JobFileRef[], data: Buffer[], dirs: string[], exact: boolean): Promise<{ written: number; removed: number }> {
     const want = new Map<string, { hash: string; mode: number; data: Buffer }>()
     refs.forEach((r, i) => want.set(this.place(r.path), { hash: r.hash, mode: r.mode || 0o644, data: data[i]! }))
     const wantDirs = new Set<string>()
@@ -102,15 +120,17 @@ export class Workspace {
     let removed = 0
     for (const [p, have] of this.files) {
       const w = want.get(p)
-      if (w && w.hash === have.hash) continue
+      if (w ? w.hash === have.hash : !exact) continue
       await rm(p, { force: true })
       this.files.delete(p)
       if (!w) removed++
     }
-    // deepest first, so a directory is empty when its turn comes
-    for (const d of [...this.dirs].filter((x) => !wantDirs.has(x)).sort((a, b) => b.length - a.length)) {
-      await rm(d, { recursive: true, force: true })
-      this.dirs.delete(d)
+    if (exact) {
+      // deepest first, so a directory is empty when its turn comes
+      for (const d of [...this.dirs].filter((x) => !wantDirs.has(x)).sort((a, b) => b.length - a.length)) {
+        await rm(d, { recursive: true, force: true })
+        this.dirs.delete(d)
+      }
     }
     for (const d of [...wantDirs].sort((a, b) => a.length - b.length)) {
       if (this.dirs.has(d)) continue
@@ -164,7 +184,7 @@ export class Workspace {
 
 export class WorkspacePool {
   private readonly idle: Workspace[] = []
-  private readonly stats: WorkspaceStats = { kept: 0, reused: 0, created: 0, files_written: 0, files_removed: 0 }
+  private readonly stats: WorkspaceStats = { kept: 0, reused: 0, created: 0, files_written: 0, files_removed: 0, fresh_reruns: 0 }
   private readonly timer: NodeJS.Timeout
 
   constructor(private readonly opts: WorkspacePoolOptions) {
@@ -173,29 +193,43 @@ export class WorkspacePool {
     this.timer.unref()
   }
 
-  /** A tree for this job, holding exactly its inputs; give it back with release(). */
-  async acquire(key: WorkspaceKey, refs: JobFileRef[], data: Buffer[], dirs: string[]): Promise<Workspace> {
-    const i = this.opts.chrooted ? -1 : this.closest(key, refs)
-    let ws: Workspace
+  /**
+   * A tree for this job, holding its inputs (exact: only those); give it back with release().
+   * fresh: a new tree whatever is kept (the job failed its preprocessing check in a kept one).
+   */
+  async acquire(key: WorkspaceKey, refs: JobFileRef[], data: Buffer[], dirs: string[], exact: boolean, fresh = false): Promise<Workspace> {
+    if (fresh) this.stats.fresh_reruns++
+    const i = this.opts.chrooted || fresh ? -1 : this.closest(key, refs)
     if (i >= 0) {
-      ws = this.idle.splice(i, 1)[0]!
-      this.stats.reused++
-    } else {
-      ws = new Workspace(await mkdtemp(join(this.opts.dir, 'w-')), key, this.opts.chrooted)
+      const ws = this.idle.splice(i, 1)[0]!
+      try {
+        await this.fill(ws, refs, data, dirs, exact)
+        this.stats.reused++
+        ws.jobsBefore++
+        return ws
+      } catch {
+        // e.g. a directory now where the tree has a file: start over in a fresh tree
+        await rm(ws.base, { recursive: true, force: true })
+      }
+    }
+    const ws = new Workspace(await mkdtemp(join(this.opts.dir, 'w-')), key, this.opts.chrooted)
+    try {
       await linkTree(this.opts.toolchainRoot(key.toolchain), ws.root)
       await mkdir(ws.cwdDir, { recursive: true })
-      this.stats.created++
-    }
-    try {
-      const r = await ws.sync(refs, data, dirs)
-      this.stats.files_written += r.written
-      this.stats.files_removed += r.removed
+      await this.fill(ws, refs, data, dirs, exact)
     } catch (e) {
       await rm(ws.base, { recursive: true, force: true })
       throw e
     }
-    ws.lastUsed = Date.now()
+    this.stats.created++
     return ws
+  }
+
+  private async fill(ws: Workspace, refs: JobFileRef[], data: Buffer[], dirs: string[], exact: boolean): Promise<void> {
+    const r = await ws.sync(refs, data, dirs, exact)
+    this.stats.files_written += r.written
+    this.stats.files_removed += r.removed
+    ws.lastUsed = Date.now()
   }
 
   /** The idle tree for this key that already holds the most of these inputs (-1: none). */
