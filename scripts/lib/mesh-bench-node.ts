@@ -52,7 +52,7 @@ export function makeNode(root: string, index: number): BenchNode {
 const tomlString = (s: string) => JSON.stringify(s) // TOML basic strings accept JSON escapes for our paths
 
 /** Loopback only, no mDNS (multicast is not allowed here): the only addresses a daemon may use. */
-export function writeConfig(node: BenchNode, keyFile: string, bootstrap: string[], logLevel = 'warn', dht = true): void {
+export function writeConfig(node: BenchNode, keyFile: string, bootstrap: string[], logLevel = 'warn', dht = true, build: string[] = ['cores = 4']): void {
   for (const a of bootstrap) if (!a.startsWith('/ip4/127.0.0.1/tcp/')) fail(`refusing a non-loopback bootstrap address: ${a}`)
   writeFileSync(node.conf, [
     '[daemon]',
@@ -69,7 +69,7 @@ export function writeConfig(node: BenchNode, keyFile: string, bootstrap: string[
     `key_file = ${tomlString(keyFile)}`,
     `bootstrap = [${bootstrap.map(tomlString).join(', ')}]`,
     '[build]',
-    'cores = 4',
+    ...build,
     ''
   ].join('\n'))
 }

@@ -41,6 +41,18 @@ export const SCENARIOS: Scenario[] = [
   }
 ]
 
+/**
+ * The workload bench:placement --daemons plays on real daemons on this machine: one speed (the
+ * stand-in compiler cannot tell builders apart), long jobs (a job costs the client and builder
+ * daemons some CPU here whatever it sleeps; at about 6 jobs/s the 2 cores keep up), Σ -j a
+ * little above the slots, clients starting within 3 s.
+ */
+export const DAEMONS_SCENARIO: Scenario = {
+  name: 'daemons20', description: '20 real builder daemons declaring 1/2/4 slots, speed 1.0; 3 client daemons -j16 starting within 3 s, 240 stand-in jobs of 6 s median',
+  builders: 20, slotMix: [[1, 0.3], [2, 0.4], [4, 0.3]], speedMix: HOM_SPEED, clients: 3, j: 16, totalJobs: 240, bursty: false, staggerMs: 3000,
+  medianMs: 6000, sigma: 0.5, longShare: 0.02, longMs: [15_000, 25_000], localSlots: 0
+}
+
 export interface NamedPolicy { key: string; label: string; policy: Policy; proposal: boolean }
 
 type MeshccPolicy = Extract<Policy, { kind: 'meshcc' }>
