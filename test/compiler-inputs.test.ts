@@ -33,3 +33,21 @@ test('every file the preprocessor entered, once, with the directories a ".." pat
   assert.ok(other.files.includes('/elsewhere/src/m.c'))
   assert.ok(!other.files.includes(join(dir, 'src', 'm.c')), 'the main input is the one named, not the old one')
 })
+
+test('marker forms: #line, names with spaces, escaped quotes and backslashes, UTF-8, and lines that only look like markers', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'meshcc-inputs-'))
+  // real gcc spelling of awkward names: a quote and a backslash in one, a space and UTF-8 in another
+  mkdirSync(join(dir, 'odd dir'))
+  writeFileSync(join(dir, 'odd dir', 'q"b\\s.h'), 'int q;\n')
+  writeFileSync(join(dir, 'odd dir', 'ünï.h'), 'int u;\n')
+  // inside <...> a quote is part of the name, and a backslash is no escape
+  writeFileSync(join(dir, 'm.c'), '#include <odd dir/q"b\\s.h>\n#include "odd dir/ünï.h"\nint m;\n')
+  const pp = await runCommand('gcc', ['-E', '-I.', 'm.c'], { cwd: dir })
+  assert.equal(pp.code, 0, pp.stderr)
+  assert.match(pp.stdout, /q\\"b\\\\s\.h/, 'gcc escapes the quote and the backslash in its marker')
+  // hand-made lines: the #line form, a pragma and a stray "# " line that are no markers
+  const extra = '#line 7 "via-line.h"\n#pragma GCC poison x\n# define not_a_marker "nope.h"\n# 12 "unterminated.h\n'
+  const set = inputsFromPreprocessed(Buffer.from(pp.stdout + extra), dir, join(dir, 'm.c'))
+  const ours = set.files.filter((f) => f.startsWith(dir)).sort()
+  assert.deepEqual(ours, [join(dir, 'm.c'), join(dir, 'odd dir', 'q"b\\s.h'), join(dir, 'odd dir', 'ünï.h'), join(dir, 'via-line.h')].sort())
+})

@@ -13,6 +13,34 @@ export interface InputSet {
 }
 
 const MARKER = /^#(?:line)? \d+ "((?:[^"\\]|\\.)*)"/
+// a Buffer needle: a string one is converted again on every indexOf call
+const NEWLINE_HASH = Buffer.from('\n#')
+
+/**
+ * The quoted file name of the marker line at `start` (still escaped, latin1), or null when the
+ * line is no marker. Checks "# <digits> \"" byte by byte and decodes only the name: a kernel
+ * unit has thousands of marker lines. Names with a backslash take the regex.
+ */
+function quotedName(pp: Buffer, start: number): string | null {
+  let i = start + 1
+  if (pp[i] === 108 /* l */) {
+    if (pp.toString('latin1', i, i + 4) !== 'line') return null
+    i += 4
+  }
+  if (pp[i] !== 32) return null
+  const digits = ++i
+  while (pp[i]! >= 48 && pp[i]! <= 57) i++
+  if (i === digits || pp[i] !== 32 || pp[i + 1] !== 34) return null
+  const open = i + 2
+  const close = pp.indexOf(34, open)
+  const nl = pp.indexOf(10, open)
+  if (close === -1 || (nl !== -1 && close > nl)) return null
+  const name = pp.toString('latin1', open, close)
+  if (!name.includes('\\')) return name
+  const end = nl === -1 ? pp.length : nl
+  const m = MARKER.exec(pp.toString('latin1', start, Math.min(end, start + 8192)))
+  return m ? m[1]! : null
+}
 
 function unescape(s: string): string {
   return s.replace(/\\(.)/g, '$1')
@@ -50,15 +78,13 @@ function parseMarkers(pp: Buffer, cwd: string, mainInput: string): InputSet {
   // times: a raw name seen before skips the rest.
   const rawNames = new Set<string>()
   const marker = (start: number) => {
-    const nl = pp.indexOf(10, start)
-    const line = pp.toString('latin1', start, Math.min(nl === -1 ? pp.length : nl, start + 8192))
-    const m = MARKER.exec(line)
-    if (!m || rawNames.has(m[1]!)) return
-    rawNames.add(m[1]!)
-    add(Buffer.from(unescape(m[1]!), 'latin1').toString('utf8'))
+    const raw = quotedName(pp, start)
+    if (raw === null || rawNames.has(raw)) return
+    rawNames.add(raw)
+    add(Buffer.from(unescape(raw), 'latin1').toString('utf8'))
   }
   if (pp[0] === 35 /* # */) marker(0)
-  for (let at = pp.indexOf('\n#'); at !== -1; at = pp.indexOf('\n#', at + 1)) marker(at + 1)
+  for (let at = pp.indexOf(NEWLINE_HASH); at !== -1; at = pp.indexOf(NEWLINE_HASH, at + 1)) marker(at + 1)
   dirs.add(resolve(cwd))
   return { files: [...seen].sort(), dirs: [...dirs].sort() }
 }

@@ -17,6 +17,7 @@ import { depfilePrerequisites } from '../compiler/depfile.js'
 import type { Logger } from '../log.js'
 import { Semaphore } from '../util/semaphore.js'
 import { siblingTemp, writeFileAtomic } from '../util/atomic-write.js'
+import { StreamSearch } from '../util/stream-search.js'
 import type { CompileRequest } from './launcher-protocol.js'
 import { CompilerIdentity } from './compiler-identity.js'
 import type { Stats } from './stats.js'
@@ -28,6 +29,8 @@ export type CompileReply =
 
 /** Bump when the key recipe changes, so old entries are never read with new meaning. */
 const KEY_VERSION = 'meshcc-key-1'
+
+const INCBIN = Buffer.from('.incbin')
 
 /** Environment variables that can change what the compiler writes (the preprocessed text covers the rest). */
 export const KEY_ENV = ['LANG', 'LC_ALL', 'LC_CTYPE', 'LC_MESSAGES', 'LANGUAGE', 'GCC_EXEC_PREFIX', 'COMPILER_PATH',
@@ -215,8 +218,7 @@ export class CompileService {
     const chunks: Buffer[] = []
     // An assembler .incbin (in a .S file or inline asm) reads a file the preprocessed text does
     // not contain: a change there would leave the key unchanged and a hit would be stale.
-    let incbin = false
-    let tail: Buffer = Buffer.alloc(0)
+    const incbinSearch = new StreamSearch(INCBIN)
     const ok = await this.pre.run(async () => {
       const sub = execa(req.compiler, spec.preprocessArgs(depTemp), {
         cwd: req.cwd, env: req.env, extendEnv: false, stdin: 'ignore', reject: false,
@@ -225,16 +227,13 @@ export class CompileService {
       sub.stdout.on('data', (chunk: Buffer) => {
         h.update(chunk)
         ppHash.update(chunk)
-        if (!incbin) {
-          incbin = Buffer.concat([tail, chunk]).includes('.incbin')
-          tail = chunk.subarray(Math.max(0, chunk.length - 7))
-        }
+        incbinSearch.push(chunk)
         if (this.remote || this.opts.direct) chunks.push(chunk) // a peer may check it; direct mode reads its line markers
       })
       const r = await sub
       return r.exitCode === 0
     })
-    if (ok && incbin) return 'incbin'
+    if (ok && incbinSearch.found) return 'incbin'
     return ok ? { key: h.digest('hex'), ppHash: ppHash.digest('hex'), pp: Buffer.concat(chunks) } : null
   }
 
