@@ -22,6 +22,8 @@ import { parseArgs } from 'node:util'
 import { DEFAULT_NET, MAX_ATTEMPTS, POLL_JITTER_MS, POLL_MIN_MS, REFUSED_HOLD_MS, RESERVE_MARGIN_MS, WAIT_FOR_ROOM_MS, simulate, type RunResult } from './lib/placement-bench-sim.js'
 import { DAEMONS_SCENARIO, MESHCC, OMNI, RANDOM, SCENARIOS, VARIANTS, type NamedPolicy } from './lib/placement-bench-scenarios.js'
 import { runOnDaemons } from './lib/placement-bench-daemons.js'
+import { processesUnder } from './lib/mesh-bench-node.js'
+import { MESHCC_MAIN, meshccMissing } from './lib/tools.js'
 import { idealMakespan, makeWorkload, type Scenario } from './lib/placement-bench-workload.js'
 import { markdownTable, mean, textTable } from './lib/stats.js'
 import { FASTER_THAN_HERE, SAME_TIER } from '../src/daemon/placement.js'
@@ -370,12 +372,24 @@ async function daemonsMain(seed: number, out: string): Promise<void> {
   const ideal = idealMakespan(w)
   const slots = w.builders.reduce((n, b) => n + b.slots, 0)
   const sim = new Map([OMNI, MESHCC, RANDOM].map((p) => [p.key, ideal.idealMs / simulate(w, p.policy, seed).makespanMs]))
+  const missing = meshccMissing(MESHCC_MAIN)
+  if (missing) throw new Error(missing)
   const root = mkdtempSync(join(tmpdir(), 'meshcc-placement-'))
   const started = new Date()
+  // interrupted: kill this run's daemons and launchers (only they have MESHCC_CONF under root)
+  const onSignal = () => {
+    for (const pid of processesUnder(root)) try { process.kill(pid, 'SIGKILL') } catch { /* gone */ }
+    rmSync(root, { recursive: true, force: true })
+    process.exit(130)
+  }
+  process.on('SIGINT', onSignal)
+  process.on('SIGTERM', onSignal)
   let real
   try {
     real = await runOnDaemons(w, root, say, 15 * 60_000)
   } finally {
+    process.off('SIGINT', onSignal)
+    process.off('SIGTERM', onSignal)
     rmSync(root, { recursive: true, force: true })
   }
   const eff = ideal.idealMs / real.makespanMs
