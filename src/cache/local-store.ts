@@ -139,7 +139,13 @@ export class LocalStore {
       } catch (err) {
         this.log.debug(`cache touch ${key}: ${errText(err)}`)
       }
-      this.setIndex(key, { size: st.size, mtimeMs: now.getTime() })
+      // Eviction may have unlinked this file (or a put replaced it) while it was being read:
+      // counting it again would count bytes no longer on disk. An indexed entry gets only its
+      // LRU time (its size is what put or the scan saw for the current file); one this process
+      // did not know (another daemon wrote it) is added while the file is still linked.
+      const cur = this.index.get(key)
+      if (cur) this.setIndex(key, { size: cur.size, mtimeMs: now.getTime() })
+      else if ((await fh.stat()).nlink > 0 && !this.index.has(key)) this.setIndex(key, { size: st.size, mtimeMs: now.getTime() })
       return { status: 'hit', entry: read.entry }
     } catch (err) {
       // An I/O error is not evidence of a bad entry: report a miss and keep the file.
