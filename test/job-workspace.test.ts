@@ -1,8 +1,8 @@
 // Job trees kept between jobs on a builder (src/daemon/job-workspace.ts), on the real
 // filesystem: a reused tree must hold the next job's inputs with their current contents and
-// none of the previous job's output (and, when the job asks for an exact tree, nothing else),
-// never be shared between peers, never write through a toolchain hard link, and be dropped
-// when its job did not end cleanly or changed its inputs.
+// none of the previous job's output (a fresh one nothing but the inputs), never be shared
+// between peers, never write through a toolchain hard link, and be dropped when its job did
+// not end cleanly or changed its inputs.
 import { test, after } from 'node:test'
 import assert from 'node:assert/strict'
 import { createHash } from 'node:crypto'
@@ -64,11 +64,11 @@ function tree(dir: string): Record<string, string> {
 
 const key = (peer: string) => ({ peer, toolchain: TOOL, cwd: CWD })
 
-test('an exact tree holds exactly the next job\'s inputs: nothing of the previous job, none of its output', async () => {
+test('a kept tree: the next job\'s inputs at their current contents, earlier inputs kept, none of the previous job\'s output', async () => {
   const p = pool()
-  const a = job({ [`${CWD}/src/a.c`]: 'int a;', [`${CWD}/include/x.h`]: 'x1', [`${CWD}/gone/old.h`]: 'old', '/opt/sdk/include/sdk.h': 'sdk' })
-  const ws = await p.acquire(key('peer1'), a.refs, a.data, [`${CWD}/build`], true)
-  assert.deepEqual(tree(ws.cwdDir), { 'src/': '<dir>', 'src/a.c': 'int a;', 'include/': '<dir>', 'include/x.h': 'x1', 'gone/': '<dir>', 'gone/old.h': 'old', 'build/': '<dir>' })
+  const a = job({ [`${CWD}/src/a.c`]: 'int a;', [`${CWD}/include/x.h`]: 'x1', '/opt/sdk/include/sdk.h': 'sdk' })
+  const ws = await p.acquire(key('peer1'), a.refs, a.data, [`${CWD}/build`])
+  assert.deepEqual(tree(ws.cwdDir), { 'src/': '<dir>', 'src/a.c': 'int a;', 'include/': '<dir>', 'include/x.h': 'x1', 'build/': '<dir>' })
   assert.equal(readFileSync(join(ws.root, 'opt/sdk/include/sdk.h'), 'utf8'), 'sdk')
   assert.equal(readFileSync(join(ws.root, 'usr/bin/cc'), 'utf8'), 'the compiler')
   // what a compile leaves behind: its object, a dump file, a directory of its own
@@ -79,62 +79,39 @@ test('an exact tree holds exactly the next job\'s inputs: nothing of the previou
   await p.release(ws, true)
 
   const b = job({ [`${CWD}/src/b.c`]: 'int b;', [`${CWD}/include/x.h`]: 'x2', [`${CWD}/include/y.h`]: 'y', '/opt/sdk/include/sdk.h': 'sdk' })
-  const ws2 = await p.acquire(key('peer1'), b.refs, b.data, [], true)
+  const ws2 = await p.acquire(key('peer1'), b.refs, b.data, [])
   assert.equal(ws2.base, ws.base, 'the same tree is reused')
-  assert.deepEqual(tree(ws2.cwdDir), { 'src/': '<dir>', 'src/b.c': 'int b;', 'include/': '<dir>', 'include/x.h': 'x2', 'include/y.h': 'y' })
+  assert.deepEqual(tree(ws2.cwdDir), { 'src/': '<dir>', 'src/a.c': 'int a;', 'src/b.c': 'int b;', 'include/': '<dir>', 'include/x.h': 'x2', 'include/y.h': 'y', 'build/': '<dir>' })
   assert.equal(readFileSync(join(ws2.root, 'opt/sdk/include/sdk.h'), 'utf8'), 'sdk')
+  assert.deepEqual(tree(join(ws2.root, 'usr')), { 'bin/': '<dir>', 'bin/cc': 'the compiler', 'include/': '<dir>', 'include/stdio.h': 'toolchain stdio.h' }, 'the toolchain as it was')
   const st = p.status()
   assert.equal(st.created, 1)
   assert.equal(st.reused, 1)
-  // first job: 4 files; second: b.c, the changed x.h and the new y.h (sdk.h and the rest kept)
-  assert.equal(st.files_written, 4 + 3)
-  assert.equal(st.files_removed, 2, 'a.c and gone/old.h')
-
-  // a third job outside /opt: the directories made for sdk.h go, the toolchain's stay
+  // first job: 3 files; second: b.c, the new y.h and the changed x.h (a.c and sdk.h kept)
+  assert.equal(st.files_written, 3 + 3)
+  assert.equal(st.files_replaced, 1, 'x.h')
   await p.release(ws2, true)
-  const c = job({ [`${CWD}/src/b.c`]: 'int b;' })
-  const ws3 = await p.acquire(key('peer1'), c.refs, c.data, [], true)
-  assert.equal(existsSync(join(ws3.root, 'opt')), false, 'no directory left from an earlier job')
-  assert.deepEqual(tree(ws3.root), { 'usr/': '<dir>', 'usr/bin/': '<dir>', 'usr/bin/cc': 'the compiler', 'usr/include/': '<dir>', 'usr/include/stdio.h': 'toolchain stdio.h', 'bin': '<link>' })
-  await p.release(ws3, true)
-  await p.stop()
-})
 
-test('a kept tree keeps the same client\'s earlier inputs, replaces changed ones, drops the output; exact drops the rest', async () => {
-  const p = pool()
-  const a = job({ [`${CWD}/src/a.c`]: 'int a;', [`${CWD}/include/x.h`]: 'x1', [`${CWD}/lib/l.h`]: 'l' })
-  const ws = await p.acquire(key('peer1'), a.refs, a.data, [], false)
-  writeFileSync(join(ws.cwdDir, 'src', '.meshcc-remote-1.o'), 'object')
-  await p.release(ws, true)
-  const b = job({ [`${CWD}/src/b.c`]: 'int b;', [`${CWD}/include/x.h`]: 'x2' })
-  const ws2 = await p.acquire(key('peer1'), b.refs, b.data, [], false)
-  assert.equal(ws2.base, ws.base)
-  assert.deepEqual(tree(ws2.cwdDir), { 'src/': '<dir>', 'src/a.c': 'int a;', 'src/b.c': 'int b;', 'include/': '<dir>', 'include/x.h': 'x2', 'lib/': '<dir>', 'lib/l.h': 'l' })
-  assert.equal(p.status().files_written, 3 + 2, 'b.c and the changed x.h')
-  await p.release(ws2, true)
-  // a job that reads files no line marker names gets only its own inputs
+  // fresh: a new tree holding only the job's inputs, although one is kept (a kept tree failed
+  // the preprocessing check)
   const ws3 = await p.acquire(key('peer1'), b.refs, b.data, [], true)
-  assert.equal(ws3.base, ws.base)
-  assert.deepEqual(tree(ws3.cwdDir), { 'src/': '<dir>', 'src/b.c': 'int b;', 'include/': '<dir>', 'include/x.h': 'x2' })
-  await p.release(ws3, true)
-  // fresh: a new tree although one is kept (a kept tree failed the preprocessing check)
-  const ws4 = await p.acquire(key('peer1'), b.refs, b.data, [], true, true)
-  assert.notEqual(ws4.base, ws.base)
+  assert.notEqual(ws3.base, ws.base)
+  assert.deepEqual(tree(ws3.cwdDir), { 'src/': '<dir>', 'src/b.c': 'int b;', 'include/': '<dir>', 'include/x.h': 'x2', 'include/y.h': 'y' })
   assert.equal(p.status().fresh_reruns, 1)
-  await p.release(ws4, true)
+  await p.release(ws3, true)
   await p.stop()
 })
 
 test('trees are never shared between peers, and one that did not end cleanly is deleted', async () => {
   const p = pool()
   const a = job({ [`${CWD}/a.c`]: 'int a;' })
-  const w1 = await p.acquire(key('peer1'), a.refs, a.data, [], false)
+  const w1 = await p.acquire(key('peer1'), a.refs, a.data, [])
   await p.release(w1, true)
-  const w2 = await p.acquire(key('peer2'), a.refs, a.data, [], false)
+  const w2 = await p.acquire(key('peer2'), a.refs, a.data, [])
   assert.notEqual(w2.base, w1.base, 'another peer gets a tree of its own')
   await p.release(w2, false)
   assert.equal(existsSync(w2.base), false, 'a tree whose job failed is deleted')
-  const w3 = await p.acquire({ ...key('peer1'), cwd: '/elsewhere' }, [], [], [], false)
+  const w3 = await p.acquire({ ...key('peer1'), cwd: '/elsewhere' }, [], [], [])
   assert.notEqual(w3.base, w1.base, 'another cwd gets a tree of its own')
   await p.release(w3, true)
   assert.equal(p.status().created, 3)
@@ -145,12 +122,12 @@ test('trees are never shared between peers, and one that did not end cleanly is 
 test('a job that removed or replaced one of its inputs leaves a tree that is not reused', async () => {
   const p = pool()
   const a = job({ [`${CWD}/a.c`]: 'int a;', [`${CWD}/inc/h.h`]: 'h' })
-  const w1 = await p.acquire(key('peer1'), a.refs, a.data, [], false)
+  const w1 = await p.acquire(key('peer1'), a.refs, a.data, [])
   unlinkSync(join(w1.cwdDir, 'inc', 'h.h'))
   symlinkSync('/etc/passwd', join(w1.cwdDir, 'inc', 'h.h'))
   await p.release(w1, true)
   assert.equal(existsSync(w1.base), false)
-  const w2 = await p.acquire(key('peer1'), a.refs, a.data, [], false)
+  const w2 = await p.acquire(key('peer1'), a.refs, a.data, [])
   assert.notEqual(w2.base, w1.base)
   assert.equal(readFileSync(join(w2.cwdDir, 'inc', 'h.h'), 'utf8'), 'h')
   rmSync(join(w2.cwdDir, 'a.c'))
@@ -162,7 +139,7 @@ test('a job that removed or replaced one of its inputs leaves a tree that is not
 test('an input at a toolchain file\'s path replaces the hard link, never writes through it', async () => {
   const p = pool()
   const a = job({ '/usr/include/stdio.h': 'the client\'s own stdio.h', [`${CWD}/a.c`]: 'int a;' })
-  const w = await p.acquire(key('peer1'), a.refs, a.data, [], false)
+  const w = await p.acquire(key('peer1'), a.refs, a.data, [])
   assert.equal(readFileSync(join(w.root, 'usr/include/stdio.h'), 'utf8'), 'the client\'s own stdio.h')
   assert.equal(readFileSync(join(toolchain(), 'usr/include/stdio.h'), 'utf8'), 'toolchain stdio.h', 'the toolchain is untouched')
   await p.release(w, true)
@@ -173,7 +150,7 @@ test('an input at a toolchain file\'s path replaces the hard link, never writes 
 test('sandbox = "none" (the job can write anywhere in its chroot): trees are never reused', async () => {
   const p = pool(true)
   const a = job({ [`${CWD}/a.c`]: 'int a;' })
-  const w = await p.acquire(key('peer1'), a.refs, a.data, [], false)
+  const w = await p.acquire(key('peer1'), a.refs, a.data, [])
   assert.equal(readFileSync(join(w.root, CWD, 'a.c'), 'utf8'), 'int a;', 'the cwd lives inside the chroot')
   await p.release(w, true)
   assert.equal(existsSync(w.base), false)
@@ -189,15 +166,15 @@ test('of several idle trees, a job gets the one that already holds most of its i
   const b = job({ ...kernH, [`${CWD}/kernel/b.c`]: 'b' })
   const m = job({ ...mmH, [`${CWD}/mm/m.c`]: 'm' })
   // three jobs at once: three trees, released so that neither the oldest nor the newest fits
-  const wa = await p.acquire(key('peer1'), a.refs, a.data, [], false)
-  const wb = await p.acquire(key('peer1'), b.refs, b.data, [], false)
-  const wm = await p.acquire(key('peer1'), m.refs, m.data, [], false)
+  const wa = await p.acquire(key('peer1'), a.refs, a.data, [])
+  const wb = await p.acquire(key('peer1'), b.refs, b.data, [])
+  const wm = await p.acquire(key('peer1'), m.refs, m.data, [])
   await p.release(wa, true)
   await p.release(wb, true)
   await p.release(wm, true)
   const written0 = p.status().files_written
   const c = job({ ...kernH, [`${CWD}/kernel/c.c`]: 'c' })
-  const wc = await p.acquire(key('peer1'), c.refs, c.data, [], false)
+  const wc = await p.acquire(key('peer1'), c.refs, c.data, [])
   assert.equal(wc.base, wb.base, 'the tree that held the kernel headers')
   assert.equal(p.status().files_written - written0, 1, 'only c.c was written')
   await p.release(wc, true)

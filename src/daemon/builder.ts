@@ -132,11 +132,11 @@ export class Builder implements JobHandler {
     try {
       const key = { peer, toolchain: header.toolchain, cwd: header.cwd }
       const data = files.map((f) => f.data)
-      let reply = await this.runInTree(peer, header, () => this.workspaces.acquire(key, header.files, data, header.dirs, false))
-      // a kept tree can hold a file the client no longer has: once more in a fresh, exact one
+      let reply = await this.runInTree(peer, header, () => this.workspaces.acquire(key, header.files, data, header.dirs))
+      // a kept tree can hold a file the client no longer has: once more in a fresh one
       if (reply.reused && reply.reply.kind === 'failed' && reply.reply.reason.startsWith(INPUTS_MISMATCH)) {
         log.debug(`job from ${peer}: ${reply.reply.reason} in a kept tree; running it again in a fresh one`)
-        reply = await this.runInTree(peer, header, () => this.workspaces.acquire(key, header.files, data, header.dirs, true, true))
+        reply = await this.runInTree(peer, header, () => this.workspaces.acquire(key, header.files, data, header.dirs, true))
       }
       if (reply.reply.kind === 'done') this.done++
       else this.failed++
@@ -201,7 +201,7 @@ export class Builder implements JobHandler {
   private async runIn(ws: Workspace, header: JobHeader): Promise<JobReply> {
     const b = this.opts.config.build
     const { root, cwdDir } = ws
-    const inputs = ws.inputsUnderCwd()
+    const inputs = ws.inputsUnderCwd
     const env = { ...header.env, PATH: '/usr/local/bin:/usr/bin:/bin' }
     const job = (argv: string[]): SandboxJob => ({
       root, jobDir: cwdDir, cwd: header.cwd, argv, env, inputs,

@@ -46,7 +46,9 @@ export interface WorkspacePoolOptions {
 }
 
 export interface WorkspaceStats {
-  kept: number; reused: number; created: number; files_written: number; files_removed: number
+  kept: number; reused: number; created: number
+  /** input files written, and of those, written over an older version in a kept tree */
+  files_written: number; files_replaced: number
   /** jobs run again in a fresh tree after a kept one held a file the client no longer has */
   fresh_reruns: number
 }
@@ -61,8 +63,12 @@ export class Workspace {
   readonly cwdDir: string
   /** inputs present now: placed host path → content hash and mode */
   private readonly files = new Map<string, { hash: string; mode: number }>()
+  /** the keys of `files` under cwdDir */
+  private readonly cwdInputs = new Set<string>()
   /** directories this tree created for inputs (not the toolchain's own) */
   private readonly dirs = new Set<string>()
+  /** the toolchain's own directories that inputs live under (never removed) */
+  private readonly toolchainDirs = new Set<string>()
   /** an input replaced a toolchain file: removing it later would not bring the toolchain's back */
   private shadowsToolchain = false
   /** a job removed or replaced one of the inputs: the tree no longer matches what it records */
@@ -83,10 +89,8 @@ export class Workspace {
   }
 
   /** Host paths of the inputs now present under the cwd tree (not counted as the job's output). */
-  inputsUnderCwd(): Set<string> {
-    const out = new Set<string>()
-    for (const p of this.files.keys()) if (p.startsWith(this.cwdDir + '/')) out.add(p)
-    return out
+  get inputsUnderCwd(): ReadonlySet<string> {
+    return this.cwdInputs
   }
 
   /** How many of these inputs the tree holds already, byte for byte. */
@@ -101,10 +105,10 @@ export class Workspace {
   }
 
   /**
-   * Make the tree hold these inputs with these contents (and these directories). exact: and
-   * nothing else of earlier jobs. Returns how many files were written and removed.
+   * Make the tree hold these inputs with these contents (and these directories); files of
+   * earlier jobs stay. Returns how many files were written and replaced.
    */
-  async sync(refs: JobFileRef[], data: Buffer[], dirs: string[], exact: boolean): Promise<{ written: number; removed: number }> {
+  async sync(refs: JobFileRef[], data: Buffer[], dirs: string[]): Promise<{ written: number; replaced: number }> {
     const want = new Map<string, { hash: string; mode: number; data: Buffer }>()
     refs.forEach((r, i) => want.set(this.place(r.path), { hash: r.hash, mode: r.mode || 0o644, data: data[i]! }))
     const wantDirs = new Set<string>()
@@ -117,32 +121,25 @@ export class Workspace {
     for (const d of dirs) addAncestors(this.place(d))
     for (const p of want.keys()) addAncestors(dirname(p))
 
-    let removed = 0
-    for (const [p, have] of this.files) {
-      const w = want.get(p)
-      if (w ? w.hash === have.hash : !exact) continue
-      await rm(p, { force: true })
-      this.files.delete(p)
-      if (!w) removed++
-    }
-    if (exact) {
-      // deepest first, so a directory is empty when its turn comes
-      for (const d of [...this.dirs].filter((x) => !wantDirs.has(x)).sort((a, b) => b.length - a.length)) {
-        await rm(d, { recursive: true, force: true })
-        this.dirs.delete(d)
-      }
-    }
     for (const d of [...wantDirs].sort((a, b) => a.length - b.length)) {
-      if (this.dirs.has(d)) continue
+      if (this.dirs.has(d) || this.toolchainDirs.has(d)) continue
       const first = await mkdir(d, { recursive: true })
-      if (first !== undefined) for (let x = d; ; x = dirname(x)) { this.dirs.add(x); if (x === first || x.length <= first.length) break }
+      if (first === undefined) this.toolchainDirs.add(d) // there before: linked from the toolchain
+      else for (let x = d; ; x = dirname(x)) { this.dirs.add(x); if (x === first || x.length <= first.length) break }
     }
     let written = 0
+    let replaced = 0
     for (const [p, w] of want) {
       const have = this.files.get(p)
-      if (have) {
+      if (have?.hash === w.hash) {
         if (have.mode !== w.mode) { await chmod(p, w.mode); have.mode = w.mode }
         continue
+      }
+      if (have) {
+        // a new version: a new file (the job may have hard-linked the old one elsewhere)
+        await rm(p, { force: true })
+        this.files.delete(p)
+        replaced++
       }
       try {
         await writeFile(p, w.data, { mode: w.mode, flag: 'wx' })
@@ -154,9 +151,10 @@ export class Workspace {
         await writeFile(p, w.data, { mode: w.mode, flag: 'wx' })
       }
       this.files.set(p, { hash: w.hash, mode: w.mode })
+      if (p.startsWith(this.cwdDir + '/')) this.cwdInputs.add(p)
       written++
     }
-    return { written, removed }
+    return { written, replaced }
   }
 
   /**
@@ -178,13 +176,13 @@ export class Workspace {
       }
     }
     await walk(this.cwdDir)
-    if (seen !== this.inputsUnderCwd().size) this.tampered = true
+    if (seen !== this.cwdInputs.size) this.tampered = true
   }
 }
 
 export class WorkspacePool {
   private readonly idle: Workspace[] = []
-  private readonly stats: WorkspaceStats = { kept: 0, reused: 0, created: 0, files_written: 0, files_removed: 0, fresh_reruns: 0 }
+  private readonly stats: Omit<WorkspaceStats, 'kept'> = { reused: 0, created: 0, files_written: 0, files_replaced: 0, fresh_reruns: 0 }
   private readonly timer: NodeJS.Timeout
 
   constructor(private readonly opts: WorkspacePoolOptions) {
@@ -194,16 +192,16 @@ export class WorkspacePool {
   }
 
   /**
-   * A tree for this job, holding its inputs (exact: only those); give it back with release().
-   * fresh: a new tree whatever is kept (the job failed its preprocessing check in a kept one).
+   * A tree for this job, holding its inputs; give it back with release(). fresh: a new tree,
+   * holding only them, whatever is kept (the job failed its preprocessing check in a kept one).
    */
-  async acquire(key: WorkspaceKey, refs: JobFileRef[], data: Buffer[], dirs: string[], exact: boolean, fresh = false): Promise<Workspace> {
+  async acquire(key: WorkspaceKey, refs: JobFileRef[], data: Buffer[], dirs: string[], fresh = false): Promise<Workspace> {
     if (fresh) this.stats.fresh_reruns++
     const i = this.opts.chrooted || fresh ? -1 : this.closest(key, refs)
     if (i >= 0) {
       const ws = this.idle.splice(i, 1)[0]!
       try {
-        await this.fill(ws, refs, data, dirs, exact)
+        await this.fill(ws, refs, data, dirs)
         this.stats.reused++
         ws.jobsBefore++
         return ws
@@ -216,7 +214,7 @@ export class WorkspacePool {
     try {
       await linkTree(this.opts.toolchainRoot(key.toolchain), ws.root)
       await mkdir(ws.cwdDir, { recursive: true })
-      await this.fill(ws, refs, data, dirs, exact)
+      await this.fill(ws, refs, data, dirs)
     } catch (e) {
       await rm(ws.base, { recursive: true, force: true })
       throw e
@@ -225,10 +223,10 @@ export class WorkspacePool {
     return ws
   }
 
-  private async fill(ws: Workspace, refs: JobFileRef[], data: Buffer[], dirs: string[], exact: boolean): Promise<void> {
-    const r = await ws.sync(refs, data, dirs, exact)
+  private async fill(ws: Workspace, refs: JobFileRef[], data: Buffer[], dirs: string[]): Promise<void> {
+    const r = await ws.sync(refs, data, dirs)
     this.stats.files_written += r.written
-    this.stats.files_removed += r.removed
+    this.stats.files_replaced += r.replaced
     ws.lastUsed = Date.now()
   }
 
@@ -254,7 +252,6 @@ export class WorkspacePool {
         ws.lastUsed = Date.now()
         this.idle.push(ws)
         while (this.idle.length > this.opts.maxIdle) await rm(this.idle.shift()!.base, { recursive: true, force: true })
-        this.stats.kept = this.idle.length
         return
       } catch {
         // fall through: a tree that cannot be cleaned, or whose inputs the job changed, goes
