@@ -11,9 +11,9 @@ import { chownSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync, 
 import { dirname, join } from 'node:path'
 import { fileURLToPath, pathToFileURL } from 'node:url'
 import { createNsLab, startDaemon, stopDaemon, treeCpuSeconds, userIds, type Daemon, type NsLab } from './dist-bench-proc.js'
-import { fail, freePort, isAlive, ownCpuSecondsOf, run, sleep, type RunResult } from './proc.js'
+import { fail, freePort, isAlive, ownCpuSecondsOf, run, sleep, waitFor, type RunResult } from './proc.js'
 import { MESHCC_MAIN, cleanEnv } from './tools.js'
-import { adminStatus as sharedAdminStatus } from './mesh-bench-node.js'
+import { adminStatus as sharedAdminStatus, waitForFarm } from './mesh-bench-node.js'
 
 export { MESHCC_MAIN }
 
@@ -84,20 +84,6 @@ function readFrom(p: string, offset: number): string {
     return readFileSync(p).subarray(offset).toString('utf8')
   } catch {
     return ''
-  }
-}
-
-async function waitFor<T>(what: string, timeoutMs: number, fn: () => Promise<T | undefined> | T | undefined, pollMs: number | (() => string) = 250, detail?: () => string): Promise<T> {
-  if (typeof pollMs === 'function') {
-    detail = pollMs
-    pollMs = 250
-  }
-  const deadline = Date.now() + timeoutMs
-  for (;;) {
-    const v = await fn()
-    if (v !== undefined) return v
-    if (Date.now() > deadline) fail(`timed out after ${Math.round(timeoutMs / 1000)} s waiting for ${what}${detail ? ` ${detail()}` : ''}`)
-    await sleep(pollMs)
   }
 }
 
@@ -253,22 +239,7 @@ export function meshccTool(base: Record<string, string>, tmp: string, o: MeshccO
       }
       writeConf(client, 0, slotsPer, boot)
       await start(client)
-      // every builder has checked its sandbox and offers its cores …
-      for (const b of builders) {
-        const s = await waitFor(`meshcc ${b.name}'s builder check`, 60_000, async () => {
-          const x = await adminStatus(b.socket, 5000).catch(() => undefined)
-          return x?.mesh && x.mesh.builder.sandbox_note !== 'not checked yet' ? x : undefined
-        })
-        if (s.mesh!.builder.capacity <= 0) fail(`meshcc ${b.name} takes no jobs: ${s.mesh!.builder.sandbox_note ?? 'capacity 0'}`)
-      }
-      // … and the client sees all of them with free slots
-      const ids = new Set<string>()
-      for (const b of builders) ids.add((await adminStatus(b.socket, 5000)).mesh!.peer_id)
-      await waitFor(`the client to see all ${o.builders} builders with free slots`, 90_000, async () => {
-        const s = await adminStatus(client.socket, 5000).catch(() => undefined)
-        const ready = s?.mesh?.members.filter((m) => !m.self && ids.has(m.peer_id) && m.free_slots > 0 && m.accept !== 'never') ?? []
-        return ready.length === ids.size ? true : undefined
-      }, 500)
+      await waitForFarm(builders.map((b) => ({ name: `meshcc ${b.name}`, socket: b.socket })), [{ name: 'the meshcc client', socket: client.socket }])
       say(`meshcc: ${o.builders} builders and the client are up; the client sees every builder with free slots`)
     },
     async toolchainEverywhere() {

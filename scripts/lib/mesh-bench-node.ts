@@ -6,7 +6,7 @@ import { connect } from 'node:net'
 import { FrameReader, MsgType, encodeFrame } from '../../src/daemon/launcher-protocol.js'
 import { dirname, join } from 'node:path'
 import { fileURLToPath, pathToFileURL } from 'node:url'
-import { fail, isAlive, run, sleep, type RunResult } from './proc.js'
+import { fail, isAlive, run, sleep, waitFor, type RunResult } from './proc.js'
 import { MESHCC_MAIN, cleanEnv } from './tools.js'
 
 export { MESHCC_MAIN }
@@ -213,4 +213,35 @@ export async function stopNode(node: BenchNode, timeoutMs: number): Promise<Stop
     return 'killed'
   }
   return 'stopped'
+}
+
+interface FarmStatus {
+  mesh: {
+    peer_id: string
+    members: Array<{ peer_id: string; self: boolean; free_slots: number; accept: string }>
+    builder: { capacity: number; sandbox_note: string | null }
+  } | null
+}
+
+/**
+ * Ready to build: every builder has checked its sandbox and takes jobs, and every client sees
+ * all of them with free slots. Fails with one line naming the daemon that is not.
+ */
+export async function waitForFarm(builders: ReadonlyArray<{ name: string; socket: string }>, clients: ReadonlyArray<{ name: string; socket: string }>, timeoutMs = 90_000): Promise<void> {
+  const ids = new Set<string>()
+  for (const b of builders) {
+    const s = await waitFor(`${b.name}'s sandbox check`, 60_000, async () => {
+      const x = await adminStatus<FarmStatus>(b.socket, 5000).catch(() => undefined)
+      return x?.mesh && x.mesh.builder.sandbox_note !== 'not checked yet' ? x : undefined
+    })
+    if (s.mesh!.builder.capacity <= 0) fail(`${b.name} takes no jobs: ${s.mesh!.builder.sandbox_note ?? 'capacity 0'}`)
+    ids.add(s.mesh!.peer_id)
+  }
+  for (const c of clients) {
+    await waitFor(`${c.name} to see all ${ids.size} builders with free slots`, timeoutMs, async () => {
+      const s = await adminStatus<FarmStatus>(c.socket, 5000).catch(() => undefined)
+      const ready = s?.mesh?.members.filter((m) => !m.self && ids.has(m.peer_id) && m.free_slots > 0 && m.accept !== 'never') ?? []
+      return ready.length === ids.size ? true : undefined
+    }, 500)
+  }
 }

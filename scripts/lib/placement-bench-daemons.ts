@@ -9,21 +9,16 @@ import { spawn } from 'node:child_process'
 import { copyFileSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { adminStatus, makeNode, meshInit, processesUnder, startNode, stopNode, writeConfig, type BenchNode } from './mesh-bench-node.js'
-import { fail, isAlive, runOk, sleep } from './proc.js'
+import { adminStatus, makeNode, meshInit, processesUnder, startNode, stopNode, waitForFarm, writeConfig, type BenchNode } from './mesh-bench-node.js'
+import { fail, isAlive, runOk, sleep, waitFor } from './proc.js'
 import { MESHCC_MAIN, cleanEnv } from './tools.js'
 import type { Workload } from './placement-bench-workload.js'
 
 const HERE = dirname(fileURLToPath(import.meta.url))
 
+/** The parts of a daemon's status this benchmark reads. */
 interface LiveStatus {
-  mesh: {
-    peer_id: string
-    addresses: string[]
-    members: Array<{ peer_id: string; self: boolean; free_slots: number; accept: string }>
-    builder: { capacity: number; sandbox_note: string | null; jobs_done: number; jobs_refused: number }
-  } | null
-  mesh_note: string | null
+  mesh: { addresses: string[]; builder: { jobs_done: number; jobs_refused: number } } | null
 }
 
 export interface DaemonRunResult {
@@ -53,16 +48,6 @@ async function buildStandin(root: string): Promise<string> {
   await runOk('gcc', ['-O2', '-Wall', '-o', gcc, join(HERE, 'standin-cc.c')], { timeoutMs: 60_000 }, 'building the stand-in compiler')
   for (const name of ['cc1', 'as']) copyFileSync(gcc, join(bin, name))
   return gcc
-}
-
-async function waitFor<T>(what: string, timeoutMs: number, fn: () => Promise<T | undefined>, pollMs = 250): Promise<T> {
-  const deadline = Date.now() + timeoutMs
-  while (Date.now() < deadline) {
-    const v = await fn()
-    if (v !== undefined) return v
-    await sleep(pollMs)
-  }
-  fail(`timed out after ${Math.round(timeoutMs / 1000)} s waiting for ${what}`)
 }
 
 const status = (n: BenchNode) => adminStatus<LiveStatus>(n.socket, 5000).catch(() => undefined)
@@ -125,22 +110,7 @@ export async function runOnDaemons(w: Workload, root: string, say: Say, timeoutM
     const rest = all.slice(1)
     for (let i = 0; i < rest.length; i += 4) await Promise.all(rest.slice(i, i + 4).map((n) => startNode(n, 60_000)))
     say(`placement --daemons: ${builders.length} builders (${w.builders.reduce((n, b) => n + b.slots, 0)} slots) and ${clients.length} clients started; waiting for every client to see every builder with room`)
-    const ids = new Map<string, number>()
-    for (const [i, b] of builders.entries()) {
-      const s = await waitFor(`builder ${i}'s sandbox check`, 60_000, async () => {
-        const x = await status(b)
-        return x?.mesh && x.mesh.builder.sandbox_note !== 'not checked yet' ? x : undefined
-      })
-      if (s.mesh!.builder.capacity <= 0) fail(`builder ${i} takes no jobs: ${s.mesh!.builder.sandbox_note ?? 'capacity 0'}`)
-      ids.set(s.mesh!.peer_id, i)
-    }
-    for (const c of clients) {
-      await waitFor(`client ${c.index - 50} to see all ${builders.length} builders with room`, 120_000, async () => {
-        const s = await status(c)
-        const ready = s?.mesh?.members.filter((m) => ids.has(m.peer_id) && m.free_slots > 0) ?? []
-        return ready.length === ids.size ? true : undefined
-      }, 500)
-    }
+    await waitForFarm(builders.map((b, i) => ({ name: `builder ${i}`, socket: b.socket })), clients.map((c, i) => ({ name: `client ${i}`, socket: c.socket })), 120_000)
     // ship the stand-in toolchain to every builder before timing: one job per builder slot
     say('placement --daemons: warming up (the stand-in toolchain reaches the builders)')
     const warmDir = join(clients[0]!.dir, 'warm')

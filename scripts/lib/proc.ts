@@ -213,3 +213,18 @@ export function machineBusySeconds(): number | undefined {
     return undefined
   }
 }
+
+/** Poll `fn` until it gives a value; fail with one line naming `what` (and `detail()`) at the deadline. */
+export async function waitFor<T>(what: string, timeoutMs: number, fn: () => Promise<T | undefined> | T | undefined, pollMs: number | (() => string) = 250, detail?: () => string): Promise<T> {
+  if (typeof pollMs === 'function') {
+    detail = pollMs
+    pollMs = 250
+  }
+  const deadline = Date.now() + timeoutMs
+  for (;;) {
+    const v = await fn()
+    if (v !== undefined) return v
+    if (Date.now() > deadline) fail(`timed out after ${Math.round(timeoutMs / 1000)} s waiting for ${what}${detail ? ` ${detail()}` : ''}`)
+    await sleep(pollMs)
+  }
+}
