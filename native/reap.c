@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -36,9 +37,16 @@ int main(int argc, char **argv) {
   }
   /* the caller reads the command's pipes to their end: hold none of them open while waiting
    * for stragglers */
-  long maxfd = sysconf(_SC_OPEN_MAX);
-  if (maxfd < 0 || maxfd > 65536) maxfd = 65536;
-  for (int fd = 0; fd < maxfd; fd++) close(fd);
+  /* one close_range (Linux 5.9) instead of a close per possible descriptor: with a limit of
+   * 20000 open files the loop cost more CPU than the rest of a sandbox start */
+#ifdef SYS_close_range
+  if (syscall(SYS_close_range, 0U, ~0U, 0U) != 0)
+#endif
+  {
+    long maxfd = sysconf(_SC_OPEN_MAX);
+    if (maxfd < 0 || maxfd > 65536) maxfd = 65536;
+    for (int fd = 0; fd < maxfd; fd++) close(fd);
+  }
   int status = 0, have = 0;
   for (;;) {
     int st;
