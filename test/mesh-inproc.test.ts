@@ -57,8 +57,9 @@ test('members event, notifyLoadChanged, deny list', { timeout: 60_000 }, async (
   const cId = peerIdFromPrivateKey(await loadOrCreateIdentity(join(dir, 'C', 'id.key'))).toString()
 
   let aRunning = 0
+  let aQueued = 0
   // a long interval, so a fast update can only come from notifyLoadChanged
-  const A = await start('A', key, { deny: [cId], load: () => load(4, aRunning), gossipIntervalMs: 2000 })
+  const A = await start('A', key, { deny: [cId], load: () => ({ ...load(4, aRunning), queued: aQueued }), gossipIntervalMs: 2000 })
   assert.ok(A.m.addresses().every((a) => /\/tcp\/[1-9]\d*\/p2p\//.test(a)), `real ports: ${A.m.addresses().join(' ')}`)
   const events: MeshMember[][] = []
   const off = A.m.on('members', (ms) => events.push(ms))
@@ -91,6 +92,25 @@ test('members event, notifyLoadChanged, deny list', { timeout: 60_000 }, async (
   A.m.notifyLoadChanged() // coalesced with the first
   await waitFor('B to see A running 3', () => (B.m.members().find((m) => m.peerId === A.m.peerId)?.load.running === 3 ? true : undefined), 1500, 10)
   t.diagnostic(`load change visible on B after ${Date.now() - t0} ms`)
+
+  // a change placement does not read (jobs queued) waits for the interval: a client starting and
+  // ending hundreds of jobs must not send every member a message per job
+  const pubsub = A.m.libp2p.services.pubsub
+  const publish = pubsub.publish.bind(pubsub)
+  let published = 0
+  pubsub.publish = ((...args: Parameters<typeof publish>) => { published++; return publish(...args) }) as typeof pubsub.publish
+  for (let i = 1; i <= 5; i++) {
+    aQueued = i
+    A.m.notifyLoadChanged()
+    await new Promise((r) => setTimeout(r, 150))
+  }
+  assert.ok(published <= 1, `queued changes alone published ${published} messages in 750 ms (the 2 s interval allows 1)`)
+  // free slots do change placement: published at once
+  const before = published
+  aRunning = 1
+  A.m.notifyLoadChanged()
+  await waitFor('B to see A running 1', () => (B.m.members().find((m) => m.peerId === A.m.peerId)?.load.freeSlots === 3 ? true : undefined), 1500, 10)
+  assert.ok(published > before)
 
   // gossip view holders count as toolchain providers even without the DHT
   assert.deepEqual(await B.m.findToolchainProviders('tc1', 500), [A.m.peerId, B.m.peerId, C.m.peerId].sort())

@@ -57,6 +57,8 @@ export class LoadView {
   private readonly entries = new Map<string, ViewEntry>()
   private seq = Date.now() // grows across restarts, so receivers never mistake a restart for stale data
   private lastPublish = 0
+  /** placementSignature of our last published message */
+  private lastPlacement = ''
   private publishTimer: NodeJS.Timeout | null = null
   private sweepTimer: NodeJS.Timeout | null = null
   private extraTimer: NodeJS.Timeout | null = null
@@ -97,12 +99,24 @@ export class LoadView {
     pubsub.topicValidators.delete(this.topic)
   }
 
-  /** Publish now, at most one extra message per MIN_PUBLISH_GAP_MS. */
+  /**
+   * Publish now if what placement reads (free slots, accept policy, toolchains) changed since
+   * our last message, at most one extra message per MIN_PUBLISH_GAP_MS. Other changes (jobs
+   * running, queued) wait for the interval: a client starting and ending hundreds of jobs a
+   * minute would otherwise send each member a message per job, and each costs every receiver.
+   */
   notifyLoadChanged(): void {
-    if (this.stopped || this.extraTimer) return
+    if (this.stopped || this.extraTimer || !this.placementChanged()) return
     const wait = this.lastPublish + MIN_PUBLISH_GAP_MS - Date.now()
     if (wait <= 0) { void this.publish(); return }
-    this.extraTimer = setTimeout(() => { this.extraTimer = null; void this.publish() }, wait)
+    this.extraTimer = setTimeout(() => {
+      this.extraTimer = null
+      if (this.placementChanged()) void this.publish()
+    }, wait)
+  }
+
+  private placementChanged(): boolean {
+    return placementSignature(this.selfLoad()) !== this.lastPlacement
   }
 
   /** Other live members (self is not stored; mesh.ts adds it). */
@@ -133,8 +147,10 @@ export class LoadView {
   private async publish(): Promise<void> {
     if (this.stopped) return
     this.lastPublish = Date.now()
+    const m = this.message()
+    this.lastPlacement = placementSignature(m)
     try {
-      await this.init.node.services.pubsub.publish(this.topic, encodeLoad(this.message()))
+      await this.init.node.services.pubsub.publish(this.topic, encodeLoad(m))
     } catch (err) {
       this.init.log.debug(`load publish failed: ${errText(err)}`)
     }
@@ -221,4 +237,9 @@ export class LoadView {
     }
     if (changed) this.init.onChange?.()
   }
+}
+
+/** The part of a load message that placement decides on. */
+function placementSignature(l: Pick<LoadInfo, 'freeSlots' | 'accept' | 'toolchains'>): string {
+  return `${l.freeSlots} ${l.accept} ${l.toolchains.join(',')}`
 }
