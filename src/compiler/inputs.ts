@@ -15,6 +15,8 @@ export interface InputSet {
 const MARKER = /^#(?:line)? \d+ "((?:[^"\\]|\\.)*)"/
 // a Buffer needle: a string one is converted again on every indexOf call
 const NEWLINE_HASH = Buffer.from('\n#')
+/** a marker line is a path and a few numbers; a longer unfinished "#" line is no marker */
+const MAX_MARKER_LINE = 16 * 1024
 
 /**
  * The quoted file name of the marker line at `start` (still escaped, latin1), or null when the
@@ -46,45 +48,87 @@ function unescape(s: string): string {
   return s.replace(/\\(.)/g, '$1')
 }
 
-// A miss that may go to the mesh reads the set twice (the manifest, the job's inputs): a
-// kernel unit's preprocessed output is megabytes, so parse each buffer once.
-const parsed = new WeakMap<Buffer, { key: string; set: InputSet }>()
+/**
+ * Collects the input set while the preprocessor's output streams past, chunk by chunk, so the
+ * megabytes of a kernel unit are never joined into one buffer. Markers sit at line starts: it
+ * jumps from one "\n#" to the next (memchr-fast) instead of walking every line, and decodes
+ * only marker lines; latin1 keeps byte offsets and never throws. A unit returns to the same few
+ * hundred files thousands of times: a raw name seen before skips the rest.
+ */
+export class InputScanner {
+  private readonly files = new Set<string>()
+  private readonly dirs = new Set<string>()
+  private readonly rawNames = new Set<string>()
+  /** the start of a "#" line that the last chunk did not finish */
+  private partial: Buffer | null = null
+  /** the last chunk ended a line (the stream starts at one) */
+  private atLineStart = true
 
-export function inputsFromPreprocessed(pp: Buffer, cwd: string, mainInput: string): InputSet {
-  const key = `${cwd}\0${mainInput}`
-  const memo = parsed.get(pp)
-  if (memo && memo.key === key) return { files: [...memo.set.files], dirs: [...memo.set.dirs] }
-  const set = parseMarkers(pp, cwd, mainInput)
-  parsed.set(pp, { key, set })
-  return { files: [...set.files], dirs: [...set.dirs] }
-}
+  constructor(private readonly cwd: string, mainInput: string) {
+    this.add(mainInput)
+  }
 
-function parseMarkers(pp: Buffer, cwd: string, mainInput: string): InputSet {
-  const seen = new Set<string>()
-  const dirs = new Set<string>()
-  const add = (raw: string) => {
+  push(chunk: Buffer): void {
+    if (chunk.length === 0) return
+    let from = 0
+    if (this.partial) {
+      const nl = chunk.indexOf(10)
+      if (nl === -1) {
+        this.partial = this.partial.length + chunk.length > MAX_MARKER_LINE ? null : Buffer.concat([this.partial, chunk])
+        if (this.partial === null) this.atLineStart = false
+        return
+      }
+      this.marker(Buffer.concat([this.partial, chunk.subarray(0, nl)]), 0)
+      this.partial = null
+      from = nl
+    } else if (this.atLineStart && chunk[0] === 35 /* # */) {
+      this.lineAt(chunk, 0)
+    }
+    for (let at = chunk.indexOf(NEWLINE_HASH, from); at !== -1; at = chunk.indexOf(NEWLINE_HASH, at + 1)) {
+      if (!this.lineAt(chunk, at + 1)) break
+    }
+    this.atLineStart = chunk[chunk.length - 1] === 10
+  }
+
+  /** The set, once the stream has ended. */
+  finish(): InputSet {
+    if (this.partial) this.marker(this.partial, 0) // a last line without its newline
+    this.partial = null
+    this.dirs.add(resolve(this.cwd))
+    return { files: [...this.files].sort(), dirs: [...this.dirs].sort() }
+  }
+
+  /** The "#" line at `start`: parsed when it ends in this chunk, else kept for the next; false when kept. */
+  private lineAt(chunk: Buffer, start: number): boolean {
+    if (chunk.indexOf(10, start) !== -1) {
+      this.marker(chunk, start)
+      return true
+    }
+    if (chunk.length - start <= MAX_MARKER_LINE) this.partial = Buffer.from(chunk.subarray(start)) // its own bytes: the chunk may be reused
+    return false
+  }
+
+  private marker(buf: Buffer, start: number): void {
+    const raw = quotedName(buf, start)
+    if (raw === null || this.rawNames.has(raw)) return
+    this.rawNames.add(raw)
+    this.add(Buffer.from(unescape(raw), 'latin1').toString('utf8'))
+  }
+
+  private add(raw: string): void {
     if (raw.startsWith('<') && raw.endsWith('>')) return // <built-in>, <command-line>, <stdin>
     if (raw.endsWith('//')) return // gcc's "# 1 "/cwd//"" working-directory marker
     // not path.join: it would resolve the ".." whose directory must exist on the builder
-    const abs = isAbsolute(raw) ? raw : `${cwd.replace(/\/+$/, '')}/${raw}`
+    const abs = isAbsolute(raw) ? raw : `${this.cwd.replace(/\/+$/, '')}/${raw}`
     const parts = abs.split('/')
-    for (let i = 1; i < parts.length; i++) if (parts[i] === '..') dirs.add(normalize(parts.slice(0, i).join('/') || '/'))
-    seen.add(normalize(abs))
+    for (let i = 1; i < parts.length; i++) if (parts[i] === '..') this.dirs.add(normalize(parts.slice(0, i).join('/') || '/'))
+    this.files.add(normalize(abs))
   }
-  add(mainInput)
-  // Markers sit at line starts: jump from one "\n#" to the next in the buffer (memchr-fast)
-  // instead of walking every line, and decode only the marker lines. latin1 keeps byte
-  // offsets and never throws. A unit returns to the same few hundred files thousands of
-  // times: a raw name seen before skips the rest.
-  const rawNames = new Set<string>()
-  const marker = (start: number) => {
-    const raw = quotedName(pp, start)
-    if (raw === null || rawNames.has(raw)) return
-    rawNames.add(raw)
-    add(Buffer.from(unescape(raw), 'latin1').toString('utf8'))
-  }
-  if (pp[0] === 35 /* # */) marker(0)
-  for (let at = pp.indexOf(NEWLINE_HASH); at !== -1; at = pp.indexOf(NEWLINE_HASH, at + 1)) marker(at + 1)
-  dirs.add(resolve(cwd))
-  return { files: [...seen].sort(), dirs: [...dirs].sort() }
+}
+
+/** The input set of a whole preprocessed unit in one buffer. */
+export function inputsFromPreprocessed(pp: Buffer, cwd: string, mainInput: string): InputSet {
+  const s = new InputScanner(cwd, mainInput)
+  s.push(pp)
+  return s.finish()
 }

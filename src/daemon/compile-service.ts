@@ -10,9 +10,9 @@ import { execa } from 'execa'
 import { compilerFamily, parseGccArgs } from '../compiler/gcc.js'
 import type { CompileSpec } from '../compiler/types.js'
 import type { CacheEntry, LocalStore } from '../cache/local-store.js'
-import { FileHasher } from '../cache/file-hashes.js'
+import { FileHasher, type FileHash } from '../cache/file-hashes.js'
 import type { ManifestStore } from '../cache/manifest.js'
-import { inputsFromPreprocessed } from '../compiler/inputs.js'
+import { InputScanner, type InputSet } from '../compiler/inputs.js'
 import { depfilePrerequisites } from '../compiler/depfile.js'
 import type { Logger } from '../log.js'
 import { Semaphore } from '../util/semaphore.js'
@@ -54,9 +54,10 @@ export interface RemoteJob {
   /** the compiler's real path and content hash */
   compilerReal: string
   compilerHash: string
-  /** the preprocessed TU and its sha256: the builder re-preprocesses and must get the same */
-  pp: Buffer
+  /** the sha256 of the preprocessed TU: the builder re-preprocesses and must get the same */
   ppHash: string
+  /** the files the TU read, each with its hash (null: not a readable regular file) */
+  inputs: () => Promise<HashedInputs>
 }
 
 export interface RemoteOutcome { exitCode: number; stdout: Buffer; stderr: Buffer; obj: Buffer | null; peer: string }
@@ -92,14 +93,16 @@ export interface CompileServiceOptions {
   direct?: ManifestStore | null
 }
 
-interface KeyResult { key: string; ppHash: string; pp: Buffer }
+/** The files a preprocessed unit read (its line markers) and their hashes: taken once per miss for the job's inputs and the manifest. */
+export interface HashedInputs { set: InputSet; hashes: Array<FileHash | null> }
+interface KeyResult { key: string; ppHash: string; inputs: InputSet | null; hashed?: Promise<HashedInputs> }
 /** A manifest entry to write once the result it points at is stored. */
 interface ManifestUpdate { direct: string; write: () => Promise<void> }
 interface LocalResult { exitCode: number; stdout: Buffer; stderr: Buffer; obj: Buffer | null }
 
 export class CompileService {
   private readonly identity = new CompilerIdentity()
-  /** file content hashes, memoised by stat: shared with the remote runner, which names job inputs by them */
+  /** file content hashes, memoised by stat: direct mode's checks, manifests and the inputs of jobs sent to peers */
   readonly hasher = new FileHasher()
   /** local compiles */
   readonly cpu: Semaphore
@@ -166,7 +169,7 @@ export class CompileService {
       if (k === null) return this.notCacheable('preprocessor failed')
       if (k === 'incbin') return this.notCacheable('.incbin directive (reads a file the key cannot see)')
       // once the result is in the cache, the next identical command can find it without -E
-      const record: ManifestUpdate | null = direct ? { direct, write: () => this.recordManifest(direct, req.cwd, spec.input, k, requestStart) } : null
+      const record: ManifestUpdate | null = direct ? { direct, write: () => this.recordManifest(direct, k, requestStart) } : null
       const got = await this.storeGet(k.key)
       if (got) {
         const ok = await this.writeOutputs(req.cwd, spec, got)
@@ -215,7 +218,8 @@ export class CompileService {
     field('--preprocessed--')
 
     const ppHash = createHash('sha256')
-    const chunks: Buffer[] = []
+    // a peer needs the unit's files, direct mode records them: read off the markers as they stream
+    const scanner = this.remote || this.opts.direct ? new InputScanner(req.cwd, resolve(req.cwd, spec.input)) : null
     // An assembler .incbin (in a .S file or inline asm) reads a file the preprocessed text does
     // not contain: a change there would leave the key unchanged and a hit would be stale.
     const incbinSearch = new StreamSearch(INCBIN)
@@ -228,13 +232,13 @@ export class CompileService {
         h.update(chunk)
         ppHash.update(chunk)
         incbinSearch.push(chunk)
-        if (this.remote || this.opts.direct) chunks.push(chunk) // a peer may check it; direct mode reads its line markers
+        scanner?.push(chunk)
       })
       const r = await sub
       return r.exitCode === 0
     })
     if (ok && incbinSearch.found) return 'incbin'
-    return ok ? { key: h.digest('hex'), ppHash: ppHash.digest('hex'), pp: Buffer.concat(chunks) } : null
+    return ok ? { key: h.digest('hex'), ppHash: ppHash.digest('hex'), inputs: scanner?.finish() ?? null } : null
   }
 
   private async compileAndStore(req: CompileRequest, spec: CompileSpec, k: KeyResult, depTemp: string | null,
@@ -248,7 +252,7 @@ export class CompileService {
     let result: LocalResult | null = null
     const remote = this.remote
     if (remote && spec.remoteBlocker === null && remote.wants(this.cpu.running < this.opts.slots)) {
-      const prepared = await remote.prepare({ req, spec, ...compiler, pp: k.pp, ppHash: k.ppHash })
+      const prepared = await remote.prepare({ req, spec, ...compiler, ppHash: k.ppHash, inputs: () => this.hashedInputs(k) })
       while (prepared && result === null) {
         const a = await remote.tryPeers(prepared)
         if (a.kind === 'done' && a.outcome.exitCode !== 0) {
@@ -446,18 +450,24 @@ export class CompileService {
    * header whose own includes the list leaves out.
    */
   private async trustedFiles(paths: string[], requestStart: number, userHeadersOnly: boolean): Promise<Array<[string, string]> | null> {
-    const hashes = await Promise.all(paths.map((p) => this.hasher.hash(p)))
-    const ok = hashes.every((f) => f !== null && !f.volatile && !(userHeadersOnly && f.systemHeader) && !f.newerThan(requestStart - TOO_NEW_MS))
-    return ok ? paths.map((p, i) => [p, hashes[i]!.hash]) : null
+    return trusted(paths, await Promise.all(paths.map((p) => this.hasher.hash(p))), requestStart, userHeadersOnly)
   }
 
+  /** The unit's files with their hashes, hashed once however many ask (the job's inputs, the manifest). */
+  private hashedInputs(k: KeyResult): Promise<HashedInputs> {
+    const set = k.inputs
+    if (set === null) return Promise.reject(new Error('no input set: the preprocessed output was not scanned'))
+    k.hashed ??= Promise.all(set.files.map((p) => this.hasher.hash(p))).then((hashes) => ({ set, hashes }))
+    return k.hashed
+  }
 
   /**
    * Remember which files produced `k` (from the preprocessor's line markers); when they are too
    * new to trust, at least that the result is under its preprocessed key.
    */
-  private async recordManifest(direct: string, cwd: string, input: string, k: KeyResult, requestStart: number): Promise<void> {
-    const files = await this.trustedFiles(inputsFromPreprocessed(k.pp, cwd, input).files, requestStart, false)
+  private async recordManifest(direct: string, k: KeyResult, requestStart: number): Promise<void> {
+    const { set, hashes } = await this.hashedInputs(k)
+    const files = trusted(set.files, hashes, requestStart, false)
     await this.manifestWrite(direct, files ? this.opts.direct!.add(direct, { files, result: k.key }) : this.opts.direct!.markPreprocess(direct))
   }
 
@@ -470,4 +480,14 @@ export class CompileService {
   async drain(): Promise<void> {
     await Promise.all([...this.pendingWrites])
   }
+}
+
+/**
+ * [path, hash] of each file, or null when one cannot go into a manifest: unreadable, using
+ * __TIME__ and the like, changed while we looked, or (for a -MMD list) a self-declared system
+ * header whose own includes the list leaves out.
+ */
+function trusted(paths: string[], hashes: Array<FileHash | null>, requestStart: number, userHeadersOnly: boolean): Array<[string, string]> | null {
+  const ok = hashes.every((f) => f !== null && !f.volatile && !(userHeadersOnly && f.systemHeader) && !f.newerThan(requestStart - TOO_NEW_MS))
+  return ok ? paths.map((p, i) => [p, hashes[i]!.hash]) : null
 }

@@ -231,7 +231,7 @@ export async function startDaemon(config: Config, foreground: boolean): Promise<
   for (const sig of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) process.on(sig, () => void shutdown(`signal ${sig}`))
 
   // The mesh starts after the socket serves: local compiles never wait for the network.
-  const meshStarting = MeshService.start(config, log, VERSION, () => ({ running: compiles.cpu.running, queued: compiles.cpu.queued }), stats, compiles.hasher)
+  const meshStarting = MeshService.start(config, log, VERSION, () => ({ running: compiles.cpu.running, queued: compiles.cpu.queued }), stats)
     .then((m) => {
       mesh = m
       compiles.remote = m?.runner ?? null

@@ -13,7 +13,6 @@ import type { ToolchainCache } from '../toolchain/cache.js'
 import { electShimServer } from '../shim/election.js'
 import type { ShimServer } from '../shim/server.js'
 import type { Stats } from './stats.js'
-import type { FileHasher } from '../cache/file-hashes.js'
 import { Builder, type BuilderStatus } from './builder.js'
 import { MeshRemoteRunner, type PeerJobStats } from './remote-runner.js'
 import { MemoryInputCache, type InputCacheStatus } from './input-cache.js'
@@ -102,7 +101,7 @@ export class MeshService {
   }
 
   /** Start the mesh, or return null (logged) when it is disabled or has no key yet. */
-  static async start(config: Config, log: Logger, version: string, local: () => LocalLoad, stats: Stats, hasher: FileHasher): Promise<MeshService | null> {
+  static async start(config: Config, log: Logger, version: string, local: () => LocalLoad, stats: Stats): Promise<MeshService | null> {
     if (!config.mesh.enabled) {
       log.info('mesh disabled in config ([mesh] enabled = false): local cache only')
       return null
@@ -153,7 +152,7 @@ export class MeshService {
     })
     await builder.cleanStaleJobs()
     await builder.init()
-    runner = new MeshRemoteRunner({ mesh, config, log: log.child('remote'), stats, hasher, toolchainDir: join(config.cache.dir, 'toolchains-packed') })
+    runner = new MeshRemoteRunner({ mesh, config, log: log.child('remote'), stats, toolchainDir: join(config.cache.dir, 'toolchains-packed') })
     const r = runner
     const onProtocolError = (what: string) => (peer: string, err: Error) => log.warn(`${what} with ${peer}: ${err.message.split('\n')[0]}`)
     const inputs = new MemoryInputCache()

@@ -9,8 +9,6 @@ import type { Config } from '../config.js'
 import type { Logger } from '../log.js'
 import type { Mesh, MeshMember } from '../mesh/index.js'
 import { sendCompileJob, type JobFileRef, type JobHeader } from '../mesh/protocols/compile-job.js'
-import { inputsFromPreprocessed } from '../compiler/inputs.js'
-import type { FileHasher } from '../cache/file-hashes.js'
 import { packToolchainCached } from '../toolchain/pack.js'
 import { KEY_ENV, type PreparedJob, type RemoteAttempt, type RemoteJob, type RemoteRunner } from './compile-service.js'
 import type { Stats } from './stats.js'
@@ -44,7 +42,7 @@ export class MeshRemoteRunner implements RemoteRunner {
   private readonly toolchains = new Map<string, Promise<Toolchain>>()
   private readonly configured = new Map<string, Promise<Toolchain>>()
 
-  constructor(private readonly opts: { mesh: Mesh; config: Config; log: Logger; stats: Stats; hasher: FileHasher; toolchainDir: string }) {}
+  constructor(private readonly opts: { mesh: Mesh; config: Config; log: Logger; stats: Stats; toolchainDir: string }) {}
 
   wants(localFree: boolean): boolean {
     // a free local slot beats any transfer, unless a peer with room is clearly faster
@@ -143,13 +141,13 @@ export class MeshRemoteRunner implements RemoteRunner {
 
   /** The job's inputs by content hash (memoised by stat): a builder fetches only what it lacks. */
   private async readInputs(job: RemoteJob): Promise<{ files: JobFileRef[]; dirs: string[] }> {
-    const set = inputsFromPreprocessed(job.pp, job.req.cwd, resolve(job.req.cwd, job.spec.input))
+    const { set, hashes } = await job.inputs()
     const files: JobFileRef[] = []
     let total = 0
-    for (const path of set.files) {
+    for (const [i, path] of set.files.entries()) {
+      const h = hashes[i]
       // Kbuild's compiler probes compile /dev/null: the sandbox has its own (bwrap --dev)
-      if (SANDBOX_DEVICES.has(path) && (await stat(path).catch(() => null))?.isCharacterDevice()) continue
-      const h = await this.opts.hasher.hash(path)
+      if (!h && SANDBOX_DEVICES.has(path) && (await stat(path).catch(() => null))?.isCharacterDevice()) continue
       if (!h) throw new Error(`input ${path} is not a readable regular file`)
       total += h.size
       if (total > MAX_INPUT_BYTES) throw new Error('inputs larger than 256 MiB')
