@@ -96,6 +96,8 @@ interface BuildResult {
   builderCpuS: number
   /** of builderCpuS, the builder daemons' own processes (undefined when the tool cannot tell) */
   builderOwnCpuS?: number
+  /** of clientDaemonCpuS, the client daemon's own process (undefined when the tool cannot tell) */
+  clientOwnCpuS?: number
   machineCpuS?: number
   /** CPU used by processes outside this benchmark during the build (noise) */
   foreignCpuS?: number
@@ -392,6 +394,7 @@ async function timedBuild(
   const client0 = tool.clientCpu()
   const builders0 = tool.builderCpu()
   const own0 = tool.builderOwnCpu?.()
+  const clientOwn0 = tool.clientOwnCpu?.()
   const procs0 = allProcessCpu()
   tool.profile?.(true)
   const machine0 = machineBusySeconds()
@@ -403,6 +406,7 @@ async function timedBuild(
   const client1 = tool.clientCpu()
   const builders1 = tool.builderCpu()
   const own1 = tool.builderOwnCpu?.()
+  const clientOwn1 = tool.clientOwnCpu?.()
   const loadAfter = loadString()
   if (r.timedOut) fail(`${tool.name} build timed out after ${Math.round(timeoutMs / 60_000)} min (log: ${log})`)
   const out = readFileSync(log, 'utf8')
@@ -422,6 +426,7 @@ async function timedBuild(
     clientDaemonCpuS,
     builderCpuS,
     builderOwnCpuS: own0 !== undefined && own1 !== undefined ? Math.max(0, own1 - own0) : undefined,
+    clientOwnCpuS: clientOwn0 !== undefined && clientOwn1 !== undefined ? Math.max(0, clientOwn1 - clientOwn0) : undefined,
     machineCpuS,
     foreignCpuS: machineCpuS !== undefined ? Math.max(0, machineCpuS - makeCpuS - clientDaemonCpuS - builderCpuS) : undefined,
     foreignTop: topOtherProcesses(procs0, procs1, tracked),
@@ -532,6 +537,11 @@ function buildReport(
       const b = r.build
       const jobs = b.counts.remote || 1
       notes.push(`${r.name}: of the builders' ${b.builderCpuS.toFixed(1)} s, the builder daemons themselves used ${b.builderOwnCpuS!.toFixed(1)} s (${(1000 * b.builderOwnCpuS! / jobs).toFixed(0)} ms per remote job) and the jobs they ran (sandbox, preprocessing check, compile) ${(b.builderCpuS - b.builderOwnCpuS!).toFixed(1)} s (${(1000 * (b.builderCpuS - b.builderOwnCpuS!) / jobs).toFixed(0)} ms per remote job).`)
+    }
+    if (r.build?.clientOwnCpuS !== undefined) {
+      const b = r.build
+      const jobs = b.counts.remote || 1
+      notes.push(`${r.name}: of the client daemon's ${b.clientDaemonCpuS.toFixed(1)} s, the daemon itself used ${b.clientOwnCpuS!.toFixed(1)} s (${(1000 * b.clientOwnCpuS! / jobs).toFixed(0)} ms per remote job) and the preprocessors and compiles it ran ${(b.clientDaemonCpuS - b.clientOwnCpuS!).toFixed(1)} s (${(1000 * (b.clientDaemonCpuS - b.clientOwnCpuS!) / jobs).toFixed(0)} ms per remote job).`)
     }
     if (r.build && r.build.foreignTop.length) notes.push(`${r.name}: the long-lived processes outside the measured trees that used the most CPU during its build (kernel threads included; processes that started and ended in between count only through whoever reaped them): ${r.build.foreignTop.join(', ')}.`)
   }

@@ -56,6 +56,8 @@ export interface DistTool {
   builderCpu(): number
   /** of builderCpu, the builder daemons' own processes (without the jobs they ran), if it can tell */
   builderOwnCpu?(): number
+  /** of clientCpu, the client daemon's own process (without the preprocessors and compiles it ran), if it can tell */
+  clientOwnCpu?(): number
   /** the pids whose trees clientCpu and builderCpu count */
   roots(): number[]
   /** start (true) or write (false) the CPU profiles asked for with --cpu-prof, if any */
@@ -285,6 +287,7 @@ export function meshccTool(base: Record<string, string>, tmp: string, o: MeshccO
     clientCpu: () => treeCpuSeconds(client.pid),
     builderCpu: () => builders.reduce((n, b) => n + treeCpuSeconds(b.pid), 0),
     builderOwnCpu: () => builders.reduce((n, b) => n + (b.pid ? ownCpuSecondsOf(b.pid) ?? 0 : 0), 0),
+    clientOwnCpu: () => (client.pid ? ownCpuSecondsOf(client.pid) ?? 0 : 0),
     roots: () => [client.pid, ...builders.map((b) => b.pid)].filter((p): p is number => p !== undefined),
     profile: () => { for (const n of all) if (profiled(n) && n.pid) process.kill(n.pid, 'SIGUSR2') },
     problems() {
