@@ -137,6 +137,26 @@ test('a compiler probe on /dev/null (Kbuild cc-option), shipping no file, is com
   assert.ok(readFileSync(join(dir, 'probe.o')).equals(readFileSync(join(dir, 'plain.o'))))
 })
 
+test('a unit that includes thousands of headers (as large C++ units do) is compiled remotely, byte-identical (-g)', { timeout: 180_000 }, async () => {
+  const dir = join(client.dir, 'many-headers')
+  const inc = join(dir, 'include', 'vendor', 'some_large_library', 'detail', 'implementation')
+  mkdirSync(inc, { recursive: true })
+  // 3000 files with paths like a big library's: their list alone is far beyond a small control message
+  const n = 3000
+  for (let i = 0; i < n; i++) writeFileSync(join(inc, `component_${i}_with_a_descriptive_name.hpp`), `int component_${i}(void);\n`)
+  writeFileSync(join(dir, 'unit.c'), Array.from({ length: n }, (_, i) => `#include "vendor/some_large_library/detail/implementation/component_${i}_with_a_descriptive_name.hpp"`).join('\n') + '\nint unit(void) { return component_7(); }\n')
+  const args = ['-g', '-Iinclude', '-c', 'unit.c']
+  const plain = await runCommand('gcc', [...args, '-o', 'plain.o'], { cwd: dir })
+  assert.equal(plain.code, 0, plain.stderr)
+  const before = await client.stats()
+  const r = await client.run(['gcc', ...args, '-o', 'unit.o'], { cwd: dir, timeoutMs: 120_000 })
+  assert.equal(r.code, 0, r.stderr)
+  const s = await client.stats()
+  assert.equal(s.remote_compiles - before.remote_compiles, 1, `compiled on a builder (retries: ${JSON.stringify(s.retry_reasons)}, fallbacks: ${JSON.stringify(s.fallback_reasons)})`)
+  assert.equal(s.fallbacks, before.fallbacks)
+  assert.ok(readFileSync(join(dir, 'unit.o')).equals(readFileSync(join(dir, 'plain.o'))), 'unit.o is what gcc makes')
+})
+
 test('a header shared by many units crosses the network once per builder, not once per unit', { timeout: 180_000 }, async () => {
   const dir = join(client.dir, 'shared')
   mkdirSync(dir)

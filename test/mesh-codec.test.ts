@@ -3,6 +3,8 @@ import assert from 'node:assert/strict'
 import { encodeLoad, decodeLoad, LoadDecodeError, MAX_LOAD_MESSAGE_BYTES, MAX_TOOLCHAINS, loadTopic, type LoadMessage } from '../src/mesh/protocols/load-gossip.js'
 import { decodeExchange, exchangeDoc, MAX_EXCHANGE_ADDRS } from '../src/mesh/protocols/member-exchange.js'
 import { MAX_CONTROL_BYTES, ProtocolViolation } from '../src/mesh/protocols/framing.js'
+import { decodeFileTable, encodeFileTable, type JobFileRef } from '../src/mesh/protocols/compile-job.js'
+import { createHash } from 'node:crypto'
 
 const sample: LoadMessage = {
   cores: 16, running: 3, queued: 1, freeSlots: 13, load1: 2.57, speed: 1.25,
@@ -96,4 +98,31 @@ test('member exchange: bad frames are refused with a ProtocolViolation naming th
     [{ ...good, members: Array.from({ length: 1001 }, () => ['p', []]) }, /field members/]
   ]
   for (const [doc, re] of bad) assert.throws(() => decodeExchange(doc), (e: unknown) => e instanceof ProtocolViolation && re.test((e as Error).message), JSON.stringify(doc).slice(0, 120))
+})
+
+test('compile job file table: roundtrip of thousands of entries, compact, and every malformed table refused', () => {
+  const hash = (i: number) => createHash('sha256').update(String(i)).digest('hex')
+  const files: JobFileRef[] = ['/usr/include/stdio.h', '/usr/include/stdlib.h', '/home/ünï/src/a b.h',
+    ...Array.from({ length: 3000 }, (_, i) => `/w/include/vendor/lib/detail/component_${i}.hpp`)].sort()
+    .map((path, i) => ({ path, mode: i % 2 ? 0o755 : 0o644, size: i * 1000, hash: hash(i) }))
+  const table = encodeFileTable(files)
+  assert.deepEqual(decodeFileTable(table, files.length), files)
+  assert.ok(table.length < files.length * 70, `${table.length} bytes for ${files.length} entries`)
+  assert.deepEqual(decodeFileTable(encodeFileTable([]), 0), [])
+  const bad = (t: Buffer, n: number, why: RegExp) => assert.throws(() => decodeFileTable(t, n), (e: Error) => e instanceof ProtocolViolation && why.test(e.message))
+  bad(table.subarray(0, table.length - 1), files.length, /ends inside entry/)
+  bad(table, files.length - 1, /longer than its entries/)
+  bad(table, files.length + 1, /ends inside entry/)
+  const one = (path: string, shared = 0, mode = 0o644, size = 1) => {
+    const p = Buffer.from(path)
+    const b = Buffer.alloc(4 + p.length + 38)
+    b.writeUInt16BE(shared, 0); b.writeUInt16BE(p.length, 2); p.copy(b, 4); b.writeUInt16BE(mode, 4 + p.length); b.writeUInt32BE(size, 6 + p.length)
+    return b
+  }
+  assert.equal(decodeFileTable(one('/ok.h'), 1)[0]!.path, '/ok.h')
+  bad(one('relative.h'), 1, /absolute/)
+  bad(one('/a/../etc/passwd'), 1, /absolute/)
+  bad(one('/x.h', 1), 1, /bad path length/) // shares bytes with a previous path that does not exist
+  bad(one('/x.h', 0, 0o4755), 1, /mode/)
+  bad(one('/x.h', 0, 0o644, 0xffffffff), 1, /size/)
 })

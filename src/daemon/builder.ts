@@ -90,7 +90,7 @@ export class Builder implements JobHandler {
     return { offer: b.offer, sandbox: b.sandbox, sandbox_ok: this.sandboxOk, sandbox_note: this.sandboxNote, running: this.running, capacity: this.capacity, jobs_done: this.done, jobs_failed: this.failed, jobs_refused: this.refused, workspaces: this.workspaces.status() }
   }
 
-  admit(peer: string, header: JobHeader): string | (() => void) {
+  admit(peer: string, header: Omit<JobHeader, 'files'>): string | (() => void) {
     const reason = this.refusal(peer)
     if (reason) {
       this.refused++
@@ -99,7 +99,7 @@ export class Builder implements JobHandler {
     }
     this.running++
     this.opts.onLoadChange()
-    this.opts.log.debug(`accepted job from ${peer}: ${header.argv.length} args, ${header.files.length} files`)
+    this.opts.log.debug(`accepted job from ${peer}: ${header.argv.length} args`)
     let released = false
     return () => {
       if (released) return

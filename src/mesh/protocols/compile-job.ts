@@ -1,9 +1,15 @@
 // The compile-job protocol: a client sends one compile to a builder peer.
 //
-//   client → {v, toolchain, compiler, argv, cwd, env, ppHash, ppArgv, objPath, files:[{path,mode,size,hash}], dirs}
+//   client → {v, toolchain, compiler, argv, cwd, env, ppHash, ppArgv, objPath, files: n, dirs}
+//          + blob: the file table, n × {path, mode, size, sha256} in binary (encodeFileTable)
 //   builder → {type:'refused', reason}                  full, not offering, no sandbox: try another peer
 //           | {type:'accepted', need:[i...]}            the files whose content (sha256) it does not hold
 //   client → blob: gzip of the needed files' bytes, concatenated in the order of `need`
+//
+// The table is binary, each path stored as the part that differs from the previous one (the
+// list is sorted): a kernel unit names ~800 files, about 135 KB as JSON and 40 KB here, and a
+// large C++ unit names thousands, which no JSON control frame should carry. A builder that
+// refuses never decodes it.
 //
 // Builders keep received inputs by content hash (InputCache), so the headers every unit of a
 // project includes cross the network once, not once per unit. A received file whose bytes do
@@ -23,9 +29,8 @@ import { Framed, ProtocolViolation, int, str, strList } from './framing.js'
 const gzipAsync = promisify(gzip)
 const gunzipAsync = promisify(gunzip)
 
-export const compileJobProtocol = (meshId: string) => `/meshcc/${meshId}/compile/2.0.0`
-const VERSION = 2
-const SHA256_HEX = /^[0-9a-f]{64}$/
+export const compileJobProtocol = (meshId: string) => `/meshcc/${meshId}/compile/3.0.0`
+const VERSION = 3
 
 export const LIMITS = {
   files: 20_000,
@@ -33,8 +38,12 @@ export const LIMITS = {
   inputBytes: 512 * 1024 * 1024,
   outputBytes: 256 * 1024 * 1024,
   argv: 4096,
-  env: 512
+  env: 512,
+  /** a path in the file table */
+  pathBytes: 4096
 }
+/** the largest table LIMITS allow: every entry's fixed part plus a full path */
+const MAX_TABLE_BYTES = LIMITS.files * 48 + 16 * 1024 * 1024
 const HEARTBEAT_MS = 15_000
 
 export interface JobFile { path: string; mode: number; data: Buffer }
@@ -69,7 +78,10 @@ export type JobReply =
   | { kind: 'refused'; reason: string }
   | { kind: 'failed'; reason: string }
 
-function parseHeader(h: Record<string, unknown>): JobHeader {
+/** The header without its file table; `files` is the number of entries the table must hold. */
+type WireHeader = Omit<JobHeader, 'files'> & { files: number }
+
+function parseHeader(h: Record<string, unknown>): WireHeader {
   if (h.v !== VERSION) throw new ProtocolViolation(`unsupported job version ${String(h.v)}`)
   const envIn = h.env
   if (envIn === null || typeof envIn !== 'object' || Array.isArray(envIn)) throw new ProtocolViolation('field env: expected an object')
@@ -77,15 +89,6 @@ function parseHeader(h: Record<string, unknown>): JobHeader {
   const entries = Object.entries(envIn as Record<string, unknown>)
   if (entries.length > LIMITS.env) throw new ProtocolViolation('too many environment variables')
   for (const [k, v] of entries) env[str(k, 'env key', 256)] = str(v, `env ${k}`, 65536)
-  if (!Array.isArray(h.files) || h.files.length > LIMITS.files) throw new ProtocolViolation(`field files: expected at most ${LIMITS.files} entries`)
-  const files = h.files.map((f: unknown, i: number) => {
-    const o = (f ?? {}) as Record<string, unknown>
-    const path = str(o.path, `files[${i}].path`)
-    if (!path.startsWith('/') || path.split('/').includes('..')) throw new ProtocolViolation(`files[${i}].path must be absolute without '..': ${path}`)
-    const hash = str(o.hash, `files[${i}].hash`, 64)
-    if (!SHA256_HEX.test(hash)) throw new ProtocolViolation(`files[${i}].hash: expected a sha256 in hex`)
-    return { path, mode: int(o.mode, `files[${i}].mode`, 0, 0o777), size: int(o.size, `files[${i}].size`, 0, LIMITS.inputBytes), hash }
-  })
   const dirs = strList(h.dirs, 'dirs', LIMITS.files)
   for (const d of dirs) if (!d.startsWith('/') || d.split('/').includes('..')) throw new ProtocolViolation(`dirs entry must be absolute without '..': ${d}`)
   const cwd = str(h.cwd, 'cwd')
@@ -98,8 +101,64 @@ function parseHeader(h: Record<string, unknown>): JobHeader {
     cwd, env,
     ppHash: str(h.ppHash, 'ppHash', 128),
     ppArgv: strList(h.ppArgv, 'ppArgv', LIMITS.argv, 65536),
-    objPath, files, dirs
+    objPath, files: int(h.files, 'files', 0, LIMITS.files), dirs
   }
+}
+
+// One table entry: u16 bytes shared with the previous path, u16 bytes that follow, those
+// bytes (UTF-8), u16 mode, u32 size, 32 bytes of sha256.
+const ENTRY_FIXED = 2 + 2 + 2 + 4 + 32
+
+/** The file table of a job's inputs (sorted by path, as InputScanner lists them). */
+export function encodeFileTable(files: JobFileRef[]): Buffer {
+  const paths = files.map((f) => Buffer.from(f.path, 'utf8'))
+  const out = Buffer.allocUnsafe(paths.reduce((n, p) => n + ENTRY_FIXED + p.length, 0))
+  let off = 0
+  let prev: Buffer = Buffer.alloc(0)
+  files.forEach((f, i) => {
+    const p = paths[i]!
+    let shared = 0
+    const most = Math.min(prev.length, p.length, 0xffff)
+    while (shared < most && prev[shared] === p[shared]) shared++
+    off = out.writeUInt16BE(shared, off)
+    off = out.writeUInt16BE(p.length - shared, off)
+    off += p.copy(out, off, shared)
+    off = out.writeUInt16BE(f.mode, off)
+    off = out.writeUInt32BE(f.size, off)
+    off += out.write(f.hash, off, 32, 'hex')
+    prev = p
+  })
+  return out.subarray(0, off) // sized for whole paths; only the differing parts were written
+}
+
+/** Decode and check a file table of exactly `n` entries; throws ProtocolViolation naming the entry. */
+export function decodeFileTable(table: Buffer, n: number): JobFileRef[] {
+  const files: JobFileRef[] = []
+  let off = 0
+  let prev: Buffer = Buffer.alloc(0)
+  const need = (bytes: number, i: number) => { if (off + bytes > table.length) throw new ProtocolViolation(`file table ends inside entry ${i}`) }
+  for (let i = 0; i < n; i++) {
+    need(4, i)
+    const shared = table.readUInt16BE(off)
+    const rest = table.readUInt16BE(off + 2)
+    off += 4
+    if (shared > prev.length || shared + rest > LIMITS.pathBytes) throw new ProtocolViolation(`files[${i}]: bad path length`)
+    need(rest + ENTRY_FIXED - 4, i)
+    const p = Buffer.concat([prev.subarray(0, shared), table.subarray(off, off + rest)])
+    off += rest
+    const path = p.toString('utf8')
+    if (!path.startsWith('/') || path.split('/').includes('..')) throw new ProtocolViolation(`files[${i}].path must be absolute without '..': ${path}`)
+    const mode = table.readUInt16BE(off)
+    if (mode > 0o777) throw new ProtocolViolation(`files[${i}].mode: expected permission bits`)
+    const size = table.readUInt32BE(off + 2)
+    if (size > LIMITS.inputBytes) throw new ProtocolViolation(`files[${i}].size exceeds the input limit`)
+    const hash = table.toString('hex', off + 6, off + 38)
+    off += 38
+    files.push({ path, mode, size, hash })
+    prev = p
+  }
+  if (off !== table.length) throw new ProtocolViolation('file table longer than its entries')
+  return files
 }
 
 export interface SendOptions {
@@ -116,7 +175,8 @@ export async function sendCompileJob(node: Libp2p, meshId: string, peer: string,
   const stream = await node.dialProtocol(peerIdFromString(peer), compileJobProtocol(meshId), { signal: opts.signal })
   const f = new Framed(stream)
   try {
-    await f.writeJson({ v: VERSION, ...header }, opts.signal)
+    await f.writeJson({ v: VERSION, ...header, files: header.files.length }, opts.signal)
+    await f.writeBlob(encodeFileTable(header.files), opts.signal)
     const first = await f.readJson<{ type?: string; reason?: unknown; need?: unknown }>(opts.signal)
     if (first.type === 'refused') return { kind: 'refused', reason: str(first.reason, 'reason', 1024) }
     if (first.type !== 'accepted') throw new ProtocolViolation(`unexpected reply ${String(first.type)}`)
@@ -143,8 +203,8 @@ export async function sendCompileJob(node: Libp2p, meshId: string, peer: string,
 }
 
 export interface JobHandler {
-  /** decide at once: a refusal reason, or a release function for the reserved slot */
-  admit(peer: string, header: JobHeader): string | (() => void)
+  /** decide at once: a refusal reason, or a release function for the reserved slot (the file table is not decoded yet) */
+  admit(peer: string, header: Omit<JobHeader, 'files'>): string | (() => void)
   run(peer: string, header: JobHeader, files: JobFile[]): Promise<JobReply>
 }
 
@@ -156,13 +216,15 @@ export async function serveCompileJobs(node: Libp2p, meshId: string, handler: Jo
     let release: (() => void) | null = null
     let beat: NodeJS.Timeout | null = null
     try {
-      const header = parseHeader(await f.readJson())
-      const admitted = handler.admit(peer, header)
+      const wire = parseHeader(await f.readJson())
+      const table = await f.readBlob(MAX_TABLE_BYTES)
+      const admitted = handler.admit(peer, wire)
       if (typeof admitted === 'string') {
         await f.writeJson({ type: 'refused', reason: admitted })
         return
       }
       release = admitted
+      const header: JobHeader = { ...wire, files: decodeFileTable(table, wire.files) }
       // what we hold, pinned for this job (the cache may evict meanwhile); each content once
       const held = new Map<string, Buffer>()
       const need: number[] = []
