@@ -28,7 +28,7 @@ export type CompileReply =
   | { kind: 'fallback'; reason: string }
 
 /** Bump when the key recipe changes, so old entries are never read with new meaning. */
-const KEY_VERSION = 'meshcc-key-1'
+const KEY_VERSION = 'meshcc-key-2' // 2: the preprocessed text enters as its sha256 (one pass over megabytes, not two)
 
 const INCBIN = Buffer.from('.incbin')
 
@@ -229,7 +229,6 @@ export class CompileService {
         buffer: { stdout: false, stderr: true }, encoding: 'buffer', stripFinalNewline: false
       })
       sub.stdout.on('data', (chunk: Buffer) => {
-        h.update(chunk)
         ppHash.update(chunk)
         incbinSearch.push(chunk)
         scanner?.push(chunk)
@@ -238,7 +237,10 @@ export class CompileService {
       return r.exitCode === 0
     })
     if (ok && incbinSearch.found) return 'incbin'
-    return ok ? { key: h.digest('hex'), ppHash: ppHash.digest('hex'), inputs: scanner?.finish() ?? null } : null
+    if (!ok) return null
+    const pp = ppHash.digest('hex')
+    field(pp)
+    return { key: h.digest('hex'), ppHash: pp, inputs: scanner?.finish() ?? null }
   }
 
   private async compileAndStore(req: CompileRequest, spec: CompileSpec, k: KeyResult, depTemp: string | null,
