@@ -23,6 +23,7 @@
 // A tree whose job did not finish cleanly is deleted, not reused.
 import { chmod, link, lstat, mkdir, mkdtemp, readdir, readlink, rm, symlink, writeFile } from 'node:fs/promises'
 import { dirname, join, relative } from 'node:path'
+import { readdirSync } from 'node:fs'
 import type { JobFileRef } from '../mesh/protocols/compile-job.js'
 
 export interface WorkspaceKey {
@@ -164,8 +165,9 @@ export class Workspace {
    */
   async clearOutputs(): Promise<void> {
     let seen = 0
+    // readdir on this thread: a kept kernel tree has a hundred directories (see FileHasher)
     const walk = async (dir: string): Promise<void> => {
-      for (const e of await readdir(dir, { withFileTypes: true })) {
+      for (const e of readdirSync(dir, { withFileTypes: true })) {
         const p = join(dir, e.name)
         if (e.isDirectory() && this.dirs.has(p)) await walk(p)
         else if (e.isFile() && this.files.has(p)) seen++

@@ -6,7 +6,6 @@
 import { spawn } from 'node:child_process'
 import { constants as osConstants } from 'node:os'
 import { accessSync, constants as fsConstants, existsSync, lstatSync, readdirSync, readlinkSync, type Dirent } from 'node:fs'
-import { lstat, readdir } from 'node:fs/promises'
 import { delimiter, isAbsolute, join, posix } from 'node:path'
 import { fileURLToPath } from 'node:url'
 
@@ -254,7 +253,7 @@ export async function runSandboxed(job: SandboxJob): Promise<SandboxResult> {
       // the sandbox never got as far as the job (or we killed it first).
       const jobStatus = parseExitCode(Buffer.concat(status).toString('utf8'))
       if (timedOut || (outputTooLarge && jobStatus === null)) {
-        return { ...base, exitCode: null, signal: 'SIGKILL', sandboxError: null, outputTooLarge: outputTooLarge || await dirTooLarge(job) }
+        return { ...base, exitCode: null, signal: 'SIGKILL', sandboxError: null, outputTooLarge: outputTooLarge || dirTooLarge(job) }
       }
       if (jobStatus === null) {
         const why = spawnError ?? bwrapMessage(stderr)
@@ -263,7 +262,7 @@ export async function runSandboxed(job: SandboxJob): Promise<SandboxResult> {
       }
       // bwrap folds "killed by signal N" into exit status 128+N, like a shell does.
       const sig = jobStatus > 128 ? signalName(jobStatus - 128) : null
-      const tooLarge = outputTooLarge || sig === 'SIGXFSZ' || await dirTooLarge(job)
+      const tooLarge = outputTooLarge || sig === 'SIGXFSZ' || dirTooLarge(job)
       return { ...base, outputTooLarge: tooLarge, exitCode: sig ? null : jobStatus, signal: sig, sandboxError: null }
     }
   })
@@ -328,20 +327,24 @@ function validate(job: SandboxJob): string {
   return cwd
 }
 
-/** Total apparent size of the files in jobDir (inputs included); stops counting past the cap. */
-async function dirTooLarge(job: SandboxJob): Promise<boolean> {
+/**
+ * Total apparent size of the files in jobDir (inputs included); stops counting past the cap.
+ * Synchronous: a kept kernel tree has a hundred directories, and a readdir through the thread
+ * pool costs several times the syscall; after every job.
+ */
+function dirTooLarge(job: SandboxJob): boolean {
   let total = 0
-  const walk = async (dir: string): Promise<boolean> => {
+  const walk = (dir: string): boolean => {
     let entries: Dirent[]
-    try { entries = await readdir(dir, { withFileTypes: true }) } catch { return false }
+    try { entries = readdirSync(dir, { withFileTypes: true }) } catch { return false }
     for (const e of entries) {
       const p = join(dir, e.name)
       if (e.isDirectory()) {
-        if (await walk(p)) return true
+        if (walk(p)) return true
         continue
       }
       if (e.isFile() && job.inputs?.has(p)) continue
-      try { total += (await lstat(p)).size } catch { continue }
+      try { total += lstatSync(p).size } catch { continue }
       if (total > job.maxOutputBytes) return true
     }
     return false
