@@ -50,6 +50,37 @@ test('not cacheable: link, -E, several sources, stdin, PCH, -save-temps, profili
   no(['-c', 'a.c', '@/nonexistent/rsp'], /unreadable response file/)
 })
 
+test('-fdirectives-only preprocessing: gcc C and C++ only, and not with options that change what the preprocessor writes', async () => {
+  assert.equal(ok(['-c', 'a.c', '-O2', '-Wp,-MMD,a.d']).directivesOnly, true)
+  assert.equal(ok(['-c', 'a.cpp']).directivesOnly, true)
+  assert.equal(ok(['-c', 'a.c'], 'clang').directivesOnly, false)
+  assert.equal(ok(['-c', 'a.S']).directivesOnly, false)
+  for (const a of ['-C', '-CC', '-P', '-traditional-cpp', '-trigraphs', '-fpreprocessed', '-fno-directives-only']) {
+    assert.equal(ok(['-c', 'a.c', a]).directivesOnly, false, a)
+  }
+  const spec = ok(['-c', 'a.c'])
+  assert.ok(spec.preprocessArgs(null, true).includes('-fdirectives-only'))
+  assert.ok(!spec.preprocessArgs(null).includes('-fdirectives-only'))
+  // what the mode is chosen for, on real gcc: the same files named, the same depfile written
+  const dir = mkdtempSync(join(tmpdir(), 'meshcc-dironly-'))
+  try {
+    writeFileSync(join(dir, 'h.h'), '#define TWICE(x) ((x) * 2) /* a comment */\n#include <stddef.h>\n')
+    writeFileSync(join(dir, 'a.c'), '#include "h.h"\n#if defined(TWICE)\n#include <limits.h>\n#endif\nint a(void) { return TWICE(INT_MAX / 4); }\n')
+    const s = ok(['-c', 'a.c', '-MD'])
+    const markers = (t: string) => [...new Set(t.split('\n').filter((l) => /^# \d+ "/.test(l)).map((l) => l.split('"')[1]))].sort()
+    const full = await runCommand('gcc', s.preprocessArgs(join(dir, 'full.d')), { cwd: dir })
+    const dOnly = await runCommand('gcc', s.preprocessArgs(join(dir, 'donly.d'), true), { cwd: dir })
+    assert.equal(full.code, 0, full.stderr)
+    assert.equal(dOnly.code, 0, dOnly.stderr)
+    assert.deepEqual(markers(dOnly.stdout), markers(full.stdout))
+    assert.ok(markers(full.stdout).some((f) => f.endsWith('/limits.h')))
+    assert.equal(readFileSync(join(dir, 'donly.d'), 'utf8'), readFileSync(join(dir, 'full.d'), 'utf8'))
+    assert.match(dOnly.stdout, /TWICE\(INT_MAX/, 'macros stay unexpanded')
+  } finally {
+    rmSync(dir, { recursive: true, force: true })
+  }
+})
+
 test('output name does not enter the key; the depfile target does', () => {
   const a = ok(['-c', 'a.c', '-o', 'x/a.o', '-O2'])
   const b = ok(['-c', 'a.c', '-o', 'y/b.o', '-O2'])

@@ -157,6 +157,32 @@ test('a unit that includes thousands of headers (as large C++ units do) is compi
   assert.ok(readFileSync(join(dir, 'unit.o')).equals(readFileSync(join(dir, 'plain.o'))), 'unit.o is what gcc makes')
 })
 
+test('units -fdirectives-only cannot key are preprocessed fully: __TIME__ never hits stale, __COUNTER__ in #if is still cached', { timeout: 120_000 }, async () => {
+  const dir = join(client.dir, 'dironly')
+  mkdirSync(dir)
+  // __TIME__ stays unexpanded in directives-only output: keyed on that, the second compile would hit the first
+  writeFileSync(join(dir, 'time.c'), 'const char *built_at = __TIME__;\n')
+  const before = await client.stats()
+  const r1 = await client.run(['gcc', '-c', 'time.c', '-o', 't1.o'], { cwd: dir })
+  assert.equal(r1.code, 0, r1.stderr)
+  await new Promise((r) => setTimeout(r, 1100))
+  const r2 = await client.run(['gcc', '-c', 'time.c', '-o', 't2.o'], { cwd: dir })
+  assert.equal(r2.code, 0, r2.stderr)
+  assert.ok(!readFileSync(join(dir, 't1.o')).equals(readFileSync(join(dir, 't2.o'))), 'the second object has its own __TIME__')
+  const mid = await client.stats()
+  assert.equal(mid.cache_hits - before.cache_hits, 0, 'no hit for a unit naming __TIME__')
+  // gcc refuses __COUNTER__ in a directive with -fdirectives-only: the full preprocessor keys it
+  writeFileSync(join(dir, 'counter.c'), '#if __COUNTER__ == 0\nint first;\n#endif\nint c(void) { return __COUNTER__; }\n')
+  const r3 = await client.run(['gcc', '-c', 'counter.c', '-o', 'c.o'], { cwd: dir })
+  assert.equal(r3.code, 0, r3.stderr)
+  const after = await client.stats()
+  assert.equal(after.non_cacheable, mid.non_cacheable, `not passed through: ${JSON.stringify(after.non_cacheable_reasons)}`)
+  assert.equal(after.cache_misses - mid.cache_misses, 1)
+  const plain = await runCommand('gcc', ['-c', 'counter.c', '-o', 'p.o'], { cwd: dir })
+  assert.equal(plain.code, 0)
+  assert.ok(readFileSync(join(dir, 'c.o')).equals(readFileSync(join(dir, 'p.o'))))
+})
+
 test('a header shared by many units crosses the network once per builder, not once per unit', { timeout: 180_000 }, async () => {
   const dir = join(client.dir, 'shared')
   mkdirSync(dir)

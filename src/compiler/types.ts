@@ -19,7 +19,12 @@ export interface CompileSpec {
    * Arguments that write the preprocessed TU to stdout and, when the compile asks for one,
    * the dependency file to `depPath` (exactly the file the compile itself would write)
    */
-  preprocessArgs(depPath: string | null): string[]
+  preprocessArgs(depPath: string | null, directivesOnly?: boolean): string[]
+  /**
+   * Whether preprocessArgs may add gcc's -fdirectives-only: the output then keeps macros
+   * unexpanded and comments in, still names every file read, and costs far less to produce
+   */
+  directivesOnly: boolean
   /** every argument that affects the outputs, in order, output paths removed */
   keyArgs: string[]
   /** the dependency file's target text, or null when no depfile is written */

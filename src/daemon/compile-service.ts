@@ -31,6 +31,9 @@ export type CompileReply =
 const KEY_VERSION = 'meshcc-key-2' // 2: the preprocessed text enters as its sha256 (one pass over megabytes, not two)
 
 const INCBIN = Buffer.from('.incbin')
+/** left unexpanded by -fdirectives-only: such a unit is keyed on its fully preprocessed text */
+const DATE_MACRO = Buffer.from('__DATE__')
+const TIME_MACRO = Buffer.from('__TIME') // __TIME__ and __TIMESTAMP__
 
 /** Environment variables that can change what the compiler writes (the preprocessed text covers the rest). */
 export const KEY_ENV = ['LANG', 'LC_ALL', 'LC_CTYPE', 'LC_MESSAGES', 'LANGUAGE', 'GCC_EXEC_PREFIX', 'COMPILER_PATH',
@@ -56,6 +59,8 @@ export interface RemoteJob {
   compilerHash: string
   /** the sha256 of the preprocessed TU: the builder re-preprocesses and must get the same */
   ppHash: string
+  /** it was preprocessed with -fdirectives-only (so must the builder's check be) */
+  directivesOnly: boolean
   /** the files the TU read, each with its hash (null: not a readable regular file) */
   inputs: () => Promise<HashedInputs>
 }
@@ -95,7 +100,7 @@ export interface CompileServiceOptions {
 
 /** The files a preprocessed unit read (its line markers) and their hashes: taken once per miss for the job's inputs and the manifest. */
 export interface HashedInputs { set: InputSet; hashes: Array<FileHash | null> }
-interface KeyResult { key: string; ppHash: string; inputs: InputSet | null; hashed?: Promise<HashedInputs> }
+interface KeyResult { key: string; ppHash: string; directivesOnly: boolean; inputs: InputSet | null; hashed?: Promise<HashedInputs> }
 /** A manifest entry to write once the result it points at is stored. */
 interface ManifestUpdate { direct: string; write: () => Promise<void> }
 interface LocalResult { exitCode: number; stdout: Buffer; stderr: Buffer; obj: Buffer | null }
@@ -201,8 +206,23 @@ export class CompileService {
     return { kind: 'passthrough', reason }
   }
 
-  /** The cache key, or null when the preprocessor fails (the real compile will say why). */
+  /**
+   * The cache key, or null when the preprocessor fails (the real compile will say why). A gcc
+   * unit that may be shipped to a peer is keyed on -fdirectives-only output: the same files,
+   * for about a third of the CPU, here and in the builder's check. Its comments and unused
+   * macros are in the key, so an edit to a comment misses where full preprocessing would hit;
+   * a unit naming __DATE__ or __TIME__ (unexpanded there) or that gcc refuses in that mode
+   * (__COUNTER__ in a directive) is preprocessed fully instead.
+   */
   private async computeKey(req: CompileRequest, spec: CompileSpec, compilerHash: string, depTemp: string | null): Promise<KeyResult | 'incbin' | null> {
+    if (spec.directivesOnly && this.remote && spec.remoteBlocker === null) {
+      const r = await this.keyFrom(req, spec, compilerHash, depTemp, true)
+      if (r !== 'full') return r
+    }
+    return (await this.keyFrom(req, spec, compilerHash, depTemp, false)) as KeyResult | 'incbin' | null
+  }
+
+  private async keyFrom(req: CompileRequest, spec: CompileSpec, compilerHash: string, depTemp: string | null, directivesOnly: boolean): Promise<KeyResult | 'incbin' | 'full' | null> {
     const h = createHash('sha256')
     const field = (s: string) => { h.update(s); h.update('\0') }
     field(KEY_VERSION)
@@ -215,7 +235,7 @@ export class CompileService {
     if (spec.cwdInKey) field(`cwd=${req.cwd}`)
     if (spec.depTarget !== null) field(`deptarget=${spec.depTarget}`)
     for (const name of KEY_ENV) if (req.env[name] !== undefined) field(`${name}=${req.env[name]}`)
-    field('--preprocessed--')
+    field(directivesOnly ? '--directives-only--' : '--preprocessed--')
 
     const ppHash = createHash('sha256')
     // a peer needs the unit's files, direct mode records them: read off the markers as they stream
@@ -223,24 +243,27 @@ export class CompileService {
     // An assembler .incbin (in a .S file or inline asm) reads a file the preprocessed text does
     // not contain: a change there would leave the key unchanged and a hit would be stale.
     const incbinSearch = new StreamSearch(INCBIN)
+    const timeSearches = directivesOnly ? [new StreamSearch(DATE_MACRO), new StreamSearch(TIME_MACRO)] : []
     const ok = await this.pre.run(async () => {
-      const sub = execa(req.compiler, spec.preprocessArgs(depTemp), {
+      const sub = execa(req.compiler, spec.preprocessArgs(depTemp, directivesOnly), {
         cwd: req.cwd, env: req.env, extendEnv: false, stdin: 'ignore', reject: false,
         buffer: { stdout: false, stderr: true }, encoding: 'buffer', stripFinalNewline: false
       })
       sub.stdout.on('data', (chunk: Buffer) => {
         ppHash.update(chunk)
         incbinSearch.push(chunk)
+        for (const t of timeSearches) t.push(chunk)
         scanner?.push(chunk)
       })
       const r = await sub
       return r.exitCode === 0
     })
+    if (directivesOnly && (!ok || timeSearches.some((t) => t.found))) return 'full'
     if (ok && incbinSearch.found) return 'incbin'
     if (!ok) return null
     const pp = ppHash.digest('hex')
     field(pp)
-    return { key: h.digest('hex'), ppHash: pp, inputs: scanner?.finish() ?? null }
+    return { key: h.digest('hex'), ppHash: pp, directivesOnly, inputs: scanner?.finish() ?? null }
   }
 
   private async compileAndStore(req: CompileRequest, spec: CompileSpec, k: KeyResult, depTemp: string | null,
@@ -254,7 +277,7 @@ export class CompileService {
     let result: LocalResult | null = null
     const remote = this.remote
     if (remote && spec.remoteBlocker === null && remote.wants(this.cpu.running < this.opts.slots)) {
-      const prepared = await remote.prepare({ req, spec, ...compiler, ppHash: k.ppHash, inputs: () => this.hashedInputs(k) })
+      const prepared = await remote.prepare({ req, spec, ...compiler, ppHash: k.ppHash, directivesOnly: k.directivesOnly, inputs: () => this.hashedInputs(k) })
       while (prepared && result === null) {
         const a = await remote.tryPeers(prepared)
         if (a.kind === 'done' && a.outcome.exitCode !== 0) {

@@ -189,7 +189,7 @@ export class MeshRemoteRunner implements RemoteRunner {
       argv: job.spec.compileArgs(objPath),
       cwd, env,
       ppHash: job.ppHash,
-      ppArgv: job.spec.preprocessArgs(null),
+      ppArgv: job.spec.preprocessArgs(null, job.directivesOnly),
       objPath,
       files: inputs.files,
       dirs: inputs.dirs
