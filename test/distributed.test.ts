@@ -162,7 +162,13 @@ test('units -fdirectives-only cannot key are preprocessed fully: __TIME__ never 
   mkdirSync(dir)
   // __TIME__ stays unexpanded in directives-only output: keyed on that, the second compile would hit the first
   writeFileSync(join(dir, 'time.c'), 'const char *built_at = __TIME__;\n')
+  // identifiers that merely start like those macros (the kernel's __TIMER_INITIALIZER) keep the cheap mode
+  writeFileSync(join(dir, 'timer.c'), '#define __TIMER_INITIALIZER(f) { f }\nstruct t { int f; } timer = __TIMER_INITIALIZER(1);\nint __DATE_FORMAT;\n')
+  const s0 = await client.stats()
+  const r0 = await client.run(['gcc', '-c', 'timer.c', '-o', 'timer.o'], { cwd: dir })
+  assert.equal(r0.code, 0, r0.stderr)
   const before = await client.stats()
+  assert.equal(before.directives_only - s0.directives_only, 1, 'timer.c keyed on its -fdirectives-only text')
   const r1 = await client.run(['gcc', '-c', 'time.c', '-o', 't1.o'], { cwd: dir })
   assert.equal(r1.code, 0, r1.stderr)
   await new Promise((r) => setTimeout(r, 1100))
@@ -171,6 +177,7 @@ test('units -fdirectives-only cannot key are preprocessed fully: __TIME__ never 
   assert.ok(!readFileSync(join(dir, 't1.o')).equals(readFileSync(join(dir, 't2.o'))), 'the second object has its own __TIME__')
   const mid = await client.stats()
   assert.equal(mid.cache_hits - before.cache_hits, 0, 'no hit for a unit naming __TIME__')
+  assert.equal(mid.directives_only, before.directives_only, 'time.c was preprocessed fully')
   // gcc refuses __COUNTER__ in a directive with -fdirectives-only: the full preprocessor keys it
   writeFileSync(join(dir, 'counter.c'), '#if __COUNTER__ == 0\nint first;\n#endif\nint c(void) { return __COUNTER__; }\n')
   const r3 = await client.run(['gcc', '-c', 'counter.c', '-o', 'c.o'], { cwd: dir })

@@ -2,7 +2,7 @@
 // preprocessed unit that arrives in pipe chunks of any size, the needle split across seams.
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
-import { StreamSearch } from '../src/util/stream-search.js'
+import { StreamSearch, StreamSearchAny } from '../src/util/stream-search.js'
 
 const needle = Buffer.from('.incbin')
 
@@ -34,5 +34,17 @@ test('no false find: the needle\'s pieces in separate places, or a prefix at the
       for (const c of chunked(text, sizes)) s.push(c)
       assert.equal(s.found, false, `${JSON.stringify(text)} in chunks of ${sizes.join(',')}`)
     }
+  }
+})
+
+test('StreamSearchAny: any of several needles, across seams, and no find for identifiers that only start alike', () => {
+  const needles = ['__DATE__', '__TIME__', '__TIMESTAMP__'].map((n) => Buffer.from(n))
+  for (const sizes of [[4096], [3], [1], [5, 2]]) {
+    const hit = new StreamSearchAny(needles)
+    for (const c of chunked('struct x = __TIMER_INITIALIZER; const char *s = __TIMESTAMP__;', sizes)) hit.push(c)
+    assert.equal(hit.found, true, `chunk sizes ${sizes.join(',')}`)
+    const miss = new StreamSearchAny(needles)
+    for (const c of chunked('struct x = __TIMER_INITIALIZER; int __DATE_FORMAT; int __TIME_;', sizes)) miss.push(c)
+    assert.equal(miss.found, false, `chunk sizes ${sizes.join(',')}`)
   }
 })

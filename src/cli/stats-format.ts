@@ -9,6 +9,7 @@ const LINES: Array<[string, string]> = [
   ['Non-cacheable calls', 'non_cacheable'],
   ['Local compiles', 'local_compiles'],
   ['Remote compiles', 'remote_compiles'],
+  ['Units keyed with -fdirectives-only', 'directives_only'],
   ['Compile failures', 'compile_failures'],
   ['Fallbacks to a plain compile', 'fallbacks'],
   ['Remote attempts retried', 'remote_retries'],

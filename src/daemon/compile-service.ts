@@ -17,7 +17,7 @@ import { depfilePrerequisites } from '../compiler/depfile.js'
 import type { Logger } from '../log.js'
 import { Semaphore } from '../util/semaphore.js'
 import { siblingTemp, writeFileAtomic } from '../util/atomic-write.js'
-import { StreamSearch } from '../util/stream-search.js'
+import { StreamSearch, StreamSearchAny } from '../util/stream-search.js'
 import type { CompileRequest } from './launcher-protocol.js'
 import { CompilerIdentity } from './compiler-identity.js'
 import type { Stats } from './stats.js'
@@ -32,8 +32,7 @@ const KEY_VERSION = 'meshcc-key-2' // 2: the preprocessed text enters as its sha
 
 const INCBIN = Buffer.from('.incbin')
 /** left unexpanded by -fdirectives-only: such a unit is keyed on its fully preprocessed text */
-const DATE_MACRO = Buffer.from('__DATE__')
-const TIME_MACRO = Buffer.from('__TIME') // __TIME__ and __TIMESTAMP__
+const DATE_TIME_MACROS = ['__DATE__', '__TIME__', '__TIMESTAMP__'].map((m) => Buffer.from(m))
 
 /** Environment variables that can change what the compiler writes (the preprocessed text covers the rest). */
 export const KEY_ENV = ['LANG', 'LC_ALL', 'LC_CTYPE', 'LC_MESSAGES', 'LANGUAGE', 'GCC_EXEC_PREFIX', 'COMPILER_PATH',
@@ -243,7 +242,7 @@ export class CompileService {
     // An assembler .incbin (in a .S file or inline asm) reads a file the preprocessed text does
     // not contain: a change there would leave the key unchanged and a hit would be stale.
     const incbinSearch = new StreamSearch(INCBIN)
-    const timeSearches = directivesOnly ? [new StreamSearch(DATE_MACRO), new StreamSearch(TIME_MACRO)] : []
+    const dateTime = directivesOnly ? new StreamSearchAny(DATE_TIME_MACROS) : null
     const ok = await this.pre.run(async () => {
       const sub = execa(req.compiler, spec.preprocessArgs(depTemp, directivesOnly), {
         cwd: req.cwd, env: req.env, extendEnv: false, stdin: 'ignore', reject: false,
@@ -252,13 +251,17 @@ export class CompileService {
       sub.stdout.on('data', (chunk: Buffer) => {
         ppHash.update(chunk)
         incbinSearch.push(chunk)
-        for (const t of timeSearches) t.push(chunk)
+        dateTime?.push(chunk)
         scanner?.push(chunk)
       })
       const r = await sub
       return r.exitCode === 0
     })
-    if (directivesOnly && (!ok || timeSearches.some((t) => t.found))) return 'full'
+    if (directivesOnly && (!ok || dateTime!.found)) {
+      this.opts.log.debug(`${spec.input}: preprocessed fully (${ok ? 'names __DATE__ or __TIME__' : 'gcc refused -fdirectives-only'})`)
+      return 'full'
+    }
+    if (directivesOnly && ok) this.opts.stats.inc('directives_only')
     if (ok && incbinSearch.found) return 'incbin'
     if (!ok) return null
     const pp = ppHash.digest('hex')

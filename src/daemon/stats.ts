@@ -8,7 +8,7 @@ import type { Logger } from '../log.js'
 
 export const COUNTERS = [
   'compile_requests', 'cache_hits', 'direct_hits', 'cache_misses', 'non_cacheable', 'local_compiles', 'remote_compiles',
-  'compile_failures', 'fallbacks', 'remote_retries', 'cache_errors', 'cache_writes'
+  'compile_failures', 'fallbacks', 'remote_retries', 'cache_errors', 'cache_writes', 'directives_only'
 ] as const
 export type Counter = (typeof COUNTERS)[number]
 

@@ -16,3 +16,20 @@ export class StreamSearch {
     return this.found
   }
 }
+
+/** Does a stream of chunks contain any of several byte strings? */
+export class StreamSearchAny {
+  private readonly searches: StreamSearch[]
+
+  constructor(needles: Buffer[]) {
+    this.searches = needles.map((n) => new StreamSearch(n))
+  }
+
+  get found(): boolean {
+    return this.searches.some((s) => s.found)
+  }
+
+  push(chunk: Buffer): void {
+    for (const s of this.searches) s.push(chunk)
+  }
+}
