@@ -100,6 +100,9 @@ export class InputScanner {
 
   /** The "#" line at `start`: parsed when it ends in this chunk, else kept for the next; false when kept. */
   private lineAt(chunk: Buffer, start: number): boolean {
+    // most "#" lines of -fdirectives-only output are #define: no marker ("# 12" or "#line")
+    const next = chunk[start + 1]
+    if (next !== undefined && next !== 32 && next !== 108 /* l */) return true
     if (chunk.indexOf(10, start) !== -1) {
       this.marker(chunk, start)
       return true
