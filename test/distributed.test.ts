@@ -157,7 +157,7 @@ test('a unit that includes thousands of headers (as large C++ units do) is compi
   assert.ok(readFileSync(join(dir, 'unit.o')).equals(readFileSync(join(dir, 'plain.o'))), 'unit.o is what gcc makes')
 })
 
-test('units -fdirectives-only cannot key are preprocessed fully: __TIME__ never hits stale, __COUNTER__ in #if is still cached', { timeout: 120_000 }, async () => {
+test('units -fdirectives-only cannot key are preprocessed fully: __TIME__ never hits stale, __COUNTER__ in #if and a comment naming .incbin are still cached', { timeout: 120_000 }, async () => {
   const dir = join(client.dir, 'dironly')
   mkdirSync(dir)
   // __TIME__ stays unexpanded in directives-only output: keyed on that, the second compile would hit the first
@@ -188,6 +188,13 @@ test('units -fdirectives-only cannot key are preprocessed fully: __TIME__ never 
   const plain = await runCommand('gcc', ['-c', 'counter.c', '-o', 'p.o'], { cwd: dir })
   assert.equal(plain.code, 0)
   assert.ok(readFileSync(join(dir, 'c.o')).equals(readFileSync(join(dir, 'p.o'))))
+  // that text keeps comments: one that mentions .incbin must not make the unit non-cacheable
+  writeFileSync(join(dir, 'comment.c'), '/* no .incbin here */\nint commented;\n')
+  const r4 = await client.run(['gcc', '-c', 'comment.c', '-o', 'comment.o'], { cwd: dir })
+  assert.equal(r4.code, 0, r4.stderr)
+  const last = await client.stats()
+  assert.equal(last.non_cacheable, after.non_cacheable, `not passed through: ${JSON.stringify(last.non_cacheable_reasons)}`)
+  assert.equal(last.cache_misses - after.cache_misses, 1)
 })
 
 test('a header shared by many units crosses the network once per builder, not once per unit', { timeout: 180_000 }, async () => {

@@ -215,8 +215,8 @@ export class CompileService {
    * unit that may be shipped to a peer is keyed on -fdirectives-only output: the same files,
    * for about a third of the CPU, here and in the builder's check. Its comments and unused
    * macros are in the key, so an edit to a comment misses where full preprocessing would hit;
-   * a unit naming __DATE__ or __TIME__ (unexpanded there) or that gcc refuses in that mode
-   * (__COUNTER__ in a directive) is preprocessed fully instead.
+   * a unit naming __DATE__ or __TIME__ (unexpanded there) or .incbin, or that gcc refuses in
+   * that mode (__COUNTER__ in a directive), is preprocessed fully instead.
    */
   private async computeKey(req: CompileRequest, spec: CompileSpec, compilerHash: string, depTemp: string | null): Promise<KeyResult | 'incbin' | null> {
     if (spec.directivesOnly && this.remote && spec.remoteBlocker === null) {
@@ -262,11 +262,12 @@ export class CompileService {
       const r = await sub
       return r.exitCode === 0
     })
-    if (directivesOnly && (!ok || dateTime!.found)) {
-      this.opts.log.debug(`${spec.input}: preprocessed fully (${ok ? 'names __DATE__ or __TIME__' : 'gcc refused -fdirectives-only'})`)
+    // .incbin too: this text keeps comments, and one that merely mentions it must not make the unit non-cacheable
+    if (directivesOnly && (!ok || dateTime!.found || incbinSearch.found)) {
+      this.opts.log.debug(`${spec.input}: preprocessed fully (${!ok ? 'gcc refused -fdirectives-only' : dateTime!.found ? 'names __DATE__ or __TIME__' : 'names .incbin'})`)
       return 'full'
     }
-    if (directivesOnly && ok) this.opts.stats.inc('directives_only')
+    if (directivesOnly) this.opts.stats.inc('directives_only')
     if (ok && incbinSearch.found) return 'incbin'
     if (!ok) return null
     const pp = ppHash.digest('hex')

@@ -42,7 +42,7 @@ export const LIMITS = {
   /** a path in the file table */
   pathBytes: 4096
 }
-/** the largest table LIMITS allow: every entry's fixed part plus a full path */
+/** the largest table accepted: LIMITS.files entries' fixed parts and 16 MiB of path bytes (paths are front-coded) */
 const MAX_TABLE_BYTES = LIMITS.files * 48 + 16 * 1024 * 1024
 const HEARTBEAT_MS = 15_000
 
