@@ -168,7 +168,7 @@ export class Workspace {
     // readdir on this thread: a kept kernel tree has a hundred directories (see FileHasher)
     const walk = async (dir: string): Promise<void> => {
       for (const e of readdirSync(dir, { withFileTypes: true })) {
-        const p = join(dir, e.name)
+        const p = `${dir}/${e.name}` // dir is absolute and normal, as are the input paths it is compared with
         if (e.isDirectory() && this.dirs.has(p)) await walk(p)
         else if (e.isFile() && this.files.has(p)) seen++
         else {

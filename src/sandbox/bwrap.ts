@@ -338,7 +338,7 @@ function dirTooLarge(job: SandboxJob): boolean {
     let entries: Dirent[]
     try { entries = readdirSync(dir, { withFileTypes: true }) } catch { return false }
     for (const e of entries) {
-      const p = join(dir, e.name)
+      const p = `${dir}/${e.name}` // dir is absolute and normal: path.join's normalising showed in the builder's profile
       if (e.isDirectory()) {
         if (walk(p)) return true
         continue
@@ -349,7 +349,7 @@ function dirTooLarge(job: SandboxJob): boolean {
     }
     return false
   }
-  return walk(job.jobDir)
+  return walk(posix.normalize(job.jobDir).replace(/(.)\/+$/, '$1'))
 }
 
 function parseExitCode(text: string): number | null {

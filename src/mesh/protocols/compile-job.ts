@@ -135,18 +135,21 @@ export function encodeFileTable(files: JobFileRef[]): Buffer {
 export function decodeFileTable(table: Buffer, n: number): JobFileRef[] {
   const files: JobFileRef[] = []
   let off = 0
-  let prev: Buffer = Buffer.alloc(0)
+  // the current path's bytes: each entry overwrites what follows the part it shares
+  const path8 = Buffer.allocUnsafe(LIMITS.pathBytes)
+  let prevLength = 0
   const need = (bytes: number, i: number) => { if (off + bytes > table.length) throw new ProtocolViolation(`file table ends inside entry ${i}`) }
   for (let i = 0; i < n; i++) {
     need(4, i)
     const shared = table.readUInt16BE(off)
     const rest = table.readUInt16BE(off + 2)
     off += 4
-    if (shared > prev.length || shared + rest > LIMITS.pathBytes) throw new ProtocolViolation(`files[${i}]: bad path length`)
+    if (shared > prevLength || shared + rest > LIMITS.pathBytes) throw new ProtocolViolation(`files[${i}]: bad path length`)
     need(rest + ENTRY_FIXED - 4, i)
-    const p = Buffer.concat([prev.subarray(0, shared), table.subarray(off, off + rest)])
+    table.copy(path8, shared, off, off + rest)
+    prevLength = shared + rest
     off += rest
-    const path = p.toString('utf8')
+    const path = path8.toString('utf8', 0, prevLength)
     if (!path.startsWith('/') || path.split('/').includes('..')) throw new ProtocolViolation(`files[${i}].path must be absolute without '..': ${path}`)
     const mode = table.readUInt16BE(off)
     if (mode > 0o777) throw new ProtocolViolation(`files[${i}].mode: expected permission bits`)
@@ -155,7 +158,6 @@ export function decodeFileTable(table: Buffer, n: number): JobFileRef[] {
     const hash = table.toString('hex', off + 6, off + 38)
     off += 38
     files.push({ path, mode, size, hash })
-    prev = p
   }
   if (off !== table.length) throw new ProtocolViolation('file table longer than its entries')
   return files
