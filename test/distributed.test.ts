@@ -197,6 +197,23 @@ test('units -fdirectives-only cannot key are preprocessed fully: __TIME__ never 
   assert.equal(last.cache_misses - after.cache_misses, 1)
 })
 
+test('a clang compile (-g) is compiled remotely too, byte-identical, with its own toolchain', { timeout: 180_000, skip: !haveCommand('clang') ? 'clang missing' : false }, async () => {
+  const dir = join(client.dir, 'clang')
+  mkdirSync(dir)
+  writeFileSync(join(dir, 'h.h'), '#include <stdio.h>\n#define GREET(x) printf("hello %s\\n", x)\n')
+  writeFileSync(join(dir, 'a.c'), '#include "h.h"\nint main(void) { GREET("clang"); return 0; }\n')
+  const args = ['-g', '-O1', '-c', 'a.c']
+  const plain = await runCommand('clang', [...args, '-o', 'plain.o'], { cwd: dir })
+  assert.equal(plain.code, 0, plain.stderr)
+  const before = await client.stats()
+  const r = await client.run(['clang', ...args, '-o', 'a.o'], { cwd: dir, timeoutMs: 150_000 })
+  assert.equal(r.code, 0, r.stderr)
+  const s = await client.stats()
+  assert.equal(s.remote_compiles - before.remote_compiles, 1, `compiled on a builder (retries: ${JSON.stringify(s.retry_reasons)}, fallbacks: ${JSON.stringify(s.fallback_reasons)})`)
+  assert.equal(s.directives_only, before.directives_only, 'clang units are preprocessed fully')
+  assert.ok(readFileSync(join(dir, 'a.o')).equals(readFileSync(join(dir, 'plain.o'))), 'a.o is what clang makes')
+})
+
 test('a header shared by many units crosses the network once per builder, not once per unit', { timeout: 180_000 }, async () => {
   const dir = join(client.dir, 'shared')
   mkdirSync(dir)
