@@ -47,6 +47,22 @@ before(async () => {
 })
 after(async () => { for (const i of all) await i.stop() })
 
+/**
+ * Compile `args` with `compiler` plainly and through the client: the client's compile must run
+ * on a builder and write the same object. The client's stats before and after.
+ */
+async function remoteLikePlain(compiler: string, args: string[], dir: string, obj: string) {
+  const plain = await runCommand(compiler, [...args, '-o', `plain-${obj}`], { cwd: dir })
+  assert.equal(plain.code, 0, plain.stderr)
+  const before = await client.stats()
+  const r = await client.run([compiler, ...args, '-o', obj], { cwd: dir, timeoutMs: 150_000 })
+  assert.equal(r.code, 0, r.stderr)
+  const after = await client.stats()
+  assert.equal(after.remote_compiles - before.remote_compiles, 1, `compiled on a builder (retries: ${JSON.stringify(after.retry_reasons)}, fallbacks: ${JSON.stringify(after.fallback_reasons)})`)
+  assert.ok(readFileSync(join(dir, obj)).equals(readFileSync(join(dir, `plain-${obj}`))), `${obj} is what ${compiler} makes`)
+  return { before, after }
+}
+
 test('a C project via make, every miss compiled remotely: objects (-g) and depfiles identical to a plain build, warnings identical', { timeout: 300_000 }, async () => {
   const proj = join(client.dir, 'cproj')
   writeCProject(proj)
@@ -145,16 +161,8 @@ test('a unit that includes thousands of headers (as large C++ units do) is compi
   const n = 3000
   for (let i = 0; i < n; i++) writeFileSync(join(inc, `component_${i}_with_a_descriptive_name.hpp`), `int component_${i}(void);\n`)
   writeFileSync(join(dir, 'unit.c'), Array.from({ length: n }, (_, i) => `#include "vendor/some_large_library/detail/implementation/component_${i}_with_a_descriptive_name.hpp"`).join('\n') + '\nint unit(void) { return component_7(); }\n')
-  const args = ['-g', '-Iinclude', '-c', 'unit.c']
-  const plain = await runCommand('gcc', [...args, '-o', 'plain.o'], { cwd: dir })
-  assert.equal(plain.code, 0, plain.stderr)
-  const before = await client.stats()
-  const r = await client.run(['gcc', ...args, '-o', 'unit.o'], { cwd: dir, timeoutMs: 120_000 })
-  assert.equal(r.code, 0, r.stderr)
-  const s = await client.stats()
-  assert.equal(s.remote_compiles - before.remote_compiles, 1, `compiled on a builder (retries: ${JSON.stringify(s.retry_reasons)}, fallbacks: ${JSON.stringify(s.fallback_reasons)})`)
-  assert.equal(s.fallbacks, before.fallbacks)
-  assert.ok(readFileSync(join(dir, 'unit.o')).equals(readFileSync(join(dir, 'plain.o'))), 'unit.o is what gcc makes')
+  const { before, after } = await remoteLikePlain('gcc', ['-g', '-Iinclude', '-c', 'unit.c'], dir, 'unit.o')
+  assert.equal(after.fallbacks, before.fallbacks)
 })
 
 test('units -fdirectives-only cannot key are preprocessed fully: __TIME__ never hits stale, __COUNTER__ in #if and a comment naming .incbin are still cached', { timeout: 120_000 }, async () => {
@@ -178,23 +186,24 @@ test('units -fdirectives-only cannot key are preprocessed fully: __TIME__ never 
   const mid = await client.stats()
   assert.equal(mid.cache_hits - before.cache_hits, 0, 'no hit for a unit naming __TIME__')
   assert.equal(mid.directives_only, before.directives_only, 'time.c was preprocessed fully')
+  // compiled through the client as a cacheable miss, not passed through to a plain compile
+  const cachedMiss = async (src: string, obj: string) => {
+    const s0 = await client.stats()
+    const r = await client.run(['gcc', '-c', src, '-o', obj], { cwd: dir })
+    assert.equal(r.code, 0, r.stderr)
+    const s1 = await client.stats()
+    assert.equal(s1.non_cacheable, s0.non_cacheable, `${src} passed through: ${JSON.stringify(s1.non_cacheable_reasons)}`)
+    assert.equal(s1.cache_misses - s0.cache_misses, 1)
+  }
   // gcc refuses __COUNTER__ in a directive with -fdirectives-only: the full preprocessor keys it
   writeFileSync(join(dir, 'counter.c'), '#if __COUNTER__ == 0\nint first;\n#endif\nint c(void) { return __COUNTER__; }\n')
-  const r3 = await client.run(['gcc', '-c', 'counter.c', '-o', 'c.o'], { cwd: dir })
-  assert.equal(r3.code, 0, r3.stderr)
-  const after = await client.stats()
-  assert.equal(after.non_cacheable, mid.non_cacheable, `not passed through: ${JSON.stringify(after.non_cacheable_reasons)}`)
-  assert.equal(after.cache_misses - mid.cache_misses, 1)
+  await cachedMiss('counter.c', 'c.o')
   const plain = await runCommand('gcc', ['-c', 'counter.c', '-o', 'p.o'], { cwd: dir })
   assert.equal(plain.code, 0)
   assert.ok(readFileSync(join(dir, 'c.o')).equals(readFileSync(join(dir, 'p.o'))))
   // that text keeps comments: one that mentions .incbin must not make the unit non-cacheable
   writeFileSync(join(dir, 'comment.c'), '/* no .incbin here */\nint commented;\n')
-  const r4 = await client.run(['gcc', '-c', 'comment.c', '-o', 'comment.o'], { cwd: dir })
-  assert.equal(r4.code, 0, r4.stderr)
-  const last = await client.stats()
-  assert.equal(last.non_cacheable, after.non_cacheable, `not passed through: ${JSON.stringify(last.non_cacheable_reasons)}`)
-  assert.equal(last.cache_misses - after.cache_misses, 1)
+  await cachedMiss('comment.c', 'comment.o')
 })
 
 test('a clang compile (-g) is compiled remotely too, byte-identical, with its own toolchain', { timeout: 180_000, skip: !haveCommand('clang') ? 'clang missing' : false }, async () => {
@@ -202,16 +211,8 @@ test('a clang compile (-g) is compiled remotely too, byte-identical, with its ow
   mkdirSync(dir)
   writeFileSync(join(dir, 'h.h'), '#include <stdio.h>\n#define GREET(x) printf("hello %s\\n", x)\n')
   writeFileSync(join(dir, 'a.c'), '#include "h.h"\nint main(void) { GREET("clang"); return 0; }\n')
-  const args = ['-g', '-O1', '-c', 'a.c']
-  const plain = await runCommand('clang', [...args, '-o', 'plain.o'], { cwd: dir })
-  assert.equal(plain.code, 0, plain.stderr)
-  const before = await client.stats()
-  const r = await client.run(['clang', ...args, '-o', 'a.o'], { cwd: dir, timeoutMs: 150_000 })
-  assert.equal(r.code, 0, r.stderr)
-  const s = await client.stats()
-  assert.equal(s.remote_compiles - before.remote_compiles, 1, `compiled on a builder (retries: ${JSON.stringify(s.retry_reasons)}, fallbacks: ${JSON.stringify(s.fallback_reasons)})`)
-  assert.equal(s.directives_only, before.directives_only, 'clang units are preprocessed fully')
-  assert.ok(readFileSync(join(dir, 'a.o')).equals(readFileSync(join(dir, 'plain.o'))), 'a.o is what clang makes')
+  const { before, after } = await remoteLikePlain('clang', ['-g', '-O1', '-c', 'a.c'], dir, 'a.o')
+  assert.equal(after.directives_only, before.directives_only, 'clang units are preprocessed fully')
 })
 
 test('a header shared by many units crosses the network once per builder, not once per unit', { timeout: 180_000 }, async () => {
