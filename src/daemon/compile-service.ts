@@ -17,7 +17,7 @@ import { depfilePrerequisites } from '../compiler/depfile.js'
 import type { Logger } from '../log.js'
 import { Semaphore } from '../util/semaphore.js'
 import { siblingTemp, writeFileAtomic } from '../util/atomic-write.js'
-import { StreamSearch, StreamSearchAny } from '../util/stream-search.js'
+import { StreamSearchAny } from '../util/stream-search.js'
 import type { CompileRequest } from './launcher-protocol.js'
 import { CompilerIdentity } from './compiler-identity.js'
 import type { Stats } from './stats.js'
@@ -245,9 +245,10 @@ export class CompileService {
     // a peer needs the unit's files, direct mode records them: read off the markers as they stream
     const scanner = this.remote || this.opts.direct ? new InputScanner(req.cwd, resolve(req.cwd, spec.input)) : null
     // An assembler .incbin (in a .S file or inline asm) reads a file the preprocessed text does
-    // not contain: a change there would leave the key unchanged and a hit would be stale.
-    const incbinSearch = new StreamSearch(INCBIN)
-    const dateTime = directivesOnly ? new StreamSearchAny(DATE_TIME_MACROS) : null
+    // not contain: a change there would leave the key unchanged and a hit would be stale. In
+    // directives-only text (comments kept, __DATE__ unexpanded) it, or a date or time macro,
+    // sends the unit to full preprocessing, which decides.
+    const search = new StreamSearchAny(directivesOnly ? [INCBIN, ...DATE_TIME_MACROS] : [INCBIN])
     const ok = await this.pre.run(async () => {
       const sub = execa(req.compiler, spec.preprocessArgs(depTemp, directivesOnly), {
         cwd: req.cwd, env: req.env, extendEnv: false, stdin: 'ignore', reject: false,
@@ -255,20 +256,18 @@ export class CompileService {
       })
       sub.stdout.on('data', (chunk: Buffer) => {
         ppHash.update(chunk)
-        incbinSearch.push(chunk)
-        dateTime?.push(chunk)
+        search.push(chunk)
         scanner?.push(chunk)
       })
       const r = await sub
       return r.exitCode === 0
     })
-    // .incbin too: this text keeps comments, and one that merely mentions it must not make the unit non-cacheable
-    if (directivesOnly && (!ok || dateTime!.found || incbinSearch.found)) {
-      this.opts.log.debug(`${spec.input}: preprocessed fully (${!ok ? 'gcc refused -fdirectives-only' : dateTime!.found ? 'names __DATE__ or __TIME__' : 'names .incbin'})`)
+    if (directivesOnly && (!ok || search.found)) {
+      this.opts.log.debug(`${spec.input}: preprocessed fully (${ok ? 'it names .incbin, __DATE__ or __TIME__' : 'gcc refused -fdirectives-only'})`)
       return 'full'
     }
     if (directivesOnly) this.opts.stats.inc('directives_only')
-    if (ok && incbinSearch.found) return 'incbin'
+    if (ok && search.found) return 'incbin'
     if (!ok) return null
     const pp = ppHash.digest('hex')
     field(pp)

@@ -30,6 +30,6 @@ export class StreamSearchAny {
   }
 
   push(chunk: Buffer): void {
-    for (const s of this.searches) s.push(chunk)
+    for (const s of this.searches) if (s.push(chunk)) return // one find answers the question
   }
 }

@@ -131,6 +131,14 @@ export function encodeFileTable(files: JobFileRef[]): Buffer {
   return out.subarray(0, off) // sized for whole paths; only the differing parts were written
 }
 
+// a job offered to several peers (full ones refuse) is encoded once
+const encodedTables = new WeakMap<JobFileRef[], Buffer>()
+function fileTableOf(files: JobFileRef[]): Buffer {
+  let t = encodedTables.get(files)
+  if (!t) encodedTables.set(files, (t = encodeFileTable(files)))
+  return t
+}
+
 /** Decode and check a file table of exactly `n` entries; throws ProtocolViolation naming the entry. */
 export function decodeFileTable(table: Buffer, n: number): JobFileRef[] {
   const files: JobFileRef[] = []
@@ -178,7 +186,7 @@ export async function sendCompileJob(node: Libp2p, meshId: string, peer: string,
   const f = new Framed(stream)
   try {
     await f.writeJson({ v: VERSION, ...header, files: header.files.length }, opts.signal)
-    await f.writeBlob(encodeFileTable(header.files), opts.signal)
+    await f.writeBlob(fileTableOf(header.files), opts.signal)
     const first = await f.readJson<{ type?: string; reason?: unknown; need?: unknown }>(opts.signal)
     if (first.type === 'refused') return { kind: 'refused', reason: str(first.reason, 'reason', 1024) }
     if (first.type !== 'accepted') throw new ProtocolViolation(`unexpected reply ${String(first.type)}`)
