@@ -80,6 +80,10 @@ interface SizeResult {
   /** cores busy on the whole machine during the window, and during the convergence wait */
   machineBusy?: number
   convergeBusy?: number
+  /** each daemon's CPU (user + sys, s) from its start until the views were complete */
+  joinCpuS?: number[]
+  /** all daemons' CPU (s) during the convergence wait, and the part of the last 3 started */
+  waitCpuS?: { all: number; last3: number }
   cpuPct?: number[]
   /** of cpuPct, the part spent in the kernel (stime): on loopback that includes the receiving side's TCP stack */
   sysPct?: number[]
@@ -232,6 +236,9 @@ async function runSize(n: number, o: Options): Promise<SizeResult> {
     const convergeProfiled = o.cpuProfPhase === 'converge' ? nodes.filter((nd) => nd.cpuProfDir && nd.pid) : []
     for (const nd of convergeProfiled) process.kill(nd.pid!, 'SIGUSR2') // profile start (cpu-profile-preload.mjs)
     const convTicks0 = machineTicks()
+    const byStart = [...nodes].sort((a, b) => a.startedAt! - b.startedAt!)
+    const cpuSum = (nd: BenchNode) => { const c = nd.pid ? cpuTimes(nd.pid) : undefined; return c ? c.user + c.sys : 0 }
+    const waitCpu0 = nodes.map(cpuSum)
     // Status requests cost the daemons CPU too, so a daemon whose view is complete is not asked
     // again until every view was complete once; then one round over all of them confirms it.
     const complete = new Set<number>()
@@ -267,6 +274,13 @@ async function runSize(n: number, o: Options): Promise<SizeResult> {
     }
     for (const nd of convergeProfiled) process.kill(nd.pid!, 'SIGUSR2') // profile written
     res.convergeBusy = coresBusy(convTicks0, machineTicks(), cpus().length)
+    const waitCpu1 = nodes.map(cpuSum)
+    res.joinCpuS = waitCpu1
+    const last3 = new Set(byStart.slice(-3).map((nd) => nd.index))
+    res.waitCpuS = {
+      all: waitCpu1.reduce((a, c, i) => a + c - waitCpu0[i]!, 0),
+      last3: waitCpu1.reduce((a, c, i) => a + (last3.has(i) ? c - waitCpu0[i]! : 0), 0)
+    }
     if (res.converged) say(`N=${n}: all ${n} views complete ${(res.fromLastMs! / 1000).toFixed(2)} s after the last start (${(res.fromFirstMs! / 1000).toFixed(2)} s after the first)`)
 
     // 2. idle cost over the window (no polling meanwhile)
@@ -414,6 +428,8 @@ function report(results: SizeResult[], o: Options, machine: string): { text: str
     ['idle mesh TCP traffic per daemon (sent + received), min / median / max', ...col((r) => r.traffic ? trio(r.traffic.perNodeBps, fmtRate) : r.trafficProblem ? 'n/a' : '-'), '-'],
     ['idle mesh TCP traffic, whole mesh (each byte once)', ...col((r) => (r.traffic ? fmtRate(r.traffic.meshBps) : '-')), '-'],
     ['TCP connections per daemon, min / median / max', ...col((r) => (r.traffic ? trio(r.traffic.sockets, (x) => x.toFixed(0)) : '-')), '-'],
+    ['CPU per daemon from its start until every view was complete, s, min / median / max', ...col((r) => (r.joinCpuS ? trio(r.joinCpuS, (x) => x.toFixed(2)) : '-')), '-'],
+    ['all daemons\' CPU while waiting for convergence, s (of it: the last 3 started)', ...col((r) => (r.waitCpuS ? `${r.waitCpuS.all.toFixed(1)} (${r.waitCpuS.last3.toFixed(1)})` : '-')), '-'],
     ['machine CPU busy while waiting for convergence / during the window, cores of ' + cpus().length, ...col((r) => `${r.convergeBusy === undefined ? '-' : r.convergeBusy.toFixed(2)} / ${r.machineBusy === undefined ? '-' : r.machineBusy.toFixed(2)}` + (r.cpuPct ? ` (daemons ${(r.cpuPct.reduce((a, b) => a + b, 0) / 100).toFixed(2)})` : '')), '-'],
     ['daemons forwarding gossip just after the window (a member asks, or one is unreachable)', ...col((r) => r.forwardingAfter === undefined ? '-' : `${r.forwardingAfter} of ${r.n}`), '-'],
     ['views still complete after the window', ...col((r) => r.membersAfter ? (r.membersAfter.every((c) => c >= r.n) ? 'yes' : `no (${Math.min(...r.membersAfter)}..${Math.max(...r.membersAfter)} of ${r.n})`) : '-'), '-'],
