@@ -17,6 +17,7 @@ import { LauncherConfigCheck } from './launcher-config-check.js'
 import { Stats } from './stats.js'
 import { lockHolder, processAlive } from '../util/pid-lock.js'
 import { MeshService } from './mesh-service.js'
+import { everyAligned } from '../util/aligned-timer.js'
 
 export class DaemonStartError extends Error {}
 
@@ -87,12 +88,12 @@ export async function startDaemon(config: Config, foreground: boolean): Promise<
   const closed = new Promise<void>((r) => { resolveClosed = r })
 
   const server: Server = createServer((sock) => serve(sock))
-  const flushTimer = setInterval(() => stats.flushIfDirty(), 2000)
-  const idleTimer = setInterval(() => {
+  // aligned: one wake-up with the mesh's timers (util/aligned-timer.ts)
+  const flushTimer = everyAligned(2000, () => stats.flushIfDirty(), { unref: true })
+  const idleTimer = everyAligned(Math.min(5000, Math.max(250, config.daemon.idleTimeout * 250)), () => {
     const idleMs = config.daemon.idleTimeout * 1000
     if (idleMs > 0 && active === 0 && Date.now() - lastActivity > idleMs) void shutdown('idle timeout')
-  }, Math.min(5000, Math.max(250, config.daemon.idleTimeout * 250)))
-  flushTimer.unref()
+  })
 
   const configCheck = new LauncherConfigCheck()
 
@@ -191,8 +192,8 @@ export async function startDaemon(config: Config, foreground: boolean): Promise<
     if (shuttingDown) return shuttingDown
     shuttingDown = (async () => {
       log.info(`shutting down: ${reason}`)
-      clearInterval(idleTimer)
-      clearInterval(flushTimer)
+      idleTimer.stop()
+      flushTimer.stop()
       server.close()
       const deadline = Date.now() + 30_000
       while (active > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50))

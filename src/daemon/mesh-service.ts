@@ -16,6 +16,7 @@ import type { Stats } from './stats.js'
 import { Builder, type BuilderStatus } from './builder.js'
 import { MeshRemoteRunner, type PeerJobStats } from './remote-runner.js'
 import { MemoryInputCache, type InputCacheStatus } from './input-cache.js'
+import { everyAligned } from '../util/aligned-timer.js'
 
 /** What the daemon reports about its own work, for the load gossip. */
 export interface LocalLoad { running: number; queued: number }
@@ -162,10 +163,9 @@ export class MeshService {
       if (data) log.info(`sending toolchain ${hash.slice(0, 12)} (${(data.length / 1048576).toFixed(1)} MiB)`)
       return data
     }, onProtocolError('toolchain transfer'))
-    const refreshPacked = setInterval(() => { void r.heldToolchains().then((h) => { packed = h }) }, 2000)
-    refreshPacked.unref()
+    const refreshPacked = everyAligned(2000, () => { void r.heldToolchains().then((h) => { packed = h }) }, { unref: true })
     svc = new MeshService(mesh, config, log, builder, runner, toolchains, inputs)
-    svc.stopTimers.push(() => clearInterval(refreshPacked), () => inputs.stop())
+    svc.stopTimers.push(() => refreshPacked.stop(), () => inputs.stop())
     log.info(`mesh ${mesh.meshId}: peer ${mesh.peerId} listening on ${mesh.addresses().join(' ')}`)
     if (config.shim.enabled) {
       svc.unsubscribe = mesh.on('members', (m) => svc.electShim(m))

@@ -7,6 +7,7 @@ import { peerIdOf } from './peer-ids.js'
 import type { Connection, PeerId } from '@libp2p/interface'
 import type { Logger } from '../log.js'
 import type { MeshLibp2p } from './node.js'
+import { everyAligned, type AlignedTimer } from '../util/aligned-timer.js'
 
 const TICK_MS = 1000
 const DIAL_TIMEOUT_MS = 10_000
@@ -70,7 +71,7 @@ export class Connector {
   private readonly lastWarned = new Map<string, number>()
   /** when we last heard of each peer we were not connected to (any discovery source) */
   private readonly heard = new Map<string, number>()
-  private timer: NodeJS.Timeout | null = null
+  private timer: AlignedTimer | null = null
   private stopped = false
 
   constructor(init: ConnectorInit) {
@@ -86,8 +87,7 @@ export class Connector {
 
   start(): void {
     this.tick()
-    this.timer = setInterval(() => this.tick(), TICK_MS)
-    this.timer.unref()
+    this.timer = everyAligned(TICK_MS, () => this.tick(), { unref: true }) // one wake-up with the other timers (util/aligned-timer.ts)
     this.node.addEventListener('connection:open', this.onOpen)
   }
 
@@ -115,7 +115,7 @@ export class Connector {
   stop(): void {
     this.node.removeEventListener('connection:open', this.onOpen)
     this.stopped = true
-    if (this.timer) clearInterval(this.timer)
+    this.timer?.stop()
     for (const t of this.delayed.values()) clearTimeout(t)
     this.delayed.clear()
     this.queued.clear()

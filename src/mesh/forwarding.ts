@@ -25,6 +25,7 @@
 // other for good.
 import type { GossipSub } from '@libp2p/gossipsub'
 import type { Logger } from '../log.js'
+import { everyAligned, type AlignedTimer } from '../util/aligned-timer.js'
 
 export const FORWARD_D = 2
 export const FORWARD_DLO = 1
@@ -50,7 +51,7 @@ interface MeshInternals {
 }
 
 export class ForwardingControl {
-  private timer: NodeJS.Timeout | null = null
+  private timer: AlignedTimer | null = null
   private forwarding = true
   private readonly started = Date.now()
 
@@ -71,12 +72,11 @@ export class ForwardingControl {
 
   start(): void {
     this.apply(true)
-    this.timer = setInterval(() => this.check(), CHECK_EVERY_MS)
-    this.timer.unref()
+    this.timer = everyAligned(CHECK_EVERY_MS, () => this.check(), { unref: true }) // one wake-up with the other timers (util/aligned-timer.ts)
   }
 
   stop(): void {
-    if (this.timer) clearInterval(this.timer)
+    this.timer?.stop()
     this.timer = null
   }
 

@@ -15,6 +15,7 @@
 import type { Connection, PeerId } from '@libp2p/interface'
 import type { Logger } from '../log.js'
 import type { MeshLibp2p } from './node.js'
+import { everyAligned, type AlignedTimer } from '../util/aligned-timer.js'
 
 /** a connection younger than this is still being set up: the registrar tells gossipsub of it */
 const SETTLE_MS = 3000
@@ -43,7 +44,7 @@ interface GossipInternals {
 
 export class GossipRepair {
   private readonly tries = new WeakMap<Connection, number>()
-  private timer: NodeJS.Timeout | null = null
+  private timer: AlignedTimer | null = null
   private running = false
 
   constructor(private readonly node: MeshLibp2p, private readonly log: Logger, private readonly everyMs: number) {}
@@ -61,12 +62,11 @@ export class GossipRepair {
         forget.call(gs, err, peer)
       }
     }
-    this.timer = setInterval(() => { void this.check() }, this.everyMs)
-    this.timer.unref()
+    this.timer = everyAligned(this.everyMs, () => { void this.check() }, { unref: true }) // one wake-up with the other timers (util/aligned-timer.ts)
   }
 
   stop(): void {
-    if (this.timer) clearInterval(this.timer)
+    this.timer?.stop()
     this.timer = null
   }
 

@@ -6,6 +6,7 @@ import type { Logger } from '../log.js'
 import type { MeshLibp2p } from './node.js'
 import { decodeLoad, encodeLoad, loadTopic, LoadDecodeError, type LoadInfo, type LoadMessage } from './protocols/load-gossip.js'
 import { errText } from './connector.js'
+import { everyAligned, type AlignedTimer } from '../util/aligned-timer.js'
 
 export type { LoadInfo } from './protocols/load-gossip.js'
 
@@ -59,8 +60,8 @@ export class LoadView {
   private lastPublish = 0
   /** placementSignature of our last published message */
   private lastPlacement = ''
-  private publishTimer: NodeJS.Timeout | null = null
-  private sweepTimer: NodeJS.Timeout | null = null
+  private publishTimer: AlignedTimer | null = null
+  private sweepTimer: AlignedTimer | null = null
   private extraTimer: NodeJS.Timeout | null = null
   private stopped = false
   private readonly self: string
@@ -78,8 +79,10 @@ export class LoadView {
     pubsub.topicValidators.set(this.topic, (_peer, msg) => this.validate(msg))
     pubsub.addEventListener('message', this.onGossip)
     pubsub.subscribe(this.topic)
-    this.publishTimer = setInterval(() => { void this.publish() }, this.init.intervalMs)
-    this.sweepTimer = setInterval(() => this.sweep(), Math.max(50, Math.min(1000, Math.floor(this.init.intervalMs / 2))))
+    // on the wall clock's multiples of the interval: every member publishes in the same moment
+    // (see util/aligned-timer.ts), and the sweep shares the wake-up
+    this.publishTimer = everyAligned(this.init.intervalMs, () => { void this.publish() })
+    this.sweepTimer = everyAligned(Math.max(50, Math.min(1000, Math.floor(this.init.intervalMs / 2))), () => this.sweep())
     void this.publish()
   }
 
@@ -87,7 +90,8 @@ export class LoadView {
   async stop(): Promise<void> {
     if (this.stopped) return
     this.stopped = true
-    for (const t of [this.publishTimer, this.sweepTimer]) if (t) clearInterval(t)
+    this.publishTimer?.stop()
+    this.sweepTimer?.stop()
     if (this.extraTimer) clearTimeout(this.extraTimer)
     const pubsub = this.init.node.services.pubsub
     try {

@@ -11,7 +11,7 @@ import type { Config } from '../config.js'
 import type { Logger } from '../log.js'
 import { MeshError } from './errors.js'
 import { readMeshKey, meshIdFromKey, loadOrCreateIdentity } from './keys.js'
-import { createMeshNode, type MeshLibp2p, type MeshServices } from './node.js'
+import { alignGossipHeartbeat, createMeshNode, type MeshLibp2p, type MeshServices } from './node.js'
 import { Connector, errText } from './connector.js'
 import { Advertiser, platformCapability } from './dht-ads.js'
 import { ForwardingControl } from './forwarding.js'
@@ -19,6 +19,8 @@ import { GossipRepair } from './gossip-repair.js'
 import { loadTopic } from './protocols/load-gossip.js'
 import { exchangeMembers, memberExchangeProtocol, serveMemberExchange, type MemberInfo } from './protocols/member-exchange.js'
 import { LoadView, DEFAULT_GOSSIP_INTERVAL_MS, MAX_GOSSIP_INTERVAL_MS, MIN_GOSSIP_INTERVAL_MS, defaultExpiryMs, type LoadInfo } from './load-view.js'
+import { everyAligned } from '../util/aligned-timer.js'
+import { KeepAlive } from './keepalive.js'
 
 export type { LoadInfo } from './load-view.js'
 export { MeshError } from './errors.js'
@@ -210,9 +212,9 @@ export async function startMesh(opts: MeshOptions): Promise<Mesh> {
     return list.sort((a, b) => (a.peerId < b.peerId ? -1 : a.peerId > b.peerId ? 1 : 0))
   }
 
-  // RTT: yamux pings every connection when it opens and then every 30 s (one frame each way);
-  // libp2p's connection monitor (CONNECTION_PING_MS) records conn.rtt too. We ping only
-  // connections neither has measured, so a new member shows an RTT within a second.
+  // RTT: keepalive.ts pings every connection (yamux, one frame each way) when it opens and then
+  // every 30 s. We ping (ping protocol) only connections it has not measured, so a new member
+  // shows an RTT within a second.
   let pinging = false
   const pingRound = async () => {
     if (pinging || stopped) return
@@ -278,8 +280,11 @@ export async function startMesh(opts: MeshOptions): Promise<Mesh> {
   node.addEventListener('peer:disconnect', onDisconnect)
 
   const ads = new Advertiser(node, meshId, log)
+  const keepAlive = new KeepAlive(node, log)
   const forwarding = new ForwardingControl(node.services.pubsub, loadTopic(meshId), () => someoneIndirect(false),
     (id) => view.get(id)?.wantsForwarding ?? true, log)
+  keepAlive.start()
+  keepAlive.round() // connections opened before we listened
   view.start()
   forwarding.start()
   repair.start()
@@ -287,8 +292,8 @@ export async function startMesh(opts: MeshOptions): Promise<Mesh> {
   ads.start()
   void ads.provide(platformCapability())
   const firstPing = setTimeout(() => { void pingRound() }, Math.min(1000, rttIntervalMs))
-  const pingTimer = setInterval(() => { void pingRound() }, rttIntervalMs)
-  pingTimer.unref()
+  const pingTimer = everyAligned(rttIntervalMs, () => { void pingRound() }, { unref: true })
+  alignGossipHeartbeat(node)
 
   log.info(`mesh ${meshId} started as ${self} in ${Date.now() - t0} ms, listening on ${addresses().join(' ') || '(nothing)'}${mc.mdns ? ', mDNS on' : ''}${mc.dht ? ', DHT on' : ''}`)
 
@@ -321,7 +326,8 @@ export async function startMesh(opts: MeshOptions): Promise<Mesh> {
       listeners.clear()
       if (emitTimer) clearTimeout(emitTimer)
       clearTimeout(firstPing)
-      clearInterval(pingTimer)
+      pingTimer.stop()
+      keepAlive.stop()
       forwarding.stop()
       repair.stop()
       node.removeEventListener('peer:discovery', onDiscovery)

@@ -68,15 +68,6 @@ export const GOSSIP_DEGREES = {
   gossipFactor: FORWARD_GOSSIP_FACTOR
 } as const
 
-/**
- * libp2p's connection monitor pings each connection this often and closes it when the ping
- * fails: it finds connections whose peer vanished without closing them (power cut, cable).
- * Each ping opens a stream (protocol negotiation both ways, a peer-store write on each side),
- * so with 30 members a 15 s interval cost every idle daemon four streams a second. RTTs come
- * from yamux's keep-alive pings instead (see rttOf in mesh.ts), which are one frame each way.
- */
-export const CONNECTION_PING_MS = 60_000
-
 export function dhtProtocol(meshId: string): string {
   return `/meshcc/${meshId}/kad/1.0.0`
 }
@@ -196,10 +187,10 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshLibp2p> {
       addresses: { listen: init.listen },
       transports: [tcp()],
       connectionEncrypters: [markingNoise],
-      streamMuxers: [yamux()],
+      // keep-alive and dead-connection detection: keepalive.ts, aligned for all connections
+      streamMuxers: [yamux({ enableKeepAlive: false })],
       connectionProtector: watchingProtector,
-      // a ping slower than 20 s is an overloaded machine, not a dead peer: keep the connection
-      connectionMonitor: { pingInterval: CONNECTION_PING_MS, pingTimeout: { minTimeout: 20_000, maxTimeout: 60_000 } },
+      connectionMonitor: { enabled: false }, // replaced by keepalive.ts: one yamux frame, not a stream
       connectionManager: {
         // default is 5 inbound per second per IP: too few for a LAN behind one NAT or a test host
         inboundConnectionThreshold: 100
@@ -221,6 +212,19 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshLibp2p> {
   }
   node.addEventListener('connection:open', (evt) => { upgraded.add(evt.detail.timeline) })
   return node
+}
+
+/**
+ * Gossipsub runs its heartbeat every second from the moment it started; this moves it onto the
+ * wall clock's whole seconds, where the daemon's other timers fire (util/aligned-timer.ts), so
+ * they share one wake-up. Gossipsub 17 schedules each heartbeat from `status.hearbeatStartMs`
+ * (sic); a gossipsub without that field is left as it is.
+ */
+export function alignGossipHeartbeat(node: MeshLibp2p): boolean {
+  const status = (node.services.pubsub as unknown as { status?: { hearbeatStartMs?: unknown } }).status
+  if (typeof status?.hearbeatStartMs !== 'number') return false
+  status.hearbeatStartMs = 0
+  return true
 }
 
 /** The id gossipsub's default msgIdFn derives for signed messages (from + seqno), without decoding. */
