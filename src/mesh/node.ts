@@ -18,6 +18,7 @@ import { MeshError } from './errors.js'
 import { FORWARD_D, FORWARD_DLAZY, FORWARD_DLO, FORWARD_GOSSIP_FACTOR } from './forwarding.js'
 import { fixPnetCipher } from './pnet-cipher-fix.js'
 import { fixYamuxWindowUpdates } from './yamux-window-fix.js'
+import { fastX25519Crypto } from './noise-x25519.js'
 
 export type MeshServices = {
   identify: Identify
@@ -167,7 +168,7 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshLibp2p> {
     }
   }
   const markingNoise = (components: Parameters<ReturnType<typeof noise>>[0]): ConnectionEncrypter => {
-    const inner = noise()(components)
+    const inner = noise({ crypto: fastX25519Crypto })(components)
     const mark = <T>(conn: MessageStream, r: T): T => {
       const tl = rawOf.get(conn)
       if (tl) encrypted.add(tl)
