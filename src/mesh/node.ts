@@ -19,6 +19,7 @@ import { FORWARD_D, FORWARD_DLAZY, FORWARD_DLO, FORWARD_GOSSIP_FACTOR } from './
 import { fixPnetCipher } from './pnet-cipher-fix.js'
 import { fixYamuxWindowUpdates } from './yamux-window-fix.js'
 import { fastX25519Crypto } from './noise-x25519.js'
+import { DHT_STARTUP_OPTIONS, trustConnectedContacts } from './dht-startup.js'
 
 export type MeshServices = {
   identify: Identify
@@ -118,6 +119,7 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshLibp2p> {
       protocol: dhtProtocol(init.meshId),
       clientMode: false, // auto mode stays 'client' forever on private addresses
       peerInfoMapper: passthroughMapper, // the default strips LAN addresses and empties the table
+      ...DHT_STARTUP_OPTIONS, // no start-up queries that member exchange already answered
       validators: {
         meshcc: async (key, value) => {
           const k = new TextDecoder().decode(key)
@@ -212,6 +214,7 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshLibp2p> {
     throw new MeshError(`cannot start the mesh node: ${e.message.split('\n')[0]}`)
   }
   node.addEventListener('connection:open', (evt) => { upgraded.add(evt.detail.timeline) })
+  if (init.dht) trustConnectedContacts(node)
   return node
 }
 
