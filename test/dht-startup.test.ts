@@ -23,7 +23,7 @@ after(async () => {
 
 const quiet: Logger = { error: () => {}, warn: () => {}, info: () => {}, debug: () => {}, child: () => quiet, enabled: () => false }
 
-async function start(name: string, keyFile: string, bootstrap: string[]): Promise<Mesh> {
+async function start(name: string, keyFile: string, bootstrap: string[], dhtStartupMs?: number): Promise<Mesh> {
   const home = join(dir, name)
   mkdirSync(home, { recursive: true })
   writeFileSync(join(home, 'config.toml'), [
@@ -33,13 +33,14 @@ async function start(name: string, keyFile: string, bootstrap: string[]): Promis
   ].join('\n'))
   const m = await startMesh({
     config: loadConfig({ MESHCC_CONF: join(home, 'config.toml'), HOME: dir }), log: quiet, version: '9.9.9',
+    dhtStartupMs,
     getLoad: () => ({ cores: 2, running: 0, queued: 0, freeSlots: 2, load1: 0, speed: 1, toolchains: [], accept: 'always', shim: false })
   })
   meshes.push(m)
   return m
 }
 
-test('DHT start-up: connected peers join the routing table unpinged, queries need no self-query first', { timeout: 30_000 }, async () => {
+test('DHT start-up: connected peers join the routing table unpinged, queries need no self-query first, the platform record comes later', { timeout: 30_000 }, async () => {
   const keyFile = join(dir, 'mesh.key')
   writeMeshKey(keyFile, generateMeshKey())
   const t0 = Date.now()
@@ -49,7 +50,8 @@ test('DHT start-up: connected peers join the routing table unpinged, queries nee
   const original = ping.ping.bind(ping)
   let pings = 0
   ping.ping = ((...args: Parameters<typeof original>) => { pings++; return original(...args) }) as typeof ping.ping
-  const b = await start('B', keyFile, [a.addresses()[0]!])
+  const tb = Date.now()
+  const b = await start('B', keyFile, [a.addresses()[0]!], 4000)
 
   const dhtOf = (m: Mesh) => m.libp2p.services.dht as unknown as { routingTable: { size: number } }
   await waitFor('B in A\'s routing table, and A in B\'s', () => (dhtOf(a).routingTable.size === 1 && dhtOf(b).routingTable.size === 1 ? true : undefined), 10_000, 50)
@@ -60,4 +62,11 @@ test('DHT start-up: connected peers join the routing table unpinged, queries nee
   await b.provideToolchain(hash)
   assert.deepEqual(await a.findToolchainProviders(hash, 5000), [b.peerId])
   assert.ok(Date.now() - t0 < SELF_QUERY_AFTER_MS, `took ${Date.now() - t0} ms`)
+
+  // B's platform record waits out the start-up (4 s here, 30 s by default), then A finds it
+  const platform = `platform:${process.arch}-${process.platform}`
+  const early = await a.findCapabilityProviders(platform, 1000)
+  if (Date.now() - tb < 3500) assert.ok(!early.includes(b.peerId), 'B announced its platform before its start-up delay')
+  assert.ok((await b.findCapabilityProviders(platform, 1000)).includes(b.peerId), 'B counts itself at once')
+  await waitFor('A to find B\'s platform record', async () => ((await a.findCapabilityProviders(platform, 1000)).includes(b.peerId) ? true : undefined), 15_000, 500)
 })

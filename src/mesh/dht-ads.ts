@@ -26,7 +26,8 @@ export async function capabilityCid(meshId: string, name: string): Promise<CID> 
   return CID.createV1(raw.code, digest)
 }
 
-interface Provided { done: boolean; running: Promise<void> | null }
+/** notBefore: a deferred provide (provideAfter) does not run before this time, retries included */
+interface Provided { done: boolean; running: Promise<void> | null; notBefore: number }
 
 export class Advertiser {
   private readonly provided = new Map<string, Provided>()
@@ -34,6 +35,7 @@ export class Advertiser {
   private timer: NodeJS.Timeout | null = null
   private pendingTimer: NodeJS.Timeout | null = null
   private retryTimer: NodeJS.Timeout | null = null
+  private readonly deferred = new Set<NodeJS.Timeout>()
   private readonly stopController = new AbortController()
   private readonly onConnect = () => this.scheduleRetry()
 
@@ -58,6 +60,27 @@ export class Advertiser {
     if (this.timer) clearInterval(this.timer)
     if (this.pendingTimer) clearInterval(this.pendingTimer)
     if (this.retryTimer) clearTimeout(this.retryTimer)
+    for (const t of this.deferred) clearTimeout(t)
+    this.deferred.clear()
+  }
+
+  /**
+   * Announces `name` in `delayMs`: what is announced at start (the platform) waits out the
+   * start-up, when a newcomer's DHT queries would ask every member it is connecting to anyway
+   * (dht-startup.ts). `find` counts it for this node at once.
+   */
+  provideAfter(name: string, delayMs: number): void {
+    checkName(name)
+    if (!this.enabled || this.provided.has(name)) return
+    this.provided.set(name, { done: false, running: null, notBefore: Date.now() + delayMs })
+    const t = setTimeout(() => {
+      this.deferred.delete(t)
+      const p = this.provided.get(name)
+      if (p) p.notBefore = 0 // the timer may fire a hair before the wall clock says so
+      void this.provide(name)
+    }, delayMs)
+    t.unref()
+    this.deferred.add(t)
   }
 
   /**
@@ -70,7 +93,8 @@ export class Advertiser {
     let p = this.provided.get(name)
     if (p?.running) return p.running
     if (p?.done && !again) return Promise.resolve()
-    if (!p) { p = { done: false, running: null }; this.provided.set(name, p) }
+    if (p && !p.done && Date.now() < p.notBefore) return Promise.resolve()
+    if (!p) { p = { done: false, running: null, notBefore: 0 }; this.provided.set(name, p) }
     const entry = p
     // one provide at a time: bounded load however many toolchains get announced
     const run = this.queue.then(async () => {

@@ -1,6 +1,6 @@
 // Test helper process: starts one Mesh from a TOML config and answers JSON-line commands.
 //   node --import tsx test/helpers/mesh-runner.ts <config.toml>
-// env: MESHCC_TEST_GOSSIP_MS, MESHCC_TEST_EXPIRY_MS (view timings)
+// env: MESHCC_TEST_GOSSIP_MS, MESHCC_TEST_EXPIRY_MS (view timings), MESHCC_TEST_DHT_STARTUP_MS
 // stdout: {"event":"ready","peerId","meshId","addrs"} then one reply per command:
 //   {"id":1,"cmd":"members"} {"id":2,"cmd":"addresses"} {"id":3,"cmd":"provide","hash":"h"}
 //   {"id":4,"cmd":"find","hash":"h","timeoutMs":3000} {"id":5,"cmd":"findCap","name":"n"}
@@ -43,6 +43,7 @@ try {
     version: 'test-0.0.0',
     gossipIntervalMs: num(process.env.MESHCC_TEST_GOSSIP_MS),
     expiryMs: num(process.env.MESHCC_TEST_EXPIRY_MS),
+    dhtStartupMs: num(process.env.MESHCC_TEST_DHT_STARTUP_MS),
     rttIntervalMs: 1000,
     getLoad: () => ({ cores, running: 0, queued: 0, freeSlots: cores, load1: loadavg()[0], speed: 1, toolchains: [], accept: 'always', shim: false })
   })
