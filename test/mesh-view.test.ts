@@ -11,7 +11,7 @@ import type { MeshMember } from '../src/mesh/mesh.js'
 
 const GOSSIP_MS = 500
 const EXPIRY_MS = 2500
-// the platform record is announced 3 s after start here, not 30 (dht-startup.ts)
+// the platform record is announced once no new connection opened for 3 s here, not 15 (dht-startup.ts)
 const env = { MESHCC_TEST_GOSSIP_MS: String(GOSSIP_MS), MESHCC_TEST_EXPIRY_MS: String(EXPIRY_MS), MESHCC_TEST_DHT_STARTUP_MS: '3000' }
 const dir = mkdtempSync(join(tmpdir(), 'meshcc-view-'))
 after(async () => {

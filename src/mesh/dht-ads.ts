@@ -26,7 +26,7 @@ export async function capabilityCid(meshId: string, name: string): Promise<CID> 
   return CID.createV1(raw.code, digest)
 }
 
-/** notBefore: a deferred provide (provideAfter) does not run before this time, retries included */
+/** notBefore: a deferred provide (provideWhenSettled) does not run before this time, retries included */
 interface Provided { done: boolean; running: Promise<void> | null; notBefore: number }
 
 export class Advertiser {
@@ -37,7 +37,9 @@ export class Advertiser {
   private retryTimer: NodeJS.Timeout | null = null
   private readonly deferred = new Set<NodeJS.Timeout>()
   private readonly stopController = new AbortController()
-  private readonly onConnect = () => this.scheduleRetry()
+  /** when the last connection to a new peer opened (or this advertiser was made) */
+  private lastConnectAt = Date.now()
+  private readonly onConnect = () => { this.lastConnectAt = Date.now(); this.scheduleRetry() }
 
   constructor(private readonly node: MeshLibp2p, private readonly meshId: string, private readonly log: Logger) {}
 
@@ -65,22 +67,31 @@ export class Advertiser {
   }
 
   /**
-   * Announces `name` in `delayMs`: what is announced at start (the platform) waits out the
-   * start-up, when a newcomer's DHT queries would ask every member it is connecting to anyway
-   * (dht-startup.ts). `find` counts it for this node at once.
+   * Announces `name` once this node's connections have settled: no new connection for
+   * `quietMs`, and at most `maxWaitMs` after this call. What is announced at start (the
+   * platform) so waits out the join, while the newcomer connects to every member and each
+   * lookup would ask members still joining (dht-startup.ts). `find` counts it for this node at
+   * once.
    */
-  provideAfter(name: string, delayMs: number): void {
+  provideWhenSettled(name: string, quietMs: number, maxWaitMs: number): void {
     checkName(name)
     if (!this.enabled || this.provided.has(name)) return
-    this.provided.set(name, { done: false, running: null, notBefore: Date.now() + delayMs })
-    const t = setTimeout(() => {
-      this.deferred.delete(t)
-      const p = this.provided.get(name)
-      if (p) p.notBefore = 0 // the timer may fire a hair before the wall clock says so
+    const entry: Provided = { done: false, running: null, notBefore: Infinity }
+    this.provided.set(name, entry)
+    const deadline = Date.now() + maxWaitMs
+    const check = () => {
+      const now = Date.now()
+      const settledAt = Math.min(this.lastConnectAt + quietMs, deadline)
+      if (now < settledAt) { wait(settledAt - now); return }
+      entry.notBefore = 0
       void this.provide(name)
-    }, delayMs)
-    t.unref()
-    this.deferred.add(t)
+    }
+    const wait = (ms: number) => {
+      const t = setTimeout(() => { this.deferred.delete(t); check() }, ms)
+      t.unref()
+      this.deferred.add(t)
+    }
+    check()
   }
 
   /**

@@ -21,7 +21,7 @@ import { exchangeMembers, memberExchangeProtocol, serveMemberExchange, type Memb
 import { LoadView, DEFAULT_GOSSIP_INTERVAL_MS, MAX_GOSSIP_INTERVAL_MS, MIN_GOSSIP_INTERVAL_MS, defaultExpiryMs, type LoadInfo } from './load-view.js'
 import { everyAligned } from '../util/aligned-timer.js'
 import { KeepAlive } from './keepalive.js'
-import { SELF_QUERY_AFTER_MS } from './dht-startup.js'
+import { SETTLED_MAX_WAIT_MS, SETTLED_QUIET_MS } from './dht-startup.js'
 
 export type { LoadInfo } from './load-view.js'
 export { MeshError } from './errors.js'
@@ -45,7 +45,7 @@ export interface MeshOptions {
   log: Logger
   version: string
   getLoad: () => Omit<LoadInfo, 'version' | 'name'>
-  /** when the platform record is announced in the DHT after start (default SELF_QUERY_AFTER_MS; tests shorten it) */
+  /** the platform record is announced in the DHT once no new connection opened for this long (default SETTLED_QUIET_MS; tests shorten it) */
   dhtStartupMs?: number
   /** load gossip interval, default 2000, clamped to 100..2000 */
   gossipIntervalMs?: number
@@ -293,7 +293,7 @@ export async function startMesh(opts: MeshOptions): Promise<Mesh> {
   repair.start()
   connector.start()
   ads.start()
-  ads.provideAfter(platformCapability(), opts.dhtStartupMs ?? SELF_QUERY_AFTER_MS)
+  ads.provideWhenSettled(platformCapability(), opts.dhtStartupMs ?? SETTLED_QUIET_MS, SETTLED_MAX_WAIT_MS)
   const firstPing = setTimeout(() => { void pingRound() }, Math.min(1000, rttIntervalMs))
   const pingTimer = everyAligned(rttIntervalMs, () => { void pingRound() }, { unref: true })
   alignGossipHeartbeat(node)
