@@ -55,6 +55,12 @@ export interface MeshOptions {
   rttIntervalMs?: number
   /** how often gossipsub's peers are checked against the open connections (gossip-repair.ts), default 5000 */
   repairIntervalMs?: number
+  /**
+   * Dial nobody until connect() is called (discoveries meanwhile wait), so the caller can
+   * register its own protocols first: a protocol added after the first connections makes
+   * identify push the change to each of them, and a newcomer connects to every member at once.
+   */
+  dialLater?: boolean
 }
 
 export type MembersListener = (members: MeshMember[]) => void
@@ -83,11 +89,14 @@ export interface Mesh {
   /** is this peer allowed to submit jobs / read the cache ([mesh] allow; empty = everyone) */
   isAllowed(peerId: string): boolean
   readonly libp2p: Libp2p<MeshServices>
+  /** starts dialing (bootstrap, discoveries) when started with dialLater; otherwise nothing */
+  connect(): void
   stop(): Promise<void>
 }
 
 const DEFAULT_FIND_TIMEOUT_MS = 5000
 const EMIT_GAP_MS = 100
+const ADDRESS_CACHE_MS = 5000
 const PING_TIMEOUT_MS = 2000
 const MAX_PINGS_PER_ROUND = 64
 
@@ -141,10 +150,17 @@ export async function startMesh(opts: MeshOptions): Promise<Mesh> {
     onDuplicateClosed: (peer, kept) => repair.connectionKept(peer, kept)
   })
 
+  // libp2p recomputes its addresses on every call (a good part of a status request, which
+  // `meshcc status --watch` and the benchmarks send often): kept until they change, or 5 s
+  let addrCache: { at: number; list: string[] } | null = null
+  const onSelfUpdate = () => { addrCache = null }
+  node.addEventListener('self:peer:update', onSelfUpdate)
   const addresses = (): string[] => {
+    if (addrCache && Date.now() - addrCache.at < ADDRESS_CACHE_MS) return [...addrCache.list]
     const all = node.getMultiaddrs().map((m) => m.toString())
     // loopback last: useless to remote members, but keep it for same-host meshes and tests
-    return [...all.filter((a) => !isLoopback(a)), ...all.filter(isLoopback)]
+    addrCache = { at: Date.now(), list: [...all.filter((a) => !isLoopback(a)), ...all.filter(isLoopback)] }
+    return [...addrCache.list]
   }
 
   const listeners = new Set<MembersListener>()
@@ -195,9 +211,16 @@ export async function startMesh(opts: MeshOptions): Promise<Mesh> {
   })
 
   const rtts = new Map<string, number>()
+  /** isPrivate parses the address each time: once per connection is enough */
+  const privateConns = new WeakMap<Connection, boolean>()
+  const privateConn = (c: Connection): boolean => {
+    let p = privateConns.get(c)
+    if (p === undefined) { p = isPrivate(c.remoteAddr); privateConns.set(c, p) }
+    return p
+  }
   const connectionKind = (id: string): { kind: MeshMember['connection']; lan: boolean } => {
     const conns = node.getConnections(peerIdOf(id)).filter((c) => c.status === 'open')
-    const lan = mdnsPeers.has(id) || conns.some((c) => isPrivate(c.remoteAddr))
+    const lan = mdnsPeers.has(id) || conns.some(privateConn)
     if (conns.length === 0) return { kind: 'none', lan }
     const direct = conns.some((c) => c.limits == null && !c.remoteAddr.toString().includes('/p2p-circuit'))
     return { kind: direct ? 'direct' : 'relayed', lan }
@@ -291,7 +314,7 @@ export async function startMesh(opts: MeshOptions): Promise<Mesh> {
   view.start()
   forwarding.start()
   repair.start()
-  connector.start()
+  if (!opts.dialLater) connector.start()
   ads.start()
   ads.provideWhenSettled(platformCapability(), opts.dhtStartupMs ?? SETTLED_QUIET_MS, SETTLED_MAX_WAIT_MS)
   const firstPing = setTimeout(() => { void pingRound() }, Math.min(1000, rttIntervalMs))
@@ -323,6 +346,7 @@ export async function startMesh(opts: MeshOptions): Promise<Mesh> {
     gossipForwarding: () => forwarding.active,
     isAllowed: (id) => !deny.has(id) && (allow.size === 0 || allow.has(id) || id === self),
     libp2p: node,
+    connect: () => connector?.start(),
     async stop() {
       if (stopped) return
       stopped = true
@@ -336,6 +360,7 @@ export async function startMesh(opts: MeshOptions): Promise<Mesh> {
       node.removeEventListener('peer:discovery', onDiscovery)
       node.removeEventListener('peer:disconnect', onDisconnect)
       node.removeEventListener('connection:open', onOpen)
+      node.removeEventListener('self:peer:update', onSelfUpdate)
       connector?.stop()
       ads.stop()
       await view.stop()
