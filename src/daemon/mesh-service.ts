@@ -125,7 +125,6 @@ export class MeshService {
     let packed: string[] = []
     const meshConfig: Config = { ...config, mesh: { ...config.mesh, bootstrap: [...new Set([...config.mesh.bootstrap, ...readJoinedBootstrap(config)])] } }
     const mesh = await startMesh({
-      dialLater: true, // our protocols first (see MeshOptions.dialLater); connect() below
       config: meshConfig,
       log: log.child('mesh'),
       version,
@@ -165,7 +164,6 @@ export class MeshService {
       return data
     }, onProtocolError('toolchain transfer'))
     const refreshPacked = everyAligned(2000, () => { void r.heldToolchains().then((h) => { packed = h }) }, { unref: true })
-    mesh.connect()
     svc = new MeshService(mesh, config, log, builder, runner, toolchains, inputs)
     svc.stopTimers.push(() => refreshPacked.stop(), () => inputs.stop())
     log.info(`mesh ${mesh.meshId}: peer ${mesh.peerId} listening on ${mesh.addresses().join(' ')}`)

@@ -73,7 +73,6 @@ export class Connector {
   private readonly heard = new Map<string, number>()
   private timer: AlignedTimer | null = null
   private stopped = false
-  /** dials wait for start(): what is discovered before is queued */
   private started = false
 
   constructor(init: ConnectorInit) {
@@ -90,7 +89,6 @@ export class Connector {
   start(): void {
     if (this.started || this.stopped) return
     this.started = true
-    this.pump()
     this.tick()
     this.timer = everyAligned(TICK_MS, () => this.tick(), { unref: true }) // one wake-up with the other timers (util/aligned-timer.ts)
     this.node.addEventListener('connection:open', this.onOpen)
@@ -158,7 +156,6 @@ export class Connector {
 
   /** Starts queued dials while dial slots are free. */
   private pump(): void {
-    if (!this.started) return
     for (const [id, q] of this.queued) {
       if (this.stopped || this.dialing.size >= MAX_PARALLEL_DIALS) return
       this.queued.delete(id)

@@ -55,12 +55,6 @@ export interface MeshOptions {
   rttIntervalMs?: number
   /** how often gossipsub's peers are checked against the open connections (gossip-repair.ts), default 5000 */
   repairIntervalMs?: number
-  /**
-   * Dial nobody until connect() is called (discoveries meanwhile wait), so the caller can
-   * register its own protocols first: a protocol added after the first connections makes
-   * identify push the change to each of them, and a newcomer connects to every member at once.
-   */
-  dialLater?: boolean
 }
 
 export type MembersListener = (members: MeshMember[]) => void
@@ -89,8 +83,6 @@ export interface Mesh {
   /** is this peer allowed to submit jobs / read the cache ([mesh] allow; empty = everyone) */
   isAllowed(peerId: string): boolean
   readonly libp2p: Libp2p<MeshServices>
-  /** starts dialing (bootstrap, discoveries) when started with dialLater; otherwise nothing */
-  connect(): void
   stop(): Promise<void>
 }
 
@@ -314,7 +306,7 @@ export async function startMesh(opts: MeshOptions): Promise<Mesh> {
   view.start()
   forwarding.start()
   repair.start()
-  if (!opts.dialLater) connector.start()
+  connector.start()
   ads.start()
   ads.provideWhenSettled(platformCapability(), opts.dhtStartupMs ?? SETTLED_QUIET_MS, SETTLED_MAX_WAIT_MS)
   const firstPing = setTimeout(() => { void pingRound() }, Math.min(1000, rttIntervalMs))
@@ -346,7 +338,6 @@ export async function startMesh(opts: MeshOptions): Promise<Mesh> {
     gossipForwarding: () => forwarding.active,
     isAllowed: (id) => !deny.has(id) && (allow.size === 0 || allow.has(id) || id === self),
     libp2p: node,
-    connect: () => connector?.start(),
     async stop() {
       if (stopped) return
       stopped = true
