@@ -51,7 +51,7 @@ export interface MeshOptions {
   gossipIntervalMs?: number
   /** a member silent this long leaves the view; default 3 intervals + 2 s */
   expiryMs?: number
-  /** how often RTTs are refreshed from libp2p's connection monitor (new connections are pinged), default 5000 */
+  /** how often RTTs are read from the keep-alive's pings (keepalive.ts; connections it has not measured are pinged), default 5000 */
   rttIntervalMs?: number
   /** how often gossipsub's peers are checked against the open connections (gossip-repair.ts), default 5000 */
   repairIntervalMs?: number
@@ -378,8 +378,8 @@ function clamp(n: number, lo: number, hi: number): number {
 }
 
 /**
- * A connection's round-trip time in ms: the muxer's keep-alive measurement (yamux sets rtt to -1
- * until its first ping returns), else the connection monitor's, else null.
+ * A connection's round-trip time in ms: the keep-alive's yamux ping (keepalive.ts; yamux sets
+ * rtt to -1 until the first one returns), else one libp2p recorded on the connection, else null.
  */
 export function rttOf(conn: Connection): number | null {
   const muxerRtt = (conn as unknown as { muxer?: { rtt?: unknown } }).muxer?.rtt
