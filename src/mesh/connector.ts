@@ -73,7 +73,6 @@ export class Connector {
   private readonly heard = new Map<string, number>()
   private timer: AlignedTimer | null = null
   private stopped = false
-  private started = false
 
   constructor(init: ConnectorInit) {
     this.node = init.node
@@ -87,8 +86,6 @@ export class Connector {
   }
 
   start(): void {
-    if (this.started || this.stopped) return
-    this.started = true
     this.tick()
     this.timer = everyAligned(TICK_MS, () => this.tick(), { unref: true }) // one wake-up with the other timers (util/aligned-timer.ts)
     this.node.addEventListener('connection:open', this.onOpen)

@@ -11,7 +11,7 @@ import type { Config } from '../config.js'
 import type { Logger } from '../log.js'
 import { MeshError } from './errors.js'
 import { readMeshKey, meshIdFromKey, loadOrCreateIdentity } from './keys.js'
-import { alignGossipHeartbeat, createMeshNode, type MeshLibp2p, type MeshServices } from './node.js'
+import { createMeshNode, type MeshLibp2p, type MeshServices } from './node.js'
 import { Connector, errText } from './connector.js'
 import { Advertiser, platformCapability } from './dht-ads.js'
 import { ForwardingControl } from './forwarding.js'
@@ -311,7 +311,6 @@ export async function startMesh(opts: MeshOptions): Promise<Mesh> {
   ads.provideWhenSettled(platformCapability(), opts.dhtStartupMs ?? SETTLED_QUIET_MS, SETTLED_MAX_WAIT_MS)
   const firstPing = setTimeout(() => { void pingRound() }, Math.min(1000, rttIntervalMs))
   const pingTimer = everyAligned(rttIntervalMs, () => { void pingRound() }, { unref: true })
-  alignGossipHeartbeat(node)
 
   log.info(`mesh ${meshId} started as ${self} in ${Date.now() - t0} ms, listening on ${addresses().join(' ') || '(nothing)'}${mc.mdns ? ', mDNS on' : ''}${mc.dht ? ', DHT on' : ''}`)
 

@@ -215,6 +215,7 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshLibp2p> {
   }
   node.addEventListener('connection:open', (evt) => { upgraded.add(evt.detail.timeline) })
   if (init.dht) trustConnectedContacts(node)
+  alignGossipHeartbeat(node)
   return node
 }
 
@@ -224,7 +225,7 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshLibp2p> {
  * they share one wake-up. Gossipsub 17 schedules each heartbeat from `status.hearbeatStartMs`
  * (sic); a gossipsub without that field is left as it is.
  */
-export function alignGossipHeartbeat(node: MeshLibp2p): boolean {
+function alignGossipHeartbeat(node: MeshLibp2p): boolean {
   const status = (node.services.pubsub as unknown as { status?: { hearbeatStartMs?: unknown } }).status
   if (typeof status?.hearbeatStartMs !== 'number') return false
   status.hearbeatStartMs = 0
