@@ -1,7 +1,7 @@
 // One typed configuration for every part of meshcc: defaults, then the TOML file
 // (~/.config/meshcc/config.toml or MESHCC_CONF), then environment variables.
 // Kept free of heavy imports: the per-compile launcher loads it too.
-import { readFileSync } from 'node:fs'
+import { existsSync, readFileSync } from 'node:fs'
 import { homedir, availableParallelism, userInfo } from 'node:os'
 import { join, resolve, dirname } from 'node:path'
 import { parse as parseToml } from 'smol-toml'
@@ -12,6 +12,8 @@ export const LOG_LEVELS: readonly LogLevel[] = ['error', 'warn', 'info', 'debug'
 export interface Config {
   /** the file the settings came from, or null when none exists (defaults only) */
   file: string | null
+  /** every key's effective value and where it came from (`meshcc -p`, reloads) */
+  sources: ConfigSource[]
   /** directory of the config file: identity and mesh key live beside it by default */
   configDir: string
   daemon: {
@@ -63,6 +65,9 @@ export interface Config {
   }
 }
 
+/** One key's effective value and its origin: "default", the config file's path, or an environment variable's name. */
+export interface ConfigSource { section: string; key: string; value: string; origin: string }
+
 /** One clear line for the user: which file, which key, what is wrong. */
 export class ConfigError extends Error {
   constructor(message: string) {
@@ -72,6 +77,8 @@ export class ConfigError extends Error {
 }
 
 export const DEFAULT_MESH_PORT = 10650
+/** the smallest cache or toolchain cache: below this nothing useful fits */
+const MIN_CACHE_BYTES = 1024 ** 2
 export const DEFAULT_SHIM_LISTEN = '127.0.0.1:10600'
 
 export function expandHome(p: string): string {
@@ -96,20 +103,28 @@ function defaultSocket(env: NodeJS.ProcessEnv): string {
   return join('/tmp', `meshcc-${userInfo().uid}`, 'daemon.sock')
 }
 
+/**
+ * Sizes are binary whatever the spelling: "10G", "10GB" and "10GiB" are all 10 × 1024³ bytes.
+ * (Two conventions, where "10 GB" meant 9.3 GiB and "10G" 10 GiB, surprised users.)
+ */
 const SIZE_UNITS: Record<string, number> = {
-  '': 1, B: 1,
-  K: 1024, KB: 1000, KIB: 1024,
-  M: 1024 ** 2, MB: 1000 ** 2, MIB: 1024 ** 2,
-  G: 1024 ** 3, GB: 1000 ** 3, GIB: 1024 ** 3,
-  T: 1024 ** 4, TB: 1000 ** 4, TIB: 1024 ** 4
+  K: 1024, KB: 1024, KIB: 1024,
+  M: 1024 ** 2, MB: 1024 ** 2, MIB: 1024 ** 2,
+  G: 1024 ** 3, GB: 1024 ** 3, GIB: 1024 ** 3,
+  T: 1024 ** 4, TB: 1024 ** 4, TIB: 1024 ** 4
 }
 
-/** "10G", "500M", "1.5GiB", "4096" → bytes; null when the text is not a size. */
+/**
+ * "10G", "500M", "1.5GiB", "4096" (bytes) → bytes; null when the text is not a size. A
+ * fraction needs a unit: "1.5" bytes is a mistake, not a size.
+ */
 export function parseSize(text: string | number): number | null {
-  if (typeof text === 'number') return Number.isFinite(text) && text >= 0 ? Math.floor(text) : null
+  if (typeof text === 'number') return Number.isSafeInteger(text) && text >= 0 ? text : null
   const m = /^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$/.exec(text)
   if (!m) return null
-  const unit = SIZE_UNITS[m[2].toUpperCase()]
+  const unitText = m[2].toUpperCase()
+  if (unitText === '' || unitText === 'B') return /^\d+$/.test(m[1]) ? Number(m[1]) : null
+  const unit = SIZE_UNITS[unitText]
   if (unit === undefined) return null
   return Math.floor(Number(m[1]) * unit)
 }
@@ -127,7 +142,7 @@ type Table = Record<string, unknown>
 /** Reads typed values out of one TOML table, reporting wrong types and unknown keys. */
 class Section {
   private readonly seen = new Set<string>()
-  constructor(private readonly file: string, private readonly name: string, private readonly table: Table) {}
+  constructor(private readonly file: string, private readonly name: string, private readonly table: Table, private readonly sources: ConfigSource[]) {}
 
   private where(key: string): string { return `${this.file}: [${this.name}] ${key}` }
 
@@ -136,53 +151,64 @@ class Section {
     return this.table[key]
   }
 
+  /** Remember the key's effective value and whether the file set it. */
+  private note<T>(key: string, value: T, fromFile: boolean, shown: string = showValue(value)): T {
+    this.sources.push({ section: this.name, key, value: shown, origin: fromFile ? this.file : 'default' })
+    return value
+  }
+
   string(key: string, fallback: string): string {
     const v = this.take(key)
-    if (v === undefined) return fallback
+    if (v === undefined) return this.note(key, fallback, false)
     if (typeof v !== 'string') throw new ConfigError(`${this.where(key)}: expected a string, got ${describe(v)}`)
-    return v
+    return this.note(key, v, true)
   }
 
   bool(key: string, fallback: boolean): boolean {
     const v = this.take(key)
-    if (v === undefined) return fallback
+    if (v === undefined) return this.note(key, fallback, false)
     if (typeof v !== 'boolean') throw new ConfigError(`${this.where(key)}: expected true or false, got ${describe(v)}`)
-    return v
+    return this.note(key, v, true)
   }
 
   int(key: string, fallback: number, min: number, max = Number.MAX_SAFE_INTEGER): number {
     const v = this.take(key)
-    if (v === undefined) return fallback
+    if (v === undefined) return this.note(key, fallback, false)
     const n = typeof v === 'bigint' ? Number(v) : v
     if (typeof n !== 'number' || !Number.isInteger(n)) throw new ConfigError(`${this.where(key)}: expected a whole number, got ${describe(v)}`)
     if (n < min || n > max) throw new ConfigError(`${this.where(key)}: ${n} is out of range (${min} to ${max})`)
-    return n
+    return this.note(key, n, true)
   }
 
-  size(key: string, fallback: number): number {
+  /** A size in bytes (see parseSize), at least `min`. */
+  size(key: string, fallback: number, min = 1): number {
     const v = this.take(key)
-    if (v === undefined) return fallback
+    if (v === undefined) return this.note(key, fallback, false, formatSize(fallback))
     const n = typeof v === 'bigint' ? Number(v) : v
     const bytes = typeof n === 'string' || typeof n === 'number' ? parseSize(n) : null
-    if (bytes === null) throw new ConfigError(`${this.where(key)}: expected a size such as "10G" or "500M", got ${describe(v)}`)
-    return bytes
+    if (bytes === null) {
+      const fraction = (typeof n === 'number' && !Number.isInteger(n)) || (typeof n === 'string' && /^\s*\d+\.\d*\s*b?\s*$/i.test(n))
+      throw new ConfigError(`${this.where(key)}: ${fraction ? `${describe(v)} has no unit (a fraction of a byte?); write e.g. "1.5G"` : `expected a size such as "10G" or "500M", got ${describe(v)}`}`)
+    }
+    if (bytes < min) throw new ConfigError(`${this.where(key)}: ${describe(v)} is too small (at least ${formatSize(min)})`)
+    return this.note(key, bytes, true, `${formatSize(bytes)} (${typeof v === 'string' ? JSON.stringify(v) : String(v)})`)
   }
 
   stringList(key: string, fallback: string[]): string[] {
     const v = this.take(key)
-    if (v === undefined) return fallback
+    if (v === undefined) return this.note(key, fallback, false)
     if (!Array.isArray(v) || v.some((x) => typeof x !== 'string')) throw new ConfigError(`${this.where(key)}: expected a list of strings, got ${describe(v)}`)
-    return v as string[]
+    return this.note(key, v as string[], true)
   }
 
   /** a sub-table of strings, e.g. toolchain_archives = { "/opt/x/bin/gcc" = "/opt/x/gcc.tar.gz" } */
   stringTable(key: string): Record<string, string> {
     const v = this.take(key)
-    if (v === undefined) return {}
+    if (v === undefined) return this.note(key, {}, false)
     if (v === null || typeof v !== 'object' || Array.isArray(v) || Object.values(v).some((x) => typeof x !== 'string')) {
       throw new ConfigError(`${this.where(key)}: expected a table of strings such as { "/opt/cross/bin/gcc" = "/opt/cross/gcc.tar.gz" }, got ${describe(v)}`)
     }
-    return v as Record<string, string>
+    return this.note(key, v as Record<string, string>, true)
   }
 
   oneOf<T extends string>(key: string, fallback: T, allowed: readonly T[]): T {
@@ -197,6 +223,23 @@ class Section {
       if (!this.seen.has(key)) throw new ConfigError(`${this.file}: unknown key [${this.name}] ${key}`)
     }
   }
+}
+
+/** A value as `meshcc -p` shows it: TOML-like. */
+function showValue(v: unknown): string {
+  if (typeof v === 'string') return JSON.stringify(v)
+  if (Array.isArray(v)) return `[${v.map(showValue).join(', ')}]`
+  if (v !== null && typeof v === 'object') {
+    const entries = Object.entries(v)
+    return entries.length === 0 ? '{}' : `{ ${entries.map(([k, x]) => `${JSON.stringify(k)} = ${showValue(x)}`).join(', ')} }`
+  }
+  return String(v)
+}
+
+/** An environment variable replaced a key's value: say so in its source. */
+function overridden(sources: ConfigSource[], section: string, key: string, value: unknown, envName: string, shown = showValue(value)): void {
+  const s = sources.find((x) => x.section === section && x.key === key)
+  if (s) { s.value = shown; s.origin = envName }
 }
 
 function describe(v: unknown): string {
@@ -251,6 +294,9 @@ export function configFilePath(env: NodeJS.ProcessEnv = process.env): string {
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   const explicit = explicitConfigFile(env)
   const file = configFilePath(env)
+  if (explicit !== null && !existsSync(explicit)) {
+    throw new ConfigError(`MESHCC_CONF names ${explicit}, which does not exist (unset MESHCC_CONF for the default ${join(defaultConfigDir(env), 'config.toml')}, or create the file)`)
+  }
   const doc = readToml(file)
   const exists = Object.keys(doc).length > 0 || explicit !== null
   const configDir = explicit ? dirname(explicit) : defaultConfigDir(env)
@@ -263,7 +309,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     }
     if (typeof doc[key] !== 'object' || Array.isArray(doc[key])) throw new ConfigError(`${file}: ${key} must be a section ([${key}])`)
   }
-  const section = (name: string) => new Section(file, name, (doc[name] as Table | undefined) ?? {})
+  const sources: ConfigSource[] = []
+  const section = (name: string) => new Section(file, name, (doc[name] as Table | undefined) ?? {}, sources)
 
   const cores = availableParallelism()
   const daemon = section('daemon')
@@ -275,6 +322,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
 
   const cfg: Config = {
     file: exists ? file : null,
+    sources,
     configDir,
     daemon: {
       socket: expandHome(daemon.string('socket', defaultSocket(env))),
@@ -282,7 +330,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     },
     cache: {
       dir: expandHome(cache.string('dir', defaultCacheDir(env))),
-      size: cache.size('size', 10 * 1024 ** 3),
+      size: cache.size('size', 10 * 1024 ** 3, MIN_CACHE_BYTES),
       direct: cache.bool('direct', true)
     },
     log: { level: log.oneOf('level', 'info', LOG_LEVELS) },
@@ -291,7 +339,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       cores: build.int('cores', cores, 0, 4096),
       offer: build.oneOf('offer', 'always', ['always', 'idle', 'never'] as const),
       sandbox: build.oneOf('sandbox', 'bwrap', ['bwrap', 'none'] as const),
-      toolchainCacheSize: build.size('toolchain_cache_size', 10 * 1024 ** 3),
+      toolchainCacheSize: build.size('toolchain_cache_size', 10 * 1024 ** 3, MIN_CACHE_BYTES),
       toolchainArchives: Object.fromEntries(Object.entries(build.stringTable('toolchain_archives')).map(([k, v]) => [expandHome(k), expandHome(v)])),
       jobTimeout: build.int('job_timeout', 600, 1, 86_400),
       speed: build.int('speed', 0, 0, 1_000_000)
@@ -316,27 +364,43 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   for (const s of [daemon, cache, log, build, mesh, shim]) s.done()
 
   // Environment variables override the file.
-  if (env.MESHCC_SOCKET) cfg.daemon.socket = resolve(expandHome(env.MESHCC_SOCKET))
-  if (env.MESHCC_DIR) cfg.cache.dir = resolve(expandHome(env.MESHCC_DIR))
+  if (env.MESHCC_SOCKET) {
+    cfg.daemon.socket = resolve(expandHome(env.MESHCC_SOCKET))
+    overridden(sources, 'daemon', 'socket', cfg.daemon.socket, 'MESHCC_SOCKET')
+  }
+  if (env.MESHCC_DIR) {
+    cfg.cache.dir = resolve(expandHome(env.MESHCC_DIR))
+    overridden(sources, 'cache', 'dir', cfg.cache.dir, 'MESHCC_DIR')
+  }
   if (env.MESHCC_CACHE_SIZE) {
     const bytes = parseSize(env.MESHCC_CACHE_SIZE)
     if (bytes === null) throw new ConfigError(`environment MESHCC_CACHE_SIZE: expected a size such as "10G", got "${env.MESHCC_CACHE_SIZE}"`)
+    if (bytes < MIN_CACHE_BYTES) throw new ConfigError(`environment MESHCC_CACHE_SIZE: "${env.MESHCC_CACHE_SIZE}" is too small (at least ${formatSize(MIN_CACHE_BYTES)})`)
     cfg.cache.size = bytes
+    overridden(sources, 'cache', 'size', bytes, 'MESHCC_CACHE_SIZE', `${formatSize(bytes)} (${JSON.stringify(env.MESHCC_CACHE_SIZE)})`)
   }
   if (env.MESHCC_DIRECT) {
     const v = env.MESHCC_DIRECT.trim().toLowerCase()
     if (!['0', '1', 'true', 'false'].includes(v)) throw new ConfigError(`environment MESHCC_DIRECT: expected 0 or 1, got "${env.MESHCC_DIRECT}"`)
     cfg.cache.direct = v === '1' || v === 'true'
+    overridden(sources, 'cache', 'direct', cfg.cache.direct, 'MESHCC_DIRECT')
   }
   if (env.MESHCC_LOG) {
     const level = env.MESHCC_LOG.toLowerCase()
     if (!(LOG_LEVELS as readonly string[]).includes(level)) throw new ConfigError(`environment MESHCC_LOG: "${env.MESHCC_LOG}" is not one of ${LOG_LEVELS.join(', ')}`)
     cfg.log.level = level as LogLevel
+    overridden(sources, 'log', 'level', cfg.log.level, 'MESHCC_LOG')
   }
   const idle = envInt(env, 'MESHCC_IDLE_TIMEOUT')
-  if (idle !== undefined) cfg.daemon.idleTimeout = idle
+  if (idle !== undefined) {
+    cfg.daemon.idleTimeout = idle
+    overridden(sources, 'daemon', 'idle_timeout', idle, 'MESHCC_IDLE_TIMEOUT')
+  }
   const slots = envInt(env, 'MESHCC_LOCAL_SLOTS')
-  if (slots !== undefined) cfg.build.localSlots = slots
+  if (slots !== undefined) {
+    cfg.build.localSlots = slots
+    overridden(sources, 'build', 'local_slots', slots, 'MESHCC_LOCAL_SLOTS')
+  }
 
   if (Buffer.byteLength(cfg.daemon.socket) > 100) {
     throw new ConfigError(`${file}: [daemon] socket: path is too long for a unix socket (${Buffer.byteLength(cfg.daemon.socket)} bytes, at most 100): ${cfg.daemon.socket}`)

@@ -54,14 +54,31 @@ test('defaults without any config file', () => {
   assert.equal(c.daemon.socket, '/run/user/4242/meshcc/daemon.sock')
 })
 
-test('sizes', () => {
+test('sizes: one binary convention whatever the spelling, whole bytes without a unit', () => {
   assert.equal(parseSize('10G'), 10 * 1024 ** 3)
+  assert.equal(parseSize('10 GB'), 10 * 1024 ** 3, '"10 GB" and "10G" are the same size')
+  assert.equal(parseSize('10GiB'), 10 * 1024 ** 3)
   assert.equal(parseSize('1.5GiB'), 1.5 * 1024 ** 3)
-  assert.equal(parseSize('500MB'), 500 * 1000 ** 2)
+  assert.equal(parseSize('500MB'), 500 * 1024 ** 2)
   assert.equal(parseSize('4096'), 4096)
+  assert.equal(parseSize(4096), 4096)
+  assert.equal(parseSize('1.5'), null, 'a fraction of a byte is a mistake')
+  assert.equal(parseSize(1.5), null)
   assert.equal(parseSize('lots'), null)
   assert.equal(parseSize('10X'), null)
 })
+
+test('MESHCC_CONF naming a missing file is an error, not the defaults', () => {
+  assert.throws(() => loadConfig({ MESHCC_CONF: '/nonexistent/meshcc.toml' }), (e: unknown) => e instanceof ConfigError && /MESHCC_CONF names \/nonexistent\/meshcc\.toml, which does not exist/.test(e.message))
+})
+
+test('every key records where its value came from', withConf('[cache]\nsize = "1G"\n', (file) => {
+  const c = loadConfig({ MESHCC_CONF: file, MESHCC_LOG: 'debug' })
+  const src = (section: string, key: string) => c.sources.find((s) => s.section === section && s.key === key)
+  assert.deepEqual(src('cache', 'size'), { section: 'cache', key: 'size', value: '1.0 GiB ("1G")', origin: file })
+  assert.deepEqual(src('log', 'level'), { section: 'log', key: 'level', value: '"debug"', origin: 'MESHCC_LOG' })
+  assert.equal(src('build', 'job_timeout')?.origin, 'default')
+}))
 
 const bad: Array<[string, string, RegExp]> = [
   ['wrong type', '[cache]\nsize = "lots"\n', /config\.toml: \[cache\] size: expected a size such as "10G"/],
@@ -69,7 +86,11 @@ const bad: Array<[string, string, RegExp]> = [
   ['unknown section', '[caches]\ndir = "/tmp"\n', /config\.toml: unknown section \[caches\]/],
   ['negative number', '[daemon]\nidle_timeout = -1\n', /\[daemon\] idle_timeout: -1 is out of range/],
   ['bad log level', '[log]\nlevel = "loud"\n', /\[log\] level: "loud" is not one of error, warn, info, debug/],
-  ['TOML syntax', '[daemon]\nsocket = \n', /config\.toml: line 2:/]
+  ['TOML syntax', '[daemon]\nsocket = \n', /config\.toml: line 2:/],
+  ['size as a bare fraction', '[cache]\nsize = 1.5\n', /\[cache\] size: number 1\.5 has no unit .*"1\.5G"/],
+  ['size as a fraction string', '[cache]\nsize = "1.5"\n', /\[cache\] size: "1\.5" has no unit/],
+  ['size zero', '[cache]\nsize = 0\n', /\[cache\] size: number 0 is too small \(at least 1\.0 MiB\)/],
+  ['toolchain cache size zero', '[build]\ntoolchain_cache_size = "0G"\n', /\[build\] toolchain_cache_size: "0G" is too small/]
 ]
 for (const [name, text, re] of bad) {
   test(`bad config (${name}) gives one clear line`, withConf(text, async (file) => {
