@@ -1,8 +1,8 @@
 // Leveled logger: one line per event, to a log file in the cache dir and, when the daemon
 // runs in the foreground, to stderr as well. Appends are synchronous and small, so lines
 // from several processes (launchers recording fallbacks, two daemons) never interleave.
-import { appendFileSync, mkdirSync } from 'node:fs'
-import { dirname } from 'node:path'
+import { appendFileSync, mkdirSync, statSync } from 'node:fs'
+import { dirname, join } from 'node:path'
 import type { LogLevel } from './config.js'
 
 const RANK: Record<LogLevel, number> = { error: 0, warn: 1, info: 2, debug: 3 }
@@ -15,12 +15,16 @@ export interface Logger {
   /** a logger whose lines carry a component prefix, e.g. "mesh" */
   child(component: string): Logger
   enabled(level: LogLevel): boolean
+  /** the file lines go to now (the fallback once the first file failed), or null */
+  file?(): string | null
 }
 
 export interface LoggerOptions {
   level: LogLevel
   /** append lines here (created with its directory when missing); null = no file */
   file: string | null
+  /** where lines go when `file` cannot be written (a read-only or full cache directory) */
+  fallbackFile?: string
   /** also write to stderr (foreground daemon) */
   stderr?: boolean
   /** shown in every line, e.g. the pid */
@@ -28,16 +32,32 @@ export interface LoggerOptions {
 }
 
 export function createLogger(opts: LoggerOptions, component = ''): Logger {
-  let fileBroken = false
-  if (opts.file) {
-    try { mkdirSync(dirname(opts.file), { recursive: true }) } catch { fileBroken = true }
+  return makeLogger(opts, { current: opts.file, tried: false }, component)
+}
+
+/** Where a logger and its children write; shared, so one failure moves them all. */
+interface LogTarget { current: string | null; tried: boolean }
+
+function makeLogger(opts: LoggerOptions, target: LogTarget, component: string): Logger {
+  const append = (line: string) => {
+    while (target.current) {
+      try {
+        if (!target.tried) { target.tried = true; mkdirSync(dirname(target.current), { recursive: true }) }
+        appendFileSync(target.current, line)
+        return
+      } catch (err) {
+        const failed = target.current
+        target.current = failed === opts.fallbackFile ? null : opts.fallbackFile ?? null
+        target.tried = false
+        // the first line in the new place says why it is there
+        if (target.current) line = `${stamp('warn', `[${process.pid}]`, '')} cannot write the log ${failed} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message}): logging here instead\n${line}`
+      }
+    }
   }
   const write = (level: LogLevel, msg: string) => {
     if (RANK[level] > RANK[opts.level]) return
-    const line = `${new Date().toISOString()} ${level.toUpperCase().padEnd(5)} ${opts.tag ?? `[${process.pid}]`}${component ? ` ${component}:` : ''} ${msg}\n`
-    if (opts.file && !fileBroken) {
-      try { appendFileSync(opts.file, line) } catch { fileBroken = true }
-    }
+    const line = `${stamp(level, opts.tag ?? `[${process.pid}]`, component)} ${msg}\n`
+    append(line)
     if (opts.stderr) process.stderr.write(line)
   }
   return {
@@ -45,14 +65,35 @@ export function createLogger(opts: LoggerOptions, component = ''): Logger {
     warn: (m) => write('warn', m),
     info: (m) => write('info', m),
     debug: (m) => write('debug', m),
-    child: (c) => createLogger(opts, component ? `${component}/${c}` : c),
-    enabled: (level) => RANK[level] <= RANK[opts.level]
+    child: (c) => makeLogger(opts, target, component ? `${component}/${c}` : c),
+    enabled: (level) => RANK[level] <= RANK[opts.level],
+    file: () => target.current
   }
+}
+
+function stamp(level: LogLevel, tag: string, component: string): string {
+  return `${new Date().toISOString()} ${level.toUpperCase().padEnd(5)} ${tag}${component ? ` ${component}:` : ''}`
+}
+
+/**
+ * The daemon's log: in the cache directory, or, when that cannot be written (read-only, full),
+ * beside the socket, in the user's private runtime directory.
+ */
+export function logFiles(cacheDir: string, socket: string): { file: string; fallbackFile: string } {
+  return { file: join(cacheDir, 'meshcc.log'), fallbackFile: join(dirname(socket), 'meshcc.log') }
+}
+
+/** The log file a user should read: whichever of the two was written last. */
+export function currentLogFile(cacheDir: string, socket: string): string {
+  const { file, fallbackFile } = logFiles(cacheDir, socket)
+  const mtime = (p: string) => { try { return statSync(p).mtimeMs } catch { return -1 } }
+  return mtime(fallbackFile) > mtime(file) ? fallbackFile : file
 }
 
 /** A logger that drops everything (tests and tools that have nowhere to log). */
 export const silentLogger: Logger = {
   error: () => {}, warn: () => {}, info: () => {}, debug: () => {},
   child: () => silentLogger,
-  enabled: () => false
+  enabled: () => false,
+  file: () => null
 }

@@ -22,6 +22,12 @@ export interface StatsData {
 }
 
 const STATS_FILE = 'stats.json'
+
+/** An error as one line: the errno code and what it means (EROFS, not a stack). */
+function errMessage(err: unknown): string {
+  const e = err as NodeJS.ErrnoException
+  return e.code ? `${e.code} (${e.message.split('\n')[0]})` : String(e.message ?? err).split('\n')[0]
+}
 const JOURNAL_FILE = 'fallbacks.journal'
 
 function emptyData(): StatsData {
@@ -36,6 +42,15 @@ function emptyData(): StatsData {
 
 function addReasons(into: Record<string, number>, from: Record<string, number>): void {
   for (const [k, v] of Object.entries(from)) into[k] = (into[k] ?? 0) + v
+}
+
+function addData(into: StatsData, from: StatsData): StatsData {
+  for (const c of COUNTERS) into.counters[c] += from.counters[c]
+  addReasons(into.non_cacheable_reasons, from.non_cacheable_reasons)
+  addReasons(into.fallback_reasons, from.fallback_reasons)
+  addReasons(into.retry_reasons, from.retry_reasons)
+  into.hit_time_ms += from.hit_time_ms
+  return into
 }
 
 /** Called by a launcher that compiled on its own: one appended line, no lock needed. */
@@ -75,9 +90,11 @@ function withLock<T>(dir: string, fn: () => T): T {
 export class Stats {
   private pending = emptyData()
   private dirty = false
+  private saveFailing = false
 
   constructor(private readonly dir: string, private readonly log: Logger) {
-    mkdirSync(dir, { recursive: true, mode: 0o700 })
+    // an unusable directory costs saving, not counting (see flush)
+    try { mkdirSync(dir, { recursive: true, mode: 0o700 }) } catch { /* reported at the first save */ }
   }
 
   inc(counter: Counter, n = 1): void {
@@ -153,19 +170,17 @@ export class Stats {
   flush(): void {
     try {
       withLock(this.dir, () => {
-        const data = this.readSaved()
-        for (const c of COUNTERS) data.counters[c] += this.pending.counters[c]
-        addReasons(data.non_cacheable_reasons, this.pending.non_cacheable_reasons)
-        addReasons(data.fallback_reasons, this.pending.fallback_reasons)
-        addReasons(data.retry_reasons, this.pending.retry_reasons)
-        data.hit_time_ms += this.pending.hit_time_ms
+        const data = addData(this.readSaved(), this.pending)
         this.ingestJournal(data)
         this.write(data)
       })
       this.pending = emptyData()
       this.dirty = false
+      this.saveFailing = false
     } catch (err) {
-      this.log.warn(`could not save stats: ${(err as Error).message}`)
+      // once per failing streak: a read-only directory would say so every 2 s
+      if (!this.saveFailing) this.log.warn(`could not save statistics in ${this.dir} (they are kept in memory until it works): ${errMessage(err)}`)
+      this.saveFailing = true
     }
   }
 
@@ -173,10 +188,13 @@ export class Stats {
     if (this.dirty) this.flush()
   }
 
-  /** Totals as saved plus what this daemon has not saved yet. */
+  /**
+   * Totals as saved plus what this daemon has not saved yet: on a read-only or full cache
+   * directory nothing can be saved, and the counts must still be right.
+   */
   snapshot(): StatsData {
     this.flush()
-    return this.readSaved()
+    return addData(this.readSaved(), this.pending)
   }
 
   zero(): void {

@@ -3,9 +3,9 @@
 // that the plain compiler would pass.
 import { spawnSync } from 'node:child_process'
 import { accessSync, constants, realpathSync, statSync, writeSync } from 'node:fs'
-import { basename, delimiter, join, resolve } from 'node:path'
+import { basename, delimiter, resolve } from 'node:path'
 import { ConfigError, loadConfig, type Config } from '../config.js'
-import { createLogger } from '../log.js'
+import { createLogger, logFiles } from '../log.js'
 import { MsgType, encodeCompileRequest } from '../daemon/launcher-protocol.js'
 import { journalFallback } from '../daemon/stats.js'
 import { requestDaemon } from './client.js'
@@ -76,7 +76,7 @@ function runDirect(compiler: string, args: string[]): never {
 function fallbackLocally(config: Config | null, compiler: string, args: string[], reason: string, detail = reason): never {
   if (config) {
     journalFallback(config.cache.dir, reason)
-    createLogger({ level: config.log.level, file: join(config.cache.dir, 'meshcc.log') }, 'launcher').warn(`compiling locally without the daemon: ${detail}`)
+    createLogger({ level: config.log.level, ...logFiles(config.cache.dir, config.daemon.socket) }, 'launcher').warn(`compiling locally without the daemon: ${detail}`)
   }
   runDirect(compiler, args)
 }
