@@ -317,7 +317,8 @@ export function parseGccArgs(rawArgs: readonly string[], cwd: string, family: 'g
     keyArgs,
     depTarget,
     cwdInKey,
-    remoteBlocker: args.find((a) => LOCAL_ONLY_PREFIX.some((p) => a.startsWith(p))) ?? null,
+    // the option's name, not its value: it names a fallback reason in the stats
+    remoteBlocker: args.map((a) => LOCAL_ONLY_PREFIX.find((p) => a.startsWith(p))).find((p) => p !== undefined) ?? null,
     directivesOnly: family === 'gcc' && DIRECTIVES_ONLY_LANGUAGES.has(language) &&
       !common.some((a) => NOT_DIRECTIVES_ONLY.has(a) || a.startsWith('-Wp,') || a.startsWith('-Xpreprocessor') || a.startsWith('-fpreprocessed') || a.startsWith('-fdirectives-only') || a.startsWith('-fno-directives-only')),
     compileArgs(objPath) {

@@ -78,15 +78,19 @@ export interface PreparedJob {
   files: import('../mesh/protocols/compile-job.js').JobFileRef[]
   /** failed peer attempts so far (refusals by full peers do not count) */
   failures: number
+  /** the class of the last failure, for the fallback's reason */
+  lastFailure: string | null
 }
 
-export type RemoteAttempt = { kind: 'done'; outcome: RemoteOutcome } | { kind: 'no-room' } | { kind: 'failed' }
+/** 'failed': too many peer failures, compile here; `reason` is the last one's class. */
+export type RemoteAttempt = { kind: 'done'; outcome: RemoteOutcome } | { kind: 'no-room' } | { kind: 'failed'; reason: string }
 
 /** Where misses can go besides this machine (the mesh); absent without a mesh. */
 export interface RemoteRunner {
   /** should this miss try the mesh? `localFree` says whether a local slot is free now */
   wants(localFree: boolean): boolean
-  prepare(job: RemoteJob): Promise<PreparedJob | null>
+  /** the job ready to offer, or why it cannot be shipped */
+  prepare(job: RemoteJob): Promise<PreparedJob | { unshippable: string }>
   tryPeers(job: PreparedJob): Promise<RemoteAttempt>
   /** resolves when the load view shows room for the job (or after `ms`) */
   waitForRoom(job: PreparedJob, ms: number): Promise<void>
@@ -113,8 +117,13 @@ export class CompileService {
   private readonly identity = new CompilerIdentity()
   /** file content hashes, memoised by stat: direct mode's checks, manifests and the inputs of jobs sent to peers */
   readonly hasher = new FileHasher()
-  /** local compiles */
+  /** local compiles: `slots` of them (at least one, for depend-mode probes and the like) */
   readonly cpu: Semaphore
+  /**
+   * With local_slots = 0, the compiles that were meant for the mesh and fall back to this
+   * machine: they use its cores as a plain build would, not one slot (a build's -j waits on them).
+   */
+  readonly fallbackCpu = new Semaphore(availableParallelism())
   /** local preprocessing: bounded separately, so distributing misses cannot thrash this machine */
   private readonly pre = new Semaphore(availableParallelism())
   private readonly pendingWrites = new Set<Promise<void>>()
@@ -124,6 +133,12 @@ export class CompileService {
 
   constructor(private readonly opts: CompileServiceOptions) {
     this.cpu = new Semaphore(Math.max(1, opts.slots))
+  }
+
+  /** A reloaded config's local_slots. */
+  setSlots(slots: number): void {
+    this.opts.slots = slots
+    this.cpu.setLimit(Math.max(1, slots))
   }
 
   async handle(req: CompileRequest): Promise<CompileReply> {
@@ -170,12 +185,19 @@ export class CompileService {
       // A miss compiled here needs no preprocessor run at all; one that may go to a peer does (its
       // inputs). A source saved a moment ago (the edit-compile loop) goes the preprocessed way,
       // which can store its result where depend mode could not key it safely.
-      if (direct && !dk!.sourceFresh && !preferPreprocessed && !(this.remote && spec.remoteBlocker === null)) {
+      const distributable = this.remote !== null && spec.remoteBlocker === null
+      if (direct && !dk!.sourceFresh && !preferPreprocessed && !distributable) {
         const r = await this.compileDepend(req, spec, direct, depTemp, requestStart)
         if (r) return r
       }
       const k = await this.computeKey(req, spec, compilerHash, depTemp)
-      if (k === null) return this.notCacheable('preprocessor failed')
+      if (k === null) {
+        // a missing source, a syntax error in a directive: the compile fails the same way, and
+        // the compiler run by the launcher says exactly how
+        stats.inc('compile_failures')
+        log.debug(`preprocessing ${spec.input} failed: the compiler reports it`)
+        return { kind: 'passthrough', reason: 'compile failed' }
+      }
       if (k === 'incbin') return this.notCacheable('.incbin directive (reads a file the key cannot see)')
       // once the result is in the cache, the next identical command can find it without -E
       const record: ManifestUpdate | null = direct ? { direct, write: () => this.recordManifest(direct, k, requestStart) } : null
@@ -283,10 +305,15 @@ export class CompileService {
     // with room; with neither, wait for whichever comes first (a queued job never commits to
     // one side while the other frees up).
     let result: LocalResult | null = null
+    /** why a miss meant for the mesh is compiled here after all (counted as a fallback) */
+    let fallback: string | null = null
     const remote = this.remote
-    if (remote && spec.remoteBlocker === null && remote.wants(this.cpu.running < this.opts.slots)) {
+    if (!remote || spec.remoteBlocker !== null) {
+      fallback = this.unsentReason(spec)
+    } else if (remote.wants(this.cpu.running < this.opts.slots)) {
       const prepared = await remote.prepare({ req, spec, ...compiler, ppHash: k.ppHash, directivesOnly: k.directivesOnly, inputs: () => this.hashedInputs(k) })
-      while (prepared && result === null) {
+      if ('unshippable' in prepared) fallback = `job not shippable (${prepared.unshippable})`
+      while (!('unshippable' in prepared) && result === null) {
         const a = await remote.tryPeers(prepared)
         if (a.kind === 'done' && a.outcome.exitCode !== 0) {
           // A failure may be a file the compiler read that no line marker named (an assembler
@@ -301,15 +328,25 @@ export class CompileService {
           result = a.outcome
           break
         }
-        if (a.kind === 'failed' || !remote.wants(false)) break
+        if (a.kind === 'failed') { fallback = `all attempts failed: ${a.reason}`; break }
+        if (!remote.wants(false)) {
+          fallback = prepared.lastFailure ? `all attempts failed: ${prepared.lastFailure}` : 'no peer with room'
+          break
+        }
         if (this.opts.slots > 0 && this.cpu.running < this.opts.slots) break
         await Promise.race([remote.waitForRoom(prepared, 1000), this.opts.slots > 0 ? this.cpu.whenFree() : new Promise(() => {})])
         if (this.opts.slots > 0 && this.cpu.running < this.opts.slots) break
       }
+    } else if (this.opts.slots === 0) {
+      fallback = 'no peer takes jobs'
     }
     if (result === null) {
+      if (fallback !== null) {
+        stats.fallback(fallback)
+        log.info(`compiling ${spec.input} here: ${fallback}`)
+      }
       const objTemp = siblingTemp(objDest)
-      const r = await this.localCompile(req, spec.compileArgs(objTemp), objTemp, [])
+      const r = await this.localCompile(req, spec.compileArgs(objTemp), objTemp, [], fallback !== null)
       if ('kind' in r) return r
       result = r
     }
@@ -318,9 +355,22 @@ export class CompileService {
     return this.storeResult(req, spec, k.key, result, dep, afterStore)
   }
 
-  /** Run the compiler here; `temps` are our temp paths that must not show in its output. */
-  private async localCompile(req: CompileRequest, args: string[], objTemp: string, temps: string[]): Promise<LocalResult | CompileReply> {
-    const r = await this.cpu.run(() => execa(req.compiler, args, {
+  /**
+   * With local_slots = 0 every miss is meant for the mesh: why this one cannot go there (no
+   * mesh, an option that keeps it here). Null when local compiles are normal.
+   */
+  private unsentReason(spec: CompileSpec): string | null {
+    if (this.opts.slots > 0) return null
+    return this.remote ? `not distributable (${spec.remoteBlocker})` : 'no mesh'
+  }
+
+  /**
+   * Run the compiler here; `temps` are our temp paths that must not show in its output. A
+   * fallback (a miss meant for the mesh) runs beside the local slots, as a plain build would.
+   */
+  private async localCompile(req: CompileRequest, args: string[], objTemp: string, temps: string[], fallback = false): Promise<LocalResult | CompileReply> {
+    const sem = fallback && this.opts.slots === 0 ? this.fallbackCpu : this.cpu
+    const r = await sem.run(() => execa(req.compiler, args, {
       cwd: req.cwd, env: req.env, extendEnv: false, stdin: 'ignore', reject: false,
       encoding: 'buffer', stripFinalNewline: false, maxBuffer: 64 * 1024 * 1024
     }))
@@ -380,8 +430,10 @@ export class CompileService {
     if (plan === null) return null
     this.opts.stats.inc('cache_misses')
     this.opts.log.debug(`miss (depend mode) ${direct.slice(0, 16)} ${spec.input}`)
+    const fallback = this.unsentReason(spec)
+    if (fallback !== null) this.opts.stats.fallback(fallback)
     try {
-      const r = await this.localCompile(req, plan.args, objTemp, [depPath])
+      const r = await this.localCompile(req, plan.args, objTemp, [depPath], fallback !== null)
       if ('kind' in r) return r
       const depText = r.exitCode === 0 ? await readFile(depPath).catch(() => null) : null
       let key: string | null = null

@@ -167,17 +167,15 @@ export class MeshRemoteRunner implements RemoteRunner {
     return out
   }
 
-  /** Toolchain and inputs, once per job however many peers it is offered to; null = cannot ship. */
-  async prepare(job: RemoteJob): Promise<PreparedJob | null> {
-    const { log, stats } = this.opts
+  /** Toolchain and inputs, once per job however many peers it is offered to; or why it cannot be shipped. */
+  async prepare(job: RemoteJob): Promise<PreparedJob | { unshippable: string }> {
     let toolchain: Toolchain
     let inputs: { files: JobFileRef[]; dirs: string[] }
     try {
       ;[toolchain, inputs] = await Promise.all([this.toolchainFor(job), this.readInputs(job)])
     } catch (err) {
-      stats.fallback('remote: job not shippable')
-      log.debug(`compiling ${job.spec.input} here: cannot ship it (${(err as Error).message})`)
-      return null
+      this.opts.log.debug(`cannot ship ${job.spec.input}: ${(err as Error).message}`)
+      return { unshippable: (err as Error).message.split('\n')[0]!.slice(0, 120) }
     }
     const cwd = resolve(job.req.cwd)
     const objPath = join(cwd, `.meshcc-remote-${process.pid}-${createHash('sha256').update(job.ppHash + Math.random()).digest('hex').slice(0, 8)}.o`)
@@ -194,7 +192,7 @@ export class MeshRemoteRunner implements RemoteRunner {
       files: inputs.files,
       dirs: inputs.dirs
     }
-    return { input: job.spec.input, header, files: inputs.files, failures: 0 }
+    return { input: job.spec.input, header, files: inputs.files, failures: 0, lastFailure: null }
   }
 
   /**
@@ -241,13 +239,10 @@ export class MeshRemoteRunner implements RemoteRunner {
         if (rest.length === 0) this.inFlight.delete(peer.peerId)
         else this.inFlight.set(peer.peerId, rest)
       }
-      stats.retry(reasonClass(reason))
+      job.lastFailure = reasonClass(reason)
+      stats.retry(job.lastFailure)
       log.info(`remote compile of ${job.input} on ${peer.load.name} (${peer.peerId.slice(-8)}) did not complete: ${reason}`)
-      if (++job.failures >= MAX_ATTEMPTS) {
-        stats.fallback(`remote: ${reasonClass(reason)}`)
-        log.info(`compiling ${job.input} here after ${job.failures} failed peer attempt(s): ${reason}`)
-        return { kind: 'failed' }
-      }
+      if (++job.failures >= MAX_ATTEMPTS) return { kind: 'failed', reason: job.lastFailure }
     }
     return { kind: 'no-room' }
   }
@@ -270,6 +265,5 @@ function reasonClass(reason: string): string {
   if (reason.includes('sandbox')) return 'sandbox failure'
   if (reason.includes('timed out')) return 'timeout'
   if (reason.startsWith('peer error')) return 'peer connection error'
-  if (reason === 'no peer available') return 'no peer available'
   return 'peer failure'
 }

@@ -17,6 +17,15 @@ export class Semaphore {
     return new Promise((resolve) => this.freed.push(resolve))
   }
 
+  /** A new limit (a reloaded config): more room wakes waiters now; less takes effect as jobs end. */
+  setLimit(limit: number): void {
+    this.limit = limit
+    while (this.used < this.limit && this.waiters.length > 0) {
+      this.used++
+      this.waiters.shift()!()
+    }
+  }
+
   async acquire(): Promise<() => void> {
     if (this.used < this.limit) {
       this.used++
@@ -27,7 +36,7 @@ export class Semaphore {
     return () => {
       if (released) return
       released = true
-      const next = this.waiters.shift()
+      const next = this.used <= this.limit ? this.waiters.shift() : undefined
       if (next) next()
       else {
         this.used--
