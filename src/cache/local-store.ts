@@ -65,7 +65,7 @@ export function isValidKey(key: unknown): key is string {
 
 export class LocalStore {
   readonly dir: string
-  readonly maxBytes: number
+  private max: number
   private readonly log: Logger
   private readonly index = new Map<string, IndexEntry>()
   private totalBytes = 0
@@ -80,7 +80,7 @@ export class LocalStore {
   constructor(opts: LocalStoreOptions) {
     if (!Number.isFinite(opts.maxBytes) || opts.maxBytes < 0) throw new Error(`cache size must be a number of bytes, got ${opts.maxBytes}`)
     this.dir = opts.dir
-    this.maxBytes = Math.floor(opts.maxBytes)
+    this.max = Math.floor(opts.maxBytes)
     this.log = opts.log
   }
 
@@ -211,11 +211,30 @@ export class LocalStore {
     return { entries: this.index.size, bytes: this.totalBytes, maxBytes: this.maxBytes }
   }
 
+  get maxBytes(): number {
+    return this.max
+  }
+
+  /** A new size limit (`meshcc -M`, a reloaded config): a smaller one evicts now. */
+  setMaxBytes(bytes: number): void {
+    this.max = Math.floor(bytes)
+    this.maybeEvict()
+  }
+
   /** Evict now (after any eviction already running); resolves to the number of entries this call removed. */
   evict(): Promise<number> {
+    return this.queueEviction(() => this.runEviction())
+  }
+
+  /** Remove every entry (`meshcc -C`); resolves to the number removed. */
+  clear(): Promise<number> {
+    return this.queueEviction(() => this.runEviction(0))
+  }
+
+  private queueEviction(fn: () => Promise<number>): Promise<number> {
     const run = this.evictChain.then(async () => {
       await this.open()
-      return this.runEviction()
+      return fn()
     })
     this.evictChain = run.catch(() => {})
     return this.track(run)
@@ -339,14 +358,16 @@ export class LocalStore {
       .finally(() => { this.autoEvict = null })
   }
 
-  private async runEviction(): Promise<number> {
+  /** Evict least recently used entries down to `target` bytes (default: a little under the limit, when over it). */
+  private async runEviction(target?: number): Promise<number> {
     // Re-scan: another daemon sharing the directory may have written or evicted entries.
     const started = Date.now()
     const found = await this.scan()
     this.replaceIndex(new Map(found), started)
-    if (this.totalBytes <= this.maxBytes) return 0
-
-    const target = this.targetBytes()
+    if (target === undefined) {
+      if (this.totalBytes <= this.maxBytes) return 0
+      target = this.targetBytes()
+    }
     const before = this.totalBytes
     const candidates = [...found].sort((a, b) => a[1].mtimeMs - b[1].mtimeMs || (a[0] < b[0] ? -1 : 1))
     let removed = 0

@@ -44,6 +44,11 @@ export class ManifestStore {
     return join(this.dir, key.slice(0, 2), key)
   }
 
+  /** Remove every manifest (`meshcc -C`). */
+  async clear(): Promise<void> {
+    await rm(this.dir, { recursive: true, force: true })
+  }
+
   /** The sets recorded for `key`, newest first, and the preprocess hint; empty when there is none or it is damaged. */
   async get(key: string): Promise<Manifest> {
     let text: string

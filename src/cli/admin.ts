@@ -1,9 +1,14 @@
-// Admin commands: daemon, --start-server, --stop-server, -s, -z, --version, --help.
+// Admin commands: daemon, --start-server, --stop-server, -s, -z, -C, -M, -p, --reload,
+// --version, --help. None of them starts a daemon except the ones that say so: a question
+// about the cache is answered from the disk when no daemon runs.
 import { parseArgs } from 'node:util'
 import { existsSync } from 'node:fs'
-import { ConfigError, loadConfig, type Config } from '../config.js'
-import { adminRequest, spawnDaemon } from '../launcher/client.js'
+import { ConfigError, configFilePath, formatSize, loadConfig, parseSize, type Config } from '../config.js'
+import { DaemonUnreachable, adminRequest, spawnDaemon } from '../launcher/client.js'
+import { silentLogger } from '../log.js'
+import { editConfigFile } from './config-edit.js'
 import { VERSION } from '../version.js'
+import { currentLogFile } from '../log.js'
 import { formatStatsText } from './stats-format.js'
 
 const USAGE = `meshcc ${VERSION}: compiler cache and peer-to-peer compile farm
@@ -15,6 +20,10 @@ Usage:
   meshcc --stop-server                  stop the daemon
   meshcc -s, --show-stats [--stats-format text|json]
   meshcc -z, --zero-stats
+  meshcc -C, --clear                    remove every cache entry
+  meshcc -M, --max-size SIZE            set the cache size (e.g. 20G) in the config file
+  meshcc -p, --show-config              the effective config, and where each value comes from
+  meshcc --reload                       make the daemon re-read its config now
   meshcc status [--json | --watch]      this daemon and the mesh: peers, cores, load, links
   meshcc jobs                           a -j for make/ninja from the live mesh's cores
   meshcc --dist-status                  mesh summary in sccache's --dist-status JSON shape
@@ -54,6 +63,10 @@ export async function runAdmin(argv: string[]): Promise<number> {
         'show-stats': { type: 'boolean', short: 's' },
         'stats-format': { type: 'string' },
         'zero-stats': { type: 'boolean', short: 'z' },
+        clear: { type: 'boolean', short: 'C' },
+        'max-size': { type: 'string', short: 'M' },
+        'show-config': { type: 'boolean', short: 'p' },
+        reload: { type: 'boolean' },
         'start-server': { type: 'boolean' },
         'stop-server': { type: 'boolean' },
         background: { type: 'boolean' },
@@ -66,11 +79,11 @@ export async function runAdmin(argv: string[]): Promise<number> {
       }
     }))
   } catch (err) {
-    process.stderr.write(`meshcc: ${(err as Error).message}\n${USAGE}\n`)
+    process.stderr.write(`meshcc: ${optionError(err as Error)} (meshcc --help lists the commands)\n`)
     return 2
   }
   if (values.help || positionals[0] === 'help') { process.stdout.write(USAGE + '\n'); return 0 }
-  if (values.version || positionals[0] === 'version') { process.stdout.write(`meshcc ${VERSION}\n`); return 0 }
+  if (argv.length === 0) { process.stderr.write(`meshcc: no command or compiler given\n\n${USAGE}\n`); return 2 }
 
   let config: Config
   try {
@@ -83,6 +96,34 @@ export async function runAdmin(argv: string[]): Promise<number> {
     throw err
   }
 
+  if (values.version || positionals[0] === 'version') {
+    const daemon = await daemonStatusLine(config)
+    process.stdout.write(`meshcc ${VERSION}\n${daemon}\n`)
+    return 0
+  }
+  if (values['show-config']) {
+    const width = Math.max(...config.sources.map((c) => c.origin.length)) + 2
+    process.stdout.write(config.sources.map((c) => `${`(${c.origin})`.padEnd(width)} [${c.section}] ${c.key} = ${c.value}`).join('\n') + '\n')
+    return 0
+  }
+  if (values['max-size'] !== undefined) return setMaxSize(config, String(values['max-size']))
+  if (values.reload) {
+    const r = await askDaemon(config, 'reload')
+    process.stdout.write(r === null ? `meshcc: no daemon running on ${config.daemon.socket}; the next one reads the config as it is\n` : `meshcc: ${r}\n`)
+    return 0
+  }
+  if (values.clear) {
+    const r = await askDaemon(config, 'clear')
+    if (r !== null) { process.stdout.write(`meshcc: ${r}\n`); return 0 }
+    const { LocalStore } = await import('../cache/local-store.js')
+    const { ManifestStore } = await import('../cache/manifest.js')
+    const store = new LocalStore({ dir: config.cache.dir, maxBytes: config.cache.size, log: silentLogger })
+    const removed = await store.clear()
+    await store.close()
+    await new ManifestStore(config.cache.dir).clear()
+    process.stdout.write(`meshcc: cache cleared: ${removed} entries removed\n`)
+    return 0
+  }
   if (positionals[0] === 'daemon') {
     const { startDaemon, DaemonStartError } = await import('../daemon/daemon.js')
     try {
@@ -109,7 +150,7 @@ export async function runAdmin(argv: string[]): Promise<number> {
       process.stdout.write(`meshcc: daemon started on ${config.daemon.socket}\n`)
       return 0
     }
-    process.stderr.write(`meshcc: the daemon did not start; see ${config.cache.dir}/meshcc.log\n`)
+    process.stderr.write(`meshcc: the daemon did not start; see ${currentLogFile(config.cache.dir, config.daemon.socket)}\n`)
     return 1
   }
   if (values['stop-server']) {
@@ -120,7 +161,12 @@ export async function runAdmin(argv: string[]): Promise<number> {
     return gone ? 0 : 1
   }
   if (values['zero-stats']) {
-    process.stdout.write(await adminRequest(config, 'zero', { autostart: true, timeoutMs: 10_000 }) + '\n')
+    const r = await askDaemon(config, 'zero')
+    if (r === null) {
+      const { Stats } = await import('../daemon/stats.js')
+      new Stats(config.cache.dir, silentLogger).zero()
+    }
+    process.stdout.write(`${r ?? 'statistics zeroed'}\n`)
     return 0
   }
   if (values['show-stats'] || positionals[0] === 'stats') {
@@ -129,7 +175,7 @@ export async function runAdmin(argv: string[]): Promise<number> {
       process.stderr.write(`meshcc: --stats-format must be text or json, not "${String(format)}"\n`)
       return 2
     }
-    const json = await adminRequest(config, 'stats', { autostart: true, timeoutMs: 10_000 })
+    const json = (await askDaemon(config, 'stats')) ?? JSON.stringify(await statsFromDisk(config))
     const flat = flattenStats(JSON.parse(json))
     process.stdout.write(format === 'json' ? JSON.stringify(flat) + '\n' : formatStatsText(flat))
     return 0
@@ -142,8 +188,66 @@ export async function runAdmin(argv: string[]): Promise<number> {
     process.stdout.write((positionals[0] === 'jobs' ? String(mc.suggestedJobs(s)) : mc.distStatus(s)) + '\n')
     return 0
   }
-  process.stderr.write(`meshcc: unknown command ${argv.join(' ')}\n${USAGE}\n`)
+  process.stderr.write(`meshcc: unknown command ${argv[0]} (meshcc --help lists the commands)\n`)
   return 2
+}
+
+/** Node's parseArgs message, in a user's words: "unknown option --bogus". */
+function optionError(err: Error): string {
+  const code = (err as NodeJS.ErrnoException).code
+  const opt = /'(-[^']*)'/.exec(err.message)?.[1]
+  if (code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION' && opt) return `unknown option ${opt}`
+  if (code === 'ERR_PARSE_ARGS_INVALID_OPTION_VALUE' && opt) return `option ${/--[\w-]+/.exec(opt)?.[0] ?? opt} ${/argument missing/.test(err.message) ? 'needs a value' : 'takes no value'}`
+  return err.message.split('\n')[0]!.split('. ')[0]!
+}
+
+/** An admin request to a running daemon; null when none runs (never starts one). */
+async function askDaemon(config: Config, command: string): Promise<string | null> {
+  try {
+    return await adminRequest(config, command, { autostart: false, timeoutMs: 30_000 })
+  } catch (err) {
+    if (err instanceof DaemonUnreachable && /ENOENT|ECONNREFUSED/.test(err.message)) return null
+    throw err
+  }
+}
+
+/** "daemon 0.1.0, pid 42" or that none runs. */
+async function daemonStatusLine(config: Config): Promise<string> {
+  const r = await askDaemon(config, 'status').catch(() => null)
+  if (r === null) return `daemon: not running (socket ${config.daemon.socket})`
+  const d = (JSON.parse(r) as { daemon: { version: string; pid: number; restart_pending?: string | null } }).daemon
+  const note = d.version !== VERSION ? ` (an older version; it restarts into ${VERSION} when idle)` : ''
+  return `daemon: ${d.version}, pid ${d.pid}${note}`
+}
+
+/** `-s` without a daemon: the saved counters and the cache as it is on disk. */
+async function statsFromDisk(config: Config): Promise<Record<string, unknown>> {
+  const { Stats } = await import('../daemon/stats.js')
+  const { LocalStore } = await import('../cache/local-store.js')
+  const store = new LocalStore({ dir: config.cache.dir, maxBytes: config.cache.size, log: silentLogger })
+  const st = existsSync(config.cache.dir) ? (await store.open().then(() => store.stats())) : { entries: 0, bytes: 0, maxBytes: config.cache.size }
+  await store.close()
+  return { ...new Stats(config.cache.dir, silentLogger).snapshot(), cache_entries: st.entries, cache_size_bytes: st.bytes, cache_max_bytes: st.maxBytes, cache_dir: config.cache.dir, version: VERSION, daemon: 'not running' }
+}
+
+/** `-M SIZE`: written to the config file, which a running daemon follows within seconds. */
+async function setMaxSize(config: Config, text: string): Promise<number> {
+  const bytes = parseSize(text)
+  if (bytes === null || bytes < 1024 ** 2) {
+    process.stderr.write(`meshcc: --max-size: ${JSON.stringify(text)} is not a size of at least 1M (e.g. "20G", "500M")\n`)
+    return 2
+  }
+  const file = config.file ?? configFilePath()
+  editConfigFile(file, 'cache', 'size', JSON.stringify(text.trim()))
+  try {
+    loadConfig()
+  } catch (err) {
+    process.stderr.write(`meshcc: ${file} was changed but no longer loads: ${(err as Error).message}\n`)
+    return 1
+  }
+  const r = await askDaemon(config, 'reload').catch(() => null)
+  process.stdout.write(`meshcc: cache size set to ${formatSize(bytes)} in ${file}${r === null ? '' : ' (the daemon applied it)'}\n`)
+  return 0
 }
 
 /** The daemon's stats snapshot as one flat object: counters at top level, numbers as numbers. */

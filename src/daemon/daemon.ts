@@ -2,11 +2,11 @@
 // exits after an idle period. One daemon per socket, enforced by a pid lock beside it.
 import { closeSync, mkdirSync, openSync, rmSync, statSync, writeSync, chmodSync } from 'node:fs'
 import { createServer, type Server, type Socket } from 'node:net'
-import { dirname, join } from 'node:path'
+import { dirname } from 'node:path'
 import { userInfo } from 'node:os'
 import { LocalStore } from '../cache/local-store.js'
 import type { Config } from '../config.js'
-import { createLogger, type Logger } from '../log.js'
+import { createLogger, logFiles, type Logger } from '../log.js'
 import { VERSION } from '../version.js'
 import { CompileService, type CompileReply } from './compile-service.js'
 import {
@@ -18,6 +18,8 @@ import { Stats } from './stats.js'
 import { lockHolder, processAlive } from '../util/pid-lock.js'
 import { MeshService } from './mesh-service.js'
 import { everyAligned } from '../util/aligned-timer.js'
+import { ConfigWatch, describeKeys } from './config-watch.js'
+import { spawnDaemon } from './spawn.js'
 
 export class DaemonStartError extends Error {}
 
@@ -61,7 +63,9 @@ function takeLock(lockFile: string): boolean {
 }
 
 export async function startDaemon(config: Config, foreground: boolean): Promise<DaemonHandle | null> {
-  const log = createLogger({ level: config.log.level, file: join(config.cache.dir, 'meshcc.log'), stderr: foreground })
+  // kept: a reloaded config changes the level of every logger made from it
+  const logOpts = { level: config.log.level, ...logFiles(config.cache.dir, config.daemon.socket), stderr: foreground }
+  const log = createLogger(logOpts)
   try {
     prepareSocketDir(config.daemon.socket, log)
   } catch (err) {
@@ -77,7 +81,8 @@ export async function startDaemon(config: Config, foreground: boolean): Promise<
   const stats = new Stats(config.cache.dir, log)
   const store = new LocalStore({ dir: config.cache.dir, maxBytes: config.cache.size, log: log.child('cache') })
   await store.open()
-  const compiles = new CompileService({ store, stats, log, slots: config.build.localSlots, direct: config.cache.direct ? new ManifestStore(config.cache.dir) : null })
+  const manifests = config.cache.direct ? new ManifestStore(config.cache.dir) : null
+  const compiles = new CompileService({ store, stats, log, slots: config.build.localSlots, direct: manifests })
 
   let active = 0
   let mesh: MeshService | null = null
@@ -89,13 +94,58 @@ export async function startDaemon(config: Config, foreground: boolean): Promise<
 
   const server: Server = createServer((sock) => serve(sock))
   // aligned: one wake-up with the mesh's timers (util/aligned-timer.ts)
-  const flushTimer = everyAligned(2000, () => stats.flushIfDirty(), { unref: true })
+  const flushTimer = everyAligned(2000, () => {
+    stats.flushIfDirty()
+    followConfig(false)
+    noticeUpgrade()
+    if (restartFor && !foreground && active === 0 && (mesh?.builder.running ?? 0) === 0) void shutdown(`restarting: ${restartFor}`, true)
+  }, { unref: true })
   const idleTimer = everyAligned(Math.min(5000, Math.max(250, config.daemon.idleTimeout * 250)), () => {
     const idleMs = config.daemon.idleTimeout * 1000
     if (idleMs > 0 && active === 0 && Date.now() - lastActivity > idleMs) void shutdown('idle timeout')
   })
 
   const configCheck = new LauncherConfigCheck()
+
+  // Following the config file and the installed meshcc (config-watch.ts): what changed that
+  // only a new daemon can apply, and the last load error, for the log and `meshcc status`.
+  const configWatch = new ConfigWatch(config)
+  let restartFor: string | null = null
+  let configError: string | null = null
+  const installed = installStamp()
+
+  function followConfig(force: boolean): string {
+    const change = configWatch.check(force)
+    if (change.kind === 'invalid') {
+      if (change.error !== configError) log.warn(`config not reloaded, keeping the running one: ${change.error}`)
+      configError = change.error
+      return `config not reloaded: ${change.error}`
+    }
+    configError = null
+    if (change.kind === 'unchanged') return 'config unchanged'
+    const { next, live, restart } = change
+    if (live.length > 0) {
+      config.cache.size = next.cache.size
+      store.setMaxBytes(next.cache.size)
+      config.log.level = logOpts.level = next.log.level
+      compiles.setSlots(next.build.localSlots)
+      Object.assign(config.build, { localSlots: next.build.localSlots, offer: next.build.offer, jobTimeout: next.build.jobTimeout })
+      mesh?.loadChanged()
+      log.info(`config reloaded: ${describeKeys(live)} applied`)
+    }
+    if (restart.length > 0) {
+      restartFor = `config changed (${describeKeys(restart)})`
+      log.info(`${restartFor}: ${foreground ? 'restart the daemon to apply it' : 'the daemon restarts itself when idle'}`)
+    }
+    return [live.length > 0 ? `applied ${describeKeys(live)}` : '', restart.length > 0 ? `${describeKeys(restart)} ${foreground ? 'need a restart' : 'apply when the daemon restarts itself (when idle)'}` : ''].filter(Boolean).join('; ')
+  }
+
+  /** A new meshcc installed over this one: restart into it when idle. */
+  function noticeUpgrade(): void {
+    if (restartFor?.startsWith('meshcc upgraded') || installed === null || installStamp() === installed) return
+    restartFor = 'meshcc upgraded on disk'
+    log.info(`${restartFor}: ${foreground ? 'restart the daemon to run the new version' : 'the daemon restarts itself when idle'}`)
+  }
 
   function reply(sock: Socket, type: number, fields: Array<Buffer | string>): void {
     if (!sock.destroyed) sock.end(encodeFrame(type, fields))
@@ -118,11 +168,19 @@ export async function startDaemon(config: Config, foreground: boolean): Promise<
         return JSON.stringify({ ...s, cache_entries: st.entries, cache_size_bytes: st.bytes, cache_max_bytes: st.maxBytes, cache_dir: config.cache.dir, version: VERSION })
       }
       case 'zero': stats.zero(); return 'statistics zeroed'
+      case 'clear': {
+        const removed = await store.clear()
+        await manifests?.clear()
+        return `cache cleared: ${removed} entries removed`
+      }
+      case 'reload': return followConfig(true)
       case 'shutdown': setImmediate(() => void shutdown('stop requested')); return 'stopping'
       case 'status': return JSON.stringify({
         daemon: {
           pid: process.pid, version: VERSION, socket: config.daemon.socket, cache_dir: config.cache.dir,
-          running: compiles.cpu.running, queued: compiles.cpu.queued, slots: compiles.cpu.capacity,
+          running: compiles.cpu.running + compiles.fallbackCpu.running, queued: compiles.cpu.queued + compiles.fallbackCpu.queued,
+          slots: config.build.localSlots, fallback_slots: config.build.localSlots === 0 ? compiles.fallbackCpu.capacity : config.build.localSlots,
+          config_file: config.file, restart_pending: restartFor, log_file: log.file?.() ?? null,
           memory: memoryStatus()
         },
         mesh: mesh?.status() ?? null,
@@ -188,7 +246,8 @@ export async function startDaemon(config: Config, foreground: boolean): Promise<
     })
   }
 
-  async function shutdown(reason: string): Promise<void> {
+  /** Stop serving; `restart`: then start a fresh daemon (the new config or the new install). */
+  async function shutdown(reason: string, restart = false): Promise<void> {
     if (shuttingDown) return shuttingDown
     shuttingDown = (async () => {
       log.info(`shutting down: ${reason}`)
@@ -204,6 +263,7 @@ export async function startDaemon(config: Config, foreground: boolean): Promise<
       stats.flush()
       rmSync(config.daemon.socket, { force: true })
       rmSync(lockFile, { force: true })
+      if (restart) spawnDaemon(config)
       resolveClosed()
     })()
     return shuttingDown
@@ -245,6 +305,16 @@ export async function startDaemon(config: Config, foreground: boolean): Promise<
 
   log.info(`meshcc ${VERSION} daemon listening on ${config.daemon.socket} (cache ${config.cache.dir}, ${config.build.localSlots} slots${config.file ? `, config ${config.file}` : ''})`)
   return { closed, shutdown }
+}
+
+/** The installed meshcc this daemon runs (its main script on disk); another stamp means an upgrade. */
+function installStamp(): string | null {
+  try {
+    const st = statSync(process.argv[1]!)
+    return `${st.ino}:${st.size}:${st.mtimeMs}`
+  } catch {
+    return null
+  }
 }
 
 /** The daemon's memory in bytes: the whole process, and V8's heap within it. */
