@@ -4,9 +4,9 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { randomBytes } from 'node:crypto'
-import { CHUNK, fixPnetCipher, pnetCipherModule } from '../src/mesh/pnet-cipher-fix.js'
+import { CHUNK, pnetCipherModule, pnetCipherPatch } from '../src/mesh/patches/pnet-cipher.js'
 
-fixPnetCipher()
+pnetCipherPatch.apply()
 const XSalsa20 = pnetCipherModule()
 const key = randomBytes(32)
 const nonce = (i: number) => new Uint8Array(24).fill(i + 1)

@@ -1,4 +1,4 @@
-// Noise's X25519 without DER imports (src/mesh/noise-x25519.ts) gives the same shared secrets
+// Noise's X25519 without DER imports (src/mesh/patches/noise-x25519.ts) gives the same shared secrets
 // as @libp2p/noise's own Node implementation, for our key pairs, for its key pairs, and for a
 // key used more often than a handshake's ephemeral key is.
 import { test } from 'node:test'
@@ -6,7 +6,7 @@ import assert from 'node:assert/strict'
 import { randomBytes } from 'node:crypto'
 import { defaultCrypto } from '@libp2p/noise/crypto'
 import { Uint8ArrayList } from 'uint8arraylist'
-import { fastX25519Crypto } from '../src/mesh/noise-x25519.js'
+import { fastX25519Crypto } from '../src/mesh/patches/noise-x25519.js'
 
 const hex = (b: Uint8Array) => Buffer.from(b).toString('hex')
 
