@@ -63,6 +63,10 @@ test('large frames that use more than half the window get their update at once',
   assert.ok(sent.filter((h) => h.type === FRAME_TYPE_WINDOW_UPDATE && h.flag === 0).length >= 2)
 })
 
+test('the patch finds YamuxStream\'s method and the fields its threshold reads', () => {
+  assert.deepEqual(yamuxWindowPatch.apply(), { state: 'applied', detail: '' })
+})
+
 test('windowUpdateCanWait: only for an established stream with at least half its window left', () => {
   assert.equal(windowUpdateCanWait({ state: StreamState.Established, recvWindow: 1000, recvWindowCapacity: 500 }), true)
   assert.equal(windowUpdateCanWait({ state: StreamState.Established, recvWindow: 1000, recvWindowCapacity: 499 }), false)
