@@ -4,7 +4,7 @@
 // to 68 MB of RSS, and a mesh of 30 daemons starting at once is bound by exactly that CPU.
 //
 // The rest of dist/ stays as tsc wrote it (tests and benchmarks import those modules).
-// xsalsa20 stays outside the bundle: pnet-cipher-fix.ts patches the one instance that
+// xsalsa20 stays outside the bundle: src/mesh/patches/pnet-cipher.ts patches the one instance that
 // @libp2p/pnet loads, found through node_modules, so both must be that same file.
 import { build } from 'esbuild'
 import { dirname, join } from 'node:path'

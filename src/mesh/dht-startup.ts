@@ -16,9 +16,8 @@
 //   has opened for SETTLED_QUIET_MS: its lookup then asks members that have finished joining,
 //   and it does not compete with the joins for CPU.
 // - A new routing-table contact is pinged (a ping stream each way) before kad-dht adds it, to
-//   keep offline peers out. A peer we are connected to right now is online: it is added at once.
-import type { PeerId } from '@libp2p/interface'
-import type { MeshLibp2p } from './node.js'
+//   keep offline peers out. A peer we are connected to right now is online: it is added at once
+//   (a patch of kad-dht's internals: patches/dht-connected-contacts.ts).
 
 export const SELF_QUERY_AFTER_MS = 5 * 60_000
 export const SETTLED_QUIET_MS = 15_000
@@ -30,21 +29,3 @@ export const DHT_STARTUP_OPTIONS = {
   initialQuerySelfInterval: SELF_QUERY_AFTER_MS,
   allowQueryWithZeroPeers: true
 } as const
-
-interface Contact { peerId: PeerId }
-type Verify = (contact: Contact, options?: unknown) => Promise<boolean>
-
-/**
- * Makes kad-dht add a connected peer to its routing table without pinging it first. Returns
- * false (and changes nothing) when the DHT is off or is not the kad-dht we know.
- */
-export function trustConnectedContacts(node: MeshLibp2p): boolean {
-  const kb = (node.services.dht as unknown as { routingTable?: { kb?: { verify?: unknown } } } | undefined)?.routingTable?.kb
-  if (!kb || typeof kb.verify !== 'function') return false
-  const verify = (kb.verify as Verify).bind(kb)
-  kb.verify = (async (contact: Contact, options?: unknown): Promise<boolean> => {
-    if (node.getConnections(contact.peerId).some((c) => c.status === 'open')) return true
-    return verify(contact, options)
-  }) satisfies Verify
-  return true
-}

@@ -1,17 +1,18 @@
 // Keeps gossipsub's table of peers in step with libp2p's connections.
 //
-// Gossipsub (17.x) forgets a peer entirely, its streams and its subscriptions, when any inbound
-// stream from it fails (handlePeerReadStreamError), also a stale one left on a connection that
-// closed while another to the same peer stays open (a crossing dial's duplicate, see
-// connector.ts). Libp2p then reports no new connection, so nothing brings the peer back: the
-// two members stop hearing each other while connected, and each drops out of the other's view
-// (bench:mesh saw views lose a member after convergence). Two repairs:
-//  - a failed read stream makes gossipsub forget the peer only when no connection to it is left
-//    open (when one is, the other side reopens its stream: see the next point);
-//  - every few seconds, each open connection whose peer gossipsub has no outbound stream to, or
-//    only a closed one (bench:mesh caught both sides of a pair holding a closed stream), is
-//    handed to gossipsub again, as the registrar does for a new connection: it opens a stream
-//    and sends its subscriptions, and the other side, given a new inbound stream, adds us back.
+// Gossipsub (17.x) opens its outbound stream to a peer only when told of a new connection, and
+// keeps a stream in its table after it closed if it closed before gossipsub listened for its
+// close event (the other side closed it at once). Libp2p then reports no new connection, so
+// nothing brings the stream back: the two members stop hearing each other while connected, and
+// each drops out of the other's view (bench:mesh saw views lose a member after convergence, and
+// caught both sides of a pair holding a closed stream). Every few seconds, each open connection
+// whose peer gossipsub has forgotten, or has no outbound stream to, or only a closed one, is
+// handed to gossipsub again, as the registrar does for a new connection: it opens a stream and
+// sends its subscriptions, and the other side, given a new inbound stream, adds us back.
+//
+// This drives gossipsub's internals (peers, streamsOutbound, onPeerConnected) but changes none
+// of its code: the patch that keeps a connected peer when one of its read streams fails is
+// patches/gossip-read-error.ts. Both rely on @libp2p/gossipsub at the version pinned there.
 import type { Connection, PeerId } from '@libp2p/interface'
 import type { Logger } from '../log.js'
 import type { MeshLibp2p } from './node.js'
@@ -39,7 +40,6 @@ interface GossipInternals {
   streamsOutbound: Map<string, unknown>
   protocols: string[]
   onPeerConnected(peer: PeerId, connection: Connection): void
-  handlePeerReadStreamError(err: unknown, peer: PeerId): void
 }
 
 export class GossipRepair {
@@ -50,18 +50,6 @@ export class GossipRepair {
   constructor(private readonly node: MeshLibp2p, private readonly log: Logger, private readonly everyMs: number) {}
 
   start(): void {
-    const gs = this.node.services.pubsub as unknown as Partial<GossipInternals>
-    const forget = gs.handlePeerReadStreamError
-    if (typeof forget === 'function') {
-      // an own property of this instance: the class and other instances stay as they are
-      gs.handlePeerReadStreamError = (err: unknown, peer: PeerId): void => {
-        if (this.node.getConnections(peer).some((c) => c.status === 'open')) {
-          this.log.debug(`gossip: a read stream from ${peer.toString()} failed while connected; keeping the peer`)
-          return
-        }
-        forget.call(gs, err, peer)
-      }
-    }
     this.timer = everyAligned(this.everyMs, () => { void this.check() }, { unref: true }) // one wake-up with the other timers (util/aligned-timer.ts)
   }
 

@@ -1,6 +1,6 @@
 // The one object the daemon uses: starts the libp2p node, dials bootstrap and discovered peers,
 // runs the gossip load view, measures RTTs and announces capabilities in the DHT.
-import './polyfill.js'
+import './patches/promise-with-resolvers.js' // before any libp2p code runs
 import { hostname } from 'node:os'
 import { multiaddr, type Multiaddr } from '@multiformats/multiaddr'
 import { peerIdFromString } from '@libp2p/peer-id'

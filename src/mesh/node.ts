@@ -1,7 +1,8 @@
 // Builds the libp2p node every meshcc daemon runs: tcp + pnet + noise + yamux, identify, ping,
 // a private kad-dht, gossipsub and (LAN only) mDNS. Discovery and dialing policy live in
-// connector.ts; this file only assembles libp2p and reports handshake failures.
-import './polyfill.js'
+// connector.ts; this file only assembles libp2p and reports handshake failures. The library
+// patches (patches/) are applied here.
+import { applyNodePatches, applyProcessPatches, fastX25519Crypto, patchWarning, type PatchStatus } from './patches/index.js' // first: its polyfill
 import { createLibp2p, type Libp2p, type ServiceFactoryMap } from 'libp2p'
 import { tcp } from '@libp2p/tcp'
 import { noise } from '@libp2p/noise'
@@ -16,10 +17,7 @@ import type { ConnectionEncrypter, ConnectionProtector, MessageStream, Multiaddr
 import type { Logger } from '../log.js'
 import { MeshError } from './errors.js'
 import { FORWARD_D, FORWARD_DLAZY, FORWARD_DLO, FORWARD_GOSSIP_FACTOR } from './forwarding.js'
-import { fixPnetCipher } from './pnet-cipher-fix.js'
-import { fixYamuxWindowUpdates } from './yamux-window-fix.js'
-import { fastX25519Crypto } from './noise-x25519.js'
-import { DHT_STARTUP_OPTIONS, trustConnectedContacts } from './dht-startup.js'
+import { DHT_STARTUP_OPTIONS } from './dht-startup.js'
 
 export type MeshServices = {
   identify: Identify
@@ -139,8 +137,7 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshLibp2p> {
       }]
     : []
 
-  fixPnetCipher()
-  fixYamuxWindowUpdates()
+  const processPatches = applyProcessPatches() // before the first connection: pnet, yamux
   const protector = preSharedKey({ psk: init.psk })
   // protected stream -> raw connection timeline, so the encrypter wrapper can mark success
   const rawOf = new WeakMap<object, object>()
@@ -214,22 +211,16 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshLibp2p> {
     throw new MeshError(`cannot start the mesh node: ${e.message.split('\n')[0]}`)
   }
   node.addEventListener('connection:open', (evt) => { upgraded.add(evt.detail.timeline) })
-  if (init.dht) trustConnectedContacts(node)
-  alignGossipHeartbeat(node)
+  warnUnapplied([...processPatches, ...applyNodePatches(node, init.log)], init.log)
   return node
 }
 
-/**
- * Gossipsub runs its heartbeat every second from the moment it started; this moves it onto the
- * wall clock's whole seconds, where the daemon's other timers fire (util/aligned-timer.ts), so
- * they share one wake-up. Gossipsub 17 schedules each heartbeat from `status.hearbeatStartMs`
- * (sic); a gossipsub without that field is left as it is.
- */
-function alignGossipHeartbeat(node: MeshLibp2p): boolean {
-  const status = (node.services.pubsub as unknown as { status?: { hearbeatStartMs?: unknown } }).status
-  if (typeof status?.hearbeatStartMs !== 'number') return false
-  status.hearbeatStartMs = 0
-  return true
+/** One warning line per library patch that no longer applies (patches/index.ts). */
+function warnUnapplied(statuses: PatchStatus[], log: Logger): void {
+  for (const s of statuses) {
+    const line = patchWarning(s)
+    if (line !== null) log.warn(line)
+  }
 }
 
 /** The id gossipsub's default msgIdFn derives for signed messages (from + seqno), without decoding. */

@@ -1,15 +1,23 @@
-// The xsalsa20 cipher under @libp2p/pnet (the real WASM module pnet loads): after one large
-// call, busy connections used to grow its shared memory until "Maximum memory size exceeded"
-// and every connection of the daemon failed (seen in bench:dist during toolchain transfers).
+// The xsalsa20 cipher under @libp2p/pnet (the real WASM module pnet loads, patched by
+// src/mesh/patches/pnet-cipher.ts): after one large call, busy connections used to grow its
+// shared memory until "Maximum memory size exceeded" and every connection of the daemon failed
+// (seen in bench:dist during toolchain transfers).
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { randomBytes } from 'node:crypto'
-import { CHUNK, fixPnetCipher, pnetCipherModule } from '../src/mesh/pnet-cipher-fix.js'
+import { createRequire } from 'node:module'
+import { CHUNK, pnetCipherModule, pnetCipherPatch } from '../src/mesh/patches/pnet-cipher.js'
 
-fixPnetCipher()
+const outcome = pnetCipherPatch.apply()
 const XSalsa20 = pnetCipherModule()
 const key = randomBytes(32)
 const nonce = (i: number) => new Uint8Array(24).fill(i + 1)
+
+test('the patch applies to the xsalsa20 pnet loads, the one package.json pins', () => {
+  assert.deepEqual(outcome, { state: 'applied', detail: '' })
+  const fromPnet = createRequire(import.meta.resolve('@libp2p/pnet')).resolve('xsalsa20')
+  assert.equal(fromPnet, createRequire(import.meta.url).resolve('xsalsa20'), 'pnet loads the xsalsa20 meshcc depends on')
+})
 
 test('many ciphers stay usable after a large message (the crash seen in bench:dist)', () => {
   const senders = Array.from({ length: 8 }, (_, i) => XSalsa20(nonce(i), key))

@@ -1,11 +1,11 @@
-// The yamux window-update threshold (src/mesh/yamux-window-fix.ts), on the real YamuxStream
+// The yamux window-update threshold (src/mesh/patches/yamux-window.ts), on the real YamuxStream
 // class: the receiving end of a stream is fed data frames the way the muxer feeds them, and a
 // sender that respects the window it was granted must never stall, while the receiver sends a
 // handful of window updates instead of one per frame.
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { YamuxStream, StreamState } from '@libp2p/yamux/stream'
-import { fixYamuxWindowUpdates, windowUpdateCanWait } from '../src/mesh/yamux-window-fix.js'
+import { windowUpdateCanWait, yamuxWindowPatch } from '../src/mesh/patches/yamux-window.js'
 
 const INITIAL_WINDOW = 256 * 1024
 const FRAME_TYPE_DATA = 0
@@ -46,7 +46,7 @@ function receive(total: number, frame: number): { sent: Header[]; delivered: num
 }
 
 test('a stream answers small frames with one window update per half window, and never stalls the sender', () => {
-  fixYamuxWindowUpdates()
+  yamuxWindowPatch.apply()
   const { sent, delivered } = receive(4 * 1024 * 1024, 300)
   assert.equal(delivered, 4 * 1024 * 1024)
   assert.ok(sent.length > 0 && sent[0]!.flag === FLAG_ACK, 'the first frame back still acknowledges the stream')
@@ -56,11 +56,15 @@ test('a stream answers small frames with one window update per half window, and 
 })
 
 test('large frames that use more than half the window get their update at once', () => {
-  fixYamuxWindowUpdates()
+  yamuxWindowPatch.apply()
   const { sent, delivered } = receive(2 * 1024 * 1024, 200 * 1024)
   assert.equal(delivered, 2 * 1024 * 1024)
   // the ACK, then updates as the window runs low (yamux grows the window when reading is fast)
   assert.ok(sent.filter((h) => h.type === FRAME_TYPE_WINDOW_UPDATE && h.flag === 0).length >= 2)
+})
+
+test('the patch finds YamuxStream\'s method and the fields its threshold reads', () => {
+  assert.deepEqual(yamuxWindowPatch.apply(), { state: 'applied', detail: '' })
 })
 
 test('windowUpdateCanWait: only for an established stream with at least half its window left', () => {
