@@ -4,8 +4,9 @@
 // to 68 MB of RSS, and a mesh of 30 daemons starting at once is bound by exactly that CPU.
 //
 // The rest of dist/ stays as tsc wrote it (tests and benchmarks import those modules).
-// xsalsa20 stays outside the bundle: src/mesh/patches/pnet-cipher.ts patches the one instance that
-// @libp2p/pnet loads, found through node_modules, so both must be that same file.
+// Everything is inside, so an installed meshcc needs no node_modules (package.json lists the
+// libraries as devDependencies). xsalsa20 too: pnet and src/mesh/patches/pnet-cipher.ts import
+// the same file, which esbuild includes once, so the patch reaches the instance pnet uses.
 import { build } from 'esbuild'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -21,7 +22,6 @@ await build({
   platform: 'node',
   format: 'esm',
   target: 'node20',
-  external: ['xsalsa20'],
   // bundled CommonJS packages call require() for Node's built-ins
   banner: { js: "import { createRequire as __meshccCreateRequire } from 'node:module'; const require = __meshccCreateRequire(import.meta.url);" },
   logLevel: 'warning'

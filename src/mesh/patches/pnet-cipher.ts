@@ -16,7 +16,7 @@
 //   cover that.
 // Drop it when a pnet release carries that PR. Any version bump of @libp2p/pnet or xsalsa20
 //   means re-checking this file (test/patch-pnet-cipher.test.ts, test/libp2p-patches.test.ts).
-import { createRequire } from 'node:module'
+import xsalsa20 from 'xsalsa20'
 import { applied, notApplied, once, type ProcessPatch } from './patch.js'
 
 /** bytes per cipher call: a multiple of the 64-byte Salsa20 block, well inside the initial memory */
@@ -26,10 +26,13 @@ interface Cipher { update(input: Uint8Array, output?: Uint8Array): Uint8Array }
 interface CipherModule { (nonce: Uint8Array, key: Uint8Array): Cipher; prototype: Cipher }
 interface WasmCipher { _memory: Uint8Array; realloc(size: number): void; update(input: Uint8Array, output: Uint8Array): void }
 
-/** The xsalsa20 module exactly as @libp2p/pnet resolves it. */
+/**
+ * The xsalsa20 module @libp2p/pnet loads: meshcc depends on the same version, npm installs one
+ * copy for both (test/patch-pnet-cipher.test.ts checks that pnet resolves this very file), and
+ * the bundled CLI (scripts/build-bundle.mjs) holds that one copy for both as well.
+ */
 export function pnetCipherModule(): CipherModule {
-  const requireFromPnet = createRequire(import.meta.resolve('@libp2p/pnet'))
-  return requireFromPnet('xsalsa20') as CipherModule
+  return xsalsa20 as unknown as CipherModule
 }
 
 function apply(): ReturnType<ProcessPatch['apply']> {
