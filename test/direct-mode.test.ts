@@ -5,7 +5,7 @@ import assert from 'node:assert/strict'
 import { readFileSync, utimesSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { createInstance, runCommand, type Instance } from './helpers/meshcc.js'
+import { createInstance, haveCommand, runCommand, type Instance } from './helpers/meshcc.js'
 
 const instances: Instance[] = []
 after(async () => { for (const i of instances) await i.stop() })
@@ -169,4 +169,32 @@ test('a miss runs no preprocessor (depend mode); -MMD qualifies only with -nostd
   assert.equal(s.direct_hits, 3, 'a changed header listed by -MMD is a miss')
   const log = readFileSync(join(inst.cacheDir, 'meshcc.log'), 'utf8')
   assert.equal(log.match(/miss \(depend mode\)/g)?.length, 3, 'the -MD, the -nostdinc and the changed-header misses ran without -E')
+})
+
+test('-MMD leaves out what a self-declared system header includes, however it declares itself: such a list makes no manifest', { timeout: 120_000 }, async () => {
+  const spellings: Array<[string, string]> = [
+    ['clang', '_Pragma("GCC system_header")'], ['gcc', '#pragma /* vendored */ GCC system_header'],
+    ['gcc', '%:pragma GCC system_header'], ['gcc', '# 1 "outer.h" 3']
+  ]
+  const stale: string[] = []
+  for (const [cc, declaration] of spellings) {
+    if (cc === 'clang' && !haveCommand('clang')) continue
+    const inst = createInstance('', 'direct-sys')
+    instances.push(inst)
+    writeFileSync(join(inst.dir, 'inner.h'), '#define INNER 1\n')
+    writeFileSync(join(inst.dir, 'outer.h'), `${declaration}\n#include "inner.h"\n`)
+    writeFileSync(join(inst.dir, 's.c'), '#include "outer.h"\nint s(void) { return INNER; }\n')
+    await settle()
+    const args = ['-O2', '-nostdinc', '-I.', '-MMD', '-c', 's.c', '-o', 's.o']
+    for (let i = 0; i < 2; i++) assert.equal((await inst.run([cc, ...args])).code, 0)
+    // the compiler's own list: inner.h is not in it
+    assert.equal(readFileSync(join(inst.dir, 's.d'), 'utf8'), 's.o: s.c outer.h\n', `${cc} with ${declaration}`)
+    writeFileSync(join(inst.dir, 'inner.h'), '#define INNER 2\n')
+    await settle()
+    assert.equal((await inst.run([cc, ...args])).code, 0)
+    const plain = await runCommand(cc, [...args.slice(0, -1), 'plain.o'], { cwd: inst.dir })
+    assert.equal(plain.code, 0, plain.stderr)
+    if (!readFileSync(join(inst.dir, 's.o')).equals(readFileSync(join(inst.dir, 'plain.o')))) stale.push(`${cc} with ${declaration}`)
+  }
+  assert.deepEqual(stale, [], 'stale objects: inner.h changed, the object did not')
 })

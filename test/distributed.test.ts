@@ -7,45 +7,23 @@ import { test, after, before } from 'node:test'
 import assert from 'node:assert/strict'
 import { cpSync, existsSync, mkdirSync, readFileSync, readdirSync, readlinkSync, rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { createInstance, haveCommand, runCommand, MESHCC, type Instance } from './helpers/meshcc.js'
+import { haveCommand, runCommand, MESHCC, type Instance } from './helpers/meshcc.js'
 import { C_UNITS, CXX_UNITS, writeCProject, writeCxxProject } from './helpers/projects.js'
 import { status, startMeshDaemon, waitFor } from './helpers/mesh-daemons.js'
+import { startDistMesh, type DaemonOptions, type DistMesh } from './helpers/dist-mesh.js'
 import { assertSameFiles, snapshot } from './helpers/compare.js'
 
-const all: Instance[] = []
-let keyDir: Instance
+let mesh: DistMesh
 let client: Instance
 let builders: Instance[] = []
-
-function daemon(name: string, opts: { localSlots: number; cores: number; bootstrap: string[]; extraEnv?: Record<string, string>; build?: string; mesh?: string }): Instance {
-  const i = createInstance(`[build]\nlocal_slots = ${opts.localSlots}\ncores = ${opts.cores}\n${opts.build ?? ''}`, name,
-    `listen = ["/ip4/127.0.0.1/tcp/0"]\nmdns = false\nkey_file = "${join(keyDir.dir, 'mesh.key')}"\nbootstrap = ${JSON.stringify(opts.bootstrap)}${opts.mesh ? `\n${opts.mesh}` : ''}`)
-  Object.assign(i.env, opts.extraEnv ?? {})
-  all.push(i)
-  return i
-}
+const daemon = (name: string, opts: DaemonOptions): Instance => mesh.daemon(name, opts)
 
 before(async () => {
-  keyDir = createInstance('', 'dist-key')
-  all.push(keyDir)
-  writeFileSync(keyDir.conf, readFileSync(keyDir.conf, 'utf8').replace('[mesh]\nenabled = false', `[mesh]\nkey_file = "${join(keyDir.dir, 'mesh.key')}"`))
-  assert.equal((await keyDir.run(['mesh', 'init'])).code, 0)
-  const b1 = daemon('dist-b1', { localSlots: 2, cores: 2, bootstrap: [] })
-  const s1 = await startMeshDaemon(b1)
-  const boot = s1.mesh!.addresses.filter((a) => a.includes('/127.0.0.1/'))
-  const b2 = daemon('dist-b2', { localSlots: 2, cores: 2, bootstrap: boot })
-  await startMeshDaemon(b2)
-  builders = [b1, b2]
-  client = daemon('dist-client', { localSlots: 0, cores: 0, bootstrap: boot })
-  await startMeshDaemon(client)
-  // the client must see both builders with free slots before it can place anything
-  await waitFor('both builders in the client\'s view', async () => {
-    const s = await status(client)
-    const ready = s.mesh!.members.filter((m) => !m.self && m.free_slots > 0 && m.accept !== 'never')
-    return ready.length === 2 ? true : undefined
-  })
+  mesh = await startDistMesh('dist')
+  client = mesh.client
+  builders = mesh.builders
 })
-after(async () => { for (const i of all) await i.stop() })
+after(async () => { await mesh?.stop() })
 
 /**
  * Compile `args` with `compiler` plainly and through the client: the client's compile must run

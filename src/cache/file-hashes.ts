@@ -29,7 +29,13 @@ const SETTLE_MS = 2000
 const MAX_MEMO = 200_000
 
 const VOLATILE = /__(?:DATE|TIME|TIMESTAMP)__|#\s*embed\b|__has_embed|\.incbin\b/
-const SYSTEM_HEADER = /#\s*pragma\s+(?:GCC|clang)\s+system_header/
+/**
+ * Any mention of system_header at all: besides "#pragma GCC system_header" the compilers take a
+ * comment inside the directive, a "%:" digraph, a line splice and (clang) _Pragma("GCC
+ * system_header"). A GNU line marker in the source ("# 1 \"x.h\" 3") can do the same. A false
+ * alarm only keeps a -MMD result out of a manifest.
+ */
+const SYSTEM_HEADER = /system_header|^[ \t]*(?:#|%:)[ \t]*\d/m
 
 export class FileHasher {
   private readonly memo = new Map<string, Memo>()

@@ -213,7 +213,12 @@ export class Builder implements JobHandler {
     const pp = await exec([header.compiler, ...header.ppArgv])
     const infra = infraFailure(pp)
     if (infra) return { kind: 'failed', reason: `preprocessing: ${infra}` }
-    if (pp.exitCode !== 0) return { kind: 'failed', reason: `preprocessing failed here: ${pp.stderr.toString('utf8').split('\n')[0].slice(0, 200)}` }
+    if (pp.exitCode !== 0) {
+      // the compiler's own words, enough of them to see why (a header the job lacks, say):
+      // the whole reason fits the protocol's 1024 characters, the log line takes more
+      this.opts.log.warn(`job for ${header.cwd}: preprocessing failed here: ${diagnosticLines(pp.stderr, MAX_LOGGED_DIAGNOSTIC)}`)
+      return { kind: 'failed', reason: `preprocessing failed here: ${diagnosticLines(pp.stderr, MAX_REASON_DIAGNOSTIC)}` }
+    }
     const ppHash = createHash('sha256').update(pp.stdout).digest('hex')
     if (ppHash !== header.ppHash) return { kind: 'failed', reason: `${INPUTS_MISMATCH}: the preprocessed unit differs from the client's` }
 
@@ -225,6 +230,17 @@ export class Builder implements JobHandler {
     if (!obj) return { kind: 'failed', reason: 'the compiler wrote no object' }
     return { kind: 'done', exitCode: 0, stdout: r.stdout, stderr: r.stderr, obj }
   }
+}
+
+/** How much of a failed preprocessor's stderr a job's failure reason carries (the reply allows 1024 characters). */
+const MAX_REASON_DIAGNOSTIC = 900
+const MAX_LOGGED_DIAGNOSTIC = 2048
+
+/** A compiler's diagnostics on one line: its non-empty lines joined by " | ", clipped to `max` characters. */
+export function diagnosticLines(stderr: Buffer, max: number): string {
+  const text = stderr.toString('utf8').split(/\r?\n/).map((l) => l.trimEnd()).filter((l) => l.trim() !== '').join(' | ')
+  if (text === '') return '(no diagnostics)'
+  return text.length <= max ? text : `${text.slice(0, max - 1)}…`
 }
 
 /** A sandbox or resource problem (retry elsewhere), as opposed to the compiler's own verdict. */

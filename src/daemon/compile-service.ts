@@ -38,6 +38,12 @@ const INCBIN = Buffer.from('.incbin')
  * full preprocessing run.
  */
 const DATE_TIME_MACROS = ['DATE__', 'TIME__', 'STAMP__'].map((m) => Buffer.from(m))
+/**
+ * gcc -fdirectives-only leaves a directive spelled with a digraph or trigraph ("%:include",
+ * "??=include") as text, so the header it includes would be missing from the key while the
+ * real compile reads it: such a unit is preprocessed fully too.
+ */
+const ALTERNATIVE_HASH = ['%:', '??='].map((m) => Buffer.from(m))
 
 /** Environment variables that can change what the compiler writes (the preprocessed text covers the rest). */
 export const KEY_ENV = ['LANG', 'LC_ALL', 'LC_CTYPE', 'LC_MESSAGES', 'LANGUAGE', 'GCC_EXEC_PREFIX', 'COMPILER_PATH',
@@ -269,8 +275,8 @@ export class CompileService {
     // An assembler .incbin (in a .S file or inline asm) reads a file the preprocessed text does
     // not contain: a change there would leave the key unchanged and a hit would be stale. In
     // directives-only text (comments kept, __DATE__ unexpanded) it, or a date or time macro,
-    // sends the unit to full preprocessing, which decides.
-    const search = new StreamSearchAny(directivesOnly ? [INCBIN, ...DATE_TIME_MACROS] : [INCBIN])
+    // sends the unit to full preprocessing, which decides; so does a "%:" or "??=".
+    const search = new StreamSearchAny(directivesOnly ? [INCBIN, ...DATE_TIME_MACROS, ...ALTERNATIVE_HASH] : [INCBIN])
     const ok = await this.pre.run(async () => {
       const sub = execa(req.compiler, spec.preprocessArgs(depTemp, directivesOnly), {
         cwd: req.cwd, env: req.env, extendEnv: false, stdin: 'ignore', reject: false,
@@ -285,7 +291,7 @@ export class CompileService {
       return r.exitCode === 0
     })
     if (directivesOnly && (!ok || search.found)) {
-      this.opts.log.debug(`${spec.input}: preprocessed fully (${ok ? 'it names .incbin, __DATE__ or __TIME__' : 'gcc refused -fdirectives-only'})`)
+      this.opts.log.debug(`${spec.input}: preprocessed fully (${ok ? 'it names .incbin, __DATE__ or __TIME__, or has a digraph or trigraph "#"' : 'gcc refused -fdirectives-only'})`)
       return 'full'
     }
     if (directivesOnly) this.opts.stats.inc('directives_only')
