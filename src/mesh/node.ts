@@ -15,7 +15,7 @@ import { mdns } from '@libp2p/mdns'
 import type { ConnectionEncrypter, ConnectionProtector, MessageStream, MultiaddrConnection, PeerId, PrivateKey, StreamCloseEvent } from '@libp2p/interface'
 import type { Logger } from '../log.js'
 import { MeshError } from './errors.js'
-import { FORWARD_D, FORWARD_DLAZY, FORWARD_DLO, FORWARD_GOSSIP_FACTOR } from './forwarding.js'
+import { FORWARD_D, FORWARD_DLAZY, FORWARD_DLO, FORWARD_GOSSIP_FACTOR, FORWARD_PRUNE_BACKOFF_MS } from './forwarding.js'
 import { fixPnetCipher } from './pnet-cipher-fix.js'
 import { fixYamuxWindowUpdates } from './yamux-window-fix.js'
 import { fastX25519Crypto } from './noise-x25519.js'
@@ -67,7 +67,9 @@ export const GOSSIP_DEGREES = {
   Dhi: 8,
   Dout: 0,
   Dlazy: FORWARD_DLAZY,
-  gossipFactor: FORWARD_GOSSIP_FACTOR
+  gossipFactor: FORWARD_GOSSIP_FACTOR,
+  // (sic) the backoff of the PRUNEs forwarding.ts sends when it leaves the mesh peer by peer
+  unsubcribeBackoff: FORWARD_PRUNE_BACKOFF_MS
 } as const
 
 export function dhtProtocol(meshId: string): string {
