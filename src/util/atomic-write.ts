@@ -1,5 +1,6 @@
 // Files appear whole or not at all: write a temp file in the same directory, then rename.
 import { randomBytes } from 'node:crypto'
+import { chmodSync, mkdirSync, renameSync, rmSync, writeFileSync } from 'node:fs'
 import { rename, rm, writeFile } from 'node:fs/promises'
 import { basename, dirname, join } from 'node:path'
 
@@ -14,6 +15,20 @@ export async function writeFileAtomic(dest: string, data: Uint8Array, mode?: num
     await rename(tmp, dest)
   } catch (err) {
     await rm(tmp, { force: true })
+    throw err
+  }
+}
+
+/** The same, synchronous, creating the directory (0700) and setting the mode exactly (a umask could tighten it). */
+export function writeFileAtomicSync(dest: string, data: string | Uint8Array, mode: number): void {
+  mkdirSync(dirname(dest), { recursive: true, mode: 0o700 })
+  const tmp = siblingTemp(dest)
+  try {
+    writeFileSync(tmp, data, { mode })
+    chmodSync(tmp, mode)
+    renameSync(tmp, dest)
+  } catch (err) {
+    rmSync(tmp, { force: true })
     throw err
   }
 }
