@@ -11,6 +11,8 @@ import { createInstance, haveCommand, runCommand, MESHCC, type Instance } from '
 import { C_UNITS, CXX_UNITS, writeCProject, writeCxxProject } from './helpers/projects.js'
 import { status, startMeshDaemon, waitFor } from './helpers/mesh-daemons.js'
 import { assertSameFiles, snapshot } from './helpers/compare.js'
+import { generateMeshKey, writeMeshKey } from '../src/mesh/keys.js'
+import { formatStatus } from '../src/cli/mesh-commands.js'
 
 const all: Instance[] = []
 let keyDir: Instance
@@ -28,8 +30,8 @@ function daemon(name: string, opts: { localSlots: number; cores: number; bootstr
 before(async () => {
   keyDir = createInstance('', 'dist-key')
   all.push(keyDir)
-  writeFileSync(keyDir.conf, readFileSync(keyDir.conf, 'utf8').replace('[mesh]\nenabled = false', `[mesh]\nkey_file = "${join(keyDir.dir, 'mesh.key')}"`))
-  assert.equal((await keyDir.run(['mesh', 'init'])).code, 0)
+  // the key only (`mesh init` would also start a daemon for this key-holding config)
+  writeMeshKey(join(keyDir.dir, 'mesh.key'), generateMeshKey())
   const b1 = daemon('dist-b1', { localSlots: 2, cores: 2, bootstrap: [] })
   const s1 = await startMeshDaemon(b1)
   const boot = s1.mesh!.addresses.filter((a) => a.includes('/127.0.0.1/'))
@@ -91,7 +93,14 @@ test('a C project via make, every miss compiled remotely: objects (-g) and depfi
   const sent = Object.values(st.mesh!.jobs_per_peer).reduce((n, p) => n + p.done, 0)
   assert.ok(sent >= remote, `jobs per peer count the remote jobs (${sent} >= ${remote})`)
   const bs = await Promise.all(builders.map(status))
-  assert.ok(bs.some((b) => b.mesh!.toolchain_transfers.some((t) => t.direction === 'received')), 'a builder received the toolchain')
+  const received = bs.flatMap((b) => b.mesh!.toolchain_transfers.filter((t) => t.direction === 'received'))
+  assert.ok(received.length > 0, 'a builder received the toolchain')
+  // and the sender shows what it sent, to whom: the client, for each transfer received from it
+  const fromClient = bs.flatMap((b) => b.mesh!.toolchain_transfers.filter((t) => t.direction === 'received' && t.peer === st.mesh!.peer_id).map((t) => ({ t, to: b.mesh!.peer_id })))
+  assert.ok(fromClient.length > 0, 'a builder received the toolchain from the client')
+  const sentTc = st.mesh!.toolchain_transfers.filter((t) => t.direction === 'sent')
+  for (const { t, to } of fromClient) assert.ok(sentTc.some((x) => x.hash === t.hash && x.bytes === t.bytes && x.peer === to), `the client lists the toolchain ${t.hash.slice(0, 12)} it sent to ${to}`)
+  assert.match(formatStatus(st), /toolchain \w{12} sent to \S+: [\d.]+ MiB in \d+ ms/)
 })
 
 test('a C++ project via CMake with the compiler-launcher variables, compiled remotely, byte-identical (Debug, -g)', { timeout: 300_000, skip: !haveCommand('cmake') || !haveCommand('ninja') ? 'cmake or ninja missing' : false }, async () => {
