@@ -390,8 +390,9 @@ function peerIdInAddr(ma: Multiaddr): string | null {
 }
 
 /** "ip:port" of an address, for comparing a dialed address with our own listen addresses */
-function hostPort(ma: Multiaddr): string {
-  const c = ma.getComponents()
+export function hostPort(addr: Multiaddr | string): string {
+  const ma = toMultiaddr(addr)
+  const c = ma?.getComponents() ?? []
   return `${c[0]?.value ?? ''}:${c.find((x) => x.name === 'tcp')?.value ?? ''}`
 }
 
@@ -414,7 +415,7 @@ function toMultiaddr(a: Multiaddr | string): Multiaddr | null {
   try { return multiaddr(a) } catch { return null }
 }
 
-function hostOf(addr: string): string {
+export function hostOf(addr: string): string {
   try {
     const c = multiaddr(addr).getComponents()
     return c.find((x) => x.name === 'ip4' || x.name === 'ip6' || x.name === 'dns' || x.name === 'dns4' || x.name === 'dns6')?.value ?? addr

@@ -14,7 +14,7 @@ import type { Logger } from '../log.js'
 import { MeshError } from './errors.js'
 import { readMeshKey, meshIdFromKey, loadOrCreateIdentity } from './keys.js'
 import { createMeshNode, type MeshLibp2p, type MeshServices } from './node.js'
-import { Connector, errText, isLoopbackAddr, type RefusedPeer } from './connector.js'
+import { Connector, errText, hostOf, hostPort, isLoopbackAddr, type RefusedPeer } from './connector.js'
 import { Advertiser, platformCapability } from './dht-ads.js'
 import { ForwardingControl } from './forwarding.js'
 import { GossipRepair } from './gossip-repair.js'
@@ -212,7 +212,7 @@ export async function startMesh(opts: MeshOptions): Promise<Mesh> {
       // a remote host's loopback address would name whatever listens on our own loopback:
       // kept only for a member we reach over loopback, which really is on this host
       const sameHost = node.getConnections(peerIdOf(e.peerId)).some((c) => isLoopbackAddr(c.remoteAddr))
-      const addrs = e.addrs.filter((a) => a.length <= 256 && (sameHost || !isLoopbackText(a)))
+      const addrs = e.addrs.filter((a) => a.length <= 256 && (sameHost || !isLoopback(a)))
       return { peerId: e.peerId, addrs: addrs.slice(0, 4), seen: now }
     }).filter((p) => p.addrs.length > 0)
   }
@@ -466,21 +466,6 @@ export function rttOf(conn: Connection): number | null {
 
 function isLoopback(addr: string): boolean {
   return addr.startsWith('/ip4/127.') || addr.startsWith('/ip6/::1/')
-}
-
-function isLoopbackText(addr: string): boolean {
-  return isLoopback(addr) || addr === '/ip6/::1' || /^\/ip4\/127\.[^/]*$/.test(addr)
-}
-
-/** "ip:port" of an address text (the first component's value and the tcp port) */
-function hostPort(addr: string): string {
-  const parts = addr.split('/')
-  const tcp = parts.indexOf('tcp')
-  return `${parts[2] ?? ''}:${tcp > 0 ? parts[tcp + 1] ?? '' : ''}`
-}
-
-function hostOf(addr: string): string {
-  return addr.split('/')[2] ?? addr
 }
 
 function ownHosts(own: Set<string>): Set<string> {
