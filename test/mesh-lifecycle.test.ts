@@ -16,6 +16,7 @@ import { join } from 'node:path'
 import { createInstance, type Instance } from './helpers/meshcc.js'
 import { status, startMeshDaemon, waitFor } from './helpers/mesh-daemons.js'
 import { encodeInvite } from '../src/mesh/keys.js'
+import { formatStatus } from '../src/cli/mesh-commands.js'
 import { processAlive } from '../src/util/pid-lock.js'
 
 const all: Instance[] = []
@@ -68,6 +69,8 @@ test('status without a daemon, idle exit only without a mesh, invite right after
   assert.match(inv.stdout, /^meshcc1:\S+\n$/)
   const sa = await status(a)
   assert.ok(sa.mesh, 'A is in the mesh')
+  // what status prints in the moment before a daemon's mesh is up (too short to catch reliably here)
+  assert.match(formatStatus({ ...sa, mesh: null, mesh_note: 'starting' }), /\nmesh: starting \(ask again in a moment\)\n$/)
 
   // the same idle_timeout (2 s): the daemon without a mesh exits, the one in a mesh stays up
   const solo = node('lifeSolo', null, 2)

@@ -3,13 +3,12 @@
 import './polyfill.js'
 import { hostname } from 'node:os'
 import { multiaddr, type Multiaddr } from '@multiformats/multiaddr'
-import { peerIdFromString } from '@libp2p/peer-id'
+import { peerIdFromPrivateKey, peerIdFromString } from '@libp2p/peer-id'
 import { peerIdOf } from './peer-ids.js'
 import { isPrivate } from '@libp2p/utils'
 import type { Connection, Libp2p, PeerId, PeerInfo } from '@libp2p/interface'
 import { DEFAULT_MESH_LISTEN, type Config } from '../config.js'
-import { peerIdFromPrivateKey } from '@libp2p/peer-id'
-import { mergeStoredPeers, readListenPorts, readStoredPeers, writeListenPorts, writeStoredPeers, type StoredPeer } from './state-files.js'
+import { MAX_STORED_ADDRS, mergeStoredPeers, readListenPorts, readStoredPeers, writeListenPorts, writeStoredPeers, type StoredPeer } from './state-files.js'
 import type { Logger } from '../log.js'
 import { MeshError } from './errors.js'
 import { readMeshKey, meshIdFromKey, loadOrCreateIdentity } from './keys.js'
@@ -213,7 +212,7 @@ export async function startMesh(opts: MeshOptions): Promise<Mesh> {
       // kept only for a member we reach over loopback, which really is on this host
       const sameHost = node.getConnections(peerIdOf(e.peerId)).some((c) => isLoopbackAddr(c.remoteAddr))
       const addrs = e.addrs.filter((a) => a.length <= 256 && (sameHost || !isLoopback(a)))
-      return { peerId: e.peerId, addrs: addrs.slice(0, 4), seen: now }
+      return { peerId: e.peerId, addrs: addrs.slice(0, MAX_STORED_ADDRS), seen: now }
     }).filter((p) => p.addrs.length > 0)
   }
   const writePeers = () => {
