@@ -3,7 +3,7 @@
 // - identity: this daemon's persistent Ed25519 key (its peer id).
 // - invite: one line carrying the mesh key and a few bootstrap addresses.
 import { createHash, randomBytes } from 'node:crypto'
-import { mkdirSync, readFileSync, writeFileSync, linkSync, unlinkSync } from 'node:fs'
+import { chmodSync, mkdirSync, readFileSync, writeFileSync, linkSync, unlinkSync } from 'node:fs'
 import { dirname, basename, join } from 'node:path'
 import { generateKeyPair, privateKeyFromProtobuf, privateKeyToProtobuf } from '@libp2p/crypto/keys'
 import type { PrivateKey } from '@libp2p/interface'
@@ -199,6 +199,7 @@ function tempName(file: string): string {
 function writeKeyFile(file: string, data: string): void {
   try {
     writeFileAtomicSync(file, data, 0o600)
+    chmodSync(file, 0o600) // umask cannot loosen the mode, but an odd umask could tighten it: be exact
   } catch (err) {
     throw new MeshError(`cannot write ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`)
   }

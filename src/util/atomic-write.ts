@@ -1,6 +1,6 @@
 // Files appear whole or not at all: write a temp file in the same directory, then rename.
 import { randomBytes } from 'node:crypto'
-import { chmodSync, mkdirSync, renameSync, rmSync, writeFileSync } from 'node:fs'
+import { mkdirSync, renameSync, rmSync, writeFileSync } from 'node:fs'
 import { rename, rm, writeFile } from 'node:fs/promises'
 import { basename, dirname, join } from 'node:path'
 
@@ -19,13 +19,12 @@ export async function writeFileAtomic(dest: string, data: Uint8Array, mode?: num
   }
 }
 
-/** The same, synchronous, creating the directory (0700) and setting the mode exactly (a umask could tighten it). */
-export function writeFileAtomicSync(dest: string, data: string | Uint8Array, mode: number): void {
-  mkdirSync(dirname(dest), { recursive: true, mode: 0o700 })
+/** The same, synchronously (CLI commands, small files). */
+export function writeFileAtomicSync(dest: string, data: string | Uint8Array, mode?: number): void {
   const tmp = siblingTemp(dest)
   try {
-    writeFileSync(tmp, data, { mode })
-    chmodSync(tmp, mode)
+    mkdirSync(dirname(dest), { recursive: true, mode: 0o700 })
+    writeFileSync(tmp, data, mode === undefined ? undefined : { mode })
     renameSync(tmp, dest)
   } catch (err) {
     rmSync(tmp, { force: true })
