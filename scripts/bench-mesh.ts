@@ -204,7 +204,7 @@ async function runSize(n: number, o: Options): Promise<SizeResult> {
     const keyFile = join(root, 'mesh.key')
     const first = nodes[0]!
     writeConfig(first, keyFile, [], o.logLevel, o.dht)
-    await meshInit(first)
+    meshInit(keyFile)
     const t0 = now()
     await startNode(first, START_TIMEOUT_MS)
     res.started = 1

@@ -18,8 +18,13 @@ export interface Config {
   configDir: string
   daemon: {
     socket: string
-    /** seconds without a request before the daemon exits; 0 = never */
+    /** seconds without a request before a daemon that is not in a mesh exits; 0 = never */
     idleTimeout: number
+    /**
+     * the same for a daemon in a mesh; 0 (the default) = stay up: the other members count on it
+     * as a builder, and nothing would start it again
+     */
+    meshIdleTimeout: number
   }
   cache: {
     dir: string
@@ -79,6 +84,9 @@ export class ConfigError extends Error {
 export const DEFAULT_MESH_PORT = 10650
 /** the smallest cache or toolchain cache: below this nothing useful fits */
 const MIN_CACHE_BYTES = 1024 ** 2
+export const DEFAULT_MESH_LISTEN = [`/ip4/0.0.0.0/tcp/${DEFAULT_MESH_PORT}`]
+/** seconds: a daemon without a mesh exits after this long without a request */
+export const DEFAULT_IDLE_TIMEOUT = 600
 export const DEFAULT_SHIM_LISTEN = '127.0.0.1:10600'
 
 export function expandHome(p: string): string {
@@ -326,7 +334,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     configDir,
     daemon: {
       socket: expandHome(daemon.string('socket', defaultSocket(env))),
-      idleTimeout: daemon.int('idle_timeout', 600, 0)
+      idleTimeout: daemon.int('idle_timeout', DEFAULT_IDLE_TIMEOUT, 0),
+      meshIdleTimeout: daemon.int('mesh_idle_timeout', 0, 0)
     },
     cache: {
       dir: expandHome(cache.string('dir', defaultCacheDir(env))),
@@ -346,7 +355,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     },
     mesh: {
       enabled: mesh.bool('enabled', true),
-      listen: mesh.stringList('listen', [`/ip4/0.0.0.0/tcp/${DEFAULT_MESH_PORT}`]),
+      listen: mesh.stringList('listen', [...DEFAULT_MESH_LISTEN]),
       bootstrap: mesh.stringList('bootstrap', []),
       mdns: mesh.bool('mdns', true),
       dht: mesh.bool('dht', true),
@@ -395,6 +404,11 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   if (idle !== undefined) {
     cfg.daemon.idleTimeout = idle
     overridden(sources, 'daemon', 'idle_timeout', idle, 'MESHCC_IDLE_TIMEOUT')
+  }
+  const meshIdle = envInt(env, 'MESHCC_MESH_IDLE_TIMEOUT')
+  if (meshIdle !== undefined) {
+    cfg.daemon.meshIdleTimeout = meshIdle
+    overridden(sources, 'daemon', 'mesh_idle_timeout', meshIdle, 'MESHCC_MESH_IDLE_TIMEOUT')
   }
   const slots = envInt(env, 'MESHCC_LOCAL_SLOTS')
   if (slots !== undefined) {

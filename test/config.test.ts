@@ -21,6 +21,7 @@ test('the documented keys are read as written', withConf(`
 [daemon]
 socket = "/tmp/meshcc-test/daemon.sock"
 idle_timeout = 0
+mesh_idle_timeout = 3600
 [cache]
 dir = "~/.cache/meshcc-test"
 size = "512M"
@@ -30,6 +31,7 @@ level = "debug"
   const c = loadConfig({ MESHCC_CONF: file, HOME: '/home/u' })
   assert.equal(c.daemon.socket, '/tmp/meshcc-test/daemon.sock')
   assert.equal(c.daemon.idleTimeout, 0)
+  assert.equal(c.daemon.meshIdleTimeout, 3600)
   assert.match(c.cache.dir, /\.cache\/meshcc-test$/)
   assert.equal(c.cache.size, 512 * 1024 ** 2)
   assert.equal(c.log.level, 'debug')
@@ -37,11 +39,12 @@ level = "debug"
 }))
 
 test('environment variables override the file', withConf('[cache]\nsize = "1G"\n', (file) => {
-  const c = loadConfig({ MESHCC_CONF: file, MESHCC_DIR: '/tmp/x-cache', MESHCC_CACHE_SIZE: '2G', MESHCC_LOG: 'warn', MESHCC_IDLE_TIMEOUT: '5', MESHCC_SOCKET: '/tmp/s.sock' })
+  const c = loadConfig({ MESHCC_CONF: file, MESHCC_DIR: '/tmp/x-cache', MESHCC_CACHE_SIZE: '2G', MESHCC_LOG: 'warn', MESHCC_IDLE_TIMEOUT: '5', MESHCC_MESH_IDLE_TIMEOUT: '7', MESHCC_SOCKET: '/tmp/s.sock' })
   assert.equal(c.cache.dir, '/tmp/x-cache')
   assert.equal(c.cache.size, 2 * 1024 ** 3)
   assert.equal(c.log.level, 'warn')
   assert.equal(c.daemon.idleTimeout, 5)
+  assert.equal(c.daemon.meshIdleTimeout, 7)
   assert.equal(c.daemon.socket, '/tmp/s.sock')
 }))
 
@@ -50,7 +53,8 @@ test('defaults without any config file', () => {
   assert.equal(c.file, null)
   assert.equal(c.cache.dir, '/nonexistent-cache/meshcc')
   assert.equal(c.cache.size, 10 * 1024 ** 3)
-  assert.equal(c.daemon.idleTimeout, 600)
+  assert.equal(c.daemon.idleTimeout, 600, 'a daemon without a mesh exits after 10 idle minutes')
+  assert.equal(c.daemon.meshIdleTimeout, 0, 'a daemon in a mesh stays up')
   assert.equal(c.daemon.socket, '/run/user/4242/meshcc/daemon.sock')
 })
 

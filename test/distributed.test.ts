@@ -12,6 +12,7 @@ import { C_UNITS, CXX_UNITS, writeCProject, writeCxxProject } from './helpers/pr
 import { status, startMeshDaemon, waitFor } from './helpers/mesh-daemons.js'
 import { startDistMesh, type DaemonOptions, type DistMesh } from './helpers/dist-mesh.js'
 import { assertSameFiles, snapshot } from './helpers/compare.js'
+import { formatStatus } from '../src/cli/mesh-commands.js'
 
 let mesh: DistMesh
 let client: Instance
@@ -69,7 +70,14 @@ test('a C project via make, every miss compiled remotely: objects (-g) and depfi
   const sent = Object.values(st.mesh!.jobs_per_peer).reduce((n, p) => n + p.done, 0)
   assert.ok(sent >= remote, `jobs per peer count the remote jobs (${sent} >= ${remote})`)
   const bs = await Promise.all(builders.map(status))
-  assert.ok(bs.some((b) => b.mesh!.toolchain_transfers.some((t) => t.direction === 'received')), 'a builder received the toolchain')
+  const received = bs.flatMap((b) => b.mesh!.toolchain_transfers.filter((t) => t.direction === 'received'))
+  assert.ok(received.length > 0, 'a builder received the toolchain')
+  // and the sender shows what it sent, to whom: the client, for each transfer received from it
+  const fromClient = bs.flatMap((b) => b.mesh!.toolchain_transfers.filter((t) => t.direction === 'received' && t.peer === st.mesh!.peer_id).map((t) => ({ t, to: b.mesh!.peer_id })))
+  assert.ok(fromClient.length > 0, 'a builder received the toolchain from the client')
+  const sentTc = st.mesh!.toolchain_transfers.filter((t) => t.direction === 'sent')
+  for (const { t, to } of fromClient) assert.ok(sentTc.some((x) => x.hash === t.hash && x.bytes === t.bytes && x.peer === to), `the client lists the toolchain ${t.hash.slice(0, 12)} it sent to ${to}`)
+  assert.match(formatStatus(st), /toolchain \w{12} sent to \S+: [\d.]+ MiB in \d+ ms/)
 })
 
 test('a C++ project via CMake with the compiler-launcher variables, compiled remotely, byte-identical (Debug, -g)', { timeout: 300_000, skip: !haveCommand('cmake') || !haveCommand('ninja') ? 'cmake or ninja missing' : false }, async () => {

@@ -1,6 +1,6 @@
 // Real daemon processes forming a mesh on loopback (mDNS off: multicast is for namespaces
 // only): convergence, `status`, `--dist-status`, `jobs`, a SIGKILLed member leaving the
-// views, a wrong mesh key refused, the sccache shim served by one elected node and taken
+// views, a wrong mesh key refused (and shown in status), the sccache shim served by one elected node and taken
 // over when it dies, and `mesh invite` / `mesh join` bringing in a fresh daemon.
 import { test, after } from 'node:test'
 import assert from 'node:assert/strict'
@@ -115,6 +115,13 @@ test('daemons joined by bootstrap converge; status, dist-status, jobs; a killed 
     return /different mesh key/.test(text) ? text : undefined
   }, 20_000)
   assert.match(eLog, /private-network handshake/)
+  // and E's status says so, not only its log
+  const eRefused = await waitFor("the refusal in E's status", async () => {
+    const s = await status(e)
+    return (s.mesh?.refused_peers.length ?? 0) > 0 ? s.mesh!.refused_peers : undefined
+  }, 20_000)
+  assert.deepEqual(eRefused.map((r) => r.addr), bootstrap.map((x) => x.replace(/\/p2p\/.*$/, '')))
+  assert.match((await e.run(['status'])).stdout, /\n {2}1 peer refused: different mesh key \(\/ip4\/127\.0\.0\.1\/tcp\/\d+\)\n/)
   await e.run(['--stop-server'])
 
   // the serving shim node dies: another capable node serves within seconds
@@ -139,7 +146,8 @@ test('daemons joined by bootstrap converge; status, dist-status, jobs; a killed 
   assert.match(inv.stdout, /^meshcc1:\S+\n$/)
   const f = node('meshF', join(mkdtempSync(join(tmpdir(), 'meshF-key-')), 'mesh.key'), { cores: 5 })
   const fresh = await f.run(['status', '--json'])
-  assert.equal(JSON.parse(fresh.stdout).mesh, null, 'no mesh before joining')
+  assert.equal(fresh.code, 1, 'no daemon before joining, and status starts none')
+  assert.equal(f.daemonPid(), null)
   const join1 = await f.run(['mesh', 'join', inv.stdout.trim()])
   assert.equal(join1.code, 0, join1.stderr)
   await waitFor('F to join', async () => ((await memberIds(inviter)).length === 3 ? true : undefined), 30_000)

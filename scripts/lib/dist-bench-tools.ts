@@ -13,7 +13,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url'
 import { createNsLab, startDaemon, stopDaemon, treeCpuSeconds, userIds, type Daemon, type NsLab } from './dist-bench-proc.js'
 import { fail, freePort, isAlive, ownCpuSecondsOf, run, sleep, waitFor, type RunResult } from './proc.js'
 import { MESHCC_MAIN, cleanEnv } from './tools.js'
-import { adminStatus as sharedAdminStatus, waitForFarm } from './mesh-bench-node.js'
+import { adminStatus as sharedAdminStatus, meshInit, waitForFarm } from './mesh-bench-node.js'
 
 export { MESHCC_MAIN }
 
@@ -229,8 +229,7 @@ export function meshccTool(base: Record<string, string>, tmp: string, o: MeshccO
     async setup() {
       mkdirSync(root, { recursive: true, mode: 0o700 })
       writeConf(builders[0]!, slotsPer, slotsPer, [])
-      const init = await cli(builders[0]!, ['mesh', 'init'], 30_000)
-      if (init.timedOut || init.code !== 0) fail(`meshcc mesh init failed: ${lastLine(init)}`)
+      meshInit(keyFile)
       startedAny = true
       const s1 = await start(builders[0]!)
       const boot = s1.mesh!.addresses.filter((a) => a.startsWith('/ip4/127.0.0.1/tcp/'))

@@ -8,6 +8,7 @@ import { dirname, join } from 'node:path'
 import { fileURLToPath, pathToFileURL } from 'node:url'
 import { fail, isAlive, run, sleep, waitFor, type RunResult } from './proc.js'
 import { MESHCC_MAIN, cleanEnv } from './tools.js'
+import { generateMeshKey, writeMeshKey } from '../../src/mesh/keys.js'
 
 export { MESHCC_MAIN }
 
@@ -94,9 +95,9 @@ function lastLine(r: RunResult): string {
   return (r.stderr || r.stdout).trim().split('\n').pop() ?? ''
 }
 
-export async function meshInit(node: BenchNode): Promise<void> {
-  const r = await meshcc(node, ['mesh', 'init'], 30_000)
-  if (r.timedOut || r.code !== 0) fail(`meshcc mesh init failed (exit ${r.timedOut ? 'timeout' : r.code}): ${lastLine(r)}`)
+/** A new mesh key (what `meshcc mesh init` writes, without the daemon start that comes with it). */
+export function meshInit(keyFile: string): void {
+  writeMeshKey(keyFile, generateMeshKey())
 }
 
 export function readPidFile(node: BenchNode): number | undefined {

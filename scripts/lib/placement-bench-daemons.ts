@@ -100,7 +100,7 @@ export async function runOnDaemons(w: Workload, root: string, say: Say, timeoutM
   const buildConf = (cores: number, offer: string) => [`cores = ${cores}`, 'local_slots = 0', 'speed = 100', `offer = "${offer}"`]
   try {
     writeConfig(builders[0]!, keyFile, [], 'warn', true, buildConf(w.builders[0]!.slots, 'always'))
-    await meshInit(builders[0]!)
+    meshInit(keyFile)
     await startNode(builders[0]!, 45_000)
     const first = await waitFor('the first daemon\'s mesh', 30_000, async () => ((await status(builders[0]!))?.mesh ?? undefined))
     const boot = first.addresses.filter((a) => a.startsWith('/ip4/127.0.0.1/tcp/'))

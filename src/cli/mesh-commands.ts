@@ -1,11 +1,11 @@
 // Mesh-facing commands: status (table, JSON, live), jobs, --dist-status, mesh init|invite|join.
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
-import { dirname } from 'node:path'
+import { existsSync, readFileSync, rmSync } from 'node:fs'
+import { join } from 'node:path'
 import type { Config } from '../config.js'
-import { adminRequest, spawnDaemon } from '../launcher/client.js'
+import { adminRequest, DaemonUnreachable } from '../launcher/client.js'
 import type { MeshStatus } from '../daemon/mesh-service.js'
-import { joinedBootstrapFile, readJoinedBootstrap } from '../daemon/mesh-service.js'
-import { decodeInvite, encodeInvite, generateMeshKey, parseMeshKeyText, writeMeshKey } from '../mesh/keys.js'
+import { joinedBootstrapFile, storedPeersFile, writeJoinedBootstrap } from '../mesh/state-files.js'
+import { decodeInvite, encodeInvite, generateMeshKey, identityPeerId, parseMeshKeyText, writeMeshKey } from '../mesh/keys.js'
 import { formatDistStatus } from '../shim/dist-status.js'
 
 export interface DaemonStatus {
@@ -14,8 +14,27 @@ export interface DaemonStatus {
   mesh_note: string | null
 }
 
+/** No daemon listens on the config's socket; the message says how to start one. */
+export class NoDaemon extends Error {
+  constructor(config: Config) {
+    super(`no daemon running on ${config.daemon.socket}; start one with \`meshcc --start-server\` (or \`meshcc daemon\` in the foreground)`)
+    this.name = 'NoDaemon'
+  }
+}
+
+/**
+ * The daemon's status. Never starts a daemon: a status that starts what it reports on hides
+ * that none ran (and starts one with whatever config this shell happens to name). Throws NoDaemon.
+ */
 export async function fetchStatus(config: Config): Promise<DaemonStatus> {
-  return JSON.parse(await adminRequest(config, 'status', { autostart: true, timeoutMs: 10_000 })) as DaemonStatus
+  let text: string
+  try {
+    text = await adminRequest(config, 'status', { autostart: false, timeoutMs: 10_000 })
+  } catch (err) {
+    if (err instanceof DaemonUnreachable && /ENOENT|ECONNREFUSED/.test(err.message)) throw new NoDaemon(config)
+    throw err
+  }
+  return JSON.parse(text) as DaemonStatus
 }
 
 function short(id: string): string {
@@ -25,10 +44,16 @@ function short(id: string): string {
 export function formatStatus(s: DaemonStatus): string {
   const d = s.daemon
   let out = `meshcc ${d.version}, daemon pid ${d.pid}, ${d.running} compiling, ${d.queued} queued, ${d.slots} local slots\n`
-  if (!s.mesh) return out + `mesh: not running (${s.mesh_note ?? 'unknown'})\n`
+  if (!s.mesh) return out + (s.mesh_note === 'starting' ? 'mesh: starting (ask again in a moment)\n' : `mesh: not running (${s.mesh_note ?? 'unknown'})\n`)
   const m = s.mesh
   out += `mesh ${m.mesh_id}, this node ${m.peer_id}\n`
   out += `  listening on ${m.addresses.join(' ')}\n`
+  for (const addr of m.identity_clashes ?? []) out += `  WARNING: the peer at ${addr} has this node's own identity: a cloned machine or a copied identity.key? delete identity.key on one of them\n`
+  const refused = m.refused_peers ?? []
+  if (refused.length > 0) {
+    const shown = refused.slice(0, 3).map((r) => r.addr).join(', ') + (refused.length > 3 ? ', …' : '')
+    out += `  ${refused.length} ${refused.length === 1 ? 'peer' : 'peers'} refused: different mesh key (${shown})\n`
+  }
   const shim = m.shim.serving_peer ? `served by ${m.shim.serving_peer === m.peer_id ? `this node at http://${m.shim.listen ?? '?'}/` : short(m.shim.serving_peer)}` : 'not served (no shim-capable node)'
   out += `  sccache shim: ${shim}\n`
   const b = m.builder
@@ -62,28 +87,60 @@ export function distStatus(s: DaemonStatus): string {
 }
 
 export async function statusCommand(config: Config, opts: { json: boolean; watch: boolean }): Promise<number> {
-  if (!opts.watch) {
-    const s = await fetchStatus(config)
-    process.stdout.write(opts.json ? JSON.stringify(s) + '\n' : formatStatus(s))
-    return 0
-  }
-  for (;;) {
-    const s = await fetchStatus(config)
-    process.stdout.write('\x1b[H\x1b[2J' + formatStatus(s) + `\n(refreshing every second; Ctrl-C to stop)\n`)
-    await new Promise((r) => setTimeout(r, 1000))
+  try {
+    if (!opts.watch) {
+      const s = await fetchStatus(config)
+      process.stdout.write(opts.json ? JSON.stringify(s) + '\n' : formatStatus(s))
+      return 0
+    }
+    for (;;) {
+      const s = await fetchStatus(config)
+      process.stdout.write('\x1b[H\x1b[2J' + formatStatus(s) + `\n(refreshing every second; Ctrl-C to stop)\n`)
+      await new Promise((r) => setTimeout(r, 1000))
+    }
+  } catch (err) {
+    if (!(err instanceof NoDaemon)) throw err
+    process.stderr.write(`meshcc: ${err.message}\n`)
+    return 1
   }
 }
 
-async function restartDaemonIfRunning(config: Config): Promise<void> {
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
+
+/**
+ * (Re)starts the daemon so that it reads the new mesh key: `mesh init` and `mesh join` promise
+ * a daemon in the mesh afterwards. Returns false (said on stderr) when it did not start.
+ */
+async function restartDaemon(config: Config): Promise<boolean> {
+  let wasRunning = true
   try {
     await adminRequest(config, 'shutdown', { autostart: false, timeoutMs: 5000 })
   } catch {
-    return // not running: it picks up the mesh when it next starts
+    wasRunning = false
   }
   const deadline = Date.now() + 35_000
-  while (existsSync(config.daemon.socket) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50))
-  spawnDaemon(config)
-  process.stdout.write('meshcc: daemon restarted to join the mesh\n')
+  while (wasRunning && existsSync(config.daemon.socket) && Date.now() < deadline) await sleep(50)
+  try {
+    await adminRequest(config, 'ping', { autostart: true, timeoutMs: 10_000 })
+  } catch (err) {
+    process.stderr.write(`meshcc: the daemon did not start: ${(err as Error).message}; see ${join(config.cache.dir, 'meshcc.log')}\n`)
+    return false
+  }
+  process.stdout.write(`meshcc: daemon ${wasRunning ? 'restarted' : 'started'} to join the mesh\n`)
+  return true
+}
+
+const MESH_START_WAIT_MS = 15_000
+
+/** The status once the daemon's mesh is up or failed (a daemon just (re)started needs a moment); starts the daemon if none runs. */
+async function statusWithMesh(config: Config): Promise<DaemonStatus> {
+  let s = JSON.parse(await adminRequest(config, 'status', { autostart: true, timeoutMs: 10_000 })) as DaemonStatus
+  const deadline = Date.now() + MESH_START_WAIT_MS
+  while (!s.mesh && s.mesh_note === 'starting' && Date.now() < deadline) {
+    await sleep(200)
+    s = await fetchStatus(config)
+  }
+  return s
 }
 
 export async function meshCommand(config: Config, args: string[], force: boolean): Promise<number> {
@@ -95,9 +152,9 @@ export async function meshCommand(config: Config, args: string[], force: boolean
       return 1
     }
     writeMeshKey(keyFile, generateMeshKey())
+    forgetStoredPeers(config) // members of the mesh this key replaces
     process.stdout.write(`meshcc: new mesh key written to ${keyFile}\nRun "meshcc mesh invite" to get a line that other machines pass to "meshcc mesh join".\n`)
-    await restartDaemonIfRunning(config)
-    return 0
+    return (await restartDaemon(config)) ? 0 : 1
   }
   if (sub === 'invite') {
     if (!existsSync(keyFile)) {
@@ -105,9 +162,10 @@ export async function meshCommand(config: Config, args: string[], force: boolean
       return 1
     }
     const key = readFileSync(keyFile, 'utf8')
-    const s = await fetchStatus(config)
+    const s = await statusWithMesh(config)
     if (!s.mesh) {
-      process.stderr.write(`meshcc: the daemon is not in the mesh (${s.mesh_note ?? 'unknown'}); restart it: meshcc --stop-server && meshcc --start-server\n`)
+      const why = s.mesh_note === 'starting' ? `its mesh did not start within ${MESH_START_WAIT_MS / 1000} s` : s.mesh_note ?? 'unknown'
+      process.stderr.write(`meshcc: the daemon is not in the mesh (${why}); see ${join(config.cache.dir, 'meshcc.log')}\n`)
       return 1
     }
     process.stdout.write(encodeInvite({ key, addrs: s.mesh.addresses }) + '\n')
@@ -119,6 +177,12 @@ export async function meshCommand(config: Config, args: string[], force: boolean
       return 2
     }
     const invite = decodeInvite(arg)
+    const self = await identityPeerId(config.mesh.identityFile)
+    if (self !== null && invite.addrs.some((a) => a.endsWith(`/p2p/${self}`))) {
+      process.stderr.write(`meshcc: this invite names this node's own peer ID (${self}): it was made here, or on a machine with a copy of ${config.mesh.identityFile} (a cloned machine or synced dotfiles?); delete identity.key on one of them, restart its daemon, and make the invite again\n`)
+      return 1
+    }
+    let sameKey = false
     if (existsSync(keyFile)) {
       const current = parseMeshKeyText(readFileSync(keyFile, 'utf8'))
       const incoming = parseMeshKeyText(invite.key)
@@ -127,16 +191,21 @@ export async function meshCommand(config: Config, args: string[], force: boolean
         process.stderr.write(`meshcc: ${keyFile} holds a different mesh key; use --force to leave that mesh and join this one\n`)
         return 1
       }
+      sameKey = same
     }
     writeMeshKey(keyFile, invite.key)
-    const file = joinedBootstrapFile(config)
-    const addrs = [...new Set([...readJoinedBootstrap(config), ...invite.addrs])]
-    mkdirSync(dirname(file), { recursive: true, mode: 0o700 })
-    writeFileSync(file, '# bootstrap peers from "meshcc mesh join"; one multiaddr per line\n' + addrs.join('\n') + '\n', { mode: 0o600 })
-    process.stdout.write(`meshcc: joined: key in ${keyFile}, ${invite.addrs.length} bootstrap address(es) in ${file}\n`)
-    await restartDaemonIfRunning(config)
-    return 0
+    if (!sameKey) forgetStoredPeers(config)
+    // the latest invite's addresses replace the last one's: a second join must not keep dialing
+    // the addresses the first invite named (the mesh itself keeps the members' current ones)
+    writeJoinedBootstrap(config, invite.addrs)
+    process.stdout.write(`meshcc: joined: key in ${keyFile}, ${invite.addrs.length} bootstrap address(es) in ${joinedBootstrapFile(config)}\n`)
+    return (await restartDaemon(config)) ? 0 : 1
   }
   process.stderr.write('meshcc: usage: meshcc mesh init [--force] | meshcc mesh invite | meshcc mesh join <invite> [--force]\n')
   return 2
+}
+
+/** The members' addresses that a daemon stored belong to the mesh a new key leaves. */
+function forgetStoredPeers(config: Config): void {
+  rmSync(storedPeersFile(config), { force: true })
 }

@@ -1,6 +1,7 @@
 // The per-user daemon: owns the socket, the cache and the stats, serves launcher requests,
-// exits after an idle period. One daemon per socket, enforced by a pid lock beside it.
-import { closeSync, mkdirSync, openSync, rmSync, statSync, writeSync, chmodSync } from 'node:fs'
+// exits after an idle period unless it is in a mesh. One daemon per socket, enforced by a pid
+// lock beside it, and one per mesh identity (identity.key.lock).
+import { existsSync, mkdirSync, rmSync, statSync, chmodSync } from 'node:fs'
 import { createServer, type Server, type Socket } from 'node:net'
 import { dirname } from 'node:path'
 import { userInfo } from 'node:os'
@@ -15,7 +16,8 @@ import {
 import { ManifestStore } from '../cache/manifest.js'
 import { LauncherConfigCheck } from './launcher-config-check.js'
 import { Stats } from './stats.js'
-import { lockHolder, processAlive } from '../util/pid-lock.js'
+import { takePidLock } from '../util/pid-lock.js'
+import { lockIdentity } from '../mesh/keys.js'
 import { MeshService } from './mesh-service.js'
 import { everyAligned } from '../util/aligned-timer.js'
 import { ConfigWatch, describeKeys } from './config-watch.js'
@@ -44,22 +46,14 @@ function prepareSocketDir(socket: string, log: Logger): void {
   }
 }
 
-/** Take the pid lock; returns false when another live daemon holds it. */
-function takeLock(lockFile: string): boolean {
-  for (let attempt = 0; attempt < 3; attempt++) {
-    try {
-      const fd = openSync(lockFile, 'wx', 0o600)
-      writeSync(fd, String(process.pid))
-      closeSync(fd)
-      return true
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err
-      const pid = lockHolder(lockFile)
-      if (pid !== null && pid !== process.pid && processAlive(pid)) return false
-      rmSync(lockFile, { force: true }) // left by a crashed daemon
-    }
-  }
-  return false
+/**
+ * Seconds without a request before this daemon exits; 0 = never. A daemon in a mesh stays up
+ * by default ([daemon] mesh_idle_timeout = 0): its peers count on it as a builder and nothing
+ * would start it again. `inMesh` is null while the mesh is still starting: no exit then.
+ */
+export function idleTimeoutFor(config: Config, inMesh: boolean | null): number {
+  if (inMesh === null) return 0
+  return inMesh ? config.daemon.meshIdleTimeout : config.daemon.idleTimeout
 }
 
 export async function startDaemon(config: Config, foreground: boolean): Promise<DaemonHandle | null> {
@@ -73,9 +67,21 @@ export async function startDaemon(config: Config, foreground: boolean): Promise<
     throw err
   }
   const lockFile = `${config.daemon.socket}.pid`
-  if (!takeLock(lockFile)) {
+  if (takePidLock(lockFile) !== null) {
     log.debug('another daemon already serves this socket; exiting')
     return null
+  }
+  // A daemon that will join a mesh claims its identity first: a second daemon with the same
+  // identity.key (two configs in one directory) must not start and be the same peer twice.
+  let releaseIdentity = () => {}
+  if (config.mesh.enabled && existsSync(config.mesh.keyFile)) {
+    try {
+      releaseIdentity = lockIdentity(config.mesh.identityFile, { config: config.file, socket: config.daemon.socket })
+    } catch (err) {
+      rmSync(lockFile, { force: true })
+      if (!foreground) log.error((err as Error).message) // in the foreground the caller prints it
+      throw new DaemonStartError((err as Error).message)
+    }
   }
 
   const stats = new Stats(config.cache.dir, log)
@@ -87,6 +93,7 @@ export async function startDaemon(config: Config, foreground: boolean): Promise<
   let active = 0
   let mesh: MeshService | null = null
   let meshNote: string | null = 'starting'
+  let meshStarted = false
   let lastActivity = Date.now()
   let shuttingDown: Promise<void> | null = null
   let resolveClosed!: () => void
@@ -100,8 +107,9 @@ export async function startDaemon(config: Config, foreground: boolean): Promise<
     noticeUpgrade()
     if (restartFor && !foreground && active === 0 && (mesh?.builder.running ?? 0) === 0) void shutdown(`restarting: ${restartFor}`, true)
   }, { unref: true })
-  const idleTimer = everyAligned(Math.min(5000, Math.max(250, config.daemon.idleTimeout * 250)), () => {
-    const idleMs = config.daemon.idleTimeout * 1000
+  const shortestIdle = Math.min(...[config.daemon.idleTimeout, config.daemon.meshIdleTimeout].filter((t) => t > 0), 20)
+  const idleTimer = everyAligned(Math.min(5000, Math.max(250, shortestIdle * 250)), () => {
+    const idleMs = idleTimeoutFor(config, meshStarted ? mesh !== null : null) * 1000
     if (idleMs > 0 && active === 0 && Date.now() - lastActivity > idleMs) void shutdown('idle timeout')
   })
 
@@ -130,6 +138,7 @@ export async function startDaemon(config: Config, foreground: boolean): Promise<
       config.log.level = logOpts.level = next.log.level
       compiles.setSlots(next.build.localSlots)
       Object.assign(config.build, { localSlots: next.build.localSlots, offer: next.build.offer, jobTimeout: next.build.jobTimeout })
+      Object.assign(config.daemon, { idleTimeout: next.daemon.idleTimeout, meshIdleTimeout: next.daemon.meshIdleTimeout })
       mesh?.loadChanged()
       log.info(`config reloaded: ${describeKeys(live)} applied`)
     }
@@ -262,6 +271,7 @@ export async function startDaemon(config: Config, foreground: boolean): Promise<
       await store.close()
       stats.flush()
       rmSync(config.daemon.socket, { force: true })
+      releaseIdentity()
       rmSync(lockFile, { force: true })
       if (restart) spawnDaemon(config)
       resolveClosed()
@@ -278,6 +288,7 @@ export async function startDaemon(config: Config, foreground: boolean): Promise<
       resolve()
     })
   }).catch((err) => {
+    releaseIdentity()
     rmSync(lockFile, { force: true })
     const msg = `cannot listen on ${config.daemon.socket}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`
     log.error(msg)
@@ -301,6 +312,11 @@ export async function startDaemon(config: Config, foreground: boolean): Promise<
     .catch((err: Error) => {
       meshNote = err.message
       log.error(`mesh not started: ${err.message}`)
+    })
+    .finally(() => {
+      meshStarted = true
+      const idle = idleTimeoutFor(config, mesh !== null)
+      log.info(idle > 0 ? `exits after ${idle} s without a request ([daemon] ${mesh ? 'mesh_idle_timeout' : 'idle_timeout'})` : `stays up while idle${mesh ? ' (in a mesh: [daemon] mesh_idle_timeout = 0)' : ''}`)
     })
 
   log.info(`meshcc ${VERSION} daemon listening on ${config.daemon.socket} (cache ${config.cache.dir}, ${config.build.localSlots} slots${config.file ? `, config ${config.file}` : ''})`)

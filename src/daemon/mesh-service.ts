@@ -2,7 +2,7 @@
 // this machine's load, keeps the legacy sccache shim on exactly one elected node, and
 // turns the live view into the status that `meshcc status` and `--dist-status` print.
 import { createHash } from 'node:crypto'
-import { existsSync, readFileSync } from 'node:fs'
+import { existsSync } from 'node:fs'
 import { readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { loadavg } from 'node:os'
@@ -17,6 +17,7 @@ import { Builder, type BuilderStatus } from './builder.js'
 import { MeshRemoteRunner, type PeerJobStats } from './remote-runner.js'
 import { MemoryInputCache, type InputCacheStatus } from './input-cache.js'
 import { everyAligned } from '../util/aligned-timer.js'
+import { readJoinedBootstrap } from '../mesh/state-files.js'
 
 /** What the daemon reports about its own work, for the load gossip. */
 export interface LocalLoad { running: number; queued: number }
@@ -58,22 +59,13 @@ export interface MeshStatus {
   /** jobs this node sent to each peer */
   jobs_per_peer: Record<string, PeerJobStats>
   toolchain_transfers: ToolchainTransfer[]
+  /** remote ends that failed the private-network handshake in the last 10 minutes: probably another mesh key */
+  refused_peers: Array<{ addr: string; direction: 'inbound' | 'outbound'; count: number; last: string }>
+  /** addresses where a peer answered with this node's own identity (a cloned machine, a copied identity.key) */
+  identity_clashes: string[]
 }
 
 export interface ToolchainTransfer { hash: string; peer: string; direction: 'sent' | 'received'; bytes: number; ms: number; at: string }
-
-/** File beside the config where `meshcc mesh join` keeps the invite's addresses. */
-export function joinedBootstrapFile(config: Config): string {
-  return join(config.configDir, 'mesh-bootstrap.txt')
-}
-
-export function readJoinedBootstrap(config: Config): string[] {
-  try {
-    return readFileSync(joinedBootstrapFile(config), 'utf8').split('\n').map((l) => l.trim()).filter((l) => l && !l.startsWith('#'))
-  } catch {
-    return []
-  }
-}
 
 /** A relative CPU speed figure: how fast this machine hashes a fixed buffer (higher is faster). */
 function measureSpeed(): number {
@@ -162,7 +154,7 @@ export class MeshService {
       const data = (await r.archiveOf(hash)) ?? (toolchains.has(hash) ? await readFile(toolchains.archivePath(hash)!).catch(() => null) : null)
       if (data) log.info(`sending toolchain ${hash.slice(0, 12)} (${(data.length / 1048576).toFixed(1)} MiB)`)
       return data
-    }, onProtocolError('toolchain transfer'))
+    }, onProtocolError('toolchain transfer'), (sent) => svc?.recordTransfer({ ...sent, direction: 'sent' }))
     const refreshPacked = everyAligned(2000, () => { void r.heldToolchains().then((h) => { packed = h }) }, { unref: true })
     svc = new MeshService(mesh, config, log, builder, runner, toolchains, inputs)
     svc.stopTimers.push(() => refreshPacked.stop(), () => inputs.stop())
@@ -243,7 +235,9 @@ export class MeshService {
       builder: this.builder.status(),
       input_cache: this.inputs.status(),
       jobs_per_peer: this.runner.jobsPerPeer(),
-      toolchain_transfers: [...this.transfers]
+      toolchain_transfers: [...this.transfers],
+      refused_peers: this.mesh.refusedPeers().map((r) => ({ addr: r.addr, direction: r.direction, count: r.count, last: new Date(r.last).toISOString() })),
+      identity_clashes: this.mesh.identityClashes()
     }
   }
 

@@ -12,6 +12,10 @@ import { everyAligned, type AlignedTimer } from '../util/aligned-timer.js'
 const TICK_MS = 1000
 const DIAL_TIMEOUT_MS = 10_000
 const BOOTSTRAP_MAX_BACKOFF_MS = 60_000
+/** stored members' addresses (mesh-peers.json) may be long gone: redialed more slowly */
+const STORED_MAX_BACKOFF_MS = 5 * 60_000
+const STORED_FIRST_DIAL_DELAY_MS = 3000
+const STORED_DIAL_SPACING_MS = 100
 const BOOTSTRAP_CHECK_MS = 5000
 const PEER_MAX_BACKOFF_MS = 120_000
 /**
@@ -35,7 +39,23 @@ interface BootstrapEntry {
   busy: boolean
   connected: boolean
   warned: boolean
+  /** from mesh-peers.json, not from the config or an invite: failures are expected, said at debug level */
+  stored: boolean
 }
+
+/** A remote end that failed the private-network handshake: it probably has another mesh key. */
+export interface RefusedPeer {
+  /** the address we dialed, or the host a connection came from */
+  addr: string
+  direction: 'inbound' | 'outbound'
+  /** ms epoch of the last failure */
+  last: number
+  count: number
+}
+
+/** refused peers are listed this long after their last failure */
+const REFUSED_MEMORY_MS = 10 * 60_000
+const MAX_REFUSED = 64
 
 interface PeerDialState { failures: number; nextAt: number; lastFailure: number }
 
@@ -48,6 +68,8 @@ export interface ConnectorInit {
   node: MeshLibp2p
   log: Logger
   bootstrap: Multiaddr[]
+  /** members' addresses the mesh reported before this start (state-files.ts), dialed like bootstrap addresses */
+  stored?: Array<{ peerId: string; addrs: string[] }>
   isDenied: (peerId: string) => boolean
   /**
    * A duplicate connection to this peer was closed and `kept` remains. Long-lived streams that
@@ -71,6 +93,9 @@ export class Connector {
   private readonly lastWarned = new Map<string, number>()
   /** when we last heard of each peer we were not connected to (any discovery source) */
   private readonly heard = new Map<string, number>()
+  private readonly refused = new Map<string, RefusedPeer>()
+  /** bootstrap addresses that name this node's own peer id: ours, or a machine with a copy of our identity */
+  private readonly selfNamed: Multiaddr[]
   private timer: AlignedTimer | null = null
   private stopped = false
 
@@ -80,12 +105,31 @@ export class Connector {
     this.isDenied = init.isDenied
     this.onDuplicateClosed = init.onDuplicateClosed
     this.self = init.node.peerId.toString()
-    this.bootstrap = init.bootstrap
-      .map((addr) => ({ addr, text: addr.toString(), peerId: peerIdInAddr(addr), failures: 0, nextAt: 0, busy: false, connected: false, warned: false }))
-      .filter((e) => e.peerId !== this.self) // our own invite address in our own config
+    const entry = (addr: Multiaddr, stored: boolean): BootstrapEntry =>
+      ({ addr, text: addr.toString(), peerId: peerIdInAddr(addr), failures: 0, nextAt: 0, busy: false, connected: false, warned: false, stored })
+    const configured = init.bootstrap.map((addr) => entry(addr, false))
+    const known = new Set(configured.map((e) => e.text))
+    const stored: BootstrapEntry[] = []
+    for (const p of init.stored ?? []) {
+      if (p.peerId === this.self || this.isDenied(p.peerId)) continue
+      let mas = p.addrs.map(toMultiaddr).filter((m): m is Multiaddr => m !== null)
+      if (mas.some((m) => !isLoopbackAddr(m))) mas = mas.filter((m) => !isLoopbackAddr(m))
+      for (const m of mas) {
+        const ma = peerIdInAddr(m) === null ? toMultiaddr(`${m.toString()}/p2p/${p.peerId}`) : m
+        if (ma && peerIdInAddr(ma) === p.peerId && !known.has(ma.toString())) { known.add(ma.toString()); stored.push(entry(ma, true)) }
+      }
+    }
+    // stored addresses are a fallback: the configured ones (and the member exchange they bring)
+    // go first, and the stored ones follow one by one rather than all in the first second
+    const first = configured.length > 0 ? STORED_FIRST_DIAL_DELAY_MS : 0
+    stored.forEach((e, i) => { e.nextAt = Date.now() + first + i * STORED_DIAL_SPACING_MS })
+    const all = [...configured, ...stored]
+    this.bootstrap = all.filter((e) => e.peerId !== this.self)
+    this.selfNamed = all.filter((e) => e.peerId === this.self).map((e) => e.addr)
   }
 
   start(): void {
+    this.probeSelfNamed()
     this.tick()
     this.timer = everyAligned(TICK_MS, () => this.tick(), { unref: true }) // one wake-up with the other timers (util/aligned-timer.ts)
     this.node.addEventListener('connection:open', this.onOpen)
@@ -98,6 +142,8 @@ export class Connector {
    */
   private readonly onOpen = (evt: CustomEvent<Connection>): void => {
     const remote = evt.detail.remotePeer
+    const addr = evt.detail.remoteAddr.toString()
+    this.forgetRefused(evt.detail.direction === 'inbound' ? hostOf(addr) : addr, evt.detail.direction)
     setTimeout(() => {
       if (this.stopped) return
       const conns = this.node.getConnections(remote)
@@ -214,7 +260,7 @@ export class Connector {
       }
       if (e.connected) {
         e.connected = false
-        this.log.info(`lost connection to bootstrap peer ${e.text}; redialing`)
+        if (!e.stored) this.log.info(`lost connection to bootstrap peer ${e.text}; redialing`)
       }
       void this.dialBootstrap(e)
     }
@@ -231,12 +277,17 @@ export class Connector {
       e.connected = true
       e.warned = false
       e.nextAt = Date.now() + BOOTSTRAP_CHECK_MS
-      this.log.info(`connected to bootstrap peer ${e.text}`)
+      this.log.info(`connected to ${e.stored ? 'stored member address' : 'bootstrap peer'} ${e.text}`)
     } catch (err) {
       e.failures++
-      const delay = Math.min(BOOTSTRAP_MAX_BACKOFF_MS, 1000 * 2 ** Math.min(e.failures - 1, 16))
+      const delay = Math.min(e.stored ? STORED_MAX_BACKOFF_MS : BOOTSTRAP_MAX_BACKOFF_MS, 1000 * 2 ** Math.min(e.failures - 1, 16))
       e.nextAt = Date.now() + delay
       const name = (err as Error).name
+      if (name === 'EncryptionFailedError' && !isTimeout(err as Error)) this.noteRefused(e.text, 'outbound')
+      if (e.stored) {
+        this.log.debug(`cannot reach stored member address ${e.text}: ${errText(err)}; retrying in ${Math.round(delay / 1000)} s`)
+        return
+      }
       // a wrong key garbles the handshake, which often stalls until the timeout; so does an
       // overloaded peer: say both
       const msg = name !== 'EncryptionFailedError'
@@ -258,10 +309,53 @@ export class Connector {
     }
   }
 
+  /**
+   * Dials each bootstrap address that names our own peer id without the id, unless it is one of
+   * our own addresses: a machine there that answers with our identity is a clone of this one
+   * (a copied identity.key), and the node reports it (onSelfIdentity) when the handshake shows it.
+   */
+  private probeSelfNamed(): void {
+    const own = new Set(this.node.getMultiaddrs().map((m) => hostPort(m)))
+    for (const addr of this.selfNamed) {
+      if (own.has(hostPort(addr)) || isUnspecified(addr)) continue
+      const bare = toMultiaddr(withoutPeerId(addr.toString()))
+      if (!bare) continue
+      void this.node.dial(bare, { signal: AbortSignal.timeout(DIAL_TIMEOUT_MS) })
+        .then((c) => { void c.close() }, (err) => this.log.debug(`probe of ${addr.toString()} (names this node's own peer id): ${errText(err)}`))
+    }
+  }
+
+  /** Remote ends that failed the private-network handshake lately (a different mesh key, most likely), newest first. */
+  refusedPeers(): RefusedPeer[] {
+    const since = Date.now() - REFUSED_MEMORY_MS
+    return [...this.refused.values()].filter((r) => r.last >= since).sort((a, b) => b.last - a.last)
+  }
+
+  private noteRefused(addrText: string, direction: 'inbound' | 'outbound'): void {
+    const addr = withoutPeerId(addrText)
+    const key = `${direction}:${addr}`
+    const had = this.refused.get(key)
+    if (!had && this.refused.size >= MAX_REFUSED) {
+      const oldest = [...this.refused.entries()].sort((a, b) => a[1].last - b[1].last)[0]
+      if (oldest) this.refused.delete(oldest[0])
+    }
+    this.refused.set(key, { addr, direction, last: Date.now(), count: (had?.count ?? 0) + 1 })
+  }
+
+  /**
+   * A connection to this address (or from this host) completed: whatever refused it before has
+   * the key now. Inbound entries go too, because an inbound reset during the handshake is also
+   * what a duplicate dial the other side gave up looks like under load.
+   */
+  private forgetRefused(addr: string, direction: 'inbound' | 'outbound' = 'outbound'): void {
+    if (this.refused.size > 0) this.refused.delete(`${direction}:${withoutPeerId(addr)}`)
+  }
+
   /** Called by the node when a connection dies inside the pnet/noise handshake. */
   reportHandshakeFailure(remoteAddr: string, direction: 'inbound' | 'outbound', err: Error | undefined): void {
+    if (!err || !isTimeout(err)) this.noteRefused(direction === 'inbound' ? hostOf(remoteAddr) : remoteAddr, direction)
     // the bootstrap loop reports its own dials, with the retry delay
-    if (direction === 'outbound' && this.bootstrap.some((e) => remoteAddr === e.text || remoteAddr.startsWith(`${e.text}/p2p/`))) return
+    if (direction === 'outbound' && this.bootstrap.some((e) => remoteAddr === e.text || remoteAddr.startsWith(`${e.text}/p2p/`) || e.text.startsWith(`${remoteAddr}/p2p/`))) return
     // inbound ports are ephemeral: rate-limit per remote host, not per address
     const key = direction === 'inbound' ? `in:${hostOf(remoteAddr)}` : `out:${remoteAddr}`
     const now = Date.now()
@@ -295,9 +389,25 @@ function peerIdInAddr(ma: Multiaddr): string | null {
   return c?.value ?? null
 }
 
-function isLoopbackAddr(ma: Multiaddr): boolean {
+/** "ip:port" of an address, for comparing a dialed address with our own listen addresses */
+export function hostPort(addr: Multiaddr | string): string {
+  const ma = toMultiaddr(addr)
+  const c = ma?.getComponents() ?? []
+  return `${c[0]?.value ?? ''}:${c.find((x) => x.name === 'tcp')?.value ?? ''}`
+}
+
+function isUnspecified(ma: Multiaddr): boolean {
+  const v = ma.getComponents()[0]?.value
+  return v === '0.0.0.0' || v === '::'
+}
+
+export function isLoopbackAddr(ma: Multiaddr): boolean {
   const c = ma.getComponents()[0]
   return (c?.name === 'ip4' && (c.value ?? '').startsWith('127.')) || (c?.name === 'ip6' && c.value === '::1')
+}
+
+function withoutPeerId(addr: string): string {
+  return addr.replace(/\/p2p\/[^/]+$/, '')
 }
 
 function toMultiaddr(a: Multiaddr | string): Multiaddr | null {
@@ -305,7 +415,7 @@ function toMultiaddr(a: Multiaddr | string): Multiaddr | null {
   try { return multiaddr(a) } catch { return null }
 }
 
-function hostOf(addr: string): string {
+export function hostOf(addr: string): string {
   try {
     const c = multiaddr(addr).getComponents()
     return c.find((x) => x.name === 'ip4' || x.name === 'ip6' || x.name === 'dns' || x.name === 'dns4' || x.name === 'dns6')?.value ?? addr

@@ -23,6 +23,14 @@
 // one that grafted it later, stays in gossipsub's mesh after it stops asking (gossipsub only
 // trims a mesh above Dhi), and each such pair forwarded every message of the mesh to each
 // other for good.
+//
+// A PRUNE can still be wrong: the peer's latest message may predate its need (it learned of a
+// member it cannot reach a moment before our check; on a loaded machine its next message comes
+// late). So the PRUNEs carry a backoff of FORWARD_PRUNE_BACKOFF_MS, not gossipsub's 10 s, and a
+// member that needs forwarding drops expired backoffs at each check instead of at gossipsub's
+// own sweep (every 15 heartbeats plus slack): it grafts the peer again within a few seconds,
+// well inside the view's expiry, instead of losing the members it hears of only through that
+// peer for 10 to 25 s. The pruning side set its backoff first, so it has expired by then too.
 import type { GossipSub } from '@libp2p/gossipsub'
 import type { Logger } from '../log.js'
 import { everyAligned, type AlignedTimer } from '../util/aligned-timer.js'
@@ -39,6 +47,8 @@ export const FORWARD_GOSSIP_FACTOR = 0.1
  * bootstrap peer adds up when many members start at once.
  */
 export const STARTUP_FORWARD_MS = 5000
+/** the backoff our PRUNEs ask for (gossipsub's unsubcribeBackoff, which only leave() and leaveMesh use) */
+export const FORWARD_PRUNE_BACKOFF_MS = 1000
 const CHECK_EVERY_MS = 2000
 
 /** The degrees gossipsub's heartbeat reads; they live on its options object. */
@@ -48,6 +58,8 @@ interface Degrees { D: number; Dlo: number; Dlazy: number; gossipFactor: number 
 interface MeshInternals {
   mesh: Map<string, Set<string>>
   sendPrune(id: string, topic: string): Promise<void>
+  /** topic → peer → ms epoch until which we do not graft it */
+  backoff: Map<string, Map<string, number>>
 }
 
 export class ForwardingControl {
@@ -85,6 +97,7 @@ export class ForwardingControl {
       : this.someoneIndirect() ? 'a member is not directly connected'
         : null
     const want = why !== null
+    if (want) this.dropExpiredBackoffs()
     if (want === this.forwarding) {
       if (!want) this.leaveMesh(false)
       return
@@ -102,6 +115,15 @@ export class ForwardingControl {
     opts.Dlo = on ? FORWARD_DLO : 0
     opts.Dlazy = on ? FORWARD_DLAZY : 0
     opts.gossipFactor = on ? FORWARD_GOSSIP_FACTOR : 0
+  }
+
+  /** Lets gossipsub's next heartbeat graft the peers whose backoff is over (see the header). */
+  private dropExpiredBackoffs(): void {
+    const backoffs = (this.pubsub as unknown as Partial<MeshInternals>).backoff
+    const forTopic = backoffs instanceof Map ? backoffs.get(this.topic) : undefined
+    if (!(forTopic instanceof Map)) return
+    const now = Date.now()
+    for (const [id, until] of forTopic) if (until <= now) forTopic.delete(id)
   }
 
   /** PRUNE every mesh peer that does not ask for forwarding (see the header); `switchingOff`: forwarding was just turned off. */

@@ -3,12 +3,14 @@
 // - identity: this daemon's persistent Ed25519 key (its peer id).
 // - invite: one line carrying the mesh key and a few bootstrap addresses.
 import { createHash, randomBytes } from 'node:crypto'
-import { mkdirSync, readFileSync, writeFileSync, renameSync, linkSync, unlinkSync, chmodSync } from 'node:fs'
+import { chmodSync, mkdirSync, readFileSync, writeFileSync, linkSync, unlinkSync } from 'node:fs'
 import { dirname, basename, join } from 'node:path'
 import { generateKeyPair, privateKeyFromProtobuf, privateKeyToProtobuf } from '@libp2p/crypto/keys'
 import type { PrivateKey } from '@libp2p/interface'
 import { multiaddr } from '@multiformats/multiaddr'
 import { MeshError } from './errors.js'
+import { lockDetails, takePidLock } from '../util/pid-lock.js'
+import { writeFileAtomicSync } from '../util/atomic-write.js'
 
 const KEY_HEADER = '/key/swarm/psk/1.0.0/'
 const KEY_CODEC = '/base16/'
@@ -46,7 +48,7 @@ export function parseMeshKeyText(text: string): { hex: string } | { error: strin
 export function writeMeshKey(file: string, text: string): void {
   const parsed = parseMeshKeyText(text)
   if ('error' in parsed) throw new MeshError(`mesh key for ${file} is malformed: ${parsed.error}`)
-  writeFileAtomic(file, formatKey(parsed.hex))
+  writeKeyFile(file, formatKey(parsed.hex))
 }
 
 /** Reads the mesh key as the canonical bytes pnet expects. Throws MeshError with one clear line. */
@@ -96,6 +98,37 @@ export async function loadOrCreateIdentity(file: string): Promise<PrivateKey> {
     try { unlinkSync(tmp) } catch { /* already gone */ }
   }
   return key
+}
+
+/** The lock a daemon holds on its identity while it runs (see lockIdentity). */
+export function identityLockFile(identityFile: string): string {
+  return `${identityFile}.lock`
+}
+
+/**
+ * Claims the identity for this process until the returned function releases it. Two daemons
+ * with one identity (two configs in one directory) would be one peer twice: the mesh sees one
+ * member that flaps. Throws MeshError naming the daemon that holds it. `self` describes this
+ * daemon (config file, socket) for the message another one would print.
+ */
+export function lockIdentity(identityFile: string, self: { config: string | null; socket: string }): () => void {
+  const lock = identityLockFile(identityFile)
+  mkdirSync(dirname(lock), { recursive: true, mode: 0o700 })
+  const holder = takePidLock(lock, [`config ${self.config ?? '(none: defaults)'}`, `socket ${self.socket}`])
+  if (holder !== null) {
+    const who = lockDetails(lock).join(', ')
+    throw new MeshError(`identity ${identityFile} is in use by the meshcc daemon with pid ${holder}${who ? ` (${who})` : ''}: two daemons cannot share one peer ID; give this config its own [mesh] identity_file`)
+  }
+  return () => { try { unlinkSync(lock) } catch { /* already gone */ } }
+}
+
+/** The peer ID of an identity file, or null when there is none yet (or it is unreadable). */
+export async function identityPeerId(file: string): Promise<string | null> {
+  let key: PrivateKey | null
+  try { key = readIdentity(file) } catch { return null }
+  if (!key) return null
+  const { peerIdFromPrivateKey } = await import('@libp2p/peer-id')
+  return peerIdFromPrivateKey(key).toString()
 }
 
 function readIdentity(file: string): PrivateKey | null {
@@ -163,15 +196,11 @@ function tempName(file: string): string {
   return join(dirname(file), `.${basename(file)}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`)
 }
 
-function writeFileAtomic(file: string, data: string | Uint8Array): void {
-  mkdirSync(dirname(file), { recursive: true, mode: 0o700 })
-  const tmp = tempName(file)
+function writeKeyFile(file: string, data: string): void {
   try {
-    writeFileSync(tmp, data, { mode: 0o600 })
-    chmodSync(tmp, 0o600) // umask cannot loosen it, but an odd umask could tighten: be exact
-    renameSync(tmp, file)
+    writeFileAtomicSync(file, data, 0o600)
+    chmodSync(file, 0o600) // umask cannot loosen the mode, but an odd umask could tighten it: be exact
   } catch (err) {
-    try { unlinkSync(tmp) } catch { /* not created */ }
     throw new MeshError(`cannot write ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`)
   }
 }

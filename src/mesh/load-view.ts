@@ -60,6 +60,8 @@ export class LoadView {
   private lastPublish = 0
   /** placementSignature of our last published message */
   private lastPlacement = ''
+  /** whether our last published message asked for forwarding */
+  private lastFw = false
   private publishTimer: AlignedTimer | null = null
   private sweepTimer: AlignedTimer | null = null
   private extraTimer: NodeJS.Timeout | null = null
@@ -110,13 +112,22 @@ export class LoadView {
    * minute would otherwise send each member a message per job, and each costs every receiver.
    */
   notifyLoadChanged(): void {
-    if (this.stopped || this.extraTimer || !this.placementChanged()) return
+    if (this.stopped || this.extraTimer || !this.worthTelling()) return
     const wait = this.lastPublish + MIN_PUBLISH_GAP_MS - Date.now()
     if (wait <= 0) { void this.publish(); return }
     this.extraTimer = setTimeout(() => {
       this.extraTimer = null
-      if (this.placementChanged()) void this.publish()
+      if (this.worthTelling()) void this.publish()
     }, wait)
+  }
+
+  /**
+   * What placement reads changed, or whether we need forwarding: a peer that no longer forwards
+   * prunes every member whose latest message does not ask for it (forwarding.ts), so the ask
+   * must not wait for the interval.
+   */
+  private worthTelling(): boolean {
+    return this.placementChanged() || (this.init.wantsForwarding?.() ?? false) !== this.lastFw
   }
 
   private placementChanged(): boolean {
@@ -153,6 +164,7 @@ export class LoadView {
     this.lastPublish = Date.now()
     const m = this.message()
     this.lastPlacement = placementSignature(m)
+    this.lastFw = m.wantsForwarding === true
     try {
       await this.init.node.services.pubsub.publish(this.topic, encodeLoad(m))
     } catch (err) {
@@ -212,9 +224,12 @@ export class LoadView {
     }
     const { addrs, seq, timestamp: _ts, bye: _bye, wantsForwarding, ...load } = m
     this.entries.set(from, { peerId: from, load, addrs, seq, lastSeen: Date.now(), wantsForwarding: wantsForwarding === true })
-    if (!prev) this.init.log.info(`mesh member joined: ${load.name || '?'} (${from}), ${load.cores} cores`)
     this.init.onMessage?.(from, addrs)
     this.init.onChange?.()
+    if (!prev) {
+      this.init.log.info(`mesh member joined: ${load.name || '?'} (${from}), ${load.cores} cores`)
+      this.notifyLoadChanged() // a member we may not reach: ask for forwarding now (worthTelling)
+    }
   }
 
   /**

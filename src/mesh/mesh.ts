@@ -3,16 +3,17 @@
 import './patches/promise-with-resolvers.js' // before any libp2p code runs
 import { hostname } from 'node:os'
 import { multiaddr, type Multiaddr } from '@multiformats/multiaddr'
-import { peerIdFromString } from '@libp2p/peer-id'
+import { peerIdFromPrivateKey, peerIdFromString } from '@libp2p/peer-id'
 import { peerIdOf } from './peer-ids.js'
 import { isPrivate } from '@libp2p/utils'
 import type { Connection, Libp2p, PeerId, PeerInfo } from '@libp2p/interface'
-import type { Config } from '../config.js'
+import { DEFAULT_MESH_LISTEN, type Config } from '../config.js'
+import { MAX_STORED_ADDRS, mergeStoredPeers, readListenPorts, readStoredPeers, writeListenPorts, writeStoredPeers, type StoredPeer } from './state-files.js'
 import type { Logger } from '../log.js'
 import { MeshError } from './errors.js'
 import { readMeshKey, meshIdFromKey, loadOrCreateIdentity } from './keys.js'
 import { createMeshNode, type MeshLibp2p, type MeshServices } from './node.js'
-import { Connector, errText } from './connector.js'
+import { Connector, errText, hostOf, hostPort, isLoopbackAddr, type RefusedPeer } from './connector.js'
 import { Advertiser, platformCapability } from './dht-ads.js'
 import { ForwardingControl } from './forwarding.js'
 import { GossipRepair } from './gossip-repair.js'
@@ -55,6 +56,8 @@ export interface MeshOptions {
   rttIntervalMs?: number
   /** how often gossipsub's peers are checked against the open connections (gossip-repair.ts), default 5000 */
   repairIntervalMs?: number
+  /** keep the listen ports and the members' addresses beside the config across restarts (state-files.ts); default true */
+  persistState?: boolean
 }
 
 export type MembersListener = (members: MeshMember[]) => void
@@ -82,6 +85,10 @@ export interface Mesh {
   gossipForwarding(): boolean
   /** is this peer allowed to submit jobs / read the cache ([mesh] allow; empty = everyone) */
   isAllowed(peerId: string): boolean
+  /** remote ends that failed the private-network handshake lately: probably another mesh key */
+  refusedPeers(): RefusedPeer[]
+  /** addresses where a peer answered with this node's own identity (a cloned machine, a copied identity.key) */
+  identityClashes(): string[]
   readonly libp2p: Libp2p<MeshServices>
   stop(): Promise<void>
 }
@@ -91,6 +98,12 @@ const EMIT_GAP_MS = 100
 const ADDRESS_CACHE_MS = 5000
 const PING_TIMEOUT_MS = 2000
 const MAX_PINGS_PER_ROUND = 64
+/** mesh-peers.json is rewritten this long after the members' addresses changed, at most this often */
+const PEERS_WRITE_DELAY_MS = 2000
+const PEERS_WRITE_GAP_MS = 10_000
+const MAX_IDENTITY_CLASHES = 16
+/** both ends of a dial to ourselves show our identity within this long of each other */
+const SELF_DIAL_PAIR_MS = 2000
 
 export async function startMesh(opts: MeshOptions): Promise<Mesh> {
   const { config, version } = opts
@@ -120,23 +133,52 @@ export async function startMesh(opts: MeshOptions): Promise<Mesh> {
 
   const mdnsPeers = new Set<string>()
   let connector: Connector | null = null
+  const clashes = new Set<string>()
+  let ownAddrs = new Set<string>()
+  const selfEnds: Array<{ direction: 'inbound' | 'outbound'; at: number; paired: boolean }> = []
+  // A handshake that showed our own identity at the other end: a dial to one of our own
+  // addresses (a bootstrap list naming every machine, a hairpin NAT), or another machine with
+  // a copy of our identity.key. A dial to ourselves shows both ends here within moments; a
+  // clone shows one.
+  const onSelfIdentity = (addr: string, direction: 'inbound' | 'outbound') => {
+    const host = direction === 'inbound' ? hostOf(addr) : addr
+    if (direction === 'outbound' ? ownAddrs.has(hostPort(addr)) : ownHosts(ownAddrs).has(host)) return
+    const now = Date.now()
+    const other = selfEnds.find((e) => e.direction !== direction && !e.paired && now - e.at < SELF_DIAL_PAIR_MS)
+    if (other) { other.paired = true; return }
+    const end = { direction, at: now, paired: false }
+    selfEnds.push(end)
+    if (selfEnds.length > 64) selfEnds.shift()
+    setTimeout(() => {
+      if (end.paired || stopped || clashes.has(host) || clashes.size >= MAX_IDENTITY_CLASHES) return
+      clashes.add(host)
+      log.error(`peer at ${host} has this node's own identity: a cloned machine or a copied identity.key? delete identity.key on one of them (${mc.identityFile} here) and restart its daemon`)
+    }, SELF_DIAL_PAIR_MS).unref()
+  }
+  const persist = opts.persistState ?? true
+  const selfId = peerIdFromPrivateKey(privateKey).toString()
   const t0 = Date.now()
-  const node: MeshLibp2p = await createMeshNode({
+  const remembered = persist ? readListenPorts(config, selfId) : {}
+  const node: MeshLibp2p = await startListening(mc.listen, remembered, log, (listen) => createMeshNode({
     privateKey,
     psk,
     meshId,
-    listen: mc.listen,
+    listen,
     mdns: mc.mdns,
     dht: mc.dht,
     isDenied,
     log,
     onMdnsPeer: (id) => { if (mdnsPeers.size < 10_000) mdnsPeers.add(id) },
-    onHandshakeFailure: (addr, dir, err) => connector?.reportHandshakeFailure(addr, dir, err)
-  })
+    onHandshakeFailure: (addr, dir, err) => connector?.reportHandshakeFailure(addr, dir, err),
+    onSelfIdentity: (addr, dir) => onSelfIdentity(addr, dir)
+  }))
   const self = node.peerId.toString()
+  ownAddrs = new Set(node.getMultiaddrs().map((m) => hostPort(m.toString())))
+  if (persist) rememberListenPorts(config, self, mc.listen, remembered, node, log)
+  const stored = persist ? readStoredPeers(config) : []
   const repair = new GossipRepair(node, log, repairIntervalMs)
   connector = new Connector({
-    node, log, bootstrap, isDenied,
+    node, log, bootstrap, isDenied, stored,
     // gossipsub's stream may have run over the duplicate we closed: tell it of the one we kept
     // now rather than at the next repair round
     onDuplicateClosed: (peer, kept) => repair.connectionKept(peer, kept)
@@ -158,7 +200,39 @@ export async function startMesh(opts: MeshOptions): Promise<Mesh> {
   const listeners = new Set<MembersListener>()
   let emitTimer: NodeJS.Timeout | null = null
   let stopped = false
+  // mesh-peers.json (state-files.ts): the members' addresses as the mesh reports them, so that a
+  // member that moved is found again at the next start, not only the invite's first contact
+  let peersTimer: NodeJS.Timeout | null = null
+  let peersWritten = { at: 0, key: '' }
+  let peersOnDisk: StoredPeer[] = stored
+  const storablePeers = (): StoredPeer[] => {
+    const now = Date.now()
+    return view.list().map((e) => {
+      // a remote host's loopback address would name whatever listens on our own loopback:
+      // kept only for a member we reach over loopback, which really is on this host
+      const sameHost = node.getConnections(peerIdOf(e.peerId)).some((c) => isLoopbackAddr(c.remoteAddr))
+      const addrs = e.addrs.filter((a) => a.length <= 256 && (sameHost || !isLoopback(a)))
+      return { peerId: e.peerId, addrs: addrs.slice(0, MAX_STORED_ADDRS), seen: now }
+    }).filter((p) => p.addrs.length > 0)
+  }
+  const writePeers = () => {
+    peersTimer = null
+    if (!persist) return
+    const live = storablePeers()
+    const key = JSON.stringify(live.map((p) => [p.peerId, p.addrs]).sort())
+    if (live.length === 0 || (key === peersWritten.key && Date.now() - peersWritten.at < 3600_000)) return
+    const next = mergeStoredPeers(live, peersOnDisk, self)
+    peersWritten = { at: Date.now(), key }
+    peersOnDisk = next
+    writeStoredPeers(config, next).catch((err) => log.warn(`cannot write the members' addresses beside the config: ${errText(err)}`))
+  }
+  const peersChanged = () => {
+    if (stopped || peersTimer || !persist) return
+    peersTimer = setTimeout(writePeers, Math.max(PEERS_WRITE_DELAY_MS, peersWritten.at + PEERS_WRITE_GAP_MS - Date.now()))
+    peersTimer.unref()
+  }
   const changed = () => {
+    peersChanged()
     if (stopped || emitTimer || listeners.size === 0) return
     emitTimer = setTimeout(() => {
       emitTimer = null
@@ -336,12 +410,15 @@ export async function startMesh(opts: MeshOptions): Promise<Mesh> {
     findCapabilityProviders: (name, timeoutMs = DEFAULT_FIND_TIMEOUT_MS) => ads.find(name, timeoutMs),
     gossipForwarding: () => forwarding.active,
     isAllowed: (id) => !deny.has(id) && (allow.size === 0 || allow.has(id) || id === self),
+    refusedPeers: () => connector?.refusedPeers() ?? [],
+    identityClashes: () => [...clashes],
     libp2p: node,
     async stop() {
       if (stopped) return
       stopped = true
       listeners.clear()
       if (emitTimer) clearTimeout(emitTimer)
+      if (peersTimer) { clearTimeout(peersTimer); writePeers() }
       clearTimeout(firstPing)
       pingTimer.stop()
       keepAlive.stop()
@@ -388,4 +465,63 @@ export function rttOf(conn: Connection): number | null {
 
 function isLoopback(addr: string): boolean {
   return addr.startsWith('/ip4/127.') || addr.startsWith('/ip6/::1/')
+}
+
+function ownHosts(own: Set<string>): Set<string> {
+  return new Set([...own].map((hp) => hp.slice(0, hp.lastIndexOf(':'))))
+}
+
+function tcpPort(listen: string): number | null {
+  const m = /\/tcp\/(\d+)(?:\/|$)/.exec(listen)
+  return m ? Number(m[1]) : null
+}
+
+function withPort(listen: string, port: number): string {
+  return listen.replace(/\/tcp\/\d+(\/|$)/, `/tcp/${port}$1`)
+}
+
+/**
+ * Starts the node on the configured addresses, asking first for the ports this daemon had last
+ * time where the config leaves the port open (tcp/0): the addresses other members stored then
+ * stay good. A remembered port that is taken, or the default port (10650) taken by another
+ * program, falls back to any free port; a port the config names explicitly never does.
+ */
+async function startListening(listen: string[], remembered: Record<string, number>, log: Logger, create: (listen: string[]) => Promise<MeshLibp2p>): Promise<MeshLibp2p> {
+  const isDefault = JSON.stringify(listen) === JSON.stringify(DEFAULT_MESH_LISTEN)
+  const open = (a: string) => tcpPort(a) === 0 || isDefault
+  const attempts: string[][] = [
+    listen.map((a) => (tcpPort(a) === 0 && remembered[a] ? withPort(a, remembered[a]) : a)),
+    listen.map((a) => (open(a) && remembered[a] ? withPort(a, remembered[a]) : a)),
+    listen.map((a) => (open(a) ? withPort(a, 0) : a))
+  ].filter((l, i, all) => all.findIndex((x) => JSON.stringify(x) === JSON.stringify(l)) === i)
+  for (const [i, attempt] of attempts.entries()) {
+    try {
+      return await create(attempt)
+    } catch (err) {
+      if (!(err instanceof MeshError) || err.code !== 'EADDRINUSE' || i === attempts.length - 1) throw err
+      log.info(`${attempt.join(', ')}: ${err.message.split(': ').pop()}; trying ${attempts[i + 1].join(', ')}`)
+    }
+  }
+  throw new MeshError('no listen address') // not reached: the last attempt throws or returns
+}
+
+/** Stores the ports bound for the listen addresses that may move (tcp/0, or the default), when they changed. */
+function rememberListenPorts(config: Config, self: string, listen: string[], remembered: Record<string, number>, node: MeshLibp2p, log: Logger): void {
+  const isDefault = JSON.stringify(listen) === JSON.stringify(DEFAULT_MESH_LISTEN)
+  const bound = node.getMultiaddrs().map((m) => m.toString())
+  const ports: Record<string, number> = {}
+  for (const a of listen) {
+    if (tcpPort(a) !== 0 && !isDefault) continue
+    const [, family, host] = a.split('/')
+    const wildcard = host === '0.0.0.0' || host === '::'
+    const match = bound.find((b) => b.split('/')[1] === family && (wildcard || b.split('/')[2] === host))
+    const port = match ? tcpPort(match) : null
+    if (port) ports[a] = port
+  }
+  if (Object.keys(ports).length === 0 || JSON.stringify(ports) === JSON.stringify(remembered)) return
+  try {
+    writeListenPorts(config, self, ports)
+  } catch (err) {
+    log.warn(`cannot remember the listen port beside the config: ${errText(err)}`)
+  }
 }

@@ -16,7 +16,7 @@ import { mdns } from '@libp2p/mdns'
 import type { ConnectionEncrypter, ConnectionProtector, MessageStream, MultiaddrConnection, PeerId, PrivateKey, StreamCloseEvent } from '@libp2p/interface'
 import type { Logger } from '../log.js'
 import { MeshError } from './errors.js'
-import { FORWARD_D, FORWARD_DLAZY, FORWARD_DLO, FORWARD_GOSSIP_FACTOR } from './forwarding.js'
+import { FORWARD_D, FORWARD_DLAZY, FORWARD_DLO, FORWARD_GOSSIP_FACTOR, FORWARD_PRUNE_BACKOFF_MS } from './forwarding.js'
 import { DHT_STARTUP_OPTIONS } from './dht-startup.js'
 
 export type MeshServices = {
@@ -44,6 +44,8 @@ export interface MeshNodeInit {
   onMdnsPeer?: (peerId: string) => void
   /** a connection died after the pnet nonce exchange but before it was usable */
   onHandshakeFailure?: (remoteAddr: string, direction: 'inbound' | 'outbound', err: Error | undefined) => void
+  /** the other end proved this node's own identity (libp2p then drops the connection as a dial to self) */
+  onSelfIdentity?: (remoteAddr: string, direction: 'inbound' | 'outbound') => void
 }
 
 export const MAX_DHT_RECORD_BYTES = 4096
@@ -65,7 +67,9 @@ export const GOSSIP_DEGREES = {
   Dhi: 8,
   Dout: 0,
   Dlazy: FORWARD_DLAZY,
-  gossipFactor: FORWARD_GOSSIP_FACTOR
+  gossipFactor: FORWARD_GOSSIP_FACTOR,
+  // (sic) the backoff of the PRUNEs forwarding.ts sends when it leaves the mesh peer by peer
+  unsubcribeBackoff: FORWARD_PRUNE_BACKOFF_MS
 } as const
 
 export function dhtProtocol(meshId: string): string {
@@ -141,6 +145,7 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshLibp2p> {
   const protector = preSharedKey({ psk: init.psk })
   // protected stream -> raw connection timeline, so the encrypter wrapper can mark success
   const rawOf = new WeakMap<object, object>()
+  const addrOf = new WeakMap<object, { addr: string; direction: 'inbound' | 'outbound' }>()
   const encrypted = new WeakSet<object>()
   const watchingProtector = (): ConnectionProtector => {
     const inner = protector()
@@ -152,6 +157,7 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshLibp2p> {
         // the socket dies), so watch the raw connection until noise has succeeded.
         if (maConn.remoteAddr && maConn.timeline) {
           rawOf.set(out, maConn.timeline)
+          addrOf.set(out, { addr: maConn.remoteAddr.toString(), direction: maConn.direction })
           const started = Date.now()
           maConn.addEventListener('close', (evt: Event) => {
             const tl = maConn.timeline
@@ -168,9 +174,11 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshLibp2p> {
   }
   const markingNoise = (components: Parameters<ReturnType<typeof noise>>[0]): ConnectionEncrypter => {
     const inner = noise({ crypto: fastX25519Crypto })(components)
-    const mark = <T>(conn: MessageStream, r: T): T => {
+    const mark = <T extends { remotePeer: PeerId }>(conn: MessageStream, r: T): T => {
       const tl = rawOf.get(conn)
       if (tl) encrypted.add(tl)
+      const where = addrOf.get(conn)
+      if (where && r.remotePeer.equals(components.peerId)) init.onSelfIdentity?.(where.addr, where.direction)
       return r
     }
     return {
@@ -206,8 +214,10 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshLibp2p> {
     })
   } catch (err) {
     const e = err as NodeJS.ErrnoException
-    if (e.code === 'EADDRINUSE') throw new MeshError(`cannot listen on ${init.listen.join(', ')}: address already in use (is another meshcc daemon running?)`)
-    if (e.code === 'EADDRNOTAVAIL') throw new MeshError(`cannot listen on ${init.listen.join(', ')}: address not available on this machine`)
+    // libp2p wraps the listen error in its own (UnsupportedListenAddressesError), with the code in the text
+    const code = e.code ?? /\b(EADDRINUSE|EADDRNOTAVAIL)\b/.exec(String(e.message))?.[1]
+    if (code === 'EADDRINUSE') throw new MeshError(`cannot listen on ${init.listen.join(', ')}: address already in use (is another meshcc daemon running?)`, code)
+    if (code === 'EADDRNOTAVAIL') throw new MeshError(`cannot listen on ${init.listen.join(', ')}: address not available on this machine`, code)
     throw new MeshError(`cannot start the mesh node: ${e.message.split('\n')[0]}`)
   }
   node.addEventListener('connection:open', (evt) => { upgraded.add(evt.detail.timeline) })

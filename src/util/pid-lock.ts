@@ -1,6 +1,7 @@
-// The daemon's pid lock (<socket>.pid): who holds it, and whether that process is alive.
-// Shared by the daemon (taking the lock) and the launcher (waiting for a slow start).
-import { readFileSync } from 'node:fs'
+// Pid locks: a file holding the pid of the process that owns something (the daemon's socket,
+// <socket>.pid; a mesh identity, identity.key.lock), taken with O_EXCL and taken over when its
+// holder is dead. Shared by the daemon (taking the locks) and the launcher (waiting for a slow start).
+import { closeSync, openSync, readFileSync, rmSync, writeSync } from 'node:fs'
 
 export function processAlive(pid: number): boolean {
   try {
@@ -11,12 +12,42 @@ export function processAlive(pid: number): boolean {
   }
 }
 
-/** The pid written in the lock file, or null when there is none or it is not a pid. */
+/** The pid on the lock file's first line, or null when there is none or it is not a pid. */
 export function lockHolder(lockFile: string): number | null {
   try {
-    const pid = Number(readFileSync(lockFile, 'utf8').trim())
+    const pid = Number(readFileSync(lockFile, 'utf8').split('\n')[0].trim())
     return Number.isInteger(pid) && pid > 0 ? pid : null
   } catch {
     return null
   }
+}
+
+/** The lines after the pid (what the holder wrote about itself), or [] when unreadable. */
+export function lockDetails(lockFile: string): string[] {
+  try {
+    return readFileSync(lockFile, 'utf8').split('\n').slice(1).filter((l) => l !== '')
+  } catch {
+    return []
+  }
+}
+
+/**
+ * Take the lock: our pid on the first line, then `details`. Returns the pid of the live
+ * process that holds it instead, or null when we took it. A lock left by a dead process is taken over.
+ */
+export function takePidLock(lockFile: string, details: string[] = []): number | null {
+  let holder: number | null = null
+  for (let attempt = 0; attempt < 3; attempt++) {
+    try {
+      const fd = openSync(lockFile, 'wx', 0o600)
+      try { writeSync(fd, [String(process.pid), ...details].join('\n') + '\n') } finally { closeSync(fd) }
+      return null
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err
+      holder = lockHolder(lockFile)
+      if (holder !== null && holder !== process.pid && processAlive(holder)) return holder
+      rmSync(lockFile, { force: true }) // left by a crashed process
+    }
+  }
+  return holder ?? -1
 }

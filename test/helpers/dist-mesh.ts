@@ -1,10 +1,9 @@
 // A mesh of real daemons on loopback for distributed-compile tests: one mesh key, builders with
 // free slots, and a client with local_slots = 0 that sends every miss to them (mDNS off, each
 // daemon its own config dir). Every daemon made here is stopped by stop().
-import assert from 'node:assert/strict'
-import { readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { createInstance, type Instance } from './meshcc.js'
+import { generateMeshKey, writeMeshKey } from '../../src/mesh/keys.js'
 import { status, startMeshDaemon, waitFor } from './mesh-daemons.js'
 
 export interface DaemonOptions { localSlots: number; cores: number; bootstrap: string[]; extraEnv?: Record<string, string>; build?: string; mesh?: string }
@@ -23,8 +22,8 @@ export async function startDistMesh(prefix: string, builderCount = 2): Promise<D
   const keyDir = createInstance('', `${prefix}-key`)
   all.push(keyDir)
   const keyFile = join(keyDir.dir, 'mesh.key')
-  writeFileSync(keyDir.conf, readFileSync(keyDir.conf, 'utf8').replace('[mesh]\nenabled = false', `[mesh]\nkey_file = "${keyFile}"`))
-  assert.equal((await keyDir.run(['mesh', 'init'])).code, 0)
+  // the key only: `mesh init` would also start a daemon with this config's default mesh settings
+  writeMeshKey(keyFile, generateMeshKey())
   const daemon = (name: string, opts: DaemonOptions): Instance => {
     const i = createInstance(`[build]\nlocal_slots = ${opts.localSlots}\ncores = ${opts.cores}\n${opts.build ?? ''}`, name,
       `listen = ["/ip4/127.0.0.1/tcp/0"]\nmdns = false\nkey_file = "${keyFile}"\nbootstrap = ${JSON.stringify(opts.bootstrap)}${opts.mesh ? `\n${opts.mesh}` : ''}`)

@@ -22,10 +22,15 @@ export async function fetchToolchain(node: Libp2p, meshId: string, peer: string,
   }
 }
 
-/** `archiveOf` returns the archive bytes for a hash this node holds, or null. */
-export async function serveToolchains(node: Libp2p, meshId: string, archiveOf: (hash: string) => Promise<Buffer | null>, onError: (peer: string, err: Error) => void): Promise<void> {
+/** What a served transfer took, for the sender's status. */
+export interface ServedToolchain { hash: string; peer: string; bytes: number; ms: number }
+
+/** `archiveOf` returns the archive bytes for a hash this node holds, or null; `onSent` hears of each archive sent whole. */
+export async function serveToolchains(node: Libp2p, meshId: string, archiveOf: (hash: string) => Promise<Buffer | null>, onError: (peer: string, err: Error) => void,
+  onSent?: (sent: ServedToolchain) => void): Promise<void> {
   await node.handle(toolchainFetchProtocol(meshId), async (stream, connection) => {
     const f = new Framed(stream)
+    const t0 = Date.now()
     try {
       const req = await f.readJson<{ v?: unknown; hash?: unknown }>()
       const hash = str(req.hash, 'hash', 128)
@@ -37,6 +42,7 @@ export async function serveToolchains(node: Libp2p, meshId: string, archiveOf: (
       }
       await f.writeJson({ ok: true })
       await f.writeBlob(data)
+      onSent?.({ hash, peer: connection.remotePeer.toString(), bytes: data.length, ms: Date.now() - t0 })
     } catch (err) {
       onError(connection.remotePeer.toString(), err as Error)
       f.abort(err as Error)
