@@ -2,7 +2,7 @@
 // (~/.config/meshcc/config.toml or MESHCC_CONF), then environment variables.
 // Kept free of heavy imports: the per-compile launcher loads it too.
 import { existsSync, readFileSync } from 'node:fs'
-import { homedir, availableParallelism, userInfo } from 'node:os'
+import { homedir, availableParallelism, totalmem, userInfo } from 'node:os'
 import { join, resolve, dirname } from 'node:path'
 import { parse as parseToml } from 'smol-toml'
 
@@ -49,6 +49,10 @@ export interface Config {
     toolchainArchives: Record<string, string>
     /** wall-clock limit of one remote job, seconds */
     jobTimeout: number
+    /** bytes one remote job may write: its working directory and TMPDIR together (a tmpfs, so memory) */
+    jobDisk: number
+    /** address space of each of one remote job's processes, bytes (RLIMIT_AS) */
+    jobMemory: number
     /** the speed score this machine advertises; 0 = measure it at start */
     speed: number
   }
@@ -88,6 +92,18 @@ export const DEFAULT_MESH_LISTEN = [`/ip4/0.0.0.0/tcp/${DEFAULT_MESH_PORT}`]
 /** seconds: a daemon without a mesh exits after this long without a request */
 export const DEFAULT_IDLE_TIMEOUT = 600
 export const DEFAULT_SHIM_LISTEN = '127.0.0.1:10600'
+/** [build] job_disk: room for a compile's own writes (its object, at most 256 MiB, and an assembler temp file) */
+export const DEFAULT_JOB_DISK = 1024 ** 3
+const GIB = 1024 ** 3
+/**
+ * [build] job_memory: one and a half shares of the machine's memory per offered core (the jobs
+ * seldom peak at once), at least 1 GiB (ordinary -O2 -g C++ units need that), at most 4 GiB
+ * (the heaviest common units peak at 2-3 GiB; one that needs more is compiled by its client).
+ */
+export function defaultJobMemory(cores: number, memory = totalmem()): number {
+  const share = Math.floor((memory * 1.5) / Math.max(1, cores) / 1048576) * 1048576
+  return Math.min(4 * GIB, Math.max(GIB, share))
+}
 
 export function expandHome(p: string): string {
   if (p === '~') return homedir()
@@ -328,6 +344,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   const mesh = section('mesh')
   const shim = section('shim')
 
+  const offered = build.int('cores', cores, 0, 4096)
   const cfg: Config = {
     file: exists ? file : null,
     sources,
@@ -345,12 +362,14 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     log: { level: log.oneOf('level', 'info', LOG_LEVELS) },
     build: {
       localSlots: build.int('local_slots', cores, 0, 4096),
-      cores: build.int('cores', cores, 0, 4096),
+      cores: offered,
       offer: build.oneOf('offer', 'always', ['always', 'idle', 'never'] as const),
       sandbox: build.oneOf('sandbox', 'bwrap', ['bwrap', 'none'] as const),
       toolchainCacheSize: build.size('toolchain_cache_size', 10 * 1024 ** 3, MIN_CACHE_BYTES),
       toolchainArchives: Object.fromEntries(Object.entries(build.stringTable('toolchain_archives')).map(([k, v]) => [expandHome(k), expandHome(v)])),
       jobTimeout: build.int('job_timeout', 600, 1, 86_400),
+      jobDisk: build.size('job_disk', DEFAULT_JOB_DISK, 1024 ** 2),
+      jobMemory: build.size('job_memory', defaultJobMemory(offered), 16 * 1024 ** 2),
       speed: build.int('speed', 0, 0, 1_000_000)
     },
     mesh: {

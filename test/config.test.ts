@@ -5,7 +5,7 @@ import assert from 'node:assert/strict'
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { ConfigError, loadConfig, parseSize } from '../src/config.js'
+import { ConfigError, defaultJobMemory, loadConfig, parseSize } from '../src/config.js'
 import { runCommand, MESHCC } from './helpers/meshcc.js'
 
 function withConf(text: string, fn: (file: string, dir: string) => void | Promise<void>) {
@@ -131,3 +131,23 @@ test('a config broken while the daemon runs: the launcher still warns in one lin
     await inst.stop()
   }
 })
+
+test('[build] job_disk and job_memory: defaults, sizes as written, too small is one clear line', withConf('[build]\njob_disk = "256M"\njob_memory = "3G"\n', (file, dir) => {
+  const c = loadConfig({ MESHCC_CONF: file })
+  assert.equal(c.build.jobDisk, 256 * 1024 ** 2)
+  assert.equal(c.build.jobMemory, 3 * 1024 ** 3)
+  const empty = join(dir, 'empty.toml')
+  writeFileSync(empty, '[build]\ncores = 8\n')
+  const d = loadConfig({ MESHCC_CONF: empty })
+  assert.equal(d.build.jobDisk, 1024 ** 3)
+  assert.equal(d.build.jobMemory, defaultJobMemory(8))
+  // 1.5 shares of memory per offered core, between 1 and 4 GiB
+  assert.equal(defaultJobMemory(8, 16 * 1024 ** 3), 3 * 1024 ** 3)
+  assert.equal(defaultJobMemory(2, 24 * 1024 ** 3), 4 * 1024 ** 3)
+  assert.equal(defaultJobMemory(16, 4 * 1024 ** 3), 1024 ** 3)
+  assert.equal(defaultJobMemory(0, 2 * 1024 ** 3), 3 * 1024 ** 3, 'not offering: as for one core')
+  for (const [text, re] of [['job_disk = "10"', /\[build\] job_disk: "10" is too small \(at least 1\.0 MiB\)/], ['job_memory = "1M"', /\[build\] job_memory: "1M" is too small \(at least 16\.0 MiB\)/]] as const) {
+    writeFileSync(empty, `[build]\n${text}\n`)
+    assert.throws(() => loadConfig({ MESHCC_CONF: empty }), (e: unknown) => e instanceof ConfigError && re.test(e.message) && !e.message.includes('\n'))
+  }
+}))

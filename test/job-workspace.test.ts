@@ -1,12 +1,12 @@
 // Job trees kept between jobs on a builder (src/daemon/job-workspace.ts), on the real
-// filesystem: a reused tree must hold the next job's inputs with their current contents and
-// none of the previous job's output (a fresh one nothing but the inputs), never be shared
-// between peers, never write through a toolchain hard link, and be dropped when its job did
-// not end cleanly or changed its inputs.
+// filesystem: a reused tree must hold the next job's inputs with their current contents (a
+// fresh one nothing but the inputs), never be shared between peers, never write through a
+// toolchain hard link, be dropped when its job did not end cleanly, and hold every input
+// readable by the job's user. (Jobs cannot write the tree: test/sandbox-bwrap.test.ts.)
 import { test, after } from 'node:test'
 import assert from 'node:assert/strict'
 import { createHash } from 'node:crypto'
-import { existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs'
+import { existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join, relative } from 'node:path'
 import { WorkspacePool } from '../src/daemon/job-workspace.js'
@@ -64,18 +64,13 @@ function tree(dir: string): Record<string, string> {
 
 const key = (peer: string) => ({ peer, toolchain: TOOL, cwd: CWD })
 
-test('a kept tree: the next job\'s inputs at their current contents, earlier inputs kept, none of the previous job\'s output', async () => {
+test('a kept tree: the next job\'s inputs at their current contents, earlier inputs kept', async () => {
   const p = pool()
   const a = job({ [`${CWD}/src/a.c`]: 'int a;', [`${CWD}/include/x.h`]: 'x1', '/opt/sdk/include/sdk.h': 'sdk' })
   const ws = await p.acquire(key('peer1'), a.refs, a.data, [`${CWD}/build`])
   assert.deepEqual(tree(ws.cwdDir), { 'src/': '<dir>', 'src/a.c': 'int a;', 'include/': '<dir>', 'include/x.h': 'x1', 'build/': '<dir>' })
   assert.equal(readFileSync(join(ws.root, 'opt/sdk/include/sdk.h'), 'utf8'), 'sdk')
   assert.equal(readFileSync(join(ws.root, 'usr/bin/cc'), 'utf8'), 'the compiler')
-  // what a compile leaves behind: its object, a dump file, a directory of its own
-  writeFileSync(join(ws.cwdDir, 'build', 'a.o'), 'object')
-  writeFileSync(join(ws.cwdDir, 'src', 'a.su'), 'stack usage')
-  mkdirSync(join(ws.cwdDir, 'build', 'tmpdir'))
-  writeFileSync(join(ws.cwdDir, 'build', 'tmpdir', 'f'), 'x')
   await p.release(ws, true)
 
   const b = job({ [`${CWD}/src/b.c`]: 'int b;', [`${CWD}/include/x.h`]: 'x2', [`${CWD}/include/y.h`]: 'y', '/opt/sdk/include/sdk.h': 'sdk' })
@@ -119,20 +114,24 @@ test('trees are never shared between peers, and one that did not end cleanly is 
   assert.equal(existsSync(w1.base), false, 'stop deletes the idle trees')
 })
 
-test('a job that removed or replaced one of its inputs leaves a tree that is not reused', async () => {
+test('inputs are readable by everyone (a root daemon\'s jobs run as nobody), and a job is shown the entries of the cwd it needs', async () => {
   const p = pool()
-  const a = job({ [`${CWD}/a.c`]: 'int a;', [`${CWD}/inc/h.h`]: 'h' })
-  const w1 = await p.acquire(key('peer1'), a.refs, a.data, [])
-  unlinkSync(join(w1.cwdDir, 'inc', 'h.h'))
-  symlinkSync('/etc/passwd', join(w1.cwdDir, 'inc', 'h.h'))
-  await p.release(w1, true)
-  assert.equal(existsSync(w1.base), false)
-  const w2 = await p.acquire(key('peer1'), a.refs, a.data, [])
-  assert.notEqual(w2.base, w1.base)
-  assert.equal(readFileSync(join(w2.cwdDir, 'inc', 'h.h'), 'utf8'), 'h')
-  rmSync(join(w2.cwdDir, 'a.c'))
-  await p.release(w2, true)
-  assert.equal(existsSync(w2.base), false, 'a removed input is noticed too')
+  const a = job({ [`${CWD}/src/a.c`]: 'int a;', [`${CWD}/top.h`]: 't', [`${CWD}/include/x.h`]: 'x', '/opt/sdk/sdk.h': 'sdk' })
+  a.refs[0]!.mode = 0o600
+  a.refs[1]!.mode = 0o750
+  const ws = await p.acquire(key('peer1'), a.refs, a.data, [`${CWD}/build/obj`, '/opt/other'])
+  assert.equal(statSync(join(ws.cwdDir, 'src/a.c')).mode & 0o777, 0o644)
+  assert.equal(statSync(join(ws.cwdDir, 'top.h')).mode & 0o777, 0o754)
+  assert.equal(statSync(join(ws.root, 'opt/sdk/sdk.h')).mode & 0o777, 0o644)
+  assert.deepEqual(ws.cwdEntries([...a.refs.map((r) => r.path), `${CWD}/build/obj`, '/opt/other', CWD]).sort(), ['build', 'include', 'src', 'top.h'])
+  // a mode change alone: still readable
+  await p.release(ws, true)
+  const b = job({ [`${CWD}/src/a.c`]: 'int a;' })
+  b.refs[0]!.mode = 0o700
+  const ws2 = await p.acquire(key('peer1'), b.refs, b.data, [])
+  assert.equal(ws2.base, ws.base)
+  assert.equal(statSync(join(ws2.cwdDir, 'src/a.c')).mode & 0o777, 0o744)
+  await p.release(ws2, true)
   await p.stop()
 })
 

@@ -1,58 +1,32 @@
 // bubblewrap sandbox: a tiny toolchain root built from host binaries (dash, coreutils, bash for
-// /dev/tcp), jobs run in it and must see only that root, their job directory and a fresh TMPDIR.
+// /dev/tcp), jobs run in it and must see only that root, their inputs (read-only), and a
+// size-capped tmpfs for their working directory and TMPDIR; they run as an unprivileged user,
+// and a file is taken out of them only if it is a regular file of their own.
 import { test, before, after } from 'node:test'
 import assert from 'node:assert/strict'
-import { execFileSync } from 'node:child_process'
-import { copyFileSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, readlinkSync, realpathSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import { createServer, type Server } from 'node:net'
 import { tmpdir } from 'node:os'
 import { basename, dirname, join } from 'node:path'
-import { checkBwrap, runSandboxed, SandboxJobError, SCRATCH_DIR, type SandboxJob } from '../src/sandbox/bwrap.js'
+import { buildHostRoot, treeBytes, waitForProcess } from './helpers/sandbox.js'
+import { checkBwrap, JOB_PROCESSES, runSandboxed, SandboxJobError, SCRATCH_DIR, type SandboxJob } from '../src/sandbox/bwrap.js'
 
-const TOOLS = ['/bin/sh', '/bin/cat', '/bin/ls', '/usr/bin/env', '/bin/sleep', '/usr/bin/head', '/bin/mkdir', '/bin/bash']
+const TOOLS = ['/bin/sh', '/bin/cat', '/bin/ls', '/usr/bin/env', '/bin/sleep', '/usr/bin/head', '/bin/mkdir', '/bin/bash',
+  '/bin/ln', '/usr/bin/mkfifo', '/bin/chmod', '/bin/cp', '/usr/bin/tail', '/usr/bin/tr']
 
 let base: string
 let root: string
 let jobN = 0
 
-/** Copies `file` into root at the same absolute path (parent directories resolved as on the
- *  host, symlinks recreated and followed). */
-function copyIn(file: string): void {
-  const dir = realpathSync(dirname(file))
-  const src = join(dir, basename(file))
-  const dest = join(root, src)
-  if (existsSync(dest) || isLink(dest)) return
-  mkdirSync(join(root, dir), { recursive: true })
-  if (isLink(src)) {
-    const target = readlinkSync(src)
-    symlinkSync(target, dest)
-    copyIn(target.startsWith('/') ? target : join(dir, target))
-  } else {
-    copyFileSync(src, dest)
-  }
-}
-function isLink(p: string): boolean {
-  try { return lstatSync(p).isSymbolicLink() } catch { return false }
-}
-
-function buildRoot(): void {
-  // Merged-/usr hosts: keep /bin -> usr/bin etc. so absolute paths work as on the host.
-  for (const top of ['bin', 'sbin', 'lib', 'lib64']) {
-    if (isLink(`/${top}`)) symlinkSync(readlinkSync(`/${top}`), join(root, top))
-  }
-  for (const tool of TOOLS) {
-    copyIn(tool)
-    // shared libraries and the dynamic loader, by the paths ldd prints
-    for (const m of execFileSync('ldd', [tool], { encoding: 'utf8' }).matchAll(/(\/\S+)\s+\(0x/g)) copyIn(m[1]!)
-  }
-}
-
+/** A job whose inputs directory holds `input.c` and `inc/h.h`, both visible in its cwd. */
 function newJob(over: Partial<SandboxJob> = {}): SandboxJob {
-  const jobDir = join(base, `job${++jobN}`)
-  mkdirSync(jobDir)
+  const dir = join(base, `inputs${++jobN}`)
+  mkdirSync(join(dir, 'inc'), { recursive: true })
+  writeFileSync(join(dir, 'input.c'), 'int input;\n')
+  writeFileSync(join(dir, 'inc', 'h.h'), 'int h;\n')
   return {
-    root, jobDir, cwd: '/home/alice/src/proj', argv: ['/bin/sh', '-c', 'true'], env: { PATH: '/usr/bin:/bin' },
-    timeoutMs: 5000, cpuSeconds: 5, maxOutputBytes: 64 * 1024, ...over
+    root, inputs: { dir, entries: ['input.c', 'inc'] }, cwd: '/home/alice/src/proj', argv: ['/bin/sh', '-c', 'true'], env: { PATH: '/usr/bin:/bin' },
+    timeoutMs: 5000, cpuSeconds: 5, maxOutputBytes: 64 * 1024, diskBytes: 8 * 1024 * 1024, ...over
   }
 }
 const sh = (script: string, over: Partial<SandboxJob> = {}) => newJob({ argv: ['/bin/sh', '-c', script], ...over })
@@ -62,7 +36,7 @@ before(() => {
   base = mkdtempSync(join(tmpdir(), 'meshcc-sandbox-'))
   root = join(base, 'root')
   mkdirSync(root)
-  buildRoot()
+  buildHostRoot(root, TOOLS)
 })
 after(() => { rmSync(base, { recursive: true, force: true }) })
 
@@ -74,18 +48,20 @@ test('checkBwrap finds a working bwrap', async () => {
   assert.strictEqual(await checkBwrap().then((x) => x.ok && x.path), r.path)
 })
 
-test('job runs in cwd, writes into jobDir, stdout/stderr/exit code come back', async () => {
-  const job = sh('pwd; echo oops >&2; echo result > out.txt; mkdir -p sub && echo x > sub/y; exit 3')
+test('job runs in cwd among its inputs, stdout/stderr/exit code and the collected file come back', async () => {
+  const job = sh('pwd; cat input.c inc/h.h; echo oops >&2; echo result > out.txt; mkdir -p sub && echo x > sub/y && cat out.txt; exit 3', { collect: 'sub/y' })
   const r = await runSandboxed(job)
   assert.equal(r.sandboxError, null)
   assert.equal(r.exitCode, 3)
   assert.equal(r.signal, null)
-  assert.equal(text(r.stdout), '/home/alice/src/proj\n')
+  assert.equal(text(r.stdout), '/home/alice/src/proj\nint input;\nint h;\nresult\n')
   assert.equal(text(r.stderr), 'oops\n')
-  assert.equal(readFileSync(join(job.jobDir, 'out.txt'), 'utf8'), 'result\n')
-  assert.equal(readFileSync(join(job.jobDir, 'sub/y'), 'utf8'), 'x\n')
+  assert.deepEqual(r.collected, { ok: true, data: Buffer.from('x\n') })
   assert.equal(r.timedOut, false)
   assert.equal(r.outputTooLarge, false)
+  assert.equal(r.diskFull, false)
+  // what the job wrote went with its tmpfs; the inputs directory is as it was
+  assert.deepEqual(readdirSync(job.inputs!.dir).sort(), ['inc', 'input.c'])
 })
 
 test('cwd below a directory the root has keeps its siblings visible', async () => {
@@ -97,7 +73,7 @@ test('cwd below a directory the root has keeps its siblings visible', async () =
   // and under /tmp (the client's paths are reproduced there too; scratch space is TMPDIR)
   const t = await runSandboxed(sh('pwd; echo a > f; ls', { cwd: '/tmp/build' }))
   assert.equal(t.exitCode, 0, text(t.stderr))
-  assert.equal(text(t.stdout), '/tmp/build\nf\n')
+  assert.equal(text(t.stdout), '/tmp/build\nf\ninc\ninput.c\n')
 })
 
 test('job sees no host files and cannot write the root, /proc/sys or outside its dir', async () => {
@@ -208,30 +184,133 @@ test('output cap: too much stdout', async () => {
   assert.equal(r.timedOut, false)
 })
 
-test('output cap: too large files left in jobDir, and a file beyond RLIMIT_FSIZE', async () => {
-  const r = await runSandboxed(sh('head -c 50000 /dev/zero > big.o', { maxOutputBytes: 10_000 }))
-  assert.equal(r.exitCode, 0, JSON.stringify({ ...r, stdout: text(r.stdout), stderr: text(r.stderr) }))
-  assert.equal(r.outputTooLarge, true)
-  const small = await runSandboxed(sh('head -c 5000 /dev/zero > ok.o', { maxOutputBytes: 10_000 }))
-  assert.equal(small.outputTooLarge, false)
-  // tmpBytes doubles as the per-file limit: the write is stopped, not merely reported afterwards
-  const job = sh('head -c 5000000 /dev/zero > huge.o', { maxOutputBytes: 10_000, tmpBytes: 1_000_000 })
-  const h = await runSandboxed(job)
-  assert.equal(h.outputTooLarge, true)
-  assert.equal(h.signal, 'SIGXFSZ')
-  assert.ok(statSync(join(job.jobDir, 'huge.o')).size <= 1_000_000)
+test('a collected file over the output cap is not taken', async () => {
+  const r = await runSandboxed(sh('head -c 50000 /dev/zero > big.o', { maxOutputBytes: 10_000, collect: 'big.o' }))
+  assert.equal(r.exitCode, 0, text(r.stderr))
+  assert.deepEqual(r.collected, { ok: false, reason: 'big.o: larger than 10000 bytes' })
+  const small = await runSandboxed(sh('head -c 5000 /dev/zero > ok.o', { maxOutputBytes: 10_000, collect: 'ok.o' }))
+  assert.equal(small.collected?.ok && small.collected.data.length, 5000)
 })
+
+test('disk: the job writes into a tmpfs of diskBytes (cwd and TMPDIR together), stopped while it writes; the host disk is untouched', async () => {
+  // four files of 3 MiB, each under the per-file limit: the old per-file check let 4 GiB through
+  const job = sh('for i in 1 2 3; do head -c 3145728 /dev/zero > big$i || exit 9; done; head -c 3145728 /dev/zero > "$TMPDIR/t" || exit 8; echo done',
+    { diskBytes: 8 * 1024 * 1024, timeoutMs: 20_000 })
+  const before = treeBytes(base)
+  const r = await runSandboxed(job)
+  assert.equal(r.sandboxError, null, text(r.stderr))
+  assert.equal(r.exitCode, 9, `the third file did not fit: ${text(r.stderr)}`)
+  assert.equal(r.diskFull, true)
+  assert.match(text(r.stderr), /No space left on device/)
+  assert.equal(treeBytes(base), before, 'nothing landed in the test\'s directories on the host (root and inputs)')
+  assert.deepEqual(readdirSync(job.inputs!.dir).sort(), ['inc', 'input.c'])
+  // TMPDIR shares the budget
+  const t = await runSandboxed(sh('head -c 6291456 /dev/zero > big; head -c 3145728 /dev/zero > "$TMPDIR/t" || exit 8', { diskBytes: 8 * 1024 * 1024 }))
+  assert.equal(t.exitCode, 8)
+  assert.equal(t.diskFull, true)
+  // and the next job has its own, empty tmpfs
+  const next = await runSandboxed(sh('ls -A; head -c 3145728 /dev/zero > big && echo fits', { diskBytes: 8 * 1024 * 1024 }))
+  assert.equal(text(next.stdout), 'inc\ninput.c\nfits\n')
+  assert.equal(next.diskFull, false)
+})
+
+test('the inputs are read-only to the job, and so is everything else but its tmpfs', async () => {
+  const job = sh([
+    'echo x > input.c && echo WROTE-input',
+    'rm -f inc/h.h && echo REMOVED-input',
+    'echo x > inc/new.h && echo WROTE-inputdir',
+    'mv inc gone && echo MOVED-inputdir',
+    'echo x > /dev/shm/x && echo WROTE-dev',
+    // every mount the job can write: the line's mount options come first after the mount point
+    'while read -r id parent dev root mnt opts rest; do case "$opts" in rw*) echo "rw $mnt";; esac; done < /proc/self/mountinfo',
+    'exit 0'
+  ].join('; '))
+  const r = await runSandboxed(job)
+  assert.equal(r.exitCode, 0, text(r.stderr))
+  const out = text(r.stdout)
+  assert.doesNotMatch(out, /WROTE|REMOVED|MOVED/, out)
+  // the job's tmpfs (twice: cwd and TMPDIR), /dev's device nodes and a private devpts; nothing of the host
+  assert.deepEqual(out.trim().split('\n').filter((l) => l.startsWith('rw ')).sort(),
+    ['rw /.meshcc-tmp', 'rw /dev/full', 'rw /dev/null', 'rw /dev/pts', 'rw /dev/random', 'rw /dev/tty', 'rw /dev/urandom', 'rw /dev/zero', `rw ${job.cwd}`])
+  assert.equal(readFileSync(join(job.inputs!.dir, 'input.c'), 'utf8'), 'int input;\n')
+  assert.deepEqual(readdirSync(join(job.inputs!.dir, 'inc')), ['h.h'])
+})
+
+test('a collected file is taken only if it is a regular file of the job\'s own: no link, FIFO or device leads out', async () => {
+  const secret = join(tmpdir(), `meshcc-secret-${process.pid}`)
+  writeFileSync(secret, 'host secret\n')
+  try {
+    const cases: Array<[string, string, RegExp]> = [
+      [`ln -s ${secret} x.o`, 'x.o', /x\.o is a symbolic link/],
+      ['ln -s /dev/zero x.o', 'x.o', /x\.o is a symbolic link/],
+      ['echo mine > real; ln real x.o', 'x.o', /a hard link \(2 links\)/],
+      ['ln input.c x.o', 'x.o', /x\.o is missing/], // the inputs are another mount: EXDEV
+      [`ln -s ${dirname(secret)} sub`, `sub/${basename(secret)}`, /sub is a symbolic link or not a directory/],
+      ['ln -s /usr sub', 'sub/bin/sh', /sub is a symbolic link or not a directory/],
+      ['mkfifo x.o', 'x.o', /not a regular file/],
+      ['mkdir x.o', 'x.o', /not a regular file/],
+      ['true', 'x.o', /x\.o is missing/]
+    ]
+    for (const [script, collect, reason] of cases) {
+      const r = await runSandboxed(sh(`${script}; exit 0`, { collect }))
+      assert.equal(r.exitCode, 0, `${script}: ${text(r.stderr)}`)
+      assert.equal(r.collected?.ok, false, `${script}: ${JSON.stringify(r.collected)}`)
+      assert.match(r.collected && !r.collected.ok ? r.collected.reason : '', reason, script)
+    }
+  } finally {
+    rmSync(secret, { force: true })
+  }
+})
+
+test('the job runs as an unprivileged user on the host, and what it marks setuid has no effect', { skip: process.getuid?.() !== 0 ? 'needs root: checks what a root daemon\'s jobs run as' : false }, async () => {
+  const marker = '37.5417'
+  const job = sh(`cp /bin/sh ./suid && chmod 4755 ./suid && echo made; sleep ${marker}`, { timeoutMs: 20_000 })
+  const running = runSandboxed(job)
+  // the job's sleep, from the host
+  const pid = await waitForProcess(['sleep', marker])
+  assert.ok(pid, 'the job is running')
+  const uids = /^Uid:\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))!.slice(1).map(Number)
+  assert.deepEqual(uids, [65534, 65534, 65534, 65534], 'real, effective, saved and filesystem uid: nobody')
+  const suid = statSync(`/proc/${pid}/cwd/suid`)
+  assert.equal(suid.uid, 65534, 'the file is not root\'s')
+  const mount = readFileSync(`/proc/${pid}/mountinfo`, 'utf8').split('\n').find((l) => l.split(' ')[4] === job.cwd)!
+  assert.match(mount.split(' ')[5]!, /(^|,)nosuid(,|$)/)
+  assert.match(mount.split(' ')[5]!, /(^|,)nodev(,|$)/)
+  process.kill(Number(pid), 'SIGKILL')
+  const r = await running
+  assert.equal(r.sandboxError, null)
+  assert.match(text(r.stdout), /made/)
+})
+
+test('memory: a process allocating past maxMemoryBytes fails, and a fork bomb stops at JOB_PROCESSES', async () => {
+  // tail -c N of a pipe keeps the last N bytes in memory: 100 MB of them
+  const hog = await runSandboxed(sh('head -c 200000000 /dev/zero | tail -c 100000000 > /dev/null && echo survived', { maxMemoryBytes: 32 * 1024 * 1024, timeoutMs: 30_000 }))
+  assert.equal(hog.sandboxError, null)
+  assert.equal(text(hog.stdout), '')
+  assert.match(text(hog.stderr), /memory exhausted/)
+  assert.notEqual(hog.exitCode, 0)
+  // without the cap the same job gets its memory (the limit is what stopped it)
+  const free = await runSandboxed(sh('head -c 200000000 /dev/zero | tail -c 100000000 > /dev/null && echo survived', { timeoutMs: 30_000 }))
+  assert.equal(text(free.stdout), 'survived\n')
+  const bomb = await runSandboxed(sh('n=0; while [ $n -lt 100 ]; do sleep 1 & n=$((n+1)); done; echo spawned', { timeoutMs: 20_000 }))
+  assert.match(text(bomb.stderr), /Cannot fork/)
+  assert.ok(JOB_PROCESSES < 100)
+})
+
 
 test('bwrap setup failures are sandboxError, not a job exit code', async () => {
   const missing = await runSandboxed(newJob({ root: join(base, 'no-such-root') }))
   assert.equal(missing.exitCode, null)
   assert.match(missing.sandboxError ?? '', /no-such-root/)
 
-  const noJobDir = sh('true')
-  rmSync(noJobDir.jobDir, { recursive: true })
-  const r = await runSandboxed(noJobDir)
+  const noInputs = sh('true')
+  rmSync(noInputs.inputs!.dir, { recursive: true })
+  const r = await runSandboxed(noInputs)
   assert.equal(r.exitCode, null)
-  assert.match(r.sandboxError ?? '', /^bwrap: /)
+  assert.match(r.sandboxError ?? '', /^meshcc-reap: .*inputs.*No such file/)
+  const noEntry = await runSandboxed(sh('true', { inputs: { ...newJob().inputs!, entries: ['no-such-entry'] } }))
+  assert.equal(noEntry.exitCode, null)
+  assert.match(noEntry.sandboxError ?? '', /^bwrap: .*no-such-entry/)
 
   const noExe = await runSandboxed(newJob({ argv: ['/usr/bin/no-such-compiler'] }))
   assert.equal(noExe.exitCode, null)
@@ -248,4 +327,9 @@ test('invalid jobs are rejected', async () => {
   await assert.rejects(runSandboxed(newJob({ cwd: '/proc/self' })), SandboxJobError)
   await assert.rejects(runSandboxed(newJob({ argv: ['gcc'] })), SandboxJobError)
   await assert.rejects(runSandboxed(newJob({ env: { 'A=B': 'x' } })), SandboxJobError)
+  for (const bad of ['../x', 'a/b', '..', '']) {
+    await assert.rejects(runSandboxed(newJob({ inputs: { dir: base, entries: [bad] } })), SandboxJobError)
+  }
+  await assert.rejects(runSandboxed(newJob({ cwd: SCRATCH_DIR })), SandboxJobError)
+  await assert.rejects(runSandboxed(newJob({ diskBytes: 0 })), SandboxJobError)
 })

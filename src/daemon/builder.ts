@@ -7,18 +7,21 @@
 // so that only the files that differ are written.
 import { createHash } from 'node:crypto'
 import { existsSync } from 'node:fs'
-import { copyFile, mkdir, readFile, rm } from 'node:fs/promises'
+import { copyFile, mkdir, rm } from 'node:fs/promises'
 import { loadavg } from 'node:os'
-import { dirname, join } from 'node:path'
+import { dirname, join, relative } from 'node:path'
 import { execa } from 'execa'
 import type { Config } from '../config.js'
 import type { Logger } from '../log.js'
 import type { JobFile, JobHandler, JobHeader, JobReply } from '../mesh/protocols/compile-job.js'
 import { checkBwrap, runSandboxed, type SandboxJob, type SandboxResult } from '../sandbox/bwrap.js'
+import { readJobFile } from '../sandbox/job-output.js'
 import type { ToolchainCache } from '../toolchain/cache.js'
 import { WorkspacePool, type Workspace, type WorkspaceStats } from './job-workspace.js'
 
 const INPUTS_MISMATCH = 'inputs mismatch'
+/** stdout plus stderr of a job, and its object (the protocol's own cap) */
+const MAX_OUTPUT_BYTES = 256 * 1024 * 1024
 
 export interface BuilderOptions {
   config: Config
@@ -201,13 +204,14 @@ export class Builder implements JobHandler {
   private async runIn(ws: Workspace, header: JobHeader): Promise<JobReply> {
     const b = this.opts.config.build
     const { root, cwdDir } = ws
-    const inputs = ws.inputsUnderCwd
+    const inputs = { dir: cwdDir, entries: ws.cwdEntries([...header.files.map((f) => f.path), ...header.dirs]) }
     const env = { ...header.env, PATH: '/usr/local/bin:/usr/bin:/bin' }
-    const job = (argv: string[]): SandboxJob => ({
-      root, jobDir: cwdDir, cwd: header.cwd, argv, env, inputs,
-      timeoutMs: b.jobTimeout * 1000, cpuSeconds: b.jobTimeout, maxOutputBytes: 256 * 1024 * 1024
+    const job = (argv: string[], collect?: string): SandboxJob => ({
+      root, inputs, cwd: header.cwd, argv, env, collect,
+      timeoutMs: b.jobTimeout * 1000, cpuSeconds: b.jobTimeout, maxOutputBytes: MAX_OUTPUT_BYTES,
+      diskBytes: b.jobDisk, maxMemoryBytes: b.jobMemory
     })
-    const exec = (argv: string[]) => (b.sandbox === 'none' ? runChrooted(root, header.cwd, argv, env, b.jobTimeout * 1000) : runSandboxed(job(argv)))
+    const exec = (argv: string[], collect?: string) => (b.sandbox === 'none' ? runChrooted(root, header.cwd, argv, env, b.jobTimeout * 1000) : runSandboxed(job(argv, collect)))
 
     // the builder must see exactly the client's translation unit, or the object could differ
     const pp = await exec([header.compiler, ...header.ppArgv])
@@ -222,13 +226,15 @@ export class Builder implements JobHandler {
     const ppHash = createHash('sha256').update(pp.stdout).digest('hex')
     if (ppHash !== header.ppHash) return { kind: 'failed', reason: `${INPUTS_MISMATCH}: the preprocessed unit differs from the client's` }
 
-    const r = await exec([header.compiler, ...header.argv])
+    const r = await exec([header.compiler, ...header.argv], relative(header.cwd, header.objPath))
     const bad = infraFailure(r)
     if (bad) return { kind: 'failed', reason: bad }
     if (r.exitCode !== 0) return { kind: 'done', exitCode: r.exitCode ?? 1, stdout: r.stdout, stderr: r.stderr, obj: null }
-    const obj = await readFile(ws.place(header.objPath)).catch(() => null)
-    if (!obj) return { kind: 'failed', reason: 'the compiler wrote no object' }
-    return { kind: 'done', exitCode: 0, stdout: r.stdout, stderr: r.stderr, obj }
+    // never by a host path that the job could have made a link: the sandbox took it from inside;
+    // under sandbox = "none", from the chroot's top without following any link
+    const obj = b.sandbox === 'none' ? await readJobFile(root, header.objPath, MAX_OUTPUT_BYTES) : r.collected ?? { ok: false, reason: 'not collected' }
+    if (!obj.ok) return { kind: 'failed', reason: `the compiler's object is not taken: ${obj.reason}` }
+    return { kind: 'done', exitCode: 0, stdout: r.stdout, stderr: r.stderr, obj: obj.data }
   }
 }
 
@@ -248,6 +254,7 @@ function infraFailure(r: SandboxResult): string | null {
   if (r.sandboxError) return `sandbox: ${r.sandboxError}`
   if (r.timedOut) return 'timed out'
   if (r.outputTooLarge) return 'output too large'
+  if (r.diskFull) return 'the job filled its disk space ([build] job_disk)'
   if (r.signal) return `compiler killed by ${r.signal}`
   if (r.exitCode === null) return 'compiler did not exit normally'
   return null
@@ -271,7 +278,7 @@ async function runChrooted(root: string, cwd: string, argv: string[], env: Recor
   const setupFailed = r.exitCode === 125 || r.exitCode === 126 || r.exitCode === 127 || (r.failed && r.exitCode === undefined)
   return {
     exitCode: r.exitCode ?? null, signal: r.signal ?? null, stdout: Buffer.from(r.stdout as Uint8Array), stderr: Buffer.from(r.stderr as Uint8Array),
-    timedOut: Boolean(r.timedOut), outputTooLarge: false,
+    timedOut: Boolean(r.timedOut), outputTooLarge: false, diskFull: false, collected: null,
     sandboxError: setupFailed ? `chroot: ${Buffer.from(r.stderr as Uint8Array).toString('utf8').split('\n')[0].slice(0, 200) || (r.exitCode === undefined ? (r.shortMessage ?? 'could not start').slice(0, 200) : `exit ${r.exitCode}`)}` : null
   }
 }

@@ -137,7 +137,7 @@ export async function startDaemon(config: Config, foreground: boolean): Promise<
       store.setMaxBytes(next.cache.size)
       config.log.level = logOpts.level = next.log.level
       compiles.setSlots(next.build.localSlots)
-      Object.assign(config.build, { localSlots: next.build.localSlots, offer: next.build.offer, jobTimeout: next.build.jobTimeout })
+      Object.assign(config.build, { localSlots: next.build.localSlots, offer: next.build.offer, jobTimeout: next.build.jobTimeout, jobDisk: next.build.jobDisk, jobMemory: next.build.jobMemory })
       Object.assign(config.daemon, { idleTimeout: next.daemon.idleTimeout, meshIdleTimeout: next.daemon.meshIdleTimeout })
       mesh?.loadChanged()
       log.info(`config reloaded: ${describeKeys(live)} applied`)

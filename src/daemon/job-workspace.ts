@@ -2,12 +2,12 @@
 //
 // A job's tree is <jobs dir>/w-*/root (hard links to the unpacked toolchain plus the inputs
 // outside the client's cwd; the sandbox's read-only root) and w-*/cwd (the inputs under the
-// cwd; mounted read-write at the client's cwd). A kernel unit brings about 800 headers:
-// creating and deleting them for every job cost a builder about 350 ms of CPU per job on ext4,
-// more than the compile itself. So a finished job's tree is kept, and the next job from the
-// same peer with the same toolchain and cwd gets the kept tree that already holds most of its
-// inputs. Files whose content differs are replaced, missing ones written, and whatever the
-// previous job left in the cwd (its object, dump files, directories) is removed.
+// cwd, whose entries the sandbox binds read-only into the job's working directory; the job
+// writes only to a tmpfs of its own, src/sandbox/bwrap.ts). A kernel unit brings about 800
+// headers: creating and deleting them for every job cost a builder about 350 ms of CPU per job
+// on ext4, more than the compile itself. So a finished job's tree is kept, and the next job
+// from the same peer with the same toolchain and cwd gets the kept tree that already holds
+// most of its inputs. Files whose content differs are replaced and missing ones written.
 //
 // Files of the same client's earlier jobs stay in the tree (a mirror of the client's
 // filesystem as far as it has shown it): the units of one build differ by a hundred headers
@@ -18,12 +18,11 @@
 // whose preprocessed text names a file to read later (.incbin) is not cacheable, so the
 // client compiles it itself and never ships it.
 //
-// Trees are never shared between peers: a job can change files in its writable cwd, and that
-// must only ever reach the same client's later jobs (whose preprocessing check then fails).
-// A tree whose job did not finish cleanly is deleted, not reused.
+// Trees are never shared between peers: one client's files are none of another's business.
+// A tree whose job did not finish cleanly is deleted, not reused; so is every tree under
+// sandbox = "none", where the job can write anywhere in its chroot.
 import { chmod, link, lstat, mkdir, mkdtemp, readdir, readlink, rm, symlink, writeFile } from 'node:fs/promises'
 import { dirname, join, relative } from 'node:path'
-import { readdirSync } from 'node:fs'
 import type { JobFileRef } from '../mesh/protocols/compile-job.js'
 
 export interface WorkspaceKey {
@@ -57,23 +56,26 @@ export interface WorkspaceStats {
 /** A tree that has grown past this many inputs is not kept. */
 const MAX_TREE_FILES = 100_000
 
+/**
+ * The mode an input gets here: the client's, readable by everyone. A root daemon's jobs run as
+ * nobody, which must read every input whatever the client's umask was; the trees themselves
+ * sit in the daemon's own jobs directory (0700) and reach jobs read-only.
+ */
+const onDisk = (mode: number) => mode | 0o444
+
 /** One job tree, owned by one job at a time. */
 export class Workspace {
   readonly root: string
   /** host directory mounted at the client's cwd (inside root when chrooted) */
   readonly cwdDir: string
-  /** inputs present now: placed host path → content hash and mode */
+  /** inputs present now: placed host path → content hash and (the client's) mode */
   private readonly files = new Map<string, { hash: string; mode: number }>()
-  /** the keys of `files` under cwdDir */
-  private readonly cwdInputs = new Set<string>()
   /** directories this tree created for inputs (not the toolchain's own) */
   private readonly dirs = new Set<string>()
   /** the toolchain's own directories that inputs live under (never removed) */
   private readonly toolchainDirs = new Set<string>()
   /** an input replaced a toolchain file: removing it later would not bring the toolchain's back */
   private shadowsToolchain = false
-  /** a job removed or replaced one of the inputs: the tree no longer matches what it records */
-  private tampered = false
   lastUsed = Date.now()
   /** jobs run in this tree before the current one */
   jobsBefore = 0
@@ -89,9 +91,18 @@ export class Workspace {
     return p === cwd || p.startsWith(cwd + '/') ? join(this.cwdDir, relative(cwd, p)) : join(this.root, p)
   }
 
-  /** Host paths of the inputs now present under the cwd tree (not counted as the job's output). */
-  get inputsUnderCwd(): ReadonlySet<string> {
-    return this.cwdInputs
+  /** The names in the cwd tree that hold these files and directories (what the job must see there). */
+  cwdEntries(paths: Iterable<string>): string[] {
+    const names = new Set<string>()
+    const prefix = this.cwdDir + '/'
+    for (const p of paths) {
+      const placed = this.place(p)
+      if (!placed.startsWith(prefix)) continue
+      const rest = placed.slice(prefix.length)
+      const slash = rest.indexOf('/')
+      names.add(slash < 0 ? rest : rest.slice(0, slash))
+    }
+    return [...names]
   }
 
   /** How many of these inputs the tree holds already, byte for byte. */
@@ -102,7 +113,7 @@ export class Workspace {
   }
 
   get reusable(): boolean {
-    return !this.shadowsToolchain && !this.tampered && this.files.size <= MAX_TREE_FILES
+    return !this.shadowsToolchain && this.files.size <= MAX_TREE_FILES
   }
 
   /**
@@ -133,7 +144,7 @@ export class Workspace {
     for (const [p, w] of want) {
       const have = this.files.get(p)
       if (have?.hash === w.hash) {
-        if (have.mode !== w.mode) { await chmod(p, w.mode); have.mode = w.mode }
+        if (have.mode !== w.mode) { await chmod(p, onDisk(w.mode)); have.mode = w.mode }
         continue
       }
       if (have) {
@@ -143,42 +154,18 @@ export class Workspace {
         replaced++
       }
       try {
-        await writeFile(p, w.data, { mode: w.mode, flag: 'wx' })
+        await writeFile(p, w.data, { mode: onDisk(w.mode), flag: 'wx' })
       } catch (e) {
         if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e
         // a toolchain file (hard link) at an input's path: never write through the link
         this.shadowsToolchain = true
         await rm(p, { force: true })
-        await writeFile(p, w.data, { mode: w.mode, flag: 'wx' })
+        await writeFile(p, w.data, { mode: onDisk(w.mode), flag: 'wx' })
       }
       this.files.set(p, { hash: w.hash, mode: w.mode })
-      if (p.startsWith(this.cwdDir + '/')) this.cwdInputs.add(p)
       written++
     }
     return { written, replaced }
-  }
-
-  /**
-   * After a job: remove from the cwd tree everything that is not an input this tree placed
-   * (the object, dump files, directories the job made). The root was read-only to the job.
-   * An input the job removed or replaced by something else makes the tree unfit for reuse.
-   */
-  async clearOutputs(): Promise<void> {
-    let seen = 0
-    // readdir on this thread: a kept kernel tree has a hundred directories (see FileHasher)
-    const walk = async (dir: string): Promise<void> => {
-      for (const e of readdirSync(dir, { withFileTypes: true })) {
-        const p = `${dir}/${e.name}` // dir is absolute and normal, as are the input paths it is compared with
-        if (e.isDirectory() && this.dirs.has(p)) await walk(p)
-        else if (e.isFile() && this.files.has(p)) seen++
-        else {
-          if (this.files.has(p) || this.dirs.has(p)) this.tampered = true
-          await rm(p, { recursive: true, force: true })
-        }
-      }
-    }
-    await walk(this.cwdDir)
-    if (seen !== this.cwdInputs.size) this.tampered = true
   }
 }
 
@@ -245,19 +232,16 @@ export class WorkspacePool {
     return best
   }
 
-  /** Keep the tree for the next job (clean = the job ran to a verdict), or delete it. */
+  /**
+   * Keep the tree for the next job (clean = the job ran to a verdict), or delete it. Nothing to
+   * clean: the sandbox gave the job the tree read-only, and its writes died with its tmpfs.
+   */
   async release(ws: Workspace, clean: boolean): Promise<void> {
     if (clean && ws.reusable && !this.opts.chrooted) {
-      try {
-        await ws.clearOutputs()
-        if (!ws.reusable) throw new Error('tampered')
-        ws.lastUsed = Date.now()
-        this.idle.push(ws)
-        while (this.idle.length > this.opts.maxIdle) await rm(this.idle.shift()!.base, { recursive: true, force: true })
-        return
-      } catch {
-        // fall through: a tree that cannot be cleaned, or whose inputs the job changed, goes
-      }
+      ws.lastUsed = Date.now()
+      this.idle.push(ws)
+      while (this.idle.length > this.opts.maxIdle) await rm(this.idle.shift()!.base, { recursive: true, force: true }).catch(() => undefined)
+      return
     }
     await rm(ws.base, { recursive: true, force: true })
   }

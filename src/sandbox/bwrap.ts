@@ -1,19 +1,38 @@
 // Runs one compile job from another mesh member under bubblewrap: the unpacked toolchain is
-// the (read-only) root, the job's private directory is the only writable host path, and the
-// network, pid, ipc and uts namespaces are fresh. The caller needs to tell "the job failed"
-// (a compile error: final) from "the sandbox could not be set up" (retry elsewhere), so bwrap's
-// own failures come back as `sandboxError`, never as an exit code.
+// the (read-only) root, the client's inputs appear read-only at their paths, the job can write
+// only a size-capped tmpfs, and the network, pid, ipc and uts namespaces are fresh. The caller
+// needs to tell "the job failed" (a compile error: final) from "the sandbox could not be set
+// up" (retry elsewhere), so bwrap's own failures come back as `sandboxError`, never as an exit
+// code.
+//
+// A member holding the mesh key controls everything inside the sandbox (the toolchain and
+// flags come from the client); nothing outside may be within its reach. The layout, built by
+// dist/bin/meshcc-reap (native/reap.c) before bwrap starts:
+// - The job runs as an unprivileged user: the daemon's own, or `nobody` (65534) when the daemon
+//   is root; bwrap then runs as that user too, in a user namespace of its own per job.
+// - What it may write is one tmpfs of `diskBytes` (nosuid, nodev), the job's working directory
+//   and its TMPDIR both, so a job fills its own tmpfs and never the builder's disk. The
+//   builder's kept tree of the client's inputs is bound read-only, entry by entry, into that
+//   working directory: jobs cannot change it.
+// - After the job, the reaper keeps its mount namespace (and so the tmpfs) until the daemon
+//   has taken the object out through /proc/<reaper>/root with ./job-output.ts, never through a
+//   host path: whatever links the job left there lead nowhere but into the sandbox.
+// - The mount table inside still names the host directories the read-only binds come from
+//   (/proc/self/mountinfo); the defence is that nothing outside those binds is reachable.
 import { spawn } from 'node:child_process'
 import { constants as osConstants } from 'node:os'
-import { accessSync, constants as fsConstants, existsSync, lstatSync, readdirSync, readlinkSync, type Dirent } from 'node:fs'
+import { accessSync, constants as fsConstants, lstatSync, readdirSync, readlinkSync } from 'node:fs'
+import { statfs } from 'node:fs/promises'
+import type { Socket } from 'node:net'
 import { delimiter, isAbsolute, join, posix } from 'node:path'
 import { fileURLToPath } from 'node:url'
+import { readJobFile, type JobFile } from './job-output.js'
 
 export interface SandboxJob {
   /** toolchain root, mounted read-only as / */
   root: string
-  /** private writable job directory on the host, mounted at `cwd` inside */
-  jobDir: string
+  /** a host directory whose named entries appear, read-only, in the job's working directory */
+  inputs?: { dir: string; entries: readonly string[] }
   /** absolute path the job sees as its working directory (the client's own cwd, so debug info matches) */
   cwd: string
   /** argv[0] is an absolute path inside the root */
@@ -24,16 +43,15 @@ export interface SandboxJob {
   timeoutMs: number
   /** RLIMIT_CPU for the job (per process) */
   cpuSeconds: number
-  /** cap on stdout+stderr captured, and (separately) on the total size of the files left in jobDir */
+  /** cap on stdout+stderr captured, and on the collected file */
   maxOutputBytes: number
-  /** host paths of the files in jobDir that the caller put there (the job's inputs): not
-   *  counted as output, and not stat'ed one by one after every job */
-  inputs?: ReadonlySet<string>
-  /** optional RLIMIT_AS */
+  /** all the job may write, in its working directory and TMPDIR together (a tmpfs: memory);
+   *  also the largest file (RLIMIT_FSIZE) */
+  diskBytes: number
+  /** RLIMIT_AS of each of the job's processes */
   maxMemoryBytes?: number
-  /** size of the job's private /tmp (tmpfs, i.e. host memory); also the largest file the job may
-   *  write anywhere (RLIMIT_FSIZE). Default: 4 × maxOutputBytes, at least 16 MiB. */
-  tmpBytes?: number
+  /** a file the job leaves in its working directory (relative path) to take out: the object */
+  collect?: string
 }
 
 export interface SandboxResult {
@@ -45,6 +63,10 @@ export interface SandboxResult {
   stderr: Buffer
   timedOut: boolean
   outputTooLarge: boolean
+  /** the job filled its tmpfs (diskBytes), or a file reached it (SIGXFSZ) */
+  diskFull: boolean
+  /** the file named by `collect`, or why it was not taken; null when not asked for or the job never ended */
+  collected: JobFile | null
   /** bwrap itself failed (setup), as opposed to the job failing: means "retry elsewhere" */
   sandboxError: string | null
 }
@@ -62,34 +84,44 @@ export class SandboxJobError extends Error {
   }
 }
 
-// The host's shell sets the rlimits and then execs bwrap, so the limits cover the job without
-// meshcc itself being limited; sh is always there even where prlimit(1) is not.
-const HOST_SH = '/bin/sh'
 /**
- * dist/bin/meshcc-reap (native/reap.c): the sandbox runs as its child, so bwrap's namespace
- * init, which bwrap leaves behind when it exits, is reaped there and not by PID 1, and the
- * job's CPU (the compile itself) counts among the daemon's children. The same path from
- * src/sandbox/ and from the bundled dist/cli/; without the binary the sandbox runs directly.
+ * dist/bin/meshcc-reap (native/reap.c) builds the jail the sandbox runs in (see the top of this
+ * file), sets the job's resource limits, and reaps: bwrap's namespace init, which bwrap leaves
+ * behind when it exits, is reaped there and not by PID 1, so the job's CPU (the compile
+ * itself) counts among the daemon's children. The same path from src/sandbox/ and from the
+ * bundled dist/cli/. Without it (no C compiler at build time) there is no jail and no job runs.
  */
 const REAPER = fileURLToPath(new URL('../../dist/bin/meshcc-reap', import.meta.url))
-let reaperFound: boolean | undefined
-// Mounted by us, whatever the toolchain has there.
-const RESERVED_TOP = new Set(['proc', 'dev'])
+/** where the reaper binds the bind sources (src=… in order) and mounts the job's tmpfs; its /tmp, never the host's */
+const JAIL_IN = '/tmp/in'
+const JAIL_OUT = '/tmp/out'
+/** the user a root daemon's jobs run as */
+const NOBODY = 65534
+/**
+ * RLIMIT_NPROC (threads included), counted per job: the reaper's own user namespace makes the
+ * count the job's alone. A compile is a driver, cc1 and as (gcc -pipe: all three at once)
+ * beside bwrap, its init and the reaper; a fork bomb stops here, and with it the number of
+ * processes each allowed maxMemoryBytes.
+ */
+export const JOB_PROCESSES = 16
 /**
  * The job's private scratch space (TMPDIR). Not /tmp: a client's sources and headers may live
  * under /tmp, and they must stay visible at their own paths.
  */
 export const SCRATCH_DIR = '/.meshcc-tmp'
-const MIN_TMP_BYTES = 16 * 1024 * 1024
+// Mounted by us, whatever the toolchain has there.
+const RESERVED_TOP = new Set(['proc', 'dev', SCRATCH_DIR.slice(1)])
+const PROBE_DISK_BYTES = 1024 * 1024
 // After the sandbox's bwrap has exited, give the pipes this long to drain before giving up.
 const DRAIN_MS = 2000
 
-// Flags every job gets. Notes from bubblewrap 0.8.0 running as root:
-// - --cap-drop ALL: as root bwrap would otherwise leave the job all capabilities.
+// Flags every job gets. Notes from bubblewrap 0.8.0:
+// - --cap-drop ALL: bwrap run by root would otherwise leave the job all capabilities (it runs
+//   as an unprivileged user now, where this changes nothing).
 // - --remount-ro /proc (below): without it a job run by root could write /proc/sys/* (the
 //   host's real sysctls: kernel.core_pattern was writable in testing, with or without a user
-//   namespace); bwrap's own read-only cover of /proc/sys did not take effect, and the job is
-//   still uid 0 on the host as far as file permissions go.
+//   namespace); bwrap's own read-only cover of /proc/sys did not take effect.
+// - --remount-ro /dev (below): --dev is a tmpfs without a size, which the job could fill.
 // - --unshare-user --disable-userns: the job cannot create user namespaces of its own (the
 //   usual kernel attack surface); dropped when the probe shows they are unavailable.
 const BASE_FLAGS = ['--unshare-all', '--die-with-parent', '--new-session', '--cap-drop', 'ALL', '--hostname', 'meshcc']
@@ -98,6 +130,18 @@ const USERNS_FLAGS = ['--unshare-user', '--disable-userns']
 interface BwrapInfo { path: string; version: string; userns: boolean }
 
 let checked: Promise<BwrapInfo | string> | null = null
+
+/** The user jobs run as: the daemon's own, or nobody when the daemon is root. */
+function jobUser(): { uid: number; gid: number } {
+  const uid = process.getuid?.() ?? NOBODY
+  return uid === 0 ? { uid: NOBODY, gid: NOBODY } : { uid, gid: process.getgid?.() ?? NOBODY }
+}
+
+/** The reaper's arguments that build the jail. */
+function jailArgs(diskBytes: number, limits: string[], srcs: string[]): string[] {
+  const { uid, gid } = jobUser()
+  return ['--jail', `disk=${diskBytes}`, `uid=${uid}`, `gid=${gid}`, ...limits, ...srcs.map((s) => `src=${s}`), '--']
+}
 
 /** Finds bwrap on PATH and proves it can build the kind of sandbox runSandboxed uses. Memoised. */
 export async function checkBwrap(): Promise<BwrapCheck> {
@@ -114,11 +158,13 @@ function probe(): Promise<BwrapInfo | string> {
     const v = await runQuiet(path, ['--version'], 5000)
     const m = /bubblewrap\s+(\S+)/.exec(v.stdout)
     if (v.code !== 0 || !m) return `${path} --version failed: ${oneLine(v.stderr || v.stdout) || `exit ${v.code}`}`
-    // The same features a job uses, on the host's own root (read-only) so no toolchain is needed.
-    const trial = (extra: string[]) => runQuiet(path, [
+    if (!isExecutable(REAPER)) return `${REAPER} is missing (native/reap.c is built by npm run build with a C compiler)`
+    // The same jail and features a job uses, on the host's own root (read-only) so no toolchain is needed.
+    const trial = (extra: string[]) => runQuiet(REAPER, [
+      ...jailArgs(PROBE_DISK_BYTES, [`nproc=${JOB_PROCESSES}`], []), path,
       ...BASE_FLAGS, ...extra, '--ro-bind', '/', '/', '--proc', '/proc', '--dev', '/dev',
-      '--size', String(MIN_TMP_BYTES), '--tmpfs', '/tmp', '--remount-ro', '/proc', '--remount-ro', '/',
-      '--json-status-fd', '1', '--clearenv', '--', HOST_SH, '-c', 'exit 0'
+      '--bind', `${JAIL_OUT}/tmp`, '/tmp', '--remount-ro', '/proc', '--remount-ro', '/dev', '--remount-ro', '/',
+      '--json-status-fd', '1', '--clearenv', '--', '/bin/sh', '-c', 'exit 0'
     ], 10_000)
     let t = await trial(USERNS_FLAGS)
     if (/"exit-code": 0\b/.test(t.stdout)) return { path, version: m[1]!, userns: true }
@@ -141,46 +187,37 @@ export async function runSandboxed(job: SandboxJob): Promise<SandboxResult> {
     // Unreadable or missing root: this machine's toolchain copy is broken, not the job.
     return failed(`cannot read toolchain root ${job.root}: ${(e as Error).message}`)
   }
-  const tmpBytes = Math.max(1, Math.floor(job.tmpBytes ?? Math.max(MIN_TMP_BYTES, 4 * job.maxOutputBytes)))
+  const diskBytes = Math.floor(job.diskBytes)
   const args = [
     ...BASE_FLAGS, ...(info.userns ? USERNS_FLAGS : []),
     '--json-status-fd', '3',
     ...mounts,
     '--proc', '/proc', '--dev', '/dev',
-    '--size', String(tmpBytes), '--tmpfs', SCRATCH_DIR,
-    '--bind', job.jobDir, cwd,
-    '--remount-ro', '/proc', '--remount-ro', '/',
+    '--bind', `${JAIL_OUT}/tmp`, SCRATCH_DIR,
+    '--bind', `${JAIL_OUT}/cwd`, cwd,
+    ...(job.inputs?.entries ?? []).flatMap((e) => ['--ro-bind', `${JAIL_IN}/1/${e}`, `${cwd}/${e}`]),
+    '--remount-ro', '/proc', '--remount-ro', '/dev', '--remount-ro', '/',
     '--chdir', cwd,
     '--clearenv',
     ...Object.entries({ ...job.env, TMPDIR: SCRATCH_DIR }).flatMap(([k, v]) => ['--setenv', k, v]),
     '--', ...job.argv
   ]
-  const cpu = Math.max(1, Math.ceil(job.cpuSeconds))
-  // ulimit -f counts 512-byte blocks, -v KiB. Core dumps off: a SIGXCPU'd compiler would
-  // otherwise drop a core file into the job directory.
   const limits = [
-    'ulimit -c 0',
-    // Hard limit one second above the soft one: at the soft limit the job gets SIGXCPU (so the
-    // result says why it died); with both equal the kernel sends a bare SIGKILL instead.
-    // (soft first: a hard limit below the current soft one is EINVAL)
-    `ulimit -S -t ${cpu}`,
-    `ulimit -H -t ${cpu + 1}`,
-    `ulimit -f ${Math.max(1, Math.floor(tmpBytes / 512))}`,
-    ...(job.maxMemoryBytes !== undefined ? [`ulimit -v ${Math.max(1, Math.floor(job.maxMemoryBytes / 1024))}`] : [])
+    `cpu=${Math.max(1, Math.ceil(job.cpuSeconds))}`, `fsize=${diskBytes}`, `nproc=${JOB_PROCESSES}`,
+    ...(job.maxMemoryBytes !== undefined ? [`as=${Math.max(1, Math.floor(job.maxMemoryBytes))}`] : [])
   ]
-  const script = `${limits.join(' && ')} && exec "$@"`
+  const reaperArgs = [...jailArgs(diskBytes, limits, [job.root, ...(job.inputs ? [job.inputs.dir] : [])]), info.path, ...args]
 
   return new Promise<SandboxResult>((resolve) => {
     let child: ReturnType<typeof spawn>
     try {
-      // detached: the reaper, sh and bwrap lead a process group of their own, so the timeout
-      // can kill it whole. bwrap's children are in a fresh session (--new-session) but also in
+      // detached: the reaper and bwrap lead a process group of their own, so the timeout can
+      // kill it whole. bwrap's children are in a fresh session (--new-session) but also in
       // bwrap's pid namespace, whose init dies with bwrap (--die-with-parent).
-      reaperFound ??= existsSync(REAPER)
-      const argv = [HOST_SH, '-c', script, 'meshcc-sandbox', info.path, ...args]
-      child = spawn(reaperFound ? REAPER : argv[0]!, reaperFound ? argv : argv.slice(1), {
+      // fd 4: the reaper's hold socket (native/reap.c)
+      child = spawn(REAPER, reaperArgs, {
         detached: true,
-        stdio: ['ignore', 'pipe', 'pipe', 'pipe'],
+        stdio: ['ignore', 'pipe', 'pipe', 'pipe', 'pipe'],
         env: { PATH: '/usr/sbin:/usr/bin:/sbin:/bin' }
       })
     } catch (e) {
@@ -193,6 +230,8 @@ export async function runSandboxed(job: SandboxJob): Promise<SandboxResult> {
     let captured = 0
     let timedOut = false
     let outputTooLarge = false
+    let diskFull = false
+    let collected: JobFile | null = null
     let killed = false
     let exited = false
     let spawnError: string | null = null
@@ -219,6 +258,20 @@ export async function runSandboxed(job: SandboxJob): Promise<SandboxResult> {
     child.stdout!.on('data', take(out))
     child.stderr!.on('data', take(err))
     child.stdio[3]!.on('data', (c: Buffer) => { if (status.length < 64) status.push(c) })
+    // Everything in the sandbox has ended and the reaper holds its tmpfs: look at it and take
+    // the object through the reaper's root, then let it go.
+    const hold = child.stdio[4] as Socket
+    hold.once('data', () => {
+      const jailOut = `/proc/${child.pid}/root${JAIL_OUT}`
+      void (async () => {
+        try {
+          const st = await statfs(jailOut)
+          diskFull = st.bfree === 0 || st.ffree === 0
+        } catch { /* gone: killed meanwhile */ }
+        if (job.collect !== undefined) collected = await readJobFile(`${jailOut}/cwd`, job.collect, job.maxOutputBytes)
+      })().finally(() => hold.end())
+    })
+    hold.on('error', () => undefined)
 
     // setTimeout fires at once for delays beyond 2^31-1 ms
     const timer = setTimeout(() => { timedOut = true; killGroup() }, Math.min(job.timeoutMs, 2 ** 31 - 1))
@@ -231,7 +284,7 @@ export async function runSandboxed(job: SandboxJob): Promise<SandboxResult> {
       clearTimeout(timer)
       // Nothing in the sandbox outlives bwrap, but never hang on a pipe someone kept open.
       drainTimer = setTimeout(() => {
-        child.stdout!.destroy(); child.stderr!.destroy(); child.stdio[3]!.destroy()
+        child.stdout!.destroy(); child.stderr!.destroy(); child.stdio[3]!.destroy(); hold.destroy()
       }, DRAIN_MS)
     })
     let done = false
@@ -248,12 +301,12 @@ export async function runSandboxed(job: SandboxJob): Promise<SandboxResult> {
     const settle = async (): Promise<SandboxResult> => {
       const stdout = Buffer.concat(out)
       const stderr = Buffer.concat(err)
-      const base = { stdout, stderr, timedOut, outputTooLarge }
+      const base = { stdout, stderr, timedOut, outputTooLarge, diskFull, collected }
       // bwrap writes {"exit-code": N} only when the job itself ran and exited; without it
       // the sandbox never got as far as the job (or we killed it first).
       const jobStatus = parseExitCode(Buffer.concat(status).toString('utf8'))
       if (timedOut || (outputTooLarge && jobStatus === null)) {
-        return { ...base, exitCode: null, signal: 'SIGKILL', sandboxError: null, outputTooLarge: outputTooLarge || dirTooLarge(job) }
+        return { ...base, exitCode: null, signal: 'SIGKILL', sandboxError: null }
       }
       if (jobStatus === null) {
         const why = spawnError ?? bwrapMessage(stderr)
@@ -262,8 +315,7 @@ export async function runSandboxed(job: SandboxJob): Promise<SandboxResult> {
       }
       // bwrap folds "killed by signal N" into exit status 128+N, like a shell does.
       const sig = jobStatus > 128 ? signalName(jobStatus - 128) : null
-      const tooLarge = outputTooLarge || sig === 'SIGXFSZ' || dirTooLarge(job)
-      return { ...base, outputTooLarge: tooLarge, exitCode: sig ? null : jobStatus, signal: sig, sandboxError: null }
+      return { ...base, diskFull: diskFull || sig === 'SIGXFSZ', exitCode: sig ? null : jobStatus, signal: sig, sandboxError: null }
     }
   })
 }
@@ -275,8 +327,9 @@ export async function runSandboxed(job: SandboxJob): Promise<SandboxResult> {
 // has is rebuilt the same way one level down (its other entries bound, the one on the path
 // recursed into); from the first component the root lacks (or has as a symlink or file, which
 // the client's real directory shadows) bwrap creates the directories itself in the tmpfs. The
-// job directory is bound at `cwd` last, then / is remounted read-only. Cost: one mount per entry
-// of each directory on the path, usually a few dozen.
+// job's tmpfs is bound at `cwd` last, the inputs into it, then / is remounted read-only. Cost:
+// one mount per entry of each directory on the path, usually a few dozen. The root is read on
+// the host and bound from where the reaper put it (JAIL_IN/0).
 function mountPlan(root: string, cwd: string): string[] {
   const parts = cwd.split('/').filter(Boolean)
   const ops: string[] = []
@@ -296,7 +349,7 @@ function mountPlan(root: string, cwd: string): string[] {
         continue
       }
       if (st.isSymbolicLink()) ops.push('--symlink', readlinkSync(src), dest)
-      else if (st.isDirectory() || st.isFile()) ops.push('--ro-bind', src, dest)
+      else if (st.isDirectory() || st.isFile()) ops.push('--ro-bind', `${JAIL_IN}/0${dest}`, dest)
       // sockets, fifos and device nodes in a toolchain are never wanted
     }
     if (!descend || (i === 0 && RESERVED_TOP.has(next!))) break
@@ -309,47 +362,25 @@ function mountPlan(root: string, cwd: string): string[] {
 function validate(job: SandboxJob): string {
   const bad = (m: string): never => { throw new SandboxJobError(m) }
   if (!isAbsolute(job.root)) bad(`root must be absolute: ${job.root}`)
-  if (!isAbsolute(job.jobDir)) bad(`jobDir must be absolute: ${job.jobDir}`)
+  if (job.inputs && !isAbsolute(job.inputs.dir)) bad(`inputs.dir must be absolute: ${job.inputs.dir}`)
+  for (const e of job.inputs?.entries ?? []) {
+    if (e === '' || e === '.' || e === '..' || e.includes('/')) bad(`inputs entry must be one name: ${JSON.stringify(e)}`)
+  }
   if (!job.cwd.startsWith('/')) bad(`cwd must be absolute: ${job.cwd}`)
   const cwd = posix.normalize(job.cwd).replace(/\/+$/, '') || '/'
   if (job.cwd.split('/').includes('..')) bad(`cwd must not contain '..': ${job.cwd}`)
   if (cwd === '/') bad('cwd must not be /')
-  if (/^\/(proc|dev)(\/|$)/.test(cwd)) bad(`cwd must not be under /proc or /dev: ${cwd}`)
+  if (/^\/(proc|dev|\.meshcc-tmp)(\/|$)/.test(cwd)) bad(`cwd must not be under /proc, /dev or ${SCRATCH_DIR}: ${cwd}`)
   if (job.argv.length === 0 || !job.argv[0]!.startsWith('/')) bad(`argv[0] must be an absolute path inside the root: ${job.argv[0] ?? '(none)'}`)
   for (const k of Object.keys(job.env)) {
     if (k === '' || k.includes('=')) bad(`invalid environment variable name: ${JSON.stringify(k)}`)
   }
-  const strings = [job.root, job.jobDir, cwd, ...job.argv, ...Object.entries(job.env).flat()]
+  const strings = [job.root, ...(job.inputs ? [job.inputs.dir, ...job.inputs.entries] : []), cwd, ...job.argv, ...Object.entries(job.env).flat(), job.collect ?? '']
   if (strings.some((s) => s.includes('\0'))) bad('NUL byte in job paths, argv or env')
-  for (const [n, v] of [['timeoutMs', job.timeoutMs], ['cpuSeconds', job.cpuSeconds], ['maxOutputBytes', job.maxOutputBytes]] as const) {
+  for (const [n, v] of [['timeoutMs', job.timeoutMs], ['cpuSeconds', job.cpuSeconds], ['maxOutputBytes', job.maxOutputBytes], ['diskBytes', job.diskBytes], ['maxMemoryBytes', job.maxMemoryBytes ?? 1]] as const) {
     if (!Number.isFinite(v) || v <= 0) bad(`${n} must be a positive number`)
   }
   return cwd
-}
-
-/**
- * Total apparent size of the files in jobDir (inputs included); stops counting past the cap.
- * Synchronous: a kept kernel tree has a hundred directories, and a readdir through the thread
- * pool costs several times the syscall; after every job.
- */
-function dirTooLarge(job: SandboxJob): boolean {
-  let total = 0
-  const walk = (dir: string): boolean => {
-    let entries: Dirent[]
-    try { entries = readdirSync(dir, { withFileTypes: true }) } catch { return false }
-    for (const e of entries) {
-      const p = `${dir}/${e.name}` // dir is absolute and normal: path.join's normalising showed in the builder's profile
-      if (e.isDirectory()) {
-        if (walk(p)) return true
-        continue
-      }
-      if (e.isFile() && job.inputs?.has(p)) continue
-      try { total += lstatSync(p).size } catch { continue }
-      if (total > job.maxOutputBytes) return true
-    }
-    return false
-  }
-  return walk(posix.normalize(job.jobDir).replace(/(.)\/+$/, '$1'))
 }
 
 function parseExitCode(text: string): number | null {
@@ -365,7 +396,7 @@ function parseExitCode(text: string): number | null {
 }
 
 function bwrapMessage(stderr: Buffer): string | null {
-  const lines = stderr.toString('utf8').split('\n').filter((l) => l.startsWith('bwrap:') || l.startsWith('meshcc-sandbox:'))
+  const lines = stderr.toString('utf8').split('\n').filter((l) => l.startsWith('bwrap:') || l.startsWith('meshcc-reap:'))
   return lines.length > 0 ? lines.join('; ').slice(0, 500) : null
 }
 
@@ -375,7 +406,7 @@ function signalName(n: number): string | null {
 }
 
 function failed(reason: string): SandboxResult {
-  return { exitCode: null, signal: null, stdout: Buffer.alloc(0), stderr: Buffer.alloc(0), timedOut: false, outputTooLarge: false, sandboxError: reason }
+  return { exitCode: null, signal: null, stdout: Buffer.alloc(0), stderr: Buffer.alloc(0), timedOut: false, outputTooLarge: false, diskFull: false, collected: null, sandboxError: reason }
 }
 
 function isExecutable(p: string): boolean {
