@@ -157,7 +157,7 @@ export class MeshService {
     const r = runner
     const onProtocolError = (what: string) => (peer: string, err: Error) => log.warn(`${what} with ${peer}: ${err.message.split('\n')[0]}`)
     const inputs = new MemoryInputCache()
-    await serveCompileJobs(mesh.libp2p, mesh.meshId, builder, inputs, onProtocolError('compile job'))
+    await serveCompileJobs(mesh.libp2p, mesh.meshId, builder, inputs, onProtocolError('compile job'), { maxStreamsPerPeer: 2 * cores + 2 })
     await serveToolchains(mesh.libp2p, mesh.meshId, async (hash) => {
       const data = (await r.archiveOf(hash)) ?? (toolchains.has(hash) ? await readFile(toolchains.archivePath(hash)!).catch(() => null) : null)
       if (data) log.info(`sending toolchain ${hash.slice(0, 12)} (${(data.length / 1048576).toFixed(1)} MiB)`)
