@@ -1,11 +1,12 @@
 // A member holding the mesh key turned against a builder: a flood of compile-job streams
-// announcing big file tables, jobs that stall, inputs over the builder's budget. Two real libp2p nodes on 127.0.0.1
+// announcing big file tables, jobs that stall, inputs over the builder's budget, toolchain
+// archives that are too big or not what they claim. Two real libp2p nodes on 127.0.0.1
 // (startMesh, the mesh key, the project's own protocols); the builder's admission is the real
 // Builder's (sandbox = "none", so nothing here needs bubblewrap: no job gets as far as running).
 import { test, before, after } from 'node:test'
 import assert from 'node:assert/strict'
 import { createHash, randomFillSync } from 'node:crypto'
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdtempSync, openSync, readFileSync, readdirSync, rmSync, writeFileSync, writeSync, closeSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import type { Stream } from '@libp2p/interface'
@@ -16,6 +17,7 @@ import { loadConfig, type Config } from '../src/config.js'
 import { silentLogger } from '../src/log.js'
 import { lpStream } from '@libp2p/utils'
 import { compileJobProtocol, sendCompileJob, serveCompileJobs, type CompileJobServer, type JobHeader } from '../src/mesh/protocols/compile-job.js'
+import { fetchToolchain, serveToolchains } from '../src/mesh/protocols/toolchain-fetch.js'
 import { Builder } from '../src/daemon/builder.js'
 import { MemoryInputCache } from '../src/daemon/input-cache.js'
 import { ToolchainCache } from '../src/toolchain/cache.js'
@@ -145,4 +147,45 @@ test('a job whose inputs exceed what one peer may make the builder hold is refus
   assert.equal(loaded, false, 'the client was never asked for the bytes')
   assert.equal(tight.heldBytes(), 0)
   assert.equal(builder.running, 0)
+})
+
+/** A file of `bytes` random bytes; its sha256. */
+function randomFile(path: string, bytes: number): string {
+  const h = createHash('sha256')
+  const fd = openSync(path, 'w')
+  const buf = Buffer.alloc(MiB)
+  for (let n = 0; n < bytes; n += buf.length) {
+    randomFillSync(buf)
+    h.update(buf)
+    writeSync(fd, buf)
+  }
+  closeSync(fd)
+  return h.digest('hex')
+}
+
+test('toolchain archives are streamed to disk: never whole in memory, never kept when too big or not the hash asked for', { timeout: 120_000 }, async () => {
+  const served = join(dir, 'served.tar.gz')
+  const hash = randomFile(served, 128 * MiB)
+  const other = 'b'.repeat(64) // claimed by the holder, but it sends `served`
+  await serveToolchains(builderNode.libp2p, builderNode.meshId, async (h) => (h === hash || h === other ? served : null), () => {})
+  const recv = join(dir, 'recv')
+  const base = process.memoryUsage().arrayBuffers
+  let peak = 0
+  const sampler = setInterval(() => { peak = Math.max(peak, process.memoryUsage().arrayBuffers - base) }, 10)
+  try {
+    const bytes = await fetchToolchain(hostile.libp2p, hostile.meshId, builderNode.peerId, hash, 1024 * MiB, `${recv}-1`, AbortSignal.timeout(60_000))
+    assert.equal(bytes, 128 * MiB)
+  } finally {
+    clearInterval(sampler)
+  }
+  console.log(`128 MiB toolchain fetched; array buffers peaked at +${Math.round(peak / MiB)} MiB`)
+  // both ends are in this process: the old code held the archive whole on each, 256 MiB
+  assert.ok(peak < 96 * MiB, `array buffers grew by ${Math.round(peak / MiB)} MiB while fetching 128 MiB`)
+  assert.ok(readFileSync(`${recv}-1`).equals(readFileSync(served)))
+
+  await assert.rejects(fetchToolchain(hostile.libp2p, hostile.meshId, builderNode.peerId, other, 1024 * MiB, `${recv}-2`, AbortSignal.timeout(60_000)), /sha256/)
+  assert.equal(existsSync(`${recv}-2`), false, 'an archive that is not what was asked for is not kept')
+  await assert.rejects(fetchToolchain(hostile.libp2p, hostile.meshId, builderNode.peerId, hash, 64 * MiB, `${recv}-3`, AbortSignal.timeout(60_000)), /exceeds the limit/)
+  assert.equal(existsSync(`${recv}-3`), false, 'an archive over the limit is not even started')
+  assert.deepEqual(readdirSync(dir).filter((f) => f.startsWith('recv')), ['recv-1'])
 })
