@@ -33,7 +33,8 @@
 #define MESHCC_NODE "node"
 #endif
 
-#define MAX_REPLY (256u * 1024u * 1024u) /* the daemon's own frame cap */
+#define MAX_REPLY (256u * 1024u * 1024u) /* MAX_FRAME_BYTES in src/daemon/launcher-protocol.ts */
+#define MAX_REQUEST (16u * 1024u * 1024u) /* MAX_REQUEST_BYTES there: what the daemon reads */
 #define DAEMON_NODE_FLAG "--max-semi-space-size=4" /* DAEMON_NODE_FLAGS in src/launcher/client.ts */
 
 enum { COMPILE = 0x01, RESULT = 0x81, PASSTHROUGH = 0x82, FALLBACK = 0x83 };
@@ -476,7 +477,8 @@ int main(int argc, char **argv) {
            put_field(&b, cwd) && put_field(&b, compiler) && put_field(&b, count);
   for (int i = first_arg; ok && i < argc; i++) ok = put_field(&b, argv[i]);
   for (char **e = environ; ok && *e; e++) ok = put_field(&b, *e);
-  if (!ok || b.len - 4 > MAX_REPLY) exec_node(NULL);
+  if (!ok) exec_node(NULL);
+  if (b.len - 4 > MAX_REQUEST) exec_node("request too large");
   uint32_t body = (uint32_t)(b.len - 4);
   b.p[0] = (unsigned char)(body >> 24);
   b.p[1] = (unsigned char)(body >> 16);

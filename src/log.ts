@@ -6,6 +6,27 @@ import { dirname, join } from 'node:path'
 import type { LogLevel } from './config.js'
 
 const RANK: Record<LogLevel, number> = { error: 0, warn: 1, info: 2, debug: 3 }
+/** the longest message a line carries: a stack trace fits, a peer's megabyte string does not */
+export const MAX_LOG_MESSAGE = 8192
+
+/**
+ * Text that came from outside (a peer, a job, a file) as it may appear in a log line or an
+ * error message: control characters escaped, so it cannot forge lines or move the terminal,
+ * and at most `max` characters, saying how long it really was.
+ */
+export function clip(text: string, max = 200): string {
+  const escaped = (text.length > max ? text.slice(0, max) : text).replace(/[\x00-\x1f\x7f\u2028\u2029]/g, (c) => {
+    const code = c.charCodeAt(0)
+    return code < 0x100 ? `\\x${code.toString(16).padStart(2, '0')}` : `\\u${code.toString(16)}`
+  })
+  return text.length > max ? `${escaped}… (${text.length} characters)` : escaped
+}
+
+/** A message as a log entry holds it: bounded, and its further lines (a stack) indented, so none passes for an entry. */
+function bounded(msg: string): string {
+  const m = msg.length > MAX_LOG_MESSAGE ? `${msg.slice(0, MAX_LOG_MESSAGE)}… (${msg.length} characters)` : msg
+  return m.replace(/\r?\n|\r/g, '\n    ')
+}
 
 export interface Logger {
   error(msg: string): void
@@ -56,7 +77,7 @@ function makeLogger(opts: LoggerOptions, target: LogTarget, component: string): 
   }
   const write = (level: LogLevel, msg: string) => {
     if (RANK[level] > RANK[opts.level]) return
-    const line = `${stamp(level, opts.tag ?? `[${process.pid}]`, component)} ${msg}\n`
+    const line = `${stamp(level, opts.tag ?? `[${process.pid}]`, component)} ${bounded(msg)}\n`
     append(line)
     if (opts.stderr) process.stderr.write(line)
   }

@@ -89,7 +89,12 @@ before(async () => {
   await toolchains.open()
   builder = new Builder({
     config, log: silentLogger, toolchains,
-    fetchToolchain: async (_peer, hash) => archives.get(hash)!,
+    // as the toolchain-fetch protocol hands it over: a file the cache moves in
+    fetchToolchain: async (_peer, hash) => {
+      const file = join(top, `fetched-${hash.slice(0, 12)}-${Date.now()}`)
+      writeFileSync(file, archives.get(hash)!)
+      return { file, bytes: archives.get(hash)!.length }
+    },
     findToolchainHolders: async () => [],
     isAllowed: () => true,
     onLoadChange: () => undefined

@@ -26,6 +26,8 @@ const keyOf = (s: string) => createHash('sha256').update(s).digest('hex')
 /** deterministic incompressible bytes */
 const noise = (seed: string, n: number) => createHash('shake256', { outputLength: n }).update(seed).digest()
 const entryPath = (dir: string, key: string) => join(dir, key.slice(0, 2), key)
+/** the key the entry-format tests encode and decode under */
+const K = keyOf('entry format')
 
 /** An entry whose content is a function of the seed, so any hit can be checked exactly. */
 function makeEntry(seed: string, size = 2048): CacheEntry {
@@ -75,32 +77,32 @@ describe('entry format', () => {
       outputs: [{ name: 'obj', data: noise('a', 5000) }, { name: 'dwo', data: Buffer.alloc(0) }],
       meta: { compiler: 'gcc 13.2', source: 'ünïcode.c' }
     }
-    const buf = await encodeEntry(entry)
+    const buf = await encodeEntry(entry, K)
     assert.equal(buf.subarray(0, 8).toString('latin1'), 'MESHCC01')
-    assert.deepStrictEqual(await decodeEntry(buf), entry)
+    assert.deepStrictEqual(await decodeEntry(buf, K), entry)
     // No meta stays no meta.
     const bare = { ...entry, meta: undefined }
     delete bare.meta
-    assert.deepStrictEqual(await decodeEntry(await encodeEntry(bare)), bare)
+    assert.deepStrictEqual(await decodeEntry(await encodeEntry(bare, K), K), bare)
   })
 
   test('compresses compressible outputs', async () => {
     const text = Buffer.from('int main(void) { return 0; }\n'.repeat(2000))
-    const buf = await encodeEntry({ exitCode: 0, stdout: Buffer.alloc(0), stderr: Buffer.alloc(0), outputs: [{ name: 'obj', data: text }] })
+    const buf = await encodeEntry({ exitCode: 0, stdout: Buffer.alloc(0), stderr: Buffer.alloc(0), outputs: [{ name: 'obj', data: text }] }, K)
     assert.ok(buf.length < text.length / 10, `${buf.length} bytes for ${text.length} of text`)
   })
 
   test('refuses bad headers, truncation and trailing bytes', async () => {
-    const good = await encodeEntry(makeEntry('hdr'))
+    const good = await encodeEntry(makeEntry('hdr'), K)
     const bad = Buffer.from(good); bad[0] ^= 0xff
-    await assert.rejects(decodeEntry(bad), /bad magic/)
+    await assert.rejects(decodeEntry(bad, K), /bad magic/)
     const version = Buffer.from(good); version[8] = 9
-    await assert.rejects(decodeEntry(version), /unsupported format version 9/)
-    await assert.rejects(decodeEntry(good.subarray(0, 20)), /truncated/)
-    await assert.rejects(decodeEntry(good.subarray(0, good.length - 1)), /truncated/)
-    await assert.rejects(decodeEntry(Buffer.concat([good, Buffer.from([0])])), /trailing/)
+    await assert.rejects(decodeEntry(version, K), /unsupported format version 9/)
+    await assert.rejects(decodeEntry(good.subarray(0, 20), K), /truncated/)
+    await assert.rejects(decodeEntry(good.subarray(0, good.length - 1), K), /truncated/)
+    await assert.rejects(decodeEntry(Buffer.concat([good, Buffer.from([0])]), K), /trailing/)
     const sum = Buffer.from(good); sum[30] ^= 1
-    await assert.rejects(decodeEntry(sum), /checksum mismatch/)
+    await assert.rejects(decodeEntry(sum, K), /checksum mismatch/)
   })
 
   /** A well-formed header (stored encoding, correct checksum) around any payload. */
@@ -108,11 +110,12 @@ describe('entry format', () => {
     const body = opts.body ?? payload
     const h = Buffer.alloc(HEADER_LENGTH)
     h.write('MESHCC01', 0, 'latin1')
-    h[8] = 1
+    h[8] = 2
     h[9] = opts.encoding ?? 0
     h.writeUInt32LE(opts.declared ?? payload.length, 12)
     h.writeUInt32LE(body.length, 16)
     createHash('sha256').update(payload).digest().copy(h, 20)
+    h.write(K, 52, 'hex')
     return Buffer.concat([h, body])
   }
 
@@ -120,25 +123,25 @@ describe('entry format', () => {
     const p = Buffer.alloc(16)
     p.writeInt32LE(0, 0)
     p.writeUInt32LE(0xfffffff0, 4) // stdout "length"
-    await assert.rejects(decodeEntry(wrap(p)), /malformed payload: stdout needs 4294967280 bytes/)
+    await assert.rejects(decodeEntry(wrap(p), K), /malformed payload: stdout needs 4294967280 bytes/)
 
     const q = Buffer.alloc(4 + 4 + 4 + 2 + 1 + 3 + 4)
     let o = q.writeInt32LE(0, 0); o = q.writeUInt32LE(0, o); o = q.writeUInt32LE(0, o)
     o = q.writeUInt16LE(1, o); o = q.writeUInt8(3, o); o += q.write('../', o, 'latin1'); q.writeUInt32LE(0, o)
-    await assert.rejects(decodeEntry(wrap(q)), /bad output name/)
+    await assert.rejects(decodeEntry(wrap(q), K), /bad output name/)
   })
 
   test('refuses a body that inflates beyond its declared size', async () => {
     const payload = Buffer.alloc(1 << 20)
     const body = deflateRawSync(payload)
-    await assert.rejects(decodeEntry(wrap(payload, { encoding: 1, declared: 1000, body })), /decompression failed|header declares/)
-    await assert.rejects(decodeEntry(wrap(payload, { encoding: 1 }), { maxPayloadBytes: 4096 }), /exceeds the limit/)
+    await assert.rejects(decodeEntry(wrap(payload, { encoding: 1, declared: 1000, body }), K), /decompression failed|header declares/)
+    await assert.rejects(decodeEntry(wrap(payload, { encoding: 1 }), K, { maxPayloadBytes: 4096 }), /exceeds the limit/)
   })
 
   test('refuses to encode unsafe output names', async () => {
     const e = makeEntry('names')
-    await assert.rejects(encodeEntry({ ...e, outputs: [{ name: '../obj', data: Buffer.alloc(1) }] }), /bad output name/)
-    await assert.rejects(encodeEntry({ ...e, outputs: [{ name: 'obj', data: Buffer.alloc(1) }, { name: 'obj', data: Buffer.alloc(1) }] }), /duplicate output/)
+    await assert.rejects(encodeEntry({ ...e, outputs: [{ name: '../obj', data: Buffer.alloc(1) }] }, K), /bad output name/)
+    await assert.rejects(encodeEntry({ ...e, outputs: [{ name: 'obj', data: Buffer.alloc(1) }, { name: 'obj', data: Buffer.alloc(1) }] }, K), /duplicate output/)
   })
 })
 
@@ -218,12 +221,42 @@ describe('LocalStore', () => {
     await store.close()
   })
 
+  test('an entry copied under another key\'s name is corrupt, never a hit', async () => {
+    const dir = tempDir()
+    const store = await openStore(dir)
+    const a = keyOf('copied a')
+    const b = keyOf('copied b')
+    await store.put(a, makeEntry('a'))
+    mkdirSync(join(dir, b.slice(0, 2)), { recursive: true })
+    writeFileSync(entryPath(dir, b), readFileSync(entryPath(dir, a)))
+    const r = await store.get(b)
+    assert.equal(r.status, 'corrupt', `an entry of ${a} read as ${b}: ${JSON.stringify(r).slice(0, 200)}`)
+    assert.match(r.status === 'corrupt' ? r.reason : '', new RegExp(`stored for key ${a}`))
+    assert.ok(!existsSync(entryPath(dir, b)), 'the misplaced copy is removed')
+    assertHit(await store.get(a), makeEntry('a'))
+    await store.close()
+  })
+
+  test('an entry in the format of an older meshcc is a quiet miss and is removed', async () => {
+    const dir = tempDir()
+    const store = await openStore(dir)
+    const key = keyOf('old format')
+    await store.put(key, makeEntry('old'))
+    const file = entryPath(dir, key)
+    const old = readFileSync(file)
+    old[8] = 1 // version 1 had no key in its header
+    writeFileSync(file, old)
+    assert.deepStrictEqual(await store.get(key), { status: 'miss' })
+    assert.ok(!existsSync(file))
+    await store.close()
+  })
+
   test('a stored entry with a non-zero exit code is never a hit', async () => {
     const dir = tempDir()
     const store = await openStore(dir)
     const key = keyOf('sneaky failure')
     mkdirSync(join(dir, key.slice(0, 2)), { recursive: true })
-    writeFileSync(entryPath(dir, key), await encodeEntry({ ...makeEntry('x'), exitCode: 1 }))
+    writeFileSync(entryPath(dir, key), await encodeEntry({ ...makeEntry('x'), exitCode: 1 }, key))
     const r = await store.get(key)
     assert.deepStrictEqual(r, { status: 'corrupt', reason: 'stored entry has exit code 1' })
     assert.ok(!existsSync(entryPath(dir, key)))
@@ -255,7 +288,7 @@ describe('LocalStore', () => {
 
   test('eviction keeps the total under the limit and removes the least recently used', async () => {
     const dir = tempDir()
-    const probe = (await encodeEntry(makeEntry('probe', 9000))).length
+    const probe = (await encodeEntry(makeEntry('probe', 9000), K)).length
     const limit = probe * 10 + 100
     const store = await openStore(dir, limit)
     const keys = Array.from({ length: 12 }, (_, i) => keyOf(`lru ${i}`))
@@ -299,7 +332,7 @@ describe('LocalStore', () => {
 
   test('200 concurrent puts and gets of overlapping keys, with eviction running', async () => {
     const dir = tempDir()
-    const one = (await encodeEntry(makeEntry('c', 4000))).length
+    const one = (await encodeEntry(makeEntry('c', 4000), K)).length
     const limit = one * 8 // 20 keys cannot all fit: evictions race with the gets
     const store = await openStore(dir, limit)
     const keys = Array.from({ length: 20 }, (_, i) => keyOf(`concurrent ${i}`))
@@ -378,7 +411,7 @@ describe('LocalStore', () => {
 
   test('two instances share one directory', async () => {
     const dir = tempDir()
-    const one = (await encodeEntry(makeEntry('s', 3000))).length
+    const one = (await encodeEntry(makeEntry('s', 3000), K)).length
     const a = await openStore(dir, one * 100)
     const b = await openStore(dir, one * 100)
     const keys = Array.from({ length: 10 }, (_, i) => keyOf(`shared ${i}`))

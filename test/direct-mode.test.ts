@@ -2,7 +2,7 @@
 // preprocessor, and never a stale object when a header changes. Real gcc, real daemon.
 import { test, after } from 'node:test'
 import assert from 'node:assert/strict'
-import { readFileSync, utimesSync, writeFileSync } from 'node:fs'
+import { copyFileSync, readdirSync, readFileSync, utimesSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { createInstance, haveCommand, runCommand, type Instance } from './helpers/meshcc.js'
@@ -197,4 +197,41 @@ test('-MMD leaves out what a self-declared system header includes, however it de
     if (!readFileSync(join(inst.dir, 's.o')).equals(readFileSync(join(inst.dir, 'plain.o')))) stale.push(`${cc} with ${declaration}`)
   }
   assert.deepEqual(stale, [], 'stale objects: inner.h changed, the object did not')
+})
+
+test('a manifest or an entry copied under another command\'s name is a miss counted in cache_errors, never that command\'s object', async () => {
+  const inst = await project('direct-misplaced')
+  const files = (dir: string, name: RegExp) => {
+    const out: string[] = []
+    for (const d of readdirSync(dir)) if (/^[0-9a-f]{2}$/.test(d)) for (const f of readdirSync(join(dir, d))) if (name.test(f)) out.push(join(dir, d, f))
+    return out.sort()
+  }
+  const manifests = () => files(join(inst.cacheDir, 'manifests'), /^[0-9a-f]{64}$/)
+  const entries = () => files(inst.cacheDir, /^[0-9a-f]{64}$/)
+  await compile(inst, 'a.o') // -O2
+  const [manifestO2, entryO2] = [manifests(), entries()]
+  assert.equal(manifestO2.length, 1)
+  assert.equal(entryO2.length, 1)
+  await compile(inst, 'a.o', ['-O0'])
+  const manifestO0 = manifests().filter((f) => f !== manifestO2[0])
+  const entryO0 = entries().filter((f) => f !== entryO2[0])
+  assert.equal(manifestO0.length, 1)
+  assert.equal(entryO0.length, 1)
+
+  // the -O2 command's manifest under the -O0 command's name: it points at the -O2 object
+  copyFileSync(manifestO2[0]!, manifestO0[0]!)
+  await compile(inst, 'a.o', ['-O0']) // compile() compares with gcc -O0's own object
+  let s = await inst.stats()
+  assert.equal(s.cache_errors, 1, 'the misplaced manifest is counted')
+  assert.equal(s.direct_hits, 0)
+
+  // the -O2 object's entry under the -O0 result's name
+  copyFileSync(entryO2[0]!, entryO0[0]!)
+  await compile(inst, 'a.o', ['-O0'])
+  s = await inst.stats()
+  assert.equal(s.cache_errors, 2, 'the misplaced entry is counted')
+  assert.equal(s.cache_hits, 0)
+  await compile(inst, 'a.o', ['-O0'])
+  s = await inst.stats()
+  assert.equal(s.direct_hits, 1, 'and both are whole again afterwards')
 })

@@ -147,8 +147,32 @@ test('rejects more data than maxBytes, counting as it streams', async () => {
   await assertRejected(tgz(...good(), entry('usr/big', 'File', { data: big })), /exceed|more than/, { maxBytes: 64 * 1024 })
   // Declared sizes within the limit, but headers and padding push the stream over it mid-file.
   await assertRejected(tgz(entry('f', 'File', { data: Buffer.alloc(300 * 1024, 7) })), /more than/, { maxBytes: 300 * 1024 + 100 })
-  // A header that lies small does not help: the stream count still stops it.
-  await assertRejected(gzipSync(Buffer.alloc(8 * 1024 * 1024)), /more than/, { maxBytes: 1024 * 1024 })
+  // Zeros are tar's end marker: a stream of nothing else is an empty archive, read no further.
+  await assertRejected(gzipSync(Buffer.alloc(8 * 1024 * 1024)), /no entries|Unrecognized archive format/, { maxBytes: 1024 * 1024 })
+})
+
+test('stops at the end-of-archive marker: a long trailer after it costs nothing', { timeout: 120_000 }, async () => {
+  // 128 MiB of zeros after the marker (128 KiB gzipped): node-tar's parser, fed on, re-joins
+  // its growing buffer on every piece (64 MiB took 27 s, 96 MiB 61 s); never read, it takes none
+  const trailer = Buffer.alloc(128 * 1024 * 1024)
+  const archive = gzipSync(Buffer.concat([...good(), Buffer.alloc(1024), trailer]), { level: 1 })
+  const dest = join(tempDir(), 'root')
+  const t0 = performance.now()
+  const stats = await unpackToolchain(archive, dest)
+  const ms = performance.now() - t0
+  assert.equal(stats.entries, 8)
+  assert.equal(readFileSync(join(dest, 'usr/bin/gcc'), 'utf8'), '#!/bin/false\n')
+  // a bound an order of magnitude above the time it takes, two below the old quadratic one
+  assert.ok(ms < 10_000, `unpacking took ${Math.round(ms)} ms`)
+  // what follows the marker is never parsed: garbage there does not matter either
+  const garbage = gzipSync(Buffer.concat([...good(), Buffer.alloc(1024), Buffer.from('not a tar header'.repeat(64))]))
+  assert.equal((await unpackToolchain(garbage, join(tempDir(), 'root'))).entries, 8)
+})
+
+test('an unpack that runs past its deadline is abandoned, leaving nothing', async () => {
+  const many = Array.from({ length: 3000 }, (_, i) => entry(`d${i % 30}/f${i}`, 'File', { data: String(i) }))
+  const dirs = Array.from({ length: 30 }, (_, i) => entry(`d${i}/`, 'Directory'))
+  await assertRejected(tgz(...dirs, ...many), /unpacking took longer than 0 s/, { timeoutMs: 20 })
 })
 
 test('rejects more entries than maxEntries', async () => {

@@ -3,14 +3,16 @@
 // with a one-line reason instead of being returned as a compile result.
 //
 // Layout, integers little-endian:
-//   header (52 bytes)
+//   header (84 bytes)
 //     0  8  magic "MESHCC01"
-//     8  1  format version (1)
+//     8  1  format version (2)
 //     9  1  body encoding: 0 = stored, 1 = raw deflate
 //    10  2  reserved, zero
 //    12  4  payload length (uncompressed)
 //    16  4  body length (bytes that follow the header)
 //    20 32  sha256 of the uncompressed payload
+//    52 32  the cache key the entry was stored under (version 2): an entry that ends up under
+//           another key's name, copied or renamed, is refused rather than answering that key
 //   body: the payload, encoded as the header says
 //   payload
 //     i32 exit code
@@ -42,9 +44,26 @@ export class EntryFormatError extends Error {
   }
 }
 
+/** An entry written by an older meshcc in an older format: not damage, just not usable. */
+export class StaleEntryError extends EntryFormatError {
+  constructor(message: string) {
+    super(message)
+    this.name = 'StaleEntryError'
+  }
+}
+
+export function isValidKey(key: unknown): key is string {
+  return typeof key === 'string' && /^[0-9a-f]{64}$/.test(key)
+}
+
+function keyBytes(key: string): Buffer {
+  if (!isValidKey(key)) fail(`invalid cache key ${JSON.stringify(String(key).slice(0, 80))}: expected 64 lowercase hex digits`)
+  return Buffer.from(key, 'hex')
+}
+
 export const ENTRY_MAGIC = Buffer.from('MESHCC01', 'latin1')
-export const ENTRY_VERSION = 1
-export const HEADER_LENGTH = 52
+export const ENTRY_VERSION = 2
+export const HEADER_LENGTH = 84
 export const ENCODING_STORED = 0
 export const ENCODING_DEFLATE = 1
 
@@ -135,8 +154,9 @@ function packPayload(entry: CacheEntry): Buffer {
   return buf
 }
 
-/** Serialize an entry: validated, checksummed, compressed (fast deflate, off the main thread). */
-export async function encodeEntry(entry: CacheEntry): Promise<Buffer> {
+/** Serialize the entry for `key`: validated, checksummed, compressed (fast deflate, off the main thread). */
+export async function encodeEntry(entry: CacheEntry, key: string): Promise<Buffer> {
+  const keyBin = keyBytes(key)
   const payload = packPayload(entry)
   const [digest, deflated] = await Promise.all([
     sha256(payload),
@@ -152,6 +172,7 @@ export async function encodeEntry(entry: CacheEntry): Promise<Buffer> {
   header.writeUInt32LE(payload.length, 12)
   header.writeUInt32LE(body.length, 16)
   digest.copy(header, 20)
+  keyBin.copy(header, 52)
   return Buffer.concat([header, body], HEADER_LENGTH + body.length)
 }
 
@@ -216,17 +237,23 @@ export interface DecodeOptions {
 }
 
 /**
- * Parse and verify an encoded entry. Throws EntryFormatError with a one-line reason on a
- * truncated, corrupted or malformed buffer; never returns partial data. The returned
- * Buffers are views into one freshly allocated payload buffer, not into `buf`.
+ * Parse and verify an encoded entry, which must have been stored for `key`. Throws
+ * EntryFormatError with a one-line reason on a truncated, corrupted or malformed buffer, or
+ * one stored for another key (StaleEntryError for an older format); never returns partial
+ * data. The returned Buffers are views into one freshly allocated payload buffer, not into `buf`.
  */
-export async function decodeEntry(buf: Uint8Array, opts: DecodeOptions = {}): Promise<CacheEntry> {
+export async function decodeEntry(buf: Uint8Array, key: string, opts: DecodeOptions = {}): Promise<CacheEntry> {
   const maxPayload = opts.maxPayloadBytes ?? MAX_PAYLOAD_BYTES
+  const keyBin = keyBytes(key)
   const data = Buffer.isBuffer(buf) ? buf : Buffer.from(buf.buffer, buf.byteOffset, buf.byteLength)
+  if (data.length >= 9 && data.subarray(0, 8).equals(ENTRY_MAGIC) && data.readUInt8(8) < ENTRY_VERSION) {
+    throw new StaleEntryError(`format version ${data.readUInt8(8)} of an older meshcc`)
+  }
   if (data.length < HEADER_LENGTH) fail(`truncated: ${data.length} bytes, shorter than the ${HEADER_LENGTH}-byte header`)
   if (!data.subarray(0, 8).equals(ENTRY_MAGIC)) fail('bad magic: not a meshcc cache entry')
   const version = data.readUInt8(8)
   if (version !== ENTRY_VERSION) fail(`unsupported format version ${version} (expected ${ENTRY_VERSION})`)
+  if (!data.subarray(52, 84).equals(keyBin)) fail(`stored for key ${data.toString('hex', 52, 84)}, not this one`)
   const encoding = data.readUInt8(9)
   if (encoding !== ENCODING_STORED && encoding !== ENCODING_DEFLATE) fail(`unknown body encoding ${encoding}`)
   if (data.readUInt16LE(10) !== 0) fail('reserved header bytes are not zero')

@@ -10,9 +10,10 @@ import { lstat, mkdir, open as openFile, readdir, rename, unlink, writeFile } fr
 import { join } from 'node:path'
 import { formatSize } from '../config.js'
 import type { Logger } from '../log.js'
-import { decodeEntry, encodeEntry, type CacheEntry } from './entry-format.js'
+import { StaleEntryError, decodeEntry, encodeEntry, isValidKey, type CacheEntry } from './entry-format.js'
 
 export type { CacheEntry } from './entry-format.js'
+export { isValidKey } from './entry-format.js'
 
 export type GetResult =
   | { status: 'hit'; entry: CacheEntry }
@@ -29,7 +30,6 @@ export interface LocalStoreOptions {
   log: Logger
 }
 
-const KEY_RE = /^[0-9a-f]{64}$/
 const SUBDIR_RE = /^[0-9a-f]{2}$/
 const TEMP_PREFIX = '.tmp-'
 /** temp files older than this belong to a crashed writer */
@@ -57,10 +57,6 @@ async function forEachLimit<T>(items: readonly T[], limit: number, fn: (item: T)
     while (next < items.length) await fn(items[next++])
   }
   await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker))
-}
-
-export function isValidKey(key: unknown): key is string {
-  return typeof key === 'string' && KEY_RE.test(key)
 }
 
 export class LocalStore {
@@ -126,7 +122,12 @@ export class LocalStore {
         this.log.warn(`cache read ${key}: not a regular file, ignored`)
         return { status: 'miss' }
       }
-      const read = await this.readEntry(fh, st)
+      const read = await this.readEntry(key, fh, st)
+      if ('stale' in read) {
+        await this.removeCorrupt(key, file, st)
+        this.log.debug(`cache entry ${key}: ${read.stale}; removed`)
+        return { status: 'miss' }
+      }
       if ('reason' in read) {
         await this.removeCorrupt(key, file, st)
         this.log.warn(`cache entry ${key} is corrupt (${read.reason}); removed`)
@@ -156,14 +157,15 @@ export class LocalStore {
     }
   }
 
-  /** Decode an open entry file; I/O errors throw, bad content gives a reason. */
-  private async readEntry(fh: FileHandle, st: Stats): Promise<{ entry: CacheEntry } | { reason: string }> {
+  /** Decode an open entry file; I/O errors throw, bad content gives a reason, an older format says so. */
+  private async readEntry(key: string, fh: FileHandle, st: Stats): Promise<{ entry: CacheEntry } | { reason: string } | { stale: string }> {
     if (st.size > MAX_FILE_BYTES) return { reason: `file of ${st.size} bytes is too large` }
     const buf = await fh.readFile()
     let entry: CacheEntry
     try {
-      entry = await decodeEntry(buf)
+      entry = await decodeEntry(buf, key)
     } catch (err) {
+      if (err instanceof StaleEntryError) return { stale: err.message }
       return { reason: String((err as Error).message ?? err) }
     }
     // Never hand out a failed compile as a hit, whoever wrote the file.
@@ -181,7 +183,7 @@ export class LocalStore {
 
   private async doPut(key: string, file: string, entry: CacheEntry): Promise<void> {
     await this.open()
-    const buf = await encodeEntry(entry)
+    const buf = await encodeEntry(entry, key)
     if (buf.length > this.targetBytes()) {
       // It would push out everything else, itself included.
       this.log.info(`not caching ${key}: ${formatSize(buf.length)} does not fit a ${formatSize(this.maxBytes)} cache`)
@@ -331,7 +333,7 @@ export class LocalStore {
       }
       await forEachLimit(names, 32, async (name) => {
         const isTemp = name.startsWith(TEMP_PREFIX)
-        if (!isTemp && !(KEY_RE.test(name) && name.startsWith(sub))) return
+        if (!isTemp && !(isValidKey(name) && name.startsWith(sub))) return
         const p = join(subPath, name)
         try {
           const st = await lstat(p)

@@ -5,13 +5,15 @@
 // the preprocessor.
 //
 // Stored beside the cache entries under manifests/xx/<key>, written atomically; a damaged
-// manifest is a miss and is removed. Each holds at most MAX_SETS sets, newest first.
+// manifest is a miss and is removed. Each holds at most MAX_SETS sets, newest first, and the
+// key it was written for: one that ends up under another command's name is damage, not a hit.
 // A manifest can also say "preprocess": the command's result was stored under its
 // preprocessed key while its files were too new to record, so a miss here should take the
 // preprocessed path (and find it) rather than compile again without the preprocessor.
 import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { randomBytes } from 'node:crypto'
+import { clip } from '../log.js'
 
 export interface FileSet {
   /** [absolute path, sha256] of every file the preprocessor entered, the source included */
@@ -26,8 +28,15 @@ export interface Manifest {
   preprocess: boolean
 }
 
-const FORMAT = 'meshcc-manifest-1'
-const EMPTY: Manifest = { sets: [], preprocess: false }
+/** A manifest as read: `damaged` says why one on disk was unusable (it has been removed). */
+export interface ManifestRead extends Manifest {
+  damaged: string | null
+}
+
+const FORMAT = 'meshcc-manifest-2'
+/** formats of older meshcc versions: read as no manifest, not as damage */
+const OLD_FORMATS = new Set(['meshcc-manifest-1'])
+const EMPTY: ManifestRead = { sets: [], preprocess: false, damaged: null }
 const MAX_SETS = 16
 /** A manifest of 16 sets of a few hundred headers is well under this; anything larger is damage. */
 const MAX_BYTES = 16 * 1024 * 1024
@@ -50,19 +59,21 @@ export class ManifestStore {
   }
 
   /** The sets recorded for `key`, newest first, and the preprocess hint; empty when there is none or it is damaged. */
-  async get(key: string): Promise<Manifest> {
+  async get(key: string): Promise<ManifestRead> {
     let text: string
     try {
       const buf = await readFile(this.path(key))
-      if (buf.length > MAX_BYTES) throw new Error('too large')
+      if (buf.length > MAX_BYTES) throw new Error(`${buf.length} bytes, more than ${MAX_BYTES}`)
       text = buf.toString('utf8')
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') await rm(this.path(key), { force: true })
-      return EMPTY
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return EMPTY
+      await rm(this.path(key), { force: true })
+      return { ...EMPTY, damaged: (err as NodeJS.ErrnoException).code ?? (err as Error).message }
     }
-    const m = parse(text)
-    if (m === null) await rm(this.path(key), { force: true })
-    return m ?? EMPTY
+    const m = parse(text, key)
+    if (typeof m === 'string') await rm(this.path(key), { force: true })
+    if (m === 'old format') return EMPTY
+    return typeof m === 'string' ? { ...EMPTY, damaged: m } : { ...m, damaged: null }
   }
 
   /** Record a set first (replacing an older set with the same files). */
@@ -83,7 +94,7 @@ export class ManifestStore {
     await mkdir(join(dest, '..'), { recursive: true })
     const tmp = `${dest}.${randomBytes(6).toString('hex')}.tmp`
     try {
-      await writeFile(tmp, JSON.stringify({ format: FORMAT, ...m }))
+      await writeFile(tmp, JSON.stringify({ format: FORMAT, key, sets: m.sets, preprocess: m.preprocess }))
       await rename(tmp, dest)
     } catch (err) {
       await rm(tmp, { force: true })
@@ -92,21 +103,26 @@ export class ManifestStore {
   }
 }
 
-function parse(text: string): Manifest | null {
+/** The manifest in `text`, written for `key`; or why it is not one ('old format' for an older meshcc's). */
+function parse(text: string, key: string): Manifest | string {
   let doc: unknown
   try {
     doc = JSON.parse(text)
   } catch {
-    return null
+    return 'not JSON'
   }
-  if (typeof doc !== 'object' || doc === null || (doc as { format?: unknown }).format !== FORMAT) return null
-  const sets = (doc as { sets?: unknown }).sets
-  if (!Array.isArray(sets)) return null
+  if (typeof doc !== 'object' || doc === null) return 'not a manifest'
+  const d = doc as { format?: unknown; key?: unknown; sets?: unknown; preprocess?: unknown }
+  if (typeof d.format === 'string' && OLD_FORMATS.has(d.format)) return 'old format'
+  if (d.format !== FORMAT) return 'not a manifest'
+  if (d.key !== key) return `written for command ${typeof d.key === 'string' ? clip(d.key, 64) : 'unknown'}, not this one`
+  const sets = d.sets
+  if (!Array.isArray(sets)) return 'no sets'
   for (const s of sets) {
-    if (typeof s !== 'object' || s === null || typeof s.result !== 'string' || !HEX64.test(s.result) || !Array.isArray(s.files)) return null
+    if (typeof s !== 'object' || s === null || typeof s.result !== 'string' || !HEX64.test(s.result) || !Array.isArray(s.files)) return 'a malformed set'
     for (const f of s.files) {
-      if (!Array.isArray(f) || f.length !== 2 || typeof f[0] !== 'string' || typeof f[1] !== 'string' || !HEX64.test(f[1])) return null
+      if (!Array.isArray(f) || f.length !== 2 || typeof f[0] !== 'string' || typeof f[1] !== 'string' || !HEX64.test(f[1])) return 'a malformed file in a set'
     }
   }
-  return { sets: sets as FileSet[], preprocess: (doc as { preprocess?: unknown }).preprocess === true }
+  return { sets: sets as FileSet[], preprocess: d.preprocess === true }
 }

@@ -27,8 +27,8 @@ export interface BuilderOptions {
   config: Config
   log: Logger
   toolchains: ToolchainCache
-  /** fetch a toolchain archive from a peer that holds it (the client first) */
-  fetchToolchain: (fromPeer: string, hash: string) => Promise<Buffer>
+  /** fetch a toolchain archive from a peer that holds it (the client first) into a file whose sha256 is `hash` */
+  fetchToolchain: (fromPeer: string, hash: string) => Promise<{ file: string; bytes: number }>
   /** providers of a toolchain besides the client (DHT, load view) */
   findToolchainHolders: (hash: string) => Promise<string[]>
   isAllowed: (peer: string) => boolean
@@ -185,9 +185,9 @@ export class Builder implements JobHandler {
         for (const h of holders.slice(0, 4)) {
           try {
             const t0 = Date.now()
-            const data = await this.opts.fetchToolchain(h, hash)
-            await tc.add(hash, data)
-            this.opts.log.info(`received toolchain ${hash.slice(0, 12)} (${(data.length / 1048576).toFixed(1)} MiB) from ${h} in ${Date.now() - t0} ms`)
+            const got = await this.opts.fetchToolchain(h, hash)
+            await tc.add(hash, got.file, { move: true }).finally(() => rm(got.file, { force: true }))
+            this.opts.log.info(`received toolchain ${hash.slice(0, 12)} (${(got.bytes / 1048576).toFixed(1)} MiB) from ${h} in ${Date.now() - t0} ms`)
             this.opts.onLoadChange()
             return
           } catch (err) {

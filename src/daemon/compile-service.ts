@@ -514,6 +514,10 @@ export class CompileService {
   private async directLookup(cwd: string, spec: CompileSpec, direct: string): Promise<{ hit: CompileReply | null; preprocess: boolean }> {
     await this.manifestWrites.get(direct)
     const manifest = await this.opts.direct!.get(direct)
+    if (manifest.damaged !== null) {
+      this.opts.stats.inc('cache_errors')
+      this.opts.log.warn(`manifest ${direct} was damaged and has been removed: ${manifest.damaged}`)
+    }
     for (const set of manifest.sets) {
       const now = await Promise.all(set.files.map(([p]) => this.hasher.hash(p)))
       if (!now.every((f, i) => f !== null && f.hash === set.files[i][1])) continue

@@ -11,7 +11,7 @@ import { createLogger, logFiles, type Logger } from '../log.js'
 import { VERSION } from '../version.js'
 import { CompileService, type CompileReply } from './compile-service.js'
 import {
-  FrameReader, MsgType, ProtocolError, decodeCompileRequest, encodeFrame, type Frame
+  FrameReader, MAX_REQUEST_BYTES, MsgType, ProtocolError, decodeCompileRequest, encodeFrame, type Frame
 } from './launcher-protocol.js'
 import { ManifestStore } from '../cache/manifest.js'
 import { LauncherConfigCheck } from './launcher-config-check.js'
@@ -190,7 +190,7 @@ export async function startDaemon(config: Config, foreground: boolean): Promise<
           running: compiles.cpu.running + compiles.fallbackCpu.running, queued: compiles.cpu.queued + compiles.fallbackCpu.queued,
           slots: config.build.localSlots, fallback_slots: config.build.localSlots === 0 ? compiles.fallbackCpu.capacity : config.build.localSlots,
           config_file: config.file, restart_pending: restartFor, log_file: log.file?.() ?? null,
-          memory: memoryStatus()
+          memory: memoryStatus(), pending_request_bytes: pendingRequestBytes
         },
         mesh: mesh?.status() ?? null,
         mesh_note: mesh ? null : meshNote
@@ -220,23 +220,53 @@ export async function startDaemon(config: Config, foreground: boolean): Promise<
     }
   }
 
+  // What the socket may make the daemon hold: a launcher sends its whole request at once, so a
+  // connection that has not finished one within REQUEST_DEADLINE_MS is broken or hostile, and the
+  // requests being read at any moment hold at most PENDING_REQUEST_BYTES between them (a -j200
+  // burst of ordinary requests is a few MiB; a refused one falls back to a local compile).
+  const REQUEST_DEADLINE_MS = 30_000
+  const PENDING_REQUEST_BYTES = 64 * 1024 * 1024
+  let pendingRequestBytes = 0
+  const requestBudget = {
+    maxFrameBytes: MAX_REQUEST_BYTES,
+    reserve: (n: number) => {
+      if (pendingRequestBytes + n > PENDING_REQUEST_BYTES) return false
+      pendingRequestBytes += n
+      return true
+    },
+    release: (n: number) => { pendingRequestBytes -= n }
+  }
+
   function serve(sock: Socket): void {
-    const reader = new FrameReader()
+    const reader = new FrameReader(requestBudget)
     let handled = false
+    const refuse = (message: string) => {
+      handled = true
+      reader.close()
+      clearTimeout(deadline)
+      log.warn(`bad request on the socket: ${message}`)
+      if (!sock.destroyed) sock.end(encodeFrame(MsgType.ERROR, [message]), () => sock.destroy())
+    }
+    const deadline = setTimeout(() => refuse(`request not complete within ${REQUEST_DEADLINE_MS / 1000} s`), REQUEST_DEADLINE_MS)
+    deadline.unref()
     sock.on('error', () => {}) // a launcher that went away mid-request is not our problem
+    sock.on('close', () => {
+      clearTimeout(deadline)
+      reader.close()
+    })
     sock.on('data', (chunk) => {
       if (handled) return
       let frames: Frame[]
       try {
         frames = reader.push(chunk)
       } catch (err) {
-        handled = true
-        log.warn(`bad request on the socket: ${(err as Error).message}`)
-        reply(sock, MsgType.ERROR, [(err as Error).message])
+        refuse((err as Error).message)
         return
       }
       if (frames.length === 0) return
       handled = true
+      clearTimeout(deadline)
+      reader.close() // nothing after the request is read
       active++
       lastActivity = Date.now()
       // only compiles change the load others see; status polls must not trigger gossip

@@ -17,8 +17,14 @@
 //   ERROR        [message]
 
 export const PROTOCOL_VERSION = '1'
-/** Nothing legitimate comes close: preprocessed sources are not sent, outputs go to disk. */
+/** Replies: a compiler's stdout and stderr, which outputs that go to disk never pass through. */
 export const MAX_FRAME_BYTES = 256 * 1024 * 1024
+/**
+ * Requests: argv and environment, which execve caps at 6 MiB together since Linux 4.13 (3/4 of
+ * the 8 MiB _STK_LIM, pointers included), plus the cwd and compiler path. The native launcher
+ * (native/launcher.c MAX_REQUEST) checks the same number before it sends.
+ */
+export const MAX_REQUEST_BYTES = 16 * 1024 * 1024
 
 export const MsgType = {
   COMPILE: 0x01,
@@ -71,31 +77,79 @@ export function decodeBody(body: Buffer): Frame {
   return { type: body[0], fields }
 }
 
+export interface FrameReaderOptions {
+  /** largest frame body accepted (default MAX_FRAME_BYTES) */
+  maxFrameBytes?: number
+  /** asked before a frame's buffer is allocated; false refuses the frame (a daemon-wide budget) */
+  reserve?: (bytes: number) => boolean
+  /** gives back what reserve() granted, once the frame is complete or the reader is closed */
+  release?: (bytes: number) => void
+}
+
 /**
- * Accumulates socket data and yields complete frames. Rejects frames over the size cap
- * before buffering them.
+ * Accumulates socket data and yields complete frames. A frame's length is checked against the
+ * cap before anything is allocated; its body is then allocated once at that length and each
+ * piece copied in once, so a frame sent in many small pieces costs no more than one sent whole.
  */
 export class FrameReader {
-  private chunks: Buffer[] = []
-  private size = 0
+  private readonly head = Buffer.alloc(4)
+  private headFill = 0
+  private body: Buffer | null = null
+  private bodyFill = 0
+  private readonly maxFrameBytes: number
+
+  constructor(private readonly opts: FrameReaderOptions = {}) {
+    this.maxFrameBytes = opts.maxFrameBytes ?? MAX_FRAME_BYTES
+  }
+
+  /** bytes held for the frame being read (its announced length), 0 between frames */
+  get pendingBytes(): number {
+    return this.body?.length ?? 0
+  }
 
   push(chunk: Buffer): Frame[] {
-    this.chunks.push(chunk)
-    this.size += chunk.length
     const frames: Frame[] = []
-    for (;;) {
-      if (this.size < 4) break
-      const head = this.chunks.length === 1 ? this.chunks[0] : Buffer.concat(this.chunks)
-      this.chunks = [head]
-      const len = head.readUInt32BE(0)
-      if (len > MAX_FRAME_BYTES) throw new ProtocolError(`frame of ${len} bytes exceeds the limit`)
-      if (head.length < 4 + len) break
-      frames.push(decodeBody(head.subarray(4, 4 + len)))
-      const rest = head.subarray(4 + len)
-      this.chunks = rest.length ? [rest] : []
-      this.size = rest.length
+    let off = 0
+    while (off < chunk.length) {
+      if (this.body === null) {
+        const n = Math.min(4 - this.headFill, chunk.length - off)
+        chunk.copy(this.head, this.headFill, off, off + n)
+        this.headFill += n
+        off += n
+        if (this.headFill < 4) break
+        this.startBody(this.head.readUInt32BE(0))
+      }
+      const body = this.body!
+      const n = Math.min(body.length - this.bodyFill, chunk.length - off)
+      chunk.copy(body, this.bodyFill, off, off + n)
+      this.bodyFill += n
+      off += n
+      if (this.bodyFill === body.length) frames.push(this.finishBody())
     }
     return frames
+  }
+
+  /** Drop an incomplete frame (the connection went away) and give back its reservation. */
+  close(): void {
+    if (this.body) this.opts.release?.(this.body.length)
+    this.body = null
+    this.headFill = 0
+  }
+
+  private startBody(len: number): void {
+    if (len > this.maxFrameBytes) throw new ProtocolError(`frame of ${len} bytes exceeds the limit of ${this.maxFrameBytes}`)
+    if (len === 0) throw new ProtocolError('empty frame')
+    if (this.opts.reserve && !this.opts.reserve(len)) throw new ProtocolError(`busy: no room for a frame of ${len} bytes now`)
+    this.body = Buffer.allocUnsafe(len)
+    this.bodyFill = 0
+  }
+
+  private finishBody(): Frame {
+    const body = this.body!
+    this.opts.release?.(body.length)
+    this.body = null
+    this.headFill = 0
+    return decodeBody(body)
   }
 }
 

@@ -3,7 +3,6 @@
 // turns the live view into the status that `meshcc status` and `--dist-status` print.
 import { createHash } from 'node:crypto'
 import { existsSync } from 'node:fs'
-import { readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { loadavg } from 'node:os'
 import type { Config } from '../config.js'
@@ -135,9 +134,10 @@ export class MeshService {
       config, log: log.child('builder'), toolchains,
       fetchToolchain: async (peer, hash) => {
         const t0 = Date.now()
-        const data = await fetchToolchain(mesh.libp2p, mesh.meshId, peer, hash, fetchLimit, AbortSignal.timeout(600_000))
-        svc?.recordTransfer({ hash, peer, direction: 'received', bytes: data.length, ms: Date.now() - t0 })
-        return data
+        const file = toolchains.receivePath()
+        const bytes = await fetchToolchain(mesh.libp2p, mesh.meshId, peer, hash, fetchLimit, file, AbortSignal.timeout(600_000))
+        svc?.recordTransfer({ hash, peer, direction: 'received', bytes, ms: Date.now() - t0 })
+        return { file, bytes }
       },
       findToolchainHolders: (hash) => mesh.findToolchainProviders(hash, 3000),
       isAllowed: (peer) => mesh.isAllowed(peer),
@@ -149,11 +149,11 @@ export class MeshService {
     const r = runner
     const onProtocolError = (what: string) => (peer: string, err: Error) => log.warn(`${what} with ${peer}: ${err.message.split('\n')[0]}`)
     const inputs = new MemoryInputCache()
-    await serveCompileJobs(mesh.libp2p, mesh.meshId, builder, inputs, onProtocolError('compile job'))
+    await serveCompileJobs(mesh.libp2p, mesh.meshId, builder, inputs, onProtocolError('compile job'), { maxStreamsPerPeer: 2 * cores + 2 })
     await serveToolchains(mesh.libp2p, mesh.meshId, async (hash) => {
-      const data = (await r.archiveOf(hash)) ?? (toolchains.has(hash) ? await readFile(toolchains.archivePath(hash)!).catch(() => null) : null)
-      if (data) log.info(`sending toolchain ${hash.slice(0, 12)} (${(data.length / 1048576).toFixed(1)} MiB)`)
-      return data
+      const path = (await r.archivePath(hash)) ?? toolchains.archivePath(hash)
+      if (path) log.info(`sending toolchain ${hash.slice(0, 12)}`)
+      return path
     }, onProtocolError('toolchain transfer'), (sent) => svc?.recordTransfer({ ...sent, direction: 'sent' }))
     const refreshPacked = everyAligned(2000, () => { void r.heldToolchains().then((h) => { packed = h }) }, { unref: true })
     svc = new MeshService(mesh, config, log, builder, runner, toolchains, inputs)

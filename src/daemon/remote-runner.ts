@@ -120,13 +120,14 @@ export class MeshRemoteRunner implements RemoteRunner {
     return p
   }
 
-  /** Archive bytes for a toolchain this client packed or was configured with (served to builders). */
-  async archiveOf(hash: string): Promise<Buffer | null> {
+  /** The archive of a toolchain this client packed or was configured with (served to builders), or null. */
+  async archivePath(hash: string): Promise<string | null> {
     for (const p of [...this.toolchains.values(), ...this.configured.values()]) {
       const t = await p.catch(() => null)
-      if (t && t.hash === hash) return readFile(t.archive)
+      if (t && t.hash === hash) return t.archive
     }
-    return readFile(join(this.opts.toolchainDir, `${hash}.tar.gz`)).catch(() => null)
+    const packed = join(this.opts.toolchainDir, `${hash}.tar.gz`)
+    return stat(packed).then(() => packed, () => null)
   }
 
   /** Hashes of the toolchains this client can serve. */

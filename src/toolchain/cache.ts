@@ -163,10 +163,20 @@ export class ToolchainCache {
   }
 
   /**
+   * A new path in the cache's directory to receive an archive into (a fetch from a peer): on the
+   * same filesystem, so add(hash, path, { move: true }) takes it without a copy. The caller
+   * removes it if it is still there afterwards; open() removes any a crash left.
+   */
+  receivePath(): string {
+    return join(this.dir, `.tmp-${process.pid}-${randomBytes(6).toString('hex')}.tar.gz`)
+  }
+
+  /**
    * Verify (sha256 of the archive bytes must equal hash), unpack and keep a toolchain;
    * resolves to its root. Adding a held hash just touches it; concurrent adds share one run.
+   * With `move`, an archive given by path is renamed into the cache rather than copied.
    */
-  async add(hash: string, archive: Buffer | string): Promise<string> {
+  async add(hash: string, archive: Buffer | string, opts: { move?: boolean } = {}): Promise<string> {
     if (!HASH_RE.test(hash)) throw new Error(`invalid toolchain hash ${JSON.stringify(String(hash).slice(0, 80))}: expected 64 lowercase hex digits`)
     await this.open()
     if (this.held.has(hash)) {
@@ -175,21 +185,21 @@ export class ToolchainCache {
     }
     let p = this.adding.get(hash)
     if (!p) {
-      p = this.doAdd(hash, archive)
+      p = this.doAdd(hash, archive, opts.move === true)
       this.adding.set(hash, p)
       p.finally(() => this.adding.delete(hash)).catch(() => {})
     }
     return p
   }
 
-  private async doAdd(hash: string, archive: Buffer | string): Promise<string> {
+  private async doAdd(hash: string, archive: Buffer | string, move: boolean): Promise<string> {
     const started = Date.now()
     const tmp = join(this.dir, `.tmp-${process.pid}-${randomBytes(6).toString('hex')}`)
     await mkdir(tmp, { mode: 0o700 })
     try {
       // Hash our own copy, not the source: what we verify is exactly what we unpack and serve.
       const archiveFile = join(tmp, ARCHIVE)
-      if (typeof archive === 'string') await copyFile(archive, archiveFile)
+      if (typeof archive === 'string') await (move ? rename(archive, archiveFile) : copyFile(archive, archiveFile))
       else await writeFile(archiveFile, archive)
       const actual = await sha256File(archiveFile)
       if (actual !== hash) throw new ToolchainArchiveError(`toolchain archive hash mismatch: expected ${hash}, got ${actual}`)

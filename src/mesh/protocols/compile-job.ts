@@ -20,14 +20,16 @@
 //
 // It carries argv, files and environment only: nothing here knows compiler flags.
 import { createHash } from 'node:crypto'
-import { gunzip, gzip } from 'node:zlib'
+import { Readable } from 'node:stream'
+import { pipeline } from 'node:stream/promises'
+import { createGunzip, gzip } from 'node:zlib'
 import { promisify } from 'node:util'
 import type { Libp2p } from '@libp2p/interface'
 import { peerIdFromString } from '@libp2p/peer-id'
+import { clip } from '../../log.js'
 import { Framed, ProtocolViolation, int, str, strList } from './framing.js'
 
 const gzipAsync = promisify(gzip)
-const gunzipAsync = promisify(gunzip)
 
 export const compileJobProtocol = (meshId: string) => `/meshcc/${meshId}/compile/3.0.0`
 const VERSION = 3
@@ -82,7 +84,7 @@ export type JobReply =
 type WireHeader = Omit<JobHeader, 'files'> & { files: number }
 
 function parseHeader(h: Record<string, unknown>): WireHeader {
-  if (h.v !== VERSION) throw new ProtocolViolation(`unsupported job version ${String(h.v)}`)
+  if (h.v !== VERSION) throw new ProtocolViolation(`unsupported job version ${clip(String(h.v), 40)}`)
   const envIn = h.env
   if (envIn === null || typeof envIn !== 'object' || Array.isArray(envIn)) throw new ProtocolViolation('field env: expected an object')
   const env: Record<string, string> = {}
@@ -90,7 +92,7 @@ function parseHeader(h: Record<string, unknown>): WireHeader {
   if (entries.length > LIMITS.env) throw new ProtocolViolation('too many environment variables')
   for (const [k, v] of entries) env[str(k, 'env key', 256)] = str(v, `env ${k}`, 65536)
   const dirs = strList(h.dirs, 'dirs', LIMITS.files)
-  for (const d of dirs) if (!d.startsWith('/') || d.split('/').includes('..')) throw new ProtocolViolation(`dirs entry must be absolute without '..': ${d}`)
+  for (const d of dirs) if (!d.startsWith('/') || d.split('/').includes('..')) throw new ProtocolViolation(`dirs entry must be absolute without '..': ${clip(d)}`)
   const cwd = str(h.cwd, 'cwd')
   const objPath = str(h.objPath, 'objPath')
   if (!cwd.startsWith('/') || !objPath.startsWith(cwd + '/') || objPath.split('/').includes('..')) throw new ProtocolViolation('cwd must be absolute and objPath inside it')
@@ -158,7 +160,7 @@ export function decodeFileTable(table: Buffer, n: number): JobFileRef[] {
     prevLength = shared + rest
     off += rest
     const path = path8.toString('utf8', 0, prevLength)
-    if (!path.startsWith('/') || path.split('/').includes('..')) throw new ProtocolViolation(`files[${i}].path must be absolute without '..': ${path}`)
+    if (!path.startsWith('/') || path.split('/').includes('..')) throw new ProtocolViolation(`files[${i}].path must be absolute without '..': ${clip(path)}`)
     const mode = table.readUInt16BE(off)
     if (mode > 0o777) throw new ProtocolViolation(`files[${i}].mode: expected permission bits`)
     const size = table.readUInt32BE(off + 2)
@@ -189,7 +191,7 @@ export async function sendCompileJob(node: Libp2p, meshId: string, peer: string,
     await f.writeBlob(fileTableOf(header.files), opts.signal)
     const first = await f.readJson<{ type?: string; reason?: unknown; need?: unknown }>(opts.signal)
     if (first.type === 'refused') return { kind: 'refused', reason: str(first.reason, 'reason', 1024) }
-    if (first.type !== 'accepted') throw new ProtocolViolation(`unexpected reply ${String(first.type)}`)
+    if (first.type !== 'accepted') throw new ProtocolViolation(`unexpected reply ${clip(String(first.type), 40)}`)
     const need = first.need
     if (!Array.isArray(need) || need.length > header.files.length) throw new ProtocolViolation('field need: expected a list of file indices')
     for (const i of need) if (!Number.isInteger(i) || i < 0 || i >= header.files.length) throw new ProtocolViolation('field need: index out of range')
@@ -200,7 +202,7 @@ export async function sendCompileJob(node: Libp2p, meshId: string, peer: string,
       const msg = await f.readJson<{ type?: string; reason?: unknown; exitCode?: unknown }>(opts.signal)
       if (msg.type === 'working') continue
       if (msg.type === 'failed') return { kind: 'failed', reason: str(msg.reason, 'reason', 1024) }
-      if (msg.type !== 'done') throw new ProtocolViolation(`unexpected reply ${String(msg.type)}`)
+      if (msg.type !== 'done') throw new ProtocolViolation(`unexpected reply ${clip(String(msg.type), 40)}`)
       const exitCode = int(msg.exitCode, 'exitCode', 0, 255)
       const stdout = await f.readBlob(LIMITS.outputBytes, opts.signal)
       const stderr = await f.readBlob(LIMITS.outputBytes, opts.signal)
@@ -213,54 +215,183 @@ export async function sendCompileJob(node: Libp2p, meshId: string, peer: string,
 }
 
 export interface JobHandler {
-  /** decide at once: a refusal reason, or a release function for the reserved slot (the file table is not decoded yet) */
+  /** decide at once: a refusal reason, or a release function for the reserved slot (the file table is not read yet) */
   admit(peer: string, header: Omit<JobHeader, 'files'>): string | (() => void)
   run(peer: string, header: JobHeader, files: JobFile[]): Promise<JobReply>
 }
 
+export interface ServeOptions {
+  /**
+   * Compile streams one peer may have open at once; more are refused unread. A builder runs at
+   * most `cores` jobs, and a refusal is a few bytes, so a client never needs many more.
+   */
+  maxStreamsPerPeer?: number
+  /** bytes of file tables and inputs that one peer's jobs may make this builder hold at once */
+  peerBytes?: number
+  /** the same for all peers together */
+  totalBytes?: number
+  /** an admitted job whose client sends nothing for this long is dropped, its slot freed (default 60 s) */
+  stallMs?: number
+}
+
+/** What the builder holds for jobs being received and run, for status and tests. */
+export interface CompileJobServer {
+  /** bytes of file tables and inputs held for jobs now */
+  heldBytes(): number
+  /** compile streams being served now */
+  openStreams(): number
+}
+
+/**
+ * What one peer's jobs may make a builder hold at once: a job's inputs count twice while they
+ * arrive (packed, then unpacked), so one job alone may bring about 255 MiB of inputs, far more
+ * than the largest units seen; a bigger one is refused and compiled elsewhere.
+ */
+const PEER_BYTES = 512 * 1024 * 1024
+const TOTAL_BYTES = 1024 * 1024 * 1024
+/** a builder waits this long for the next piece of a job it admitted, then frees the slot */
+const STALL_MS = 60_000
+
+/**
+ * Bytes held for jobs, per peer and in all: a job takes what it is about to hold and gives it
+ * back when done, so no peer can make the builder hold more than its share, however many
+ * streams it opens.
+ */
+class HeldBytes {
+  private readonly perPeer = new Map<string, number>()
+  total = 0
+
+  constructor(readonly peerLimit: number, private readonly totalLimit: number) {}
+
+  /** A job's account: take() refuses what would exceed a limit; end() gives back all it took. */
+  account(peer: string): { take(n: number): boolean; give(n: number): void; end(): void } {
+    let mine = 0
+    const give = (n: number) => {
+      mine -= n
+      this.total -= n
+      const left = (this.perPeer.get(peer) ?? 0) - n
+      if (left > 0) this.perPeer.set(peer, left)
+      else this.perPeer.delete(peer)
+    }
+    return {
+      take: (n) => {
+        const peerHeld = this.perPeer.get(peer) ?? 0
+        if (peerHeld + n > this.peerLimit || this.total + n > this.totalLimit) return false
+        this.perPeer.set(peer, peerHeld + n)
+        this.total += n
+        mine += n
+        return true
+      },
+      give,
+      end: () => { if (mine > 0) give(mine) }
+    }
+  }
+}
+
+/** the largest gzip stream `n` bytes can honestly become (stored blocks, header and trailer) */
+const gzipBound = (n: number) => n + (n >> 8) + 1024
+
+/**
+ * Gunzip the received inputs into one buffer per needed file, checking each file against its
+ * hash as it completes and dropping each packed chunk once gunzip has it: the builder holds
+ * about the inputs' size, never the packed stream and the whole unpacked one beside it and
+ * copies of both, as it did.
+ */
+async function receiveInputs(packed: Uint8Array[], files: JobFileRef[], need: number[], onFile: (x: JobFileRef, data: Buffer) => void): Promise<void> {
+  let k = 0
+  let buf: Buffer | null = null
+  let fill = 0
+  // complete the files that are (empty files at once), and start the next
+  const settle = () => {
+    while (k < need.length) {
+      const x = files[need[k]!]!
+      buf ??= Buffer.allocUnsafe(x.size)
+      if (fill < buf.length) return
+      if (createHash('sha256').update(buf).digest('hex') !== x.hash) throw new ProtocolViolation(`input ${clip(x.path)} does not match its hash`)
+      onFile(x, buf)
+      buf = null
+      fill = 0
+      k++
+    }
+  }
+  settle()
+  const chunks = function * () { while (packed.length > 0) yield packed.shift()! }
+  await pipeline(Readable.from(chunks(), { objectMode: false }), createGunzip(), async (out: AsyncIterable<Buffer>) => {
+    for await (const piece of out) {
+      let off = 0
+      while (off < piece.length) {
+        if (buf === null) throw new ProtocolViolation('inputs longer than their declared sizes')
+        const n = Math.min(buf.length - fill, piece.length - off)
+        piece.copy(buf, fill, off, off + n)
+        fill += n
+        off += n
+        settle()
+      }
+    }
+  }).catch((err: NodeJS.ErrnoException) => {
+    throw err instanceof ProtocolViolation || !err.code?.startsWith('Z_') ? err : new ProtocolViolation(`inputs are not gzip data: ${err.message}`)
+  })
+  if (k < need.length) throw new ProtocolViolation('inputs shorter than their declared sizes')
+}
+
+const BUSY_MEMORY = 'busy: this peer\'s jobs hold all the memory it may use here'
+
+async function refuse(f: Framed, reason: string): Promise<void> {
+  await f.writeJson({ type: 'refused', reason })
+  await f.closeAfterReply()
+}
+
 /** Builder side: serve compile jobs with `handler`. */
-export async function serveCompileJobs(node: Libp2p, meshId: string, handler: JobHandler, cache: InputCache, onError: (peer: string, err: Error) => void): Promise<void> {
+export async function serveCompileJobs(node: Libp2p, meshId: string, handler: JobHandler, cache: InputCache, onError: (peer: string, err: Error) => void, opts: ServeOptions = {}): Promise<CompileJobServer> {
+  const maxStreams = opts.maxStreamsPerPeer ?? 8
+  const held = new HeldBytes(opts.peerBytes ?? PEER_BYTES, opts.totalBytes ?? TOTAL_BYTES)
+  const streams = new Map<string, number>()
+  let open = 0
   await node.handle(compileJobProtocol(meshId), async (stream, connection) => {
     const peer = connection.remotePeer.toString()
-    const f = new Framed(stream)
+    const f = new Framed(stream, { stallMs: opts.stallMs ?? STALL_MS })
+    const before = streams.get(peer) ?? 0
+    streams.set(peer, before + 1)
+    open++
+    const account = held.account(peer)
     let release: (() => void) | null = null
     let beat: NodeJS.Timeout | null = null
     try {
+      // the header is one control frame; nothing larger is read before the job is admitted
+      if (before >= maxStreams) return await refuse(f, 'busy: too many jobs in flight from this peer')
       const wire = parseHeader(await f.readJson())
-      const table = await f.readBlob(MAX_TABLE_BYTES)
       const admitted = handler.admit(peer, wire)
-      if (typeof admitted === 'string') {
-        await f.writeJson({ type: 'refused', reason: admitted })
-        return
-      }
+      if (typeof admitted === 'string') return await refuse(f, admitted)
       release = admitted
-      const header: JobHeader = { ...wire, files: decodeFileTable(table, wire.files) }
+      const tableBytes = await f.readBlobSize(Math.min(MAX_TABLE_BYTES, wire.files * (ENTRY_FIXED + LIMITS.pathBytes)))
+      if (!account.take(tableBytes)) return await refuse(f, BUSY_MEMORY)
+      const header: JobHeader = { ...wire, files: decodeFileTable(await f.readBlobBody(tableBytes), wire.files) }
+      account.give(tableBytes)
       // what we hold, pinned for this job (the cache may evict meanwhile); each content once
-      const held = new Map<string, Buffer>()
+      const have = new Map<string, Buffer>()
       const need: number[] = []
       const asked = new Set<string>()
       header.files.forEach((x, i) => {
-        const data = held.get(x.hash) ?? cache.get(x.hash)
-        if (data && data.length === x.size) held.set(x.hash, data)
+        const data = have.get(x.hash) ?? cache.get(x.hash)
+        if (data && data.length === x.size) have.set(x.hash, data)
         else if (!asked.has(x.hash)) { asked.add(x.hash); need.push(i) }
       })
-      await f.writeJson({ type: 'accepted', need })
       const declared = need.reduce((n, i) => n + header.files[i]!.size, 0)
-      if (declared > LIMITS.inputBytes) throw new ProtocolViolation('inputs exceed the size limit')
-      const packed = await f.readBlob(LIMITS.inputBytes)
-      // a job may need no file at all (all cached, or a -nostdinc probe of /dev/null); zlib refuses a 0 cap
-      const all = await gunzipAsync(packed, { maxOutputLength: Math.max(1, declared) })
-      if (all.length !== declared) throw new ProtocolViolation('inputs do not match their declared sizes')
-      let off = 0
-      for (const i of need) {
-        const x = header.files[i]!
-        const data = Buffer.from(all.subarray(off, off + x.size)) // its own memory: it may outlive this job in the cache
-        off += x.size
-        if (createHash('sha256').update(data).digest('hex') !== x.hash) throw new ProtocolViolation(`input ${x.path} does not match its hash`)
-        held.set(x.hash, data)
-        cache.put(x.hash, data)
-      }
-      const files = header.files.map((x) => ({ path: x.path, mode: x.mode, data: held.get(x.hash)! }))
+      if (declared > LIMITS.inputBytes) return await refuse(f, `inputs of ${declared} bytes exceed the limit of ${LIMITS.inputBytes}`)
+      const inputCost = declared + gzipBound(declared)
+      if (inputCost > held.peerLimit) return await refuse(f, `inputs of ${declared} bytes are more than this builder takes from one peer`)
+      if (!account.take(inputCost)) return await refuse(f, BUSY_MEMORY)
+      await f.writeJson({ type: 'accepted', need })
+      // read at the pace it arrives (libp2p drops a stream whose unread bytes pass 4 MiB), then
+      // unpacked: gunzip runs in the thread pool and cannot be relied on to keep up
+      const packed: Uint8Array[] = []
+      for await (const chunk of f.readBlobChunks(await f.readBlobSize(gzipBound(declared)))) packed.push(chunk)
+      await receiveInputs(packed, header.files, need, (x, data) => {
+        have.set(x.hash, data)
+        cache.put(x.hash, data) // its hash checked
+      })
+      account.give(gzipBound(declared))
+      const files = header.files.map((x) => ({ path: x.path, mode: x.mode, data: have.get(x.hash)! }))
       beat = setInterval(() => { void f.writeJson({ type: 'working' }).catch(() => {}) }, HEARTBEAT_MS)
       const reply = await handler.run(peer, header, files)
       clearInterval(beat)
@@ -278,8 +409,14 @@ export async function serveCompileJobs(node: Libp2p, meshId: string, handler: Jo
       f.abort(err as Error)
     } finally {
       if (beat) clearInterval(beat)
+      account.end()
       release?.()
+      open--
+      const left = (streams.get(peer) ?? 1) - 1
+      if (left > 0) streams.set(peer, left)
+      else streams.delete(peer)
       await f.close()
     }
-  }, { maxInboundStreams: 256 })
+  }, { maxInboundStreams: 2 * maxStreams })
+  return { heldBytes: () => held.total, openStreams: () => open }
 }

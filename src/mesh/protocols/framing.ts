@@ -11,11 +11,34 @@ export const MAX_CONTROL_BYTES = 256 * 1024
 
 export class ProtocolViolation extends Error {}
 
+export interface FramedOptions {
+  /** a read that waits longer than this for the peer fails (a stalled sender holds nothing for long) */
+  stallMs?: number
+  /**
+   * bytes received and not yet read that make libp2p drop the stream (its default, 4 MiB): the
+   * peer is never told to wait (yamux grants window as data arrives, not as it is read), so a
+   * reader that pauses for the disk needs this much room
+   */
+  maxBufferSize?: number
+}
+
 export class Framed {
   private readonly lp: LengthPrefixedStream<Stream>
 
-  constructor(readonly stream: Stream) {
-    this.lp = lpStream(stream, { maxDataLength: Math.max(CHUNK_BYTES, MAX_CONTROL_BYTES) })
+  constructor(readonly stream: Stream, private readonly opts: FramedOptions = {}) {
+    this.lp = lpStream(stream, { maxDataLength: Math.max(CHUNK_BYTES, MAX_CONTROL_BYTES), maxBufferSize: opts.maxBufferSize })
+  }
+
+  private async read(signal?: AbortSignal): Promise<Uint8Array> {
+    const { stallMs } = this.opts
+    if (stallMs === undefined) return (await this.lp.read({ signal })).subarray()
+    const stalled = AbortSignal.timeout(stallMs)
+    try {
+      return (await this.lp.read({ signal: signal ? AbortSignal.any([signal, stalled]) : stalled })).subarray()
+    } catch (err) {
+      if (stalled.aborted && !signal?.aborted) throw new ProtocolViolation(`nothing received for ${stallMs / 1000} s`)
+      throw err
+    }
   }
 
   async writeJson(value: unknown, signal?: AbortSignal): Promise<void> {
@@ -23,11 +46,11 @@ export class Framed {
   }
 
   async readJson<T = Record<string, unknown>>(signal?: AbortSignal): Promise<T> {
-    const frame = (await this.lp.read({ signal })).subarray()
+    const frame = await this.read(signal)
     if (frame.length > MAX_CONTROL_BYTES) throw new ProtocolViolation(`control frame of ${frame.length} bytes`)
     let v: unknown
     try {
-      v = JSON.parse(Buffer.from(frame).toString('utf8'))
+      v = JSON.parse(Buffer.from(frame.buffer, frame.byteOffset, frame.byteLength).toString('utf8'))
     } catch {
       throw new ProtocolViolation('control frame is not JSON')
     }
@@ -42,17 +65,51 @@ export class Framed {
     }
   }
 
-  /** Read a blob announced by writeBlob, refusing one larger than `limit` before reading it. */
-  async readBlob(limit: number, signal?: AbortSignal): Promise<Buffer> {
+  /** Send a blob of `size` bytes from a source of chunks (a file being read), as writeBlob does. */
+  async writeBlobFrom(size: number, chunks: AsyncIterable<Uint8Array>, signal?: AbortSignal): Promise<void> {
+    await this.writeJson({ blob: size }, signal)
+    let sent = 0
+    for await (const chunk of chunks) {
+      for (let off = 0; off < chunk.length; off += CHUNK_BYTES) {
+        const piece = chunk.subarray(off, Math.min(chunk.length, off + CHUNK_BYTES))
+        if (sent + piece.length > size) throw new Error(`blob source longer than its ${size} bytes`)
+        await this.lp.write(piece, { signal })
+        sent += piece.length
+      }
+    }
+    if (sent !== size) throw new Error(`blob source ended after ${sent} of ${size} bytes`)
+  }
+
+  /** Read a blob's header, refusing one larger than `limit`; the size it announces. */
+  async readBlobSize(limit: number, signal?: AbortSignal): Promise<number> {
     const head = await this.readJson<{ blob?: unknown }>(signal)
     const n = head.blob
     if (typeof n !== 'number' || !Number.isInteger(n) || n < 0) throw new ProtocolViolation('expected a blob header')
     if (n > limit) throw new ProtocolViolation(`blob of ${n} bytes exceeds the limit of ${limit}`)
-    const out = Buffer.allocUnsafe(n)
+    return n
+  }
+
+  /** The `n` bytes of a blob whose header readBlobSize read, as they arrive; nothing is kept here. */
+  async *readBlobChunks(n: number, signal?: AbortSignal): AsyncGenerator<Uint8Array> {
     let got = 0
     while (got < n) {
-      const chunk = (await this.lp.read({ signal })).subarray()
+      const chunk = await this.read(signal)
       if (got + chunk.length > n) throw new ProtocolViolation('blob longer than announced')
+      got += chunk.length
+      yield chunk
+    }
+  }
+
+  /** Read a blob announced by writeBlob, refusing one larger than `limit` before reading it. */
+  async readBlob(limit: number, signal?: AbortSignal): Promise<Buffer> {
+    return this.readBlobBody(await this.readBlobSize(limit, signal), signal)
+  }
+
+  /** The `n` bytes of a blob whose header readBlobSize read, in one buffer. */
+  async readBlobBody(n: number, signal?: AbortSignal): Promise<Buffer> {
+    const out = Buffer.allocUnsafe(n)
+    let got = 0
+    for await (const chunk of this.readBlobChunks(n, signal)) {
       out.set(chunk, got)
       got += chunk.length
     }
@@ -61,6 +118,15 @@ export class Framed {
 
   async close(): Promise<void> {
     try { await this.stream.close() } catch { /* already gone */ }
+  }
+
+  /**
+   * Stop reading (what the peer still sends is dropped as it arrives, never buffered) and close:
+   * a refusal sent before the peer's upload ends.
+   */
+  async closeAfterReply(): Promise<void> {
+    try { await this.stream.closeRead() } catch { /* already gone */ }
+    await this.close()
   }
 
   abort(err: Error): void {

@@ -3,21 +3,56 @@
 //
 //   client → {v:1, hash}
 //   holder → {ok:true} + blob (the archive)   |   {ok:false, reason}
+//
+// Archives are tens of MiB (up to the toolchain cache's size): neither side ever holds one in
+// memory. The holder sends from its file; the client writes to a file as the bytes arrive,
+// hashing them and counting them against its limit, and keeps the file only when the sha256 is
+// the one it asked for.
+import { createHash } from 'node:crypto'
+import { createWriteStream } from 'node:fs'
+import { open, rm, type FileHandle } from 'node:fs/promises'
+import { pipeline } from 'node:stream/promises'
 import type { Libp2p } from '@libp2p/interface'
 import { peerIdFromString } from '@libp2p/peer-id'
-import { Framed, ProtocolViolation, str } from './framing.js'
+import { clip } from '../../log.js'
+import { CHUNK_BYTES, Framed, ProtocolViolation, str } from './framing.js'
 
 export const toolchainFetchProtocol = (meshId: string) => `/meshcc/${meshId}/toolchain/1.0.0`
 
-export async function fetchToolchain(node: Libp2p, meshId: string, peer: string, hash: string, limit: number, signal: AbortSignal): Promise<Buffer> {
+/** a holder waits this long for a request, a client this long for each piece of the archive */
+const STALL_MS = 60_000
+const WRITE_AHEAD = 8 * 1024 * 1024
+
+/**
+ * Fetch the archive `hash` from `peer` into `dest` (created here, never overwritten). Resolves to
+ * its size once its sha256 is `hash`; otherwise throws and leaves no file.
+ */
+export async function fetchToolchain(node: Libp2p, meshId: string, peer: string, hash: string, limit: number, dest: string, signal: AbortSignal): Promise<number> {
   const stream = await node.dialProtocol(peerIdFromString(peer), toolchainFetchProtocol(meshId), { signal })
-  const f = new Framed(stream)
+  const f = new Framed(stream, { stallMs: STALL_MS, maxBufferSize: 2 * WRITE_AHEAD })
+  let created = false
+  let kept = false
   try {
     await f.writeJson({ v: 1, hash }, signal)
     const head = await f.readJson<{ ok?: unknown; reason?: unknown }>(signal)
-    if (head.ok !== true) throw new ProtocolViolation(`peer has no toolchain ${hash.slice(0, 12)}: ${typeof head.reason === 'string' ? head.reason.slice(0, 200) : 'no reason'}`)
-    return await f.readBlob(limit, signal)
+    if (head.ok !== true) throw new ProtocolViolation(`peer has no toolchain ${hash.slice(0, 12)}: ${typeof head.reason === 'string' ? clip(head.reason) : 'no reason'}`)
+    const size = await f.readBlobSize(limit, signal)
+    const sha = createHash('sha256')
+    // the stream must be read about as fast as it arrives (see FramedOptions.maxBufferSize), so
+    // writes queue up to WRITE_AHEAD rather than wait on the disk one by one
+    const out = createWriteStream(dest, { flags: 'wx', mode: 0o600, highWaterMark: WRITE_AHEAD }).once('open', () => { created = true })
+    await pipeline(f.readBlobChunks(size, signal), async function * (chunks) {
+      for await (const chunk of chunks) {
+        sha.update(chunk)
+        yield chunk
+      }
+    }, out)
+    const actual = sha.digest('hex')
+    if (actual !== hash) throw new ProtocolViolation(`toolchain from ${peer} has sha256 ${actual}, not ${hash}`)
+    kept = true
+    return size
   } finally {
+    if (created && !kept) await rm(dest, { force: true })
     await f.close()
   }
 }
@@ -25,28 +60,33 @@ export async function fetchToolchain(node: Libp2p, meshId: string, peer: string,
 /** What a served transfer took, for the sender's status. */
 export interface ServedToolchain { hash: string; peer: string; bytes: number; ms: number }
 
-/** `archiveOf` returns the archive bytes for a hash this node holds, or null; `onSent` hears of each archive sent whole. */
-export async function serveToolchains(node: Libp2p, meshId: string, archiveOf: (hash: string) => Promise<Buffer | null>, onError: (peer: string, err: Error) => void,
+/** `archiveOf` returns the path of the archive for a hash this node holds, or null; `onSent` hears of each archive sent whole. */
+export async function serveToolchains(node: Libp2p, meshId: string, archiveOf: (hash: string) => Promise<string | null>, onError: (peer: string, err: Error) => void,
   onSent?: (sent: ServedToolchain) => void): Promise<void> {
   await node.handle(toolchainFetchProtocol(meshId), async (stream, connection) => {
-    const f = new Framed(stream)
+    const f = new Framed(stream, { stallMs: STALL_MS })
     const t0 = Date.now()
+    let archive: FileHandle | null = null
     try {
       const req = await f.readJson<{ v?: unknown; hash?: unknown }>()
       const hash = str(req.hash, 'hash', 128)
       if (!/^[0-9a-f]{64}$/.test(hash)) throw new ProtocolViolation('bad toolchain hash')
-      const data = await archiveOf(hash)
-      if (!data) {
+      const path = await archiveOf(hash)
+      // opened once: the size sent is the size of the file read, even if the path is replaced meanwhile
+      archive = path === null ? null : await open(path, 'r').catch(() => null)
+      if (archive === null) {
         await f.writeJson({ ok: false, reason: 'not held here' })
         return
       }
+      const { size } = await archive.stat()
       await f.writeJson({ ok: true })
-      await f.writeBlob(data)
-      onSent?.({ hash, peer: connection.remotePeer.toString(), bytes: data.length, ms: Date.now() - t0 })
+      await f.writeBlobFrom(size, archive.createReadStream({ highWaterMark: CHUNK_BYTES, autoClose: false }))
+      onSent?.({ hash, peer: connection.remotePeer.toString(), bytes: size, ms: Date.now() - t0 })
     } catch (err) {
       onError(connection.remotePeer.toString(), err as Error)
       f.abort(err as Error)
     } finally {
+      await archive?.close()
       await f.close()
     }
   }, { maxInboundStreams: 32 })
