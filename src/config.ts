@@ -86,8 +86,8 @@ export class ConfigError extends Error {
 }
 
 export const DEFAULT_MESH_PORT = 10650
-/** the smallest cache or toolchain cache: below this nothing useful fits */
-const MIN_CACHE_BYTES = 1024 ** 2
+/** the smallest cache or toolchain cache: zero or a few bytes is a mistake (tests use a few hundred KiB) */
+export const MIN_CACHE_BYTES = 64 * 1024
 export const DEFAULT_MESH_LISTEN = [`/ip4/0.0.0.0/tcp/${DEFAULT_MESH_PORT}`]
 /** seconds: a daemon without a mesh exits after this long without a request */
 export const DEFAULT_IDLE_TIMEOUT = 600

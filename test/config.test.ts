@@ -93,7 +93,7 @@ const bad: Array<[string, string, RegExp]> = [
   ['TOML syntax', '[daemon]\nsocket = \n', /config\.toml: line 2:/],
   ['size as a bare fraction', '[cache]\nsize = 1.5\n', /\[cache\] size: number 1\.5 has no unit .*"1\.5G"/],
   ['size as a fraction string', '[cache]\nsize = "1.5"\n', /\[cache\] size: "1\.5" has no unit/],
-  ['size zero', '[cache]\nsize = 0\n', /\[cache\] size: number 0 is too small \(at least 1\.0 MiB\)/],
+  ['size zero', '[cache]\nsize = 0\n', /\[cache\] size: number 0 is too small \(at least 64\.0 KiB\)/],
   ['toolchain cache size zero', '[build]\ntoolchain_cache_size = "0G"\n', /\[build\] toolchain_cache_size: "0G" is too small/]
 ]
 for (const [name, text, re] of bad) {

@@ -3,7 +3,7 @@
 // about the cache is answered from the disk when no daemon runs.
 import { parseArgs } from 'node:util'
 import { existsSync } from 'node:fs'
-import { ConfigError, configFilePath, formatSize, loadConfig, parseSize, type Config } from '../config.js'
+import { ConfigError, MIN_CACHE_BYTES, configFilePath, formatSize, loadConfig, parseSize, type Config } from '../config.js'
 import { DaemonUnreachable, adminRequest, spawnDaemon } from '../launcher/client.js'
 import { silentLogger } from '../log.js'
 import { editConfigFile } from './config-edit.js'
@@ -233,8 +233,8 @@ async function statsFromDisk(config: Config): Promise<Record<string, unknown>> {
 /** `-M SIZE`: written to the config file, which a running daemon follows within seconds. */
 async function setMaxSize(config: Config, text: string): Promise<number> {
   const bytes = parseSize(text)
-  if (bytes === null || bytes < 1024 ** 2) {
-    process.stderr.write(`meshcc: --max-size: ${JSON.stringify(text)} is not a size of at least 1M (e.g. "20G", "500M")\n`)
+  if (bytes === null || bytes < MIN_CACHE_BYTES) {
+    process.stderr.write(`meshcc: --max-size: ${JSON.stringify(text)} is not a size of at least ${formatSize(MIN_CACHE_BYTES)} (e.g. "20G", "500M")\n`)
     return 2
   }
   const file = config.file ?? configFilePath()
