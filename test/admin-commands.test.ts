@@ -138,3 +138,12 @@ test('setTomlKey: replaces in its section, adds the key or the section, leaves t
   assert.equal(setTomlKey('', 'cache', 'size', '"5G"'), '[cache]\nsize = "5G"\n')
   assert.equal(setTomlKey('[log]\nlevel = "info"', 'cache', 'size', '"5G"'), '[log]\nlevel = "info"\n\n[cache]\nsize = "5G"\n')
 })
+
+test('mesh init with the mesh disabled writes the key and starts no daemon', async () => {
+  const inst = fresh()
+  const r = await inst.run(['mesh', 'init'])
+  assert.equal(r.code, 0, r.stderr)
+  assert.match(r.stdout, /the mesh is disabled in .*\[mesh\] enabled = false/)
+  assert.ok(existsSync(join(inst.dir, 'mesh.key')))
+  assert.equal(inst.daemonPid(), null, 'a daemon with the mesh off has no reason to start for it')
+})

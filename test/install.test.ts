@@ -3,12 +3,12 @@
 // this checkout (its command is not a link back into it). Installed into a private prefix.
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
-import { mkdtempSync, readFileSync, realpathSync, rmSync, writeFileSync, existsSync } from 'node:fs'
+import { copyFileSync, existsSync, mkdtempSync, readFileSync, realpathSync, renameSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { REPO, runCommand } from './helpers/meshcc.js'
 
-test('npm run package, npm install -g of the tarball: a self-contained meshcc that compiles, and uninstalls', { timeout: 120_000 }, async () => {
+test('npm run package, npm install -g of the tarball: a self-contained meshcc that compiles, restarts into an upgrade, and uninstalls', { timeout: 120_000 }, async () => {
   const work = mkdtempSync(join(tmpdir(), 'install-'))
   try {
     const made = await runCommand(process.execPath, [join(REPO, 'scripts', 'package.mjs'), work])
@@ -40,6 +40,24 @@ test('npm run package, npm install -g of the tarball: a self-contained meshcc th
     assert.ok(readFileSync(join(work, 'a.o')).equals(readFileSync(join(work, 'plain.o'))), 'the same object as plain gcc')
     const s = await runCommand('meshcc', ['-s', '--stats-format', 'json'], { env })
     assert.equal(JSON.parse(s.stdout).cache_misses, 1, 'it went through the daemon')
+
+    // an upgrade replaces the installed files; the idle daemon restarts into them by itself
+    const pidFile = join(work, 'run', 'd.sock.pid')
+    const oldPid = Number(readFileSync(pidFile, 'utf8'))
+    const main = join(prefix, 'lib', 'node_modules', 'meshcc', 'dist', 'cli', 'main.js')
+    copyFileSync(main, `${main}.new`)
+    renameSync(`${main}.new`, main)
+    const deadline = Date.now() + 30_000
+    let newPid = oldPid
+    while (Date.now() < deadline) {
+      try { newPid = Number(readFileSync(pidFile, 'utf8')) } catch { /* between the two daemons */ }
+      if (newPid !== oldPid && newPid > 0) break
+      await new Promise((r) => setTimeout(r, 200))
+    }
+    assert.notEqual(newPid, oldPid, 'the daemon restarted into the upgraded files')
+    const again = await runCommand('meshcc', ['gcc', '-c', 'a.c', '-o', 'b.o'], { cwd: work, env })
+    assert.equal(again.code, 0, again.stderr)
+    assert.ok(readFileSync(join(work, 'b.o')).equals(readFileSync(join(work, 'plain.o'))))
     assert.equal((await runCommand('meshcc', ['--stop-server'], { env })).code, 0)
 
     const un = await runCommand('npm', ['uninstall', '-g', '--prefix', prefix, 'meshcc'], { timeoutMs: 60_000 })

@@ -1,7 +1,7 @@
 // Mesh-facing commands: status (table, JSON, live), jobs, --dist-status, mesh init|invite|join.
 import { existsSync, readFileSync, rmSync } from 'node:fs'
-import { join } from 'node:path'
 import type { Config } from '../config.js'
+import { currentLogFile } from '../log.js'
 import { adminRequest, DaemonUnreachable } from '../launcher/client.js'
 import type { MeshStatus } from '../daemon/mesh-service.js'
 import { joinedBootstrapFile, storedPeersFile, writeJoinedBootstrap } from '../mesh/state-files.js'
@@ -112,6 +112,10 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
  * a daemon in the mesh afterwards. Returns false (said on stderr) when it did not start.
  */
 async function restartDaemon(config: Config): Promise<boolean> {
+  if (!config.mesh.enabled) {
+    process.stdout.write(`meshcc: the mesh is disabled in ${config.file ?? 'the config'} ([mesh] enabled = false): set it to true to join; the daemon was left as it is\n`)
+    return true
+  }
   let wasRunning = true
   try {
     await adminRequest(config, 'shutdown', { autostart: false, timeoutMs: 5000 })
@@ -123,7 +127,7 @@ async function restartDaemon(config: Config): Promise<boolean> {
   try {
     await adminRequest(config, 'ping', { autostart: true, timeoutMs: 10_000 })
   } catch (err) {
-    process.stderr.write(`meshcc: the daemon did not start: ${(err as Error).message}; see ${join(config.cache.dir, 'meshcc.log')}\n`)
+    process.stderr.write(`meshcc: the daemon did not start: ${(err as Error).message}; see ${currentLogFile(config.cache.dir, config.daemon.socket)}\n`)
     return false
   }
   process.stdout.write(`meshcc: daemon ${wasRunning ? 'restarted' : 'started'} to join the mesh\n`)
@@ -165,7 +169,7 @@ export async function meshCommand(config: Config, args: string[], force: boolean
     const s = await statusWithMesh(config)
     if (!s.mesh) {
       const why = s.mesh_note === 'starting' ? `its mesh did not start within ${MESH_START_WAIT_MS / 1000} s` : s.mesh_note ?? 'unknown'
-      process.stderr.write(`meshcc: the daemon is not in the mesh (${why}); see ${join(config.cache.dir, 'meshcc.log')}\n`)
+      process.stderr.write(`meshcc: the daemon is not in the mesh (${why}); see ${currentLogFile(config.cache.dir, config.daemon.socket)}\n`)
       return 1
     }
     process.stdout.write(encodeInvite({ key, addrs: s.mesh.addresses }) + '\n')
