@@ -18,6 +18,8 @@ let mesh: DistMesh
 let client: Instance
 let builders: Instance[] = []
 const daemon = (name: string, opts: DaemonOptions): Instance => mesh.daemon(name, opts)
+/** the builders still running (one test kills one; status no longer starts a daemon that is gone) */
+const liveBuilders = (): Instance[] => builders.filter((b) => { try { return process.kill(b.daemonPid()!, 0) } catch { return false } })
 
 before(async () => {
   mesh = await startDistMesh('dist')
@@ -385,7 +387,7 @@ test('a toolchain archive named in [build] toolchain_archives is shipped instead
   assert.equal(plain.code, 0)
   assert.ok(readFileSync(join(c2.dir, 'x.o')).equals(readFileSync(join(c2.dir, 'p.o'))))
   // every builder still running (an earlier test kills builders[0]; run alone, it is alive)
-  const alive = builders.filter((b) => { try { return process.kill(b.daemonPid()!, 0) } catch { return false } })
+  const alive = liveBuilders()
   const got = await Promise.all(alive.map(status))
   assert.ok(got.some((b) => b.mesh!.toolchain_transfers.some((t) => t.hash === hash && t.direction === 'received')), 'the builder received the configured archive')
 })
@@ -457,7 +459,8 @@ test('a builder\'s kept job tree never feeds a job a file the client has since r
     }
   }
   // the builders still alive (an earlier test kills one)
-  const reruns = async () => (await Promise.all(builders.map(status))).reduce((n, b) => n + (b.mesh?.builder.workspaces.fresh_reruns ?? 0), 0)
+  const alive = liveBuilders()
+  const reruns = async () => (await Promise.all(alive.map(status))).reduce((n, b) => n + (b.mesh?.builder.workspaces.fresh_reruns ?? 0), 0)
   const include = ['-Iinc/1', '-Iinc/2']
   writeFileSync(join(dir, 'inc', '1', 'x.h'), '#define X 1\n')
   writeFileSync(join(dir, 'inc', '2', 'x.h'), '#define X 2\n')
