@@ -257,7 +257,7 @@ const STALL_MS = 60_000
  * back when done, so no peer can make the builder hold more than its share, however many
  * streams it opens.
  */
-class HeldBytes {
+export class HeldBytes {
   private readonly perPeer = new Map<string, number>()
   total = 0
 
