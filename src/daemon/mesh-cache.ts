@@ -369,13 +369,13 @@ export class MeshCache {
  * The daemon's MeshCache: its store of entries held for others (<cache dir>/shared, when
  * [cache] shared_size > 0), serving the other members' requests. Stopping it closes the store.
  */
-export async function startMeshCache(config: Config, mesh: MeshCacheMesh, log: Logger): Promise<MeshCache> {
+export async function startMeshCache(config: Config, mesh: MeshCacheMesh, log: Logger, tuning: Partial<MeshCacheOptions> = {}): Promise<MeshCache> {
   const { signer, trust } = await sharedIdentity(config, log)
   const store = config.cache.sharedSize > 0
     ? new SharedStore({ dir: join(config.cache.dir, 'shared'), maxBytes: config.cache.sharedSize, log, refuseToHold: (p) => trust.refusalToHold(p) })
     : null
   await store?.open()
-  const cache = new MeshCache({ mesh, signer, trust, store, log })
+  const cache = new MeshCache({ ...tuning, mesh, signer, trust, store, log })
   await cache.serve()
   return cache
 }
