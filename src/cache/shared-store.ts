@@ -81,8 +81,8 @@ export class SharedStore {
     return { stored: true }
   }
 
-  /** Keep an entry this member signed itself (already verified by construction). */
-  async keepOwn(key: string, blob: Buffer): Promise<void> {
+  /** Keep an entry this member signed itself, or has just verified whole (a hit it fetched as an owner). */
+  async keepVerified(key: string, blob: Buffer): Promise<void> {
     if (this.admit(blob.length) === null) await this.store.put(key, blob)
   }
 

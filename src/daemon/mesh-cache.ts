@@ -200,9 +200,11 @@ export class MeshCache {
         return null
       }
       this.counters.remote_hits++
-      // read repair: owners that answered "miss" get the entry as it is (its producer's signature)
+      // read repair: owners that answered "miss" get the entry as it is (its producer's signature),
+      // and this member keeps it when it is an owner itself
       const missed = asked.filter((id, i) => answers[i]!.kind === 'miss' && owners.includes(id))
       if (missed.length > 0) this.queue.push({ key, entry: null, blob: hit.blob, targets: missed })
+      if (owners.includes(this.self)) void this.opts.store?.keepVerified(key, hit.blob).catch(() => {})
       return hit.hit
     } catch (err) {
       this.failures.error++
@@ -336,7 +338,7 @@ export class MeshCache {
         return
       }
       // the producer keeps what it made: callers that know who made an entry may ask it
-      await store?.keepOwn(item.key, blob).catch((err: Error) => log.warn(`cannot keep cache entry ${item.key.slice(0, 16)} for the mesh: ${err.message}`))
+      await store?.keepVerified(item.key, blob).catch((err: Error) => log.warn(`cannot keep cache entry ${item.key.slice(0, 16)} for the mesh: ${err.message}`))
     }
     const members = mesh.members()
     const byId = new Map(members.map((m) => [m.peerId, m]))
