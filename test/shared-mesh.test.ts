@@ -21,6 +21,8 @@ import { sealEntry } from '../src/cache/signed-entry.js'
 import { distrustFile, readDistrusted } from '../src/cache/trust.js'
 import { Verifier } from '../src/cache/verifier.js'
 import { cacheExchangeProtocol, putEntry, serveCacheExchange } from '../src/mesh/protocols/cache-exchange.js'
+import { Framed } from '../src/mesh/protocols/framing.js'
+import { peerIdOf } from '../src/mesh/peer-ids.js'
 import { MeshCache, startMeshCache } from '../src/daemon/mesh-cache.js'
 import { sharedIdentity } from '../src/daemon/shared-identity.js'
 import { waitFor } from './helpers/mesh-proc.js'
@@ -266,6 +268,32 @@ test('bounded publishing, the quota, and read repair to an owner that missed', {
   }
   const fromOwner = await C.cache!.lookup(key)
   assert.equal(fromOwner?.producer, B.mesh.peerId)
+})
+
+test('a member holding the mesh key cannot make an owner hold more than its share: streams refused unread, sizes checked before reading', { timeout: 60_000 }, async () => {
+  const open = async () => new Framed(await F.mesh.libp2p.dialProtocol(peerIdOf(A.mesh.peerId), cacheExchangeProtocol(A.mesh.meshId)))
+  const before = A.cache!.stats().serving_streams
+  // ten puts announcing 1 MiB each, none sending a byte of it: eight are accepted (and held
+  // against F's budget), the rest refused unread
+  const streams = await Promise.all(Array.from({ length: 10 }, () => open()))
+  const replies: string[] = []
+  for (const [i, f] of streams.entries()) {
+    await f.writeJson({ v: 1, op: 'put', key: k(`flood ${i}`), size: 1024 * 1024 })
+    replies.push(String((await f.readJson<{ type?: string; reason?: string }>()).type))
+  }
+  assert.deepEqual(replies.filter((r) => r === 'accepted').length, 8, replies.join(' '))
+  assert.equal(replies.filter((r) => r === 'refused').length, 2)
+  assert.equal(A.cache!.stats().serving_streams - before, 8)
+  for (const f of streams) f.abort(new Error('test done'))
+  await waitFor('the streams to be given back', () => (A.cache!.stats().serving_streams === before ? true : undefined), 10_000)
+  // an entry announced over the size limit is a protocol violation: the stream is reset unread
+  const huge = await open()
+  await huge.writeJson({ v: 1, op: 'put', key: k('huge'), size: 1024 * 1024 * 1024 })
+  await assert.rejects(huge.readJson())
+  // a bad key never reaches the store
+  const bad = await open()
+  await bad.writeJson({ v: 1, op: 'get', key: '../../etc/passwd' })
+  await assert.rejects(bad.readJson())
 })
 
 test('a member that stops answering is skipped; an owner that leaves costs no hit', { timeout: 60_000 }, async () => {

@@ -18,7 +18,7 @@ import type { Libp2p } from '@libp2p/interface'
 import { isValidKey } from '../../cache/entry-format.js'
 import { clip } from '../../log.js'
 import { peerIdOf } from '../peer-ids.js'
-import { HeldBytes } from './compile-job.js'
+import { HeldBytes, StreamCounts } from './admission.js'
 import { Framed, ProtocolViolation, int, str } from './framing.js'
 
 export const cacheExchangeProtocol = (meshId: string) => `/meshcc/${meshId}/cache/1.0.0`
@@ -127,17 +127,14 @@ const BUSY = 'busy: this peer\'s requests hold all the memory they may use here'
 export async function serveCacheExchange(node: Libp2p, meshId: string, handler: CacheExchangeHandler, onError: (peer: string, err: Error) => void, opts: CacheServeOptions): Promise<CacheExchangeServer> {
   const maxStreams = opts.maxStreamsPerPeer ?? 8
   const held = new HeldBytes(opts.peerBytes ?? 512 * 1024 * 1024, opts.totalBytes ?? 1024 * 1024 * 1024)
-  const streams = new Map<string, number>()
-  let open = 0
+  const streams = new StreamCounts()
   await node.handle(cacheExchangeProtocol(meshId), async (stream, connection) => {
     const peer = connection.remotePeer.toString()
     const f = new Framed(stream, { stallMs: opts.stallMs ?? 10_000 })
-    const before = streams.get(peer) ?? 0
-    streams.set(peer, before + 1)
-    open++
+    const slot = streams.open(peer)
     const account = held.account(peer)
     try {
-      if (before >= maxStreams) return await refuse(f, 'busy: too many cache requests in flight from this peer')
+      if (slot.before >= maxStreams) return await refuse(f, 'busy: too many cache requests in flight from this peer')
       const req = await f.readJson<{ v?: unknown; op?: unknown; key?: unknown; size?: unknown }>()
       if (req.v !== VERSION) throw new ProtocolViolation(`unsupported cache request version ${clip(String(req.v), 40)}`)
       const k = key(req.key)
@@ -169,12 +166,9 @@ export async function serveCacheExchange(node: Libp2p, meshId: string, handler: 
       f.abort(err as Error)
     } finally {
       account.end()
-      open--
-      const left = (streams.get(peer) ?? 1) - 1
-      if (left > 0) streams.set(peer, left)
-      else streams.delete(peer)
+      slot.close()
       await f.close()
     }
   }, { maxInboundStreams: 2 * maxStreams })
-  return { heldBytes: () => held.total, openStreams: () => open }
+  return { heldBytes: () => held.total, openStreams: () => streams.total }
 }
