@@ -13,6 +13,7 @@ import { connect as netConnect, type Socket } from 'node:net'
 import { connect as tlsConnect } from 'node:tls'
 import type { BlobBackend } from './remote-tier.js'
 
+/** ccache keeps "ccache:<digest>" keys: one Redis can serve both without their entries meeting */
 const KEY_PREFIX = 'meshcc:'
 const MAX_LINE_BYTES = 64 * 1024
 const DEFAULT_PORT = 6379
