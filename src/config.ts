@@ -32,6 +32,16 @@ export interface Config {
     size: number
     /** direct mode: find hits from the included files' hashes, without running the preprocessor */
     direct: boolean
+    /** use the mesh as one shared cache: misses are looked up at the members, results published to them */
+    shared: boolean
+    /** bytes of entries this member holds for the others (<cache dir>/shared); 0 = it holds none */
+    sharedSize: number
+    /** whose entries this machine accepts: any member ("mesh"), only its own ("self"), or these peer IDs (and its own) */
+    trust: 'mesh' | 'self' | string[]
+    /** the share (0 to 1) of remote hits and remote compiles recompiled here in the background and compared */
+    verifyRate: number
+    /** a second tier behind the mesh: "redis://…" or "http(s)://…" (ccache's HTTP storage layout); "" = none */
+    remote: string
   }
   log: { level: LogLevel }
   build: {
@@ -88,6 +98,10 @@ export class ConfigError extends Error {
 export const DEFAULT_MESH_PORT = 10650
 /** the smallest cache or toolchain cache: zero or a few bytes is a mistake (tests use a few hundred KiB) */
 export const MIN_CACHE_BYTES = 64 * 1024
+/** [cache] shared_size: room for the entries this member holds for the others */
+export const DEFAULT_SHARED_SIZE = 2 * 1024 ** 3
+/** [cache] verify_rate: one remote result in a hundred is recompiled here and compared */
+export const DEFAULT_VERIFY_RATE = 0.01
 export const DEFAULT_MESH_LISTEN = [`/ip4/0.0.0.0/tcp/${DEFAULT_MESH_PORT}`]
 /** seconds: a daemon without a mesh exits after this long without a request */
 export const DEFAULT_IDLE_TIMEOUT = 600
@@ -235,6 +249,28 @@ class Section {
     return this.note(key, v as Record<string, string>, true)
   }
 
+  /** a number from 0 to 1 (a share, a rate) */
+  fraction(key: string, fallback: number): number {
+    const v = this.take(key)
+    if (v === undefined) return this.note(key, fallback, false)
+    const n = typeof v === 'bigint' ? Number(v) : v
+    if (typeof n !== 'number' || !Number.isFinite(n)) throw new ConfigError(`${this.where(key)}: expected a number from 0 to 1, got ${describe(v)}`)
+    if (n < 0 || n > 1) throw new ConfigError(`${this.where(key)}: ${n} is out of range (0 to 1; 0.01 is one in a hundred)`)
+    return this.note(key, n, true)
+  }
+
+  /** one of `words`, or a list of strings (e.g. trust = "mesh" or trust = ["12D3Koo…"]) */
+  wordOrList<T extends string>(key: string, fallback: T, words: readonly T[]): T | string[] {
+    const v = this.take(key)
+    if (v === undefined) return this.note(key, fallback, false)
+    if (typeof v === 'string') {
+      if (!(words as readonly string[]).includes(v)) throw new ConfigError(`${this.where(key)}: "${v}" is not one of ${words.join(', ')}, nor a list of peer IDs`)
+      return this.note(key, v as T, true)
+    }
+    if (!Array.isArray(v) || v.some((x) => typeof x !== 'string')) throw new ConfigError(`${this.where(key)}: expected ${words.map((w) => `"${w}"`).join(' or ')} or a list of peer IDs, got ${describe(v)}`)
+    return this.note(key, v as string[], true)
+  }
+
   oneOf<T extends string>(key: string, fallback: T, allowed: readonly T[]): T {
     const v = this.string(key, fallback)
     if (!(allowed as readonly string[]).includes(v)) throw new ConfigError(`${this.where(key)}: "${v}" is not one of ${allowed.join(', ')}`)
@@ -357,7 +393,12 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     cache: {
       dir: expandHome(cache.string('dir', defaultCacheDir(env))),
       size: cache.size('size', 10 * 1024 ** 3, MIN_CACHE_BYTES),
-      direct: cache.bool('direct', true)
+      direct: cache.bool('direct', true),
+      shared: cache.bool('shared', true),
+      sharedSize: cache.size('shared_size', DEFAULT_SHARED_SIZE, 0),
+      trust: cache.wordOrList('trust', 'mesh', ['mesh', 'self'] as const),
+      verifyRate: cache.fraction('verify_rate', DEFAULT_VERIFY_RATE),
+      remote: cache.string('remote', '')
     },
     log: { level: log.oneOf('level', 'info', LOG_LEVELS) },
     build: {
@@ -435,6 +476,12 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     overridden(sources, 'build', 'local_slots', slots, 'MESHCC_LOCAL_SLOTS')
   }
 
+  if (cfg.cache.sharedSize > 0 && cfg.cache.sharedSize < MIN_CACHE_BYTES) {
+    throw new ConfigError(`${file}: [cache] shared_size: ${formatSize(cfg.cache.sharedSize)} is too small (0 to hold no entries for others, or at least ${formatSize(MIN_CACHE_BYTES)})`)
+  }
+  if (cfg.cache.remote !== '' && !/^(redis|rediss|http|https):\/\/[^\s]+$/.test(cfg.cache.remote)) {
+    throw new ConfigError(`${file}: [cache] remote: "${cfg.cache.remote.slice(0, 80)}" is not a redis://, rediss://, http:// or https:// URL`)
+  }
   if (Buffer.byteLength(cfg.daemon.socket) > 100) {
     throw new ConfigError(`${file}: [daemon] socket: path is too long for a unix socket (${Buffer.byteLength(cfg.daemon.socket)} bytes, at most 100): ${cfg.daemon.socket}`)
   }

@@ -15,19 +15,43 @@ import { StaleEntryError, decodeEntry, encodeEntry, isValidKey, type CacheEntry 
 export type { CacheEntry } from './entry-format.js'
 export { isValidKey } from './entry-format.js'
 
-export type GetResult =
-  | { status: 'hit'; entry: CacheEntry }
+export type GetResult<T = CacheEntry> =
+  | { status: 'hit'; entry: T }
   | { status: 'miss' }
   /** the entry was unreadable and has been removed */
   | { status: 'corrupt'; reason: string }
 
 export interface StoreStats { entries: number; bytes: number; maxBytes: number }
 
-export interface LocalStoreOptions {
+/**
+ * How values become files and back. decode throws on anything unusable (StaleEntryError for an
+ * older format: removed quietly; any other error: removed as corrupt, with its message).
+ */
+export interface StoreCodec<T> {
+  encode(value: T, key: string): Promise<Buffer>
+  decode(buf: Buffer, key: string): Promise<T>
+}
+
+/** The cache's own codec: entry-format.ts, and never a failed compile, whoever wrote the file. */
+export const entryCodec: StoreCodec<CacheEntry> = {
+  encode: (entry, key) => {
+    if (!entry || entry.exitCode !== 0) return Promise.reject(new Error(`refusing to cache a failed compile (exit code ${String(entry?.exitCode)})`))
+    return encodeEntry(entry, key)
+  },
+  decode: async (buf, key) => {
+    const entry = await decodeEntry(buf, key)
+    if (entry.exitCode !== 0) throw new Error(`stored entry has exit code ${entry.exitCode}`)
+    return entry
+  }
+}
+
+export interface LocalStoreOptions<T = CacheEntry> {
   dir: string
   /** size limit in bytes for all entries together */
   maxBytes: number
   log: Logger
+  /** what the files hold (default: cache entries, entryCodec) */
+  codec?: StoreCodec<T>
 }
 
 const SUBDIR_RE = /^[0-9a-f]{2}$/
@@ -59,8 +83,9 @@ async function forEachLimit<T>(items: readonly T[], limit: number, fn: (item: T)
   await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker))
 }
 
-export class LocalStore {
+export class LocalStore<T = CacheEntry> {
   readonly dir: string
+  private readonly codec: StoreCodec<T>
   private max: number
   private readonly log: Logger
   private readonly index = new Map<string, IndexEntry>()
@@ -73,11 +98,12 @@ export class LocalStore {
   /** the eviction started by put(), so a burst of puts queues at most one */
   private autoEvict: Promise<unknown> | null = null
 
-  constructor(opts: LocalStoreOptions) {
+  constructor(opts: LocalStoreOptions<T>) {
     if (!Number.isFinite(opts.maxBytes) || opts.maxBytes < 0) throw new Error(`cache size must be a number of bytes, got ${opts.maxBytes}`)
     this.dir = opts.dir
     this.max = Math.floor(opts.maxBytes)
     this.log = opts.log
+    this.codec = opts.codec ?? (entryCodec as unknown as StoreCodec<T>)
   }
 
   /** Create the directory, index what is there, remove stale temp files. Safe to call twice. */
@@ -102,7 +128,7 @@ export class LocalStore {
     this.maybeEvict()
   }
 
-  async get(key: string): Promise<GetResult> {
+  async get(key: string): Promise<GetResult<T>> {
     const file = this.pathFor(key)
     this.assertOpen()
     await this.open()
@@ -158,32 +184,27 @@ export class LocalStore {
   }
 
   /** Decode an open entry file; I/O errors throw, bad content gives a reason, an older format says so. */
-  private async readEntry(key: string, fh: FileHandle, st: Stats): Promise<{ entry: CacheEntry } | { reason: string } | { stale: string }> {
+  private async readEntry(key: string, fh: FileHandle, st: Stats): Promise<{ entry: T } | { reason: string } | { stale: string }> {
     if (st.size > MAX_FILE_BYTES) return { reason: `file of ${st.size} bytes is too large` }
     const buf = await fh.readFile()
-    let entry: CacheEntry
     try {
-      entry = await decodeEntry(buf, key)
+      return { entry: await this.codec.decode(buf, key) }
     } catch (err) {
       if (err instanceof StaleEntryError) return { stale: err.message }
       return { reason: String((err as Error).message ?? err) }
     }
-    // Never hand out a failed compile as a hit, whoever wrote the file.
-    if (entry.exitCode !== 0) return { reason: `stored entry has exit code ${entry.exitCode}` }
-    return { entry }
   }
 
-  async put(key: string, entry: CacheEntry): Promise<void> {
+  async put(key: string, entry: T): Promise<void> {
     const file = this.pathFor(key)
-    if (!entry || entry.exitCode !== 0) throw new Error(`refusing to cache a failed compile (exit code ${String(entry?.exitCode)})`)
     this.assertOpen()
     // Tracked from the first synchronous step so close() always sees it.
     return this.track(this.doPut(key, file, entry))
   }
 
-  private async doPut(key: string, file: string, entry: CacheEntry): Promise<void> {
+  private async doPut(key: string, file: string, entry: T): Promise<void> {
     await this.open()
-    const buf = await encodeEntry(entry, key)
+    const buf = await this.codec.encode(entry, key)
     if (buf.length > this.targetBytes()) {
       // It would push out everything else, itself included.
       this.log.info(`not caching ${key}: ${formatSize(buf.length)} does not fit a ${formatSize(this.maxBytes)} cache`)

@@ -30,6 +30,8 @@ Usage:
   meshcc mesh init [--force]            create a mesh key (a new mesh)
   meshcc mesh invite                    print a one-line invite for other machines
   meshcc mesh join <invite> [--force]   join a mesh from an invite
+  meshcc mesh distrusted                members whose results failed a verification
+  meshcc mesh trust <peer ID | all>     accept a distrusted member's cache entries again
   meshcc --version | --help
 
 Configuration: ~/.config/meshcc/config.toml or MESHCC_CONF; see the README.`

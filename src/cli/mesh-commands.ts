@@ -150,6 +150,7 @@ async function statusWithMesh(config: Config): Promise<DaemonStatus> {
 export async function meshCommand(config: Config, args: string[], force: boolean): Promise<number> {
   const [sub, arg] = args
   const keyFile = config.mesh.keyFile
+  if (sub === 'distrusted' || sub === 'trust') return trustCommand(config, sub, arg)
   if (sub === 'init') {
     if (existsSync(keyFile) && !force) {
       process.stderr.write(`meshcc: a mesh key already exists at ${keyFile}; use --force to replace it (machines with the old key will no longer connect)\n`)
@@ -205,8 +206,41 @@ export async function meshCommand(config: Config, args: string[], force: boolean
     process.stdout.write(`meshcc: joined: key in ${keyFile}, ${invite.addrs.length} bootstrap address(es) in ${joinedBootstrapFile(config)}\n`)
     return (await restartDaemon(config)) ? 0 : 1
   }
-  process.stderr.write('meshcc: usage: meshcc mesh init [--force] | meshcc mesh invite | meshcc mesh join <invite> [--force]\n')
+  process.stderr.write('meshcc: usage: meshcc mesh init [--force] | meshcc mesh invite | meshcc mesh join <invite> [--force] | meshcc mesh distrusted | meshcc mesh trust <peer ID | all>\n')
   return 2
+}
+
+/**
+ * `mesh distrusted` lists the producers whose results failed a verification ([cache] verify_rate);
+ * `mesh trust <peer ID | all>` accepts their entries again. The daemon notices within a second.
+ */
+async function trustCommand(config: Config, sub: 'distrusted' | 'trust', arg: string | undefined): Promise<number> {
+  const { canonicalPeerId, clearDistrusted, distrustFile, readDistrusted } = await import('../cache/trust.js')
+  const file = distrustFile(config.configDir)
+  if (sub === 'distrusted') {
+    const list = readDistrusted(file)
+    if (list.length === 0) process.stdout.write('meshcc: no member is distrusted\n')
+    for (const r of list) process.stdout.write(`${r.peerId}  since ${r.since}: ${r.reason}\n`)
+    return 0
+  }
+  if (!arg) {
+    process.stderr.write('meshcc: usage: meshcc mesh trust <peer ID | all> (meshcc mesh distrusted lists them)\n')
+    return 2
+  }
+  let peer: string | null = null
+  if (arg !== 'all') {
+    try { peer = canonicalPeerId(arg, 'meshcc mesh trust') } catch (err) {
+      process.stderr.write(`meshcc: ${(err as Error).message}\n`)
+      return 2
+    }
+  }
+  const removed = clearDistrusted(file, peer)
+  if (removed.length === 0) {
+    process.stdout.write(`meshcc: ${peer ?? 'nobody'} ${peer ? 'is not' : 'is'} distrusted (${file})\n`)
+    return peer ? 1 : 0
+  }
+  process.stdout.write(`meshcc: trusted again: ${removed.map((r) => r.peerId).join(', ')}\n`)
+  return 0
 }
 
 /** The members' addresses that a daemon stored belong to the mesh a new key leaves. */

@@ -17,6 +17,7 @@ import { MeshRemoteRunner, type PeerJobStats } from './remote-runner.js'
 import { MemoryInputCache, type InputCacheStatus } from './input-cache.js'
 import { everyAligned } from '../util/aligned-timer.js'
 import { readJoinedBootstrap } from '../mesh/state-files.js'
+import type { MeshCache } from './mesh-cache.js'
 
 /** What the daemon reports about its own work, for the load gossip. */
 export interface LocalLoad { running: number; queued: number }
@@ -83,6 +84,8 @@ export class MeshService {
   private readonly stopTimers: Array<() => void> = []
 
   private readonly transfers: ToolchainTransfer[] = []
+  /** the mesh as a shared cache ([cache] shared), for the compile pipeline: lookup, publish, stats */
+  meshCache: MeshCache | null = null
 
   private constructor(private readonly mesh: Mesh, private readonly config: Config, private readonly log: Logger,
     readonly builder: Builder, readonly runner: MeshRemoteRunner, private readonly toolchains: ToolchainCache, private readonly inputs: MemoryInputCache) {}
@@ -124,7 +127,8 @@ export class MeshService {
         return {
           cores, running: l.running + (builder?.running ?? 0), queued: l.queued, freeSlots: builder?.freeSlots() ?? 0,
           load1: Math.round(loadavg()[0] * 100) / 100, speed, toolchains: [...new Set([...toolchains.list(), ...packed])].slice(0, 32),
-          accept: builder?.acceptPolicy() ?? 'never', shim: config.shim.enabled
+          accept: builder?.acceptPolicy() ?? 'never', shim: config.shim.enabled,
+          sharesCache: config.cache.shared && config.cache.sharedSize > 0
         }
       }
     })
@@ -157,6 +161,11 @@ export class MeshService {
     }, onProtocolError('toolchain transfer'), (sent) => svc?.recordTransfer({ ...sent, direction: 'sent' }))
     const refreshPacked = everyAligned(2000, () => { void r.heldToolchains().then((h) => { packed = h }) }, { unref: true })
     svc = new MeshService(mesh, config, log, builder, runner, toolchains, inputs)
+    if (config.cache.shared) {
+      // a bad [cache] trust entry costs the shared cache, not the mesh
+      svc.meshCache = await (await import('./mesh-cache.js')).startMeshCache(config, mesh, log.child('shared'))
+        .catch((err: Error) => { log.error(`shared cache not started: ${err.message}`); return null })
+    }
     svc.stopTimers.push(() => refreshPacked.stop(), () => inputs.stop())
     log.info(`mesh ${mesh.meshId}: peer ${mesh.peerId} listening on ${mesh.addresses().join(' ')}`)
     if (config.shim.enabled) {
@@ -245,6 +254,7 @@ export class MeshService {
     for (const t of this.stopTimers) t()
     this.unsubscribe?.()
     await this.stopShim()
+    await this.meshCache?.stop()
     await this.mesh.stop()
     await this.toolchains.close()
   }

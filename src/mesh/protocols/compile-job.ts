@@ -27,6 +27,7 @@ import { promisify } from 'node:util'
 import type { Libp2p } from '@libp2p/interface'
 import { peerIdFromString } from '@libp2p/peer-id'
 import { clip } from '../../log.js'
+import { HeldBytes, StreamCounts } from './admission.js'
 import { Framed, ProtocolViolation, int, str, strList } from './framing.js'
 
 const gzipAsync = promisify(gzip)
@@ -252,42 +253,6 @@ const TOTAL_BYTES = 1024 * 1024 * 1024
 /** a builder waits this long for the next piece of a job it admitted, then frees the slot */
 const STALL_MS = 60_000
 
-/**
- * Bytes held for jobs, per peer and in all: a job takes what it is about to hold and gives it
- * back when done, so no peer can make the builder hold more than its share, however many
- * streams it opens.
- */
-class HeldBytes {
-  private readonly perPeer = new Map<string, number>()
-  total = 0
-
-  constructor(readonly peerLimit: number, private readonly totalLimit: number) {}
-
-  /** A job's account: take() refuses what would exceed a limit; end() gives back all it took. */
-  account(peer: string): { take(n: number): boolean; give(n: number): void; end(): void } {
-    let mine = 0
-    const give = (n: number) => {
-      mine -= n
-      this.total -= n
-      const left = (this.perPeer.get(peer) ?? 0) - n
-      if (left > 0) this.perPeer.set(peer, left)
-      else this.perPeer.delete(peer)
-    }
-    return {
-      take: (n) => {
-        const peerHeld = this.perPeer.get(peer) ?? 0
-        if (peerHeld + n > this.peerLimit || this.total + n > this.totalLimit) return false
-        this.perPeer.set(peer, peerHeld + n)
-        this.total += n
-        mine += n
-        return true
-      },
-      give,
-      end: () => { if (mine > 0) give(mine) }
-    }
-  }
-}
-
 /** the largest gzip stream `n` bytes can honestly become (stored blocks, header and trailer) */
 const gzipBound = (n: number) => n + (n >> 8) + 1024
 
@@ -345,14 +310,12 @@ async function refuse(f: Framed, reason: string): Promise<void> {
 export async function serveCompileJobs(node: Libp2p, meshId: string, handler: JobHandler, cache: InputCache, onError: (peer: string, err: Error) => void, opts: ServeOptions = {}): Promise<CompileJobServer> {
   const maxStreams = opts.maxStreamsPerPeer ?? 8
   const held = new HeldBytes(opts.peerBytes ?? PEER_BYTES, opts.totalBytes ?? TOTAL_BYTES)
-  const streams = new Map<string, number>()
-  let open = 0
+  const streams = new StreamCounts()
   await node.handle(compileJobProtocol(meshId), async (stream, connection) => {
     const peer = connection.remotePeer.toString()
     const f = new Framed(stream, { stallMs: opts.stallMs ?? STALL_MS })
-    const before = streams.get(peer) ?? 0
-    streams.set(peer, before + 1)
-    open++
+    const slot = streams.open(peer)
+    const before = slot.before
     const account = held.account(peer)
     let release: (() => void) | null = null
     let beat: NodeJS.Timeout | null = null
@@ -411,12 +374,9 @@ export async function serveCompileJobs(node: Libp2p, meshId: string, handler: Jo
       if (beat) clearInterval(beat)
       account.end()
       release?.()
-      open--
-      const left = (streams.get(peer) ?? 1) - 1
-      if (left > 0) streams.set(peer, left)
-      else streams.delete(peer)
+      slot.close()
       await f.close()
     }
   }, { maxInboundStreams: 2 * maxStreams })
-  return { heldBytes: () => held.total, openStreams: () => open }
+  return { heldBytes: () => held.total, openStreams: () => streams.total }
 }

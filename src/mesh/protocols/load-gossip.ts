@@ -12,6 +12,8 @@
 //   bye  1 when the sender is leaving the mesh (optional)
 //   fw   1 when the sender knows a member it has no direct connection to, so its peers should
 //        forward gossip to it (optional; forwarding.ts)
+//   sc   1 when the sender holds cache entries for the others ([cache] shared_size > 0), so it
+//        counts among the owners of keys (cache/owners.ts); optional, absent = 0
 
 export const LOAD_FORMAT_VERSION = 1
 /** Messages larger than this are rejected before parsing. */
@@ -40,6 +42,8 @@ export interface LoadInfo {
   version: string
   shim: boolean
   name: string
+  /** holds cache entries for the others (field sc; absent in older members' messages) */
+  sharesCache?: boolean
 }
 
 export interface LoadMessage extends LoadInfo {
@@ -81,6 +85,7 @@ export function encodeLoad(m: LoadMessage): Uint8Array {
   }
   if (m.bye) doc.bye = 1
   if (m.wantsForwarding) doc.fw = 1
+  if (m.sharesCache) doc.sc = 1
   const bytes = new TextEncoder().encode(JSON.stringify(doc))
   if (bytes.length > MAX_LOAD_MESSAGE_BYTES) throw new LoadDecodeError(`load message too large (${bytes.length} bytes)`)
   return bytes
@@ -122,7 +127,8 @@ export function decodeLoad(data: Uint8Array): LoadMessage {
     seq: num(d.seq, 'seq', 0, Number.MAX_SAFE_INTEGER),
     timestamp: num(d.ts, 'ts', 0, Number.MAX_SAFE_INTEGER),
     ...(d.bye === 1 || d.bye === true ? { bye: true } : {}),
-    ...(d.fw === 1 || d.fw === true ? { wantsForwarding: true } : {})
+    ...(d.fw === 1 || d.fw === true ? { wantsForwarding: true } : {}),
+    ...(d.sc === 1 || d.sc === true ? { sharesCache: true } : {})
   }
 }
 

@@ -1,0 +1,174 @@
+// The cache-exchange protocol: members fetch signed cache entries (signed-entry.ts) from the
+// member that holds them, and hand entries to their owners. One request per stream.
+//
+//   client → {v:1, op:'get', key}
+//   holder → {type:'hit'} + blob (the signed entry)   |   {type:'miss'}   |   {type:'refused', reason}
+//
+//   client → {v:1, op:'put', key, size}
+//   owner  → {type:'accepted'}   |   {type:'refused', reason}     decided before any entry byte is read
+//   client → blob (size bytes)
+//   owner  → {type:'stored'}     |   {type:'refused', reason}     after verifying the whole entry
+//
+// Entries are opaque bytes here: the holder and the client verify them (signature, producer,
+// checksum) with signed-entry.ts. What this file bounds is what a member holding the mesh key can
+// make another one hold: a few streams per peer (more are refused unread), blob sizes announced
+// before they are read and checked against a limit, bytes in flight per peer and in all
+// (HeldBytes, as compile jobs), and a stall limit on every read.
+import type { Libp2p } from '@libp2p/interface'
+import { isValidKey } from '../../cache/entry-format.js'
+import { clip } from '../../log.js'
+import { peerIdOf } from '../peer-ids.js'
+import { HeldBytes, StreamCounts } from './admission.js'
+import { Framed, ProtocolViolation, int, str } from './framing.js'
+
+export const cacheExchangeProtocol = (meshId: string) => `/meshcc/${meshId}/cache/1.0.0`
+const VERSION = 1
+
+export type GetReply = { kind: 'hit'; blob: Buffer } | { kind: 'miss' } | { kind: 'refused'; reason: string }
+export type PutReply = { kind: 'stored' } | { kind: 'refused'; reason: string }
+
+export interface GetOptions {
+  /** the whole request: aborted when another holder answered first, or the caller gave up */
+  signal: AbortSignal
+  /** the answer (hit or miss) must arrive by this; the entry's bytes may take longer (transferMs) */
+  answerSignal?: AbortSignal
+  /** refuse an announced entry larger than this */
+  limit: number
+  /** a read that waits longer than this for the next piece fails (default 5 s) */
+  stallMs?: number
+}
+
+function key(v: unknown): string {
+  const k = str(v, 'key', 64)
+  if (!isValidKey(k)) throw new ProtocolViolation('field key: expected 64 lowercase hex digits')
+  return k
+}
+
+function either(a: AbortSignal, b?: AbortSignal): AbortSignal {
+  return b ? AbortSignal.any([a, b]) : a
+}
+
+/** Client side: ask `peer` for the signed entry of `k`. Throws on transport or protocol trouble. */
+export async function getEntry(node: Libp2p, meshId: string, peer: string, k: string, opts: GetOptions): Promise<GetReply> {
+  const answer = either(opts.signal, opts.answerSignal)
+  const stream = await node.dialProtocol(peerIdOf(peer), cacheExchangeProtocol(meshId), { signal: answer })
+  const f = new Framed(stream, { stallMs: opts.stallMs ?? 5000 })
+  try {
+    await f.writeJson({ v: VERSION, op: 'get', key: k }, answer)
+    const head = await f.readJson<{ type?: unknown; reason?: unknown }>(answer)
+    if (head.type === 'miss') return { kind: 'miss' }
+    if (head.type === 'refused') return { kind: 'refused', reason: str(head.reason, 'reason', 1024) }
+    if (head.type !== 'hit') throw new ProtocolViolation(`unexpected reply ${clip(String(head.type), 40)}`)
+    const size = await f.readBlobSize(opts.limit, answer)
+    return { kind: 'hit', blob: await f.readBlobBody(size, opts.signal) }
+  } finally {
+    await f.close()
+  }
+}
+
+/** Client side: offer `blob` (the signed entry of `k`) to `peer`. Throws on transport or protocol trouble. */
+export async function putEntry(node: Libp2p, meshId: string, peer: string, k: string, blob: Buffer, signal: AbortSignal): Promise<PutReply> {
+  const stream = await node.dialProtocol(peerIdOf(peer), cacheExchangeProtocol(meshId), { signal })
+  const f = new Framed(stream, { stallMs: 10_000 })
+  try {
+    await f.writeJson({ v: VERSION, op: 'put', key: k, size: blob.length }, signal)
+    const first = await f.readJson<{ type?: unknown; reason?: unknown }>(signal)
+    if (first.type === 'refused') return { kind: 'refused', reason: str(first.reason, 'reason', 1024) }
+    if (first.type !== 'accepted') throw new ProtocolViolation(`unexpected reply ${clip(String(first.type), 40)}`)
+    await f.writeBlob(blob, signal)
+    const done = await f.readJson<{ type?: unknown; reason?: unknown }>(signal)
+    if (done.type === 'stored') return { kind: 'stored' }
+    if (done.type === 'refused') return { kind: 'refused', reason: str(done.reason, 'reason', 1024) }
+    throw new ProtocolViolation(`unexpected reply ${clip(String(done.type), 40)}`)
+  } finally {
+    await f.close()
+  }
+}
+
+export interface CacheExchangeHandler {
+  /** may this peer read or write here at all ([mesh] allow) */
+  isAllowed(peer: string): boolean
+  /** the signed entry held for `key`, or null */
+  get(peer: string, key: string): Promise<Buffer | null>
+  /** decide before reading: a refusal reason, or null to accept an entry of `size` bytes */
+  admitPut(peer: string, key: string, size: number): string | null
+  /** verify and keep; a refusal reason, or null once stored */
+  put(peer: string, key: string, blob: Buffer): Promise<string | null>
+  /** an entry was sent whole to `peer` */
+  onServed?(peer: string, key: string, bytes: number): void
+}
+
+export interface CacheServeOptions {
+  /** streams one peer may have open at once; more are refused unread (default 8) */
+  maxStreamsPerPeer?: number
+  /** bytes one peer's requests may make this member hold at once (default 512 MiB) */
+  peerBytes?: number
+  /** the same for all peers together (default 1 GiB) */
+  totalBytes?: number
+  /** the largest entry accepted or served */
+  maxEntryBytes: number
+  /** a client that sends nothing for this long is dropped (default 10 s) */
+  stallMs?: number
+}
+
+export interface CacheExchangeServer {
+  heldBytes(): number
+  openStreams(): number
+}
+
+async function refuse(f: Framed, reason: string): Promise<void> {
+  await f.writeJson({ type: 'refused', reason })
+  await f.closeAfterReply()
+}
+
+const BUSY = 'busy: this peer\'s requests hold all the memory they may use here'
+
+/** Holder side: answer gets and puts with `handler`. */
+export async function serveCacheExchange(node: Libp2p, meshId: string, handler: CacheExchangeHandler, onError: (peer: string, err: Error) => void, opts: CacheServeOptions): Promise<CacheExchangeServer> {
+  const maxStreams = opts.maxStreamsPerPeer ?? 8
+  const held = new HeldBytes(opts.peerBytes ?? 512 * 1024 * 1024, opts.totalBytes ?? 1024 * 1024 * 1024)
+  const streams = new StreamCounts()
+  await node.handle(cacheExchangeProtocol(meshId), async (stream, connection) => {
+    const peer = connection.remotePeer.toString()
+    const f = new Framed(stream, { stallMs: opts.stallMs ?? 10_000 })
+    const slot = streams.open(peer)
+    const account = held.account(peer)
+    try {
+      if (slot.before >= maxStreams) return await refuse(f, 'busy: too many cache requests in flight from this peer')
+      const req = await f.readJson<{ v?: unknown; op?: unknown; key?: unknown; size?: unknown }>()
+      if (req.v !== VERSION) throw new ProtocolViolation(`unsupported cache request version ${clip(String(req.v), 40)}`)
+      const k = key(req.key)
+      if (!handler.isAllowed(peer)) return await refuse(f, 'not allowed here ([mesh] allow)')
+      if (req.op === 'get') {
+        const blob = await handler.get(peer, k)
+        if (blob === null || blob.length > opts.maxEntryBytes) {
+          await f.writeJson({ type: 'miss' })
+          return
+        }
+        if (!account.take(blob.length)) return await refuse(f, BUSY)
+        await f.writeJson({ type: 'hit' })
+        await f.writeBlob(blob)
+        handler.onServed?.(peer, k, blob.length)
+        return
+      }
+      if (req.op !== 'put') throw new ProtocolViolation(`unknown cache operation ${clip(String(req.op), 40)}`)
+      const size = int(req.size, 'size', 1, opts.maxEntryBytes)
+      const refusal = handler.admitPut(peer, k, size)
+      if (refusal !== null) return await refuse(f, refusal)
+      if (!account.take(size)) return await refuse(f, BUSY)
+      await f.writeJson({ type: 'accepted' })
+      const blob = await f.readBlob(size)
+      if (blob.length !== size) throw new ProtocolViolation(`entry of ${blob.length} bytes, announced ${size}`)
+      const why = await handler.put(peer, k, blob)
+      await f.writeJson(why === null ? { type: 'stored' } : { type: 'refused', reason: why })
+    } catch (err) {
+      onError(peer, err as Error)
+      f.abort(err as Error)
+    } finally {
+      account.end()
+      slot.close()
+      await f.close()
+    }
+  }, { maxInboundStreams: 2 * maxStreams })
+  return { heldBytes: () => held.total, openStreams: () => streams.total }
+}

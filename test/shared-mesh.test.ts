@@ -1,0 +1,327 @@
+// The mesh as one shared cache, with real libp2p nodes on 127.0.0.1 (startMesh, the mesh key,
+// the project's own protocols) and the daemon's own MeshCache (startMeshCache): entries published
+// on one member are verified hits on the others; forged entries are refused; a member that stops
+// answering is skipped; an owner that leaves costs no hit; a builder whose object is wrong is
+// caught by verification (real gcc) and distrusted.
+import { test, before, after } from 'node:test'
+import assert from 'node:assert/strict'
+import { execFileSync } from 'node:child_process'
+import { createHash, randomBytes } from 'node:crypto'
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { peerIdFromPrivateKey } from '@libp2p/peer-id'
+import { generateMeshKey, loadOrCreateIdentity, writeMeshKey } from '../src/mesh/keys.js'
+import { startMesh, type Mesh } from '../src/mesh/mesh.js'
+import { loadConfig, type Config } from '../src/config.js'
+import type { Logger } from '../src/log.js'
+import type { CacheEntry } from '../src/cache/entry-format.js'
+import { ownersOf } from '../src/cache/owners.js'
+import { sealEntry } from '../src/cache/signed-entry.js'
+import { distrustFile, readDistrusted } from '../src/cache/trust.js'
+import { Verifier } from '../src/cache/verifier.js'
+import { cacheExchangeProtocol, putEntry, serveCacheExchange } from '../src/mesh/protocols/cache-exchange.js'
+import { Framed } from '../src/mesh/protocols/framing.js'
+import { peerIdOf } from '../src/mesh/peer-ids.js'
+import { MeshCache, startMeshCache } from '../src/daemon/mesh-cache.js'
+import { sharedIdentity } from '../src/daemon/shared-identity.js'
+import { waitFor } from './helpers/mesh-proc.js'
+
+const dir = mkdtempSync(join(tmpdir(), 'meshcc-shared-mesh-'))
+const keyFile = join(dir, 'mesh.key')
+const meshes: Mesh[] = []
+const caches: MeshCache[] = []
+
+interface Member { name: string; config: Config; mesh: Mesh; cache: MeshCache | null; lines: string[] }
+
+function capture(lines: string[]): Logger {
+  const log: Logger = {
+    error: (m) => lines.push(`E ${m}`), warn: (m) => lines.push(`W ${m}`), info: (m) => lines.push(`I ${m}`), debug: () => {},
+    child: () => log, enabled: () => true
+  }
+  return log
+}
+
+async function peerIdOfHome(name: string): Promise<string> {
+  mkdirSync(join(dir, name), { recursive: true })
+  return peerIdFromPrivateKey(await loadOrCreateIdentity(join(dir, name, 'identity.key'))).toString()
+}
+
+async function member(name: string, o: { shares: boolean; sharedSize?: string; bootstrap?: string[]; deny?: string[]; cache?: boolean }): Promise<Member> {
+  const home = join(dir, name)
+  mkdirSync(home, { recursive: true })
+  const q = (s: string) => JSON.stringify(s)
+  const list = (a: string[]) => `[${a.map(q).join(', ')}]`
+  const file = join(home, 'config.toml')
+  writeFileSync(file, [
+    '[cache]', `dir = ${q(join(home, 'cache'))}`, `shared_size = ${q(o.sharedSize ?? (o.shares ? '8M' : '0'))}`,
+    '[mesh]', 'listen = ["/ip4/127.0.0.1/tcp/0"]', `bootstrap = ${list(o.bootstrap ?? [])}`, 'mdns = false', 'dht = false',
+    `key_file = ${q(keyFile)}`, `identity_file = ${q(join(home, 'identity.key'))}`, `deny = ${list(o.deny ?? [])}`, `name = ${q(name)}`, ''
+  ].join('\n'))
+  const config = loadConfig({ MESHCC_CONF: file, HOME: dir })
+  const lines: string[] = []
+  const mesh = await startMesh({
+    config, log: capture([]), version: '9.9.9', expiryMs: 8000,
+    getLoad: () => ({ cores: 2, running: 0, queued: 0, freeSlots: 2, load1: 0, speed: 1, toolchains: [], accept: 'always', shim: false, sharesCache: o.shares })
+  })
+  meshes.push(mesh)
+  // six nodes starting at once on two cores measure RTTs of hundreds of ms on loopback (the first
+  // sample is taken as a connection opens, the next 30 s later), and answer slowly: a generous
+  // link limit and answer budget here; both are tested on their own below
+  const cache = o.cache === false ? null : await startMeshCache(config, mesh, capture(lines), { goodLinkRttMs: 5000, minBudgetMs: 2000, maxBudgetMs: 2000 })
+  if (cache) caches.push(cache)
+  return { name, config, mesh, cache, lines }
+}
+
+const k = (s: string) => createHash('sha256').update(s).digest('hex')
+const entry = (obj: Buffer | string): CacheEntry => ({ exitCode: 0, stdout: Buffer.alloc(0), stderr: Buffer.from('note\n'), outputs: [{ name: 'obj', data: Buffer.from(obj) }] })
+
+let A: Member, B: Member, C: Member, F: Member, S: Member, L: Member
+const sharing = () => [A, B, C].map((m) => m.mesh.peerId)
+const forgedServed: string[] = []
+
+before(async () => {
+  writeMeshKey(keyFile, generateMeshKey())
+  const forgerId = await peerIdOfHome('F')
+  A = await member('A', { shares: true })
+  const boot = [A.mesh.addresses()[0]!]
+  B = await member('B', { shares: true, bootstrap: boot })
+  C = await member('C', { shares: true, bootstrap: boot, deny: [forgerId] })
+  L = await member('L', { shares: false, bootstrap: boot })
+  // F: a member holding the mesh key whose cache answers are forged (garbage signatures)
+  F = await member('F', { shares: false, bootstrap: boot, cache: false })
+  assert.equal(F.mesh.peerId, forgerId)
+  await serveCacheExchange(F.mesh.libp2p, F.mesh.meshId, {
+    isAllowed: () => true,
+    get: async (_peer, key) => {
+      forgedServed.push(key)
+      const blob = await sealEntry(entry('forged object'), key, (await sharedIdentity(A.config, capture([]))).signer)
+      blob[25] ^= 0xff // claims to be A's, signature garbage
+      return blob
+    },
+    admitPut: () => 'no', put: async () => 'no'
+  }, () => {}, { maxEntryBytes: 1024 * 1024 })
+  // S: a member that reads a request and never answers
+  S = await member('S', { shares: false, bootstrap: boot, cache: false })
+  await S.mesh.libp2p.handle(cacheExchangeProtocol(S.mesh.meshId), () => { /* holds the stream, says nothing */ })
+  const all = [A, B, C, F, S, L]
+  for (const m of all) {
+    const others = all.filter((x) => x !== m && !(m === C && x === F) && !(m === F && x === C))
+    await waitFor(`${m.name} to see the others with a measured link`, () => {
+      const ms = m.mesh.members()
+      return others.every((o) => ms.some((x) => x.peerId === o.mesh.peerId && x.connection === 'direct' && x.rttMs !== null)) ? true : undefined
+    }, 30_000)
+  }
+})
+
+after(async () => {
+  await Promise.all(caches.map((c) => c.stop()))
+  await Promise.all(meshes.map((m) => m.stop()))
+  rmSync(dir, { recursive: true, force: true })
+})
+
+const published: Array<{ key: string; entry: CacheEntry }> = []
+
+test('a result published on one member is a verified hit on every other, from the key\'s owners', { timeout: 120_000 }, async () => {
+  for (let i = 0; i < 12; i++) {
+    const e = entry(randomBytes(20_000 + i * 1000))
+    const key = k(`unit ${i}`)
+    published.push({ key, entry: e })
+    A.cache!.publish(key, e)
+  }
+  await A.cache!.flushed()
+  const pushed = published.reduce((n, p) => n + ownersOf(p.key, sharing()).filter((o) => o !== A.mesh.peerId).length, 0)
+  assert.equal(A.cache!.stats().entries_pushed, pushed)
+  assert.equal(B.cache!.stats().entries_stored_for_others + C.cache!.stats().entries_stored_for_others, pushed)
+  for (const asker of [B, C]) {
+    for (const p of published) {
+      const hit = await asker.cache!.lookup(p.key)
+      assert.ok(hit, `${asker.name} finds ${p.key.slice(0, 8)}`)
+      assert.equal(hit.producer, A.mesh.peerId)
+      assert.deepEqual(hit.entry.outputs, p.entry.outputs)
+      assert.deepEqual(hit.entry.stderr, p.entry.stderr)
+      const owners = ownersOf(p.key, sharing())
+      assert.ok(owners.includes(hit.from) || hit.from === A.mesh.peerId, `served by an owner or the producer, not ${hit.from}`)
+    }
+    assert.equal(asker.cache!.stats().remote_hits, published.length)
+  }
+  assert.ok(A.cache!.stats().entries_served + B.cache!.stats().entries_served + C.cache!.stats().entries_served > 0)
+  // a key nobody has: a miss, asked of its owners
+  assert.equal(await B.cache!.lookup(k('never compiled')), null)
+  assert.ok(B.cache!.stats().remote_misses + B.cache!.stats().lookups_unasked >= 1)
+})
+
+test('forged entries are refused: a garbage signature never becomes a hit, an owner never keeps one, a denied producer is refused', { timeout: 60_000 }, async () => {
+  // F answers every get with an entry claiming to be A's under a garbage signature
+  const nobody = k('only F claims this')
+  assert.equal(await B.cache!.lookup(nobody, [F.mesh.peerId]), null)
+  assert.ok(forgedServed.includes(nobody), 'F was asked')
+  assert.equal(B.cache!.stats().failures.signature, 1)
+  assert.ok(B.lines.some((l) => l.startsWith('W ') && l.includes(F.mesh.peerId) && /bad signature/.test(l)), B.lines.join('\n'))
+  // F is skipped from then on; the real owners still answer
+  const asked = forgedServed.length
+  const hit = await B.cache!.lookup(published[0]!.key, [F.mesh.peerId])
+  assert.equal(hit?.producer, A.mesh.peerId)
+  assert.equal(forgedServed.length, asked, 'F was not asked again')
+
+  // F offers an owner a forged entry: refused after reading, not kept
+  const forged = await sealEntry(entry('forged'), k('forged put'), (await sharedIdentity(A.config, capture([]))).signer)
+  forged[25] ^= 0xff
+  const r = await putEntry(F.mesh.libp2p, F.mesh.meshId, A.mesh.peerId, k('forged put'), forged, AbortSignal.timeout(10_000))
+  assert.equal(r.kind, 'refused')
+  assert.match((r as { reason: string }).reason, /bad signature/)
+  assert.equal(await A.cache!.lookup(k('forged put')), null)
+
+  // F's own, validly signed entry: A keeps it (it trusts the mesh), C denies F and refuses it
+  const fSigner = await sharedIdentity(F.config, capture([]))
+  const fKey = k('made by F')
+  const own = await sealEntry(entry('an object by F'), fKey, fSigner.signer)
+  for (const owner of ownersOf(fKey, sharing()).filter((o) => o !== C.mesh.peerId)) {
+    const stored = await putEntry(F.mesh.libp2p, F.mesh.meshId, owner, fKey, own, AbortSignal.timeout(10_000))
+    assert.equal(stored.kind, 'stored')
+  }
+  assert.equal((await B.cache!.lookup(fKey))?.producer, F.mesh.peerId)
+  const before = C.cache!.stats().failures.untrusted
+  assert.equal(await C.cache!.lookup(fKey), null)
+  assert.ok(C.cache!.stats().failures.untrusted > before)
+})
+
+/** gcc -c unit.c in a directory of its own: the object of `source`. */
+function compile(name: string, source: string): Buffer {
+  const d = join(dir, 'src', name)
+  mkdirSync(d, { recursive: true })
+  writeFileSync(join(d, 'unit.c'), source)
+  execFileSync('gcc', ['-O1', '-c', 'unit.c', '-o', 'unit.o'], { cwd: d })
+  return readFileSync(join(d, 'unit.o'))
+}
+
+test('verify_rate = 1.0 catches a member whose object is wrong (real gcc) and distrusts it', { timeout: 60_000 }, async () => {
+  const source = 'int answer(void) { return 42; }\n'
+  const right = compile('right', source)
+  const wrong = compile('wrong', 'int answer(void) { return 41; }\n')
+  assert.ok(!right.equals(wrong))
+  // A made one honestly; L publishes a wrong object under the key of the right source
+  const honestKey = k('honest unit')
+  A.cache!.publish(honestKey, entry(compile('a', source)))
+  const lieKey = k('the unit L lies about')
+  const laterKey = k('another unit by L')
+  L.cache!.publish(lieKey, entry(wrong))
+  L.cache!.publish(laterKey, entry(wrong))
+  await Promise.all([A.cache!.flushed(), L.cache!.flushed()])
+
+  const { trust } = await sharedIdentity(B.config, capture([]))
+  const lines: string[] = []
+  const verifier = new Verifier({ rate: 1.0, trust, log: capture(lines) })
+  const recompile = async () => [{ name: 'obj', data: compile('b', source) }]
+  for (const key of [honestKey, lieKey]) {
+    const hit = await B.cache!.lookup(key)
+    assert.ok(hit, `B finds ${key.slice(0, 8)}`)
+    assert.equal(verifier.consider({ key, entry: hit.entry, producer: hit.producer, kind: 'mesh-hit', recompile }), true)
+  }
+  await verifier.idle()
+  assert.deepEqual(verifier.stats(), { verifications: 2, verify_mismatches: 1, verify_skipped: 0, verify_dropped: 0 })
+  assert.ok(lines.some((l) => l.startsWith('E ') && l.includes(L.mesh.peerId)), lines.join('\n'))
+  assert.deepEqual(readDistrusted(distrustFile(B.config.configDir)).map((r) => r.peerId), [L.mesh.peerId])
+  // from now on B refuses L's entries, and A's stay good
+  assert.equal(await B.cache!.lookup(laterKey), null)
+  assert.ok(B.cache!.stats().failures.untrusted >= 1)
+  assert.equal((await B.cache!.lookup(honestKey))?.producer, A.mesh.peerId)
+})
+
+test('bounded publishing, the quota, and read repair to an owner that missed', { timeout: 60_000 }, async () => {
+  // a backlog of 2 behind 2 uploads in flight: 10 publishes at once drop the 6 oldest waiting
+  const { signer, trust } = await sharedIdentity(B.config, capture([]))
+  const small = new MeshCache({ mesh: B.mesh, signer, trust, store: null, log: capture([]), backlogEntries: 2 })
+  for (let i = 0; i < 10; i++) small.publish(k(`burst ${i}`), entry(`burst ${i}`))
+  assert.equal(small.stats().publish_dropped, 6)
+  await small.flushed()
+  await small.stop()
+
+  // an entry larger than what an owner holds for others is refused before it is read
+  const big = await sealEntry(entry(randomBytes(9 * 1024 * 1024)), k('big'), signer)
+  const r = await putEntry(B.mesh.libp2p, B.mesh.meshId, A.mesh.peerId, k('big'), big, AbortSignal.timeout(20_000))
+  assert.equal(r.kind, 'refused')
+  assert.match((r as { reason: string }).reason, /does not fit/)
+
+  // read repair: an entry only its producer B holds (B is not among its owners); A asks B by a
+  // hint, and the owners that missed receive it as B signed it
+  let key = ''
+  for (let i = 0; ; i++) {
+    key = k(`repair ${i}`)
+    const o = ownersOf(key, sharing())
+    if (!o.includes(B.mesh.peerId) && o.includes(A.mesh.peerId)) break
+  }
+  const blob = await sealEntry(entry('only at B'), key, signer)
+  // B keeps what it made (as publish does), without publishing it
+  const bStore = join(B.config.cache.dir, 'shared', key.slice(0, 2))
+  mkdirSync(bStore, { recursive: true })
+  writeFileSync(join(bStore, key), blob)
+  assert.equal(await C.cache!.lookup(key), null, 'the owners do not have it')
+  const hit = await A.cache!.lookup(key, [B.mesh.peerId])
+  assert.equal(hit?.from, B.mesh.peerId)
+  assert.equal(hit?.producer, B.mesh.peerId)
+  await A.cache!.flushed()
+  // both owners hold it now, as B signed it: C received it, A kept what it fetched
+  for (const owner of [A, C]) {
+    const held = join(owner.config.cache.dir, 'shared', key.slice(0, 2), key)
+    assert.deepEqual(readFileSync(held), blob, `${owner.name} holds it`)
+  }
+  const fromOwner = await C.cache!.lookup(key)
+  assert.equal(fromOwner?.producer, B.mesh.peerId)
+})
+
+test('a member holding the mesh key cannot make an owner hold more than its share: streams refused unread, sizes checked before reading', { timeout: 60_000 }, async () => {
+  const open = async () => new Framed(await F.mesh.libp2p.dialProtocol(peerIdOf(A.mesh.peerId), cacheExchangeProtocol(A.mesh.meshId)))
+  const before = A.cache!.stats().serving_streams
+  // ten puts announcing 1 MiB each, none sending a byte of it: eight are accepted (and held
+  // against F's budget), the rest refused unread
+  const streams = await Promise.all(Array.from({ length: 10 }, () => open()))
+  const replies: string[] = []
+  for (const [i, f] of streams.entries()) {
+    await f.writeJson({ v: 1, op: 'put', key: k(`flood ${i}`), size: 1024 * 1024 })
+    replies.push(String((await f.readJson<{ type?: string; reason?: string }>()).type))
+  }
+  assert.deepEqual(replies.filter((r) => r === 'accepted').length, 8, replies.join(' '))
+  assert.equal(replies.filter((r) => r === 'refused').length, 2)
+  assert.equal(A.cache!.stats().serving_streams - before, 8)
+  for (const f of streams) f.abort(new Error('test done'))
+  await waitFor('the streams to be given back', () => (A.cache!.stats().serving_streams === before ? true : undefined), 10_000)
+  // an entry announced over the size limit is a protocol violation: the stream is reset unread
+  const huge = await open()
+  await huge.writeJson({ v: 1, op: 'put', key: k('huge'), size: 1024 * 1024 * 1024 })
+  await assert.rejects(huge.readJson())
+  // a bad key never reaches the store
+  const bad = await open()
+  await bad.writeJson({ v: 1, op: 'get', key: '../../etc/passwd' })
+  await assert.rejects(bad.readJson())
+})
+
+test('a member that stops answering is skipped; an owner that leaves costs no hit', { timeout: 60_000 }, async () => {
+  // B with a short budget asks S, which never answers
+  const { signer, trust } = await sharedIdentity(B.config, capture([]))
+  const quick = new MeshCache({ mesh: B.mesh, signer, trust, store: null, log: capture([]), goodLinkRttMs: 5000, minBudgetMs: 150, maxBudgetMs: 150 })
+  const t0 = Date.now()
+  assert.equal(await quick.lookup(k('S never answers'), [S.mesh.peerId]), null)
+  const waited = Date.now() - t0
+  assert.ok(waited < 5000, `a lookup waited ${waited} ms for a silent member`)
+  assert.equal(quick.stats().failures.timeout, 1)
+  assert.equal(quick.stats().members_skipped, 1)
+  await quick.lookup(k('S again'), [S.mesh.peerId])
+  assert.equal(quick.stats().failures.timeout, 1, 'not asked again while skipped (the key\'s owners were)')
+  await quick.stop()
+  // only members with a good link are asked: with a limit no link meets, nobody is
+  const strict = new MeshCache({ mesh: B.mesh, signer, trust, store: null, log: capture([]), goodLinkRttMs: -1 })
+  assert.equal(await strict.lookup(published[0]!.key), null)
+  assert.deepEqual([strict.stats().lookups_unasked, strict.stats().remote_hits], [1, 0])
+  await strict.stop()
+
+  // A leaves: every key it published has its other owner, B or C
+  await A.cache!.stop()
+  await A.mesh.stop()
+  await waitFor('B to drop A', () => (B.mesh.members().some((m) => m.peerId === A.mesh.peerId) ? undefined : true), 20_000)
+  for (const p of published) {
+    const hit = await B.cache!.lookup(p.key)
+    assert.ok(hit, `B still finds ${p.key.slice(0, 8)} after A left`)
+    assert.deepEqual(hit.entry.outputs, p.entry.outputs)
+  }
+})
