@@ -38,6 +38,8 @@ export interface MemberStatus {
   rtt_ms: number | null
   connection: string
   lan: boolean
+  /** with no connection: why the last dial failed (while it holds the member out of placement) */
+  dial_error: string | null
   addrs: string[]
   last_seen_ms_ago: number
 }
@@ -157,7 +159,7 @@ export class MeshService {
     }, onProtocolError('toolchain transfer'), (sent) => svc?.recordTransfer({ ...sent, direction: 'sent' }))
     const refreshPacked = everyAligned(2000, () => { void r.heldToolchains().then((h) => { packed = h }) }, { unref: true })
     svc = new MeshService(mesh, config, log, builder, runner, toolchains, inputs)
-    svc.stopTimers.push(() => refreshPacked.stop(), () => inputs.stop())
+    svc.stopTimers.push(() => refreshPacked.stop(), () => inputs.stop(), () => r.stop())
     log.info(`mesh ${mesh.meshId}: peer ${mesh.peerId} listening on ${mesh.addresses().join(' ')}`)
     if (config.shim.enabled) {
       svc.unsubscribe = mesh.on('members', (m) => svc.electShim(m))
@@ -218,7 +220,7 @@ export class MeshService {
       peer_id: m.peerId, name: m.load.name, self: m.self, version: m.load.version,
       cores: m.load.cores, running: m.load.running, queued: m.load.queued, free_slots: m.load.freeSlots,
       load1: m.load.load1, speed: m.load.speed, toolchains: m.load.toolchains.length, accept: m.load.accept,
-      shim: m.load.shim, rtt_ms: m.rttMs, connection: m.connection, lan: m.lan, addrs: m.addrs,
+      shim: m.load.shim, rtt_ms: m.rttMs, connection: m.connection, lan: m.lan, dial_error: m.dialError, addrs: m.addrs,
       last_seen_ms_ago: Math.max(0, now - m.lastSeen)
     }))
     const sum = (f: (m: MemberStatus) => number) => members.reduce((n, m) => n + f(m), 0)

@@ -18,6 +18,7 @@ import type { Logger } from '../log.js'
 import { MeshError } from './errors.js'
 import { FORWARD_D, FORWARD_DLAZY, FORWARD_DLO, FORWARD_GOSSIP_FACTOR, FORWARD_PRUNE_BACKOFF_MS } from './forwarding.js'
 import { DHT_STARTUP_OPTIONS } from './dht-startup.js'
+import { isOwnAddr, tcpPorts, withoutLoopback } from './addresses.js'
 
 export type MeshServices = {
   identify: Identify
@@ -36,6 +37,8 @@ export interface MeshNodeInit {
   psk: Uint8Array
   meshId: string
   listen: string[]
+  /** addresses to advertise besides the ones libp2p sees ([mesh] announce) */
+  announce?: string[]
   mdns: boolean
   dht: boolean
   isDenied: (peerId: string) => boolean
@@ -90,6 +93,8 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshLibp2p> {
     throw new MeshError('refusing to start the mesh without a mesh key')
   }
   const upgraded = new WeakSet<object>()
+  /** the ports this node listens on, once it does (filterMultiaddrForPeer) */
+  const ownPorts = new Set<number>()
   const denied = new WeakSet<object>()
   const gate = (peer: PeerId, maConn?: MultiaddrConnection): boolean => {
     const no = init.isDenied(peer.toString())
@@ -192,7 +197,14 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshLibp2p> {
   try {
     node = await createLibp2p<MeshServices>({
       privateKey: init.privateKey,
-      addresses: { listen: init.listen },
+      addresses: {
+        listen: init.listen,
+        // [mesh] announce: addresses this node cannot see on its interfaces (1:1 NAT, a port forward)
+        appendAnnounce: init.announce ?? [],
+        // a loopback address only ever reaches the host that dials it: advertised (identify,
+        // the DHT, gossip) only when there is nothing else, as in a same-host mesh
+        announceFilter: (addrs) => withoutLoopback(addrs)
+      },
       transports: [tcp()],
       connectionEncrypters: [markingNoise],
       // keep-alive and dead-connection detection: keepalive.ts, aligned for all connections
@@ -205,6 +217,8 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshLibp2p> {
       },
       connectionGater: {
         denyDialPeer: (peer) => init.isDenied(peer.toString()),
+        // another peer at one of this node's own addresses is this node: never stored, never dialed
+        filterMultiaddrForPeer: (_peer, ma) => !isOwnAddr(ma, ownPorts),
         denyOutboundConnection: (peer, maConn) => gate(peer, maConn),
         denyInboundEncryptedConnection: (peer, maConn) => gate(peer, maConn),
         denyOutboundEncryptedConnection: (peer, maConn) => gate(peer, maConn)
@@ -221,6 +235,7 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshLibp2p> {
     throw new MeshError(`cannot start the mesh node: ${e.message.split('\n')[0]}`)
   }
   node.addEventListener('connection:open', (evt) => { upgraded.add(evt.detail.timeline) })
+  for (const p of tcpPorts(node.getMultiaddrs())) ownPorts.add(p)
   warnUnapplied([...processPatches, ...applyNodePatches(node, init.log)], init.log)
   return node
 }
