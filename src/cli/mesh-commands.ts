@@ -4,11 +4,11 @@ import { join } from 'node:path'
 import type { Config } from '../config.js'
 import { adminRequest, DaemonUnreachable } from '../launcher/client.js'
 import type { MemberStatus, MeshStatus } from '../daemon/mesh-service.js'
+import type { ReachabilityStatus } from '../mesh/reachability.js'
 import { joinedBootstrapFile, storedPeersFile, writeJoinedBootstrap } from '../mesh/state-files.js'
 import { decodeInvite, encodeInvite, generateMeshKey, identityPeerId, parseMeshKeyText, writeMeshKey } from '../mesh/keys.js'
 import { formatDistStatus } from '../shim/dist-status.js'
-import { isLoopbackAddr, isRelayedAddr, orderForOutsiders, toMultiaddr, withoutLoopback } from '../mesh/addresses.js'
-import { isPrivate } from '@libp2p/utils'
+import { isLoopbackAddr, isPublicAddr, orderForOutsiders, toMultiaddr, withoutLoopback } from '../mesh/addresses.js'
 import { connect } from 'node:net'
 
 export interface DaemonStatus {
@@ -51,6 +51,7 @@ export function formatStatus(s: DaemonStatus): string {
   const m = s.mesh
   out += `mesh ${m.mesh_id}, this node ${m.peer_id}\n`
   out += `  listening on ${m.addresses.join(' ')}\n`
+  if (m.reachability) out += `  reachability: ${reachabilityText(m.reachability)}\n`
   for (const addr of m.identity_clashes ?? []) out += `  WARNING: the peer at ${addr} has this node's own identity: a cloned machine or a copied identity.key? delete identity.key on one of them\n`
   const refused = m.refused_peers ?? []
   if (refused.length > 0) {
@@ -80,8 +81,18 @@ export function formatStatus(s: DaemonStatus): string {
 export function linkText(p: MemberStatus): string {
   if (p.self) return 'self'
   if (p.connection === 'direct') return p.lan ? 'LAN direct' : 'direct'
-  if (p.connection === 'relayed') return 'relayed'
+  if (p.connection === 'relayed') return p.relay_via ? `relayed via ${p.relay_via}` : 'relayed'
   return p.dial_error ? `unreachable: ${p.dial_error}` : 'none (seen through others)'
+}
+
+/** The reachability line: how other networks reach this node, and why. */
+export function reachabilityText(r: ReachabilityStatus): string {
+  switch (r.state) {
+    case 'public': return `public (${r.detail})`
+    case 'relayed': return `behind NAT, relayed via ${r.relays.join(', ')} (${r.detail})`
+    case 'unreachable': return `unreachable from other networks: ${r.detail}`
+    default: return `unknown (${r.detail})`
+  }
 }
 
 /** A -j for make/ninja: the cores the live mesh offers (this machine included). */
@@ -181,7 +192,8 @@ export async function meshCommand(config: Config, args: string[], force: boolean
     }
     // a member on another network tries them in this order; the invite never names only
     // loopback or LAN addresses when the node knows better ones
-    const addrs = orderForOutsiders(s.mesh.addresses, isPublicAddr)
+    const reached = new Set(s.mesh.reachability?.public_addresses ?? [])
+    const addrs = orderForOutsiders(s.mesh.addresses, (a) => reached.has(a) || isPublicAddr(a))
     process.stdout.write(encodeInvite({ key, addrs }) + '\n')
     return 0
   }
@@ -233,10 +245,6 @@ function forgetStoredPeers(config: Config): void {
 
 const JOIN_PROBE_MS = 3000
 
-function isPublicAddr(a: string): boolean {
-  const ma = toMultiaddr(a)
-  try { return ma !== null && !isRelayedAddr(a) && !isPrivate(ma) } catch { return false }
-}
 
 /**
  * Whether a TCP connection to any of these addresses opens within `ms` (a relayed address: its

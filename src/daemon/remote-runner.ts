@@ -110,6 +110,11 @@ export class MeshRemoteRunner implements RemoteRunner {
     return s
   }
 
+  /** How long this peer is still held back after a failed job (0: not held back). */
+  heldBackMs(peer: string): number {
+    return Math.max(0, (this.backoff.get(peer) ?? 0) - Date.now())
+  }
+
   jobsPerPeer(): Record<string, PeerJobStats> {
     return Object.fromEntries(this.perPeer)
   }

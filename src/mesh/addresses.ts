@@ -6,6 +6,7 @@
 import { BlockList, isIP } from 'node:net'
 import { networkInterfaces } from 'node:os'
 import { multiaddr, type Multiaddr } from '@multiformats/multiaddr'
+import { isPrivate } from '@libp2p/utils'
 
 export function toMultiaddr(a: Multiaddr | string): Multiaddr | null {
   if (typeof a !== 'string') return a
@@ -105,4 +106,10 @@ export function tcpPorts(addrs: Array<Multiaddr | string>): Set<number> {
     if (ma && Number.isInteger(port) && port > 0 && !isRelayedAddr(a)) ports.add(port)
   }
   return ports
+}
+
+/** A direct address outside the private, loopback and documentation ranges (libp2p's isPrivate). */
+export function isPublicAddr(a: string): boolean {
+  const ma = toMultiaddr(a)
+  try { return ma !== null && !isRelayedAddr(a) && !isPrivate(ma) } catch { return false }
 }

@@ -32,6 +32,7 @@ const MAX_PARALLEL_DIALS = 8
 /** stop dialing discovered peers beyond this many connections */
 const MAX_CONNECTIONS = 200
 const FAILURE_WARN_EVERY_MS = 5 * 60_000
+const MDNS_RETRY_AFTER_MS = 5000
 
 interface BootstrapEntry {
   addr: Multiaddr
@@ -148,16 +149,26 @@ export class Connector {
   private readonly onOpen = (evt: CustomEvent<Connection>): void => {
     const remote = evt.detail.remotePeer
     const addr = evt.detail.remoteAddr.toString()
+    // the first connection after none at all: this node's network is back (Wi-Fi, a cable, a
+    // link that died without a FIN); the members whose dials failed meanwhile are dialed again
+    // at once, not when their backoffs (up to two minutes) run out
+    if (this.node.getConnections().length === 1) {
+      this.peerState.clear()
+      for (const e of this.bootstrap) if (!e.busy && e.failures > 0) e.nextAt = Math.min(e.nextAt, Date.now())
+    }
     this.forgetRefused(evt.detail.direction === 'inbound' ? hostOf(addr) : addr, evt.detail.direction)
     setTimeout(() => {
       if (this.stopped) return
       const conns = this.node.getConnections(remote)
       if (conns.length < 2) return
       const selfSmaller = this.node.peerId.toString() < remote.toString()
-      const preferred = (c: Connection) => (c.direction === 'outbound') === selfSmaller
-      const kept = conns.find(preferred)
+      // a direct connection always beats a relayed one (both sides see which is which);
+      // among direct ones, the one the smaller peer id dialed
+      const direct = conns.filter((c) => !c.remoteAddr.toString().includes('/p2p-circuit'))
+      const pool = direct.length > 0 ? direct : conns
+      const kept = pool.find((c) => (c.direction === 'outbound') === selfSmaller) ?? (direct.length === 1 ? direct[0] : undefined)
       if (!kept) return
-      void Promise.allSettled(conns.filter((c) => !preferred(c)).map(async (c) => c.close())).then(() => {
+      void Promise.allSettled(conns.filter((c) => c !== kept).map(async (c) => c.close())).then(() => {
         if (!this.stopped && kept.status === 'open') this.onDuplicateClosed?.(remote, kept)
       })
     }, 500).unref()
@@ -182,7 +193,8 @@ export class Connector {
     if (this.heard.size > 10_000) this.heard.clear()
     this.heard.set(peerIdText, Date.now())
     const st = this.peerState.get(peerIdText)
-    if (st && Date.now() < st.nextAt) return
+    // mDNS hears the member on this LAN now: that beats an old failure
+    if (st && Date.now() < st.nextAt && !(source === 'mdns' && Date.now() - st.lastFailure > MDNS_RETRY_AFTER_MS)) return
     if (this.node.getConnections().length >= MAX_CONNECTIONS) return
     // a remote host's loopback address would reach whatever listens on our own loopback
     const mas = withoutLoopback(addrs.map(toMultiaddr).filter((m): m is Multiaddr => m !== null))

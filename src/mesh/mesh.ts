@@ -22,7 +22,9 @@ import { LoadView, DEFAULT_GOSSIP_INTERVAL_MS, MAX_GOSSIP_INTERVAL_MS, MIN_GOSSI
 import { everyAligned } from '../util/aligned-timer.js'
 import { KeepAlive } from './keepalive.js'
 import { SETTLED_MAX_WAIT_MS, SETTLED_QUIET_MS } from './dht-startup.js'
-import { isRelayedAddr, localSubnets, onSubnets } from './addresses.js'
+import { isPublicAddr, isRelayedAddr, localSubnets, onSubnets, orderForOutsiders } from './addresses.js'
+import { Reachability, type ReachabilityStatus } from './reachability.js'
+import { serveDialBack } from './protocols/dial-back.js'
 
 export type { LoadInfo } from './load-view.js'
 export { MeshError } from './errors.js'
@@ -43,6 +45,8 @@ export interface MeshMember {
   dialable: boolean
   /** with no connection: why the last dial failed, while that failure holds it back */
   dialError: string | null
+  /** for a relayed connection: the relay's peer id */
+  relayVia: string | null
 }
 
 export interface MeshOptions {
@@ -91,6 +95,8 @@ export interface Mesh {
   isAllowed(peerId: string): boolean
   /** remote ends that failed the private-network handshake lately: probably another mesh key */
   refusedPeers(): RefusedPeer[]
+  /** how other networks reach this node (reachability.ts) */
+  reachability(): ReachabilityStatus
   /** addresses where a peer answered with this node's own identity (a cloned machine, a copied identity.key) */
   identityClashes(): string[]
   readonly libp2p: Libp2p<MeshServices>
@@ -175,6 +181,8 @@ export async function startMesh(opts: MeshOptions): Promise<Mesh> {
     listen,
     mdns: mc.mdns,
     dht: mc.dht,
+    announce: mc.announce,
+    relay: mc.relay && mc.relayMaxReservations > 0 ? { maxReservations: mc.relayMaxReservations } : null,
     isDenied,
     log,
     onMdnsPeer: (id) => { if (mdnsPeers.size < 10_000) mdnsPeers.add(id) },
@@ -202,8 +210,10 @@ export async function startMesh(opts: MeshOptions): Promise<Mesh> {
   const addresses = (): string[] => {
     if (addrCache && Date.now() - addrCache.at < ADDRESS_CACHE_MS) return [...addrCache.list]
     const all = node.getMultiaddrs().map((m) => m.toString())
-    // loopback last: useless to remote members, but keep it for same-host meshes and tests
-    addrCache = { at: Date.now(), list: [...all.filter((a) => !isLoopback(a)), ...all.filter(isLoopback)] }
+    // what a member on another network can use first (member exchange passes on only four):
+    // reached from outside or public, then relayed, then LAN; loopback only when alone
+    const reached = new Set(reach?.publicAddresses() ?? [])
+    addrCache = { at: Date.now(), list: orderForOutsiders(all, (a) => reached.has(a) || isPublicAddr(a)) }
     return [...addrCache.list]
   }
 
@@ -267,13 +277,17 @@ export async function startMesh(opts: MeshOptions): Promise<Mesh> {
     }
     return connector?.someoneUnreachable() ?? false
   }
+  let reach: Reachability | null = null
   const view: LoadView = new LoadView({
     node,
     meshId,
     log,
     name: mc.name !== '' ? mc.name : hostname(),
     version,
-    getLoad: opts.getLoad,
+    getLoad: () => {
+      const code = reach?.code()
+      return { ...opts.getLoad(), ...(code ? { reach: code } : {}), ...(node.services.relay && code === 'p' ? { relay: true } : {}) }
+    },
     getAddrs: addresses,
     isDenied,
     intervalMs,
@@ -313,17 +327,22 @@ export async function startMesh(opts: MeshOptions): Promise<Mesh> {
     return { kind: conns.some(direct) ? 'direct' : 'relayed', lan }
   }
 
+  const relayOf = (id: string): string | null => {
+    const c = node.getConnections(peerIdOf(id)).find((x) => isRelayedAddr(x.remoteAddr.toString()))
+    return c ? /\/p2p\/([^/]+)\/p2p-circuit/.exec(c.remoteAddr.toString())?.[1] ?? null : null
+  }
   const members = (): MeshMember[] => {
     const now = Date.now()
     const list: MeshMember[] = [{
-      peerId: self, self: true, addrs: addresses(), load: view.selfLoad(), lastSeen: now, rttMs: 0, connection: 'self', lan: true, dialable: true, dialError: null
+      peerId: self, self: true, addrs: addresses(), load: view.selfLoad(), lastSeen: now, rttMs: 0, connection: 'self', lan: true, dialable: true, dialError: null, relayVia: null
     }]
     for (const e of view.list()) {
       const { kind, lan } = connectionKind(e.peerId)
       const failed = kind === 'none' ? connector?.dialFailure(e.peerId) ?? null : null
       list.push({
         peerId: e.peerId, self: false, addrs: e.addrs, load: e.load, lastSeen: e.lastSeen, rttMs: rtts.get(e.peerId) ?? null, connection: kind, lan,
-        dialable: kind !== 'none' || (failed === null && e.addrs.length > 0), dialError: failed
+        dialable: kind !== 'none' || (failed === null && e.addrs.length > 0), dialError: failed,
+        relayVia: kind === 'relayed' ? relayOf(e.peerId) : null
       })
     }
     return list.sort((a, b) => (a.peerId < b.peerId ? -1 : a.peerId > b.peerId ? 1 : 0))
@@ -396,6 +415,10 @@ export async function startMesh(opts: MeshOptions): Promise<Mesh> {
   }
   node.addEventListener('peer:disconnect', onDisconnect)
 
+  await serveDialBack(node, meshId, (peer, err) => log.debug(`dial-back for ${peer} failed: ${errText(err)}`))
+  reach = new Reachability(node, meshId, log.child('reach'),
+    () => view.list().map((e) => ({ peerId: e.peerId, reach: e.load.reach, relay: e.load.relay === true, addrs: e.addrs })),
+    mc.relayClient, () => { addrCache = null; view.notifyLoadChanged(); changed() })
   const ads = new Advertiser(node, meshId, log)
   const forwarding = new ForwardingControl(node.services.pubsub, loadTopic(meshId), () => someoneIndirect(false),
     (id) => view.get(id)?.wantsForwarding ?? true, log)
@@ -406,6 +429,7 @@ export async function startMesh(opts: MeshOptions): Promise<Mesh> {
   repair.start()
   connector.start()
   ads.start()
+  reach.start()
   ads.provideWhenSettled(platformCapability(), opts.dhtStartupMs ?? SETTLED_QUIET_MS, SETTLED_MAX_WAIT_MS)
   const firstPing = setTimeout(() => { void pingRound() }, Math.min(1000, rttIntervalMs))
   const pingTimer = everyAligned(rttIntervalMs, () => { void pingRound() }, { unref: true })
@@ -435,6 +459,7 @@ export async function startMesh(opts: MeshOptions): Promise<Mesh> {
     gossipForwarding: () => forwarding.active,
     isAllowed: (id) => !deny.has(id) && (allow.size === 0 || allow.has(id) || id === self),
     refusedPeers: () => connector?.refusedPeers() ?? [],
+    reachability: () => reach!.status(),
     identityClashes: () => [...clashes],
     libp2p: node,
     async stop() {
@@ -453,6 +478,7 @@ export async function startMesh(opts: MeshOptions): Promise<Mesh> {
       node.removeEventListener('connection:open', onOpen)
       node.removeEventListener('self:peer:update', onSelfUpdate)
       connector?.stop()
+      reach?.stop()
       ads.stop()
       await view.stop()
       await node.stop()
@@ -486,6 +512,7 @@ export function rttOf(conn: Connection): number | null {
   if (typeof muxerRtt === 'number' && Number.isFinite(muxerRtt) && muxerRtt >= 0) return muxerRtt
   return typeof conn.rtt === 'number' && Number.isFinite(conn.rtt) ? conn.rtt : null
 }
+
 
 function isLoopback(addr: string): boolean {
   return addr.startsWith('/ip4/127.') || addr.startsWith('/ip6/::1/')

@@ -18,7 +18,10 @@ import type { Logger } from '../log.js'
 import { MeshError } from './errors.js'
 import { FORWARD_D, FORWARD_DLAZY, FORWARD_DLO, FORWARD_GOSSIP_FACTOR, FORWARD_PRUNE_BACKOFF_MS } from './forwarding.js'
 import { DHT_STARTUP_OPTIONS } from './dht-startup.js'
-import { isOwnAddr, tcpPorts, withoutLoopback } from './addresses.js'
+import { isLoopbackAddr, isOwnAddr, isRelayedAddr, localSubnets, onSubnets, tcpPorts, withoutLoopback } from './addresses.js'
+import { circuitRelayServer, circuitRelayTransport, type CircuitRelayService } from '@libp2p/circuit-relay-v2'
+import { isPrivate } from '@libp2p/utils'
+import type { Multiaddr } from '@multiformats/multiaddr'
 
 export type MeshServices = {
   identify: Identify
@@ -27,6 +30,8 @@ export type MeshServices = {
   pubsub: GossipSub
   /** absent when config.mesh.dht is false */
   dht?: KadDHT
+  /** absent when config.mesh.relay is false */
+  relay?: CircuitRelayService
 }
 
 export type MeshLibp2p = Libp2p<MeshServices>
@@ -41,6 +46,8 @@ export interface MeshNodeInit {
   announce?: string[]
   mdns: boolean
   dht: boolean
+  /** serve as a circuit relay (only members that find this node reachable reserve on it); null: no relay server */
+  relay?: { maxReservations: number } | null
   isDenied: (peerId: string) => boolean
   log: Logger
   /** a peer announced itself by mDNS (marks it as LAN) */
@@ -138,6 +145,20 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshLibp2p> {
     })
   }
 
+  if (init.relay) {
+    services.relay = circuitRelayServer({
+      reservations: {
+        maxReservations: init.relay.maxReservations,
+        // the library's default limit (2 min, 128 KiB per relayed connection) is for strangers'
+        // signalling; here every member holds the mesh key and a relayed link carries compile
+        // jobs: no limit per connection, and at most maxReservations members per relay
+        applyDefaultLimit: false
+      },
+      maxInboundHopStreams: 64,
+      maxOutboundStopStreams: 64
+    })
+  }
+
   const peerDiscovery = init.mdns
     ? [(components: Parameters<ReturnType<typeof mdns>>[0]) => {
         const d = mdns({ serviceTag: mdnsServiceTag(init.meshId) })(components)
@@ -205,7 +226,9 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshLibp2p> {
         // the DHT, gossip) only when there is nothing else, as in a same-host mesh
         announceFilter: (addrs) => withoutLoopback(addrs)
       },
-      transports: [tcp()],
+      // the relay transport dials relayed addresses and holds the reservations reachability.ts
+      // asks for; it looks for relays only while this node listens on one (never on a LAN mesh)
+      transports: [tcp(), circuitRelayTransport({ reservationCompletionTimeout: 10_000, maxInboundStopStreams: 64, maxOutboundStopStreams: 64 })],
       connectionEncrypters: [markingNoise],
       // keep-alive and dead-connection detection: keepalive.ts, aligned for all connections
       streamMuxers: [yamux({ enableKeepAlive: false })],
@@ -213,7 +236,13 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshLibp2p> {
       connectionMonitor: { enabled: false }, // replaced by keepalive.ts: one yamux frame, not a stream
       connectionManager: {
         // default is 5 inbound per second per IP: too few for a LAN behind one NAT or a test host
-        inboundConnectionThreshold: 100
+        inboundConnectionThreshold: 100,
+        // per address: a member's LAN address seen from another network often just times out,
+        // and the next address (its relayed one) should get its turn within the connector's 10 s
+        addressDialTimeout: 4000,
+        // addresses on our own subnets, then public ones, then relayed ones, then the other
+        // private ones (a LAN address of another network is rarely reachable); loopback last
+        addressSorter: (a, b) => Math.sign(dialRank(a.multiaddr) - dialRank(b.multiaddr)) as -1 | 0 | 1
       },
       connectionGater: {
         denyDialPeer: (peer) => init.isDenied(peer.toString()),
@@ -238,6 +267,15 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshLibp2p> {
   for (const p of tcpPorts(node.getMultiaddrs())) ownPorts.add(p)
   warnUnapplied([...processPatches, ...applyNodePatches(node, init.log)], init.log)
   return node
+}
+
+let subnetCache = { at: 0, list: localSubnets() }
+function dialRank(ma: Multiaddr): number {
+  if (isLoopbackAddr(ma)) return 5
+  if (isRelayedAddr(ma.toString())) return 3
+  if (Date.now() - subnetCache.at > 30_000) subnetCache = { at: Date.now(), list: localSubnets() }
+  if (onSubnets(ma, subnetCache.list)) return 0
+  try { return isPrivate(ma) ? 4 : 1 } catch { return 4 }
 }
 
 /** One warning line per library patch that no longer applies (patches/index.ts). */

@@ -12,6 +12,9 @@
 //   bye  1 when the sender is leaving the mesh (optional)
 //   fw   1 when the sender knows a member it has no direct connection to, so its peers should
 //        forward gossip to it (optional; forwarding.ts)
+//   rc   how other networks reach the sender: 'p'ublic, 'r'elayed, 'u'nreachable (optional,
+//        absent while unknown; reachability.ts)
+//   rl   1 when the sender serves as a relay for members (optional)
 
 export const LOAD_FORMAT_VERSION = 1
 /** Messages larger than this are rejected before parsing. */
@@ -40,6 +43,10 @@ export interface LoadInfo {
   version: string
   shim: boolean
   name: string
+  /** how other networks reach the member (reachability.ts), when it knows */
+  reach?: 'p' | 'r' | 'u'
+  /** it serves as a circuit relay for members */
+  relay?: boolean
 }
 
 export interface LoadMessage extends LoadInfo {
@@ -79,6 +86,8 @@ export function encodeLoad(m: LoadMessage): Uint8Array {
     seq: int(m.seq),
     ts: int(m.timestamp)
   }
+  if (m.reach) doc.rc = m.reach
+  if (m.relay) doc.rl = 1
   if (m.bye) doc.bye = 1
   if (m.wantsForwarding) doc.fw = 1
   const bytes = new TextEncoder().encode(JSON.stringify(doc))
@@ -121,6 +130,8 @@ export function decodeLoad(data: Uint8Array): LoadMessage {
     addrs: strings(d.ad, 'ad', MAX_ADDRS, MAX_STRING),
     seq: num(d.seq, 'seq', 0, Number.MAX_SAFE_INTEGER),
     timestamp: num(d.ts, 'ts', 0, Number.MAX_SAFE_INTEGER),
+    ...(d.rc === 'p' || d.rc === 'r' || d.rc === 'u' ? { reach: d.rc } : {}),
+    ...(d.rl === 1 ? { relay: true } : {}),
     ...(d.bye === 1 || d.bye === true ? { bye: true } : {}),
     ...(d.fw === 1 || d.fw === true ? { wantsForwarding: true } : {})
   }
