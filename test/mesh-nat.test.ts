@@ -12,42 +12,15 @@ import { test, after } from 'node:test'
 import assert from 'node:assert/strict'
 import { join } from 'node:path'
 import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
-import { createInstance, MESHCC, runCommand, type Instance } from './helpers/meshcc.js'
+import { MESHCC, runCommand, type Instance } from './helpers/meshcc.js'
 import { createNatLab, liveNamespaces, type NatHost, type NatLab } from './helpers/netns.js'
-import type { DaemonStatus } from '../src/cli/mesh-commands.js'
-import { adminRequest } from '../src/launcher/client.js'
-import { loadConfig } from '../src/config.js'
-import { generateMeshKey, loadOrCreateIdentity, writeMeshKey } from '../src/mesh/keys.js'
-import { peerIdFromPrivateKey } from '@libp2p/peer-id'
+import { startNatMesh, statusOf, until, type Member, type Name, type NatMesh } from './helpers/nat-mesh.js'
 
-const PORT = 10650
 const sleep = (ms: number) => new Promise((res) => setTimeout(res, ms))
 const instances: Instance[] = []
 after(async () => { for (const i of instances) await i.stop() })
 
-type Name = 'p1' | 'p2' | 'h1a' | 'h1b' | 'h2'
-interface Member { name: Name; host: NatHost; inst: Instance; id: string }
-
 const SOURCE = '#include <stdio.h>\nstatic int sq(int x) { return x * x; }\nint main(void) { printf("%d\\n", sq(7)); return 0; }\n'
-
-async function statusOf(m: Member): Promise<DaemonStatus | undefined> {
-  try {
-    return JSON.parse(await adminRequest(loadConfig({ MESHCC_CONF: m.inst.conf }), 'status', { autostart: false, timeoutMs: 10_000 })) as DaemonStatus
-  } catch {
-    return undefined
-  }
-}
-
-/** Polls `fn` every 300 ms until it returns a value, at most `ms`; undefined when the time is up. */
-async function until<T>(ms: number, fn: () => Promise<T | undefined>): Promise<T | undefined> {
-  const end = Date.now() + ms
-  for (let i = 0; i < 1000 && Date.now() < end; i++) {
-    const v = await fn()
-    if (v !== undefined) return v
-    await sleep(300)
-  }
-  return undefined
-}
 
 test('members behind NAT routers find, reach and compile for each other', { timeout: 600_000 }, async (t) => {
   const r = createNatLab()
@@ -56,7 +29,7 @@ test('members behind NAT routers find, reach and compile for each other', { time
     return
   }
   const lab: NatLab = r.lab
-  const members = new Map<Name, Member>()
+  let nm: NatMesh | null = null
   let ok = false
   try {
     // the lab separates what it should: NATed hosts reach the wan, the wan does not reach them
@@ -65,57 +38,13 @@ test('members behind NAT routers find, reach and compile for each other', { time
     assert.ok(!tcpTo(lab.p1, lab.h1a.ip), 'p1 cannot reach h1a')
     assert.ok(!tcpTo(lab.h2, lab.h1a.ip), 'h2 cannot reach h1a')
 
-    const keyDir = createInstance('', 'nat-key')
-    instances.push(keyDir)
-    const keyFile = join(keyDir.dir, 'mesh.key')
-    writeMeshKey(keyFile, generateMeshKey())
-    const hosts: Record<Name, NatHost> = { p1: lab.p1, p2: lab.p2, h1a: lab.h1a, h1b: lab.h1b, h2: lab.h2 }
-    const ids = {} as Record<Name, string>
-    const insts = {} as Record<Name, Instance>
-    for (const name of Object.keys(hosts) as Name[]) {
-      const inst = createInstance('', `nat-${name}`, 'enabled = true')
-      instances.push(inst)
-      insts[name] = inst
-      ids[name] = peerIdFromPrivateKey(await loadOrCreateIdentity(join(inst.dir, 'identity.key'))).toString()
-    }
-    const p1Boot = `/ip4/${lab.p1.ip}/tcp/${PORT}/p2p/${ids.p1}`
-    for (const name of Object.keys(hosts) as Name[]) {
-      const relayOnly = name === 'p1' || name === 'p2'
-      const toml = [
-        '[daemon]', `socket = "${insts[name].socket}"`, 'idle_timeout = 0',
-        '[cache]', `dir = "${insts[name].cacheDir}"`,
-        '[log]', 'level = "debug"',
-        '[build]', 'cores = 1', 'local_slots = 0', 'speed = 100', `offer = "${name === 'h1b' ? 'always' : 'never'}"`,
-        '[mesh]', `listen = ["/ip4/0.0.0.0/tcp/${PORT}"]`, `key_file = "${keyFile}"`, `name = "${name}"`,
-        // the public members find each other through the bootstrap address like everyone else
-        `bootstrap = [${name === 'p1' ? '' : `"${p1Boot}"`}]`,
-        `mdns = ${!relayOnly}`,
-        ''
-      ].join('\n')
-      writeFileSync(insts[name].conf, toml)
-      members.set(name, { name, host: hosts[name], inst: insts[name], id: ids[name] })
-    }
-    const m = (n: Name) => members.get(n)!
-    const start = (n: Name) => lab.spawn(m(n).host, MESHCC, ['daemon'], { env: m(n).inst.env, stdio: 'ignore' })
-    for (const n of ['p1', 'p2', 'h1a', 'h1b', 'h2'] as Name[]) start(n)
-    /** SIGKILL by the pid in the daemon's own pid file (a member dying: its sockets close) */
-    const killDaemon = (n: Name) => {
-      const pid = m(n).inst.daemonPid()
-      assert.ok(pid, `${n} has a pid file`)
-      process.kill(pid, 'SIGKILL')
-    }
-
+    nm = await startNatMesh(lab, instances)
+    const { members, m, killDaemon, link, onlyBuilder, summary } = nm
     const t0 = Date.now()
     const all = await until(90_000, async () => {
       const s = await Promise.all([...members.values()].map(statusOf))
       return s.every((x) => x?.mesh && x.mesh.members.length === 5) ? s : undefined
     })
-    const summary = async () => (await Promise.all([...members.values()].map(async (x) => {
-      const s = await statusOf(x)
-      if (!s?.mesh) return `${x.name}: ${s ? `no mesh (${s.mesh_note})` : 'no answer'}`
-      return `${x.name}: ${s.mesh.reachability?.state} [${s.mesh.reachability?.detail}] relays=${s.mesh.reachability?.relays.join(',')} | ` +
-        s.mesh.members.filter((p) => !p.self).map((p) => `${p.name}:${p.connection}${p.relay_via ? `@${p.relay_via}` : ''}${p.dial_error ? `(${p.dial_error})` : ''}`).join(' ')
-    }))).join('\n')
     t.diagnostic(`views after ${Date.now() - t0} ms:\n${await summary()}`)
     assert.ok(all, 'every member lists all five within 90 s')
 
@@ -149,25 +78,6 @@ test('members behind NAT routers find, reach and compile for each other', { time
       const done = [...members.values()].filter((x) => (afterJobs[x.id]?.done ?? 0) > (before[x.id]?.done ?? 0))
       return done.map((x) => x.name).join(',') || 'here'
     }
-    const link = async (from: Name, to: Name) => (await statusOf(m(from)))?.mesh?.members.find((p) => p.peer_id === m(to).id)
-    /** Makes `builder` the only member that takes jobs, as `client` sees it. */
-    const onlyBuilder = async (builder: Name, client: Name) => {
-      for (const n of ['h1a', 'h1b', 'h2'] as Name[]) {
-        const conf = readFileSync(m(n).inst.conf, 'utf8')
-        const want = `offer = "${n === builder ? 'always' : 'never'}"`
-        if (conf.includes(want)) continue
-        writeFileSync(m(n).inst.conf, conf.replace(/offer = "\w+"/, want))
-        const r = await runCommand(MESHCC, ['--reload'], { env: m(n).inst.env, timeoutMs: 30_000 })
-        assert.equal(r.code, 0, `reload ${n}: ${r.stderr}`)
-      }
-      const seen = await until(20_000, async () => {
-        const s = await statusOf(m(client))
-        const takers = s?.mesh?.members.filter((p) => !p.self && p.accept !== 'never' && p.free_slots > 0 && p.held_back_ms === 0).map((p) => p.name)
-        return takers?.join() === builder ? takers : undefined
-      })
-      assert.ok(seen, `${client} sees ${builder} as the only builder`)
-    }
-
     // 1. the two LAN hosts behind router 1: mDNS, no bootstrap needed, a LAN direct link
     const lan = await link('h1a', 'h1b')
     assert.equal(lan?.connection, 'direct')
@@ -277,7 +187,7 @@ test('members behind NAT routers find, reach and compile for each other', { time
     ok = true
   } finally {
     if (!ok) {
-      for (const x of members.values()) {
+      for (const x of nm?.members.values() ?? []) {
         try {
           const lines = readFileSync(join(x.inst.cacheDir, 'meshcc.log'), 'utf8').trimEnd().split('\n').filter((l) => !/ D /.test(l) || /reach|relay|dial/.test(l))
           t.diagnostic(`${x.name} meshcc.log (last 40 of ${lines.length}):\n${lines.slice(-40).join('\n')}`)
@@ -285,7 +195,7 @@ test('members behind NAT routers find, reach and compile for each other', { time
       }
     }
     await lab.destroy()
-    for (const x of members.values()) rmSync(`${x.inst.socket}.pid`, { force: true })
+    for (const x of nm?.members.values() ?? []) rmSync(`${x.inst.socket}.pid`, { force: true })
     assert.deepEqual(liveNamespaces(), [], 'namespaces deleted')
   }
 })
