@@ -77,6 +77,14 @@ export interface Config {
     allow: string[]
     deny: string[]
     name: string
+    /** addresses to advertise that this node cannot see on its interfaces (1:1 NAT, a port forward) */
+    announce: string[]
+    /** serve as a circuit relay for members that cannot be reached (only asked of when this node is reachable) */
+    relay: boolean
+    /** members one relay serves at once */
+    relayMaxReservations: number
+    /** reserve relay slots on reachable members when this node cannot be reached from other networks */
+    relayClient: boolean
   }
   shim: {
     enabled: boolean
@@ -423,7 +431,11 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       identityFile: expandHome(mesh.string('identity_file', join(configDir, 'identity.key'))),
       allow: mesh.stringList('allow', []),
       deny: mesh.stringList('deny', []),
-      name: mesh.string('name', '')
+      name: mesh.string('name', ''),
+      announce: mesh.stringList('announce', []),
+      relay: mesh.bool('relay', true),
+      relayMaxReservations: mesh.int('relay_max_reservations', 32, 0, 1024),
+      relayClient: mesh.bool('relay_client', true)
     },
     shim: {
       enabled: shim.bool('enabled', false),

@@ -3,10 +3,13 @@ import { existsSync, readFileSync, rmSync } from 'node:fs'
 import type { Config } from '../config.js'
 import { currentLogFile } from '../log.js'
 import { adminRequest, DaemonUnreachable } from '../launcher/client.js'
-import type { MeshStatus } from '../daemon/mesh-service.js'
+import type { MemberStatus, MeshStatus } from '../daemon/mesh-service.js'
+import type { ReachabilityStatus } from '../mesh/reachability.js'
 import { joinedBootstrapFile, storedPeersFile, writeJoinedBootstrap } from '../mesh/state-files.js'
 import { decodeInvite, encodeInvite, generateMeshKey, identityPeerId, parseMeshKeyText, writeMeshKey } from '../mesh/keys.js'
 import { formatDistStatus } from '../shim/dist-status.js'
+import { isLoopbackAddr, isPublicAddr, orderForOutsiders, toMultiaddr, withoutLoopback } from '../mesh/addresses.js'
+import { connect } from 'node:net'
 
 export interface DaemonStatus {
   daemon: { pid: number; version: string; socket: string; cache_dir: string; running: number; queued: number; slots: number }
@@ -48,6 +51,7 @@ export function formatStatus(s: DaemonStatus): string {
   const m = s.mesh
   out += `mesh ${m.mesh_id}, this node ${m.peer_id}\n`
   out += `  listening on ${m.addresses.join(' ')}\n`
+  if (m.reachability) out += `  reachability: ${reachabilityText(m.reachability)}\n`
   for (const addr of m.identity_clashes ?? []) out += `  WARNING: the peer at ${addr} has this node's own identity: a cloned machine or a copied identity.key? delete identity.key on one of them\n`
   const refused = m.refused_peers ?? []
   if (refused.length > 0) {
@@ -64,13 +68,31 @@ export function formatStatus(s: DaemonStatus): string {
   const rows = m.members.map((p) => [
     short(p.peer_id) + (p.self ? ' *' : ''), p.name, String(p.cores), String(p.running), String(p.queued), String(p.free_slots),
     p.load1.toFixed(2), String(p.toolchains), p.self ? '-' : p.rtt_ms === null ? '?' : `${p.rtt_ms.toFixed(1)}ms`,
-    p.self ? 'self' : `${p.lan ? 'LAN ' : ''}${p.connection}`,
+    linkText(p),
     p.self ? '-' : `${m.jobs_per_peer[p.peer_id]?.sent ?? 0}/${m.jobs_per_peer[p.peer_id]?.done ?? 0}`
   ])
   rows.push(['total', `${m.totals.members} nodes`, String(m.totals.cores), String(m.totals.running), String(m.totals.queued), String(m.totals.free_slots), '', '', '', '', ''])
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)))
   const line = (r: string[]) => r.map((c, i) => (i >= 2 && i <= 8 ? c.padStart(widths[i]) : c.padEnd(widths[i]))).join('  ').trimEnd()
   return out + [line(header), ...rows.map(line)].join('\n') + '\n'
+}
+
+/** The LINK column: how this node reaches the member, or why it cannot. */
+export function linkText(p: MemberStatus): string {
+  if (p.self) return 'self'
+  if (p.connection === 'direct') return p.lan ? 'LAN direct' : 'direct'
+  if (p.connection === 'relayed') return p.relay_via ? `relayed via ${p.relay_via}` : 'relayed'
+  return p.dial_error ? `unreachable: ${p.dial_error}` : 'none (seen through others)'
+}
+
+/** The reachability line: how other networks reach this node, and why. */
+export function reachabilityText(r: ReachabilityStatus): string {
+  switch (r.state) {
+    case 'public': return `public (${r.detail})`
+    case 'relayed': return `behind NAT, relayed via ${r.relays.join(', ')} (${r.detail})`
+    case 'unreachable': return `unreachable from other networks: ${r.detail}`
+    default: return `unknown (${r.detail})`
+  }
 }
 
 /** A -j for make/ninja: the cores the live mesh offers (this machine included). */
@@ -173,7 +195,11 @@ export async function meshCommand(config: Config, args: string[], force: boolean
       process.stderr.write(`meshcc: the daemon is not in the mesh (${why}); see ${currentLogFile(config.cache.dir, config.daemon.socket)}\n`)
       return 1
     }
-    process.stdout.write(encodeInvite({ key, addrs: s.mesh.addresses }) + '\n')
+    // a member on another network tries them in this order; the invite never names only
+    // loopback or LAN addresses when the node knows better ones
+    const reached = new Set(s.mesh.reachability?.public_addresses ?? [])
+    const addrs = orderForOutsiders(s.mesh.addresses, (a) => reached.has(a) || isPublicAddr(a))
+    process.stdout.write(encodeInvite({ key, addrs }) + '\n')
     return 0
   }
   if (sub === 'join') {
@@ -202,8 +228,15 @@ export async function meshCommand(config: Config, args: string[], force: boolean
     if (!sameKey) forgetStoredPeers(config)
     // the latest invite's addresses replace the last one's: a second join must not keep dialing
     // the addresses the first invite named (the mesh itself keeps the members' current ones)
-    writeJoinedBootstrap(config, invite.addrs)
-    process.stdout.write(`meshcc: joined: key in ${keyFile}, ${invite.addrs.length} bootstrap address(es) in ${joinedBootstrapFile(config)}\n`)
+    // an older invite may name the inviting machine's loopback address: here it would reach
+    // this machine, not that one
+    const addrs = withoutLoopback(invite.addrs)
+    writeJoinedBootstrap(config, addrs)
+    process.stdout.write(`meshcc: joined: key in ${keyFile}, ${addrs.length} bootstrap address(es) in ${joinedBootstrapFile(config)}\n`)
+    const answering = await anyAnswers(addrs.filter((a) => !isLoopbackAddr(a) || addrs.every(isLoopbackAddr)), JOIN_PROBE_MS)
+    if (!answering) {
+      process.stderr.write(`meshcc: none of the invite's addresses answered within ${JOIN_PROBE_MS / 1000} s (${addrs.slice(0, 3).join(' ')}${addrs.length > 3 ? ' …' : ''}): ask a member that other networks can reach (a server, or a machine with a port forward) for its invite, or add such a member to [mesh] bootstrap; the daemon keeps trying\n`)
+    }
     return (await restartDaemon(config)) ? 0 : 1
   }
   process.stderr.write('meshcc: usage: meshcc mesh init [--force] | meshcc mesh invite | meshcc mesh join <invite> [--force] | meshcc mesh distrusted | meshcc mesh trust <peer ID | all>\n')
@@ -246,4 +279,30 @@ async function trustCommand(config: Config, sub: 'distrusted' | 'trust', arg: st
 /** The members' addresses that a daemon stored belong to the mesh a new key leaves. */
 function forgetStoredPeers(config: Config): void {
   rmSync(storedPeersFile(config), { force: true })
+}
+
+const JOIN_PROBE_MS = 3000
+
+
+/**
+ * Whether a TCP connection to any of these addresses opens within `ms` (a relayed address: its
+ * relay's). Says only that something listens there; the daemon's dial proves the rest.
+ */
+async function anyAnswers(addrs: string[], ms: number): Promise<boolean> {
+  const targets = addrs.map((a) => {
+    const c = toMultiaddr(a.split('/p2p-circuit')[0]!)?.getComponents() ?? []
+    const host = c[0]?.name === 'ip4' || c[0]?.name === 'ip6' || c[0]?.name?.startsWith('dns') ? c[0].value : undefined
+    const port = Number(c.find((x) => x.name === 'tcp')?.value)
+    return host && port > 0 ? { host, port } : null
+  }).filter((t): t is { host: string; port: number } => t !== null).slice(0, 8)
+  if (targets.length === 0) return false
+  const one = (t: { host: string; port: number }) => new Promise<boolean>((resolve) => {
+    const sock = connect({ host: t.host, port: t.port })
+    const done = (ok: boolean) => { clearTimeout(timer); sock.destroy(); resolve(ok) }
+    const timer = setTimeout(() => done(false), ms)
+    sock.once('connect', () => done(true))
+    sock.once('error', () => done(false))
+  })
+  const results = await Promise.all(targets.map(one))
+  return results.some(Boolean)
 }

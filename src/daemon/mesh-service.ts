@@ -18,6 +18,11 @@ import { MemoryInputCache, type InputCacheStatus } from './input-cache.js'
 import { everyAligned } from '../util/aligned-timer.js'
 import { readJoinedBootstrap } from '../mesh/state-files.js'
 import type { MeshCache } from './mesh-cache.js'
+import type { ReachabilityStatus, ReachState } from '../mesh/reachability.js'
+
+function reachOf(s: ReachState): MemberStatus['reach'] {
+  return s === 'unknown' ? null : s
+}
 
 /** What the daemon reports about its own work, for the load gossip. */
 export interface LocalLoad { running: number; queued: number }
@@ -39,6 +44,16 @@ export interface MemberStatus {
   rtt_ms: number | null
   connection: string
   lan: boolean
+  /** with no connection: why the last dial failed (while it holds the member out of placement) */
+  dial_error: string | null
+  /** for a relayed connection: the relay's name (or peer id) */
+  relay_via: string | null
+  /** how other networks reach the member, as it says: public, relayed, unreachable (null: unknown) */
+  reach: 'public' | 'relayed' | 'unreachable' | null
+  /** it serves as a relay */
+  relay: boolean
+  /** how long this node keeps sending it no jobs after one failed there */
+  held_back_ms: number
   addrs: string[]
   last_seen_ms_ago: number
 }
@@ -63,6 +78,8 @@ export interface MeshStatus {
   refused_peers: Array<{ addr: string; direction: 'inbound' | 'outbound'; count: number; last: string }>
   /** addresses where a peer answered with this node's own identity (a cloned machine, a copied identity.key) */
   identity_clashes: string[]
+  /** how other networks reach this node, with the relays it holds a slot on (by name) */
+  reachability: ReachabilityStatus
 }
 
 export interface ToolchainTransfer { hash: string; peer: string; direction: 'sent' | 'received'; bytes: number; ms: number; at: string }
@@ -166,7 +183,7 @@ export class MeshService {
       svc.meshCache = await (await import('./mesh-cache.js')).startMeshCache(config, mesh, log.child('shared'))
         .catch((err: Error) => { log.error(`shared cache not started: ${err.message}`); return null })
     }
-    svc.stopTimers.push(() => refreshPacked.stop(), () => inputs.stop())
+    svc.stopTimers.push(() => refreshPacked.stop(), () => inputs.stop(), () => r.stop())
     log.info(`mesh ${mesh.meshId}: peer ${mesh.peerId} listening on ${mesh.addresses().join(' ')}`)
     if (config.shim.enabled) {
       svc.unsubscribe = mesh.on('members', (m) => svc.electShim(m))
@@ -223,11 +240,16 @@ export class MeshService {
 
   status(): MeshStatus {
     const now = Date.now()
-    const members: MemberStatus[] = this.mesh.members().map((m) => ({
+    const list = this.mesh.members()
+    const names = new Map(list.map((m) => [m.peerId, m.load.name || m.peerId]))
+    const members: MemberStatus[] = list.map((m) => ({
       peer_id: m.peerId, name: m.load.name, self: m.self, version: m.load.version,
       cores: m.load.cores, running: m.load.running, queued: m.load.queued, free_slots: m.load.freeSlots,
       load1: m.load.load1, speed: m.load.speed, toolchains: m.load.toolchains.length, accept: m.load.accept,
-      shim: m.load.shim, rtt_ms: m.rttMs, connection: m.connection, lan: m.lan, addrs: m.addrs,
+      shim: m.load.shim, rtt_ms: m.rttMs, connection: m.connection, lan: m.lan, dial_error: m.dialError,
+      relay_via: m.relayVia === null ? null : names.get(m.relayVia) ?? m.relayVia,
+      reach: m.self ? reachOf(this.mesh.reachability().state) : m.load.reach === 'p' ? 'public' : m.load.reach === 'r' ? 'relayed' : m.load.reach === 'u' ? 'unreachable' : null,
+      relay: m.load.relay === true, held_back_ms: this.runner.heldBackMs(m.peerId), addrs: m.addrs,
       last_seen_ms_ago: Math.max(0, now - m.lastSeen)
     }))
     const sum = (f: (m: MemberStatus) => number) => members.reduce((n, m) => n + f(m), 0)
@@ -246,7 +268,8 @@ export class MeshService {
       jobs_per_peer: this.runner.jobsPerPeer(),
       toolchain_transfers: [...this.transfers],
       refused_peers: this.mesh.refusedPeers().map((r) => ({ addr: r.addr, direction: r.direction, count: r.count, last: new Date(r.last).toISOString() })),
-      identity_clashes: this.mesh.identityClashes()
+      identity_clashes: this.mesh.identityClashes(),
+      reachability: (() => { const r = this.mesh.reachability(); return { ...r, relays: r.relays.map((id) => names.get(id) ?? id) } })()
     }
   }
 

@@ -18,6 +18,8 @@ export interface Candidate {
   speed: number
   rttMs: number | null
   hasToolchain: boolean
+  /** reached through a relay member: the job's bytes cross two links and the relay's CPU */
+  relayed?: boolean
 }
 
 /** peers this close to the fastest one with room count as equally fast */
@@ -29,9 +31,17 @@ export const SAME_TIER = 0.9
  */
 export const FASTER_THAN_HERE = 1.2
 
-/** How fast a job gets done on this peer, relatively: speed, less for a far peer. */
-export function reach(c: Pick<Candidate, 'speed' | 'rttMs'>): number {
-  return Math.max(1, c.speed) / (1 + (c.rttMs ?? 5) / 20)
+/**
+ * A relayed link's cost beyond its RTT (which the relay's hop already raises): inputs,
+ * toolchains and objects share two uplinks and the relay member's CPU (npm run bench:nat).
+ * A relayed peer must be this much faster than a direct one to be chosen over it, and it is
+ * chosen over a free local slot only when it is FASTER_THAN_HERE times faster after that.
+ */
+export const RELAYED_COST = 2.5
+
+/** How fast a job gets done on this peer, relatively: speed, less for a far or relayed peer. */
+export function reach(c: Pick<Candidate, 'speed' | 'rttMs' | 'relayed'>): number {
+  return Math.max(1, c.speed) / (1 + (c.rttMs ?? 5) / 20) / (c.relayed ? RELAYED_COST : 1)
 }
 
 /** reach, and a peer that must first receive the toolchain counts as half as fast */
@@ -54,7 +64,7 @@ export function choosePeer(candidates: readonly Candidate[], random: () => numbe
  * (the candidates) gets it done FASTER_THAN_HERE times faster than this machine. `ownSpeed` is
  * this machine's score in the view (null before its first load message: stay local).
  */
-export function fasterPeerThanHere(ownSpeed: number | null, candidates: ReadonlyArray<Pick<Candidate, 'speed' | 'rttMs'>>): boolean {
+export function fasterPeerThanHere(ownSpeed: number | null, candidates: ReadonlyArray<Pick<Candidate, 'speed' | 'rttMs' | 'relayed'>>): boolean {
   if (ownSpeed === null || !(ownSpeed > 0)) return false
   return candidates.some((c) => reach(c) > ownSpeed * FASTER_THAN_HERE)
 }

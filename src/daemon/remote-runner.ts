@@ -22,7 +22,7 @@ const MAX_INPUT_BYTES = 256 * 1024 * 1024
 const REFUSAL_HOLD_MS = 250
 /** a job sent this close before a load message may not be counted in it yet */
 const IN_FLIGHT_MARGIN_MS = 50
-/** a peer that failed a job is skipped for this long */
+/** a peer that failed a job is skipped for this long, or twice as long as the failed attempt took */
 const BACKOFF_MS = 5_000
 
 export interface PeerJobStats { sent: number; done: number; failed: number; refused: number }
@@ -41,25 +41,46 @@ export class MeshRemoteRunner implements RemoteRunner {
   private readonly perPeer = new Map<string, PeerJobStats>()
   private readonly toolchains = new Map<string, Promise<Toolchain>>()
   private readonly configured = new Map<string, Promise<Toolchain>>()
+  /** the jobs in flight to each peer, to abandon when it leaves the view */
+  private readonly running = new Map<string, Set<AbortController>>()
+  private readonly unsubscribe: () => void
 
-  constructor(private readonly opts: { mesh: Mesh; config: Config; log: Logger; stats: Stats; toolchainDir: string }) {}
+  constructor(private readonly opts: { mesh: Mesh; config: Config; log: Logger; stats: Stats; toolchainDir: string }) {
+    // a builder that left the view (silent past the expiry: a dead link, a crash) will not
+    // answer: its jobs go elsewhere now, not when the connection's keep-alive gives up
+    this.unsubscribe = opts.mesh.on('members', (members) => {
+      if (this.running.size === 0) return
+      const live = new Set(members.map((m) => m.peerId))
+      for (const [peer, jobs] of this.running) {
+        if (live.has(peer)) continue
+        for (const c of jobs) c.abort(new PeerGoneError())
+      }
+    })
+  }
+
+  stop(): void {
+    this.unsubscribe()
+  }
 
   wants(localFree: boolean): boolean {
     // a free local slot beats any transfer, unless a peer with room is clearly faster
     if (localFree && this.opts.config.build.localSlots > 0) {
       const members = this.opts.mesh.members()
       const own = members.find((m) => m.self)?.load.speed ?? null
-      return fasterPeerThanHere(own, this.candidates(new Set(), members).map((m) => ({ speed: m.load.speed, rttMs: m.rttMs })))
+      return fasterPeerThanHere(own, this.candidates(new Set(), members).map((m) => ({ speed: m.load.speed, rttMs: m.rttMs, relayed: m.connection === 'relayed' })))
     }
     // any member that accepts jobs: the caller waits for room there or for a local slot
     const now = Date.now()
-    return this.opts.mesh.members().some((m) => !m.self && m.load.accept !== 'never' && (this.backoff.get(m.peerId) ?? 0) < now && this.opts.mesh.isAllowed(m.peerId))
+    return this.opts.mesh.members().some((m) => !m.self && m.load.accept !== 'never' && (this.backoff.get(m.peerId) ?? 0) < now && this.opts.mesh.isAllowed(m.peerId) && (m.connection !== 'none' || m.dialable))
   }
 
   private candidates(exclude: ReadonlySet<string> = new Set(), members: MeshMember[] = this.opts.mesh.members()): MeshMember[] {
     const now = Date.now()
+    // a member we have no connection to only when a dial is likely to work: a dial that fails
+    // costs the job its wait (libp2p's dial timeout) before the next peer or a local compile
     return members.filter((m) => !m.self && !exclude.has(m.peerId) && m.load.accept !== 'never' &&
-      this.effectiveFree(m) > 0 && (this.backoff.get(m.peerId) ?? 0) < now && this.opts.mesh.isAllowed(m.peerId))
+      this.effectiveFree(m) > 0 && (this.backoff.get(m.peerId) ?? 0) < now && this.opts.mesh.isAllowed(m.peerId) &&
+      (m.connection !== 'none' || m.dialable))
   }
 
   /**
@@ -78,7 +99,7 @@ export class MeshRemoteRunner implements RemoteRunner {
   private pick(toolchain: string, exclude: ReadonlySet<string>): MeshMember | null {
     const members = this.candidates(exclude)
     const chosen = choosePeer(members.map((m) => ({
-      id: m.peerId, free: this.effectiveFree(m), speed: m.load.speed, rttMs: m.rttMs, hasToolchain: m.load.toolchains.includes(toolchain)
+      id: m.peerId, free: this.effectiveFree(m), speed: m.load.speed, rttMs: m.rttMs, hasToolchain: m.load.toolchains.includes(toolchain), relayed: m.connection === 'relayed'
     })))
     return chosen ? members.find((m) => m.peerId === chosen.id) ?? null : null
   }
@@ -87,6 +108,11 @@ export class MeshRemoteRunner implements RemoteRunner {
     let s = this.perPeer.get(peer)
     if (!s) this.perPeer.set(peer, (s = { sent: 0, done: 0, failed: 0, refused: 0 }))
     return s
+  }
+
+  /** How long this peer is still held back after a failed job (0: not held back). */
+  heldBackMs(peer: string): number {
+    return Math.max(0, (this.backoff.get(peer) ?? 0) - Date.now())
   }
 
   jobsPerPeer(): Record<string, PeerJobStats> {
@@ -214,9 +240,15 @@ export class MeshRemoteRunner implements RemoteRunner {
       list.push(mine)
       this.inFlight.set(peer.peerId, list)
       let reason: string
+      const gone = new AbortController()
+      const jobs = this.running.get(peer.peerId) ?? new Set()
+      jobs.add(gone)
+      this.running.set(peer.peerId, jobs)
+      const t0 = Date.now()
+      const holdOff = () => this.backoff.set(peer.peerId, Date.now() + Math.max(BACKOFF_MS, 2 * (Date.now() - t0)))
       try {
         const reply = await sendCompileJob(mesh.libp2p, mesh.meshId, peer.peerId, job.header, (need) => this.loadInputs(job.files, need), {
-          signal: AbortSignal.timeout((config.build.jobTimeout + 120) * 1000)
+          signal: AbortSignal.any([gone.signal, AbortSignal.timeout((config.build.jobTimeout + 120) * 1000)])
         })
         if (reply.kind === 'done') {
           ps.done++
@@ -229,13 +261,16 @@ export class MeshRemoteRunner implements RemoteRunner {
           continue
         }
         ps.failed++
-        this.backoff.set(peer.peerId, Date.now() + BACKOFF_MS)
+        holdOff()
         reason = `failed: ${reply.reason}`
       } catch (err) {
         ps.failed++
-        this.backoff.set(peer.peerId, Date.now() + BACKOFF_MS)
-        reason = `peer error: ${(err as Error).name === 'TimeoutError' ? 'timed out' : (err as Error).message.split('\n')[0].slice(0, 120)}`
+        holdOff()
+        reason = gone.signal.aborted ? 'peer error: it left the mesh view (no load message within the expiry)'
+          : `peer error: ${(err as Error).name === 'TimeoutError' ? 'timed out' : (err as Error).message.split('\n')[0].slice(0, 120)}`
       } finally {
+        jobs.delete(gone)
+        if (jobs.size === 0) this.running.delete(peer.peerId)
         const rest = (this.inFlight.get(peer.peerId) ?? []).filter((x) => x !== mine)
         if (rest.length === 0) this.inFlight.delete(peer.peerId)
         else this.inFlight.set(peer.peerId, rest)
@@ -257,6 +292,13 @@ export class MeshRemoteRunner implements RemoteRunner {
   }
 }
 
+class PeerGoneError extends Error {
+  constructor() {
+    super('the builder left the mesh view')
+    this.name = 'PeerGoneError'
+  }
+}
+
 /** Stats keep a handful of reason classes, not one entry per distinct message. */
 function reasonClass(reason: string): string {
   if (reason.startsWith('refused: busy')) return 'peer busy'
@@ -264,6 +306,7 @@ function reasonClass(reason: string): string {
   if (reason.includes('inputs mismatch')) return 'inputs mismatch'
   if (reason.includes('toolchain')) return 'toolchain unavailable'
   if (reason.includes('sandbox')) return 'sandbox failure'
+  if (reason.includes('left the mesh view')) return 'peer left the view'
   if (reason.includes('timed out')) return 'timeout'
   if (reason.startsWith('peer error')) return 'peer connection error'
   return 'peer failure'

@@ -8,6 +8,9 @@ import type { Connection, PeerId } from '@libp2p/interface'
 import type { Logger } from '../log.js'
 import type { MeshLibp2p } from './node.js'
 import { everyAligned, type AlignedTimer } from '../util/aligned-timer.js'
+import { isOwnAddr, tcpPorts, toMultiaddr, withoutLoopback } from './addresses.js'
+
+export { isLoopbackAddr } from './addresses.js'
 
 const TICK_MS = 1000
 const DIAL_TIMEOUT_MS = 10_000
@@ -29,6 +32,7 @@ const MAX_PARALLEL_DIALS = 8
 /** stop dialing discovered peers beyond this many connections */
 const MAX_CONNECTIONS = 200
 const FAILURE_WARN_EVERY_MS = 5 * 60_000
+const MDNS_RETRY_AFTER_MS = 5000
 
 interface BootstrapEntry {
   addr: Multiaddr
@@ -57,7 +61,7 @@ export interface RefusedPeer {
 const REFUSED_MEMORY_MS = 10 * 60_000
 const MAX_REFUSED = 64
 
-interface PeerDialState { failures: number; nextAt: number; lastFailure: number }
+interface PeerDialState { failures: number; nextAt: number; lastFailure: number; error: string }
 
 /** a member we could not dial counts as out of reach this long after someone last named it */
 const UNREACHABLE_MEMORY_MS = 30_000
@@ -112,8 +116,7 @@ export class Connector {
     const stored: BootstrapEntry[] = []
     for (const p of init.stored ?? []) {
       if (p.peerId === this.self || this.isDenied(p.peerId)) continue
-      let mas = p.addrs.map(toMultiaddr).filter((m): m is Multiaddr => m !== null)
-      if (mas.some((m) => !isLoopbackAddr(m))) mas = mas.filter((m) => !isLoopbackAddr(m))
+      const mas = withoutLoopback(p.addrs.map(toMultiaddr).filter((m): m is Multiaddr => m !== null))
       for (const m of mas) {
         const ma = peerIdInAddr(m) === null ? toMultiaddr(`${m.toString()}/p2p/${p.peerId}`) : m
         if (ma && peerIdInAddr(ma) === p.peerId && !known.has(ma.toString())) { known.add(ma.toString()); stored.push(entry(ma, true)) }
@@ -124,7 +127,10 @@ export class Connector {
     const first = configured.length > 0 ? STORED_FIRST_DIAL_DELAY_MS : 0
     stored.forEach((e, i) => { e.nextAt = Date.now() + first + i * STORED_DIAL_SPACING_MS })
     const all = [...configured, ...stored]
-    this.bootstrap = all.filter((e) => e.peerId !== this.self)
+    // an address of this node's own (the invite it made, a bootstrap list naming every machine,
+    // a stored loopback address) would only reach this node
+    const ports = tcpPorts(init.node.getMultiaddrs())
+    this.bootstrap = all.filter((e) => e.peerId !== this.self && !isOwnAddr(e.addr, ports))
     this.selfNamed = all.filter((e) => e.peerId === this.self).map((e) => e.addr)
   }
 
@@ -143,16 +149,26 @@ export class Connector {
   private readonly onOpen = (evt: CustomEvent<Connection>): void => {
     const remote = evt.detail.remotePeer
     const addr = evt.detail.remoteAddr.toString()
+    // the first connection after none at all: this node's network is back (Wi-Fi, a cable, a
+    // link that died without a FIN); the members whose dials failed meanwhile are dialed again
+    // at once, not when their backoffs (up to two minutes) run out
+    if (this.node.getConnections().length === 1) {
+      this.peerState.clear()
+      for (const e of this.bootstrap) if (!e.busy && e.failures > 0) e.nextAt = Math.min(e.nextAt, Date.now())
+    }
     this.forgetRefused(evt.detail.direction === 'inbound' ? hostOf(addr) : addr, evt.detail.direction)
     setTimeout(() => {
       if (this.stopped) return
       const conns = this.node.getConnections(remote)
       if (conns.length < 2) return
       const selfSmaller = this.node.peerId.toString() < remote.toString()
-      const preferred = (c: Connection) => (c.direction === 'outbound') === selfSmaller
-      const kept = conns.find(preferred)
+      // a direct connection always beats a relayed one (both sides see which is which);
+      // among direct ones, the one the smaller peer id dialed
+      const direct = conns.filter((c) => !c.remoteAddr.toString().includes('/p2p-circuit'))
+      const pool = direct.length > 0 ? direct : conns
+      const kept = pool.find((c) => (c.direction === 'outbound') === selfSmaller) ?? (direct.length === 1 ? direct[0] : undefined)
       if (!kept) return
-      void Promise.allSettled(conns.filter((c) => !preferred(c)).map(async (c) => c.close())).then(() => {
+      void Promise.allSettled(conns.filter((c) => c !== kept).map(async (c) => c.close())).then(() => {
         if (!this.stopped && kept.status === 'open') this.onDuplicateClosed?.(remote, kept)
       })
     }, 500).unref()
@@ -177,11 +193,11 @@ export class Connector {
     if (this.heard.size > 10_000) this.heard.clear()
     this.heard.set(peerIdText, Date.now())
     const st = this.peerState.get(peerIdText)
-    if (st && Date.now() < st.nextAt) return
+    // mDNS hears the member on this LAN now: that beats an old failure
+    if (st && Date.now() < st.nextAt && !(source === 'mdns' && Date.now() - st.lastFailure > MDNS_RETRY_AFTER_MS)) return
     if (this.node.getConnections().length >= MAX_CONNECTIONS) return
-    let mas = addrs.map(toMultiaddr).filter((m): m is Multiaddr => m !== null)
     // a remote host's loopback address would reach whatever listens on our own loopback
-    if (mas.some((m) => !isLoopbackAddr(m))) mas = mas.filter((m) => !isLoopbackAddr(m))
+    const mas = withoutLoopback(addrs.map(toMultiaddr).filter((m): m is Multiaddr => m !== null))
     const go = () => {
       this.delayed.delete(peerIdText)
       if (this.stopped || this.node.getConnections(peer).length > 0) return
@@ -211,22 +227,31 @@ export class Connector {
     const id = peer.toString()
     if (this.dialing.has(id)) return
     this.dialing.add(id)
+    const t0 = Date.now()
     try {
       if (addrs.length > 0) await this.node.peerStore.merge(peer, { multiaddrs: addrs })
       await this.node.dial(peer, { signal: AbortSignal.timeout(DIAL_TIMEOUT_MS) })
       this.peerState.delete(id)
       this.log.debug(`connected to ${id} (found by ${source})`)
     } catch (err) {
-      const st = this.peerState.get(id) ?? { failures: 0, nextAt: 0, lastFailure: 0 }
+      const st = this.peerState.get(id) ?? { failures: 0, nextAt: 0, lastFailure: 0, error: '' }
       st.failures++
       st.lastFailure = Date.now()
-      st.nextAt = Date.now() + Math.min(PEER_MAX_BACKOFF_MS, 1000 * 2 ** st.failures)
+      st.error = dialErrorText(err)
+      // held back at least as long as the dial took (dialFailure: placement skips it meanwhile)
+      st.nextAt = Date.now() + Math.max(Date.now() - t0, Math.min(PEER_MAX_BACKOFF_MS, 1000 * 2 ** st.failures))
       this.peerState.set(id, st)
       this.log.debug(`dial to ${id} (found by ${source}) failed: ${errText(err)}`)
     } finally {
       this.dialing.delete(id)
       this.pump()
     }
+  }
+
+  /** Why the last dial to this peer failed, while that failure holds further dials back; else null. */
+  dialFailure(peerIdText: string): string | null {
+    const st = this.peerState.get(peerIdText)
+    return st && Date.now() < st.nextAt ? st.error : null
   }
 
   /** Whether a dial to this peer is under way or about to start (queued, or waiting out the tie-break). */
@@ -401,18 +426,8 @@ function isUnspecified(ma: Multiaddr): boolean {
   return v === '0.0.0.0' || v === '::'
 }
 
-export function isLoopbackAddr(ma: Multiaddr): boolean {
-  const c = ma.getComponents()[0]
-  return (c?.name === 'ip4' && (c.value ?? '').startsWith('127.')) || (c?.name === 'ip6' && c.value === '::1')
-}
-
 function withoutPeerId(addr: string): string {
   return addr.replace(/\/p2p\/[^/]+$/, '')
-}
-
-function toMultiaddr(a: Multiaddr | string): Multiaddr | null {
-  if (typeof a !== 'string') return a
-  try { return multiaddr(a) } catch { return null }
 }
 
 export function hostOf(addr: string): string {
@@ -427,4 +442,17 @@ export function hostOf(addr: string): string {
 export function errText(err: unknown): string {
   const e = err as Error
   return `${e?.name && e.name !== 'Error' ? e.name + ': ' : ''}${String(e?.message ?? err).split('\n')[0]}`
+}
+
+
+/** A dial error as a short reason for `meshcc status` (libp2p nests the per-address errors). */
+function dialErrorText(err: unknown): string {
+  const e = err as Error & { errors?: Error[] }
+  const inner = Array.isArray(e?.errors) && e.errors.length > 0 ? e.errors[0]! : e
+  const text = `${inner?.message ?? e?.message ?? String(err)}`.split('\n')[0]!
+  if (/ECONNREFUSED/.test(text)) return 'connection refused'
+  if (/EHOSTUNREACH|ENETUNREACH/.test(text)) return 'no route to its addresses'
+  if (/timeout|timed out|abort/i.test(`${e?.name} ${text}`)) return 'dial timed out (behind NAT or a firewall?)'
+  if (/no valid addresses|NoValidAddresses/i.test(`${e?.name} ${text}`)) return 'no address to dial'
+  return text.slice(0, 100)
 }

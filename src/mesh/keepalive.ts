@@ -11,7 +11,7 @@
 // arrive together. What the monitor was for stays: a member that vanished without closing its
 // connections (power cut, cable) is found and dropped within KEEPALIVE_MS + KEEPALIVE_TIMEOUT_MS.
 // The ping also keeps NAT mappings open and gives each connection its RTT (rttOf in mesh.ts).
-import type { Connection } from '@libp2p/interface'
+import type { Connection, PeerId } from '@libp2p/interface'
 import type { Logger } from '../log.js'
 import { everyAligned, type AlignedTimer } from '../util/aligned-timer.js'
 import type { MeshLibp2p } from './node.js'
@@ -55,15 +55,24 @@ export class KeepAlive {
     for (const conn of this.node.getConnections()) this.ping(conn)
   }
 
-  private ping(conn: Connection): void {
+  /**
+   * Pings the peer's connections now with a short timeout: a member that went silent in the
+   * view (mesh.ts) is checked in seconds rather than at the next round. A slow answer from an
+   * overloaded member costs it its connection, which the connector opens again.
+   */
+  probe(peer: PeerId, timeoutMs: number): void {
+    for (const conn of this.node.getConnections(peer)) this.ping(conn, timeoutMs)
+  }
+
+  private ping(conn: Connection, timeoutMs = this.timeoutMs): void {
     const muxer = muxerOf(conn)
     if (!muxer || conn.status !== 'open' || this.stopped) return
     // a ping still unanswered from the last round is joined, not repeated (yamux does that)
-    muxer.ping({ signal: AbortSignal.timeout(this.timeoutMs) }).catch((err: Error) => {
+    muxer.ping({ signal: AbortSignal.timeout(timeoutMs) }).catch((err: Error) => {
       if (this.stopped || conn.status !== 'open') return // closed meanwhile: nothing to do
       if (err.name !== 'TimeoutError' && err.name !== 'AbortError') return // muxer closing
-      this.log.info(`closing the connection to ${conn.remotePeer.toString()}: no answer to a keep-alive ping in ${Math.round(this.timeoutMs / 1000)} s`)
-      conn.abort(new Error(`no answer to a keep-alive ping in ${this.timeoutMs} ms`))
+      this.log.info(`closing the connection to ${conn.remotePeer.toString()}: no answer to a keep-alive ping in ${Math.round(timeoutMs / 1000)} s`)
+      conn.abort(new Error(`no answer to a keep-alive ping in ${timeoutMs} ms`))
     })
   }
 }

@@ -51,6 +51,8 @@ export interface LoadViewInit {
   wantsForwarding?: () => boolean
   /** a silent member stays past the expiry while this says so (a dial to it is under way) */
   keepSilent?: (peerId: string) => boolean
+  /** a member left the view because it went silent */
+  onSilent?: (peerId: string) => void
 }
 
 export class LoadView {
@@ -252,6 +254,7 @@ export class LoadView {
         this.entries.delete(id)
         changed = true
         this.init.log.info(`mesh member silent for ${this.init.expiryMs} ms, dropped: ${e.load.name || '?'} (${id})`)
+        this.init.onSilent?.(id)
       }
     }
     if (changed) this.init.onChange?.()

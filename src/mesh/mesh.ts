@@ -5,7 +5,6 @@ import { hostname } from 'node:os'
 import { multiaddr, type Multiaddr } from '@multiformats/multiaddr'
 import { peerIdFromPrivateKey, peerIdFromString } from '@libp2p/peer-id'
 import { peerIdOf } from './peer-ids.js'
-import { isPrivate } from '@libp2p/utils'
 import type { Connection, Libp2p, PeerId, PeerInfo } from '@libp2p/interface'
 import { DEFAULT_MESH_LISTEN, type Config } from '../config.js'
 import { MAX_STORED_ADDRS, mergeStoredPeers, readListenPorts, readStoredPeers, writeListenPorts, writeStoredPeers, type StoredPeer } from './state-files.js'
@@ -23,6 +22,9 @@ import { LoadView, DEFAULT_GOSSIP_INTERVAL_MS, MAX_GOSSIP_INTERVAL_MS, MIN_GOSSI
 import { everyAligned } from '../util/aligned-timer.js'
 import { KeepAlive } from './keepalive.js'
 import { SETTLED_MAX_WAIT_MS, SETTLED_QUIET_MS } from './dht-startup.js'
+import { isPublicAddr, isRelayedAddr, localSubnets, onSubnets, orderForOutsiders } from './addresses.js'
+import { Reachability, type ReachabilityStatus } from './reachability.js'
+import { serveDialBack } from './protocols/dial-back.js'
 
 export type { LoadInfo } from './load-view.js'
 export { MeshError } from './errors.js'
@@ -39,6 +41,12 @@ export interface MeshMember {
   connection: 'self' | 'direct' | 'relayed' | 'none'
   /** discovered via mDNS, or connected over a private/loopback address */
   lan: boolean
+  /** with no connection: whether a dial is likely to work (no recent failure, an address to try); true when connected */
+  dialable: boolean
+  /** with no connection: why the last dial failed, while that failure holds it back */
+  dialError: string | null
+  /** for a relayed connection: the relay's peer id */
+  relayVia: string | null
 }
 
 export interface MeshOptions {
@@ -87,6 +95,8 @@ export interface Mesh {
   isAllowed(peerId: string): boolean
   /** remote ends that failed the private-network handshake lately: probably another mesh key */
   refusedPeers(): RefusedPeer[]
+  /** how other networks reach this node (reachability.ts) */
+  reachability(): ReachabilityStatus
   /** addresses where a peer answered with this node's own identity (a cloned machine, a copied identity.key) */
   identityClashes(): string[]
   readonly libp2p: Libp2p<MeshServices>
@@ -98,6 +108,11 @@ const EMIT_GAP_MS = 100
 const ADDRESS_CACHE_MS = 5000
 const PING_TIMEOUT_MS = 2000
 const MAX_PINGS_PER_ROUND = 64
+/** a member that went silent in the view is pinged on each connection with this timeout (keepalive.ts) */
+const SILENT_PROBE_MS = 3000
+/** a direct link this near counts as LAN (a switched LAN: well under 1 ms; Wi-Fi: a few ms) */
+const LAN_RTT_MS = 3
+const SUBNETS_REFRESH_MS = 30_000
 /** mesh-peers.json is rewritten this long after the members' addresses changed, at most this often */
 const PEERS_WRITE_DELAY_MS = 2000
 const PEERS_WRITE_GAP_MS = 10_000
@@ -166,6 +181,8 @@ export async function startMesh(opts: MeshOptions): Promise<Mesh> {
     listen,
     mdns: mc.mdns,
     dht: mc.dht,
+    announce: mc.announce,
+    relay: mc.relay && mc.relayMaxReservations > 0 ? { maxReservations: mc.relayMaxReservations } : null,
     isDenied,
     log,
     onMdnsPeer: (id) => { if (mdnsPeers.size < 10_000) mdnsPeers.add(id) },
@@ -177,6 +194,7 @@ export async function startMesh(opts: MeshOptions): Promise<Mesh> {
   if (persist) rememberListenPorts(config, self, mc.listen, remembered, node, log)
   const stored = persist ? readStoredPeers(config) : []
   const repair = new GossipRepair(node, log, repairIntervalMs)
+  const keepAlive = new KeepAlive(node, log)
   connector = new Connector({
     node, log, bootstrap, isDenied, stored,
     // gossipsub's stream may have run over the duplicate we closed: tell it of the one we kept
@@ -192,8 +210,10 @@ export async function startMesh(opts: MeshOptions): Promise<Mesh> {
   const addresses = (): string[] => {
     if (addrCache && Date.now() - addrCache.at < ADDRESS_CACHE_MS) return [...addrCache.list]
     const all = node.getMultiaddrs().map((m) => m.toString())
-    // loopback last: useless to remote members, but keep it for same-host meshes and tests
-    addrCache = { at: Date.now(), list: [...all.filter((a) => !isLoopback(a)), ...all.filter(isLoopback)] }
+    // what a member on another network can use first (member exchange passes on only four):
+    // reached from outside or public, then relayed, then LAN; loopback only when alone
+    const reached = new Set(reach?.publicAddresses() ?? [])
+    addrCache = { at: Date.now(), list: orderForOutsiders(all, (a) => reached.has(a) || isPublicAddr(a)) }
     return [...addrCache.list]
   }
 
@@ -257,13 +277,17 @@ export async function startMesh(opts: MeshOptions): Promise<Mesh> {
     }
     return connector?.someoneUnreachable() ?? false
   }
+  let reach: Reachability | null = null
   const view: LoadView = new LoadView({
     node,
     meshId,
     log,
     name: mc.name !== '' ? mc.name : hostname(),
     version,
-    getLoad: opts.getLoad,
+    getLoad: () => {
+      const code = reach?.code()
+      return { ...opts.getLoad(), ...(code ? { reach: code } : {}), ...(node.services.relay && code === 'p' ? { relay: true } : {}) }
+    },
     getAddrs: addresses,
     isDenied,
     intervalMs,
@@ -273,33 +297,53 @@ export async function startMesh(opts: MeshOptions): Promise<Mesh> {
     wantsForwarding: () => someoneIndirect(true),
     // a member we are connecting to may not be forwarded to us meanwhile (see someoneIndirect):
     // its connection brings its load, or the failed dial lets it expire
-    keepSilent: (id) => connector?.connecting(id) ?? false
+    keepSilent: (id) => connector?.connecting(id) ?? false,
+    // a member gone silent while connected: its link may have died without a FIN (power,
+    // cable, Wi-Fi); a short ping tells, where the keep-alive would wait a minute and a half
+    onSilent: (id) => keepAlive.probe(peerIdOf(id), SILENT_PROBE_MS)
   })
 
   const rtts = new Map<string, number>()
-  /** isPrivate parses the address each time: once per connection is enough */
-  const privateConns = new WeakMap<Connection, boolean>()
-  const privateConn = (c: Connection): boolean => {
-    let p = privateConns.get(c)
-    if (p === undefined) { p = isPrivate(c.remoteAddr); privateConns.set(c, p) }
+  // "LAN" is measured, not read off an address range: a member found by mDNS, connected from
+  // one of this machine's own subnets, or near (a direct link with a LAN's round-trip time). A
+  // 10.x address across a VPN or a provider's NAT is not a LAN.
+  let subnets = { at: 0, list: localSubnets() }
+  const nearConns = new WeakMap<Connection, boolean>()
+  const nearConn = (c: Connection): boolean => {
+    let p = nearConns.get(c)
+    if (p === undefined) {
+      if (Date.now() - subnets.at > SUBNETS_REFRESH_MS) subnets = { at: Date.now(), list: localSubnets() }
+      p = onSubnets(c.remoteAddr, subnets.list)
+      nearConns.set(c, p)
+    }
     return p
   }
   const connectionKind = (id: string): { kind: MeshMember['connection']; lan: boolean } => {
     const conns = node.getConnections(peerIdOf(id)).filter((c) => c.status === 'open')
-    const lan = mdnsPeers.has(id) || conns.some(privateConn)
+    const direct = (c: Connection) => c.limits == null && !isRelayedAddr(c.remoteAddr)
+    const rtt = rtts.get(id)
+    const lan = mdnsPeers.has(id) || conns.some((c) => direct(c) && nearConn(c)) || (rtt !== undefined && rtt < LAN_RTT_MS && conns.some(direct))
     if (conns.length === 0) return { kind: 'none', lan }
-    const direct = conns.some((c) => c.limits == null && !c.remoteAddr.toString().includes('/p2p-circuit'))
-    return { kind: direct ? 'direct' : 'relayed', lan }
+    return { kind: conns.some(direct) ? 'direct' : 'relayed', lan }
   }
 
+  const relayOf = (id: string): string | null => {
+    const c = node.getConnections(peerIdOf(id)).find((x) => isRelayedAddr(x.remoteAddr.toString()))
+    return c ? /\/p2p\/([^/]+)\/p2p-circuit/.exec(c.remoteAddr.toString())?.[1] ?? null : null
+  }
   const members = (): MeshMember[] => {
     const now = Date.now()
     const list: MeshMember[] = [{
-      peerId: self, self: true, addrs: addresses(), load: view.selfLoad(), lastSeen: now, rttMs: 0, connection: 'self', lan: true
+      peerId: self, self: true, addrs: addresses(), load: view.selfLoad(), lastSeen: now, rttMs: 0, connection: 'self', lan: true, dialable: true, dialError: null, relayVia: null
     }]
     for (const e of view.list()) {
       const { kind, lan } = connectionKind(e.peerId)
-      list.push({ peerId: e.peerId, self: false, addrs: e.addrs, load: e.load, lastSeen: e.lastSeen, rttMs: rtts.get(e.peerId) ?? null, connection: kind, lan })
+      const failed = kind === 'none' ? connector?.dialFailure(e.peerId) ?? null : null
+      list.push({
+        peerId: e.peerId, self: false, addrs: e.addrs, load: e.load, lastSeen: e.lastSeen, rttMs: rtts.get(e.peerId) ?? null, connection: kind, lan,
+        dialable: kind !== 'none' || (failed === null && e.addrs.length > 0), dialError: failed,
+        relayVia: kind === 'relayed' ? relayOf(e.peerId) : null
+      })
     }
     return list.sort((a, b) => (a.peerId < b.peerId ? -1 : a.peerId > b.peerId ? 1 : 0))
   }
@@ -371,8 +415,11 @@ export async function startMesh(opts: MeshOptions): Promise<Mesh> {
   }
   node.addEventListener('peer:disconnect', onDisconnect)
 
+  await serveDialBack(node, meshId, (peer, err) => log.debug(`dial-back for ${peer} failed: ${errText(err)}`))
+  reach = new Reachability(node, meshId, log.child('reach'),
+    () => view.list().map((e) => ({ peerId: e.peerId, reach: e.load.reach, relay: e.load.relay === true, addrs: e.addrs })),
+    mc.relayClient, () => { addrCache = null; view.notifyLoadChanged(); changed() })
   const ads = new Advertiser(node, meshId, log)
-  const keepAlive = new KeepAlive(node, log)
   const forwarding = new ForwardingControl(node.services.pubsub, loadTopic(meshId), () => someoneIndirect(false),
     (id) => view.get(id)?.wantsForwarding ?? true, log)
   keepAlive.start()
@@ -382,6 +429,7 @@ export async function startMesh(opts: MeshOptions): Promise<Mesh> {
   repair.start()
   connector.start()
   ads.start()
+  reach.start()
   ads.provideWhenSettled(platformCapability(), opts.dhtStartupMs ?? SETTLED_QUIET_MS, SETTLED_MAX_WAIT_MS)
   const firstPing = setTimeout(() => { void pingRound() }, Math.min(1000, rttIntervalMs))
   const pingTimer = everyAligned(rttIntervalMs, () => { void pingRound() }, { unref: true })
@@ -411,6 +459,7 @@ export async function startMesh(opts: MeshOptions): Promise<Mesh> {
     gossipForwarding: () => forwarding.active,
     isAllowed: (id) => !deny.has(id) && (allow.size === 0 || allow.has(id) || id === self),
     refusedPeers: () => connector?.refusedPeers() ?? [],
+    reachability: () => reach!.status(),
     identityClashes: () => [...clashes],
     libp2p: node,
     async stop() {
@@ -429,6 +478,7 @@ export async function startMesh(opts: MeshOptions): Promise<Mesh> {
       node.removeEventListener('connection:open', onOpen)
       node.removeEventListener('self:peer:update', onSelfUpdate)
       connector?.stop()
+      reach?.stop()
       ads.stop()
       await view.stop()
       await node.stop()
@@ -462,6 +512,7 @@ export function rttOf(conn: Connection): number | null {
   if (typeof muxerRtt === 'number' && Number.isFinite(muxerRtt) && muxerRtt >= 0) return muxerRtt
   return typeof conn.rtt === 'number' && Number.isFinite(conn.rtt) ? conn.rtt : null
 }
+
 
 function isLoopback(addr: string): boolean {
   return addr.startsWith('/ip4/127.') || addr.startsWith('/ip6/::1/')

@@ -18,6 +18,10 @@ import type { Logger } from '../log.js'
 import { MeshError } from './errors.js'
 import { FORWARD_D, FORWARD_DLAZY, FORWARD_DLO, FORWARD_GOSSIP_FACTOR, FORWARD_PRUNE_BACKOFF_MS } from './forwarding.js'
 import { DHT_STARTUP_OPTIONS } from './dht-startup.js'
+import { isLoopbackAddr, isOwnAddr, isRelayedAddr, localSubnets, onSubnets, tcpPorts, withoutLoopback } from './addresses.js'
+import { circuitRelayServer, circuitRelayTransport, type CircuitRelayService } from '@libp2p/circuit-relay-v2'
+import { isPrivate } from '@libp2p/utils'
+import type { Multiaddr } from '@multiformats/multiaddr'
 
 export type MeshServices = {
   identify: Identify
@@ -26,6 +30,8 @@ export type MeshServices = {
   pubsub: GossipSub
   /** absent when config.mesh.dht is false */
   dht?: KadDHT
+  /** absent when config.mesh.relay is false */
+  relay?: CircuitRelayService
 }
 
 export type MeshLibp2p = Libp2p<MeshServices>
@@ -36,8 +42,12 @@ export interface MeshNodeInit {
   psk: Uint8Array
   meshId: string
   listen: string[]
+  /** addresses to advertise besides the ones libp2p sees ([mesh] announce) */
+  announce?: string[]
   mdns: boolean
   dht: boolean
+  /** serve as a circuit relay (only members that find this node reachable reserve on it); null: no relay server */
+  relay?: { maxReservations: number } | null
   isDenied: (peerId: string) => boolean
   log: Logger
   /** a peer announced itself by mDNS (marks it as LAN) */
@@ -90,6 +100,8 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshLibp2p> {
     throw new MeshError('refusing to start the mesh without a mesh key')
   }
   const upgraded = new WeakSet<object>()
+  /** the ports this node listens on, once it does (filterMultiaddrForPeer) */
+  const ownPorts = new Set<number>()
   const denied = new WeakSet<object>()
   const gate = (peer: PeerId, maConn?: MultiaddrConnection): boolean => {
     const no = init.isDenied(peer.toString())
@@ -130,6 +142,20 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshLibp2p> {
         }
       },
       selectors: { meshcc: (_key, records) => newestRecord(records) }
+    })
+  }
+
+  if (init.relay) {
+    services.relay = circuitRelayServer({
+      reservations: {
+        maxReservations: init.relay.maxReservations,
+        // the library's default limit (2 min, 128 KiB per relayed connection) is for strangers'
+        // signalling; here every member holds the mesh key and a relayed link carries compile
+        // jobs: no limit per connection, and at most maxReservations members per relay
+        applyDefaultLimit: false
+      },
+      maxInboundHopStreams: 64,
+      maxOutboundStopStreams: 64
     })
   }
 
@@ -192,8 +218,17 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshLibp2p> {
   try {
     node = await createLibp2p<MeshServices>({
       privateKey: init.privateKey,
-      addresses: { listen: init.listen },
-      transports: [tcp()],
+      addresses: {
+        listen: init.listen,
+        // [mesh] announce: addresses this node cannot see on its interfaces (1:1 NAT, a port forward)
+        appendAnnounce: init.announce ?? [],
+        // a loopback address only ever reaches the host that dials it: advertised (identify,
+        // the DHT, gossip) only when there is nothing else, as in a same-host mesh
+        announceFilter: (addrs) => withoutLoopback(addrs)
+      },
+      // the relay transport dials relayed addresses and holds the reservations reachability.ts
+      // asks for; it looks for relays only while this node listens on one (never on a LAN mesh)
+      transports: [tcp(), circuitRelayTransport({ reservationCompletionTimeout: 10_000, maxInboundStopStreams: 64, maxOutboundStopStreams: 64 })],
       connectionEncrypters: [markingNoise],
       // keep-alive and dead-connection detection: keepalive.ts, aligned for all connections
       streamMuxers: [yamux({ enableKeepAlive: false })],
@@ -201,10 +236,18 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshLibp2p> {
       connectionMonitor: { enabled: false }, // replaced by keepalive.ts: one yamux frame, not a stream
       connectionManager: {
         // default is 5 inbound per second per IP: too few for a LAN behind one NAT or a test host
-        inboundConnectionThreshold: 100
+        inboundConnectionThreshold: 100,
+        // per address: a member's LAN address seen from another network often just times out,
+        // and the next address (its relayed one) should get its turn within the connector's 10 s
+        addressDialTimeout: 4000,
+        // addresses on our own subnets, then public ones, then relayed ones, then the other
+        // private ones (a LAN address of another network is rarely reachable); loopback last
+        addressSorter: (a, b) => Math.sign(dialRank(a.multiaddr) - dialRank(b.multiaddr)) as -1 | 0 | 1
       },
       connectionGater: {
         denyDialPeer: (peer) => init.isDenied(peer.toString()),
+        // another peer at one of this node's own addresses is this node: never stored, never dialed
+        filterMultiaddrForPeer: (_peer, ma) => !isOwnAddr(ma, ownPorts),
         denyOutboundConnection: (peer, maConn) => gate(peer, maConn),
         denyInboundEncryptedConnection: (peer, maConn) => gate(peer, maConn),
         denyOutboundEncryptedConnection: (peer, maConn) => gate(peer, maConn)
@@ -221,8 +264,18 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshLibp2p> {
     throw new MeshError(`cannot start the mesh node: ${e.message.split('\n')[0]}`)
   }
   node.addEventListener('connection:open', (evt) => { upgraded.add(evt.detail.timeline) })
+  for (const p of tcpPorts(node.getMultiaddrs())) ownPorts.add(p)
   warnUnapplied([...processPatches, ...applyNodePatches(node, init.log)], init.log)
   return node
+}
+
+let subnetCache = { at: 0, list: localSubnets() }
+function dialRank(ma: Multiaddr): number {
+  if (isLoopbackAddr(ma)) return 5
+  if (isRelayedAddr(ma.toString())) return 3
+  if (Date.now() - subnetCache.at > 30_000) subnetCache = { at: Date.now(), list: localSubnets() }
+  if (onSubnets(ma, subnetCache.list)) return 0
+  try { return isPrivate(ma) ? 4 : 1 } catch { return 4 }
 }
 
 /** One warning line per library patch that no longer applies (patches/index.ts). */

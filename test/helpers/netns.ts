@@ -244,3 +244,103 @@ export function createTwoSegmentLab(): { lab: TwoSegmentLab } | { skip: string }
 export function liveNamespaces(): string[] {
   return [...allNamespaces]
 }
+
+/** A member of the NAT lab: its namespace and its address on its own network. */
+export interface NatHost { ns: string; ip: string; name: string }
+
+/** A home or office router: MASQUERADE from its LAN to the wan, nothing in from the wan. */
+export interface NatRouter { ns: string; wanIp: string; lanIp: string; lanSubnet: string; name: string }
+
+export interface NatLab extends NetnsLabControls {
+  /** the wan bridge's namespace; every wan address is in 10.77.0.0/16, each host on its own /24 */
+  readonly wanNs: string
+  /** public members on the wan: p1 10.77.1.10, p2 10.77.2.10 */
+  readonly p1: NatHost
+  readonly p2: NatHost
+  /** router 1 (wan 10.77.21.1, LAN 192.168.1.0/24) with hosts h1a .10 and h1b .11 */
+  readonly r1: NatRouter
+  readonly h1a: NatHost
+  readonly h1b: NatHost
+  /** router 2 (wan 10.77.22.1, LAN 192.168.2.0/24) with host h2 .10 */
+  readonly r2: NatRouter
+  readonly h2: NatHost
+  /** runs `iptables ARGS` in a namespace; throws with its stderr */
+  iptables(ns: string, args: string[]): void
+}
+
+/** Whether iptables can be used (installed, and it works in a fresh namespace). */
+function iptablesProblem(ns: string): string | null {
+  const r = spawnSync('ip', ['netns', 'exec', ns, 'iptables', '-t', 'nat', '-L', '-n'], { encoding: 'utf8', timeout: 10_000 })
+  if ((r.error as NodeJS.ErrnoException | undefined)?.code === 'ENOENT') return 'ip is missing'
+  if (r.status !== 0) return `iptables does not work in a network namespace: ${(r.stderr ?? '').trim().split('\n')[0] || r.error?.message || 'not installed?'}`
+  return null
+}
+
+/**
+ * The NAT lab of the mesh's NAT tests: a "wan" bridge with two public members and two routers
+ * that MASQUERADE their LANs (router 1: two hosts, router 2: one), each LAN its own bridge. The
+ * routers forward LAN → wan and the replies, nothing the wan starts. No namespace is attached to
+ * the root one, and nothing routes there. Or { skip: reason }.
+ */
+export function createNatLab(): { lab: NatLab } | { skip: string } {
+  const begun = beginLab('wan')
+  if ('skip' in begun) return begun
+  const { id, created } = begun
+  const wanNs = created[0]!
+  const sh = (ns: string, cmd: string, args: string[]) => {
+    const r = spawnSync('ip', ['netns', 'exec', ns, cmd, ...args], { encoding: 'utf8', timeout: 10_000 })
+    if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} in ${ns}: ${(r.stderr ?? '').trim() || r.error?.message || 'failed'}`)
+  }
+  try {
+    addBridge(wanNs)
+    const problem = iptablesProblem(wanNs)
+    if (problem) throw new Error(problem)
+    let port = 0
+    const wanHost = (name: string, ip: string): NatHost => {
+      const ns = `${id}-${name}`
+      addNamespace(ns, created)
+      plugIntoBridge(ns, 'eth0', wanNs, `w${port++}`, ip)
+      // each wan host on its own /24, all on one link: members on another network, as on the internet
+      mustIp(['-n', ns, 'route', 'add', '10.77.0.0/16', 'dev', 'eth0'])
+      return { ns, ip, name }
+    }
+    const p1 = wanHost('p1', '10.77.1.10')
+    const p2 = wanHost('p2', '10.77.2.10')
+    const router = (name: string, wanIp: string, n: number): NatRouter => {
+      const r = wanHost(name, wanIp)
+      const lanNs = `${id}-lan${n}`
+      addNamespace(lanNs, created)
+      addBridge(lanNs)
+      const lanIp = `192.168.${n}.1`
+      plugIntoBridge(r.ns, 'eth1', lanNs, 'vrtr', lanIp)
+      sh(r.ns, 'sysctl', ['-q', '-w', 'net.ipv4.ip_forward=1'])
+      sh(r.ns, 'iptables', ['-t', 'nat', '-A', 'POSTROUTING', '-o', 'eth0', '-j', 'MASQUERADE'])
+      sh(r.ns, 'iptables', ['-P', 'FORWARD', 'DROP'])
+      sh(r.ns, 'iptables', ['-A', 'FORWARD', '-i', 'eth1', '-o', 'eth0', '-j', 'ACCEPT'])
+      sh(r.ns, 'iptables', ['-A', 'FORWARD', '-i', 'eth0', '-o', 'eth1', '-m', 'conntrack', '--ctstate', 'ESTABLISHED,RELATED', '-j', 'ACCEPT'])
+      return { ns: r.ns, wanIp, lanIp, lanSubnet: `192.168.${n}.0/24`, name }
+    }
+    const lanHost = (r: NatRouter, n: number, name: string, ip: string): NatHost => {
+      const ns = `${id}-${name}`
+      addNamespace(ns, created)
+      plugIntoBridge(ns, 'eth0', `${id}-lan${n}`, `h${port++}`, ip)
+      mustIp(['-n', ns, 'route', 'add', 'default', 'via', r.lanIp])
+      return { ns, ip, name }
+    }
+    const r1 = router('r1', '10.77.21.1', 1)
+    const r2 = router('r2', '10.77.22.1', 2)
+    const h1a = lanHost(r1, 1, 'h1a', '192.168.1.10')
+    const h1b = lanHost(r1, 1, 'h1b', '192.168.1.11')
+    const h2 = lanHost(r2, 2, 'h2', '192.168.2.10')
+    return {
+      lab: {
+        wanNs, p1, p2, r1, r2, h1a, h1b, h2,
+        iptables: (ns, args) => sh(ns, 'iptables', args),
+        ...labControls(created)
+      }
+    }
+  } catch (err) {
+    for (const ns of created) deleteNamespace(ns)
+    return { skip: (err as Error).message }
+  }
+}

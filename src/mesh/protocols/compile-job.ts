@@ -47,7 +47,15 @@ export const LIMITS = {
 }
 /** the largest table accepted: LIMITS.files entries' fixed parts and 16 MiB of path bytes (paths are front-coded) */
 const MAX_TABLE_BYTES = LIMITS.files * 48 + 16 * 1024 * 1024
-const HEARTBEAT_MS = 15_000
+/**
+ * A builder says it is alive this often from the moment it accepts a job, and a client that
+ * hears nothing on a job's stream for JOB_STALL_MS gives the job up (and retries it elsewhere):
+ * a builder whose link died without a FIN or RST (power cut, cable, Wi-Fi) costs seconds, not
+ * the keep-alive's minute and a half. The stall allows for a builder of the previous version,
+ * which beat every 15 s.
+ */
+export const HEARTBEAT_MS = 5_000
+export const JOB_STALL_MS = 20_000
 
 export interface JobFile { path: string; mode: number; data: Buffer }
 
@@ -176,6 +184,8 @@ export function decodeFileTable(table: Buffer, n: number): JobFileRef[] {
 
 export interface SendOptions {
   signal: AbortSignal
+  /** give up when the builder says nothing for this long (default JOB_STALL_MS) */
+  stallMs?: number
   /** called once the builder has accepted, before the inputs are sent */
   onAccepted?: () => void
 }
@@ -186,7 +196,7 @@ export interface SendOptions {
  */
 export async function sendCompileJob(node: Libp2p, meshId: string, peer: string, header: JobHeader, load: (need: number[]) => Promise<Buffer[]>, opts: SendOptions): Promise<JobReply> {
   const stream = await node.dialProtocol(peerIdFromString(peer), compileJobProtocol(meshId), { signal: opts.signal })
-  const f = new Framed(stream)
+  const f = new Framed(stream, { stallMs: opts.stallMs ?? JOB_STALL_MS })
   try {
     await f.writeJson({ v: VERSION, ...header, files: header.files.length }, opts.signal)
     await f.writeBlob(fileTableOf(header.files), opts.signal)
@@ -345,6 +355,9 @@ export async function serveCompileJobs(node: Libp2p, meshId: string, handler: Jo
       if (inputCost > held.peerLimit) return await refuse(f, `inputs of ${declared} bytes are more than this builder takes from one peer`)
       if (!account.take(inputCost)) return await refuse(f, BUSY_MEMORY)
       await f.writeJson({ type: 'accepted', need })
+      // alive from here on, also while the inputs arrive and are unpacked (the client reads
+      // these after it has sent them)
+      beat = setInterval(() => { void f.writeJson({ type: 'working' }).catch(() => {}) }, HEARTBEAT_MS)
       // read at the pace it arrives (libp2p drops a stream whose unread bytes pass 4 MiB), then
       // unpacked: gunzip runs in the thread pool and cannot be relied on to keep up
       const packed: Uint8Array[] = []
@@ -355,7 +368,6 @@ export async function serveCompileJobs(node: Libp2p, meshId: string, handler: Jo
       })
       account.give(gzipBound(declared))
       const files = header.files.map((x) => ({ path: x.path, mode: x.mode, data: have.get(x.hash)! }))
-      beat = setInterval(() => { void f.writeJson({ type: 'working' }).catch(() => {}) }, HEARTBEAT_MS)
       const reply = await handler.run(peer, header, files)
       clearInterval(beat)
       beat = null

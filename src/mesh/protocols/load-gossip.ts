@@ -14,6 +14,9 @@
 //        forward gossip to it (optional; forwarding.ts)
 //   sc   1 when the sender holds cache entries for the others ([cache] shared_size > 0), so it
 //        counts among the owners of keys (cache/owners.ts); optional, absent = 0
+//   rc   how other networks reach the sender: 'p'ublic, 'r'elayed, 'u'nreachable (optional,
+//        absent while unknown; reachability.ts)
+//   rl   1 when the sender serves as a relay for members (optional)
 
 export const LOAD_FORMAT_VERSION = 1
 /** Messages larger than this are rejected before parsing. */
@@ -44,6 +47,10 @@ export interface LoadInfo {
   name: string
   /** holds cache entries for the others (field sc; absent in older members' messages) */
   sharesCache?: boolean
+  /** how other networks reach the member (reachability.ts), when it knows */
+  reach?: 'p' | 'r' | 'u'
+  /** it serves as a circuit relay for members */
+  relay?: boolean
 }
 
 export interface LoadMessage extends LoadInfo {
@@ -83,6 +90,8 @@ export function encodeLoad(m: LoadMessage): Uint8Array {
     seq: int(m.seq),
     ts: int(m.timestamp)
   }
+  if (m.reach) doc.rc = m.reach
+  if (m.relay) doc.rl = 1
   if (m.bye) doc.bye = 1
   if (m.wantsForwarding) doc.fw = 1
   if (m.sharesCache) doc.sc = 1
@@ -126,6 +135,8 @@ export function decodeLoad(data: Uint8Array): LoadMessage {
     addrs: strings(d.ad, 'ad', MAX_ADDRS, MAX_STRING),
     seq: num(d.seq, 'seq', 0, Number.MAX_SAFE_INTEGER),
     timestamp: num(d.ts, 'ts', 0, Number.MAX_SAFE_INTEGER),
+    ...(d.rc === 'p' || d.rc === 'r' || d.rc === 'u' ? { reach: d.rc } : {}),
+    ...(d.rl === 1 ? { relay: true } : {}),
     ...(d.bye === 1 || d.bye === true ? { bye: true } : {}),
     ...(d.fw === 1 || d.fw === true ? { wantsForwarding: true } : {}),
     ...(d.sc === 1 || d.sc === true ? { sharesCache: true } : {})

@@ -1,0 +1,201 @@
+// Members behind home and office routers, in a NAT lab of network namespaces (test/helpers/
+// netns.ts createNatLab): a "wan" bridge with two public members (p1, p2), router 1
+// (MASQUERADE) with two LAN hosts (h1a, h1b), router 2 (MASQUERADE) with one (h2). Real daemons
+// run inside the namespaces (`meshcc daemon`), every compile is a real gcc run through the CLI
+// in the client's namespace, and each object must be byte-identical to a plain gcc's and come
+// from the builder the check names. One lab serves all checks, in order (the last ones kill
+// members); everything is removed at the end, also on failure. mDNS runs only in the lab.
+//
+// Who builds is pinned with [build] offer, switched live (`meshcc --reload`) between checks, so
+// each check's job has exactly one builder that takes it; p1 and p2 never build, only relay.
+import { test, after } from 'node:test'
+import assert from 'node:assert/strict'
+import { join } from 'node:path'
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { MESHCC, runCommand, type Instance } from './helpers/meshcc.js'
+import { createNatLab, liveNamespaces, type NatHost, type NatLab } from './helpers/netns.js'
+import { startNatMesh, statusOf, until, type Member, type Name, type NatMesh } from './helpers/nat-mesh.js'
+
+const sleep = (ms: number) => new Promise((res) => setTimeout(res, ms))
+const instances: Instance[] = []
+after(async () => { for (const i of instances) await i.stop() })
+
+const SOURCE = '#include <stdio.h>\nstatic int sq(int x) { return x * x; }\nint main(void) { printf("%d\\n", sq(7)); return 0; }\n'
+
+test('members behind NAT routers find, reach and compile for each other', { timeout: 600_000 }, async (t) => {
+  const r = createNatLab()
+  if ('skip' in r) {
+    t.skip(`cannot build the NAT lab: ${r.skip}`)
+    return
+  }
+  const lab: NatLab = r.lab
+  let nm: NatMesh | null = null
+  let ok = false
+  try {
+    // the lab separates what it should: NATed hosts reach the wan, the wan does not reach them
+    const tcpTo = (from: NatHost, ip: string) => lab.run(from, 'bash', ['-c', `timeout 2 bash -c 'echo > /dev/tcp/${ip}/9' 2>&1; true`]).stdout.includes('refused')
+    assert.ok(tcpTo(lab.h1a, lab.p1.ip), 'h1a reaches p1 through router 1')
+    assert.ok(!tcpTo(lab.p1, lab.h1a.ip), 'p1 cannot reach h1a')
+    assert.ok(!tcpTo(lab.h2, lab.h1a.ip), 'h2 cannot reach h1a')
+
+    nm = await startNatMesh(lab, instances)
+    const { members, m, killDaemon, link, onlyBuilder, summary } = nm
+    const t0 = Date.now()
+    const all = await until(90_000, async () => {
+      const s = await Promise.all([...members.values()].map(statusOf))
+      return s.every((x) => x?.mesh && x.mesh.members.length === 5) ? s : undefined
+    })
+    t.diagnostic(`views after ${Date.now() - t0} ms:\n${await summary()}`)
+    assert.ok(all, 'every member lists all five within 90 s')
+
+    // reachability: the public members are public, the NATed ones relayed through them
+    const reach = await until(60_000, async () => {
+      const s = await Promise.all([...members.values()].map(statusOf))
+      const st = s.map((x) => x?.mesh?.reachability)
+      const good = st[0]?.state === 'public' && st[1]?.state === 'public' && st.slice(2).every((x) => x?.state === 'relayed' && x.relays.length === 2)
+      return good ? st : undefined
+    })
+    t.diagnostic(`reachability after ${Date.now() - t0} ms:\n${await summary()}`)
+    assert.ok(reach, 'p1 and p2 public, h1a, h1b and h2 relayed through both within 60 s')
+    for (const x of [m('h1a'), m('h1b'), m('h2')]) {
+      const s = (await statusOf(x))!.mesh!
+      assert.ok(s.addresses.some((a) => a.includes('/p2p-circuit')), `${x.name} advertises relayed addresses: ${s.addresses.join(' ')}`)
+      assert.ok(!s.addresses.some((a) => a.startsWith('/ip4/127.')), `${x.name} advertises no loopback address`)
+    }
+
+    /** Compiles hello.c in `client`'s namespace; returns the builder's name from the client's job counters. */
+    const compileOn = async (client: Member, label: string): Promise<string> => {
+      const dir = join(client.inst.dir, `w-${label}`)
+      mkdirSync(dir, { recursive: true })
+      writeFileSync(join(dir, 'hello.c'), SOURCE.replace('7', String(label.length + 7)))
+      const plain = await runCommand('gcc', ['-c', 'hello.c', '-o', 'plain.o'], { cwd: dir })
+      assert.equal(plain.code, 0, plain.stderr)
+      const before = (await statusOf(client))!.mesh!.jobs_per_peer
+      const res = await runCommand('ip', ['netns', 'exec', client.host.ns, MESHCC, 'gcc', '-c', 'hello.c', '-o', 'hello.o'], { cwd: dir, env: client.inst.env, timeoutMs: 180_000 })
+      assert.equal(res.code, 0, res.stderr)
+      assert.ok(readFileSync(join(dir, 'hello.o')).equals(readFileSync(join(dir, 'plain.o'))), `${label}: the object is what gcc makes`)
+      const afterJobs = (await statusOf(client))!.mesh!.jobs_per_peer
+      const done = [...members.values()].filter((x) => (afterJobs[x.id]?.done ?? 0) > (before[x.id]?.done ?? 0))
+      return done.map((x) => x.name).join(',') || 'here'
+    }
+    // 1. the two LAN hosts behind router 1: mDNS, no bootstrap needed, a LAN direct link
+    const lan = await link('h1a', 'h1b')
+    assert.equal(lan?.connection, 'direct')
+    assert.equal(lan?.lan, true, 'h1a sees h1b as LAN')
+    await onlyBuilder('h1b', 'h1a')
+    assert.equal(await compileOn(m('h1a'), 'lan'), 'h1b', 'h1a\'s job ran on h1b')
+
+    // 2. behind different NATs, no mapping: through a relay, both ways
+    const relayed = await until(30_000, async () => { const l = await link('h2', 'h1b'); return l?.connection === 'relayed' ? l : undefined })
+    t.diagnostic(`h2 → h1b: ${JSON.stringify(await link('h2', 'h1b'))}`)
+    assert.ok(relayed, 'h2 reaches h1b through a relay')
+    assert.match(relayed.relay_via ?? '', /^p[12]$/)
+    await onlyBuilder('h1b', 'h2')
+    assert.equal(await compileOn(m('h2'), 'relay-a'), 'h1b', 'h2\'s job ran on h1b, relayed')
+    await onlyBuilder('h2', 'h1b')
+    assert.equal(await compileOn(m('h1b'), 'relay-b'), 'h2', 'h1b\'s job ran on h2, relayed')
+
+    // 3. a public client and a NATed builder: a direct connection the NATed side dialed
+    const rev = await until(20_000, async () => { const l = await link('p2', 'h1a'); return l?.connection === 'direct' ? l : undefined })
+    assert.ok(rev, 'p2 has a direct connection to h1a')
+    await onlyBuilder('h1a', 'p2')
+    assert.equal(await compileOn(m('p2'), 'reversed'), 'h1a', 'p2\'s job ran on h1a')
+    await onlyBuilder('h1b', 'h2')
+
+    // a small make project in the client's directory; returns how long the build took
+    const makeOn = async (client: Member, label: string, during?: () => Promise<void>): Promise<number> => {
+      const dir = join(client.inst.dir, `p-${label}`)
+      mkdirSync(dir, { recursive: true })
+      const units = ['a', 'b', 'c', 'd', 'e', 'f', 'g', 'h']
+      for (const u of units) writeFileSync(join(dir, `${u}.c`), `int ${u}_f(int x) { return x * ${u.charCodeAt(0)} + ${label.length}; }\n`)
+      writeFileSync(join(dir, 'Makefile'), `all: ${units.map((u) => `${u}.o`).join(' ')}\n%.o: %.c\n\t$(CC) -O2 -c $< -o $@\n`)
+      const plain = await runCommand('make', ['-j2', 'CC=gcc'], { cwd: dir })
+      assert.equal(plain.code, 0, plain.stderr)
+      const expected = units.map((u) => readFileSync(join(dir, `${u}.o`)))
+      for (const u of units) rmSync(join(dir, `${u}.o`))
+      const t1 = Date.now()
+      const build = runCommand('ip', ['netns', 'exec', client.host.ns, 'make', '-j2', `CC=${MESHCC} gcc`], { cwd: dir, env: client.inst.env, timeoutMs: 240_000 })
+      if (during) await during()
+      const res = await build
+      const ms = Date.now() - t1
+      assert.equal(res.code, 0, `${label}: the build stays green: ${res.stderr}`)
+      units.forEach((u, i) => assert.ok(readFileSync(join(dir, `${u}.o`)).equals(expected[i]!), `${label}: ${u}.o is what gcc makes`))
+      return ms
+    }
+
+    // 4. a builder's link cut without a FIN or RST (drop rules in its namespace): its client
+    // loses seconds, not the keep-alive's minute and a half
+    assert.equal((await link('h2', 'h1b'))?.connection, 'relayed')
+    const cut = ['-m', 'comment', '--comment', 'meshcc-test-cut']
+    lab.iptables(m('h1b').host.ns, ['-I', 'INPUT', '!', '-i', 'lo', ...cut, '-j', 'DROP'])
+    lab.iptables(m('h1b').host.ns, ['-I', 'OUTPUT', '!', '-o', 'lo', ...cut, '-j', 'DROP'])
+    const tc = Date.now()
+    const where = await compileOn(m('h2'), 'cut')
+    const cutMs = Date.now() - tc
+    t.diagnostic(`compile with h1b's link cut: ${cutMs} ms, ran ${where}`)
+    assert.notEqual(where, 'h1b')
+    assert.ok(cutMs < 30_000, `a dead builder costs seconds (${cutMs} ms)`)
+    lab.iptables(m('h1b').host.ns, ['-D', 'INPUT', '!', '-i', 'lo', ...cut, '-j', 'DROP'])
+    lab.iptables(m('h1b').host.ns, ['-D', 'OUTPUT', '!', '-o', 'lo', ...cut, '-j', 'DROP'])
+    const back = await until(60_000, async () => { const l = await link('h2', 'h1b'); return l?.connection === 'relayed' && l.free_slots > 0 ? l : undefined })
+    assert.ok(back, 'h1b is back in h2\'s view, relayed, after the link returns')
+    const whole = await until(60_000, async () => { const s = await statusOf(m('h1b')); return s?.mesh?.members.length === 5 && s.mesh.reachability.relays.length === 2 ? s : undefined })
+    t.diagnostic(`after the cut:\n${await summary()}`)
+    assert.ok(whole, 'h1b sees every member again and holds two relay slots')
+
+    // 5. the relay of a running build is killed: the build stays green, the NATed members
+    // keep (or move to) the other relay
+    await onlyBuilder('h1b', 'h2')
+    const via = (await link('h2', 'h1b'))!.relay_via as Name
+    const other: Name = via === 'p1' ? 'p2' : 'p1'
+    const sentBefore = (await statusOf(m('h2')))!.mesh!.jobs_per_peer[m('h1b').id]?.sent ?? 0
+    const killMs = await makeOn(m('h2'), 'relay-killed', async () => {
+      // the kill lands while jobs are on their way to h1b through it
+      for (let i = 0; i < 200; i++) {
+        if (((await statusOf(m('h2')))?.mesh?.jobs_per_peer[m('h1b').id]?.sent ?? 0) > sentBefore) break
+        await sleep(50)
+      }
+      killDaemon(via)
+    })
+    const sentAfter = (await statusOf(m('h2')))!.mesh!.jobs_per_peer[m('h1b').id]?.sent ?? 0
+    t.diagnostic(`build with relay ${via} killed: ${killMs} ms, ${sentAfter - sentBefore} jobs sent to h1b`)
+    assert.ok(sentAfter > sentBefore, 'the build sent jobs to h1b through the relay')
+    const moved = await until(40_000, async () => {
+      const s = await Promise.all([m('h1a'), m('h1b'), m('h2')].map(statusOf))
+      return s.every((x) => x?.mesh?.reachability.state === 'relayed' && x.mesh.reachability.relays.join() === other) ? s : undefined
+    })
+    t.diagnostic(`after ${via} died:\n${await summary()}`)
+    assert.ok(moved, `h1a, h1b and h2 hold their relay slot on ${other} only`)
+    const again = await until(30_000, async () => { const l = await link('h2', 'h1b'); return l?.connection === 'relayed' && l.relay_via === other ? l : undefined })
+    assert.ok(again, `h2 reaches h1b through ${other}`)
+    await onlyBuilder('h1b', 'h2')
+    assert.equal(await compileOn(m('h2'), 'relay-moved'), 'h1b', 'h2\'s job ran on h1b through the remaining relay')
+
+    // 6. no reachable member at all: h2 says why, and builds here without a hang
+    killDaemon(other)
+    const alone = await until(40_000, async () => {
+      const s = await statusOf(m('h2'))
+      return s?.mesh?.reachability.state === 'unreachable' ? s : undefined
+    })
+    t.diagnostic(`h2 alone: ${alone?.mesh?.reachability.detail}`)
+    assert.ok(alone, 'h2 knows it is unreachable')
+    assert.match(alone.mesh!.reachability.detail, /no reachable member to relay through/)
+    const tl = Date.now()
+    assert.equal(await compileOn(m('h2'), 'alone'), 'here', 'h2 compiles locally')
+    assert.ok(Date.now() - tl < 20_000, `no hang (${Date.now() - tl} ms)`)
+
+    ok = true
+  } finally {
+    if (!ok) {
+      for (const x of nm?.members.values() ?? []) {
+        try {
+          const lines = readFileSync(join(x.inst.cacheDir, 'meshcc.log'), 'utf8').trimEnd().split('\n').filter((l) => !/ D /.test(l) || /reach|relay|dial/.test(l))
+          t.diagnostic(`${x.name} meshcc.log (last 40 of ${lines.length}):\n${lines.slice(-40).join('\n')}`)
+        } catch { /* no log */ }
+      }
+    }
+    await lab.destroy()
+    for (const x of nm?.members.values() ?? []) rmSync(`${x.inst.socket}.pid`, { force: true })
+    assert.deepEqual(liveNamespaces(), [], 'namespaces deleted')
+  }
+})
