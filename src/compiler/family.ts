@@ -56,7 +56,7 @@ export interface DirectKey {
 export interface Dependencies {
   /** absolute paths of every file read */
   files: string[]
-  /** environment variables read, with the value seen (null: unset) */
+  /** environment variables read, with the value seen (null: unset); a family may add facts of its own (CompileJob.fact) */
   env: Array<[string, string | null]>
   /** the list leaves out system headers (-MMD): a self-declared system header makes it untrustworthy */
   userHeadersOnly: boolean
@@ -131,6 +131,11 @@ export interface CompileJob {
   remoteOutputs?(obj: Buffer): Promise<OutputBlobs>
   /** a stored entry as this request must see it (paths of this build), or null when it does not fit */
   restore(entry: CacheEntry): Restore | null
+  /**
+   * The value of a fact a manifest recorded (Dependencies.env) as this request sees it;
+   * absent: facts are environment variables
+   */
+  fact?(name: string): string | null
   /** small strings stored with an entry, read back by restore() */
   entryMeta(): Record<string, string>
   /** remove the job's temp files */

@@ -16,6 +16,7 @@ import type { FileSet, ManifestStore } from '../cache/manifest.js'
 import type { InputSet } from '../compiler/inputs.js'
 import { hashedInputs, type CompileJob, type CompilerFamily, type ContentKey, type Dependencies, type FamilyContext, type OutputBlobs, type RunPlan } from '../compiler/family.js'
 import { CFamily } from '../compiler/c-family.js'
+import { RustFamily } from '../compiler/rust-family.js'
 import type { Logger } from '../log.js'
 import { Semaphore } from '../util/semaphore.js'
 import { writeFileAtomic } from '../util/atomic-write.js'
@@ -107,7 +108,7 @@ export class CompileService {
   /** manifest updates in flight, by direct key */
   private readonly manifestWrites = new Map<string, Promise<void>>()
   /** the compiler families, asked in order which one a request's compiler belongs to (C takes the rest) */
-  private readonly families: CompilerFamily[] = [new CFamily()]
+  private readonly families: CompilerFamily[] = [new RustFamily(), new CFamily()]
   remote: RemoteRunner | null = null
 
   constructor(private readonly opts: CompileServiceOptions) {
@@ -397,7 +398,7 @@ export class CompileService {
       // a relative path (rustc's sources under the working directory) is this build's file
       const now = await Promise.all(set.files.map(([p]) => this.hasher.hash(p.startsWith('/') ? p : resolve(req.cwd, p))))
       if (!now.every((f, i) => f !== null && f.hash === set.files[i][1])) continue
-      if (set.env && !set.env.every(([name, value]) => (req.env[name] ?? null) === value)) continue
+      if (set.env && !set.env.every(([name, value]) => (job.fact ? job.fact(name) : req.env[name] ?? null) === value)) continue
       const got = await this.storeGet(set.result)
       if (got === null) continue
       const replay = await this.writeOutputs(job, got)
