@@ -157,7 +157,7 @@ export class CompileService {
           stats.inc('cache_hits')
           stats.inc('direct_hits')
           stats.hitTime(performance.now() - started)
-          log.debug(`direct hit ${direct.slice(0, 16)} ${job.input}`)
+          log.debug(`${job.family} direct hit ${direct.slice(0, 16)} ${job.input}`)
           return hit
         }
       }
@@ -188,7 +188,7 @@ export class CompileService {
         if (replay) {
           stats.inc('cache_hits')
           stats.hitTime(performance.now() - started)
-          log.debug(`hit ${k.key.slice(0, 16)} ${job.input}`)
+          log.debug(`${job.family} hit ${k.key.slice(0, 16)} ${job.input}`)
           if (record) this.track(record.write(), record.direct)
           return replay
         }
@@ -196,7 +196,7 @@ export class CompileService {
         return this.notCacheable(stats, 'output not writable')
       }
       stats.inc('cache_misses')
-      log.debug(`miss ${k.key.slice(0, 16)} ${job.input}`)
+      log.debug(`${job.family} miss ${k.key.slice(0, 16)} ${job.input}`)
       return await this.compileAndStore(call, k, record)
     } catch (err) {
       stats.fallback('daemon error')
@@ -207,9 +207,9 @@ export class CompileService {
     }
   }
 
-  private notCacheable(stats: FamilyStats, reason: string): CompileReply {
+  private notCacheable(stats: FamilyStats, reason: string, family = stats.name): CompileReply {
     stats.nonCacheable(reason)
-    this.opts.log.debug(`not cacheable: ${reason}`)
+    this.opts.log.debug(`${family} not cacheable: ${reason}`)
     return { kind: 'passthrough', reason }
   }
 
@@ -346,7 +346,7 @@ export class CompileService {
     const plan = job.dependPlan()
     if (plan === null) return null
     stats.inc('cache_misses')
-    this.opts.log.debug(`miss (depend mode) ${direct.slice(0, 16)} ${job.input}`)
+    this.opts.log.debug(`${job.family} miss (depend mode) ${direct.slice(0, 16)} ${job.input}`)
     const fallback = this.unsentReason(job)
     if (fallback !== null) stats.fallback(fallback)
     const r = await this.localCompile(call, plan, fallback !== null)

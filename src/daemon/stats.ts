@@ -33,6 +33,7 @@ export interface StatsData {
 
 /** What the compile pipeline counts for one family: each call counts in the totals and in the family's own. */
 export interface FamilyStats {
+  readonly name: string
   inc(counter: Counter, n?: number): void
   nonCacheable(reason: string): void
   fallback(reason: string): void
@@ -195,6 +196,7 @@ export class Stats {
       c[counter] = (c[counter] ?? 0) + n
     }
     return {
+      name,
       inc: (counter, n = 1) => { this.inc(counter, n); ownInc(counter, n) },
       nonCacheable: (r) => { this.nonCacheable(r); ownInc('non_cacheable'); reason('non_cacheable_reasons', r) },
       fallback: (r) => { this.fallback(r); ownInc('fallbacks'); reason('fallback_reasons', r) },

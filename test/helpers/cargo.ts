@@ -40,14 +40,18 @@ export function filesIn(dir: string): Map<string, Buffer> {
   return out
 }
 
-/** The crates the daemon's log names as missed / hit since byte `from` (by their source path). */
+/**
+ * The rustc calls the daemon's log names as missed / hit since byte `from` (by their source
+ * path). A build script's probe of the compiler (anyhow's probe.rs in OUT_DIR) is left out: it
+ * is meant to fail on a stable rustc, and failed compiles are never stored.
+ */
 export function logOutcomes(logFile: string, from: number): { misses: string[]; hits: string[] } {
   const text = readFileSync(logFile).subarray(from).toString('utf8')
   const misses: string[] = []
   const hits: string[] = []
   for (const line of text.split('\n')) {
-    const m = /(miss \(depend mode\)|direct hit) [0-9a-f]{16} (\S+)$/.exec(line)
-    if (m) (m[1] === 'direct hit' ? hits : misses).push(m[2])
+    const m = /rust (miss \(depend mode\)|direct hit) [0-9a-f]{16} (\S+)$/.exec(line)
+    if (m && !m[2].endsWith('/out/probe.rs')) (m[1] === 'direct hit' ? hits : misses).push(m[2])
   }
   return { misses: misses.sort(), hits: hits.sort() }
 }
