@@ -20,7 +20,7 @@ import { createHash } from 'node:crypto'
 import { dirname, join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
-import { BenchError, fail, killRunningChildren, machineBusySeconds, run, runOk } from './lib/proc.js'
+import { BenchError, COMMON_BENCH_OPTIONS, countOption, fail, killRunningChildren, machineBusySeconds, run, runOk, toolList } from './lib/proc.js'
 import { fmtPct, fmtRatio, fmtSec, markdownTable, median, textTable } from './lib/stats.js'
 import { MESHCC_MAIN, type CacheCounts, type Tool, cleanEnv, meshccMissing, meshccTool, sccacheTool } from './lib/tools.js'
 
@@ -147,14 +147,12 @@ function countsLine(c: CacheCounts): string {
 async function main(): Promise<number> {
   const { values } = parseArgs({
     options: {
+      ...COMMON_BENCH_OPTIONS,
       quick: { type: 'boolean', default: false },
       tools: { type: 'string', default: ALL_TOOLS.join(',') },
       reps: { type: 'string', default: '3' },
       jobs: { type: 'string', default: String(cpus().length) },
-      'work-dir': { type: 'string', default: '/var/tmp/meshcc-bench-rust' },
-      out: { type: 'string' },
-      'no-install': { type: 'boolean', default: false },
-      help: { type: 'boolean', short: 'h', default: false }
+      'work-dir': { type: 'string', default: '/var/tmp/meshcc-bench-rust' }
     },
     strict: true
   })
@@ -163,12 +161,9 @@ async function main(): Promise<number> {
     return 0
   }
   const quick = values.quick!
-  const names = values.tools!.split(',').map((t) => t.trim()).filter(Boolean)
-  for (const t of names) if (!ALL_TOOLS.includes(t as ToolName)) fail(`unknown tool "${t}" (known: ${ALL_TOOLS.join(', ')})`)
-  const reps = Number(values.reps)
-  const jobs = Number(values.jobs)
-  if (!Number.isInteger(reps) || reps < 1 || reps > 20) fail('--reps must be between 1 and 20')
-  if (!Number.isInteger(jobs) || jobs < 1) fail('--jobs must be a positive integer')
+  const names = toolList(values.tools!, ALL_TOOLS)
+  const reps = countOption(values.reps!, '--reps', 20)
+  const jobs = countOption(values.jobs!, '--jobs')
   const workDir = resolve(values['work-dir']!)
   const outFile = resolve(values.out ?? join(HERE, 'bench-results', quick ? 'rust-quick.md' : 'rust.md'))
   const deps = quick ? DEPS.slice(0, QUICK_DEPS) : DEPS
@@ -189,7 +184,7 @@ async function main(): Promise<number> {
   const results: ToolResult[] = []
   const tools: Array<{ name: ToolName; tool: Tool }> = []
   try {
-    for (const name of names as ToolName[]) {
+    for (const name of names) {
       if (name === 'cargo') tools.push({ name, tool: plainCargo(base) })
       if (name === 'sccache') {
         const t = await sccacheTool(base, caches)

@@ -4,7 +4,7 @@
 // parts of its keys, how to run a compile that lists what it read, which files it writes and
 // how a stored result maps onto this build); the pipeline does every lookup, execution (here
 // or on a peer), store and replay the same way for all families. A new family is one file
-// that implements CompilerFamily, listed in FAMILIES in compile-service.ts.
+// that implements CompilerFamily, listed in CompileService.families (compile-service.ts).
 import type { CacheEntry } from '../cache/entry-format.js'
 import type { FileHash, FileHasher } from '../cache/file-hashes.js'
 import type { CompileRequest } from '../daemon/launcher-protocol.js'

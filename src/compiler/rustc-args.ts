@@ -108,6 +108,9 @@ export function parseRustcArgs(rawArgs: readonly string[], cwd: string): RustPar
   if (typeof expanded === 'string') return { cacheable: false, reason: expanded }
   const args = expanded
   const no = (reason: string): RustParseResult => ({ cacheable: false, reason })
+  // a query (cargo's `rustc - --print=… --crate-type bin …` probe) is one whatever else it names
+  const q = args.find((a) => QUERIES.has(a) || a.startsWith('--print=') || a.startsWith('--explain='))
+  if (q !== undefined) return no(`rustc query (${q.split('=')[0]})`)
 
   const inputs: string[] = []
   let crateName: string | null = null
@@ -122,7 +125,6 @@ export function parseRustcArgs(rawArgs: readonly string[], cwd: string): RustPar
   const remaps: RustSpec['remaps'] = []
   let target: string | null = null
   let nativeCpu = false
-  let query: string | null = null
   let stdin = false
 
   for (let i = 0; i < args.length; i++) {
@@ -131,11 +133,6 @@ export function parseRustcArgs(rawArgs: readonly string[], cwd: string): RustPar
     if (!a.startsWith('-')) {
       inputs.push(a)
       keyArgs.push(a)
-      continue
-    }
-    if (QUERIES.has(a) || a.startsWith('--print=') || a.startsWith('--explain=')) {
-      query ??= `rustc query (${a.split('=')[0]})`
-      if (a === '--print' || a === '--explain') i++
       continue
     }
     if (FLAGS.has(a)) {
@@ -236,7 +233,6 @@ export function parseRustcArgs(rawArgs: readonly string[], cwd: string): RustPar
     keyArgs.push(name, value)
   }
 
-  if (query) return no(query)
   if (stdin) return no('input from stdin')
   if (inputs.length === 0) return no('no input file')
   if (inputs.length > 1) return no('multiple input files')
