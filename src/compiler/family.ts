@@ -72,6 +72,8 @@ export interface RunPlan {
   temps: string[]
   /** environment variables to drop from the request's for this run */
   dropEnv?: readonly string[]
+  /** the run writes the outputs where the user expects them (rustc into --out-dir): a miss need not write them again */
+  inPlace?: boolean
   /**
    * After a successful run: the outputs to store and hand back, and (depend plans) what the
    * compile read; null outputs when one is missing; null deps when the list cannot be had.

@@ -127,9 +127,9 @@ class RustJob implements CompileJob {
     return { key: h.digest('hex'), sourceFresh: false }
   }
 
-  /** The content hash of a file (memoised by stat), or null when it cannot be read. */
+  /** The content hash of a binary input (memoised by stat), or null when it cannot be read. */
   private async contentOf(path: string): Promise<string | null> {
-    return (await this.ctx.hasher.hash(path))?.hash ?? null
+    return (await this.ctx.hasher.hashBinary(path))?.hash ?? null
   }
 
   /**
@@ -173,7 +173,7 @@ class RustJob implements CompileJob {
     }
     const dep = depPath
     return {
-      args, temps, dropEnv: JOBSERVER_ENV,
+      args, temps, dropEnv: JOBSERVER_ENV, inPlace: true,
       collect: async () => {
         const blobs: OutputBlobs = []
         for (const o of spec.outputs) {

@@ -308,9 +308,12 @@ export class CompileService {
     return { exitCode: r.exitCode, stdout, stderr }
   }
 
-  /** Hand a finished compile to the user and, when it succeeded, to the cache under `key`. */
+  /**
+   * Hand a finished compile to the user and, when it succeeded, to the cache under `key`;
+   * `inPlace`: the compiler wrote the outputs where the user expects them already.
+   */
   private async storeResult(call: Call, key: string | null, result: LocalResult, outputs: OutputBlobs | null,
-    afterStore: ManifestUpdate | null): Promise<CompileReply> {
+    afterStore: ManifestUpdate | null, inPlace = false): Promise<CompileReply> {
     const { req, job, stats } = call
     const { log } = this.opts
     if (result.exitCode !== 0) {
@@ -322,7 +325,7 @@ export class CompileService {
       return this.notCacheable(stats, 'expected output missing')
     }
     const entry: CacheEntry = { exitCode: 0, stdout: result.stdout, stderr: result.stderr, outputs, meta: job.entryMeta() }
-    if (!(await this.writeOutputs(job, entry))) return this.notCacheable(stats, 'output not writable')
+    if (!inPlace && !(await this.writeOutputs(job, entry))) return this.notCacheable(stats, 'output not writable')
     if (key !== null) {
       this.track(this.opts.store.put(key, entry).then(
         async () => {
@@ -361,7 +364,7 @@ export class CompileService {
       const entry: FileSet = { ...set, result: key }
       record = { direct, write: () => this.manifestWrite(direct, this.opts.direct!.add(direct, entry)) }
     }
-    return await this.storeResult(call, key, r, outputs, record)
+    return await this.storeResult(call, key, r, outputs, record, plan.inPlace)
   }
 
   /** Place an entry's outputs where the compiler would have written them, each atomically; the replay, or null. */
