@@ -115,6 +115,8 @@ export interface CompileJob {
   readonly remoteBlocker: string | null
   /** a file changed less than this before the request is not recorded in a manifest */
   readonly tooNewMs: number
+  /** a manifest records files under the working directory relative to it (the key does not hold where the build lies) */
+  readonly relativeFiles?: boolean
   /** the direct-mode key, or null when the source cannot key one */
   directKey(requestStart: number): Promise<DirectKey | null>
   /** a compile here that also lists what it read (depend mode), or null when the list could miss files */

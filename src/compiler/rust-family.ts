@@ -74,6 +74,7 @@ class RustJob implements CompileJob {
    * wrote just before (OUT_DIR) can then be recorded; C's one-second margin would keep them out.
    */
   readonly tooNewMs = 0
+  readonly relativeFiles = true
   private readonly outDirAbs: string
   private readonly temps: string[] = []
 

@@ -425,15 +425,15 @@ export class CompileService {
    * What a depend-mode compile read, as a manifest records it, or null when it cannot go into
    * one: a file unreadable, using __TIME__ and the like, changed while we looked, or (for a
    * -MMD list) a self-declared system header whose own includes the list leaves out. Files
-   * under the working directory are recorded relative to it when the family says the key
-   * does not depend on where the build is (rustc with the cwd remapped).
+   * under the working directory are recorded relative to it when the job says its key does
+   * not hold where the build lies (rustc).
    */
   private async trustedSet(call: Call, deps: Dependencies): Promise<Omit<FileSet, 'result'> | null> {
     const { req, job, requestStart } = call
     const hashes = await Promise.all(deps.files.map((p) => this.hasher.hash(p)))
     const files = trusted(deps.files, hashes, requestStart - job.tooNewMs, deps.userHeadersOnly)
     if (files === null) return null
-    if (job.family === 'c') return { files }
+    if (!job.relativeFiles) return { files }
     const cwd = req.cwd.endsWith('/') ? req.cwd : `${req.cwd}/`
     return { files: files.map(([p, h]) => [p.startsWith(cwd) ? p.slice(cwd.length) : p, h]), env: deps.env }
   }
