@@ -7,7 +7,7 @@
 //   warm: `cargo clean && cargo build` with the cache the cold build filled (--reps times)
 //
 //   npm run bench:rust                 full run (about 40 min on 2 cores)
-//   npm run bench:rust -- --quick      a dozen direct dependencies (about 60 crates), for development
+//   npm run bench:rust -- --quick      a dozen direct dependencies (about 40 crates), for development
 //   npm run bench:rust -- --tools cargo,meshcc --reps 1
 //
 // Needs root for apt-get when packages are missing (the librust-*-dev crates, sccache, time).
@@ -66,7 +66,7 @@ interface ToolResult { name: ToolName; skipped?: string; failed?: string; cold?:
 
 function usage(): string {
   return `usage: npm run bench:rust -- [--quick] [--tools ${ALL_TOOLS.join(',')}] [--reps N] [--jobs N] [--work-dir DIR] [--out FILE] [--no-install]
-  --quick      the first ${QUICK_DEPS} direct dependencies only (about 60 crates)
+  --quick      the first ${QUICK_DEPS} direct dependencies only (about 40 crates)
   --tools      which tools to compare, in order (default: all; cargo alone is the baseline)
   --reps       warm builds per caching tool (default 3; the median counts)
   --jobs       cargo -j (default: number of CPUs)
