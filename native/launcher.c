@@ -79,7 +79,7 @@ static void exec_node(const char *reason) {
 static int is_compiler_name(const char *name) {
   /* the same pattern as COMPILER_NAME in src/launcher/launcher.ts */
   regex_t re;
-  if (regcomp(&re, "^([[:alnum:]_.]+-)*(cc|c\\+\\+|gcc|g\\+\\+|clang|clang\\+\\+)(-[0-9]+(\\.[0-9]+)*)?$", REG_EXTENDED | REG_NOSUB) != 0) return 0;
+  if (regcomp(&re, "^([[:alnum:]_.]+-)*(cc|c\\+\\+|gcc|g\\+\\+|clang|clang\\+\\+|rustc)(-[0-9]+(\\.[0-9]+)*)?$", REG_EXTENDED | REG_NOSUB) != 0) return 0;
   int match = regexec(&re, name, 0, NULL, 0) == 0;
   regfree(&re);
   return match;
@@ -103,8 +103,15 @@ static int join_path(char *out, size_t cap, const char *dir, const char *name) {
   return n > 0 && (size_t)n < cap;
 }
 
+/* meshcc itself: this launcher, the Node CLI, or anything installed under meshcc's name */
+static int is_self(const char *real) {
+  return strcmp(real, g_self) == 0 || strcmp(real, g_main_js) == 0 || strcmp(base_name(real), "meshcc") == 0;
+}
+
 /* The real compiler: a path as given, or the first match on PATH that is not meshcc itself
- * (a masquerade directory is usually first on PATH). Mirrors resolveCompiler(). */
+ * (a masquerade directory is usually first on PATH). A path that is meshcc (a masquerade
+ * link wrapped again) is looked up by its name instead: run as the compiler, meshcc would
+ * wait for a daemon slot inside a compile that holds one. Mirrors resolveCompiler(). */
 static int resolve_compiler(const char *name, const char *cwd, char *out, size_t cap) {
   if (strchr(name, '/')) {
     if (name[0] == '/') {
@@ -113,7 +120,10 @@ static int resolve_compiler(const char *name, const char *cwd, char *out, size_t
     } else if (!join_path(out, cap, cwd, name)) {
       return 0;
     }
-    return executable_file(out);
+    if (!executable_file(out)) return 0;
+    char real[PATH_MAX];
+    if (!realpath(out, real) || !is_self(real)) return 1;
+    name = base_name(name);
   }
   const char *path = getenv("PATH");
   if (!path) return 0;
@@ -128,7 +138,7 @@ static int resolve_compiler(const char *name, const char *cwd, char *out, size_t
     }
     if (!join_path(cand, sizeof cand, dir, name) || !executable_file(cand)) continue;
     const char *r = realpath(cand, real) ? real : cand;
-    if (strcmp(r, g_self) == 0 || strcmp(r, g_main_js) == 0 || strcmp(base_name(r), "meshcc") == 0) continue;
+    if (is_self(r)) continue;
     if (strlen(cand) >= cap) continue;
     strcpy(out, cand);
     found = 1;
@@ -451,6 +461,11 @@ int main(int argc, char **argv) {
     if (argc < 2 || argv[1][0] == '-' || is_admin_command(argv[1])) exec_node(NULL);
     compiler_name = argv[1];
     first_arg = 2;
+    /* `meshcc meshcc gcc ...` (a wrapper wrapped again) is `meshcc gcc ...`: unwrapSelf() */
+    while (first_arg < argc && (strcmp(compiler_name, "meshcc") == 0 || (strchr(compiler_name, '/') && strcmp(base_name(compiler_name), "meshcc") == 0))) {
+      compiler_name = argv[first_arg++];
+    }
+    if (compiler_name[0] == '-' || strcmp(compiler_name, "meshcc") == 0) exec_node(NULL);
   }
   const char *disable = getenv("MESHCC_DISABLE");
   if (disable && *disable && strcmp(disable, "0") != 0) exec_node(NULL);

@@ -228,3 +228,24 @@ export async function waitFor<T>(what: string, timeoutMs: number, fn: () => Prom
     await sleep(pollMs)
   }
 }
+
+/** A --tools list, each name checked against the known ones. */
+export function toolList<T extends string>(spec: string, all: readonly T[]): T[] {
+  const names = spec.split(',').map((t) => t.trim()).filter(Boolean)
+  for (const t of names) if (!all.includes(t as T)) fail(`unknown tool "${t}" (known: ${all.join(', ')})`)
+  return names as T[]
+}
+
+/** A whole-number option between 1 and `max`, or a one-line error naming the flag. */
+export function countOption(value: string, flag: string, max = Number.MAX_SAFE_INTEGER): number {
+  const n = Number(value)
+  if (!Number.isInteger(n) || n < 1 || n > max) fail(`${flag} must be a whole number from 1 to ${max}`)
+  return n
+}
+
+/** The options every benchmark takes: where results go, no apt-get, help. */
+export const COMMON_BENCH_OPTIONS = {
+  out: { type: 'string' },
+  'no-install': { type: 'boolean', default: false },
+  help: { type: 'boolean', short: 'h', default: false }
+} as const

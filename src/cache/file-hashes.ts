@@ -39,9 +39,24 @@ const SYSTEM_HEADER = /system_header|^[ \t]*(?:#|%:)[ \t]*\d/m
 
 export class FileHasher {
   private readonly memo = new Map<string, Memo>()
+  /** binary inputs (rustc's --extern crates, static libraries): content only, never scanned as text */
+  private readonly binaryMemo = new Map<string, Memo>()
 
   /** The file's hash, or null when it cannot be read (gone, a directory, no permission). */
-  async hash(path: string): Promise<FileHash | null> {
+  hash(path: string): Promise<FileHash | null> {
+    return this.hashWith(path, this.memo, true)
+  }
+
+  /**
+   * The same for a file that is no source text (an rlib, an archive): megabytes that the
+   * source checks (__DATE__, system_header) would scan for nothing; volatile and systemHeader
+   * are false.
+   */
+  hashBinary(path: string): Promise<FileHash | null> {
+    return this.hashWith(path, this.binaryMemo, false)
+  }
+
+  private async hashWith(path: string, memo: Map<string, Memo>, scan: boolean): Promise<FileHash | null> {
     // stat on this thread: an fs.promises round trip through the thread pool costs about ten
     // times the CPU of the syscall itself, and a kernel unit asks for hundreds of headers
     let st
@@ -53,7 +68,7 @@ export class FileHasher {
     if (!st?.isFile()) return null
     const changedMs = Number((st.mtimeNs > st.ctimeNs ? st.mtimeNs : st.ctimeNs) / 1_000_000n)
     const newerThan = (since: number) => changedMs >= since
-    const m = this.memo.get(path)
+    const m = memo.get(path)
     const mode = Number(st.mode & 0o7777n)
     if (m && m.dev === st.dev && m.ino === st.ino && m.size === st.size && m.mode === mode && m.mtimeNs === st.mtimeNs && m.ctimeNs === st.ctimeNs) {
       return { hash: m.hash, size: Number(m.size), mode, volatile: m.volatile, systemHeader: m.systemHeader, newerThan }
@@ -65,14 +80,14 @@ export class FileHasher {
       return null
     }
     const hash = createHash('sha256').update(data).digest('hex')
-    const text = data.toString('latin1')
-    const volatile = VOLATILE.test(text)
-    const systemHeader = SYSTEM_HEADER.test(text)
+    const text = scan ? data.toString('latin1') : ''
+    const volatile = scan && VOLATILE.test(text)
+    const systemHeader = scan && SYSTEM_HEADER.test(text)
     if (Date.now() - changedMs > SETTLE_MS) {
-      if (this.memo.size >= MAX_MEMO) this.memo.clear() // a crude bound; refilling costs one read per file
-      this.memo.set(path, { dev: st.dev, ino: st.ino, size: st.size, mode, mtimeNs: st.mtimeNs, ctimeNs: st.ctimeNs, hash, volatile, systemHeader })
+      if (memo.size >= MAX_MEMO) memo.clear() // a crude bound; refilling costs one read per file
+      memo.set(path, { dev: st.dev, ino: st.ino, size: st.size, mode, mtimeNs: st.mtimeNs, ctimeNs: st.ctimeNs, hash, volatile, systemHeader })
     } else {
-      this.memo.delete(path)
+      memo.delete(path)
     }
     return { hash, size: data.length, mode, volatile, systemHeader, newerThan }
   }

@@ -16,8 +16,13 @@ import { randomBytes } from 'node:crypto'
 import { clip } from '../log.js'
 
 export interface FileSet {
-  /** [absolute path, sha256] of every file the preprocessor entered, the source included */
+  /**
+   * [path, sha256] of every file the compile read, the source included: absolute, or (rustc)
+   * relative to the working directory of the build that looks it up
+   */
   files: Array<[string, string]>
+  /** [name, value or null for unset] of the environment variables the compile read (rustc's env!) */
+  env?: Array<[string, string | null]>
   /** key of the cache entry this set produced */
   result: string
 }
@@ -79,7 +84,8 @@ export class ManifestStore {
   /** Record a set first (replacing an older set with the same files). */
   async add(key: string, set: FileSet): Promise<void> {
     const { sets } = await this.get(key)
-    const same = (a: FileSet) => a.files.length === set.files.length && a.files.every(([p, h], i) => set.files[i][0] === p && set.files[i][1] === h)
+    const same = (a: FileSet) => a.files.length === set.files.length && a.files.every(([p, h], i) => set.files[i][0] === p && set.files[i][1] === h) &&
+      JSON.stringify(a.env ?? []) === JSON.stringify(set.env ?? [])
     await this.write(key, { sets: [set, ...sets.filter((s) => !same(s))].slice(0, MAX_SETS), preprocess: false })
   }
 
@@ -122,6 +128,10 @@ function parse(text: string, key: string): Manifest | string {
     if (typeof s !== 'object' || s === null || typeof s.result !== 'string' || !HEX64.test(s.result) || !Array.isArray(s.files)) return 'a malformed set'
     for (const f of s.files) {
       if (!Array.isArray(f) || f.length !== 2 || typeof f[0] !== 'string' || typeof f[1] !== 'string' || !HEX64.test(f[1])) return 'a malformed file in a set'
+    }
+    if (s.env !== undefined) {
+      if (!Array.isArray(s.env)) return 'a malformed environment in a set'
+      for (const e of s.env) if (!Array.isArray(e) || e.length !== 2 || typeof e[0] !== 'string' || (typeof e[1] !== 'string' && e[1] !== null)) return 'a malformed environment in a set'
     }
   }
   return { sets: sets as FileSet[], preprocess: d.preprocess === true }

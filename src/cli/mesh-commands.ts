@@ -10,9 +10,10 @@ import { decodeInvite, encodeInvite, generateMeshKey, identityPeerId, parseMeshK
 import { formatDistStatus } from '../shim/dist-status.js'
 import { isLoopbackAddr, isPublicAddr, orderForOutsiders, toMultiaddr, withoutLoopback } from '../mesh/addresses.js'
 import { connect } from 'node:net'
+import { familyTable, type FamilyCounts } from './stats-format.js'
 
 export interface DaemonStatus {
-  daemon: { pid: number; version: string; socket: string; cache_dir: string; running: number; queued: number; slots: number }
+  daemon: { pid: number; version: string; socket: string; cache_dir: string; running: number; queued: number; slots: number; families?: Record<string, FamilyCounts> }
   mesh: MeshStatus | null
   mesh_note: string | null
 }
@@ -47,6 +48,7 @@ function short(id: string): string {
 export function formatStatus(s: DaemonStatus): string {
   const d = s.daemon
   let out = `meshcc ${d.version}, daemon pid ${d.pid}, ${d.running} compiling, ${d.queued} queued, ${d.slots} local slots\n`
+  if (d.families && Object.keys(d.families).length > 0) out += familyTable(d.families).map((l) => `  ${l}`).join('\n') + '\n'
   if (!s.mesh) return out + (s.mesh_note === 'starting' ? 'mesh: starting (ask again in a moment)\n' : `mesh: not running (${s.mesh_note ?? 'unknown'})\n`)
   const m = s.mesh
   out += `mesh ${m.mesh_id}, this node ${m.peer_id}\n`

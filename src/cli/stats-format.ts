@@ -34,6 +34,34 @@ export function formatStatsText(s: Record<string, unknown>): string {
     if (reasons.length === 0) continue
     out += `\n${title}:\n` + reasons.map(([r, n]) => `  ${r.padEnd(width + valueWidth - 10)} ${String(n).padStart(7)}`).join('\n') + '\n'
   }
+  const families = (s.families ?? {}) as Record<string, FamilyCounts>
+  if (Object.keys(families).length > 0) {
+    out += '\nBy compiler family:\n' + familyTable(families).map((l) => `  ${l}`).join('\n') + '\n'
+    for (const [name, f] of Object.entries(families).sort()) {
+      for (const [title, key] of [['non-cacheable', 'non_cacheable_reasons'], ['fallbacks', 'fallback_reasons']] as const) {
+        const reasons = Object.entries(f[key] ?? {}).sort((a, b) => b[1] - a[1] || a[0].localeCompare(b[0]))
+        if (reasons.length > 0) out += `  ${name} ${title}: ${reasons.map(([r, n]) => `${r} ${n}`).join(', ')}\n`
+      }
+    }
+  }
   out += `\nCache location                  ${String(s.cache_dir ?? '')}\nVersion                         ${String(s.version ?? '')}\n`
   return out
+}
+
+/** One family's share of the stats (StatsData.families). */
+export interface FamilyCounts {
+  counters: Record<string, number | undefined>
+  non_cacheable_reasons?: Record<string, number>
+  fallback_reasons?: Record<string, number>
+}
+
+const FAMILY_COLUMNS: Array<[string, string]> = [['requests', 'compile_requests'], ['hits', 'cache_hits'], ['misses', 'cache_misses'],
+  ['non-cacheable', 'non_cacheable'], ['local', 'local_compiles'], ['remote', 'remote_compiles'], ['fallbacks', 'fallbacks'], ['failed', 'compile_failures']]
+
+/** A table of each compiler family's counts, one line per family under a header (for -s and status). */
+export function familyTable(families: Record<string, FamilyCounts>): string[] {
+  const names = Object.keys(families).sort()
+  const rows = [['family', ...FAMILY_COLUMNS.map(([h]) => h)], ...names.map((n) => [n, ...FAMILY_COLUMNS.map(([, k]) => String(families[n].counters[k] ?? 0))])]
+  const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)))
+  return rows.map((r) => r.map((c, i) => (i === 0 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join('  '))
 }

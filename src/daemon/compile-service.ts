@@ -1,64 +1,36 @@
-// One compile request, end to end: parse, key, cache lookup, compile on a miss (here or on
-// a mesh peer), store. Every outcome is one of: a result to replay, "run it yourself" (not
-// cacheable) or "run it yourself" (we failed). The build never depends on this code being
-// right about anything but cache keys.
+// One compile request, end to end, for every compiler family: pick the family, let it plan
+// the job, look the result up (direct manifest, then the family's content key), compile on a
+// miss (here or on a mesh peer), store, replay. What a key is made of lives in the family
+// (src/compiler/family.ts is the seam); this file is the one pipeline they share. Every outcome
+// is one of: a result to replay, "run it yourself" (not cacheable) or "run it yourself" (we
+// failed). The build never depends on this code being right about anything but cache keys.
 import { createHash } from 'node:crypto'
-import { lstat, readFile, rm } from 'node:fs/promises'
+import { lstat } from 'node:fs/promises'
 import { availableParallelism } from 'node:os'
 import { basename, resolve } from 'node:path'
 import { execa } from 'execa'
-import { compilerFamily, parseGccArgs } from '../compiler/gcc.js'
 import type { CompileSpec } from '../compiler/types.js'
 import type { CacheEntry, LocalStore } from '../cache/local-store.js'
 import { FileHasher, type FileHash } from '../cache/file-hashes.js'
-import type { ManifestStore } from '../cache/manifest.js'
-import { InputScanner, type InputSet } from '../compiler/inputs.js'
-import { depfilePrerequisites } from '../compiler/depfile.js'
+import type { FileSet, ManifestStore } from '../cache/manifest.js'
+import type { InputSet } from '../compiler/inputs.js'
+import { hashedInputs, type CompileJob, type CompilerFamily, type ContentKey, type Dependencies, type FamilyContext, type OutputBlobs, type RunPlan } from '../compiler/family.js'
+import { CFamily } from '../compiler/c-family.js'
+import { RustFamily } from '../compiler/rust-family.js'
 import type { Logger } from '../log.js'
 import { Semaphore } from '../util/semaphore.js'
-import { siblingTemp, writeFileAtomic } from '../util/atomic-write.js'
-import { StreamSearchAny } from '../util/stream-search.js'
+import { writeFileAtomic } from '../util/atomic-write.js'
 import type { CompileRequest } from './launcher-protocol.js'
-import { CompilerIdentity } from './compiler-identity.js'
-import type { Stats } from './stats.js'
+import type { FamilyStats, Stats } from './stats.js'
+
+export { KEY_ENV } from '../compiler/c-family.js'
 
 export type CompileReply =
   | { kind: 'result'; exitCode: number; stdout: Buffer; stderr: Buffer }
   | { kind: 'passthrough'; reason: string }
   | { kind: 'fallback'; reason: string }
 
-/** Bump when the key recipe changes, so old entries are never read with new meaning. */
-const KEY_VERSION = 'meshcc-key-2' // 2: the preprocessed text enters as its sha256 (one pass over megabytes, not two)
-
-const INCBIN = Buffer.from('.incbin')
-/**
- * __DATE__, __TIME__ and __TIMESTAMP__, left unexpanded by -fdirectives-only: such a unit is
- * keyed on its fully preprocessed text. Searched by their tails: a needle that starts with "__"
- * takes several times as long in C code, and an identifier that merely ends alike only costs a
- * full preprocessing run.
- */
-const DATE_TIME_MACROS = ['DATE__', 'TIME__', 'STAMP__'].map((m) => Buffer.from(m))
-/**
- * gcc -fdirectives-only leaves a directive spelled with a digraph or trigraph ("%:include",
- * "??=include") as text, so the header it includes would be missing from the key while the
- * real compile reads it: such a unit is preprocessed fully too.
- */
-const ALTERNATIVE_HASH = ['%:', '??='].map((m) => Buffer.from(m))
-
-/** Environment variables that can change what the compiler writes (the preprocessed text covers the rest). */
-export const KEY_ENV = ['LANG', 'LC_ALL', 'LC_CTYPE', 'LC_MESSAGES', 'LANGUAGE', 'GCC_EXEC_PREFIX', 'COMPILER_PATH',
-  'GCC_COMPARE_DEBUG', 'CCC_OVERRIDE_OPTIONS', 'SOURCE_DATE_EPOCH', 'SDKROOT', 'MACOSX_DEPLOYMENT_TARGET',
-  'MESHCC_CACHE_BUSTER']
-/** Where the preprocessor looks for headers: the preprocessed text shows the outcome, a direct key needs the cause. */
-/** Those after CPATH add system include directories, whose headers -MMD does not list. */
-const SYSTEM_INCLUDE_ENV = ['C_INCLUDE_PATH', 'CPLUS_INCLUDE_PATH', 'OBJC_INCLUDE_PATH', 'OBJCPLUS_INCLUDE_PATH']
-const INCLUDE_ENV = ['CPATH', ...SYSTEM_INCLUDE_ENV]
-const DIRECT_KEY_VERSION = 'meshcc-direct-1'
 const DEPEND_KEY_VERSION = 'meshcc-depend-1'
-/** Files changed this recently before a request are not trusted into a manifest (timestamps are coarse). */
-const TOO_NEW_MS = 1000
-/** These make the compiler write files we cannot see. */
-const UNCACHEABLE_ENV = ['DEPENDENCIES_OUTPUT', 'SUNPRO_DEPENDENCIES', 'GCC_COMPARE_DEBUG_FILE']
 
 /** A miss that may be compiled on a mesh peer. */
 export interface RemoteJob {
@@ -114,13 +86,13 @@ export interface CompileServiceOptions {
 
 /** The files a preprocessed unit read (its line markers) and their hashes: taken once per miss for the job's inputs and the manifest. */
 export interface HashedInputs { set: InputSet; hashes: Array<FileHash | null> }
-interface KeyResult { key: string; ppHash: string; directivesOnly: boolean; inputs: InputSet | null; hashed?: Promise<HashedInputs> }
 /** A manifest entry to write once the result it points at is stored. */
 interface ManifestUpdate { direct: string; write: () => Promise<void> }
-interface LocalResult { exitCode: number; stdout: Buffer; stderr: Buffer; obj: Buffer | null }
+interface LocalResult { exitCode: number; stdout: Buffer; stderr: Buffer }
+/** One request as the pipeline carries it. */
+interface Call { req: CompileRequest; job: CompileJob; stats: FamilyStats; requestStart: number }
 
 export class CompileService {
-  private readonly identity = new CompilerIdentity()
   /** file content hashes, memoised by stat: direct mode's checks, manifests and the inputs of jobs sent to peers */
   readonly hasher = new FileHasher()
   /** local compiles: `slots` of them (at least one, for depend-mode probes and the like) */
@@ -135,6 +107,8 @@ export class CompileService {
   private readonly pendingWrites = new Set<Promise<void>>()
   /** manifest updates in flight, by direct key */
   private readonly manifestWrites = new Map<string, Promise<void>>()
+  /** the compiler families, asked in order which one a request's compiler belongs to (C takes the rest) */
+  private readonly families: CompilerFamily[] = [new RustFamily(), new CFamily()]
   remote: RemoteRunner | null = null
 
   constructor(private readonly opts: CompileServiceOptions) {
@@ -148,190 +122,127 @@ export class CompileService {
   }
 
   async handle(req: CompileRequest): Promise<CompileReply> {
-    const { stats, log } = this.opts
+    const { log } = this.opts
+    const family = this.families.find((f) => f.claims(req))!
+    const stats = this.opts.stats.family(family.name)
     stats.inc('compile_requests')
-    const bad = UNCACHEABLE_ENV.find((v) => req.env[v] !== undefined)
-    if (bad) return this.notCacheable(`environment variable ${bad}`)
-    let real: string
-    let compilerHash: string
+    const ctx: FamilyContext = { hasher: this.hasher, pre: this.pre, remote: this.remote !== null, direct: Boolean(this.opts.direct), log, stats }
+    let planned: CompileJob | { notCacheable: string }
     try {
-      ;({ hash: compilerHash, real } = await this.identity.of(req.compiler))
+      planned = await family.plan(req, ctx)
     } catch (err) {
-      return this.notCacheable(`compiler not readable (${(err as NodeJS.ErrnoException).code ?? 'error'})`)
+      stats.fallback('daemon error')
+      log.error(`planning ${family.name} compile in ${req.cwd} failed inside the daemon: ${(err as Error).message}`)
+      return { kind: 'fallback', reason: 'daemon error' }
     }
-    const parsed = parseGccArgs(req.args, req.cwd, compilerFamily(real))
-    if (!parsed.cacheable) return this.notCacheable(parsed.reason)
-    const spec = parsed.spec
+    if ('notCacheable' in planned) return this.notCacheable(stats, planned.notCacheable)
+    const job = planned
     // `-o /dev/null` (configure probes) or any other non-file output: an atomic rename would
     // replace the device itself, so the compiler writes it as it would without us
-    for (const o of spec.outputs) {
+    for (const o of job.outputs) {
       const st = await lstat(resolve(req.cwd, o.path)).catch(() => null)
-      if (st && !st.isFile()) return this.notCacheable(`output ${o.path} is not a regular file`)
+      if (st && !st.isFile()) return this.notCacheable(stats, `output ${o.path} is not a regular file`)
     }
-    const depOut = spec.outputs.find((o) => o.name === 'dep')
-    const depTemp = depOut ? siblingTemp(resolve(req.cwd, depOut.path)) : null
 
+    const call: Call = { req, job, stats, requestStart: Date.now() }
     try {
       const started = performance.now()
-      const requestStart = Date.now()
-      const dk = this.opts.direct ? await this.directKey(req, spec, compilerHash, requestStart) : null
+      const dk = this.opts.direct ? await job.directKey(call.requestStart) : null
       const direct = dk?.key ?? null
       let preferPreprocessed = false
       if (direct) {
-        const { hit, preprocess } = await this.directLookup(req.cwd, spec, direct)
+        const { hit, preprocess } = await this.directLookup(call, direct)
         preferPreprocessed = preprocess
         if (hit) {
           stats.inc('cache_hits')
           stats.inc('direct_hits')
           stats.hitTime(performance.now() - started)
-          log.debug(`direct hit ${direct.slice(0, 16)} ${spec.input}`)
+          log.debug(`${job.family} direct hit ${direct.slice(0, 16)} ${job.input}`)
           return hit
         }
       }
       // A miss compiled here needs no preprocessor run at all; one that may go to a peer does (its
       // inputs). A source saved a moment ago (the edit-compile loop) goes the preprocessed way,
-      // which can store its result where depend mode could not key it safely.
-      const distributable = this.remote !== null && spec.remoteBlocker === null
-      if (direct && !dk!.sourceFresh && !preferPreprocessed && !distributable) {
-        const r = await this.compileDepend(req, spec, direct, depTemp, requestStart)
+      // which can store its result where depend mode could not key it safely. A family without
+      // a content key (rustc) keys every miss through depend mode.
+      const distributable = this.remote !== null && job.remoteBlocker === null && job.remoteJob !== undefined
+      if (direct && (!job.contentKey || (!dk!.sourceFresh && !preferPreprocessed && !distributable))) {
+        const r = await this.compileDepend(call, direct)
         if (r) return r
       }
-      const k = await this.computeKey(req, spec, compilerHash, depTemp)
-      if (k === null) {
+      if (!job.contentKey) return this.notCacheable(stats, direct ? 'dependencies not listed' : 'source not readable')
+      const k = await job.contentKey()
+      if (k === 'failed') {
         // a missing source, a syntax error in a directive: the compile fails the same way, and
         // the compiler run by the launcher says exactly how
         stats.inc('compile_failures')
-        log.debug(`preprocessing ${spec.input} failed: the compiler reports it`)
+        log.debug(`preprocessing ${job.input} failed: the compiler reports it`)
         return { kind: 'passthrough', reason: 'compile failed' }
       }
-      if (k === 'incbin') return this.notCacheable('.incbin directive (reads a file the key cannot see)')
+      if ('notCacheable' in k) return this.notCacheable(stats, k.notCacheable)
       // once the result is in the cache, the next identical command can find it without -E
-      const record: ManifestUpdate | null = direct ? { direct, write: () => this.recordManifest(direct, k, requestStart) } : null
+      const record: ManifestUpdate | null = direct ? { direct, write: () => this.recordManifest(call, direct, k) } : null
       const got = await this.storeGet(k.key)
       if (got) {
-        const ok = await this.writeOutputs(req.cwd, spec, got)
-        if (ok) {
+        const replay = await this.writeOutputs(job, got)
+        if (replay) {
           stats.inc('cache_hits')
           stats.hitTime(performance.now() - started)
-          log.debug(`hit ${k.key.slice(0, 16)} ${spec.input}`)
+          log.debug(`${job.family} hit ${k.key.slice(0, 16)} ${job.input}`)
           if (record) this.track(record.write(), record.direct)
-          return { kind: 'result', exitCode: 0, stdout: got.stdout, stderr: got.stderr }
+          return replay
         }
         // outputs could not be written (e.g. missing directory): the compiler reports that best
-        return this.notCacheable('output not writable')
+        return this.notCacheable(stats, 'output not writable')
       }
       stats.inc('cache_misses')
-      log.debug(`miss ${k.key.slice(0, 16)} ${spec.input}`)
-      return await this.compileAndStore(req, spec, k, depTemp, { compilerReal: real, compilerHash }, record)
+      log.debug(`${job.family} miss ${k.key.slice(0, 16)} ${job.input}`)
+      return await this.compileAndStore(call, k, record)
     } catch (err) {
       stats.fallback('daemon error')
-      log.error(`compile of ${spec.input} in ${req.cwd} failed inside the daemon: ${(err as Error).message}`)
+      log.error(`compile of ${job.input} in ${req.cwd} failed inside the daemon: ${(err as Error).message}`)
       return { kind: 'fallback', reason: 'daemon error' }
     } finally {
-      if (depTemp) await rm(depTemp, { force: true })
+      await job.dispose()
     }
   }
 
-  private notCacheable(reason: string): CompileReply {
-    this.opts.stats.nonCacheable(reason)
-    this.opts.log.debug(`not cacheable: ${reason}`)
+  private notCacheable(stats: FamilyStats, reason: string, family = stats.name): CompileReply {
+    stats.nonCacheable(reason)
+    this.opts.log.debug(`${family} not cacheable: ${reason}`)
     return { kind: 'passthrough', reason }
   }
 
-  /**
-   * The cache key, or null when the preprocessor fails (the real compile will say why). A gcc
-   * unit that may be shipped to a peer is keyed on -fdirectives-only output: the same files,
-   * for about a third of the CPU, here and in the builder's check. Its comments and unused
-   * macros are in the key, so an edit to a comment misses where full preprocessing would hit;
-   * a unit naming __DATE__ or __TIME__ (unexpanded there) or .incbin, or that gcc refuses in
-   * that mode (__COUNTER__ in a directive), is preprocessed fully instead.
-   */
-  private async computeKey(req: CompileRequest, spec: CompileSpec, compilerHash: string, depTemp: string | null): Promise<KeyResult | 'incbin' | null> {
-    if (spec.directivesOnly && this.remote && spec.remoteBlocker === null) {
-      const r = await this.keyFrom(req, spec, compilerHash, depTemp, true)
-      if (r !== 'full') return r
-    }
-    return (await this.keyFrom(req, spec, compilerHash, depTemp, false)) as KeyResult | 'incbin' | null
-  }
-
-  private async keyFrom(req: CompileRequest, spec: CompileSpec, compilerHash: string, depTemp: string | null, directivesOnly: boolean): Promise<KeyResult | 'incbin' | 'full' | null> {
-    const h = createHash('sha256')
-    const field = (s: string) => { h.update(s); h.update('\0') }
-    field(KEY_VERSION)
-    field(compilerHash)
-    field(basename(req.compiler)) // g++ and gcc may share a binary but not a language default
-    field(spec.family)
-    field(spec.language)
-    for (const a of spec.keyArgs) field(a)
-    field('--')
-    if (spec.cwdInKey) field(`cwd=${req.cwd}`)
-    if (spec.depTarget !== null) field(`deptarget=${spec.depTarget}`)
-    for (const name of KEY_ENV) if (req.env[name] !== undefined) field(`${name}=${req.env[name]}`)
-    field(directivesOnly ? '--directives-only--' : '--preprocessed--')
-
-    const ppHash = createHash('sha256')
-    // a peer needs the unit's files, direct mode records them: read off the markers as they stream
-    const scanner = this.remote || this.opts.direct ? new InputScanner(req.cwd, resolve(req.cwd, spec.input)) : null
-    // An assembler .incbin (in a .S file or inline asm) reads a file the preprocessed text does
-    // not contain: a change there would leave the key unchanged and a hit would be stale. In
-    // directives-only text (comments kept, __DATE__ unexpanded) it, or a date or time macro,
-    // sends the unit to full preprocessing, which decides; so does a "%:" or "??=".
-    const search = new StreamSearchAny(directivesOnly ? [INCBIN, ...DATE_TIME_MACROS, ...ALTERNATIVE_HASH] : [INCBIN])
-    const ok = await this.pre.run(async () => {
-      const sub = execa(req.compiler, spec.preprocessArgs(depTemp, directivesOnly), {
-        cwd: req.cwd, env: req.env, extendEnv: false, stdin: 'ignore', reject: false,
-        buffer: { stdout: false, stderr: true }, encoding: 'buffer', stripFinalNewline: false
-      })
-      sub.stdout.on('data', (chunk: Buffer) => {
-        ppHash.update(chunk)
-        search.push(chunk)
-        scanner?.push(chunk)
-      })
-      const r = await sub
-      return r.exitCode === 0
-    })
-    if (directivesOnly && (!ok || search.found)) {
-      this.opts.log.debug(`${spec.input}: preprocessed fully (${ok ? 'it names .incbin, __DATE__ or __TIME__, or has a digraph or trigraph "#"' : 'gcc refused -fdirectives-only'})`)
-      return 'full'
-    }
-    if (directivesOnly) this.opts.stats.inc('directives_only')
-    if (ok && search.found) return 'incbin'
-    if (!ok) return null
-    const pp = ppHash.digest('hex')
-    field(pp)
-    return { key: h.digest('hex'), ppHash: pp, directivesOnly, inputs: scanner?.finish() ?? null }
-  }
-
-  private async compileAndStore(req: CompileRequest, spec: CompileSpec, k: KeyResult, depTemp: string | null,
-    compiler: { compilerReal: string; compilerHash: string }, afterStore: ManifestUpdate | null): Promise<CompileReply> {
-    const { stats, log } = this.opts
-    const objDest = resolve(req.cwd, spec.outputs[0].path)
+  private async compileAndStore(call: Call, k: ContentKey, afterStore: ManifestUpdate | null): Promise<CompileReply> {
+    const { job, stats } = call
+    const { log } = this.opts
 
     // Here when a local slot is free (unless a peer with room is clearly faster); else a peer
     // with room; with neither, wait for whichever comes first (a queued job never commits to
     // one side while the other frees up).
-    let result: LocalResult | null = null
+    let outcome: { result: LocalResult; outputs: OutputBlobs | null } | null = null
     /** why a miss meant for the mesh is compiled here after all (counted as a fallback) */
     let fallback: string | null = null
     const remote = this.remote
-    if (!remote || spec.remoteBlocker !== null) {
-      fallback = this.unsentReason(spec)
+    if (!remote || job.remoteBlocker !== null || !job.remoteJob) {
+      fallback = this.unsentReason(job)
     } else if (remote.wants(this.cpu.running < this.opts.slots)) {
-      const prepared = await remote.prepare({ req, spec, ...compiler, ppHash: k.ppHash, directivesOnly: k.directivesOnly, inputs: () => this.hashedInputs(k) })
+      const prepared = await remote.prepare(job.remoteJob(k))
       if ('unshippable' in prepared) fallback = `job not shippable (${prepared.unshippable})`
-      while (!('unshippable' in prepared) && result === null) {
+      while (!('unshippable' in prepared) && outcome === null) {
         const a = await remote.tryPeers(prepared)
         if (a.kind === 'done' && a.outcome.exitCode !== 0) {
           // A failure may be a file the compiler read that no line marker named (an assembler
           // .incbin, say): the local compile below gives the verdict the user sees.
           stats.retry('remote compile failed, rechecked here')
-          log.info(`compile of ${spec.input} failed on ${a.outcome.peer}; rechecking it here`)
+          log.info(`compile of ${job.input} failed on ${a.outcome.peer}; rechecking it here`)
           break
         }
         if (a.kind === 'done') {
           stats.inc('remote_compiles')
-          log.debug(`compiled ${spec.input} on ${a.outcome.peer}`)
-          result = a.outcome
+          log.debug(`compiled ${job.input} on ${a.outcome.peer}`)
+          const { exitCode, stdout, stderr, obj } = a.outcome
+          outcome = { result: { exitCode, stdout, stderr }, outputs: obj && (await job.remoteOutputs!(obj)) }
           break
         }
         if (a.kind === 'failed') { fallback = `all attempts failed: ${a.reason}`; break }
@@ -346,70 +257,75 @@ export class CompileService {
     } else if (this.opts.slots === 0) {
       fallback = 'no peer takes jobs'
     }
-    if (result === null) {
+    if (outcome === null) {
       if (fallback !== null) {
         stats.fallback(fallback)
-        log.info(`compiling ${spec.input} here: ${fallback}`)
+        log.info(`compiling ${job.input} here: ${fallback}`)
       }
-      const objTemp = siblingTemp(objDest)
-      const r = await this.localCompile(req, spec.compileArgs(objTemp), objTemp, [], fallback !== null)
+      const plan = job.compilePlan!()
+      const r = await this.localCompile(call, plan, fallback !== null)
       if ('kind' in r) return r
-      result = r
+      outcome = { result: r, outputs: r.exitCode === 0 ? (await plan.collect()).outputs : null }
     }
-
-    const dep = depTemp ? await readFile(depTemp) : null
-    return this.storeResult(req, spec, k.key, result, dep, afterStore)
+    return this.storeResult(call, k.key, outcome.result, outcome.outputs, afterStore)
   }
 
   /**
    * With local_slots = 0 every miss is meant for the mesh: why this one cannot go there (no
    * mesh, an option that keeps it here). Null when local compiles are normal.
    */
-  private unsentReason(spec: CompileSpec): string | null {
+  private unsentReason(job: CompileJob): string | null {
     if (this.opts.slots > 0) return null
-    return this.remote ? `not distributable (${spec.remoteBlocker})` : 'no mesh'
+    if (!this.remote) return 'no mesh'
+    return `not distributable (${job.remoteBlocker ?? `${job.family} jobs are compiled here`})`
   }
 
   /**
-   * Run the compiler here; `temps` are our temp paths that must not show in its output. A
-   * fallback (a miss meant for the mesh) runs beside the local slots, as a plain build would.
+   * Run the compiler here; the plan's temps are our temp paths that must not show in its
+   * output. A fallback (a miss meant for the mesh) runs beside the local slots, as a plain
+   * build would.
    */
-  private async localCompile(req: CompileRequest, args: string[], objTemp: string, temps: string[], fallback = false): Promise<LocalResult | CompileReply> {
+  private async localCompile(call: Call, plan: RunPlan, fallback = false): Promise<LocalResult | CompileReply> {
+    const { req } = call
     const sem = fallback && this.opts.slots === 0 ? this.fallbackCpu : this.cpu
-    const r = await sem.run(() => execa(req.compiler, args, {
-      cwd: req.cwd, env: req.env, extendEnv: false, stdin: 'ignore', reject: false,
+    let env = req.env
+    if (plan.dropEnv?.some((k) => env[k] !== undefined)) {
+      env = { ...env }
+      for (const k of plan.dropEnv) delete env[k]
+    }
+    const r = await sem.run(() => execa(req.compiler, plan.args, {
+      cwd: req.cwd, env, extendEnv: false, stdin: 'ignore', reject: false,
       encoding: 'buffer', stripFinalNewline: false, maxBuffer: 64 * 1024 * 1024
     }))
-    this.opts.stats.inc('local_compiles')
+    call.stats.inc('local_compiles')
     const stdout = Buffer.from(r.stdout as Uint8Array)
     const stderr = Buffer.from(r.stderr as Uint8Array)
-    let obj: Buffer | null = null
-    if (r.exitCode === 0 && !r.signal) obj = await readFile(objTemp).catch(() => null)
-    await rm(objTemp, { force: true })
     // a diagnostic naming our temp file would differ from the plain compiler's: let the launcher rerun it
-    if ([objTemp, ...temps].some((t) => stderr.includes(t) || stdout.includes(t))) {
-      return r.exitCode === 0 ? this.notCacheable('compiler output names the output file') : { kind: 'passthrough', reason: 'compile failed' }
+    if (plan.temps.some((t) => stderr.includes(t) || stdout.includes(t))) {
+      return r.exitCode === 0 ? this.notCacheable(call.stats, 'compiler output names the output file') : { kind: 'passthrough', reason: 'compile failed' }
     }
     if (r.exitCode === undefined || r.signal) return { kind: 'passthrough', reason: 'compiler killed' }
-    return { exitCode: r.exitCode, stdout, stderr, obj }
+    return { exitCode: r.exitCode, stdout, stderr }
   }
 
-  /** Hand a finished compile to the user and, when it succeeded, to the cache under `key`. */
-  private async storeResult(req: CompileRequest, spec: CompileSpec, key: string | null, result: LocalResult, dep: Buffer | null,
-    afterStore: ManifestUpdate | null): Promise<CompileReply> {
-    const { stats, log } = this.opts
+  /**
+   * Hand a finished compile to the user and, when it succeeded, to the cache under `key`;
+   * `inPlace`: the compiler wrote the outputs where the user expects them already.
+   */
+  private async storeResult(call: Call, key: string | null, result: LocalResult, outputs: OutputBlobs | null,
+    afterStore: ManifestUpdate | null, inPlace = false): Promise<CompileReply> {
+    const { req, job, stats } = call
+    const { log } = this.opts
     if (result.exitCode !== 0) {
       stats.inc('compile_failures')
       return { kind: 'result', exitCode: result.exitCode, stdout: result.stdout, stderr: result.stderr }
     }
-    if (result.obj === null) {
-      log.info(`${basename(req.compiler)} ${req.args.join(' ').slice(0, 300)} (in ${req.cwd}) exited 0 but wrote no object; passing through`)
-      return this.notCacheable('expected output missing')
+    if (outputs === null) {
+      log.info(`${basename(req.compiler)} ${req.args.join(' ').slice(0, 300)} (in ${req.cwd}) exited 0 but wrote no ${job.family === 'c' ? 'object' : 'output'}; passing through`)
+      return this.notCacheable(stats, 'expected output missing')
     }
-    const outputs: CacheEntry['outputs'] = [{ name: 'obj', data: result.obj }]
-    if (dep) outputs.push({ name: 'dep', data: dep })
-    const entry: CacheEntry = { exitCode: 0, stdout: result.stdout, stderr: result.stderr, outputs, meta: { input: spec.input, compiler: req.compiler } }
-    if (!(await this.writeOutputs(req.cwd, spec, entry))) return this.notCacheable('output not writable')
+    const entry: CacheEntry = { exitCode: 0, stdout: result.stdout, stderr: result.stderr, outputs, meta: job.entryMeta() }
+    if (!inPlace && !(await this.writeOutputs(job, entry))) return this.notCacheable(stats, 'output not writable')
     if (key !== null) {
       this.track(this.opts.store.put(key, entry).then(
         async () => {
@@ -424,52 +340,42 @@ export class CompileService {
 
   /**
    * Depend mode, for a miss this machine compiles anyway: no preprocessor run. The compiler
-   * writes a dependency file listing every file it read; their hashes and the direct key make
-   * the result key, recorded in the manifest for the next lookup. Null when the compile does
-   * not qualify (its depfile could miss files): the caller takes the preprocessed path.
+   * lists every file it read (a depfile, rustc's dep-info); their hashes and the direct key
+   * make the result key, recorded in the manifest for the next lookup. Null when the compile
+   * does not qualify (its list could miss files): the caller takes the content-key path.
    */
-  private async compileDepend(req: CompileRequest, spec: CompileSpec, direct: string, userDep: string | null, requestStart: number): Promise<CompileReply | null> {
-    if (SYSTEM_INCLUDE_ENV.some((v) => req.env[v] !== undefined)) return null
-    const objTemp = siblingTemp(resolve(req.cwd, spec.outputs[0].path))
-    const depPath = userDep ?? `${objTemp}.d`
-    const plan = spec.dependCompileArgs(objTemp, depPath)
+  private async compileDepend(call: Call, direct: string): Promise<CompileReply | null> {
+    const { job, stats } = call
+    const plan = job.dependPlan()
     if (plan === null) return null
-    this.opts.stats.inc('cache_misses')
-    this.opts.log.debug(`miss (depend mode) ${direct.slice(0, 16)} ${spec.input}`)
-    const fallback = this.unsentReason(spec)
-    if (fallback !== null) this.opts.stats.fallback(fallback)
-    try {
-      const r = await this.localCompile(req, plan.args, objTemp, [depPath], fallback !== null)
-      if ('kind' in r) return r
-      const depText = r.exitCode === 0 ? await readFile(depPath).catch(() => null) : null
-      let key: string | null = null
-      let record: ManifestUpdate | null = null
-      if (depText !== null) {
-        const paths = [...new Set([spec.input, ...depfilePrerequisites(depText.toString('utf8'))].map((p) => resolve(req.cwd, p)))].sort()
-        const files = await this.trustedFiles(paths, requestStart, plan.userHeadersOnly)
-        if (files) {
-          const h = createHash('sha256').update(`${DEPEND_KEY_VERSION}\0${direct}\0`)
-          for (const [p, fh] of files) h.update(`${p}\0${fh}\0`)
-          const result = h.digest('hex')
-          key = result
-          record = { direct, write: () => this.manifestWrite(direct, this.opts.direct!.add(direct, { files, result })) }
-        }
-      }
-      return await this.storeResult(req, spec, key, r, userDep ? depText : null, record)
-    } finally {
-      if (!userDep) await rm(depPath, { force: true })
+    stats.inc('cache_misses')
+    this.opts.log.debug(`${job.family} miss (depend mode) ${direct.slice(0, 16)} ${job.input}`)
+    const fallback = this.unsentReason(job)
+    if (fallback !== null) stats.fallback(fallback)
+    const r = await this.localCompile(call, plan, fallback !== null)
+    if ('kind' in r) return r
+    if (r.exitCode !== 0) return this.storeResult(call, null, r, null, null)
+    const { outputs, deps } = await plan.collect()
+    let key: string | null = null
+    let record: ManifestUpdate | null = null
+    const set = deps && (await this.trustedSet(call, deps))
+    if (set) {
+      key = dependKey(direct, set)
+      const entry: FileSet = { ...set, result: key }
+      record = { direct, write: () => this.manifestWrite(direct, this.opts.direct!.add(direct, entry)) }
     }
+    return await this.storeResult(call, key, r, outputs, record, plan.inPlace)
   }
 
-  /** Place an entry's outputs where the compiler would have written them, each atomically. */
-  private async writeOutputs(cwd: string, spec: CompileSpec, entry: CacheEntry): Promise<boolean> {
-    const byName = new Map(entry.outputs.map((o) => [o.name, o.data]))
-    if (spec.outputs.some((o) => !byName.has(o.name))) return false
+  /** Place an entry's outputs where the compiler would have written them, each atomically; the replay, or null. */
+  private async writeOutputs(job: CompileJob, entry: CacheEntry): Promise<CompileReply | null> {
+    const restore = job.restore(entry)
+    if (restore === null) return null
     try {
-      for (const o of spec.outputs) await writeFileAtomic(resolve(cwd, o.path), byName.get(o.name)!)
-      return true
+      for (const f of restore.files) await writeFileAtomic(f.path, f.data)
+      return { kind: 'result', exitCode: 0, stdout: restore.stdout, stderr: restore.stderr }
     } catch {
-      return false
+      return null
     }
   }
 
@@ -486,32 +392,9 @@ export class CompileService {
     })
   }
 
-  /**
-   * The direct-mode key: everything the preprocessed key covers except the included files,
-   * plus what decides which files get included (working directory, include-path variables)
-   * and the source's content. Null when the source cannot be used (unreadable, __TIME__ …).
-   */
-  private async directKey(req: CompileRequest, spec: CompileSpec, compilerHash: string, requestStart: number): Promise<{ key: string; sourceFresh: boolean } | null> {
-    const src = await this.hasher.hash(resolve(req.cwd, spec.input))
-    if (src === null || src.volatile) return null
-    const h = createHash('sha256')
-    const field = (s: string) => { h.update(s); h.update('\0') }
-    field(DIRECT_KEY_VERSION)
-    field(compilerHash)
-    field(basename(req.compiler))
-    field(spec.family)
-    field(spec.language)
-    for (const a of spec.keyArgs) field(a)
-    field('--')
-    field(`cwd=${req.cwd}`)
-    if (spec.depTarget !== null) field(`deptarget=${spec.depTarget}`)
-    for (const name of [...KEY_ENV, ...INCLUDE_ENV]) if (req.env[name] !== undefined) field(`${name}=${req.env[name]}`)
-    field(`source=${src.hash}`)
-    return { key: h.digest('hex'), sourceFresh: src.newerThan(requestStart - TOO_NEW_MS) }
-  }
-
-  /** A hit found through the manifest: every recorded file still has its recorded hash. */
-  private async directLookup(cwd: string, spec: CompileSpec, direct: string): Promise<{ hit: CompileReply | null; preprocess: boolean }> {
+  /** A hit found through the manifest: every recorded file (and variable) still has its recorded hash (and value). */
+  private async directLookup(call: Call, direct: string): Promise<{ hit: CompileReply | null; preprocess: boolean }> {
+    const { req, job } = call
     await this.manifestWrites.get(direct)
     const manifest = await this.opts.direct!.get(direct)
     if (manifest.damaged !== null) {
@@ -519,12 +402,15 @@ export class CompileService {
       this.opts.log.warn(`manifest ${direct} was damaged and has been removed: ${manifest.damaged}`)
     }
     for (const set of manifest.sets) {
-      const now = await Promise.all(set.files.map(([p]) => this.hasher.hash(p)))
+      // a relative path (rustc's sources under the working directory) is this build's file
+      const now = await Promise.all(set.files.map(([p]) => this.hasher.hash(p.startsWith('/') ? p : resolve(req.cwd, p))))
       if (!now.every((f, i) => f !== null && f.hash === set.files[i][1])) continue
+      if (set.env && !set.env.every(([name, value]) => (job.fact ? job.fact(name) : req.env[name] ?? null) === value)) continue
       const got = await this.storeGet(set.result)
       if (got === null) continue
-      if (!(await this.writeOutputs(cwd, spec, got))) break
-      return { hit: { kind: 'result', exitCode: 0, stdout: got.stdout, stderr: got.stderr }, preprocess: false }
+      const replay = await this.writeOutputs(job, got)
+      if (!replay) break
+      return { hit: replay, preprocess: false }
     }
     return { hit: null, preprocess: manifest.preprocess }
   }
@@ -540,29 +426,29 @@ export class CompileService {
   }
 
   /**
-   * [path, hash] of each file, or null when one cannot go into a manifest: unreadable, using
-   * __TIME__ and the like, changed while we looked, or (for a -MMD list) a self-declared system
-   * header whose own includes the list leaves out.
+   * What a depend-mode compile read, as a manifest records it, or null when it cannot go into
+   * one: a file unreadable, using __TIME__ and the like, changed while we looked, or (for a
+   * -MMD list) a self-declared system header whose own includes the list leaves out. Files
+   * under the working directory are recorded relative to it when the job says its key does
+   * not hold where the build lies (rustc).
    */
-  private async trustedFiles(paths: string[], requestStart: number, userHeadersOnly: boolean): Promise<Array<[string, string]> | null> {
-    return trusted(paths, await Promise.all(paths.map((p) => this.hasher.hash(p))), requestStart, userHeadersOnly)
-  }
-
-  /** The unit's files with their hashes, hashed once however many ask (the job's inputs, the manifest). */
-  private hashedInputs(k: KeyResult): Promise<HashedInputs> {
-    const set = k.inputs
-    if (set === null) return Promise.reject(new Error('no input set: the preprocessed output was not scanned'))
-    k.hashed ??= Promise.all(set.files.map((p) => this.hasher.hash(p))).then((hashes) => ({ set, hashes }))
-    return k.hashed
+  private async trustedSet(call: Call, deps: Dependencies): Promise<Omit<FileSet, 'result'> | null> {
+    const { req, job, requestStart } = call
+    const hashes = await Promise.all(deps.files.map((p) => this.hasher.hash(p)))
+    const files = trusted(deps.files, hashes, requestStart - job.tooNewMs, deps.userHeadersOnly)
+    if (files === null) return null
+    if (!job.relativeFiles) return { files }
+    const cwd = req.cwd.endsWith('/') ? req.cwd : `${req.cwd}/`
+    return { files: files.map(([p, h]) => [p.startsWith(cwd) ? p.slice(cwd.length) : p, h]), env: deps.env }
   }
 
   /**
    * Remember which files produced `k` (from the preprocessor's line markers); when they are too
    * new to trust, at least that the result is under its preprocessed key.
    */
-  private async recordManifest(direct: string, k: KeyResult, requestStart: number): Promise<void> {
-    const { set, hashes } = await this.hashedInputs(k)
-    const files = trusted(set.files, hashes, requestStart, false)
+  private async recordManifest(call: Call, direct: string, k: ContentKey): Promise<void> {
+    const { set, hashes } = await hashedInputs(k, this.hasher)
+    const files = trusted(set.files, hashes, call.requestStart - call.job.tooNewMs, false)
     await this.manifestWrite(direct, files ? this.opts.direct!.add(direct, { files, result: k.key }) : this.opts.direct!.markPreprocess(direct))
   }
 
@@ -577,12 +463,20 @@ export class CompileService {
   }
 }
 
+/** The result key of a depend-mode compile: its direct key and every file (and variable) it read. */
+function dependKey(direct: string, set: Omit<FileSet, 'result'>): string {
+  const h = createHash('sha256').update(`${DEPEND_KEY_VERSION}\0${direct}\0`)
+  for (const [p, fh] of set.files) h.update(`${p}\0${fh}\0`)
+  for (const [name, value] of set.env ?? []) h.update(`env\0${name}\0${value === null ? '\x01' : `=${value}`}\0`)
+  return h.digest('hex')
+}
+
 /**
  * [path, hash] of each file, or null when one cannot go into a manifest: unreadable, using
- * __TIME__ and the like, changed while we looked, or (for a -MMD list) a self-declared system
- * header whose own includes the list leaves out.
+ * __TIME__ and the like, changed at or after `since`, or (for a -MMD list) a self-declared
+ * system header whose own includes the list leaves out.
  */
-function trusted(paths: string[], hashes: Array<FileHash | null>, requestStart: number, userHeadersOnly: boolean): Array<[string, string]> | null {
-  const ok = hashes.every((f) => f !== null && !f.volatile && !(userHeadersOnly && f.systemHeader) && !f.newerThan(requestStart - TOO_NEW_MS))
+function trusted(paths: string[], hashes: Array<FileHash | null>, since: number, userHeadersOnly: boolean): Array<[string, string]> | null {
+  const ok = hashes.every((f) => f !== null && !f.volatile && !(userHeadersOnly && f.systemHeader) && !f.newerThan(since))
   return ok ? paths.map((p, i) => [p, hashes[i]!.hash]) : null
 }

@@ -190,6 +190,7 @@ export async function startDaemon(config: Config, foreground: boolean): Promise<
           running: compiles.cpu.running + compiles.fallbackCpu.running, queued: compiles.cpu.queued + compiles.fallbackCpu.queued,
           slots: config.build.localSlots, fallback_slots: config.build.localSlots === 0 ? compiles.fallbackCpu.capacity : config.build.localSlots,
           config_file: config.file, restart_pending: restartFor, log_file: log.file?.() ?? null,
+          families: stats.snapshot().families,
           memory: memoryStatus(), pending_request_bytes: pendingRequestBytes
         },
         mesh: mesh?.status() ?? null,

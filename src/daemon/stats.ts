@@ -12,6 +12,14 @@ export const COUNTERS = [
 ] as const
 export type Counter = (typeof COUNTERS)[number]
 
+/** The same counts for the calls of one compiler family ("c", "rust"). */
+export interface FamilyData {
+  counters: Partial<Record<Counter, number>>
+  non_cacheable_reasons: Record<string, number>
+  fallback_reasons: Record<string, number>
+  retry_reasons: Record<string, number>
+}
+
 export interface StatsData {
   counters: Record<Counter, number>
   non_cacheable_reasons: Record<string, number>
@@ -19,7 +27,21 @@ export interface StatsData {
   retry_reasons: Record<string, number>
   /** milliseconds summed over hits, for the average hit time */
   hit_time_ms: number
+  /** the counts split by compiler family */
+  families: Record<string, FamilyData>
 }
+
+/** What the compile pipeline counts for one family: each call counts in the totals and in the family's own. */
+export interface FamilyStats {
+  readonly name: string
+  inc(counter: Counter, n?: number): void
+  nonCacheable(reason: string): void
+  fallback(reason: string): void
+  retry(reason: string): void
+  hitTime(ms: number): void
+}
+
+const FAMILY_NAME = /^[a-z][a-z0-9_-]{0,15}$/
 
 const STATS_FILE = 'stats.json'
 
@@ -36,8 +58,13 @@ function emptyData(): StatsData {
     non_cacheable_reasons: {},
     fallback_reasons: {},
     retry_reasons: {},
-    hit_time_ms: 0
+    hit_time_ms: 0,
+    families: {}
   }
+}
+
+function emptyFamily(): FamilyData {
+  return { counters: {}, non_cacheable_reasons: {}, fallback_reasons: {}, retry_reasons: {} }
 }
 
 function addReasons(into: Record<string, number>, from: Record<string, number>): void {
@@ -50,7 +77,33 @@ function addData(into: StatsData, from: StatsData): StatsData {
   addReasons(into.fallback_reasons, from.fallback_reasons)
   addReasons(into.retry_reasons, from.retry_reasons)
   into.hit_time_ms += from.hit_time_ms
+  for (const [name, f] of Object.entries(from.families)) {
+    const to = (into.families[name] ??= emptyFamily())
+    for (const c of COUNTERS) if (f.counters[c]) to.counters[c] = (to.counters[c] ?? 0) + f.counters[c]!
+    addReasons(to.non_cacheable_reasons, f.non_cacheable_reasons)
+    addReasons(to.fallback_reasons, f.fallback_reasons)
+    addReasons(to.retry_reasons, f.retry_reasons)
+  }
   return into
+}
+
+/** A saved family breakdown, keeping only well-formed numbers (the file may be old or damaged). */
+function readFamilies(saved: unknown): Record<string, FamilyData> {
+  const out: Record<string, FamilyData> = {}
+  if (typeof saved !== 'object' || saved === null) return out
+  for (const [name, f] of Object.entries(saved as Record<string, Partial<FamilyData>>)) {
+    if (!FAMILY_NAME.test(name) || typeof f !== 'object' || f === null) continue
+    const d = emptyFamily()
+    for (const c of COUNTERS) {
+      const v = f.counters?.[c]
+      if (typeof v === 'number' && Number.isFinite(v)) d.counters[c] = v
+    }
+    for (const k of ['non_cacheable_reasons', 'fallback_reasons', 'retry_reasons'] as const) {
+      for (const [r, v] of Object.entries(f[k] ?? {})) if (typeof v === 'number' && Number.isFinite(v)) d[k][r] = v
+    }
+    out[name] = d
+  }
+  return out
 }
 
 /** Called by a launcher that compiled on its own: one appended line, no lock needed. */
@@ -123,6 +176,35 @@ export class Stats {
     this.dirty = true
   }
 
+  /** Counting for one compiler family: the totals and the family's share together. */
+  family(name: string): FamilyStats {
+    let view = this.familyViews.get(name)
+    if (!view) this.familyViews.set(name, (view = this.makeFamilyView(name)))
+    return view
+  }
+
+  private readonly familyViews = new Map<string, FamilyStats>()
+
+  private makeFamilyView(name: string): FamilyStats {
+    const own = () => (this.pending.families[name] ??= emptyFamily())
+    const reason = (key: 'non_cacheable_reasons' | 'fallback_reasons' | 'retry_reasons', r: string) => {
+      const f = own()[key]
+      f[r] = (f[r] ?? 0) + 1
+    }
+    const ownInc = (counter: Counter, n = 1) => {
+      const c = own().counters
+      c[counter] = (c[counter] ?? 0) + n
+    }
+    return {
+      name,
+      inc: (counter, n = 1) => { this.inc(counter, n); ownInc(counter, n) },
+      nonCacheable: (r) => { this.nonCacheable(r); ownInc('non_cacheable'); reason('non_cacheable_reasons', r) },
+      fallback: (r) => { this.fallback(r); ownInc('fallbacks'); reason('fallback_reasons', r) },
+      retry: (r) => { this.retry(r); ownInc('remote_retries'); reason('retry_reasons', r) },
+      hitTime: (ms) => this.hitTime(ms)
+    }
+  }
+
   private readSaved(): StatsData {
     const data = emptyData()
     try {
@@ -135,6 +217,7 @@ export class Stats {
       addReasons(data.fallback_reasons, saved.fallback_reasons ?? {})
       addReasons(data.retry_reasons, saved.retry_reasons ?? {})
       if (typeof saved.hit_time_ms === 'number') data.hit_time_ms = saved.hit_time_ms
+      data.families = readFamilies(saved.families)
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'ENOENT') this.log.warn(`stats file unreadable, starting from zero: ${(err as Error).message}`)
     }

@@ -10,8 +10,8 @@ import { MsgType, encodeCompileRequest } from '../daemon/launcher-protocol.js'
 import { journalFallback } from '../daemon/stats.js'
 import { requestDaemon } from './client.js'
 
-/** Names a masquerade link may have: cc, gcc-12, x86_64-linux-gnu-g++, clang++-14, … */
-const COMPILER_NAME = /^(?:[\w.]+-)*(?:cc|c\+\+|gcc|g\+\+|clang|clang\+\+)(?:-\d+(?:\.\d+)*)?$/
+/** Names a masquerade link may have: cc, gcc-12, x86_64-linux-gnu-g++, clang++-14, rustc, … */
+const COMPILER_NAME = /^(?:[\w.]+-)*(?:cc|c\+\+|gcc|g\+\+|clang|clang\+\+|rustc)(?:-\d+(?:\.\d+)*)?$/
 
 export function isCompilerName(name: string): boolean {
   return COMPILER_NAME.test(name)
@@ -30,22 +30,48 @@ function realOrSelf(p: string): string {
   try { return realpathSync(p) } catch { return p }
 }
 
+/** Whether a file is meshcc itself: this CLI, or a launcher or masquerade link resolving to one. */
+function isMeshcc(real: string, self: string): boolean {
+  return real === self || basename(real) === 'meshcc'
+}
+
 /**
  * Find the real compiler: a path is taken as given; a bare name is looked up on PATH,
- * skipping meshcc itself (a masquerade directory is usually first on PATH).
+ * skipping meshcc itself (a masquerade directory is usually first on PATH). A path that is
+ * meshcc (CC=/masquerade/dir/cc wrapped again) is looked up by its name the same way: run as
+ * the compiler, meshcc would ask its own daemon for a slot inside the compile that holds one,
+ * and a build with every slot so taken would hang.
  */
 export function resolveCompiler(name: string, selfScript: string, cwd: string, pathVar = process.env.PATH ?? ''): string | null {
-  if (name.includes('/')) return isExecutableFile(resolve(cwd, name)) ? resolve(cwd, name) : null
   const self = realOrSelf(selfScript)
+  if (name.includes('/')) {
+    const given = resolve(cwd, name)
+    if (!isExecutableFile(given)) return null
+    if (!isMeshcc(realOrSelf(given), self)) return given
+    name = basename(name)
+  }
   for (const dir of pathVar.split(delimiter)) {
     if (!dir) continue
     const candidate = resolve(cwd, dir, name)
     if (!isExecutableFile(candidate)) continue
-    const real = realOrSelf(candidate)
-    if (real === self || basename(real) === 'meshcc') continue
+    if (isMeshcc(realOrSelf(candidate), self)) continue
     return candidate
   }
   return null
+}
+
+/**
+ * `meshcc meshcc gcc …` (a wrapper wrapped again: CC="meshcc gcc" under a RUSTC_WRAPPER or
+ * a build that adds its own launcher) is `meshcc gcc …`: the compiler is the first argument
+ * that is not meshcc.
+ */
+export function unwrapSelf(compilerName: string, args: string[], selfScript: string, cwd: string): [string, string[]] {
+  const self = realOrSelf(selfScript)
+  while (args.length > 0 && (compilerName === 'meshcc' || (compilerName.includes('/') && basename(compilerName) === 'meshcc' && isMeshcc(realOrSelf(resolve(cwd, compilerName)), self)))) {
+    compilerName = args[0]
+    args = args.slice(1)
+  }
+  return [compilerName, args]
 }
 
 function writeAll(fd: number, data: Buffer): void {
@@ -83,6 +109,7 @@ function fallbackLocally(config: Config | null, compiler: string, args: string[]
 
 export async function runLauncher(compilerName: string, args: string[], selfScript: string): Promise<never> {
   const cwd = process.cwd()
+  ;[compilerName, args] = unwrapSelf(compilerName, args, selfScript, cwd)
   const compiler = resolveCompiler(compilerName, selfScript, cwd)
   if (compiler === null) {
     process.stderr.write(`meshcc: compiler "${compilerName}" not found${compilerName.includes('/') ? '' : ' on PATH (meshcc itself skipped)'}\n`)

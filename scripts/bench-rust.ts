@@ -1,0 +1,320 @@
+// Rust benchmark: `cargo build` of a real crate graph — a program depending on 33 widely used
+// crates (tokio, hyper, clap with derive, serde with derive, rayon, regex, ignore, grep,
+// tracing, chrono, …), 140-odd crates in all, every one from Debian's librust-*-dev packages,
+// built offline from /usr/share/cargo/registry — through plain cargo, sccache
+// (RUSTC_WRAPPER=sccache, Debian's) and meshcc (RUSTC_WRAPPER=meshcc), in one run:
+//   cold: an empty cache, `cargo build` from a clean target directory
+//   warm: `cargo clean && cargo build` with the cache the cold build filled (--reps times)
+//
+//   npm run bench:rust                 full run (about 40 min on 2 cores)
+//   npm run bench:rust -- --quick      a dozen direct dependencies (about 40 crates), for development
+//   npm run bench:rust -- --tools cargo,meshcc --reps 1
+//
+// Needs root for apt-get when packages are missing (the librust-*-dev crates, sccache, time).
+// Everything lives in --work-dir (default /var/tmp/meshcc-bench-rust): the workspace, a
+// CARGO_HOME of its own (never ~/.cargo) and each tool's cache, removed at the end. The
+// builds use CARGO_INCREMENTAL=0, as the README tells meshcc and sccache users to.
+import { cpus } from 'node:os'
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { createHash } from 'node:crypto'
+import { dirname, join, resolve } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { parseArgs } from 'node:util'
+import { BenchError, COMMON_BENCH_OPTIONS, countOption, fail, killRunningChildren, machineBusySeconds, run, runOk, toolList } from './lib/proc.js'
+import { fmtPct, fmtRatio, fmtSec, markdownTable, median, textTable } from './lib/stats.js'
+import { MESHCC_MAIN, type CacheCounts, type Tool, cleanEnv, meshccMissing, meshccTool, sccacheTool } from './lib/tools.js'
+
+const HERE = dirname(fileURLToPath(import.meta.url))
+const REGISTRY = '/usr/share/cargo/registry'
+const ALL_TOOLS = ['cargo', 'sccache', 'meshcc'] as const
+type ToolName = (typeof ALL_TOOLS)[number]
+const TARGETS = { coldOverhead: 0.05, warmVsSccache: 0.8 }
+
+/** The program's direct dependencies: [crate, version, features, Debian package]. */
+const DEPS: Array<[string, string, string[], string]> = [
+  ['regex', '1', [], 'librust-regex-dev'], ['serde', '1', ['derive'], 'librust-serde-derive-dev'], ['serde_json', '1', [], 'librust-serde-json-dev'],
+  ['log', '0.4', [], 'librust-log-dev'], ['anyhow', '1', [], 'librust-anyhow-dev'], ['itertools', '0.10', [], 'librust-itertools-dev'],
+  ['smallvec', '1', [], 'librust-smallvec-dev'], ['once_cell', '1', [], 'librust-once-cell-dev'], ['bitflags', '1', [], 'librust-bitflags-dev'],
+  ['rand', '0.8', [], 'librust-rand-dev'], ['rayon', '1', [], 'librust-rayon-dev'], ['walkdir', '2', [], 'librust-walkdir-dev'],
+  ['tokio', '1', ['full'], 'librust-tokio-dev librust-tokio-macros-dev'], ['futures', '0.3', [], 'librust-futures-dev'],
+  ['clap', '4', ['derive'], 'librust-clap-dev librust-clap-derive-dev'], ['toml', '0.5', [], 'librust-toml-dev'], ['chrono', '0.4', [], 'librust-chrono-dev'],
+  ['env_logger', '0.9', [], 'librust-env-logger-dev'], ['thiserror', '1', [], 'librust-thiserror-dev'], ['ignore', '0.4', [], 'librust-ignore-dev'],
+  ['grep', '0.2', [], 'librust-grep-dev'], ['tracing', '0.1', [], 'librust-tracing-dev'], ['tracing-subscriber', '0.3', [], 'librust-tracing-subscriber-dev'],
+  ['url', '2', [], 'librust-url-dev'], ['flate2', '1', [], 'librust-flate2-dev'], ['tempfile', '3', [], 'librust-tempfile-dev'],
+  ['crossbeam', '0.8', [], 'librust-crossbeam-dev'], ['parking_lot', '0.12', [], 'librust-parking-lot-dev'], ['base64', '0.13', [], 'librust-base64-dev'],
+  ['sha2', '0.10', [], 'librust-sha2-dev'], ['hex', '0.4', [], 'librust-hex-dev'], ['semver', '1', [], 'librust-semver-dev'],
+  ['hyper', '0.14', ['full'], 'librust-hyper-dev']
+]
+const QUICK_DEPS = 12
+
+interface BuildResult {
+  wallMs: number
+  /** user+sys of cargo and everything it waited for, plus the tool's server and its compilers */
+  cpuS: number
+  /** CPU seconds other processes on the machine used meanwhile (noise in the wall time) */
+  foreignCpuS?: number
+  crates: number
+  counts?: CacheCounts
+  /** sha256 of each rlib/rmeta in target/debug/deps */
+  outputs: Map<string, string>
+  /** in a report read back from JSON: how many outputs there were, and how many matched plain cargo's */
+  outputCount?: number
+  identical?: number
+}
+
+interface ToolResult { name: ToolName; skipped?: string; failed?: string; cold?: BuildResult; warm: BuildResult[] }
+
+function usage(): string {
+  return `usage: npm run bench:rust -- [--quick] [--tools ${ALL_TOOLS.join(',')}] [--reps N] [--jobs N] [--work-dir DIR] [--out FILE] [--no-install]
+  --quick      the first ${QUICK_DEPS} direct dependencies only (about 40 crates)
+  --tools      which tools to compare, in order (default: all; cargo alone is the baseline)
+  --reps       warm builds per caching tool (default 3; the median counts)
+  --jobs       cargo -j (default: number of CPUs)
+  --work-dir   workspace, CARGO_HOME and caches (default /var/tmp/meshcc-bench-rust)
+  --out        Markdown results (default scripts/bench-results/rust.md, rust-quick.md with --quick); JSON beside it
+  --no-install fail instead of running apt-get when packages are missing
+  --report-from FILE.json   write the Markdown report again from a run's JSON, without building`
+}
+
+function say(s: string): void {
+  process.stdout.write(`[bench:rust] ${s}\n`)
+}
+
+function findCargo(): string {
+  const home = process.env.HOME ?? '/root'
+  for (const dir of [join(home, '.cargo', 'bin'), ...(process.env.PATH ?? '').split(':')]) if (dir && existsSync(join(dir, 'cargo'))) return join(dir, 'cargo')
+  fail('cargo not found in ~/.cargo/bin or on PATH')
+}
+
+async function ensurePackages(deps: typeof DEPS, noInstall: boolean): Promise<void> {
+  const want = new Set(['sccache', 'time', ...deps.flatMap((d) => d[3].split(' '))])
+  const missing: string[] = []
+  for (const p of want) if ((await run('dpkg', ['-s', p], { timeoutMs: 30_000 })).code !== 0) missing.push(p)
+  if (missing.length === 0) return
+  if (noInstall) fail(`missing packages: ${missing.join(' ')} (apt-get install them, or drop --no-install)`)
+  say(`installing ${missing.join(' ')}`)
+  const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' }
+  await runOk('apt-get', ['update', '-qq'], { env, timeoutMs: 600_000 })
+  await runOk('apt-get', ['install', '-y', '-qq', ...missing], { env, timeoutMs: 1_800_000 })
+}
+
+function writeWorkspace(dir: string, deps: typeof DEPS, cargoHome: string): void {
+  mkdirSync(join(dir, 'src'), { recursive: true })
+  const lines = deps.map(([c, v, f]) => `${c} = { version = "${v}"${f.length ? `, features = [${f.map((x) => `"${x}"`).join(', ')}]` : ''} }`)
+  writeFileSync(join(dir, 'Cargo.toml'), `[package]\nname = "benchapp"\nversion = "0.1.0"\nedition = "2021"\n\n[dependencies]\n${lines.join('\n')}\n`)
+  writeFileSync(join(dir, 'src', 'main.rs'), 'fn main() { println!("{}", serde_json::json!({ "built": true })); }\n')
+  mkdirSync(cargoHome, { recursive: true })
+  writeFileSync(join(cargoHome, 'config.toml'), `[source.crates-io]\nreplace-with = "debian"\n[source.debian]\ndirectory = "${REGISTRY}"\n[net]\noffline = true\n`)
+}
+
+function hashOutputs(deps: string): Map<string, string> {
+  const out = new Map<string, string>()
+  if (!existsSync(deps)) return out
+  for (const n of readdirSync(deps).sort()) {
+    if (!n.endsWith('.rlib') && !n.endsWith('.rmeta')) continue
+    out.set(n, createHash('sha256').update(readFileSync(join(deps, n))).digest('hex'))
+  }
+  return out
+}
+
+async function build(tool: Tool, cargo: string, ws: string, jobs: number, logFile: string, timeFile: string): Promise<BuildResult> {
+  rmSync(join(ws, 'target'), { recursive: true, force: true }) // cargo clean, without asking cargo
+  await tool.zero()
+  const server0 = tool.serverCpu() ?? 0
+  const busy0 = machineBusySeconds()
+  writeFileSync(logFile, '')
+  const r = await run('/usr/bin/time', ['-f', '%e %U %S', '-o', timeFile, cargo, 'build', '--offline', `-j${jobs}`], {
+    cwd: ws, env: tool.env, timeoutMs: 3_600_000, logFile
+  })
+  const busy1 = machineBusySeconds()
+  const log = readFileSync(logFile, 'utf8')
+  if (r.code !== 0) fail(`${tool.name}: cargo build failed (exit ${r.code}); see ${logFile}: ${log.trim().split('\n').slice(-3).join(' | ')}`)
+  const [, user, sys] = readFileSync(timeFile, 'utf8').trim().split('\n').pop()!.split(' ').map(Number)
+  const cpuS = (user ?? 0) + (sys ?? 0) + Math.max(0, (tool.serverCpu() ?? 0) - server0)
+  return {
+    wallMs: r.wallMs, cpuS,
+    foreignCpuS: busy0 !== undefined && busy1 !== undefined ? Math.max(0, busy1 - busy0 - cpuS) : undefined,
+    crates: (log.match(/^\s+Compiling /gm) ?? []).length,
+    counts: await tool.counts(),
+    outputs: hashOutputs(join(ws, 'target', 'debug', 'deps'))
+  }
+}
+
+function plainCargo(base: Record<string, string>): Tool {
+  return { name: 'cargo', cc: '', env: cleanEnv(base), start: async () => {}, zero: async () => {}, counts: async () => undefined, serverCpu: () => 0, stop: async () => {} }
+}
+
+function countsLine(c: CacheCounts): string {
+  return `${c.requests} calls, ${c.hits} hits, ${c.misses} misses, ${c.uncacheable} not cacheable`
+}
+
+async function main(): Promise<number> {
+  const { values } = parseArgs({
+    options: {
+      ...COMMON_BENCH_OPTIONS,
+      quick: { type: 'boolean', default: false },
+      tools: { type: 'string', default: ALL_TOOLS.join(',') },
+      reps: { type: 'string', default: '3' },
+      jobs: { type: 'string', default: String(cpus().length) },
+      'work-dir': { type: 'string', default: '/var/tmp/meshcc-bench-rust' },
+      'report-from': { type: 'string' }
+    },
+    strict: true
+  })
+  if (values.help) {
+    process.stdout.write(usage() + '\n')
+    return 0
+  }
+  if (values['report-from']) {
+    // the report again from a run's JSON (after a change to how it is written)
+    const saved = JSON.parse(readFileSync(values['report-from'], 'utf8')) as { info: Parameters<typeof render>[1]; results: ToolResult[] }
+    for (const r of saved.results) for (const b of [r.cold, ...r.warm]) if (b) b.outputs = new Map()
+    const md = render(saved.results, saved.info)
+    writeFileSync(values['report-from'].replace(/\.json$/, '.md'), md)
+    process.stdout.write(md)
+    return 0
+  }
+  const quick = values.quick!
+  const names = toolList(values.tools!, ALL_TOOLS)
+  const reps = countOption(values.reps!, '--reps', 20)
+  const jobs = countOption(values.jobs!, '--jobs')
+  const workDir = resolve(values['work-dir']!)
+  const outFile = resolve(values.out ?? join(HERE, 'bench-results', quick ? 'rust-quick.md' : 'rust.md'))
+  const deps = quick ? DEPS.slice(0, QUICK_DEPS) : DEPS
+
+  await ensurePackages(deps, values['no-install']!)
+  const cargo = findCargo()
+  const ws = join(workDir, 'ws')
+  const cargoHome = join(workDir, 'cargo-home')
+  const caches = join(workDir, 'caches')
+  rmSync(caches, { recursive: true, force: true })
+  mkdirSync(caches, { recursive: true })
+  writeWorkspace(ws, deps, cargoHome)
+  const rustc = (await runOk(join(dirname(cargo), 'rustc'), ['-V'], { timeoutMs: 60_000 })).stdout.trim()
+  const sccacheV = (await run('sccache', ['--version'], { timeoutMs: 60_000 })).stdout.trim()
+  const base = { CARGO_HOME: cargoHome, CARGO_INCREMENTAL: '0', CARGO_TERM_COLOR: 'never' }
+  say(`${rustc}, ${sccacheV || 'no sccache'}, ${cpus().length} CPUs, cargo -j${jobs}, workspace ${ws}`)
+
+  const results: ToolResult[] = []
+  const tools: Array<{ name: ToolName; tool: Tool }> = []
+  try {
+    for (const name of names) {
+      if (name === 'cargo') tools.push({ name, tool: plainCargo(base) })
+      if (name === 'sccache') {
+        const t = await sccacheTool(base, caches)
+        t.env.RUSTC_WRAPPER = 'sccache'
+        tools.push({ name, tool: t })
+      }
+      if (name === 'meshcc') {
+        const missing = meshccMissing(MESHCC_MAIN)
+        if (missing) {
+          results.push({ name, skipped: missing, warm: [] })
+          continue
+        }
+        const t = meshccTool(base, caches, MESHCC_MAIN)
+        t.env.RUSTC_WRAPPER = MESHCC_MAIN
+        tools.push({ name, tool: t })
+      }
+    }
+    // cold builds one tool after the other, then the warm ones interleaved, so a slow spell of
+    // the machine does not land on one tool alone
+    for (const { name, tool } of tools) {
+      const res: ToolResult = { name, warm: [] }
+      results.push(res)
+      try {
+        await tool.start()
+        res.cold = await build(tool, cargo, ws, jobs, join(workDir, `${name}-cold.log`), join(workDir, 'time.txt'))
+        const b = res.cold
+        say(`${name}: cold ${fmtSec(b.wallMs)} wall, ${b.cpuS.toFixed(0)} s CPU, ${b.crates} crates${b.counts ? `, ${countsLine(b.counts)}` : ''}${b.foreignCpuS !== undefined ? `, ${b.foreignCpuS.toFixed(0)} s foreign CPU` : ''}`)
+      } catch (err) {
+        if (!(err instanceof BenchError)) throw err
+        res.failed = err.message
+        say(`${name}: ${err.message}`)
+      }
+    }
+    for (let rep = 0; rep < reps; rep++) {
+      for (const { name, tool } of tools) {
+        const res = results.find((r) => r.name === name)!
+        if (name === 'cargo' || res.failed) continue
+        try {
+          const b = await build(tool, cargo, ws, jobs, join(workDir, `${name}-warm.log`), join(workDir, 'time.txt'))
+          res.warm.push(b)
+          say(`${name}: warm #${rep + 1} ${fmtSec(b.wallMs)} wall, ${b.cpuS.toFixed(0)} s CPU${b.counts ? `, ${countsLine(b.counts)}` : ''}`)
+        } catch (err) {
+          if (!(err instanceof BenchError)) throw err
+          res.failed = err.message
+        }
+      }
+    }
+  } finally {
+    for (const { tool } of tools) await tool.stop()
+    rmSync(caches, { recursive: true, force: true })
+  }
+
+  const info = { rustc, sccache: sccacheV, jobs, quick, reps }
+  const plainOutputs = results.find((r) => r.name === 'cargo')?.cold?.outputs
+  const forJson = (b: BuildResult) => ({
+    ...b, outputs: undefined, outputCount: b.outputs.size,
+    identical: plainOutputs ? [...plainOutputs].filter(([n, h]) => b.outputs.get(n) === h).length : undefined
+  })
+  const report = render(results, info)
+  mkdirSync(dirname(outFile), { recursive: true })
+  writeFileSync(outFile, report)
+  writeFileSync(outFile.replace(/\.md$/, '.json'), JSON.stringify({ info, results: results.map((r) => ({ ...r, cold: r.cold && forJson(r.cold), warm: r.warm.map(forJson) })) }, null, 2) + '\n')
+  process.stdout.write('\n' + report)
+  say(`written to ${outFile}`)
+  return 0
+}
+
+function render(results: ToolResult[], info: { rustc: string; sccache: string; jobs: number; quick: boolean; reps: number }): string {
+  const by = (n: ToolName) => results.find((r) => r.name === n && r.cold)
+  const plain = by('cargo')?.cold
+  const warmOf = (r: ToolResult | undefined) => (r && r.warm.length ? median(r.warm.map((w) => w.wallMs)) : undefined)
+  const warmCpuOf = (r: ToolResult | undefined) => (r && r.warm.length ? median(r.warm.map((w) => w.cpuS)) : undefined)
+  const rows = results.map((r) => {
+    if (!r.cold) return [r.name, r.skipped ?? r.failed ?? '-', '', '', '', '', '', '']
+    const w = r.warm.at(-1)
+    return [
+      r.name, fmtSec(r.cold.wallMs), plain ? fmtPct(r.cold.wallMs / plain.wallMs - 1) : '-', `${r.cold.cpuS.toFixed(0)} s`,
+      r.name === 'cargo' ? '-' : fmtSec(warmOf(r)), r.name === 'cargo' ? '-' : `${warmCpuOf(r)?.toFixed(0) ?? '-'} s`,
+      w?.counts ? `${w.counts.hits}/${w.counts.misses}/${w.counts.uncacheable}` : '-',
+      r.cold.foreignCpuS !== undefined ? `${r.cold.foreignCpuS.toFixed(0)} s` : '-'
+    ]
+  })
+  const header = ['tool', 'cold build', 'cold vs cargo', 'cold CPU', 'warm build (median)', 'warm CPU', 'warm hits/misses/not cacheable', 'foreign CPU (cold)']
+  const mesh = by('meshcc')
+  const sc = by('sccache')
+  const coldOverhead = mesh?.cold && plain ? mesh.cold.wallMs / plain.wallMs - 1 : undefined
+  const warmRatio = warmOf(mesh) !== undefined && warmOf(sc) !== undefined ? warmOf(mesh)! / warmOf(sc)! : undefined
+  const meshWarm = mesh?.warm.at(-1)
+  const same = meshWarm && plain ? meshWarm.identical ?? [...plain.outputs].filter(([n, h]) => meshWarm.outputs.get(n) === h).length : undefined
+  // CPU seconds (cargo, rustc, the tool's server) do not depend on what else the machine runs
+  const coldCpuOverhead = mesh?.cold && plain ? mesh.cold.cpuS / plain.cpuS - 1 : undefined
+  const warmCpuRatio = warmCpuOf(mesh) !== undefined && warmCpuOf(sc) !== undefined ? warmCpuOf(mesh)! / warmCpuOf(sc)! : undefined
+  const verdict = (x: number | undefined, limit: number) => (x === undefined ? '-' : x <= limit ? 'met' : 'missed')
+  const targets = [
+    ['cold build overhead, meshcc over plain cargo (wall)', fmtPct(coldOverhead), `at most ${fmtPct(TARGETS.coldOverhead)}`, verdict(coldOverhead, TARGETS.coldOverhead)],
+    ['cold build overhead, meshcc over plain cargo (CPU)', fmtPct(coldCpuOverhead), `at most ${fmtPct(TARGETS.coldOverhead)}`, verdict(coldCpuOverhead, TARGETS.coldOverhead)],
+    ['warm `cargo clean && cargo build`, meshcc / sccache (wall)', fmtRatio(warmRatio), `at most ${fmtRatio(TARGETS.warmVsSccache)}`, verdict(warmRatio, TARGETS.warmVsSccache)],
+    ['warm `cargo clean && cargo build`, meshcc / sccache (CPU)', fmtRatio(warmCpuRatio), `at most ${fmtRatio(TARGETS.warmVsSccache)}`, verdict(warmCpuRatio, TARGETS.warmVsSccache)]
+  ]
+  const crates = plain?.crates ?? mesh?.cold?.crates
+  let md = `# Rust benchmark${info.quick ? ' (quick)' : ''}\n\n`
+  md += `\`npm run bench:rust${info.quick ? ' -- --quick' : ''}\`: \`cargo build\` of a program with ${info.quick ? QUICK_DEPS : DEPS.length} direct dependencies, ${crates ?? '?'} crates compiled in all (Debian's librust-*-dev crates, offline), debug profile, CARGO_INCREMENTAL=0, cargo -j${info.jobs}; ${info.rustc}; ${info.sccache}. Cold: empty cache, clean target directory. Warm: \`cargo clean && cargo build\` with the cache the cold build filled, median of ${info.reps}.\n\n`
+  md += markdownTable(header, rows) + '\n\n'
+  md += markdownTable(['figure', 'measured', 'target', ''], targets) + '\n\n'
+  if (same !== undefined) md += `Outputs: ${same} of ${plain!.outputCount ?? plain!.outputs.size} rlib/rmeta files of meshcc's warm build are byte-identical to plain cargo's.\n\n`
+  md += 'Hits/misses/not cacheable are each tool\'s own counters for the last warm build (rustc calls: bin, proc-macro and build-script crates and cargo\'s queries are not cacheable for either tool). Foreign CPU is what other processes on the machine used during the cold build: a large figure makes that wall time untrustworthy.\n\n'
+  md += '```\n' + textTable(header, rows) + '\n```\n'
+  return md
+}
+
+process.on('SIGINT', () => {
+  killRunningChildren()
+  process.exit(130)
+})
+main().then((code) => process.exit(code), (err: unknown) => {
+  process.stderr.write(`[bench:rust] ${err instanceof BenchError ? err.message : (err as Error).stack ?? String(err)}\n`)
+  killRunningChildren()
+  process.exit(1)
+})

@@ -1,0 +1,147 @@
+// The seam between the compile pipeline (src/daemon/compile-service.ts) and a compiler family
+// (C via gcc/clang in c-family.ts, Rust in rust-family.ts). A family turns one request into a
+// CompileJob or a reason it cannot be cached; the job supplies what only the family knows (the
+// parts of its keys, how to run a compile that lists what it read, which files it writes and
+// how a stored result maps onto this build); the pipeline does every lookup, execution (here
+// or on a peer), store and replay the same way for all families. A new family is one file
+// that implements CompilerFamily, listed in CompileService.families (compile-service.ts).
+import type { CacheEntry } from '../cache/entry-format.js'
+import type { FileHash, FileHasher } from '../cache/file-hashes.js'
+import type { CompileRequest } from '../daemon/launcher-protocol.js'
+import type { Logger } from '../log.js'
+import type { FamilyStats } from '../daemon/stats.js'
+import type { Semaphore } from '../util/semaphore.js'
+import type { InputSet } from './inputs.js'
+
+/** A file a compile writes. */
+export interface JobOutput {
+  /** name of its blob in a cache entry */
+  name: string
+  /** where the user expects it, as given (relative to cwd or absolute) */
+  path: string
+}
+
+/** What the daemon lends a family to plan a job. */
+export interface FamilyContext {
+  /** file content hashes, memoised by stat */
+  hasher: FileHasher
+  /** compiler runs made only to key a job (the preprocessor, say): bounded apart from compiles */
+  pre: Semaphore
+  /** misses may be sent to mesh peers (a family may key such jobs differently) */
+  remote: boolean
+  /** direct mode (manifests) is on */
+  direct: boolean
+  log: Logger
+  /** counters for this family */
+  stats: FamilyStats
+}
+
+export interface CompilerFamily {
+  /** the label in stats and logs: "c", "rust" */
+  readonly name: string
+  /** whether this family compiles with the compiler the request names (checked in order, cheaply) */
+  claims(req: CompileRequest): boolean
+  /** the job, or why the call cannot be cached (it then runs untouched) */
+  plan(req: CompileRequest, ctx: FamilyContext): Promise<CompileJob | { notCacheable: string }>
+}
+
+/** A key from the command and the main source alone, for a manifest lookup. */
+export interface DirectKey {
+  key: string
+  /** the source was saved a moment ago (the edit-compile loop) */
+  sourceFresh: boolean
+}
+
+/** What a compile read, from the compiler itself (a depfile, rustc's dep-info). */
+export interface Dependencies {
+  /** absolute paths of every file read */
+  files: string[]
+  /** environment variables read, with the value seen (null: unset); a family may add facts of its own (CompileJob.fact) */
+  env: Array<[string, string | null]>
+  /** the list leaves out system headers (-MMD): a self-declared system header makes it untrustworthy */
+  userHeadersOnly: boolean
+}
+
+/** A finished compile's output files, by blob name. */
+export type OutputBlobs = Array<{ name: string; data: Buffer }>
+
+/** One compiler run here: its arguments and the temp files that are ours. */
+export interface RunPlan {
+  args: string[]
+  /** paths of our own temp files: a diagnostic naming one would differ from the plain compiler's */
+  temps: string[]
+  /** environment variables to drop from the request's for this run */
+  dropEnv?: readonly string[]
+  /** the run writes the outputs where the user expects them (rustc into --out-dir): a miss need not write them again */
+  inPlace?: boolean
+  /**
+   * After a successful run: the outputs to store and hand back, and (depend plans) what the
+   * compile read; null outputs when one is missing; null deps when the list cannot be had.
+   */
+  collect(): Promise<{ outputs: OutputBlobs | null; deps: Dependencies | null }>
+}
+
+/** A key from the compiler's own view of the inputs, taken before compiling (C: preprocessed text). */
+export interface ContentKey {
+  key: string
+  /** the files behind the key, for a manifest and for a job sent to a peer; null when not collected */
+  inputs: InputSet | null
+  /** the inputs with their hashes, taken once however many ask */
+  hashed?: Promise<{ set: InputSet; hashes: Array<FileHash | null> }>
+}
+
+/** A content key's files with their hashes, hashed once however many ask (a peer's job, the manifest). */
+export function hashedInputs(k: ContentKey, hasher: FileHasher): Promise<{ set: InputSet; hashes: Array<FileHash | null> }> {
+  const set = k.inputs
+  if (set === null) return Promise.reject(new Error('no input set: the preprocessed output was not scanned'))
+  k.hashed ??= Promise.all(set.files.map((p) => hasher.hash(p))).then((hashes) => ({ set, hashes }))
+  return k.hashed
+}
+
+/** The replay of a stored entry for this request: output files to write and what to print. */
+export interface Restore {
+  files: Array<{ path: string; data: Buffer }>
+  stdout: Buffer
+  stderr: Buffer
+}
+
+export interface CompileJob {
+  readonly family: string
+  /** the source, for logs */
+  readonly input: string
+  /** every file the compile writes: each must be a regular file or absent */
+  readonly outputs: JobOutput[]
+  /** why this job must not run on a peer (the option's name, for a fallback reason), or null */
+  readonly remoteBlocker: string | null
+  /** a file changed less than this before the request is not recorded in a manifest */
+  readonly tooNewMs: number
+  /** a manifest records files under the working directory relative to it (the key does not hold where the build lies) */
+  readonly relativeFiles?: boolean
+  /** the direct-mode key, or null when the source cannot key one */
+  directKey(requestStart: number): Promise<DirectKey | null>
+  /** a compile here that also lists what it read (depend mode), or null when the list could miss files */
+  dependPlan(): RunPlan | null
+  /**
+   * The content key, taken before compiling; 'failed' when the compiler refused the input (the
+   * real compile reports it), a reason when it shows the call cannot be cached. Absent in a
+   * family that keys only through depend mode.
+   */
+  contentKey?(): Promise<ContentKey | 'failed' | { notCacheable: string }>
+  /** a plain compile here for a content-keyed miss (with contentKey) */
+  compilePlan?(): RunPlan
+  /** the job as the mesh runner ships it, for a content-keyed miss; absent: never shipped */
+  remoteJob?(k: ContentKey): import('../daemon/compile-service.js').RemoteJob
+  /** the outputs of a compile a peer ran for this job */
+  remoteOutputs?(obj: Buffer): Promise<OutputBlobs>
+  /** a stored entry as this request must see it (paths of this build), or null when it does not fit */
+  restore(entry: CacheEntry): Restore | null
+  /**
+   * The value of a fact a manifest recorded (Dependencies.env) as this request sees it;
+   * absent: facts are environment variables
+   */
+  fact?(name: string): string | null
+  /** small strings stored with an entry, read back by restore() */
+  entryMeta(): Record<string, string>
+  /** remove the job's temp files */
+  dispose(): Promise<void>
+}
