@@ -79,7 +79,7 @@ export function hugeFile(name: string, size: number, sent = 4096): Buffer {
 }
 
 /** The header block with its checksum field recomputed. */
-function withChecksum(b: Buffer): Buffer {
+export function withChecksum(b: Buffer): Buffer {
   b.fill(0x20, 148, 156)
   let sum = 0
   for (const x of b) sum += x
