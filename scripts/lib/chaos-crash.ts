@@ -11,8 +11,7 @@ import {
   daemonCounters, daemonStatus, makeThrough, objectsMade, plainObjects, pollFor, sleep, writeUnits, wrongObjects,
   type Row, type RowEnv, type RowGroup
 } from './chaos-common.js'
-import { descendants } from './dist-bench-proc.js'
-import { isAlive } from './proc.js'
+import { readdirSync, readFileSync } from 'node:fs'
 
 interface Fixture { mesh: DistMesh; project: string; units: string[]; plain: Map<string, Buffer> }
 let fixture: Promise<Fixture> | null = null
@@ -42,18 +41,27 @@ async function bothBuildersReady(client: Instance): Promise<boolean> {
   return ok === true
 }
 
+/**
+ * Processes still running a builder's jobs: each job's meshcc-reap names the builder's job tree
+ * in its arguments (bwrap and the job under it are gone when it is).
+ */
+function jobProcessesOf(builder: Instance): number {
+  const tree = `${builder.cacheDir}/jobs/`
+  return readdirSync('/proc').filter((p) => /^\d+$/.test(p)).filter((p) => {
+    try { return readFileSync(`/proc/${p}/cmdline`, 'latin1').includes(tree) } catch { return false }
+  }).length
+}
+
 /** One build with a daemon SIGKILLed once `ready` says the build is in the middle; what went wrong, or null. */
-async function buildWithKill(f: Fixture, tag: string, victim: Instance, ready: () => Promise<boolean>): Promise<{ why: string | null; landed: boolean; children: number[] }> {
+async function buildWithKill(f: Fixture, tag: string, victim: Instance, ready: () => Promise<boolean>): Promise<{ why: string | null; landed: boolean }> {
   rmSync(join(f.project, 'obj'), { recursive: true, force: true })
   let finished = false
   const build = makeThrough(f.mesh.client, f.project, 4, { MESHCC_CACHE_BUSTER: tag }).finally(() => { finished = true })
   let landed = false
-  let children: number[] = []
   while (!finished) {
     if (await ready().catch(() => false)) {
       const pid = victim.daemonPid()
       if (pid !== null && objectsMade(f.project) < f.units.length) {
-        children = descendants(pid).filter((p) => p !== pid)
         process.kill(pid, 'SIGKILL')
         landed = true
       }
@@ -62,11 +70,11 @@ async function buildWithKill(f: Fixture, tag: string, victim: Instance, ready: (
     await sleep(30)
   }
   const r = await build
-  if (r.code !== 0) return { why: `make exited ${r.code ?? r.signal}: ${r.stderr.trim().split('\n').pop()}`, landed, children }
+  if (r.code !== 0) return { why: `make exited ${r.code ?? r.signal}: ${r.stderr.trim().split('\n').pop()}`, landed }
   const wrong = wrongObjects(f.project, f.plain)
-  if (wrong.length > 0) return { why: `${wrong.length} objects differ from plain gcc: ${wrong.slice(0, 4).join(', ')}`, landed, children }
-  if (!landed) return { why: 'the build ended before the kill (not a mid-build trial)', landed, children }
-  return { why: null, landed, children }
+  if (wrong.length > 0) return { why: `${wrong.length} objects differ from plain gcc: ${wrong.slice(0, 4).join(', ')}`, landed }
+  if (!landed) return { why: 'the build ended before the kill (not a mid-build trial)', landed }
+  return { why: null, landed }
 }
 
 const builderKill: Row = {
@@ -85,15 +93,15 @@ const builderKill: Row = {
       const victim = builders[i % builders.length]!
       await rec.trial(`build ${i + 1}`, async () => {
         let inFlight = 0
-        const { why, children } = await buildWithKill(f, `builder-kill-${i}-${Date.now()}`, victim, async () => {
+        const { why } = await buildWithKill(f, `builder-kill-${i}-${Date.now()}`, victim, async () => {
           const s = await daemonStatus(victim, 2000)
           inFlight = s.mesh?.builder.running ?? 0
           return inFlight > 0
         })
         landedWith += inFlight
-        // the jobs of a killed builder die with it (bwrap --die-with-parent under the reaper)
+        // the jobs of a killed builder die with it (native/reap.c follows its daemon)
         await sleep(2000)
-        orphans += children.filter(isAlive).length
+        orphans += jobProcessesOf(victim)
         const restart = await victim.run(['--start-server'])
         if (restart.code !== 0) return `the builder did not restart: ${restart.stderr.trim()}`
         if (!(await bothBuildersReady(client))) return why ?? 'the restarted builder did not come back into the client\'s view within 60 s'
@@ -105,7 +113,7 @@ const builderKill: Row = {
     rec.figure(`${landedWith} jobs in flight on the killed builders; client retried ${after.remote_retries! - before.remote_retries!}, compiled ${after.fallbacks! - before.fallbacks!} locally`)
     rec.figure(`${orphans} job processes outliving their builder`)
     rec.note(`${f.units.length} units, make -j4 through a client (local_slots = 0) and two builders (2 cores each), all on 127.0.0.1;`,
-      'each build SIGKILLs one builder (alternating) as soon as it runs a job, waits 2 s, counts which of its child processes at the kill still run, restarts it with `meshcc --start-server` and waits until the client sees both builders with free slots.',
+      'each build SIGKILLs one builder (alternating) as soon as it runs a job, waits 2 s, counts the processes of its jobs still running (a job\'s meshcc-reap names the builder\'s job tree), restarts it with `meshcc --start-server` and waits until the client sees both builders with free slots.',
       'Every compile is a miss (MESHCC_CACHE_BUSTER per trial); objects are compared byte for byte with plain gcc\'s.')
   }
 }
