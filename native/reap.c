@@ -23,7 +23,13 @@
  * and waits until the daemon has read the job's output through /proc/<this pid>/root and
  * closes fd 4 (or writes to it); only then does the tmpfs go away with this process. The
  * command gets the resource limits (cpu seconds: SIGXCPU at the limit, SIGKILL a second later;
- * fsize, as: bytes; nproc: processes; no core files); this process keeps the daemon's. */
+ * fsize, as: bytes; nproc: processes; no core files); this process keeps the daemon's.
+ *
+ * When the daemon dies (SIGKILL, a crash), the command and everything it left are killed: the
+ * job's wall-clock limit was the daemon's to enforce, and nobody reads its output any more.
+ * bwrap's --die-with-parent ties bwrap to this process, not to the daemon, and bwrap's
+ * namespace init does not always follow bwrap (killed while it starts, it waits for bwrap for
+ * ever); killing that init ends its whole PID namespace. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -45,6 +51,36 @@
 /* bwrap and the job never see these: they are only the jail's bind sources */
 #define STAGE "/tmp"
 #define OUT STAGE "/out"
+
+/* the command, then 0 once it is reaped */
+static volatile pid_t job = 0;
+static volatile sig_atomic_t orphaned = 0;
+
+/* SIGKILL to the command and to every child this process has now (orphans reparented here,
+ * bwrap's namespace init among them); only async-signal-safe calls: it runs in a handler too */
+static void kill_children(void) {
+  char buf[4096];
+  if (job > 0) kill(job, SIGKILL);
+  int fd = open("/proc/thread-self/children", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return;
+  ssize_t n = read(fd, buf, sizeof buf - 1);
+  close(fd);
+  long pid = 0;
+  for (ssize_t i = 0; i < n; i++) {
+    if (buf[i] >= '0' && buf[i] <= '9') pid = pid * 10 + (buf[i] - '0');
+    else { if (pid > 0) kill((pid_t)pid, SIGKILL); pid = 0; }
+  }
+  if (pid > 0) kill((pid_t)pid, SIGKILL);
+}
+
+/* PR_SET_PDEATHSIG: the daemon that started this process is gone */
+static void on_daemon_death(int sig) {
+  (void)sig;
+  int saved = errno;
+  orphaned = 1;
+  kill_children();
+  errno = saved;
+}
 
 static void die(const char *what) {
   fprintf(stderr, "meshcc-reap: %s: %s\n", what, strerror(errno));
@@ -156,6 +192,7 @@ static void limit(int resource, unsigned long long soft, unsigned long long hard
 int main(int argc, char **argv) {
   int cmd = 1, jailed = 0;
   struct jail_args j;
+  pid_t daemon = getppid();
   if (argc > 1 && strcmp(argv[1], "--jail") == 0) {
     cmd = parse_jail(argc, argv, &j);
     jail(j.disk, j.uid, j.gid, j.srcs, j.nsrc);
@@ -167,6 +204,22 @@ int main(int argc, char **argv) {
   }
   /* without it (very old kernels) orphans go to PID 1 as before: nothing else changes */
   prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+  /* after the jail: a change of user clears the parent-death signal. Blocked until the command's
+   * pid is known, so that the handler always has it to kill. */
+  sigset_t hup, old;
+  sigemptyset(&hup);
+  sigaddset(&hup, SIGHUP);
+  sigprocmask(SIG_BLOCK, &hup, &old);
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_daemon_death;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGHUP, &sa, NULL);
+  prctl(PR_SET_PDEATHSIG, SIGHUP, 0, 0, 0);
+  if (getppid() != daemon) {
+    fputs("meshcc-reap: the daemon that started it is gone\n", stderr);
+    return 127;
+  }
   /* the hold socket is this process's, never the sandbox's; without one (the daemon's
    * sandbox probe) there is nothing to hold */
   int hold = jailed && fcntl(HOLD_FD, F_SETFD, FD_CLOEXEC) == 0;
@@ -176,6 +229,8 @@ int main(int argc, char **argv) {
     return 127;
   }
   if (child == 0) {
+    signal(SIGHUP, SIG_DFL);
+    sigprocmask(SIG_SETMASK, &old, NULL);
     if (jailed) {
       limit(RLIMIT_CORE, 0, 0, "RLIMIT_CORE");
       /* at the soft limit SIGXCPU says why the job died; with both equal the kernel sends a
@@ -189,6 +244,8 @@ int main(int argc, char **argv) {
     fprintf(stderr, "meshcc-reap: %s: %s\n", argv[cmd], strerror(errno));
     _exit(127);
   }
+  job = child;
+  sigprocmask(SIG_SETMASK, &old, NULL); /* a daemon that died meanwhile: the handler runs now */
   /* a daemon that closed the hold socket first must not turn the exit status into SIGPIPE's
    * (set here, not before the fork: the command keeps the default) */
   if (hold) signal(SIGPIPE, SIG_IGN);
@@ -214,7 +271,9 @@ int main(int argc, char **argv) {
       if (errno == EINTR) continue;
       break; /* ECHILD: everything reaped */
     }
-    if (p == child) { status = st; have = 1; }
+    if (p == child) { status = st; have = 1; job = 0; }
+    /* what was reparented here since (bwrap's init, when bwrap went first) goes too */
+    if (orphaned) kill_children();
   }
   if (hold) {
     char b = 'r';

@@ -19,7 +19,7 @@ import type { JobFile, JobHeader, JobReply } from '../src/mesh/protocols/compile
 import { ToolchainCache } from '../src/toolchain/cache.js'
 import { discoverToolchain } from '../src/toolchain/discover.js'
 import { packToolchain } from '../src/toolchain/pack.js'
-import { buildHostRoot, treeBytes, waitForProcess } from './helpers/sandbox.js'
+import { HOSTILE_PP_TEXT, buildHostRoot, hostileCompiler, treeBytes, waitForProcess } from './helpers/sandbox.js'
 
 const MiB = 1024 * 1024
 const PEER = '12D3KooWHostileMemberOfTheMeshWithTheKey'
@@ -35,26 +35,12 @@ let evil: string
 let secret: string
 let identity: string
 
-/**
- * The hostile compiler: answers the preprocessing run with a fixed text (so the unit passes the
- * builder's check), then does what $MODE says with the object path it was given.
- */
-const EVIL_CC = `#!/bin/sh
-case "$1" in -E) echo 'int pp;'; exit 0;; esac
-out=
-while [ $# -gt 0 ]; do [ "$1" = -o ] && out=$2; shift; done
-case "$MODE" in
-  symlink) ln -s "$TARGET" "$out" ;;
-  hardlink) echo mine > real && ln real "$out" ;;
-  dirlink) ln -s "$TARGET" sub ;;
-  fifo) mkfifo "$out" ;;
-  zero) ln -s /dev/zero "$out" ;;
-  disk) for i in 1 2 3 4 5 6 7 8; do head -c 16777216 /dev/zero > "big$i" || exit 1; done; echo object > "$out" ;;
-  memory) head -c 400000000 /dev/zero | tail -c 300000000 > /dev/null || exit 1; echo object > "$out" ;;
-  setuid) cp /bin/sh ./suid && chmod 4755 ./suid && sleep "$TARGET"; echo object > "$out" ;;
-  *) echo "a fine object" > "$out" ;;
-esac
-`
+/** The hostile compiler (helpers/sandbox.ts), with the modes these tests add. */
+const EVIL_CC = hostileCompiler({
+  zero: 'ln -s /dev/zero "$out"',
+  memory: 'head -c 400000000 /dev/zero | tail -c 300000000 > /dev/null || exit 1; echo object > "$out"',
+  setuid: 'cp /bin/sh ./suid && chmod 4755 ./suid && sleep "$TARGET"; echo object > "$out"'
+})
 
 before(async () => {
   top = mkdtempSync(join(tmpdir(), 'meshcc-hostile-'))
@@ -110,7 +96,7 @@ function evilJob(mode: string, target = '', objPath = `${CWD}/x.o`): Promise<Job
   const src = Buffer.from('int x;\n')
   const header: JobHeader = {
     toolchain: evil, compiler: '/usr/local/bin/evilcc', argv: ['-c', 'x.c', '-o', objPath], cwd: CWD,
-    env: { MODE: mode, TARGET: target }, ppHash: sha256('int pp;\n'), ppArgv: ['-E', 'x.c'], objPath,
+    env: { MODE: mode, TARGET: target }, ppHash: sha256(HOSTILE_PP_TEXT), ppArgv: ['-E', 'x.c'], objPath,
     files: [{ path: `${CWD}/x.c`, mode: 0o644, size: src.length, hash: sha256(src) }], dirs: []
   }
   return builder.run(PEER, header, [{ path: `${CWD}/x.c`, mode: 0o644, data: src }])

@@ -235,3 +235,21 @@ test('a manifest or an entry copied under another command\'s name is a miss coun
   s = await inst.stats()
   assert.equal(s.direct_hits, 1, 'and both are whole again afterwards')
 })
+
+test('a manifest with one character changed that still reads as a manifest is damage, counted in cache_errors', async () => {
+  const inst = await project('direct-flipped')
+  await compile(inst, 'a.o')
+  const dir = join(inst.cacheDir, 'manifests')
+  const [sub] = readdirSync(dir).filter((d) => /^[0-9a-f]{2}$/.test(d))
+  const [name] = readdirSync(join(dir, sub!))
+  const file = join(dir, sub!, name!)
+  // one hex digit of the header's recorded hash: still JSON, still a manifest of this command,
+  // but it no longer says what was compiled (npm run chaos flips random bytes this way)
+  const text = readFileSync(file, 'utf8')
+  const at = text.indexOf('h.h"') + 6
+  writeFileSync(file, text.slice(0, at) + (text[at] === '0' ? '1' : '0') + text.slice(at + 1))
+  await compile(inst, 'a.o')
+  const s = await inst.stats()
+  assert.equal(s.cache_errors, 1, 'the changed manifest is counted')
+  assert.equal(s.direct_hits, 0)
+})

@@ -3,8 +3,8 @@
 // compiles, and a daemon that must not hold the build's pipes open.
 import { test, after } from 'node:test'
 import assert from 'node:assert/strict'
-import { spawn } from 'node:child_process'
-import { existsSync, readFileSync, readdirSync, statSync, truncateSync, writeFileSync, mkdirSync } from 'node:fs'
+import { spawn, spawnSync } from 'node:child_process'
+import { closeSync, existsSync, openSync, readFileSync, readdirSync, statSync, truncateSync, writeFileSync, writeSync, mkdirSync } from 'node:fs'
 import { join } from 'node:path'
 import { createInstance, runCommand, MESHCC, type Instance } from './helpers/meshcc.js'
 
@@ -259,4 +259,34 @@ test('.incbin makes a compile non-cacheable: a changed blob is never answered wi
   const s = await inst.stats()
   assert.equal(s.cache_hits, 0)
   assert.equal((s.non_cacheable_reasons as unknown as Record<string, number>)['.incbin directive (reads a file the key cannot see)'], 3)
+})
+
+test('a cache directory on a full filesystem: compiles succeed, and the log says so once, not once per compile', async (t) => {
+  const inst = fresh('', 'full')
+  mkdirSync(inst.cacheDir, { recursive: true })
+  // a 1 MiB tmpfs of the test's own as the cache directory, filled before the first compile
+  const mounted = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'meshcc-test-full', inst.cacheDir], { encoding: 'utf8' })
+  if (mounted.status !== 0) {
+    t.skip(`cannot mount a tmpfs here: ${(mounted.stderr ?? '').trim()}`)
+    return
+  }
+  try {
+    const fd = openSync(join(inst.cacheDir, 'filler'), 'w')
+    try { for (let i = 0; i < 32; i++) writeSync(fd, Buffer.alloc(64 * 1024, 1)) } catch { /* ENOSPC: full */ } finally { closeSync(fd) }
+    for (let i = 0; i < 4; i++) {
+      writeFileSync(join(inst.dir, `f${i}.c`), `int f${i}(int x) { return x + ${i}; }\n`)
+      const r = await inst.run(['gcc', '-O2', '-c', `f${i}.c`, '-o', `f${i}.o`])
+      assert.equal(r.code, 0, r.stderr)
+      assert.ok(existsSync(join(inst.dir, `f${i}.o`)))
+    }
+    await inst.run(['--stop-server'])
+    const logs = [join(inst.cacheDir, 'meshcc.log'), join(inst.dir, 'run', 'meshcc.log')].filter(existsSync).map((f) => readFileSync(f, 'utf8')).join('')
+    const stores = logs.split('\n').filter((l) => / WARN .*(store|cache entr)/i.test(l))
+    assert.equal(stores.length, 1, `one warning about storing results, not one per compile:\n${stores.join('\n')}`)
+    assert.match(stores[0]!, /ENOSPC/)
+    assert.doesNotMatch(logs, /^\s+at /m, 'no stack traces')
+  } finally {
+    await inst.run(['--stop-server'])
+    spawnSync('umount', [inst.cacheDir])
+  }
 })

@@ -4,6 +4,7 @@
 // and a file is taken out of them only if it is a regular file of their own.
 import { test, before, after } from 'node:test'
 import assert from 'node:assert/strict'
+import { spawn } from 'node:child_process'
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import { createServer, type Server } from 'node:net'
 import { tmpdir } from 'node:os'
@@ -332,4 +333,32 @@ test('invalid jobs are rejected', async () => {
   }
   await assert.rejects(runSandboxed(newJob({ cwd: SCRATCH_DIR })), SandboxJobError)
   await assert.rejects(runSandboxed(newJob({ diskBytes: 0 })), SandboxJobError)
+})
+
+test('a job whose daemon is SIGKILLed ends with it: nothing of it goes on running', { timeout: 60_000 }, async () => {
+  // a stand-in daemon: a process that runs one sandboxed job and is killed while it runs
+  const marker = '301.375'
+  const job = sh(`sleep ${marker}`, { timeoutMs: 600_000, cpuSeconds: 600 })
+  const bwrapModule = join(import.meta.dirname, '..', 'src', 'sandbox', 'bwrap.ts')
+  const daemon = spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e',
+    `import { runSandboxed } from ${JSON.stringify(bwrapModule)}\nawait runSandboxed(${JSON.stringify(job)})`], { stdio: 'ignore' })
+  const sleeper = await waitForProcess(['sleep', marker], 30_000)
+  const ownPids = () => readdirSync('/proc').filter((p) => /^\d+$/.test(p)).filter((p) => {
+    try { return readFileSync(`/proc/${p}/cmdline`, 'utf8').includes(marker) } catch { return false }
+  })
+  const job_ = ownPids()
+  try {
+    assert.ok(sleeper, 'the job runs')
+    daemon.kill('SIGKILL')
+    // the reaper, bwrap and the job: none may outlive the daemon (the job's time limit was the daemon's to enforce)
+    let left = ownPids()
+    for (let waited = 0; left.length > 0 && waited < 10_000; waited += 100) {
+      await new Promise((r) => setTimeout(r, 100))
+      left = ownPids()
+    }
+    assert.deepEqual(left, [], `still running 10 s after the daemon died: ${left.map((p) => readFileSync(`/proc/${p}/cmdline`, 'utf8').split('\0').slice(0, 3).join(' ')).join(' | ')}`)
+  } finally {
+    daemon.kill('SIGKILL')
+    for (const p of job_) { try { process.kill(Number(p), 'SIGKILL') } catch { /* gone */ } }
+  }
 })

@@ -2,7 +2,7 @@
 // (reqwest: Connection: close, Accept: */*, bearer token, octet-stream body).
 import { test, after, before } from 'node:test'
 import assert from 'node:assert/strict'
-import { connect, createServer as createNetServer } from 'node:net'
+import { connect, createServer as createNetServer, type Socket } from 'node:net'
 import type { Logger } from '../src/log.js'
 import type { LogLevel } from '../src/config.js'
 import { BincodeReader } from '../src/shim/bincode.js'
@@ -239,6 +239,26 @@ test('a burst of concurrent clients is served', async () => {
   const results = await Promise.all(Array.from({ length: 50 }, () =>
     raw(shim.address, clientRequest('GET', '/api/v1/scheduler/status', { connection: 'close' }))))
   assert.ok(results.every((r) => r.status === 200 && r.body.length === 24))
+})
+
+test('a few hundred slow partial requests do not lock out a status request', async () => {
+  // request heads sent a byte at a time hold their connections; more of them than the server
+  // keeps open (256) once made it refuse every other client until they timed out
+  const slow = await Promise.all(Array.from({ length: 300 }, () => new Promise<Socket>((resolve) => {
+    const sock = connect({ ...parseListen(shim.address) }, () => { sock.write('GET /api/v1/scheduler/status HTTP/1.1\r\nhost: 127'); resolve(sock) })
+    sock.on('error', () => {})
+  })))
+  try {
+    await new Promise((r) => setTimeout(r, 200))
+    for (let i = 0; i < 3; i++) {
+      const t0 = Date.now()
+      const res = await raw(shim.address, clientRequest('GET', '/api/v1/scheduler/status', { connection: 'close' }))
+      assert.equal(res.status, 200)
+      assert.ok(Date.now() - t0 < 1000, `answered in ${Date.now() - t0} ms`)
+    }
+  } finally {
+    for (const s of slow) s.destroy()
+  }
 })
 
 test('listen errors reject with a clear message', async () => {

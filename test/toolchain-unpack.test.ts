@@ -5,8 +5,8 @@ import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlink
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { gzipSync } from 'node:zlib'
-import { Header, Pax } from 'tar'
 import { unpackToolchain, ToolchainArchiveError, type UnpackLimits } from '../src/toolchain/unpack.js'
+import { entry, gnuSparseFile, hugeFile, paxSparseFile, tgz } from './helpers/tar-entries.js'
 
 const dirs: string[] = []
 after(() => { for (const d of dirs) rmSync(d, { recursive: true, force: true }) })
@@ -17,30 +17,8 @@ function tempDir(): string {
   return d
 }
 
-type EntryType = 'File' | 'Directory' | 'SymbolicLink' | 'Link' | 'CharacterDevice' | 'BlockDevice' | 'FIFO'
-
-/** One raw tar entry, written by hand so nothing normalises the evil bits away. */
-function entry(path: string, type: EntryType, opts: { data?: Buffer | string; mode?: number; linkpath?: string; pax?: boolean } = {}): Buffer {
-  const data = typeof opts.data === 'string' ? Buffer.from(opts.data) : opts.data ?? Buffer.alloc(0)
-  const h = new Header({
-    path, type, size: type === 'File' ? data.length : 0, linkpath: opts.linkpath ?? '',
-    mode: opts.mode ?? (type === 'Directory' ? 0o755 : 0o644), uid: 0, gid: 0, uname: '', gname: '', mtime: new Date(0)
-  })
-  const block = Buffer.alloc(512)
-  const needPax = h.encode(block, 0)
-  const parts: Buffer[] = needPax || opts.pax ? [new Pax({ path, linkpath: opts.linkpath }).encode(), block] : [block]
-  if (type === 'File' && data.length) {
-    parts.push(data, Buffer.alloc((512 - (data.length % 512)) % 512))
-  }
-  return Buffer.concat(parts)
-}
-
 /** deterministic incompressible bytes */
 const noiseBytes = (n: number) => createHash('shake256', { outputLength: n }).update('noise').digest()
-
-function tgz(...entries: Buffer[]): Buffer {
-  return gzipSync(Buffer.concat([...entries, Buffer.alloc(1024)]))
-}
 
 /** The archive must be refused with a ToolchainArchiveError and leave nothing behind. */
 async function assertRejected(archive: Buffer, reason: RegExp, limits?: UnpackLimits): Promise<void> {
@@ -140,6 +118,16 @@ test('rejects device files and fifos', async () => {
   await assertRejected(tgz(...good(), entry('dev/null', 'CharacterDevice', { mode: 0o666 })), /character device/)
   await assertRejected(tgz(entry('sda', 'BlockDevice')), /block device/)
   await assertRejected(tgz(entry('pipe', 'FIFO')), /fifo/)
+})
+
+test('rejects sparse files, however they are written: a 30 GB one is never a toolchain', async () => {
+  const GB30 = 30 * 1024 ** 3
+  // pax format 1.0: node-tar knows no GNU.sparse records and would unpack the map as the file's
+  // contents, under a GNUSparseFile.0/ path: an archive that means something else than it unpacks to
+  await assertRejected(tgz(...good(), paxSparseFile('usr/bin/bomb', GB30)), /sparse file/)
+  await assertRejected(tgz(...good(), gnuSparseFile('usr/bin/bomb', GB30)), /SparseFile/)
+  // a plain file announcing 30 GB: refused from its header, before its data
+  await assertRejected(tgz(...good(), hugeFile('usr/bin/bomb', GB30)), /exceed 2147483648 bytes/)
 })
 
 test('rejects more data than maxBytes, counting as it streams', async () => {

@@ -37,12 +37,12 @@ export function textTable(header: string[], rows: string[][]): string {
   return [line(header), widths.map((w) => '-'.repeat(w)).join('  '), ...rows.map(line)].join('\n')
 }
 
-/** A GitHub Markdown table, first column left-aligned and the others right-aligned. */
-export function markdownTable(header: string[], rows: string[][]): string {
+/** A GitHub Markdown table, first column left-aligned and the others right-aligned (or as `leftAligned` says). */
+export function markdownTable(header: string[], rows: string[][], leftAligned: (i: number) => boolean = (i) => i === 0): string {
   const esc = (c: string) => c.replace(/\|/g, '\\|')
   return [
     `| ${header.map(esc).join(' | ')} |`,
-    `| ${header.map((_, i) => (i === 0 ? '---' : '---:')).join(' | ')} |`,
+    `| ${header.map((_, i) => (leftAligned(i) ? '---' : '---:')).join(' | ')} |`,
     ...rows.map((r) => `| ${r.map(esc).join(' | ')} |`)
   ].join('\n')
 }

@@ -4,15 +4,18 @@
 // finds a set whose files all still have those hashes knows the result key without running
 // the preprocessor.
 //
-// Stored beside the cache entries under manifests/xx/<key>, written atomically; a damaged
-// manifest is a miss and is removed. Each holds at most MAX_SETS sets, newest first, and the
-// key it was written for: one that ends up under another command's name is damage, not a hit.
+// Stored beside the cache entries under manifests/xx/<key>, written atomically: a line with the
+// SHA-256 of the rest, then the JSON. A damaged manifest is a miss, counted, and removed; the
+// checksum is what tells one byte changed in a recorded hash or path (still JSON, still a
+// manifest) from a manifest that is merely out of date. Each holds at most MAX_SETS sets, newest
+// first, and the key it was written for: one that ends up under another command's name is
+// damage, not a hit.
 // A manifest can also say "preprocess": the command's result was stored under its
 // preprocessed key while its files were too new to record, so a miss here should take the
 // preprocessed path (and find it) rather than compile again without the preprocessor.
 import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import { randomBytes } from 'node:crypto'
+import { createHash, randomBytes } from 'node:crypto'
 import { clip } from '../log.js'
 
 export interface FileSet {
@@ -38,9 +41,9 @@ export interface ManifestRead extends Manifest {
   damaged: string | null
 }
 
-const FORMAT = 'meshcc-manifest-2'
-/** formats of older meshcc versions: read as no manifest, not as damage */
-const OLD_FORMATS = new Set(['meshcc-manifest-1'])
+const FORMAT = 'meshcc-manifest-3'
+/** formats of older meshcc versions (JSON without the checksum line): read as no manifest, not as damage */
+const OLD_FORMATS = new Set(['meshcc-manifest-1', 'meshcc-manifest-2'])
 const EMPTY: ManifestRead = { sets: [], preprocess: false, damaged: null }
 const MAX_SETS = 16
 /** A manifest of 16 sets of a few hundred headers is well under this; anything larger is damage. */
@@ -100,7 +103,8 @@ export class ManifestStore {
     await mkdir(join(dest, '..'), { recursive: true })
     const tmp = `${dest}.${randomBytes(6).toString('hex')}.tmp`
     try {
-      await writeFile(tmp, JSON.stringify({ format: FORMAT, key, sets: m.sets, preprocess: m.preprocess }))
+      const json = JSON.stringify({ format: FORMAT, key, sets: m.sets, preprocess: m.preprocess })
+      await writeFile(tmp, `${sha256(json)}\n${json}`)
       await rename(tmp, dest)
     } catch (err) {
       await rm(tmp, { force: true })
@@ -109,17 +113,22 @@ export class ManifestStore {
   }
 }
 
+const sha256 = (text: string) => createHash('sha256').update(text).digest('hex')
+
 /** The manifest in `text`, written for `key`; or why it is not one ('old format' for an older meshcc's). */
 function parse(text: string, key: string): Manifest | string {
+  const checked = text.length > 65 && text[64] === '\n' && HEX64.test(text.slice(0, 64))
+  const json = checked ? text.slice(65) : text
+  if (checked && sha256(json) !== text.slice(0, 64)) return 'checksum mismatch'
   let doc: unknown
   try {
-    doc = JSON.parse(text)
+    doc = JSON.parse(json)
   } catch {
-    return 'not JSON'
+    return checked ? 'not JSON' : 'no checksum'
   }
   if (typeof doc !== 'object' || doc === null) return 'not a manifest'
   const d = doc as { format?: unknown; key?: unknown; sets?: unknown; preprocess?: unknown }
-  if (typeof d.format === 'string' && OLD_FORMATS.has(d.format)) return 'old format'
+  if (!checked) return typeof d.format === 'string' && OLD_FORMATS.has(d.format) ? 'old format' : 'no checksum'
   if (d.format !== FORMAT) return 'not a manifest'
   if (d.key !== key) return `written for command ${typeof d.key === 'string' ? clip(d.key, 64) : 'unknown'}, not this one`
   const sets = d.sets

@@ -109,6 +109,8 @@ export class CompileService {
   private readonly manifestWrites = new Map<string, Promise<void>>()
   /** the compiler families, asked in order which one a request's compiler belongs to (C takes the rest) */
   private readonly families: CompilerFamily[] = [new RustFamily(), new CFamily()]
+  /** how the cache's writes fail now (ENOSPC on a full disk), so the log says it once, not once per compile */
+  private writesFailing: string | null = null
   remote: RemoteRunner | null = null
 
   constructor(private readonly opts: CompileServiceOptions) {
@@ -330,9 +332,10 @@ export class CompileService {
       this.track(this.opts.store.put(key, entry).then(
         async () => {
           stats.inc('cache_writes')
+          this.writeWorked()
           if (afterStore) await afterStore.write()
         },
-        (err: Error) => { stats.inc('cache_errors'); log.warn(`could not store cache entry ${key}: ${err.message}`) }
+        (err: Error) => { stats.inc('cache_errors'); this.writeFailed(`cache entry ${key}`, err) }
       ), afterStore?.direct)
     }
     return { kind: 'result', exitCode: 0, stdout: result.stdout, stderr: result.stderr }
@@ -454,7 +457,24 @@ export class CompileService {
 
   /** A manifest that cannot be written costs a later hit, never the compile. */
   private async manifestWrite(direct: string, op: Promise<void>): Promise<void> {
-    await op.catch((err: Error) => this.opts.log.warn(`could not write manifest ${direct}: ${err.message}`))
+    await op.then(() => this.writeWorked(), (err: Error) => this.writeFailed(`manifest ${direct}`, err))
+  }
+
+  /** A cache write failed: a warning when it starts failing this way, then debug lines while it goes on. */
+  private writeFailed(what: string, err: Error): void {
+    const how = (err as NodeJS.ErrnoException).code ?? err.message
+    if (this.writesFailing === how) {
+      this.opts.log.debug(`could not store ${what}: ${err.message}`)
+      return
+    }
+    this.writesFailing = how
+    this.opts.log.warn(`could not store ${what}: ${err.message}; compiles go on without storing their results while this lasts (counted in cache_errors)`)
+  }
+
+  private writeWorked(): void {
+    if (this.writesFailing === null) return
+    this.opts.log.info(`cache writes work again (they failed with ${this.writesFailing})`)
+    this.writesFailing = null
   }
 
   /** Wait for cache writes still in flight (shutdown, tests). */

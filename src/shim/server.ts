@@ -7,7 +7,7 @@
 // compile, while 5xx / decode errors fall back to a local compile. So paths a client uses
 // (status, alloc_job, server_certificate) never answer 4xx.
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'
-import type { AddressInfo } from 'node:net'
+import type { AddressInfo, Socket } from 'node:net'
 import type { Logger } from '../log.js'
 import {
   decodeToolchain,
@@ -34,6 +34,8 @@ export interface ShimServer {
 }
 
 export const DEFAULT_MAX_BODY_BYTES = 64 * 1024
+/** connections kept open at once; at the limit a new one closes the longest-waiting idle one */
+const MAX_CONNECTIONS = 256
 
 /** What alloc_job answers: the client logs it and compiles locally. */
 export const ALLOC_JOB_FAIL_MESSAGE =
@@ -225,7 +227,28 @@ export function startShimServer(opts: ShimServerOptions): Promise<ShimServer> {
   server.headersTimeout = 10_000
   server.requestTimeout = 30_000
   server.keepAliveTimeout = 5_000
-  server.maxConnections = 256
+  // At MAX_CONNECTIONS a new connection closes the one that has waited longest without a
+  // request in progress (a request head sent a byte at a time, an idle keep-alive), rather than
+  // being refused itself: with net.Server's maxConnections, a few hundred slow partial requests
+  // locked every client out until headersTimeout ended them.
+  const open = new Set<Socket>()
+  const idle = new Map<Socket, true>() // in the order they became idle: the first waited longest
+  server.on('connection', (socket: Socket) => {
+    if (open.size >= MAX_CONNECTIONS) {
+      const oldest = idle.keys().next().value
+      if (oldest === undefined) { socket.destroy(); return }
+      idle.delete(oldest)
+      oldest.destroy()
+    }
+    open.add(socket)
+    idle.set(socket, true)
+    socket.once('close', () => { open.delete(socket); idle.delete(socket) })
+  })
+  server.on('request', (req: IncomingMessage, res: ServerResponse) => {
+    const socket = req.socket
+    idle.delete(socket)
+    res.once('close', () => { if (!socket.destroyed) idle.set(socket, true) })
+  })
   server.on('clientError', (err: NodeJS.ErrnoException, socket) => {
     if (err.code !== 'ECONNRESET') log.warn(`bad HTTP request: ${clip(err.code ?? err.message)}`)
     if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n')

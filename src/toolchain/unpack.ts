@@ -1,7 +1,7 @@
 // Unpacking a toolchain that came from another peer. The archive is untrusted input and
 // its files end up as the root of a sandbox we exec in, so anything unusual is an error,
 // never a silent skip: absolute or ../ paths, hard links, devices, fifos, setuid/setgid
-// bits, entries below a symlink, symlinks that are absolute or climb out of the root
+// bits, sparse files, entries below a symlink, symlinks that are absolute or climb out of the root
 // (resolved through the archive's own links, checked once every entry is known), too
 // many entries, too many decompressed bytes. Files are written only below directories
 // this function created, with O_EXCL, so no link can redirect a write; everything goes
@@ -195,6 +195,11 @@ export async function unpackToolchain(archive: string | Buffer, destDir: string,
       if (failure) { entry.resume(); return }
       await handle(entry)
     }).catch((err: unknown) => { fail(err); entry.resume() })
+  })
+  // node-tar drops pax records it does not know: a GNU sparse file (pax format 0.x or 1.0) would
+  // unpack as its sparse map under a GNUSparseFile.0/ path, not as the file the archive means
+  parser.on('meta', (text: string) => {
+    if (/(^|\n)\d+ GNU\.sparse\./.test(text)) fail(new ToolchainArchiveError('sparse file in archive (GNU.sparse pax records)'))
   })
   parser.on('ignoredEntry', (entry: ReadEntry) => fail(new ToolchainArchiveError(`${describeType(entry.type)} in archive: ${JSON.stringify(entry.path)}`)))
   parser.on('warn', (_code: string, message: string) => fail(new ToolchainArchiveError(`bad tar data: ${message}`)))

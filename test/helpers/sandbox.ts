@@ -41,6 +41,37 @@ export function buildHostRoot(root: string, tools: string[]): void {
   }
 }
 
+/** What the hostile compiler below prints for the builder's preprocessing run (a job's ppHash is its sha256). */
+export const HOSTILE_PP_TEXT = 'int pp;\n'
+
+/**
+ * A hostile "compiler" a member ships as its toolchain: it answers the builder's preprocessing
+ * run with HOSTILE_PP_TEXT (so the job passes the check), then does what $MODE says with the
+ * object path (-o) it was given. The modes about the object are here; `more` adds others, each a
+ * shell command (a case arm).
+ */
+export function hostileCompiler(more: Record<string, string> = {}): string {
+  const modes: Record<string, string> = {
+    symlink: 'ln -s "$TARGET" "$out"',
+    hardlink: 'echo mine > real && ln real "$out"',
+    dirlink: 'ln -s "$TARGET" sub',
+    fifo: 'mkfifo "$out"',
+    disk: 'for i in 1 2 3 4 5 6 7 8; do head -c 16777216 /dev/zero > "big$i" || exit 1; done; echo object > "$out"',
+    ...more,
+    '*': 'echo "a fine object" > "$out"'
+  }
+  return [
+    '#!/bin/sh',
+    `case "$1" in -E) printf '${HOSTILE_PP_TEXT.replace('\n', '\\n')}'; exit 0;; esac`,
+    'out=',
+    'while [ $# -gt 0 ]; do [ "$1" = -o ] && out=$2; shift; done',
+    'case "$MODE" in',
+    ...Object.entries(modes).map(([mode, cmd]) => `  ${mode}) ${cmd} ;;`),
+    'esac',
+    ''
+  ].join('\n')
+}
+
 /** The pid (as the host sees it) of the process whose argv is exactly `argv`, once it runs. */
 export async function waitForProcess(argv: string[], timeoutMs = 10_000): Promise<string | undefined> {
   const cmdline = argv.map((a) => `${a}\0`).join('')
