@@ -2,10 +2,11 @@
 // long-running daemons started by PID and stopped by PID, CPU of a process tree from /proc,
 // waiting for a quiet machine, and a network-namespace lab for icecream (whose scheduler
 // discovery broadcasts, so it must never run in the root namespace).
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
+import { spawn, type ChildProcess } from 'node:child_process'
 import { closeSync, openSync, readdirSync, readFileSync } from 'node:fs'
 import { cpus, loadavg } from 'node:os'
 import { cpuSecondsOf, fail, isAlive, machineBusySeconds, sleep } from './proc.js'
+import { ip, killNamespaceProcesses, mustIp, pidsIn } from '../../test/helpers/netns.js'
 
 // ---------------------------------------------------------------------------------------------
 // Daemons started in the background (not awaited like proc.ts's run()).
@@ -213,37 +214,8 @@ export interface NsLab {
 
 const allNamespaces = new Set<string>()
 
-function ip(args: string[]): { ok: boolean; out: string; err: string; enoent: boolean } {
-  const r = spawnSync('ip', args, { encoding: 'utf8', timeout: 10_000 })
-  const enoent = (r.error as NodeJS.ErrnoException | undefined)?.code === 'ENOENT'
-  return { ok: r.status === 0 && !r.error, out: r.stdout ?? '', err: (r.stderr ?? '').trim() || (r.error?.message ?? ''), enoent }
-}
-
-function mustIp(args: string[]): void {
-  const r = ip(args)
-  if (!r.ok) throw new Error(`ip ${args.join(' ')}: ${r.err}`)
-}
-
-function pidsIn(ns: string): number[] {
-  const r = ip(['netns', 'pids', ns])
-  if (!r.ok) return []
-  return r.out.split(/\s+/).filter((x) => /^\d+$/.test(x)).map(Number).filter((p) => p !== process.pid)
-}
-
-function killIn(ns: string, sig: NodeJS.Signals): number {
-  const pids = pidsIn(ns)
-  for (const p of pids) {
-    try {
-      process.kill(p, sig)
-    } catch {
-      // gone
-    }
-  }
-  return pids.length
-}
-
 function deleteNs(ns: string): void {
-  killIn(ns, 'SIGKILL')
+  killNamespaceProcesses(ns, 'SIGKILL')
   ip(['netns', 'del', ns])
   allNamespaces.delete(ns)
 }
@@ -257,7 +229,7 @@ export function deleteAllNamespacesNow(): void {
 export function createNsLab(n: number, tag: string, octet = 233): { lab: NsLab } | { skip: string } {
   if (process.getuid?.() !== 0) return { skip: 'network namespaces need root' }
   const probe = ip(['-V'])
-  if (probe.enoent) return { skip: 'the ip binary (iproute2) is not installed' }
+  if (probe.code === 'ENOENT') return { skip: 'the ip binary (iproute2) is not installed' }
   const id = `${tag}${process.pid}`
   const bridgeNs = `${id}-br`
   const first = ip(['netns', 'add', bridgeNs])
@@ -297,7 +269,7 @@ export function createNsLab(n: number, tag: string, octet = 233): { lab: NsLab }
         if (destroyed) return
         destroyed = true
         let left = 0
-        for (const ns of created) left += killIn(ns, 'SIGTERM')
+        for (const ns of created) left += killNamespaceProcesses(ns, 'SIGTERM')
         const end = Date.now() + 3000
         while (left > 0 && Date.now() < end) {
           await sleep(100)

@@ -67,24 +67,25 @@ const allNamespaces = new Set<string>()
 let labCounter = 0
 let exitHookInstalled = false
 
-function ip(args: string[], timeoutMs = 10_000): { ok: boolean; out: string; err: string; code: string | undefined } {
+/** Shared with the benchmarks' own labs (scripts/lib/dist-bench-proc.ts). */
+export function ip(args: string[], timeoutMs = 10_000): { ok: boolean; out: string; err: string; code: string | undefined } {
   const r = spawnSync('ip', args, { encoding: 'utf8', timeout: timeoutMs })
   const code = (r.error as NodeJS.ErrnoException | undefined)?.code
   return { ok: r.status === 0 && !r.error, out: r.stdout ?? '', err: (r.stderr ?? '').trim() || (r.error?.message ?? ''), code }
 }
 
-function mustIp(args: string[]): void {
+export function mustIp(args: string[]): void {
   const r = ip(args)
   if (!r.ok) throw new Error(`ip ${args.join(' ')}: ${r.err}`)
 }
 
-function pidsIn(ns: string): number[] {
+export function pidsIn(ns: string): number[] {
   const r = ip(['netns', 'pids', ns])
   if (!r.ok) return []
   return r.out.split(/\s+/).filter((x) => /^\d+$/.test(x)).map(Number).filter((p) => p !== process.pid)
 }
 
-function killNamespaceProcesses(ns: string, signal: NodeJS.Signals): number {
+export function killNamespaceProcesses(ns: string, signal: NodeJS.Signals): number {
   const pids = pidsIn(ns)
   for (const pid of pids) {
     try { process.kill(pid, signal) } catch { /* already gone */ }
