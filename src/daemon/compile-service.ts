@@ -440,6 +440,7 @@ export class CompileService {
     const hashes = await Promise.all(deps.files.map((p) => this.hasher.hash(p)))
     const files = trusted(deps.files, hashes, requestStart - job.tooNewMs, deps.userHeadersOnly)
     if (files === null) return null
+    if (job.recordSet) return job.recordSet(files, hashes as FileHash[], deps.env)
     if (!job.relativeFiles) return { files }
     const cwd = req.cwd.endsWith('/') ? req.cwd : `${req.cwd}/`
     return { files: files.map(([p, h]) => [p.startsWith(cwd) ? p.slice(cwd.length) : p, h]), env: deps.env }
@@ -452,7 +453,8 @@ export class CompileService {
   private async recordManifest(call: Call, direct: string, k: ContentKey): Promise<void> {
     const { set, hashes } = await hashedInputs(k, this.hasher)
     const files = trusted(set.files, hashes, call.requestStart - call.job.tooNewMs, false)
-    await this.manifestWrite(direct, files ? this.opts.direct!.add(direct, { files, result: k.key }) : this.opts.direct!.markPreprocess(direct))
+    const recorded = files && (call.job.recordSet ? call.job.recordSet(files, hashes as FileHash[], []) : { files })
+    await this.manifestWrite(direct, recorded ? this.opts.direct!.add(direct, { ...recorded, result: k.key }) : this.opts.direct!.markPreprocess(direct))
   }
 
   /** A manifest that cannot be written costs a later hit, never the compile. */
