@@ -18,13 +18,11 @@ export interface FileHash {
   volatile: boolean
   /** the file declares itself a system header: -MMD leaves out what it includes */
   systemHeader: boolean
-  /** the file names __FILE__, __BASE_FILE__, __builtin_FILE or a source_location: a compile reading it may write file names into its object */
-  namesFiles: boolean
   /** modified at or after `since`: the content may still be changing */
   newerThan(since: number): boolean
 }
 
-interface Memo { dev: bigint; ino: bigint; size: bigint; mode: number; mtimeNs: bigint; ctimeNs: bigint; hash: string; volatile: boolean; systemHeader: boolean; namesFiles: boolean }
+interface Memo { dev: bigint; ino: bigint; size: bigint; mode: number; mtimeNs: bigint; ctimeNs: bigint; hash: string; volatile: boolean; systemHeader: boolean }
 
 /** How recently a file may have changed and still have its hash memoised. */
 const SETTLE_MS = 2000
@@ -37,8 +35,6 @@ const VOLATILE = /__(?:DATE|TIME|TIMESTAMP)__|#\s*embed\b|__has_embed|\.incbin\b
  * system_header"). A GNU line marker in the source ("# 1 \"x.h\" 3") can do the same. A false
  * alarm only keeps a -MMD result out of a manifest.
  */
-/** __FILE__, __BASE_FILE__, __FILE_NAME__, __builtin_FILE, __builtin_source_location, std::source_location */
-const NAMES_FILES = /FILE__|builtin_FILE|source_location/
 const SYSTEM_HEADER = /system_header|^[ \t]*(?:#|%:)[ \t]*\d/m
 
 export class FileHasher {
@@ -53,8 +49,8 @@ export class FileHasher {
 
   /**
    * The same for a file that is no source text (an rlib, an archive): megabytes that the
-   * source checks (__DATE__, system_header) would scan for nothing; volatile, systemHeader
-   * and namesFiles are false.
+   * source checks (__DATE__, system_header) would scan for nothing; volatile and systemHeader
+   * are false.
    */
   hashBinary(path: string): Promise<FileHash | null> {
     return this.hashWith(path, this.binaryMemo, false)
@@ -75,7 +71,7 @@ export class FileHasher {
     const m = memo.get(path)
     const mode = Number(st.mode & 0o7777n)
     if (m && m.dev === st.dev && m.ino === st.ino && m.size === st.size && m.mode === mode && m.mtimeNs === st.mtimeNs && m.ctimeNs === st.ctimeNs) {
-      return { hash: m.hash, size: Number(m.size), mode, volatile: m.volatile, systemHeader: m.systemHeader, namesFiles: m.namesFiles, newerThan }
+      return { hash: m.hash, size: Number(m.size), mode, volatile: m.volatile, systemHeader: m.systemHeader, newerThan }
     }
     let data: Buffer
     try {
@@ -87,13 +83,12 @@ export class FileHasher {
     const text = scan ? data.toString('latin1') : ''
     const volatile = scan && VOLATILE.test(text)
     const systemHeader = scan && SYSTEM_HEADER.test(text)
-    const namesFiles = scan && NAMES_FILES.test(text)
     if (Date.now() - changedMs > SETTLE_MS) {
       if (memo.size >= MAX_MEMO) memo.clear() // a crude bound; refilling costs one read per file
-      memo.set(path, { dev: st.dev, ino: st.ino, size: st.size, mode, mtimeNs: st.mtimeNs, ctimeNs: st.ctimeNs, hash, volatile, systemHeader, namesFiles })
+      memo.set(path, { dev: st.dev, ino: st.ino, size: st.size, mode, mtimeNs: st.mtimeNs, ctimeNs: st.ctimeNs, hash, volatile, systemHeader })
     } else {
       memo.delete(path)
     }
-    return { hash, size: data.length, mode, volatile, systemHeader, namesFiles, newerThan }
+    return { hash, size: data.length, mode, volatile, systemHeader, newerThan }
   }
 }

@@ -12,14 +12,13 @@ import type { CompileRequest } from '../daemon/launcher-protocol.js'
 import type { RemoteJob } from '../daemon/compile-service.js'
 import { CompilerIdentity } from '../daemon/compiler-identity.js'
 import { siblingTemp } from '../util/atomic-write.js'
-import type { FileHash } from '../cache/file-hashes.js'
 import type { FileSet } from '../cache/manifest.js'
 import { StreamSearchAny } from '../util/stream-search.js'
 import { depfilePrerequisites } from './depfile.js'
 import { hashedInputs, type CompileJob, type CompilerFamily, type ContentKey, type FamilyContext, type OutputBlobs, type Restore, type RunPlan } from './family.js'
 import { compilerFamily, parseGccArgs } from './gcc.js'
 import { decodeMarkerName, InputScanner, type MarkerTextSink } from './inputs.js'
-import { keyForm, mapPath, maxClimb, relativeForm, relocator, type PrefixMap } from './path-forms.js'
+import { keyForm, mapPath, maxClimb, relativeForm, relocator } from './path-forms.js'
 import type { CompileSpec } from './types.js'
 
 /** Bump when the key recipe changes, so old entries are never read with new meaning. */
@@ -166,6 +165,7 @@ class CJob implements CompileJob {
         const obj = await readFile(objTemp).catch(() => null)
         const depText = await readFile(depPath).catch(() => null)
         if (obj === null) return { outputs: null, deps: null }
+        this.object = obj
         const outputs: OutputBlobs = [{ name: 'obj', data: obj }]
         if (userDep && depText) outputs.push({ name: 'dep', data: depText })
         if (userDep && !depText) return { outputs: null, deps: null }
@@ -288,23 +288,25 @@ class CJob implements CompileJob {
   }
 
   /**
-   * Could this compile have written the names of files it read into its outputs as they lie
-   * here: an option that writes them, debug info or a __FILE__ (and kin) in a file it read,
-   * with a file under the checkout that the matching prefix maps leave as it is.
+   * Could the object hold names of files as they lie here: an option that writes them, debug
+   * info with a file in the checkout that the prefix maps leave as it is, or (__FILE__, an
+   * assert) an absolute path in the checkout's top-level directory anywhere in its bytes. A
+   * manifest cannot tell from the files alone: libstdc++'s headers name __FILE__ in macros
+   * most units never expand.
    */
-  private namesReachOutputs(files: string[], hashes: FileHash[]): boolean {
+  private namesReachObject(files: string[]): boolean {
     const { paths } = this.spec
     const cwd = this.req.cwd
     if (paths.namesInCode !== null) return true
-    const unmapped = (maps: PrefixMap[]) => mapPath(cwd, maps) === null || files.some((f) => relativeForm(f, cwd) !== null && mapPath(f, maps) === null)
-    if (paths.debug && unmapped(paths.debugMaps)) return true
-    return hashes.some((h) => h.namesFiles) && unmapped(paths.macroMaps)
+    if (paths.debug && (mapPath(cwd, paths.debugMaps) === null || files.some((f) => relativeForm(f, cwd) !== null && mapPath(f, paths.debugMaps) === null))) return true
+    const top = cwd.split('/').find((c) => c !== '')
+    return this.object === null || top === undefined || this.object.includes(`/${top}/`)
   }
 
-  /** Files relative to the working directory where they lie in its tree; the directory itself as a fact when names reach the outputs. */
-  recordSet(files: Array<[string, string]>, hashes: FileHash[], env: Array<[string, string | null]>): Omit<FileSet, 'result'> {
+  /** Files relative to the working directory where they lie in its tree; the directory itself as a fact when names reach the object. */
+  recordSet(files: Array<[string, string]>, env: Array<[string, string | null]>): Omit<FileSet, 'result'> {
     const cwd = this.req.cwd
-    const reach = this.namesReachOutputs(files.map(([p]) => p), hashes)
+    const reach = this.namesReachObject(files.map(([p]) => p))
     return {
       files: files.map(([p, h]) => [relativeForm(p, cwd) ?? p, h]),
       env: reach ? [...env, [CWD_FACT, cwd]] : env
@@ -344,6 +346,7 @@ class CJob implements CompileJob {
 
   /** The object and, when the compile asks for one, the depfile the preprocessor wrote. */
   private async withDep(obj: Buffer): Promise<OutputBlobs> {
+    this.object = obj
     const outputs: OutputBlobs = [{ name: 'obj', data: obj }]
     if (this.depTemp) outputs.push({ name: 'dep', data: await readFile(this.depTemp) })
     return outputs
@@ -351,27 +354,40 @@ class CJob implements CompileJob {
 
   /**
    * A hit stored by a build in another directory: the object is this build's (the key holds
-   * every name that reaches it); the depfile is the one this build's preprocessor just wrote
-   * or the stored one with the other checkout's paths swapped for this one's, and so are the
-   * diagnostics. Null when that swap cannot be exact (see relocator).
+   * every name that reaches it); the depfile is the one this build's preprocessor wrote (run
+   * for it on a direct hit: the compilers wrap its lines by the names' lengths, so no
+   * rewriting of the stored one is exact); the diagnostics name this checkout's files (see
+   * relocator). Null when that cannot be exact.
    */
-  restore(entry: CacheEntry): Restore | null {
+  async restore(entry: CacheEntry): Promise<Restore | null> {
     const byName = new Map(entry.outputs.map((o) => [o.name, o.data]))
     if (this.outputs.some((o) => !byName.has(o.name))) return null
+    this.object = byName.get('obj')!
     const from = entry.meta?.cwd
+    const elsewhere = from !== undefined && from !== this.req.cwd
     const climb = Number(entry.meta?.climb ?? Infinity)
-    const move = from === undefined || from === this.req.cwd ? (b: Buffer) => b : relocator(from, this.req.cwd, Number.isInteger(climb) ? climb : Infinity)
+    const move = elsewhere ? relocator(from, this.req.cwd, Number.isInteger(climb) ? climb : Infinity) : (b: Buffer) => b
     const moved = (b: Buffer) => (b.length === 0 ? b : move?.(b) ?? null)
     const stdout = moved(entry.stdout)
     const stderr = moved(entry.stderr)
     if (stdout === null || stderr === null) return null
     const files: Restore['files'] = []
     for (const o of this.outputs) {
-      const data = o.name === 'dep' ? this.freshDep ?? moved(byName.get(o.name)!) : byName.get(o.name)!
+      let data: Buffer | null = byName.get(o.name)!
+      if (o.name === 'dep' && (this.freshDep !== null || elsewhere)) data = this.freshDep ?? (await this.depfileHere())
       if (data === null) return null
       files.push({ path: resolve(this.req.cwd, o.path), data })
     }
     return { files, stdout, stderr }
+  }
+
+  /** The depfile this build's compile writes, from a preprocessor run (its text discarded); null when it fails. */
+  private async depfileHere(): Promise<Buffer | null> {
+    const { req, spec } = this
+    const r = await this.ctx.pre.run(() => execa(req.compiler, spec.preprocessArgs(this.depTemp, false), {
+      cwd: req.cwd, env: req.env, extendEnv: false, stdin: 'ignore', stdout: 'ignore', stderr: 'ignore', reject: false
+    }))
+    return r.exitCode === 0 ? await readFile(this.depTemp!).catch(() => null) : null
   }
 
   /** Where the compile ran and how far above it the files it read lie: what restore needs to move its paths. */
@@ -383,6 +399,8 @@ class CJob implements CompileJob {
 
   /** the files the compile read (line markers or its depfile), absolute */
   private readFiles: string[] | null = null
+  /** the object this job produced or replayed: what a manifest set checks for names of this checkout */
+  private object: Buffer | null = null
   /** the depfile this build's preprocessor wrote while keying the job */
   private freshDep: Buffer | null = null
 

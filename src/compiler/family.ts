@@ -123,7 +123,7 @@ export interface CompileJob {
    * its own working directory, and the facts (see fact) a lookup must match as well. Absent:
    * absolute paths (relative under the working directory with relativeFiles), `env` as given.
    */
-  recordSet?(files: Array<[string, string]>, hashes: FileHash[], env: Array<[string, string | null]>): Omit<FileSet, 'result'>
+  recordSet?(files: Array<[string, string]>, env: Array<[string, string | null]>): Omit<FileSet, 'result'>
   /** the direct-mode key, or null when the source cannot key one */
   directKey(requestStart: number): Promise<DirectKey | null>
   /** a compile here that also lists what it read (depend mode), or null when the list could miss files */
@@ -141,7 +141,7 @@ export interface CompileJob {
   /** the outputs of a compile a peer ran for this job */
   remoteOutputs?(obj: Buffer): Promise<OutputBlobs>
   /** a stored entry as this request must see it (paths of this build), or null when it does not fit */
-  restore(entry: CacheEntry): Restore | null
+  restore(entry: CacheEntry): Restore | null | Promise<Restore | null>
   /**
    * The value of a fact a manifest recorded (Dependencies.env) as this request sees it;
    * absent: facts are environment variables
