@@ -357,7 +357,9 @@ class CJob implements CompileJob {
    * every name that reaches it); the depfile is the one this build's preprocessor wrote (run
    * for it on a direct hit: the compilers wrap its lines by the names' lengths, so no
    * rewriting of the stored one is exact); the diagnostics name this checkout's files (see
-   * relocator). Null when that cannot be exact.
+   * relocator): the key is taken before the compile says whether there are any, and keying
+   * every unit with warnings by its path would lose exactly those units. Null when that
+   * cannot be exact.
    */
   async restore(entry: CacheEntry): Promise<Restore | null> {
     const byName = new Map(entry.outputs.map((o) => [o.name, o.data]))
