@@ -149,3 +149,28 @@ test('depfile prerequisites: continuations, escaped spaces, $$, -MP rules', asyn
   assert.deepEqual(depfilePrerequisites('a.o b.o: x.c\n'), ['x.c'])
   assert.deepEqual(depfilePrerequisites('garbage without a rule\n'), [])
 })
+
+test('search paths, prefix maps and the source enter the key relative to the working directory when they lie in its tree', () => {
+  const at = (root: string, extra: string[] = []) => {
+    const r = parseGccArgs([...extra, `-I${root}/include`, '-isystem', `${root}/third`, '-I/usr/local/include', `-ffile-prefix-map=${root}=.`, '-c', `${root}/src/a.c`], `${root}/build`, 'gcc')
+    if (!r.cacheable) assert.fail(r.reason)
+    return r.spec
+  }
+  const ci = at('/var/lib/ci/ws/proj')
+  const dev = at('/home/dev/src/proj')
+  assert.deepEqual(ci.keyArgs, dev.keyArgs, 'two checkouts, one key')
+  assert.ok(!ci.keyArgs.some((a) => a.includes('/var/lib')), ci.keyArgs.join(' '))
+  assert.ok(ci.keyArgs.includes('-I/usr/local/include'), 'a path outside the checkout\'s tree stays as it is')
+  // a path the build gives relative is not the same argument as an absolute one
+  const rel = parseGccArgs(['-I../include', '-c', '../src/a.c'], '/home/dev/src/proj/build', 'gcc')
+  const abs = parseGccArgs(['-I/home/dev/src/proj/include', '-c', '../src/a.c'], '/home/dev/src/proj/build', 'gcc')
+  assert.ok(rel.cacheable && abs.cacheable)
+  assert.notDeepEqual(rel.spec.keyArgs, abs.spec.keyArgs)
+  // what reaches the object does not move: -fdebug-compilation-dir, -D values
+  assert.notDeepEqual(at('/var/lib/ci/ws/proj', ['-fdebug-compilation-dir=/var/lib/ci/ws/proj']).keyArgs,
+    at('/home/dev/src/proj', ['-fdebug-compilation-dir=/home/dev/src/proj']).keyArgs)
+  assert.deepEqual(ci.paths.debugMaps, [['/var/lib/ci/ws/proj', '.']])
+  assert.equal(ok(['-c', 'a.c', '-fsanitize=address']).paths.namesInCode, '-fsanitize')
+  assert.equal(ok(['-c', 'a.S']).paths.namesInCode, 'assembler source')
+  assert.equal(ok(['-c', 'a.c', '-Wa,--gdwarf-5']).paths.debug, true)
+})

@@ -13,15 +13,25 @@ import { haveCommand, runCommand } from './helpers/meshcc.js'
 
 const clang = haveCommand('clang') && haveCommand('clang++')
 
-/** Feed `pp` to a scanner in chunks of the given sizes (repeated), as a pipe would deliver it. */
+/**
+ * Feed `pp` to a scanner in chunks of the given sizes (repeated), as a pipe would deliver it.
+ * The text it passes to its sink, with each name put back between its quotes, must be `pp`
+ * byte for byte (the cache key hashes that stream with the names replaced).
+ */
 function scan(pp: Buffer, dir: string, main: string, sizes: number[] = [pp.length]): string[] {
-  const s = new InputScanner(dir, resolve(dir, main))
+  const parts: Buffer[] = []
+  const s = new InputScanner(dir, resolve(dir, main), {
+    text: (b) => { parts.push(Buffer.from(b)) },
+    name: (raw) => { parts.push(Buffer.from(`"${raw}"`, 'latin1')) }
+  })
   for (let at = 0, i = 0; at < pp.length; i++) {
     const n = Math.max(1, sizes[i % sizes.length]!)
     s.push(pp.subarray(at, at + n))
     at += n
   }
-  return s.finish().files
+  const files = s.finish().files
+  assert.ok(Buffer.concat(parts).equals(pp), `the sink's text is the preprocessed text (chunks of up to ${Math.max(...sizes)} bytes)`)
+  return files
 }
 
 /** One preprocessing run: its output and the files the compiler itself lists (-MD, same run). */

@@ -12,15 +12,19 @@ import type { CompileRequest } from '../daemon/launcher-protocol.js'
 import type { RemoteJob } from '../daemon/compile-service.js'
 import { CompilerIdentity } from '../daemon/compiler-identity.js'
 import { siblingTemp } from '../util/atomic-write.js'
+import type { FileSet } from '../cache/manifest.js'
 import { StreamSearchAny } from '../util/stream-search.js'
 import { depfilePrerequisites } from './depfile.js'
 import { hashedInputs, type CompileJob, type CompilerFamily, type ContentKey, type FamilyContext, type OutputBlobs, type Restore, type RunPlan } from './family.js'
 import { compilerFamily, parseGccArgs } from './gcc.js'
-import { InputScanner } from './inputs.js'
+import { decodeMarkerName, InputScanner, type MarkerTextSink } from './inputs.js'
+import { keyForm, mapPath, maxClimb, relativeForm, relocator } from './path-forms.js'
 import type { CompileSpec } from './types.js'
 
 /** Bump when the key recipe changes, so old entries are never read with new meaning. */
-const KEY_VERSION = 'meshcc-key-2' // 2: the preprocessed text enters as its sha256 (one pass over megabytes, not two)
+// 2: the preprocessed text enters as its sha256 (one pass over megabytes, not two)
+// 3: line-marker names and search paths enter by where they lie from the working directory (path-forms.ts)
+const KEY_VERSION = 'meshcc-key-3'
 
 const INCBIN = Buffer.from('.incbin')
 /**
@@ -36,6 +40,16 @@ const DATE_TIME_MACROS = ['DATE__', 'TIME__', 'STAMP__'].map((m) => Buffer.from(
  * real compile reads it: such a unit is preprocessed fully too.
  */
 const ALTERNATIVE_HASH = ['%:', '??='].map((m) => Buffer.from(m))
+/**
+ * __FILE__, __BASE_FILE__ and __FILE_NAME__, left unexpanded by -fdirectives-only, would take
+ * the file's name from the line markers when compiled: such a unit is preprocessed fully,
+ * which writes the name (after -fmacro-prefix-map) into the text the key holds.
+ */
+const FILE_MACROS = [Buffer.from('FILE__')]
+/** Builtins that write the current file's name into the object, unexpanded in any preprocessed text: the names enter the key as written. */
+const FILE_BUILTINS = ['builtin_FILE', 'builtin_source_loc'].map((m) => Buffer.from(m))
+/** A manifest fact that is no variable: the working directory, for a set whose compile wrote names into its outputs. */
+const CWD_FACT = '\0cwd'
 
 /** Environment variables that can change what the compiler writes (the preprocessed text covers the rest). */
 export const KEY_ENV = ['LANG', 'LC_ALL', 'LC_CTYPE', 'LC_MESSAGES', 'LANGUAGE', 'GCC_EXEC_PREFIX', 'COMPILER_PATH',
@@ -45,7 +59,7 @@ export const KEY_ENV = ['LANG', 'LC_ALL', 'LC_CTYPE', 'LC_MESSAGES', 'LANGUAGE',
 /** Those after CPATH add system include directories, whose headers -MMD does not list. */
 const SYSTEM_INCLUDE_ENV = ['C_INCLUDE_PATH', 'CPLUS_INCLUDE_PATH', 'OBJC_INCLUDE_PATH', 'OBJCPLUS_INCLUDE_PATH']
 const INCLUDE_ENV = ['CPATH', ...SYSTEM_INCLUDE_ENV]
-const DIRECT_KEY_VERSION = 'meshcc-direct-1'
+const DIRECT_KEY_VERSION = 'meshcc-direct-2' // 2: without the working directory (path-forms.ts)
 /** Files changed this recently before a request are not trusted into a manifest (timestamps are coarse). */
 const TOO_NEW_MS = 1000
 /** These make the compiler write files we cannot see. */
@@ -122,9 +136,11 @@ class CJob implements CompileJob {
     field(spec.language)
     for (const a of spec.keyArgs) field(a)
     field('--')
-    field(`cwd=${req.cwd}`)
+    // where the build lies enters only as debug info holds it; a manifest set whose compile
+    // wrote names otherwise records the working directory as a fact (recordSet)
+    field(this.compDirField())
     if (spec.depTarget !== null) field(`deptarget=${spec.depTarget}`)
-    for (const name of [...KEY_ENV, ...INCLUDE_ENV]) if (req.env[name] !== undefined) field(`${name}=${req.env[name]}`)
+    for (const name of [...KEY_ENV, ...INCLUDE_ENV]) if (req.env[name] !== undefined) field(`${name}=${keyEnvValue(name, req.env[name]!, req.cwd)}`)
     field(`source=${src.hash}`)
     return { key: h.digest('hex'), sourceFresh: src.newerThan(requestStart - TOO_NEW_MS) }
   }
@@ -149,10 +165,12 @@ class CJob implements CompileJob {
         const obj = await readFile(objTemp).catch(() => null)
         const depText = await readFile(depPath).catch(() => null)
         if (obj === null) return { outputs: null, deps: null }
+        this.object = obj
         const outputs: OutputBlobs = [{ name: 'obj', data: obj }]
         if (userDep && depText) outputs.push({ name: 'dep', data: depText })
         if (userDep && !depText) return { outputs: null, deps: null }
         const files = depText === null ? null : [...new Set([spec.input, ...depfilePrerequisites(depText.toString('utf8'))].map((p) => resolve(req.cwd, p)))].sort()
+        this.readFiles = files
         return { outputs, deps: files && { files, env: [], userHeadersOnly: plan.userHeadersOnly } }
       }
     }
@@ -172,7 +190,11 @@ class CJob implements CompileJob {
     if (spec.directivesOnly && this.ctx.remote && spec.remoteBlocker === null) r = await this.keyFrom(true)
     if (r === null || r === 'full') r = (await this.keyFrom(false)) as CKey | 'incbin' | null
     if (r === 'incbin') return { notCacheable: '.incbin directive (reads a file the key cannot see)' }
-    return r ?? 'failed'
+    if (r === null) return 'failed'
+    this.readFiles = r.inputs?.files ?? null
+    // the depfile this checkout's compile writes: a hit stored elsewhere replays it, not the stored one
+    if (this.depTemp) this.freshDep = await readFile(this.depTemp).catch(() => null)
+    return r
   }
 
   private async keyFrom(directivesOnly: boolean): Promise<CKey | 'incbin' | 'full' | null> {
@@ -186,42 +208,113 @@ class CJob implements CompileJob {
     field(spec.language)
     for (const a of spec.keyArgs) field(a)
     field('--')
-    if (spec.cwdInKey) field(`cwd=${req.cwd}`)
+    field(this.compDirField())
     if (spec.depTarget !== null) field(`deptarget=${spec.depTarget}`)
     for (const name of KEY_ENV) if (req.env[name] !== undefined) field(`${name}=${req.env[name]}`)
     field(directivesOnly ? '--directives-only--' : '--preprocessed--')
 
-    const ppHash = createHash('sha256')
+    // the builder re-preprocesses at the same paths and compares the text byte for byte
+    const ppHash = ctx.remote ? createHash('sha256') : null
+    // the key's view of the text: marker names as they can reach the outputs (nameForm), and
+    // the names as written apart, for a unit that turns out to write them into its object
+    const keyText = createHash('sha256')
+    const writtenNames = createHash('sha256')
+    const forms = new Map<string, string>()
+    const sink: MarkerTextSink = {
+      text: (b) => { keyText.update(b) },
+      name: (raw, escaped) => {
+        let form = forms.get(raw)
+        if (form === undefined) {
+          form = this.nameForm(decodeMarkerName(raw, escaped))
+          forms.set(raw, form)
+        }
+        keyText.update(`\0${form}\0`)
+        writtenNames.update(`${raw}\0`)
+      }
+    }
     // a peer needs the unit's files, direct mode records them: read off the markers as they stream
-    const scanner = ctx.remote || ctx.direct ? new InputScanner(req.cwd, resolve(req.cwd, spec.input)) : null
+    const scanner = new InputScanner(req.cwd, resolve(req.cwd, spec.input), sink)
     // An assembler .incbin (in a .S file or inline asm) reads a file the preprocessed text does
     // not contain: a change there would leave the key unchanged and a hit would be stale. In
     // directives-only text (comments kept, __DATE__ unexpanded) it, or a date or time macro,
-    // sends the unit to full preprocessing, which decides; so does a "%:" or "??=".
-    const search = new StreamSearchAny(directivesOnly ? [INCBIN, ...DATE_TIME_MACROS, ...ALTERNATIVE_HASH] : [INCBIN])
+    // sends the unit to full preprocessing, which decides; so does a "%:" or "??=", and
+    // __FILE__ and its kin.
+    const search = new StreamSearchAny(directivesOnly ? [INCBIN, ...DATE_TIME_MACROS, ...ALTERNATIVE_HASH, ...FILE_MACROS] : [INCBIN])
+    const builtins = new StreamSearchAny(FILE_BUILTINS)
     const ok = await ctx.pre.run(async () => {
       const sub = execa(req.compiler, spec.preprocessArgs(this.depTemp, directivesOnly), {
         cwd: req.cwd, env: req.env, extendEnv: false, stdin: 'ignore', reject: false,
         buffer: { stdout: false, stderr: true }, encoding: 'buffer', stripFinalNewline: false
       })
       sub.stdout.on('data', (chunk: Buffer) => {
-        ppHash.update(chunk)
+        ppHash?.update(chunk)
         search.push(chunk)
-        scanner?.push(chunk)
+        builtins.push(chunk)
+        scanner.push(chunk)
       })
       const r = await sub
       return r.exitCode === 0
     })
     if (directivesOnly && (!ok || search.found)) {
-      ctx.log.debug(`${spec.input}: preprocessed fully (${ok ? 'it names .incbin, __DATE__ or __TIME__, or has a digraph or trigraph "#"' : 'gcc refused -fdirectives-only'})`)
+      ctx.log.debug(`${spec.input}: preprocessed fully (${ok ? 'it names .incbin, __DATE__, __TIME__ or __FILE__, or has a digraph or trigraph "#"' : 'gcc refused -fdirectives-only'})`)
       return 'full'
     }
     if (directivesOnly) ctx.stats.inc('directives_only')
     if (ok && search.found) return 'incbin'
     if (!ok) return null
-    const pp = ppHash.digest('hex')
-    field(pp)
-    return { key: h.digest('hex'), ppHash: pp, directivesOnly, inputs: scanner?.finish() ?? null }
+    const inputs = scanner.finish()
+    field(keyText.digest('hex'))
+    if (spec.paths.namesInCode !== null || builtins.found) field(`names=${writtenNames.digest('hex')}`)
+    return { key: h.digest('hex'), ppHash: ppHash?.digest('hex') ?? '', directivesOnly, inputs }
+  }
+
+  /**
+   * A line marker's name as the key holds it: as debug info names it (after the build's prefix
+   * maps) with -g, else by where it lies from the working directory (nothing else of it reaches
+   * the object: __FILE__ is expanded in the text, builtins add the names as written).
+   */
+  private nameForm(name: string): string {
+    const { paths } = this.spec
+    if (!paths.debug) return `k:${keyForm(name, this.req.cwd)}`
+    const mapped = mapPath(name, paths.debugMaps)
+    return mapped === null ? `r:${name}` : `m:${mapped}`
+  }
+
+  /** The working directory as debug info holds it ('' without debug info; -fdebug-compilation-dir is in the arguments). */
+  private compDirField(): string {
+    const { paths } = this.spec
+    if (!paths.debug || paths.debugCompDir !== null) return 'cwd-not-written'
+    return `cwd=${mapPath(this.req.cwd, paths.debugMaps) ?? this.req.cwd}`
+  }
+
+  /**
+   * Could the object hold names of files as they lie here: an option that writes them, debug
+   * info with a file in the checkout that the prefix maps leave as it is, or (__FILE__, an
+   * assert) an absolute path in the checkout's top-level directory anywhere in its bytes. A
+   * manifest cannot tell from the files alone: libstdc++'s headers name __FILE__ in macros
+   * most units never expand.
+   */
+  private namesReachObject(files: string[]): boolean {
+    const { paths } = this.spec
+    const cwd = this.req.cwd
+    if (paths.namesInCode !== null) return true
+    if (paths.debug && (mapPath(cwd, paths.debugMaps) === null || files.some((f) => relativeForm(f, cwd) !== null && mapPath(f, paths.debugMaps) === null))) return true
+    const top = cwd.split('/').find((c) => c !== '')
+    return this.object === null || top === undefined || this.object.includes(`/${top}/`)
+  }
+
+  /** Files relative to the working directory where they lie in its tree; the directory itself as a fact when names reach the object. */
+  recordSet(files: Array<[string, string]>, env: Array<[string, string | null]>): Omit<FileSet, 'result'> {
+    const cwd = this.req.cwd
+    const reach = this.namesReachObject(files.map(([p]) => p))
+    return {
+      files: files.map(([p, h]) => [relativeForm(p, cwd) ?? p, h]),
+      env: reach ? [...env, [CWD_FACT, cwd]] : env
+    }
+  }
+
+  fact(name: string): string | null {
+    return name === CWD_FACT ? this.req.cwd : this.req.env[name] ?? null
   }
 
   /** A plain compile writing the object to a temp file; the depfile came from the preprocessor. */
@@ -253,24 +346,74 @@ class CJob implements CompileJob {
 
   /** The object and, when the compile asks for one, the depfile the preprocessor wrote. */
   private async withDep(obj: Buffer): Promise<OutputBlobs> {
+    this.object = obj
     const outputs: OutputBlobs = [{ name: 'obj', data: obj }]
     if (this.depTemp) outputs.push({ name: 'dep', data: await readFile(this.depTemp) })
     return outputs
   }
 
-  restore(entry: CacheEntry): Restore | null {
+  /**
+   * A hit stored by a build in another directory: the object is this build's (the key holds
+   * every name that reaches it); the depfile is the one this build's preprocessor wrote (run
+   * for it on a direct hit: the compilers wrap its lines by the names' lengths, so no
+   * rewriting of the stored one is exact); the diagnostics name this checkout's files (see
+   * relocator): the key is taken before the compile says whether there are any, and keying
+   * every unit with warnings by its path would lose exactly those units. Null when that
+   * cannot be exact.
+   */
+  async restore(entry: CacheEntry): Promise<Restore | null> {
     const byName = new Map(entry.outputs.map((o) => [o.name, o.data]))
     if (this.outputs.some((o) => !byName.has(o.name))) return null
-    return { files: this.outputs.map((o) => ({ path: resolve(this.req.cwd, o.path), data: byName.get(o.name)! })), stdout: entry.stdout, stderr: entry.stderr }
+    this.object = byName.get('obj')!
+    const from = entry.meta?.cwd
+    const elsewhere = from !== undefined && from !== this.req.cwd
+    const climb = Number(entry.meta?.climb ?? Infinity)
+    const move = elsewhere ? relocator(from, this.req.cwd, Number.isInteger(climb) ? climb : Infinity) : (b: Buffer) => b
+    const moved = (b: Buffer) => (b.length === 0 ? b : move?.(b) ?? null)
+    const stdout = moved(entry.stdout)
+    const stderr = moved(entry.stderr)
+    if (stdout === null || stderr === null) return null
+    const files: Restore['files'] = []
+    for (const o of this.outputs) {
+      let data: Buffer | null = byName.get(o.name)!
+      if (o.name === 'dep' && (this.freshDep !== null || elsewhere)) data = this.freshDep ?? (await this.depfileHere())
+      if (data === null) return null
+      files.push({ path: resolve(this.req.cwd, o.path), data })
+    }
+    return { files, stdout, stderr }
   }
 
-  entryMeta(): Record<string, string> {
-    return { input: this.spec.input, compiler: this.req.compiler }
+  /** The depfile this build's compile writes, from a preprocessor run (its text discarded); null when it fails. */
+  private async depfileHere(): Promise<Buffer | null> {
+    const { req, spec } = this
+    const r = await this.ctx.pre.run(() => execa(req.compiler, spec.preprocessArgs(this.depTemp, false), {
+      cwd: req.cwd, env: req.env, extendEnv: false, stdin: 'ignore', stdout: 'ignore', stderr: 'ignore', reject: false
+    }))
+    return r.exitCode === 0 ? await readFile(this.depTemp!).catch(() => null) : null
   }
+
+  /** Where the compile ran and how far above it the files it read lie: what restore needs to move its paths. */
+  entryMeta(): Record<string, string> {
+    const meta: Record<string, string> = { input: this.spec.input, compiler: this.req.compiler, cwd: this.req.cwd }
+    if (this.readFiles !== null) meta.climb = String(maxClimb(this.readFiles, this.req.cwd))
+    return meta
+  }
+
+  /** the files the compile read (line markers or its depfile), absolute */
+  private readFiles: string[] | null = null
+  /** the object this job produced or replayed: what a manifest set checks for names of this checkout */
+  private object: Buffer | null = null
+  /** the depfile this build's preprocessor wrote while keying the job */
+  private freshDep: Buffer | null = null
 
   private readonly temps: string[] = []
 
   async dispose(): Promise<void> {
     await Promise.all([...this.temps, ...(this.depTemp ? [this.depTemp] : [])].map((t) => rm(t, { force: true })))
   }
+}
+
+/** An include-path variable's directories as the key holds them (path-forms.ts); any other variable as it is. */
+function keyEnvValue(name: string, value: string, cwd: string): string {
+  return INCLUDE_ENV.includes(name) ? value.split(':').map((p) => (p === '' ? p : keyForm(p, cwd))).join(':') : value
 }

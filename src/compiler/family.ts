@@ -7,6 +7,7 @@
 // that implements CompilerFamily, listed in CompileService.families (compile-service.ts).
 import type { CacheEntry } from '../cache/entry-format.js'
 import type { FileHash, FileHasher } from '../cache/file-hashes.js'
+import type { FileSet } from '../cache/manifest.js'
 import type { CompileRequest } from '../daemon/launcher-protocol.js'
 import type { Logger } from '../log.js'
 import type { FamilyStats } from '../daemon/stats.js'
@@ -117,6 +118,12 @@ export interface CompileJob {
   readonly tooNewMs: number
   /** a manifest records files under the working directory relative to it (the key does not hold where the build lies) */
   readonly relativeFiles?: boolean
+  /**
+   * A manifest set as this family records it: each file in the form a lookup resolves against
+   * its own working directory, and the facts (see fact) a lookup must match as well. Absent:
+   * absolute paths (relative under the working directory with relativeFiles), `env` as given.
+   */
+  recordSet?(files: Array<[string, string]>, env: Array<[string, string | null]>): Omit<FileSet, 'result'>
   /** the direct-mode key, or null when the source cannot key one */
   directKey(requestStart: number): Promise<DirectKey | null>
   /** a compile here that also lists what it read (depend mode), or null when the list could miss files */
@@ -134,7 +141,7 @@ export interface CompileJob {
   /** the outputs of a compile a peer ran for this job */
   remoteOutputs?(obj: Buffer): Promise<OutputBlobs>
   /** a stored entry as this request must see it (paths of this build), or null when it does not fit */
-  restore(entry: CacheEntry): Restore | null
+  restore(entry: CacheEntry): Restore | null | Promise<Restore | null>
   /**
    * The value of a fact a manifest recorded (Dependencies.env) as this request sees it;
    * absent: facts are environment variables

@@ -2,6 +2,7 @@
 // every option is understood are cacheable; anything else runs the compiler untouched.
 // When in doubt, pass through: a wrong cache hit is far worse than a missed one.
 import { basename, extname } from 'node:path'
+import { keyForm, mapPath, type PrefixMap } from './path-forms.js'
 import { expandResponseFiles, ResponseFileError } from './response-file.js'
 import type { CompileSpec, OutputFile, ParseResult } from './types.js'
 
@@ -69,6 +70,21 @@ const SOURCE_LANGUAGES: Record<string, string> = {
 const LOCAL_ONLY_PREFIX = ['-B', '--gcc-toolchain', '-gcc-toolchain', '-specs', '--specs', '-fsanitize-ignorelist',
   '-fsanitize-blacklist', '-fsanitize-coverage-allowlist', '-fsanitize-coverage-ignorelist', '-fsanitize-system-ignorelist',
   '--sysroot', '-isysroot', '-resource-dir', '-fplugin']
+
+/**
+ * Options whose value names a file or directory the preprocessor searches: only what it finds
+ * reaches the outputs (the preprocessed text and the manifests hold that), so the key holds
+ * the value relative to the working directory (path-forms.ts). Longest first: -isystem-after
+ * before -isystem.
+ */
+const SEARCH_PATH_OPTIONS = ['-iwithprefixbefore', '-isystem-after', '-iwithprefix', '-cxx-isystem', '-iframework', '-idirafter',
+  '-isystem', '-iprefix', '-include', '-imacros', '-iquote', '-I', '-F']
+/** Prefix maps: which names each one rewrites (debug info, __FILE__ and the like). */
+const PREFIX_MAP_OPTIONS: Record<string, { debug: boolean; macro: boolean }> = {
+  '-fdebug-prefix-map=': { debug: true, macro: false },
+  '-fmacro-prefix-map=': { debug: false, macro: true },
+  '-ffile-prefix-map=': { debug: true, macro: true }
+}
 
 const CACHEABLE_LANGUAGES = new Set(['c', 'c++', 'objective-c', 'objective-c++', 'assembler-with-cpp'])
 /**
@@ -138,8 +154,11 @@ export function parseGccArgs(rawArgs: readonly string[], cwd: string, family: 'g
   const archs = new Set<string>()
   const dep: Dep = { driverMode: null, wpMode: null, wpFile: null, mf: null, targets: [], mp: false }
   let debug = false
-  const prefixMaps: string[] = []
+  const debugMaps: PrefixMap[] = []
+  const macroMaps: PrefixMap[] = []
   let debugCompDir: string | null = null
+  /** an option that writes names into the object beyond debug info and __FILE__ */
+  let namesInCode: string | null = null
   // indices of arguments that are outputs or dependency options, left out of key and preprocessing
   const outputArgIdx = new Set<number>()
   const depArgIdx = new Set<number>()
@@ -203,9 +222,12 @@ export function parseGccArgs(rawArgs: readonly string[], cwd: string, family: 'g
     }
     if (a.startsWith('-Wa,')) {
       // assembler listings (-a…) write files we do not track
-      if (a.slice(4).split(',').some((p) => p.startsWith('-a') || p.startsWith('--MD') || p.startsWith('-MD'))) {
+      const parts = a.slice(4).split(',')
+      if (parts.some((p) => p.startsWith('-a') || p.startsWith('--MD') || p.startsWith('-MD'))) {
         return { cacheable: false, reason: `assembler output option ${a}` }
       }
+      // the assembler's own debug info names the working directory and the files
+      if (parts.some((p) => p.startsWith('-g') || p.startsWith('--gdwarf') || p.startsWith('--gen-debug') || p.startsWith('--gstabs'))) debug = true
       continue
     }
     if (a.startsWith('-Wl,')) continue
@@ -221,10 +243,20 @@ export function parseGccArgs(rawArgs: readonly string[], cwd: string, family: 'g
       else if (!a.startsWith('-gno-') && !a.startsWith('-gz')) debug = true
       continue
     }
-    if (a.startsWith('-fdebug-prefix-map=') || a.startsWith('-ffile-prefix-map=')) {
-      prefixMaps.push(a.slice(a.indexOf('=') + 1).split('=')[0])
+    const mapOption = Object.keys(PREFIX_MAP_OPTIONS).find((o) => a.startsWith(o))
+    if (mapOption) {
+      // OLD ends at the first '=', as gcc and clang split it
+      const v = a.slice(mapOption.length)
+      const eq = v.indexOf('=')
+      if (eq === -1) return { cacheable: false, reason: `${a}: no '=' in the prefix map` }
+      const map: PrefixMap = [v.slice(0, eq), v.slice(eq + 1)]
+      if (PREFIX_MAP_OPTIONS[mapOption].debug) debugMaps.push(map)
+      if (PREFIX_MAP_OPTIONS[mapOption].macro) macroMaps.push(map)
       continue
     }
+    // sanitizers keep source locations (file names from the line markers) in the object, LTO
+    // bytecode keeps locations for the link's diagnostics
+    if ((a.startsWith('-fsanitize') && a !== '-fsanitize-recover') || (a.startsWith('-flto') && a !== '-flto=none')) namesInCode ??= a.split('=')[0]
     if (a.startsWith('-fdebug-compilation-dir')) {
       const v = a.includes('=') ? a.slice(a.indexOf('=') + 1) : (i + 1 < args.length ? args[++i] : null)
       if (v === null) return { cacheable: false, reason: 'missing value for -fdebug-compilation-dir' }
@@ -287,18 +319,30 @@ export function parseGccArgs(rawArgs: readonly string[], cwd: string, family: 'g
     common.push(args[i])
   }
 
-  const keyArgs = common.filter((a) => a !== '-pipe' && a !== input)
-  keyArgs.push(`input=${input}`)
+  // paths the preprocessor searches, and the OLD of prefix maps, relative to the working
+  // directory: where the checkout lies is not in the key unless a name reaches the outputs
+  const keyArgs: string[] = []
+  for (let i = 0; i < common.length; i++) {
+    const a = common[i]
+    if (a === '-pipe' || a === input) continue
+    const opt = SEARCH_PATH_OPTIONS.find((o) => a.startsWith(o))
+    const mapOption = Object.keys(PREFIX_MAP_OPTIONS).find((o) => a.startsWith(o))
+    if (opt !== undefined && a === opt && i + 1 < common.length) keyArgs.push(a, keyForm(common[++i], cwd))
+    else if (opt !== undefined && a !== opt) keyArgs.push(opt + keyForm(a.slice(opt.length), cwd))
+    else if (mapOption !== undefined) {
+      const v = a.slice(mapOption.length)
+      const eq = v.indexOf('=')
+      keyArgs.push(`${mapOption}${keyForm(v.slice(0, eq), cwd)}=${v.slice(eq + 1)}`)
+    } else keyArgs.push(a)
+  }
+  keyArgs.push(`input=${keyForm(input, cwd)}`)
   if (depTarget !== null) {
     keyArgs.push(`dep=${dep.driverMode ?? 'wp' + dep.wpMode}`, `mp=${dep.mp}`)
   }
 
-  let cwdInKey = false
-  if (debug) {
-    const compDir = debugCompDir ?? cwd
-    cwdInKey = !prefixMaps.some((old) => old !== '' && (compDir === old || compDir.startsWith(old.endsWith('/') ? old : old + '/')))
-    if (debugCompDir !== null) cwdInKey = false
-  }
+  // the assembler writes what the line markers name into its file symbols
+  if (language === 'assembler-with-cpp') namesInCode ??= 'assembler source'
+  const cwdInKey = debug && debugCompDir === null && mapPath(cwd, debugMaps) === null
 
   const outputs: OutputFile[] = [{ name: 'obj', path: objPath }]
   if (depPath !== null) outputs.push({ name: 'dep', path: depPath })
@@ -317,6 +361,7 @@ export function parseGccArgs(rawArgs: readonly string[], cwd: string, family: 'g
     keyArgs,
     depTarget,
     cwdInKey,
+    paths: { debug, debugCompDir, debugMaps, macroMaps, namesInCode },
     // the option's name, not its value: it names a fallback reason in the stats
     remoteBlocker: args.map((a) => LOCAL_ONLY_PREFIX.find((p) => a.startsWith(p))).find((p) => p !== undefined) ?? null,
     directivesOnly: family === 'gcc' && DIRECTIVES_ONLY_LANGUAGES.has(language) &&

@@ -43,13 +43,24 @@ function isBlank(c: number | undefined): boolean {
   return c === SPACE || c === 9 || c === 11 || c === 12
 }
 
+/** Where a marker's name lies in its line, and whether the marker enters that file. */
+interface MarkerName {
+  /** the still-escaped name (latin1) */
+  raw: string
+  escaped: boolean
+  /** offsets of the name's opening and closing quote */
+  open: number
+  close: number
+  /** flag 1 (entering a file), or a `#line` form */
+  entering: boolean
+}
+
 /**
- * The still-escaped name (latin1) of the marker whose '#' is at `start` and whose line ends at
- * `end`, when it names a file the preprocessor entered; else null. Checked byte by byte: a
- * kernel unit has thousands of markers. `#line N "name"` (clang -fuse-line-directives) carries
- * no flags, so every such name counts.
+ * The name of the marker whose '#' is at `start` and whose line ends at `end`, or null when the
+ * line is no marker. Checked byte by byte: a kernel unit has thousands of markers. `#line N
+ * "name"` (clang -fuse-line-directives) carries no flags, so every such name counts as entered.
  */
-function enteredName(b: Buffer, start: number, end: number): { raw: string; escaped: boolean } | null {
+function markerName(b: Buffer, start: number, end: number): MarkerName | null {
   let i = start + 1
   const lineForm = b[i] === L
   if (lineForm) {
@@ -72,8 +83,17 @@ function enteredName(b: Buffer, start: number, end: number): { raw: string; esca
     if (close >= end) return null
   }
   // flags follow in ascending order: entering a file puts 1 first
-  if (!lineForm && !(b[close + 1] === SPACE && b[close + 2] === 49 /* 1 */ && (close + 3 === end || b[close + 3] === SPACE || b[close + 3] === CR))) return null
-  return { raw: b.toString('latin1', open, close), escaped }
+  const entering = lineForm || (b[close + 1] === SPACE && b[close + 2] === 49 /* 1 */ && (close + 3 === end || b[close + 3] === SPACE || b[close + 3] === CR))
+  return { raw: b.toString('latin1', open, close), escaped, open: open - 1, close: close + 1, entering }
+}
+
+/**
+ * Where the scanned text goes for a cache key that must not hold every name as written: the
+ * bytes outside marker names, and each marker's name (still escaped) in their place.
+ */
+export interface MarkerTextSink {
+  text(b: Buffer): void
+  name(raw: string, escaped: boolean): void
 }
 
 const SIMPLE_ESCAPES: Record<string, number> = { a: 7, b: 8, e: 27, f: 12, n: 10, r: 13, t: 9, v: 11 }
@@ -126,17 +146,23 @@ export class InputScanner {
   /** the last chunk ended in '*' (a "*\/" cut by the seam) */
   private endedInStar = false
 
-  constructor(private readonly cwd: string, mainInput: string) {
+  /** `sink`: the text passes through it, every marker's name apart (path-forms.ts keys names by where they lie) */
+  constructor(private readonly cwd: string, mainInput: string, private readonly sink: MarkerTextSink | null = null) {
     this.add(mainInput)
   }
 
   push(chunk: Buffer): void {
     if (chunk.length === 0) return
+    const sink = this.sink
     let from = 0
+    /** the chunk's bytes before this went to the sink */
+    let passed = 0
     if (this.partial) {
       const nl = chunk.indexOf(LF)
       if (nl === -1) {
         if (this.partial.length + chunk.length > MAX_MARKER_LINE) {
+          sink?.text(this.partial)
+          sink?.text(chunk)
           this.partial = null
           this.directiveMayStart = false
           this.endedInStar = false
@@ -149,6 +175,7 @@ export class InputScanner {
       this.marker(line, 0, line.length)
       this.partial = null
       from = nl + 1
+      passed = nl
     }
     for (let at = chunk.indexOf(HASH, from); at !== -1; at = chunk.indexOf(HASH, at + 1)) {
       // most '#' of -fdirectives-only output start "#define"; markers are "# 12" or "#line"
@@ -158,11 +185,20 @@ export class InputScanner {
       const nl = chunk.indexOf(LF, at)
       if (nl === -1) {
         // its own bytes: the chunk may be reused
-        if (chunk.length - at <= MAX_MARKER_LINE) this.partial = Buffer.from(chunk.subarray(at))
+        if (chunk.length - at <= MAX_MARKER_LINE) {
+          sink?.text(chunk.subarray(passed, at))
+          passed = chunk.length
+          this.partial = Buffer.from(chunk.subarray(at))
+        }
         break
+      }
+      if (sink) {
+        sink.text(chunk.subarray(passed, at))
+        passed = nl
       }
       this.marker(chunk, at, nl)
     }
+    if (sink && passed < chunk.length) sink.text(chunk.subarray(passed))
     this.directiveMayStart = this.directiveStart(chunk, chunk.length)
     this.endedInStar = chunk[chunk.length - 1] === STAR
   }
@@ -185,9 +221,19 @@ export class InputScanner {
     return c === SLASH && (i > 0 ? chunk[i - 1] === STAR : this.endedInStar)
   }
 
+  /** The line from '#' at `start` to `end` (its line end): the sink gets it, its name apart. */
   private marker(buf: Buffer, start: number, end: number): void {
-    const name = enteredName(buf, start, end)
-    if (name === null || this.rawNames.has(name.raw)) return
+    const name = markerName(buf, start, end)
+    if (this.sink) {
+      if (name === null) {
+        this.sink.text(buf.subarray(start, end))
+      } else {
+        this.sink.text(buf.subarray(start, name.open))
+        this.sink.name(name.raw, name.escaped)
+        this.sink.text(buf.subarray(name.close, end))
+      }
+    }
+    if (name === null || !name.entering || this.rawNames.has(name.raw)) return
     this.rawNames.add(name.raw)
     this.add(decodeMarkerName(name.raw, name.escaped))
   }

@@ -19,6 +19,7 @@ import type { CacheEntry } from '../cache/entry-format.js'
 import type { CompileRequest } from '../daemon/launcher-protocol.js'
 import { siblingTemp } from '../util/atomic-write.js'
 import type { CompileJob, CompilerFamily, Dependencies, DirectKey, FamilyContext, OutputBlobs, Restore, RunPlan } from './family.js'
+import { replaceAll } from './path-forms.js'
 import { parseDepInfo } from './rust-depinfo.js'
 import { JOBSERVER_ENV, RustToolchains, type RustToolchain } from './rust-toolchain.js'
 import { parseRustcArgs, type RustSpec } from './rustc-args.js'
@@ -265,18 +266,4 @@ function relation(from: string, cwd: string): string {
 function relativeTo(p: string, cwd: string): string {
   const c = cwd.endsWith('/') ? cwd : `${cwd}/`
   return p === cwd ? '.' : p.startsWith(c) ? `./${p.slice(c.length)}` : p
-}
-
-/** Every occurrence of `from` in `b` replaced with `to`. */
-function replaceAll(b: Buffer, from: Buffer, to: Buffer): Buffer {
-  let at = b.indexOf(from)
-  if (at === -1) return b
-  const parts: Buffer[] = []
-  let last = 0
-  for (; at !== -1; at = b.indexOf(from, at + from.length)) {
-    parts.push(b.subarray(last, at), to)
-    last = at + from.length
-  }
-  parts.push(b.subarray(last))
-  return Buffer.concat(parts)
 }

@@ -9,6 +9,19 @@ export interface OutputFile {
   path: string
 }
 
+export interface PathUse {
+  /** debug info (the compiler's or the assembler's): it names the working directory and the files */
+  debug: boolean
+  /** -fdebug-compilation-dir's value: the working directory as debug info names it */
+  debugCompDir: string | null
+  /** -fdebug-prefix-map and -ffile-prefix-map, in order: names in debug info */
+  debugMaps: Array<[string, string]>
+  /** -fmacro-prefix-map and -ffile-prefix-map, in order: __FILE__ and the like */
+  macroMaps: Array<[string, string]>
+  /** an option or language that writes line-marker names into the object itself (sanitizers, LTO, assembler), or null */
+  namesInCode: string | null
+}
+
 export interface CompileSpec {
   family: 'gcc' | 'clang'
   /** language after -x / extension, e.g. "c", "c++", "objective-c", "assembler-with-cpp" */
@@ -29,8 +42,10 @@ export interface CompileSpec {
   keyArgs: string[]
   /** the dependency file's target text, or null when no depfile is written */
   depTarget: string | null
-  /** true when the object embeds the working directory (debug info without a prefix map) */
+  /** true when the object embeds the working directory as it is (debug info without a prefix map covering it) */
   cwdInKey: boolean
+  /** how file names can reach the outputs, and the build's prefix maps for them (path-forms.ts) */
+  paths: PathUse
   /**
    * Why this compile must not run on a peer (an option makes the compiler read programs or
    * files the preprocessed view does not show), or null

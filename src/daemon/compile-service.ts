@@ -372,7 +372,7 @@ export class CompileService {
 
   /** Place an entry's outputs where the compiler would have written them, each atomically; the replay, or null. */
   private async writeOutputs(job: CompileJob, entry: CacheEntry): Promise<CompileReply | null> {
-    const restore = job.restore(entry)
+    const restore = await job.restore(entry)
     if (restore === null) return null
     try {
       for (const f of restore.files) await writeFileAtomic(f.path, f.data)
@@ -440,6 +440,7 @@ export class CompileService {
     const hashes = await Promise.all(deps.files.map((p) => this.hasher.hash(p)))
     const files = trusted(deps.files, hashes, requestStart - job.tooNewMs, deps.userHeadersOnly)
     if (files === null) return null
+    if (job.recordSet) return job.recordSet(files, deps.env)
     if (!job.relativeFiles) return { files }
     const cwd = req.cwd.endsWith('/') ? req.cwd : `${req.cwd}/`
     return { files: files.map(([p, h]) => [p.startsWith(cwd) ? p.slice(cwd.length) : p, h]), env: deps.env }
@@ -452,7 +453,8 @@ export class CompileService {
   private async recordManifest(call: Call, direct: string, k: ContentKey): Promise<void> {
     const { set, hashes } = await hashedInputs(k, this.hasher)
     const files = trusted(set.files, hashes, call.requestStart - call.job.tooNewMs, false)
-    await this.manifestWrite(direct, files ? this.opts.direct!.add(direct, { files, result: k.key }) : this.opts.direct!.markPreprocess(direct))
+    const recorded = files && (call.job.recordSet ? call.job.recordSet(files, []) : { files })
+    await this.manifestWrite(direct, recorded ? this.opts.direct!.add(direct, { ...recorded, result: k.key }) : this.opts.direct!.markPreprocess(direct))
   }
 
   /** A manifest that cannot be written costs a later hit, never the compile. */
