@@ -17,6 +17,7 @@ import { existsSync, readFileSync } from 'node:fs'
 import { mkdir, readdir, readFile, rmdir, writeFile } from 'node:fs/promises'
 import { basename, dirname, join } from 'node:path'
 import { formatSize } from '../config.js'
+import { parentPid, processAlive } from '../util/pid-lock.js'
 
 const JOB_PREFIX = 'meshcc-job.'
 const JOB_NAME = /^meshcc-job\.(\d+)\.[0-9a-z]+$/
@@ -98,7 +99,7 @@ export class JobCgroups {
       const names = await readdir(base).catch(() => [] as string[])
       for (const name of names) {
         const m = JOB_NAME.exec(name)
-        if (!m || (Number(m[1]) !== process.pid && isAlive(Number(m[1])))) continue
+        if (!m || (Number(m[1]) !== process.pid && processAlive(Number(m[1])))) continue
         await removeCgroup(this.version, join(base, name)).then(() => removed++, () => undefined)
       }
     }
@@ -139,15 +140,6 @@ async function removeCgroup(version: 1 | 2, dir: string): Promise<void> {
       for (const pid of pids) { try { process.kill(Number(pid), 'SIGKILL') } catch { /* gone */ } }
     }
     await new Promise((r) => setTimeout(r, REMOVE_WAIT_MS))
-  }
-}
-
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0)
-    return true
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM'
   }
 }
 
@@ -232,10 +224,11 @@ async function v2(mounts: Mount[], procCgroup: string): Promise<JobCgroups | str
     const enabled = (await readFile(join(base, 'cgroup.subtree_control'), 'utf8')).split(/\s+/)
     if (!enable.every((c) => enabled.includes(c))) {
       if (base === own) {
-        const procs = (await readFile(join(own, 'cgroup.procs'), 'utf8')).split('\n').filter(Boolean)
-        if (procs.some((p) => Number(p) !== process.pid)) return `the daemon's cgroup ${own} holds other processes (run the daemon as a systemd unit with Delegate=yes)`
+        const procs = (await readFile(join(own, 'cgroup.procs'), 'utf8')).split('\n').filter(Boolean).map(Number)
+        if (procs.some((p) => p !== process.pid && parentPid(p) !== process.pid)) return `the daemon's cgroup ${own} holds other processes (run the daemon as a systemd unit with Delegate=yes)`
         await mkdir(join(base, DAEMON_LEAF)).catch((e: NodeJS.ErrnoException) => { if (e.code !== 'EEXIST') throw e })
-        await writeFile(join(base, DAEMON_LEAF, 'cgroup.procs'), String(process.pid))
+        // the daemon and its children of the moment (a compile, a probe)
+        for (const p of procs) await writeFile(join(base, DAEMON_LEAF, 'cgroup.procs'), String(p)).catch(() => undefined)
       }
       await writeFile(join(base, 'cgroup.subtree_control'), enable.map((c) => `+${c}`).join(' '))
     }
