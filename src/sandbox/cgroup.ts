@@ -13,6 +13,7 @@
 //   in leaves once controllers are enabled for the children), never anyone else's processes.
 // Job cgroups are named meshcc-job.<daemon pid>.<n>: a daemon that starts removes those of
 // daemons that are gone (a crash leaves them), and its own pid's (a pid reused after a restart).
+import { spawn } from 'node:child_process'
 import { existsSync, readFileSync } from 'node:fs'
 import { mkdir, readdir, readFile, rmdir, writeFile } from 'node:fs/promises'
 import { basename, dirname, join } from 'node:path'
@@ -100,7 +101,7 @@ export class JobCgroups {
       for (const name of names) {
         const m = JOB_NAME.exec(name)
         if (!m || (Number(m[1]) !== process.pid && processAlive(Number(m[1])))) continue
-        await removeCgroup(this.version, join(base, name)).then(() => removed++, () => undefined)
+        await removeCgroup(join(base, name)).then(() => removed++, () => undefined)
       }
     }
     return removed
@@ -119,12 +120,12 @@ class Cgroup implements JobCgroup {
 
   async remove(): Promise<void> {
     // the pids cgroup before the memory one: the reverse of making them
-    for (const dir of [...this.dirs].reverse()) await removeCgroup(this.version, dir)
+    for (const dir of [...this.dirs].reverse()) await removeCgroup(dir)
   }
 }
 
 /** rmdir a cgroup, killing whatever is still in it (a job that outlived its reaper cannot stay). */
-async function removeCgroup(version: 1 | 2, dir: string): Promise<void> {
+async function removeCgroup(dir: string): Promise<void> {
   for (let i = 0; ; i++) {
     try {
       await rmdir(dir)
@@ -134,11 +135,11 @@ async function removeCgroup(version: 1 | 2, dir: string): Promise<void> {
       if (code === 'ENOENT') return
       if (code !== 'EBUSY' || i >= REMOVE_TRIES) throw new Error(`cannot remove the job cgroup ${dir}: ${(e as Error).message}`)
     }
-    if (version === 2) await writeFile(join(dir, 'cgroup.kill'), '1').catch(() => undefined)
-    else {
-      const pids = (await readFile(join(dir, 'cgroup.procs'), 'utf8').catch(() => '')).split('\n').filter(Boolean)
+    // cgroup v2 (5.14 on) kills it whole; else each process listed
+    const pids = (await readFile(join(dir, 'cgroup.procs'), 'utf8').catch(() => '')).split('\n').filter(Boolean)
+    await writeFile(join(dir, 'cgroup.kill'), '1').catch(() => {
       for (const pid of pids) { try { process.kill(Number(pid), 'SIGKILL') } catch { /* gone */ } }
-    }
+    })
     await new Promise((r) => setTimeout(r, REMOVE_WAIT_MS))
   }
 }
@@ -181,14 +182,21 @@ function ownPath(procCgroup: string, controller: string): string | null {
   return null
 }
 
+/** A job cgroup can be made below base, limited, and joined by a child of the daemon's (as the reaper will). */
 async function writable(base: string, probeFile: string, value: string): Promise<void> {
   const probe = join(base, `${JOB_PREFIX}${process.pid}.probe`)
   await rmdir(probe).catch(() => undefined)
   await mkdir(probe)
+  const child = spawn(process.execPath, ['-e', 'setTimeout(() => {}, 10000)'], { stdio: 'ignore' })
+  const exited = new Promise((r) => { child.once('exit', r); child.once('error', r) })
   try {
     await writeFile(join(probe, probeFile), value)
+    if (child.pid === undefined) throw new Error('cannot start a process to move')
+    await writeFile(join(probe, 'cgroup.procs'), String(child.pid))
   } finally {
-    await rmdir(probe).catch(() => undefined)
+    child.kill('SIGKILL')
+    await exited
+    await removeCgroup(probe).catch(() => undefined)
   }
 }
 
@@ -201,7 +209,7 @@ async function v1(mounts: Mount[], procCgroup: string): Promise<JobCgroups | str
   const memory = hierarchy('memory')
   if (!memory || !existsSync(join(memory, 'memory.limit_in_bytes'))) return 'no cgroup v1 memory hierarchy'
   try {
-    await writable(memory, 'memory.limit_in_bytes', String(64 * 1024 * 1024))
+    await writable(memory, 'memory.limit_in_bytes', String(256 * 1024 * 1024))
   } catch (e) {
     return `the daemon's memory cgroup ${memory} is not writable (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`
   }
@@ -232,7 +240,7 @@ async function v2(mounts: Mount[], procCgroup: string): Promise<JobCgroups | str
       }
       await writeFile(join(base, 'cgroup.subtree_control'), enable.map((c) => `+${c}`).join(' '))
     }
-    await writable(base, 'memory.max', String(64 * 1024 * 1024))
+    await writable(base, 'memory.max', String(256 * 1024 * 1024))
   } catch (e) {
     return `the daemon's cgroup ${base} is not delegated to it (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`
   }
