@@ -9,7 +9,7 @@
  *
  * Usage: meshcc-reap <command> [args...]
  *        meshcc-reap --jail disk=B uid=N gid=N [cpu=S] [fsize=B] [as=B] [nproc=N] [src=DIR...]
- *                    -- <command> [args...]
+ *                    [cgroup=DIR...] -- <command> [args...]
  * Exits like the command: its exit status, or killed by the same signal.
  *
  * --jail (src/sandbox/bwrap.ts explains the layout): in a mount namespace of its own, a tmpfs
@@ -24,6 +24,12 @@
  * closes fd 4 (or writes to it); only then does the tmpfs go away with this process. The
  * command gets the resource limits (cpu seconds: SIGXCPU at the limit, SIGKILL a second later;
  * fsize, as: bytes; nproc: processes; no core files); this process keeps the daemon's.
+ *
+ * cgroup=DIR (src/sandbox/cgroup.ts made it, with the job's memory and pids limits): this
+ * process moves itself into each DIR first of all, while it still has the daemon's user, so
+ * that everything it starts (bwrap, the job, the job's tmpfs pages) is in it from the first
+ * instruction: no window in which a job process runs outside its limits. When it cannot, it
+ * fails before starting anything.
  *
  * When the daemon dies (SIGKILL, a crash), the command and everything it left are killed: the
  * job's wall-clock limit was the daemon's to enforce, and nobody reads its output any more.
@@ -48,6 +54,7 @@
 #include <unistd.h>
 
 #define HOLD_FD 4
+#define MAX_CGROUPS 4
 /* bwrap and the job never see these: they are only the jail's bind sources */
 #define STAGE "/tmp"
 #define OUT STAGE "/out"
@@ -151,6 +158,8 @@ struct jail_args {
   gid_t gid;
   char *srcs[64];
   int nsrc;
+  char *cgroups[MAX_CGROUPS];
+  int ncgroup;
 };
 
 /* key=value arguments up to "--"; returns the index of the command */
@@ -164,6 +173,7 @@ static int parse_jail(int argc, char **argv, struct jail_args *j) {
     const char *k = argv[i], *v = eq + 1;
     unsigned long long n = strtoull(v, NULL, 10);
     if (strcmp(k, "src") == 0 && j->nsrc < 64) j->srcs[j->nsrc++] = eq + 1;
+    else if (strcmp(k, "cgroup") == 0 && j->ncgroup < MAX_CGROUPS) j->cgroups[j->ncgroup++] = eq + 1;
     else if (strcmp(k, "disk") == 0) { j->disk = n; have |= 1; }
     else if (strcmp(k, "uid") == 0) { j->uid = (uid_t)n; have |= 2; }
     else if (strcmp(k, "gid") == 0) { j->gid = (gid_t)n; have |= 4; }
@@ -174,7 +184,7 @@ static int parse_jail(int argc, char **argv, struct jail_args *j) {
     else break;
   }
   if (i >= argc - 1 || strcmp(argv[i], "--") != 0 || have != 7) {
-    fputs("usage: meshcc-reap --jail disk=B uid=N gid=N [cpu=S] [fsize=B] [as=B] [nproc=N] [src=DIR...] -- <command> [args...]\n", stderr);
+    fputs("usage: meshcc-reap --jail disk=B uid=N gid=N [cpu=S] [fsize=B] [as=B] [nproc=N] [src=DIR...] [cgroup=DIR...] -- <command> [args...]\n", stderr);
     exit(127);
   }
   return i + 1;
@@ -189,12 +199,23 @@ static void limit(int resource, unsigned long long soft, unsigned long long hard
   if (setrlimit(resource, &r) != 0) die(what);
 }
 
+/* this process into DIR/cgroup.procs (its children follow it) */
+static void join_cgroup(const char *dir) {
+  char path[4096], pid[32];
+  if (snprintf(path, sizeof path, "%s/cgroup.procs", dir) >= (int)sizeof path) { errno = ENAMETOOLONG; die(dir); }
+  snprintf(pid, sizeof pid, "%d\n", (int)getpid());
+  int fd = open(path, O_WRONLY | O_CLOEXEC);
+  if (fd < 0 || write(fd, pid, strlen(pid)) != (ssize_t)strlen(pid)) die("join the job's cgroup");
+  close(fd);
+}
+
 int main(int argc, char **argv) {
   int cmd = 1, jailed = 0;
   struct jail_args j;
   pid_t daemon = getppid();
   if (argc > 1 && strcmp(argv[1], "--jail") == 0) {
     cmd = parse_jail(argc, argv, &j);
+    for (int i = 0; i < j.ncgroup; i++) join_cgroup(j.cgroups[i]);
     jail(j.disk, j.uid, j.gid, j.srcs, j.nsrc);
     jailed = 1;
   }

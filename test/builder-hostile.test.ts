@@ -9,12 +9,13 @@ import { test, before, after } from 'node:test'
 import assert from 'node:assert/strict'
 import { execFileSync } from 'node:child_process'
 import { createHash } from 'node:crypto'
-import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
+import { chmodSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { isAbsolute, join, resolve } from 'node:path'
 import { loadConfig, type Config } from '../src/config.js'
 import { silentLogger } from '../src/log.js'
 import { Builder } from '../src/daemon/builder.js'
+import { jobMemoryMode } from '../src/sandbox/cgroup.js'
 import type { JobFile, JobHeader, JobReply } from '../src/mesh/protocols/compile-job.js'
 import { ToolchainCache } from '../src/toolchain/cache.js'
 import { discoverToolchain } from '../src/toolchain/discover.js'
@@ -39,6 +40,9 @@ let identity: string
 const EVIL_CC = hostileCompiler({
   zero: 'ln -s /dev/zero "$out"',
   memory: 'head -c 400000000 /dev/zero | tail -c 300000000 > /dev/null || exit 1; echo object > "$out"',
+  // three processes holding 120 MB each at once (tail keeps its input until the end): each under
+  // job_memory, together past it; the job goes on when one is killed, and exits 0
+  spread: 'for i in 1 2 3; do { head -c 120000000 /dev/zero; sleep 2; } | tail -c 120000000 > /dev/null & done; wait; echo object > "$out"',
   setuid: 'cp /bin/sh ./suid && chmod 4755 ./suid && sleep "$TARGET"; echo object > "$out"'
 })
 
@@ -155,6 +159,16 @@ test('a job allocating past job_memory fails', { timeout: 60_000 }, async () => 
   assert.ok(!(r.kind === 'done' && r.exitCode === 0), `a 300 MB allocation against job_memory = 256 MiB: ${JSON.stringify(r.kind === 'done' ? { ...r, obj: null, stderr: r.stderr.toString() } : r)}`)
 })
 
+test('a job of several processes, each under job_memory, together past it, is stopped at the job\'s memory limit', { timeout: 60_000 }, async (t) => {
+  const mode = await jobMemoryMode()
+  if (!mode.cgroups) return t.skip(`needs a cgroup for jobs: ${mode.reason}`)
+  assertRefused(await evilJob('spread'), /^job memory limit reached \(\[build\] job_memory\)$/)
+  assert.equal(builder.status().job_memory, `${mode.cgroups.describe()}, 256.0 MiB per job`)
+  // and the builder goes on: the next job is served
+  const next = await evilJob('fine')
+  assert.equal(next.kind === 'done' && next.obj?.toString('utf8'), 'a fine object\n')
+})
+
 test('the job does not run as root, and a setuid file it makes is neither root\'s nor effective', { timeout: 60_000, skip: process.getuid?.() !== 0 ? 'needs root: checks what a root daemon\'s jobs run as' : false }, async () => {
   const marker = '29.4681'
   const running = evilJob('setuid', marker)
@@ -197,4 +211,12 @@ test('after all that, the builder compiles a real C unit (-g) byte-identically t
     assert.ok(r.kind === 'done' && r.obj!.equals(readFileSync(join(dir, 'plain.o'))), 'the same bytes as the local compile, debug info included')
   }
   assert.equal(builder.status().workspaces.reused >= 1, true)
+})
+
+test('no job cgroup is left behind, also of the jobs that were killed', async (t) => {
+  const mode = await jobMemoryMode()
+  if (!mode.cgroups) return t.skip(`needs a cgroup for jobs: ${mode.reason}`)
+  for (const base of [mode.cgroups.memoryBase, mode.cgroups.pidsBase]) {
+    if (base) assert.deepEqual(readdirSync(base).filter((n) => n.startsWith(`meshcc-job.${process.pid}.`)), [], base)
+  }
 })

@@ -71,6 +71,11 @@ test('status without a daemon, idle exit only without a mesh, invite right after
   assert.ok(sa.mesh, 'A is in the mesh')
   // what status prints in the moment before a daemon's mesh is up (too short to catch reliably here)
   assert.match(formatStatus({ ...sa, mesh: null, mesh_note: 'starting' }), /\nmesh: starting \(ask again in a moment\)\n$/)
+  // which memory limit its jobs get, said once in the log and in status
+  await waitFor('the builder check', async () => ((await status(a)).mesh!.builder.job_memory !== 'not checked yet' ? true : undefined))
+  const memory = /\n {2}job memory: (cgroup v[12], [\d.]+ [KMG]iB per job|per-process address-space limit of [\d.]+ [KMG]iB \(no writable cgroup: .+\))\n/
+  assert.match((await a.run(['status'])).stdout, memory)
+  assert.equal(readFileSync(join(a.cacheDir, 'meshcc.log'), 'utf8').match(/job memory: /g)?.length, 1)
 
   // the same idle_timeout (2 s): the daemon without a mesh exits, the one in a mesh stays up
   const solo = node('lifeSolo', null, 2)

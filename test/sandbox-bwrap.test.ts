@@ -11,6 +11,7 @@ import { tmpdir } from 'node:os'
 import { basename, dirname, join } from 'node:path'
 import { buildHostRoot, treeBytes, waitForProcess } from './helpers/sandbox.js'
 import { checkBwrap, JOB_PROCESSES, runSandboxed, SandboxJobError, SCRATCH_DIR, type SandboxJob } from '../src/sandbox/bwrap.js'
+import { detectJobMemory, jobMemoryMode } from '../src/sandbox/cgroup.js'
 
 const TOOLS = ['/bin/sh', '/bin/cat', '/bin/ls', '/usr/bin/env', '/bin/sleep', '/usr/bin/head', '/bin/mkdir', '/bin/bash',
   '/bin/ln', '/usr/bin/mkfifo', '/bin/chmod', '/bin/cp', '/usr/bin/tail', '/usr/bin/tr']
@@ -288,7 +289,9 @@ test('memory: a process allocating past maxMemoryBytes fails, and a fork bomb st
   const hog = await runSandboxed(sh('head -c 200000000 /dev/zero | tail -c 100000000 > /dev/null && echo survived', { maxMemoryBytes: 32 * 1024 * 1024, timeoutMs: 30_000 }))
   assert.equal(hog.sandboxError, null)
   assert.equal(text(hog.stdout), '')
-  assert.match(text(hog.stderr), /memory exhausted/)
+  // in a cgroup the kernel kills it at the limit; under RLIMIT_AS its allocation fails
+  if ((await jobMemoryMode()).cgroups) assert.equal(hog.memoryLimitReached, true)
+  else assert.match(text(hog.stderr), /memory exhausted/)
   assert.notEqual(hog.exitCode, 0)
   // without the cap the same job gets its memory (the limit is what stopped it)
   const free = await runSandboxed(sh('head -c 200000000 /dev/zero | tail -c 100000000 > /dev/null && echo survived', { timeoutMs: 30_000 }))
@@ -338,7 +341,7 @@ test('invalid jobs are rejected', async () => {
 test('a job whose daemon is SIGKILLed ends with it: nothing of it goes on running', { timeout: 60_000 }, async () => {
   // a stand-in daemon: a process that runs one sandboxed job and is killed while it runs
   const marker = '301.375'
-  const job = sh(`sleep ${marker}`, { timeoutMs: 600_000, cpuSeconds: 600 })
+  const job = sh(`sleep ${marker}`, { timeoutMs: 600_000, cpuSeconds: 600, maxMemoryBytes: 64 * 1024 * 1024 })
   const bwrapModule = join(import.meta.dirname, '..', 'src', 'sandbox', 'bwrap.ts')
   const daemon = spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e',
     `import { runSandboxed } from ${JSON.stringify(bwrapModule)}\nawait runSandboxed(${JSON.stringify(job)})`], { stdio: 'ignore' })
@@ -347,8 +350,13 @@ test('a job whose daemon is SIGKILLed ends with it: nothing of it goes on runnin
     try { return readFileSync(`/proc/${p}/cmdline`, 'utf8').includes(marker) } catch { return false }
   })
   const job_ = ownPids()
+  const memory = await jobMemoryMode()
+  // the job cgroup the dead daemon leaves (it had no time to remove it), in every hierarchy
+  const stale = memory.cgroups ? [memory.cgroups.memoryBase, memory.cgroups.pidsBase].filter((b) => b !== null).map((b) => join(b, `meshcc-job.${daemon.pid}.0`)) : []
   try {
     assert.ok(sleeper, 'the job runs')
+    // in its cgroup: the reaper joined it before it started anything
+    if (memory.cgroups) assert.match(readFileSync(`/proc/${sleeper}/cgroup`, 'utf8'), new RegExp(`/meshcc-job\\.${daemon.pid}\\.0$`, 'm'))
     daemon.kill('SIGKILL')
     // the reaper, bwrap and the job: none may outlive the daemon (the job's time limit was the daemon's to enforce)
     let left = ownPids()
@@ -357,6 +365,10 @@ test('a job whose daemon is SIGKILLed ends with it: nothing of it goes on runnin
       left = ownPids()
     }
     assert.deepEqual(left, [], `still running 10 s after the daemon died: ${left.map((p) => readFileSync(`/proc/${p}/cmdline`, 'utf8').split('\0').slice(0, 3).join(' ')).join(' | ')}`)
+    // the next daemon's start removes what the dead one left
+    for (const dir of stale) assert.ok(existsSync(dir), `the dead daemon's job cgroup ${dir}`)
+    await detectJobMemory()
+    for (const dir of stale) assert.equal(existsSync(dir), false, `${dir} is still there after a daemon start`)
   } finally {
     daemon.kill('SIGKILL')
     for (const p of job_) { try { process.kill(Number(p), 'SIGKILL') } catch { /* gone */ } }

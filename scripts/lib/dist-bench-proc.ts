@@ -7,6 +7,7 @@ import { closeSync, openSync, readdirSync, readFileSync } from 'node:fs'
 import { cpus, loadavg } from 'node:os'
 import { cpuSecondsOf, fail, isAlive, machineBusySeconds, sleep } from './proc.js'
 import { ip, killNamespaceProcesses, mustIp, pidsIn } from '../../test/helpers/netns.js'
+import { parentPid } from '../../src/util/pid-lock.js'
 
 // ---------------------------------------------------------------------------------------------
 // Daemons started in the background (not awaited like proc.ts's run()).
@@ -83,23 +84,14 @@ export function killAllDaemonsNow(): void {
 // ---------------------------------------------------------------------------------------------
 // CPU of a process tree.
 
-function ppidOf(pid: number): number | undefined {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
-    return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1])
-  } catch {
-    return undefined
-  }
-}
-
 /** The pid and every live descendant of it. */
 export function descendants(root: number): number[] {
   const kids = new Map<number, number[]>()
   for (const e of readdirSync('/proc')) {
     if (!/^\d+$/.test(e)) continue
     const pid = Number(e)
-    const pp = ppidOf(pid)
-    if (pp === undefined) continue
+    const pp = parentPid(pid)
+    if (pp === null) continue
     const list = kids.get(pp) ?? []
     list.push(pid)
     kids.set(pp, list)

@@ -64,6 +64,7 @@ export function formatStatus(s: DaemonStatus): string {
   out += `  sccache shim: ${shim}\n`
   const b = m.builder
   out += `  builder: ${b.capacity > 0 ? `offers ${b.capacity} cores (${b.offer}), sandbox ${b.sandbox}` : `not taking jobs (${b.sandbox_note ?? `offer = "${b.offer}"`})`}; ${b.running} running, ${b.jobs_done} done, ${b.jobs_failed} failed, ${b.jobs_refused} refused\n`
+  if (b.job_memory) out += `  job memory: ${b.job_memory}\n`
   for (const t of m.toolchain_transfers.slice(-3)) out += `  toolchain ${t.hash.slice(0, 12)} ${t.direction} ${t.direction === 'sent' ? 'to' : 'from'} ${short(t.peer)}: ${(t.bytes / 1048576).toFixed(1)} MiB in ${t.ms} ms\n`
   out += '\n'
   const header = ['PEER', 'NAME', 'CORES', 'RUNNING', 'QUEUED', 'FREE', 'LOAD', 'TOOLCHAINS', 'RTT', 'LINK', 'JOBS SENT/DONE']

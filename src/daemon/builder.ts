@@ -15,6 +15,7 @@ import type { Config } from '../config.js'
 import type { Logger } from '../log.js'
 import type { JobFile, JobHandler, JobHeader, JobReply } from '../mesh/protocols/compile-job.js'
 import { checkBwrap, runSandboxed, type SandboxJob, type SandboxResult } from '../sandbox/bwrap.js'
+import { describeJobMemory, jobMemoryMode, type JobMemoryMode } from '../sandbox/cgroup.js'
 import { readJobFile } from '../sandbox/job-output.js'
 import type { ToolchainCache } from '../toolchain/cache.js'
 import { WorkspacePool, type Workspace, type WorkspaceStats } from './job-workspace.js'
@@ -35,7 +36,7 @@ export interface BuilderOptions {
   onLoadChange: () => void
 }
 
-export interface BuilderStatus { offer: string; sandbox: string; sandbox_ok: boolean; sandbox_note: string | null; running: number; capacity: number; jobs_done: number; jobs_failed: number; jobs_refused: number; workspaces: WorkspaceStats }
+export interface BuilderStatus { offer: string; sandbox: string; sandbox_ok: boolean; sandbox_note: string | null; job_memory: string; running: number; capacity: number; jobs_done: number; jobs_failed: number; jobs_refused: number; workspaces: WorkspaceStats }
 
 export class Builder implements JobHandler {
   running = 0
@@ -44,6 +45,7 @@ export class Builder implements JobHandler {
   private refused = 0
   private sandboxOk = false
   private sandboxNote: string | null = 'not checked yet'
+  private memoryMode: JobMemoryMode | null = null
   private readonly fetching = new Map<string, Promise<void>>()
   private readonly workspaces: WorkspacePool
 
@@ -71,6 +73,8 @@ export class Builder implements JobHandler {
     this.sandboxNote = c.ok ? null : `${c.reason}; remote jobs refused (install bubblewrap, or set [build] sandbox = "none")`
     if (!c.ok) log.warn(`not accepting compile jobs from the mesh: ${this.sandboxNote}`)
     else log.info(`builder ready: bubblewrap ${c.version}, ${config.build.cores} cores offered (${config.build.offer})`)
+    this.memoryMode = await jobMemoryMode()
+    log.info(`job memory: ${describeJobMemory(this.memoryMode, config.build.jobMemory)}`)
   }
 
   get capacity(): number {
@@ -90,7 +94,8 @@ export class Builder implements JobHandler {
 
   status(): BuilderStatus {
     const b = this.opts.config.build
-    return { offer: b.offer, sandbox: b.sandbox, sandbox_ok: this.sandboxOk, sandbox_note: this.sandboxNote, running: this.running, capacity: this.capacity, jobs_done: this.done, jobs_failed: this.failed, jobs_refused: this.refused, workspaces: this.workspaces.status() }
+    const memory = b.sandbox === 'none' ? 'no limit (sandbox = "none")' : this.memoryMode ? describeJobMemory(this.memoryMode, b.jobMemory) : 'not checked yet'
+    return { offer: b.offer, sandbox: b.sandbox, sandbox_ok: this.sandboxOk, sandbox_note: this.sandboxNote, job_memory: memory, running: this.running, capacity: this.capacity, jobs_done: this.done, jobs_failed: this.failed, jobs_refused: this.refused, workspaces: this.workspaces.status() }
   }
 
   admit(peer: string, header: Omit<JobHeader, 'files'>): string | (() => void) {
@@ -252,6 +257,7 @@ export function diagnosticLines(stderr: Buffer, max: number): string {
 /** A sandbox or resource problem (retry elsewhere), as opposed to the compiler's own verdict. */
 function infraFailure(r: SandboxResult): string | null {
   if (r.sandboxError) return `sandbox: ${r.sandboxError}`
+  if (r.memoryLimitReached) return 'job memory limit reached ([build] job_memory)'
   if (r.timedOut) return 'timed out'
   if (r.outputTooLarge) return 'output too large'
   if (r.diskFull) return 'the job filled its disk space ([build] job_disk)'

@@ -26,6 +26,7 @@ import { statfs } from 'node:fs/promises'
 import type { Socket } from 'node:net'
 import { delimiter, isAbsolute, join, posix } from 'node:path'
 import { fileURLToPath } from 'node:url'
+import { jobMemoryMode, type JobCgroup } from './cgroup.js'
 import { readJobFile, type JobFile } from './job-output.js'
 
 export interface SandboxJob {
@@ -48,7 +49,7 @@ export interface SandboxJob {
   /** all the job may write, in its working directory and TMPDIR together (a tmpfs: memory);
    *  also the largest file (RLIMIT_FSIZE) */
   diskBytes: number
-  /** RLIMIT_AS of each of the job's processes */
+  /** the job's memory: its cgroup's limit (./cgroup.ts), or RLIMIT_AS of each of its processes where no cgroup can be had */
   maxMemoryBytes?: number
   /** a file the job leaves in its working directory (relative path) to take out: the object */
   collect?: string
@@ -69,6 +70,8 @@ export interface SandboxResult {
   collected: JobFile | null
   /** bwrap itself failed (setup), as opposed to the job failing: means "retry elsewhere" */
   sandboxError: string | null
+  /** the kernel killed a process of the job at its cgroup's memory limit (maxMemoryBytes) */
+  memoryLimitReached?: boolean
 }
 
 export type BwrapCheck =
@@ -202,13 +205,16 @@ export async function runSandboxed(job: SandboxJob): Promise<SandboxResult> {
     ...Object.entries({ ...job.env, TMPDIR: SCRATCH_DIR }).flatMap(([k, v]) => ['--setenv', k, v]),
     '--', ...job.argv
   ]
+  // The tmpfs's pages are charged to the cgroup too: job_disk and job_memory stay two limits.
+  const cgroup = await jobCgroup(job.maxMemoryBytes === undefined ? undefined : job.maxMemoryBytes + diskBytes)
+  if (typeof cgroup === 'string') return failed(cgroup)
   const limits = [
     `cpu=${Math.max(1, Math.ceil(job.cpuSeconds))}`, `fsize=${diskBytes}`, `nproc=${JOB_PROCESSES}`,
-    ...(job.maxMemoryBytes !== undefined ? [`as=${Math.max(1, Math.floor(job.maxMemoryBytes))}`] : [])
+    ...(cgroup ? cgroup.dirs.map((d) => `cgroup=${d}`) : job.maxMemoryBytes !== undefined ? [`as=${Math.max(1, Math.floor(job.maxMemoryBytes))}`] : [])
   ]
   const reaperArgs = [...jailArgs(diskBytes, limits, [job.root, ...(job.inputs ? [job.inputs.dir] : [])]), info.path, ...args]
 
-  return new Promise<SandboxResult>((resolve) => {
+  const result = new Promise<SandboxResult>((resolve) => {
     let child: ReturnType<typeof spawn>
     try {
       // detached: the reaper and bwrap lead a process group of their own, so the timeout can
@@ -318,6 +324,29 @@ export async function runSandboxed(job: SandboxJob): Promise<SandboxResult> {
       return { ...base, diskFull: diskFull || sig === 'SIGXFSZ', exitCode: sig ? null : jobStatus, signal: sig, sandboxError: null }
     }
   })
+  if (!cgroup) return result
+  // the reaper has reaped everything in the cgroup by now: removed whatever happened
+  try {
+    return { ...(await result), memoryLimitReached: await cgroup.memoryLimitReached() }
+  } finally {
+    await cgroup.remove().catch(() => undefined)
+  }
+}
+
+/**
+ * The job's cgroup with its memory limit, null where this daemon has none to give (RLIMIT_AS
+ * then), or why one could not be made (the sandbox's failure: retry elsewhere). The process
+ * limit leaves room for the reaper, bwrap and its init beside the job's own JOB_PROCESSES.
+ */
+async function jobCgroup(maxMemoryBytes: number | undefined): Promise<JobCgroup | null | string> {
+  if (maxMemoryBytes === undefined) return null
+  const mode = await jobMemoryMode()
+  if (!mode.cgroups) return null
+  try {
+    return await mode.cgroups.create(maxMemoryBytes, JOB_PROCESSES + 4)
+  } catch (e) {
+    return (e as Error).message
+  }
 }
 
 // Mount layout. bwrap 0.8 cannot overlay, and `--ro-bind <root> /` leaves a read-only root in

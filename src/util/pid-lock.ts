@@ -3,6 +3,17 @@
 // holder is dead. Shared by the daemon (taking the locks) and the launcher (waiting for a slow start).
 import { closeSync, openSync, readFileSync, rmSync, writeSync } from 'node:fs'
 
+/** The parent of a running process, from /proc; null when it is gone. */
+export function parentPid(pid: number): number | null {
+  try {
+    // "pid (comm) state ppid …": comm may hold spaces and parentheses, so from the last ')'
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+    return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1])
+  } catch {
+    return null
+  }
+}
+
 export function processAlive(pid: number): boolean {
   try {
     process.kill(pid, 0)
