@@ -85,6 +85,8 @@ export interface Config {
     relayMaxReservations: number
     /** reserve relay slots on reachable members when this node cannot be reached from other networks */
     relayClient: boolean
+    /** when other networks cannot reach this node, ask the router (UPnP-IGD, NAT-PMP) to forward a port to it */
+    portMapping: boolean
   }
   shim: {
     enabled: boolean
@@ -435,7 +437,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       announce: mesh.stringList('announce', []),
       relay: mesh.bool('relay', true),
       relayMaxReservations: mesh.int('relay_max_reservations', 32, 0, 1024),
-      relayClient: mesh.bool('relay_client', true)
+      relayClient: mesh.bool('relay_client', true),
+      portMapping: mesh.bool('port_mapping', true)
     },
     shim: {
       enabled: shim.bool('enabled', false),

@@ -47,5 +47,6 @@ test('the LINK column says how a member is reached, or why it is not', () => {
   assert.equal(linkText(m({ self: true, connection: 'self' })), 'self')
   assert.equal(linkText(m({ connection: 'direct', lan: true })), 'LAN direct')
   assert.equal(linkText(m({ connection: 'direct' })), 'direct')
+  assert.equal(linkText(m({ connection: 'direct', mapped: true })), 'direct (mapped)', 'dialed through its port mapping')
   assert.equal(linkText(m({ dial_error: 'dial timed out (behind NAT or a firewall?)' })), 'unreachable: dial timed out (behind NAT or a firewall?)')
 })

@@ -6,14 +6,16 @@
 // mesh where every member is on one network nobody is asked: a LAN mesh pays nothing for this.
 //
 //   public       a member on another network reached a listen address (a server, a port
-//                forward, a [mesh] announce address, a mapped port)
+//                forward, a [mesh] announce address, or a port mapped on the router by
+//                port-mapping.ts: then "mapped")
 //   relayed      not reachable from outside, and holding reservations on relay members: the
 //                relayed addresses are advertised like any other (gossip, member exchange,
 //                identify and so the DHT), and members that cannot dial it directly come through
 //   unreachable  not reachable, and no relay (said why)
 //   unknown      no member on another network to ask (yet)
 //
-// A node that is not reachable reserves slots on RELAYS_WANTED members that say in their load
+// A node that is not reachable asks its router for a port mapping (port-mapping.ts) and
+// reserves slots on RELAYS_WANTED members that say in their load
 // messages that they are public and relay (field rc 'p', rl 1), and moves to another when a
 // relay leaves. A relayed connection that opens is followed by a direct dial to the other
 // side's direct addresses (both sides try): when either side is reachable the job traffic then
@@ -27,10 +29,11 @@ import { everyAligned, type AlignedTimer } from '../util/aligned-timer.js'
 import { askDialBack, dialBackProtocol } from './protocols/dial-back.js'
 import { isLoopbackAddr, isRelayedAddr, localSubnets, onSubnets, withoutLoopback } from './addresses.js'
 import { errText } from './connector.js'
+import type { PortMapper, PortMappingStatus } from './port-mapping.js'
 
 export type ReachState = 'unknown' | 'public' | 'relayed' | 'unreachable'
-/** what a load message says (field rc): public, relayed, unreachable */
-export type ReachCode = 'p' | 'r' | 'u'
+/** what a load message says (field rc): public, public through a port mapping, relayed, unreachable */
+export type ReachCode = 'p' | 'm' | 'r' | 'u'
 
 export interface ReachabilityStatus {
   state: ReachState
@@ -42,6 +45,10 @@ export interface ReachabilityStatus {
   relays: string[]
   /** relayed connections this node replaced by a direct one it dialed */
   upgraded: number
+  /** public through a port mapping on the router: the mapped address, which a member on another network reached */
+  mapped: string | null
+  /** the port mapping on the router (port-mapping.ts) */
+  port_mapping: PortMappingStatus
 }
 
 /** What reachability needs to know about the other members (mesh.ts, from the load view). */
@@ -81,6 +88,7 @@ export class Reachability {
     private readonly members: () => ReachMember[],
     /** reserve relay slots when not reachable ([mesh] relay_client) */
     private readonly useRelays: boolean,
+    private readonly portMapper: PortMapper,
     private readonly onChange: () => void
   ) {}
 
@@ -97,9 +105,15 @@ export class Reachability {
 
   /** what our load messages say */
   code(): ReachCode | undefined {
-    if (this.state === 'public') return 'p'
+    if (this.state === 'public') return this.mappedReached() ? 'm' : 'p'
     if (this.state === 'private') return this.relays().length > 0 ? 'r' : 'u'
     return undefined
+  }
+
+  /** the port-mapped address, when a member on another network reached it */
+  private mappedReached(): string | null {
+    const a = this.portMapper.address()
+    return a !== null && this.publicAddrs.some((r) => r.replace(/\/p2p\/[^/]+$/, '') === a) ? a : null
   }
 
   /** listen addresses that a member on another network reached */
@@ -114,7 +128,9 @@ export class Reachability {
     if (this.state === 'private' && relays.length === 0) {
       detail = `${this.why}; ${!this.useRelays ? 'relays are off ([mesh] relay_client = false)' : this.relayCandidates().length === 0 ? 'no reachable member to relay through' : 'reserving a relay slot'}`
     }
-    return { state, detail, public_addresses: this.publicAddresses(), relays, upgraded: this.upgraded }
+    const pm = this.portMapper.status()
+    if (this.state === 'private' && (pm.state === 'failed' || pm.state === 'searching')) detail += `; port mapping: ${pm.detail}`
+    return { state, detail, public_addresses: this.publicAddresses(), relays, upgraded: this.upgraded, mapped: this.state === 'public' ? this.mappedReached() : null, port_mapping: this.portMapper.status() }
   }
 
   /** the relays this node holds a reservation on (its advertised relayed addresses name them) */
@@ -149,7 +165,10 @@ export class Reachability {
     const key = own.join(' ')
     const due = this.state === 'unknown' ? Date.now() - this.checkedAt > RETRY_UNKNOWN_MS || this.checkedAt === 0 : Date.now() - this.checkedAt > RECHECK_MS
     if (!this.checking && own.length > 0 && (due || key !== this.checkedFor)) void this.check(own, key)
-    if (this.state === 'private' && this.useRelays) this.keepRelays()
+    if (this.state === 'private') {
+      this.portMapper.wanted()
+      if (this.useRelays) this.keepRelays()
+    }
   }
 
   /** members on another network with a direct connection to us, reachable ones first */
