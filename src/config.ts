@@ -112,7 +112,8 @@ export const MIN_CACHE_BYTES = 64 * 1024
 export const DEFAULT_SHARED_SIZE = 2 * 1024 ** 3
 /** [cache] verify_rate: one remote result in a hundred is recompiled here and compared */
 export const DEFAULT_VERIFY_RATE = 0.01
-export const DEFAULT_MESH_LISTEN = [`/ip4/0.0.0.0/tcp/${DEFAULT_MESH_PORT}`]
+/** IPv4 and IPv6 (a machine without IPv6 starts on IPv4 alone: libp2p lets the IPv6 listener fail) */
+export const DEFAULT_MESH_LISTEN = [`/ip4/0.0.0.0/tcp/${DEFAULT_MESH_PORT}`, `/ip6/::/tcp/${DEFAULT_MESH_PORT}`]
 /** seconds: a daemon without a mesh exits after this long without a request */
 export const DEFAULT_IDLE_TIMEOUT = 600
 export const DEFAULT_SHIM_LISTEN = '127.0.0.1:10600'

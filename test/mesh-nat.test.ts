@@ -2,7 +2,8 @@
 // netns.ts createNatLab): a "wan" bridge with two public members (p1, p2), router 1
 // (MASQUERADE, and Debian's miniupnpd serving UPnP-IGD and NAT-PMP) with two LAN hosts (h1a,
 // which maps a port on it, and h1b, which has port_mapping = false), router 2 (MASQUERADE, no
-// port mapping) with one (h2). Real daemons
+// port mapping) with one (h2). h1a and h2 also have global IPv6 addresses (routed between the
+// LANs without NAT). Real daemons
 // run inside the namespaces (`meshcc daemon`), every compile is a real gcc run through the CLI
 // in the client's namespace, and each object must be byte-identical to a plain gcc's and come
 // from the builder the check names. One lab serves all checks, in order (the last ones kill
@@ -166,6 +167,24 @@ test('members behind NAT routers find, reach and compile for each other', { time
       return ms
     }
 
+    // 3b. a slow, lossy wan (50 ms, 1 % loss): builds stay green and byte-identical, relayed and direct
+    const jobsDone = async (client: Name, builder: Name) => (await statusOf(m(client)))?.mesh?.jobs_per_peer[m(builder).id]?.done ?? 0
+    t.diagnostic(`impaired wan: ${lab.impairWan(true)}`)
+    try {
+      for (const [client, label, want] of [['h2', 'lossy-relayed', 'relayed'], ['p2', 'lossy-direct', 'direct']] as const) {
+        assert.equal((await link(client, 'h1b'))?.connection, want, `${client} → h1b is ${want}`)
+        await onlyBuilder('h1b', client)
+        const before = await jobsDone(client, 'h1b')
+        const ms = await makeOn(m(client), label)
+        const done = (await jobsDone(client, 'h1b')) - before
+        t.diagnostic(`${label}: ${ms} ms, ${done} of 8 jobs on h1b`)
+        assert.ok(done > 0, `${label}: jobs ran on h1b`)
+      }
+    } finally {
+      lab.impairWan(false)
+    }
+    await onlyBuilder('h1b', 'h2')
+
     // 4. a builder's link cut without a FIN or RST (drop rules in its namespace): its client
     // loses seconds, not the keep-alive's minute and a half
     assert.equal((await link('h2', 'h1b'))?.connection, 'relayed')
@@ -231,6 +250,22 @@ test('members behind NAT routers find, reach and compile for each other', { time
     await stopDaemon('h1a')
     const unmapped = await until(10_000, async () => !upnp!.leases().some((l) => l.client === lab.h1a.ip) && !upnp!.dnatRules().includes(lab.h1a.ip) ? true : undefined)
     assert.ok(unmapped, `router 1 no longer forwards to h1a: ${JSON.stringify(upnp.leases())} ${upnp.dnatRules()}`)
+
+    // 8. IPv6: h1a comes back without a port mapping; it and h2 are behind different IPv4 NATs,
+    // no relay is left, but both have global IPv6 addresses: a direct link, both ways
+    writeFileSync(m('h1a').inst.conf, readFileSync(m('h1a').inst.conf, 'utf8').replace('[mesh]\n', '[mesh]\nport_mapping = false\n'))
+    startDaemon('h1a')
+    const v6 = await until(60_000, async () => { const l = await link('h2', 'h1a'); return l?.connection === 'direct' ? l : undefined })
+    t.diagnostic(`after h1a came back:\n${await summary()}`)
+    assert.ok(v6, 'h2 has a direct link to h1a')
+    assert.equal(linkText(v6), 'direct', 'no relay, no mapping')
+    const h1aAddrs = (await statusOf(m('h1a')))!.mesh!.addresses
+    assert.ok(h1aAddrs.some((a) => a.startsWith(`/ip6/${lab.h1a.ip6}/tcp/${NAT_PORT}/`)), `h1a advertises its IPv6 address: ${h1aAddrs.join(' ')}`)
+    assert.ok(!h1aAddrs.some((a) => a.startsWith(mappedAddr)), 'and no mapped address any more')
+    await onlyBuilder('h1a', 'h2')
+    assert.equal(await compileOn(m('h2'), 'ipv6-a'), 'h1a', 'h2\'s job ran on h1a over IPv6')
+    await onlyBuilder('h2', 'h1a')
+    assert.equal(await compileOn(m('h1a'), 'ipv6-b'), 'h2', 'h1a\'s job ran on h2 over IPv6')
 
     ok = true
   } finally {

@@ -18,9 +18,8 @@ import type { Logger } from '../log.js'
 import { MeshError } from './errors.js'
 import { FORWARD_D, FORWARD_DLAZY, FORWARD_DLO, FORWARD_GOSSIP_FACTOR, FORWARD_PRUNE_BACKOFF_MS } from './forwarding.js'
 import { DHT_STARTUP_OPTIONS } from './dht-startup.js'
-import { isLoopbackAddr, isOwnAddr, isRelayedAddr, localSubnets, onSubnets, tcpPorts, withoutLoopback } from './addresses.js'
+import { isLoopbackAddr, isOwnAddr, isPublicAddr, isRelayedAddr, localSubnets, onSubnets, tcpPorts, withoutLoopback } from './addresses.js'
 import { circuitRelayServer, circuitRelayTransport, type CircuitRelayService } from '@libp2p/circuit-relay-v2'
-import { isPrivate } from '@libp2p/utils'
 import type { Multiaddr } from '@multiformats/multiaddr'
 
 export type MeshServices = {
@@ -275,7 +274,7 @@ function dialRank(ma: Multiaddr): number {
   if (isRelayedAddr(ma.toString())) return 3
   if (Date.now() - subnetCache.at > 30_000) subnetCache = { at: Date.now(), list: localSubnets() }
   if (onSubnets(ma, subnetCache.list)) return 0
-  try { return isPrivate(ma) ? 4 : 1 } catch { return 4 }
+  return isPublicAddr(ma.toString()) ? 1 : 4
 }
 
 /** One warning line per library patch that no longer applies (patches/index.ts). */

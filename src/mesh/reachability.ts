@@ -27,7 +27,7 @@ import type { Logger } from '../log.js'
 import type { MeshLibp2p } from './node.js'
 import { everyAligned, type AlignedTimer } from '../util/aligned-timer.js'
 import { askDialBack, dialBackProtocol } from './protocols/dial-back.js'
-import { isLoopbackAddr, isRelayedAddr, localSubnets, onSubnets, withoutLoopback } from './addresses.js'
+import { isIPv6Addr, isLoopbackAddr, isRelayedAddr, localSubnets, onSubnets, withoutLoopback } from './addresses.js'
 import { errText } from './connector.js'
 import type { PortMapper, PortMappingStatus } from './port-mapping.js'
 
@@ -202,20 +202,26 @@ export class Reachability {
         }
       }))
       if (this.stopped) return
-      const answered = results.filter((r) => r !== null)
+      // a helper that was asked a moment ago says "busy": no answer, asked again at a later tick
+      const answered = results.filter((r): r is NonNullable<typeof r> => r !== null && !r.why.startsWith('busy'))
       if (answered.length === 0) return
       this.checkedAt = Date.now()
       this.checkedFor = key
       const ok = [...new Set(answered.flatMap((r) => r.ok))]
       const before = `${this.state} ${this.publicAddrs.join(',')}`
-      if (ok.length > 0) {
+      // Reached over IPv6 alone is not public: members with IPv4 only (most, behind their own
+      // NATs) still need a relay to come in. Those with IPv6 dial the reached address directly.
+      const v6 = ok.filter(isIPv6Addr)
+      const v4Listen = own.some((a) => !isIPv6Addr(a))
+      if (ok.length > v6.length || (v6.length > 0 && !v4Listen)) {
         this.state = 'public'
         this.publicAddrs = ok
         this.why = `a member on another network reached ${ok.join(' ')}`
       } else {
         this.state = 'private'
-        this.publicAddrs = []
-        this.why = answered.map((r) => r.why).find((w) => w !== '') ?? 'no member on another network could reach this node'
+        this.publicAddrs = v6
+        const why = answered.map((r) => r.why).find((w) => w !== '') ?? 'no member on another network could reach this node'
+        this.why = v6.length > 0 ? `reachable over IPv6 at ${v6.join(' ')}, not over IPv4: ${why}` : why
       }
       if (`${this.state} ${this.publicAddrs.join(',')}` !== before) {
         this.log.info(`reachability: ${this.state === 'public' ? 'public' : 'not reachable from other networks'} (${this.why})`)

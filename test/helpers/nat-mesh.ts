@@ -17,6 +17,7 @@ import { adminRequest } from '../../src/launcher/client.js'
 import { loadConfig } from '../../src/config.js'
 import { generateMeshKey, loadOrCreateIdentity, writeMeshKey } from '../../src/mesh/keys.js'
 
+/** the default port (the lab's daemons listen where the config's default says) */
 export const NAT_PORT = 10650
 export type Name = 'p1' | 'p2' | 'h1a' | 'h1b' | 'h2'
 export const NAMES: readonly Name[] = ['p1', 'p2', 'h1a', 'h1b', 'h2']
@@ -88,7 +89,8 @@ export async function startNatMesh(lab: NatLab, instances: Instance[], opts: Nat
       '[cache]', `dir = "${inst.cacheDir}"`,
       '[log]', 'level = "debug"',
       '[build]', 'cores = 1', 'local_slots = 0', 'speed = 100', `offer = "${name === 'h1b' ? 'always' : 'never'}"`,
-      '[mesh]', `listen = ["/ip4/0.0.0.0/tcp/${NAT_PORT}"]`, `key_file = "${keyFile}"`, `name = "${name}"`,
+      // the default listen addresses: IPv4 and IPv6 on NAT_PORT
+      '[mesh]', `key_file = "${keyFile}"`, `name = "${name}"`,
       // the public members find each other through the bootstrap address like everyone else
       `bootstrap = [${name === 'p1' ? '' : `"${p1Boot}"`}]`,
       `mdns = ${!relayOnly}`,

@@ -277,6 +277,12 @@ export interface NatLab extends NetnsLabControls {
   readonly h2: NatHost
   /** runs `iptables ARGS` in a namespace; throws with its stderr */
   iptables(ns: string, args: string[]): void
+  /**
+   * A slow, lossy wan (on) or a clean one (off): 1 % of the packets that arrive from the wan at
+   * p1, p2 and the routers are dropped (iptables statistic), and each wan host's wan side delays
+   * what it sends by 50 ms (tc netem) where the kernel has netem. Says what it did.
+   */
+  impairWan(on: boolean): string
 }
 
 /**
@@ -372,6 +378,17 @@ export function createNatLab(): { lab: NatLab } | { skip: string } {
       lab: {
         wanNs, p1, p2, r1, r2, h1a, h1b, h2,
         iptables: (ns, args) => sh(ns, 'iptables', args),
+        impairWan(on) {
+          const loss = ['-m', 'statistic', '--mode', 'random', '--probability', '0.01', '-m', 'comment', '--comment', 'meshcc-test-loss', '-j', 'DROP']
+          let delayed = 0
+          for (const h of [p1, p2, r1, r2]) {
+            const chain = h === p1 || h === p2 ? 'INPUT' : 'FORWARD'
+            sh(h.ns, 'iptables', [on ? '-I' : '-D', chain, '-i', 'eth0', ...loss])
+            const tc = spawnSync('ip', ['netns', 'exec', h.ns, 'tc', 'qdisc', on ? 'add' : 'del', 'dev', 'eth0', 'root', ...(on ? ['netem', 'delay', '50ms'] : [])], { encoding: 'utf8', timeout: 10_000 })
+            if (tc.status === 0) delayed++
+          }
+          return `1 % loss on arrival from the wan at p1, p2, r1, r2; ${delayed === 4 ? '50 ms delay (tc netem) on each wan side' : delayed === 0 ? 'no delay: this kernel has no tc netem (sch_netem)' : `delay on ${delayed} of 4 wan sides`}`
+        },
         ...labControls(created)
       }
     }
