@@ -185,7 +185,7 @@ export async function startMesh(opts: MeshOptions): Promise<Mesh> {
     mdns: mc.mdns,
     dht: mc.dht,
     announce: mc.announce,
-    relay: mc.relay && mc.relayMaxReservations > 0 ? { maxReservations: mc.relayMaxReservations } : null,
+    relay: mc.relay && mc.relayMaxReservations > 0 ? { maxReservations: mc.relayMaxReservations, rate: mc.relayRate } : null,
     isDenied,
     log,
     onMdnsPeer: (id) => { if (mdnsPeers.size < 10_000) mdnsPeers.add(id) },

@@ -21,6 +21,7 @@ import { DHT_STARTUP_OPTIONS } from './dht-startup.js'
 import { isLoopbackAddr, isOwnAddr, isPublicAddr, isRelayedAddr, localSubnets, onSubnets, tcpPorts, withoutLoopback } from './addresses.js'
 import { circuitRelayServer, circuitRelayTransport, type CircuitRelayService } from '@libp2p/circuit-relay-v2'
 import type { Multiaddr } from '@multiformats/multiaddr'
+import { limitRelayRate } from './relay-rate.js'
 
 export type MeshServices = {
   identify: Identify
@@ -45,8 +46,9 @@ export interface MeshNodeInit {
   announce?: string[]
   mdns: boolean
   dht: boolean
-  /** serve as a circuit relay (only members that find this node reachable reserve on it); null: no relay server */
-  relay?: { maxReservations: number } | null
+  /** serve as a circuit relay (only members that find this node reachable reserve on it); null: no relay server.
+   *  rate: bytes per second one member may push through it (relay-rate.ts), 0 = no bound */
+  relay?: { maxReservations: number; rate?: number } | null
   isDenied: (peerId: string) => boolean
   log: Logger
   /** a peer announced itself by mDNS (marks it as LAN) */
@@ -263,6 +265,7 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshLibp2p> {
     throw new MeshError(`cannot start the mesh node: ${e.message.split('\n')[0]}`)
   }
   node.addEventListener('connection:open', (evt) => { upgraded.add(evt.detail.timeline) })
+  if (init.relay?.rate) await limitRelayRate(node, init.relay.rate, init.log)
   for (const p of tcpPorts(node.getMultiaddrs())) ownPorts.add(p)
   warnUnapplied([...processPatches, ...applyNodePatches(node, init.log)], init.log)
   return node
