@@ -107,6 +107,23 @@ test('members behind NAT routers find, reach and compile for each other', { time
     // renewed before it runs out: the lease's end moves on
     const renewed = await until(20_000, async () => { const l = upnp!.leases().find((x) => x.client === lab.h1a.ip); return l && l.expires > lease0.expires ? l : undefined })
     assert.ok(renewed, `h1a renews its lease (${lease0.expires} then ${JSON.stringify(upnp.leases())})`)
+    // a router that does not answer a renewal for a while (router 1 drops h1a's UPnP control
+    // connections): the lease still runs, so h1a keeps its mapping and renews once it answers
+    const h1aLog = () => readFileSync(join(m('h1a').inst.cacheDir, 'meshcc.log'), 'utf8')
+    const noControl = ['INPUT', '-s', lab.h1a.ip, '-p', 'tcp', '-m', 'comment', '--comment', 'meshcc-test-noupnp', '-j', 'DROP']
+    lab.iptables(lab.r1.ns, ['-I', ...noControl])
+    let unanswered: true | undefined
+    try {
+      unanswered = await until(30_000, async () => /port mapping: renewing \S+ failed/.test(h1aLog()) ? true : undefined)
+    } finally {
+      lab.iptables(lab.r1.ns, ['-D', ...noControl])
+    }
+    assert.ok(unanswered, 'a renewal went unanswered')
+    const leaseBefore = upnp.leases().find((l) => l.client === lab.h1a.ip)?.expires ?? 0
+    const renewedAgain = await until(30_000, async () => { const l = upnp!.leases().find((x) => x.client === lab.h1a.ip); return l && l.expires > leaseBefore ? l : undefined })
+    assert.ok(renewedAgain, `h1a renews once the router answers again: ${JSON.stringify(upnp.leases())}`)
+    const keptMapping = (await statusOf(m('h1a')))!.mesh!.reachability.port_mapping
+    assert.equal(keptMapping.state, 'mapped', `h1a kept its mapping through the silence: ${keptMapping.detail}`)
     // an outside member dials h1a through the mapping: router 1 drops what h1a itself would dial
     // to p2, and p2 comes back from a restart
     const noDial = ['FORWARD', '-s', lab.h1a.ip, '-d', lab.p2.ip, '-m', 'conntrack', '--ctstate', 'NEW', '-m', 'comment', '--comment', 'meshcc-test-nodial', '-j', 'DROP']

@@ -45,6 +45,8 @@ const LEASE_MS = 3600_000
 const RENEW_MS = Number(process.env.MESHCC_TEST_PORT_MAPPING_RENEW_MS) > 0 ? Number(process.env.MESHCC_TEST_PORT_MAPPING_RENEW_MS) : LEASE_MS / 3
 const SEARCH_MS = 5000
 const REQUEST_MS = 5000
+/** a renewal the router did not answer is asked again this soon (the lease still runs) */
+const RENEW_RETRY_MS = Math.min(RENEW_MS, 60_000)
 /** after a failure (no router answered, a refusal), the next try */
 const RETRY_MS = 10 * 60_000
 const DESCRIPTION = 'meshcc'
@@ -65,6 +67,8 @@ export class PortMapper {
   private gateway: Gateway | null = null
   private protocol: 'upnp' | 'pmp' | null = null
   private mapping: PortMapping | null = null
+  /** when the router's lease on the mapping runs out, unless renewed */
+  private leaseEnd = 0
   private busy = false
   private nextTry = 0
   private renewTimer: NodeJS.Timeout | null = null
@@ -133,8 +137,9 @@ export class PortMapper {
       this.gateway = gateway
       this.protocol = protocol
       this.mapping = { ...mapping, externalHost: external }
+      this.leaseEnd = Date.now() + LEASE_MS
       this.advertise(true)
-      this.scheduleRenew()
+      this.scheduleRenew(RENEW_MS)
       this.log.info(`port mapping: ${protocol === 'upnp' ? 'UPnP-IGD' : 'NAT-PMP'} router ${gateway.host} forwards ${external}:${mapping.externalPort} to ${local.ip}:${local.port}`)
       this.set('mapped', `${protocol === 'upnp' ? 'UPnP-IGD' : 'NAT-PMP'} on router ${gateway.host}`)
     } catch (err) {
@@ -195,9 +200,9 @@ export class PortMapper {
     }
   }
 
-  private scheduleRenew(): void {
+  private scheduleRenew(ms: number): void {
     if (this.renewTimer) clearTimeout(this.renewTimer)
-    this.renewTimer = setTimeout(() => { void this.renew() }, RENEW_MS)
+    this.renewTimer = setTimeout(() => { void this.renew() }, ms)
     this.renewTimer.unref()
   }
 
@@ -206,6 +211,7 @@ export class PortMapper {
     const gw = this.gateway
     const m = this.mapping
     if (!gw || !m || this.stopped) return
+    const asked = Date.now()
     try {
       const again = await gw.map(m.internalPort, m.internalHost, { protocol: 'TCP', ttl: LEASE_MS, autoRefresh: false, description: DESCRIPTION, externalPort: m.externalPort, signal: AbortSignal.timeout(REQUEST_MS) })
       if (this.stopped) return
@@ -215,10 +221,20 @@ export class PortMapper {
         this.advertise(true)
         this.onChange()
       }
+      this.leaseEnd = asked + LEASE_MS
       this.log.debug(`port mapping renewed: ${this.address()}`)
-      this.scheduleRenew()
+      this.scheduleRenew(RENEW_MS)
     } catch (err) {
-      // the router forgot us or went away: withdraw the address, map afresh at the next need
+      if (this.stopped) return
+      // a router slow to answer (seen in the NAT lab on a loaded machine: the renewal timed out
+      // and the router extended the lease anyway) still forwards the port while the lease
+      // runs: keep the mapping, advertised and deleted on stop, and ask again soon
+      if (Date.now() + RENEW_RETRY_MS < this.leaseEnd) {
+        this.log.info(`port mapping: renewing ${this.address()} failed (${errText(err)}); asking again in ${Math.round(RENEW_RETRY_MS / 1000)} s`)
+        this.scheduleRenew(RENEW_RETRY_MS)
+        return
+      }
+      // the lease ran out unrenewed: withdraw the address, map afresh at the next need
       this.log.info(`port mapping: renewing ${this.address()} failed (${errText(err)}); withdrawn`)
       this.advertise(false)
       this.mapping = null
