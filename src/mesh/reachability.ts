@@ -64,6 +64,8 @@ const RESERVE_TIMEOUT_MS = 15_000
 const UPGRADE_DELAY_MS = 300
 const UPGRADE_DIAL_MS = 4000
 const MAX_UPGRADE_ADDRS = 4
+/** a relayed connection to a member that says it is reachable is tried directly again this often */
+const UPGRADE_RETRY_MS = 15_000
 
 interface TransportManagerLike { listen(addrs: Multiaddr[]): Promise<void> }
 
@@ -77,6 +79,9 @@ export class Reachability {
   private upgraded = 0
   private readonly relayFailures = new Map<string, number>()
   private readonly reserving = new Set<string>()
+  /** peer -> when a direct dial may replace its relayed connection again (retryUpgrades) */
+  private readonly upgradeHold = new Map<string, number>()
+  private readonly upgrading = new Set<string>()
   private timer: AlignedTimer | null = null
   private stopped = false
   private subnets = { at: 0, list: localSubnets() }
@@ -169,6 +174,27 @@ export class Reachability {
       this.portMapper.wanted()
       if (this.useRelays) this.keepRelays()
     }
+    this.retryUpgrades()
+  }
+
+  /**
+   * The dial that follows a relayed connection's opening finds nothing to dial when the other
+   * side's addresses are not known yet (it joined this node's view a moment later: seen in the
+   * NAT lab under load, a NATed member then stayed relayed to a public one for good, and took
+   * no relay slot on it). So a member that says it is reachable and is linked only through a
+   * relay is dialed directly again, at most every UPGRADE_RETRY_MS.
+   */
+  private retryUpgrades(): void {
+    const now = Date.now()
+    const reachable = new Set(this.members().filter((m) => m.reach === 'p' || m.reach === 'm').map((m) => m.peerId))
+    for (const c of this.node.getConnections()) {
+      const id = c.remotePeer.toString()
+      if (!reachable.has(id) || !isRelayedAddr(c.remoteAddr.toString()) || (this.upgradeHold.get(id) ?? 0) > now) continue
+      if (this.directConn(id)) { this.upgradeHold.delete(id); continue }
+      this.upgradeHold.set(id, now + UPGRADE_RETRY_MS)
+      void this.upgrade(c.remotePeer)
+    }
+    if (this.upgradeHold.size > 1024) this.upgradeHold.clear()
   }
 
   /** members on another network with a direct connection to us, reachable ones first */
@@ -283,7 +309,16 @@ export class Reachability {
 
   private async upgrade(peer: PeerId): Promise<void> {
     const id = peer.toString()
-    if (this.stopped || this.directConn(id)) return
+    if (this.stopped || this.directConn(id) || this.upgrading.has(id)) return
+    this.upgrading.add(id)
+    try {
+      await this.dialDirect(peer, id)
+    } finally {
+      this.upgrading.delete(id)
+    }
+  }
+
+  private async dialDirect(peer: PeerId, id: string): Promise<void> {
     const known = this.members().find((m) => m.peerId === id)?.addrs ?? []
     const stored = (await this.node.peerStore.get(peer).catch(() => null))?.addresses.map((a) => a.multiaddr.toString()) ?? []
     // bare addresses: with a peer id libp2p may pick any of the peer's addresses, relayed ones too
