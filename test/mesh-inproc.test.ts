@@ -296,7 +296,7 @@ test('a relay bounds what one member pushes through it, both ways ([mesh] relay_
   const a = await node(null) // holds slots on both relays (as a member behind NAT would)
   const b = await node(null) // comes to a through them
   const PROTO = '/meshcc-test/sink/1.0.0'
-  // a and b each read what comes until the end, answer with the byte count, and send `size` bytes back when asked
+  // a and b each read what comes until the end and answer with the byte count
   const serve = (n: MeshLibp2p) => n.handle(PROTO, async (stream) => {
     let got = 0
     for await (const chunk of stream) got += chunk.byteLength
@@ -312,40 +312,16 @@ test('a relay bounds what one member pushes through it, both ways ([mesh] relay_
     await tm(a).listen([multiaddr(`${addr.toString()}/p2p-circuit`)])
     circuits[name] = `${addr.toString()}/p2p-circuit/p2p/${a.peerId.toString()}`
   }
-  /** b sends `bytes` to a over the relayed connection; ms until a has counted them all */
-  const push = async (via: string, bytes: number): Promise<number> => {
-    const conn = await b.dial(multiaddr(via))
-    assert.ok(conn.remoteAddr.toString().includes('/p2p-circuit'), `relayed: ${conn.remoteAddr.toString()}`)
-    const stream = await conn.newStream(PROTO, { runOnLimitedConnection: true })
-    const t0 = Date.now()
-    const chunk = new Uint8Array(16 * 1024)
-    for (let sent = 0; sent < bytes; sent += chunk.byteLength) {
-      if (!stream.send(chunk)) await new Promise((r) => stream.addEventListener('drain', r, { once: true }))
-    }
-    await stream.close()
-    let answer = ''
-    for await (const c of stream) answer += new TextDecoder().decode(c.subarray())
-    assert.equal(Number(answer), bytes, 'a got every byte')
-    const ms = Date.now() - t0
-    await conn.close()
-    return ms
-  }
   const MiB = 1024 * 1024
-  const fast = await push(circuits.open!, MiB)
-  const slow = await push(circuits.limited!, MiB)
-  // 1 MiB at 256 KiB/s after a 256 KiB burst: about 3 s
-  // (a lower bound: load on the machine only makes it slower; the unlimited relay is the control)
-  assert.ok(slow >= 2700, `the limited relay held b back: ${slow} ms for 1 MiB (unlimited: ${fast} ms)`)
-  assert.ok(slow < 30_000, `but let it through: ${slow} ms`)
-
-  // the other way: what a (the member holding the reservation) pushes to b comes through its stop stream
-  await serve(b)
-  const back = async (via: string): Promise<number> => {
+  const relayed = (c: { remoteAddr: Multiaddr }) => c.remoteAddr.toString().includes('/p2p-circuit')
+  /** b dials a through `via`; then `from` (b, or a on that same relayed connection) sends the other
+   *  1 MiB; ms until the other side has counted it all */
+  const push = async (from: MeshLibp2p, via: string): Promise<number> => {
     const conn = await b.dial(multiaddr(via))
+    assert.ok(relayed(conn), `relayed: ${conn.remoteAddr.toString()}`)
+    const fromConn = from === b ? conn : await waitFor('a sees the relayed connection', () => a.getConnections(b.peerId).find(relayed), 10_000, 50)
+    const stream = await fromConn.newStream(PROTO, { runOnLimitedConnection: true })
     const t0 = Date.now()
-    // a opens the stream this time, on the relayed connection b made
-    const aConn = await waitFor('a sees the relayed connection', () => a.getConnections(b.peerId).find((c) => c.remoteAddr.toString().includes('/p2p-circuit')), 10_000, 50)
-    const stream = await aConn.newStream(PROTO, { runOnLimitedConnection: true })
     const chunk = new Uint8Array(16 * 1024)
     for (let sent = 0; sent < MiB; sent += chunk.byteLength) {
       if (!stream.send(chunk)) await new Promise((r) => stream.addEventListener('drain', r, { once: true }))
@@ -353,12 +329,21 @@ test('a relay bounds what one member pushes through it, both ways ([mesh] relay_
     await stream.close()
     let answer = ''
     for await (const c of stream) answer += new TextDecoder().decode(c.subarray())
-    assert.equal(Number(answer), MiB, 'b got every byte')
+    assert.equal(Number(answer), MiB, 'every byte arrived')
     const ms = Date.now() - t0
     await conn.close()
     return ms
   }
-  const slowBack = await back(circuits.limited!)
+  const fast = await push(b, circuits.open!)
+  const slow = await push(b, circuits.limited!)
+  // 1 MiB at 256 KiB/s after a 256 KiB burst: about 3 s
+  // (a lower bound: load on the machine only makes it slower; the unlimited relay is the control)
+  assert.ok(slow >= 2700, `the limited relay held b back: ${slow} ms for 1 MiB (unlimited: ${fast} ms)`)
+  assert.ok(slow < 30_000, `but let it through: ${slow} ms`)
+
+  // the other way: what a (the member holding the reservation) sends to b comes through its stop stream
+  await serve(b)
+  const slowBack = await push(a, circuits.limited!)
   assert.ok(slowBack >= 2700, `the limited relay held a back too: ${slowBack} ms for 1 MiB`)
   assert.deepEqual(lines.filter((l) => l.startsWith('E ')), [], 'no errors')
 })
