@@ -83,8 +83,12 @@ export interface Config {
     relay: boolean
     /** members one relay serves at once */
     relayMaxReservations: number
+    /** bytes per second one member may push through this node's relay; 0 = no bound */
+    relayRate: number
     /** reserve relay slots on reachable members when this node cannot be reached from other networks */
     relayClient: boolean
+    /** when other networks cannot reach this node, ask the router (UPnP-IGD, NAT-PMP) to forward a port to it */
+    portMapping: boolean
   }
   shim: {
     enabled: boolean
@@ -110,7 +114,10 @@ export const MIN_CACHE_BYTES = 64 * 1024
 export const DEFAULT_SHARED_SIZE = 2 * 1024 ** 3
 /** [cache] verify_rate: one remote result in a hundred is recompiled here and compared */
 export const DEFAULT_VERIFY_RATE = 0.01
-export const DEFAULT_MESH_LISTEN = [`/ip4/0.0.0.0/tcp/${DEFAULT_MESH_PORT}`]
+/** IPv4 and IPv6 (a machine without IPv6 starts on IPv4 alone: libp2p lets the IPv6 listener fail) */
+export const DEFAULT_MESH_LISTEN = [`/ip4/0.0.0.0/tcp/${DEFAULT_MESH_PORT}`, `/ip6/::/tcp/${DEFAULT_MESH_PORT}`]
+/** [mesh] relay_rate: bytes per second one member may push through a relay (a compile job is rarely above 1 MiB) */
+export const DEFAULT_RELAY_RATE = 4 * 1024 ** 2
 /** seconds: a daemon without a mesh exits after this long without a request */
 export const DEFAULT_IDLE_TIMEOUT = 600
 export const DEFAULT_SHIM_LISTEN = '127.0.0.1:10600'
@@ -435,7 +442,9 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       announce: mesh.stringList('announce', []),
       relay: mesh.bool('relay', true),
       relayMaxReservations: mesh.int('relay_max_reservations', 32, 0, 1024),
-      relayClient: mesh.bool('relay_client', true)
+      relayRate: mesh.size('relay_rate', DEFAULT_RELAY_RATE, 0),
+      relayClient: mesh.bool('relay_client', true),
+      portMapping: mesh.bool('port_mapping', true)
     },
     shim: {
       enabled: shim.bool('enabled', false),

@@ -38,6 +38,16 @@ level = "debug"
   assert.equal(c.file, file)
 }))
 
+test('[mesh] relay_rate is a size per second, 0 turns the bound off, and defaults to 4 MiB/s', withConf('[mesh]\nrelay_rate = "512K"\n', (file) => {
+  assert.equal(loadConfig({ MESHCC_CONF: file }).mesh.relayRate, 512 * 1024)
+  writeFileSync(file, '[mesh]\nrelay_rate = 0\n')
+  assert.equal(loadConfig({ MESHCC_CONF: file }).mesh.relayRate, 0)
+  writeFileSync(file, '[mesh]\n')
+  assert.equal(loadConfig({ MESHCC_CONF: file }).mesh.relayRate, 4 * 1024 ** 2)
+  writeFileSync(file, '[mesh]\nrelay_rate = "fast"\n')
+  assert.throws(() => loadConfig({ MESHCC_CONF: file }), (e: unknown) => e instanceof ConfigError && /relay_rate/.test(e.message))
+}))
+
 test('environment variables override the file', withConf('[cache]\nsize = "1G"\n', (file) => {
   const c = loadConfig({ MESHCC_CONF: file, MESHCC_DIR: '/tmp/x-cache', MESHCC_CACHE_SIZE: '2G', MESHCC_LOG: 'warn', MESHCC_IDLE_TIMEOUT: '5', MESHCC_MESH_IDLE_TIMEOUT: '7', MESHCC_SOCKET: '/tmp/s.sock' })
   assert.equal(c.cache.dir, '/tmp/x-cache')

@@ -3,7 +3,7 @@
 // peer), subnets read from the interfaces, and the order an invite gives its addresses in.
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
-import { isOwnAddr, localSubnets, onSubnets, orderForOutsiders, tcpPorts, withoutLoopback } from '../src/mesh/addresses.js'
+import { isOwnAddr, isPublicAddr, localSubnets, onSubnets, orderForOutsiders, tcpPorts, withoutLoopback } from '../src/mesh/addresses.js'
 import { linkText } from '../src/cli/mesh-commands.js'
 import type { MemberStatus } from '../src/daemon/mesh-service.js'
 
@@ -24,6 +24,17 @@ test("a node's own addresses: its interfaces, loopback and wildcards, on its own
   assert.equal(isOwnAddr('/ip4/192.0.2.77/tcp/10650', ports), false, 'not an interface address here')
   assert.equal(isOwnAddr(`/ip4/127.0.0.1/tcp/10650/p2p/${P}/p2p-circuit/p2p/${P}`, ports), false, 'a relayed address is never ours')
   assert.equal(isOwnAddr('/ip4/127.0.0.1/tcp/10650', new Set()), false)
+})
+
+test('public: global IPv4 and global unicast IPv6; not private, link-local, unique-local or relayed', () => {
+  assert.equal(isPublicAddr('/ip4/12.77.21.1/tcp/10650'), true)
+  assert.equal(isPublicAddr('/ip4/192.168.1.5/tcp/10650'), false)
+  assert.equal(isPublicAddr('/ip6/2a01:4f8::1/tcp/10650'), true)
+  assert.equal(isPublicAddr('/ip6/2001:db8:1::10/tcp/10650'), true, 'the documentation prefix is in 2000::/3 (the NAT lab uses it)')
+  assert.equal(isPublicAddr('/ip6/fe80::1/tcp/10650'), false, 'link-local')
+  assert.equal(isPublicAddr('/ip6/fd12:3456::1/tcp/10650'), false, 'unique-local')
+  assert.equal(isPublicAddr('/ip6/::1/tcp/10650'), false)
+  assert.equal(isPublicAddr(`/ip6/2a01:4f8::1/tcp/10650/p2p/${P}/p2p-circuit/p2p/${P}`), false, 'relayed')
 })
 
 test('subnets come from the interfaces: loopback is on one, a documentation address is not', () => {
@@ -47,5 +58,6 @@ test('the LINK column says how a member is reached, or why it is not', () => {
   assert.equal(linkText(m({ self: true, connection: 'self' })), 'self')
   assert.equal(linkText(m({ connection: 'direct', lan: true })), 'LAN direct')
   assert.equal(linkText(m({ connection: 'direct' })), 'direct')
+  assert.equal(linkText(m({ connection: 'direct', mapped: true })), 'direct (mapped)', 'dialed through its port mapping')
   assert.equal(linkText(m({ dial_error: 'dial timed out (behind NAT or a firewall?)' })), 'unreachable: dial timed out (behind NAT or a firewall?)')
 })

@@ -13,11 +13,18 @@ import { startMesh, type Mesh, type MeshMember, type LoadInfo } from '../src/mes
 import { loadConfig } from '../src/config.js'
 import { createLogger, type Logger } from '../src/log.js'
 import { waitFor } from './helpers/mesh-proc.js'
+import { generateKeyPair } from '@libp2p/crypto/keys'
+import { multiaddr, type Multiaddr } from '@multiformats/multiaddr'
+import { createMeshNode, type MeshLibp2p } from '../src/mesh/node.js'
+import { meshIdFromKey } from '../src/mesh/keys.js'
+import { captureLog, freshPsk } from './helpers/mesh-node.js'
 
 const dir = mkdtempSync(join(tmpdir(), 'meshcc-inproc-'))
 const meshes: Mesh[] = []
+const nodes: MeshLibp2p[] = []
 after(async () => {
   await Promise.all(meshes.map((m) => m.stop()))
+  await Promise.all(nodes.map((n) => n.stop()))
   rmSync(dir, { recursive: true, force: true })
 })
 
@@ -273,4 +280,70 @@ test('a gossipsub mesh link left over from a graft is pruned once neither side a
     (!gsP.mesh.get(topic)?.has(Q.m.peerId) && !gsQ.mesh.get(topic)?.has(P.m.peerId) ? true : undefined), 8000, 100)
   assert.equal(P.m.gossipForwarding(), false)
   assert.ok(sees(P.m, Q.m.peerId) && sees(Q.m, P.m.peerId), 'both still in each other\'s view')
+})
+
+test('a relay bounds what one member pushes through it, both ways ([mesh] relay_rate)', { timeout: 90_000 }, async () => {
+  const psk = freshPsk()
+  const lines: string[] = []
+  const node = async (relay: { maxReservations: number; rate?: number } | null) => {
+    const n = await createMeshNode({ privateKey: await generateKeyPair('Ed25519'), psk, meshId: meshIdFromKey(psk), listen: ['/ip4/127.0.0.1/tcp/0'], mdns: false, dht: false, relay, isDenied: () => false, log: captureLog(lines) })
+    nodes.push(n)
+    return n
+  }
+  const RATE = 256 * 1024
+  const limited = await node({ maxReservations: 4, rate: RATE })
+  const open = await node({ maxReservations: 4 })
+  const a = await node(null) // holds slots on both relays (as a member behind NAT would)
+  const b = await node(null) // comes to a through them
+  const PROTO = '/meshcc-test/sink/1.0.0'
+  // a and b each read what comes until the end and answer with the byte count
+  const serve = (n: MeshLibp2p) => n.handle(PROTO, async (stream) => {
+    let got = 0
+    for await (const chunk of stream) got += chunk.byteLength
+    stream.send(new TextEncoder().encode(String(got)))
+    await stream.close()
+  }, { runOnLimitedConnection: true })
+  await serve(a)
+  const tm = (n: MeshLibp2p) => (n as unknown as { components: { transportManager: { listen(a: Multiaddr[]): Promise<void> } } }).components.transportManager
+  const circuits: Record<string, string> = {}
+  for (const [name, relay] of [['limited', limited], ['open', open]] as const) {
+    const addr = relay.getMultiaddrs()[0]!
+    await a.dial(addr)
+    await tm(a).listen([multiaddr(`${addr.toString()}/p2p-circuit`)])
+    circuits[name] = `${addr.toString()}/p2p-circuit/p2p/${a.peerId.toString()}`
+  }
+  const MiB = 1024 * 1024
+  const relayed = (c: { remoteAddr: Multiaddr }) => c.remoteAddr.toString().includes('/p2p-circuit')
+  /** b dials a through `via`; then `from` (b, or a on that same relayed connection) sends the other
+   *  1 MiB; ms until the other side has counted it all */
+  const push = async (from: MeshLibp2p, via: string): Promise<number> => {
+    const conn = await b.dial(multiaddr(via))
+    assert.ok(relayed(conn), `relayed: ${conn.remoteAddr.toString()}`)
+    const fromConn = from === b ? conn : await waitFor('a sees the relayed connection', () => a.getConnections(b.peerId).find(relayed), 10_000, 50)
+    const stream = await fromConn.newStream(PROTO, { runOnLimitedConnection: true })
+    const t0 = Date.now()
+    const chunk = new Uint8Array(16 * 1024)
+    for (let sent = 0; sent < MiB; sent += chunk.byteLength) {
+      if (!stream.send(chunk)) await new Promise((r) => stream.addEventListener('drain', r, { once: true }))
+    }
+    await stream.close()
+    let answer = ''
+    for await (const c of stream) answer += new TextDecoder().decode(c.subarray())
+    assert.equal(Number(answer), MiB, 'every byte arrived')
+    const ms = Date.now() - t0
+    await conn.close()
+    return ms
+  }
+  const fast = await push(b, circuits.open!)
+  const slow = await push(b, circuits.limited!)
+  // 1 MiB at 256 KiB/s after a 256 KiB burst: about 3 s
+  // (a lower bound: load on the machine only makes it slower; the unlimited relay is the control)
+  assert.ok(slow >= 2700, `the limited relay held b back: ${slow} ms for 1 MiB (unlimited: ${fast} ms)`)
+  assert.ok(slow < 30_000, `but let it through: ${slow} ms`)
+
+  // the other way: what a (the member holding the reservation) sends to b comes through its stop stream
+  await serve(b)
+  const slowBack = await push(a, circuits.limited!)
+  assert.ok(slowBack >= 2700, `the limited relay held a back too: ${slowBack} ms for 1 MiB`)
+  assert.deepEqual(lines.filter((l) => l.startsWith('E ')), [], 'no errors')
 })

@@ -13,9 +13,10 @@ import assert from 'node:assert/strict'
 import { copyFileSync, existsSync, readFileSync, writeFileSync } from 'node:fs'
 import { createServer, type Server } from 'node:net'
 import { join } from 'node:path'
-import { createInstance, type Instance } from './helpers/meshcc.js'
+import { createInstance, MESHCC, type Instance } from './helpers/meshcc.js'
+import { createNetnsLab, type NetnsHost } from './helpers/netns.js'
 import { status, startMeshDaemon, waitFor } from './helpers/mesh-daemons.js'
-import { encodeInvite } from '../src/mesh/keys.js'
+import { decodeInvite, encodeInvite, generateMeshKey, writeMeshKey } from '../src/mesh/keys.js'
 import { formatStatus } from '../src/cli/mesh-commands.js'
 import { processAlive } from '../src/util/pid-lock.js'
 
@@ -169,4 +170,82 @@ test('stable port across restarts, a moved member found through stored addresses
   assert.equal(g.mesh!.peer_id, bId, 'G runs with B\'s identity')
   assert.deepEqual(g.mesh!.identity_clashes.map(portOf), [portOf(loopbackAddrs(await status(b))[0])])
   assert.match((await gDir.run(['status'])).stdout, /WARNING: the peer at \S+ has this node's own identity: a cloned machine or a copied identity\.key\?/)
+})
+
+test('default listen is IPv4 and IPv6: global IPv6 advertised, link-local not; no IPv6 still starts; the default port taken moves both and they are remembered; an announce address in the invite, dialable; an invite that nobody answers', { timeout: 150_000 }, async (t) => {
+  const r = createNetnsLab(2)
+  if ('skip' in r) {
+    t.skip(`cannot create network namespaces: ${r.skip}`)
+    return
+  }
+  const lab = r.lab
+  try {
+    const [noV6, taken] = lab.hosts as [NetnsHost, NetnsHost]
+    for (const k of ['all', 'default', 'lo', 'eth0']) lab.run(noV6, 'sysctl', ['-q', '-w', `net.ipv6.conf.${k}.disable_ipv6=1`])
+    assert.equal(lab.run(taken, 'ip', ['-6', 'addr', 'add', '2001:db8:99::11/64', 'dev', 'eth0', 'nodad']).status, 0)
+    // another program holds the default port on IPv4
+    lab.spawn(taken, process.execPath, ['-e', "require('net').createServer().listen(10650, '0.0.0.0')"], { stdio: 'ignore' })
+    await waitFor('the squatter on 10650', async () => (lab.run(taken, 'ss', ['-Hltn', 'sport = :10650']).stdout.includes('0.0.0.0:10650') ? true : undefined), 10_000)
+
+    const keyHolder = node('v6key', { keyFile: '' })
+    const keyFile = join(keyHolder.dir, 'mesh.key')
+    writeMeshKey(keyFile, generateMeshKey())
+    // the default listen: no listen line; mDNS off (the lab's bridge would carry it, but nothing here needs it)
+    const daemon = (name: string) => {
+      const i = createInstance('[build]\ncores = 1\n', name, ['mdns = false', `key_file = "${keyFile}"`].join('\n'))
+      all.push(i)
+      return i
+    }
+    const a = daemon('v6none')
+    const b = daemon('v6taken')
+    // a port forward in front of A (20650 → 10650, as a router would do it) that A announces
+    const forwarded = `/ip4/${noV6.ip}/tcp/20650`
+    writeFileSync(a.conf, readFileSync(a.conf, 'utf8').replace('mdns = false', `mdns = false\nannounce = ["${forwarded}"]`))
+    assert.equal(lab.run(noV6, 'iptables', ['-t', 'nat', '-A', 'PREROUTING', '-p', 'tcp', '--dport', '20650', '-j', 'DNAT', '--to-destination', `${noV6.ip}:10650`]).status, 0)
+    const start = (i: Instance, h: NetnsHost) => lab.spawn(h, MESHCC, ['daemon'], { env: i.env, stdio: 'ignore' })
+    const up = (i: Instance) => waitFor(`${i.dir}'s mesh`, async () => { const s = await status(i).catch(() => undefined); return s?.mesh ? s : undefined }, 30_000)
+    start(a, noV6)
+    start(b, taken)
+    const sa = await up(a)
+    assert.ok(sa.mesh!.addresses.some((x) => x.startsWith(`/ip4/${noV6.ip}/tcp/10650/`)), `without IPv6: IPv4 on the default port (${sa.mesh!.addresses.join(' ')})`)
+    assert.ok(!sa.mesh!.addresses.some((x) => x.startsWith('/ip6/')), 'and no IPv6 address')
+
+    const sb = await up(b)
+    const v4 = sb.mesh!.addresses.find((x) => x.startsWith(`/ip4/${taken.ip}/tcp/`))
+    const v6 = sb.mesh!.addresses.find((x) => x.startsWith('/ip6/2001:db8:99::11/tcp/'))
+    assert.ok(v4 && portOf(v4) !== 10650, `IPv4 moved off the taken default port: ${sb.mesh!.addresses.join(' ')}`)
+    assert.ok(v6, `the global IPv6 address is advertised: ${sb.mesh!.addresses.join(' ')}`)
+    assert.ok(!sb.mesh!.addresses.some((x) => /^\/ip6\/fe80/i.test(x)), 'no link-local address')
+    const remembered = () => (JSON.parse(readFileSync(join(b.dir, 'mesh-listen.json'), 'utf8')) as { ports: Record<string, number> }).ports
+    assert.deepEqual(remembered(), { '/ip4/0.0.0.0/tcp/10650': portOf(v4), '/ip6/::/tcp/10650': portOf(v6) }, 'both ports remembered')
+
+    // restarted with the port still taken: back on the same two ports
+    await stopDaemon(b)
+    start(b, taken)
+    const sb2 = await up(b)
+    assert.ok(sb2.mesh!.addresses.includes(v4) && sb2.mesh!.addresses.includes(v6), `same addresses after a restart: ${sb2.mesh!.addresses.join(' ')}`)
+
+    // A's invite names the announced address; B never met A (no bootstrap, no mDNS)
+    const inv = await a.run(['mesh', 'invite'])
+    assert.equal(inv.code, 0, inv.stderr)
+    const invite = decodeInvite(inv.stdout.trim())
+    assert.ok(invite.addrs.includes(`${forwarded}/p2p/${sa.mesh!.peer_id}`), `the invite names ${forwarded}: ${invite.addrs.join(' ')}`)
+    assert.equal((await status(b)).mesh!.members.length, 1, 'B knows nobody yet')
+    const joinB = (addrs: string[]) => lab.run(taken, 'env', [`MESHCC_CONF=${b.conf}`, MESHCC, 'mesh', 'join', encodeInvite({ key: readFileSync(keyFile, 'utf8'), addrs })], 60_000)
+    // an invite none of whose addresses answers: one line, and the join still done
+    const dead = joinB([`/ip4/${noV6.ip}/tcp/20651/p2p/${sa.mesh!.peer_id}`])
+    assert.equal(dead.status, 0, dead.stderr)
+    const lines = dead.stderr.split('\n').filter(Boolean)
+    assert.equal(lines.length, 1, `one line: ${dead.stderr}`)
+    assert.match(lines[0]!, /^meshcc: none of the invite's addresses answered within 3 s \(\/ip4\/10\.231\.0\.10\/tcp\/20651\/p2p\/\S+\): ask a member that other networks can reach/)
+    // the announced address only: B comes in through the port forward
+    const good = joinB([`${forwarded}/p2p/${sa.mesh!.peer_id}`])
+    assert.equal(good.status, 0, good.stderr)
+    assert.equal(good.stderr, '', 'the announced address answered')
+    await waitFor('A and B to meet through the announced address', async () => ((await status(b).catch(() => undefined))?.mesh?.members.length === 2 ? true : undefined), 30_000)
+    await stopDaemon(a)
+    await stopDaemon(b)
+  } finally {
+    await lab.destroy()
+  }
 })

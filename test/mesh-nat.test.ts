@@ -1,6 +1,9 @@
 // Members behind home and office routers, in a NAT lab of network namespaces (test/helpers/
 // netns.ts createNatLab): a "wan" bridge with two public members (p1, p2), router 1
-// (MASQUERADE) with two LAN hosts (h1a, h1b), router 2 (MASQUERADE) with one (h2). Real daemons
+// (MASQUERADE, and Debian's miniupnpd serving UPnP-IGD and NAT-PMP) with two LAN hosts (h1a,
+// which maps a port on it, and h1b, which has port_mapping = false), router 2 (MASQUERADE, no
+// port mapping) with one (h2). h1a and h2 also have global IPv6 addresses (routed between the
+// LANs without NAT). Real daemons
 // run inside the namespaces (`meshcc daemon`), every compile is a real gcc run through the CLI
 // in the client's namespace, and each object must be byte-identical to a plain gcc's and come
 // from the builder the check names. One lab serves all checks, in order (the last ones kill
@@ -11,10 +14,12 @@
 import { test, after } from 'node:test'
 import assert from 'node:assert/strict'
 import { join } from 'node:path'
-import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
 import { MESHCC, runCommand, type Instance } from './helpers/meshcc.js'
-import { createNatLab, liveNamespaces, type NatHost, type NatLab } from './helpers/netns.js'
-import { startNatMesh, statusOf, until, type Member, type Name, type NatMesh } from './helpers/nat-mesh.js'
+import { createNatLab, liveNamespaces, startMiniupnpd, LAB_PUBLIC_WAN, type Miniupnpd, type NatHost, type NatLab } from './helpers/netns.js'
+import { NAT_PORT, startNatMesh, statusOf, until, type Member, type Name, type NatMesh } from './helpers/nat-mesh.js'
+import { linkText, reachabilityText } from '../src/cli/mesh-commands.js'
 
 const sleep = (ms: number) => new Promise((res) => setTimeout(res, ms))
 const instances: Instance[] = []
@@ -30,6 +35,8 @@ test('members behind NAT routers find, reach and compile for each other', { time
   }
   const lab: NatLab = r.lab
   let nm: NatMesh | null = null
+  let upnp: Miniupnpd | null = null
+  const upnpDir = mkdtempSync(join(tmpdir(), 'meshcc-upnp-'))
   let ok = false
   try {
     // the lab separates what it should: NATed hosts reach the wan, the wan does not reach them
@@ -38,8 +45,10 @@ test('members behind NAT routers find, reach and compile for each other', { time
     assert.ok(!tcpTo(lab.p1, lab.h1a.ip), 'p1 cannot reach h1a')
     assert.ok(!tcpTo(lab.h2, lab.h1a.ip), 'h2 cannot reach h1a')
 
-    nm = await startNatMesh(lab, instances)
-    const { members, m, killDaemon, link, onlyBuilder, summary } = nm
+    upnp = await startMiniupnpd(lab, lab.r1, upnpDir)
+    // h1a renews its mapping every 3 s here (an hour's lease is renewed every 20 min otherwise)
+    nm = await startNatMesh(lab, instances, { env: { h1a: { MESHCC_TEST_PORT_MAPPING_RENEW_MS: '3000' } } })
+    const { members, m, killDaemon, startDaemon, stopDaemon, link, onlyBuilder, summary } = nm
     const t0 = Date.now()
     const all = await until(90_000, async () => {
       const s = await Promise.all([...members.values()].map(statusOf))
@@ -48,16 +57,20 @@ test('members behind NAT routers find, reach and compile for each other', { time
     t.diagnostic(`views after ${Date.now() - t0} ms:\n${await summary()}`)
     assert.ok(all, 'every member lists all five within 90 s')
 
-    // reachability: the public members are public, the NATed ones relayed through them
+    // reachability: the public members are public, h1a through the port it mapped on router 1,
+    // the other NATed ones relayed through p1 and p2
+    const mappedAddr = `/ip4/${LAB_PUBLIC_WAN}/tcp/${NAT_PORT}`
     const reach = await until(60_000, async () => {
       const s = await Promise.all([...members.values()].map(statusOf))
       const st = s.map((x) => x?.mesh?.reachability)
-      const good = st[0]?.state === 'public' && st[1]?.state === 'public' && st.slice(2).every((x) => x?.state === 'relayed' && x.relays.length === 2)
+      const [p1, p2, h1a, ...others] = st
+      const good = p1?.state === 'public' && p2?.state === 'public' && h1a?.state === 'public' && h1a.mapped === mappedAddr &&
+        others.every((x) => x?.state === 'relayed' && x.relays.length === 2)
       return good ? st : undefined
     })
     t.diagnostic(`reachability after ${Date.now() - t0} ms:\n${await summary()}`)
-    assert.ok(reach, 'p1 and p2 public, h1a, h1b and h2 relayed through both within 60 s')
-    for (const x of [m('h1a'), m('h1b'), m('h2')]) {
+    assert.ok(reach, `p1 and p2 public, h1a public through its mapping ${mappedAddr}, h1b and h2 relayed through both within 60 s`)
+    for (const x of [m('h1b'), m('h2')]) {
       const s = (await statusOf(x))!.mesh!
       assert.ok(s.addresses.some((a) => a.includes('/p2p-circuit')), `${x.name} advertises relayed addresses: ${s.addresses.join(' ')}`)
       assert.ok(!s.addresses.some((a) => a.startsWith('/ip4/127.')), `${x.name} advertises no loopback address`)
@@ -78,6 +91,53 @@ test('members behind NAT routers find, reach and compile for each other', { time
       const done = [...members.values()].filter((x) => (afterJobs[x.id]?.done ?? 0) > (before[x.id]?.done ?? 0))
       return done.map((x) => x.name).join(',') || 'here'
     }
+    // 0. port mapping: h1a asked router 1 (UPnP-IGD) for a port and advertises the mapped
+    // address; h1b (port_mapping = false) asked nothing and is relayed (above)
+    const h1aMesh = (await statusOf(m('h1a')))!.mesh!
+    t.diagnostic(`h1a: ${reachabilityText(h1aMesh.reachability)}; router 1 leases: ${JSON.stringify(upnp.leases())}`)
+    assert.ok(h1aMesh.addresses.some((a) => a.startsWith(`${mappedAddr}/p2p/`)), `h1a advertises ${mappedAddr}: ${h1aMesh.addresses.join(' ')}`)
+    assert.equal(h1aMesh.reachability.port_mapping.state, 'mapped')
+    assert.equal(h1aMesh.reachability.port_mapping.protocol, 'upnp')
+    assert.match(reachabilityText(h1aMesh.reachability), /^public \(mapped: /)
+    const lease0 = upnp.leases().find((l) => l.client === lab.h1a.ip)
+    assert.ok(lease0 && lease0.proto === 'TCP' && lease0.extPort === NAT_PORT && lease0.intPort === NAT_PORT, `router 1 holds h1a's mapping: ${JSON.stringify(upnp.leases())}`)
+    assert.match(upnp.dnatRules(), new RegExp(`dnat ip to ${lab.h1a.ip.replace(/\./g, '\\.')}:${NAT_PORT}`))
+    assert.ok(!upnp.leases().some((l) => l.client === lab.h1b.ip), 'h1b mapped nothing')
+    assert.equal((await statusOf(m('h1b')))!.mesh!.reachability.port_mapping.state, 'off')
+    // renewed before it runs out: the lease's end moves on
+    const renewed = await until(20_000, async () => { const l = upnp!.leases().find((x) => x.client === lab.h1a.ip); return l && l.expires > lease0.expires ? l : undefined })
+    assert.ok(renewed, `h1a renews its lease (${lease0.expires} then ${JSON.stringify(upnp.leases())})`)
+    // a router that does not answer a renewal for a while (router 1 drops h1a's UPnP control
+    // connections): the lease still runs, so h1a keeps its mapping and renews once it answers
+    const h1aLog = () => readFileSync(join(m('h1a').inst.cacheDir, 'meshcc.log'), 'utf8')
+    const noControl = ['INPUT', '-s', lab.h1a.ip, '-p', 'tcp', '-m', 'comment', '--comment', 'meshcc-test-noupnp', '-j', 'DROP']
+    lab.iptables(lab.r1.ns, ['-I', ...noControl])
+    let unanswered: true | undefined
+    try {
+      unanswered = await until(30_000, async () => /port mapping: renewing \S+ failed/.test(h1aLog()) ? true : undefined)
+    } finally {
+      lab.iptables(lab.r1.ns, ['-D', ...noControl])
+    }
+    assert.ok(unanswered, 'a renewal went unanswered')
+    const leaseBefore = upnp.leases().find((l) => l.client === lab.h1a.ip)?.expires ?? 0
+    const renewedAgain = await until(30_000, async () => { const l = upnp!.leases().find((x) => x.client === lab.h1a.ip); return l && l.expires > leaseBefore ? l : undefined })
+    assert.ok(renewedAgain, `h1a renews once the router answers again: ${JSON.stringify(upnp.leases())}`)
+    const keptMapping = (await statusOf(m('h1a')))!.mesh!.reachability.port_mapping
+    assert.equal(keptMapping.state, 'mapped', `h1a kept its mapping through the silence: ${keptMapping.detail}`)
+    // an outside member dials h1a through the mapping: router 1 drops what h1a itself would dial
+    // to p2, and p2 comes back from a restart
+    const noDial = ['FORWARD', '-s', lab.h1a.ip, '-d', lab.p2.ip, '-m', 'conntrack', '--ctstate', 'NEW', '-m', 'comment', '--comment', 'meshcc-test-nodial', '-j', 'DROP']
+    lab.iptables(lab.r1.ns, ['-I', ...noDial])
+    killDaemon('p2')
+    startDaemon('p2')
+    const viaMapping = await until(60_000, async () => { const l = await link('p2', 'h1a'); return l && linkText(l) === 'direct (mapped)' ? l : undefined })
+    t.diagnostic(`p2 → h1a: ${JSON.stringify(await link('p2', 'h1a'))}`)
+    assert.ok(viaMapping, 'p2\'s LINK to h1a says direct (mapped)')
+    await onlyBuilder('h1a', 'p2')
+    assert.equal(await compileOn(m('p2'), 'mapped'), 'h1a', 'p2\'s job ran on h1a, through its mapping')
+    lab.iptables(lab.r1.ns, ['-D', ...noDial])
+    await onlyBuilder('h1b', 'h1a')
+
     // 1. the two LAN hosts behind router 1: mDNS, no bootstrap needed, a LAN direct link
     const lan = await link('h1a', 'h1b')
     assert.equal(lan?.connection, 'direct')
@@ -96,10 +156,11 @@ test('members behind NAT routers find, reach and compile for each other', { time
     assert.equal(await compileOn(m('h1b'), 'relay-b'), 'h2', 'h1b\'s job ran on h2, relayed')
 
     // 3. a public client and a NATed builder: a direct connection the NATed side dialed
-    const rev = await until(20_000, async () => { const l = await link('p2', 'h1a'); return l?.connection === 'direct' ? l : undefined })
-    assert.ok(rev, 'p2 has a direct connection to h1a')
-    await onlyBuilder('h1a', 'p2')
-    assert.equal(await compileOn(m('p2'), 'reversed'), 'h1a', 'p2\'s job ran on h1a')
+    const rev = await until(20_000, async () => { const l = await link('p2', 'h1b'); return l?.connection === 'direct' ? l : undefined })
+    assert.ok(rev, 'p2 has a direct connection to h1b')
+    assert.equal(linkText(rev), 'direct', 'not through a mapping (h1b has none)')
+    await onlyBuilder('h1b', 'p2')
+    assert.equal(await compileOn(m('p2'), 'reversed'), 'h1b', 'p2\'s job ran on h1b')
     await onlyBuilder('h1b', 'h2')
 
     // a small make project in the client's directory; returns how long the build took
@@ -122,6 +183,24 @@ test('members behind NAT routers find, reach and compile for each other', { time
       units.forEach((u, i) => assert.ok(readFileSync(join(dir, `${u}.o`)).equals(expected[i]!), `${label}: ${u}.o is what gcc makes`))
       return ms
     }
+
+    // 3b. a slow, lossy wan (50 ms, 1 % loss): builds stay green and byte-identical, relayed and direct
+    const jobsDone = async (client: Name, builder: Name) => (await statusOf(m(client)))?.mesh?.jobs_per_peer[m(builder).id]?.done ?? 0
+    t.diagnostic(`impaired wan: ${lab.impairWan(true)}`)
+    try {
+      for (const [client, label, want] of [['h2', 'lossy-relayed', 'relayed'], ['p2', 'lossy-direct', 'direct']] as const) {
+        assert.equal((await link(client, 'h1b'))?.connection, want, `${client} → h1b is ${want}`)
+        await onlyBuilder('h1b', client)
+        const before = await jobsDone(client, 'h1b')
+        const ms = await makeOn(m(client), label)
+        const done = (await jobsDone(client, 'h1b')) - before
+        t.diagnostic(`${label}: ${ms} ms, ${done} of 8 jobs on h1b`)
+        assert.ok(done > 0, `${label}: jobs ran on h1b`)
+      }
+    } finally {
+      lab.impairWan(false)
+    }
+    await onlyBuilder('h1b', 'h2')
 
     // 4. a builder's link cut without a FIN or RST (drop rules in its namespace): its client
     // loses seconds, not the keep-alive's minute and a half
@@ -161,11 +240,11 @@ test('members behind NAT routers find, reach and compile for each other', { time
     t.diagnostic(`build with relay ${via} killed: ${killMs} ms, ${sentAfter - sentBefore} jobs sent to h1b`)
     assert.ok(sentAfter > sentBefore, 'the build sent jobs to h1b through the relay')
     const moved = await until(40_000, async () => {
-      const s = await Promise.all([m('h1a'), m('h1b'), m('h2')].map(statusOf))
+      const s = await Promise.all([m('h1b'), m('h2')].map(statusOf))
       return s.every((x) => x?.mesh?.reachability.state === 'relayed' && x.mesh.reachability.relays.join() === other) ? s : undefined
     })
     t.diagnostic(`after ${via} died:\n${await summary()}`)
-    assert.ok(moved, `h1a, h1b and h2 hold their relay slot on ${other} only`)
+    assert.ok(moved, `h1b and h2 hold their relay slot on ${other} only`)
     const again = await until(30_000, async () => { const l = await link('h2', 'h1b'); return l?.connection === 'relayed' && l.relay_via === other ? l : undefined })
     assert.ok(again, `h2 reaches h1b through ${other}`)
     await onlyBuilder('h1b', 'h2')
@@ -184,6 +263,27 @@ test('members behind NAT routers find, reach and compile for each other', { time
     assert.equal(await compileOn(m('h2'), 'alone'), 'here', 'h2 compiles locally')
     assert.ok(Date.now() - tl < 20_000, `no hang (${Date.now() - tl} ms)`)
 
+    // 7. h1a's daemon stops: its mapping leaves router 1
+    await stopDaemon('h1a')
+    const unmapped = await until(10_000, async () => !upnp!.leases().some((l) => l.client === lab.h1a.ip) && !upnp!.dnatRules().includes(lab.h1a.ip) ? true : undefined)
+    assert.ok(unmapped, `router 1 no longer forwards to h1a: ${JSON.stringify(upnp.leases())} ${upnp.dnatRules()}`)
+
+    // 8. IPv6: h1a comes back without a port mapping; it and h2 are behind different IPv4 NATs,
+    // no relay is left, but both have global IPv6 addresses: a direct link, both ways
+    writeFileSync(m('h1a').inst.conf, readFileSync(m('h1a').inst.conf, 'utf8').replace('[mesh]\n', '[mesh]\nport_mapping = false\n'))
+    startDaemon('h1a')
+    const v6 = await until(60_000, async () => { const l = await link('h2', 'h1a'); return l?.connection === 'direct' ? l : undefined })
+    t.diagnostic(`after h1a came back:\n${await summary()}`)
+    assert.ok(v6, 'h2 has a direct link to h1a')
+    assert.equal(linkText(v6), 'direct', 'no relay, no mapping')
+    const h1aAddrs = (await statusOf(m('h1a')))!.mesh!.addresses
+    assert.ok(h1aAddrs.some((a) => a.startsWith(`/ip6/${lab.h1a.ip6}/tcp/${NAT_PORT}/`)), `h1a advertises its IPv6 address: ${h1aAddrs.join(' ')}`)
+    assert.ok(!h1aAddrs.some((a) => a.startsWith(mappedAddr)), 'and no mapped address any more')
+    await onlyBuilder('h1a', 'h2')
+    assert.equal(await compileOn(m('h2'), 'ipv6-a'), 'h1a', 'h2\'s job ran on h1a over IPv6')
+    await onlyBuilder('h2', 'h1a')
+    assert.equal(await compileOn(m('h1a'), 'ipv6-b'), 'h2', 'h1a\'s job ran on h2 over IPv6')
+
     ok = true
   } finally {
     if (!ok) {
@@ -194,7 +294,10 @@ test('members behind NAT routers find, reach and compile for each other', { time
         } catch { /* no log */ }
       }
     }
+    if (!ok && upnp) t.diagnostic(`miniupnpd output (last 30 lines):\n${upnp.output().trimEnd().split('\n').slice(-30).join('\n')}`)
+    await upnp?.stop()
     await lab.destroy()
+    rmSync(upnpDir, { recursive: true, force: true })
     for (const x of nm?.members.values() ?? []) rmSync(`${x.inst.socket}.pid`, { force: true })
     assert.deepEqual(liveNamespaces(), [], 'namespaces deleted')
   }

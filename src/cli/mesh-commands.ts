@@ -83,7 +83,7 @@ export function formatStatus(s: DaemonStatus): string {
 /** The LINK column: how this node reaches the member, or why it cannot. */
 export function linkText(p: MemberStatus): string {
   if (p.self) return 'self'
-  if (p.connection === 'direct') return p.lan ? 'LAN direct' : 'direct'
+  if (p.connection === 'direct') return p.lan ? 'LAN direct' : p.mapped ? 'direct (mapped)' : 'direct'
   if (p.connection === 'relayed') return p.relay_via ? `relayed via ${p.relay_via}` : 'relayed'
   return p.dial_error ? `unreachable: ${p.dial_error}` : 'none (seen through others)'
 }
@@ -91,7 +91,7 @@ export function linkText(p: MemberStatus): string {
 /** The reachability line: how other networks reach this node, and why. */
 export function reachabilityText(r: ReachabilityStatus): string {
   switch (r.state) {
-    case 'public': return `public (${r.detail})`
+    case 'public': return r.mapped ? `public (mapped: ${r.mapped} forwarded by the router, ${r.port_mapping?.detail ?? ''}; ${r.detail})` : `public (${r.detail})`
     case 'relayed': return `behind NAT, relayed via ${r.relays.join(', ')} (${r.detail})`
     case 'unreachable': return `unreachable from other networks: ${r.detail}`
     default: return `unknown (${r.detail})`

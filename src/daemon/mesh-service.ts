@@ -48,6 +48,8 @@ export interface MemberStatus {
   dial_error: string | null
   /** for a relayed connection: the relay's name (or peer id) */
   relay_via: string | null
+  /** a direct connection this node dialed to the member's port mapping on its router */
+  mapped: boolean
   /** how other networks reach the member, as it says: public, relayed, unreachable (null: unknown) */
   reach: 'public' | 'relayed' | 'unreachable' | null
   /** it serves as a relay */
@@ -247,8 +249,8 @@ export class MeshService {
       cores: m.load.cores, running: m.load.running, queued: m.load.queued, free_slots: m.load.freeSlots,
       load1: m.load.load1, speed: m.load.speed, toolchains: m.load.toolchains.length, accept: m.load.accept,
       shim: m.load.shim, rtt_ms: m.rttMs, connection: m.connection, lan: m.lan, dial_error: m.dialError,
-      relay_via: m.relayVia === null ? null : names.get(m.relayVia) ?? m.relayVia,
-      reach: m.self ? reachOf(this.mesh.reachability().state) : m.load.reach === 'p' ? 'public' : m.load.reach === 'r' ? 'relayed' : m.load.reach === 'u' ? 'unreachable' : null,
+      relay_via: m.relayVia === null ? null : names.get(m.relayVia) ?? m.relayVia, mapped: m.mapped,
+      reach: m.self ? reachOf(this.mesh.reachability().state) : m.load.reach === 'p' || m.load.reach === 'm' ? 'public' : m.load.reach === 'r' ? 'relayed' : m.load.reach === 'u' ? 'unreachable' : null,
       relay: m.load.relay === true, held_back_ms: this.runner.heldBackMs(m.peerId), addrs: m.addrs,
       last_seen_ms_ago: Math.max(0, now - m.lastSeen)
     }))

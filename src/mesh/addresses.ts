@@ -108,8 +108,25 @@ export function tcpPorts(addrs: Array<Multiaddr | string>): Set<number> {
   return ports
 }
 
-/** A direct address outside the private, loopback and documentation ranges (libp2p's isPrivate). */
+const GLOBAL_UNICAST_V6 = new BlockList()
+GLOBAL_UNICAST_V6.addSubnet('2000::', 3, 'ipv6')
+
+/**
+ * A direct address others can reach without a NAT in the way: IPv4 outside the private,
+ * loopback and documentation ranges (libp2p's isPrivate), or global unicast IPv6 (2000::/3; its
+ * documentation prefix 2001:db8::/32 included, which never reaches a real network and which the
+ * NAT lab's IPv6 wan uses). Link-local and unique-local IPv6 addresses are not.
+ */
 export function isPublicAddr(a: string): boolean {
   const ma = toMultiaddr(a)
-  try { return ma !== null && !isRelayedAddr(a) && !isPrivate(ma) } catch { return false }
+  if (ma === null || isRelayedAddr(a)) return false
+  const ip = ipOf(ma)
+  if (ip?.type === 'ipv6') return GLOBAL_UNICAST_V6.check(ip.ip, 'ipv6')
+  try { return !isPrivate(ma) } catch { return false }
+}
+
+/** An IPv6 address (direct). */
+export function isIPv6Addr(a: Multiaddr | string): boolean {
+  const ma = toMultiaddr(a)
+  return ma !== null && !isRelayedAddr(a) && ipOf(ma)?.type === 'ipv6'
 }

@@ -25,6 +25,7 @@ import { SETTLED_MAX_WAIT_MS, SETTLED_QUIET_MS } from './dht-startup.js'
 import { isPublicAddr, isRelayedAddr, localSubnets, onSubnets, orderForOutsiders } from './addresses.js'
 import { Reachability, type ReachabilityStatus } from './reachability.js'
 import { serveDialBack } from './protocols/dial-back.js'
+import { PortMapper } from './port-mapping.js'
 
 export type { LoadInfo } from './load-view.js'
 export { MeshError } from './errors.js'
@@ -47,6 +48,8 @@ export interface MeshMember {
   dialError: string | null
   /** for a relayed connection: the relay's peer id */
   relayVia: string | null
+  /** a direct connection this node dialed to the member's port mapping (it says rc 'm') */
+  mapped: boolean
 }
 
 export interface MeshOptions {
@@ -182,7 +185,7 @@ export async function startMesh(opts: MeshOptions): Promise<Mesh> {
     mdns: mc.mdns,
     dht: mc.dht,
     announce: mc.announce,
-    relay: mc.relay && mc.relayMaxReservations > 0 ? { maxReservations: mc.relayMaxReservations } : null,
+    relay: mc.relay && mc.relayMaxReservations > 0 ? { maxReservations: mc.relayMaxReservations, rate: mc.relayRate } : null,
     isDenied,
     log,
     onMdnsPeer: (id) => { if (mdnsPeers.size < 10_000) mdnsPeers.add(id) },
@@ -331,10 +334,15 @@ export async function startMesh(opts: MeshOptions): Promise<Mesh> {
     const c = node.getConnections(peerIdOf(id)).find((x) => isRelayedAddr(x.remoteAddr.toString()))
     return c ? /\/p2p\/([^/]+)\/p2p-circuit/.exec(c.remoteAddr.toString())?.[1] ?? null : null
   }
+  // a direct connection we dialed to one of the member's public addresses (its mapped one, when it says it is mapped)
+  const dialedPublic = (id: string, addrs: string[]): boolean => {
+    const bare = new Set(addrs.map((a) => a.replace(/\/p2p\/[^/]+$/, '')).filter(isPublicAddr))
+    return node.getConnections(peerIdOf(id)).some((c) => c.status === 'open' && c.direction === 'outbound' && c.limits == null && bare.has(c.remoteAddr.toString().replace(/\/p2p\/[^/]+$/, '')))
+  }
   const members = (): MeshMember[] => {
     const now = Date.now()
     const list: MeshMember[] = [{
-      peerId: self, self: true, addrs: addresses(), load: view.selfLoad(), lastSeen: now, rttMs: 0, connection: 'self', lan: true, dialable: true, dialError: null, relayVia: null
+      peerId: self, self: true, addrs: addresses(), load: view.selfLoad(), lastSeen: now, rttMs: 0, connection: 'self', lan: true, dialable: true, dialError: null, relayVia: null, mapped: false
     }]
     for (const e of view.list()) {
       const { kind, lan } = connectionKind(e.peerId)
@@ -342,7 +350,8 @@ export async function startMesh(opts: MeshOptions): Promise<Mesh> {
       list.push({
         peerId: e.peerId, self: false, addrs: e.addrs, load: e.load, lastSeen: e.lastSeen, rttMs: rtts.get(e.peerId) ?? null, connection: kind, lan,
         dialable: kind !== 'none' || (failed === null && e.addrs.length > 0), dialError: failed,
-        relayVia: kind === 'relayed' ? relayOf(e.peerId) : null
+        relayVia: kind === 'relayed' ? relayOf(e.peerId) : null,
+        mapped: kind === 'direct' && e.load.reach === 'm' && dialedPublic(e.peerId, e.addrs)
       })
     }
     return list.sort((a, b) => (a.peerId < b.peerId ? -1 : a.peerId > b.peerId ? 1 : 0))
@@ -416,9 +425,11 @@ export async function startMesh(opts: MeshOptions): Promise<Mesh> {
   node.addEventListener('peer:disconnect', onDisconnect)
 
   await serveDialBack(node, meshId, (peer, err) => log.debug(`dial-back for ${peer} failed: ${errText(err)}`))
+  const reachChanged = () => { addrCache = null; view.notifyLoadChanged(); changed() }
+  const portMapper = new PortMapper(node, log.child('portmap'), mc.portMapping, reachChanged)
   reach = new Reachability(node, meshId, log.child('reach'),
     () => view.list().map((e) => ({ peerId: e.peerId, reach: e.load.reach, relay: e.load.relay === true, addrs: e.addrs })),
-    mc.relayClient, () => { addrCache = null; view.notifyLoadChanged(); changed() })
+    mc.relayClient, portMapper, reachChanged)
   const ads = new Advertiser(node, meshId, log)
   const forwarding = new ForwardingControl(node.services.pubsub, loadTopic(meshId), () => someoneIndirect(false),
     (id) => view.get(id)?.wantsForwarding ?? true, log)
@@ -479,6 +490,7 @@ export async function startMesh(opts: MeshOptions): Promise<Mesh> {
       node.removeEventListener('self:peer:update', onSelfUpdate)
       connector?.stop()
       reach?.stop()
+      await portMapper.stop()
       ads.stop()
       await view.stop()
       await node.stop()

@@ -18,10 +18,10 @@ import type { Logger } from '../log.js'
 import { MeshError } from './errors.js'
 import { FORWARD_D, FORWARD_DLAZY, FORWARD_DLO, FORWARD_GOSSIP_FACTOR, FORWARD_PRUNE_BACKOFF_MS } from './forwarding.js'
 import { DHT_STARTUP_OPTIONS } from './dht-startup.js'
-import { isLoopbackAddr, isOwnAddr, isRelayedAddr, localSubnets, onSubnets, tcpPorts, withoutLoopback } from './addresses.js'
+import { isLoopbackAddr, isOwnAddr, isPublicAddr, isRelayedAddr, localSubnets, onSubnets, tcpPorts, withoutLoopback } from './addresses.js'
 import { circuitRelayServer, circuitRelayTransport, type CircuitRelayService } from '@libp2p/circuit-relay-v2'
-import { isPrivate } from '@libp2p/utils'
 import type { Multiaddr } from '@multiformats/multiaddr'
+import { limitRelayRate } from './relay-rate.js'
 
 export type MeshServices = {
   identify: Identify
@@ -46,8 +46,9 @@ export interface MeshNodeInit {
   announce?: string[]
   mdns: boolean
   dht: boolean
-  /** serve as a circuit relay (only members that find this node reachable reserve on it); null: no relay server */
-  relay?: { maxReservations: number } | null
+  /** serve as a circuit relay (only members that find this node reachable reserve on it); null: no relay server.
+   *  rate: bytes per second one member may push through it (relay-rate.ts), 0 = no bound */
+  relay?: { maxReservations: number; rate?: number } | null
   isDenied: (peerId: string) => boolean
   log: Logger
   /** a peer announced itself by mDNS (marks it as LAN) */
@@ -264,6 +265,7 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshLibp2p> {
     throw new MeshError(`cannot start the mesh node: ${e.message.split('\n')[0]}`)
   }
   node.addEventListener('connection:open', (evt) => { upgraded.add(evt.detail.timeline) })
+  if (init.relay?.rate) await limitRelayRate(node, init.relay.rate, init.log)
   for (const p of tcpPorts(node.getMultiaddrs())) ownPorts.add(p)
   warnUnapplied([...processPatches, ...applyNodePatches(node, init.log)], init.log)
   return node
@@ -275,7 +277,7 @@ function dialRank(ma: Multiaddr): number {
   if (isRelayedAddr(ma.toString())) return 3
   if (Date.now() - subnetCache.at > 30_000) subnetCache = { at: Date.now(), list: localSubnets() }
   if (onSubnets(ma, subnetCache.list)) return 0
-  try { return isPrivate(ma) ? 4 : 1 } catch { return 4 }
+  return isPublicAddr(ma.toString()) ? 1 : 4
 }
 
 /** One warning line per library patch that no longer applies (patches/index.ts). */

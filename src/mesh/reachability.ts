@@ -6,14 +6,16 @@
 // mesh where every member is on one network nobody is asked: a LAN mesh pays nothing for this.
 //
 //   public       a member on another network reached a listen address (a server, a port
-//                forward, a [mesh] announce address, a mapped port)
+//                forward, a [mesh] announce address, or a port mapped on the router by
+//                port-mapping.ts: then "mapped")
 //   relayed      not reachable from outside, and holding reservations on relay members: the
 //                relayed addresses are advertised like any other (gossip, member exchange,
 //                identify and so the DHT), and members that cannot dial it directly come through
 //   unreachable  not reachable, and no relay (said why)
 //   unknown      no member on another network to ask (yet)
 //
-// A node that is not reachable reserves slots on RELAYS_WANTED members that say in their load
+// A node that is not reachable asks its router for a port mapping (port-mapping.ts) and
+// reserves slots on RELAYS_WANTED members that say in their load
 // messages that they are public and relay (field rc 'p', rl 1), and moves to another when a
 // relay leaves. A relayed connection that opens is followed by a direct dial to the other
 // side's direct addresses (both sides try): when either side is reachable the job traffic then
@@ -25,12 +27,13 @@ import type { Logger } from '../log.js'
 import type { MeshLibp2p } from './node.js'
 import { everyAligned, type AlignedTimer } from '../util/aligned-timer.js'
 import { askDialBack, dialBackProtocol } from './protocols/dial-back.js'
-import { isLoopbackAddr, isRelayedAddr, localSubnets, onSubnets, withoutLoopback } from './addresses.js'
+import { isIPv6Addr, isLoopbackAddr, isRelayedAddr, localSubnets, onSubnets, withoutLoopback } from './addresses.js'
 import { errText } from './connector.js'
+import type { PortMapper, PortMappingStatus } from './port-mapping.js'
 
 export type ReachState = 'unknown' | 'public' | 'relayed' | 'unreachable'
-/** what a load message says (field rc): public, relayed, unreachable */
-export type ReachCode = 'p' | 'r' | 'u'
+/** what a load message says (field rc): public, public through a port mapping, relayed, unreachable */
+export type ReachCode = 'p' | 'm' | 'r' | 'u'
 
 export interface ReachabilityStatus {
   state: ReachState
@@ -42,6 +45,10 @@ export interface ReachabilityStatus {
   relays: string[]
   /** relayed connections this node replaced by a direct one it dialed */
   upgraded: number
+  /** public through a port mapping on the router: the mapped address, which a member on another network reached */
+  mapped: string | null
+  /** the port mapping on the router (port-mapping.ts) */
+  port_mapping: PortMappingStatus
 }
 
 /** What reachability needs to know about the other members (mesh.ts, from the load view). */
@@ -57,6 +64,8 @@ const RESERVE_TIMEOUT_MS = 15_000
 const UPGRADE_DELAY_MS = 300
 const UPGRADE_DIAL_MS = 4000
 const MAX_UPGRADE_ADDRS = 4
+/** a relayed connection to a member that says it is reachable is tried directly again this often */
+const UPGRADE_RETRY_MS = 15_000
 
 interface TransportManagerLike { listen(addrs: Multiaddr[]): Promise<void> }
 
@@ -70,6 +79,9 @@ export class Reachability {
   private upgraded = 0
   private readonly relayFailures = new Map<string, number>()
   private readonly reserving = new Set<string>()
+  /** peer -> when a direct dial may replace its relayed connection again (retryUpgrades) */
+  private readonly upgradeHold = new Map<string, number>()
+  private readonly upgrading = new Set<string>()
   private timer: AlignedTimer | null = null
   private stopped = false
   private subnets = { at: 0, list: localSubnets() }
@@ -81,6 +93,7 @@ export class Reachability {
     private readonly members: () => ReachMember[],
     /** reserve relay slots when not reachable ([mesh] relay_client) */
     private readonly useRelays: boolean,
+    private readonly portMapper: PortMapper,
     private readonly onChange: () => void
   ) {}
 
@@ -97,9 +110,15 @@ export class Reachability {
 
   /** what our load messages say */
   code(): ReachCode | undefined {
-    if (this.state === 'public') return 'p'
+    if (this.state === 'public') return this.mappedReached() ? 'm' : 'p'
     if (this.state === 'private') return this.relays().length > 0 ? 'r' : 'u'
     return undefined
+  }
+
+  /** the port-mapped address, when a member on another network reached it */
+  private mappedReached(): string | null {
+    const a = this.portMapper.address()
+    return a !== null && this.publicAddrs.some((r) => r.replace(/\/p2p\/[^/]+$/, '') === a) ? a : null
   }
 
   /** listen addresses that a member on another network reached */
@@ -114,7 +133,9 @@ export class Reachability {
     if (this.state === 'private' && relays.length === 0) {
       detail = `${this.why}; ${!this.useRelays ? 'relays are off ([mesh] relay_client = false)' : this.relayCandidates().length === 0 ? 'no reachable member to relay through' : 'reserving a relay slot'}`
     }
-    return { state, detail, public_addresses: this.publicAddresses(), relays, upgraded: this.upgraded }
+    const pm = this.portMapper.status()
+    if (this.state === 'private' && (pm.state === 'failed' || pm.state === 'searching')) detail += `; port mapping: ${pm.detail}`
+    return { state, detail, public_addresses: this.publicAddresses(), relays, upgraded: this.upgraded, mapped: this.state === 'public' ? this.mappedReached() : null, port_mapping: this.portMapper.status() }
   }
 
   /** the relays this node holds a reservation on (its advertised relayed addresses name them) */
@@ -149,7 +170,31 @@ export class Reachability {
     const key = own.join(' ')
     const due = this.state === 'unknown' ? Date.now() - this.checkedAt > RETRY_UNKNOWN_MS || this.checkedAt === 0 : Date.now() - this.checkedAt > RECHECK_MS
     if (!this.checking && own.length > 0 && (due || key !== this.checkedFor)) void this.check(own, key)
-    if (this.state === 'private' && this.useRelays) this.keepRelays()
+    if (this.state === 'private') {
+      this.portMapper.wanted()
+      if (this.useRelays) this.keepRelays()
+    }
+    this.retryUpgrades()
+  }
+
+  /**
+   * The dial that follows a relayed connection's opening finds nothing to dial when the other
+   * side's addresses are not known yet (it joined this node's view a moment later: seen in the
+   * NAT lab under load, a NATed member then stayed relayed to a public one for good, and took
+   * no relay slot on it). So a member that says it is reachable and is linked only through a
+   * relay is dialed directly again, at most every UPGRADE_RETRY_MS.
+   */
+  private retryUpgrades(): void {
+    const now = Date.now()
+    const reachable = new Set(this.members().filter((m) => m.reach === 'p' || m.reach === 'm').map((m) => m.peerId))
+    for (const c of this.node.getConnections()) {
+      const id = c.remotePeer.toString()
+      if (!reachable.has(id) || !isRelayedAddr(c.remoteAddr.toString()) || (this.upgradeHold.get(id) ?? 0) > now) continue
+      if (this.directConn(id)) { this.upgradeHold.delete(id); continue }
+      this.upgradeHold.set(id, now + UPGRADE_RETRY_MS)
+      void this.upgrade(c.remotePeer)
+    }
+    if (this.upgradeHold.size > 1024) this.upgradeHold.clear()
   }
 
   /** members on another network with a direct connection to us, reachable ones first */
@@ -183,20 +228,26 @@ export class Reachability {
         }
       }))
       if (this.stopped) return
-      const answered = results.filter((r) => r !== null)
+      // a helper that was asked a moment ago says "busy": no answer, asked again at a later tick
+      const answered = results.filter((r): r is NonNullable<typeof r> => r !== null && !r.why.startsWith('busy'))
       if (answered.length === 0) return
       this.checkedAt = Date.now()
       this.checkedFor = key
       const ok = [...new Set(answered.flatMap((r) => r.ok))]
       const before = `${this.state} ${this.publicAddrs.join(',')}`
-      if (ok.length > 0) {
+      // Reached over IPv6 alone is not public: members with IPv4 only (most, behind their own
+      // NATs) still need a relay to come in. Those with IPv6 dial the reached address directly.
+      const v6 = ok.filter(isIPv6Addr)
+      const v4Listen = own.some((a) => !isIPv6Addr(a))
+      if (ok.length > v6.length || (v6.length > 0 && !v4Listen)) {
         this.state = 'public'
         this.publicAddrs = ok
         this.why = `a member on another network reached ${ok.join(' ')}`
       } else {
         this.state = 'private'
-        this.publicAddrs = []
-        this.why = answered.map((r) => r.why).find((w) => w !== '') ?? 'no member on another network could reach this node'
+        this.publicAddrs = v6
+        const why = answered.map((r) => r.why).find((w) => w !== '') ?? 'no member on another network could reach this node'
+        this.why = v6.length > 0 ? `reachable over IPv6 at ${v6.join(' ')}, not over IPv4: ${why}` : why
       }
       if (`${this.state} ${this.publicAddrs.join(',')}` !== before) {
         this.log.info(`reachability: ${this.state === 'public' ? 'public' : 'not reachable from other networks'} (${this.why})`)
@@ -258,7 +309,16 @@ export class Reachability {
 
   private async upgrade(peer: PeerId): Promise<void> {
     const id = peer.toString()
-    if (this.stopped || this.directConn(id)) return
+    if (this.stopped || this.directConn(id) || this.upgrading.has(id)) return
+    this.upgrading.add(id)
+    try {
+      await this.dialDirect(peer, id)
+    } finally {
+      this.upgrading.delete(id)
+    }
+  }
+
+  private async dialDirect(peer: PeerId, id: string): Promise<void> {
     const known = this.members().find((m) => m.peerId === id)?.addrs ?? []
     const stored = (await this.node.peerStore.get(peer).catch(() => null))?.addresses.map((a) => a.multiaddr.toString()) ?? []
     // bare addresses: with a peer id libp2p may pick any of the peer's addresses, relayed ones too

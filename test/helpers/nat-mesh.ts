@@ -3,6 +3,8 @@
 // router 1 with mDNS; h2 behind router 2. Every daemon bootstraps from p1 (p1 from nobody),
 // listens on the default port, has 1 core, local_slots = 0 and speed 100; only h1b offers its
 // core at first (onlyBuilder switches that live). The identities are made before the start.
+// h1b has [mesh] port_mapping = false: when router 1 runs miniupnpd, h1a maps a port on it and
+// h1b stays relayed.
 import assert from 'node:assert/strict'
 import { join } from 'node:path'
 import { readFileSync, writeFileSync } from 'node:fs'
@@ -15,6 +17,7 @@ import { adminRequest } from '../../src/launcher/client.js'
 import { loadConfig } from '../../src/config.js'
 import { generateMeshKey, loadOrCreateIdentity, writeMeshKey } from '../../src/mesh/keys.js'
 
+/** the default port (the lab's daemons listen where the config's default says) */
 export const NAT_PORT = 10650
 export type Name = 'p1' | 'p2' | 'h1a' | 'h1b' | 'h2'
 export const NAMES: readonly Name[] = ['p1', 'p2', 'h1a', 'h1b', 'h2']
@@ -40,11 +43,20 @@ export async function until<T>(ms: number, fn: () => Promise<T | undefined>): Pr
   return undefined
 }
 
+export interface NatMeshOptions {
+  /** extra environment per daemon */
+  env?: Partial<Record<Name, Record<string, string>>>
+}
+
 export interface NatMesh {
   members: Map<Name, Member>
+  /** starts the member's daemon again (after killDaemon) */
+  startDaemon(n: Name): void
   m(n: Name): Member
   /** SIGKILL by the pid in the daemon's own pid file (a member dying: its sockets close) */
   killDaemon(n: Name): void
+  /** SIGTERM by the pid in its pid file (the daemon shuts down as on a stop); waits up to 30 s for its exit */
+  stopDaemon(n: Name): Promise<void>
   /** how `from` sees `to` */
   link(from: Name, to: Name): Promise<MemberStatus | undefined>
   /** makes `builder` the only member that takes jobs, and waits until `client` sees so */
@@ -54,7 +66,7 @@ export interface NatMesh {
 }
 
 /** Writes the configs, starts the five daemons in their namespaces; `instances` collects what to stop. */
-export async function startNatMesh(lab: NatLab, instances: Instance[]): Promise<NatMesh> {
+export async function startNatMesh(lab: NatLab, instances: Instance[], opts: NatMeshOptions = {}): Promise<NatMesh> {
   const keyDir = createInstance('', 'nat-key')
   instances.push(keyDir)
   const keyFile = join(keyDir.dir, 'mesh.key')
@@ -77,24 +89,35 @@ export async function startNatMesh(lab: NatLab, instances: Instance[]): Promise<
       '[cache]', `dir = "${inst.cacheDir}"`,
       '[log]', 'level = "debug"',
       '[build]', 'cores = 1', 'local_slots = 0', 'speed = 100', `offer = "${name === 'h1b' ? 'always' : 'never'}"`,
-      '[mesh]', `listen = ["/ip4/0.0.0.0/tcp/${NAT_PORT}"]`, `key_file = "${keyFile}"`, `name = "${name}"`,
+      // the default listen addresses: IPv4 and IPv6 on NAT_PORT
+      '[mesh]', `key_file = "${keyFile}"`, `name = "${name}"`,
       // the public members find each other through the bootstrap address like everyone else
       `bootstrap = [${name === 'p1' ? '' : `"${p1Boot}"`}]`,
       `mdns = ${!relayOnly}`,
+      ...(name === 'h1b' ? ['port_mapping = false'] : []),
       ''
     ].join('\n'))
   }
-  for (const n of NAMES) lab.spawn(m(n).host, MESHCC, ['daemon'], { env: m(n).inst.env, stdio: 'ignore' })
+  const startDaemon = (n: Name) => { lab.spawn(m(n).host, MESHCC, ['daemon'], { env: { ...m(n).inst.env, ...opts.env?.[n] }, stdio: 'ignore' }) }
+  for (const n of NAMES) startDaemon(n)
 
   const link = async (from: Name, to: Name) => (await statusOf(m(from)))?.mesh?.members.find((p) => p.peer_id === m(to).id)
   return {
     members,
+    startDaemon,
     m,
     link,
     killDaemon(n) {
       const pid = m(n).inst.daemonPid()
       assert.ok(pid, `${n} has a pid file`)
       process.kill(pid, 'SIGKILL')
+    },
+    async stopDaemon(n) {
+      const pid = m(n).inst.daemonPid()
+      assert.ok(pid, `${n} has a pid file`)
+      process.kill(pid, 'SIGTERM')
+      const gone = await until(30_000, async () => { try { process.kill(pid, 0); return undefined } catch { return true } })
+      assert.ok(gone, `${n}'s daemon exits within 30 s of SIGTERM`)
     },
     async onlyBuilder(builder, client) {
       for (const n of ['h1a', 'h1b', 'h2'] as Name[]) {

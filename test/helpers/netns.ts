@@ -10,6 +10,8 @@
 // createTwoSegmentLab() builds two such LANs (two bridges) with one host on each and a third
 // host on both, which does not route between them: the outer two cannot reach each other.
 import { spawn, spawnSync, type ChildProcess, type SpawnOptions } from 'node:child_process'
+import { existsSync, readFileSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
 
 export interface NetnsHost {
   /** namespace name, for `ip netns exec` */
@@ -246,19 +248,28 @@ export function liveNamespaces(): string[] {
   return [...allNamespaces]
 }
 
-/** A member of the NAT lab: its namespace and its address on its own network. */
-export interface NatHost { ns: string; ip: string; name: string }
+/** A member of the NAT lab: its namespace and its address on its own network (and its global IPv6 address, if it has one). */
+export interface NatHost { ns: string; ip: string; name: string; ip6?: string }
 
 /** A home or office router: MASQUERADE from its LAN to the wan, nothing in from the wan. */
 export interface NatRouter { ns: string; wanIp: string; lanIp: string; lanSubnet: string; name: string }
 
 export interface NatLab extends NetnsLabControls {
-  /** the wan bridge's namespace; every wan address is in 10.77.0.0/16, each host on its own /24 */
+  /**
+   * the wan bridge's namespace; every wan address is in 10.77.0.0/16, each host on its own /24,
+   * but router 1's, which is the public-looking LAB_PUBLIC_WAN (see there)
+   */
   readonly wanNs: string
   /** public members on the wan: p1 10.77.1.10, p2 10.77.2.10 */
   readonly p1: NatHost
   readonly p2: NatHost
-  /** router 1 (wan 10.77.21.1, LAN 192.168.1.0/24) with hosts h1a .10 and h1b .11 */
+  /**
+   * router 1 (wan LAB_PUBLIC_WAN, LAN 192.168.1.0/24) with hosts h1a .10 and h1b .11; it can run
+   * miniupnpd (startMiniupnpd). IPv6: the routers also route (no NAT, no filter) between their
+   * LANs 2001:db8:1::/64 and 2001:db8:2::/64 over the wan's 2001:db8:77::/64 (documentation
+   * prefixes); h1a (2001:db8:1::10) and h2 (2001:db8:2::10) have global IPv6 addresses, h1b,
+   * p1 and p2 none.
+   */
   readonly r1: NatRouter
   readonly h1a: NatHost
   readonly h1b: NatHost
@@ -267,7 +278,24 @@ export interface NatLab extends NetnsLabControls {
   readonly h2: NatHost
   /** runs `iptables ARGS` in a namespace; throws with its stderr */
   iptables(ns: string, args: string[]): void
+  /**
+   * A slow, lossy wan (on) or a clean one (off): 1 % of the packets that arrive from the wan at
+   * p1, p2 and the routers are dropped (iptables statistic), and each wan host's wan side delays
+   * what it sends by 50 ms (tc netem) where the kernel has netem. Says what it did.
+   */
+  impairWan(on: boolean): string
 }
+
+/**
+ * Router 1's wan address. miniupnpd (like any UPnP-IGD router) refuses to map ports while its
+ * wan address is private or reserved (RFC 1918, CGNAT, the documentation and benchmarking
+ * ranges: "port forwarding is impossible"), and so does the port-mapping client (another NAT
+ * beyond the router). So this one address looks global. It exists only on the lab's wan bridge,
+ * in namespaces with no link to the root namespace and no default route: no packet to or from
+ * it can leave the lab, and nothing outside the lab ever dials it.
+ */
+export const LAB_PUBLIC_WAN = '12.77.21.1'
+const LAB_PUBLIC_NET = '12.77.21.0/24'
 
 /** Whether iptables can be used (installed, and it works in a fresh namespace). */
 function iptablesProblem(ns: string): string | null {
@@ -303,6 +331,7 @@ export function createNatLab(): { lab: NatLab } | { skip: string } {
       plugIntoBridge(ns, 'eth0', wanNs, `w${port++}`, ip)
       // each wan host on its own /24, all on one link: members on another network, as on the internet
       mustIp(['-n', ns, 'route', 'add', '10.77.0.0/16', 'dev', 'eth0'])
+      if (ip !== LAB_PUBLIC_WAN) mustIp(['-n', ns, 'route', 'add', LAB_PUBLIC_NET, 'dev', 'eth0'])
       return { ns, ip, name }
     }
     const p1 = wanHost('p1', '10.77.1.10')
@@ -319,29 +348,140 @@ export function createNatLab(): { lab: NatLab } | { skip: string } {
       sh(r.ns, 'iptables', ['-P', 'FORWARD', 'DROP'])
       sh(r.ns, 'iptables', ['-A', 'FORWARD', '-i', 'eth1', '-o', 'eth0', '-j', 'ACCEPT'])
       sh(r.ns, 'iptables', ['-A', 'FORWARD', '-i', 'eth0', '-o', 'eth1', '-m', 'conntrack', '--ctstate', 'ESTABLISHED,RELATED', '-j', 'ACCEPT'])
+      // what a port mapping lets in (miniupnpd's DNAT), as home routers' firewalls do
+      sh(r.ns, 'iptables', ['-A', 'FORWARD', '-i', 'eth0', '-o', 'eth1', '-m', 'conntrack', '--ctstate', 'DNAT', '-j', 'ACCEPT'])
       return { ns: r.ns, wanIp, lanIp, lanSubnet: `192.168.${n}.0/24`, name }
     }
-    const lanHost = (r: NatRouter, n: number, name: string, ip: string): NatHost => {
+    const lanHost = (r: NatRouter, n: number, name: string, ip: string, ip6?: string): NatHost => {
       const ns = `${id}-${name}`
       addNamespace(ns, created)
       plugIntoBridge(ns, 'eth0', `${id}-lan${n}`, `h${port++}`, ip)
       mustIp(['-n', ns, 'route', 'add', 'default', 'via', r.lanIp])
-      return { ns, ip, name }
+      if (ip6) {
+        mustIp(['-n', ns, '-6', 'addr', 'add', `${ip6}/64`, 'dev', 'eth0', 'nodad'])
+        mustIp(['-n', ns, '-6', 'route', 'add', 'default', 'via', `2001:db8:${n}::1`])
+      }
+      return { ns, ip, name, ...(ip6 ? { ip6 } : {}) }
     }
-    const r1 = router('r1', '10.77.21.1', 1)
+    const r1 = router('r1', LAB_PUBLIC_WAN, 1)
     const r2 = router('r2', '10.77.22.1', 2)
-    const h1a = lanHost(r1, 1, 'h1a', '192.168.1.10')
+    // IPv6 between the two LANs, routed without NAT (as providers hand out prefixes)
+    for (const [r, n, other] of [[r1, 1, 2], [r2, 2, 1]] as const) {
+      sh(r.ns, 'sysctl', ['-q', '-w', 'net.ipv6.conf.all.forwarding=1'])
+      mustIp(['-n', r.ns, '-6', 'addr', 'add', `2001:db8:77::2${n}/64`, 'dev', 'eth0', 'nodad'])
+      mustIp(['-n', r.ns, '-6', 'addr', 'add', `2001:db8:${n}::1/64`, 'dev', 'eth1', 'nodad'])
+      mustIp(['-n', r.ns, '-6', 'route', 'add', `2001:db8:${other}::/64`, 'via', `2001:db8:77::2${other}`])
+    }
+    const h1a = lanHost(r1, 1, 'h1a', '192.168.1.10', '2001:db8:1::10')
     const h1b = lanHost(r1, 1, 'h1b', '192.168.1.11')
-    const h2 = lanHost(r2, 2, 'h2', '192.168.2.10')
+    const h2 = lanHost(r2, 2, 'h2', '192.168.2.10', '2001:db8:2::10')
     return {
       lab: {
         wanNs, p1, p2, r1, r2, h1a, h1b, h2,
         iptables: (ns, args) => sh(ns, 'iptables', args),
+        impairWan(on) {
+          const loss = ['-m', 'statistic', '--mode', 'random', '--probability', '0.01', '-m', 'comment', '--comment', 'meshcc-test-loss', '-j', 'DROP']
+          let delayed = 0
+          for (const h of [p1, p2, r1, r2]) {
+            const chain = h === p1 || h === p2 ? 'INPUT' : 'FORWARD'
+            sh(h.ns, 'iptables', [on ? '-I' : '-D', chain, '-i', 'eth0', ...loss])
+            const tc = spawnSync('ip', ['netns', 'exec', h.ns, 'tc', 'qdisc', on ? 'add' : 'del', 'dev', 'eth0', 'root', ...(on ? ['netem', 'delay', '50ms'] : [])], { encoding: 'utf8', timeout: 10_000 })
+            if (tc.status === 0) delayed++
+          }
+          return `1 % loss on arrival from the wan at p1, p2, r1, r2; ${delayed === 4 ? '50 ms delay (tc netem) on each wan side' : delayed === 0 ? 'no delay: this kernel has no tc netem (sch_netem)' : `delay on ${delayed} of 4 wan sides`}`
+        },
         ...labControls(created)
       }
     }
   } catch (err) {
     for (const ns of created) deleteNamespace(ns)
     return { skip: (err as Error).message }
+  }
+}
+
+/** A UPnP-IGD / NAT-PMP server (Debian's miniupnpd) on a NAT lab router. */
+export interface Miniupnpd {
+  pid: number
+  /** miniupnpd's lease file: one line per mapping, PROTO:extport:client:intport:expiry(s since boot or epoch):description */
+  leaseFile: string
+  /** the mappings in the lease file */
+  leases(): Array<{ proto: string; extPort: number; client: string; intPort: number; expires: number }>
+  /** the DNAT rules miniupnpd keeps in the router's nftables (its prerouting chain), one string */
+  dnatRules(): string
+  /** its output so far (it runs in the foreground with -d) */
+  output(): string
+  /** SIGTERM by PID, waits for the exit */
+  stop(): Promise<void>
+}
+
+/**
+ * Starts miniupnpd on `router` with UPnP-IGD and NAT-PMP on its LAN side and its wan side as the
+ * external interface. Its nftables chains are made first as Debian's nft_init.sh makes them
+ * (table inet filter: forward, prerouting and postrouting hooks jumping to miniupnpd's own
+ * chains); the lab's iptables FORWARD policy stays in charge and lets the DNATed connections in.
+ * Files go to `dir`. Throws with miniupnpd's output when it does not come up.
+ */
+export async function startMiniupnpd(lab: NatLab, router: NatRouter, dir: string): Promise<Miniupnpd> {
+  const rules = join(dir, 'miniupnpd.nft')
+  writeFileSync(rules, [
+    'table inet filter {',
+    '  chain forward { type filter hook forward priority 0; policy accept; jump miniupnpd; }',
+    '  chain miniupnpd { }',
+    '  chain prerouting { type nat hook prerouting priority -100; policy accept; jump prerouting_miniupnpd; }',
+    '  chain postrouting { type nat hook postrouting priority 100; policy accept; jump postrouting_miniupnpd; }',
+    '  chain prerouting_miniupnpd { }',
+    '  chain postrouting_miniupnpd { }',
+    '}', ''
+  ].join('\n'))
+  const nft = lab.run(router, 'nft', ['-f', rules])
+  if (nft.status !== 0) throw new Error(`nft -f ${rules} in ${router.ns}: ${nft.stderr.trim()}`)
+  const conf = join(dir, 'miniupnpd.conf')
+  const leaseFile = join(dir, 'miniupnpd.leases')
+  const pidFile = join(dir, 'miniupnpd.pid')
+  writeFileSync(conf, [
+    'ext_ifname=eth0',
+    'listening_ip=eth1',
+    'http_port=0',
+    'enable_upnp=yes',
+    'enable_natpmp=yes',
+    // clients map ports only to their own address
+    'secure_mode=yes',
+    'system_uptime=no',
+    'notify_interval=60',
+    'uuid=3e9b2a2c-5f1e-4d1c-9a3e-6d2f7c1b0a11',
+    `lease_file=${leaseFile}`,
+    `allow 1024-65535 ${router.lanSubnet} 1024-65535`,
+    'deny 0-65535 0.0.0.0/0 0-65535',
+    ''
+  ].join('\n'))
+  let out = ''
+  const child = lab.spawn(router, 'miniupnpd', ['-f', conf, '-d', '-P', pidFile], { stdio: ['ignore', 'pipe', 'pipe'] })
+  child.stdout?.on('data', (d: Buffer) => { out += d.toString() })
+  child.stderr?.on('data', (d: Buffer) => { out += d.toString() })
+  const end = Date.now() + 10_000
+  while (Date.now() < end && !/HTTP listening on port/.test(out) && child.exitCode === null) await new Promise((r) => setTimeout(r, 100))
+  if (!/HTTP listening on port/.test(out) || !existsSync(pidFile)) {
+    child.kill('SIGKILL')
+    throw new Error(`miniupnpd did not start in ${router.ns}: ${out.trim().split('\n').slice(-5).join(' | ')}`)
+  }
+  const pid = Number(readFileSync(pidFile, 'utf8').trim())
+  return {
+    pid,
+    leaseFile,
+    leases() {
+      if (!existsSync(leaseFile)) return []
+      return readFileSync(leaseFile, 'utf8').split('\n').filter((l) => l.trim() !== '').map((l) => {
+        const [proto, ext, client, int, expires] = l.split(':')
+        return { proto: proto ?? '', extPort: Number(ext), client: client ?? '', intPort: Number(int), expires: Number(expires) }
+      })
+    },
+    dnatRules: () => lab.run(router, 'nft', ['list', 'chain', 'inet', 'filter', 'prerouting_miniupnpd']).stdout,
+    output: () => out,
+    async stop() {
+      if (child.exitCode !== null) return
+      const exited = new Promise((r) => child.once('exit', r))
+      try { process.kill(pid, 'SIGTERM') } catch { /* gone */ }
+      await Promise.race([exited, new Promise((r) => setTimeout(r, 5000))])
+    }
   }
 }

@@ -14,7 +14,8 @@
 //        forward gossip to it (optional; forwarding.ts)
 //   sc   1 when the sender holds cache entries for the others ([cache] shared_size > 0), so it
 //        counts among the owners of keys (cache/owners.ts); optional, absent = 0
-//   rc   how other networks reach the sender: 'p'ublic, 'r'elayed, 'u'nreachable (optional,
+//   rc   how other networks reach the sender: 'p'ublic, 'm'apped (public through a port
+//        mapping on its router), 'r'elayed, 'u'nreachable (optional,
 //        absent while unknown; reachability.ts)
 //   rl   1 when the sender serves as a relay for members (optional)
 
@@ -48,7 +49,7 @@ export interface LoadInfo {
   /** holds cache entries for the others (field sc; absent in older members' messages) */
   sharesCache?: boolean
   /** how other networks reach the member (reachability.ts), when it knows */
-  reach?: 'p' | 'r' | 'u'
+  reach?: 'p' | 'm' | 'r' | 'u'
   /** it serves as a circuit relay for members */
   relay?: boolean
 }
@@ -135,7 +136,7 @@ export function decodeLoad(data: Uint8Array): LoadMessage {
     addrs: strings(d.ad, 'ad', MAX_ADDRS, MAX_STRING),
     seq: num(d.seq, 'seq', 0, Number.MAX_SAFE_INTEGER),
     timestamp: num(d.ts, 'ts', 0, Number.MAX_SAFE_INTEGER),
-    ...(d.rc === 'p' || d.rc === 'r' || d.rc === 'u' ? { reach: d.rc } : {}),
+    ...(d.rc === 'p' || d.rc === 'm' || d.rc === 'r' || d.rc === 'u' ? { reach: d.rc } : {}),
     ...(d.rl === 1 ? { relay: true } : {}),
     ...(d.bye === 1 || d.bye === true ? { bye: true } : {}),
     ...(d.fw === 1 || d.fw === true ? { wantsForwarding: true } : {}),
