@@ -16,9 +16,14 @@ const { cargo } = findCargo()
 const DEPS = { smallvec: '1', itoa: '1', bitflags: '1', 'cfg-if': '1', memchr: '2', fnv: '1', either: '1' }
 
 function workspace(): Record<string, string> {
-  const pkg = (name: string, deps: string) => `[package]\nname = "${name}"\nversion = "0.1.0"\nedition = "2021"\n\n[dependencies]\n${deps}`
+  const pkg = (name: string, deps: string, extra = '') => `[package]\nname = "${name}"\nversion = "0.1.0"\nedition = "2021"\n${extra}\n[dependencies]\n${deps}`
   return {
-    'Cargo.toml': '[workspace]\nmembers = ["corelib", "midlib", "app"]\nresolver = "2"\n',
+    'Cargo.toml': '[workspace]\nmembers = ["corelib", "midlib", "macros", "usemac", "app"]\nresolver = "2"\n',
+    'macros/Cargo.toml': pkg('macros', '', '[lib]\nproc-macro = true'),
+    'macros/src/lib.rs': 'use proc_macro::TokenStream;\n#[proc_macro]\npub fn answer(_: TokenStream) -> TokenStream { "42u32".parse().unwrap() }\n',
+    // loads a proc macro: compiled here (the macro may read files rustc does not list)
+    'usemac/Cargo.toml': pkg('usemac', 'macros = { path = "../macros" }'),
+    'usemac/src/lib.rs': 'pub fn answer() -> u32 { macros::answer!() }\n',
     'corelib/Cargo.toml': pkg('corelib', Object.entries(DEPS).map(([k, v]) => `${k} = "${v}"`).join('\n')),
     'corelib/data.txt': 'some words\n',
     'corelib/src/lib.rs': `pub const DATA: &str = include_str!("../data.txt");
@@ -36,11 +41,11 @@ bitflags::bitflags! { pub struct Flags: u8 { const A = 1; } }
     'midlib/Cargo.toml': pkg('midlib', 'corelib = { path = "../corelib" }'),
     // uses smallvec through corelib only: rustc loads its rmeta from -L dependency=, no --extern names it
     'midlib/src/lib.rs': 'pub fn mid(s: &str) -> String { format!("mid:{}:{}:{}", corelib::describe(s), corelib::os(), corelib::DATA.trim()) }\n',
-    'app/Cargo.toml': pkg('app', 'midlib = { path = "../midlib" }'),
-    'app/src/main.rs': 'fn main() { println!("{}", midlib::mid("hello remote rust")); }\n'
+    'app/Cargo.toml': pkg('app', 'midlib = { path = "../midlib" }\nusemac = { path = "../usemac" }'),
+    'app/src/main.rs': 'fn main() { println!("{} {}", midlib::mid("hello remote rust"), usemac::answer()); }\n'
   }
 }
-const EXPECTED = 'mid:corelib 3 3 5 1:unix:some words\n'
+const EXPECTED = 'mid:corelib 3 3 5 1:unix:some words 42\n'
 
 let root: Instance
 let ws: string
@@ -109,7 +114,9 @@ test('cargo build through a client with local_slots = 0: the crates compile on t
   assert.ok(remote.length >= 2 + Object.keys(DEPS).length, `${remote.length} crates compiled remotely: ${remote.join(' ')}`)
   const s = await rustStats(client)
   assert.equal(s.counters.remote_compiles, remote.length)
-  assert.deepEqual(s.fallback_reasons, {}, `no crate meant for the mesh compiled here: ${log.split('\n').filter((l) => /here|inside the daemon|not taken/.test(l)).slice(0, 5).join('\n')}`)
+  assert.ok(!remote.includes('usemac/src/lib.rs'), 'the crate loading a proc macro compiled here')
+  assert.deepEqual(s.fallback_reasons, { 'not distributable (rustc loading a proc macro)': 1 },
+    `only the crate loading a proc macro compiled here: ${log.split('\n').filter((l) => /here|inside the daemon|not taken/.test(l)).slice(0, 5).join('\n')}`)
   const b = (await status(builders[0]!)).mesh!.builder
   assert.equal(b.jobs_done, remote.length)
 
@@ -120,7 +127,7 @@ test('cargo build through a client with local_slots = 0: the crates compile on t
   assertSameAsPlain()
   const again = logOutcomes(join(client.cacheDir, 'meshcc.log'), from2)
   assert.deepEqual(again.misses, [])
-  assert.equal(again.hits.length, remote.length)
+  assert.equal(again.hits.length, remote.length + 1, 'the remote crates and the one compiled here')
   assert.equal((await rustStats(client)).counters.remote_compiles, remote.length, 'no further remote compile')
 })
 
