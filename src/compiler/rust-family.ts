@@ -310,7 +310,12 @@ class RustJob implements CompileJob {
     const cwd = resolve(this.req.cwd)
     let out = b
     for (const o of [...this.outputs].sort((x, y) => basename(y.path).length - basename(x.path).length)) {
-      out = replaceAll(out, Buffer.from(`${cwd}/${basename(o.path)}`), Buffer.from(o.path), b.length + MAX_REMOTE_GROWTH)
+      const from = Buffer.from(`${cwd}/${basename(o.path)}`)
+      const to = Buffer.from(o.path)
+      let n = 0
+      for (let at = out.indexOf(from); at !== -1; at = out.indexOf(from, at + from.length)) n++
+      if (out.length + n * Math.max(0, to.length - from.length) > b.length + MAX_REMOTE_GROWTH) throw new Error(`rewriting the peer's paths would grow ${b.length} bytes past the limit`)
+      out = replaceAll(out, from, to)
     }
     return out
   }
@@ -414,16 +419,13 @@ function relativeTo(p: string, cwd: string): string {
   return p === cwd ? '.' : p.startsWith(c) ? `./${p.slice(c.length)}` : p
 }
 
-/** Every occurrence of `from` in `b` replaced with `to`; throws past `maxBytes`. */
-function replaceAll(b: Buffer, from: Buffer, to: Buffer, maxBytes = Infinity): Buffer {
+/** Every occurrence of `from` in `b` replaced with `to`. */
+function replaceAll(b: Buffer, from: Buffer, to: Buffer): Buffer {
   let at = b.indexOf(from)
   if (at === -1) return b
   const parts: Buffer[] = []
   let last = 0
-  let size = b.length
   for (; at !== -1; at = b.indexOf(from, at + from.length)) {
-    size += to.length - from.length
-    if (size > maxBytes) throw new Error(`rewriting paths would make ${b.length} bytes more than ${maxBytes}`)
     parts.push(b.subarray(last, at), to)
     last = at + from.length
   }
