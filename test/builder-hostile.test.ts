@@ -16,7 +16,7 @@ import { loadConfig, type Config } from '../src/config.js'
 import { silentLogger } from '../src/log.js'
 import { Builder } from '../src/daemon/builder.js'
 import { jobMemoryMode } from '../src/sandbox/cgroup.js'
-import type { JobFile, JobHeader, JobReply } from '../src/mesh/protocols/compile-job.js'
+import { decodeJobOutputs, encodeJobOutputs, type JobFile, type JobHeader, type JobReply } from '../src/mesh/protocols/compile-job.js'
 import { ToolchainCache } from '../src/toolchain/cache.js'
 import { discoverToolchain } from '../src/toolchain/discover.js'
 import { packToolchain } from '../src/toolchain/pack.js'
@@ -43,7 +43,10 @@ const EVIL_CC = hostileCompiler({
   // three processes holding 120 MB each at once (tail keeps its input until the end): each under
   // job_memory, together past it; the job goes on when one is killed, and exits 0
   spread: 'for i in 1 2 3; do { head -c 120000000 /dev/zero; sleep 2; } | tail -c 120000000 > /dev/null & done; wait; echo object > "$out"',
-  setuid: 'cp /bin/sh ./suid && chmod 4755 ./suid && sleep "$TARGET"; echo object > "$out"'
+  setuid: 'cp /bin/sh ./suid && chmod 4755 ./suid && sleep "$TARGET"; echo object > "$out"',
+  // two outputs (a compile-job v4 job, as rustc's rlib and rmeta)
+  pair: 'echo first > first.out && echo "a fine object" > "$out"',
+  pairlink: 'ln -s "$TARGET" first.out && echo "a fine object" > "$out"'
 })
 
 before(async () => {
@@ -106,6 +109,17 @@ function evilJob(mode: string, target = '', objPath = `${CWD}/x.o`): Promise<Job
   return builder.run(PEER, header, [{ path: `${CWD}/x.c`, mode: 0o644, data: src }])
 }
 
+/** A job with two outputs and no preprocessor check (compile-job v4, as a rustc job is). */
+function evilPair(mode: string, target = ''): Promise<JobReply> {
+  const src = Buffer.from('int x;\n')
+  const header: JobHeader = {
+    toolchain: evil, compiler: '/usr/local/bin/evilcc', argv: ['x.c', '-o', `${CWD}/x.o`], cwd: CWD,
+    env: { MODE: mode, TARGET: target }, ppHash: '', ppArgv: [], objPath: `${CWD}/first.out`, outputs: ['first.out', 'x.o'],
+    files: [{ path: `${CWD}/x.c`, mode: 0o644, size: src.length, hash: sha256(src) }], dirs: []
+  }
+  return builder.run(PEER, header, [{ path: `${CWD}/x.c`, mode: 0o644, data: src }])
+}
+
 /** The job was refused as a failure, and nothing of the host came back. */
 function assertRefused(r: JobReply, why: RegExp): void {
   const shown = r.kind === 'done' ? { ...r, obj: r.obj?.toString('utf8').slice(0, 80) } : r
@@ -118,6 +132,25 @@ test('an object that is a symlink to a host file, or to the builder\'s identity.
   assertRefused(await evilJob('symlink', identity), /object is not taken: x\.o is a symbolic link/)
   // the mesh key beside it, by a relative link up the tree
   assertRefused(await evilJob('symlink', '../../../../../../../../../' + config.mesh.keyFile), /symbolic link/)
+})
+
+test('a job with several outputs: each comes back in one blob, and one that is a link to a host file fails the job', { timeout: 60_000 }, async () => {
+  const r = await evilPair('pair')
+  assert.equal(r.kind, 'done', JSON.stringify(r))
+  const [first, obj] = decodeJobOutputs((r as { obj: Buffer }).obj, 2)
+  assert.equal(first!.toString(), 'first\n')
+  assert.equal(obj!.toString(), 'a fine object\n')
+  assertRefused(await evilPair('pairlink', identity), /outputs are not taken: first\.out is a symbolic link/)
+})
+
+test('a multi-output blob that does not add up is a protocol violation, never a read past its end', () => {
+  const good = encodeJobOutputs([Buffer.from('ab'), Buffer.from('')])
+  assert.deepEqual(decodeJobOutputs(good, 2).map(String), ['ab', ''])
+  assert.throws(() => decodeJobOutputs(good, 3), /end before output 2/)
+  assert.throws(() => decodeJobOutputs(good, 1), /longer than its outputs/)
+  const lying = Buffer.from(good)
+  lying.writeUInt32BE(0xffffffff, 0)
+  assert.throws(() => decodeJobOutputs(lying, 2), /longer than the blob/)
 })
 
 test('an object below a directory that is a symlink out of the tree is refused', { timeout: 60_000 }, async () => {

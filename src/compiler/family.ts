@@ -63,6 +63,14 @@ export interface Dependencies {
   userHeadersOnly: boolean
 }
 
+/** What a compile will read, listed by the compiler before compiling (rustc --emit=dep-info), and what a peer needs to run it. */
+export interface ListedInputs {
+  /** the files and variables that key the result, as a compile's own list would name them */
+  deps: Dependencies
+  /** every file a peer's compile reads: the listed ones and the compiled crates it loads */
+  ship: InputSet
+}
+
 /** A finished compile's output files, by blob name. */
 export type OutputBlobs = Array<{ name: string; data: Buffer }>
 
@@ -138,8 +146,17 @@ export interface CompileJob {
   compilePlan?(): RunPlan
   /** the job as the mesh runner ships it, for a content-keyed miss; absent: never shipped */
   remoteJob?(k: ContentKey): import('../daemon/compile-service.js').RemoteJob
-  /** the outputs of a compile a peer ran for this job */
+  /** the outputs of a compile a peer ran for this job; rejects when they cannot be this build's */
   remoteOutputs?(obj: Buffer): Promise<OutputBlobs>
+  /** a peer's stdout or stderr as the compile here would have written it (the paths of this build) */
+  remoteText?(b: Buffer): Buffer
+  /**
+   * The inputs, listed by the compiler before compiling, for a miss that may go to a peer. The
+   * result is keyed as a depend-mode compile's own list keys it, so either way finds the
+   * other's entries. 'failed': the compiler refused the input (the compile here reports it);
+   * `local`: the miss stays here, and why. Absent: a family keyed by contentKey or depend mode.
+   */
+  listInputs?(): Promise<ListedInputs | 'failed' | { local: string }>
   /** a stored entry as this request must see it (paths of this build), or null when it does not fit */
   restore(entry: CacheEntry): Restore | null | Promise<Restore | null>
   /**

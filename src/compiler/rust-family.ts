@@ -14,11 +14,15 @@
 // remapped; see docs/how-it-works.md for when it does not.
 import { createHash } from 'node:crypto'
 import { readdir, readFile, rm } from 'node:fs/promises'
-import { basename, isAbsolute, join, resolve } from 'node:path'
+import { tmpdir } from 'node:os'
+import { basename, dirname, isAbsolute, join, resolve } from 'node:path'
+import { execa } from 'execa'
 import type { CacheEntry } from '../cache/entry-format.js'
+import type { RemoteJob } from '../daemon/compile-service.js'
 import type { CompileRequest } from '../daemon/launcher-protocol.js'
+import { decodeJobOutputs } from '../mesh/protocols/compile-job.js'
 import { siblingTemp } from '../util/atomic-write.js'
-import type { CompileJob, CompilerFamily, Dependencies, DirectKey, FamilyContext, OutputBlobs, Restore, RunPlan } from './family.js'
+import type { CompileJob, CompilerFamily, ContentKey, Dependencies, DirectKey, FamilyContext, ListedInputs, OutputBlobs, Restore, RunPlan } from './family.js'
 import { replaceAll } from './path-forms.js'
 import { parseDepInfo } from './rust-depinfo.js'
 import { JOBSERVER_ENV, RustToolchains, type RustToolchain } from './rust-toolchain.js'
@@ -38,6 +42,10 @@ const CARGO_PATH_ENV = new Set(['CARGO', 'CARGO_MANIFEST_DIR', 'CARGO_MANIFEST_P
 const MAX_DIR_STATIC_LIBS = 64
 /** A manifest fact that is no variable: the name a remap gives a file outside the working directory. */
 const REMAP_FACT = '\0remap '
+/** how much a peer's text may grow when its paths are rewritten to this build's */
+const MAX_REMOTE_GROWTH = 1024 * 1024
+/** A compiled proc macro (a host dynamic library) */
+const PROC_MACRO = /\.(so|dylib|dll)$/
 /** An out-dir spelled alike in a .d (Make), in JSON and in plain text can be rewritten by plain substitution. */
 const RELOCATABLE_DIR = /^\/[^\s"\\#$%:]*$/
 
@@ -67,8 +75,8 @@ class RustJob implements CompileJob {
   readonly family = 'rust'
   readonly input: string
   readonly outputs: RustSpec['outputs']
-  /** item 4 of the Rust issue: a rustc job is not shipped to peers yet */
-  readonly remoteBlocker = 'rustc'
+  /** why this crate is compiled here rather than on a peer (set again once its listing shows a proc macro), or null */
+  remoteBlocker: string | null
   /**
    * rustc reads its sources tens of milliseconds after it starts (it loads a 100 MB driver
    * first), so a file older than the request was read as we hash it. Files a build script
@@ -78,12 +86,31 @@ class RustJob implements CompileJob {
   readonly relativeFiles = true
   private readonly outDirAbs: string
   private readonly temps: string[] = []
+  /** what the listing named: the sources (absolute, sorted) and the variables looked up */
+  private listed: { sources: string[]; env: Array<[string, string | null]> } | null = null
 
   constructor(private readonly req: CompileRequest, private readonly spec: RustSpec, private readonly tc: RustToolchain,
     private readonly toolchains: RustToolchains, private readonly ctx: FamilyContext) {
     this.input = spec.input
     this.outputs = spec.outputs
     this.outDirAbs = resolve(req.cwd, spec.outDir)
+    this.remoteBlocker = this.staticBlocker()
+  }
+
+  /**
+   * What keeps this crate off the mesh before its listing: the builder reproduces the client's
+   * paths and has this rustc's host std only, runs no proc macro and gets no native library.
+   */
+  private staticBlocker(): string | null {
+    const { spec, tc, req } = this
+    if (resolve(dirname(tc.real), '..') !== tc.sysroot) return 'rustc outside its sysroot (a rustup proxy)'
+    if (spec.targetJson !== null || (spec.target !== null && spec.target !== tc.host)) return 'rustc --target of another platform'
+    if (spec.nativeCpu) return 'rustc -C target-cpu=native'
+    if (spec.nativeDirs.length > 0 || spec.staticLibs.length > 0) return 'rustc with native libraries'
+    if (spec.externs.some((e) => PROC_MACRO.test(e.path))) return 'rustc loading a proc macro'
+    if (!isAbsolute(spec.outDir) || !this.relocatable || !RELOCATABLE_DIR.test(resolve(req.cwd))) return 'rustc --out-dir not plainly spelled'
+    if (spec.outputs.some((o) => o.path !== `${this.outDirAbs}/${basename(o.path)}`)) return 'rustc --emit with a path'
+    return null
   }
 
   /** The out-dir is left out of the key and rewritten on a hit, unless its spelling could differ between a .d and JSON. */
@@ -117,7 +144,7 @@ class RustJob implements CompileJob {
     if (!this.relocatable) field(`out-dir=${this.outDirAbs}`)
     // A proc macro may read any variable and file without rustc tracking it: with one among
     // the crate's dependencies, cargo's variables enter as they are
-    const procMacro = spec.externs.some((e) => /\.(so|dylib|dll)$/.test(e.path))
+    const procMacro = spec.externs.some((e) => PROC_MACRO.test(e.path))
     for (const name of Object.keys(req.env).sort()) {
       if (!name.startsWith('CARGO_') && name !== 'CARGO' && !(procMacro && name === 'OUT_DIR')) continue
       if (CARGO_ENV_IGNORED.test(name)) continue
@@ -177,22 +204,127 @@ class RustJob implements CompileJob {
     return {
       args, temps, dropEnv: JOBSERVER_ENV, inPlace: true,
       collect: async () => {
-        const blobs: OutputBlobs = []
-        for (const o of spec.outputs) {
-          const data = await readFile(o.path).catch(() => null)
-          if (data === null) return { outputs: null, deps: null }
-          blobs.push({ name: o.name, data })
-        }
+        const blobs = await this.readOutputs()
+        if (blobs === null) return { outputs: null, deps: null }
         const text = await readFile(dep, 'utf8').catch(() => null)
         return { outputs: blobs, deps: text === null ? null : this.dependencies(text) }
       }
     }
   }
 
-  private dependencies(text: string): Dependencies {
+  /** The plain compile, for a listed miss compiled here after all. */
+  compilePlan(): RunPlan {
+    return {
+      args: [...this.req.args], temps: [], dropEnv: JOBSERVER_ENV, inPlace: true,
+      collect: async () => ({ outputs: await this.readOutputs(), deps: null })
+    }
+  }
+
+  private async readOutputs(): Promise<OutputBlobs | null> {
+    const blobs: OutputBlobs = []
+    for (const o of this.spec.outputs) {
+      const data = await readFile(o.path).catch(() => null)
+      if (data === null) return null
+      blobs.push({ name: o.name, data })
+    }
+    return blobs
+  }
+
+  /**
+   * rustc lists what the crate reads before compiling it: dep-info alone (macro expansion, no
+   * codegen), with the compiled crates it loads (-Z binary-dep-depinfo, allowed for this run by
+   * RUSTC_BOOTSTRAP). The sources and variables key the result as a compile's own dep-info
+   * would; the crates go to the peer only (their content is in the direct key, through the
+   * --extern crates that name them).
+   */
+  async listInputs(): Promise<ListedInputs | 'failed' | { local: string }> {
+    const { req, spec, tc, ctx } = this
+    const depPath = siblingTemp(join(tmpdir(), `meshcc-list-${spec.crateName}.d`))
+    this.temps.push(depPath)
+    const env: Record<string, string> = { ...req.env, RUSTC_BOOTSTRAP: '1' }
+    for (const k of JOBSERVER_ENV) delete env[k]
+    const r = await ctx.pre.run(() => execa(req.compiler, [...withoutEmit(spec.args), `--emit=dep-info=${depPath}`, '-Zbinary-dep-depinfo'], {
+      cwd: req.cwd, env, extendEnv: false, stdin: 'ignore', reject: false, encoding: 'buffer', maxBuffer: 64 * 1024 * 1024
+    }))
+    if (r.exitCode !== 0) {
+      this.remoteBlocker = 'rustc refused the crate while listing its inputs'
+      return 'failed'
+    }
+    const text = await readFile(depPath, 'utf8').catch(() => null)
+    if (text === null) return { local: 'rustc listed no dep-info' }
+    const all = [...new Set(parseDepInfo(text).files.map((f) => resolve(req.cwd, f)))]
+    const searched = new Set([...spec.searchDirs.map((d) => resolve(req.cwd, d)), ...spec.externs.map((e) => dirname(resolve(req.cwd, e.path)))])
+    const sysroot = `${tc.sysroot}/`
+    const isCrate = (f: string) => /\.(rlib|rmeta|so)$/.test(f) && (f.startsWith(sysroot) || searched.has(dirname(f)))
+    const crates = all.filter((f) => isCrate(f) && !f.startsWith(sysroot))
+    if (crates.some((f) => PROC_MACRO.test(f))) {
+      this.remoteBlocker = 'rustc loading a proc macro'
+      return { local: this.remoteBlocker }
+    }
+    const deps = this.dependencies(text, (f) => !isCrate(f))
+    this.listed = { sources: deps.files, env: deps.env }
+    const files = [...deps.files, ...crates].sort()
+    const dirs = [...new Set(spec.searchDirs.map((d) => resolve(req.cwd, d)))].sort()
+    return { deps, ship: { files, dirs } }
+  }
+
+  remoteJob(k: ContentKey): RemoteJob {
+    const { req, spec, tc, ctx } = this
+    const set = k.inputs!
+    const crates = new Set(set.files.filter((f) => !this.listed!.sources.includes(f)))
+    return {
+      req, input: spec.input, toolchainFamily: 'rustc', compilerReal: tc.real, compilerHash: tc.hash,
+      command: (outDir) => ({ argv: withOutDir(spec.args, outDir), env: this.remoteEnv(), outputs: spec.outputs.map((o) => basename(o.path)) }),
+      inputs: async () => ({ set, hashes: await Promise.all(set.files.map((f) => (crates.has(f) ? ctx.hasher.hashBinary(f) : ctx.hasher.hash(f)))) })
+    }
+  }
+
+  /** What rustc may read on the peer: cargo's variables, OUT_DIR, rustc's own and those the crate looked up (env!). */
+  private remoteEnv(): Record<string, string> {
+    const env: Record<string, string> = {}
+    const names = new Set([...RUSTC_ENV, 'OUT_DIR', ...this.listed!.env.map(([n]) => n)])
+    for (const [name, value] of Object.entries(this.req.env)) {
+      if (value === undefined || JOBSERVER_ENV.includes(name)) continue
+      if (name === 'CARGO' || name.startsWith('CARGO_') || names.has(name)) env[name] = value
+    }
+    return env
+  }
+
+  /**
+   * The peer's outputs, written into its working directory under their own names: every
+   * mention of those paths (the dep-info's rules, rustc's artifact notices) names this
+   * build's. The peer's dep-info must list the very files the listing here did.
+   */
+  async remoteOutputs(obj: Buffer): Promise<OutputBlobs> {
+    const data = decodeJobOutputs(obj, this.outputs.length)
+    const blobs = this.outputs.map((o, i) => ({ name: o.name, data: o.name === 'dep-info' ? this.remoteText(data[i]!) : data[i]! }))
+    const dep = blobs.find((b) => b.name === 'dep-info')
+    if (dep) {
+      const read = this.dependencies(dep.data.toString('utf8'), () => true)
+      if (read.files.join('\0') !== this.listed!.sources.join('\0')) throw new Error('the peer\'s rustc read other files than the listing here named')
+    }
+    return blobs
+  }
+
+  /** Throws when the peer's text would grow past what a compile here could print (a hostile peer's blow-up). */
+  remoteText(b: Buffer): Buffer {
+    const cwd = resolve(this.req.cwd)
+    let out = b
+    for (const o of [...this.outputs].sort((x, y) => basename(y.path).length - basename(x.path).length)) {
+      const from = Buffer.from(`${cwd}/${basename(o.path)}`)
+      const to = Buffer.from(o.path)
+      let n = 0
+      for (let at = out.indexOf(from); at !== -1; at = out.indexOf(from, at + from.length)) n++
+      if (out.length + n * Math.max(0, to.length - from.length) > b.length + MAX_REMOTE_GROWTH) throw new Error(`rewriting the peer's paths would grow ${b.length} bytes past the limit`)
+      out = replaceAll(out, from, to)
+    }
+    return out
+  }
+
+  private dependencies(text: string, keep: (f: string) => boolean = () => true): Dependencies {
     const { req, spec } = this
     const info = parseDepInfo(text)
-    const files = [...new Set(info.files.map((f) => resolve(req.cwd, f)))].sort()
+    const files = [...new Set(info.files.map((f) => resolve(req.cwd, f)))].filter(keep).sort()
     // A remap unrelated to the working directory is keyed without its FROM (it differs between
     // checkouts): each file outside the directory records the name rustc gave it instead
     const facts: Array<[string, string | null]> = []
@@ -236,6 +368,26 @@ class RustJob implements CompileJob {
   async dispose(): Promise<void> {
     await Promise.all(this.temps.map((t) => rm(t, { force: true })))
   }
+}
+
+/** The arguments without their --emit (a listing run names its own). */
+function withoutEmit(args: string[]): string[] {
+  const out: string[] = []
+  for (let i = 0; i < args.length; i++) {
+    if (args[i] === '--emit') { i++; continue }
+    if (!args[i].startsWith('--emit=')) out.push(args[i])
+  }
+  return out
+}
+
+/** The arguments with --out-dir set to `dir`. */
+function withOutDir(args: string[], dir: string): string[] {
+  const out: string[] = []
+  for (let i = 0; i < args.length; i++) {
+    if (args[i] === '--out-dir') { out.push('--out-dir', dir); i++; continue }
+    out.push(args[i].startsWith('--out-dir=') ? `--out-dir=${dir}` : args[i])
+  }
+  return out
 }
 
 /** `path` as rustc writes it under the last --remap-path-prefix that matches (rustc's precedence), or null. */

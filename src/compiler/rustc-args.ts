@@ -63,6 +63,8 @@ export interface RustSpec {
   externs: Array<{ name: string; path: string }>
   /** -L directories that rustc searches for native libraries (static ones are bundled into an rlib) */
   nativeDirs: string[]
+  /** every -L directory, of any kind (where rustc finds the crates it loads) */
+  searchDirs: string[]
   /** libraries named by -l static=NAME (a "+verbatim" name is the file name) */
   staticLibs: Array<{ name: string; verbatim: boolean }>
   /** --target given as a JSON file: its path */
@@ -121,6 +123,7 @@ export function parseRustcArgs(rawArgs: readonly string[], cwd: string): RustPar
   const keyArgs: string[] = []
   const externs: RustSpec['externs'] = []
   const nativeDirs: string[] = []
+  const searchDirs: string[] = []
   const staticLibs: RustSpec['staticLibs'] = []
   const remaps: RustSpec['remaps'] = []
   let target: string | null = null
@@ -195,6 +198,7 @@ export function parseRustcArgs(rawArgs: readonly string[], cwd: string): RustPar
         const dir = k === -1 ? value : value.slice(k + 1)
         if (!['all', 'native', 'crate', 'dependency', 'framework'].includes(kind)) return no(`unknown -L kind ${kind}`)
         if (kind === 'all' || kind === 'native') nativeDirs.push(dir)
+        searchDirs.push(dir)
         keyArgs.push(name, kind) // the directory's static libraries enter by content
         continue
       }
@@ -264,6 +268,6 @@ export function parseRustcArgs(rawArgs: readonly string[], cwd: string): RustPar
   const targetJson = target !== null && target.endsWith('.json') ? resolve(cwd, target) : null
   return {
     cacheable: true,
-    spec: { crateName, input: inputs[0], outDir, outputs, depInfo, keyArgs, externs, nativeDirs, staticLibs, targetJson, target, remaps, nativeCpu, args }
+    spec: { crateName, input: inputs[0], outDir, outputs, depInfo, keyArgs, externs, nativeDirs, searchDirs, staticLibs, targetJson, target, remaps, nativeCpu, args }
   }
 }

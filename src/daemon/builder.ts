@@ -13,10 +13,10 @@ import { dirname, join, relative } from 'node:path'
 import { execa } from 'execa'
 import type { Config } from '../config.js'
 import type { Logger } from '../log.js'
-import type { JobFile, JobHandler, JobHeader, JobReply } from '../mesh/protocols/compile-job.js'
+import { encodeJobOutputs, type JobFile, type JobHandler, type JobHeader, type JobReply } from '../mesh/protocols/compile-job.js'
 import { checkBwrap, runSandboxed, type SandboxJob, type SandboxResult } from '../sandbox/bwrap.js'
 import { describeJobMemory, jobMemoryMode, type JobMemoryMode } from '../sandbox/cgroup.js'
-import { readJobFile } from '../sandbox/job-output.js'
+import { readJobFile, readJobFiles } from '../sandbox/job-output.js'
 import type { ToolchainCache } from '../toolchain/cache.js'
 import { WorkspacePool, type Workspace, type WorkspaceStats } from './job-workspace.js'
 
@@ -212,12 +212,13 @@ export class Builder implements JobHandler {
     const inputs = { dir: cwdDir, entries: ws.cwdEntries([...header.files.map((f) => f.path), ...header.dirs]) }
     const env = { ...header.env, PATH: '/usr/local/bin:/usr/bin:/bin' }
     const job = (argv: string[], collect?: string): SandboxJob => ({
-      root, inputs, cwd: header.cwd, argv, env, collect,
+      root, inputs, cwd: header.cwd, argv, env, collect, ...(header.outputs && collect === undefined ? { collectFiles: header.outputs } : {}),
       timeoutMs: b.jobTimeout * 1000, cpuSeconds: b.jobTimeout, maxOutputBytes: MAX_OUTPUT_BYTES,
       diskBytes: b.jobDisk, maxMemoryBytes: b.jobMemory
     })
     const exec = (argv: string[], collect?: string) => (b.sandbox === 'none' ? runChrooted(root, header.cwd, argv, env, b.jobTimeout * 1000) : runSandboxed(job(argv, collect)))
 
+    if (header.outputs) return this.runWithOutputs(root, header, exec)
     // the builder must see exactly the client's translation unit, or the object could differ
     const pp = await exec([header.compiler, ...header.ppArgv])
     const infra = infraFailure(pp)
@@ -240,6 +241,24 @@ export class Builder implements JobHandler {
     const obj = b.sandbox === 'none' ? await readJobFile(root, header.objPath, MAX_OUTPUT_BYTES) : r.collected ?? { ok: false, reason: 'not collected' }
     if (!obj.ok) return { kind: 'failed', reason: `the compiler's object is not taken: ${obj.reason}` }
     return { kind: 'done', exitCode: 0, stdout: r.stdout, stderr: r.stderr, obj: obj.data }
+  }
+
+  /**
+   * A job with several outputs and no preprocessor (rustc, compile-job v4): the client checks
+   * what the compiler read; the outputs come back in one blob, each taken without following
+   * a link, all of them within the output cap.
+   */
+  private async runWithOutputs(root: string, header: JobHeader, exec: (argv: string[]) => Promise<SandboxResult>): Promise<JobReply> {
+    const r = await exec([header.compiler, ...header.argv])
+    const bad = infraFailure(r)
+    if (bad) return { kind: 'failed', reason: bad }
+    if (r.exitCode !== 0) return { kind: 'done', exitCode: r.exitCode ?? 1, stdout: r.stdout, stderr: r.stderr, obj: null }
+    const room = MAX_OUTPUT_BYTES - r.stdout.length - r.stderr.length
+    // under sandbox = "none" from the chroot's top, as the object is: no component may be a link
+    const got = this.opts.config.build.sandbox === 'none' ? await readJobFiles(root, header.outputs!.map((o) => join(header.cwd, o)), room) : r.collectedFiles ?? { ok: false, reason: 'not collected' }
+    if (!got.ok) return { kind: 'failed', reason: `the compiler's outputs are not taken: ${got.reason}` }
+    if (got.data.reduce((n, d) => n + d.length + 4, 0) > room) return { kind: 'failed', reason: 'output too large' }
+    return { kind: 'done', exitCode: 0, stdout: r.stdout, stderr: r.stderr, obj: encodeJobOutputs(got.data) }
   }
 }
 

@@ -32,8 +32,29 @@ export type CompileReply =
 
 const DEPEND_KEY_VERSION = 'meshcc-depend-1'
 
-/** A miss that may be compiled on a mesh peer. */
-export interface RemoteJob {
+/** A miss that may be compiled on a mesh peer: a preprocessed C unit, or a command with its outputs (rustc). */
+export type RemoteJob = PreprocessedRemoteJob | CommandRemoteJob
+
+/**
+ * A family's job as a command the builder runs without a preprocessor check (compile-job v4):
+ * the family itself checks afterwards that the compiler read what it was sent.
+ */
+export interface CommandRemoteJob {
+  req: CompileRequest
+  /** the source, for logs */
+  input: string
+  /** how the toolchain is found and packed */
+  toolchainFamily: import('../toolchain/types.js').CompilerFamily
+  compilerReal: string
+  compilerHash: string
+  /** the arguments for a run whose outputs go into `outDir` (the job's cwd on the builder), and the environment it may read */
+  command(outDir: string): { argv: string[]; env: Record<string, string>; outputs: string[] }
+  /** the files the compile reads, each with its hash */
+  inputs: () => Promise<HashedInputs>
+}
+
+/** A C unit: the builder preprocesses it again and must get the client's text. */
+export interface PreprocessedRemoteJob {
   req: CompileRequest
   spec: CompileSpec
   /** the compiler's real path and content hash */
@@ -168,6 +189,10 @@ export class CompileService {
       // which can store its result where depend mode could not key it safely. A family without
       // a content key (rustc) keys every miss through depend mode.
       const distributable = this.remote !== null && job.remoteBlocker === null && job.remoteJob !== undefined
+      if (direct && job.listInputs && distributable && this.remote!.wants(this.cpu.running < this.opts.slots)) {
+        const r = await this.compileListed(call, direct, started)
+        if (r) return r
+      }
       if (direct && (!job.contentKey || (!dk!.sourceFresh && !preferPreprocessed && !distributable))) {
         const r = await this.compileDepend(call, direct)
         if (r) return r
@@ -241,10 +266,20 @@ export class CompileService {
           break
         }
         if (a.kind === 'done') {
+          const { exitCode, obj, peer } = a.outcome
+          // a family that checks a peer's outputs (rustc: it read what was sent) may refuse them
+          let taken: { outputs: OutputBlobs | null; stdout: Buffer; stderr: Buffer }
+          try {
+            const text = (b: Buffer) => (job.remoteText ? job.remoteText(b) : b)
+            taken = { outputs: obj && (await job.remoteOutputs!(obj)), stdout: text(a.outcome.stdout), stderr: text(a.outcome.stderr) }
+          } catch (err) {
+            log.info(`outputs of ${job.input} from ${peer} not taken: ${(err as Error).message}`)
+            fallback = 'remote outputs not taken'
+            break
+          }
           stats.inc('remote_compiles')
-          log.debug(`compiled ${job.input} on ${a.outcome.peer}`)
-          const { exitCode, stdout, stderr, obj } = a.outcome
-          outcome = { result: { exitCode, stdout, stderr }, outputs: obj && (await job.remoteOutputs!(obj)) }
+          log.debug(`compiled ${job.input} on ${peer}`)
+          outcome = { result: { exitCode, stdout: taken.stdout, stderr: taken.stderr }, outputs: taken.outputs }
           break
         }
         if (a.kind === 'failed') { fallback = `all attempts failed: ${a.reason}`; break }
@@ -368,6 +403,34 @@ export class CompileService {
       record = { direct, write: () => this.manifestWrite(direct, this.opts.direct!.add(direct, entry)) }
     }
     return await this.storeResult(call, key, r, outputs, record, plan.inPlace)
+  }
+
+  /**
+   * A miss keyed by the inputs the compiler lists before compiling (rustc's dep-info), so that
+   * it can go to a peer with them. The key is depend mode's for the same list: a crate compiled
+   * either way finds the other's entry. Null: compile here in depend mode (the listing failed,
+   * could not be trusted, or the job stays here).
+   */
+  private async compileListed(call: Call, direct: string, started: number): Promise<CompileReply | null> {
+    const { job, stats } = call
+    const listed = await job.listInputs!()
+    if (listed === 'failed' || 'local' in listed) return null
+    const set = await this.trustedSet(call, listed.deps)
+    if (!set) return null
+    const key = dependKey(direct, set)
+    const record: ManifestUpdate = { direct, write: () => this.manifestWrite(direct, this.opts.direct!.add(direct, { ...set, result: key })) }
+    const got = await this.storeGet(key)
+    const replay = got && (await this.writeOutputs(job, got))
+    if (replay) {
+      stats.inc('cache_hits')
+      stats.hitTime(performance.now() - started)
+      this.opts.log.debug(`${job.family} hit (listed) ${key.slice(0, 16)} ${job.input}`)
+      this.track(record.write(), direct)
+      return replay
+    }
+    stats.inc('cache_misses')
+    this.opts.log.debug(`${job.family} miss (listed) ${key.slice(0, 16)} ${job.input}`)
+    return this.compileAndStore(call, { key, inputs: listed.ship }, record)
   }
 
   /** Place an entry's outputs where the compiler would have written them, each atomically; the replay, or null. */

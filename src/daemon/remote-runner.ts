@@ -10,7 +10,7 @@ import type { Logger } from '../log.js'
 import type { Mesh, MeshMember } from '../mesh/index.js'
 import { sendCompileJob, type JobFileRef, type JobHeader } from '../mesh/protocols/compile-job.js'
 import { packToolchainCached } from '../toolchain/pack.js'
-import { KEY_ENV, type PreparedJob, type RemoteAttempt, type RemoteJob, type RemoteRunner } from './compile-service.js'
+import { KEY_ENV, type CommandRemoteJob, type PreparedJob, type RemoteAttempt, type RemoteJob, type RemoteRunner } from './compile-service.js'
 import type { Stats } from './stats.js'
 import { choosePeer, fasterPeerThanHere } from './placement.js'
 
@@ -135,7 +135,7 @@ export class MeshRemoteRunner implements RemoteRunner {
     let p = this.toolchains.get(memo)
     if (!p) {
       const t0 = Date.now()
-      p = packToolchainCached(job.req.compiler, job.spec.family, this.opts.toolchainDir).then((r) => {
+      p = packToolchainCached(job.req.compiler, 'spec' in job ? job.spec.family : job.toolchainFamily, this.opts.toolchainDir).then((r) => {
         this.opts.log.info(`toolchain for ${job.req.compiler}: ${r.hash.slice(0, 12)} (${(r.bytes / 1048576).toFixed(1)} MiB, ready in ${Date.now() - t0} ms)`)
         void this.opts.mesh.provideToolchain(r.hash)
         return { hash: r.hash, archive: r.archive }
@@ -201,10 +201,11 @@ export class MeshRemoteRunner implements RemoteRunner {
     try {
       ;[toolchain, inputs] = await Promise.all([this.toolchainFor(job), this.readInputs(job)])
     } catch (err) {
-      this.opts.log.debug(`cannot ship ${job.spec.input}: ${(err as Error).message}`)
+      this.opts.log.debug(`cannot ship ${'spec' in job ? job.spec.input : job.input}: ${(err as Error).message}`)
       return { unshippable: (err as Error).message.split('\n')[0]!.slice(0, 120) }
     }
     const cwd = resolve(job.req.cwd)
+    if (!('spec' in job)) return commandJob(job, cwd, toolchain.hash, inputs)
     const objPath = join(cwd, `.meshcc-remote-${process.pid}-${createHash('sha256').update(job.ppHash + Math.random()).digest('hex').slice(0, 8)}.o`)
     const env: Record<string, string> = {}
     for (const k of JOB_ENV) if (job.req.env[k] !== undefined) env[k] = job.req.env[k]
@@ -290,6 +291,19 @@ export class MeshRemoteRunner implements RemoteRunner {
       await new Promise((r) => setTimeout(r, 25 + Math.random() * 50)) // jitter: waiting clients do not wake in lockstep
     }
   }
+}
+
+/** A job of a family without a preprocessor check (compile-job v4): its outputs in the job's cwd, named by the family. */
+function commandJob(job: CommandRemoteJob, cwd: string, toolchain: string, inputs: { files: JobFileRef[]; dirs: string[] }): PreparedJob {
+  const { argv, env, outputs } = job.command(cwd)
+  const header: JobHeader = {
+    toolchain, compiler: job.req.compiler, argv, cwd, env,
+    ppHash: '', ppArgv: [],
+    // unused in v4 (outputs name the files); the protocol still wants a path inside cwd
+    objPath: join(cwd, outputs[0]!),
+    files: inputs.files, dirs: inputs.dirs, outputs
+  }
+  return { input: job.input, header, files: inputs.files, failures: 0, lastFailure: null }
 }
 
 class PeerGoneError extends Error {

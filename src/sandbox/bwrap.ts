@@ -27,7 +27,7 @@ import type { Socket } from 'node:net'
 import { delimiter, isAbsolute, join, posix } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { jobMemoryMode, type JobCgroup } from './cgroup.js'
-import { readJobFile, type JobFile } from './job-output.js'
+import { readJobFile, readJobFiles, type JobFile, type JobFiles } from './job-output.js'
 
 export interface SandboxJob {
   /** toolchain root, mounted read-only as / */
@@ -53,6 +53,8 @@ export interface SandboxJob {
   maxMemoryBytes?: number
   /** a file the job leaves in its working directory (relative path) to take out: the object */
   collect?: string
+  /** several such files (a job with more than one output), taken within maxOutputBytes together */
+  collectFiles?: string[]
 }
 
 export interface SandboxResult {
@@ -68,6 +70,8 @@ export interface SandboxResult {
   diskFull: boolean
   /** the file named by `collect`, or why it was not taken; null when not asked for or the job never ended */
   collected: JobFile | null
+  /** the files named by `collectFiles`, or why they were not taken; null as for `collected` */
+  collectedFiles?: JobFiles | null
   /** bwrap itself failed (setup), as opposed to the job failing: means "retry elsewhere" */
   sandboxError: string | null
   /** the kernel killed a process of the job at its cgroup's memory limit (maxMemoryBytes) */
@@ -238,6 +242,7 @@ export async function runSandboxed(job: SandboxJob): Promise<SandboxResult> {
     let outputTooLarge = false
     let diskFull = false
     let collected: JobFile | null = null
+    let collectedFiles: JobFiles | null = null
     let killed = false
     let exited = false
     let spawnError: string | null = null
@@ -275,6 +280,7 @@ export async function runSandboxed(job: SandboxJob): Promise<SandboxResult> {
           diskFull = st.bfree === 0 || st.ffree === 0
         } catch { /* gone: killed meanwhile */ }
         if (job.collect !== undefined) collected = await readJobFile(`${jailOut}/cwd`, job.collect, job.maxOutputBytes)
+        if (job.collectFiles !== undefined) collectedFiles = await readJobFiles(`${jailOut}/cwd`, job.collectFiles, job.maxOutputBytes)
       })().finally(() => hold.end())
     })
     hold.on('error', () => undefined)
@@ -307,7 +313,7 @@ export async function runSandboxed(job: SandboxJob): Promise<SandboxResult> {
     const settle = async (): Promise<SandboxResult> => {
       const stdout = Buffer.concat(out)
       const stderr = Buffer.concat(err)
-      const base = { stdout, stderr, timedOut, outputTooLarge, diskFull, collected }
+      const base = { stdout, stderr, timedOut, outputTooLarge, diskFull, collected, collectedFiles }
       // bwrap writes {"exit-code": N} only when the job itself ran and exited; without it
       // the sandbox never got as far as the job (or we killed it first).
       const jobStatus = parseExitCode(Buffer.concat(status).toString('utf8'))
@@ -404,7 +410,7 @@ function validate(job: SandboxJob): string {
   for (const k of Object.keys(job.env)) {
     if (k === '' || k.includes('=')) bad(`invalid environment variable name: ${JSON.stringify(k)}`)
   }
-  const strings = [job.root, ...(job.inputs ? [job.inputs.dir, ...job.inputs.entries] : []), cwd, ...job.argv, ...Object.entries(job.env).flat(), job.collect ?? '']
+  const strings = [job.root, ...(job.inputs ? [job.inputs.dir, ...job.inputs.entries] : []), cwd, ...job.argv, ...Object.entries(job.env).flat(), job.collect ?? '', ...(job.collectFiles ?? [])]
   if (strings.some((s) => s.includes('\0'))) bad('NUL byte in job paths, argv or env')
   for (const [n, v] of [['timeoutMs', job.timeoutMs], ['cpuSeconds', job.cpuSeconds], ['maxOutputBytes', job.maxOutputBytes], ['diskBytes', job.diskBytes], ['maxMemoryBytes', job.maxMemoryBytes ?? 1]] as const) {
     if (!Number.isFinite(v) || v <= 0) bad(`${n} must be a positive number`)

@@ -70,6 +70,24 @@ export async function readJobFile(trustedDir: string, rel: string, maxBytes: num
   }
 }
 
+export type JobFiles = { ok: true; data: Buffer[] } | { ok: false; reason: string }
+
+/**
+ * Several files of a job (each as readJobFile takes one), at most `maxBytes` together: a job
+ * with many outputs cannot make the builder hold more than a job with one.
+ */
+export async function readJobFiles(trustedDir: string, rels: string[], maxBytes: number): Promise<JobFiles> {
+  const data: Buffer[] = []
+  let left = maxBytes
+  for (const rel of rels) {
+    const f = await readJobFile(trustedDir, rel, left)
+    if (!f.ok) return f
+    left -= f.data.length
+    data.push(f.data)
+  }
+  return { ok: true, data }
+}
+
 function why(e: unknown, path: string): string {
   const code = (e as NodeJS.ErrnoException).code
   if (code === 'ELOOP') return `${path} is a symbolic link`

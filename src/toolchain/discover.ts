@@ -164,6 +164,27 @@ async function clangDataFiles(compiler: string): Promise<string[]> {
   return files
 }
 
+/**
+ * What rustc needs to compile a library crate: the compiler's own shared libraries in
+ * <sysroot>/lib (librustc_driver, LLVM) and the host's standard library (its rlibs and
+ * rmeta, <sysroot>/lib/rustlib/<host>/lib). No linker: a job that links never leaves the client.
+ */
+async function rustcSysrootFiles(compiler: string): Promise<string[]> {
+  const sysroot = await query(compiler, ['--print', 'sysroot'])
+  const host = /^host: (.+)$/m.exec(await query(compiler, ['-vV']))?.[1]
+  if (!isAbsolute(sysroot) || !host) throw new ToolchainDiscoveryError(`${compiler}: no sysroot or host from --print sysroot and -vV`)
+  const files: string[] = []
+  for (const dir of [join(sysroot, 'lib'), join(sysroot, 'lib', 'rustlib', host, 'lib')]) {
+    let names: string[]
+    try { names = await readdir(dir) } catch { throw new ToolchainDiscoveryError(`${compiler}: cannot read ${dir}`) }
+    for (const n of names.sort()) {
+      const p = join(dir, n)
+      try { if ((await stat(p)).isFile()) files.push(p) } catch { /* vanished */ }
+    }
+  }
+  return files
+}
+
 /** locale-archive holds every generated locale; beyond this it is not worth shipping */
 const MAX_LOCALE_ARCHIVE = 16 * 1024 * 1024
 
@@ -235,6 +256,8 @@ async function discoverUncached(compiler: string, family: CompilerFamily): Promi
   const roots: string[] = [compiler, ...await localeFiles()]
   if (family === 'gcc') {
     roots.push(...await gccPrograms(compiler), ...await gccDataFiles(compiler))
+  } else if (family === 'rustc') {
+    roots.push(...await rustcSysrootFiles(compiler))
   } else {
     roots.push(...await clangDataFiles(compiler))
   }

@@ -1,4 +1,5 @@
-export type CompilerFamily = 'gcc' | 'clang'
+/** how a toolchain is discovered: a C compiler's driver and programs, or rustc with its sysroot */
+export type CompilerFamily = 'gcc' | 'clang' | 'rustc'
 
 /** Everything a compiler needs to turn a preprocessed translation unit into an object. */
 export interface ToolchainSpec {

@@ -16,8 +16,8 @@ export interface DistMesh {
   stop(): Promise<void>
 }
 
-/** `builderCount` builders (2 cores each) and a client that has them all in its view with free slots. */
-export async function startDistMesh(prefix: string, builderCount = 2): Promise<DistMesh> {
+/** `builderCount` builders (2 cores each, `builderBuild` added to their [build]) and a client that has them all in its view with free slots. */
+export async function startDistMesh(prefix: string, builderCount = 2, builderBuild = ''): Promise<DistMesh> {
   const all: Instance[] = []
   const keyDir = createInstance('', `${prefix}-key`)
   all.push(keyDir)
@@ -33,12 +33,12 @@ export async function startDistMesh(prefix: string, builderCount = 2): Promise<D
   }
   const stop = async () => { for (const i of all) await i.stop() }
   try {
-    const b1 = daemon(`${prefix}-b1`, { localSlots: 2, cores: 2, bootstrap: [] })
+    const b1 = daemon(`${prefix}-b1`, { localSlots: 2, cores: 2, bootstrap: [], build: builderBuild })
     const s1 = await startMeshDaemon(b1)
     const boot = s1.mesh!.addresses.filter((a) => a.includes('/127.0.0.1/'))
     const builders = [b1]
     for (let n = 2; n <= builderCount; n++) {
-      const b = daemon(`${prefix}-b${n}`, { localSlots: 2, cores: 2, bootstrap: boot })
+      const b = daemon(`${prefix}-b${n}`, { localSlots: 2, cores: 2, bootstrap: boot, build: builderBuild })
       await startMeshDaemon(b)
       builders.push(b)
     }

@@ -18,6 +18,14 @@
 //           → {type:'done', exitCode} + blob stdout + blob stderr [+ blob object when exitCode is 0]
 //           | {type:'failed', reason}                   sandbox, toolchain or input problem: try another peer
 //
+// Version 4 (rustc, and any family without a preprocessor to check): the header names
+// `outputs`, the files the job writes (relative to cwd, at most MAX_JOB_OUTPUTS); ppArgv is
+// empty and ppHash '' (no check on the builder: the client checks what the compiler says it
+// read); the object blob carries every output, each as u32 length + bytes in header order
+// (encodeJobOutputs). A client sends v3 for C jobs, so builders of the previous version keep
+// taking them; such a builder fails a v4 job as a protocol violation, which the client
+// treats as any peer failure (another peer, then here).
+//
 // It carries argv, files and environment only: nothing here knows compiler flags.
 import { createHash } from 'node:crypto'
 import { Readable } from 'node:stream'
@@ -34,6 +42,10 @@ const gzipAsync = promisify(gzip)
 
 export const compileJobProtocol = (meshId: string) => `/meshcc/${meshId}/compile/3.0.0`
 const VERSION = 3
+/** a job with several outputs and no preprocessor check */
+const VERSION_OUTPUTS = 4
+/** the most files one job may name as its outputs */
+export const MAX_JOB_OUTPUTS = 8
 
 export const LIMITS = {
   files: 20_000,
@@ -82,6 +94,8 @@ export interface JobHeader {
   files: JobFileRef[]
   /** directories that must exist although no file is sent in them */
   dirs: string[]
+  /** v4: the files the job writes, relative to cwd, all carried back in the object blob (encodeJobOutputs) */
+  outputs?: string[]
 }
 
 export type JobReply =
@@ -93,7 +107,7 @@ export type JobReply =
 type WireHeader = Omit<JobHeader, 'files'> & { files: number }
 
 function parseHeader(h: Record<string, unknown>): WireHeader {
-  if (h.v !== VERSION) throw new ProtocolViolation(`unsupported job version ${clip(String(h.v), 40)}`)
+  if (h.v !== VERSION && h.v !== VERSION_OUTPUTS) throw new ProtocolViolation(`unsupported job version ${clip(String(h.v), 40)}`)
   const envIn = h.env
   if (envIn === null || typeof envIn !== 'object' || Array.isArray(envIn)) throw new ProtocolViolation('field env: expected an object')
   const env: Record<string, string> = {}
@@ -105,6 +119,9 @@ function parseHeader(h: Record<string, unknown>): WireHeader {
   const cwd = str(h.cwd, 'cwd')
   const objPath = str(h.objPath, 'objPath')
   if (!cwd.startsWith('/') || !objPath.startsWith(cwd + '/') || objPath.split('/').includes('..')) throw new ProtocolViolation('cwd must be absolute and objPath inside it')
+  const outputs = h.v === VERSION_OUTPUTS ? strList(h.outputs, 'outputs', MAX_JOB_OUTPUTS, LIMITS.pathBytes) : undefined
+  if (outputs?.length === 0) throw new ProtocolViolation('field outputs: expected at least one file')
+  for (const o of outputs ?? []) if (o.startsWith('/') || o.split('/').some((p) => p === '..' || p === '' || p === '.')) throw new ProtocolViolation(`outputs entry must be a plain path relative to cwd: ${clip(o)}`)
   return {
     toolchain: str(h.toolchain, 'toolchain', 128),
     compiler: str(h.compiler, 'compiler'),
@@ -112,8 +129,34 @@ function parseHeader(h: Record<string, unknown>): WireHeader {
     cwd, env,
     ppHash: str(h.ppHash, 'ppHash', 128),
     ppArgv: strList(h.ppArgv, 'ppArgv', LIMITS.argv, 65536),
-    objPath, files: int(h.files, 'files', 0, LIMITS.files), dirs
+    objPath, files: int(h.files, 'files', 0, LIMITS.files), dirs,
+    ...(outputs ? { outputs } : {})
   }
+}
+
+/** A v4 job's outputs as one object blob: each as u32 length + bytes, in the header's order. */
+export function encodeJobOutputs(files: Buffer[]): Buffer {
+  return Buffer.concat(files.flatMap((f) => {
+    const n = Buffer.allocUnsafe(4)
+    n.writeUInt32BE(f.length)
+    return [n, f]
+  }))
+}
+
+/** The outputs in a v4 job's object blob (exactly `count` of them, filling it), or a ProtocolViolation. */
+export function decodeJobOutputs(blob: Buffer, count: number): Buffer[] {
+  const out: Buffer[] = []
+  let off = 0
+  for (let i = 0; i < count; i++) {
+    if (off + 4 > blob.length) throw new ProtocolViolation(`job outputs end before output ${i}`)
+    const n = blob.readUInt32BE(off)
+    off += 4
+    if (n > blob.length - off) throw new ProtocolViolation(`job output ${i} is longer than the blob holding it`)
+    out.push(blob.subarray(off, off + n))
+    off += n
+  }
+  if (off !== blob.length) throw new ProtocolViolation('job outputs blob longer than its outputs')
+  return out
 }
 
 // One table entry: u16 bytes shared with the previous path, u16 bytes that follow, those
@@ -198,7 +241,7 @@ export async function sendCompileJob(node: Libp2p, meshId: string, peer: string,
   const stream = await node.dialProtocol(peerIdFromString(peer), compileJobProtocol(meshId), { signal: opts.signal })
   const f = new Framed(stream, { stallMs: opts.stallMs ?? JOB_STALL_MS })
   try {
-    await f.writeJson({ v: VERSION, ...header, files: header.files.length }, opts.signal)
+    await f.writeJson({ v: header.outputs ? VERSION_OUTPUTS : VERSION, ...header, files: header.files.length }, opts.signal)
     await f.writeBlob(fileTableOf(header.files), opts.signal)
     const first = await f.readJson<{ type?: string; reason?: unknown; need?: unknown }>(opts.signal)
     if (first.type === 'refused') return { kind: 'refused', reason: str(first.reason, 'reason', 1024) }

@@ -1,0 +1,149 @@
+// Distributed rustc (item 4 of the Rust issue) with real cargo, rustc and daemons on loopback:
+// a client with local_slots = 0 and one builder, so every cacheable crate's rustc runs on the
+// builder in its bubblewrap sandbox. The outputs must be byte for byte a plain build's, the
+// next build all hits, and a builder whose jobs fail must leave the build green (compiled here).
+// Proc macros, build scripts and bins are compiled and run here, as sccache does.
+import { after, before, test } from 'node:test'
+import assert from 'node:assert/strict'
+import { readFileSync, rmSync, statSync } from 'node:fs'
+import { join } from 'node:path'
+import { MESHCC, createInstance, runCommand, writeTree, type Instance, type RunResult } from './helpers/meshcc.js'
+import { filesIn, findCargo, logOutcomes, offlineCargoHome } from './helpers/cargo.js'
+import { startDistMesh, type DistMesh } from './helpers/dist-mesh.js'
+import { status } from './helpers/mesh-daemons.js'
+
+const { cargo } = findCargo()
+const DEPS = { smallvec: '1', itoa: '1', bitflags: '1', 'cfg-if': '1', memchr: '2', fnv: '1', either: '1' }
+
+function workspace(): Record<string, string> {
+  const pkg = (name: string, deps: string, extra = '') => `[package]\nname = "${name}"\nversion = "0.1.0"\nedition = "2021"\n${extra}\n[dependencies]\n${deps}`
+  return {
+    'Cargo.toml': '[workspace]\nmembers = ["corelib", "midlib", "macros", "usemac", "app"]\nresolver = "2"\n',
+    'macros/Cargo.toml': pkg('macros', '', '[lib]\nproc-macro = true'),
+    'macros/src/lib.rs': 'use proc_macro::TokenStream;\n#[proc_macro]\npub fn answer(_: TokenStream) -> TokenStream { "42u32".parse().unwrap() }\n',
+    // loads a proc macro: compiled here (the macro may read files rustc does not list)
+    'usemac/Cargo.toml': pkg('usemac', 'macros = { path = "../macros" }'),
+    'usemac/src/lib.rs': 'pub fn answer() -> u32 { macros::answer!() }\n',
+    'corelib/Cargo.toml': pkg('corelib', Object.entries(DEPS).map(([k, v]) => `${k} = "${v}"`).join('\n')),
+    'corelib/data.txt': 'some words\n',
+    'corelib/src/lib.rs': `pub const DATA: &str = include_str!("../data.txt");
+pub fn describe(s: &str) -> String {
+    let words: smallvec::SmallVec<[&str; 4]> = s.split(' ').collect();
+    let mut b = itoa::Buffer::new();
+    let n = b.format(words.len());
+    let seen: fnv::FnvHashSet<&str> = words.iter().copied().collect();
+    let e: either::Either<u8, u8> = either::Either::Left(1);
+    format!("{} {} {} {} {}", env!("CARGO_PKG_NAME"), n, seen.len(), memchr::memchr(b' ', s.as_bytes()).unwrap_or(0), e.either(|x| x, |y| y))
+}
+cfg_if::cfg_if! { if #[cfg(unix)] { pub fn os() -> &'static str { "unix" } } else { pub fn os() -> &'static str { "other" } } }
+bitflags::bitflags! { pub struct Flags: u8 { const A = 1; } }
+`,
+    'midlib/Cargo.toml': pkg('midlib', 'corelib = { path = "../corelib" }'),
+    // uses smallvec through corelib only: rustc loads its rmeta from -L dependency=, no --extern names it
+    'midlib/src/lib.rs': 'pub fn mid(s: &str) -> String { format!("mid:{}:{}:{}", corelib::describe(s), corelib::os(), corelib::DATA.trim()) }\n',
+    'app/Cargo.toml': pkg('app', 'midlib = { path = "../midlib" }\nusemac = { path = "../usemac" }'),
+    'app/src/main.rs': 'fn main() { println!("{} {}", midlib::mid("hello remote rust"), usemac::answer()); }\n'
+  }
+}
+const EXPECTED = 'mid:corelib 3 3 5 1:unix:some words 42\n'
+
+let root: Instance
+let ws: string
+let cargoHome: string
+let plain: Map<string, Buffer>
+const meshes: DistMesh[] = []
+
+function cargoBuild(client: Instance, extraEnv: NodeJS.ProcessEnv = {}): Promise<RunResult> {
+  rmSync(join(ws, 'target'), { recursive: true, force: true })
+  const env: NodeJS.ProcessEnv = {
+    ...client.env, CARGO_HOME: cargoHome, CARGO_TARGET_DIR: join(ws, 'target'), CARGO_INCREMENTAL: '0', CARGO_TERM_COLOR: 'never',
+    RUSTFLAGS: `--remap-path-prefix=${ws}=/ws`, RUSTC_WRAPPER: MESHCC, ...extraEnv
+  }
+  delete env.CC
+  delete env.CXX
+  return runCommand(cargo, ['build', '--offline'], { cwd: ws, env, timeoutMs: 900_000 })
+}
+
+function logSize(i: Instance): number {
+  try { return statSync(join(i.cacheDir, 'meshcc.log')).size } catch { return 0 }
+}
+
+interface RustCounts { counters: Record<string, number>; fallback_reasons: Record<string, number>; retry_reasons: Record<string, number>; non_cacheable_reasons: Record<string, number> }
+async function rustStats(i: Instance): Promise<RustCounts> {
+  return (await i.stats() as unknown as { families: Record<string, RustCounts> }).families.rust
+}
+
+function assertSameAsPlain(): void {
+  const now = filesIn(join(ws, 'target', 'debug', 'deps'))
+  assert.deepEqual([...now.keys()], [...plain.keys()])
+  for (const [name, data] of plain) assert.ok(now.get(name)!.equals(data), `${name} differs from the plain build's`)
+}
+
+before(async () => {
+  root = createInstance('', 'rustremote')
+  ws = join(root.dir, 'ws')
+  cargoHome = offlineCargoHome(join(root.dir, 'cargo-home'))
+  writeTree(ws, workspace())
+  const env: NodeJS.ProcessEnv = { ...process.env, CARGO_HOME: cargoHome, CARGO_TARGET_DIR: join(ws, 'target'), CARGO_INCREMENTAL: '0', CARGO_TERM_COLOR: 'never', RUSTFLAGS: `--remap-path-prefix=${ws}=/ws` }
+  delete env.RUSTC_WRAPPER
+  const r = await runCommand(cargo, ['build', '--offline'], { cwd: ws, env, timeoutMs: 600_000 })
+  assert.equal(r.code, 0, r.stderr)
+  plain = filesIn(join(ws, 'target', 'debug', 'deps'))
+  assert.equal((await runCommand(join(ws, 'target', 'debug', 'app'), [])).stdout, EXPECTED)
+})
+
+after(async () => {
+  for (const m of meshes) await m.stop()
+  await root?.stop()
+})
+
+test('cargo build through a client with local_slots = 0: the crates compile on the builder, byte-identical to a plain build, then all hit', { timeout: 1_200_000 }, async () => {
+  const mesh = await startDistMesh('rr', 1)
+  meshes.push(mesh)
+  const { client, builders } = mesh
+  const from = logSize(client)
+  const r = await cargoBuild(client)
+  assert.equal(r.code, 0, r.stderr)
+  assertSameAsPlain()
+  assert.equal((await runCommand(join(ws, 'target', 'debug', 'app'), [])).stdout, EXPECTED)
+
+  const log = readFileSync(join(client.cacheDir, 'meshcc.log')).subarray(from).toString('utf8')
+  const remote = [...log.matchAll(/compiled (\S+) on \S+$/gm)].map((m) => m[1])
+  for (const c of ['corelib/src/lib.rs', 'midlib/src/lib.rs']) assert.ok(remote.includes(c), `${c} compiled on the builder: ${remote.join(' ')}`)
+  // the workspace's two libraries and Debian's crates (each with no proc macro and no native library)
+  assert.ok(remote.length >= 2 + Object.keys(DEPS).length, `${remote.length} crates compiled remotely: ${remote.join(' ')}`)
+  const s = await rustStats(client)
+  assert.equal(s.counters.remote_compiles, remote.length)
+  assert.ok(!remote.includes('usemac/src/lib.rs'), 'the crate loading a proc macro compiled here')
+  assert.deepEqual(s.fallback_reasons, { 'not distributable (rustc loading a proc macro)': 1 },
+    `only the crate loading a proc macro compiled here: ${log.split('\n').filter((l) => /here|inside the daemon|not taken/.test(l)).slice(0, 5).join('\n')}`)
+  const b = (await status(builders[0]!)).mesh!.builder
+  assert.equal(b.jobs_done, remote.length)
+
+  // the next build after cargo clean: every crate the builder compiled is a hit here
+  const from2 = logSize(client)
+  const warm = await cargoBuild(client)
+  assert.equal(warm.code, 0, warm.stderr)
+  assertSameAsPlain()
+  const again = logOutcomes(join(client.cacheDir, 'meshcc.log'), from2)
+  assert.deepEqual(again.misses, [])
+  assert.equal(again.hits.length, remote.length + 1, 'the remote crates and the one compiled here')
+  assert.equal((await rustStats(client)).counters.remote_compiles, remote.length, 'no further remote compile')
+})
+
+test('a builder whose rustc cannot run (job_memory too small): every crate falls back here, the build stays green and identical', { timeout: 1_200_000 }, async () => {
+  const mesh = await startDistMesh('rrfail', 1, 'job_memory = "16M"')
+  meshes.push(mesh)
+  const { client, builders } = mesh
+  const r = await cargoBuild(client)
+  assert.equal(r.code, 0, r.stderr)
+  assertSameAsPlain()
+  assert.equal((await runCommand(join(ws, 'target', 'debug', 'app'), [])).stdout, EXPECTED)
+  const s = await rustStats(client)
+  assert.equal(s.counters.remote_compiles ?? 0, 0)
+  const b = (await status(builders[0]!)).mesh!.builder
+  assert.ok(b.jobs_failed + b.jobs_done > 0, `the builder was tried: ${JSON.stringify(b)}`)
+  const tried = Object.values(s.retry_reasons).reduce((n, x) => n + x, 0)
+  assert.ok(tried > 0, `attempts counted: ${JSON.stringify(s)}`)
+  assert.ok(s.counters.local_compiles > 0)
+})
