@@ -74,6 +74,26 @@ test('#include_next does not find a header an earlier job left in the kept tree'
   assert.ok(await compileLikePlain(dir, 'q', args), 'q.c compiled on the builder, with inc/c/n.h')
 })
 
+test('a header the builder already holds is not sent again: the client reports bytes sent per job against the preprocessed unit', { timeout: 180_000 }, async () => {
+  const dir = join(client.dir, 'transfer')
+  // 300 KB of header that compresses badly (gzip would hide a resend of a repetitive one)
+  const big = Array.from({ length: 6000 }, (_, i) => `#define K${i} ${(i * 2654435761) % 4294967296}u /* ${(i * 40503) % 65536} */`).join('\n') + '\n'
+  write(dir, { 'big.h': big, 'a.c': '#include "big.h"\nint a(void) { return K1; }\n', 'b.c': '#include "big.h"\nint b(void) { return K2; }\n' })
+  const t0 = (await status(client)).mesh!.transfer
+  assert.ok(await compileLikePlain(dir, 'a', []))
+  const t1 = (await status(client)).mesh!.transfer
+  assert.ok(await compileLikePlain(dir, 'b', []))
+  const t2 = (await status(client)).mesh!.transfer
+  assert.equal(t1.jobs - t0.jobs, 1)
+  assert.equal(t2.jobs - t1.jobs, 1)
+  const first = t1.bytes_sent - t0.bytes_sent
+  const second = t2.bytes_sent - t1.bytes_sent
+  const pp = t2.pp_bytes - t1.pp_bytes
+  assert.ok(pp > big.length / 2, `the preprocessed unit holds the header's definitions (${pp} bytes)`)
+  assert.ok(first > big.length / 4, `the first job sent the header (${first} bytes)`)
+  assert.ok(second < pp / 10, `the second sent ${second} bytes, under 10 % of its ${pp}-byte unit`)
+})
+
 test('__has_include: a unit that probes a header it never includes is checked, and gets the client\'s answer', { timeout: 180_000 }, async () => {
   const dir = join(client.dir, 'has-include')
   // an earlier job's tree held old.h, the client has removed it since

@@ -57,6 +57,8 @@ interface CKey extends ContentKey {
   ppHash: string
   /** it was preprocessed with -fdirectives-only (so must the builder's check be) */
   directivesOnly: boolean
+  /** bytes of the preprocessed TU */
+  ppBytes: number
 }
 
 export class CFamily implements CompilerFamily {
@@ -192,6 +194,7 @@ class CJob implements CompileJob {
     field(directivesOnly ? '--directives-only--' : '--preprocessed--')
 
     const ppHash = createHash('sha256')
+    let ppBytes = 0
     // a peer needs the unit's files, direct mode records them: read off the markers as they stream
     const scanner = ctx.remote || ctx.direct ? new InputScanner(req.cwd, resolve(req.cwd, spec.input)) : null
     // An assembler .incbin (in a .S file or inline asm) reads a file the preprocessed text does
@@ -206,6 +209,7 @@ class CJob implements CompileJob {
       })
       sub.stdout.on('data', (chunk: Buffer) => {
         ppHash.update(chunk)
+        ppBytes += chunk.length
         search.push(chunk)
         scanner?.push(chunk)
       })
@@ -221,7 +225,7 @@ class CJob implements CompileJob {
     if (!ok) return null
     const pp = ppHash.digest('hex')
     field(pp)
-    return { key: h.digest('hex'), ppHash: pp, directivesOnly, inputs: scanner?.finish() ?? null }
+    return { key: h.digest('hex'), ppHash: pp, directivesOnly, ppBytes, inputs: scanner?.finish() ?? null }
   }
 
   /** A plain compile writing the object to a temp file; the depfile came from the preprocessor. */
@@ -242,7 +246,7 @@ class CJob implements CompileJob {
     const ck = k as CKey
     return {
       req: this.req, spec: this.spec, compilerReal: this.compilerReal, compilerHash: this.compilerHash,
-      ppHash: ck.ppHash, directivesOnly: ck.directivesOnly,
+      ppHash: ck.ppHash, directivesOnly: ck.directivesOnly, ppBytes: ck.ppBytes,
       inputs: () => hashedInputs(k, this.ctx.hasher)
     }
   }
