@@ -536,7 +536,7 @@ function buildReport(
     if (r.build?.builderOwnCpuS !== undefined) {
       const b = r.build
       const jobs = b.counts.remote || 1
-      notes.push(`${r.name}: of the builders' ${b.builderCpuS.toFixed(1)} s, the builder daemons themselves used ${b.builderOwnCpuS!.toFixed(1)} s (${(1000 * b.builderOwnCpuS! / jobs).toFixed(0)} ms per remote job) and the jobs they ran (sandbox, preprocessing check, compile) ${(b.builderCpuS - b.builderOwnCpuS!).toFixed(1)} s (${(1000 * (b.builderCpuS - b.builderOwnCpuS!) / jobs).toFixed(0)} ms per remote job).`)
+      notes.push(`${r.name}: of the builders' ${b.builderCpuS.toFixed(1)} s, the builder daemons themselves used ${b.builderOwnCpuS!.toFixed(1)} s (${(1000 * b.builderOwnCpuS! / jobs).toFixed(0)} ms per remote job) and the jobs they ran (sandbox, compile, and the preprocessing check where one runs) ${(b.builderCpuS - b.builderOwnCpuS!).toFixed(1)} s (${(1000 * (b.builderCpuS - b.builderOwnCpuS!) / jobs).toFixed(0)} ms per remote job).`)
     }
     if (r.build?.clientOwnCpuS !== undefined) {
       const b = r.build

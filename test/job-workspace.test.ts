@@ -1,6 +1,6 @@
 // Job trees kept between jobs on a builder (src/daemon/job-workspace.ts), on the real
-// filesystem: a reused tree must hold the next job's inputs with their current contents (a
-// fresh one nothing but the inputs), never be shared between peers, never write through a
+// filesystem: a reused tree must hold exactly the next job's inputs with their current
+// contents, as a fresh one does (the builder skips its preprocessing check on that ground), never be shared between peers, never write through a
 // toolchain hard link, be dropped when its job did not end cleanly, and hold every input
 // readable by the job's user. (Jobs cannot write the tree: test/sandbox-bwrap.test.ts.)
 import { test, after } from 'node:test'
@@ -64,7 +64,7 @@ function tree(dir: string): Record<string, string> {
 
 const key = (peer: string) => ({ peer, toolchain: TOOL, cwd: CWD })
 
-test('a kept tree: the next job\'s inputs at their current contents, earlier inputs kept', async () => {
+test('a kept tree: exactly the next job\'s inputs at their current contents, what earlier jobs left removed', async () => {
   const p = pool()
   const a = job({ [`${CWD}/src/a.c`]: 'int a;', [`${CWD}/include/x.h`]: 'x1', '/opt/sdk/include/sdk.h': 'sdk' })
   const ws = await p.acquire(key('peer1'), a.refs, a.data, [`${CWD}/build`])
@@ -76,15 +76,16 @@ test('a kept tree: the next job\'s inputs at their current contents, earlier inp
   const b = job({ [`${CWD}/src/b.c`]: 'int b;', [`${CWD}/include/x.h`]: 'x2', [`${CWD}/include/y.h`]: 'y', '/opt/sdk/include/sdk.h': 'sdk' })
   const ws2 = await p.acquire(key('peer1'), b.refs, b.data, [])
   assert.equal(ws2.base, ws.base, 'the same tree is reused')
-  assert.deepEqual(tree(ws2.cwdDir), { 'src/': '<dir>', 'src/a.c': 'int a;', 'src/b.c': 'int b;', 'include/': '<dir>', 'include/x.h': 'x2', 'include/y.h': 'y', 'build/': '<dir>' })
+  assert.deepEqual(tree(ws2.cwdDir), { 'src/': '<dir>', 'src/b.c': 'int b;', 'include/': '<dir>', 'include/x.h': 'x2', 'include/y.h': 'y' }, 'a.c and the empty build/ are gone')
   assert.equal(readFileSync(join(ws2.root, 'opt/sdk/include/sdk.h'), 'utf8'), 'sdk')
   assert.deepEqual(tree(join(ws2.root, 'usr')), { 'bin/': '<dir>', 'bin/cc': 'the compiler', 'include/': '<dir>', 'include/stdio.h': 'toolchain stdio.h' }, 'the toolchain as it was')
   const st = p.status()
   assert.equal(st.created, 1)
   assert.equal(st.reused, 1)
-  // first job: 3 files; second: b.c, the new y.h and the changed x.h (a.c and sdk.h kept)
+  // first job: 3 files; second: b.c, the new y.h and the changed x.h (sdk.h kept, a.c removed)
   assert.equal(st.files_written, 3 + 3)
   assert.equal(st.files_replaced, 1, 'x.h')
+  assert.equal(st.files_removed, 1, 'a.c')
   await p.release(ws2, true)
 
   // fresh: a new tree holding only the job's inputs, although one is kept (a kept tree failed
@@ -94,6 +95,23 @@ test('a kept tree: the next job\'s inputs at their current contents, earlier inp
   assert.deepEqual(tree(ws3.cwdDir), { 'src/': '<dir>', 'src/b.c': 'int b;', 'include/': '<dir>', 'include/x.h': 'x2', 'include/y.h': 'y' })
   assert.equal(p.status().fresh_reruns, 1)
   await p.release(ws3, true)
+  await p.stop()
+})
+
+test('a kept tree drops the directories and files outside the cwd that the next job does not name, keeps the toolchain\'s', async () => {
+  const p = pool()
+  const a = job({ [`${CWD}/a.c`]: 'int a;', '/opt/sdk/include/deep/sdk.h': 'sdk', '/usr/include/extra/e.h': 'e' })
+  const ws = await p.acquire(key('peer1'), a.refs, a.data, [`${CWD}/build/obj`])
+  await p.release(ws, true)
+  // the client replaced a directory by a file of the same name
+  const b = job({ [`${CWD}/a.c`]: 'int a;', [`${CWD}/build`]: 'now a file' })
+  const ws2 = await p.acquire(key('peer1'), b.refs, b.data, [])
+  assert.equal(ws2.base, ws.base)
+  assert.deepEqual(tree(ws2.cwdDir), { 'a.c': 'int a;', build: 'now a file' })
+  assert.equal(existsSync(join(ws2.root, 'opt')), false, 'the directories only sdk.h needed are gone')
+  assert.equal(existsSync(join(ws2.root, 'usr/include/extra')), false)
+  assert.deepEqual(tree(join(ws2.root, 'usr')), { 'bin/': '<dir>', 'bin/cc': 'the compiler', 'include/': '<dir>', 'include/stdio.h': 'toolchain stdio.h' }, 'the toolchain as it was')
+  await p.release(ws2, true)
   await p.stop()
 })
 

@@ -57,3 +57,13 @@ test('a free local slot is skipped only for a peer with room that is clearly fas
   assert.equal(fasterPeerThanHere(100, []), false)
   assert.equal(fasterPeerThanHere(null, [{ speed: 500, rttMs: 1 }]), false, 'before its own first load message a daemon stays local')
 })
+
+test('among equally fast peers, the one holding more of the job\'s inputs is preferred, and the other still gets jobs', () => {
+  const s = spread([peer('holds', 2, { inputsHeld: 1 }), peer('empty', 2, { inputsHeld: 0 })], 2000, 11)
+  // weights 1.25 : 0.25
+  assert.ok(s.holds! > 1550 && s.holds! < 1780, JSON.stringify(s))
+  assert.ok(s.empty! > 200, 'no peer starves: the load still spreads')
+  // held inputs never lift a slower tier or a full peer
+  assert.equal(choosePeer([peer('slow', 4, { speed: 1, inputsHeld: 1 }), peer('fast', 1, { speed: 10, inputsHeld: 0 })], lcg(3))!.id, 'fast')
+  assert.equal(choosePeer([peer('full', 0, { inputsHeld: 1 }), peer('free', 1, { inputsHeld: 0 })], lcg(3))!.id, 'free')
+})

@@ -130,12 +130,19 @@ interface MeshStatus {
     peer_id: string
     addresses: string[]
     members: Array<{ peer_id: string; self: boolean; free_slots: number; accept: string; cores: number; toolchains: number }>
-    builder: { capacity: number; sandbox: string; sandbox_note: string | null; jobs_done: number; jobs_failed: number; jobs_refused: number; workspaces: { files_written: number } }
+    builder: { capacity: number; sandbox: string; sandbox_note: string | null; jobs_done: number; jobs_failed: number; jobs_refused: number; jobs_checked?: number; workspaces: { files_written: number; files_removed?: number } }
     toolchain_transfers: Array<{ hash: string; direction: string; peer: string; bytes: number; ms: number }>
     jobs_per_peer: Record<string, { sent: number; done: number; failed?: number; refused?: number }>
+    transfer?: Transfer
   } | null
   mesh_note: string | null
 }
+
+/** the client's remote jobs, what they sent, and their preprocessed units' size */
+interface Transfer { jobs: number; bytes_sent: number; pp_bytes: number }
+
+/** The first jobs of a build ship the headers every unit shares: bytes per job are reported after these. */
+const TRANSFER_SKIP_JOBS = 10
 
 interface MeshNode {
   name: string
@@ -216,7 +223,10 @@ export function meshccTool(base: Record<string, string>, tmp: string, o: MeshccO
     }, () => `(last mesh note: ${note || 'none'})`)
   }
   let startedAny = false
-  let zeroBuilders: Array<{ done: number; failed: number; refused: number; written: number }> = []
+  let zeroBuilders: Array<{ done: number; failed: number; refused: number; written: number; checked: number; removed: number }> = []
+  /** the client's transfer figures when the build's TRANSFER_SKIP_JOBS-th job had gone out */
+  let transferFrom: Transfer | undefined
+  let transferPoll: NodeJS.Timeout | undefined
   const slotsPer = o.slotsPerBuilder
 
   return {
@@ -256,7 +266,22 @@ export function meshccTool(base: Record<string, string>, tmp: string, o: MeshccO
       zeroBuilders = []
       for (const b of builders) {
         const s = await adminStatus(b.socket, 5000)
-        zeroBuilders.push({ done: s.mesh!.builder.jobs_done, failed: s.mesh!.builder.jobs_failed, refused: s.mesh!.builder.jobs_refused, written: s.mesh!.builder.workspaces.files_written })
+        const ws = s.mesh!.builder.workspaces
+        zeroBuilders.push({ done: s.mesh!.builder.jobs_done, failed: s.mesh!.builder.jobs_failed, refused: s.mesh!.builder.jobs_refused, written: ws.files_written, checked: s.mesh!.builder.jobs_checked ?? 0, removed: ws.files_removed ?? 0 })
+      }
+      // a few status calls on the admin socket until the build's first jobs are out
+      const t0 = (await adminStatus(client.socket, 5000)).mesh?.transfer
+      transferFrom = undefined
+      if (t0) {
+        let polling = false
+        transferPoll = setInterval(() => {
+          if (polling) return
+          polling = true
+          void adminStatus(client.socket, 5000).then((s) => {
+            const t = s.mesh?.transfer
+            if (t && t.jobs >= t0.jobs + TRANSFER_SKIP_JOBS) { transferFrom = t; clearInterval(transferPoll) }
+          }).catch(() => undefined).finally(() => { polling = false })
+        }, 250)
       }
     },
     async counts() {
@@ -270,12 +295,24 @@ export function meshccTool(base: Record<string, string>, tmp: string, o: MeshccO
       }
       const raw: Record<string, number> = {}
       for (const k of ['compile_requests', 'cache_hits', 'cache_misses', 'non_cacheable', 'local_compiles', 'remote_compiles', 'compile_failures', 'fallbacks', 'remote_retries', 'cache_errors']) raw[k] = num(k)
+      clearInterval(transferPoll)
+      const tEnd = (await adminStatus(client.socket, 5000).catch(() => undefined))?.mesh?.transfer
+      if (transferFrom && tEnd && tEnd.jobs > transferFrom.jobs) {
+        const jobs = tEnd.jobs - transferFrom.jobs
+        const sent = (tEnd.bytes_sent - transferFrom.bytes_sent) / jobs
+        const pp = (tEnd.pp_bytes - transferFrom.pp_bytes) / jobs
+        raw[`bytes sent per remote job after the first ${TRANSFER_SKIP_JOBS} (${jobs} jobs)`] = Math.round(sent)
+        raw['their preprocessed units, bytes per job'] = Math.round(pp)
+        if (pp > 0) raw['sent / preprocessed, %'] = Math.round((1000 * sent) / pp) / 10
+      }
       for (let i = 0; i < builders.length; i++) {
         const st = await adminStatus(builders[i]!.socket, 5000).catch(() => undefined)
         if (st?.mesh) {
-          const z = zeroBuilders[i] ?? { done: 0, failed: 0, refused: 0, written: 0 }
+          const z = zeroBuilders[i] ?? { done: 0, failed: 0, refused: 0, written: 0, checked: 0, removed: 0 }
           raw[`${builders[i]!.name} jobs done`] = st.mesh.builder.jobs_done - z.done
           raw[`${builders[i]!.name} input files written`] = st.mesh.builder.workspaces.files_written - z.written
+          if (st.mesh.builder.workspaces.files_removed !== undefined) raw[`${builders[i]!.name} input files removed`] = st.mesh.builder.workspaces.files_removed - z.removed
+          if (st.mesh.builder.jobs_checked !== undefined) raw[`${builders[i]!.name} jobs re-preprocessed`] = st.mesh.builder.jobs_checked - z.checked
           if (st.mesh.builder.jobs_failed - z.failed) raw[`${builders[i]!.name} jobs failed`] = st.mesh.builder.jobs_failed - z.failed
           if (st.mesh.builder.jobs_refused - z.refused) raw[`${builders[i]!.name} jobs refused`] = st.mesh.builder.jobs_refused - z.refused
         }
@@ -309,6 +346,7 @@ export function meshccTool(base: Record<string, string>, tmp: string, o: MeshccO
       return out
     },
     async teardown() {
+      clearInterval(transferPoll)
       if (!startedAny) return
       for (const n of [client, ...builders]) {
         const pid = readPid(n) ?? n.pid

@@ -71,6 +71,8 @@ interface CKey extends ContentKey {
   ppHash: string
   /** it was preprocessed with -fdirectives-only (so must the builder's check be) */
   directivesOnly: boolean
+  /** bytes of the preprocessed TU */
+  ppBytes: number
 }
 
 export class CFamily implements CompilerFamily {
@@ -232,6 +234,7 @@ class CJob implements CompileJob {
         writtenNames.update(`${raw}\0`)
       }
     }
+    let ppBytes = 0
     // a peer needs the unit's files, direct mode records them: read off the markers as they stream
     const scanner = new InputScanner(req.cwd, resolve(req.cwd, spec.input), sink)
     // An assembler .incbin (in a .S file or inline asm) reads a file the preprocessed text does
@@ -248,6 +251,7 @@ class CJob implements CompileJob {
       })
       sub.stdout.on('data', (chunk: Buffer) => {
         ppHash?.update(chunk)
+        ppBytes += chunk.length
         search.push(chunk)
         builtins.push(chunk)
         scanner.push(chunk)
@@ -265,7 +269,7 @@ class CJob implements CompileJob {
     const inputs = scanner.finish()
     field(keyText.digest('hex'))
     if (spec.paths.namesInCode !== null || builtins.found) field(`names=${writtenNames.digest('hex')}`)
-    return { key: h.digest('hex'), ppHash: ppHash?.digest('hex') ?? '', directivesOnly, inputs }
+    return { key: h.digest('hex'), ppHash: ppHash?.digest('hex') ?? '', directivesOnly, ppBytes, inputs }
   }
 
   /**
@@ -335,7 +339,7 @@ class CJob implements CompileJob {
     const ck = k as CKey
     return {
       req: this.req, spec: this.spec, compilerReal: this.compilerReal, compilerHash: this.compilerHash,
-      ppHash: ck.ppHash, directivesOnly: ck.directivesOnly,
+      ppHash: ck.ppHash, directivesOnly: ck.directivesOnly, ppBytes: ck.ppBytes,
       inputs: () => hashedInputs(k, this.ctx.hasher)
     }
   }

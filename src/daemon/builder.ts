@@ -2,9 +2,11 @@
 // word, whatever the client read in the load view), fetches the toolchain when missing,
 // rebuilds the client's files at their own paths and compiles in a bubblewrap sandbox.
 //
-// Each job runs in a tree from the WorkspacePool (job-workspace.ts): the toolchain and the
-// client's inputs at the client's own paths, kept between jobs of the same client and project
-// so that only the files that differ are written.
+// Each job runs in a tree from the WorkspacePool (job-workspace.ts): the toolchain and exactly
+// the client's inputs at the client's own paths, kept between jobs of the same client and
+// project so that only the files that differ are written and removed. Such a tree shows the
+// compiler what the client's showed it, so the unit is re-preprocessed and compared with the
+// client's only when its inputs could still tell the trees apart (job-view-check.ts).
 import { createHash } from 'node:crypto'
 import { existsSync } from 'node:fs'
 import { copyFile, mkdir, rm } from 'node:fs/promises'
@@ -18,6 +20,7 @@ import { checkBwrap, runSandboxed, type SandboxJob, type SandboxResult } from '.
 import { describeJobMemory, jobMemoryMode, type JobMemoryMode } from '../sandbox/cgroup.js'
 import { readJobFile, readJobFiles } from '../sandbox/job-output.js'
 import type { ToolchainCache } from '../toolchain/cache.js'
+import { JobViewCheck } from './job-view-check.js'
 import { WorkspacePool, type Workspace, type WorkspaceStats } from './job-workspace.js'
 
 const INPUTS_MISMATCH = 'inputs mismatch'
@@ -36,13 +39,19 @@ export interface BuilderOptions {
   onLoadChange: () => void
 }
 
-export interface BuilderStatus { offer: string; sandbox: string; sandbox_ok: boolean; sandbox_note: string | null; job_memory: string; running: number; capacity: number; jobs_done: number; jobs_failed: number; jobs_refused: number; workspaces: WorkspaceStats }
+export interface BuilderStatus {
+  offer: string; sandbox: string; sandbox_ok: boolean; sandbox_note: string | null; job_memory: string; running: number; capacity: number; jobs_done: number; jobs_failed: number; jobs_refused: number; workspaces: WorkspaceStats
+  /** jobs whose unit was re-preprocessed here and compared with the client's */
+  jobs_checked: number
+}
 
 export class Builder implements JobHandler {
   running = 0
   private done = 0
   private failed = 0
   private refused = 0
+  private checked = 0
+  private readonly viewCheck = new JobViewCheck()
   private sandboxOk = false
   private sandboxNote: string | null = 'not checked yet'
   private memoryMode: JobMemoryMode | null = null
@@ -95,7 +104,7 @@ export class Builder implements JobHandler {
   status(): BuilderStatus {
     const b = this.opts.config.build
     const memory = b.sandbox === 'none' ? 'no limit (sandbox = "none")' : this.memoryMode ? describeJobMemory(this.memoryMode, b.jobMemory) : 'not checked yet'
-    return { offer: b.offer, sandbox: b.sandbox, sandbox_ok: this.sandboxOk, sandbox_note: this.sandboxNote, job_memory: memory, running: this.running, capacity: this.capacity, jobs_done: this.done, jobs_failed: this.failed, jobs_refused: this.refused, workspaces: this.workspaces.status() }
+    return { offer: b.offer, sandbox: b.sandbox, sandbox_ok: this.sandboxOk, sandbox_note: this.sandboxNote, job_memory: memory, running: this.running, capacity: this.capacity, jobs_done: this.done, jobs_failed: this.failed, jobs_refused: this.refused, jobs_checked: this.checked, workspaces: this.workspaces.status() }
   }
 
   admit(peer: string, header: Omit<JobHeader, 'files'>): string | (() => void) {
@@ -140,11 +149,17 @@ export class Builder implements JobHandler {
     try {
       const key = { peer, toolchain: header.toolchain, cwd: header.cwd }
       const data = files.map((f) => f.data)
-      let reply = await this.runInTree(peer, header, () => this.workspaces.acquire(key, header.files, data, header.dirs))
+      const why = this.viewCheck.reason(header, files)
+      if (why) {
+        this.checked++
+        log.debug(`job from ${peer}: checking its preprocessed unit: ${why}`)
+      }
+      const check = why !== null
+      let reply = await this.runInTree(peer, header, check, () => this.workspaces.acquire(key, header.files, data, header.dirs))
       // a kept tree can hold a file the client no longer has: once more in a fresh one
       if (reply.reused && reply.reply.kind === 'failed' && reply.reply.reason.startsWith(INPUTS_MISMATCH)) {
         log.debug(`job from ${peer}: ${reply.reply.reason} in a kept tree; running it again in a fresh one`)
-        reply = await this.runInTree(peer, header, () => this.workspaces.acquire(key, header.files, data, header.dirs, true))
+        reply = await this.runInTree(peer, header, check, () => this.workspaces.acquire(key, header.files, data, header.dirs, true))
       }
       if (reply.reply.kind === 'done') this.done++
       else this.failed++
@@ -154,12 +169,12 @@ export class Builder implements JobHandler {
     }
   }
 
-  private async runInTree(peer: string, header: JobHeader, acquire: () => Promise<Workspace>): Promise<{ reply: JobReply; reused: boolean }> {
+  private async runInTree(peer: string, header: JobHeader, check: boolean, acquire: () => Promise<Workspace>): Promise<{ reply: JobReply; reused: boolean }> {
     let clean = false
     let ws: Workspace | undefined
     try {
       ws = await acquire()
-      const reply = await this.runIn(ws, header)
+      const reply = await this.runIn(ws, header, check)
       clean = reply.kind === 'done'
       return { reply, reused: ws.jobsBefore > 0 }
     } catch (err) {
@@ -206,7 +221,7 @@ export class Builder implements JobHandler {
     await p
   }
 
-  private async runIn(ws: Workspace, header: JobHeader): Promise<JobReply> {
+  private async runIn(ws: Workspace, header: JobHeader, check: boolean): Promise<JobReply> {
     const b = this.opts.config.build
     const { root, cwdDir } = ws
     const inputs = { dir: cwdDir, entries: ws.cwdEntries([...header.files.map((f) => f.path), ...header.dirs]) }
@@ -219,18 +234,21 @@ export class Builder implements JobHandler {
     const exec = (argv: string[], collect?: string) => (b.sandbox === 'none' ? runChrooted(root, header.cwd, argv, env, b.jobTimeout * 1000) : runSandboxed(job(argv, collect)))
 
     if (header.outputs) return this.runWithOutputs(root, header, exec)
-    // the builder must see exactly the client's translation unit, or the object could differ
-    const pp = await exec([header.compiler, ...header.ppArgv])
-    const infra = infraFailure(pp)
-    if (infra) return { kind: 'failed', reason: `preprocessing: ${infra}` }
-    if (pp.exitCode !== 0) {
-      // the compiler's own words, enough of them to see why (a header the job lacks, say):
-      // the whole reason fits the protocol's 1024 characters, the log line takes more
-      this.opts.log.warn(`job for ${header.cwd}: preprocessing failed here: ${diagnosticLines(pp.stderr, MAX_LOGGED_DIAGNOSTIC)}`)
-      return { kind: 'failed', reason: `preprocessing failed here: ${diagnosticLines(pp.stderr, MAX_REASON_DIAGNOSTIC)}` }
+    // the builder must see exactly the client's translation unit, or the object could differ:
+    // the tree guarantees it unless the inputs can tell trees apart (job-view-check.ts)
+    if (check) {
+      const pp = await exec([header.compiler, ...header.ppArgv])
+      const infra = infraFailure(pp)
+      if (infra) return { kind: 'failed', reason: `preprocessing: ${infra}` }
+      if (pp.exitCode !== 0) {
+        // the compiler's own words, enough of them to see why (a header the job lacks, say):
+        // the whole reason fits the protocol's 1024 characters, the log line takes more
+        this.opts.log.warn(`job for ${header.cwd}: preprocessing failed here: ${diagnosticLines(pp.stderr, MAX_LOGGED_DIAGNOSTIC)}`)
+        return { kind: 'failed', reason: `preprocessing failed here: ${diagnosticLines(pp.stderr, MAX_REASON_DIAGNOSTIC)}` }
+      }
+      const ppHash = createHash('sha256').update(pp.stdout).digest('hex')
+      if (ppHash !== header.ppHash) return { kind: 'failed', reason: `${INPUTS_MISMATCH}: the preprocessed unit differs from the client's` }
     }
-    const ppHash = createHash('sha256').update(pp.stdout).digest('hex')
-    if (ppHash !== header.ppHash) return { kind: 'failed', reason: `${INPUTS_MISMATCH}: the preprocessed unit differs from the client's` }
 
     const r = await exec([header.compiler, ...header.argv], relative(header.cwd, header.objPath))
     const bad = infraFailure(r)

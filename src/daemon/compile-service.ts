@@ -64,6 +64,8 @@ export interface PreprocessedRemoteJob {
   ppHash: string
   /** it was preprocessed with -fdirectives-only (so must the builder's check be) */
   directivesOnly: boolean
+  /** bytes of that preprocessed TU (what a distcc-style farm would send), when known */
+  ppBytes?: number
   /** the files the TU read, each with its hash (null: not a readable regular file) */
   inputs: () => Promise<HashedInputs>
 }
@@ -79,6 +81,8 @@ export interface PreparedJob {
   failures: number
   /** the class of the last failure, for the fallback's reason */
   lastFailure: string | null
+  /** bytes of the preprocessed TU, for the transfer figures */
+  ppBytes?: number
 }
 
 /** 'failed': too many peer failures, compile here; `reason` is the last one's class. */

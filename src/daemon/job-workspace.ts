@@ -7,15 +7,16 @@
 // headers: creating and deleting them for every job cost a builder about 350 ms of CPU per job
 // on ext4, more than the compile itself. So a finished job's tree is kept, and the next job
 // from the same peer with the same toolchain and cwd gets the kept tree that already holds
-// most of its inputs. Files whose content differs are replaced and missing ones written.
+// most of its inputs: files whose content differs are replaced, missing ones written, and the
+// files and directories of earlier jobs that this job does not name are removed.
 //
-// Files of the same client's earlier jobs stay in the tree (a mirror of the client's
-// filesystem as far as it has shown it): the units of one build differ by a hundred headers
-// or so, and the client has those files at those paths too. A file that has gone from the
-// client since makes the builder's preprocessing differ from the client's, which the
-// builder's check catches; the job then runs again in a fresh tree holding exactly its own
-// inputs. What a job reads besides its preprocessor's inputs cannot be stale either: a unit
-// whose preprocessed text names a file to read later (.incbin) is not cacheable, so the
+// A tree therefore holds exactly the toolchain, this job's inputs and the directories they
+// need, as a fresh tree would: nothing an earlier job left can be found by an include search,
+// an #include_next or a __has_include. That is what lets the builder skip re-preprocessing
+// the unit to compare it with the client's (builder.ts says when it still does). The units of
+// one build differ by a hundred headers or so, so a job removes and writes about that many
+// files, not 800. What a job reads besides its preprocessor's inputs cannot be stale either: a
+// unit whose preprocessed text names a file to read later (.incbin) is not cacheable, so the
 // client compiles it itself and never ships it.
 //
 // Trees are never shared between peers: one client's files are none of another's business.
@@ -49,6 +50,8 @@ export interface WorkspaceStats {
   kept: number; reused: number; created: number
   /** input files written, and of those, written over an older version in a kept tree */
   files_written: number; files_replaced: number
+  /** files of earlier jobs removed from a kept tree because the next job did not name them */
+  files_removed: number
   /** jobs run again in a fresh tree after a kept one held a file the client no longer has */
   fresh_reruns: number
 }
@@ -117,10 +120,11 @@ export class Workspace {
   }
 
   /**
-   * Make the tree hold these inputs with these contents (and these directories); files of
-   * earlier jobs stay. Returns how many files were written and replaced.
+   * Make the tree hold exactly these inputs with these contents and these directories (and the
+   * toolchain): what earlier jobs left and this one does not name goes. Returns how many files
+   * were written, replaced and removed.
    */
-  async sync(refs: JobFileRef[], data: Buffer[], dirs: string[]): Promise<{ written: number; replaced: number }> {
+  async sync(refs: JobFileRef[], data: Buffer[], dirs: string[]): Promise<{ written: number; replaced: number; removed: number }> {
     const want = new Map<string, { hash: string; mode: number; data: Buffer }>()
     refs.forEach((r, i) => want.set(this.place(r.path), { hash: r.hash, mode: r.mode || 0o644, data: data[i]! }))
     const wantDirs = new Set<string>()
@@ -133,6 +137,20 @@ export class Workspace {
     for (const d of dirs) addAncestors(this.place(d))
     for (const p of want.keys()) addAncestors(dirname(p))
 
+    let removed = 0
+    for (const p of [...this.files.keys()]) {
+      if (want.has(p)) continue
+      await rm(p, { force: true })
+      this.files.delete(p)
+      removed++
+    }
+    // deepest first; a directory this tree made that the job does not need (rm: the job
+    // never wrote here, but a directory the client replaced by a file must go whole)
+    for (const d of [...this.dirs].sort((a, b) => b.length - a.length)) {
+      if (wantDirs.has(d)) continue
+      await rm(d, { recursive: true, force: true })
+      this.dirs.delete(d)
+    }
     for (const d of [...wantDirs].sort((a, b) => a.length - b.length)) {
       if (this.dirs.has(d) || this.toolchainDirs.has(d)) continue
       const first = await mkdir(d, { recursive: true })
@@ -165,13 +183,13 @@ export class Workspace {
       this.files.set(p, { hash: w.hash, mode: w.mode })
       written++
     }
-    return { written, replaced }
+    return { written, replaced, removed }
   }
 }
 
 export class WorkspacePool {
   private readonly idle: Workspace[] = []
-  private readonly stats: Omit<WorkspaceStats, 'kept'> = { reused: 0, created: 0, files_written: 0, files_replaced: 0, fresh_reruns: 0 }
+  private readonly stats: Omit<WorkspaceStats, 'kept'> = { reused: 0, created: 0, files_written: 0, files_replaced: 0, files_removed: 0, fresh_reruns: 0 }
   private readonly timer: NodeJS.Timeout
 
   constructor(private readonly opts: WorkspacePoolOptions) {
@@ -216,6 +234,7 @@ export class WorkspacePool {
     const r = await ws.sync(refs, data, dirs)
     this.stats.files_written += r.written
     this.stats.files_replaced += r.replaced
+    this.stats.files_removed += r.removed
     ws.lastUsed = Date.now()
   }
 

@@ -13,7 +13,7 @@ import { electShimServer } from '../shim/election.js'
 import type { ShimServer } from '../shim/server.js'
 import type { Stats } from './stats.js'
 import { Builder, type BuilderStatus } from './builder.js'
-import { MeshRemoteRunner, type PeerJobStats } from './remote-runner.js'
+import { MeshRemoteRunner, type PeerJobStats, type TransferStats } from './remote-runner.js'
 import { MemoryInputCache, type InputCacheStatus } from './input-cache.js'
 import { everyAligned } from '../util/aligned-timer.js'
 import { readJoinedBootstrap } from '../mesh/state-files.js'
@@ -75,6 +75,8 @@ export interface MeshStatus {
   input_cache: InputCacheStatus
   /** jobs this node sent to each peer */
   jobs_per_peer: Record<string, PeerJobStats>
+  /** what this client's remote jobs sent, against their preprocessed size */
+  transfer: TransferStats
   toolchain_transfers: ToolchainTransfer[]
   /** remote ends that failed the private-network handshake in the last 10 minutes: probably another mesh key */
   refused_peers: Array<{ addr: string; direction: 'inbound' | 'outbound'; count: number; last: string }>
@@ -268,6 +270,7 @@ export class MeshService {
       builder: this.builder.status(),
       input_cache: this.inputs.status(),
       jobs_per_peer: this.runner.jobsPerPeer(),
+      transfer: this.runner.transferStats(),
       toolchain_transfers: [...this.transfers],
       refused_peers: this.mesh.refusedPeers().map((r) => ({ addr: r.addr, direction: r.direction, count: r.count, last: new Date(r.last).toISOString() })),
       identity_clashes: this.mesh.identityClashes(),

@@ -9,6 +9,10 @@
 // client counts its own jobs in flight against a peer's advertised room, a full builder
 // refuses an offer after one header round trip (no inputs sent), and a refusal marks the peer
 // full until its next load message. The benchmark counts those refusals.
+//
+// Within the tier, a peer that already holds more of the job's inputs (the client knows what
+// it sent each peer) weighs more in the draw, up to five times one that holds none: the bytes
+// sent per job fall as a build goes on, and the load still spreads over every peer with room.
 
 export interface Candidate {
   id: string
@@ -20,6 +24,8 @@ export interface Candidate {
   hasToolchain: boolean
   /** reached through a relay member: the job's bytes cross two links and the relay's CPU */
   relayed?: boolean
+  /** share of the job's input files this peer holds already, 0 to 1 (unknown: as if all) */
+  inputsHeld?: number
 }
 
 /** peers this close to the fastest one with room count as equally fast */
@@ -54,8 +60,9 @@ export function choosePeer(candidates: readonly Candidate[], random: () => numbe
   if (withRoom.length === 0) return null
   const best = Math.max(...withRoom.map(score))
   const tier = withRoom.filter((x) => score(x) >= best * SAME_TIER)
-  let r = random() * tier.reduce((n, x) => n + x.free, 0)
-  for (const x of tier) if ((r -= x.free) <= 0) return x
+  const weight = (x: Candidate) => x.free * (0.25 + (x.inputsHeld ?? 1))
+  let r = random() * tier.reduce((n, x) => n + weight(x), 0)
+  for (const x of tier) if ((r -= weight(x)) <= 0) return x
   return tier[tier.length - 1]!
 }
 

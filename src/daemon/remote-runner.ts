@@ -27,6 +27,19 @@ const BACKOFF_MS = 5_000
 
 export interface PeerJobStats { sent: number; done: number; failed: number; refused: number }
 
+/** What this client's remote jobs put on the wire, against their preprocessed units' size. */
+export interface TransferStats {
+  /** jobs whose inputs went out (accepted by a peer) */
+  jobs: number
+  /** header, file table and inputs of those jobs (every attempt counts) */
+  bytes_sent: number
+  /** the preprocessed units of those jobs: what a farm shipping preprocessed text would send */
+  pp_bytes: number
+}
+
+/** input hashes remembered per peer; past this the peer's record starts over */
+const MAX_HELD_PER_PEER = 200_000
+
 interface Toolchain { hash: string; archive: string }
 
 /** devices every builder's sandbox provides (bwrap --dev /dev): inputs that need no shipping */
@@ -39,6 +52,12 @@ export class MeshRemoteRunner implements RemoteRunner {
   /** when each peer last refused a job as full */
   private readonly refusedAt = new Map<string, number>()
   private readonly perPeer = new Map<string, PeerJobStats>()
+  /**
+   * Input hashes each peer holds as far as this client knows: it asked for the others, and
+   * was sent them. Only steers placement: a peer that dropped some asks for them again.
+   */
+  private readonly held = new Map<string, Set<string>>()
+  private readonly transfer: TransferStats = { jobs: 0, bytes_sent: 0, pp_bytes: 0 }
   private readonly toolchains = new Map<string, Promise<Toolchain>>()
   private readonly configured = new Map<string, Promise<Toolchain>>()
   /** the jobs in flight to each peer, to abandon when it leaves the view */
@@ -96,10 +115,11 @@ export class MeshRemoteRunner implements RemoteRunner {
     return m.load.freeSlots - newer
   }
 
-  private pick(toolchain: string, exclude: ReadonlySet<string>): MeshMember | null {
+  private pick(toolchain: string, exclude: ReadonlySet<string>, files: readonly JobFileRef[] = []): MeshMember | null {
     const members = this.candidates(exclude)
     const chosen = choosePeer(members.map((m) => ({
-      id: m.peerId, free: this.effectiveFree(m), speed: m.load.speed, rttMs: m.rttMs, hasToolchain: m.load.toolchains.includes(toolchain), relayed: m.connection === 'relayed'
+      id: m.peerId, free: this.effectiveFree(m), speed: m.load.speed, rttMs: m.rttMs, hasToolchain: m.load.toolchains.includes(toolchain), relayed: m.connection === 'relayed',
+      inputsHeld: this.heldShare(m.peerId, files)
     })))
     return chosen ? members.find((m) => m.peerId === chosen.id) ?? null : null
   }
@@ -108,6 +128,27 @@ export class MeshRemoteRunner implements RemoteRunner {
     let s = this.perPeer.get(peer)
     if (!s) this.perPeer.set(peer, (s = { sent: 0, done: 0, failed: 0, refused: 0 }))
     return s
+  }
+
+  /** Share of these inputs the peer holds as far as this client knows (undefined: no inputs to weigh). */
+  private heldShare(peer: string, files: readonly JobFileRef[]): number | undefined {
+    if (files.length === 0) return undefined
+    const held = this.held.get(peer)
+    if (!held) return 0
+    let n = 0
+    for (const f of files) if (held.has(f.hash)) n++
+    return n / files.length
+  }
+
+  /** The peer holds every one of these inputs now: it asked for those it lacked, which are being sent. */
+  private recordHeld(peer: string, files: readonly JobFileRef[]): void {
+    let held = this.held.get(peer)
+    if (!held || held.size + files.length > MAX_HELD_PER_PEER) this.held.set(peer, (held = new Set()))
+    for (const f of files) held.add(f.hash)
+  }
+
+  transferStats(): TransferStats {
+    return { ...this.transfer }
   }
 
   /** How long this peer is still held back after a failed job (0: not held back). */
@@ -220,7 +261,7 @@ export class MeshRemoteRunner implements RemoteRunner {
       files: inputs.files,
       dirs: inputs.dirs
     }
-    return { input: job.spec.input, header, files: inputs.files, failures: 0, lastFailure: null }
+    return { input: job.spec.input, header, files: inputs.files, failures: 0, lastFailure: null, ppBytes: job.ppBytes ?? 0 }
   }
 
   /**
@@ -231,7 +272,7 @@ export class MeshRemoteRunner implements RemoteRunner {
     const { log, stats, mesh, config } = this.opts
     const tried = new Set<string>()
     for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
-      const peer = this.pick(job.header.toolchain, tried)
+      const peer = this.pick(job.header.toolchain, tried, job.files)
       if (!peer) break
       tried.add(peer.peerId)
       const ps = this.peerStats(peer.peerId)
@@ -248,8 +289,16 @@ export class MeshRemoteRunner implements RemoteRunner {
       const t0 = Date.now()
       const holdOff = () => this.backoff.set(peer.peerId, Date.now() + Math.max(BACKOFF_MS, 2 * (Date.now() - t0)))
       try {
-        const reply = await sendCompileJob(mesh.libp2p, mesh.meshId, peer.peerId, job.header, (need) => this.loadInputs(job.files, need), {
-          signal: AbortSignal.any([gone.signal, AbortSignal.timeout((config.build.jobTimeout + 120) * 1000)])
+        const load = async (need: number[]) => {
+          const data = await this.loadInputs(job.files, need)
+          this.recordHeld(peer.peerId, job.files)
+          this.transfer.jobs++
+          this.transfer.pp_bytes += job.ppBytes ?? 0
+          return data
+        }
+        const reply = await sendCompileJob(mesh.libp2p, mesh.meshId, peer.peerId, job.header, load, {
+          signal: AbortSignal.any([gone.signal, AbortSignal.timeout((config.build.jobTimeout + 120) * 1000)]),
+          onSent: (bytes) => { this.transfer.bytes_sent += bytes }
         })
         if (reply.kind === 'done') {
           ps.done++

@@ -231,6 +231,8 @@ export interface SendOptions {
   stallMs?: number
   /** called once the builder has accepted, before the inputs are sent */
   onAccepted?: () => void
+  /** told the bytes this job put on the stream: header, file table, inputs (framing aside) */
+  onSent?: (bytes: number) => void
 }
 
 /**
@@ -241,8 +243,11 @@ export async function sendCompileJob(node: Libp2p, meshId: string, peer: string,
   const stream = await node.dialProtocol(peerIdFromString(peer), compileJobProtocol(meshId), { signal: opts.signal })
   const f = new Framed(stream, { stallMs: opts.stallMs ?? JOB_STALL_MS })
   try {
-    await f.writeJson({ v: header.outputs ? VERSION_OUTPUTS : VERSION, ...header, files: header.files.length }, opts.signal)
-    await f.writeBlob(fileTableOf(header.files), opts.signal)
+    const head = { v: header.outputs ? VERSION_OUTPUTS : VERSION, ...header, files: header.files.length }
+    const table = fileTableOf(header.files)
+    await f.writeJson(head, opts.signal)
+    await f.writeBlob(table, opts.signal)
+    opts.onSent?.(Buffer.byteLength(JSON.stringify(head)) + table.length)
     const first = await f.readJson<{ type?: string; reason?: unknown; need?: unknown }>(opts.signal)
     if (first.type === 'refused') return { kind: 'refused', reason: str(first.reason, 'reason', 1024) }
     if (first.type !== 'accepted') throw new ProtocolViolation(`unexpected reply ${clip(String(first.type), 40)}`)
@@ -251,7 +256,9 @@ export async function sendCompileJob(node: Libp2p, meshId: string, peer: string,
     for (const i of need) if (!Number.isInteger(i) || i < 0 || i >= header.files.length) throw new ProtocolViolation('field need: index out of range')
     opts.onAccepted?.()
     const data = await load(need as number[])
-    await f.writeBlob(await gzipAsync(Buffer.concat(data), { level: 1 }), opts.signal)
+    const packed = await gzipAsync(Buffer.concat(data), { level: 1 })
+    await f.writeBlob(packed, opts.signal)
+    opts.onSent?.(packed.length)
     for (;;) {
       const msg = await f.readJson<{ type?: string; reason?: unknown; exitCode?: unknown }>(opts.signal)
       if (msg.type === 'working') continue

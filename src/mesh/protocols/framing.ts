@@ -24,20 +24,34 @@ export interface FramedOptions {
 
 export class Framed {
   private readonly lp: LengthPrefixedStream<Stream>
+  /** aborted when a read waits past stallMs: one per stream, armed by a plain timer per read */
+  private readonly stall = new AbortController()
+  /** the caller's signal joined with `stall`, kept while the caller passes the same one */
+  private joined: { from: AbortSignal | undefined; signal: AbortSignal } | null = null
 
   constructor(readonly stream: Stream, private readonly opts: FramedOptions = {}) {
     this.lp = lpStream(stream, { maxDataLength: Math.max(CHUNK_BYTES, MAX_CONTROL_BYTES), maxBufferSize: opts.maxBufferSize })
   }
 
+  // Not AbortSignal.timeout and AbortSignal.any per frame: each of those timers stays armed
+  // after its read (the joined signal listens to it) and fires later, building a DOMException
+  // for nobody; a compile job reads a dozen frames, and a build's worth of them showed in the
+  // daemons' profiles.
   private async read(signal?: AbortSignal): Promise<Uint8Array> {
     const { stallMs } = this.opts
     if (stallMs === undefined) return (await this.lp.read({ signal })).subarray()
-    const stalled = AbortSignal.timeout(stallMs)
+    const stall = this.stall
+    const joined = this.joined !== null && this.joined.from === signal ? this.joined : { from: signal, signal: signal ? AbortSignal.any([signal, stall.signal]) : stall.signal }
+    this.joined = joined
+    const timer = setTimeout(() => stall.abort(), stallMs)
+    timer.unref()
     try {
-      return (await this.lp.read({ signal: signal ? AbortSignal.any([signal, stalled]) : stalled })).subarray()
+      return (await this.lp.read({ signal: joined.signal })).subarray()
     } catch (err) {
-      if (stalled.aborted && !signal?.aborted) throw new ProtocolViolation(`nothing received for ${stallMs / 1000} s`)
+      if (stall.signal.aborted && !signal?.aborted) throw new ProtocolViolation(`nothing received for ${stallMs / 1000} s`)
       throw err
+    } finally {
+      clearTimeout(timer)
     }
   }
 
