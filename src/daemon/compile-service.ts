@@ -6,7 +6,7 @@
 // failed). The build never depends on this code being right about anything but cache keys.
 import { createHash } from 'node:crypto'
 import { lstat } from 'node:fs/promises'
-import { availableParallelism } from 'node:os'
+import { availableParallelism, setPriority } from 'node:os'
 import { basename, resolve } from 'node:path'
 import { execa } from 'execa'
 import type { CompileSpec } from '../compiler/types.js'
@@ -22,6 +22,8 @@ import { Semaphore } from '../util/semaphore.js'
 import { writeFileAtomic } from '../util/atomic-write.js'
 import type { CompileRequest } from './launcher-protocol.js'
 import type { FamilyStats, Stats } from './stats.js'
+import type { SharedCache, SharedHit } from './shared-cache.js'
+import type { VerifiedKind } from '../cache/verifier.js'
 
 export { KEY_ENV } from '../compiler/c-family.js'
 
@@ -89,8 +91,10 @@ export interface HashedInputs { set: InputSet; hashes: Array<FileHash | null> }
 /** A manifest entry to write once the result it points at is stored. */
 interface ManifestUpdate { direct: string; write: () => Promise<void> }
 interface LocalResult { exitCode: number; stdout: Buffer; stderr: Buffer }
-/** One request as the pipeline carries it. */
-interface Call { req: CompileRequest; job: CompileJob; stats: FamilyStats; requestStart: number }
+/** One request as the pipeline carries it; `held`: a verification keeps the job (its temp files) and disposes of it. */
+interface Call { req: CompileRequest; job: CompileJob; stats: FamilyStats; requestStart: number; held?: boolean }
+/** Who made a result this machine did not compile itself: the builder of a remote compile. */
+interface Producer { kind: VerifiedKind; peer: string }
 
 export class CompileService {
   /** file content hashes, memoised by stat: direct mode's checks, manifests and the inputs of jobs sent to peers */
@@ -112,6 +116,8 @@ export class CompileService {
   /** how the cache's writes fail now (ENOSPC on a full disk), so the log says it once, not once per compile */
   private writesFailing: string | null = null
   remote: RemoteRunner | null = null
+  /** the mesh and the second tier as one cache behind the local one ([cache] shared, remote); null: none */
+  shared: SharedCache | null = null
 
   constructor(private readonly opts: CompileServiceOptions) {
     this.cpu = new Semaphore(Math.max(1, opts.slots))
@@ -167,8 +173,9 @@ export class CompileService {
       // inputs). A source saved a moment ago (the edit-compile loop) goes the preprocessed way,
       // which can store its result where depend mode could not key it safely. A family without
       // a content key (rustc) keys every miss through depend mode.
+      // With a shared cache the key must be known before compiling, to ask the mesh: the preprocessed way too.
       const distributable = this.remote !== null && job.remoteBlocker === null && job.remoteJob !== undefined
-      if (direct && (!job.contentKey || (!dk!.sourceFresh && !preferPreprocessed && !distributable))) {
+      if (direct && (!job.contentKey || (!dk!.sourceFresh && !preferPreprocessed && !distributable && this.shared === null))) {
         const r = await this.compileDepend(call, direct)
         if (r) return r
       }
@@ -197,15 +204,13 @@ export class CompileService {
         // outputs could not be written (e.g. missing directory): the compiler reports that best
         return this.notCacheable(stats, 'output not writable')
       }
-      stats.inc('cache_misses')
-      log.debug(`${job.family} miss ${k.key.slice(0, 16)} ${job.input}`)
-      return await this.compileAndStore(call, k, record)
+      return await this.compileAndStore(call, k, record, started)
     } catch (err) {
       stats.fallback('daemon error')
       log.error(`compile of ${job.input} in ${req.cwd} failed inside the daemon: ${(err as Error).message}`)
       return { kind: 'fallback', reason: 'daemon error' }
     } finally {
-      await job.dispose()
+      if (!call.held) await job.dispose()
     }
   }
 
@@ -215,21 +220,34 @@ export class CompileService {
     return { kind: 'passthrough', reason }
   }
 
-  private async compileAndStore(call: Call, k: ContentKey, afterStore: ManifestUpdate | null): Promise<CompileReply> {
+  private async compileAndStore(call: Call, k: ContentKey, afterStore: ManifestUpdate | null, started: number): Promise<CompileReply> {
     const { job, stats } = call
     const { log } = this.opts
+    const remote = this.remote
+    const shipping = remote !== null && job.remoteBlocker === null && job.remoteJob !== undefined
+    const wantsPeer = shipping && remote.wants(this.cpu.running < this.opts.slots)
+
+    // After a local miss the shared cache is asked while the job is made ready to ship (the
+    // lookup has its own time budget); a verified hit is replayed as a local hit is.
+    const preparing = wantsPeer ? remote.prepare(job.remoteJob!(k)) : null
+    if (this.shared) {
+      const [hit] = await Promise.all([this.shared.lookup(k.key), preparing?.catch(() => null)])
+      const replay = hit && (await this.replayShared(call, k.key, hit, afterStore, started))
+      if (replay) return replay
+    }
+    stats.inc('cache_misses')
+    log.debug(`${job.family} miss ${k.key.slice(0, 16)} ${job.input}`)
 
     // Here when a local slot is free (unless a peer with room is clearly faster); else a peer
     // with room; with neither, wait for whichever comes first (a queued job never commits to
     // one side while the other frees up).
-    let outcome: { result: LocalResult; outputs: OutputBlobs | null } | null = null
+    let outcome: { result: LocalResult; outputs: OutputBlobs | null; producer?: Producer } | null = null
     /** why a miss meant for the mesh is compiled here after all (counted as a fallback) */
     let fallback: string | null = null
-    const remote = this.remote
-    if (!remote || job.remoteBlocker !== null || !job.remoteJob) {
+    if (!shipping) {
       fallback = this.unsentReason(job)
-    } else if (remote.wants(this.cpu.running < this.opts.slots)) {
-      const prepared = await remote.prepare(job.remoteJob(k))
+    } else if (preparing) {
+      const prepared = await preparing
       if ('unshippable' in prepared) fallback = `job not shippable (${prepared.unshippable})`
       while (!('unshippable' in prepared) && outcome === null) {
         const a = await remote.tryPeers(prepared)
@@ -244,7 +262,7 @@ export class CompileService {
           stats.inc('remote_compiles')
           log.debug(`compiled ${job.input} on ${a.outcome.peer}`)
           const { exitCode, stdout, stderr, obj } = a.outcome
-          outcome = { result: { exitCode, stdout, stderr }, outputs: obj && (await job.remoteOutputs!(obj)) }
+          outcome = { result: { exitCode, stdout, stderr }, outputs: obj && (await job.remoteOutputs!(obj)), producer: { kind: 'remote-compile', peer: a.outcome.peer } }
           break
         }
         if (a.kind === 'failed') { fallback = `all attempts failed: ${a.reason}`; break }
@@ -269,7 +287,75 @@ export class CompileService {
       if ('kind' in r) return r
       outcome = { result: r, outputs: r.exitCode === 0 ? (await plan.collect()).outputs : null }
     }
-    return this.storeResult(call, k.key, outcome.result, outcome.outputs, afterStore)
+    return this.storeResult(call, k.key, outcome.result, outcome.outputs, afterStore, false, { producer: outcome.producer ?? null })
+  }
+
+  /**
+   * A verified entry from the mesh or the second tier: its outputs written as for a local hit,
+   * stored here, counted, and offered to the verifier. Null when it does not fit this request
+   * (the miss is compiled as usual).
+   */
+  private async replayShared(call: Call, key: string, hit: SharedHit, afterStore: ManifestUpdate | null, started: number): Promise<CompileReply | null> {
+    const { job, stats } = call
+    const replay = await this.writeOutputs(job, hit.entry)
+    if (!replay) return null
+    stats.inc('cache_hits')
+    stats.inc(hit.source === 'mesh' ? 'mesh_hits' : 'tier_hits')
+    stats.hitTime(performance.now() - started)
+    this.opts.log.debug(`${job.family} ${hit.source} hit ${key.slice(0, 16)} ${job.input} (made by ${hit.producer})`)
+    this.storeLocally(call, key, hit.entry, afterStore)
+    this.verifyLater(call, key, hit.entry, { kind: hit.source === 'mesh' ? 'mesh-hit' : 'tier-hit', peer: hit.producer })
+    return replay
+  }
+
+  /**
+   * Offer a result this machine did not make to the verifier ([cache] verify_rate). A sampled job
+   * keeps its temp files (the depfile the preprocessor wrote) until the verification is done.
+   * True when it was sampled.
+   */
+  private verifyLater(call: Call, key: string, entry: CacheEntry, producer: Producer, onMatch?: () => void): boolean {
+    const { job } = call
+    if (!this.shared || !job.compilePlan || !job.contentKey) return false
+    const taken = this.shared.verify({
+      key, entry, producer: producer.peer, kind: producer.kind, onMatch,
+      recompile: () => this.recompile(call, key),
+      release: () => { void job.dispose() }
+    })
+    if (taken) call.held = true
+    return taken
+  }
+
+  /**
+   * The verifier's compile: the same command here, at the lowest CPU priority, into temp outputs.
+   * Null when it failed or the inputs changed since the key was taken (a difference would prove
+   * nothing about the producer).
+   */
+  private async recompile(call: Call, key: string): Promise<OutputBlobs | null> {
+    const { req, job } = call
+    const plan = job.compilePlan!()
+    const sub = execa(req.compiler, plan.args, {
+      cwd: req.cwd, env: this.planEnv(req, plan), extendEnv: false, stdin: 'ignore', reject: false,
+      encoding: 'buffer', stripFinalNewline: false, maxBuffer: 64 * 1024 * 1024
+    })
+    try { if (sub.pid !== undefined) setPriority(sub.pid, 19) } catch { /* it may have exited already */ }
+    const r = await sub
+    if (r.exitCode !== 0) return null
+    const { outputs } = await plan.collect()
+    const now = await job.contentKey!()
+    if (typeof now !== 'object' || !('key' in now) || now.key !== key) return null
+    return outputs
+  }
+
+  /** Keep an entry in the local cache in the background; then the manifest that points at it. */
+  private storeLocally(call: Call, key: string, entry: CacheEntry, afterStore: ManifestUpdate | null): void {
+    this.track(this.opts.store.put(key, entry).then(
+      async () => {
+        call.stats.inc('cache_writes')
+        this.writeWorked()
+        if (afterStore) await afterStore.write()
+      },
+      (err: Error) => { call.stats.inc('cache_errors'); this.writeFailed(`cache entry ${key}`, err) }
+    ), afterStore?.direct)
   }
 
   /**
@@ -290,13 +376,8 @@ export class CompileService {
   private async localCompile(call: Call, plan: RunPlan, fallback = false): Promise<LocalResult | CompileReply> {
     const { req } = call
     const sem = fallback && this.opts.slots === 0 ? this.fallbackCpu : this.cpu
-    let env = req.env
-    if (plan.dropEnv?.some((k) => env[k] !== undefined)) {
-      env = { ...env }
-      for (const k of plan.dropEnv) delete env[k]
-    }
     const r = await sem.run(() => execa(req.compiler, plan.args, {
-      cwd: req.cwd, env, extendEnv: false, stdin: 'ignore', reject: false,
+      cwd: req.cwd, env: this.planEnv(req, plan), extendEnv: false, stdin: 'ignore', reject: false,
       encoding: 'buffer', stripFinalNewline: false, maxBuffer: 64 * 1024 * 1024
     }))
     call.stats.inc('local_compiles')
@@ -310,12 +391,23 @@ export class CompileService {
     return { exitCode: r.exitCode, stdout, stderr }
   }
 
+  /** The request's environment without the variables the plan drops. */
+  private planEnv(req: CompileRequest, plan: RunPlan): Record<string, string> {
+    if (!plan.dropEnv?.some((k) => req.env[k] !== undefined)) return req.env
+    const env = { ...req.env }
+    for (const k of plan.dropEnv) delete env[k]
+    return env
+  }
+
   /**
    * Hand a finished compile to the user and, when it succeeded, to the cache under `key`;
-   * `inPlace`: the compiler wrote the outputs where the user expects them already.
+   * `inPlace`: the compiler wrote the outputs where the user expects them already. `share`:
+   * the key is a content key others can look up, so the result goes to the shared cache too
+   * (a remote compile's after its verification when one is sampled); `producer` made it when
+   * not this machine.
    */
   private async storeResult(call: Call, key: string | null, result: LocalResult, outputs: OutputBlobs | null,
-    afterStore: ManifestUpdate | null, inPlace = false): Promise<CompileReply> {
+    afterStore: ManifestUpdate | null, inPlace = false, share: { producer: Producer | null } | null = null): Promise<CompileReply> {
     const { req, job, stats } = call
     const { log } = this.opts
     if (result.exitCode !== 0) {
@@ -329,14 +421,12 @@ export class CompileService {
     const entry: CacheEntry = { exitCode: 0, stdout: result.stdout, stderr: result.stderr, outputs, meta: job.entryMeta() }
     if (!inPlace && !(await this.writeOutputs(job, entry))) return this.notCacheable(stats, 'output not writable')
     if (key !== null) {
-      this.track(this.opts.store.put(key, entry).then(
-        async () => {
-          stats.inc('cache_writes')
-          this.writeWorked()
-          if (afterStore) await afterStore.write()
-        },
-        (err: Error) => { stats.inc('cache_errors'); this.writeFailed(`cache entry ${key}`, err) }
-      ), afterStore?.direct)
+      this.storeLocally(call, key, entry, afterStore)
+      const shared = this.shared
+      if (shared && share) {
+        const publish = () => shared.publish(key, entry)
+        if (!share.producer || !this.verifyLater(call, key, entry, share.producer, publish)) publish()
+      }
     }
     return { kind: 'result', exitCode: 0, stdout: result.stdout, stderr: result.stderr }
   }

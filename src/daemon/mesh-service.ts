@@ -178,11 +178,7 @@ export class MeshService {
     }, onProtocolError('toolchain transfer'), (sent) => svc?.recordTransfer({ ...sent, direction: 'sent' }))
     const refreshPacked = everyAligned(2000, () => { void r.heldToolchains().then((h) => { packed = h }) }, { unref: true })
     svc = new MeshService(mesh, config, log, builder, runner, toolchains, inputs)
-    if (config.cache.shared) {
-      // a bad [cache] trust entry costs the shared cache, not the mesh
-      svc.meshCache = await (await import('./mesh-cache.js')).startMeshCache(config, mesh, log.child('shared'))
-        .catch((err: Error) => { log.error(`shared cache not started: ${err.message}`); return null })
-    }
+    await svc.restartMeshCache()
     svc.stopTimers.push(() => refreshPacked.stop(), () => inputs.stop(), () => r.stop())
     log.info(`mesh ${mesh.meshId}: peer ${mesh.peerId} listening on ${mesh.addresses().join(' ')}`)
     if (config.shim.enabled) {
@@ -190,6 +186,22 @@ export class MeshService {
       svc.electShim(mesh.members())
     }
     return svc
+  }
+
+  /**
+   * (Re)start the mesh as a shared cache from the config as it is now ([cache] shared,
+   * shared_size, trust; a reload changes them): the old one stops serving first.
+   */
+  async restartMeshCache(): Promise<void> {
+    const old = this.meshCache
+    this.meshCache = null
+    await old?.stop()
+    if (this.config.cache.shared) {
+      // a bad [cache] trust entry costs the shared cache, not the mesh
+      this.meshCache = await (await import('./mesh-cache.js')).startMeshCache(this.config, this.mesh, this.log.child('shared'))
+        .catch((err: Error) => { this.log.error(`shared cache not started: ${err.message}`); return null })
+    }
+    this.mesh.notifyLoadChanged()
   }
 
   /** The daemon's load changed (a job started or ended): tell the mesh now. */
