@@ -25,6 +25,8 @@ export interface VerifyJob {
   recompile: () => Promise<Array<{ name: string; data: Buffer }> | null>
   /** the result matched a local compile (a remote compile's result is published only then) */
   onMatch?: () => void
+  /** the result differed: the fresh outputs, to replace the stored entry with */
+  onMismatch?: (fresh: Array<{ name: string; data: Buffer }>) => void
   /** runs once the job is done with, verified or dropped (the pipeline keeps the job's temp files until then) */
   release?: () => void
 }
@@ -127,6 +129,7 @@ export class Verifier {
       return
     }
     this.counts.verify_mismatches++
+    job.onMismatch?.(fresh)
     const reason = `${job.kind} ${job.key.slice(0, 16)}: ${differing.join(', ')} differ from a local compile`
     const added = trust.distrustProducer(job.producer, reason)
     log.error(`verification failed: ${reason}; the result came from ${job.producer}${added ? `, which is distrusted from now on ("meshcc mesh trust ${job.producer}" clears it)` : ''}`)

@@ -319,6 +319,8 @@ export class CompileService {
     const taken = this.shared.verify({
       key, entry, producer: producer.peer, kind: producer.kind, onMatch,
       recompile: () => this.recompile(call, key),
+      // the wrong result stays in no cache here: the local compile's replaces it
+      onMismatch: (fresh) => this.storeLocally(call, key, { ...entry, outputs: fresh }, null),
       release: () => { void job.dispose() }
     })
     if (taken) call.held = true
