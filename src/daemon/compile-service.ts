@@ -12,7 +12,7 @@ import { execa } from 'execa'
 import type { CompileSpec } from '../compiler/types.js'
 import type { CacheEntry, LocalStore } from '../cache/local-store.js'
 import { FileHasher, type FileHash } from '../cache/file-hashes.js'
-import type { FileSet, ManifestStore } from '../cache/manifest.js'
+import { encodeManifest, parseManifest, type FileSet, type ManifestStore } from '../cache/manifest.js'
 import type { InputSet } from '../compiler/inputs.js'
 import { hashedInputs, type CompileJob, type CompilerFamily, type ContentKey, type Dependencies, type FamilyContext, type OutputBlobs, type RunPlan } from '../compiler/family.js'
 import { CFamily } from '../compiler/c-family.js'
@@ -33,6 +33,9 @@ export type CompileReply =
   | { kind: 'fallback'; reason: string }
 
 const DEPEND_KEY_VERSION = 'meshcc-depend-1'
+const SHARED_MANIFEST_VERSION = 'meshcc-shared-manifest-1'
+/** a shared manifest set naming more files than this is not checked (a crate's dep-info is a few hundred) */
+const MAX_SHARED_SET_FILES = 20_000
 
 /** A miss that may be compiled on a mesh peer. */
 export interface RemoteJob {
@@ -443,6 +446,8 @@ export class CompileService {
     const { job, stats } = call
     const plan = job.dependPlan()
     if (plan === null) return null
+    const fromShared = this.shared && (await this.sharedDependLookup(call, direct, performance.now()))
+    if (fromShared) return fromShared
     stats.inc('cache_misses')
     this.opts.log.debug(`${job.family} miss (depend mode) ${direct.slice(0, 16)} ${job.input}`)
     const fallback = this.unsentReason(job)
@@ -458,8 +463,43 @@ export class CompileService {
       key = dependKey(direct, set)
       const entry: FileSet = { ...set, result: key }
       record = { direct, write: () => this.manifestWrite(direct, this.opts.direct!.add(direct, entry)) }
+      // the others find the result through this set: published beside it
+      const data = Buffer.from(encodeManifest(direct, { sets: [entry], preprocess: false }))
+      if (r.exitCode === 0 && outputs) this.shared?.publish(sharedManifestKey(direct), { exitCode: 0, stdout: Buffer.alloc(0), stderr: Buffer.alloc(0), outputs: [{ name: 'manifest', data }] })
     }
-    return await this.storeResult(call, key, r, outputs, record, plan.inPlace)
+    return await this.storeResult(call, key, r, outputs, record, plan.inPlace, key ? { producer: null } : null)
+  }
+
+  /**
+   * A depend-mode key is known only after the compile, too late to ask anyone: the mesh carries
+   * the producer's manifest set under a key made from the direct key, and the result under its
+   * own. A set is used only when every file (and fact) it names is the same here and its result
+   * key is the one those files make (a member cannot point a command at another result).
+   */
+  private async sharedDependLookup(call: Call, direct: string, started: number): Promise<CompileReply | null> {
+    const found = await this.shared!.lookup(sharedManifestKey(direct))
+    const text = found?.entry.outputs.find((o) => o.name === 'manifest')?.data.toString('utf8')
+    if (!text) return null
+    const m = parseManifest(text, direct)
+    if (typeof m === 'string') {
+      this.opts.log.warn(`shared manifest for ${direct.slice(0, 16)} from ${found!.producer} is unusable: ${m}`)
+      return null
+    }
+    const set = m.sets[0]
+    if (!set || set.files.length > MAX_SHARED_SET_FILES || dependKey(direct, set) !== set.result || !(await this.setMatches(call, set))) return null
+    const hit = await this.shared!.lookup(set.result)
+    if (!hit) return null
+    const record: ManifestUpdate = { direct, write: () => this.manifestWrite(direct, this.opts.direct!.add(direct, set)) }
+    return await this.replayShared(call, set.result, hit, record, started)
+  }
+
+  /** Every file a manifest set names still has its recorded hash here, and every fact its value. */
+  private async setMatches(call: Call, set: FileSet): Promise<boolean> {
+    const { req, job } = call
+    // a relative path (rustc's sources under the working directory) is this build's file
+    const now = await Promise.all(set.files.map(([p]) => this.hasher.hash(p.startsWith('/') ? p : resolve(req.cwd, p))))
+    if (!now.every((f, i) => f !== null && f.hash === set.files[i][1])) return false
+    return !set.env || set.env.every(([name, value]) => (job.fact ? job.fact(name) : req.env[name] ?? null) === value)
   }
 
   /** Place an entry's outputs where the compiler would have written them, each atomically; the replay, or null. */
@@ -489,7 +529,7 @@ export class CompileService {
 
   /** A hit found through the manifest: every recorded file (and variable) still has its recorded hash (and value). */
   private async directLookup(call: Call, direct: string): Promise<{ hit: CompileReply | null; preprocess: boolean }> {
-    const { req, job } = call
+    const { job } = call
     await this.manifestWrites.get(direct)
     const manifest = await this.opts.direct!.get(direct)
     if (manifest.damaged !== null) {
@@ -497,10 +537,7 @@ export class CompileService {
       this.opts.log.warn(`manifest ${direct} was damaged and has been removed: ${manifest.damaged}`)
     }
     for (const set of manifest.sets) {
-      // a relative path (rustc's sources under the working directory) is this build's file
-      const now = await Promise.all(set.files.map(([p]) => this.hasher.hash(p.startsWith('/') ? p : resolve(req.cwd, p))))
-      if (!now.every((f, i) => f !== null && f.hash === set.files[i][1])) continue
-      if (set.env && !set.env.every(([name, value]) => (job.fact ? job.fact(name) : req.env[name] ?? null) === value)) continue
+      if (!(await this.setMatches(call, set))) continue
       const got = await this.storeGet(set.result)
       if (got === null) continue
       const replay = await this.writeOutputs(job, got)
@@ -573,6 +610,11 @@ export class CompileService {
   async drain(): Promise<void> {
     await Promise.all([...this.pendingWrites])
   }
+}
+
+/** Where the mesh holds the manifest set of a direct key (rustc's depend-mode results). */
+function sharedManifestKey(direct: string): string {
+  return createHash('sha256').update(`${SHARED_MANIFEST_VERSION}\0${direct}`).digest('hex')
 }
 
 /** The result key of a depend-mode compile: its direct key and every file (and variable) it read. */
