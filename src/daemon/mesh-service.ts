@@ -85,16 +85,22 @@ export interface MeshStatus {
 export interface ToolchainTransfer { hash: string; peer: string; direction: 'sent' | 'received'; bytes: number; ms: number; at: string }
 
 /**
- * MESHCC_SHARED_LINK_MS: the RTT above which the shared cache asks no member (default 50 ms). A
- * loaded machine measures 100 ms and more on loopback, so tests of daemons on one host raise it.
+ * MESHCC_SHARED_LINK_MS and MESHCC_SHARED_BUDGET_MS: the RTT above which the shared cache asks no
+ * member (default 50 ms) and the longest a lookup waits for an answer (default 400 ms). A loaded
+ * machine measures 100 ms and more on loopback, so tests of daemons on one host raise both.
  */
-function linkTuning(log: Logger): { goodLinkRttMs?: number } {
-  const text = process.env.MESHCC_SHARED_LINK_MS
-  if (text === undefined) return {}
-  const ms = Number(text)
-  if (Number.isFinite(ms) && ms > 0) return { goodLinkRttMs: ms }
-  log.warn(`MESHCC_SHARED_LINK_MS="${text.slice(0, 40)}" is not a positive number of milliseconds; ignored`)
-  return {}
+function linkTuning(log: Logger): { goodLinkRttMs?: number; maxBudgetMs?: number } {
+  const ms = (name: string): number | undefined => {
+    const text = process.env[name]
+    if (text === undefined) return undefined
+    const n = Number(text)
+    if (Number.isFinite(n) && n > 0) return n
+    log.warn(`${name}="${text.slice(0, 40)}" is not a positive number of milliseconds; ignored`)
+    return undefined
+  }
+  const goodLinkRttMs = ms('MESHCC_SHARED_LINK_MS')
+  const maxBudgetMs = ms('MESHCC_SHARED_BUDGET_MS')
+  return { ...(goodLinkRttMs ? { goodLinkRttMs } : {}), ...(maxBudgetMs ? { maxBudgetMs } : {}) }
 }
 
 /** A relative CPU speed figure: how fast this machine hashes a fixed buffer (higher is faster). */
