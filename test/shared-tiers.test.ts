@@ -5,10 +5,9 @@
 // counted failure, and is then left alone for a while. Also the [cache] keys that configure it all.
 import { test, before, after } from 'node:test'
 import assert from 'node:assert/strict'
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process'
+import { execFileSync } from 'node:child_process'
 import { createHash, randomBytes } from 'node:crypto'
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
-import { createServer } from 'node:net'
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { generateKeyPair } from '@libp2p/crypto/keys'
@@ -21,39 +20,13 @@ import { RedisBackend, parseRedisUrl } from '../src/cache/tiers/redis.js'
 import { HttpBackend, entryUrl, parseHttpStoreUrl } from '../src/cache/tiers/http.js'
 import { ConfigError, loadConfig } from '../src/config.js'
 import { silentLogger, type Logger } from '../src/log.js'
-import { waitFor } from './helpers/mesh-proc.js'
+import { startNginxDav, startRedis, stopStores, stopped } from './helpers/stores.js'
 
 const dir = mkdtempSync(join(tmpdir(), 'meshcc-tiers-'))
-const children: ChildProcess[] = []
 after(async () => {
-  await Promise.all(children.map((c) => stopped(c)))
+  await stopStores()
   rmSync(dir, { recursive: true, force: true })
 })
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer()
-    s.once('error', reject)
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as { port: number }).port
-      s.close(() => resolve(port))
-    })
-  })
-}
-
-function started(cmd: string, args: string[]): ChildProcess {
-  const c = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'] })
-  children.push(c)
-  return c
-}
-
-/** Kill a store by its PID, as a crash would. */
-async function stopped(c: ChildProcess): Promise<void> {
-  if (c.exitCode !== null || c.signalCode !== null) return
-  const gone = new Promise((r) => c.once('exit', r))
-  c.kill('SIGKILL')
-  await gone
-}
 
 function capture(lines: string[]): Logger {
   const log: Logger = {
@@ -134,14 +107,7 @@ async function exercise(url: string, kill: () => Promise<void>, inStore: (key: s
 }
 
 test('Redis (Debian\'s redis-server) as the second tier', { timeout: 60_000 }, async () => {
-  const port = await freePort()
-  const data = join(dir, 'redis')
-  mkdirSync(data)
-  const redis = started('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', data, '--requirepass', 'sekret'])
-  const url = `redis://:sekret@127.0.0.1:${port}/2`
-  const probe = new RedisBackend(url)
-  await waitFor('redis-server to answer', async () => (await probe.get(k('probe'), 100, AbortSignal.timeout(1000)).then(() => true, () => undefined)), 20_000)
-  await probe.close()
+  const { url, port, process: redis } = await startRedis(dir, 'sekret')
   // a wrong password is a failure of the store, counted, not a crash
   const wrong = new RemoteTier({ backend: new RedisBackend(`redis://:nope@127.0.0.1:${port}/2`), signer: consumer, trust, log: silentLogger })
   assert.equal(await wrong.lookup(k('x')), null)
@@ -160,25 +126,7 @@ test('Redis (Debian\'s redis-server) as the second tier', { timeout: 60_000 }, a
 })
 
 test('an HTTP store in ccache\'s layout (Debian\'s nginx, a WebDAV location)', { timeout: 60_000 }, async () => {
-  const port = await freePort()
-  const root = join(dir, 'nginx')
-  mkdirSync(join(root, 'www', 'cache'), { recursive: true })
-  mkdirSync(join(root, 'tmp'))
-  const conf = join(root, 'nginx.conf')
-  writeFileSync(conf, [
-    process.getuid?.() === 0 ? 'user root;' : '',
-    // one process: killing it by its PID leaves no worker behind still serving
-    'master_process off;', 'daemon off;', `pid ${root}/nginx.pid;`, `error_log ${root}/error.log;`,
-    'events { worker_connections 64; }',
-    'http {', '  access_log off;',
-    ...['client_body', 'proxy', 'fastcgi', 'uwsgi', 'scgi'].map((t) => `  ${t}_temp_path ${root}/tmp/${t};`),
-    `  server { listen 127.0.0.1:${port};`,
-    `    location /cache/ { root ${root}/www; dav_methods PUT DELETE; create_full_put_path on; client_max_body_size 64m; }`,
-    '  }', '}', ''
-  ].join('\n'))
-  const nginx = started('nginx', ['-c', conf, '-p', root, '-e', `${root}/error.log`])
-  const url = `http://127.0.0.1:${port}/cache`
-  await waitFor('nginx to answer', () => fetch(`${url}/`).then(() => true, () => undefined), 20_000)
+  const { url, root, process: nginx } = await startNginxDav(dir)
   const store = parseHttpStoreUrl(url)
   // the store's own view: the file nginx wrote at ccache's subdirs path
   await exercise(url, () => stopped(nginx), async (key) => {

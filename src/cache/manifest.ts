@@ -78,7 +78,7 @@ export class ManifestStore {
       await rm(this.path(key), { force: true })
       return { ...EMPTY, damaged: (err as NodeJS.ErrnoException).code ?? (err as Error).message }
     }
-    const m = parse(text, key)
+    const m = parseManifest(text, key)
     if (typeof m === 'string') await rm(this.path(key), { force: true })
     if (m === 'old format') return EMPTY
     return typeof m === 'string' ? { ...EMPTY, damaged: m } : { ...m, damaged: null }
@@ -103,8 +103,7 @@ export class ManifestStore {
     await mkdir(join(dest, '..'), { recursive: true })
     const tmp = `${dest}.${randomBytes(6).toString('hex')}.tmp`
     try {
-      const json = JSON.stringify({ format: FORMAT, key, sets: m.sets, preprocess: m.preprocess })
-      await writeFile(tmp, `${sha256(json)}\n${json}`)
+      await writeFile(tmp, encodeManifest(key, m))
       await rename(tmp, dest)
     } catch (err) {
       await rm(tmp, { force: true })
@@ -115,8 +114,14 @@ export class ManifestStore {
 
 const sha256 = (text: string) => createHash('sha256').update(text).digest('hex')
 
+/** A manifest as stored: its checksum line, then the JSON (also what the mesh carries for rustc's depend keys). */
+export function encodeManifest(key: string, m: Manifest): string {
+  const json = JSON.stringify({ format: FORMAT, key, sets: m.sets, preprocess: m.preprocess })
+  return `${sha256(json)}\n${json}`
+}
+
 /** The manifest in `text`, written for `key`; or why it is not one ('old format' for an older meshcc's). */
-function parse(text: string, key: string): Manifest | string {
+export function parseManifest(text: string, key: string): Manifest | string {
   const checked = text.length > 65 && text[64] === '\n' && HEX64.test(text.slice(0, 64))
   const json = checked ? text.slice(65) : text
   if (checked && sha256(json) !== text.slice(0, 64)) return 'checksum mismatch'

@@ -21,8 +21,16 @@ export interface VerifyJob {
   /** who made it: the signer of a hit, the builder of a remote compile */
   producer: string
   kind: VerifiedKind
+  /** outputs not compared (a depfile made in another checkout names that checkout's files; a hit writes this build's own) */
+  ignore?: string[]
   /** compile here into fresh outputs, by name (e.g. [{ name: 'obj', data }]); null = could not */
   recompile: () => Promise<Array<{ name: string; data: Buffer }> | null>
+  /** the result matched a local compile (a remote compile's result is published only then) */
+  onMatch?: () => void
+  /** the result differed: the fresh outputs, to replace the stored entry with */
+  onMismatch?: (fresh: Array<{ name: string; data: Buffer }>) => void
+  /** runs once the job is done with, verified or dropped (the pipeline keeps the job's temp files until then) */
+  release?: () => void
 }
 
 export interface VerifierStats {
@@ -47,18 +55,18 @@ export interface VerifierOptions {
 }
 
 export class Verifier {
-  private rate: number
+  private currentRate: number
   private readonly random: () => number
   private readonly queue: BackgroundQueue<VerifyJob>
   private readonly counts: VerifierStats = { verifications: 0, verify_mismatches: 0, verify_skipped: 0, verify_dropped: 0 }
 
   constructor(private readonly opts: VerifierOptions) {
-    this.rate = opts.rate
+    this.currentRate = opts.rate
     this.random = opts.random ?? Math.random
     this.queue = new BackgroundQueue<VerifyJob>({
       run: (job) => this.verify(job),
       size: () => 0,
-      onDrop: () => { this.counts.verify_dropped++ },
+      onDrop: (job) => { this.counts.verify_dropped++; job.release?.() },
       maxItems: opts.maxQueued ?? 16,
       concurrency: 1
     })
@@ -66,7 +74,11 @@ export class Verifier {
 
   /** A reloaded config's verify_rate. */
   setRate(rate: number): void {
-    this.rate = rate
+    this.currentRate = rate
+  }
+
+  get rate(): number {
+    return this.currentRate
   }
 
   /** Sample `job` at the rate and queue it; true when it will be verified. Never throws, never waits. */
@@ -89,6 +101,14 @@ export class Verifier {
   }
 
   private async verify(job: VerifyJob): Promise<void> {
+    try {
+      await this.compare(job)
+    } finally {
+      job.release?.()
+    }
+  }
+
+  private async compare(job: VerifyJob): Promise<void> {
     const { log, trust } = this.opts
     let fresh: Array<{ name: string; data: Buffer }> | null
     try {
@@ -103,11 +123,16 @@ export class Verifier {
     }
     this.counts.verifications++
     const differing = fresh.filter((out) => {
+      if (job.ignore?.includes(out.name)) return false
       const used = job.entry.outputs.find((o) => o.name === out.name)
       return !used || !used.data.equals(out.data)
     }).map((o) => o.name)
-    if (differing.length === 0) return
+    if (differing.length === 0) {
+      job.onMatch?.()
+      return
+    }
     this.counts.verify_mismatches++
+    job.onMismatch?.(fresh)
     const reason = `${job.kind} ${job.key.slice(0, 16)}: ${differing.join(', ')} differ from a local compile`
     const added = trust.distrustProducer(job.producer, reason)
     log.error(`verification failed: ${reason}; the result came from ${job.producer}${added ? `, which is distrusted from now on ("meshcc mesh trust ${job.producer}" clears it)` : ''}`)

@@ -1,9 +1,10 @@
 // Mesh-facing commands: status (table, JSON, live), jobs, --dist-status, mesh init|invite|join.
 import { existsSync, readFileSync, rmSync } from 'node:fs'
-import type { Config } from '../config.js'
+import { formatSize, type Config } from '../config.js'
 import { currentLogFile } from '../log.js'
 import { adminRequest, DaemonUnreachable } from '../launcher/client.js'
 import type { MemberStatus, MeshStatus } from '../daemon/mesh-service.js'
+import type { SharedCacheStatus } from '../daemon/shared-cache.js'
 import type { ReachabilityStatus } from '../mesh/reachability.js'
 import { joinedBootstrapFile, storedPeersFile, writeJoinedBootstrap } from '../mesh/state-files.js'
 import { decodeInvite, encodeInvite, generateMeshKey, identityPeerId, parseMeshKeyText, writeMeshKey } from '../mesh/keys.js'
@@ -16,6 +17,8 @@ export interface DaemonStatus {
   daemon: { pid: number; version: string; socket: string; cache_dir: string; running: number; queued: number; slots: number; families?: Record<string, FamilyCounts> }
   mesh: MeshStatus | null
   mesh_note: string | null
+  /** the shared cache (mesh, second tier, verification); null when none runs */
+  shared?: SharedCacheStatus | null
 }
 
 /** No daemon listens on the config's socket; the message says how to start one. */
@@ -49,6 +52,7 @@ export function formatStatus(s: DaemonStatus): string {
   const d = s.daemon
   let out = `meshcc ${d.version}, daemon pid ${d.pid}, ${d.running} compiling, ${d.queued} queued, ${d.slots} local slots\n`
   if (d.families && Object.keys(d.families).length > 0) out += familyTable(d.families).map((l) => `  ${l}`).join('\n') + '\n'
+  if (s.shared) out += sharedText(s.shared, d.families ?? {})
   if (!s.mesh) return out + (s.mesh_note === 'starting' ? 'mesh: starting (ask again in a moment)\n' : `mesh: not running (${s.mesh_note ?? 'unknown'})\n`)
   const m = s.mesh
   out += `mesh ${m.mesh_id}, this node ${m.peer_id}\n`
@@ -78,6 +82,24 @@ export function formatStatus(s: DaemonStatus): string {
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)))
   const line = (r: string[]) => r.map((c, i) => (i >= 2 && i <= 8 ? c.padStart(widths[i]) : c.padEnd(widths[i]))).join('  ').trimEnd()
   return out + [line(header), ...rows.map(line)].join('\n') + '\n'
+}
+
+/** The shared cache's lines: where remote hits came from, what this member did for the others, verification. */
+export function sharedText(sh: SharedCacheStatus, families: Record<string, FamilyCounts>): string {
+  const hits = (k: string) => Object.values(families).reduce((n, f) => n + (f.counters[k] ?? 0), 0)
+  const m = sh.mesh
+  const t = sh.tier
+  const parts = [`${hits('mesh_hits')} hits from the mesh${m ? '' : ' (off)'}`]
+  if (t) parts.push(`${hits('tier_hits')} from ${t.tier}${t.tier_down ? ' (not answering)' : ''}`)
+  let out = `shared cache: ${parts.join(', ')}\n`
+  if (m) {
+    out += `  ${m.entries_published} entries published, ${m.entries_served} served to others; holding ${m.shared_entries} entries (${formatSize(m.shared_bytes)} of ${formatSize(m.shared_max_bytes)}) for others\n`
+    const failed = Object.values(m.failures).reduce((n, v) => n + v, 0)
+    if (failed > 0) out += `  lookups failed or refused: ${Object.entries(m.failures).filter(([, v]) => v > 0).map(([k, v]) => `${k} ${v}`).join(', ')}\n`
+  }
+  const v = sh.verifier
+  out += `  verification: ${+(sh.verify_rate * 100).toFixed(2)} % of remote results; ${v.verifications} verified, ${v.verify_mismatches} mismatches${v.verify_skipped > 0 ? `, ${v.verify_skipped} skipped` : ''}\n`
+  return out
 }
 
 /** The LINK column: how this node reaches the member, or why it cannot. */

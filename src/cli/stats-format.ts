@@ -5,6 +5,8 @@ const LINES: Array<[string, string]> = [
   ['Compile requests', 'compile_requests'],
   ['Cache hits', 'cache_hits'],
   ['  without preprocessing (direct)', 'direct_hits'],
+  ['  from the mesh', 'mesh_hits'],
+  ['  from the second tier', 'tier_hits'],
   ['Cache misses', 'cache_misses'],
   ['Non-cacheable calls', 'non_cacheable'],
   ['Local compiles', 'local_compiles'],
@@ -17,10 +19,20 @@ const LINES: Array<[string, string]> = [
   ['Cache writes', 'cache_writes']
 ]
 
+/** The shared cache's counts since the daemon started: shown when it runs one. */
+const SHARED_LINES: Array<[string, string]> = [
+  ['Entries published to the mesh', 'entries_published'],
+  ['Entries served to others', 'entries_served'],
+  ['Entries held for others', 'shared_entries'],
+  ['Remote results verified', 'verifications'],
+  ['Verification mismatches', 'verify_mismatches']
+]
+
 export function formatStatsText(s: Record<string, unknown>): string {
   const num = (k: string) => (typeof s[k] === 'number' ? (s[k] as number) : 0)
   const rows: Array<[string, string]> = LINES.map(([label, key]) => [label, String(num(key))])
   const lookups = num('cache_hits') + num('cache_misses')
+  for (const [label, key] of SHARED_LINES) if (typeof s[key] === 'number') rows.push([label, String(num(key))])
   rows.splice(3, 0, ['Cache hit rate', lookups ? `${((100 * num('cache_hits')) / lookups).toFixed(2)} %` : '-'])
   rows.push(['Average cache hit', `${(num('average_hit_ms') / 1000).toFixed(3)} s`])
   rows.push(['Cache entries', String(num('cache_entries'))])

@@ -6,13 +6,13 @@
 // failed). The build never depends on this code being right about anything but cache keys.
 import { createHash } from 'node:crypto'
 import { lstat } from 'node:fs/promises'
-import { availableParallelism } from 'node:os'
+import { availableParallelism, setPriority } from 'node:os'
 import { basename, resolve } from 'node:path'
 import { execa } from 'execa'
 import type { CompileSpec } from '../compiler/types.js'
 import type { CacheEntry, LocalStore } from '../cache/local-store.js'
 import { FileHasher, type FileHash } from '../cache/file-hashes.js'
-import type { FileSet, ManifestStore } from '../cache/manifest.js'
+import { encodeManifest, parseManifest, type FileSet, type ManifestStore } from '../cache/manifest.js'
 import type { InputSet } from '../compiler/inputs.js'
 import { hashedInputs, type CompileJob, type CompilerFamily, type ContentKey, type Dependencies, type FamilyContext, type OutputBlobs, type RunPlan } from '../compiler/family.js'
 import { CFamily } from '../compiler/c-family.js'
@@ -22,6 +22,8 @@ import { Semaphore } from '../util/semaphore.js'
 import { writeFileAtomic } from '../util/atomic-write.js'
 import type { CompileRequest } from './launcher-protocol.js'
 import type { FamilyStats, Stats } from './stats.js'
+import type { SharedCache, SharedHit } from './shared-cache.js'
+import type { VerifiedKind } from '../cache/verifier.js'
 
 export { KEY_ENV } from '../compiler/c-family.js'
 
@@ -31,6 +33,9 @@ export type CompileReply =
   | { kind: 'fallback'; reason: string }
 
 const DEPEND_KEY_VERSION = 'meshcc-depend-1'
+const SHARED_MANIFEST_VERSION = 'meshcc-shared-manifest-1'
+/** a shared manifest set naming more files than this is not checked (a crate's dep-info is a few hundred) */
+const MAX_SHARED_SET_FILES = 20_000
 
 /** A miss that may be compiled on a mesh peer: a preprocessed C unit, or a command with its outputs (rustc). */
 export type RemoteJob = PreprocessedRemoteJob | CommandRemoteJob
@@ -114,8 +119,10 @@ export interface HashedInputs { set: InputSet; hashes: Array<FileHash | null> }
 /** A manifest entry to write once the result it points at is stored. */
 interface ManifestUpdate { direct: string; write: () => Promise<void> }
 interface LocalResult { exitCode: number; stdout: Buffer; stderr: Buffer }
-/** One request as the pipeline carries it. */
-interface Call { req: CompileRequest; job: CompileJob; stats: FamilyStats; requestStart: number }
+/** One request as the pipeline carries it; `held`: a verification keeps the job (its temp files) and disposes of it. */
+interface Call { req: CompileRequest; job: CompileJob; stats: FamilyStats; requestStart: number; held?: boolean }
+/** Who made a result this machine did not compile itself: the builder of a remote compile. */
+interface Producer { kind: VerifiedKind; peer: string }
 
 export class CompileService {
   /** file content hashes, memoised by stat: direct mode's checks, manifests and the inputs of jobs sent to peers */
@@ -137,6 +144,8 @@ export class CompileService {
   /** how the cache's writes fail now (ENOSPC on a full disk), so the log says it once, not once per compile */
   private writesFailing: string | null = null
   remote: RemoteRunner | null = null
+  /** the mesh and the second tier as one cache behind the local one ([cache] shared, remote); null: none */
+  shared: SharedCache | null = null
 
   constructor(private readonly opts: CompileServiceOptions) {
     this.cpu = new Semaphore(Math.max(1, opts.slots))
@@ -192,12 +201,13 @@ export class CompileService {
       // inputs). A source saved a moment ago (the edit-compile loop) goes the preprocessed way,
       // which can store its result where depend mode could not key it safely. A family without
       // a content key (rustc) keys every miss through depend mode.
+      // With a shared cache the key must be known before compiling, to ask the mesh: the preprocessed way too.
       const distributable = this.remote !== null && job.remoteBlocker === null && job.remoteJob !== undefined
       if (direct && job.listInputs && distributable && this.remote!.wants(this.cpu.running < this.opts.slots)) {
         const r = await this.compileListed(call, direct, started)
         if (r) return r
       }
-      if (direct && (!job.contentKey || (!dk!.sourceFresh && !preferPreprocessed && !distributable))) {
+      if (direct && (!job.contentKey || (!dk!.sourceFresh && !preferPreprocessed && !distributable && this.shared === null))) {
         const r = await this.compileDepend(call, direct)
         if (r) return r
       }
@@ -226,15 +236,13 @@ export class CompileService {
         // outputs could not be written (e.g. missing directory): the compiler reports that best
         return this.notCacheable(stats, 'output not writable')
       }
-      stats.inc('cache_misses')
-      log.debug(`${job.family} miss ${k.key.slice(0, 16)} ${job.input}`)
-      return await this.compileAndStore(call, k, record)
+      return await this.compileAndStore(call, k, record, started)
     } catch (err) {
       stats.fallback('daemon error')
       log.error(`compile of ${job.input} in ${req.cwd} failed inside the daemon: ${(err as Error).message}`)
       return { kind: 'fallback', reason: 'daemon error' }
     } finally {
-      await job.dispose()
+      if (!call.held) await job.dispose()
     }
   }
 
@@ -244,21 +252,34 @@ export class CompileService {
     return { kind: 'passthrough', reason }
   }
 
-  private async compileAndStore(call: Call, k: ContentKey, afterStore: ManifestUpdate | null): Promise<CompileReply> {
+  private async compileAndStore(call: Call, k: ContentKey, afterStore: ManifestUpdate | null, started: number): Promise<CompileReply> {
     const { job, stats } = call
     const { log } = this.opts
+    const remote = this.remote
+    const shipping = remote !== null && job.remoteBlocker === null && job.remoteJob !== undefined
+    const wantsPeer = shipping && remote.wants(this.cpu.running < this.opts.slots)
+
+    // After a local miss the shared cache is asked while the job is made ready to ship (the
+    // lookup has its own time budget); a verified hit is replayed as a local hit is.
+    const preparing = wantsPeer ? remote.prepare(job.remoteJob!(k)) : null
+    if (this.shared) {
+      const [hit] = await Promise.all([this.shared.lookup(k.key), preparing?.catch(() => null)])
+      const replay = hit && (await this.replayShared(call, k.key, hit, afterStore, started))
+      if (replay) return replay
+    }
+    stats.inc('cache_misses')
+    log.debug(`${job.family} miss ${k.key.slice(0, 16)} ${job.input}`)
 
     // Here when a local slot is free (unless a peer with room is clearly faster); else a peer
     // with room; with neither, wait for whichever comes first (a queued job never commits to
     // one side while the other frees up).
-    let outcome: { result: LocalResult; outputs: OutputBlobs | null } | null = null
+    let outcome: { result: LocalResult; outputs: OutputBlobs | null; producer?: Producer } | null = null
     /** why a miss meant for the mesh is compiled here after all (counted as a fallback) */
     let fallback: string | null = null
-    const remote = this.remote
-    if (!remote || job.remoteBlocker !== null || !job.remoteJob) {
+    if (!shipping) {
       fallback = this.unsentReason(job)
-    } else if (remote.wants(this.cpu.running < this.opts.slots)) {
-      const prepared = await remote.prepare(job.remoteJob(k))
+    } else if (preparing) {
+      const prepared = await preparing
       if ('unshippable' in prepared) fallback = `job not shippable (${prepared.unshippable})`
       while (!('unshippable' in prepared) && outcome === null) {
         const a = await remote.tryPeers(prepared)
@@ -283,7 +304,7 @@ export class CompileService {
           }
           stats.inc('remote_compiles')
           log.debug(`compiled ${job.input} on ${peer}`)
-          outcome = { result: { exitCode, stdout: taken.stdout, stderr: taken.stderr }, outputs: taken.outputs }
+          outcome = { result: { exitCode, stdout: taken.stdout, stderr: taken.stderr }, outputs: taken.outputs, producer: { kind: 'remote-compile', peer } }
           break
         }
         if (a.kind === 'failed') { fallback = `all attempts failed: ${a.reason}`; break }
@@ -308,7 +329,80 @@ export class CompileService {
       if ('kind' in r) return r
       outcome = { result: r, outputs: r.exitCode === 0 ? (await plan.collect()).outputs : null }
     }
-    return this.storeResult(call, k.key, outcome.result, outcome.outputs, afterStore)
+    return this.storeResult(call, k.key, outcome.result, outcome.outputs, afterStore, false, { producer: outcome.producer ?? null })
+  }
+
+  /**
+   * A verified entry from the mesh or the second tier: its outputs written as for a local hit,
+   * stored here, counted, and offered to the verifier. Null when it does not fit this request
+   * (the miss is compiled as usual).
+   */
+  private async replayShared(call: Call, key: string, hit: SharedHit, afterStore: ManifestUpdate | null, started: number): Promise<CompileReply | null> {
+    const { job, stats } = call
+    const replay = await this.writeOutputs(job, hit.entry)
+    if (!replay) return null
+    stats.inc('cache_hits')
+    stats.inc(hit.source === 'mesh' ? 'mesh_hits' : 'tier_hits')
+    stats.hitTime(performance.now() - started)
+    this.opts.log.debug(`${job.family} ${hit.source} hit ${key.slice(0, 16)} ${job.input} (made by ${hit.producer})`)
+    this.storeLocally(call, key, hit.entry, afterStore)
+    this.verifyLater(call, key, hit.entry, { kind: hit.source === 'mesh' ? 'mesh-hit' : 'tier-hit', peer: hit.producer })
+    return replay
+  }
+
+  /**
+   * Offer a result this machine did not make to the verifier ([cache] verify_rate). A sampled job
+   * keeps its temp files (the depfile the preprocessor wrote) until the verification is done.
+   * True when it was sampled.
+   */
+  private verifyLater(call: Call, key: string, entry: CacheEntry, producer: Producer, onMatch?: () => void): boolean {
+    const { job } = call
+    if (!this.shared || !job.compilePlan || !job.contentKey) return false
+    // a depfile made in another checkout names that checkout's files: a hit there writes this
+    // build's own (restore), so only a depfile made here is compared
+    const elsewhere = entry.meta?.cwd !== undefined && entry.meta.cwd !== call.req.cwd
+    const taken = this.shared.verify({
+      key, entry, producer: producer.peer, kind: producer.kind, onMatch, ignore: elsewhere ? ['dep'] : undefined,
+      recompile: () => this.recompile(call, key),
+      // the wrong result stays in no cache here: the local compile's replaces it
+      onMismatch: (fresh) => this.storeLocally(call, key, { ...entry, outputs: fresh }, null),
+      release: () => { void job.dispose() }
+    })
+    if (taken) call.held = true
+    return taken
+  }
+
+  /**
+   * The verifier's compile: the same command here, at the lowest CPU priority, into temp outputs.
+   * Null when it failed or the inputs changed since the key was taken (a difference would prove
+   * nothing about the producer).
+   */
+  private async recompile(call: Call, key: string): Promise<OutputBlobs | null> {
+    const { req, job } = call
+    const plan = job.compilePlan!()
+    const sub = execa(req.compiler, plan.args, {
+      cwd: req.cwd, env: this.planEnv(req, plan), extendEnv: false, stdin: 'ignore', reject: false,
+      encoding: 'buffer', stripFinalNewline: false, maxBuffer: 64 * 1024 * 1024
+    })
+    try { if (sub.pid !== undefined) setPriority(sub.pid, 19) } catch { /* it may have exited already */ }
+    const r = await sub
+    if (r.exitCode !== 0) return null
+    const { outputs } = await plan.collect()
+    const now = await job.contentKey!()
+    if (typeof now !== 'object' || !('key' in now) || now.key !== key) return null
+    return outputs
+  }
+
+  /** Keep an entry in the local cache in the background; then the manifest that points at it. */
+  private storeLocally(call: Call, key: string, entry: CacheEntry, afterStore: ManifestUpdate | null): void {
+    this.track(this.opts.store.put(key, entry).then(
+      async () => {
+        call.stats.inc('cache_writes')
+        this.writeWorked()
+        if (afterStore) await afterStore.write()
+      },
+      (err: Error) => { call.stats.inc('cache_errors'); this.writeFailed(`cache entry ${key}`, err) }
+    ), afterStore?.direct)
   }
 
   /**
@@ -329,13 +423,8 @@ export class CompileService {
   private async localCompile(call: Call, plan: RunPlan, fallback = false): Promise<LocalResult | CompileReply> {
     const { req } = call
     const sem = fallback && this.opts.slots === 0 ? this.fallbackCpu : this.cpu
-    let env = req.env
-    if (plan.dropEnv?.some((k) => env[k] !== undefined)) {
-      env = { ...env }
-      for (const k of plan.dropEnv) delete env[k]
-    }
     const r = await sem.run(() => execa(req.compiler, plan.args, {
-      cwd: req.cwd, env, extendEnv: false, stdin: 'ignore', reject: false,
+      cwd: req.cwd, env: this.planEnv(req, plan), extendEnv: false, stdin: 'ignore', reject: false,
       encoding: 'buffer', stripFinalNewline: false, maxBuffer: 64 * 1024 * 1024
     }))
     call.stats.inc('local_compiles')
@@ -349,12 +438,23 @@ export class CompileService {
     return { exitCode: r.exitCode, stdout, stderr }
   }
 
+  /** The request's environment without the variables the plan drops. */
+  private planEnv(req: CompileRequest, plan: RunPlan): Record<string, string> {
+    if (!plan.dropEnv?.some((k) => req.env[k] !== undefined)) return req.env
+    const env = { ...req.env }
+    for (const k of plan.dropEnv) delete env[k]
+    return env
+  }
+
   /**
    * Hand a finished compile to the user and, when it succeeded, to the cache under `key`;
-   * `inPlace`: the compiler wrote the outputs where the user expects them already.
+   * `inPlace`: the compiler wrote the outputs where the user expects them already. `share`:
+   * the key is a content key others can look up, so the result goes to the shared cache too
+   * (a remote compile's after its verification when one is sampled); `producer` made it when
+   * not this machine.
    */
   private async storeResult(call: Call, key: string | null, result: LocalResult, outputs: OutputBlobs | null,
-    afterStore: ManifestUpdate | null, inPlace = false): Promise<CompileReply> {
+    afterStore: ManifestUpdate | null, inPlace = false, share: { producer: Producer | null } | null = null): Promise<CompileReply> {
     const { req, job, stats } = call
     const { log } = this.opts
     if (result.exitCode !== 0) {
@@ -368,14 +468,12 @@ export class CompileService {
     const entry: CacheEntry = { exitCode: 0, stdout: result.stdout, stderr: result.stderr, outputs, meta: job.entryMeta() }
     if (!inPlace && !(await this.writeOutputs(job, entry))) return this.notCacheable(stats, 'output not writable')
     if (key !== null) {
-      this.track(this.opts.store.put(key, entry).then(
-        async () => {
-          stats.inc('cache_writes')
-          this.writeWorked()
-          if (afterStore) await afterStore.write()
-        },
-        (err: Error) => { stats.inc('cache_errors'); this.writeFailed(`cache entry ${key}`, err) }
-      ), afterStore?.direct)
+      this.storeLocally(call, key, entry, afterStore)
+      const shared = this.shared
+      if (shared && share) {
+        const publish = () => shared.publish(key, entry)
+        if (!share.producer || !this.verifyLater(call, key, entry, share.producer, publish)) publish()
+      }
     }
     return { kind: 'result', exitCode: 0, stdout: result.stdout, stderr: result.stderr }
   }
@@ -390,6 +488,8 @@ export class CompileService {
     const { job, stats } = call
     const plan = job.dependPlan()
     if (plan === null) return null
+    const fromShared = this.shared && (await this.sharedDependLookup(call, direct, performance.now()))
+    if (fromShared) return fromShared
     stats.inc('cache_misses')
     this.opts.log.debug(`${job.family} miss (depend mode) ${direct.slice(0, 16)} ${job.input}`)
     const fallback = this.unsentReason(job)
@@ -405,8 +505,43 @@ export class CompileService {
       key = dependKey(direct, set)
       const entry: FileSet = { ...set, result: key }
       record = { direct, write: () => this.manifestWrite(direct, this.opts.direct!.add(direct, entry)) }
+      // the others find the result through this set: published beside it
+      const data = Buffer.from(encodeManifest(direct, { sets: [entry], preprocess: false }))
+      if (r.exitCode === 0 && outputs) this.shared?.publish(sharedManifestKey(direct), { exitCode: 0, stdout: Buffer.alloc(0), stderr: Buffer.alloc(0), outputs: [{ name: 'manifest', data }] })
     }
-    return await this.storeResult(call, key, r, outputs, record, plan.inPlace)
+    return await this.storeResult(call, key, r, outputs, record, plan.inPlace, key ? { producer: null } : null)
+  }
+
+  /**
+   * A depend-mode key is known only after the compile, too late to ask anyone: the mesh carries
+   * the producer's manifest set under a key made from the direct key, and the result under its
+   * own. A set is used only when every file (and fact) it names is the same here and its result
+   * key is the one those files make (a member cannot point a command at another result).
+   */
+  private async sharedDependLookup(call: Call, direct: string, started: number): Promise<CompileReply | null> {
+    const found = await this.shared!.lookup(sharedManifestKey(direct))
+    const text = found?.entry.outputs.find((o) => o.name === 'manifest')?.data.toString('utf8')
+    if (!text) return null
+    const m = parseManifest(text, direct)
+    if (typeof m === 'string') {
+      this.opts.log.warn(`shared manifest for ${direct.slice(0, 16)} from ${found!.producer} is unusable: ${m}`)
+      return null
+    }
+    const set = m.sets[0]
+    if (!set || set.files.length > MAX_SHARED_SET_FILES || dependKey(direct, set) !== set.result || !(await this.setMatches(call, set))) return null
+    const hit = await this.shared!.lookup(set.result)
+    if (!hit) return null
+    const record: ManifestUpdate = { direct, write: () => this.manifestWrite(direct, this.opts.direct!.add(direct, set)) }
+    return await this.replayShared(call, set.result, hit, record, started)
+  }
+
+  /** Every file a manifest set names still has its recorded hash here, and every fact its value. */
+  private async setMatches(call: Call, set: FileSet): Promise<boolean> {
+    const { req, job } = call
+    // a relative path (rustc's sources under the working directory) is this build's file
+    const now = await Promise.all(set.files.map(([p]) => this.hasher.hash(p.startsWith('/') ? p : resolve(req.cwd, p))))
+    if (!now.every((f, i) => f !== null && f.hash === set.files[i][1])) return false
+    return !set.env || set.env.every(([name, value]) => (job.fact ? job.fact(name) : req.env[name] ?? null) === value)
   }
 
   /**
@@ -432,9 +567,8 @@ export class CompileService {
       this.track(record.write(), direct)
       return replay
     }
-    stats.inc('cache_misses')
-    this.opts.log.debug(`${job.family} miss (listed) ${key.slice(0, 16)} ${job.input}`)
-    return this.compileAndStore(call, { key, inputs: listed.ship }, record)
+    // counted as a miss there, after the shared cache was asked
+    return this.compileAndStore(call, { key, inputs: listed.ship }, record, started)
   }
 
   /** Place an entry's outputs where the compiler would have written them, each atomically; the replay, or null. */
@@ -464,7 +598,7 @@ export class CompileService {
 
   /** A hit found through the manifest: every recorded file (and variable) still has its recorded hash (and value). */
   private async directLookup(call: Call, direct: string): Promise<{ hit: CompileReply | null; preprocess: boolean }> {
-    const { req, job } = call
+    const { job } = call
     await this.manifestWrites.get(direct)
     const manifest = await this.opts.direct!.get(direct)
     if (manifest.damaged !== null) {
@@ -472,10 +606,7 @@ export class CompileService {
       this.opts.log.warn(`manifest ${direct} was damaged and has been removed: ${manifest.damaged}`)
     }
     for (const set of manifest.sets) {
-      // a relative path (rustc's sources under the working directory) is this build's file
-      const now = await Promise.all(set.files.map(([p]) => this.hasher.hash(p.startsWith('/') ? p : resolve(req.cwd, p))))
-      if (!now.every((f, i) => f !== null && f.hash === set.files[i][1])) continue
-      if (set.env && !set.env.every(([name, value]) => (job.fact ? job.fact(name) : req.env[name] ?? null) === value)) continue
+      if (!(await this.setMatches(call, set))) continue
       const got = await this.storeGet(set.result)
       if (got === null) continue
       const replay = await this.writeOutputs(job, got)
@@ -550,6 +681,11 @@ export class CompileService {
   async drain(): Promise<void> {
     await Promise.all([...this.pendingWrites])
   }
+}
+
+/** Where the mesh holds the manifest set of a direct key (rustc's depend-mode results). */
+function sharedManifestKey(direct: string): string {
+  return createHash('sha256').update(`${SHARED_MANIFEST_VERSION}\0${direct}`).digest('hex')
 }
 
 /** The result key of a depend-mode compile: its direct key and every file (and variable) it read. */

@@ -7,7 +7,8 @@ import { statSync } from 'node:fs'
 import { ConfigError, configFilePath, loadConfig, type Config, type ConfigSource } from '../config.js'
 
 /** Keys a running daemon applies without a restart: "section.key". */
-export const LIVE_KEYS = new Set(['daemon.idle_timeout', 'daemon.mesh_idle_timeout', 'cache.size', 'log.level', 'build.local_slots', 'build.offer', 'build.job_timeout', 'build.job_disk', 'build.job_memory'])
+export const LIVE_KEYS = new Set(['daemon.idle_timeout', 'daemon.mesh_idle_timeout', 'cache.size', 'log.level', 'build.local_slots', 'build.offer', 'build.job_timeout', 'build.job_disk', 'build.job_memory',
+  'cache.shared', 'cache.shared_size', 'cache.trust', 'cache.remote', 'cache.verify_rate'])
 
 export type ConfigChange =
   | { kind: 'unchanged' }

@@ -22,6 +22,7 @@ import { MeshService } from './mesh-service.js'
 import { everyAligned } from '../util/aligned-timer.js'
 import { ConfigWatch, describeKeys } from './config-watch.js'
 import { spawnDaemon } from './spawn.js'
+import { openSharedCache } from './shared-cache.js'
 
 export class DaemonStartError extends Error {}
 
@@ -96,6 +97,8 @@ export async function startDaemon(config: Config, foreground: boolean): Promise<
   let meshStarted = false
   let lastActivity = Date.now()
   let shuttingDown: Promise<void> | null = null
+  /** the shared cache's (re)starts, one at a time: the mesh's start, config reloads */
+  let sharedChain: Promise<void> = Promise.resolve()
   let resolveClosed!: () => void
   const closed = new Promise<void>((r) => { resolveClosed = r })
 
@@ -139,6 +142,7 @@ export async function startDaemon(config: Config, foreground: boolean): Promise<
       compiles.setSlots(next.build.localSlots)
       Object.assign(config.build, { localSlots: next.build.localSlots, offer: next.build.offer, jobTimeout: next.build.jobTimeout, jobDisk: next.build.jobDisk, jobMemory: next.build.jobMemory })
       Object.assign(config.daemon, { idleTimeout: next.daemon.idleTimeout, meshIdleTimeout: next.daemon.meshIdleTimeout })
+      applySharedKeys(next, live.map((k) => `${k.section}.${k.key}`))
       mesh?.loadChanged()
       log.info(`config reloaded: ${describeKeys(live)} applied`)
     }
@@ -147,6 +151,48 @@ export async function startDaemon(config: Config, foreground: boolean): Promise<
       log.info(`${restartFor}: ${foreground ? 'restart the daemon to apply it' : 'the daemon restarts itself when idle'}`)
     }
     return [live.length > 0 ? `applied ${describeKeys(live)}` : '', restart.length > 0 ? `${describeKeys(restart)} ${foreground ? 'need a restart' : 'apply when the daemon restarts itself (when idle)'}` : ''].filter(Boolean).join('; ')
+  }
+
+  /**
+   * The shared cache follows [cache] shared, shared_size, trust, remote and verify_rate: a new
+   * rate applies at once; the others stop the shared cache and start it again from the new config.
+   */
+  function applySharedKeys(next: Config, changed: string[]): void {
+    const c = next.cache
+    if (changed.includes('cache.verify_rate')) {
+      config.cache.verifyRate = c.verifyRate
+      compiles.shared?.setVerifyRate(c.verifyRate)
+    }
+    if (!['cache.shared', 'cache.shared_size', 'cache.trust', 'cache.remote'].some((k) => changed.includes(k))) return
+    Object.assign(config.cache, { shared: c.shared, sharedSize: c.sharedSize, trust: c.trust, remote: c.remote })
+    restartShared(true)
+  }
+
+  /** (Re)open the shared cache (after the mesh started; `meshToo`: the mesh's part as well). */
+  function restartShared(meshToo: boolean): void {
+    sharedChain = sharedChain.then(async () => {
+      if (shuttingDown) return
+      const old = compiles.shared
+      compiles.shared = null
+      await old?.stop()
+      if (meshToo) await mesh?.restartMeshCache()
+      const next = await openSharedCache(config, mesh?.meshCache ?? null, log.child('shared'))
+        .catch((err: Error) => { log.error(`shared cache not started: ${err.message}`); return null })
+      if (next && mesh) mesh.runner.distrusted = (peer) => next.trust.refusalToHold(peer) !== null
+      compiles.shared = next
+    })
+  }
+
+  /** The shared cache's counters for -s: remote hits are in the saved stats, the rest since the daemon started. */
+  function sharedStats(): Record<string, number> {
+    const s = compiles.shared?.status()
+    if (!s) return {}
+    return {
+      entries_served: s.mesh?.entries_served ?? 0, entries_stored_for_others: s.mesh?.entries_stored_for_others ?? 0,
+      shared_entries: s.mesh?.shared_entries ?? 0, shared_bytes: s.mesh?.shared_bytes ?? 0,
+      entries_published: s.mesh?.entries_published ?? 0, tier_writes: s.tier?.tier_writes ?? 0,
+      verifications: s.verifier.verifications, verify_mismatches: s.verifier.verify_mismatches, verify_skipped: s.verifier.verify_skipped
+    }
   }
 
   /** A new meshcc installed over this one: restart into it when idle. */
@@ -174,7 +220,7 @@ export async function startDaemon(config: Config, foreground: boolean): Promise<
       case 'stats': {
         const s = stats.snapshot()
         const st = store.stats()
-        return JSON.stringify({ ...s, cache_entries: st.entries, cache_size_bytes: st.bytes, cache_max_bytes: st.maxBytes, cache_dir: config.cache.dir, version: VERSION })
+        return JSON.stringify({ ...s, ...sharedStats(), cache_entries: st.entries, cache_size_bytes: st.bytes, cache_max_bytes: st.maxBytes, cache_dir: config.cache.dir, version: VERSION })
       }
       case 'zero': stats.zero(); return 'statistics zeroed'
       case 'clear': {
@@ -194,7 +240,8 @@ export async function startDaemon(config: Config, foreground: boolean): Promise<
           memory: memoryStatus(), pending_request_bytes: pendingRequestBytes
         },
         mesh: mesh?.status() ?? null,
-        mesh_note: mesh ? null : meshNote
+        mesh_note: mesh ? null : meshNote,
+        shared: compiles.shared?.status() ?? null
       })
       default: throw new ProtocolError(`unknown admin command ${command}`)
     }
@@ -298,6 +345,8 @@ export async function startDaemon(config: Config, foreground: boolean): Promise<
       while (active > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50))
       await compiles.drain()
       await meshStarting
+      await sharedChain
+      await compiles.shared?.stop().catch((err) => log.warn(`shared cache stop: ${(err as Error).message}`))
       await mesh?.stop().catch((err) => log.warn(`mesh stop: ${(err as Error).message}`))
       await store.close()
       stats.flush()
@@ -346,6 +395,7 @@ export async function startDaemon(config: Config, foreground: boolean): Promise<
     })
     .finally(() => {
       meshStarted = true
+      restartShared(false)
       const idle = idleTimeoutFor(config, mesh !== null)
       log.info(idle > 0 ? `exits after ${idle} s without a request ([daemon] ${mesh ? 'mesh_idle_timeout' : 'idle_timeout'})` : `stays up while idle${mesh ? ' (in a mesh: [daemon] mesh_idle_timeout = 0)' : ''}`)
     })

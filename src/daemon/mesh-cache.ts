@@ -243,6 +243,7 @@ export class MeshCache {
   /** Drop the backlog, abort uploads in flight, close the store of entries held for others. */
   async stop(): Promise<void> {
     this.stopping.abort()
+    await this.server?.stop().catch(() => {})
     await this.queue.stop()
     await this.opts.store?.close()
   }

@@ -88,6 +88,25 @@ export interface MeshStatus {
 
 export interface ToolchainTransfer { hash: string; peer: string; direction: 'sent' | 'received'; bytes: number; ms: number; at: string }
 
+/**
+ * MESHCC_SHARED_LINK_MS and MESHCC_SHARED_BUDGET_MS: the RTT above which the shared cache asks no
+ * member (default 50 ms) and the longest a lookup waits for an answer (default 400 ms). A loaded
+ * machine measures 100 ms and more on loopback, so tests of daemons on one host raise both.
+ */
+function linkTuning(log: Logger): { goodLinkRttMs?: number; maxBudgetMs?: number } {
+  const ms = (name: string): number | undefined => {
+    const text = process.env[name]
+    if (text === undefined) return undefined
+    const n = Number(text)
+    if (Number.isFinite(n) && n > 0) return n
+    log.warn(`${name}="${text.slice(0, 40)}" is not a positive number of milliseconds; ignored`)
+    return undefined
+  }
+  const goodLinkRttMs = ms('MESHCC_SHARED_LINK_MS')
+  const maxBudgetMs = ms('MESHCC_SHARED_BUDGET_MS')
+  return { ...(goodLinkRttMs ? { goodLinkRttMs } : {}), ...(maxBudgetMs ? { maxBudgetMs } : {}) }
+}
+
 /** A relative CPU speed figure: how fast this machine hashes a fixed buffer (higher is faster). */
 function measureSpeed(): number {
   const buf = Buffer.alloc(4 * 1024 * 1024, 7)
@@ -182,11 +201,7 @@ export class MeshService {
     }, onProtocolError('toolchain transfer'), (sent) => svc?.recordTransfer({ ...sent, direction: 'sent' }))
     const refreshPacked = everyAligned(2000, () => { void r.heldToolchains().then((h) => { packed = h }) }, { unref: true })
     svc = new MeshService(mesh, config, log, builder, runner, toolchains, inputs)
-    if (config.cache.shared) {
-      // a bad [cache] trust entry costs the shared cache, not the mesh
-      svc.meshCache = await (await import('./mesh-cache.js')).startMeshCache(config, mesh, log.child('shared'))
-        .catch((err: Error) => { log.error(`shared cache not started: ${err.message}`); return null })
-    }
+    await svc.restartMeshCache()
     svc.stopTimers.push(() => refreshPacked.stop(), () => inputs.stop(), () => r.stop())
     log.info(`mesh ${mesh.meshId}: peer ${mesh.peerId} listening on ${mesh.addresses().join(' ')}`)
     if (config.shim.enabled) {
@@ -194,6 +209,22 @@ export class MeshService {
       svc.electShim(mesh.members())
     }
     return svc
+  }
+
+  /**
+   * (Re)start the mesh as a shared cache from the config as it is now ([cache] shared,
+   * shared_size, trust; a reload changes them): the old one stops serving first.
+   */
+  async restartMeshCache(): Promise<void> {
+    const old = this.meshCache
+    this.meshCache = null
+    await old?.stop()
+    if (this.config.cache.shared) {
+      // a bad [cache] trust entry costs the shared cache, not the mesh
+      this.meshCache = await (await import('./mesh-cache.js')).startMeshCache(this.config, this.mesh, this.log.child('shared'), linkTuning(this.log))
+        .catch((err: Error) => { this.log.error(`shared cache not started: ${err.message}`); return null })
+    }
+    this.mesh.notifyLoadChanged()
   }
 
   /** The daemon's load changed (a job started or ended): tell the mesh now. */

@@ -63,6 +63,8 @@ export class MeshRemoteRunner implements RemoteRunner {
   /** the jobs in flight to each peer, to abandon when it leaves the view */
   private readonly running = new Map<string, Set<AbortController>>()
   private readonly unsubscribe: () => void
+  /** builders whose results failed a verification ([cache] verify_rate): sent no jobs until an operator clears them */
+  distrusted: (peer: string) => boolean = () => false
 
   constructor(private readonly opts: { mesh: Mesh; config: Config; log: Logger; stats: Stats; toolchainDir: string }) {
     // a builder that left the view (silent past the expiry: a dead link, a crash) will not
@@ -90,7 +92,11 @@ export class MeshRemoteRunner implements RemoteRunner {
     }
     // any member that accepts jobs: the caller waits for room there or for a local slot
     const now = Date.now()
-    return this.opts.mesh.members().some((m) => !m.self && m.load.accept !== 'never' && (this.backoff.get(m.peerId) ?? 0) < now && this.opts.mesh.isAllowed(m.peerId) && (m.connection !== 'none' || m.dialable))
+    return this.opts.mesh.members().some((m) => !m.self && m.load.accept !== 'never' && (this.backoff.get(m.peerId) ?? 0) < now && this.usable(m.peerId) && (m.connection !== 'none' || m.dialable))
+  }
+
+  private usable(peer: string): boolean {
+    return this.opts.mesh.isAllowed(peer) && !this.distrusted(peer)
   }
 
   private candidates(exclude: ReadonlySet<string> = new Set(), members: MeshMember[] = this.opts.mesh.members()): MeshMember[] {
@@ -98,7 +104,7 @@ export class MeshRemoteRunner implements RemoteRunner {
     // a member we have no connection to only when a dial is likely to work: a dial that fails
     // costs the job its wait (libp2p's dial timeout) before the next peer or a local compile
     return members.filter((m) => !m.self && !exclude.has(m.peerId) && m.load.accept !== 'never' &&
-      this.effectiveFree(m) > 0 && (this.backoff.get(m.peerId) ?? 0) < now && this.opts.mesh.isAllowed(m.peerId) &&
+      this.effectiveFree(m) > 0 && (this.backoff.get(m.peerId) ?? 0) < now && this.usable(m.peerId) &&
       (m.connection !== 'none' || m.dialable))
   }
 

@@ -114,6 +114,8 @@ export interface CacheServeOptions {
 export interface CacheExchangeServer {
   heldBytes(): number
   openStreams(): number
+  /** stop answering (a config reload that turns sharing off or restarts it) */
+  stop(): Promise<void>
 }
 
 async function refuse(f: Framed, reason: string): Promise<void> {
@@ -170,5 +172,5 @@ export async function serveCacheExchange(node: Libp2p, meshId: string, handler: 
       await f.close()
     }
   }, { maxInboundStreams: 2 * maxStreams })
-  return { heldBytes: () => held.total, openStreams: () => streams.total }
+  return { heldBytes: () => held.total, openStreams: () => streams.total, stop: () => node.unhandle(cacheExchangeProtocol(meshId)) }
 }
