@@ -129,19 +129,7 @@ class CJob implements CompileJob {
     const { req, spec } = this
     const src = await this.ctx.hasher.hash(resolve(req.cwd, spec.input))
     if (src === null || src.volatile) return null
-    const h = createHash('sha256')
-    const field = (s: string) => { h.update(s); h.update('\0') }
-    field(DIRECT_KEY_VERSION)
-    field(this.compilerHash)
-    field(basename(req.compiler))
-    field(spec.family)
-    field(spec.language)
-    for (const a of spec.keyArgs) field(a)
-    field('--')
-    // where the build lies enters only as debug info holds it; a manifest set whose compile
-    // wrote names otherwise records the working directory as a fact (recordSet)
-    field(this.compDirField())
-    if (spec.depTarget !== null) field(`deptarget=${spec.depTarget}`)
+    const { h, field } = this.keyHead(DIRECT_KEY_VERSION)
     for (const name of [...KEY_ENV, ...INCLUDE_ENV]) if (req.env[name] !== undefined) field(`${name}=${keyEnvValue(name, req.env[name]!, req.cwd)}`)
     field(`source=${src.hash}`)
     return { key: h.digest('hex'), sourceFresh: src.newerThan(requestStart - TOO_NEW_MS) }
@@ -201,17 +189,7 @@ class CJob implements CompileJob {
 
   private async keyFrom(directivesOnly: boolean): Promise<CKey | 'incbin' | 'full' | null> {
     const { req, spec, ctx } = this
-    const h = createHash('sha256')
-    const field = (s: string) => { h.update(s); h.update('\0') }
-    field(KEY_VERSION)
-    field(this.compilerHash)
-    field(basename(req.compiler)) // g++ and gcc may share a binary but not a language default
-    field(spec.family)
-    field(spec.language)
-    for (const a of spec.keyArgs) field(a)
-    field('--')
-    field(this.compDirField())
-    if (spec.depTarget !== null) field(`deptarget=${spec.depTarget}`)
+    const { h, field } = this.keyHead(KEY_VERSION)
     for (const name of KEY_ENV) if (req.env[name] !== undefined) field(`${name}=${req.env[name]}`)
     field(directivesOnly ? '--directives-only--' : '--preprocessed--')
 
@@ -385,6 +363,25 @@ class CJob implements CompileJob {
       files.push({ path: resolve(this.req.cwd, o.path), data })
     }
     return { files, stdout, stderr }
+  }
+
+  /** What both keys (direct and preprocessed) start with: the compiler, the language, the arguments, where the build lies. */
+  private keyHead(version: string): { h: ReturnType<typeof createHash>; field: (s: string) => void } {
+    const { req, spec } = this
+    const h = createHash('sha256')
+    const field = (s: string) => { h.update(s); h.update('\0') }
+    field(version)
+    field(this.compilerHash)
+    field(basename(req.compiler)) // g++ and gcc may share a binary but not a language default
+    field(spec.family)
+    field(spec.language)
+    for (const a of spec.keyArgs) field(a)
+    field('--')
+    // where the build lies enters only as debug info holds it; a manifest set whose compile
+    // wrote names otherwise records the working directory as a fact (recordSet)
+    field(this.compDirField())
+    if (spec.depTarget !== null) field(`deptarget=${spec.depTarget}`)
+    return { h, field }
   }
 
   /** The depfile this build's compile writes, from a preprocessor run (its text discarded); null when it fails. */
