@@ -4,7 +4,7 @@
 // launcher, and compares every object with plain gcc's.
 import { execFileSync } from 'node:child_process'
 import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, truncateSync, writeFileSync, writeSync } from 'node:fs'
-import { join } from 'node:path'
+import { join, resolve } from 'node:path'
 import { createInstance, type Instance } from '../../test/helpers/meshcc.js'
 import {
   CFLAGS, daemonCounters, daemonStatus, fmtMiB, inParallel, makeThrough, plainObjects, pollFor, writeUnits, wrongObjects,
@@ -38,7 +38,8 @@ function cacheFilesByUnit(cacheDir: string, project: string, units: string[]): M
       const text = readFileSync(file, 'utf8')
       const doc = JSON.parse(text.slice(text.indexOf('\n') + 1)) as { sets: Array<{ files: Array<[string, string]>; result: string }> }
       const set = doc.sets[0]
-      const unit = units.find((u) => set?.files.some(([p]) => p === join(project, 'src', `${u}.c`)))
+      // manifests record files under the working directory relative to it (make runs in the project)
+      const unit = units.find((u) => set?.files.some(([p]) => resolve(project, p) === join(project, 'src', `${u}.c`)))
       if (!unit || !set) continue
       out.set(unit, { manifest: file, entry: join(cacheDir, set.result.slice(0, 2), set.result) })
     }
