@@ -4,7 +4,10 @@
 // halfway stays green; a member answering with garbage signatures has its entries refused;
 // verify_rate = 1.0 catches a builder returning a wrong object and distrusts it; Redis and nginx
 // WebDAV as the second tier give hits to a member with nothing in the mesh, and a dead store
-// costs no build. All at one checkout path (path-independent keys are another change).
+// costs no build. A builds in one checkout, B in another at a different absolute path and depth
+// (a CI workspace and a developer's tree): without -g every unit is shared as it is; with -g the
+// build's own -ffile-prefix-map=<checkout>=. (the README's opt-in) makes it shared, and B's
+// verification of those hits (verify_rate = 1.0) finds A honest.
 import { test, before, after } from 'node:test'
 import assert from 'node:assert/strict'
 import { mkdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs'
@@ -15,7 +18,7 @@ import { assertSameFiles, snapshot } from './helpers/compare.js'
 import { startNginxDav, startRedis, stopStores, stopped } from './helpers/stores.js'
 import { generateMeshKey, writeMeshKey } from '../src/mesh/keys.js'
 import { startMesh, type Mesh } from '../src/mesh/mesh.js'
-import { loadConfig } from '../src/config.js'
+import { DEFAULT_VERIFY_RATE, loadConfig } from '../src/config.js'
 import { silentLogger } from '../src/log.js'
 import { sealEntry } from '../src/cache/signed-entry.js'
 import { putEntry, serveCacheExchange } from '../src/mesh/protocols/cache-exchange.js'
@@ -26,10 +29,11 @@ const all: Instance[] = []
 const meshes: Mesh[] = []
 let keyFile = ''
 let A: Instance, B: Instance, C: Instance
-/** one checkout, one build directory: every member builds at the same path */
+/** A's checkout (and the one the other members use); B's, deeper, elsewhere; each builds in <checkout>/build */
 let src = ''
-const build = () => join(src, 'build')
-const objDir = () => join(build(), 'CMakeFiles', 'app.dir', 'src')
+let srcB = ''
+const build = (root = src) => join(root, 'build')
+const objDir = (root = src) => join(build(root), 'CMakeFiles', 'app.dir', 'src')
 const UNITS = 10
 
 function daemon(name: string, o: { build?: string; cache?: string; bootstrap?: string[]; mesh?: boolean }): Instance {
@@ -60,22 +64,29 @@ function writeProject(root: string, units: number): void {
   writeTree(root, files)
 }
 
-async function cmakeBuild(env: NodeJS.ProcessEnv | null, cxxFlags: string, targets: string[] = []): Promise<void> {
-  if (targets.length === 0) rmSync(build(), { recursive: true, force: true })
+/** The CMake configure step (Debug; `$ROOT` in `cxxFlags` is the checkout), with meshcc as the launcher when `env` is a member's. */
+async function cmakeConfigure(env: NodeJS.ProcessEnv | null, cxxFlags: string, root = src): Promise<void> {
+  const c = await runCommand('cmake', ['-S', root, '-B', build(root), '-G', 'Ninja', '-DCMAKE_CXX_COMPILER=g++', '-DCMAKE_BUILD_TYPE=Debug',
+    `-DCMAKE_CXX_FLAGS_DEBUG=${/(^| )-g( |$)/.test(cxxFlags) ? '-g ' : ''}-O0`, `-DCMAKE_CXX_FLAGS=${cxxFlags.replaceAll('$ROOT', root)}`,
+    ...(env ? [`-DCMAKE_CXX_COMPILER_LAUNCHER=${MESHCC}`] : [])], { env: env ?? process.env })
+  assert.equal(c.code, 0, c.stdout + c.stderr)
+}
+
+/** A clean configure and build of the checkout at `root`, or just `targets` in its configured build directory. */
+async function cmakeBuild(env: NodeJS.ProcessEnv | null, cxxFlags: string, targets: string[] = [], root = src): Promise<void> {
   if (targets.length === 0) {
-    const c = await runCommand('cmake', ['-S', src, '-B', build(), '-G', 'Ninja', '-DCMAKE_CXX_COMPILER=g++', '-DCMAKE_BUILD_TYPE=Debug',
-      '-DCMAKE_CXX_FLAGS_DEBUG=-O0', `-DCMAKE_CXX_FLAGS=${cxxFlags}`, ...(env ? [`-DCMAKE_CXX_COMPILER_LAUNCHER=${MESHCC}`] : [])], { env: env ?? process.env })
-    assert.equal(c.code, 0, c.stdout + c.stderr)
+    rmSync(build(root), { recursive: true, force: true })
+    await cmakeConfigure(env, cxxFlags, root)
   }
-  const r = await runCommand('ninja', ['-C', build(), '-j2', ...targets], { env: env ?? process.env, timeoutMs: 240_000 })
+  const r = await runCommand('ninja', ['-C', build(root), '-j2', ...targets], { env: env ?? process.env, timeoutMs: 240_000 })
   assert.equal(r.code, 0, r.stdout + r.stderr)
 }
 
-/** A plain build's objects (no meshcc), kept aside for comparison. */
-async function plainObjects(cxxFlags: string): Promise<Map<string, Buffer>> {
-  await cmakeBuild(null, cxxFlags)
-  const objs = snapshot(objDir(), ['.o', '.d'])
-  rmSync(build(), { recursive: true, force: true })
+/** A plain build's objects and depfiles (no meshcc) at `root`, kept aside for comparison. */
+async function plainObjects(cxxFlags: string, root = src): Promise<Map<string, Buffer>> {
+  await cmakeBuild(null, cxxFlags, [], root)
+  const objs = snapshot(objDir(root), ['.o', '.d'])
+  rmSync(build(root), { recursive: true, force: true })
   return objs
 }
 
@@ -117,7 +128,9 @@ before(async () => {
   keyFile = join(keyDir.dir, 'mesh.key')
   writeMeshKey(keyFile, generateMeshKey())
   src = join(keyDir.dir, 'checkout')
+  srcB = join(keyDir.dir, 'home', 'dev', 'src', 'proj')
   writeProject(src, UNITS)
+  writeProject(srcB, UNITS)
   // A and B build only here; C is the mesh's builder (and an owner like the others)
   A = daemon('sh-a', { build: 'offer = "never"', cache: 'shared_size = "64M"\n' })
   const boot = (await startMeshDaemon(A)).mesh!.addresses.filter((a) => a.includes('/127.0.0.1/'))
@@ -134,23 +147,29 @@ after(async () => {
   await stopStores()
 })
 
-test('B, its cache empty, gets a CMake project A built from the mesh: >= 90 % mesh hits, objects byte-identical to a plain build', { timeout: 300_000, skip }, async () => {
-  const plain = await plainObjects('')
-  await buildAndPublish(A, UNITS + 1, () => cmakeBuild(A.env, ''))
-  const a = await counters(A)
-  assert.ok(a.local_compiles + a.remote_compiles >= UNITS + 1, JSON.stringify(a))
+/** B's mesh hits while `build` runs, which must be at least 90 % of the project's units. */
+async function meshHitsOnB(build: () => Promise<void>): Promise<number> {
   const before = await counters(B)
-  await cmakeBuild(B.env, '')
+  await build()
   const b = await counters(B)
   const hits = b.mesh_hits - before.mesh_hits
   assert.ok(hits >= Math.ceil(0.9 * (UNITS + 1)), `mesh hits ${hits} of ${UNITS + 1} units: ${JSON.stringify(b)}; B's mesh cache: ${JSON.stringify((await shared(B)).mesh)}`)
-  assertSameFiles(snapshot(objDir(), ['.o', '.d']), plain, 'B\'s build from the mesh')
-  assert.equal((await runCommand(join(build(), 'app'), [])).code, 0)
+  return hits
+}
+
+test('B, its cache empty, gets a CMake project A built at another path from the mesh: >= 90 % mesh hits, objects and depfiles byte-identical to a plain build at B\'s path', { timeout: 300_000, skip }, async () => {
+  const plain = await plainObjects('', srcB)
+  await buildAndPublish(A, UNITS + 1, () => cmakeBuild(A.env, ''))
+  const a = await counters(A)
+  assert.ok(a.local_compiles + a.remote_compiles >= UNITS + 1, JSON.stringify(a))
+  const hits = await meshHitsOnB(() => cmakeBuild(B.env, '', [], srcB))
+  assertSameFiles(snapshot(objDir(srcB), ['.o', '.d']), plain, 'B\'s build from the mesh')
+  assert.equal((await runCommand(join(build(srcB), 'app'), [])).code, 0)
   // what -s and status show
   const s = await shared(B)
   assert.ok(s.mesh!.remote_hits >= hits, JSON.stringify(s.mesh))
   const text = (await B.run(['-s'])).stdout
-  assert.match(text, new RegExp(`from the mesh\\s+${b.mesh_hits}\\n`))
+  assert.match(text, new RegExp(`from the mesh\\s+${(await counters(B)).mesh_hits}\\n`))
   assert.match(text, /Entries served to others\s+\d+/)
   const st = await A.run(['status'])
   assert.match(st.stdout, /shared cache: \d+ hits from the mesh/)
@@ -159,24 +178,52 @@ test('B, its cache empty, gets a CMake project A built from the mesh: >= 90 % me
   assert.ok(served >= 1, 'A and C served entries to B')
 })
 
+/** Set B's [cache] verify_rate through a config reload; null puts the default back. */
+async function verifyRateOnB(rate: number | null): Promise<void> {
+  const conf = readFileSync(B.conf, 'utf8').replace(/verify_rate = .*\n/, '')
+  writeFileSync(B.conf, rate === null ? conf : conf.replace('[cache]\n', `[cache]\nverify_rate = ${rate.toFixed(2)}\n`))
+  const want = rate ?? DEFAULT_VERIFY_RATE
+  await waitFor(`B's verify_rate ${want} after a reload`, async () => ((await shared(B)).verify_rate === want ? true : undefined), 20_000)
+}
+
+test('with -g under the opt-in (-ffile-prefix-map=<checkout>=. on both sides), B at its own path gets A\'s units from the mesh, byte-identical; verify_rate = 1.0 on B finds nobody dishonest', { timeout: 300_000, skip }, async () => {
+  const flags = '-g -ffile-prefix-map=$ROOT=.'
+  const plain = await plainObjects(flags, srcB)
+  await buildAndPublish(A, UNITS + 1, () => cmakeBuild(A.env, flags))
+  await verifyRateOnB(1)
+  try {
+    const v0 = (await shared(B)).verifier
+    const hits = await meshHitsOnB(() => cmakeBuild(B.env, flags, [], srcB))
+    assertSameFiles(snapshot(objDir(srcB), ['.o', '.d']), plain, 'B\'s -g build from the mesh')
+    // every hit recompiled here in the background and compared: none is a mismatch
+    const v = await waitFor('B to verify its mesh hits', async () => {
+      const v = (await shared(B)).verifier
+      return v.verifications + v.verify_skipped + v.verify_dropped - (v0.verifications + v0.verify_skipped + v0.verify_dropped) >= hits ? v : undefined
+    }, 180_000)
+    assert.equal(v.verify_mismatches, v0.verify_mismatches, `hits from another checkout are not mismatches: ${JSON.stringify(v)}`)
+    assert.ok(v.verifications - v0.verifications >= hits, `every hit verified: ${JSON.stringify(v)}`)
+    const distrusted = (await B.run(['mesh', 'distrusted'])).stdout
+    for (const m of [A, C]) assert.doesNotMatch(distrusted, new RegExp((await status(m)).mesh!.peer_id))
+  } finally {
+    await verifyRateOnB(null)
+  }
+})
+
 test('B\'s build with A killed halfway stays green, its objects byte-identical', { timeout: 300_000, skip }, async () => {
-  const plain = await plainObjects('-DVARIANT=2')
+  const plain = await plainObjects('-DVARIANT=2', srcB)
   await buildAndPublish(A, UNITS + 1, () => cmakeBuild(A.env, '-DVARIANT=2'))
-  rmSync(build(), { recursive: true, force: true })
-  const before = await counters(B)
-  // the first half of the units, then A dies (SIGKILL: no goodbye), then the rest
-  const c = await runCommand('cmake', ['-S', src, '-B', build(), '-G', 'Ninja', '-DCMAKE_CXX_COMPILER=g++', '-DCMAKE_BUILD_TYPE=Debug',
-    '-DCMAKE_CXX_FLAGS_DEBUG=-O0', '-DCMAKE_CXX_FLAGS=-DVARIANT=2', `-DCMAKE_CXX_COMPILER_LAUNCHER=${MESHCC}`], { env: B.env })
-  assert.equal(c.code, 0, c.stderr)
-  const half = Array.from({ length: UNITS / 2 }, (_, i) => `CMakeFiles/app.dir/src/u${i}.cpp.o`)
-  await cmakeBuild(B.env, '', half)
-  const pid = A.daemonPid()!
-  process.kill(pid, 'SIGKILL')
-  await cmakeBuild(B.env, '', ['all'])
-  assertSameFiles(snapshot(objDir(), ['.o', '.d']), plain, 'B\'s build with A killed halfway')
-  const b = await counters(B)
-  const hits = b.mesh_hits - before.mesh_hits
-  assert.ok(hits >= Math.ceil(0.9 * (UNITS + 1)), `mesh hits ${hits}: the other owners (B itself, C) hold A's entries: ${JSON.stringify(b)}; B's mesh cache: ${JSON.stringify((await shared(B)).mesh)}`)
+  rmSync(build(srcB), { recursive: true, force: true })
+  // the first half of the units, then A dies (SIGKILL: no goodbye), then the rest; the other
+  // owners (B itself, C) hold A's entries
+  await meshHitsOnB(async () => {
+    await cmakeConfigure(B.env, '-DVARIANT=2', srcB)
+    const half = Array.from({ length: UNITS / 2 }, (_, i) => `CMakeFiles/app.dir/src/u${i}.cpp.o`)
+    await cmakeBuild(B.env, '', half, srcB)
+    const pid = A.daemonPid()!
+    process.kill(pid, 'SIGKILL')
+    await cmakeBuild(B.env, '', ['all'], srcB)
+  })
+  assertSameFiles(snapshot(objDir(srcB), ['.o', '.d']), plain, 'B\'s build with A killed halfway')
 })
 
 test('Rust crates (RUSTC_WRAPPER=meshcc) C built are mesh hits for B, outputs byte-identical to a plain cargo build', { timeout: 300_000, skip }, async () => {
