@@ -76,11 +76,13 @@ test('members behind NAT routers find, reach and compile for each other', { time
       assert.ok(!s.addresses.some((a) => a.startsWith('/ip4/127.')), `${x.name} advertises no loopback address`)
     }
 
+    let units = 0
     /** Compiles hello.c in `client`'s namespace; returns the builder's name from the client's job counters. */
     const compileOn = async (client: Member, label: string): Promise<string> => {
       const dir = join(client.inst.dir, `w-${label}`)
       mkdirSync(dir, { recursive: true })
-      writeFileSync(join(dir, 'hello.c'), SOURCE.replace('7', String(label.length + 7)))
+      // a unit of its own per compile: the same unit twice would be a shared-cache hit, no job
+      writeFileSync(join(dir, 'hello.c'), SOURCE.replace('7', String(100 + ++units)))
       const plain = await runCommand('gcc', ['-c', 'hello.c', '-o', 'plain.o'], { cwd: dir })
       assert.equal(plain.code, 0, plain.stderr)
       const before = (await statusOf(client))!.mesh!.jobs_per_peer
