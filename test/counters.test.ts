@@ -95,3 +95,26 @@ test('a read-only cache directory: counts stay right and the log moves beside th
     spawnSync('umount', [inst.cacheDir])
   }
 })
+
+test('counts are saved on a clean stop, not at every timer tick while compiles come in', { timeout: 60_000 }, async () => {
+  const inst = fresh()
+  const saved = join(inst.cacheDir, 'stats.json')
+  const onDisk = () => existsSync(saved) ? (JSON.parse(readFileSync(saved, 'utf8')) as { counters: Record<string, number> }).counters : null
+  for (let i = 0; i < 3; i++) {
+    writeFileSync(join(inst.dir, `s${i}.c`), `int s${i}(void) { return ${i}; }\n`)
+    const r = await inst.run(['gcc', '-c', `s${i}.c`])
+    assert.equal(r.code, 0, r.stderr)
+    await new Promise((r) => setTimeout(r, 2500))
+  }
+  // 7.5 s of compiles: the daemon's 2 s tick ran at least three times and must not have saved
+  assert.equal(onDisk()?.compile_requests ?? 0, 0, 'stats.json rewritten while compiles came in')
+  assert.equal((await inst.run(['--stop-server'])).code, 0)
+  for (let i = 0; i < 100 && !(onDisk()?.compile_requests); i++) await new Promise((r) => setTimeout(r, 50))
+  const c = onDisk()
+  assert.equal(c?.compile_requests, 3, 'the stop saved every count')
+  assert.equal(c?.cache_misses, 3)
+  // and the next daemon reports them
+  const s = await inst.stats()
+  assert.equal(s.compile_requests, 3)
+  assert.equal(s.local_compiles, 3)
+})

@@ -6,7 +6,6 @@
 import { createHash } from 'node:crypto'
 import { readFile, rm } from 'node:fs/promises'
 import { basename, resolve } from 'node:path'
-import { execa } from 'execa'
 import type { CacheEntry } from '../cache/entry-format.js'
 import type { CompileRequest } from '../daemon/launcher-protocol.js'
 import type { RemoteJob } from '../daemon/compile-service.js'
@@ -14,6 +13,7 @@ import { CompilerIdentity } from '../daemon/compiler-identity.js'
 import { siblingTemp } from '../util/atomic-write.js'
 import type { FileSet } from '../cache/manifest.js'
 import { StreamSearchAny } from '../util/stream-search.js'
+import { runProcess } from '../util/run-process.js'
 import { depfilePrerequisites } from './depfile.js'
 import { hashedInputs, type CompileJob, type CompilerFamily, type ContentKey, type FamilyContext, type OutputBlobs, type Restore, type RunPlan } from './family.js'
 import { compilerFamily, parseGccArgs } from './gcc.js'
@@ -223,18 +223,16 @@ class CJob implements CompileJob {
     const search = new StreamSearchAny(directivesOnly ? [INCBIN, ...DATE_TIME_MACROS, ...ALTERNATIVE_HASH, ...FILE_MACROS] : [INCBIN])
     const builtins = new StreamSearchAny(FILE_BUILTINS)
     const ok = await ctx.pre.run(async () => {
-      const sub = execa(req.compiler, spec.preprocessArgs(this.depTemp, directivesOnly), {
-        cwd: req.cwd, env: req.env, extendEnv: false, stdin: 'ignore', reject: false,
-        buffer: { stdout: false, stderr: true }, encoding: 'buffer', stripFinalNewline: false
+      const r = await runProcess(req.compiler, spec.preprocessArgs(this.depTemp, directivesOnly), {
+        cwd: req.cwd, env: req.env, stderr: false,
+        onStdout: (chunk) => {
+          ppHash?.update(chunk)
+          ppBytes += chunk.length
+          search.push(chunk)
+          builtins.push(chunk)
+          scanner.push(chunk)
+        }
       })
-      sub.stdout.on('data', (chunk: Buffer) => {
-        ppHash?.update(chunk)
-        ppBytes += chunk.length
-        search.push(chunk)
-        builtins.push(chunk)
-        scanner.push(chunk)
-      })
-      const r = await sub
       return r.exitCode === 0
     })
     if (directivesOnly && (!ok || search.found)) {
@@ -387,8 +385,8 @@ class CJob implements CompileJob {
   /** The depfile this build's compile writes, from a preprocessor run (its text discarded); null when it fails. */
   private async depfileHere(): Promise<Buffer | null> {
     const { req, spec } = this
-    const r = await this.ctx.pre.run(() => execa(req.compiler, spec.preprocessArgs(this.depTemp, false), {
-      cwd: req.cwd, env: req.env, extendEnv: false, stdin: 'ignore', stdout: 'ignore', stderr: 'ignore', reject: false
+    const r = await this.ctx.pre.run(() => runProcess(req.compiler, spec.preprocessArgs(this.depTemp, false), {
+      cwd: req.cwd, env: req.env, stdout: false, stderr: false
     }))
     return r.exitCode === 0 ? await readFile(this.depTemp!).catch(() => null) : null
   }

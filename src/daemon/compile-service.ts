@@ -8,7 +8,6 @@ import { createHash } from 'node:crypto'
 import { lstat } from 'node:fs/promises'
 import { availableParallelism, setPriority } from 'node:os'
 import { basename, resolve } from 'node:path'
-import { execa } from 'execa'
 import type { CompileSpec } from '../compiler/types.js'
 import type { CacheEntry, LocalStore } from '../cache/local-store.js'
 import { FileHasher, type FileHash } from '../cache/file-hashes.js'
@@ -19,6 +18,7 @@ import { CFamily } from '../compiler/c-family.js'
 import { RustFamily } from '../compiler/rust-family.js'
 import type { Logger } from '../log.js'
 import { Semaphore } from '../util/semaphore.js'
+import { runProcess } from '../util/run-process.js'
 import { writeFileAtomic } from '../util/atomic-write.js'
 import type { CompileRequest } from './launcher-protocol.js'
 import type { FamilyStats, Stats } from './stats.js'
@@ -380,12 +380,10 @@ export class CompileService {
   private async recompile(call: Call, key: string): Promise<OutputBlobs | null> {
     const { req, job } = call
     const plan = job.compilePlan!()
-    const sub = execa(req.compiler, plan.args, {
-      cwd: req.cwd, env: this.planEnv(req, plan), extendEnv: false, stdin: 'ignore', reject: false,
-      encoding: 'buffer', stripFinalNewline: false, maxBuffer: 64 * 1024 * 1024
+    const r = await runProcess(req.compiler, plan.args, {
+      cwd: req.cwd, env: this.planEnv(req, plan),
+      onSpawn: (pid) => { try { setPriority(pid, 19) } catch { /* it may have exited already */ } }
     })
-    try { if (sub.pid !== undefined) setPriority(sub.pid, 19) } catch { /* it may have exited already */ }
-    const r = await sub
     if (r.exitCode !== 0) return null
     const { outputs } = await plan.collect()
     const now = await job.contentKey!()
@@ -423,13 +421,9 @@ export class CompileService {
   private async localCompile(call: Call, plan: RunPlan, fallback = false): Promise<LocalResult | CompileReply> {
     const { req } = call
     const sem = fallback && this.opts.slots === 0 ? this.fallbackCpu : this.cpu
-    const r = await sem.run(() => execa(req.compiler, plan.args, {
-      cwd: req.cwd, env: this.planEnv(req, plan), extendEnv: false, stdin: 'ignore', reject: false,
-      encoding: 'buffer', stripFinalNewline: false, maxBuffer: 64 * 1024 * 1024
-    }))
+    const r = await sem.run(() => runProcess(req.compiler, plan.args, { cwd: req.cwd, env: this.planEnv(req, plan) }))
     call.stats.inc('local_compiles')
-    const stdout = Buffer.from(r.stdout as Uint8Array)
-    const stderr = Buffer.from(r.stderr as Uint8Array)
+    const { stdout, stderr } = r
     // a diagnostic naming our temp file would differ from the plain compiler's: let the launcher rerun it
     if (plan.temps.some((t) => stderr.includes(t) || stdout.includes(t))) {
       return r.exitCode === 0 ? this.notCacheable(call.stats, 'compiler output names the output file') : { kind: 'passthrough', reason: 'compile failed' }

@@ -105,7 +105,7 @@ export async function startDaemon(config: Config, foreground: boolean): Promise<
   const server: Server = createServer((sock) => serve(sock))
   // aligned: one wake-up with the mesh's timers (util/aligned-timer.ts)
   const flushTimer = everyAligned(2000, () => {
-    stats.flushIfDirty()
+    stats.flushIfDue()
     followConfig(false)
     noticeUpgrade()
     if (restartFor && !foreground && active === 0 && (mesh?.builder.running ?? 0) === 0) void shutdown(`restarting: ${restartFor}`, true)
