@@ -166,11 +166,14 @@ test('members behind NAT routers find, reach and compile for each other', { time
     await onlyBuilder('h1b', 'h2')
 
     // a small make project in the client's directory; returns how long the build took
+    let builds = 0
     const makeOn = async (client: Member, label: string, during?: () => Promise<void>): Promise<number> => {
       const dir = join(client.inst.dir, `p-${label}`)
       mkdirSync(dir, { recursive: true })
       const units = ['a', 'b', 'c', 'd', 'e', 'f', 'g', 'h']
-      for (const u of units) writeFileSync(join(dir, `${u}.c`), `int ${u}_f(int x) { return x * ${u.charCodeAt(0)} + ${label.length}; }\n`)
+      // units of their own per build: another build's units would be shared-cache hits, no jobs
+      const nth = ++builds
+      for (const u of units) writeFileSync(join(dir, `${u}.c`), `int ${u}_f(int x) { return x * ${u.charCodeAt(0)} + ${1000 + nth}; }\n`)
       writeFileSync(join(dir, 'Makefile'), `all: ${units.map((u) => `${u}.o`).join(' ')}\n%.o: %.c\n\t$(CC) -O2 -c $< -o $@\n`)
       const plain = await runCommand('make', ['-j2', 'CC=gcc'], { cwd: dir })
       assert.equal(plain.code, 0, plain.stderr)
