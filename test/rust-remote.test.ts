@@ -109,7 +109,8 @@ test('cargo build through a client with local_slots = 0: the crates compile on t
 
   const log = readFileSync(join(client.cacheDir, 'meshcc.log')).subarray(from).toString('utf8')
   const remote = [...log.matchAll(/compiled (\S+) on \S+$/gm)].map((m) => m[1])
-  for (const c of ['corelib/src/lib.rs', 'midlib/src/lib.rs']) assert.ok(remote.includes(c), `${c} compiled on the builder: ${remote.join(' ')}`)
+  const why = JSON.stringify((await rustStats(client)).fallback_reasons)
+  for (const c of ['corelib/src/lib.rs', 'midlib/src/lib.rs']) assert.ok(remote.includes(c), `${c} compiled on the builder: ${remote.join(' ')} (fallbacks: ${why})`)
   // the workspace's two libraries and Debian's crates (each with no proc macro and no native library)
   assert.ok(remote.length >= 2 + Object.keys(DEPS).length, `${remote.length} crates compiled remotely: ${remote.join(' ')}`)
   const s = await rustStats(client)
