@@ -119,7 +119,7 @@ test('daemons joined by bootstrap converge; status, dist-status, jobs; a killed 
   const eRefused = await waitFor("the refusal in E's status", async () => {
     const s = await status(e)
     return (s.mesh?.refused_peers.length ?? 0) > 0 ? s.mesh!.refused_peers : undefined
-  }, 20_000)
+  }, 60_000) // the next dial to the bootstrap peer records it: at the reconnect interval, slower on a loaded machine
   assert.deepEqual(eRefused.map((r) => r.addr), bootstrap.map((x) => x.replace(/\/p2p\/.*$/, '')))
   assert.match((await e.run(['status'])).stdout, /\n {2}1 peer refused: different mesh key \(\/ip4\/127\.0\.0\.1\/tcp\/\d+\)\n/)
   await e.run(['--stop-server'])
