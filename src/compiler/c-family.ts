@@ -174,10 +174,11 @@ class CJob implements CompileJob {
    * hit; a unit naming __DATE__ or __TIME__ (unexpanded there) or .incbin, or that gcc refuses
    * in that mode (__COUNTER__ in a directive), is preprocessed fully instead.
    */
-  async contentKey(): Promise<CKey | 'failed' | { notCacheable: string }> {
+  async contentKey(recheck = false): Promise<CKey | 'failed' | { notCacheable: string }> {
     const { spec } = this
     let r: CKey | 'incbin' | 'full' | null = null
     if (spec.directivesOnly && this.ctx.remote && spec.remoteBlocker === null) r = await this.keyFrom(true)
+    if (r !== null && r !== 'full' && r !== 'incbin' && !recheck) this.ctx.stats.inc('directives_only')
     if (r === null || r === 'full') r = (await this.keyFrom(false)) as CKey | 'incbin' | null
     if (r === 'incbin') return { notCacheable: '.incbin directive (reads a file the key cannot see)' }
     if (r === null) return 'failed'
@@ -239,7 +240,6 @@ class CJob implements CompileJob {
       ctx.log.debug(`${spec.input}: preprocessed fully (${ok ? 'it names .incbin, __DATE__, __TIME__ or __FILE__, or has a digraph or trigraph "#"' : 'gcc refused -fdirectives-only'})`)
       return 'full'
     }
-    if (directivesOnly) ctx.stats.inc('directives_only')
     if (ok && search.found) return 'incbin'
     if (!ok) return null
     const inputs = scanner.finish()

@@ -141,7 +141,8 @@ export interface CompileJob {
    * real compile reports it), a reason when it shows the call cannot be cached. Absent in a
    * family that keys only through depend mode.
    */
-  contentKey?(): Promise<ContentKey | 'failed' | { notCacheable: string }>
+  /** `recheck`: the key taken again for the verifier, not a unit of the build (its counters stay) */
+  contentKey?(recheck?: boolean): Promise<ContentKey | 'failed' | { notCacheable: string }>
   /** a plain compile here for a content-keyed miss (with contentKey) */
   compilePlan?(): RunPlan
   /** the job as the mesh runner ships it, for a content-keyed miss; absent: never shipped */

@@ -386,7 +386,7 @@ export class CompileService {
     })
     if (r.exitCode !== 0) return null
     const { outputs } = await plan.collect()
-    const now = await job.contentKey!()
+    const now = await job.contentKey!(true)
     if (typeof now !== 'object' || !('key' in now) || now.key !== key) return null
     return outputs
   }
