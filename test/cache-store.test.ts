@@ -8,7 +8,7 @@ import { join } from 'node:path'
 import { pathToFileURL } from 'node:url'
 import { promisify } from 'node:util'
 import { setTimeout as delay } from 'node:timers/promises'
-import { deflateRawSync } from 'node:zlib'
+import { brotliCompressSync, brotliDecompressSync, deflateRawSync } from 'node:zlib'
 import { LocalStore, type CacheEntry, type GetResult } from '../src/cache/local-store.js'
 import { decodeEntry, encodeEntry, HEADER_LENGTH } from '../src/cache/entry-format.js'
 import { silentLogger } from '../src/log.js'
@@ -131,11 +131,25 @@ describe('entry format', () => {
     await assert.rejects(decodeEntry(wrap(q), K), /bad output name/)
   })
 
-  test('refuses a body that inflates beyond its declared size', async () => {
+  test('refuses a body that decompresses beyond its declared size, brotli and deflate alike', async () => {
     const payload = Buffer.alloc(1 << 20)
-    const body = deflateRawSync(payload)
-    await assert.rejects(decodeEntry(wrap(payload, { encoding: 1, declared: 1000, body }), K), /decompression failed|header declares/)
-    await assert.rejects(decodeEntry(wrap(payload, { encoding: 1 }), K, { maxPayloadBytes: 4096 }), /exceeds the limit/)
+    for (const [encoding, body] of [[1, deflateRawSync(payload)], [2, brotliCompressSync(payload)]] as const) {
+      await assert.rejects(decodeEntry(wrap(payload, { encoding, declared: 1000, body }), K), /decompression failed|header declares/)
+      await assert.rejects(decodeEntry(wrap(payload, { encoding }), K, { maxPayloadBytes: 4096 }), /exceeds the limit/)
+    }
+  })
+
+  test('new entries are brotli; entries an earlier meshcc wrote with deflate still read back', async () => {
+    const e = makeEntry('compressible')
+    e.outputs = [{ name: 'obj', data: Buffer.alloc(50_000, 0x90) }]
+    const enc = await encodeEntry(e, K)
+    assert.equal(enc[9], 2)
+    assert.ok(enc.length < 5000, `${enc.length} bytes: compressed`)
+    // the payload of that entry, deflated as meshcc did before, under the same header
+    const payload = brotliDecompressSync(enc.subarray(HEADER_LENGTH))
+    const old = wrap(payload, { encoding: 1, body: deflateRawSync(payload) })
+    assert.deepStrictEqual(await decodeEntry(old, K), e)
+    assert.deepStrictEqual(await decodeEntry(enc, K), e)
   })
 
   test('refuses to encode unsafe output names', async () => {

@@ -6,7 +6,8 @@
 //   header (84 bytes)
 //     0  8  magic "MESHCC01"
 //     8  1  format version (2)
-//     9  1  body encoding: 0 = stored, 1 = raw deflate
+//     9  1  body encoding: 0 = stored, 1 = raw deflate (read only: entries of earlier meshcc
+//           versions), 2 = brotli
 //    10  2  reserved, zero
 //    12  4  payload length (uncompressed)
 //    16  4  body length (bytes that follow the header)
@@ -23,7 +24,7 @@
 //     (nothing after the last field)
 import { createHash, webcrypto } from 'node:crypto'
 import { promisify } from 'node:util'
-import { deflateRaw, inflateRaw, constants as zlibConstants } from 'node:zlib'
+import { brotliCompress, brotliDecompress, inflateRaw, constants as zlibConstants } from 'node:zlib'
 
 export interface CacheEntry {
   /** always 0 for stored entries */
@@ -66,6 +67,7 @@ export const ENTRY_VERSION = 2
 export const HEADER_LENGTH = 84
 export const ENCODING_STORED = 0
 export const ENCODING_DEFLATE = 1
+export const ENCODING_BROTLI = 2
 
 /** Largest uncompressed payload accepted by default; bigger outputs are not worth caching. */
 export const MAX_PAYLOAD_BYTES = 1024 ** 3
@@ -76,7 +78,8 @@ export const MAX_META_VALUE_BYTES = 0xffff
 /** Output names may end up in file names, so keep them short and plain. */
 export const OUTPUT_NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/
 
-const deflateRawAsync = promisify(deflateRaw)
+const brotliAsync = promisify(brotliCompress)
+const unbrotliAsync = promisify(brotliDecompress)
 const inflateRawAsync = promisify(inflateRaw)
 const utf8 = new TextDecoder('utf-8', { fatal: true })
 
@@ -154,21 +157,26 @@ function packPayload(entry: CacheEntry): Buffer {
   return buf
 }
 
-/** Serialize the entry for `key`: validated, checksummed, compressed (fast deflate, off the main thread). */
+/**
+ * Serialize the entry for `key`: validated, checksummed, compressed off the main thread.
+ * Brotli at quality 1 rather than deflate at level 1: on rustc's rlibs it took 0.57 s of CPU
+ * for 106 MB where deflate took 1.43 s, to a slightly smaller size (35 MB); on gcc objects
+ * half the CPU for 4 % more bytes. Decompressing costs about as much as inflating.
+ */
 export async function encodeEntry(entry: CacheEntry, key: string): Promise<Buffer> {
   const keyBin = keyBytes(key)
   const payload = packPayload(entry)
-  const [digest, deflated] = await Promise.all([
+  const [digest, compressed] = await Promise.all([
     sha256(payload),
-    deflateRawAsync(payload, { level: zlibConstants.Z_BEST_SPEED })
+    brotliAsync(payload, { params: { [zlibConstants.BROTLI_PARAM_QUALITY]: 1, [zlibConstants.BROTLI_PARAM_SIZE_HINT]: payload.length } })
   ])
   // Already-compressed outputs would only grow.
-  const stored = deflated.length >= payload.length
-  const body = stored ? payload : deflated
+  const stored = compressed.length >= payload.length
+  const body = stored ? payload : compressed
   const header = Buffer.alloc(HEADER_LENGTH)
   ENTRY_MAGIC.copy(header, 0)
   header.writeUInt8(ENTRY_VERSION, 8)
-  header.writeUInt8(stored ? ENCODING_STORED : ENCODING_DEFLATE, 9)
+  header.writeUInt8(stored ? ENCODING_STORED : ENCODING_BROTLI, 9)
   header.writeUInt32LE(payload.length, 12)
   header.writeUInt32LE(body.length, 16)
   digest.copy(header, 20)
@@ -255,7 +263,7 @@ export async function decodeEntry(buf: Uint8Array, key: string, opts: DecodeOpti
   if (version !== ENTRY_VERSION) fail(`unsupported format version ${version} (expected ${ENTRY_VERSION})`)
   if (!data.subarray(52, 84).equals(keyBin)) fail(`stored for key ${data.toString('hex', 52, 84)}, not this one`)
   const encoding = data.readUInt8(9)
-  if (encoding !== ENCODING_STORED && encoding !== ENCODING_DEFLATE) fail(`unknown body encoding ${encoding}`)
+  if (encoding !== ENCODING_STORED && encoding !== ENCODING_DEFLATE && encoding !== ENCODING_BROTLI) fail(`unknown body encoding ${encoding}`)
   if (data.readUInt16LE(10) !== 0) fail('reserved header bytes are not zero')
   const payloadLength = data.readUInt32LE(12)
   const bodyLength = data.readUInt32LE(16)
@@ -272,7 +280,8 @@ export async function decodeEntry(buf: Uint8Array, key: string, opts: DecodeOpti
   } else {
     try {
       // maxOutputLength stops a small hostile body from inflating into gigabytes.
-      payload = await inflateRawAsync(body, { maxOutputLength: Math.max(1, payloadLength) })
+      const opts = { maxOutputLength: Math.max(1, payloadLength) }
+      payload = encoding === ENCODING_BROTLI ? await unbrotliAsync(body, opts) : await inflateRawAsync(body, opts)
     } catch (err) {
       const msg = String((err as Error).message ?? err).split('\n')[0]
       return fail(`decompression failed: ${msg}`)
