@@ -217,6 +217,44 @@ test('the job does not run as root, and a setuid file it makes is neither root\'
   assert.match(cwdMount.split(' ')[5]!, /(^|,)nosuid(,|$)/, cwdMount)
 })
 
+test('a file table naming a path both as a file and as a directory is refused up front, naming the path, and the builder serves the next job', { timeout: 60_000 }, async () => {
+  const src = Buffer.from('int x;\n')
+  const ref = (path: string) => ({ path, mode: 0o644, size: src.length, hash: sha256(src) })
+  const jobs = join(config.cache.dir, 'jobs')
+  const cases: Array<{ paths: string[]; dirs: string[]; clash: string }> = [
+    // a/b a file, and a/b/c a file below it
+    { paths: [`${CWD}/a/b`, `${CWD}/a/b/c`, `${CWD}/x.c`], dirs: [], clash: `${CWD}/a/b` },
+    // a file that the table also names as a directory
+    { paths: [`${CWD}/inc`, `${CWD}/x.c`], dirs: [`${CWD}/inc`], clash: `${CWD}/inc` },
+    // the working directory itself as a file
+    { paths: [CWD, `${CWD}/x.c`], dirs: [], clash: CWD }
+  ]
+  for (const c of cases) {
+    const failedBefore = builder.status().jobs_failed
+    const trees = readdirSync(jobs).sort()
+    const header: JobHeader = {
+      toolchain: evil, compiler: '/usr/local/bin/evilcc', argv: ['-c', 'x.c', '-o', `${CWD}/x.o`], cwd: CWD,
+      env: { MODE: 'fine' }, ppHash: sha256(HOSTILE_PP_TEXT), ppArgv: ['-E', 'x.c'], objPath: `${CWD}/x.o`,
+      files: c.paths.map(ref), dirs: c.dirs
+    }
+    const r = await builder.run(PEER, header, c.paths.map((path) => ({ path, mode: 0o644, data: src })))
+    assertRefused(r, new RegExp(`^job file table: ${c.clash.replaceAll('/', '\\/')} is both a file and a directory$`))
+    assert.equal(builder.status().jobs_failed, failedBefore + 1)
+    assert.deepEqual(readdirSync(jobs).sort(), trees, 'no tree was made for it')
+  }
+  // a file where the toolchain has a directory: the tree is dropped, the reason names the path
+  const shadow: JobHeader = {
+    toolchain: evil, compiler: '/usr/local/bin/evilcc', argv: ['-c', 'x.c', '-o', `${CWD}/x.o`], cwd: CWD,
+    env: { MODE: 'fine' }, ppHash: sha256(HOSTILE_PP_TEXT), ppArgv: ['-E', 'x.c'], objPath: `${CWD}/x.o`,
+    files: ['/usr/local', `${CWD}/x.c`].map(ref), dirs: []
+  }
+  assertRefused(await builder.run(PEER, shadow, shadow.files.map((f) => ({ path: f.path, mode: 0o644, data: src }))), /job file table: \/usr\/local is a directory of the toolchain$/)
+  // and the next job runs
+  const r = await evilJob('fine')
+  assert.equal(r.kind, 'done', JSON.stringify(r))
+  assert.equal(r.kind === 'done' && r.obj?.toString(), 'a fine object\n')
+})
+
 test('after all that, the builder compiles a real C unit (-g) byte-identically to a local gcc', { timeout: 180_000 }, async () => {
   const dir = join(top, 'client')
   mkdirSync(join(dir, 'include'), { recursive: true })

@@ -1,15 +1,17 @@
 // The mesh as one shared cache, with real libp2p nodes on 127.0.0.1 (startMesh, the mesh key,
 // the project's own protocols) and the daemon's own MeshCache (startMeshCache): entries published
-// on one member are verified hits on the others; forged entries are refused; a member that stops
+// on one member are verified hits on the others; forged entries are refused; a rustc manifest
+// set naming a file or variable the command does not read is refused (real rustc, the daemon's
+// own CompileService over the MeshCache), an honest one hits; a member that stops
 // answering is skipped; an owner that leaves costs no hit; a builder whose object is wrong is
 // caught by verification (real gcc) and distrusted.
 import { test, before, after } from 'node:test'
 import assert from 'node:assert/strict'
 import { execFileSync } from 'node:child_process'
 import { createHash, randomBytes } from 'node:crypto'
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
-import { join } from 'node:path'
+import { dirname, join } from 'node:path'
 import { peerIdFromPrivateKey } from '@libp2p/peer-id'
 import { generateMeshKey, loadOrCreateIdentity, writeMeshKey } from '../src/mesh/keys.js'
 import { startMesh, type Mesh } from '../src/mesh/mesh.js'
@@ -26,6 +28,18 @@ import { peerIdOf } from '../src/mesh/peer-ids.js'
 import { MeshCache, startMeshCache } from '../src/daemon/mesh-cache.js'
 import { sharedIdentity } from '../src/daemon/shared-identity.js'
 import { waitFor } from './helpers/mesh-proc.js'
+import { findCargo, toolchainRustc } from './helpers/cargo.js'
+import { CompileService, dependKey, sharedManifestKey } from '../src/daemon/compile-service.js'
+import { SharedCache } from '../src/daemon/shared-cache.js'
+import { Stats } from '../src/daemon/stats.js'
+import { LocalStore } from '../src/cache/local-store.js'
+import { encodeManifest, ManifestStore, type FileSet } from '../src/cache/manifest.js'
+import { FileHasher } from '../src/cache/file-hashes.js'
+import { RustFamily } from '../src/compiler/rust-family.js'
+import type { CompileJob } from '../src/compiler/family.js'
+import { Semaphore } from '../src/util/semaphore.js'
+import { formatStatsText } from '../src/cli/stats-format.js'
+import type { CompileRequest } from '../src/daemon/launcher-protocol.js'
 
 const dir = mkdtempSync(join(tmpdir(), 'meshcc-shared-mesh-'))
 const keyFile = join(dir, 'mesh.key')
@@ -184,6 +198,89 @@ test('forged entries are refused: a garbage signature never becomes a hit, an ow
   const before = C.cache!.stats().failures.untrusted
   assert.equal(await C.cache!.lookup(fKey), null)
   assert.ok(C.cache!.stats().failures.untrusted > before)
+})
+
+/** A member's compile pipeline (as its daemon runs it) over its MeshCache, with its own cache directory. */
+async function pipeline(m: Member): Promise<{ svc: CompileService; stats: Stats }> {
+  const cacheDir = join(dir, `pipeline-${m.name}`)
+  const log = capture(m.lines)
+  const stats = new Stats(cacheDir, log)
+  const store = new LocalStore({ dir: cacheDir, maxBytes: 64 * 1024 * 1024, log })
+  await store.open()
+  const svc = new CompileService({ store, stats, log, slots: 1, direct: new ManifestStore(cacheDir) })
+  const { trust } = await sharedIdentity(m.config, capture([]))
+  svc.shared = new SharedCache({ mesh: m.cache, tier: null, verifier: new Verifier({ rate: 0, trust, log }), trust, log })
+  return { svc, stats }
+}
+
+test('a rustc manifest set another member publishes is refused when it names a file outside what the command reads (absolute, "..", a symlink out) or a variable cargo does not set; an honest set still hits', { timeout: 120_000 }, async () => {
+  const rustc = toolchainRustc(findCargo().rustc)
+  const ws = join(dir, 'rust-ws')
+  const out = join(ws, 'target')
+  mkdirSync(out, { recursive: true })
+  // a file outside the crate, its toolchain and cargo's registry, as a user's SSH key is
+  const secret = join(dir, 'outside', 'id_ed25519')
+  mkdirSync(dirname(secret))
+  writeFileSync(secret, 'PRIVATE KEY OF THE VICTIM\n')
+  symlinkSync(secret, join(ws, 'key-link'))
+  const crates = ['honest', 'absolute', 'climb', 'symlink', 'variable']
+  for (const c of crates) writeFileSync(join(ws, `${c}.rs`), 'pub fn name() -> &\'static str { env!("CARGO_PKG_NAME") }\n')
+  const req = (c: string): CompileRequest => ({
+    cwd: ws, compiler: rustc, env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: join(dir, 'victim-home'), CARGO_PKG_NAME: c, AWS_SECRET_ACCESS_KEY: 'hunter2' },
+    args: ['--crate-name', c, '--edition=2021', `${c}.rs`, '--crate-type', 'lib', '--emit=dep-info,metadata,link', '-C', 'embed-bitcode=no', '--out-dir', out]
+  })
+  const rust = (st: Stats) => st.snapshot().families.rust?.counters ?? {}
+  const a = await pipeline(A)
+  const b = await pipeline(B)
+
+  // honest: A compiles the crate and publishes its set and result; B (its cache empty) hits
+  assert.equal((await a.svc.handle(req('honest'))).kind, 'result')
+  await a.svc.drain()
+  await A.cache!.flushed()
+  rmSync(out, { recursive: true })
+  mkdirSync(out)
+  const got = await b.svc.handle(req('honest'))
+  assert.equal(got.kind === 'result' && got.exitCode, 0, JSON.stringify(got))
+  assert.equal(rust(b.stats).mesh_hits, 1, `the honest set is a mesh hit: ${JSON.stringify(rust(b.stats))}`)
+
+  // L knows the commands B runs: for each it publishes a set naming the crate's source and a
+  // file or variable it wants to learn about, each with the right hash or value (so the set
+  // would match on B), and a result under the key those make
+  const hasher = new FileHasher()
+  const hash = async (p: string) => (await hasher.hash(p))!.hash
+  const forged: Record<string, Pick<FileSet, 'files' | 'env'>> = {
+    absolute: { files: [['absolute.rs', await hash(join(ws, 'absolute.rs'))], [secret, await hash(secret)]], env: [['CARGO_PKG_NAME', 'absolute']] },
+    climb: { files: [['../outside/id_ed25519', await hash(secret)], ['climb.rs', await hash(join(ws, 'climb.rs'))]], env: [['CARGO_PKG_NAME', 'climb']] },
+    symlink: { files: [['key-link', await hash(secret)], ['symlink.rs', await hash(join(ws, 'symlink.rs'))]], env: [['CARGO_PKG_NAME', 'symlink']] },
+    variable: { files: [['variable.rs', await hash(join(ws, 'variable.rs'))]], env: [['AWS_SECRET_ACCESS_KEY', 'hunter2'], ['CARGO_PKG_NAME', 'variable']] }
+  }
+  const family = new RustFamily()
+  const lStats = new Stats(join(dir, 'L-stats'), capture([]))
+  for (const [c, set] of Object.entries(forged)) {
+    const job = await family.plan(req(c), { hasher, pre: new Semaphore(1), remote: false, direct: true, log: capture([]), stats: lStats.family('rust') }) as CompileJob
+    const direct = (await job.directKey(Date.now()))!.key
+    const result = dependKey(direct, set)
+    const manifest = encodeManifest(direct, { sets: [{ ...set, result }], preprocess: false })
+    L.cache!.publish(sharedManifestKey(direct), { exitCode: 0, stdout: Buffer.alloc(0), stderr: Buffer.alloc(0), outputs: [{ name: 'manifest', data: Buffer.from(manifest) }] })
+    L.cache!.publish(result, { exitCode: 0, stdout: Buffer.alloc(0), stderr: Buffer.alloc(0), outputs: job.outputs.map((o) => ({ name: o.name, data: Buffer.from('made by L') })) })
+    await job.dispose()
+  }
+  await L.cache!.flushed()
+  const taken: string[] = []
+  for (const c of Object.keys(forged)) {
+    const r = await b.svc.handle(req(c))
+    assert.equal(r.kind === 'result' && r.exitCode, 0, JSON.stringify(r))
+    if (readFileSync(join(out, `lib${c}.rlib`)).equals(Buffer.from('made by L'))) taken.push(c)
+  }
+  assert.deepEqual(taken, [], 'B fetched and used L\'s result for these: L learns that its guess was right')
+  const counts = rust(b.stats)
+  assert.equal(counts.mesh_hits, 1, `none of L's sets led B to fetch its result: ${JSON.stringify(counts)}`)
+  assert.equal(counts.shared_sets_refused, Object.keys(forged).length, JSON.stringify(counts))
+  assert.equal(counts.local_compiles, Object.keys(forged).length)
+  const warned = B.lines.filter((l) => l.startsWith('W ') && l.includes('shared manifest set'))
+  assert.equal(warned.length, 1, `one warning for L, the rest at debug level: ${warned.join('\n')}`)
+  assert.ok(warned[0]!.includes(L.mesh.peerId) && warned[0]!.includes(secret), warned[0])
+  assert.match(formatStatsText(b.stats.snapshot().counters), new RegExp(`Shared manifest sets refused\\s+${Object.keys(forged).length}\\n`))
 })
 
 /** gcc -c unit.c in a directory of its own: the object of `source`. */

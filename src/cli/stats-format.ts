@@ -16,6 +16,7 @@ const LINES: Array<[string, string]> = [
   ['Fallbacks to a plain compile', 'fallbacks'],
   ['Remote attempts retried', 'remote_retries'],
   ['Cache errors', 'cache_errors'],
+  ['Shared manifest sets refused', 'shared_sets_refused'],
   ['Cache writes', 'cache_writes']
 ]
 

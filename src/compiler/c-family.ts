@@ -5,7 +5,7 @@
 // way for a miss that may go to a peer, who needs those files).
 import { createHash } from 'node:crypto'
 import { readFile, rm } from 'node:fs/promises'
-import { basename, resolve } from 'node:path'
+import { basename, dirname, join, resolve } from 'node:path'
 import type { CacheEntry } from '../cache/entry-format.js'
 import type { CompileRequest } from '../daemon/launcher-protocol.js'
 import type { RemoteJob } from '../daemon/compile-service.js'
@@ -15,7 +15,8 @@ import type { FileSet } from '../cache/manifest.js'
 import { StreamSearchAny } from '../util/stream-search.js'
 import { runProcess } from '../util/run-process.js'
 import { depfilePrerequisites } from './depfile.js'
-import { hashedInputs, type CompileJob, type CompilerFamily, type ContentKey, type FamilyContext, type OutputBlobs, type Restore, type RunPlan } from './family.js'
+import { expandResponseFiles } from './response-file.js'
+import { hashedInputs, type CompileJob, type CompilerFamily, type ContentKey, type FamilyContext, type OutputBlobs, type Restore, type RunPlan, type SharedReach } from './family.js'
 import { compilerFamily, parseGccArgs } from './gcc.js'
 import { decodeMarkerName, InputScanner, type MarkerTextSink } from './inputs.js'
 import { keyForm, mapPath, maxClimb, relativeForm, relocator } from './path-forms.js'
@@ -60,6 +61,9 @@ export const KEY_ENV = ['LANG', 'LC_ALL', 'LC_CTYPE', 'LC_MESSAGES', 'LANGUAGE',
 const SYSTEM_INCLUDE_ENV = ['C_INCLUDE_PATH', 'CPLUS_INCLUDE_PATH', 'OBJC_INCLUDE_PATH', 'OBJCPLUS_INCLUDE_PATH']
 const INCLUDE_ENV = ['CPATH', ...SYSTEM_INCLUDE_ENV]
 const DIRECT_KEY_VERSION = 'meshcc-direct-2' // 2: without the working directory (path-forms.ts)
+/** Options whose value is a directory the preprocessor searches (joined or apart), or a file it reads (-include). */
+const DIR_OPTIONS = ['-isystem-after', '-cxx-isystem', '-iframework', '-idirafter', '-isystem', '-isysroot', '--sysroot', '-iquote', '-I', '-F', '-B']
+const FILE_OPTIONS = ['-include', '-imacros']
 /** Files changed this recently before a request are not trusted into a manifest (timestamps are coarse). */
 const TOO_NEW_MS = 1000
 /** These make the compiler write files we cannot see. */
@@ -295,6 +299,32 @@ class CJob implements CompileJob {
 
   fact(name: string): string | null {
     return name === CWD_FACT ? this.req.cwd : this.req.env[name] ?? null
+  }
+
+  /**
+   * What a unit's compile reads: the working directory, the source's directory, the directories
+   * (and -include files' directories) its arguments name, the system headers and the
+   * compiler's own install (its prefix's include and lib directories). Its only fact is the
+   * working directory.
+   */
+  sharedReach(): SharedReach {
+    const { req, spec } = this
+    const abs = (p: string) => resolve(req.cwd, p)
+    const prefix = resolve(dirname(this.compilerReal), '..')
+    const roots = [req.cwd, dirname(abs(spec.input)), '/usr/include', '/usr/local/include',
+      ...['include', 'lib/gcc', 'lib/clang', 'lib64/gcc', 'libexec/gcc'].map((d) => join(prefix, d))]
+    let args = req.args
+    try { args = expandResponseFiles(req.args, req.cwd) } catch { /* changed since planning: its directories are not roots */ }
+    for (let i = 0; i < args.length; i++) {
+      const a = args[i]
+      const dirOpt = DIR_OPTIONS.find((o) => a.startsWith(o))
+      const fileOpt = FILE_OPTIONS.find((o) => a.startsWith(o))
+      const opt = fileOpt ?? dirOpt
+      if (opt === undefined) continue
+      const v = a === opt ? args[++i] : a.slice(a.startsWith(`${opt}=`) ? opt.length + 1 : opt.length)
+      if (v) roots.push(fileOpt ? dirname(abs(v)) : abs(v))
+    }
+    return { roots, fact: (name) => name === CWD_FACT }
   }
 
   /** A plain compile writing the object to a temp file; the depfile came from the preprocessor. */

@@ -5,6 +5,8 @@
 // how a stored result maps onto this build); the pipeline does every lookup, execution (here
 // or on a peer), store and replay the same way for all families. A new family is one file
 // that implements CompilerFamily, listed in CompileService.families (compile-service.ts).
+import { realpath } from 'node:fs/promises'
+import { isAbsolute, normalize, resolve } from 'node:path'
 import type { CacheEntry } from '../cache/entry-format.js'
 import type { FileHash, FileHasher } from '../cache/file-hashes.js'
 import type { FileSet } from '../cache/manifest.js'
@@ -107,6 +109,44 @@ export function hashedInputs(k: ContentKey, hasher: FileHasher): Promise<{ set: 
   return k.hashed
 }
 
+/**
+ * Where a command can legitimately read, and which facts its family records: what a manifest
+ * set another member published may name. Without this check a member who knows a command that
+ * someone runs could publish a set naming any file (an SSH key, /etc/shadow) or variable (a
+ * secret) with a guessed hash or value, and learn from whether that member then fetches the
+ * set's result whether the guess was right.
+ */
+export interface SharedReach {
+  /** absolute directories under which the command may read (the working directory, the toolchain's, those its arguments name) */
+  roots: string[]
+  /** a manifest fact (Dependencies.env) of this name is one the family records for this command */
+  fact(name: string): boolean
+}
+
+/**
+ * Why a manifest set that came off the network must not be checked here, or null: a fact the
+ * family does not record, or a file that is not a plain path (no "..", ".", "//") or whose real
+ * path (symlinks resolved) lies under none of the real roots. Nothing of a file is read; one
+ * missing here is left to the check that follows (the set cannot match).
+ */
+export async function sharedSetRefusal(set: Pick<FileSet, 'files' | 'env'>, cwd: string, reach: SharedReach): Promise<string | null> {
+  const badFact = (set.env ?? []).find(([name]) => !reach.fact(name))
+  if (badFact) return `variable ${JSON.stringify(badFact[0]).slice(0, 200)}`
+  const real = (p: string) => realpath(p).catch(() => null)
+  const roots = [...new Set(await Promise.all(reach.roots.map(real)))].filter((r): r is string => r !== null)
+  const under = (p: string) => roots.some((r) => p === r || p.startsWith(r === '/' ? r : `${r}/`))
+  const bad = set.files.findIndex(([p]) => !plainPath(p))
+  // a file missing here (or unreadable to this user) makes the set no match: nothing to refuse
+  const reals = bad >= 0 ? [] : await Promise.all(set.files.map(([p]) => real(isAbsolute(p) ? p : resolve(cwd, p))))
+  const i = bad >= 0 ? bad : reals.findIndex((r) => r !== null && !under(r))
+  return i < 0 ? null : `file ${JSON.stringify(set.files[i][0]).slice(0, 300)}`
+}
+
+/** A path spelled as a compiler's own list spells it: no "..", "." or empty part. */
+function plainPath(p: string): boolean {
+  return p !== '' && normalize(p) === p && !p.endsWith('/') && !p.split('/').includes('..')
+}
+
 /** The replay of a stored entry for this request: output files to write and what to print. */
 export interface Restore {
   files: Array<{ path: string; data: Buffer }>
@@ -165,6 +205,8 @@ export interface CompileJob {
    * absent: facts are environment variables
    */
   fact?(name: string): string | null
+  /** where the command may read and which facts it records, for a manifest set another member published; absent: such sets are refused */
+  sharedReach?(): SharedReach
   /** small strings stored with an entry, read back by restore() */
   entryMeta(): Record<string, string>
   /** remove the job's temp files */

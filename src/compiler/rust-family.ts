@@ -22,7 +22,7 @@ import type { RemoteJob } from '../daemon/compile-service.js'
 import type { CompileRequest } from '../daemon/launcher-protocol.js'
 import { decodeJobOutputs } from '../mesh/protocols/compile-job.js'
 import { siblingTemp } from '../util/atomic-write.js'
-import type { CompileJob, CompilerFamily, ContentKey, Dependencies, DirectKey, FamilyContext, ListedInputs, OutputBlobs, Restore, RunPlan } from './family.js'
+import type { CompileJob, CompilerFamily, ContentKey, Dependencies, DirectKey, FamilyContext, ListedInputs, OutputBlobs, Restore, RunPlan, SharedReach } from './family.js'
 import { replaceAll } from './path-forms.js'
 import { parseDepInfo } from './rust-depinfo.js'
 import { JOBSERVER_ENV, RustToolchains, type RustToolchain } from './rust-toolchain.js'
@@ -42,6 +42,12 @@ const CARGO_PATH_ENV = new Set(['CARGO', 'CARGO_MANIFEST_DIR', 'CARGO_MANIFEST_P
 const MAX_DIR_STATIC_LIBS = 64
 /** A manifest fact that is no variable: the name a remap gives a file outside the working directory. */
 const REMAP_FACT = '\0remap '
+/**
+ * The variables cargo sets for the crate it compiles (and OUT_DIR, its build script's output):
+ * the env! names a manifest set from another member may record. Any other name (a secret in
+ * this user's environment, CARGO_REGISTRY_TOKEN) would let that member test a guessed value.
+ */
+const CRATE_FACT = /^(?:CARGO|CARGO_PKG_[A-Z0-9_]+|CARGO_CRATE_NAME|CARGO_MANIFEST_(?:DIR|PATH|LINKS)|CARGO_PRIMARY_PACKAGE|CARGO_BIN_NAME|CARGO_BIN_EXE_[\w-]+|CARGO_TARGET_TMPDIR|CARGO_RUSTC_CURRENT_DIR|OUT_DIR)$/
 /** how much a peer's text may grow when its paths are rewritten to this build's */
 const MAX_REMOTE_GROWTH = 1024 * 1024
 /** A compiled proc macro (a host dynamic library) */
@@ -342,6 +348,22 @@ class RustJob implements CompileJob {
       return remap(f, this.spec.remaps) ?? f
     }
     return this.req.env[name] ?? null
+  }
+
+  /**
+   * What a crate's compile reads: the working directory, the crate's own directory and OUT_DIR,
+   * the toolchain's sysroot, the --extern and -L directories, and cargo's sources of registry
+   * and git crates (not the rest of CARGO_HOME: credentials.toml lives there).
+   */
+  sharedReach(): SharedReach {
+    const { req, spec, tc } = this
+    const abs = (p: string) => resolve(req.cwd, p)
+    const cargoHome = req.env.CARGO_HOME ? abs(req.env.CARGO_HOME) : req.env.HOME ? join(req.env.HOME, '.cargo') : null
+    const roots = [req.cwd, dirname(abs(spec.input)), tc.sysroot, '/usr/share/cargo/registry',
+      ...spec.searchDirs.map(abs), ...spec.externs.map((e) => dirname(abs(e.path)))]
+    for (const name of ['CARGO_MANIFEST_DIR', 'OUT_DIR']) if (req.env[name]) roots.push(abs(req.env[name]))
+    if (cargoHome) roots.push(join(cargoHome, 'registry'), join(cargoHome, 'git'))
+    return { roots, fact: (name) => name.startsWith(REMAP_FACT) || CRATE_FACT.test(name) }
   }
 
   restore(entry: CacheEntry): Restore | null {

@@ -21,7 +21,7 @@ import { describeJobMemory, jobMemoryMode, type JobMemoryMode } from '../sandbox
 import { readJobFile, readJobFiles } from '../sandbox/job-output.js'
 import type { ToolchainCache } from '../toolchain/cache.js'
 import { JobViewCheck } from './job-view-check.js'
-import { WorkspacePool, type Workspace, type WorkspaceStats } from './job-workspace.js'
+import { fileTableClash, WorkspacePool, type Workspace, type WorkspaceStats } from './job-workspace.js'
 
 const INPUTS_MISMATCH = 'inputs mismatch'
 /** stdout plus stderr of a job, and its object (the protocol's own cap) */
@@ -138,6 +138,13 @@ export class Builder implements JobHandler {
 
   async run(peer: string, header: JobHeader, files: JobFile[]): Promise<JobReply> {
     const { log } = this.opts
+    // a table no tree can hold is the client's error, said before anything is fetched or written
+    const clash = fileTableClash(header.files.map((f) => f.path), header.dirs, header.cwd)
+    if (clash) {
+      this.failed++
+      log.debug(`job from ${peer} refused: ${clash}`)
+      return { kind: 'failed', reason: clash }
+    }
     try {
       await this.ensureToolchain(peer, header.toolchain)
     } catch (err) {

@@ -13,7 +13,7 @@ import type { CacheEntry, LocalStore } from '../cache/local-store.js'
 import { FileHasher, type FileHash } from '../cache/file-hashes.js'
 import { encodeManifest, parseManifest, type FileSet, type ManifestStore } from '../cache/manifest.js'
 import type { InputSet } from '../compiler/inputs.js'
-import { hashedInputs, type CompileJob, type CompilerFamily, type ContentKey, type Dependencies, type FamilyContext, type OutputBlobs, type RunPlan } from '../compiler/family.js'
+import { hashedInputs, sharedSetRefusal, type CompileJob, type CompilerFamily, type ContentKey, type Dependencies, type FamilyContext, type OutputBlobs, type RunPlan } from '../compiler/family.js'
 import { CFamily } from '../compiler/c-family.js'
 import { RustFamily } from '../compiler/rust-family.js'
 import type { Logger } from '../log.js'
@@ -36,6 +36,8 @@ const DEPEND_KEY_VERSION = 'meshcc-depend-1'
 const SHARED_MANIFEST_VERSION = 'meshcc-shared-manifest-1'
 /** a shared manifest set naming more files than this is not checked (a crate's dep-info is a few hundred) */
 const MAX_SHARED_SET_FILES = 20_000
+/** members remembered as having had a set refused (a warning each); past this the list starts over */
+const MAX_REFUSING_MEMBERS = 1024
 
 /** A miss that may be compiled on a mesh peer: a preprocessed C unit, or a command with its outputs (rustc). */
 export type RemoteJob = PreprocessedRemoteJob | CommandRemoteJob
@@ -139,6 +141,8 @@ export class CompileService {
   private readonly pendingWrites = new Set<Promise<void>>()
   /** manifest updates in flight, by direct key */
   private readonly manifestWrites = new Map<string, Promise<void>>()
+  /** members whose refused shared manifest sets were logged at warn already */
+  private readonly refusedFrom = new Set<string>()
   /** the compiler families, asked in order which one a request's compiler belongs to (C takes the rest) */
   private readonly families: CompilerFamily[] = [new RustFamily(), new CFamily()]
   /** how the cache's writes fail now (ENOSPC on a full disk), so the log says it once, not once per compile */
@@ -522,11 +526,35 @@ export class CompileService {
       return null
     }
     const set = m.sets[0]
-    if (!set || set.files.length > MAX_SHARED_SET_FILES || dependKey(direct, set) !== set.result || !(await this.setMatches(call, set))) return null
+    if (!set || set.files.length > MAX_SHARED_SET_FILES || dependKey(direct, set) !== set.result) return null
+    if ((await this.refusedSharedSet(call, set, found!.producer)) || !(await this.setMatches(call, set))) return null
     const hit = await this.shared!.lookup(set.result)
     if (!hit) return null
     const record: ManifestUpdate = { direct, write: () => this.manifestWrite(direct, this.opts.direct!.add(direct, set)) }
     return await this.replayShared(call, set.result, hit, record, started)
+  }
+
+  /**
+   * A set another member published is checked here only when it names files this command can
+   * read and facts its family records (SharedReach): else the fetch of its result would tell
+   * the publisher that a file here (a key, /etc/shadow) or a variable has the content it
+   * guessed. A refusal is counted and logged, at warn once per member.
+   */
+  private async refusedSharedSet(call: Call, set: FileSet, producer: string): Promise<boolean> {
+    const { job, req, stats } = call
+    const reach = job.sharedReach?.()
+    const bad = reach ? await sharedSetRefusal(set, req.cwd, reach) : `anything (${job.family} jobs take none)`
+    if (bad === null) return false
+    stats.inc('shared_sets_refused')
+    const line = `shared manifest set for ${job.input} from ${producer} refused: it names ${bad}, which this command does not read`
+    if (this.refusedFrom.has(producer)) {
+      this.opts.log.debug(line)
+    } else {
+      if (this.refusedFrom.size >= MAX_REFUSING_MEMBERS) this.refusedFrom.clear()
+      this.refusedFrom.add(producer)
+      this.opts.log.warn(`${line} (counted in shared_sets_refused; more from this member at debug level)`)
+    }
+    return true
   }
 
   /** Every file a manifest set names still has its recorded hash here, and every fact its value. */
@@ -678,12 +706,12 @@ export class CompileService {
 }
 
 /** Where the mesh holds the manifest set of a direct key (rustc's depend-mode results). */
-function sharedManifestKey(direct: string): string {
+export function sharedManifestKey(direct: string): string {
   return createHash('sha256').update(`${SHARED_MANIFEST_VERSION}\0${direct}`).digest('hex')
 }
 
 /** The result key of a depend-mode compile: its direct key and every file (and variable) it read. */
-function dependKey(direct: string, set: Omit<FileSet, 'result'>): string {
+export function dependKey(direct: string, set: Omit<FileSet, 'result'>): string {
   const h = createHash('sha256').update(`${DEPEND_KEY_VERSION}\0${direct}\0`)
   for (const [p, fh] of set.files) h.update(`${p}\0${fh}\0`)
   for (const [name, value] of set.env ?? []) h.update(`env\0${name}\0${value === null ? '\x01' : `=${value}`}\0`)

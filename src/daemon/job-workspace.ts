@@ -23,7 +23,7 @@
 // A tree whose job did not finish cleanly is deleted, not reused; so is every tree under
 // sandbox = "none", where the job can write anywhere in its chroot.
 import { chmod, link, lstat, mkdir, mkdtemp, readdir, readlink, rm, symlink, writeFile } from 'node:fs/promises'
-import { dirname, join, relative } from 'node:path'
+import { dirname, join, normalize, relative } from 'node:path'
 import type { JobFileRef } from '../mesh/protocols/compile-job.js'
 
 export interface WorkspaceKey {
@@ -65,6 +65,24 @@ const MAX_TREE_FILES = 100_000
  * sit in the daemon's own jobs directory (0700) and reach jobs read-only.
  */
 const onDisk = (mode: number) => mode | 0o444
+
+/**
+ * Why a job's file table cannot become a tree, or null: a path it names as a file and also as a
+ * directory (a file below another file, a file its directories or working directory pass
+ * through). Checked before anything of the job is written, as one line naming the path.
+ */
+export function fileTableClash(files: string[], dirs: string[], cwd: string): string | null {
+  const clean = (p: string) => normalize(p).replace(/\/+$/, '') || '/'
+  const asDirs = new Set<string>(['/'])
+  const withAncestors = (d: string) => {
+    for (let x = clean(d); !asDirs.has(x); x = dirname(x)) asDirs.add(x)
+  }
+  withAncestors(cwd)
+  for (const d of dirs) withAncestors(d)
+  for (const f of files) withAncestors(dirname(clean(f)))
+  const clash = files.find((f) => asDirs.has(clean(f)))
+  return clash === undefined ? null : `job file table: ${clash} is both a file and a directory`
+}
 
 /** One job tree, owned by one job at a time. */
 export class Workspace {
@@ -125,8 +143,8 @@ export class Workspace {
    * were written, replaced and removed.
    */
   async sync(refs: JobFileRef[], data: Buffer[], dirs: string[]): Promise<{ written: number; replaced: number; removed: number }> {
-    const want = new Map<string, { hash: string; mode: number; data: Buffer }>()
-    refs.forEach((r, i) => want.set(this.place(r.path), { hash: r.hash, mode: r.mode || 0o644, data: data[i]! }))
+    const want = new Map<string, { path: string; hash: string; mode: number; data: Buffer }>()
+    refs.forEach((r, i) => want.set(this.place(r.path), { path: r.path, hash: r.hash, mode: r.mode || 0o644, data: data[i]! }))
     const wantDirs = new Set<string>()
     const addAncestors = (d: string) => {
       for (let x = d; x !== this.root && x !== this.cwdDir && x.length > this.base.length; x = dirname(x)) {
@@ -176,6 +194,7 @@ export class Workspace {
       } catch (e) {
         if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e
         // a toolchain file (hard link) at an input's path: never write through the link
+        if ((await lstat(p)).isDirectory()) throw new Error(`job file table: ${w.path} is a directory of the toolchain`)
         this.shadowsToolchain = true
         await rm(p, { force: true })
         await writeFile(p, w.data, { mode: onDisk(w.mode), flag: 'wx' })
