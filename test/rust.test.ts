@@ -81,10 +81,10 @@ function logSize(): number {
 }
 
 /** Build with meshcc after a cargo clean; the crates it missed and hit. */
-async function cleanBuild(dir = ws): Promise<{ r: RunResult; misses: string[]; hits: string[] }> {
+async function cleanBuild(dir = ws, extraEnv: NodeJS.ProcessEnv = {}): Promise<{ r: RunResult; misses: string[]; hits: string[] }> {
   rmSync(join(dir, 'target'), { recursive: true, force: true })
   const from = logSize()
-  const r = await cargoIn(dir, [], true)
+  const r = await cargoIn(dir, [], true, extraEnv)
   assert.equal(r.code, 0, r.stderr)
   return { r, ...logOutcomes(join(inst.cacheDir, 'meshcc.log'), from) }
 }
@@ -120,7 +120,8 @@ test('cargo clean && cargo build twice: the second is all hits, every output byt
   assert.equal(cold.hits.length, 0)
   assert.match(cold.r.stderr, /unused variable: `unused_here`/)
 
-  const warm = await cleanBuild()
+  // cargo's credentials and proxies reach rustc's environment but not its output: never in a key
+  const warm = await cleanBuild(ws, { CARGO_REGISTRY_TOKEN: 'cio-not-a-real-token', CARGO_HTTP_PROXY: 'http://user:secret@127.0.0.1:9' })
   assert.deepEqual(warm.misses, [])
   assert.deepEqual(warm.hits, cacheable)
   assert.match(warm.r.stderr, /unused variable: `unused_here`/, 'the warning is replayed on a hit')

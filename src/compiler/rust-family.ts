@@ -34,8 +34,12 @@ const RUSTC_NAME = /^(?:[\w.]+-)*rustc(?:-[\w.]+)?$/
 /** Variables rustc itself reads (besides env! and option_env!, which dep-info lists). */
 const RUSTC_ENV = ['RUSTC_BOOTSTRAP', 'RUSTC_FORCE_RUSTC_VERSION', 'RUSTC_LOG', 'RUST_TARGET_PATH', 'RUST_MIN_STACK',
   'LANG', 'LC_ALL', 'LC_MESSAGES', 'SOURCE_DATE_EPOCH', 'MESHCC_CACHE_BUSTER']
-/** Cargo's variables that say nothing about the crate (sccache leaves out the same). */
-const CARGO_ENV_IGNORED = /^CARGO_(?:MAKEFLAGS|BUILD_JOBS|ENCODED_RUSTFLAGS|REGISTRIES_.*|HOME|TARGET_DIR)$/
+/**
+ * Cargo's variables that say nothing about the crate (sccache leaves out the same): its own
+ * settings, registry credentials and proxies. A secret in a key would be one more thing the
+ * key's owner could test guesses against.
+ */
+const CARGO_ENV_IGNORED = /^CARGO_(?:MAKEFLAGS|BUILD_JOBS|ENCODED_RUSTFLAGS|REGISTRIES_.*|REGISTRY_.*|HTTP_.*|NET_.*|HOME|TARGET_DIR)$/
 /** Cargo's variables that are paths: relative to the working directory in the key when only rustc reads them. */
 const CARGO_PATH_ENV = new Set(['CARGO', 'CARGO_MANIFEST_DIR', 'CARGO_MANIFEST_PATH', 'CARGO_RUSTC_CURRENT_DIR'])
 /** A directory this many native static libraries deep is a system one: only the -l named ones enter the key. */
