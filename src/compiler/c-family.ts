@@ -42,9 +42,11 @@ const DATE_TIME_MACROS = ['DATE__', 'TIME__', 'STAMP__'].map((m) => Buffer.from(
  */
 const ALTERNATIVE_HASH = ['%:', '??='].map((m) => Buffer.from(m))
 /**
- * __FILE__, __BASE_FILE__ and __FILE_NAME__, left unexpanded by -fdirectives-only, would take
- * the file's name from the line markers when compiled: such a unit is preprocessed fully,
- * which writes the name (after -fmacro-prefix-map) into the text the key holds.
+ * __FILE__, __BASE_FILE__ and __FILE_NAME__, left unexpanded by -fdirectives-only, take the
+ * file's name from the line markers when compiled: such a unit's key holds every marker's name
+ * as those macros expand it (after -fmacro-prefix-map). Almost every kernel unit names __FILE__
+ * in a header's macros (WARN, cond_resched), and preprocessing it fully as well cost the client
+ * a second, three times dearer preprocessor run per remote job.
  */
 const FILE_MACROS = [Buffer.from('FILE__')]
 /** Builtins that write the current file's name into the object, unexpanded in any preprocessed text: the names enter the key as written. */
@@ -204,17 +206,21 @@ class CJob implements CompileJob {
     // the names as written apart, for a unit that turns out to write them into its object
     const keyText = createHash('sha256')
     const writtenNames = createHash('sha256')
-    const forms = new Map<string, string>()
+    // the names __FILE__ and its kin expand to, for a directives-only unit that names them
+    const macroNames = directivesOnly ? createHash('sha256') : null
+    const forms = new Map<string, { key: string; macro: string }>()
     const sink: MarkerTextSink = {
       text: (b) => { keyText.update(b) },
       name: (raw, escaped) => {
         let form = forms.get(raw)
         if (form === undefined) {
-          form = this.nameForm(decodeMarkerName(raw, escaped))
+          const name = decodeMarkerName(raw, escaped)
+          form = { key: this.nameForm(name), macro: this.macroNameForm(raw, name) }
           forms.set(raw, form)
         }
-        keyText.update(`\0${form}\0`)
+        keyText.update(`\0${form.key}\0`)
         writtenNames.update(`${raw}\0`)
+        macroNames?.update(`${form.macro}\0`)
       }
     }
     let ppBytes = 0
@@ -223,10 +229,11 @@ class CJob implements CompileJob {
     // An assembler .incbin (in a .S file or inline asm) reads a file the preprocessed text does
     // not contain: a change there would leave the key unchanged and a hit would be stale. In
     // directives-only text (comments kept, __DATE__ unexpanded) it, or a date or time macro,
-    // sends the unit to full preprocessing, which decides; so does a "%:" or "??=", and
-    // __FILE__ and its kin.
-    const search = new StreamSearchAny(directivesOnly ? [INCBIN, ...DATE_TIME_MACROS, ...ALTERNATIVE_HASH, ...FILE_MACROS] : [INCBIN])
+    // sends the unit to full preprocessing, which decides; so does a "%:" or "??=". __FILE__
+    // and its kin keep the cheap mode: the key takes the names they expand to (FILE_MACROS).
+    const search = new StreamSearchAny(directivesOnly ? [INCBIN, ...DATE_TIME_MACROS, ...ALTERNATIVE_HASH] : [INCBIN])
     const builtins = new StreamSearchAny(FILE_BUILTINS)
+    const fileMacros = directivesOnly ? new StreamSearchAny(FILE_MACROS) : null
     const ok = await ctx.pre.run(async () => {
       const r = await runProcess(req.compiler, spec.preprocessArgs(this.depTemp, directivesOnly), {
         cwd: req.cwd, env: req.env, stderr: false,
@@ -235,13 +242,14 @@ class CJob implements CompileJob {
           ppBytes += chunk.length
           search.push(chunk)
           builtins.push(chunk)
+          fileMacros?.push(chunk)
           scanner.push(chunk)
         }
       })
       return r.exitCode === 0
     })
     if (directivesOnly && (!ok || search.found)) {
-      ctx.log.debug(`${spec.input}: preprocessed fully (${ok ? 'it names .incbin, __DATE__, __TIME__ or __FILE__, or has a digraph or trigraph "#"' : 'gcc refused -fdirectives-only'})`)
+      ctx.log.debug(`${spec.input}: preprocessed fully (${ok ? 'it names .incbin, __DATE__ or __TIME__, or has a digraph or trigraph "#"' : 'gcc refused -fdirectives-only'})`)
       return 'full'
     }
     if (ok && search.found) return 'incbin'
@@ -249,19 +257,31 @@ class CJob implements CompileJob {
     const inputs = scanner.finish()
     field(keyText.digest('hex'))
     if (spec.paths.namesInCode !== null || builtins.found) field(`names=${writtenNames.digest('hex')}`)
+    if (fileMacros?.found) field(`file-macros=${macroNames!.digest('hex')}`)
     return { key: h.digest('hex'), ppHash: ppHash?.digest('hex') ?? '', directivesOnly, ppBytes, inputs }
   }
 
   /**
    * A line marker's name as the key holds it: as debug info names it (after the build's prefix
    * maps) with -g, else by where it lies from the working directory (nothing else of it reaches
-   * the object: __FILE__ is expanded in the text, builtins add the names as written).
+   * the object: __FILE__ is expanded in the text or its expansions keyed apart, builtins add the
+   * names as written).
    */
   private nameForm(name: string): string {
     const { paths } = this.spec
     if (!paths.debug) return `k:${keyForm(name, this.req.cwd)}`
     const mapped = mapPath(name, paths.debugMaps)
     return mapped === null ? `r:${name}` : `m:${mapped}`
+  }
+
+  /**
+   * A line marker's name as __FILE__ expands it: mapped, when every -fmacro-prefix-map that
+   * matches maps it alike (a build that maps its checkout away keeps its hits across
+   * checkouts); else as written, which with the maps the key holds decides the expansion.
+   */
+  private macroNameForm(raw: string, name: string): string {
+    const mapped = mapPath(name, this.spec.paths.macroMaps)
+    return mapped === null ? `r:${raw}` : `m:${mapped}`
   }
 
   /** The working directory as debug info holds it ('' without debug info; -fdebug-compilation-dir is in the arguments). */
