@@ -10,7 +10,9 @@ export const COUNTERS = [
   'compile_requests', 'cache_hits', 'direct_hits', 'cache_misses', 'non_cacheable', 'local_compiles', 'remote_compiles',
   'compile_failures', 'fallbacks', 'remote_retries', 'cache_errors', 'cache_writes', 'directives_only',
   // hits found after a local miss: in the mesh ([cache] shared), in the second tier ([cache] remote)
-  'mesh_hits', 'tier_hits'
+  'mesh_hits', 'tier_hits',
+  // remote jobs also started here because their builder was slow, and those the compile here won
+  'hedged', 'hedge_won_local'
 ] as const
 export type Counter = (typeof COUNTERS)[number]
 
