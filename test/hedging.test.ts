@@ -1,0 +1,184 @@
+// Hedging a slow remote job, with real daemons on loopback, a real builder (bubblewrap) and
+// real gcc. The builder is made slow by a real cause: its compiler process (cc1, inside the
+// sandbox) is frozen with SIGSTOP once the job runs there, so the builder daemon stays alive,
+// keeps the job's stream going with heartbeats and stays in the view, and the job simply does
+// not finish (a builder that is slow, not one that is gone). A client with a local slot must
+// compile the job here too once it has run longer than is usual on that builder, and take that
+// result; a client with local_slots = 0 must not.
+import { test, after, before } from 'node:test'
+import assert from 'node:assert/strict'
+import { mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { runCommand, type Instance } from './helpers/meshcc.js'
+import { status, startMeshDaemon, waitFor } from './helpers/mesh-daemons.js'
+import { startDistMesh, type DistMesh } from './helpers/dist-mesh.js'
+import { HEDGE_FACTOR, HEDGE_FLOOR_MS } from '../src/daemon/placement.js'
+import { logFiles } from '../src/log.js'
+
+let mesh: DistMesh
+let builder: Instance
+/** local_slots = 0: every miss to the builder */
+let noSlots: Instance
+/** local_slots = 1 and a speed score far below the builder's: misses go to the builder while its slot is free */
+let hedger: Instance
+/** processes this test froze, thawed again however a test ends */
+const frozen = new Set<number>()
+
+before(async () => {
+  // one builder, advertised far faster than the clients: the hedging client sends its misses there
+  mesh = await startDistMesh('hedge', 1, 'speed = 1000')
+  builder = mesh.builders[0]!
+  noSlots = mesh.client
+  const boot = (await status(builder)).mesh!.addresses.filter((a) => a.includes('/127.0.0.1/'))
+  hedger = mesh.daemon('hedge-local1', { localSlots: 1, cores: 1, bootstrap: boot, build: 'speed = 1' })
+  await startMeshDaemon(hedger)
+  // its own entry too: without its own speed score a client keeps a miss here while its slot is free
+  await waitFor('the builder and itself in the hedging client\'s view', async () => {
+    const s = await status(hedger)
+    const builderIn = s.mesh!.members.some((m) => !m.self && m.free_slots > 0 && m.accept !== 'never' && m.rtt_ms !== null)
+    return builderIn && s.mesh!.members.some((m) => m.self) ? true : undefined
+  })
+})
+after(async () => {
+  thaw()
+  await mesh?.stop()
+})
+
+function thaw(): void {
+  for (const pid of frozen) try { process.kill(pid, 'SIGCONT') } catch { /* gone */ }
+  frozen.clear()
+}
+
+/** pid → [command name, parent pid, state] of every process, from /proc */
+function processes(): Map<number, { comm: string; ppid: number; state: string }> {
+  const out = new Map<number, { comm: string; ppid: number; state: string }>()
+  for (const name of readdirSync('/proc')) {
+    if (!/^\d+$/.test(name)) continue
+    let stat: string
+    try { stat = readFileSync(`/proc/${name}/stat`, 'utf8') } catch { continue }
+    // "pid (comm) state ppid …"; comm may hold spaces and parentheses
+    const close = stat.lastIndexOf(')')
+    const [state, ppid] = stat.slice(close + 2).split(' ')
+    out.set(Number(name), { comm: stat.slice(stat.indexOf('(') + 1, close), ppid: Number(ppid), state: state! })
+  }
+  return out
+}
+
+/** Freeze the first cc1 that runs under `root` (the builder daemon's sandbox); its pid. Bounded to 120 s. */
+async function freezeCompilerUnder(root: number): Promise<number> {
+  const deadline = Date.now() + 120_000
+  while (Date.now() < deadline) {
+    const procs = processes()
+    for (const [pid, p] of procs) {
+      if (p.comm !== 'cc1') continue
+      let up = p.ppid
+      for (let hops = 0; up > 1 && up !== root && hops < 32; hops++) up = procs.get(up)?.ppid ?? 0
+      if (up !== root) continue
+      process.kill(pid, 'SIGSTOP')
+      frozen.add(pid)
+      return pid
+    }
+    await new Promise((r) => setTimeout(r, 5))
+  }
+  throw new Error('no cc1 ran under the builder within 120 s')
+}
+
+/** A unit that keeps cc1 busy for a moment at -O2 (long enough to be caught running); `seed` makes each one a miss. */
+function writeSlowUnit(dir: string, name: string, seed: number): void {
+  mkdirSync(dir, { recursive: true })
+  const n = 60
+  const fns = Array.from({ length: n }, (_, i) =>
+    `int f${i}(int x){int s=${i + seed};for(int j=0;j<x;j++){s+=(j*${i + 3})%(j+${(i % 7) + 2});if(s>${i * 31 + 7})s^=j<<${i % 5};}return s;}`)
+  writeFileSync(join(dir, name), `${fns.join('\n')}\nint all(int x){return ${fns.map((_, i) => `f${i}(x)`).join('+')};}\n`)
+}
+
+/** A small remote compile through `client`: ships the toolchain and gives the client a usual job time on the builder. Its wall time. */
+async function warmUp(client: Instance, dir: string): Promise<number> {
+  mkdirSync(dir, { recursive: true })
+  writeFileSync(join(dir, 'warm.c'), `int warm_${client === hedger ? 'h' : 'z'}(int x) { return x * 3; }\n`)
+  const before = await client.stats()
+  const t0 = Date.now()
+  const r = await client.run(['gcc', '-c', '-O2', 'warm.c', '-o', 'warm.o'], { cwd: dir, timeoutMs: 180_000 })
+  const took = Date.now() - t0
+  assert.equal(r.code, 0, r.stderr)
+  const after = await client.stats()
+  if (after.remote_compiles - before.remote_compiles !== 1) {
+    const st = await status(client)
+    const log = readFileSync(logFiles(client.cacheDir, client.socket).file, 'utf8').split('\n').slice(-40).join('\n')
+    assert.fail(`warm-up not compiled on the builder (fallbacks: ${JSON.stringify(after.fallback_reasons)}; view ${JSON.stringify(st.mesh?.members)})\n${log}`)
+  }
+  return took
+}
+
+test('a client with a local slot compiles a job stuck on a slow builder here too and takes that result', { timeout: 400_000 }, async () => {
+  const dir = join(hedger.dir, 'src')
+  await warmUp(hedger, dir)
+  writeSlowUnit(dir, 'slow.c', 1)
+  const plain = await runCommand('gcc', ['-c', '-O2', 'slow.c', '-o', 'plain.o'], { cwd: dir })
+  assert.equal(plain.code, 0, plain.stderr)
+
+  const before = await hedger.stats()
+  try {
+    const freezing = freezeCompilerUnder(builder.daemonPid()!)
+    // without a hedge this waits for the frozen builder: the run's own timeout ends it
+    const run = hedger.run(['gcc', '-c', '-O2', 'slow.c', '-o', 'slow.o'], { cwd: dir, timeoutMs: 180_000 })
+    const cc1 = await freezing
+    const r = await run
+    assert.equal(r.code, 0, `the compile finished (${r.signal ?? ''}): ${r.stderr}`)
+    // the builder's compiler is still frozen: the object did not come from it
+    assert.equal(processes().get(cc1)?.state, 'T', 'the builder\'s cc1 is still stopped')
+    assert.ok(readFileSync(join(dir, 'slow.o')).equals(readFileSync(join(dir, 'plain.o'))), 'slow.o is what gcc makes')
+    const after = await hedger.stats()
+    const d = (k: string) => after[k] - before[k]
+    assert.equal(d('hedged'), 1, 'the job was hedged')
+    assert.equal(d('hedge_won_local'), 1, 'the compile here won')
+    assert.equal(d('remote_compiles'), 0)
+    assert.equal(d('local_compiles'), 1)
+    assert.equal(d('fallbacks'), 0, `no fallback: ${JSON.stringify(after.fallback_reasons)}`)
+    const cHedged = (s: Record<string, unknown>) => (s.families as Record<string, { counters: Record<string, number> }>).c?.counters.hedged ?? 0
+    assert.equal(cHedged(after) - cHedged(before), 1, 'counted for the C family')
+    // the human form names it
+    const text = await hedger.run(['-s'])
+    assert.match(text.stdout, /hedged\)\s+\d+/)
+  } finally {
+    thaw()
+  }
+  // the builder still works once its compiler runs again (the abandoned job ends there)
+  writeSlowUnit(dir, 'after.c', 3)
+  const again = await hedger.stats()
+  const r2 = await hedger.run(['gcc', '-c', '-O2', 'after.c', '-o', 'after.o'], { cwd: dir, timeoutMs: 180_000 })
+  assert.equal(r2.code, 0, r2.stderr)
+  const s2 = await hedger.stats()
+  assert.equal(s2.remote_compiles + s2.local_compiles - again.remote_compiles - again.local_compiles, 1)
+})
+
+test('a client with local_slots = 0 never hedges: it waits for the builder', { timeout: 400_000 }, async () => {
+  const dir = join(noSlots.dir, 'src')
+  const warm = await warmUp(noSlots, dir)
+  writeSlowUnit(dir, 'slow.c', 2)
+  const plain = await runCommand('gcc', ['-c', '-O2', 'slow.c', '-o', 'plain.o'], { cwd: dir })
+  assert.equal(plain.code, 0, plain.stderr)
+
+  const before = await noSlots.stats()
+  try {
+    const freezing = freezeCompilerUnder(builder.daemonPid()!)
+    let finished = false
+    const run = noSlots.run(['gcc', '-c', '-O2', 'slow.c', '-o', 'slow.o'], { cwd: dir, timeoutMs: 240_000 })
+    void run.then(() => { finished = true })
+    await freezing
+    // past any bound a hedge could use: the usual job there is at most the warm-up's wall time
+    await new Promise((r) => setTimeout(r, Math.max(HEDGE_FLOOR_MS, HEDGE_FACTOR * warm) + 3000))
+    assert.equal(finished, false, 'the compile waits for the frozen builder')
+    const mid = await noSlots.stats()
+    assert.equal(mid.hedged - before.hedged, 0, 'not hedged')
+    thaw()
+    const r = await run
+    assert.equal(r.code, 0, r.stderr)
+    assert.ok(readFileSync(join(dir, 'slow.o')).equals(readFileSync(join(dir, 'plain.o'))), 'slow.o is what gcc makes')
+    const after = await noSlots.stats()
+    assert.equal(after.remote_compiles - before.remote_compiles, 1, `compiled on the builder (fallbacks: ${JSON.stringify(after.fallback_reasons)})`)
+    assert.equal(after.hedged - before.hedged, 0)
+  } finally {
+    thaw()
+  }
+})
