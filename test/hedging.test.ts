@@ -9,7 +9,7 @@ import { test, after, before } from 'node:test'
 import assert from 'node:assert/strict'
 import { mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { runCommand, type Instance } from './helpers/meshcc.js'
+import { runCommand, type Instance, type RunResult } from './helpers/meshcc.js'
 import { status, startMeshDaemon, waitFor } from './helpers/mesh-daemons.js'
 import { startDistMesh, type DistMesh } from './helpers/dist-mesh.js'
 import { HEDGE_FACTOR, HEDGE_FLOOR_MS } from '../src/daemon/placement.js'
@@ -114,19 +114,26 @@ async function warmUp(client: Instance, dir: string): Promise<number> {
   assert.fail(`no warm-up compiled on the builder (stats: ${JSON.stringify(await client.stats())}; view ${JSON.stringify(st.mesh?.members)})\n${log}`)
 }
 
+/**
+ * slow.c compiled plainly (plain.o), then through `client` (slow.o) with the builder's cc1
+ * frozen as soon as it runs: the run, and that cc1's pid once frozen.
+ */
+async function slowCompile(client: Instance, dir: string, seed: number): Promise<{ run: Promise<RunResult>; frozenCc1: number }> {
+  writeSlowUnit(dir, 'slow.c', seed)
+  const plain = await runCommand('gcc', ['-c', '-O2', 'slow.c', '-o', 'plain.o'], { cwd: dir })
+  assert.equal(plain.code, 0, plain.stderr)
+  const freezing = freezeCompilerUnder(builder.daemonPid()!)
+  const run = client.run(['gcc', '-c', '-O2', 'slow.c', '-o', 'slow.o'], { cwd: dir, timeoutMs: 240_000 })
+  return { run, frozenCc1: await freezing }
+}
+
 test('a client with a local slot compiles a job stuck on a slow builder here too and takes that result', { timeout: 400_000 }, async () => {
   const dir = join(hedger.dir, 'src')
   await warmUp(hedger, dir)
-  writeSlowUnit(dir, 'slow.c', 1)
-  const plain = await runCommand('gcc', ['-c', '-O2', 'slow.c', '-o', 'plain.o'], { cwd: dir })
-  assert.equal(plain.code, 0, plain.stderr)
-
   const before = await hedger.stats()
   try {
-    const freezing = freezeCompilerUnder(builder.daemonPid()!)
     // without a hedge this waits for the frozen builder: the run's own timeout ends it
-    const run = hedger.run(['gcc', '-c', '-O2', 'slow.c', '-o', 'slow.o'], { cwd: dir, timeoutMs: 180_000 })
-    const cc1 = await freezing
+    const { run, frozenCc1: cc1 } = await slowCompile(hedger, dir, 1)
     const r = await run
     assert.equal(r.code, 0, `the compile finished (${r.signal ?? ''}): ${r.stderr}`)
     assert.ok(readFileSync(join(dir, 'slow.o')).equals(readFileSync(join(dir, 'plain.o'))), 'slow.o is what gcc makes')
@@ -162,17 +169,11 @@ test('a client with a local slot compiles a job stuck on a slow builder here too
 test('a client with local_slots = 0 never hedges: it waits for the builder', { timeout: 400_000 }, async () => {
   const dir = join(noSlots.dir, 'src')
   const warm = await warmUp(noSlots, dir)
-  writeSlowUnit(dir, 'slow.c', 2)
-  const plain = await runCommand('gcc', ['-c', '-O2', 'slow.c', '-o', 'plain.o'], { cwd: dir })
-  assert.equal(plain.code, 0, plain.stderr)
-
   const before = await noSlots.stats()
   try {
-    const freezing = freezeCompilerUnder(builder.daemonPid()!)
     let finished = false
-    const run = noSlots.run(['gcc', '-c', '-O2', 'slow.c', '-o', 'slow.o'], { cwd: dir, timeoutMs: 240_000 })
+    const { run } = await slowCompile(noSlots, dir, 2)
     void run.then(() => { finished = true })
-    await freezing
     // past any bound a hedge could use: the usual job there is at most the warm-up's wall time
     await new Promise((r) => setTimeout(r, Math.max(HEDGE_FLOOR_MS, HEDGE_FACTOR * warm) + 3000))
     assert.equal(finished, false, 'the compile waits for the frozen builder')
