@@ -394,8 +394,9 @@ export class CompileService {
       if (pid !== null) try { process.kill(-pid, 'SIGKILL') } catch { /* exited meanwhile */ }
     }
     const hedge = async () => {
-      while (!settled && this.cpu.running >= this.opts.slots) await this.cpu.whenFree()
-      if (settled || running) return
+      // (a reload may set local_slots to 0 meanwhile: then no slot will come)
+      while (!settled && this.opts.slots > 0 && this.cpu.running >= this.opts.slots) await this.cpu.whenFree()
+      if (settled || running || this.opts.slots === 0) return
       stats.inc('hedged')
       log.debug(`hedging ${job.input}: ${peer} has not answered in ${Math.round(performance.now() - acceptedAt)} ms, compiling it here too`)
       running = this.compileHere(call, false, hooks).then((local) => ({ local }))
