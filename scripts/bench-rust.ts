@@ -9,6 +9,10 @@
 //   npm run bench:rust                 full run (about 40 min on 2 cores)
 //   npm run bench:rust -- --quick      a dozen direct dependencies (about 40 crates), for development
 //   npm run bench:rust -- --tools cargo,meshcc --reps 1
+//   npm run bench:rust -- --quick --tools cargo,meshcc-dist --reps 1
+//                                      the same cold build over two builder daemons on loopback
+//                                      (each its own config dir, bubblewrap sandbox) and a client
+//                                      daemon with local_slots = 0, as bench-dist sets them up
 //
 // Needs root for apt-get when packages are missing (the librust-*-dev crates, sccache, time).
 // Everything lives in --work-dir (default /var/tmp/meshcc-bench-rust): the workspace, a
@@ -23,11 +27,15 @@ import { parseArgs } from 'node:util'
 import { BenchError, COMMON_BENCH_OPTIONS, countOption, fail, killRunningChildren, machineBusySeconds, run, runOk, toolList } from './lib/proc.js'
 import { fmtPct, fmtRatio, fmtSec, markdownTable, median, textTable } from './lib/stats.js'
 import { MESHCC_MAIN, type CacheCounts, type Tool, cleanEnv, meshccMissing, meshccTool, sccacheTool } from './lib/tools.js'
+import { meshccTool as meshccFarmTool } from './lib/dist-bench-tools.js'
 
 const HERE = dirname(fileURLToPath(import.meta.url))
 const REGISTRY = '/usr/share/cargo/registry'
-const ALL_TOOLS = ['cargo', 'sccache', 'meshcc'] as const
+const ALL_TOOLS = ['cargo', 'sccache', 'meshcc', 'meshcc-dist'] as const
+const DEFAULT_TOOLS = ['cargo', 'sccache', 'meshcc']
 type ToolName = (typeof ALL_TOOLS)[number]
+/** meshcc-dist: builder daemons on loopback, slots each (the machine's cores shared between them) */
+const DIST_BUILDERS = 2
 const TARGETS = { coldOverhead: 0.05, warmVsSccache: 0.8 }
 
 /** The program's direct dependencies: [crate, version, features, Debian package]. */
@@ -67,7 +75,8 @@ interface ToolResult { name: ToolName; skipped?: string; failed?: string; cold?:
 function usage(): string {
   return `usage: npm run bench:rust -- [--quick] [--tools ${ALL_TOOLS.join(',')}] [--reps N] [--jobs N] [--work-dir DIR] [--out FILE] [--no-install]
   --quick      the first ${QUICK_DEPS} direct dependencies only (about 40 crates)
-  --tools      which tools to compare, in order (default: all; cargo alone is the baseline)
+  --tools      which tools to compare, in order (default: ${DEFAULT_TOOLS.join(',')}; cargo alone is the baseline;
+               meshcc-dist: ${DIST_BUILDERS} builder daemons on 127.0.0.1 and a client with local_slots = 0)
   --reps       warm builds per caching tool (default 3; the median counts)
   --jobs       cargo -j (default: number of CPUs)
   --work-dir   workspace, CARGO_HOME and caches (default /var/tmp/meshcc-bench-rust)
@@ -144,6 +153,28 @@ function plainCargo(base: Record<string, string>): Tool {
   return { name: 'cargo', cc: '', env: cleanEnv(base), start: async () => {}, zero: async () => {}, counts: async () => undefined, serverCpu: () => 0, stop: async () => {} }
 }
 
+/**
+ * meshcc over DIST_BUILDERS builder daemons and a client daemon with local_slots = 0, each its
+ * own config dir, on 127.0.0.1 (bench-dist's farm): every crate that can go to a builder does.
+ * Its CPU is the client's and the builders' process trees (the rustc jobs included).
+ */
+function meshccDistTool(base: Record<string, string>, caches: string, slotsPerBuilder: number): Tool {
+  const farm = meshccFarmTool(base, join(caches, 'meshcc-dist'), { builders: DIST_BUILDERS, slotsPerBuilder, logLevel: 'info' }, say)
+  return {
+    name: 'meshcc-dist', cc: '', env: { ...farm.env, RUSTC_WRAPPER: MESHCC_MAIN },
+    start: () => farm.setup(),
+    zero: () => farm.beforeBuild(),
+    async counts() {
+      const c = await farm.counts('')
+      const extra: Record<string, number> = { remote_compiles: c.remote, fallbacks: c.fallbacks, ...c.reasons }
+      for (const [k, v] of Object.entries(c.raw)) if (/ jobs (done|failed|refused)$/.test(k)) extra[k] = v
+      return { requests: c.raw.compile_requests ?? 0, hits: c.raw.cache_hits ?? 0, misses: c.raw.cache_misses ?? 0, uncacheable: c.raw.non_cacheable ?? 0, extra }
+    },
+    serverCpu: () => farm.clientCpu() + farm.builderCpu(),
+    stop: () => farm.teardown()
+  }
+}
+
 function countsLine(c: CacheCounts): string {
   return `${c.requests} calls, ${c.hits} hits, ${c.misses} misses, ${c.uncacheable} not cacheable`
 }
@@ -153,7 +184,7 @@ async function main(): Promise<number> {
     options: {
       ...COMMON_BENCH_OPTIONS,
       quick: { type: 'boolean', default: false },
-      tools: { type: 'string', default: ALL_TOOLS.join(',') },
+      tools: { type: 'string', default: DEFAULT_TOOLS.join(',') },
       reps: { type: 'string', default: '3' },
       jobs: { type: 'string', default: String(cpus().length) },
       'work-dir': { type: 'string', default: '/var/tmp/meshcc-bench-rust' },
@@ -214,6 +245,14 @@ async function main(): Promise<number> {
         const t = meshccTool(base, caches, MESHCC_MAIN)
         t.env.RUSTC_WRAPPER = MESHCC_MAIN
         tools.push({ name, tool: t })
+      }
+      if (name === 'meshcc-dist') {
+        const missing = meshccMissing(MESHCC_MAIN)
+        if (missing) {
+          results.push({ name, skipped: missing, warm: [] })
+          continue
+        }
+        tools.push({ name, tool: meshccDistTool(base, caches, Math.max(1, Math.floor(cpus().length / DIST_BUILDERS))) })
       }
     }
     // cold builds one tool after the other, then the warm ones interleaved, so a slow spell of
@@ -298,12 +337,21 @@ function render(results: ToolResult[], info: { rustc: string; sccache: string; j
     ['warm `cargo clean && cargo build`, meshcc / sccache (wall)', fmtRatio(warmRatio), `at most ${fmtRatio(TARGETS.warmVsSccache)}`, verdict(warmRatio, TARGETS.warmVsSccache)],
     ['warm `cargo clean && cargo build`, meshcc / sccache (CPU)', fmtRatio(warmCpuRatio), `at most ${fmtRatio(TARGETS.warmVsSccache)}`, verdict(warmCpuRatio, TARGETS.warmVsSccache)]
   ]
+  const dist = by('meshcc-dist')
+  if (dist?.cold && plain) {
+    const r = dist.cold.wallMs / plain.wallMs
+    targets.push([`cold build over ${DIST_BUILDERS} builder daemons (meshcc-dist) / plain cargo (wall)`, fmtRatio(r), 'no target (one machine)', '-'])
+  }
   const crates = plain?.crates ?? mesh?.cold?.crates
   let md = `# Rust benchmark${info.quick ? ' (quick)' : ''}\n\n`
   md += `\`npm run bench:rust${info.quick ? ' -- --quick' : ''}\`: \`cargo build\` of a program with ${info.quick ? QUICK_DEPS : DEPS.length} direct dependencies, ${crates ?? '?'} crates compiled in all (Debian's librust-*-dev crates, offline), debug profile, CARGO_INCREMENTAL=0, cargo -j${info.jobs}; ${info.rustc}; ${info.sccache}. Cold: empty cache, clean target directory. Warm: \`cargo clean && cargo build\` with the cache the cold build filled, median of ${info.reps}.\n\n`
   md += markdownTable(header, rows) + '\n\n'
   md += markdownTable(['figure', 'measured', 'target', ''], targets) + '\n\n'
   if (same !== undefined) md += `Outputs: ${same} of ${plain!.outputCount ?? plain!.outputs.size} rlib/rmeta files of meshcc's warm build are byte-identical to plain cargo's.\n\n`
+  if (dist?.cold && plain) {
+    const distSame = dist.cold.identical ?? [...plain.outputs].filter(([n, h]) => dist.cold!.outputs.get(n) === h).length
+    md += `meshcc-dist: ${DIST_BUILDERS} builder daemons on 127.0.0.1, each its own config dir and bubblewrap sandbox, sharing this machine's ${cpus().length} cores, and a client daemon with local_slots = 0 (bench-dist's farm); its CPU counts the builders' trees (the rustc jobs). Its cold build's outputs: ${distSame} of ${plain.outputCount ?? plain.outputs.size} rlib/rmeta files byte-identical to plain cargo's. Counters of its cold build: ${dist.cold.counts ? `${countsLine(dist.cold.counts)}; ${Object.entries(dist.cold.counts.extra).map(([k, v]) => `${k} ${v}`).join(', ')}` : '-'}.\n\n`
+  }
   md += 'Hits/misses/not cacheable are each tool\'s own counters for the last warm build (rustc calls: bin, proc-macro and build-script crates and cargo\'s queries are not cacheable for either tool). Foreign CPU is what other processes on the machine used during the cold build: a large figure makes that wall time untrustworthy.\n\n'
   md += '```\n' + textTable(header, rows) + '\n```\n'
   return md

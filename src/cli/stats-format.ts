@@ -11,6 +11,8 @@ const LINES: Array<[string, string]> = [
   ['Non-cacheable calls', 'non_cacheable'],
   ['Local compiles', 'local_compiles'],
   ['Remote compiles', 'remote_compiles'],
+  ['  slow, also started here (hedged)', 'hedged'],
+  ['  of those, finished here first', 'hedge_won_local'],
   ['Units keyed with -fdirectives-only', 'directives_only'],
   ['Compile failures', 'compile_failures'],
   ['Fallbacks to a plain compile', 'fallbacks'],

@@ -136,7 +136,7 @@ export class Builder implements JobHandler {
     return null
   }
 
-  async run(peer: string, header: JobHeader, files: JobFile[]): Promise<JobReply> {
+  async run(peer: string, header: JobHeader, files: JobFile[], signal?: AbortSignal): Promise<JobReply> {
     const { log } = this.opts
     // a table no tree can hold is the client's error, said before anything is fetched or written
     const clash = fileTableClash(header.files.map((f) => f.path), header.dirs, header.cwd)
@@ -162,13 +162,14 @@ export class Builder implements JobHandler {
         log.debug(`job from ${peer}: checking its preprocessed unit: ${why}`)
       }
       const check = why !== null
-      let reply = await this.runInTree(peer, header, check, () => this.workspaces.acquire(key, header.files, data, header.dirs))
+      let reply = await this.runInTree(peer, header, check, () => this.workspaces.acquire(key, header.files, data, header.dirs), signal)
       // a kept tree can hold a file the client no longer has: once more in a fresh one
       if (reply.reused && reply.reply.kind === 'failed' && reply.reply.reason.startsWith(INPUTS_MISMATCH)) {
         log.debug(`job from ${peer}: ${reply.reply.reason} in a kept tree; running it again in a fresh one`)
-        reply = await this.runInTree(peer, header, check, () => this.workspaces.acquire(key, header.files, data, header.dirs, true))
+        reply = await this.runInTree(peer, header, check, () => this.workspaces.acquire(key, header.files, data, header.dirs, true), signal)
       }
-      if (reply.reply.kind === 'done') this.done++
+      if (signal?.aborted) log.debug(`job from ${peer}: stopped, the client closed its stream (it had its result from elsewhere)`)
+      else if (reply.reply.kind === 'done') this.done++
       else this.failed++
       return reply.reply
     } finally {
@@ -176,13 +177,13 @@ export class Builder implements JobHandler {
     }
   }
 
-  private async runInTree(peer: string, header: JobHeader, check: boolean, acquire: () => Promise<Workspace>): Promise<{ reply: JobReply; reused: boolean }> {
+  private async runInTree(peer: string, header: JobHeader, check: boolean, acquire: () => Promise<Workspace>, signal?: AbortSignal): Promise<{ reply: JobReply; reused: boolean }> {
     let clean = false
     let ws: Workspace | undefined
     try {
       ws = await acquire()
-      const reply = await this.runIn(ws, header, check)
-      clean = reply.kind === 'done'
+      const reply = await this.runIn(ws, header, check, signal)
+      clean = reply.kind === 'done' && !signal?.aborted
       return { reply, reused: ws.jobsBefore > 0 }
     } catch (err) {
       this.opts.log.warn(`job from ${peer} failed on this builder: ${(err as Error).message}`)
@@ -228,7 +229,7 @@ export class Builder implements JobHandler {
     await p
   }
 
-  private async runIn(ws: Workspace, header: JobHeader, check: boolean): Promise<JobReply> {
+  private async runIn(ws: Workspace, header: JobHeader, check: boolean, signal?: AbortSignal): Promise<JobReply> {
     const b = this.opts.config.build
     const { root, cwdDir } = ws
     const inputs = { dir: cwdDir, entries: ws.cwdEntries([...header.files.map((f) => f.path), ...header.dirs]) }
@@ -236,9 +237,9 @@ export class Builder implements JobHandler {
     const job = (argv: string[], collect?: string): SandboxJob => ({
       root, inputs, cwd: header.cwd, argv, env, collect, ...(header.outputs && collect === undefined ? { collectFiles: header.outputs } : {}),
       timeoutMs: b.jobTimeout * 1000, cpuSeconds: b.jobTimeout, maxOutputBytes: MAX_OUTPUT_BYTES,
-      diskBytes: b.jobDisk, maxMemoryBytes: b.jobMemory
+      diskBytes: b.jobDisk, maxMemoryBytes: b.jobMemory, signal
     })
-    const exec = (argv: string[], collect?: string) => (b.sandbox === 'none' ? runChrooted(root, header.cwd, argv, env, b.jobTimeout * 1000) : runSandboxed(job(argv, collect)))
+    const exec = (argv: string[], collect?: string) => (b.sandbox === 'none' ? runChrooted(root, header.cwd, argv, env, b.jobTimeout * 1000, signal) : runSandboxed(job(argv, collect)))
 
     if (header.outputs) return this.runWithOutputs(root, header, exec)
     // the builder must see exactly the client's translation unit, or the object could differ:
@@ -314,7 +315,7 @@ function infraFailure(r: SandboxResult): string | null {
  * sandbox = "none": the operator chose no isolation. chroot still gives the client's paths;
  * the host's coreutils `env -C` (copied into the job root) changes into the cwd there.
  */
-async function runChrooted(root: string, cwd: string, argv: string[], env: Record<string, string>, timeoutMs: number): Promise<SandboxResult> {
+async function runChrooted(root: string, cwd: string, argv: string[], env: Record<string, string>, timeoutMs: number, signal?: AbortSignal): Promise<SandboxResult> {
   const envBin = join(root, 'usr', 'bin', 'env')
   await mkdir(dirname(envBin), { recursive: true })
   await rm(envBin, { force: true })
@@ -323,7 +324,8 @@ async function runChrooted(root: string, cwd: string, argv: string[], env: Recor
   const chroot = ['/usr/sbin/chroot', '/sbin/chroot'].find((p) => existsSync(p)) ?? 'chroot'
   const r = await execa(chroot, [root, '/usr/bin/env', '-C', cwd, ...argv], {
     // the bytes exactly as the compiler wrote them: execa would drop a final newline
-    env, extendEnv: false, reject: false, encoding: 'buffer', stripFinalNewline: false, timeout: timeoutMs, stdin: 'ignore', maxBuffer: 256 * 1024 * 1024
+    env, extendEnv: false, reject: false, encoding: 'buffer', stripFinalNewline: false, timeout: timeoutMs, stdin: 'ignore', maxBuffer: 256 * 1024 * 1024,
+    ...(signal ? { cancelSignal: signal, forceKillAfterDelay: 1000 } : {})
   })
   const setupFailed = r.exitCode === 125 || r.exitCode === 126 || r.exitCode === 127 || (r.failed && r.exitCode === undefined)
   return {

@@ -92,8 +92,19 @@ export interface PreparedJob {
   ppBytes?: number
 }
 
-/** 'failed': too many peer failures, compile here; `reason` is the last one's class. */
-export type RemoteAttempt = { kind: 'done'; outcome: RemoteOutcome } | { kind: 'no-room' } | { kind: 'failed'; reason: string }
+/**
+ * 'failed': too many peer failures, compile here; `reason` is the last one's class.
+ * 'cancelled': the caller's signal stopped it (a hedge here finished first).
+ */
+export type RemoteAttempt = { kind: 'done'; outcome: RemoteOutcome } | { kind: 'no-room' } | { kind: 'failed'; reason: string } | { kind: 'cancelled' }
+
+/** How the caller follows one offer of a job: to stop it, and to hear when a builder has taken it. */
+export interface OfferOptions {
+  /** abort: stop the job wherever it runs (its stream is closed) */
+  signal?: AbortSignal
+  /** a builder accepted the job; after `hedgeAfterMs` it has run longer than is usual there (placement.ts) */
+  onAccepted?: (peer: string, hedgeAfterMs: number) => void
+}
 
 /** Where misses can go besides this machine (the mesh); absent without a mesh. */
 export interface RemoteRunner {
@@ -101,7 +112,7 @@ export interface RemoteRunner {
   wants(localFree: boolean): boolean
   /** the job ready to offer, or why it cannot be shipped */
   prepare(job: RemoteJob): Promise<PreparedJob | { unshippable: string }>
-  tryPeers(job: PreparedJob): Promise<RemoteAttempt>
+  tryPeers(job: PreparedJob, offer?: OfferOptions): Promise<RemoteAttempt>
   /** resolves when the load view shows room for the job (or after `ms`) */
   waitForRoom(job: PreparedJob, ms: number): Promise<void>
 }
@@ -121,6 +132,10 @@ export interface HashedInputs { set: InputSet; hashes: Array<FileHash | null> }
 /** A manifest entry to write once the result it points at is stored. */
 interface ManifestUpdate { direct: string; write: () => Promise<void> }
 interface LocalResult { exitCode: number; stdout: Buffer; stderr: Buffer }
+/** A compile's result and outputs, and who made it when not this machine. */
+interface CompileOutcome { result: LocalResult; outputs: OutputBlobs | null; producer?: Producer }
+/** How a hedge's compile here is followed: its pid, to kill it when the peer answers first. */
+interface HedgeHooks { onSpawn(pid: number): void; onExit(): void; killed(): boolean }
 /** One request as the pipeline carries it; `held`: a verification keeps the job (its temp files) and disposes of it. */
 interface Call { req: CompileRequest; job: CompileJob; stats: FamilyStats; requestStart: number; held?: boolean }
 /** Who made a result this machine did not compile itself: the builder of a remote compile. */
@@ -277,7 +292,7 @@ export class CompileService {
     // Here when a local slot is free (unless a peer with room is clearly faster); else a peer
     // with room; with neither, wait for whichever comes first (a queued job never commits to
     // one side while the other frees up).
-    let outcome: { result: LocalResult; outputs: OutputBlobs | null; producer?: Producer } | null = null
+    let outcome: CompileOutcome | null = null
     /** why a miss meant for the mesh is compiled here after all (counted as a fallback) */
     let fallback: string | null = null
     if (!shipping) {
@@ -286,7 +301,14 @@ export class CompileService {
       const prepared = await preparing
       if ('unshippable' in prepared) fallback = `job not shippable (${prepared.unshippable})`
       while (!('unshippable' in prepared) && outcome === null) {
-        const a = await remote.tryPeers(prepared)
+        const a = await this.offerHedged(call, prepared, remote)
+        if (a.kind === 'here') {
+          // the hedge here answered first, or the peers gave no result while it ran
+          if ('kind' in a.local) return a.local
+          outcome = a.local
+          break
+        }
+        if (a.kind === 'cancelled') break
         if (a.kind === 'done' && a.outcome.exitCode !== 0) {
           // A failure may be a file the compiler read that no line marker named (an assembler
           // .incbin, say): the local compile below gives the verdict the user sees.
@@ -328,12 +350,101 @@ export class CompileService {
         stats.fallback(fallback)
         log.info(`compiling ${job.input} here: ${fallback}`)
       }
-      const plan = job.compilePlan!()
-      const r = await this.localCompile(call, plan, fallback !== null)
+      const r = await this.compileHere(call, fallback !== null)
       if ('kind' in r) return r
-      outcome = { result: r, outputs: r.exitCode === 0 ? (await plan.collect()).outputs : null }
+      outcome = r
     }
     return this.storeResult(call, k.key, outcome.result, outcome.outputs, afterStore, false, { producer: outcome.producer ?? null })
+  }
+
+  /** The plain compile of a content-keyed miss here, its outputs collected. */
+  private async compileHere(call: Call, fallback: boolean, hedge?: HedgeHooks): Promise<CompileOutcome | CompileReply> {
+    const plan = call.job.compilePlan!()
+    const r = await this.localCompile(call, plan, fallback, hedge)
+    if ('kind' in r) return r
+    return { result: r, outputs: r.exitCode === 0 ? (await plan.collect()).outputs : null }
+  }
+
+  /**
+   * Offer the job to peers and, on a client with local slots, hedge it: once its builder has
+   * run it longer than is usual there (placement.ts, hedgeAfterMs) and a local slot is free,
+   * compile it here too. The first result wins: the offer's stream is closed, or the compiler
+   * here killed (and waited for: it may write in place, rustc). Only the winner's outputs are
+   * written, by the caller. A local failure waits for the peer's verdict; a peer's failure
+   * takes the local one.
+   */
+  private async offerHedged(call: Call, prepared: PreparedJob, remote: RemoteRunner): Promise<RemoteAttempt | { kind: 'here'; local: CompileOutcome | CompileReply }> {
+    if (this.opts.slots === 0) return remote.tryPeers(prepared)
+    const { job, stats } = call
+    const { log } = this.opts
+    const cancel = new AbortController()
+    let settled = false
+    let timer: NodeJS.Timeout | undefined
+    let peer = ''
+    let running: Promise<{ local: CompileOutcome | CompileReply }> | null = null
+    let started!: () => void
+    const hedgeStarted = new Promise<{ hedge: true }>((r) => { started = () => r({ hedge: true }) })
+    let acceptedAt = 0
+    let pid: number | null = null
+    let killed = false
+    const hooks: HedgeHooks = {
+      onSpawn: (p) => { pid = p; if (killed) kill() },
+      onExit: () => { pid = null },
+      killed: () => killed
+    }
+    const kill = () => {
+      killed = true
+      // the compiler's group: a driver's cc1 and as would run on without it
+      if (pid !== null) try { process.kill(-pid, 'SIGKILL') } catch { /* exited meanwhile */ }
+    }
+    const hedge = async () => {
+      // (a reload may set local_slots to 0 meanwhile: then no slot will come)
+      while (!settled && this.opts.slots > 0 && this.cpu.running >= this.opts.slots) await this.cpu.whenFree()
+      if (settled || running || this.opts.slots === 0) return
+      stats.inc('hedged')
+      log.debug(`hedging ${job.input}: ${peer} has not answered in ${Math.round(performance.now() - acceptedAt)} ms, compiling it here too`)
+      running = this.compileHere(call, false, hooks).then((local) => ({ local }))
+      started()
+    }
+    const offered = remote.tryPeers(prepared, {
+      signal: cancel.signal,
+      onAccepted: (p, afterMs) => {
+        peer = p
+        acceptedAt = performance.now()
+        clearTimeout(timer)
+        if (!running) timer = setTimeout(() => void hedge(), afterMs)
+      }
+    }).then((a) => ({ a }))
+    // not awaited when the compile here wins: a rejection must not go unhandled
+    offered.catch(() => {})
+    try {
+      const first = await Promise.race([offered, hedgeStarted])
+      if (!running) return (first as { a: RemoteAttempt }).a
+      const here: Promise<{ local: CompileOutcome | CompileReply }> = running
+      const next = 'a' in first ? first : await Promise.race([offered, here])
+      if ('local' in next) {
+        const won = !('kind' in next.local) && next.local.result.exitCode === 0 && next.local.outputs !== null
+        if (won) {
+          cancel.abort()
+          stats.inc('hedge_won_local')
+          log.debug(`${job.input} compiled here first; job on ${peer} stopped`)
+          return { kind: 'here', local: next.local }
+        }
+        // the compile here did not give a result to keep: the peer's decides, if it has one
+        const { a } = await offered
+        return a.kind === 'done' && a.outcome.exitCode === 0 ? a : { kind: 'here', local: next.local }
+      }
+      if (next.a.kind === 'done' && next.a.outcome.exitCode === 0) {
+        kill()
+        await here.catch(() => {})
+        log.debug(`${job.input} compiled on ${peer} first; the compile here stopped`)
+        return next.a
+      }
+      return { kind: 'here', local: (await here).local }
+    } finally {
+      settled = true
+      clearTimeout(timer)
+    }
   }
 
   /**
@@ -422,10 +533,16 @@ export class CompileService {
    * output. A fallback (a miss meant for the mesh) runs beside the local slots, as a plain
    * build would.
    */
-  private async localCompile(call: Call, plan: RunPlan, fallback = false): Promise<LocalResult | CompileReply> {
+  private async localCompile(call: Call, plan: RunPlan, fallback = false, hedge?: HedgeHooks): Promise<LocalResult | CompileReply> {
     const { req } = call
     const sem = fallback && this.opts.slots === 0 ? this.fallbackCpu : this.cpu
-    const r = await sem.run(() => runProcess(req.compiler, plan.args, { cwd: req.cwd, env: this.planEnv(req, plan) }))
+    const r = await sem.run(async () => {
+      const done = await runProcess(req.compiler, plan.args, { cwd: req.cwd, env: this.planEnv(req, plan), onSpawn: hedge?.onSpawn, ownGroup: hedge !== undefined })
+      hedge?.onExit()
+      return done
+    })
+    // a hedge stopped because the peer answered first compiled nothing
+    if (hedge?.killed()) return { kind: 'passthrough', reason: 'compiler killed' }
     call.stats.inc('local_compiles')
     const { stdout, stderr } = r
     // a diagnostic naming our temp file would differ from the plain compiler's: let the launcher rerun it

@@ -75,3 +75,43 @@ export function fasterPeerThanHere(ownSpeed: number | null, candidates: Readonly
   if (ownSpeed === null || !(ownSpeed > 0)) return false
   return candidates.some((c) => reach(c) > ownSpeed * FASTER_THAN_HERE)
 }
+
+// Hedging. A job sent to a peer may take far longer there than it would here (a stalled or
+// overloaded builder, a crate on the critical path): once it has run HEDGE_FACTOR times as
+// long as jobs of its kind usually take on that peer, and at least HEDGE_FLOOR_MS, a client
+// with a free local slot compiles it here too and takes whichever result comes first. Past
+// that bound the job is either one of the largest (where one more local run is cheap against
+// its length) or its builder is slow; the floor keeps short C jobs, whose times on loopback
+// jitter by tens of milliseconds, from being compiled twice.
+
+/** never hedge a job before it has run this long on its builder */
+export const HEDGE_FLOOR_MS = 2_000
+/** hedge a job that has run this many times as long as the usual one on its builder */
+export const HEDGE_FACTOR = 3
+/** weight of the newest job in a peer's usual job time (about the last five jobs count) */
+const JOB_TIME_WEIGHT = 0.3
+
+/** How long jobs usually take, per key (a peer and a toolchain family): an EWMA of finished jobs. */
+export class JobTimes {
+  private readonly usual = new Map<string, number>()
+
+  constructor(private readonly maxKeys = 4096) {}
+
+  record(key: string, ms: number): void {
+    const before = this.usual.get(key)
+    if (before === undefined && this.usual.size >= this.maxKeys) this.usual.clear()
+    this.usual.set(key, before === undefined ? ms : before + JOB_TIME_WEIGHT * (ms - before))
+  }
+
+  get(key: string): number | null {
+    return this.usual.get(key) ?? null
+  }
+}
+
+/**
+ * After how long a job running on a peer is also started here: HEDGE_FACTOR times its usual
+ * time there; with no job of its kind finished there yet, HEDGE_FACTOR times the floor.
+ */
+export function hedgeAfterMs(usualMs: number | null): number {
+  return Math.max(HEDGE_FLOOR_MS, HEDGE_FACTOR * (usualMs ?? HEDGE_FLOOR_MS))
+}

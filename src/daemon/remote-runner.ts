@@ -10,9 +10,9 @@ import type { Logger } from '../log.js'
 import type { Mesh, MeshMember } from '../mesh/index.js'
 import { sendCompileJob, type JobFileRef, type JobHeader } from '../mesh/protocols/compile-job.js'
 import { packToolchainCached } from '../toolchain/pack.js'
-import { KEY_ENV, type CommandRemoteJob, type PreparedJob, type RemoteAttempt, type RemoteJob, type RemoteRunner } from './compile-service.js'
+import { KEY_ENV, type CommandRemoteJob, type OfferOptions, type PreparedJob, type RemoteAttempt, type RemoteJob, type RemoteRunner } from './compile-service.js'
 import type { Stats } from './stats.js'
-import { choosePeer, fasterPeerThanHere } from './placement.js'
+import { choosePeer, fasterPeerThanHere, hedgeAfterMs, JobTimes } from './placement.js'
 
 const MAX_ATTEMPTS = 3
 /** environment a remote compile may depend on: the key's, and the include paths the preprocessor reads */
@@ -62,6 +62,8 @@ export class MeshRemoteRunner implements RemoteRunner {
   private readonly configured = new Map<string, Promise<Toolchain>>()
   /** the jobs in flight to each peer, to abandon when it leaves the view */
   private readonly running = new Map<string, Set<AbortController>>()
+  /** how long jobs take from acceptance to result, per peer and toolchain: the hedge's bound */
+  private readonly jobTimes = new JobTimes()
   private readonly unsubscribe: () => void
   /** builders whose results failed a verification ([cache] verify_rate): sent no jobs until an operator clears them */
   distrusted: (peer: string) => boolean = () => false
@@ -274,10 +276,11 @@ export class MeshRemoteRunner implements RemoteRunner {
    * Offer the job to peers with room, up to three attempts. "no-room" when every peer was full
    * (the caller waits for room or a local slot); "failed" after peer failures (compile here).
    */
-  async tryPeers(job: PreparedJob): Promise<RemoteAttempt> {
+  async tryPeers(job: PreparedJob, offer: OfferOptions = {}): Promise<RemoteAttempt> {
     const { log, stats, mesh, config } = this.opts
     const tried = new Set<string>()
     for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
+      if (offer.signal?.aborted) return { kind: 'cancelled' }
       const peer = this.pick(job.header.toolchain, tried, job.files)
       if (!peer) break
       tried.add(peer.peerId)
@@ -293,6 +296,8 @@ export class MeshRemoteRunner implements RemoteRunner {
       jobs.add(gone)
       this.running.set(peer.peerId, jobs)
       const t0 = Date.now()
+      let accepted = t0
+      const timeKey = `${peer.peerId}\0${job.header.toolchain}`
       const holdOff = () => this.backoff.set(peer.peerId, Date.now() + Math.max(BACKOFF_MS, 2 * (Date.now() - t0)))
       try {
         const load = async (need: number[]) => {
@@ -303,11 +308,16 @@ export class MeshRemoteRunner implements RemoteRunner {
           return data
         }
         const reply = await sendCompileJob(mesh.libp2p, mesh.meshId, peer.peerId, job.header, load, {
-          signal: AbortSignal.any([gone.signal, AbortSignal.timeout((config.build.jobTimeout + 120) * 1000)]),
-          onSent: (bytes) => { this.transfer.bytes_sent += bytes }
+          signal: AbortSignal.any([gone.signal, AbortSignal.timeout((config.build.jobTimeout + 120) * 1000), ...(offer.signal ? [offer.signal] : [])]),
+          onSent: (bytes) => { this.transfer.bytes_sent += bytes },
+          onAccepted: () => {
+            accepted = Date.now()
+            offer.onAccepted?.(peer.peerId, hedgeAfterMs(this.jobTimes.get(timeKey)))
+          }
         })
         if (reply.kind === 'done') {
           ps.done++
+          if (reply.exitCode === 0) this.jobTimes.record(timeKey, Date.now() - accepted)
           return { kind: 'done', outcome: { exitCode: reply.exitCode, stdout: reply.stdout, stderr: reply.stderr, obj: reply.obj, peer: peer.peerId } }
         }
         if (reply.kind === 'refused') {
@@ -320,6 +330,8 @@ export class MeshRemoteRunner implements RemoteRunner {
         holdOff()
         reason = `failed: ${reply.reason}`
       } catch (err) {
+        // the caller's own result came first (a hedge): the builder did nothing wrong
+        if (offer.signal?.aborted) return { kind: 'cancelled' }
         ps.failed++
         holdOff()
         reason = gone.signal.aborted ? 'peer error: it left the mesh view (no load message within the expiry)'

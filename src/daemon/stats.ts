@@ -12,7 +12,9 @@ export const COUNTERS = [
   // hits found after a local miss: in the mesh ([cache] shared), in the second tier ([cache] remote)
   'mesh_hits', 'tier_hits',
   // manifest sets from the mesh or the tier that named a file or variable the command does not read
-  'shared_sets_refused'
+  'shared_sets_refused',
+  // remote jobs also started here because their builder was slow, and those the compile here won
+  'hedged', 'hedge_won_local'
 ] as const
 export type Counter = (typeof COUNTERS)[number]
 

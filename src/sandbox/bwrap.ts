@@ -55,6 +55,8 @@ export interface SandboxJob {
   collect?: string
   /** several such files (a job with more than one output), taken within maxOutputBytes together */
   collectFiles?: string[]
+  /** abort: kill the whole sandbox (the job's client no longer wants its result) */
+  signal?: AbortSignal
 }
 
 export interface SandboxResult {
@@ -287,9 +289,12 @@ export async function runSandboxed(job: SandboxJob): Promise<SandboxResult> {
 
     // setTimeout fires at once for delays beyond 2^31-1 ms
     const timer = setTimeout(() => { timedOut = true; killGroup() }, Math.min(job.timeoutMs, 2 ** 31 - 1))
+    if (job.signal?.aborted) killGroup()
+    job.signal?.addEventListener('abort', killGroup, { once: true })
     let drainTimer: NodeJS.Timeout | undefined
     child.on('error', (e) => { spawnError = e.message })
     child.on('exit', (code, signal) => {
+      job.signal?.removeEventListener('abort', killGroup)
       exited = true
       exitCode = code
       exitSignal = signal

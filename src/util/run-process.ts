@@ -24,6 +24,11 @@ export interface ProcessOptions {
   maxBuffer?: number
   /** called with the pid as soon as the process exists */
   onSpawn?: (pid: number) => void
+  /**
+   * start it in a process group of its own (the pid is the group's id), so that a caller that
+   * kills it can kill the group: a compiler driver's cc1 and as, which would run on and write
+   */
+  ownGroup?: boolean
 }
 
 /** Run `cmd args` with stdin closed; never rejects. */
@@ -33,7 +38,7 @@ export function runProcess(cmd: string, args: string[], opts: ProcessOptions): P
   const keepStderr = opts.stderr ?? true
   return new Promise((resolvePromise) => {
     const child = spawn(cmd, args, {
-      cwd: opts.cwd, env: opts.env,
+      cwd: opts.cwd, env: opts.env, detached: opts.ownGroup ?? false,
       stdio: ['ignore', keepStdout ? 'pipe' : 'ignore', keepStderr ? 'pipe' : 'ignore']
     })
     if (child.pid !== undefined) opts.onSpawn?.(child.pid)

@@ -271,14 +271,17 @@ export async function sendCompileJob(node: Libp2p, meshId: string, peer: string,
       return { kind: 'done', exitCode, stdout, stderr, obj }
     }
   } finally {
-    await f.close()
+    // a caller that stopped the job resets the stream: the builder learns at once and stops it too
+    if (opts.signal.aborted) f.abort(new Error('job cancelled by the client'))
+    else await f.close()
   }
 }
 
 export interface JobHandler {
   /** decide at once: a refusal reason, or a release function for the reserved slot (the file table is not read yet) */
   admit(peer: string, header: Omit<JobHeader, 'files'>): string | (() => void)
-  run(peer: string, header: JobHeader, files: JobFile[]): Promise<JobReply>
+  /** `signal`: the client closed the job's stream (it has its result from elsewhere): stop the job */
+  run(peer: string, header: JobHeader, files: JobFile[], signal: AbortSignal): Promise<JobReply>
 }
 
 export interface ServeOptions {
@@ -379,6 +382,10 @@ export async function serveCompileJobs(node: Libp2p, meshId: string, handler: Jo
     const account = held.account(peer)
     let release: (() => void) | null = null
     let beat: NodeJS.Timeout | null = null
+    // the client closes its side only after the reply: a close before it means it has gone
+    const gone = new AbortController()
+    const onClose = () => gone.abort(new Error('the client closed the job stream'))
+    stream.addEventListener('close', onClose, { once: true })
     try {
       // the header is one control frame; nothing larger is read before the job is admitted
       if (before >= maxStreams) return await refuse(f, 'busy: too many jobs in flight from this peer')
@@ -418,7 +425,7 @@ export async function serveCompileJobs(node: Libp2p, meshId: string, handler: Jo
       })
       account.give(gzipBound(declared))
       const files = header.files.map((x) => ({ path: x.path, mode: x.mode, data: have.get(x.hash)! }))
-      const reply = await handler.run(peer, header, files)
+      const reply = await handler.run(peer, header, files, gone.signal)
       clearInterval(beat)
       beat = null
       if (reply.kind === 'done') {
@@ -433,6 +440,7 @@ export async function serveCompileJobs(node: Libp2p, meshId: string, handler: Jo
       onError(peer, err as Error)
       f.abort(err as Error)
     } finally {
+      stream.removeEventListener('close', onClose)
       if (beat) clearInterval(beat)
       account.end()
       release?.()
