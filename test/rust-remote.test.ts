@@ -22,7 +22,7 @@ const LOADING_PROC_MACROS = ['serde-1.0.152/src/lib.rs', 'thiserror-1.0.38/src/l
 function workspace(): Record<string, string> {
   const pkg = (name: string, deps: string, extra = '') => `[package]\nname = "${name}"\nversion = "0.1.0"\nedition = "2021"\n${extra}\n[dependencies]\n${deps}`
   return {
-    'Cargo.toml': '[workspace]\nmembers = ["corelib", "midlib", "macros", "usemac", "app"]\nresolver = "2"\n',
+    'Cargo.toml': '[workspace]\nmembers = ["corelib", "midlib", "macros", "usemac", "gitver", "usegit", "app"]\nresolver = "2"\n',
     'macros/Cargo.toml': pkg('macros', '', '[lib]\nproc-macro = true'),
     'macros/src/lib.rs': 'use proc_macro::TokenStream;\n#[proc_macro]\npub fn answer(_: TokenStream) -> TokenStream { "42u32".parse().unwrap() }\n',
     // loads three proc macros, shipped with its job
@@ -34,6 +34,11 @@ pub enum Oops { #[error("oops {0} in {}", env!("CARGO_PKG_NAME"))] Bad(u32) }
 pub fn answer() -> u32 { macros::answer!() }
 pub fn describe() -> String { format!("{:?} {}", Point { x: 1, y: 2 }, Oops::Bad(3)) }
 `,
+    // named like git-version's proc macro, which runs git: a crate loading it compiles here
+    'gitver/Cargo.toml': pkg('git-version-macro', '', '[lib]\nproc-macro = true'),
+    'gitver/src/lib.rs': 'use proc_macro::TokenStream;\n#[proc_macro]\npub fn version(_: TokenStream) -> TokenStream { "\\"v1\\"".parse().unwrap() }\n',
+    'usegit/Cargo.toml': pkg('usegit', 'git-version-macro = { path = "../gitver" }'),
+    'usegit/src/lib.rs': 'pub fn version() -> &\'static str { git_version_macro::version!() }\n',
     'corelib/Cargo.toml': pkg('corelib', Object.entries(DEPS).map(([k, v]) => `${k} = "${v}"`).join('\n')),
     'corelib/data.txt': 'some words\n',
     'corelib/src/lib.rs': `pub const DATA: &str = include_str!("../data.txt");
@@ -51,11 +56,11 @@ bitflags::bitflags! { pub struct Flags: u8 { const A = 1; } }
     'midlib/Cargo.toml': pkg('midlib', 'corelib = { path = "../corelib" }'),
     // uses smallvec through corelib only: rustc loads its rmeta from -L dependency=, no --extern names it
     'midlib/src/lib.rs': 'pub fn mid(s: &str) -> String { format!("mid:{}:{}:{}", corelib::describe(s), corelib::os(), corelib::DATA.trim()) }\n',
-    'app/Cargo.toml': pkg('app', 'midlib = { path = "../midlib" }\nusemac = { path = "../usemac" }'),
-    'app/src/main.rs': 'fn main() { println!("{} {} {}", midlib::mid("hello remote rust"), usemac::answer(), usemac::describe()); }\n'
+    'app/Cargo.toml': pkg('app', 'midlib = { path = "../midlib" }\nusemac = { path = "../usemac" }\nusegit = { path = "../usegit" }'),
+    'app/src/main.rs': 'fn main() { println!("{} {} {} {}", midlib::mid("hello remote rust"), usemac::answer(), usemac::describe(), usegit::version()); }\n'
   }
 }
-const EXPECTED = 'mid:corelib 3 3 5 1:unix:some words 42 Point { x: 1, y: 2 } oops 3 in usemac\n'
+const EXPECTED = 'mid:corelib 3 3 5 1:unix:some words 42 Point { x: 1, y: 2 } oops 3 in usemac v1\n'
 
 let root: Instance
 let ws: string
@@ -130,8 +135,10 @@ test('cargo build through a client with local_slots = 0 and two builders: every 
   // thiserror's build script probes rustc through the wrapper with a crate meant to fail on a
   // stable rustc: its listing fails, and it fails here as it would without meshcc
   const probes = [...log.matchAll(/rust miss \(depend mode\) \S+ \S+\/out\/probe\.rs$/gm)].length
-  assert.deepEqual(s.fallback_reasons, probes === 0 ? {} : { 'not distributable (rustc refused the crate while listing its inputs)': probes },
-    `no crate meant for the mesh compiled here but the ${probes} probes (${why})`)
+  const expected: Record<string, number> = { [`not distributable (rustc loading git_version_macro, a proc macro reading what rustc does not track)`]: 1 }
+  if (probes > 0) expected['not distributable (rustc refused the crate while listing its inputs)'] = probes
+  assert.deepEqual(s.fallback_reasons, expected, `only usegit and the ${probes} probes compiled here (${why})`)
+  assert.ok(!remote.includes('usegit/src/lib.rs'), 'the crate loading a proc macro known to run git compiled here')
   const done = await Promise.all(builders.map(async (b) => (await status(b)).mesh!.builder.jobs_done))
   assert.equal(done[0]! + done[1]!, remote.length, `jobs done by the builders: ${done.join(' + ')}`)
 
@@ -142,7 +149,7 @@ test('cargo build through a client with local_slots = 0 and two builders: every 
   assertSameAsPlain()
   const again = logOutcomes(join(client.cacheDir, 'meshcc.log'), from2)
   assert.deepEqual(again.misses, [])
-  assert.equal(again.hits.length, remote.length, 'every crate the builders compiled')
+  assert.equal(again.hits.length, remote.length + 1, 'every crate the builders compiled, and usegit')
   assert.equal((await rustStats(client)).counters.remote_compiles, remote.length, 'no further remote compile')
 })
 
