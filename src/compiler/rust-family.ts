@@ -292,7 +292,11 @@ class RustJob implements CompileJob {
       const crate = basename(so).replace(/^lib/, '').replace(/-[0-9a-f]+\.\w+$/, '')
       if (UNTRACKED_PROC_MACROS.has(crate)) return `rustc loading ${crate}, a proc macro reading what rustc does not track`
       const why = await this.toolchains.procMacroUnshippable(this.req.compiler, so)
-      if (why !== null) return `rustc loading a proc macro the toolchain pack cannot run (${why})`
+      if (why !== null) {
+        // the counted reason stays one class; the log says which library
+        this.ctx.log.info(`${this.spec.input} compiles here: ${why}`)
+        return 'rustc loading a proc macro the toolchain pack cannot run'
+      }
     }
     return null
   }
