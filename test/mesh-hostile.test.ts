@@ -17,7 +17,8 @@ import { loadConfig, type Config } from '../src/config.js'
 import { silentLogger } from '../src/log.js'
 import { lpStream } from '@libp2p/utils'
 import { compileJobProtocol, sendCompileJob, serveCompileJobs, type CompileJobServer, type JobHeader } from '../src/mesh/protocols/compile-job.js'
-import { fetchToolchain, serveToolchains } from '../src/mesh/protocols/toolchain-fetch.js'
+import { fetchToolchain, serveToolchains, toolchainFetchProtocol } from '../src/mesh/protocols/toolchain-fetch.js'
+import { Framed } from '../src/mesh/protocols/framing.js'
 import { Builder } from '../src/daemon/builder.js'
 import { MemoryInputCache } from '../src/daemon/input-cache.js'
 import { ToolchainCache } from '../src/toolchain/cache.js'
@@ -188,4 +189,34 @@ test('toolchain archives are streamed to disk: never whole in memory, never kept
   await assert.rejects(fetchToolchain(hostile.libp2p, hostile.meshId, builderNode.peerId, hash, 64 * MiB, `${recv}-3`, AbortSignal.timeout(60_000)), /exceeds the limit/)
   assert.equal(existsSync(`${recv}-3`), false, 'an archive over the limit is not even started')
   assert.deepEqual(readdirSync(dir).filter((f) => f.startsWith('recv')), ['recv-1'])
+})
+
+test('a client that stores an archive slower than the link brings it (a loaded builder) is paced by its acks, not dropped', { timeout: 120_000 }, async () => {
+  // the holder the test above registered, serving `served`
+  const served = join(dir, 'served.tar.gz')
+  const hash = createHash('sha256').update(readFileSync(served)).digest('hex')
+  // a client with fetchToolchain's read buffer that stalls 3 s after the first chunk, as a
+  // loaded disk or CPU makes it; it acks as the protocol says when the holder names a window
+  const slowFetch = async (v: number): Promise<number> => {
+    const stream = await hostile.libp2p.dialProtocol(peerIdFromString(builderNode.peerId), toolchainFetchProtocol(hostile.meshId))
+    const f = new Framed(stream, { stallMs: 60_000, maxBufferSize: 16 * MiB })
+    try {
+      await f.writeJson({ v, hash })
+      const head = await f.readJson<{ ok?: boolean; window?: number }>()
+      assert.equal(head.ok, true)
+      const size = await f.readBlobSize(1024 * MiB)
+      let got = 0
+      for await (const chunk of f.readBlobChunks(size)) {
+        if (got === 0) await new Promise((r) => setTimeout(r, 3000))
+        got += chunk.length
+        if (head.window !== undefined && got - chunk.length < size - head.window) await f.writeJson({ ack: got })
+      }
+      return got
+    } finally {
+      await f.close()
+    }
+  }
+  assert.equal(await slowFetch(2), 128 * MiB)
+  // a version 1 client is still served unpaced: a slow one loses the stream, as every client did
+  await assert.rejects(slowFetch(1), /overflow/i)
 })

@@ -56,6 +56,12 @@ const CRATE_FACT = /^(?:CARGO|CARGO_PKG_[A-Z0-9_]+|CARGO_CRATE_NAME|CARGO_MANIFE
 const MAX_REMOTE_GROWTH = 1024 * 1024
 /** A compiled proc macro (a host dynamic library) */
 const PROC_MACRO = /\.(so|dylib|dll)$/
+/**
+ * Proc macros known to read what rustc does not track (variables besides cargo's, files
+ * outside the dep-info, git, a database): a crate loading one compiles here, where they see
+ * what the local build sees. By crate name, as the library's file name has it.
+ */
+const UNTRACKED_PROC_MACROS = new Set(['sqlx_macros', 'dotenv_codegen_impl', 'dotenvy_macro', 'git_version_macro', 'include_dir_macros', 'graphql_query_derive'])
 /** An out-dir spelled alike in a .d (Make), in JSON and in plain text can be rewritten by plain substitution. */
 const RELOCATABLE_DIR = /^\/[^\s"\\#$%:]*$/
 
@@ -109,7 +115,8 @@ class RustJob implements CompileJob {
 
   /**
    * What keeps this crate off the mesh before its listing: the builder reproduces the client's
-   * paths and has this rustc's host std only, runs no proc macro and gets no native library.
+   * paths and has this rustc's host std only, and gets no native library. Proc macros go with
+   * the job (see listInputs).
    */
   private staticBlocker(): string | null {
     const { spec, tc, req } = this
@@ -117,7 +124,6 @@ class RustJob implements CompileJob {
     if (spec.targetJson !== null || (spec.target !== null && spec.target !== tc.host)) return 'rustc --target of another platform'
     if (spec.nativeCpu) return 'rustc -C target-cpu=native'
     if (spec.nativeDirs.length > 0 || spec.staticLibs.length > 0) return 'rustc with native libraries'
-    if (spec.externs.some((e) => PROC_MACRO.test(e.path))) return 'rustc loading a proc macro'
     if (!isAbsolute(spec.outDir) || !this.relocatable || !RELOCATABLE_DIR.test(resolve(req.cwd))) return 'rustc --out-dir not plainly spelled'
     if (spec.outputs.some((o) => o.path !== `${this.outDirAbs}/${basename(o.path)}`)) return 'rustc --emit with a path'
     return null
@@ -267,15 +273,55 @@ class RustJob implements CompileJob {
     const sysroot = `${tc.sysroot}/`
     const isCrate = (f: string) => /\.(rlib|rmeta|so)$/.test(f) && (f.startsWith(sysroot) || searched.has(dirname(f)))
     const crates = all.filter((f) => isCrate(f) && !f.startsWith(sysroot))
-    if (crates.some((f) => PROC_MACRO.test(f))) {
-      this.remoteBlocker = 'rustc loading a proc macro'
-      return { local: this.remoteBlocker }
+    const procMacros = crates.filter((f) => PROC_MACRO.test(f))
+    const blocker = await this.procMacroBlocker(procMacros)
+    if (blocker !== null) {
+      this.remoteBlocker = blocker
+      return { local: blocker }
     }
     const deps = this.dependencies(text, (f) => !isCrate(f))
     this.listed = { sources: deps.files, env: deps.env }
-    const files = [...deps.files, ...crates].sort()
+    const files = [...new Set([...deps.files, ...crates, ...await this.manifestFor(procMacros)])].sort()
     const dirs = [...new Set(spec.searchDirs.map((d) => resolve(req.cwd, d)))].sort()
     return { deps, ship: { files, dirs } }
+  }
+
+  /**
+   * Why the proc macros this crate loads keep it here, or null. A proc macro is code the client
+   * chose, run by rustc inside the builder's sandbox: so is the rustc the client ships, so the
+   * sandbox is the boundary either way. It was built by this rustc for this host, so it runs
+   * wherever the pack's rustc does (the same platform), with what the pack ships.
+   * It may also read any variable and file without rustc tracking it. The cache already takes
+   * that risk on the same terms (cargo's variables key such a crate as they are, see directKey),
+   * and the remote compile sees those same variables (remoteEnv) and the shipped files at their
+   * own paths; the proc macros known to read anything else stay here. One that reads a file that
+   * was not shipped mostly fails, and a failed remote compile is compiled here again.
+   */
+  private async procMacroBlocker(procMacros: string[]): Promise<string | null> {
+    for (const so of procMacros) {
+      const crate = basename(so).replace(/^lib/, '').replace(/-[0-9a-f]+\.\w+$/, '')
+      if (UNTRACKED_PROC_MACROS.has(crate)) return `rustc loading ${crate}, a proc macro reading what rustc does not track`
+      const why = await this.toolchains.procMacroUnshippable(this.req.compiler, so)
+      if (why !== null) {
+        // the counted reason stays one class; the log says which library
+        this.ctx.log.info(`${this.spec.input} compiles here: ${why}`)
+        return 'rustc loading a proc macro the toolchain pack cannot run'
+      }
+    }
+    return null
+  }
+
+  /**
+   * The crate's Cargo.toml when a proc macro runs on it: the one file outside the dep-info that
+   * derive crates commonly read (proc-macro-crate, through CARGO_MANIFEST_DIR, to find the name
+   * a dependency goes by); shipped, it reads the same there.
+   */
+  private async manifestFor(procMacros: string[]): Promise<string[]> {
+    const dir = this.req.env.CARGO_MANIFEST_DIR
+    if (procMacros.length === 0 || dir === undefined) return []
+    const manifest = this.req.env.CARGO_MANIFEST_PATH ?? join(dir, 'Cargo.toml')
+    const abs = resolve(this.req.cwd, manifest)
+    return (await this.contentOf(abs)) === null ? [] : [abs]
   }
 
   remoteJob(k: ContentKey): RemoteJob {

@@ -12,6 +12,7 @@ import { basename, dirname, join } from 'node:path'
 import { execa } from 'execa'
 import { CompilerIdentity } from '../daemon/compiler-identity.js'
 import type { CompileRequest } from '../daemon/launcher-protocol.js'
+import { discoverToolchain, sharedLibraries } from '../toolchain/index.js'
 
 export interface RustToolchain {
   /** rustc -vV, the sysroot's shared libraries */
@@ -31,6 +32,7 @@ export class RustToolchains {
   private readonly files = new CompilerIdentity()
   private readonly memo = new Map<string, Promise<RustToolchain>>()
   private readonly targets = new Map<string, Promise<string>>()
+  private readonly procMacros = new Map<string, Promise<string | null>>()
   private cpu: string | null = null
 
   async of(req: CompileRequest): Promise<RustToolchain> {
@@ -76,6 +78,32 @@ export class RustToolchains {
       })()
       this.targets.set(key, p)
       p.catch(() => this.targets.delete(key))
+    }
+    return p
+  }
+
+  /**
+   * Why the proc macro `so` (a host library this very rustc built: it loads no other's) could
+   * not run inside the toolchain pack that `compiler` ships to a builder, or null when it can:
+   * every library the dynamic loader resolves for it (libc, libgcc_s, the loader, a libstd-*.so
+   * for a -C prefer-dynamic one) must be in the pack, which holds what rustc itself loads.
+   * Memoised by the file's path, size and mtime.
+   */
+  async procMacroUnshippable(compiler: string, so: string): Promise<string | null> {
+    const st = await stat(so).catch(() => null)
+    if (st === null) return `${basename(so)} unreadable`
+    const key = [compiler, so, st.size, st.mtimeMs].join('\0')
+    let p = this.procMacros.get(key)
+    if (!p) {
+      p = (async () => {
+        const [libs, pack] = await Promise.all([sharedLibraries(so), discoverToolchain(compiler, 'rustc')])
+        const shipped = new Set(pack.files)
+        for (const lib of libs) {
+          if (!shipped.has(lib) && !shipped.has(await realpath(lib).catch(() => lib))) return `${basename(so)} needs ${lib}, which the toolchain pack lacks`
+        }
+        return null
+      })().catch((err: Error) => `${basename(so)}: ${err.message.split('\n')[0]!.slice(0, 120)}`)
+      this.procMacros.set(key, p)
     }
     return p
   }

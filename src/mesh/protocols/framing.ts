@@ -79,14 +79,21 @@ export class Framed {
     }
   }
 
-  /** Send a blob of `size` bytes from a source of chunks (a file being read), as writeBlob does. */
-  async writeBlobFrom(size: number, chunks: AsyncIterable<Uint8Array>, signal?: AbortSignal): Promise<void> {
+  /**
+   * Send a blob of `size` bytes from a source of chunks (a file being read), as writeBlob does.
+   * With a `window`, at most that many bytes go out beyond what the reader acknowledged in
+   * {ack: bytes} frames: a reader slower than the link (a loaded disk) is waited for, where
+   * libp2p would drop a stream whose unread bytes outgrow its read buffer (maxBufferSize).
+   */
+  async writeBlobFrom(size: number, chunks: AsyncIterable<Uint8Array>, signal?: AbortSignal, window?: number): Promise<void> {
     await this.writeJson({ blob: size }, signal)
     let sent = 0
+    let acked = 0
     for await (const chunk of chunks) {
       for (let off = 0; off < chunk.length; off += CHUNK_BYTES) {
         const piece = chunk.subarray(off, Math.min(chunk.length, off + CHUNK_BYTES))
         if (sent + piece.length > size) throw new Error(`blob source longer than its ${size} bytes`)
+        while (window !== undefined && sent - acked >= window) acked = int((await this.readJson(signal)).ack, 'ack', acked, sent)
         await this.lp.write(piece, { signal })
         sent += piece.length
       }
