@@ -8,7 +8,7 @@ import { spawnSync } from 'node:child_process'
 import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { availableParallelism } from 'node:os'
 import { dirname, join } from 'node:path'
-import { createInstance, type Instance } from './helpers/meshcc.js'
+import { createInstance, runCommand, type Instance } from './helpers/meshcc.js'
 import { startMeshDaemon } from './helpers/mesh-daemons.js'
 
 const instances: Instance[] = []
@@ -60,9 +60,16 @@ test('local_slots = 0 in a mesh with no peer: a fallback with its reason', { tim
   await startMeshDaemon(inst)
   writeFileSync(join(inst.dir, 'a.c'), 'int a(void) { return 1; }\n')
   assert.equal((await inst.run(['gcc', '-c', 'a.c'])).code, 0)
+  // a library crate as cargo passes it: meant for the mesh too, and says so the same way
+  mkdirSync(join(inst.dir, 'out'))
+  writeFileSync(join(inst.dir, 'r.rs'), 'pub fn r() -> u8 { 1 }\n')
+  // the toolchain's own rustc, as cargo names it (not rustup's proxy)
+  const sysroot = (await runCommand('rustc', ['--print', 'sysroot'])).stdout.trim()
+  const rr = await inst.run([join(sysroot, 'bin', 'rustc'), '--crate-name', 'r', '--edition=2021', 'r.rs', '--crate-type', 'lib', '--emit=dep-info,metadata,link', '--out-dir', join(inst.dir, 'out')])
+  assert.equal(rr.code, 0, rr.stderr)
   const s = await inst.stats()
-  assert.deepEqual(s.fallback_reasons, { 'no peer takes jobs': 1 })
-  assert.equal(s.local_compiles, 1)
+  assert.deepEqual(s.fallback_reasons, { 'no peer takes jobs': 2 })
+  assert.equal(s.local_compiles, 2)
 })
 
 test('a read-only cache directory: counts stay right and the log moves beside the socket', { skip: process.getuid?.() !== 0 ? 'needs root for a read-only bind mount' : false }, async (t) => {

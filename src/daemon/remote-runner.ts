@@ -24,6 +24,8 @@ const REFUSAL_HOLD_MS = 250
 const IN_FLIGHT_MARGIN_MS = 50
 /** a peer that failed a job is skipped for this long, or twice as long as the failed attempt took */
 const BACKOFF_MS = 5_000
+/** a failed job's time includes shipping the toolchain (a minute for rustc's on a slow link): never hold a builder off longer */
+const MAX_BACKOFF_MS = 30_000
 
 export interface PeerJobStats { sent: number; done: number; failed: number; refused: number }
 
@@ -298,7 +300,7 @@ export class MeshRemoteRunner implements RemoteRunner {
       const t0 = Date.now()
       let accepted = t0
       const timeKey = `${peer.peerId}\0${job.header.toolchain}`
-      const holdOff = () => this.backoff.set(peer.peerId, Date.now() + Math.max(BACKOFF_MS, 2 * (Date.now() - t0)))
+      const holdOff = () => this.backoff.set(peer.peerId, Date.now() + Math.min(MAX_BACKOFF_MS, Math.max(BACKOFF_MS, 2 * (Date.now() - t0))))
       try {
         const load = async (need: number[]) => {
           const data = await this.loadInputs(job.files, need)
