@@ -15,7 +15,7 @@ export interface HttpStoreUrl { base: string; layout: HttpLayout; headers: Recor
 
 /** Parse "http(s)://…[|attr=value…]"; throws a one-line Error naming what is wrong. */
 export function parseHttpStoreUrl(spec: string): HttpStoreUrl {
-  const [urlText, ...attrs] = spec.split('|')
+  const { urlText, attrs } = splitAttributes(spec)
   let u: URL
   try { u = new URL(urlText!) } catch { throw new Error(`"${urlText!.slice(0, 80)}" is not a URL`) }
   if (u.protocol !== 'http:' && u.protocol !== 'https:') throw new Error(`"${u.protocol}" is not http: or https:`)
@@ -27,10 +27,7 @@ export function parseHttpStoreUrl(spec: string): HttpStoreUrl {
     u.password = ''
   }
   let layout: HttpLayout = 'subdirs'
-  for (const a of attrs) {
-    const eq = a.indexOf('=')
-    const name = eq < 0 ? a : a.slice(0, eq)
-    const value = eq < 0 ? '' : a.slice(eq + 1)
+  for (const { name, value } of attrs) {
     if (name === 'layout') {
       if (value !== 'subdirs' && value !== 'flat' && value !== 'bazel') throw new Error(`layout "${value}" is not subdirs, flat or bazel`)
       layout = value
@@ -48,6 +45,16 @@ export function parseHttpStoreUrl(spec: string): HttpStoreUrl {
   return { base, layout, headers, name: base }
 }
 
+/** "url|name=value|…" as ccache writes a remote storage: the URL and its attributes in order. */
+export function splitAttributes(spec: string): { urlText: string; attrs: Array<{ name: string; value: string }> } {
+  const [urlText, ...parts] = spec.split('|')
+  const attrs = parts.map((a) => {
+    const eq = a.indexOf('=')
+    return eq < 0 ? { name: a, value: '' } : { name: a.slice(0, eq), value: a.slice(eq + 1) }
+  })
+  return { urlText: urlText!, attrs }
+}
+
 export function entryUrl(store: HttpStoreUrl, key: string): string {
   if (store.layout === 'flat') return store.base + key
   if (store.layout === 'bazel') return `${store.base}ac/${key}`
@@ -63,45 +70,67 @@ export class HttpBackend implements BlobBackend {
     this.name = this.store.name
   }
 
-  async get(key: string, limit: number, signal: AbortSignal): Promise<Buffer | null> {
-    const res = await fetch(entryUrl(this.store, key), { headers: this.store.headers, signal })
-    if (res.status === 404 || res.status === 410) {
-      await res.body?.cancel()
-      return null
-    }
-    if (!res.ok) {
-      await res.body?.cancel()
-      throw new Error(`GET answered HTTP ${res.status}`)
-    }
-    const declared = Number(res.headers.get('content-length') ?? NaN)
-    if (declared > limit) {
-      await res.body?.cancel()
-      throw new Error(`entry of ${declared} bytes exceeds the limit of ${limit}`)
-    }
-    const chunks: Buffer[] = []
-    let got = 0
-    const reader = res.body?.getReader()
-    for (;;) {
-      const r = await reader?.read()
-      if (!r || r.done) break
-      got += r.value.length
-      if (got > limit) {
-        await reader!.cancel()
-        throw new Error(`entry longer than the limit of ${limit} bytes`)
-      }
-      chunks.push(Buffer.from(r.value.buffer, r.value.byteOffset, r.value.byteLength))
-    }
-    return Buffer.concat(chunks, got)
+  get(key: string, limit: number, signal: AbortSignal): Promise<Buffer | null> {
+    return getBlob(entryUrl(this.store, key), this.store.headers, limit, signal)
   }
 
-  async put(key: string, blob: Buffer, signal: AbortSignal): Promise<void> {
-    const res = await fetch(entryUrl(this.store, key), {
-      method: 'PUT', body: new Uint8Array(blob.buffer, blob.byteOffset, blob.byteLength) as Uint8Array<ArrayBuffer>, signal,
-      headers: { ...this.store.headers, 'content-type': 'application/octet-stream' }
-    })
-    await res.body?.cancel()
-    if (!res.ok) throw new Error(`PUT answered HTTP ${res.status}`)
+  put(key: string, blob: Buffer, signal: AbortSignal): Promise<void> {
+    return putBlob(entryUrl(this.store, key), this.store.headers, blob, signal)
   }
 
   async close(): Promise<void> {}
+}
+
+// The requests, shared with the S3 store (s3.ts), which only adds its signature headers.
+
+/** GET `url`: null for 404 and 410, the body if it is within `limit` bytes; throws otherwise. */
+export async function getBlob(url: string, headers: Record<string, string>, limit: number, signal: AbortSignal): Promise<Buffer | null> {
+  const res = await fetch(url, { headers, signal })
+  if (res.status === 404 || res.status === 410) {
+    await res.body?.cancel()
+    return null
+  }
+  if (!res.ok) throw new Error(`GET answered HTTP ${res.status}${await errorCode(res)}`)
+  const declared = Number(res.headers.get('content-length') ?? NaN)
+  if (declared > limit) {
+    await res.body?.cancel()
+    throw new Error(`entry of ${declared} bytes exceeds the limit of ${limit}`)
+  }
+  return (await readBounded(res, limit, () => `entry longer than the limit of ${limit} bytes`))!
+}
+
+/** PUT `blob` at `url`; throws unless the store answers 2xx. */
+export async function putBlob(url: string, headers: Record<string, string>, blob: Buffer, signal: AbortSignal): Promise<void> {
+  const res = await fetch(url, {
+    method: 'PUT', body: new Uint8Array(blob.buffer, blob.byteOffset, blob.byteLength) as Uint8Array<ArrayBuffer>, signal,
+    headers: { ...headers, 'content-type': 'application/octet-stream' }
+  })
+  if (!res.ok) throw new Error(`PUT answered HTTP ${res.status}${await errorCode(res)}`)
+  await res.body?.cancel()
+}
+
+/** The body, or null once it grows past `limit` (then `tooLong` names the error, if given). */
+async function readBounded(res: Response, limit: number, tooLong?: () => string): Promise<Buffer | null> {
+  const chunks: Buffer[] = []
+  let got = 0
+  const reader = res.body?.getReader()
+  for (;;) {
+    const r = await reader?.read()
+    if (!r || r.done) break
+    got += r.value.length
+    if (got > limit) {
+      await reader!.cancel()
+      if (tooLong) throw new Error(tooLong())
+      return null
+    }
+    chunks.push(Buffer.from(r.value.buffer, r.value.byteOffset, r.value.byteLength))
+  }
+  return Buffer.concat(chunks, got)
+}
+
+/** " (Code)" from an S3-style XML error body of at most 4 KiB, else "": the reason in one word for the log. */
+async function errorCode(res: Response): Promise<string> {
+  const body = await readBounded(res, 4096).catch(() => null)
+  const code = /<Code>([A-Za-z]{1,64})<\/Code>/.exec(body?.toString('latin1') ?? '')
+  return code ? ` (${code[1]})` : ''
 }

@@ -5,13 +5,15 @@ import type { TrustPolicy } from '../trust.js'
 import { HttpBackend } from './http.js'
 import { RedisBackend } from './redis.js'
 import { RemoteTier, type BlobBackend } from './remote-tier.js'
+import { S3Backend } from './s3.js'
 
 export { RemoteTier, type BlobBackend, type TierStats } from './remote-tier.js'
 
 /** The backend for a [cache] remote value; throws a one-line Error naming what is wrong with it. */
-export function backendFor(remote: string): BlobBackend {
+export function backendFor(remote: string, env: Record<string, string | undefined> = process.env): BlobBackend {
   try {
-    return /^rediss?:/.test(remote) ? new RedisBackend(remote) : new HttpBackend(remote)
+    if (/^rediss?:/.test(remote)) return new RedisBackend(remote)
+    return remote.startsWith('s3:') ? new S3Backend(remote, env) : new HttpBackend(remote)
   } catch (err) {
     throw new Error(`[cache] remote: ${(err as Error).message}`)
   }
