@@ -1,10 +1,11 @@
 // A second tier behind the mesh, for teams that already run a store: [cache] remote names a Redis
 // server (tiers/redis.ts), an HTTP store in ccache's layout (tiers/http.ts) or an S3 bucket
 // (tiers/s3.ts). The same rules as the mesh: entries are signed (signed-entry.ts) and verified on
-// every read (a store is one more place where bytes can be changed), lookups have a short timeout, publishing happens in the
-// background with a bounded backlog, and every failure is counted and logged, never thrown. A
-// store that failed is not asked again for a while (5 s, doubling to a minute while it keeps
-// failing), so a dead store costs a build nothing but its first timeout.
+// every read (a store is one more place where bytes can be changed), lookups have a short
+// timeout, publishing happens in the background with a bounded backlog, and every failure is
+// counted and logged, never thrown. A store that failed is not asked again for a while (5 s,
+// doubling to a minute while it keeps failing), so a dead store costs a build nothing but its
+// first timeout.
 //
 // API for the pipeline: lookup(key) after the mesh missed; publish(key, entry) beside the mesh's
 // publish; stats() for status. Neither throws or blocks a build.
