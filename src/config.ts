@@ -5,6 +5,7 @@ import { existsSync, readFileSync } from 'node:fs'
 import { homedir, availableParallelism, totalmem, userInfo } from 'node:os'
 import { join, resolve, dirname } from 'node:path'
 import { parse as parseToml } from 'smol-toml'
+import { checkRemoteUrl } from './cache/tiers/remote-url.js'
 
 export type LogLevel = 'error' | 'warn' | 'info' | 'debug'
 export const LOG_LEVELS: readonly LogLevel[] = ['error', 'warn', 'info', 'debug']
@@ -500,8 +501,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   if (cfg.cache.sharedSize > 0 && cfg.cache.sharedSize < MIN_CACHE_BYTES) {
     throw new ConfigError(`${file}: [cache] shared_size: ${formatSize(cfg.cache.sharedSize)} is too small (0 to hold no entries for others, or at least ${formatSize(MIN_CACHE_BYTES)})`)
   }
-  if (cfg.cache.remote !== '' && !/^(redis|rediss|http|https|s3):\/\/[^\s]+$/.test(cfg.cache.remote)) {
-    throw new ConfigError(`${file}: [cache] remote: "${cfg.cache.remote.slice(0, 80)}" is not a redis://, rediss://, http://, https:// or s3:// URL`)
+  if (cfg.cache.remote !== '') {
+    try { checkRemoteUrl(cfg.cache.remote, env) } catch (err) { throw new ConfigError(`${file}: [cache] remote: ${(err as Error).message}`) }
   }
   if (Buffer.byteLength(cfg.daemon.socket) > 100) {
     throw new ConfigError(`${file}: [daemon] socket: path is too long for a unix socket (${Buffer.byteLength(cfg.daemon.socket)} bytes, at most 100): ${cfg.daemon.socket}`)

@@ -18,7 +18,7 @@ import { peerIdFromPrivateKey } from '@libp2p/peer-id'
 import type { CacheEntry } from '../src/cache/entry-format.js'
 import { sealEntry, type EntrySigner } from '../src/cache/signed-entry.js'
 import { TrustPolicy, distrustFile } from '../src/cache/trust.js'
-import { RemoteTier, backendFor } from '../src/cache/tiers/index.js'
+import { RemoteTier, backendFor, openRemoteTier } from '../src/cache/tiers/index.js'
 import { RedisBackend, parseRedisUrl } from '../src/cache/tiers/redis.js'
 import { HttpBackend, entryUrl, parseHttpStoreUrl } from '../src/cache/tiers/http.js'
 import { S3Backend, parseS3Url } from '../src/cache/tiers/s3.js'
@@ -246,7 +246,7 @@ test('an S3 bucket (s3rver, an S3 emulator, behind a SigV4 check)', { timeout: 6
   const wrong = new S3Backend(s3.url, { ...s3.env, AWS_SECRET_ACCESS_KEY: 'not-the-secret' })
   await assert.rejects(wrong.get(key, 1000, AbortSignal.timeout(5000)), /^Error: GET answered HTTP 403 \(SignatureDoesNotMatch\)$/)
   const anonymous = new S3Backend(s3.url, { HOME: dir })
-  assert.equal(anonymous.store.credentials, null)
+  assert.equal(anonymous.credentials, null)
   await assert.rejects(anonymous.put(key, Buffer.from('x'), AbortSignal.timeout(5000)), /HTTP 403 \(SignatureDoesNotMatch\); no AWS credentials found/)
   assert.equal(s3.signed, 0)
   // keys from a profile of ~/.aws/credentials (HOME is dir here), as the AWS tools keep them
@@ -267,7 +267,8 @@ test('[cache] remote = "s3://…": addressing, credentials and clear errors', ()
   const key = k('s3 layout')
   const none = { HOME: dir + '/nowhere' }
   const aws = parseS3Url('s3://my-bucket/team/cc/', none)
-  assert.deepEqual([aws.endpoint, aws.region, aws.pathStyle, aws.prefix, aws.credentials], ['https://s3.us-east-1.amazonaws.com', 'us-east-1', false, 'team/cc/', null])
+  assert.deepEqual([aws.endpoint, aws.region, aws.pathStyle, aws.prefix], ['https://s3.us-east-1.amazonaws.com', 'us-east-1', false, 'team/cc/'])
+  assert.equal(new S3Backend('s3://my-bucket', none).credentials, null)
   assert.equal(new S3Backend('s3://my-bucket/team/cc', none).request('GET', key).url, `https://my-bucket.s3.us-east-1.amazonaws.com/team/cc/${key}`)
   assert.equal(new S3Backend('s3://my-bucket', { ...none, AWS_DEFAULT_REGION: 'eu-west-3' }).request('GET', key).url, `https://my-bucket.s3.eu-west-3.amazonaws.com/${key}`)
   // an endpoint (attribute, else AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL) means path style
@@ -301,11 +302,21 @@ test('[cache] remote = "s3://…": addressing, credentials and clear errors', ()
   for (const [url, re] of bad) {
     assert.throws(() => backendFor(url, none), (err: Error) => err.message.startsWith('[cache] remote: ') && re.test(err.message) && !err.message.includes('\n'), url)
   }
+  // keys that cannot be found when the daemon opens the store: one logged line, no tier, nothing thrown
+  const lines: string[] = []
+  assert.equal(openRemoteTier('s3://bucket|profile=ci', consumer, trust, capture(lines), none), null)
+  assert.deepEqual(lines, [`E second-tier cache not used: [cache] remote: profile "ci": cannot read ${dir}/nowhere/.aws/credentials`])
   assert.throws(() => backendFor('s3://bucket', { ...none, AWS_ENDPOINT_URL: 'minio:9000' }), /\[cache\] remote: AWS_ENDPOINT_URL "minio:9000" is not http:\/\/ or https:\/\//)
 
+  // the config is checked when it is read, credentials are not looked up then
   const conf = join(dir, 'config-s3.toml')
-  writeFileSync(conf, '[cache]\nremote = "s3://meshcc-cache/team|endpoint=http://127.0.0.1:9000"\n')
-  assert.equal(loadConfig({ MESHCC_CONF: conf, HOME: dir }).cache.remote, 's3://meshcc-cache/team|endpoint=http://127.0.0.1:9000')
+  const load = (remote: string) => {
+    writeFileSync(conf, `[cache]\nremote = "${remote}"\n`)
+    return loadConfig({ MESHCC_CONF: conf, HOME: dir + '/nowhere' })
+  }
+  assert.equal(load('s3://meshcc-cache/team|endpoint=http://127.0.0.1:9000|profile=ci').cache.remote, 's3://meshcc-cache/team|endpoint=http://127.0.0.1:9000|profile=ci')
+  assert.throws(() => load('s3://meshcc-cache|endpoint=minio:9000'), (err: Error) => err instanceof ConfigError && err.message === `${conf}: [cache] remote: endpoint "minio:9000" is not http:// or https://`)
+  assert.throws(() => load('redis://h/db7'), (err: Error) => err instanceof ConfigError && err.message === `${conf}: [cache] remote: "/db7" is not a database number`)
 })
 
 test('[cache] remote URLs: ccache\'s layouts and attributes, and clear errors', () => {

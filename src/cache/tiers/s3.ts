@@ -35,8 +35,8 @@ export interface S3StoreUrl {
   endpoint: string
   region: string
   pathStyle: boolean
-  /** null: requests go unsigned */
-  credentials: S3Credentials | null
+  /** |profile=: that profile of the credentials file, over the environment's keys */
+  profile: string | undefined
   name: string
 }
 
@@ -46,7 +46,7 @@ const BUCKET = /^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/
 const PREFIX = /^[A-Za-z0-9._\-/]{0,512}$/
 const REGION = /^[a-z0-9-]{1,32}$/
 
-/** Parse "s3://…[|attr=value…]" with `env` for what the URL leaves out; throws a one-line Error naming what is wrong. */
+/** Parse "s3://…[|attr=value…]" with `env` for what the URL leaves out (but the keys); throws a one-line Error naming what is wrong. */
 export function parseS3Url(spec: string, env: Env = process.env): S3StoreUrl {
   const { urlText, attrs } = splitAttributes(spec)
   let u: URL
@@ -82,7 +82,7 @@ export function parseS3Url(spec: string, env: Env = process.env): S3StoreUrl {
   pathStyle ??= endpoint !== undefined
   const prefix = path === '' ? '' : `${path}/`
   return {
-    bucket: u.hostname, prefix, endpoint: origin, region, pathStyle, credentials: credentialsFrom(env, profile),
+    bucket: u.hostname, prefix, endpoint: origin, region, pathStyle, profile,
     name: `s3://${u.hostname}/${prefix}${endpoint === undefined ? '' : ` at ${origin}`}`
   }
 }
@@ -96,7 +96,7 @@ function endpointOrigin(text: string, fromEnv: boolean): string {
   return e.origin
 }
 
-/** The environment's keys, else a profile of the shared credentials file, else none. */
+/** The environment's keys, else a profile of the shared credentials file, else none; throws when a named profile is not there. */
 function credentialsFrom(env: Env, profile: string | undefined): S3Credentials | null {
   if (profile === undefined && env.AWS_ACCESS_KEY_ID && env.AWS_SECRET_ACCESS_KEY) {
     return { accessKeyId: env.AWS_ACCESS_KEY_ID, secretAccessKey: env.AWS_SECRET_ACCESS_KEY, ...(env.AWS_SESSION_TOKEN ? { sessionToken: env.AWS_SESSION_TOKEN } : {}) }
@@ -140,9 +140,12 @@ function iniSection(text: string, name: string): Record<string, string> | null {
 export class S3Backend implements BlobBackend {
   readonly name: string
   readonly store: S3StoreUrl
+  /** null: requests go unsigned */
+  readonly credentials: S3Credentials | null
 
   constructor(spec: string, env: Env = process.env) {
     this.store = parseS3Url(spec, env)
+    this.credentials = credentialsFrom(env, this.store.profile)
     this.name = this.store.name
   }
 
@@ -154,8 +157,8 @@ export class S3Backend implements BlobBackend {
     const path = `${s.pathStyle ? `/${s.bucket}` : ''}/${s.prefix}${key}`
     const url = `${e.protocol}//${host}${path}`
     const headers: Record<string, string> = body ? { 'content-type': 'application/octet-stream' } : {}
-    if (!s.credentials) return { url, headers }
-    const signed = aws4.sign({ host, path, method, service: 's3', region: s.region, headers, ...(body ? { body } : {}) }, s.credentials)
+    if (!this.credentials) return { url, headers }
+    const signed = aws4.sign({ host, path, method, service: 's3', region: s.region, headers, ...(body ? { body } : {}) }, this.credentials)
     // fetch sets Host and Content-Length itself, to the values signed here
     const out: Record<string, string> = {}
     for (const [h, v] of Object.entries(signed.headers ?? {})) {
@@ -176,7 +179,7 @@ export class S3Backend implements BlobBackend {
 
   /** An anonymous request refused says why it was anonymous. */
   private refused(err: Error): never {
-    if (!this.store.credentials && /HTTP 403/.test(err.message)) err.message += '; no AWS credentials found (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or ~/.aws/credentials)'
+    if (!this.credentials && /HTTP 403/.test(err.message)) err.message += '; no AWS credentials found (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or ~/.aws/credentials)'
     throw err
   }
 
