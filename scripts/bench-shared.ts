@@ -23,14 +23,13 @@ import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
 import { CORES, allProcessCpu, descendants, killAllDaemonsNow, loadString, topOtherProcesses } from './lib/dist-bench-proc.js'
 import { CONFIG_NAME, KBUILD_FIXED_ENV, compiledObjects, ensureConfig, ensurePackages, ensureTree, hashObjects } from './lib/kernel.js'
-import { BenchError, fail, killRunningChildren, machineBusySeconds, run, runOk } from './lib/proc.js'
+import { BenchError, COMMON_BENCH_OPTIONS, countOption, fail, killRunningChildren, machineBusySeconds, run, runOk, toolList } from './lib/proc.js'
 import { fmtPct, fmtRatio, fmtSec, markdownTable, textTable } from './lib/stats.js'
 import { ccacheTeam, meshccTeam, sccacheHasBasedir, sccacheTeam, sharedHits, wrapperOf, type Team } from './lib/shared-bench-tools.js'
 import { MESHCC_MAIN, cleanEnv, meshccMissing, plainGcc, type CacheCounts, type Tool } from './lib/tools.js'
 
 const HERE = dirname(fileURLToPath(import.meta.url))
 const ALL_TOOLS = ['meshcc', 'ccache', 'sccache'] as const
-type ToolName = (typeof ALL_TOOLS)[number]
 const TARGETS = {
   /** meshcc's workstation build at most this times the faster of ccache's and sccache's */
   hitRatio: 0.9,
@@ -227,10 +226,8 @@ async function main(): Promise<number> {
       'miss-reps': { type: 'string' },
       'no-miss': { type: 'boolean', default: false },
       'work-dir': { type: 'string', default: '/var/tmp/meshcc-bench-shared' },
-      out: { type: 'string' },
       'meshcc-log-level': { type: 'string', default: 'warn' },
-      'no-install': { type: 'boolean', default: false },
-      help: { type: 'boolean', short: 'h', default: false }
+      ...COMMON_BENCH_OPTIONS
     },
     strict: true
   })
@@ -239,10 +236,8 @@ async function main(): Promise<number> {
     return 0
   }
   const quick = values.quick!
-  const toolNames = values.tools!.split(',').map((t) => t.trim()).filter(Boolean) as ToolName[]
-  for (const t of toolNames) if (!ALL_TOOLS.includes(t)) fail(`unknown tool "${t}" (known: ${ALL_TOOLS.join(', ')})`)
-  const jobs = Number(values.jobs)
-  if (!Number.isInteger(jobs) || jobs < 1 || jobs > 64) fail('--jobs must be a whole number from 1 to 64')
+  const toolNames = toolList(values.tools!, ALL_TOOLS)
+  const jobs = countOption(values.jobs!, '--jobs', 64)
   const missReps = values['no-miss'] ? 0 : Number(values['miss-reps'] ?? (quick ? 1 : 2))
   if (!Number.isInteger(missReps) || missReps < 0 || missReps > 10) fail('--miss-reps must be a whole number from 0 to 10')
   if (!['error', 'warn', 'info', 'debug'].includes(values['meshcc-log-level']!)) fail('--meshcc-log-level must be error, warn, info or debug')

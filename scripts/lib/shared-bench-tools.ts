@@ -80,6 +80,18 @@ export interface Team {
   stop(): Promise<void>
 }
 
+/** The parts of a team whose shared store is Redis. */
+function redisSide(redis: Redis): Pick<Team, 'afterFill' | 'roots' | 'problems'> {
+  return {
+    async afterFill() {
+      const i = await redis.info()
+      return { 'Redis keys': i.keys, 'Redis used_memory bytes': i.bytes }
+    },
+    roots: () => [redis.daemon.pid],
+    problems: () => []
+  }
+}
+
 /** ccache, each member with its own local dir and base_dir, both on one Redis. */
 export async function ccacheTeam(base: Record<string, string>, tmp: string, checkouts: { ci: string; ws: string }): Promise<Team> {
   const redis = await startRedis(join(tmp, 'redis'))
@@ -104,12 +116,7 @@ export async function ccacheTeam(base: Record<string, string>, tmp: string, chec
     describe: `ccache ${await versionOf('ccache')}, a local cache dir per member, remote_storage = redis://127.0.0.1:${redis.port} (redis-server ${await versionOf('redis-server')}), base_dir = the member's checkout`,
     ci,
     ws,
-    async afterFill() {
-      const i = await redis.info()
-      return { 'Redis keys': i.keys, 'Redis used_memory bytes': i.bytes }
-    },
-    roots: () => [redis.daemon.pid],
-    problems: () => [],
+    ...redisSide(redis),
     stop: () => redis.stop()
   }
 }
@@ -140,12 +147,7 @@ export async function sccacheTeam(base: Record<string, string>, tmp: string): Pr
     describe: `sccache ${await versionOf('sccache')}, a server per member, SCCACHE_REDIS=redis://127.0.0.1:${redis.port}`,
     ci,
     ws,
-    async afterFill() {
-      const i = await redis.info()
-      return { 'Redis keys': i.keys, 'Redis used_memory bytes': i.bytes }
-    },
-    roots: () => [redis.daemon.pid],
-    problems: () => [],
+    ...redisSide(redis),
     async stop() {
       await ci.stop()
       await ws.stop()
