@@ -170,6 +170,11 @@ async function versionOf(bin: string): Promise<string> {
   return /\d+\.\d+[\w.~+-]*/.exec(r?.stdout ?? '')?.[0] ?? '?'
 }
 
+/** The shared-cache part of a daemon's status. */
+interface MeshShared {
+  shared: { mesh: { lookups: number; lookups_unasked: number; remote_misses: number; shared_lookup_ms: number; entries_published: number; publish_dropped: number; shared_entries: number; failures: Record<string, number> } | null } | null
+}
+
 export interface MeshTeamOptions {
   /** [cache] shared: false on both members turns the shared cache off */
   shared: boolean
@@ -238,6 +243,13 @@ export async function meshccTeam(base: Record<string, string>, root: string, o: 
         const extra: Record<string, number> = {}
         for (const k of ['mesh_hits', 'tier_hits', 'direct_hits', 'local_compiles', 'remote_compiles', 'fallbacks', 'cache_errors', 'compile_failures']) extra[k] = num(k)
         for (const [reason, v] of Object.entries((s.non_cacheable_reasons ?? {}) as Record<string, number>)) extra[`non-cacheable: ${reason}`] = v
+        // why a miss did not ask the mesh: a member that answered late is skipped for a while
+        const st = await adminStatus<MeshShared>(n.socket, 5000).catch(() => undefined)
+        const m = st?.shared?.mesh
+        if (m) {
+          Object.assign(extra, { 'mesh lookups (since start)': m.lookups, 'lookups with nobody asked': m.lookups_unasked, 'lookups answered miss': m.remote_misses, 'lookup ms (sum)': Math.round(m.shared_lookup_ms) })
+          for (const [k, v] of Object.entries(m.failures)) if (v) extra[`lookup failures: ${k}`] = v
+        }
         return { requests: num('compile_requests'), hits: num('cache_hits'), misses: num('cache_misses'), uncacheable: num('non_cacheable'), extra }
       },
       serverCpu: () => treeCpuSeconds(n.pid),
@@ -283,12 +295,11 @@ export async function meshccTeam(base: Record<string, string>, root: string, o: 
     ws,
     async afterFill() {
       // the CI member signs and keeps its results in the background: wait until that settles
-      type S = { shared: { mesh: { entries_published: number; publish_dropped: number; shared_entries: number } | null } | null }
       let last = -1
       let stable = 0
-      let s: S | undefined
+      let s: MeshShared | undefined
       for (let i = 0; i < 120 && stable < 3; i++) {
-        s = await adminStatus<S>(ciNode.socket, 5000).catch(() => undefined)
+        s = await adminStatus<MeshShared>(ciNode.socket, 5000).catch(() => undefined)
         const held = s?.shared?.mesh?.shared_entries ?? -1
         stable = held === last ? stable + 1 : 0
         last = held
