@@ -145,6 +145,8 @@ async function memberBuild(tool: Tool, o: BuildOpts): Promise<BuildResult> {
   const env = tool.env
   const plain = cleanEnv(KBUILD_FIXED_ENV)
   await runOk('make', ['clean'], { cwd: co.linux, env: plain, timeoutMs: 10 * 60_000, logFile: join(o.logDir, `${o.tag}-clean.log`) }, 'make clean')
+  // Kconfig re-runs its compiler probes when CC changes: done here, untimed, for every tool alike
+  await runOk('make', [`CC=${tool.cc}`, 'syncconfig'], { cwd: co.linux, env, timeoutMs: 10 * 60_000, logFile: join(o.logDir, `${o.tag}-syncconfig.log`) }, 'make syncconfig')
   rmSync(co.gtestBuild, { recursive: true, force: true })
   const wrap = wrapperOf(tool)
   // the checkout mapped away, as the README tells builds whose units hold __FILE__ (gtest's do)
@@ -430,7 +432,7 @@ function buildReport(
 
   const notes: string[] = []
   notes.push(`Linux ${o.kernelVersion} ${CONFIG_NAME} from Debian's linux-source (${o.quick ? '`make kernel/ lib/`' : 'the whole kernel'}) and googletest ${o.quick ? '(libraries and samples)' : '(libraries, samples and its own tests)'} from Debian's googletest source, built with CMake's Makefiles; make -j${o.jobs} for both, on this ${CORES}-core machine (kernel ${release()}, ${cpus()[0]?.model.trim() ?? '?'}).`)
-  notes.push(`Paths: the CI member builds at P1 = \`${o.paths.p1}\`, the workstation at P2 = \`${o.paths.p2}\` (the same checkout renamed: a different absolute path, a different length). Each build starts with \`make clean\` and a fresh googletest build dir; only the two \`make\` runs are timed (CMake's configure is not).`)
+  notes.push(`Paths: the CI member builds at P1 = \`${o.paths.p1}\`, the workstation at P2 = \`${o.paths.p2}\` (the same checkout renamed: a different absolute path, a different length). Each build starts with \`make clean\`, \`make CC=<tool> syncconfig\` (Kconfig re-runs its compiler probes when CC changes: untimed, for every tool) and a fresh googletest build dir; only the two \`make\` runs are timed (CMake's configure is not).`)
   notes.push('googletest is configured with `-ffile-prefix-map=<checkout>=.` for every tool (CMAKE_C/CXX_FLAGS), as the README tells builds whose units hold `__FILE__` (gtest\'s macros do): without it their objects differ per checkout and meshcc, correctly, does not share them. The kernel needs nothing: tinyconfig has no debug info and Kbuild compiles with relative paths.')
   notes.push('Byte-identity rule: every object the workstation build produced (kernel `CC`/`AS` objects and every `.o` of the googletest tree) is compared with plain gcc\'s build at P2; all of them are built without `-g`, so all are compared.')
   notes.push('CPU: user+sys of the two `make` trees (launchers, Kbuild and CMake steps, links; the compilers themselves for gcc, ccache and sccache\'s client) plus the member\'s own daemon or server tree (meshcc: the daemon and the compilers it runs; sccache: its server). "CI member CPU meanwhile": the CI daemon serving the workstation\'s lookups (meshcc) or the CI sccache server (idle); Redis is counted under other processes\' CPU only through its own PID (not ours).')
