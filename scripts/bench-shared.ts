@@ -445,6 +445,10 @@ function buildReport(
     if (r.ws?.counts) notes.push(`${r.name} workstation counters: ${countsLine(r.ws.counts)}.`)
     if (r.failed) notes.push(`${r.name} ${r.ws || r.fill ? 'FAILED' : 'could not run'}: ${r.failed}`)
   }
+  const cc = rows.find((r) => r.name === 'ccache')?.ws
+  if (cc && ref && diffObjects(ref.objects, cc.objects).length) {
+    notes.push('ccache\'s objects that differ from plain gcc\'s: base_dir rewrites the absolute paths of a command to relative ones for the compile itself, so `__FILE__` in a unit given as `/…/proj/googletest/src/x.cc` from the build dir expands to `../googletest/src/x.cc` instead of `./googletest/src/x.cc` (after -ffile-prefix-map): the same object at both checkouts, but not the one the build makes without ccache (checked by hand with a one-line file; `strings` shows `../src/a.c` under ccache, `./src/a.c` under gcc). meshcc leaves the command alone.')
+  }
   if (rows.some((r) => r.name === 'sccache')) {
     notes.push(`sccache ${sccacheHasBasedir() ? 'knows' : 'does not know'} SCCACHE_BASEDIR (searched for in /usr/bin/sccache); ${sccacheHasBasedir() ? '' : 'without it its keys hold absolute paths, so a second checkout would miss wherever a command line names one (googletest\'s CMake does).'}`)
   }
