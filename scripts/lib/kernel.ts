@@ -38,9 +38,9 @@ async function isInstalled(pkg: string): Promise<boolean> {
 }
 
 /** `dpkg -s` every package first; only when some are missing: apt-get update once, then install. */
-export async function ensurePackages(say: (s: string) => void): Promise<void> {
+export async function ensurePackages(say: (s: string) => void, extra: string[] = []): Promise<void> {
   const missing: string[] = []
-  for (const p of REQUIRED_PACKAGES) if (!(await isInstalled(p))) missing.push(p)
+  for (const p of [...REQUIRED_PACKAGES, ...extra]) if (!(await isInstalled(p))) missing.push(p)
   if (missing.length === 0) return
   if (process.getuid?.() !== 0) fail(`missing Debian packages (${missing.join(' ')}); run as root or apt-get install them`)
   say(`installing ${missing.join(' ')} (apt-get)…`)

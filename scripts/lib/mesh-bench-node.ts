@@ -53,7 +53,7 @@ export function makeNode(root: string, index: number): BenchNode {
 const tomlString = (s: string) => JSON.stringify(s) // TOML basic strings accept JSON escapes for our paths
 
 /** Loopback only, no mDNS (multicast is not allowed here): the only addresses a daemon may use. */
-export function writeConfig(node: BenchNode, keyFile: string, bootstrap: string[], logLevel = 'warn', dht = true, build: string[] = ['cores = 4']): void {
+export function writeConfig(node: BenchNode, keyFile: string, bootstrap: string[], logLevel = 'warn', dht = true, build: string[] = ['cores = 4'], cache: string[] = []): void {
   for (const a of bootstrap) if (!a.startsWith('/ip4/127.0.0.1/tcp/')) fail(`refusing a non-loopback bootstrap address: ${a}`)
   writeFileSync(node.conf, [
     '[daemon]',
@@ -61,6 +61,7 @@ export function writeConfig(node: BenchNode, keyFile: string, bootstrap: string[
     'idle_timeout = 0',
     '[cache]',
     `dir = ${tomlString(join(node.dir, 'cache'))}`,
+    ...cache,
     '[log]',
     `level = ${tomlString(logLevel)}`,
     '[mesh]',

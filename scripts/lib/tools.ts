@@ -107,6 +107,7 @@ export function ccacheTool(base: Record<string, string>, tmp: string): Tool {
       }
       if (s.direct_cache_hit) extra.direct_cache_hit = s.direct_cache_hit
       if (s.preprocessed_cache_hit) extra.preprocessed_cache_hit = s.preprocessed_cache_hit
+      for (const k of ['remote_storage_hit', 'remote_storage_miss', 'remote_storage_error', 'remote_storage_timeout']) if (s[k]) extra[k] = s[k]!
       return { requests: hits + misses + uncacheable, hits, misses, uncacheable, extra }
     },
     serverCpu: () => 0,
