@@ -324,6 +324,22 @@ static int marker_fresh(const char *marker) {
   return (time(NULL) - st.st_mtime) * 1000 < MARKER_FRESH_MS;
 }
 
+/* A zombie is no daemon: one killed by SIGKILL stays a zombie until its parent reaps it (init's
+ * periodic sweep in many containers and VMs, never under a parent that does not wait), and
+ * kill(pid, 0) succeeds on it. processAlive() in src/util/pid-lock.ts does the same. */
+static int is_zombie(pid_t pid) {
+  char path[64], buf[512];
+  snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return 0;
+  ssize_t n = read(fd, buf, sizeof buf - 1);
+  close(fd);
+  if (n <= 0) return 0;
+  buf[n] = 0;
+  char *paren = strrchr(buf, ')'); /* "pid (comm) state ...": comm may hold ')' */
+  return paren && paren[1] == ' ' && (paren[2] == 'Z' || paren[2] == 'X');
+}
+
 /* the daemon holding <socket>.pid is alive */
 static int lock_holder_alive(const char *sock_path) {
   char lock[PATH_MAX], text[32];
@@ -337,7 +353,8 @@ static int lock_holder_alive(const char *sock_path) {
   char *end;
   long pid = strtol(text, &end, 10);
   if (pid <= 0 || (*end && *end != '\n')) return 0;
-  return kill((pid_t)pid, 0) == 0 || errno == EPERM;
+  if (kill((pid_t)pid, 0) != 0 && errno != EPERM) return 0;
+  return !is_zombie((pid_t)pid);
 }
 
 static int mkdirs(const char *dir) {

@@ -5,7 +5,7 @@ import { test, after } from 'node:test'
 import assert from 'node:assert/strict'
 import { spawn, spawnSync } from 'node:child_process'
 import { closeSync, existsSync, openSync, readFileSync, readdirSync, statSync, truncateSync, writeFileSync, writeSync, mkdirSync } from 'node:fs'
-import { join } from 'node:path'
+import { dirname, join } from 'node:path'
 import { createInstance, runCommand, MESHCC, type Instance } from './helpers/meshcc.js'
 
 const instances: Instance[] = []
@@ -169,6 +169,34 @@ test('the daemon killed with SIGKILL in the middle of a build leaves the build g
     const plain = await runCommand('gcc', ['-O2', '-c', `k${i}.c`, '-o', `k${i}.plain`], { cwd: src })
     assert.equal(plain.code, 0)
     assert.ok(readFileSync(obj).equals(readFileSync(join(src, `k${i}.plain`))), `k${i}.o is correct`)
+  }
+})
+
+test('a killed daemon that is still a zombie (its parent has not reaped it) does not keep a new one from starting', { timeout: 120_000 }, async () => {
+  const inst = fresh('', 'zombie')
+  writeFileSync(join(inst.dir, 'z.c'), 'int z(void) { return 3; }\n')
+  // A zombie that stays one: bash starts a child that exits soon, then becomes `sleep`,
+  // which never waits for it. (A SIGKILLed daemon is one until init's sweep reaps it: about
+  // 2 s on this VM, for good under a parent that does not wait.)
+  const parent = spawn('bash', ['-c', 'sleep 0.3 & echo $!; exec sleep 120'], { stdio: ['ignore', 'pipe', 'ignore'] })
+  try {
+    const zombie = await new Promise<number>((resolve, reject) => {
+      parent.stdout.once('data', (d: Buffer) => resolve(Number(d.toString().trim())))
+      parent.once('exit', () => reject(new Error('the zombie maker exited')))
+    })
+    for (let i = 0; i < 100 && !/\) Z /.test(readFileSync(`/proc/${zombie}/stat`, 'utf8')); i++) await new Promise((r) => setTimeout(r, 20))
+    assert.match(readFileSync(`/proc/${zombie}/stat`, 'utf8'), /\) Z /, 'the stand-in for the killed daemon is a zombie')
+    // what a SIGKILLed daemon leaves: its pid lock (and its socket file, which nobody serves)
+    mkdirSync(dirname(inst.socket), { recursive: true, mode: 0o700 })
+    writeFileSync(`${inst.socket}.pid`, `${zombie}\n`)
+    const r = await inst.run(['gcc', '-c', 'z.c', '-o', 'z.o'])
+    assert.equal(r.code, 0, r.stderr)
+    assert.match(readFileSync(`/proc/${zombie}/stat`, 'utf8'), /\) Z /, 'the zombie is still there: the compile did not wait it out')
+    const s = await inst.stats()
+    assert.equal(s.fallbacks, 0, `the compile went through a new daemon, not around it: ${JSON.stringify(s.fallback_reasons)}`)
+    assert.equal(s.cache_misses, 1)
+  } finally {
+    parent.kill('SIGKILL')
   }
 })
 

@@ -32,13 +32,21 @@ function setUp(env: RowEnv): Promise<Fixture> {
   return fixture
 }
 
-/** Both builders back in the client's view with free slots. */
-async function bothBuildersReady(client: Instance): Promise<boolean> {
+/**
+ * Both builders back in the client's view with free slots: null, or what the view held at the
+ * end of the minute (each member's slots, running jobs, connection and dial error), so a
+ * failure says which of them was missing and how.
+ */
+async function bothBuildersReady(client: Instance): Promise<string | null> {
+  let last = 'no status reply'
   const ok = await pollFor(60_000, async () => {
     const s = await daemonStatus(client, 5000)
-    return (s.mesh?.members.filter((m) => !m.self && m.free_slots > 0).length ?? 0) >= 2 ? true : undefined
+    const others = s.mesh?.members.filter((m) => !m.self) ?? []
+    last = others.length === 0 ? 'no other member in the view' : others.map((m) =>
+      `${m.name}: ${m.free_slots} free, ${m.running} running, held back ${m.held_back_ms} ms, connection ${m.connection}${m.dial_error ? ` (${m.dial_error})` : ''}, seen ${m.last_seen_ms_ago} ms ago`).join('; ')
+    return others.filter((m) => m.free_slots > 0).length >= 2 ? true : undefined
   }, 250)
-  return ok === true
+  return ok === true ? null : last
 }
 
 /**
@@ -104,7 +112,8 @@ const builderKill: Row = {
         orphans += jobProcessesOf(victim)
         const restart = await victim.run(['--start-server'])
         if (restart.code !== 0) return `the builder did not restart: ${restart.stderr.trim()}`
-        if (!(await bothBuildersReady(client))) return why ?? 'the restarted builder did not come back into the client\'s view within 60 s'
+        const view = await bothBuildersReady(client)
+        if (view !== null) return why ?? `the restarted builder did not come back into the client's view within 60 s: ${view}`
         return why
       })
     }
@@ -132,7 +141,8 @@ const clientKill: Row = {
       await rec.trial(`build ${i + 1}`, async () => {
         const { why } = await buildWithKill(f, `client-kill-${i}-${Date.now()}`, client, async () => objectsMade(f.project) >= 3)
         // the next launcher started a new daemon: it must be back in the mesh for the next trial
-        if (!(await bothBuildersReady(client))) return why ?? 'the new client daemon did not see the builders within 60 s'
+        const view = await bothBuildersReady(client)
+        if (view !== null) return why ?? `the new client daemon did not see the builders within 60 s: ${view}`
         return why
       })
     }

@@ -14,13 +14,30 @@ export function parentPid(pid: number): number | null {
   }
 }
 
+/** The state letter in /proc/<pid>/stat (R, S, D, Z, …), or null when the process is gone or /proc is not there. */
+function procState(pid: number): string | null {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+    return stat.charAt(stat.lastIndexOf(')') + 2) || null
+  } catch {
+    return null
+  }
+}
+
+/**
+ * Whether the process runs. A zombie does not: a daemon killed by SIGKILL (or the OOM killer)
+ * stays one until its parent reaps it, which is init's periodic sweep in many containers and
+ * VMs (about 2 s here) and never under a parent that does not wait. kill(pid, 0) succeeds on a
+ * zombie, so a lock it holds would keep a new daemon from starting for that long.
+ */
 export function processAlive(pid: number): boolean {
   try {
     process.kill(pid, 0)
-    return true
   } catch (err) {
     return (err as NodeJS.ErrnoException).code === 'EPERM'
   }
+  const state = procState(pid)
+  return state !== 'Z' && state !== 'X'
 }
 
 /** The pid on the lock file's first line, or null when there is none or it is not a pid. */
