@@ -324,18 +324,24 @@ static int marker_fresh(const char *marker) {
   return (time(NULL) - st.st_mtime) * 1000 < MARKER_FRESH_MS;
 }
 
+/* The start of a small file as a string (at most size - 1 bytes); 0 when it cannot be read or is empty. */
+static int read_head(const char *path, char *buf, size_t size) {
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return 0;
+  ssize_t n = read(fd, buf, size - 1);
+  close(fd);
+  if (n <= 0) return 0;
+  buf[n] = 0;
+  return 1;
+}
+
 /* A zombie is no daemon: one killed by SIGKILL stays a zombie until its parent reaps it (init's
  * periodic sweep in many containers and VMs, never under a parent that does not wait), and
  * kill(pid, 0) succeeds on it. processAlive() in src/util/pid-lock.ts does the same. */
 static int is_zombie(pid_t pid) {
   char path[64], buf[512];
   snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return 0;
-  ssize_t n = read(fd, buf, sizeof buf - 1);
-  close(fd);
-  if (n <= 0) return 0;
-  buf[n] = 0;
+  if (!read_head(path, buf, sizeof buf)) return 0;
   char *paren = strrchr(buf, ')'); /* "pid (comm) state ...": comm may hold ')' */
   return paren && paren[1] == ' ' && (paren[2] == 'Z' || paren[2] == 'X');
 }
@@ -344,12 +350,7 @@ static int is_zombie(pid_t pid) {
 static int lock_holder_alive(const char *sock_path) {
   char lock[PATH_MAX], text[32];
   if (snprintf(lock, sizeof lock, "%s.pid", sock_path) >= (int)sizeof lock) return 0;
-  int fd = open(lock, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return 0;
-  ssize_t n = read(fd, text, sizeof text - 1);
-  close(fd);
-  if (n <= 0) return 0;
-  text[n] = 0;
+  if (!read_head(lock, text, sizeof text)) return 0;
   char *end;
   long pid = strtol(text, &end, 10);
   if (pid <= 0 || (*end && *end != '\n')) return 0;
