@@ -178,6 +178,22 @@ test('B, its cache empty, gets a CMake project A built at another path from the 
   assert.ok(served >= 1, 'A and C served entries to B')
 })
 
+test('D, its cache empty, building at the path A built (CI runners share paths) finds A\'s units through A\'s manifests: no unit preprocessed, byte-identical', { timeout: 300_000, skip }, async () => {
+  const boot = (await status(A)).mesh!.addresses.filter((a) => a.includes('/127.0.0.1/'))
+  const D = daemon('sh-d', { build: 'offer = "never"', cache: 'shared_size = "64M"\n', bootstrap: boot })
+  await startMeshDaemon(D)
+  await linked([D], 3)
+  // A builds a variant (every unit a new key) and publishes each result in depend form too
+  await buildAndPublish(A, UNITS + 1, () => cmakeBuild(A.env, '-DVARIANT=2'))
+  const plain2 = await plainObjects('-DVARIANT=2', src)
+  const before = await counters(D)
+  await cmakeBuild(D.env, '-DVARIANT=2')
+  const d = await counters(D)
+  const viaManifest = d.shared_manifest_hits - before.shared_manifest_hits
+  assert.ok(viaManifest >= Math.ceil(0.9 * (UNITS + 1)), `hits through A's manifests ${viaManifest} of ${UNITS + 1}: ${JSON.stringify(d)}`)
+  assertSameFiles(snapshot(objDir(src), ['.o', '.d']), plain2, 'D\'s build through A\'s manifests')
+})
+
 /** Set B's [cache] verify_rate through a config reload; null puts the default back. */
 async function verifyRateOnB(rate: number | null): Promise<void> {
   const conf = readFileSync(B.conf, 'utf8').replace(/verify_rate = .*\n/, '')

@@ -6,7 +6,7 @@
 // or on a peer), store and replay the same way for all families. A new family is one file
 // that implements CompilerFamily, listed in CompileService.families (compile-service.ts).
 import { realpath } from 'node:fs/promises'
-import { isAbsolute, normalize, resolve } from 'node:path'
+import { isAbsolute, resolve } from 'node:path'
 import type { CacheEntry } from '../cache/entry-format.js'
 import type { FileHash, FileHasher } from '../cache/file-hashes.js'
 import type { FileSet } from '../cache/manifest.js'
@@ -142,9 +142,13 @@ export async function sharedSetRefusal(set: Pick<FileSet, 'files' | 'env'>, cwd:
   return i < 0 ? null : `file ${JSON.stringify(set.files[i][0]).slice(0, 300)}`
 }
 
-/** A path spelled as a compiler's own list spells it: no "..", "." or empty part. */
+/**
+ * A path a compiler's own list could hold. gcc names its system headers through ".."
+ * ("/usr/lib/gcc/x86_64-linux-gnu/12/../../../../include/c++/12/string"), so ".." is allowed
+ * here: what decides is where the path really leads (the roots check on its real path).
+ */
 function plainPath(p: string): boolean {
-  return p !== '' && normalize(p) === p && !p.endsWith('/') && !p.split('/').includes('..')
+  return p !== '' && !p.includes('\0') && !p.endsWith('/')
 }
 
 /** The replay of a stored entry for this request: output files to write and what to print. */
