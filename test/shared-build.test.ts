@@ -180,7 +180,8 @@ test('B, its cache empty, gets a CMake project A built at another path from the 
 
 test('D, its cache empty, building at the path A built (CI runners share paths) finds A\'s units through A\'s manifests: no unit preprocessed, byte-identical', { timeout: 300_000, skip }, async () => {
   const boot = (await status(A)).mesh!.addresses.filter((a) => a.includes('/127.0.0.1/'))
-  const D = daemon('sh-d', { build: 'offer = "never"', cache: 'shared_size = "64M"\n', bootstrap: boot })
+  // verify_rate = 1.0: every hit found through a manifest is recompiled here and compared
+  const D = daemon('sh-d', { build: 'offer = "never"', cache: 'shared_size = "64M"\nverify_rate = 1.0\n', bootstrap: boot })
   await startMeshDaemon(D)
   await linked([D], 3)
   // A builds a variant (every unit a new key) and publishes each result in depend form too
@@ -192,6 +193,12 @@ test('D, its cache empty, building at the path A built (CI runners share paths) 
   const viaManifest = d.shared_manifest_hits - before.shared_manifest_hits
   assert.ok(viaManifest >= Math.ceil(0.9 * (UNITS + 1)), `hits through A's manifests ${viaManifest} of ${UNITS + 1}: ${JSON.stringify(d)}`)
   assertSameFiles(snapshot(objDir(src), ['.o', '.d']), plain2, 'D\'s build through A\'s manifests')
+  const v = await waitFor('D\'s verifications', async () => {
+    const v = (await shared(D)).verifier
+    return v.verifications + v.verify_skipped + v.verify_dropped >= viaManifest ? v : undefined
+  }, 180_000)
+  assert.ok(v.verifications >= viaManifest, `every manifest hit verified: ${JSON.stringify(v)}`)
+  assert.equal(v.verify_mismatches, 0)
 })
 
 /** Set B's [cache] verify_rate through a config reload; null puts the default back. */

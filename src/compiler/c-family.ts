@@ -348,7 +348,7 @@ class CJob implements CompileJob {
   }
 
   /** A plain compile writing the object to a temp file; the depfile came from the preprocessor. */
-  compilePlan(): RunPlan {
+  compilePlan(opts: { objectOnly?: boolean } = {}): RunPlan {
     const objTemp = siblingTemp(this.objDest)
     this.temps.push(objTemp)
     return {
@@ -356,7 +356,7 @@ class CJob implements CompileJob {
       temps: [objTemp],
       collect: async () => {
         const obj = await readFile(objTemp).catch(() => null)
-        return { outputs: obj && (await this.withDep(obj)), deps: null }
+        return { outputs: obj && (opts.objectOnly ? [{ name: 'obj', data: obj }] : await this.withDep(obj)), deps: null }
       }
     }
   }

@@ -188,7 +188,8 @@ export interface CompileJob {
   /** `recheck`: the key taken again for the verifier, not a unit of the build (its counters stay) */
   contentKey?(recheck?: boolean): Promise<ContentKey | 'failed' | { notCacheable: string }>
   /** a plain compile here for a content-keyed miss (with contentKey) */
-  compilePlan?(): RunPlan
+  /** `objectOnly`: the verifier's compile, which compares the outputs the compiler writes (a manifest hit ran no preprocessor for the depfile) */
+  compilePlan?(opts?: { objectOnly?: boolean }): RunPlan
   /** the job as the mesh runner ships it, for a content-keyed miss; absent: never shipped */
   remoteJob?(k: ContentKey): import('../daemon/compile-service.js').RemoteJob
   /** the outputs of a compile a peer ran for this job; rejects when they cannot be this build's */

@@ -484,7 +484,8 @@ export class CompileService {
    */
   private verifyLater(call: Call, key: string, entry: CacheEntry, producer: Producer, onMatch?: () => void, stillSame?: () => Promise<boolean>): boolean {
     const { job } = call
-    if (!this.shared || !job.compilePlan || (!job.contentKey && !stillSame)) return false
+    // a compile in place (rustc writes into cargo's directory) is never run again behind the build's back
+    if (!this.shared || !job.compilePlan || (!job.contentKey && !stillSame) || job.compilePlan().inPlace) return false
     // a depfile made in another checkout names that checkout's files: a hit there writes this
     // build's own (restore), so only a depfile made here is compared
     const elsewhere = entry.meta?.cwd !== undefined && entry.meta.cwd !== call.req.cwd
@@ -506,7 +507,7 @@ export class CompileService {
    */
   private async recompile(call: Call, key: string, stillSame?: () => Promise<boolean>): Promise<OutputBlobs | null> {
     const { req, job } = call
-    const plan = job.compilePlan!()
+    const plan = job.compilePlan!({ objectOnly: stillSame !== undefined })
     const r = await runProcess(req.compiler, plan.args, {
       cwd: req.cwd, env: this.planEnv(req, plan),
       onSpawn: (pid) => { try { setPriority(pid, 19) } catch { /* it may have exited already */ } }
