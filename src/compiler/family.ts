@@ -125,9 +125,9 @@ export interface SharedReach {
 
 /**
  * Why a manifest set that came off the network must not be checked here, or null: a fact the
- * family does not record, or a file that is not a plain path (no "..", ".", "//") or whose real
- * path (symlinks resolved) lies under none of the real roots. Nothing of a file is read; one
- * missing here is left to the check that follows (the set cannot match).
+ * family does not record, or a file that no compiler would list (empty, a NUL, a trailing "/") or
+ * whose real path (symlinks and ".." resolved) lies under none of the real roots. Nothing of a
+ * file is read; one missing here is left to the check that follows (the set cannot match).
  */
 export async function sharedSetRefusal(set: Pick<FileSet, 'files' | 'env'>, cwd: string, reach: SharedReach): Promise<string | null> {
   const badFact = (set.env ?? []).find(([name]) => !reach.fact(name))
