@@ -104,12 +104,19 @@ async function linked(members: Instance[], others: number): Promise<void> {
 }
 
 /**
- * Run `build` on `i`, then wait until the `units` entries it published have gone out: published,
- * and the count of pushes to owners steady for two seconds (bounded: a minute).
+ * Run `build` on `i`, which must compile all `units` (a unit its cache already holds is a hit and
+ * publishes nothing: each test gives A a variant no earlier test built), then wait until the
+ * entries it published have gone out: at least one per unit (a C++ unit goes out under its content
+ * key and in depend form, three entries), and the count of pushes to owners steady for two seconds
+ * (bounded: a minute).
  */
 async function buildAndPublish(i: Instance, units: number, build: () => Promise<void>): Promise<void> {
   const base = (await shared(i)).mesh!
+  const c0 = await counters(i)
   await build()
+  const c = await counters(i)
+  const compiled = c.local_compiles + c.remote_compiles - c0.local_compiles - c0.remote_compiles
+  if (compiled < units) throw new Error(`${i.dir}'s build compiled ${compiled} of ${units} units (the rest were hits: an earlier test built this variant), so it has nothing new to publish`)
   let last = -1
   let steadySince = Date.now()
   for (const deadline = Date.now() + 60_000; ;) {
@@ -176,6 +183,30 @@ test('B, its cache empty, gets a CMake project A built at another path from the 
   assert.match(st.stdout, /entries published, \d+ served to others/)
   const served = (await shared(A)).mesh!.entries_served + (await shared(C)).mesh!.entries_served
   assert.ok(served >= 1, 'A and C served entries to B')
+})
+
+test('D, its cache empty, building at the path A built (CI runners share paths) finds A\'s units through A\'s manifests: no unit preprocessed, byte-identical', { timeout: 300_000, skip }, async () => {
+  const boot = (await status(A)).mesh!.addresses.filter((a) => a.includes('/127.0.0.1/'))
+  // verify_rate = 1.0: every hit found through a manifest is recompiled here and compared
+  const D = daemon('sh-d', { build: 'offer = "never"', cache: 'shared_size = "64M"\nverify_rate = 1.0\n', bootstrap: boot })
+  await startMeshDaemon(D)
+  await linked([D], 3)
+  // A builds a variant of its own (every unit a new key; the variants 2 and 3 belong to the tests
+  // below, which need A to compile them afresh) and publishes each result in depend form too
+  await buildAndPublish(A, UNITS + 1, () => cmakeBuild(A.env, '-DVARIANT=4'))
+  const plain2 = await plainObjects('-DVARIANT=4', src)
+  const before = await counters(D)
+  await cmakeBuild(D.env, '-DVARIANT=4')
+  const d = await counters(D)
+  const viaManifest = d.shared_manifest_hits - before.shared_manifest_hits
+  assert.ok(viaManifest >= Math.ceil(0.9 * (UNITS + 1)), `hits through A's manifests ${viaManifest} of ${UNITS + 1}: ${JSON.stringify(d)}`)
+  assertSameFiles(snapshot(objDir(src), ['.o', '.d']), plain2, 'D\'s build through A\'s manifests')
+  const v = await waitFor('D\'s verifications', async () => {
+    const v = (await shared(D)).verifier
+    return v.verifications + v.verify_skipped + v.verify_dropped >= viaManifest ? v : undefined
+  }, 180_000)
+  assert.ok(v.verifications >= viaManifest, `every manifest hit verified: ${JSON.stringify(v)}`)
+  assert.equal(v.verify_mismatches, 0)
 })
 
 /** Set B's [cache] verify_rate through a config reload; null puts the default back. */

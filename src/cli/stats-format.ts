@@ -6,6 +6,7 @@ const LINES: Array<[string, string]> = [
   ['Cache hits', 'cache_hits'],
   ['  without preprocessing (direct)', 'direct_hits'],
   ['  from the mesh', 'mesh_hits'],
+  ['    found through a member\'s manifest', 'shared_manifest_hits'],
   ['  from the second tier', 'tier_hits'],
   ['Cache misses', 'cache_misses'],
   ['Non-cacheable calls', 'non_cacheable'],

@@ -6,7 +6,7 @@
 // or on a peer), store and replay the same way for all families. A new family is one file
 // that implements CompilerFamily, listed in CompileService.families (compile-service.ts).
 import { realpath } from 'node:fs/promises'
-import { isAbsolute, normalize, resolve } from 'node:path'
+import { isAbsolute, resolve } from 'node:path'
 import type { CacheEntry } from '../cache/entry-format.js'
 import type { FileHash, FileHasher } from '../cache/file-hashes.js'
 import type { FileSet } from '../cache/manifest.js'
@@ -125,9 +125,9 @@ export interface SharedReach {
 
 /**
  * Why a manifest set that came off the network must not be checked here, or null: a fact the
- * family does not record, or a file that is not a plain path (no "..", ".", "//") or whose real
- * path (symlinks resolved) lies under none of the real roots. Nothing of a file is read; one
- * missing here is left to the check that follows (the set cannot match).
+ * family does not record, or a file that no compiler would list (empty, a NUL, a trailing "/") or
+ * whose real path (symlinks and ".." resolved) lies under none of the real roots. Nothing of a
+ * file is read; one missing here is left to the check that follows (the set cannot match).
  */
 export async function sharedSetRefusal(set: Pick<FileSet, 'files' | 'env'>, cwd: string, reach: SharedReach): Promise<string | null> {
   const badFact = (set.env ?? []).find(([name]) => !reach.fact(name))
@@ -142,9 +142,13 @@ export async function sharedSetRefusal(set: Pick<FileSet, 'files' | 'env'>, cwd:
   return i < 0 ? null : `file ${JSON.stringify(set.files[i][0]).slice(0, 300)}`
 }
 
-/** A path spelled as a compiler's own list spells it: no "..", "." or empty part. */
+/**
+ * A path a compiler's own list could hold. gcc names its system headers through ".."
+ * ("/usr/lib/gcc/x86_64-linux-gnu/12/../../../../include/c++/12/string"), so ".." is allowed
+ * here: what decides is where the path really leads (the roots check on its real path).
+ */
 function plainPath(p: string): boolean {
-  return p !== '' && normalize(p) === p && !p.endsWith('/') && !p.split('/').includes('..')
+  return p !== '' && !p.includes('\0') && !p.endsWith('/')
 }
 
 /** The replay of a stored entry for this request: output files to write and what to print. */
@@ -184,7 +188,8 @@ export interface CompileJob {
   /** `recheck`: the key taken again for the verifier, not a unit of the build (its counters stay) */
   contentKey?(recheck?: boolean): Promise<ContentKey | 'failed' | { notCacheable: string }>
   /** a plain compile here for a content-keyed miss (with contentKey) */
-  compilePlan?(): RunPlan
+  /** `objectOnly`: the verifier's compile, which compares the outputs the compiler writes (a manifest hit ran no preprocessor for the depfile) */
+  compilePlan?(opts?: { objectOnly?: boolean }): RunPlan
   /** the job as the mesh runner ships it, for a content-keyed miss; absent: never shipped */
   remoteJob?(k: ContentKey): import('../daemon/compile-service.js').RemoteJob
   /** the outputs of a compile a peer ran for this job; rejects when they cannot be this build's */

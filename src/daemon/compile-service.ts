@@ -137,7 +137,11 @@ interface CompileOutcome { result: LocalResult; outputs: OutputBlobs | null; pro
 /** How a hedge's compile here is followed: its pid, to kill it when the peer answers first. */
 interface HedgeHooks { onSpawn(pid: number): void; onExit(): void; killed(): boolean }
 /** One request as the pipeline carries it; `held`: a verification keeps the job (its temp files) and disposes of it. */
-interface Call { req: CompileRequest; job: CompileJob; stats: FamilyStats; requestStart: number; held?: boolean }
+interface Call {
+  req: CompileRequest; job: CompileJob; stats: FamilyStats; requestStart: number; held?: boolean
+  /** a content-keyed miss with a direct key: its result also goes to the mesh in depend form (publishDependForm) */
+  dependForm?: { direct: string; k: ContentKey }
+}
 /** Who made a result this machine did not compile itself: the builder of a remote compile. */
 interface Producer { kind: VerifiedKind; peer: string }
 
@@ -231,6 +235,12 @@ export class CompileService {
         if (r) return r
       }
       if (!job.contentKey) return this.notCacheable(stats, direct ? 'dependencies not listed' : 'source not readable')
+      // A member that ran this command published the files it read: checked here by their
+      // hashes (no preprocessor run), its result is a hit before the unit is keyed at all
+      if (direct && this.shared) {
+        const r = await this.sharedDependLookup(call, direct, started)
+        if (r) return r
+      }
       const k = await job.contentKey()
       if (k === 'failed') {
         // a missing source, a syntax error in a directive: the compile fails the same way, and
@@ -255,6 +265,7 @@ export class CompileService {
         // outputs could not be written (e.g. missing directory): the compiler reports that best
         return this.notCacheable(stats, 'output not writable')
       }
+      if (direct) call.dependForm = { direct, k }
       return await this.compileAndStore(call, k, record, started)
     } catch (err) {
       stats.fallback('daemon error')
@@ -452,7 +463,8 @@ export class CompileService {
    * stored here, counted, and offered to the verifier. Null when it does not fit this request
    * (the miss is compiled as usual).
    */
-  private async replayShared(call: Call, key: string, hit: SharedHit, afterStore: ManifestUpdate | null, started: number): Promise<CompileReply | null> {
+  private async replayShared(call: Call, key: string, hit: SharedHit, afterStore: ManifestUpdate | null, started: number,
+    stillSame?: () => Promise<boolean>): Promise<CompileReply | null> {
     const { job, stats } = call
     const replay = await this.writeOutputs(job, hit.entry)
     if (!replay) return null
@@ -461,7 +473,7 @@ export class CompileService {
     stats.hitTime(performance.now() - started)
     this.opts.log.debug(`${job.family} ${hit.source} hit ${key.slice(0, 16)} ${job.input} (made by ${hit.producer})`)
     this.storeLocally(call, key, hit.entry, afterStore)
-    this.verifyLater(call, key, hit.entry, { kind: hit.source === 'mesh' ? 'mesh-hit' : 'tier-hit', peer: hit.producer })
+    this.verifyLater(call, key, hit.entry, { kind: hit.source === 'mesh' ? 'mesh-hit' : 'tier-hit', peer: hit.producer }, undefined, stillSame)
     return replay
   }
 
@@ -470,15 +482,16 @@ export class CompileService {
    * keeps its temp files (the depfile the preprocessor wrote) until the verification is done.
    * True when it was sampled.
    */
-  private verifyLater(call: Call, key: string, entry: CacheEntry, producer: Producer, onMatch?: () => void): boolean {
+  private verifyLater(call: Call, key: string, entry: CacheEntry, producer: Producer, onMatch?: () => void, stillSame?: () => Promise<boolean>): boolean {
     const { job } = call
-    if (!this.shared || !job.compilePlan || !job.contentKey) return false
+    // a compile in place (rustc writes into cargo's directory) is never run again behind the build's back
+    if (!this.shared || !job.compilePlan || (!job.contentKey && !stillSame) || job.compilePlan().inPlace) return false
     // a depfile made in another checkout names that checkout's files: a hit there writes this
     // build's own (restore), so only a depfile made here is compared
     const elsewhere = entry.meta?.cwd !== undefined && entry.meta.cwd !== call.req.cwd
     const taken = this.shared.verify({
       key, entry, producer: producer.peer, kind: producer.kind, onMatch, ignore: elsewhere ? ['dep'] : undefined,
-      recompile: () => this.recompile(call, key),
+      recompile: () => this.recompile(call, key, stillSame),
       // the wrong result stays in no cache here: the local compile's replaces it
       onMismatch: (fresh) => this.storeLocally(call, key, { ...entry, outputs: fresh }, null),
       release: () => { void job.dispose() }
@@ -492,15 +505,17 @@ export class CompileService {
    * Null when it failed or the inputs changed since the key was taken (a difference would prove
    * nothing about the producer).
    */
-  private async recompile(call: Call, key: string): Promise<OutputBlobs | null> {
+  private async recompile(call: Call, key: string, stillSame?: () => Promise<boolean>): Promise<OutputBlobs | null> {
     const { req, job } = call
-    const plan = job.compilePlan!()
+    const plan = job.compilePlan!({ objectOnly: stillSame !== undefined })
     const r = await runProcess(req.compiler, plan.args, {
       cwd: req.cwd, env: this.planEnv(req, plan),
       onSpawn: (pid) => { try { setPriority(pid, 19) } catch { /* it may have exited already */ } }
     })
     if (r.exitCode !== 0) return null
     const { outputs } = await plan.collect()
+    // a hit found through a manifest set is keyed by its files: they must still be the set's
+    if (stillSame) return (await stillSame()) ? outputs : null
     const now = await job.contentKey!(true)
     if (typeof now !== 'object' || !('key' in now) || now.key !== key) return null
     return outputs
@@ -588,7 +603,10 @@ export class CompileService {
       this.storeLocally(call, key, entry, afterStore)
       const shared = this.shared
       if (shared && share) {
-        const publish = () => shared.publish(key, entry)
+        const publish = () => {
+          shared.publish(key, entry)
+          if (call.dependForm) this.track(this.publishDependForm(call, call.dependForm, entry))
+        }
         if (!share.producer || !this.verifyLater(call, key, entry, share.producer, publish)) publish()
       }
     }
@@ -623,8 +641,7 @@ export class CompileService {
       const entry: FileSet = { ...set, result: key }
       record = { direct, write: () => this.manifestWrite(direct, this.opts.direct!.add(direct, entry)) }
       // the others find the result through this set: published beside it
-      const data = Buffer.from(encodeManifest(direct, { sets: [entry], preprocess: false }))
-      if (r.exitCode === 0 && outputs) this.shared?.publish(sharedManifestKey(direct), { exitCode: 0, stdout: Buffer.alloc(0), stderr: Buffer.alloc(0), outputs: [{ name: 'manifest', data }] })
+      if (r.exitCode === 0 && outputs) this.shared?.publish(sharedManifestKey(direct), manifestEntry(direct, entry))
     }
     return await this.storeResult(call, key, r, outputs, record, plan.inPlace, key ? { producer: null } : null)
   }
@@ -650,7 +667,9 @@ export class CompileService {
     const hit = await this.shared!.lookup(set.result)
     if (!hit) return null
     const record: ManifestUpdate = { direct, write: () => this.manifestWrite(direct, this.opts.direct!.add(direct, set)) }
-    return await this.replayShared(call, set.result, hit, record, started)
+    const replay = await this.replayShared(call, set.result, hit, record, started, () => this.setMatches(call, set))
+    if (replay) call.stats.inc('shared_manifest_hits')
+    return replay
   }
 
   /**
@@ -674,6 +693,22 @@ export class CompileService {
       this.opts.log.warn(`${line} (counted in shared_sets_refused; more from this member at debug level)`)
     }
     return true
+  }
+
+  /**
+   * A content-keyed result as depend mode would have stored it: under the key its direct key and
+   * the files it read make, with that set published under the direct key. Another member running
+   * the same command then finds it by hashing those files (sharedDependLookup), without keying
+   * the unit; the result key follows from the set, so no set can point a command elsewhere.
+   */
+  private async publishDependForm(call: Call, form: { direct: string; k: ContentKey }, entry: CacheEntry): Promise<void> {
+    const { set, hashes } = await hashedInputs(form.k, this.hasher)
+    const files = trusted(set.files, hashes, call.requestStart - call.job.tooNewMs, false)
+    if (!files || files.length > MAX_SHARED_SET_FILES) return
+    const recorded = call.job.recordSet ? call.job.recordSet(files, []) : { files }
+    const key = dependKey(form.direct, recorded)
+    this.shared!.publish(key, entry)
+    this.shared!.publish(sharedManifestKey(form.direct), manifestEntry(form.direct, { ...recorded, result: key }))
   }
 
   /** Every file a manifest set names still has its recorded hash here, and every fact its value. */
@@ -824,7 +859,13 @@ export class CompileService {
   }
 }
 
-/** Where the mesh holds the manifest set of a direct key (rustc's depend-mode results). */
+/** A manifest set as the mesh carries it: an entry of one output, the set's manifest text. */
+function manifestEntry(direct: string, set: FileSet): CacheEntry {
+  const data = Buffer.from(encodeManifest(direct, { sets: [set], preprocess: false }))
+  return { exitCode: 0, stdout: Buffer.alloc(0), stderr: Buffer.alloc(0), outputs: [{ name: 'manifest', data }] }
+}
+
+/** Where the mesh holds the manifest set of a direct key (depend-mode results, and content-keyed ones in depend form). */
 export function sharedManifestKey(direct: string): string {
   return createHash('sha256').update(`${SHARED_MANIFEST_VERSION}\0${direct}`).digest('hex')
 }

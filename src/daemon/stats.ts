@@ -11,6 +11,8 @@ export const COUNTERS = [
   'compile_failures', 'fallbacks', 'remote_retries', 'cache_errors', 'cache_writes', 'directives_only',
   // hits found after a local miss: in the mesh ([cache] shared), in the second tier ([cache] remote)
   'mesh_hits', 'tier_hits',
+  // of those, found through a member's manifest set (the files hashed here, no preprocessor run)
+  'shared_manifest_hits',
   // manifest sets from the mesh or the tier that named a file or variable the command does not read
   'shared_sets_refused',
   // remote jobs also started here because their builder was slow, and those the compile here won
