@@ -117,3 +117,36 @@ for (const mode of ['direct', 'preprocessor'] as const) {
     if (mode === 'direct') assert.ok((await counts(inst)).direct > 0, 'the hits came through manifests')
   })
 }
+
+test('direct mode: a hit from another checkout writes its depfile without running the compiler there', { timeout: 120_000 }, async () => {
+  const inst = createInstance('', 'checkouts-nopp')
+  cleanups.push(() => inst.stop())
+  const { a, b } = checkouts()
+  // the compilers, each logging its runs: the wrapper is the compiler meshcc sees at both checkouts
+  const bin = join(a, '..', '..', 'bin')
+  mkdirSync(bin, { recursive: true })
+  const log = join(bin, 'runs.log')
+  const units: Unit[] = [{ cc: 'gcc', src: 'plain.c', flags: ['-O2'] }, ...(clang ? [{ cc: 'clang++', src: 'calc.cpp', flags: ['-O1'], clang: true }] : [])]
+  for (const u of units) {
+    const real = (await runCommand('sh', ['-c', `command -v ${u.cc}`])).stdout.trim()
+    writeFileSync(join(bin, u.cc), `#!/bin/sh\necho "$PWD $*" >> ${log}\nexec ${real} "$@"\n`, { mode: 0o755 })
+  }
+  await sleep(1100) // files this new are not trusted into a manifest
+  for (const u of units) {
+    const cc = join(bin, u.cc)
+    const obj = `${u.src}.nopp.o`
+    const run = (root: string, out = obj) => inst.run([cc, ...args(u, root, obj, out)], { cwd: join(root, 'build') })
+    assert.equal((await run(a)).code, 0)
+    writeFileSync(log, '')
+    const before = await counts(inst)
+    const r = await run(b)
+    assert.equal(r.code, 0, r.stderr)
+    const after = await counts(inst)
+    assert.equal(after.direct - before.direct, 1, `${u.cc} ${u.src}: a direct hit from checkout A`)
+    assert.equal(readFileSync(log, 'utf8'), '', `${u.cc} ${u.src}: the hit ran the compiler at B:\n${readFileSync(log, 'utf8')}`)
+    const plain = await runCommand(u.cc, args(u, b, obj, `plain-${obj}`), { cwd: join(b, 'build') })
+    assert.equal(plain.code, 0, plain.stderr)
+    const at = (f: string) => readFileSync(join(b, 'build', 'obj', f), 'utf8')
+    assert.equal(at(`${obj}.d`), at(`plain-${obj}.d`), `${u.cc} ${u.src}: the depfile at B is the one the compiler writes there`)
+  }
+})

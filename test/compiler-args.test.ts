@@ -174,3 +174,22 @@ test('search paths, prefix maps and the source enter the key relative to the wor
   assert.equal(ok(['-c', 'a.S']).paths.namesInCode, 'assembler source')
   assert.equal(ok(['-c', 'a.c', '-Wa,--gdwarf-5']).paths.debug, true)
 })
+
+test('a depfile moved to another checkout is rewrapped as its writer wraps it, or refused when that is not exact', async () => {
+  const { relocateDepfile } = await import('../src/compiler/depfile.js')
+  const move = (n: string) => n.replace('/ci/ws/', '/home/developer/src/')
+  // gcc: a name that would pass column 72 starts a new line, one space in; -MP's rules one per line
+  const gcc = 'obj/a.o: /ci/ws/src/a.c /ci/ws/include/util.h /usr/include/stdio.h\n/ci/ws/include/util.h:\n/usr/include/stdio.h:\n'
+  assert.equal(relocateDepfile(gcc, 'gcc', move),
+    'obj/a.o: /home/developer/src/src/a.c /home/developer/src/include/util.h \\\n /usr/include/stdio.h\n/home/developer/src/include/util.h:\n/usr/include/stdio.h:\n')
+  // clang: 75 columns with room for " \", two spaces in, each -MP rule after an empty line
+  const clang = 'obj/a.o: /ci/ws/src/a.c /ci/ws/include/util.h /usr/include/stdio.h\n\n/ci/ws/include/util.h:\n\n/usr/include/stdio.h:\n'
+  assert.equal(relocateDepfile(clang, 'clang', move),
+    'obj/a.o: /home/developer/src/src/a.c /home/developer/src/include/util.h \\\n  /usr/include/stdio.h\n\n/home/developer/src/include/util.h:\n\n/usr/include/stdio.h:\n')
+  // refused: the other writer's form, an escaped name, a name that would need escaping once moved, no rule
+  assert.equal(relocateDepfile(clang, 'gcc', move), null)
+  assert.equal(relocateDepfile(gcc, 'clang', move), null)
+  assert.equal(relocateDepfile('a.o: my\\ dir/h.h\n', 'gcc', move), null)
+  assert.equal(relocateDepfile('a.o: /ci/ws/h.h\n', 'gcc', (n) => n.replace('/ci/ws/', '/my dir/')), null)
+  assert.equal(relocateDepfile('garbage\n', 'gcc', move), null)
+})

@@ -14,7 +14,7 @@ import { siblingTemp } from '../util/atomic-write.js'
 import type { FileSet } from '../cache/manifest.js'
 import { StreamSearchAny } from '../util/stream-search.js'
 import { runProcess } from '../util/run-process.js'
-import { depfilePrerequisites } from './depfile.js'
+import { depfilePrerequisites, relocateDepfile } from './depfile.js'
 import { expandResponseFiles } from './response-file.js'
 import { hashedInputs, type CompileJob, type CompilerFamily, type ContentKey, type FamilyContext, type OutputBlobs, type Restore, type RunPlan, type SharedReach } from './family.js'
 import { compilerFamily, parseGccArgs } from './gcc.js'
@@ -384,9 +384,9 @@ class CJob implements CompileJob {
 
   /**
    * A hit stored by a build in another directory: the object is this build's (the key holds
-   * every name that reaches it); the depfile is the one this build's preprocessor wrote (run
-   * for it on a direct hit: the compilers wrap its lines by the names' lengths, so no
-   * rewriting of the stored one is exact); the diagnostics name this checkout's files (see
+   * every name that reaches it); the depfile is the stored one with its names moved and its
+   * lines wrapped as this build's compiler wraps them, when that reproduces the stored one's
+   * form exactly, else the one this build's preprocessor writes; the diagnostics name this checkout's files (see
    * relocator): the key is taken before the compile says whether there are any, and keying
    * every unit with warnings by its path would lose exactly those units. Null when that
    * cannot be exact.
@@ -406,7 +406,7 @@ class CJob implements CompileJob {
     const files: Restore['files'] = []
     for (const o of this.outputs) {
       let data: Buffer | null = byName.get(o.name)!
-      if (o.name === 'dep' && (this.freshDep !== null || elsewhere)) data = this.freshDep ?? (await this.depfileHere())
+      if (o.name === 'dep' && (this.freshDep !== null || elsewhere)) data = this.freshDep ?? this.movedDepfile(data, move) ?? (await this.depfileHere())
       if (data === null) return null
       files.push({ path: resolve(this.req.cwd, o.path), data })
     }
@@ -430,6 +430,16 @@ class CJob implements CompileJob {
     field(this.compDirField())
     if (spec.depTarget !== null) field(`deptarget=${spec.depTarget}`)
     return { h, field }
+  }
+
+  /**
+   * The stored depfile with its names moved to this build's paths and wrapped again as this
+   * build's compiler wraps them (depfile.ts), when that is exact; null: ask the preprocessor.
+   */
+  private movedDepfile(stored: Buffer, move: ((b: Buffer) => Buffer) | null): Buffer | null {
+    if (move === null) return null
+    const text = relocateDepfile(stored.toString('latin1'), this.spec.family, (name) => move(Buffer.from(name, 'latin1')).toString('latin1'))
+    return text === null ? null : Buffer.from(text, 'latin1')
   }
 
   /**
