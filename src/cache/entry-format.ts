@@ -78,6 +78,13 @@ export const MAX_META_VALUE_BYTES = 0xffff
 /** Output names may end up in file names, so keep them short and plain. */
 export const OUTPUT_NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/
 
+/**
+ * Brotli's fastest quality: the cache exists to save CPU, and a cold build pays for every
+ * entry it writes. On a cold quick bench:rust build's 106 MB of rlibs and rmetas, quality 1
+ * took 443 to 878 ms of CPU to 34.4 MB, quality 0 275 to 320 ms to 37.0 MB; on libc.a and
+ * libstdc++.a (gcc objects) 39 to 61 ms against 25 to 31 ms, for 8 to 12 % more bytes.
+ */
+const ENTRY_BROTLI_QUALITY = 0
 /** brotli's output buffers: fewer turns through the libuv pool than its 16 KiB default */
 const BROTLI_CHUNK = 256 * 1024
 const unbrotliAsync = promisify(brotliDecompress)
@@ -170,9 +177,10 @@ function payloadPieces(entry: CacheEntry): { pieces: Buffer[]; size: number } {
 
 /**
  * Serialize the entry for `key`: validated, checksummed, compressed off the main thread.
- * Brotli at quality 1 rather than deflate at level 1: on rustc's rlibs it took 0.57 s of CPU
- * for 106 MB where deflate took 1.43 s, to a slightly smaller size (35 MB); on gcc objects
- * half the CPU for 4 % more bytes. Decompressing costs about as much as inflating.
+ * Brotli rather than deflate at level 1: on rustc's rlibs quality 1 took 0.57 s of CPU for
+ * 106 MB where deflate took 1.43 s, to a slightly smaller size (35 MB); on gcc objects half
+ * the CPU for 4 % more bytes. Decompressing costs about as much as inflating. Now at
+ * quality 0 (ENTRY_BROTLI_QUALITY says why).
  * The payload is never laid out in one buffer: its pieces stream through the compressor
  * and the hash, and the compressed chunks are copied once, behind the header. Packing it
  * first, and concatenating brotli's output twice, cost more CPU than the compression itself
@@ -183,7 +191,7 @@ export async function encodeEntry(entry: CacheEntry, key: string): Promise<Buffe
   const { pieces, size } = payloadPieces(entry)
   const z = createBrotliCompress({
     chunkSize: BROTLI_CHUNK,
-    params: { [zlibConstants.BROTLI_PARAM_QUALITY]: 1, [zlibConstants.BROTLI_PARAM_SIZE_HINT]: size }
+    params: { [zlibConstants.BROTLI_PARAM_QUALITY]: ENTRY_BROTLI_QUALITY, [zlibConstants.BROTLI_PARAM_SIZE_HINT]: size }
   })
   const chunks: Buffer[] = []
   let compressedLength = 0
