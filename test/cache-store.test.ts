@@ -92,6 +92,22 @@ describe('entry format', () => {
     assert.ok(buf.length < text.length / 10, `${buf.length} bytes for ${text.length} of text`)
   })
 
+  test('outputs of many megabytes roundtrip, stored when incompressible and compressed when not', async () => {
+    // larger than the hash's slice (4 MiB) and brotli's output chunk, in several pieces
+    const text = Buffer.from('pub fn f() -> u32 { 42 }\n'.repeat(400_000))
+    const big: CacheEntry = { exitCode: 0, stdout: Buffer.from('note'), stderr: Buffer.alloc(0), outputs: [{ name: 'rlib', data: noise('big', 9_000_000) }, { name: 'rmeta', data: noise('m', 3) }], meta: { crate: 'x' } }
+    const stored = await encodeEntry(big, K)
+    assert.equal(stored[9], 0, 'incompressible: stored')
+    assert.deepStrictEqual(await decodeEntry(stored, K), big)
+    const mixed: CacheEntry = { ...big, outputs: [{ name: 'rlib', data: text }, { name: 'rmeta', data: noise('m2', 5_000_000) }] }
+    const compressed = await encodeEntry(mixed, K)
+    assert.equal(compressed[9], 2, 'compressible: brotli')
+    assert.ok(compressed.length < text.length, `${compressed.length} bytes`)
+    assert.deepStrictEqual(await decodeEntry(compressed, K), mixed)
+    const flipped = Buffer.from(compressed); flipped[25] ^= 1
+    await assert.rejects(decodeEntry(flipped, K), /checksum mismatch/)
+  })
+
   test('refuses bad headers, truncation and trailing bytes', async () => {
     const good = await encodeEntry(makeEntry('hdr'), K)
     const bad = Buffer.from(good); bad[0] ^= 0xff

@@ -22,9 +22,9 @@
 //     u16 output count, each: u8 name length + ASCII name, u32 length + data
 //     u16 meta count, each: u16 length + UTF-8 key, u16 length + UTF-8 value
 //     (nothing after the last field)
-import { createHash, webcrypto } from 'node:crypto'
+import { createHash } from 'node:crypto'
 import { promisify } from 'node:util'
-import { brotliCompress, brotliDecompress, inflateRaw, constants as zlibConstants } from 'node:zlib'
+import { brotliDecompress, createBrotliCompress, inflateRaw, constants as zlibConstants } from 'node:zlib'
 
 export interface CacheEntry {
   /** always 0 for stored entries */
@@ -78,17 +78,48 @@ export const MAX_META_VALUE_BYTES = 0xffff
 /** Output names may end up in file names, so keep them short and plain. */
 export const OUTPUT_NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/
 
-const brotliAsync = promisify(brotliCompress)
+/**
+ * Brotli's fastest quality: the cache exists to save CPU, and a cold build pays for every
+ * entry it writes. On a cold quick bench:rust build's 106 MB of rlibs and rmetas, quality 1
+ * took 443 to 878 ms of CPU to 34.4 MB, quality 0 275 to 320 ms to 37.0 MB; on libc.a and
+ * libstdc++.a (gcc objects) 39 to 61 ms against 25 to 31 ms, for 8 to 12 % more bytes.
+ */
+const ENTRY_BROTLI_QUALITY = 0
+/**
+ * A 256 KiB window: at quality 0 a larger one compresses those rlibs to the same 37.1 MB, but
+ * each entry's encoder allocated (and faulted in) its 4 MiB ring buffer anew: 339 and 308 ms
+ * of CPU for the 39 entries against 689 and 373 ms with the default window.
+ */
+const ENTRY_BROTLI_LGWIN = 18
+/** brotli's output buffers: fewer turns through the libuv pool than its 16 KiB default */
+const BROTLI_CHUNK = 256 * 1024
 const unbrotliAsync = promisify(brotliDecompress)
 const inflateRawAsync = promisify(inflateRaw)
 const utf8 = new TextDecoder('utf-8', { fatal: true })
 
-// Hashing large buffers on the main thread would stall the daemon; WebCrypto runs it on
-// the libuv pool. Small buffers are cheaper to hash inline than to hand off.
-async function sha256(data: Buffer): Promise<Buffer> {
-  if (data.length < 64 * 1024) return createHash('sha256').update(data).digest()
-  const view = new Uint8Array(data.buffer as ArrayBuffer, data.byteOffset, data.byteLength)
-  return Buffer.from(await webcrypto.subtle.digest('SHA-256', view))
+/** how much of a payload is hashed between two turns of the event loop */
+const HASH_SLICE = 4 * 1024 * 1024
+
+/**
+ * The sha256 of `pieces` in one pass, yielding to the event loop every few megabytes so that
+ * hashing a large entry does not stall the daemon's other requests. WebCrypto's digest ran on
+ * the libuv pool but copied its input first: for a payload of rlibs, more CPU than the hash.
+ */
+async function sha256(pieces: readonly Uint8Array[]): Promise<Buffer> {
+  const h = createHash('sha256')
+  let sinceYield = 0
+  for (const p of pieces) {
+    for (let at = 0; at < p.length; at += HASH_SLICE) {
+      const slice = p.subarray(at, at + HASH_SLICE)
+      h.update(slice)
+      sinceYield += slice.length
+      if (sinceYield >= HASH_SLICE) {
+        sinceYield = 0
+        await new Promise((resolve) => setImmediate(resolve))
+      }
+    }
+  }
+  return h.digest()
 }
 
 function fail(message: string): never {
@@ -99,7 +130,11 @@ function isBytes(v: unknown): v is Uint8Array {
   return v instanceof Uint8Array
 }
 
-function packPayload(entry: CacheEntry): Buffer {
+/**
+ * The payload as a list of pieces: small field buffers and the outputs' own data, which is
+ * never copied (rlibs come to a hundred megabytes per build). Validates as it goes.
+ */
+function payloadPieces(entry: CacheEntry): { pieces: Buffer[]; size: number } {
   if (entry === null || typeof entry !== 'object') fail('cannot encode cache entry: not an object')
   const { exitCode, stdout, stderr, outputs, meta } = entry
   if (!Number.isInteger(exitCode) || exitCode < -0x80000000 || exitCode > 0x7fffffff) fail(`cannot encode cache entry: bad exit code ${String(exitCode)}`)
@@ -107,7 +142,13 @@ function packPayload(entry: CacheEntry): Buffer {
   if (!Array.isArray(outputs)) fail('cannot encode cache entry: outputs must be an array')
   if (outputs.length > MAX_OUTPUTS) fail(`cannot encode cache entry: ${outputs.length} outputs (at most ${MAX_OUTPUTS})`)
 
-  let size = 4 + 4 + stdout.length + 4 + stderr.length + 2 + 2 // exit, stdout, stderr, both counts
+  const pieces: Buffer[] = []
+  const u32 = (n: number) => { const b = Buffer.allocUnsafe(4); b.writeUInt32LE(n, 0); return b }
+  const u16 = (n: number) => { const b = Buffer.allocUnsafe(2); b.writeUInt16LE(n, 0); return b }
+  const bytes = (v: Uint8Array) => Buffer.from(v.buffer, v.byteOffset, v.byteLength)
+  const exit = Buffer.allocUnsafe(4)
+  exit.writeInt32LE(exitCode, 0)
+  pieces.push(exit, u32(stdout.length), bytes(stdout), u32(stderr.length), bytes(stderr), u16(outputs.length))
   const names = new Set<string>()
   for (const out of outputs) {
     if (out === null || typeof out !== 'object' || typeof out.name !== 'string' || !OUTPUT_NAME_RE.test(out.name)) {
@@ -116,10 +157,10 @@ function packPayload(entry: CacheEntry): Buffer {
     if (names.has(out.name)) fail(`cannot encode cache entry: duplicate output "${out.name}"`)
     names.add(out.name)
     if (!isBytes(out.data)) fail(`cannot encode cache entry: output "${out.name}" data must be a Buffer`)
-    size += 1 + out.name.length + 4 + out.data.length
+    pieces.push(Buffer.from([out.name.length]), Buffer.from(out.name, 'latin1'), u32(out.data.length), bytes(out.data))
   }
 
-  const metaPairs: Array<[Buffer, Buffer]> = []
+  const metaPieces: Buffer[] = []
   if (meta !== undefined) {
     if (meta === null || typeof meta !== 'object') fail('cannot encode cache entry: meta must be an object')
     const keys = Object.keys(meta)
@@ -131,57 +172,58 @@ function packPayload(entry: CacheEntry): Buffer {
       const vb = Buffer.from(v, 'utf8')
       if (kb.length === 0 || kb.length > MAX_META_KEY_BYTES) fail(`cannot encode cache entry: meta key of ${kb.length} bytes (1 to ${MAX_META_KEY_BYTES})`)
       if (vb.length > MAX_META_VALUE_BYTES) fail(`cannot encode cache entry: meta "${k.slice(0, 40)}" is ${vb.length} bytes (at most ${MAX_META_VALUE_BYTES})`)
-      metaPairs.push([kb, vb])
-      size += 2 + kb.length + 2 + vb.length
+      metaPieces.push(u16(kb.length), kb, u16(vb.length), vb)
     }
   }
+  pieces.push(u16(metaPieces.length / 4), ...metaPieces)
+  const size = pieces.reduce((n, p) => n + p.length, 0)
   if (size > MAX_PAYLOAD_BYTES) fail(`cannot encode cache entry: ${size} bytes (at most ${MAX_PAYLOAD_BYTES})`)
-
-  const buf = Buffer.allocUnsafe(size)
-  let pos = buf.writeInt32LE(exitCode, 0)
-  pos = buf.writeUInt32LE(stdout.length, pos); buf.set(stdout, pos); pos += stdout.length
-  pos = buf.writeUInt32LE(stderr.length, pos); buf.set(stderr, pos); pos += stderr.length
-  pos = buf.writeUInt16LE(outputs.length, pos)
-  for (const out of outputs) {
-    pos = buf.writeUInt8(out.name.length, pos)
-    pos += buf.write(out.name, pos, 'latin1')
-    pos = buf.writeUInt32LE(out.data.length, pos)
-    buf.set(out.data, pos); pos += out.data.length
-  }
-  pos = buf.writeUInt16LE(metaPairs.length, pos)
-  for (const [kb, vb] of metaPairs) {
-    pos = buf.writeUInt16LE(kb.length, pos); pos += kb.copy(buf, pos)
-    pos = buf.writeUInt16LE(vb.length, pos); pos += vb.copy(buf, pos)
-  }
-  if (pos !== size) fail(`internal error: packed ${pos} of ${size} bytes`)
-  return buf
+  return { pieces, size }
 }
 
 /**
  * Serialize the entry for `key`: validated, checksummed, compressed off the main thread.
- * Brotli at quality 1 rather than deflate at level 1: on rustc's rlibs it took 0.57 s of CPU
- * for 106 MB where deflate took 1.43 s, to a slightly smaller size (35 MB); on gcc objects
- * half the CPU for 4 % more bytes. Decompressing costs about as much as inflating.
+ * Brotli rather than deflate at level 1: on rustc's rlibs quality 1 took 0.57 s of CPU for
+ * 106 MB where deflate took 1.43 s, to a slightly smaller size (35 MB); on gcc objects half
+ * the CPU for 4 % more bytes. Decompressing costs about as much as inflating. Now at
+ * quality 0 (ENTRY_BROTLI_QUALITY says why).
+ * The payload is never laid out in one buffer: its pieces stream through the compressor
+ * and the hash, and the compressed chunks are copied once, behind the header. Packing it
+ * first, and concatenating brotli's output twice, cost more CPU than the compression itself
+ * on rustc's outputs (fresh memory is a page fault per 4 KiB).
  */
 export async function encodeEntry(entry: CacheEntry, key: string): Promise<Buffer> {
   const keyBin = keyBytes(key)
-  const payload = packPayload(entry)
-  const [digest, compressed] = await Promise.all([
-    sha256(payload),
-    brotliAsync(payload, { params: { [zlibConstants.BROTLI_PARAM_QUALITY]: 1, [zlibConstants.BROTLI_PARAM_SIZE_HINT]: payload.length } })
-  ])
+  const { pieces, size } = payloadPieces(entry)
+  const z = createBrotliCompress({
+    chunkSize: BROTLI_CHUNK,
+    params: { [zlibConstants.BROTLI_PARAM_QUALITY]: ENTRY_BROTLI_QUALITY, [zlibConstants.BROTLI_PARAM_LGWIN]: ENTRY_BROTLI_LGWIN, [zlibConstants.BROTLI_PARAM_SIZE_HINT]: size }
+  })
+  const chunks: Buffer[] = []
+  let compressedLength = 0
+  z.on('data', (c: Buffer) => { chunks.push(c); compressedLength += c.length })
+  const compressed = new Promise<void>((resolve, reject) => { z.once('end', resolve); z.once('error', reject) })
+  compressed.catch(() => {}) // awaited below; a failure before then must not go unhandled
+  for (const p of pieces) if (p.length > 0) z.write(p)
+  z.end()
+  // the compressor works on the libuv pool while the hash runs here
+  const [digest] = await Promise.all([sha256(pieces), compressed])
   // Already-compressed outputs would only grow.
-  const stored = compressed.length >= payload.length
-  const body = stored ? payload : compressed
-  const header = Buffer.alloc(HEADER_LENGTH)
-  ENTRY_MAGIC.copy(header, 0)
-  header.writeUInt8(ENTRY_VERSION, 8)
-  header.writeUInt8(stored ? ENCODING_STORED : ENCODING_BROTLI, 9)
-  header.writeUInt32LE(payload.length, 12)
-  header.writeUInt32LE(body.length, 16)
-  digest.copy(header, 20)
-  keyBin.copy(header, 52)
-  return Buffer.concat([header, body], HEADER_LENGTH + body.length)
+  const stored = compressedLength >= size
+  const body = stored ? pieces : chunks
+  const out = Buffer.allocUnsafe(HEADER_LENGTH + (stored ? size : compressedLength))
+  out.fill(0, 0, HEADER_LENGTH)
+  ENTRY_MAGIC.copy(out, 0)
+  out.writeUInt8(ENTRY_VERSION, 8)
+  out.writeUInt8(stored ? ENCODING_STORED : ENCODING_BROTLI, 9)
+  out.writeUInt32LE(size, 12)
+  out.writeUInt32LE(out.length - HEADER_LENGTH, 16)
+  digest.copy(out, 20)
+  keyBin.copy(out, 52)
+  let pos = HEADER_LENGTH
+  for (const b of body) pos += b.copy(out, pos)
+  if (pos !== out.length) fail(`internal error: wrote ${pos} of ${out.length} bytes`)
+  return out
 }
 
 class Reader {
@@ -288,7 +330,7 @@ export async function decodeEntry(buf: Uint8Array, key: string, opts: DecodeOpti
     }
     if (payload.length !== payloadLength) fail(`decompressed to ${payload.length} bytes, header declares ${payloadLength}`)
   }
-  const digest = await sha256(payload)
+  const digest = await sha256([payload])
   if (!digest.equals(data.subarray(20, 52))) fail('checksum mismatch')
   return unpackPayload(payload)
 }

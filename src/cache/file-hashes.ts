@@ -8,6 +8,7 @@
 import { createHash } from 'node:crypto'
 import { statSync } from 'node:fs'
 import { readFile } from 'node:fs/promises'
+import { hashFileContent } from '../util/hash-file.js'
 
 export interface FileHash {
   hash: string
@@ -73,22 +74,31 @@ export class FileHasher {
     if (m && m.dev === st.dev && m.ino === st.ino && m.size === st.size && m.mode === mode && m.mtimeNs === st.mtimeNs && m.ctimeNs === st.ctimeNs) {
       return { hash: m.hash, size: Number(m.size), mode, volatile: m.volatile, systemHeader: m.systemHeader, newerThan }
     }
-    let data: Buffer
+    let hash: string
+    let size: number
+    let volatile = false
+    let systemHeader = false
     try {
-      data = await readFile(path)
+      if (scan) {
+        const data = await readFile(path)
+        hash = createHash('sha256').update(data).digest('hex')
+        size = data.length
+        const text = data.toString('latin1')
+        volatile = VOLATILE.test(text)
+        systemHeader = SYSTEM_HEADER.test(text)
+      } else {
+        // megabytes that are hashed only: through a kept buffer, not a fresh one per file
+        ;({ hash, size } = await hashFileContent(path))
+      }
     } catch {
       return null
     }
-    const hash = createHash('sha256').update(data).digest('hex')
-    const text = scan ? data.toString('latin1') : ''
-    const volatile = scan && VOLATILE.test(text)
-    const systemHeader = scan && SYSTEM_HEADER.test(text)
     if (Date.now() - changedMs > SETTLE_MS) {
       if (memo.size >= MAX_MEMO) memo.clear() // a crude bound; refilling costs one read per file
       memo.set(path, { dev: st.dev, ino: st.ino, size: st.size, mode, mtimeNs: st.mtimeNs, ctimeNs: st.ctimeNs, hash, volatile, systemHeader })
     } else {
       memo.delete(path)
     }
-    return { hash, size: data.length, mode, volatile, systemHeader, newerThan }
+    return { hash, size, mode, volatile, systemHeader, newerThan }
   }
 }

@@ -1,10 +1,10 @@
-// Content hash of a compiler binary, memoised by path, size and mtime: hashing clang's
-// 100 MB binary on every compile would cost more than the compile.
-import { createHash } from 'node:crypto'
-import { createReadStream } from 'node:fs'
+// Content hash of a compiler binary, memoised by the file's identity (device, inode, size,
+// mtime and ctime in nanoseconds): hashing clang's 100 MB binary on every compile would cost
+// more than the compile.
 import { realpath, stat } from 'node:fs/promises'
+import { hashFileContent } from '../util/hash-file.js'
 
-interface Memo { size: number; mtimeMs: number; hash: string; real: string }
+interface Memo { identity: string; hash: string; real: string }
 
 export class CompilerIdentity {
   private readonly memo = new Map<string, Memo>()
@@ -13,13 +13,14 @@ export class CompilerIdentity {
   /** Returns the content hash and the resolved real path of the compiler. */
   async of(path: string): Promise<{ hash: string; real: string }> {
     const real = await realpath(path)
-    const st = await stat(real)
+    const st = await stat(real, { bigint: true })
+    const identity = [st.dev, st.ino, st.size, st.mtimeNs, st.ctimeNs].join(':')
     const m = this.memo.get(path)
-    if (m && m.size === st.size && m.mtimeMs === st.mtimeMs && m.real === real) return m
-    const key = `${real}:${st.size}:${st.mtimeMs}`
+    if (m && m.identity === identity && m.real === real) return m
+    const key = `${real}:${identity}`
     let p = this.inflight.get(key)
     if (!p) {
-      p = hashFile(real).then((hash) => ({ size: st.size, mtimeMs: st.mtimeMs, hash, real }))
+      p = hashFileContent(real).then(({ hash }) => ({ identity, hash, real }))
       this.inflight.set(key, p)
       p.finally(() => this.inflight.delete(key)).catch(() => {})
     }
@@ -27,14 +28,4 @@ export class CompilerIdentity {
     this.memo.set(path, fresh)
     return fresh
   }
-}
-
-function hashFile(file: string): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const h = createHash('sha256')
-    createReadStream(file)
-      .on('data', (c) => h.update(c))
-      .on('error', reject)
-      .on('end', () => resolve(h.digest('hex')))
-  })
 }
