@@ -22,7 +22,8 @@
 // Trees are never shared between peers: one client's files are none of another's business.
 // A tree whose job did not finish cleanly is deleted, not reused; so is every tree under
 // sandbox = "none", where the job can write anywhere in its chroot.
-import { chmodSync, lstatSync, mkdirSync, rmSync, unlinkSync, writeFileSync } from 'node:fs'
+import { createHash } from 'node:crypto'
+import { chmodSync, linkSync, lstatSync, mkdirSync, renameSync, rmSync, unlinkSync, writeFileSync } from 'node:fs'
 import { link, lstat, mkdir, mkdtemp, readdir, readlink, rm, symlink } from 'node:fs/promises'
 import { dirname, join, normalize, relative } from 'node:path'
 import type { JobFileRef } from '../mesh/protocols/compile-job.js'
@@ -86,6 +87,59 @@ function unlinkIfThere(p: string): void {
  */
 const onDisk = (mode: number) => mode | 0o444
 
+/** bytes of inputs one peer's store keeps (least recently linked go first) */
+const STORE_BYTES = 256 * 1024 * 1024
+
+/**
+ * One peer's inputs on disk, one file per content and mode, hard-linked into that peer's trees.
+ * A job's new inputs were new files, and its dropped ones deleted files: on ext4 the next
+ * create then scans past every recently deleted inode (find_inode_bit, recently_deleted), which
+ * took a quarter of a builder daemon's CPU. A link allocates no inode and an unlink of one
+ * frees none while the store holds the content. The trees reach jobs read-only, as the
+ * toolchain's own hard links do; a store is never shared between peers (a job could see the
+ * link count), and chrooted trees, which the job can write, get copies instead.
+ */
+class InputStore {
+  private readonly entries = new Map<string, number>() // store path → bytes; insertion order = recency
+  private bytes = 0
+  lastUsed = Date.now()
+
+  constructor(readonly dir: string) {}
+
+  /** Put this content at `p` (which must not exist) as a link to the store's copy. */
+  link(hash: string, mode: number, data: Buffer, p: string): void {
+    const sp = join(this.dir, `${hash}.${mode.toString(8)}`)
+    this.lastUsed = Date.now()
+    const held = this.entries.get(sp)
+    if (held !== undefined) {
+      this.entries.delete(sp)
+      this.entries.set(sp, held)
+    } else {
+      mkdirSync(this.dir, { recursive: true, mode: 0o700 })
+      const tmp = `${sp}.tmp`
+      unlinkIfThere(tmp)
+      writeFileSync(tmp, data, { mode: onDisk(mode), flag: 'wx' })
+      renameSync(tmp, sp)
+      this.entries.set(sp, data.length)
+      this.bytes += data.length
+      // trees keep their links to what goes: only the store's name of it is dropped
+      for (const [old, n] of this.entries) {
+        if (this.bytes <= STORE_BYTES || old === sp) break
+        unlinkIfThere(old)
+        this.entries.delete(old)
+        this.bytes -= n
+      }
+    }
+    linkSync(sp, p)
+  }
+
+  clear(): void {
+    rmSync(this.dir, { recursive: true, force: true })
+    this.entries.clear()
+    this.bytes = 0
+  }
+}
+
 /**
  * Why a job's file table cannot become a tree, or null: a path it names as a file and also as a
  * directory (a file below another file, a file its directories or working directory pass
@@ -121,7 +175,8 @@ export class Workspace {
   /** jobs run in this tree before the current one */
   jobsBefore = 0
 
-  constructor(readonly base: string, readonly key: WorkspaceKey, chrooted: boolean) {
+  /** store: link inputs from it (null: write copies, the job may write to its tree) */
+  constructor(readonly base: string, readonly key: WorkspaceKey, chrooted: boolean, private readonly store: InputStore | null = null) {
     this.root = join(base, 'root')
     this.cwdDir = chrooted ? join(this.root, key.cwd) : join(base, 'cwd')
   }
@@ -204,25 +259,27 @@ export class Workspace {
     let replaced = 0
     for (const [p, w] of want) {
       const have = this.files.get(p)
-      if (have?.hash === w.hash) {
+      if (have?.hash === w.hash && (have.mode === w.mode || !this.store)) {
         if (have.mode !== w.mode) { chmodSync(p, onDisk(w.mode)); have.mode = w.mode }
         continue
       }
       if (have) {
-        // a new version: a new file (the job may have hard-linked the old one elsewhere)
+        // a new version (or mode, which a linked file shares with the store): a new file (the
+        // job may have hard-linked the old one elsewhere)
         unlinkIfThere(p)
         this.files.delete(p)
         replaced++
       }
+      const put = () => this.store ? this.store.link(w.hash, w.mode, w.data, p) : writeFileSync(p, w.data, { mode: onDisk(w.mode), flag: 'wx' })
       try {
-        writeFileSync(p, w.data, { mode: onDisk(w.mode), flag: 'wx' })
+        put()
       } catch (e) {
         if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e
         // a toolchain file (hard link) at an input's path: never write through the link
         if (lstatSync(p).isDirectory()) throw new Error(`job file table: ${w.path} is a directory of the toolchain`)
         this.shadowsToolchain = true
         unlinkIfThere(p)
-        writeFileSync(p, w.data, { mode: onDisk(w.mode), flag: 'wx' })
+        put()
       }
       this.files.set(p, { hash: w.hash, mode: w.mode })
       written++
@@ -234,6 +291,8 @@ export class Workspace {
 
 export class WorkspacePool {
   private readonly idle: Workspace[] = []
+  /** each peer's input store (never under chrooted) */
+  private readonly stores = new Map<string, InputStore>()
   private readonly stats: Omit<WorkspaceStats, 'kept'> = { reused: 0, created: 0, files_written: 0, files_replaced: 0, files_removed: 0, fresh_reruns: 0 }
   private readonly timer: NodeJS.Timeout
 
@@ -262,7 +321,7 @@ export class WorkspacePool {
         await rm(ws.base, { recursive: true, force: true })
       }
     }
-    const ws = new Workspace(await mkdtemp(join(this.opts.dir, 'w-')), key, this.opts.chrooted)
+    const ws = new Workspace(await mkdtemp(join(this.opts.dir, 'w-')), key, this.opts.chrooted, this.storeOf(key.peer))
     try {
       await linkTree(this.opts.toolchainRoot(key.toolchain), ws.root)
       await mkdir(ws.cwdDir, { recursive: true })
@@ -273,6 +332,22 @@ export class WorkspacePool {
     }
     this.stats.created++
     return ws
+  }
+
+  private storeOf(peer: string): InputStore | null {
+    if (this.opts.chrooted) return null
+    let store = this.stores.get(peer)
+    if (!store) {
+      // a name of the pool's choosing, whatever the peer id holds
+      store = new InputStore(join(this.opts.dir, `inputs-${createHash('sha256').update(peer).digest('hex').slice(0, 32)}`))
+      this.stores.set(peer, store)
+    }
+    return store
+  }
+
+  private clearStores(): void {
+    for (const s of this.stores.values()) s.clear()
+    this.stores.clear()
   }
 
   private async fill(ws: Workspace, refs: JobFileRef[], data: Buffer[], dirs: string[]): Promise<void> {
@@ -321,11 +396,18 @@ export class WorkspacePool {
       this.idle.splice(this.idle.indexOf(ws), 1)
       await rm(ws.base, { recursive: true, force: true }).catch(() => undefined)
     }
+    // a store no job has used for the idle time goes too (a tree keeps its links)
+    for (const [peer, store] of this.stores) {
+      if (now - store.lastUsed < idleMs) continue
+      store.clear()
+      this.stores.delete(peer)
+    }
   }
 
   async stop(): Promise<void> {
     clearInterval(this.timer)
     for (const ws of this.idle.splice(0)) await rm(ws.base, { recursive: true, force: true }).catch(() => undefined)
+    this.clearStores()
   }
 }
 
