@@ -174,6 +174,11 @@ export class Workspace {
   lastUsed = Date.now()
   /** jobs run in this tree before the current one */
   jobsBefore = 0
+  /**
+   * place() by client path: a job asks for each of its ~800 inputs three times (the choice of
+   * tree asks every idle tree), and join and relative walk every path character each time
+   */
+  private readonly placed = new Map<string, string>()
 
   /** store: link inputs from it (null: write copies, the job may write to its tree) */
   constructor(readonly base: string, readonly key: WorkspaceKey, chrooted: boolean, private readonly store: InputStore | null = null) {
@@ -183,8 +188,14 @@ export class Workspace {
 
   /** Where a client path lives on this host. */
   place(p: string): string {
-    const cwd = this.key.cwd
-    return p === cwd || p.startsWith(cwd + '/') ? join(this.cwdDir, relative(cwd, p)) : join(this.root, p)
+    let placed = this.placed.get(p)
+    if (placed === undefined) {
+      const cwd = this.key.cwd
+      placed = p === cwd || p.startsWith(cwd + '/') ? join(this.cwdDir, relative(cwd, p)) : join(this.root, p)
+      if (this.placed.size >= MAX_TREE_FILES) this.placed.clear()
+      this.placed.set(p, placed)
+    }
+    return placed
   }
 
   /** The names in the cwd tree that hold these files and directories (what the job must see there). */
