@@ -197,3 +197,35 @@ test('of several idle trees, a job gets the one that already holds most of its i
   await p.release(wc, true)
   await p.stop()
 })
+
+test('a peer\'s trees link one copy of each content and mode: a mode change never reaches another tree, another peer\'s trees and chrooted ones share nothing', async () => {
+  const p = pool()
+  const a = job({ [`${CWD}/src/a.c`]: 'int a;', [`${CWD}/inc/x.h`]: 'same', [`${CWD}/inc/y.h`]: 'same' })
+  // two jobs at once from peer1: two trees holding the same contents
+  const w1 = await p.acquire(key('peer1'), a.refs, a.data, [])
+  const w2 = await p.acquire(key('peer1'), a.refs, a.data, [])
+  const ino = (w: { cwdDir: string }, f: string) => statSync(join(w.cwdDir, f)).ino
+  assert.notEqual(w1.base, w2.base)
+  assert.equal(ino(w1, 'src/a.c'), ino(w2, 'src/a.c'), 'one copy of a.c for both trees')
+  assert.equal(ino(w1, 'inc/x.h'), ino(w1, 'inc/y.h'), 'one copy of a content held at two paths')
+  // peer2 sees its own copies: a link count must not tell it what peer1 sent
+  const w3 = await p.acquire(key('peer2'), a.refs, a.data, [])
+  assert.notEqual(ino(w3, 'src/a.c'), ino(w1, 'src/a.c'))
+  assert.equal(statSync(join(w3.cwdDir, 'src/a.c')).nlink, 2, 'the store\'s name and this tree\'s')
+  await p.release(w1, true)
+  // a mode change in one tree gets a file of its own; the other tree keeps its mode
+  const b = job({ [`${CWD}/src/a.c`]: 'int a;' })
+  b.refs[0]!.mode = 0o700
+  const w1b = await p.acquire(key('peer1'), b.refs, b.data, [])
+  assert.equal(w1b.base, w1.base)
+  assert.equal(statSync(join(w1b.cwdDir, 'src/a.c')).mode & 0o777, 0o744)
+  assert.equal(statSync(join(w2.cwdDir, 'src/a.c')).mode & 0o777, 0o644)
+  for (const w of [w1b, w2, w3]) await p.release(w, true)
+  await p.stop()
+  // under sandbox = "none" a job can write its tree: never a link to anything it could change
+  const c = pool(true)
+  const wc = await c.acquire(key('peer1'), a.refs, a.data, [])
+  assert.equal(statSync(join(wc.cwdDir, 'src/a.c')).nlink, 1)
+  await c.release(wc, true)
+  await c.stop()
+})

@@ -22,7 +22,9 @@
 // Trees are never shared between peers: one client's files are none of another's business.
 // A tree whose job did not finish cleanly is deleted, not reused; so is every tree under
 // sandbox = "none", where the job can write anywhere in its chroot.
-import { chmod, link, lstat, mkdir, mkdtemp, readdir, readlink, rm, symlink, writeFile } from 'node:fs/promises'
+import { createHash } from 'node:crypto'
+import { chmodSync, linkSync, lstatSync, mkdirSync, renameSync, rmSync, unlinkSync, writeFileSync } from 'node:fs'
+import { link, lstat, mkdir, mkdtemp, readdir, readlink, rm, symlink } from 'node:fs/promises'
 import { dirname, join, normalize, relative } from 'node:path'
 import type { JobFileRef } from '../mesh/protocols/compile-job.js'
 
@@ -60,11 +62,83 @@ export interface WorkspaceStats {
 const MAX_TREE_FILES = 100_000
 
 /**
+ * sync() changes a tree with synchronous calls, giving the event loop back after this many.
+ * A kernel unit's job writes and removes about 110 files each: as promises, every file was an
+ * lstat, an open, a write and a close, each a trip through the thread pool with its wake-ups
+ * and a FileHandle to collect, about half of the builder's own CPU per job. Direct calls cost
+ * the syscalls only; the yield keeps a job of thousands of files from stalling the other
+ * streams for more than a few milliseconds at a time.
+ */
+const OPS_PER_TURN = 64
+
+/** unlink, and a file already gone is fine (rm's force, without its lstat) */
+function unlinkIfThere(p: string): void {
+  try {
+    unlinkSync(p)
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e
+  }
+}
+
+/**
  * The mode an input gets here: the client's, readable by everyone. A root daemon's jobs run as
  * nobody, which must read every input whatever the client's umask was; the trees themselves
  * sit in the daemon's own jobs directory (0700) and reach jobs read-only.
  */
 const onDisk = (mode: number) => mode | 0o444
+
+/** bytes of inputs one peer's store keeps (least recently linked go first) */
+const STORE_BYTES = 256 * 1024 * 1024
+
+/**
+ * One peer's inputs on disk, one file per content and mode, hard-linked into that peer's trees.
+ * A job's new inputs were new files, and its dropped ones deleted files: on ext4 the next
+ * create then scans past every recently deleted inode (find_inode_bit, recently_deleted), which
+ * took a quarter of a builder daemon's CPU. A link allocates no inode and an unlink of one
+ * frees none while the store holds the content. The trees reach jobs read-only, as the
+ * toolchain's own hard links do; a store is never shared between peers (a job could see the
+ * link count), and chrooted trees, which the job can write, get copies instead.
+ */
+class InputStore {
+  private readonly entries = new Map<string, number>() // store path → bytes; insertion order = recency
+  private bytes = 0
+  lastUsed = Date.now()
+
+  constructor(readonly dir: string) {}
+
+  /** Put this content at `p` (which must not exist) as a link to the store's copy. */
+  link(hash: string, mode: number, data: Buffer, p: string): void {
+    const sp = join(this.dir, `${hash}.${mode.toString(8)}`)
+    this.lastUsed = Date.now()
+    const held = this.entries.get(sp)
+    if (held !== undefined) {
+      this.entries.delete(sp)
+      this.entries.set(sp, held)
+    } else {
+      mkdirSync(this.dir, { recursive: true, mode: 0o700 })
+      const tmp = `${sp}.tmp`
+      unlinkIfThere(tmp)
+      writeFileSync(tmp, data, { mode: onDisk(mode), flag: 'wx' })
+      renameSync(tmp, sp)
+      this.entries.set(sp, data.length)
+      this.bytes += data.length
+      // trees keep their links to what goes: only the store's name of it is dropped
+      for (const [old, n] of this.entries) {
+        if (this.bytes <= STORE_BYTES || old === sp) break
+        unlinkIfThere(old)
+        this.entries.delete(old)
+        this.bytes -= n
+      }
+    }
+    linkSync(sp, p)
+  }
+
+  clear(): void {
+    rmSync(this.dir, { recursive: true, force: true })
+    this.entries.clear()
+    this.bytes = 0
+  }
+}
 
 /**
  * Why a job's file table cannot become a tree, or null: a path it names as a file and also as a
@@ -100,16 +174,28 @@ export class Workspace {
   lastUsed = Date.now()
   /** jobs run in this tree before the current one */
   jobsBefore = 0
+  /**
+   * place() by client path: a job asks for each of its ~800 inputs three times (the choice of
+   * tree asks every idle tree), and join and relative walk every path character each time
+   */
+  private readonly placed = new Map<string, string>()
 
-  constructor(readonly base: string, readonly key: WorkspaceKey, chrooted: boolean) {
+  /** store: link inputs from it (null: write copies, the job may write to its tree) */
+  constructor(readonly base: string, readonly key: WorkspaceKey, chrooted: boolean, private readonly store: InputStore | null = null) {
     this.root = join(base, 'root')
     this.cwdDir = chrooted ? join(this.root, key.cwd) : join(base, 'cwd')
   }
 
   /** Where a client path lives on this host. */
   place(p: string): string {
-    const cwd = this.key.cwd
-    return p === cwd || p.startsWith(cwd + '/') ? join(this.cwdDir, relative(cwd, p)) : join(this.root, p)
+    let placed = this.placed.get(p)
+    if (placed === undefined) {
+      const cwd = this.key.cwd
+      placed = p === cwd || p.startsWith(cwd + '/') ? join(this.cwdDir, relative(cwd, p)) : join(this.root, p)
+      if (this.placed.size >= MAX_TREE_FILES) this.placed.clear()
+      this.placed.set(p, placed)
+    }
+    return placed
   }
 
   /** The names in the cwd tree that hold these files and directories (what the job must see there). */
@@ -155,52 +241,60 @@ export class Workspace {
     for (const d of dirs) addAncestors(this.place(d))
     for (const p of want.keys()) addAncestors(dirname(p))
 
+    let ops = 0
+    const turn = async () => { if (++ops % OPS_PER_TURN === 0) await new Promise((r) => setImmediate(r)) }
     let removed = 0
     for (const p of [...this.files.keys()]) {
       if (want.has(p)) continue
-      await rm(p, { force: true })
+      unlinkIfThere(p)
       this.files.delete(p)
       removed++
+      await turn()
     }
     // deepest first; a directory this tree made that the job does not need (rm: the job
     // never wrote here, but a directory the client replaced by a file must go whole)
     for (const d of [...this.dirs].sort((a, b) => b.length - a.length)) {
       if (wantDirs.has(d)) continue
-      await rm(d, { recursive: true, force: true })
+      rmSync(d, { recursive: true, force: true })
       this.dirs.delete(d)
+      await turn()
     }
     for (const d of [...wantDirs].sort((a, b) => a.length - b.length)) {
       if (this.dirs.has(d) || this.toolchainDirs.has(d)) continue
-      const first = await mkdir(d, { recursive: true })
+      const first = mkdirSync(d, { recursive: true })
       if (first === undefined) this.toolchainDirs.add(d) // there before: linked from the toolchain
       else for (let x = d; ; x = dirname(x)) { this.dirs.add(x); if (x === first || x.length <= first.length) break }
+      await turn()
     }
     let written = 0
     let replaced = 0
     for (const [p, w] of want) {
       const have = this.files.get(p)
-      if (have?.hash === w.hash) {
-        if (have.mode !== w.mode) { await chmod(p, onDisk(w.mode)); have.mode = w.mode }
+      if (have?.hash === w.hash && (have.mode === w.mode || !this.store)) {
+        if (have.mode !== w.mode) { chmodSync(p, onDisk(w.mode)); have.mode = w.mode }
         continue
       }
       if (have) {
-        // a new version: a new file (the job may have hard-linked the old one elsewhere)
-        await rm(p, { force: true })
+        // a new version (or mode, which a linked file shares with the store): a new file (the
+        // job may have hard-linked the old one elsewhere)
+        unlinkIfThere(p)
         this.files.delete(p)
         replaced++
       }
+      const put = () => this.store ? this.store.link(w.hash, w.mode, w.data, p) : writeFileSync(p, w.data, { mode: onDisk(w.mode), flag: 'wx' })
       try {
-        await writeFile(p, w.data, { mode: onDisk(w.mode), flag: 'wx' })
+        put()
       } catch (e) {
         if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e
         // a toolchain file (hard link) at an input's path: never write through the link
-        if ((await lstat(p)).isDirectory()) throw new Error(`job file table: ${w.path} is a directory of the toolchain`)
+        if (lstatSync(p).isDirectory()) throw new Error(`job file table: ${w.path} is a directory of the toolchain`)
         this.shadowsToolchain = true
-        await rm(p, { force: true })
-        await writeFile(p, w.data, { mode: onDisk(w.mode), flag: 'wx' })
+        unlinkIfThere(p)
+        put()
       }
       this.files.set(p, { hash: w.hash, mode: w.mode })
       written++
+      await turn()
     }
     return { written, replaced, removed }
   }
@@ -208,6 +302,8 @@ export class Workspace {
 
 export class WorkspacePool {
   private readonly idle: Workspace[] = []
+  /** each peer's input store (never under chrooted) */
+  private readonly stores = new Map<string, InputStore>()
   private readonly stats: Omit<WorkspaceStats, 'kept'> = { reused: 0, created: 0, files_written: 0, files_replaced: 0, files_removed: 0, fresh_reruns: 0 }
   private readonly timer: NodeJS.Timeout
 
@@ -236,7 +332,7 @@ export class WorkspacePool {
         await rm(ws.base, { recursive: true, force: true })
       }
     }
-    const ws = new Workspace(await mkdtemp(join(this.opts.dir, 'w-')), key, this.opts.chrooted)
+    const ws = new Workspace(await mkdtemp(join(this.opts.dir, 'w-')), key, this.opts.chrooted, this.storeOf(key.peer))
     try {
       await linkTree(this.opts.toolchainRoot(key.toolchain), ws.root)
       await mkdir(ws.cwdDir, { recursive: true })
@@ -247,6 +343,22 @@ export class WorkspacePool {
     }
     this.stats.created++
     return ws
+  }
+
+  private storeOf(peer: string): InputStore | null {
+    if (this.opts.chrooted) return null
+    let store = this.stores.get(peer)
+    if (!store) {
+      // a name of the pool's choosing, whatever the peer id holds
+      store = new InputStore(join(this.opts.dir, `inputs-${createHash('sha256').update(peer).digest('hex').slice(0, 32)}`))
+      this.stores.set(peer, store)
+    }
+    return store
+  }
+
+  private clearStores(): void {
+    for (const s of this.stores.values()) s.clear()
+    this.stores.clear()
   }
 
   private async fill(ws: Workspace, refs: JobFileRef[], data: Buffer[], dirs: string[]): Promise<void> {
@@ -295,11 +407,18 @@ export class WorkspacePool {
       this.idle.splice(this.idle.indexOf(ws), 1)
       await rm(ws.base, { recursive: true, force: true }).catch(() => undefined)
     }
+    // a store no job has used for the idle time goes too (a tree keeps its links)
+    for (const [peer, store] of this.stores) {
+      if (now - store.lastUsed < idleMs) continue
+      store.clear()
+      this.stores.delete(peer)
+    }
   }
 
   async stop(): Promise<void> {
     clearInterval(this.timer)
     for (const ws of this.idle.splice(0)) await rm(ws.base, { recursive: true, force: true }).catch(() => undefined)
+    this.clearStores()
   }
 }
 
