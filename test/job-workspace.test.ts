@@ -229,3 +229,21 @@ test('a peer\'s trees link one copy of each content and mode: a mode change neve
   await c.release(wc, true)
   await c.stop()
 })
+
+test('a member taking new peer IDs gets at most four input stores on the builder\'s disk; a dropped store\'s trees get copies', async () => {
+  const dir = mkdtempSync(join(top, 'jobs-'))
+  const p = new WorkspacePool({ dir, toolchainRoot: () => toolchain(), chrooted: false, maxIdle: 8 })
+  const stores = () => readdirSync(dir).filter((n) => n.startsWith('inputs-')).length
+  const a = job({ [`${CWD}/src/a.c`]: 'int a;' })
+  const first = await p.acquire(key('peer0'), a.refs, a.data, [])
+  for (let i = 1; i < 7; i++) await p.release(await p.acquire(key(`peer${i}`), a.refs, a.data, []), true)
+  assert.equal(stores(), 4, 'the least recently used stores went')
+  // peer0's store went while its tree was in use: what it writes next is a copy, not a store file
+  const b = job({ [`${CWD}/src/a.c`]: 'int a;', [`${CWD}/src/b.c`]: 'int b;' })
+  await p.release(first, true)
+  const again = await p.acquire(key('peer0'), b.refs, b.data, [])
+  assert.equal(statSync(join(again.cwdDir, 'src/b.c')).nlink, 1, 'a copy: nothing untracked in a dropped store')
+  assert.equal(stores(), 4)
+  await p.release(again, true)
+  await p.stop()
+})

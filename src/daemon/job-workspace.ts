@@ -89,6 +89,11 @@ const onDisk = (mode: number) => mode | 0o444
 
 /** bytes of inputs one peer's store keeps (least recently linked go first) */
 const STORE_BYTES = 256 * 1024 * 1024
+/**
+ * peers with a store at once: a member can take new peer IDs at will, and each store may hold
+ * STORE_BYTES for the idle time; past this the least recently used store goes
+ */
+const MAX_STORES = 4
 
 /**
  * One peer's inputs on disk, one file per content and mode, hard-linked into that peer's trees.
@@ -106,8 +111,15 @@ class InputStore {
 
   constructor(readonly dir: string) {}
 
+  /** a store dropped by its pool: trees that still hold it get copies, so nothing grows untracked */
+  private retired = false
+
   /** Put this content at `p` (which must not exist) as a link to the store's copy. */
   link(hash: string, mode: number, data: Buffer, p: string): void {
+    if (this.retired) {
+      writeFileSync(p, data, { mode: onDisk(mode), flag: 'wx' })
+      return
+    }
     const sp = join(this.dir, `${hash}.${mode.toString(8)}`)
     this.lastUsed = Date.now()
     const held = this.entries.get(sp)
@@ -134,6 +146,7 @@ class InputStore {
   }
 
   clear(): void {
+    this.retired = true
     rmSync(this.dir, { recursive: true, force: true })
     this.entries.clear()
     this.bytes = 0
@@ -349,6 +362,11 @@ export class WorkspacePool {
     if (this.opts.chrooted) return null
     let store = this.stores.get(peer)
     if (!store) {
+      if (this.stores.size >= MAX_STORES) {
+        const [lru] = [...this.stores].sort(([, a], [, b]) => a.lastUsed - b.lastUsed)
+        lru![1].clear()
+        this.stores.delete(lru![0])
+      }
       // a name of the pool's choosing, whatever the peer id holds
       store = new InputStore(join(this.opts.dir, `inputs-${createHash('sha256').update(peer).digest('hex').slice(0, 32)}`))
       this.stores.set(peer, store)
