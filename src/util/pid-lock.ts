@@ -3,25 +3,28 @@
 // holder is dead. Shared by the daemon (taking the locks) and the launcher (waiting for a slow start).
 import { closeSync, openSync, readFileSync, rmSync, writeSync } from 'node:fs'
 
-/** The parent of a running process, from /proc; null when it is gone. */
-export function parentPid(pid: number): number | null {
+/**
+ * The fields of /proc/<pid>/stat after "pid (comm)": [state, ppid, …]; null when the process is
+ * gone or /proc is not there. comm may hold spaces and parentheses, so from the last ')'.
+ */
+function statFields(pid: number): string[] | null {
   try {
-    // "pid (comm) state ppid …": comm may hold spaces and parentheses, so from the last ')'
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
-    return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1])
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')
   } catch {
     return null
   }
 }
 
-/** The state letter in /proc/<pid>/stat (R, S, D, Z, …), or null when the process is gone or /proc is not there. */
+/** The parent of a running process, from /proc; null when it is gone. */
+export function parentPid(pid: number): number | null {
+  const f = statFields(pid)
+  return f ? Number(f[1]) : null
+}
+
+/** The state letter (R, S, D, Z, …), or null when the process is gone or /proc is not there. */
 function procState(pid: number): string | null {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
-    return stat.charAt(stat.lastIndexOf(')') + 2) || null
-  } catch {
-    return null
-  }
+  return statFields(pid)?.[0] || null
 }
 
 /**
