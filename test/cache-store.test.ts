@@ -205,6 +205,29 @@ describe('LocalStore', () => {
     await store.close(); await again.close()
   })
 
+  test('a file of more pieces than one writev takes is written whole, its bytes in order; so is a stored entry of many outputs', async () => {
+    const dir = tempDir()
+    const store = await openStore(dir)
+    const key = keyOf('many pieces')
+    // 600 pieces through a codec that hands them over as they are: past one writev call's 512
+    // buffers; then an entry of 60 incompressible outputs, stored in 4 pieces each
+    const outputs = Array.from({ length: 60 }, (_, i) => ({ name: `o${i}`, data: noise(`piece ${i}`, 1000 + i) }))
+    const pieces: Buffer[] = []
+    for (let i = 0; i < 10; i++) pieces.push(...outputs.map((o) => o.data))
+    const bytes = new LocalStore<Buffer[]>({ dir: join(dir, 'raw'), maxBytes: 10 * 1024 ** 2, log: silentLogger, codec: {
+      encode: async (v) => v,
+      decode: async (buf) => [buf]
+    } })
+    await bytes.put(key, pieces)
+    const raw = await bytes.get(key)
+    assert.equal(raw.status, 'hit')
+    assert.ok(raw.status === 'hit' && raw.entry[0].equals(Buffer.concat(pieces)))
+    const entry: CacheEntry = { exitCode: 0, stdout: Buffer.alloc(0), stderr: Buffer.from('w\n'), outputs }
+    await store.put(key, entry)
+    assertHit(await store.get(key), entry)
+    await store.close(); await bytes.close()
+  })
+
   test('unknown key is a miss', async () => {
     const store = await openStore(tempDir())
     assert.deepStrictEqual(await store.get(keyOf('nothing here')), { status: 'miss' })

@@ -64,3 +64,32 @@ test('an rlib rewritten with the same size and mtime gets its new hash from hash
   assert.equal(again?.size, 2 * 1024 * 1024)
   assert.equal(await hasher.hashBinary(join(dir, 'gone.rlib')), null)
 })
+
+test('a memo file carries compiler hashes to the next daemon, and never past a rewrite in place or a file too new', async () => {
+  const memo = join(dir, 'compiler-hashes.json')
+  const old = join(dir, 'libdriver.so')
+  const fresh = join(dir, 'libfresh.so')
+  writeFileSync(old, Buffer.alloc(8192, 5))
+  utimesSync(old, OLD, OLD)
+  await delay(2100) // its ctime well before the hash
+  writeFileSync(fresh, Buffer.alloc(100, 6)) // written just now: its ctime could share the hash's timestamp tick
+  const first = new CompilerIdentity(memo)
+  assert.equal((await first.of(old)).hash, sha(Buffer.alloc(8192, 5)))
+  assert.equal((await first.of(fresh)).hash, sha(Buffer.alloc(100, 6)))
+  await first.save()
+  const doc = JSON.parse(readFileSync(memo, 'utf8')) as { entries: string[][] }
+  assert.deepEqual(doc.entries.map((e) => e[0]), [old], 'only the file older than the hash is written down')
+
+  // the next daemon takes the written hash without reading the file: shown by a forged one
+  const forged = 'f'.repeat(64)
+  writeFileSync(memo, JSON.stringify({ version: 1, entries: [[old, doc.entries[0][1], forged]] }))
+  assert.equal((await new CompilerIdentity(memo).of(old)).hash, forged)
+
+  // rewritten in place, same size and mtime: the ctime differs, so the memo no longer applies
+  rewriteKeepingMtime(old, Buffer.alloc(8192, 7))
+  assert.equal((await new CompilerIdentity(memo).of(old)).hash, sha(Buffer.alloc(8192, 7)))
+
+  // a damaged memo file is no memo
+  writeFileSync(memo, '{"version":1,"entries":[["x"')
+  assert.equal((await new CompilerIdentity(memo).of(old)).hash, sha(Buffer.alloc(8192, 7)))
+})

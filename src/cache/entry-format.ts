@@ -193,6 +193,16 @@ function payloadPieces(entry: CacheEntry): { pieces: Buffer[]; size: number } {
  * on rustc's outputs (fresh memory is a page fault per 4 KiB).
  */
 export async function encodeEntry(entry: CacheEntry, key: string): Promise<Buffer> {
+  return Buffer.concat(await encodeEntryPieces(entry, key))
+}
+
+/**
+ * The encoded entry as pieces to write one after the other (the header, then the body): a
+ * store writes them with writev. Laying 37 MB of brotli output (the rlibs of a quick cold
+ * bench:rust build) into one fresh buffer behind the header cost the daemon 0.17 s of CPU,
+ * half of it page faults on that buffer.
+ */
+export async function encodeEntryPieces(entry: CacheEntry, key: string): Promise<Buffer[]> {
   const keyBin = keyBytes(key)
   const { pieces, size } = payloadPieces(entry)
   const z = createBrotliCompress({
@@ -211,19 +221,18 @@ export async function encodeEntry(entry: CacheEntry, key: string): Promise<Buffe
   // Already-compressed outputs would only grow.
   const stored = compressedLength >= size
   const body = stored ? pieces : chunks
-  const out = Buffer.allocUnsafe(HEADER_LENGTH + (stored ? size : compressedLength))
-  out.fill(0, 0, HEADER_LENGTH)
-  ENTRY_MAGIC.copy(out, 0)
-  out.writeUInt8(ENTRY_VERSION, 8)
-  out.writeUInt8(stored ? ENCODING_STORED : ENCODING_BROTLI, 9)
-  out.writeUInt32LE(size, 12)
-  out.writeUInt32LE(out.length - HEADER_LENGTH, 16)
-  digest.copy(out, 20)
-  keyBin.copy(out, 52)
-  let pos = HEADER_LENGTH
-  for (const b of body) pos += b.copy(out, pos)
-  if (pos !== out.length) fail(`internal error: wrote ${pos} of ${out.length} bytes`)
-  return out
+  const bodyLength = stored ? size : compressedLength
+  const header = Buffer.alloc(HEADER_LENGTH)
+  ENTRY_MAGIC.copy(header, 0)
+  header.writeUInt8(ENTRY_VERSION, 8)
+  header.writeUInt8(stored ? ENCODING_STORED : ENCODING_BROTLI, 9)
+  header.writeUInt32LE(size, 12)
+  header.writeUInt32LE(bodyLength, 16)
+  digest.copy(header, 20)
+  keyBin.copy(header, 52)
+  const written = body.reduce((n, b) => n + b.length, 0)
+  if (written !== bodyLength) fail(`internal error: a body of ${written} bytes, ${bodyLength} declared`)
+  return [header, ...body.filter((b) => b.length > 0)]
 }
 
 class Reader {

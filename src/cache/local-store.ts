@@ -6,11 +6,11 @@
 import { randomBytes } from 'node:crypto'
 import type { Dirent, Stats } from 'node:fs'
 import type { FileHandle } from 'node:fs/promises'
-import { lstat, mkdir, open as openFile, readdir, rename, unlink, writeFile } from 'node:fs/promises'
+import { lstat, mkdir, open as openFile, readdir, rename, unlink } from 'node:fs/promises'
 import { join } from 'node:path'
 import { formatSize } from '../config.js'
 import type { Logger } from '../log.js'
-import { StaleEntryError, decodeEntry, encodeEntry, isValidKey, type CacheEntry } from './entry-format.js'
+import { StaleEntryError, decodeEntry, encodeEntryPieces, isValidKey, type CacheEntry } from './entry-format.js'
 
 export type { CacheEntry } from './entry-format.js'
 export { isValidKey } from './entry-format.js'
@@ -28,7 +28,8 @@ export interface StoreStats { entries: number; bytes: number; maxBytes: number }
  * older format: removed quietly; any other error: removed as corrupt, with its message).
  */
 export interface StoreCodec<T> {
-  encode(value: T, key: string): Promise<Buffer>
+  /** the file's bytes, whole or as pieces written one after the other */
+  encode(value: T, key: string): Promise<Buffer | readonly Buffer[]>
   decode(buf: Buffer, key: string): Promise<T>
 }
 
@@ -36,7 +37,7 @@ export interface StoreCodec<T> {
 export const entryCodec: StoreCodec<CacheEntry> = {
   encode: (entry, key) => {
     if (!entry || entry.exitCode !== 0) return Promise.reject(new Error(`refusing to cache a failed compile (exit code ${String(entry?.exitCode)})`))
-    return encodeEntry(entry, key)
+    return encodeEntryPieces(entry, key)
   },
   decode: async (buf, key) => {
     const entry = await decodeEntry(buf, key)
@@ -62,6 +63,8 @@ const STALE_TEMP_MS = 60 * 60 * 1000
 const EVICT_TARGET = 0.9
 /** files larger than this in the store are garbage, not entries (the format caps payloads at 1 GiB) */
 const MAX_FILE_BYTES = 2 * 1024 ** 3
+/** buffers per writev call (Linux's IOV_MAX is 1024) */
+const WRITEV_MAX = 512
 
 interface IndexEntry { size: number; mtimeMs: number }
 
@@ -72,6 +75,26 @@ function errCode(err: unknown): string | undefined {
 function errText(err: unknown): string {
   const e = err as NodeJS.ErrnoException | null
   return e?.code ?? String(e?.message ?? err).split('\n')[0]
+}
+
+/** A new file (never an existing one) holding `pieces` one after the other, without joining them first. */
+async function writePieces(path: string, pieces: readonly Buffer[]): Promise<void> {
+  const fh = await openFile(path, 'wx')
+  try {
+    // writev takes at most IOV_MAX buffers per call, and any write may write fewer bytes than asked
+    let i = 0
+    let done = 0 // bytes of pieces[i] already written
+    while (i < pieces.length) {
+      const { bytesWritten } = done > 0 ? await fh.write(pieces[i], done) : await fh.writev(pieces.slice(i, i + WRITEV_MAX))
+      if (bytesWritten === 0) throw new Error(`writing ${path} made no progress`)
+      let left = done + bytesWritten
+      done = 0
+      while (i < pieces.length && left >= pieces[i].length) left -= pieces[i++].length
+      done = left
+    }
+  } finally {
+    await fh.close()
+  }
 }
 
 /** Run fn over items with at most `limit` calls in flight. */
@@ -204,21 +227,23 @@ export class LocalStore<T = CacheEntry> {
 
   private async doPut(key: string, file: string, entry: T): Promise<void> {
     await this.open()
-    const buf = await this.codec.encode(entry, key)
-    if (buf.length > this.targetBytes()) {
+    const encoded = await this.codec.encode(entry, key)
+    const pieces = Buffer.isBuffer(encoded) ? [encoded] : encoded
+    const size = pieces.reduce((n, p) => n + p.length, 0)
+    if (size > this.targetBytes()) {
       // It would push out everything else, itself included.
-      this.log.info(`not caching ${key}: ${formatSize(buf.length)} does not fit a ${formatSize(this.maxBytes)} cache`)
+      this.log.info(`not caching ${key}: ${formatSize(size)} does not fit a ${formatSize(this.maxBytes)} cache`)
       return
     }
     const sub = join(this.dir, key.slice(0, 2))
     const tmp = join(sub, `${TEMP_PREFIX}${process.pid}-${randomBytes(8).toString('hex')}`)
     try {
       try {
-        await writeFile(tmp, buf, { flag: 'wx' })
+        await writePieces(tmp, pieces)
       } catch (err) {
         if (errCode(err) !== 'ENOENT') throw err
         await mkdir(sub, { recursive: true, mode: 0o700 })
-        await writeFile(tmp, buf, { flag: 'wx' })
+        await writePieces(tmp, pieces)
       }
       // No fsync: after a power loss a damaged entry fails its checksum and is removed on read.
       await rename(tmp, file)
@@ -226,7 +251,7 @@ export class LocalStore<T = CacheEntry> {
       await unlink(tmp).catch(() => {})
       throw err
     }
-    this.setIndex(key, { size: buf.length, mtimeMs: Date.now() })
+    this.setIndex(key, { size, mtimeMs: Date.now() })
     this.maybeEvict()
   }
 

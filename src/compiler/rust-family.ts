@@ -67,7 +67,12 @@ const RELOCATABLE_DIR = /^\/[^\s"\\#$%:]*$/
 
 export class RustFamily implements CompilerFamily {
   readonly name = 'rust'
-  private readonly toolchains = new RustToolchains()
+  private readonly toolchains: RustToolchains
+
+  /** `memoFile`: where the toolchain's file hashes are kept across daemons (null: in memory only) */
+  constructor(memoFile: string | null = null) {
+    this.toolchains = new RustToolchains(memoFile)
+  }
 
   claims(req: CompileRequest): boolean {
     return RUSTC_NAME.test(basename(req.compiler))

@@ -1,7 +1,8 @@
 // Which rustc a request runs, by content: `rustc -vV`, the compiler's shared libraries
 // (bin/rustc is a small driver; librustc_driver and LLVM in <sysroot>/lib are the compiler)
 // and the standard library of each target it compiles for (<sysroot>/lib/rustlib/<target>/lib).
-// Memoised: each file's hash by path, size and mtime (CompilerIdentity), the toolchain by the
+// Memoised: each file's hash by its identity (CompilerIdentity, kept on disk beside the cache
+// when the daemon names a memo file: a fresh daemon then hashes no unchanged file), the toolchain by the
 // binary and the variables rustup chooses a toolchain by. A rustup proxy (~/.cargo/bin/rustc)
 // also chooses by the working directory (rust-toolchain.toml), so its memo is per directory;
 // cargo itself passes the toolchain's own rustc, which has its sysroot beside it.
@@ -29,11 +30,16 @@ const RUSTUP_ENV = ['RUSTUP_TOOLCHAIN', 'RUSTUP_HOME']
 export const JOBSERVER_ENV = ['CARGO_MAKEFLAGS', 'MAKEFLAGS', 'MFLAGS']
 
 export class RustToolchains {
-  private readonly files = new CompilerIdentity()
+  private readonly files: CompilerIdentity
   private readonly memo = new Map<string, Promise<RustToolchain>>()
   private readonly targets = new Map<string, Promise<string>>()
   private readonly procMacros = new Map<string, Promise<string | null>>()
   private cpu: string | null = null
+
+  /** `memoFile`: where file hashes are kept across daemons (null: in memory only) */
+  constructor(memoFile: string | null = null) {
+    this.files = new CompilerIdentity(memoFile)
+  }
 
   async of(req: CompileRequest): Promise<RustToolchain> {
     const real = await realpath(req.compiler)
@@ -63,6 +69,7 @@ export class RustToolchains {
     if (!host) throw new Error(`${basename(req.compiler)} -vV names no host`)
     const h = createHash('sha256').update(`rustc\0${version}\0`)
     await this.hashDir(h, join(sysroot, 'lib'))
+    await this.files.save()
     return { hash: h.digest('hex'), sysroot: sysroot.trim(), host, real }
   }
 
@@ -74,6 +81,7 @@ export class RustToolchains {
       p = (async () => {
         const h = createHash('sha256').update(`target\0${target}\0`)
         await this.hashDir(h, join(tc.sysroot, 'lib', 'rustlib', target, 'lib'))
+        await this.files.save()
         return h.digest('hex')
       })()
       this.targets.set(key, p)

@@ -7,7 +7,7 @@
 import { createHash } from 'node:crypto'
 import { lstat } from 'node:fs/promises'
 import { availableParallelism, setPriority } from 'node:os'
-import { basename, resolve } from 'node:path'
+import { basename, join, resolve } from 'node:path'
 import type { CompileSpec } from '../compiler/types.js'
 import type { CacheEntry, LocalStore } from '../cache/local-store.js'
 import { FileHasher, type FileHash } from '../cache/file-hashes.js'
@@ -36,6 +36,8 @@ const DEPEND_KEY_VERSION = 'meshcc-depend-1'
 const SHARED_MANIFEST_VERSION = 'meshcc-shared-manifest-1'
 /** a shared manifest set naming more files than this is not checked (a crate's dep-info is a few hundred) */
 const MAX_SHARED_SET_FILES = 20_000
+/** compilers' file hashes kept beside the cache entries (a Rust toolchain is hashed once, not by every daemon) */
+const COMPILER_HASHES_FILE = 'compiler-hashes.json'
 /** members remembered as having had a set refused (a warning each); past this the list starts over */
 const MAX_REFUSING_MEMBERS = 1024
 
@@ -163,7 +165,7 @@ export class CompileService {
   /** members whose refused shared manifest sets were logged at warn already */
   private readonly refusedFrom = new Set<string>()
   /** the compiler families, asked in order which one a request's compiler belongs to (C takes the rest) */
-  private readonly families: CompilerFamily[] = [new RustFamily(), new CFamily()]
+  private readonly families: CompilerFamily[]
   /** how the cache's writes fail now (ENOSPC on a full disk), so the log says it once, not once per compile */
   private writesFailing: string | null = null
   remote: RemoteRunner | null = null
@@ -172,6 +174,7 @@ export class CompileService {
 
   constructor(private readonly opts: CompileServiceOptions) {
     this.cpu = new Semaphore(Math.max(1, opts.slots))
+    this.families = [new RustFamily(join(opts.store.dir, COMPILER_HASHES_FILE)), new CFamily()]
   }
 
   /** A reloaded config's local_slots. */
