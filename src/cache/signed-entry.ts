@@ -138,8 +138,24 @@ export async function readSignedEntry(blob: Uint8Array, key: string, opts: ReadO
   return { producer, timestamp, encoded }
 }
 
+/**
+ * The encoded entry inside a signed blob that was verified before (readSignedEntry: a store
+ * reading its own file), without checking the signature again; null when it is no signed entry.
+ */
+export function wrappedEntry(blob: Buffer): Buffer | null {
+  if (blob.length < SIGNED_HEADER_BYTES || !blob.subarray(0, 8).equals(SIGNED_MAGIC)) return null
+  const plen = blob.readUInt16LE(10)
+  return SIGNED_HEADER_BYTES + plen <= blob.length ? blob.subarray(SIGNED_HEADER_BYTES + plen) : null
+}
+
 /** A verified, decoded entry and who made it. */
-export interface OpenedEntry { entry: CacheEntry; producer: string; timestamp: number }
+export interface OpenedEntry {
+  entry: CacheEntry
+  producer: string
+  timestamp: number
+  /** the entry as encoded (entry-format.ts), checked: a local store can keep these bytes as they are */
+  encoded: Buffer
+}
 
 /**
  * Everything a hit needs checked: the signature and producer (readSignedEntry), then the entry
@@ -155,7 +171,7 @@ export async function openSignedEntry(blob: Uint8Array, key: string, opts: ReadO
     throw new SignedEntryError('entry', `entry from ${env.producer}: ${why}`)
   }
   if (entry.exitCode !== 0) throw new SignedEntryError('entry', `entry from ${env.producer} has exit code ${entry.exitCode}`)
-  return { entry, producer: env.producer, timestamp: env.timestamp }
+  return { entry, producer: env.producer, timestamp: env.timestamp, encoded: env.encoded }
 }
 
 /** Encode and sign an entry in one step: what publish sends to owners and stores. */

@@ -653,7 +653,7 @@ export class CompileService {
    * key is the one those files make (a member cannot point a command at another result).
    */
   private async sharedDependLookup(call: Call, direct: string, started: number): Promise<CompileReply | null> {
-    const found = await this.shared!.lookup(sharedManifestKey(direct))
+    const found = await this.shared!.lookup(sharedManifestKey(direct), { follow: true })
     const text = found?.entry.outputs.find((o) => o.name === 'manifest')?.data.toString('utf8')
     if (!text) return null
     const m = parseManifest(text, direct)
