@@ -5,7 +5,7 @@
 // how a stored result maps onto this build); the pipeline does every lookup, execution (here
 // or on a peer), store and replay the same way for all families. A new family is one file
 // that implements CompilerFamily, listed in CompileService.families (compile-service.ts).
-import { realpath } from 'node:fs/promises'
+import { realpathSync } from 'node:fs'
 import { isAbsolute, resolve } from 'node:path'
 import type { CacheEntry } from '../cache/entry-format.js'
 import type { FileHash, FileHasher } from '../cache/file-hashes.js'
@@ -132,12 +132,20 @@ export interface SharedReach {
 export async function sharedSetRefusal(set: Pick<FileSet, 'files' | 'env'>, cwd: string, reach: SharedReach): Promise<string | null> {
   const badFact = (set.env ?? []).find(([name]) => !reach.fact(name))
   if (badFact) return `variable ${JSON.stringify(badFact[0]).slice(0, 200)}`
-  const real = (p: string) => realpath(p).catch(() => null)
-  const roots = [...new Set(await Promise.all(reach.roots.map(real)))].filter((r): r is string => r !== null)
+  // on this thread: a promise round trip through the thread pool per file cost a mesh hit of a
+  // kernel unit (a few hundred headers) more CPU than the syscalls themselves
+  const real = (p: string) => {
+    try {
+      return realpathSync.native(p)
+    } catch {
+      return null
+    }
+  }
+  const roots = [...new Set(reach.roots.map(real))].filter((r): r is string => r !== null)
   const under = (p: string) => roots.some((r) => p === r || p.startsWith(r === '/' ? r : `${r}/`))
   const bad = set.files.findIndex(([p]) => !plainPath(p))
   // a file missing here (or unreadable to this user) makes the set no match: nothing to refuse
-  const reals = bad >= 0 ? [] : await Promise.all(set.files.map(([p]) => real(isAbsolute(p) ? p : resolve(cwd, p))))
+  const reals = bad >= 0 ? [] : set.files.map(([p]) => real(isAbsolute(p) ? p : resolve(cwd, p)))
   const i = bad >= 0 ? bad : reals.findIndex((r) => r !== null && !under(r))
   return i < 0 ? null : `file ${JSON.stringify(set.files[i][0]).slice(0, 300)}`
 }
