@@ -213,7 +213,7 @@ async function pipeline(m: Member): Promise<{ svc: CompileService; stats: Stats 
   return { svc, stats }
 }
 
-test('a rustc manifest set another member publishes is refused when it names a file outside what the command reads (absolute, "..", a symlink out) or a variable cargo does not set; an honest set still hits', { timeout: 120_000 }, async () => {
+test('a rustc manifest set another member publishes is refused when it names a file outside what the command reads (absolute, "..", a symlink out, a file in a directory link out) or a variable cargo does not set; an honest set still hits', { timeout: 120_000 }, async () => {
   const rustc = toolchainRustc(findCargo().rustc)
   const ws = join(dir, 'rust-ws')
   const out = join(ws, 'target')
@@ -223,7 +223,9 @@ test('a rustc manifest set another member publishes is refused when it names a f
   mkdirSync(dirname(secret))
   writeFileSync(secret, 'PRIVATE KEY OF THE VICTIM\n')
   symlinkSync(secret, join(ws, 'key-link'))
-  const crates = ['honest', 'absolute', 'climb', 'symlink', 'variable']
+  // a directory link out: the file itself is no link, the directory it lies in leads outside
+  symlinkSync(dirname(secret), join(ws, 'dir-link'))
+  const crates = ['honest', 'absolute', 'climb', 'symlink', 'dirlink', 'variable']
   for (const c of crates) writeFileSync(join(ws, `${c}.rs`), 'pub fn name() -> &\'static str { env!("CARGO_PKG_NAME") }\n')
   const req = (c: string): CompileRequest => ({
     cwd: ws, compiler: rustc, env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: join(dir, 'victim-home'), CARGO_PKG_NAME: c, AWS_SECRET_ACCESS_KEY: 'hunter2' },
@@ -252,6 +254,7 @@ test('a rustc manifest set another member publishes is refused when it names a f
     absolute: { files: [['absolute.rs', await hash(join(ws, 'absolute.rs'))], [secret, await hash(secret)]], env: [['CARGO_PKG_NAME', 'absolute']] },
     climb: { files: [['../outside/id_ed25519', await hash(secret)], ['climb.rs', await hash(join(ws, 'climb.rs'))]], env: [['CARGO_PKG_NAME', 'climb']] },
     symlink: { files: [['key-link', await hash(secret)], ['symlink.rs', await hash(join(ws, 'symlink.rs'))]], env: [['CARGO_PKG_NAME', 'symlink']] },
+    dirlink: { files: [['dir-link/id_ed25519', await hash(secret)], ['dirlink.rs', await hash(join(ws, 'dirlink.rs'))]], env: [['CARGO_PKG_NAME', 'dirlink']] },
     variable: { files: [['variable.rs', await hash(join(ws, 'variable.rs'))]], env: [['AWS_SECRET_ACCESS_KEY', 'hunter2'], ['CARGO_PKG_NAME', 'variable']] }
   }
   const family = new RustFamily()
