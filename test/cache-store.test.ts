@@ -228,6 +228,19 @@ describe('LocalStore', () => {
     await store.close(); await bytes.close()
   })
 
+  test('putEncoded keeps an encoded entry byte for byte (a verified mesh hit), and it reads back as a hit', async () => {
+    const dir = tempDir()
+    const store = await openStore(dir)
+    const key = keyOf('fetched')
+    const entry = makeEntry('fetched', 50_000)
+    const encoded = await encodeEntry(entry, key)
+    await store.putEncoded(key, encoded)
+    assert.deepEqual(readFileSync(entryPath(dir, key)), encoded)
+    assertHit(await store.get(key), entry)
+    assert.equal(store.stats().bytes, encoded.length)
+    await store.close()
+  })
+
   test('unknown key is a miss', async () => {
     const store = await openStore(tempDir())
     assert.deepStrictEqual(await store.get(keyOf('nothing here')), { status: 'miss' })

@@ -318,7 +318,7 @@ test('a member whose entries carry garbage signatures has them refused; the buil
   let asked = 0
   await serveCacheExchange(F.libp2p, F.meshId, {
     isAllowed: () => true,
-    get: async (_peer, key) => { asked++; return forged(key) },
+    get: async (_peer, key) => { asked++; return { blob: await forged(key), next: null } },
     admitPut: () => null, put: async () => null
   }, () => {}, { maxEntryBytes: 1024 * 1024 })
   await waitFor('B to see F directly', async () => ((await status(B)).mesh!.members.some((m) => m.peer_id === F.peerId && m.connection === 'direct' && m.rtt_ms !== null) ? true : undefined))

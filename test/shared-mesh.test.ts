@@ -90,7 +90,7 @@ async function member(name: string, o: { shares: boolean; sharedSize?: string; b
 const k = (s: string) => createHash('sha256').update(s).digest('hex')
 const entry = (obj: Buffer | string): CacheEntry => ({ exitCode: 0, stdout: Buffer.alloc(0), stderr: Buffer.from('note\n'), outputs: [{ name: 'obj', data: Buffer.from(obj) }] })
 
-let A: Member, B: Member, C: Member, F: Member, S: Member, L: Member
+let A: Member, B: Member, C: Member, F: Member, S: Member, L: Member, H: Member
 const sharing = () => [A, B, C].map((m) => m.mesh.peerId)
 const forgedServed: string[] = []
 
@@ -111,7 +111,7 @@ before(async () => {
       forgedServed.push(key)
       const blob = await sealEntry(entry('forged object'), key, (await sharedIdentity(A.config, capture([]))).signer)
       blob[25] ^= 0xff // claims to be A's, signature garbage
-      return blob
+      return { blob, next: null }
     },
     admitPut: () => 'no', put: async () => 'no'
   }, () => {}, { maxEntryBytes: 1024 * 1024 })
@@ -213,7 +213,7 @@ async function pipeline(m: Member): Promise<{ svc: CompileService; stats: Stats 
   return { svc, stats }
 }
 
-test('a rustc manifest set another member publishes is refused when it names a file outside what the command reads (absolute, "..", a symlink out) or a variable cargo does not set; an honest set still hits', { timeout: 120_000 }, async () => {
+test('a rustc manifest set another member publishes is refused when it names a file outside what the command reads (absolute, "..", a symlink out, a file in a directory link out) or a variable cargo does not set; an honest set still hits', { timeout: 120_000 }, async () => {
   const rustc = toolchainRustc(findCargo().rustc)
   const ws = join(dir, 'rust-ws')
   const out = join(ws, 'target')
@@ -223,7 +223,9 @@ test('a rustc manifest set another member publishes is refused when it names a f
   mkdirSync(dirname(secret))
   writeFileSync(secret, 'PRIVATE KEY OF THE VICTIM\n')
   symlinkSync(secret, join(ws, 'key-link'))
-  const crates = ['honest', 'absolute', 'climb', 'symlink', 'variable']
+  // a directory link out: the file itself is no link, the directory it lies in leads outside
+  symlinkSync(dirname(secret), join(ws, 'dir-link'))
+  const crates = ['honest', 'absolute', 'climb', 'symlink', 'dirlink', 'variable']
   for (const c of crates) writeFileSync(join(ws, `${c}.rs`), 'pub fn name() -> &\'static str { env!("CARGO_PKG_NAME") }\n')
   const req = (c: string): CompileRequest => ({
     cwd: ws, compiler: rustc, env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: join(dir, 'victim-home'), CARGO_PKG_NAME: c, AWS_SECRET_ACCESS_KEY: 'hunter2' },
@@ -252,6 +254,7 @@ test('a rustc manifest set another member publishes is refused when it names a f
     absolute: { files: [['absolute.rs', await hash(join(ws, 'absolute.rs'))], [secret, await hash(secret)]], env: [['CARGO_PKG_NAME', 'absolute']] },
     climb: { files: [['../outside/id_ed25519', await hash(secret)], ['climb.rs', await hash(join(ws, 'climb.rs'))]], env: [['CARGO_PKG_NAME', 'climb']] },
     symlink: { files: [['key-link', await hash(secret)], ['symlink.rs', await hash(join(ws, 'symlink.rs'))]], env: [['CARGO_PKG_NAME', 'symlink']] },
+    dirlink: { files: [['dir-link/id_ed25519', await hash(secret)], ['dirlink.rs', await hash(join(ws, 'dirlink.rs'))]], env: [['CARGO_PKG_NAME', 'dirlink']] },
     variable: { files: [['variable.rs', await hash(join(ws, 'variable.rs'))]], env: [['AWS_SECRET_ACCESS_KEY', 'hunter2'], ['CARGO_PKG_NAME', 'variable']] }
   }
   const family = new RustFamily()
@@ -391,6 +394,67 @@ test('a member holding the mesh key cannot make an owner hold more than its shar
   const bad = await open()
   await bad.writeJson({ v: 1, op: 'get', key: '../../etc/passwd' })
   await assert.rejects(bad.readJson())
+})
+
+test('a manifest set\'s holder sends the entry the set points at in the same answer: a hit without a second request, and one that fails its check is refused', { timeout: 60_000 }, async () => {
+  // H holds, for a manifest set's key, a set by A and the entries it points at (A's, genuine,
+  // and one with its signature broken), and counts the requests it gets
+  H = await member('H', { shares: false, bootstrap: [B.mesh.addresses()[0]!], cache: false })
+  const { signer } = await sharedIdentity(A.config, capture([]))
+  const held = new Map<string, Buffer>()
+  const setOf = (direct: string, result: string): CacheEntry => ({
+    exitCode: 0, stdout: Buffer.alloc(0), stderr: Buffer.alloc(0),
+    outputs: [{ name: 'manifest', data: Buffer.from(encodeManifest(direct, { sets: [{ files: [], result }], preprocess: false })) }]
+  })
+  const gets: Array<{ key: string; follow: boolean }> = []
+  await serveCacheExchange(H.mesh.libp2p, H.mesh.meshId, {
+    isAllowed: () => true,
+    get: async (_peer, key, follow) => {
+      gets.push({ key, follow })
+      const blob = held.get(key)
+      if (!blob) return null
+      const next = held.get(`next of ${key}`)
+      return { blob, next: follow && next ? { key: next.subarray(0, 64).toString('latin1'), blob: next.subarray(64) } : null }
+    },
+    admitPut: () => 'no', put: async () => 'no'
+  }, () => {}, { maxEntryBytes: 1024 * 1024 })
+  const hold = async (direct: string, obj: string, damage: boolean) => {
+    const setKey = k(`set of ${direct}`)
+    const result = k(`result of ${direct}`)
+    held.set(setKey, await sealEntry(setOf(direct, result), setKey, signer))
+    const blob = await sealEntry(entry(obj), result, signer)
+    if (damage) blob[30] ^= 0xff
+    held.set(`next of ${setKey}`, Buffer.concat([Buffer.from(result, 'latin1'), blob]))
+    return { setKey, result }
+  }
+  await waitFor('B to see H directly', () => (B.mesh.members().some((m) => m.peerId === H.mesh.peerId && m.connection === 'direct' && m.rttMs !== null) ? true : undefined), 30_000)
+
+  const honest = await hold(k('command 1'), 'object of command 1', false)
+  const set = await B.cache!.lookup(honest.setKey, [H.mesh.peerId], { follow: true })
+  assert.equal(set?.producer, A.mesh.peerId)
+  assert.deepEqual(gets, [{ key: honest.setKey, follow: true }])
+  const before = B.cache!.stats()
+  const hit = await B.cache!.lookup(honest.result)
+  assert.equal(hit?.producer, A.mesh.peerId)
+  assert.equal(hit.from, H.mesh.peerId)
+  assert.equal(hit.entry.outputs[0]!.data.toString(), 'object of command 1')
+  assert.equal(B.cache!.stats().followed_hits, before.followed_hits + 1)
+  assert.equal(gets.length, 1, 'the result was not asked for again')
+  // a plain lookup (no follow) gets no second entry
+  await B.cache!.lookup(honest.setKey, [H.mesh.peerId])
+  assert.deepEqual(gets[1], { key: honest.setKey, follow: false })
+  assert.equal(B.cache!.stats().followed_hits, before.followed_hits + 1)
+
+  // the entry sent along fails its signature: refused when its key is looked up, never a hit
+  const forged = await hold(k('command 2'), 'forged object', true)
+  assert.ok(await B.cache!.lookup(forged.setKey, [H.mesh.peerId], { follow: true }))
+  const sigBefore = B.cache!.stats().failures.signature
+  const got = await B.cache!.lookup(forged.result)
+  assert.equal(got, null)
+  assert.equal(B.cache!.stats().failures.signature, sigBefore + 1)
+  assert.equal(B.cache!.stats().followed_hits, before.followed_hits + 1)
+  assert.ok(B.lines.some((l) => l.startsWith('W ') && l.includes(H.mesh.peerId) && /bad signature/.test(l)), B.lines.join('\n'))
+  await H.mesh.stop()
 })
 
 test('a member that stops answering is skipped; an owner that leaves costs no hit', { timeout: 60_000 }, async () => {

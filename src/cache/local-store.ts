@@ -222,12 +222,23 @@ export class LocalStore<T = CacheEntry> {
     const file = this.pathFor(key)
     this.assertOpen()
     // Tracked from the first synchronous step so close() always sees it.
-    return this.track(this.doPut(key, file, entry))
+    return this.track(this.doPut(key, file, () => this.codec.encode(entry, key)))
   }
 
-  private async doPut(key: string, file: string, entry: T): Promise<void> {
+  /**
+   * Keep bytes already in this store's format, checked by the caller (a verified entry fetched
+   * from the mesh: its encoding, checksum and key were checked as it was opened), as they are:
+   * no second compression of what arrived compressed.
+   */
+  async putEncoded(key: string, buf: Buffer): Promise<void> {
+    const file = this.pathFor(key)
+    this.assertOpen()
+    return this.track(this.doPut(key, file, async () => buf))
+  }
+
+  private async doPut(key: string, file: string, encode: () => Promise<Buffer | readonly Buffer[]>): Promise<void> {
     await this.open()
-    const encoded = await this.codec.encode(entry, key)
+    const encoded = await encode()
     const pieces = Buffer.isBuffer(encoded) ? [encoded] : encoded
     const size = pieces.reduce((n, p) => n + p.length, 0)
     if (size > this.targetBytes()) {

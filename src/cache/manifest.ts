@@ -120,6 +120,21 @@ export function encodeManifest(key: string, m: Manifest): string {
   return `${sha256(json)}\n${json}`
 }
 
+/**
+ * The result key the newest set of a manifest points at, read loosely (no checksum, no command
+ * key: a member holding a set for others knows neither the command nor whether it applies), or
+ * null. Only a hint of what to send along: whoever uses the set checks it whole (parseManifest).
+ */
+export function manifestResultHint(text: string): string | null {
+  if (text.length > MAX_BYTES || text[64] !== '\n') return null
+  try {
+    const result = (JSON.parse(text.slice(65)) as { sets?: Array<{ result?: unknown }> }).sets?.[0]?.result
+    return typeof result === 'string' && HEX64.test(result) ? result : null
+  } catch {
+    return null
+  }
+}
+
 /** The manifest in `text`, written for `key`; or why it is not one ('old format' for an older meshcc's). */
 export function parseManifest(text: string, key: string): Manifest | string {
   const checked = text.length > 65 && text[64] === '\n' && HEX64.test(text.slice(0, 64))

@@ -18,7 +18,8 @@
 // The signed message is "meshcc signed entry 1\0" + key (32 bytes) + content hash (32 bytes) +
 // producer + timestamp: every byte that says what the entry is and who made it. The entry's body
 // encoding is not in it, and need not be: decoding checks the payload against the signed hash.
-import type { PrivateKey, PublicKey } from '@libp2p/interface'
+import { createPublicKey, verify as verifySignature, type KeyObject } from 'node:crypto'
+import type { PrivateKey } from '@libp2p/interface'
 import { peerIdFromString } from '@libp2p/peer-id'
 import { clip } from '../log.js'
 import { ENTRY_MAGIC, ENTRY_VERSION, EntryFormatError, HEADER_LENGTH, decodeEntry, encodeEntry, isValidKey, type CacheEntry } from './entry-format.js'
@@ -57,6 +58,34 @@ export interface SignedEnvelope {
   producer: string
   timestamp: number
   encoded: Buffer
+}
+
+/**
+ * Producers' public keys as node:crypto key objects, by the producer's text form (null: not a
+ * canonical Ed25519 peer ID). A hit verifies two entries, a holder each entry it reads, nearly
+ * all by the same few members: parsing the peer ID and importing its key for each cost more than
+ * the signature check itself (which @libp2p/crypto does with node:crypto too). Bounded: a member
+ * sending entries under ever new names only refills it.
+ */
+const producerKeys = new Map<string, KeyObject | null>()
+const MAX_PRODUCER_KEYS = 1024
+
+function producerKey(producer: string): KeyObject | null {
+  const known = producerKeys.get(producer)
+  if (known !== undefined) return known
+  let key: KeyObject | null = null
+  try {
+    const id = peerIdFromString(producer)
+    // one text form per identity: a deny list names a member once, whichever encoding it sends
+    if (id.type === 'Ed25519' && id.toString() === producer) {
+      key = createPublicKey({ format: 'jwk', key: { kty: 'OKP', crv: 'Ed25519', x: Buffer.from(id.publicKey.raw).toString('base64url') } })
+    }
+  } catch {
+    key = null
+  }
+  if (producerKeys.size >= MAX_PRODUCER_KEYS) producerKeys.clear()
+  producerKeys.set(producer, key)
+  return key
 }
 
 function bytesOf(buf: Uint8Array): Buffer {
@@ -122,24 +151,33 @@ export async function readSignedEntry(blob: Uint8Array, key: string, opts: ReadO
   const { key: entryKey, contentHash } = entryIdentity(encoded)
   if (entryKey.toString('hex') !== key) throw new SignedEntryError('malformed', `entry is stored for key ${entryKey.toString('hex')}, not this one`)
 
-  let publicKey: PublicKey
-  try {
-    const id = peerIdFromString(producer)
-    // one text form per identity: a deny list names a member once, whichever encoding it sends
-    if (id.type !== 'Ed25519' || id.toString() !== producer) throw new Error('not canonical')
-    publicKey = id.publicKey
-  } catch {
-    throw new SignedEntryError('malformed', `producer "${clip(producer, 60)}" is not an Ed25519 peer ID`)
-  }
+  const publicKey = producerKey(producer)
+  if (publicKey === null) throw new SignedEntryError('malformed', `producer "${clip(producer, 60)}" is not an Ed25519 peer ID`)
   const refusal = opts.refuseProducer?.(producer) ?? null
   if (refusal !== null) throw new SignedEntryError('untrusted', `entry produced by ${producer}: ${refusal}`)
-  const ok = await publicKey.verify(message(entryKey, contentHash, producerBytes, timestamp), data.subarray(20, 20 + SIG_BYTES))
+  const ok = verifySignature(null, message(entryKey, contentHash, producerBytes, timestamp), publicKey, data.subarray(20, 20 + SIG_BYTES))
   if (!ok) throw new SignedEntryError('signature', `bad signature on an entry claiming to come from ${producer}`)
   return { producer, timestamp, encoded }
 }
 
+/**
+ * The encoded entry inside a signed blob that was verified before (readSignedEntry: a store
+ * reading its own file), without checking the signature again; null when it is no signed entry.
+ */
+export function wrappedEntry(blob: Buffer): Buffer | null {
+  if (blob.length < SIGNED_HEADER_BYTES || !blob.subarray(0, 8).equals(SIGNED_MAGIC)) return null
+  const plen = blob.readUInt16LE(10)
+  return SIGNED_HEADER_BYTES + plen <= blob.length ? blob.subarray(SIGNED_HEADER_BYTES + plen) : null
+}
+
 /** A verified, decoded entry and who made it. */
-export interface OpenedEntry { entry: CacheEntry; producer: string; timestamp: number }
+export interface OpenedEntry {
+  entry: CacheEntry
+  producer: string
+  timestamp: number
+  /** the entry as encoded (entry-format.ts), checked: a local store can keep these bytes as they are */
+  encoded: Buffer
+}
 
 /**
  * Everything a hit needs checked: the signature and producer (readSignedEntry), then the entry
@@ -155,7 +193,7 @@ export async function openSignedEntry(blob: Uint8Array, key: string, opts: ReadO
     throw new SignedEntryError('entry', `entry from ${env.producer}: ${why}`)
   }
   if (entry.exitCode !== 0) throw new SignedEntryError('entry', `entry from ${env.producer} has exit code ${entry.exitCode}`)
-  return { entry, producer: env.producer, timestamp: env.timestamp }
+  return { entry, producer: env.producer, timestamp: env.timestamp, encoded: env.encoded }
 }
 
 /** Encode and sign an entry in one step: what publish sends to owners and stores. */

@@ -5,8 +5,8 @@
 // how a stored result maps onto this build); the pipeline does every lookup, execution (here
 // or on a peer), store and replay the same way for all families. A new family is one file
 // that implements CompilerFamily, listed in CompileService.families (compile-service.ts).
-import { realpath } from 'node:fs/promises'
-import { isAbsolute, resolve } from 'node:path'
+import { lstatSync, realpathSync } from 'node:fs'
+import { basename, dirname, isAbsolute, resolve } from 'node:path'
 import type { CacheEntry } from '../cache/entry-format.js'
 import type { FileHash, FileHasher } from '../cache/file-hashes.js'
 import type { FileSet } from '../cache/manifest.js'
@@ -132,14 +132,50 @@ export interface SharedReach {
 export async function sharedSetRefusal(set: Pick<FileSet, 'files' | 'env'>, cwd: string, reach: SharedReach): Promise<string | null> {
   const badFact = (set.env ?? []).find(([name]) => !reach.fact(name))
   if (badFact) return `variable ${JSON.stringify(badFact[0]).slice(0, 200)}`
-  const real = (p: string) => realpath(p).catch(() => null)
-  const roots = [...new Set(await Promise.all(reach.roots.map(real)))].filter((r): r is string => r !== null)
+  const roots = [...new Set(reach.roots.map(realPath))].filter((r): r is string => r !== null)
   const under = (p: string) => roots.some((r) => p === r || p.startsWith(r === '/' ? r : `${r}/`))
   const bad = set.files.findIndex(([p]) => !plainPath(p))
   // a file missing here (or unreadable to this user) makes the set no match: nothing to refuse
-  const reals = bad >= 0 ? [] : await Promise.all(set.files.map(([p]) => real(isAbsolute(p) ? p : resolve(cwd, p))))
+  const reals = bad >= 0 ? [] : realPaths(set.files.map(([p]) => (isAbsolute(p) ? p : resolve(cwd, p))))
   const i = bad >= 0 ? bad : reals.findIndex((r) => r !== null && !under(r))
   return i < 0 ? null : `file ${JSON.stringify(set.files[i][0]).slice(0, 300)}`
+}
+
+/**
+ * Where a path really leads, or null. On this thread: a promise round trip through the thread
+ * pool per file cost a mesh hit of a kernel unit (a few hundred headers) more CPU than the
+ * syscalls themselves.
+ */
+function realPath(p: string): string | null {
+  try {
+    return realpathSync.native(p)
+  } catch {
+    return null
+  }
+}
+
+/**
+ * realPath of each path, for a set's hundreds of headers in a few directories: a file that is no
+ * symlink lies in the real path of its directory, so that is resolved once per directory and
+ * the file only looked at (lstat); a symlink, ".", ".." or a missing file is resolved whole.
+ */
+function realPaths(paths: string[]): Array<string | null> {
+  const dirs = new Map<string, string | null>()
+  return paths.map((p) => {
+    const base = basename(p)
+    if (base === '' || base === '.' || base === '..') return realPath(p)
+    let st
+    try {
+      st = lstatSync(p, { throwIfNoEntry: false })
+    } catch {
+      st = undefined // not a directory on the way, no permission: as realpath sees it
+    }
+    if (!st || st.isSymbolicLink()) return realPath(p)
+    const dir = dirname(p)
+    let real = dirs.get(dir)
+    if (real === undefined) dirs.set(dir, (real = realPath(dir)))
+    return real === null ? null : real === '/' ? `/${base}` : `${real}/${base}`
+  })
 }
 
 /**

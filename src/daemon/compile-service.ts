@@ -475,7 +475,7 @@ export class CompileService {
     stats.inc(hit.source === 'mesh' ? 'mesh_hits' : 'tier_hits')
     stats.hitTime(performance.now() - started)
     this.opts.log.debug(`${job.family} ${hit.source} hit ${key.slice(0, 16)} ${job.input} (made by ${hit.producer})`)
-    this.storeLocally(call, key, hit.entry, afterStore)
+    this.storeLocally(call, key, hit.entry, afterStore, hit.encoded)
     this.verifyLater(call, key, hit.entry, { kind: hit.source === 'mesh' ? 'mesh-hit' : 'tier-hit', peer: hit.producer }, undefined, stillSame)
     return replay
   }
@@ -525,8 +525,9 @@ export class CompileService {
   }
 
   /** Keep an entry in the local cache in the background; then the manifest that points at it. */
-  private storeLocally(call: Call, key: string, entry: CacheEntry, afterStore: ManifestUpdate | null): void {
-    this.track(this.opts.store.put(key, entry).then(
+  private storeLocally(call: Call, key: string, entry: CacheEntry, afterStore: ManifestUpdate | null, encoded?: Buffer): void {
+    // a verified entry from the mesh is kept as it came: compressing it again cost a hit more CPU than the rest of it
+    this.track((encoded ? this.opts.store.putEncoded(key, encoded) : this.opts.store.put(key, entry)).then(
       async () => {
         call.stats.inc('cache_writes')
         this.writeWorked()
@@ -656,7 +657,7 @@ export class CompileService {
    * key is the one those files make (a member cannot point a command at another result).
    */
   private async sharedDependLookup(call: Call, direct: string, started: number): Promise<CompileReply | null> {
-    const found = await this.shared!.lookup(sharedManifestKey(direct))
+    const found = await this.shared!.lookup(sharedManifestKey(direct), { follow: true })
     const text = found?.entry.outputs.find((o) => o.name === 'manifest')?.data.toString('utf8')
     if (!text) return null
     const m = parseManifest(text, direct)

@@ -16,6 +16,10 @@
 //                        (signature, the producer against the trust policy, the entry's checksum)
 //                        before it is returned. Resolves to { entry, producer, from } or null.
 //                        The caller stores the entry locally and writes its outputs as for a local hit.
+//                        With follow (a manifest set's key), a holder that has the entry the set
+//                        points at sends it in the same answer; it is kept here briefly, unverified,
+//                        and the lookup of its key that follows takes it (verified then) without
+//                        asking anyone: a hit from another checkout in one round trip, not two.
 //   publish(key, entry)  after a result was made here (a local compile, or a remote compile this
 //                        member vouches for): signed and queued for the owners; bounded backlog
 //                        (oldest dropped, counted), bounded upload rate.
@@ -26,17 +30,27 @@ import type { Libp2p } from '@libp2p/interface'
 import type { Config } from '../config.js'
 import type { Logger } from '../log.js'
 import type { MeshMember } from '../mesh/mesh.js'
-import { isValidKey, type CacheEntry } from '../cache/entry-format.js'
+import { decodeEntry, isValidKey, type CacheEntry } from '../cache/entry-format.js'
+import { manifestResultHint } from '../cache/manifest.js'
 import { DEFAULT_OWNERS, ownersOf } from '../cache/owners.js'
 import { SharedStore } from '../cache/shared-store.js'
-import { MAX_SIGNED_ENTRY_BYTES, SignedEntryError, openSignedEntry, sealEntry, type EntrySigner } from '../cache/signed-entry.js'
+import { MAX_SIGNED_ENTRY_BYTES, SignedEntryError, openSignedEntry, sealEntry, wrappedEntry, type EntrySigner } from '../cache/signed-entry.js'
 import type { TrustPolicy } from '../cache/trust.js'
 import { BackgroundQueue } from '../cache/background-queue.js'
-import { getEntry, putEntry, serveCacheExchange, type CacheExchangeServer } from '../mesh/protocols/cache-exchange.js'
+import { getEntry, putEntry, serveCacheExchange, type CacheExchangeServer, type FollowedEntry } from '../mesh/protocols/cache-exchange.js'
 import { sharedIdentity } from './shared-identity.js'
 
 /** a member is skipped after this many answers in a row came after the lookup's budget */
 const LATE_ANSWERS_BEFORE_SKIP = 3
+/** entries sent behind a manifest set wait this long for the lookup of their key, at most this many and bytes */
+const FOLLOWED_TTL_MS = 10_000
+const MAX_FOLLOWED = 32
+const MAX_FOLLOWED_BYTES = 64 * 1024 * 1024
+/**
+ * a holder reads a manifest set it sends along only up to this size, packed and unpacked: a
+ * member cannot make it unpack a big entry of its own on every request (sets are kilobytes)
+ */
+const MAX_SET_BYTES = 4 * 1024 * 1024
 
 /** What MeshCache needs of the mesh (mesh.ts's Mesh has it all). */
 export interface MeshCacheMesh {
@@ -71,6 +85,8 @@ export interface MeshCacheOptions {
 
 export interface RemoteHit {
   entry: CacheEntry
+  /** the entry as encoded (verified): what the local store keeps, without compressing it again */
+  encoded: Buffer
   /** the member that made the entry (its signature) */
   producer: string
   /** the member that sent it, or this member's own peer ID for an entry held here for others */
@@ -83,6 +99,8 @@ export type SharedFailure = 'timeout' | 'error' | 'refused' | SignedEntryError['
 export interface MeshCacheStats {
   lookups: number
   remote_hits: number
+  /** remote hits whose entry came in the answer about their manifest set (no request of their own) */
+  followed_hits: number
   /** lookups that asked someone and found nothing */
   remote_misses: number
   /** lookups with nobody to ask (no owner with a good link) */
@@ -133,11 +151,13 @@ export class MeshCache {
   private readonly skipped = new Map<string, number>()
   /** members whose last answers all came after the budget, and how many */
   private readonly lateInARow = new Map<string, number>()
+  /** entries holders sent behind a manifest set, by key, until their lookup takes them */
+  private readonly followed = new Map<string, FollowedEntry & { from: string; until: number }>()
   private readonly queue: BackgroundQueue<PublishItem>
   private readonly stopping = new AbortController()
   private server: CacheExchangeServer | null = null
   private readonly counters: Omit<MeshCacheStats, 'failures' | 'members_skipped' | 'serving_streams' | 'shared_entries' | 'shared_bytes' | 'shared_max_bytes'> = {
-    lookups: 0, remote_hits: 0, remote_misses: 0, lookups_unasked: 0, shared_lookup_ms: 0, entries_published: 0,
+    lookups: 0, remote_hits: 0, followed_hits: 0, remote_misses: 0, lookups_unasked: 0, shared_lookup_ms: 0, entries_published: 0,
     publish_dropped: 0, entries_pushed: 0, entries_served: 0, entries_stored_for_others: 0, entries_refused_for_others: 0
   }
   private readonly failures: Record<SharedFailure, number> = { timeout: 0, error: 0, refused: 0, malformed: 0, signature: 0, untrusted: 0, entry: 0 }
@@ -166,7 +186,10 @@ export class MeshCache {
     const { mesh, store, log } = this.opts
     this.server = await serveCacheExchange(mesh.libp2p, mesh.meshId, {
       isAllowed: (peer) => mesh.isAllowed(peer),
-      get: async (_peer, key) => (store ? await store.get(key) : null),
+      get: async (_peer, key, follow) => {
+        const blob = store ? await store.get(key) : null
+        return blob && { blob, next: follow ? await this.followedBy(key, blob) : null }
+      },
       admitPut: (_peer, _key, size) => (store ? store.admit(size) : 'this member holds no entries for others ([cache] shared_size = 0)'),
       put: async (peer, key, blob) => {
         const r = await store!.put(key, blob)
@@ -179,14 +202,19 @@ export class MeshCache {
     }, (peer, err) => log.debug(`cache exchange with ${peer}: ${err.message.split('\n')[0]}`), { maxEntryBytes: MAX_SIGNED_ENTRY_BYTES })
   }
 
-  /** The verified entry for `key` from the mesh, or null. Never throws. */
-  async lookup(key: string, hints: readonly string[] = []): Promise<RemoteHit | null> {
+  /**
+   * The verified entry for `key` from the mesh, or null. Never throws. `follow`: `key` is a
+   * manifest set's, and the holder may send the entry the set points at along (see the header).
+   */
+  async lookup(key: string, hints: readonly string[] = [], opts: { follow?: boolean } = {}): Promise<RemoteHit | null> {
     if (!isValidKey(key) || this.stopping.signal.aborted) return null
     const t0 = performance.now()
     this.counters.lookups++
     try {
       const own = await this.fromOwnStore(key)
       if (own) return own
+      const sent = await this.takeFollowed(key)
+      if (sent) return sent
       const members = this.opts.mesh.members()
       const owners = this.ownersOf(key, members)
       const byId = new Map(members.map((m) => [m.peerId, m]))
@@ -198,7 +226,7 @@ export class MeshCache {
       }
       const rtt = Math.max(...asked.map((id) => byId.get(id)!.rttMs ?? 0))
       const budgetMs = Math.min(this.maxBudgetMs, Math.ceil(4 * rtt) + this.minBudgetMs)
-      const answers = await this.askAll(key, asked, budgetMs)
+      const answers = await this.askAll(key, asked, budgetMs, opts.follow === true)
       const hit = answers.find((a): a is Extract<Answer, { kind: 'hit' }> => a.kind === 'hit')
       if (!hit) {
         this.counters.remote_misses++
@@ -296,29 +324,86 @@ export class MeshCache {
     try {
       const o = await openSignedEntry(blob, key, { refuseProducer: (p) => this.opts.trust.refusal(p) })
       this.counters.remote_hits++
-      return { entry: o.entry, producer: o.producer, from: this.self }
+      return { entry: o.entry, encoded: o.encoded, producer: o.producer, from: this.self }
     } catch (err) {
       if (err instanceof SignedEntryError) this.failures[err.kind]++
       return null
     }
   }
 
+  /**
+   * Holder side of follow: the entry held here that the manifest set in `blob` (read and verified
+   * by the store just now) points at, or null. A hint only: the asking member checks both.
+   */
+  private async followedBy(key: string, blob: Buffer): Promise<FollowedEntry | null> {
+    try {
+      const encoded = blob.length <= MAX_SET_BYTES ? wrappedEntry(blob) : null
+      const entry = encoded && (await decodeEntry(encoded, key, { maxPayloadBytes: MAX_SET_BYTES }))
+      const text = entry?.outputs.length === 1 && entry.outputs[0]!.name === 'manifest' ? entry.outputs[0]!.data.toString('utf8') : null
+      const next = text === null ? null : manifestResultHint(text)
+      const nextBlob = next === null || next === key ? null : await this.opts.store!.get(next)
+      return nextBlob && { key: next!, blob: nextBlob }
+    } catch {
+      return null // not a manifest set, or one this member cannot read: the plain answer
+    }
+  }
+
+  /** An entry a holder sent behind its manifest set, verified now as any answer is; null when none (or refused). */
+  private async takeFollowed(key: string): Promise<RemoteHit | null> {
+    const f = this.followed.get(key)
+    if (!f) return null
+    this.followed.delete(key)
+    if (f.until < Date.now()) return null
+    try {
+      const o = await openSignedEntry(f.blob, key, { refuseProducer: (p) => this.opts.trust.refusal(p) })
+      this.counters.remote_hits++
+      this.counters.followed_hits++
+      return { entry: o.entry, encoded: o.encoded, producer: o.producer, from: f.from }
+    } catch (err) {
+      this.refused(err, f.from, key)
+      return null
+    }
+  }
+
+  private keepFollowed(next: FollowedEntry, from: string): void {
+    const now = Date.now()
+    for (const [k, f] of this.followed) if (f.until < now) this.followed.delete(k)
+    let bytes = next.blob.length
+    for (const f of this.followed.values()) bytes += f.blob.length
+    // oldest first: the lookups that wanted them have moved on
+    for (const [k, f] of this.followed) {
+      if (this.followed.size < MAX_FOLLOWED && bytes <= MAX_FOLLOWED_BYTES) break
+      this.followed.delete(k)
+      bytes -= f.blob.length
+    }
+    this.followed.set(next.key, { ...next, from, until: now + FOLLOWED_TTL_MS })
+  }
+
+  /** Count and log a signed entry `peer` sent that did not pass; whether it was one. */
+  private refused(err: unknown, peer: string, key: string): boolean {
+    if (!(err instanceof SignedEntryError)) return false
+    // an untrusted producer is this machine's policy, not the holder's fault
+    if (err.kind === 'untrusted') { this.failures.untrusted++; this.opts.log.debug(`mesh cache: ${err.message}`) }
+    else { this.fail(err.kind, peer, err.message); this.opts.log.warn(`mesh cache: ${peer} sent a bad entry for ${key.slice(0, 16)}: ${err.message}`) }
+    return true
+  }
+
   /** Ask every member at once; the first verified hit ends the others. One answer per member, in order. */
-  private askAll(key: string, peers: string[], budgetMs: number): Promise<Answer[]> {
+  private askAll(key: string, peers: string[], budgetMs: number, follow: boolean): Promise<Answer[]> {
     const won = new AbortController()
     const answerBy = AbortSignal.timeout(budgetMs)
     const all = AbortSignal.any([won.signal, this.stopping.signal])
     return Promise.all(peers.map(async (peer): Promise<Answer> => {
-      const a = await this.ask(peer, key, all, answerBy)
+      const a = await this.ask(peer, key, all, answerBy, follow)
       if (a.kind === 'hit') won.abort()
       return a
     }))
   }
 
-  private async ask(peer: string, key: string, signal: AbortSignal, answerBy: AbortSignal): Promise<Answer> {
-    const { mesh, trust, log } = this.opts
+  private async ask(peer: string, key: string, signal: AbortSignal, answerBy: AbortSignal, follow: boolean): Promise<Answer> {
+    const { mesh, trust } = this.opts
     try {
-      const r = await getEntry(mesh.libp2p, mesh.meshId, peer, key, { signal, answerSignal: answerBy, limit: MAX_SIGNED_ENTRY_BYTES })
+      const r = await getEntry(mesh.libp2p, mesh.meshId, peer, key, { signal, answerSignal: answerBy, limit: MAX_SIGNED_ENTRY_BYTES, follow })
       this.lateInARow.delete(peer)
       if (r.kind === 'miss') return { kind: 'miss' }
       if (r.kind === 'refused') {
@@ -327,12 +412,11 @@ export class MeshCache {
       }
       if (signal.aborted) return { kind: 'none' }
       const o = await openSignedEntry(r.blob, key, { refuseProducer: (p) => trust.refusal(p) })
-      return { kind: 'hit', hit: { entry: o.entry, producer: o.producer, from: peer }, blob: r.blob }
+      if (r.next) this.keepFollowed(r.next, peer)
+      return { kind: 'hit', hit: { entry: o.entry, encoded: o.encoded, producer: o.producer, from: peer }, blob: r.blob }
     } catch (err) {
-      if (err instanceof SignedEntryError) {
-        // an untrusted producer is this machine's policy, not the holder's fault
-        if (err.kind === 'untrusted') { this.failures.untrusted++; log.debug(`mesh cache: ${err.message}`) }
-        else { this.fail(err.kind, peer, err.message); log.warn(`mesh cache: ${peer} sent a bad entry for ${key.slice(0, 16)}: ${err.message}`) }
+      if (this.refused(err, peer, key)) {
+        // counted and logged
       } else if (signal.aborted) {
         // another member answered first, or the daemon stops
       } else if (answerBy.aborted) {

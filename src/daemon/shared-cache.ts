@@ -15,7 +15,13 @@ import { sharedIdentity } from './shared-identity.js'
 export type SharedSource = 'mesh' | 'tier'
 
 /** A verified entry from elsewhere: who made it, and where it came from. */
-export interface SharedHit { entry: CacheEntry; producer: string; source: SharedSource }
+export interface SharedHit {
+  entry: CacheEntry
+  producer: string
+  source: SharedSource
+  /** the entry as encoded, checked against its key and checksum (kept as it is by the local store) */
+  encoded?: Buffer
+}
 
 /** What `meshcc status` and `-s` show of the shared cache (only the parts that run). */
 export interface SharedCacheStatus {
@@ -30,10 +36,13 @@ export class SharedCache {
 
   get trust(): TrustPolicy { return this.opts.trust }
 
-  /** The mesh first, then the second tier; null when neither has it (or both failed). Never throws. */
-  async lookup(key: string): Promise<SharedHit | null> {
-    const m = await this.opts.mesh?.lookup(key)
-    if (m) return { entry: m.entry, producer: m.producer, source: 'mesh' }
+  /**
+   * The mesh first, then the second tier; null when neither has it (or both failed). Never throws.
+   * `follow`: the key is a manifest set's, whose result the mesh may send along (mesh-cache.ts).
+   */
+  async lookup(key: string, opts: { follow?: boolean } = {}): Promise<SharedHit | null> {
+    const m = await this.opts.mesh?.lookup(key, [], opts)
+    if (m) return { entry: m.entry, encoded: m.encoded, producer: m.producer, source: 'mesh' }
     const t = await this.opts.tier?.lookup(key)
     return t ? { ...t, source: 'tier' } : null
   }

@@ -1,8 +1,14 @@
 // The cache-exchange protocol: members fetch signed cache entries (signed-entry.ts) from the
 // member that holds them, and hand entries to their owners. One request per stream.
 //
-//   client → {v:1, op:'get', key}
-//   holder → {type:'hit'} + blob (the signed entry)   |   {type:'miss'}   |   {type:'refused', reason}
+//   client → {v:1, op:'get', key, follow?: true}
+//   holder → {type:'hit', next?: key2} + blob (the signed entry) [+ blob of key2]
+//            |   {type:'miss'}   |   {type:'refused', reason}
+//   With follow (the client looks up a manifest set), a holder that also holds the entry the set
+//   points at (key2) sends it behind the first: one round trip for a hit from another checkout.
+//   A holder that does not know follow (an older meshcc) answers as to a plain get, and a client
+//   that did not ask never gets a second blob. The client verifies key2's entry like any other.
+//   The second entry is at most FOLLOW_MAX_BYTES (a larger one the client asks for itself).
 //
 //   client → {v:1, op:'put', key, size}
 //   owner  → {type:'accepted'}   |   {type:'refused', reason}     decided before any entry byte is read
@@ -23,8 +29,12 @@ import { Framed, ProtocolViolation, int, str } from './framing.js'
 
 export const cacheExchangeProtocol = (meshId: string) => `/meshcc/${meshId}/cache/1.0.0`
 const VERSION = 1
+/** the largest entry a holder sends behind a manifest set (an object file is rarely a tenth of it) */
+export const FOLLOW_MAX_BYTES = 16 * 1024 * 1024
 
-export type GetReply = { kind: 'hit'; blob: Buffer } | { kind: 'miss' } | { kind: 'refused'; reason: string }
+/** a second entry a holder sent behind the first (follow): still to be verified */
+export interface FollowedEntry { key: string; blob: Buffer }
+export type GetReply = { kind: 'hit'; blob: Buffer; next: FollowedEntry | null } | { kind: 'miss' } | { kind: 'refused'; reason: string }
 export type PutReply = { kind: 'stored' } | { kind: 'refused'; reason: string }
 
 export interface GetOptions {
@@ -34,6 +44,8 @@ export interface GetOptions {
   answerSignal?: AbortSignal
   /** refuse an announced entry larger than this */
   limit: number
+  /** ask the holder to send the entry a manifest set points at too (see the header) */
+  follow?: boolean
   /** a read that waits longer than this for the next piece fails (default 5 s) */
   stallMs?: number
 }
@@ -51,16 +63,22 @@ function either(a: AbortSignal, b?: AbortSignal): AbortSignal {
 /** Client side: ask `peer` for the signed entry of `k`. Throws on transport or protocol trouble. */
 export async function getEntry(node: Libp2p, meshId: string, peer: string, k: string, opts: GetOptions): Promise<GetReply> {
   const answer = either(opts.signal, opts.answerSignal)
-  const stream = await node.dialProtocol(peerIdOf(peer), cacheExchangeProtocol(meshId), { signal: answer })
+  // the protocol's name goes out with the request: no round trip of its own
+  const stream = await node.dialProtocol(peerIdOf(peer), cacheExchangeProtocol(meshId), { signal: answer, negotiateFully: false })
   const f = new Framed(stream, { stallMs: opts.stallMs ?? 5000 })
   try {
-    await f.writeJson({ v: VERSION, op: 'get', key: k }, answer)
-    const head = await f.readJson<{ type?: unknown; reason?: unknown }>(answer)
+    await f.writeJson(opts.follow ? { v: VERSION, op: 'get', key: k, follow: true } : { v: VERSION, op: 'get', key: k }, answer)
+    const head = await f.readJson<{ type?: unknown; reason?: unknown; next?: unknown }>(answer)
     if (head.type === 'miss') return { kind: 'miss' }
     if (head.type === 'refused') return { kind: 'refused', reason: str(head.reason, 'reason', 1024) }
     if (head.type !== 'hit') throw new ProtocolViolation(`unexpected reply ${clip(String(head.type), 40)}`)
+    const nextKey = head.next === undefined ? null : key(head.next)
+    if (nextKey !== null && !opts.follow) throw new ProtocolViolation('a second entry nobody asked for')
     const size = await f.readBlobSize(opts.limit, answer)
-    return { kind: 'hit', blob: await f.readBlobBody(size, opts.signal) }
+    const blob = await f.readBlobBody(size, opts.signal)
+    if (nextKey === null) return { kind: 'hit', blob, next: null }
+    const nextSize = await f.readBlobSize(Math.min(opts.limit, FOLLOW_MAX_BYTES), opts.signal)
+    return { kind: 'hit', blob, next: { key: nextKey, blob: await f.readBlobBody(nextSize, opts.signal) } }
   } finally {
     await f.close()
   }
@@ -68,7 +86,7 @@ export async function getEntry(node: Libp2p, meshId: string, peer: string, k: st
 
 /** Client side: offer `blob` (the signed entry of `k`) to `peer`. Throws on transport or protocol trouble. */
 export async function putEntry(node: Libp2p, meshId: string, peer: string, k: string, blob: Buffer, signal: AbortSignal): Promise<PutReply> {
-  const stream = await node.dialProtocol(peerIdOf(peer), cacheExchangeProtocol(meshId), { signal })
+  const stream = await node.dialProtocol(peerIdOf(peer), cacheExchangeProtocol(meshId), { signal, negotiateFully: false })
   const f = new Framed(stream, { stallMs: 10_000 })
   try {
     await f.writeJson({ v: VERSION, op: 'put', key: k, size: blob.length }, signal)
@@ -88,8 +106,11 @@ export async function putEntry(node: Libp2p, meshId: string, peer: string, k: st
 export interface CacheExchangeHandler {
   /** may this peer read or write here at all ([mesh] allow) */
   isAllowed(peer: string): boolean
-  /** the signed entry held for `key`, or null */
-  get(peer: string, key: string): Promise<Buffer | null>
+  /**
+   * the signed entry held for `key`, or null; with `follow`, also the entry the manifest set in
+   * it points at, when held here (null when it is no manifest set or that entry is not here)
+   */
+  get(peer: string, key: string, follow: boolean): Promise<{ blob: Buffer; next: FollowedEntry | null } | null>
   /** decide before reading: a refusal reason, or null to accept an entry of `size` bytes */
   admitPut(peer: string, key: string, size: number): string | null
   /** verify and keep; a refusal reason, or null once stored */
@@ -137,20 +158,21 @@ export async function serveCacheExchange(node: Libp2p, meshId: string, handler: 
     const account = held.account(peer)
     try {
       if (slot.before >= maxStreams) return await refuse(f, 'busy: too many cache requests in flight from this peer')
-      const req = await f.readJson<{ v?: unknown; op?: unknown; key?: unknown; size?: unknown }>()
+      const req = await f.readJson<{ v?: unknown; op?: unknown; key?: unknown; size?: unknown; follow?: unknown }>()
       if (req.v !== VERSION) throw new ProtocolViolation(`unsupported cache request version ${clip(String(req.v), 40)}`)
       const k = key(req.key)
       if (!handler.isAllowed(peer)) return await refuse(f, 'not allowed here ([mesh] allow)')
       if (req.op === 'get') {
-        const blob = await handler.get(peer, k)
-        if (blob === null || blob.length > opts.maxEntryBytes) {
+        const got = await handler.get(peer, k, req.follow === true)
+        if (got === null || got.blob.length > opts.maxEntryBytes) {
           await f.writeJson({ type: 'miss' })
           return
         }
-        if (!account.take(blob.length)) return await refuse(f, BUSY)
-        await f.writeJson({ type: 'hit' })
-        await f.writeBlob(blob)
-        handler.onServed?.(peer, k, blob.length)
+        const next = got.next !== null && got.next.blob.length <= Math.min(opts.maxEntryBytes, FOLLOW_MAX_BYTES) ? got.next : null
+        if (!account.take(got.blob.length + (next?.blob.length ?? 0))) return await refuse(f, BUSY)
+        await f.writeFrames(next ? { type: 'hit', next: next.key } : { type: 'hit' }, next ? [got.blob, next.blob] : [got.blob])
+        handler.onServed?.(peer, k, got.blob.length)
+        if (next) handler.onServed?.(peer, next.key, next.blob.length)
         return
       }
       if (req.op !== 'put') throw new ProtocolViolation(`unknown cache operation ${clip(String(req.op), 40)}`)

@@ -80,6 +80,25 @@ export class Framed {
   }
 
   /**
+   * A control frame and blobs as writeJson and writeBlob send them, small pieces coalesced: one
+   * write (one muxer frame, one encryption, one syscall) where a small reply took four.
+   */
+  async writeFrames(head: unknown, blobs: Uint8Array[], signal?: AbortSignal): Promise<void> {
+    let batch: Uint8Array[] = [Buffer.from(JSON.stringify(head))]
+    for (const data of blobs) {
+      batch.push(Buffer.from(JSON.stringify({ blob: data.length })))
+      for (let off = 0; off < data.length; off += CHUNK_BYTES) {
+        batch.push(data.subarray(off, Math.min(data.length, off + CHUNK_BYTES)))
+        if (batch.length >= 2 && data.length > CHUNK_BYTES) {
+          await this.lp.writeV(batch, { signal })
+          batch = []
+        }
+      }
+    }
+    if (batch.length > 0) await this.lp.writeV(batch, { signal })
+  }
+
+  /**
    * Send a blob of `size` bytes from a source of chunks (a file being read), as writeBlob does.
    * With a `window`, at most that many bytes go out beyond what the reader acknowledged in
    * {ack: bytes} frames: a reader slower than the link (a loaded disk) is waited for, where
