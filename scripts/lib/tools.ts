@@ -1,9 +1,10 @@
 // The compilers/caches compared by the cache benchmark, each isolated in its own temp dir:
 // plain gcc, meshcc (launcher + daemon), ccache, sccache (client + server).
-import { existsSync, mkdirSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { cpuSecondsOf, fail, findPidsByEnv, freePort, isAlive, run, sleep } from './proc.js'
+import { processAlive } from '../../src/util/pid-lock.js'
 
 /** Hit/miss counts in one shape for every tool. */
 export interface CacheCounts {
@@ -242,7 +243,16 @@ export function meshccTool(base: Record<string, string>, tmp: string, meshBin: s
       }
       return { requests: num('compile_requests'), hits: num('cache_hits'), misses: num('cache_misses'), uncacheable: num('non_cacheable'), extra }
     },
-    serverCpu: () => (daemonPid ? cpuSecondsOf(daemonPid) : undefined),
+    serverCpu: () => {
+      if (!daemonPid) return undefined
+      // A daemon that died and was started again by a launcher would take its CPU with it: the
+      // build's figure would silently lack the compiles (stats.json keeps the counters whole).
+      const holder = readPidLock(`${socket}.pid`)
+      if (!processAlive(daemonPid) || holder !== daemonPid) {
+        fail(`meshcc: the daemon (pid ${daemonPid}) is gone, the socket's lock names ${holder ?? 'nobody'}; its log says: ${logProblems(join(cacheDir, 'meshcc.log'))}`)
+      }
+      return cpuSecondsOf(daemonPid)
+    },
     async stop() {
       if (!started) return
       started = false
@@ -262,4 +272,24 @@ export function meshccMissing(meshBin: string): string | undefined {
     if (!existsSync(join(meshBin, '..', '..', f))) return `dist/${f} is missing (run \`npm run build\` first)`
   }
   return undefined
+}
+
+/** The pid a pid lock file names, or null. */
+function readPidLock(file: string): number | null {
+  try {
+    const pid = Number(readFileSync(file, 'utf8').trim().split(/\s+/)[0])
+    return Number.isInteger(pid) && pid > 0 ? pid : null
+  } catch {
+    return null
+  }
+}
+
+/** The last WARN/ERROR lines of a daemon log, one line. */
+function logProblems(file: string): string {
+  try {
+    const lines = readFileSync(file, 'utf8').split('\n').filter((l) => /\b(WARN|ERROR)\b/i.test(l))
+    return lines.slice(-5).join(' | ') || 'no WARN/ERROR line'
+  } catch {
+    return `no log at ${file}`
+  }
 }
