@@ -65,12 +65,60 @@ export interface PreprocessedSummary {
   inputs: InputSet
 }
 
+/** Pieces of text shorter than this are copied into the stage; longer ones go to the hash as they are. */
+const STAGE_DIRECT = 4096
+const STAGE_SIZE = 64 * 1024
+
+/**
+ * A hash fed in large pieces: a unit's thousands of line markers cut its text into tens of
+ * thousands of short pieces, and each update is a call into C++ that costs more than hashing
+ * the piece. The hash of the concatenation is the same, so small pieces are copied into one
+ * buffer and hashed together.
+ */
+class StagedHash {
+  private readonly stage = Buffer.allocUnsafe(STAGE_SIZE)
+  private used = 0
+  private readonly hash = createHash('sha256')
+
+  bytes(b: Buffer): void {
+    if (b.length >= STAGE_DIRECT) {
+      this.flush()
+      this.hash.update(b)
+      return
+    }
+    if (b.length > STAGE_SIZE - this.used) this.flush()
+    b.copy(this.stage, this.used)
+    this.used += b.length
+  }
+
+  digest(): string {
+    this.flush()
+    return this.hash.digest('hex')
+  }
+
+  private flush(): void {
+    if (this.used === 0) return
+    this.hash.update(this.stage.subarray(0, this.used)) // update consumes it now: the stage may be reused
+    this.used = 0
+  }
+}
+
+/** A marker name's forms, worked out once per distinct name (a unit returns to the same few hundred files thousands of times). */
+interface NameForms {
+  /** "\0<key form>\0" as the key's text holds it (UTF-8) */
+  key: Buffer
+  /** the name as __FILE__ expands it */
+  macro: string
+}
+
 export class PreprocessedOutput {
   private readonly ppHash: Hash | null
-  private readonly keyText = createHash('sha256')
-  private readonly writtenNames = createHash('sha256')
-  private readonly macroNames: Hash | null
-  private readonly forms = new Map<string, { key: string; macro: string }>()
+  private readonly keyText = new StagedHash()
+  /** "<raw>\0" per marker, and "<macro form>\0" when directives-only: hashed at the end, in one piece each */
+  private writtenNames = ''
+  private macroNames = ''
+  private readonly directivesOnly: boolean
+  private readonly forms = new Map<string, NameForms>()
   private readonly scanner: InputScanner
   private readonly search: StreamSearchAny
   private readonly builtins = new StreamSearchAny(FILE_BUILTINS)
@@ -79,20 +127,20 @@ export class PreprocessedOutput {
 
   constructor(opts: PreprocessedOutputOptions) {
     const { directivesOnly } = opts
+    this.directivesOnly = directivesOnly
     this.ppHash = opts.remote ? createHash('sha256') : null
-    this.macroNames = directivesOnly ? createHash('sha256') : null
     const sink: MarkerTextSink = {
-      text: (b) => { this.keyText.update(b) },
+      text: (b) => { this.keyText.bytes(b) },
       name: (raw, escaped) => {
         let form = this.forms.get(raw)
         if (form === undefined) {
           const name = decodeMarkerName(raw, escaped)
-          form = { key: opts.nameForm(name), macro: opts.macroNameForm(raw, name) }
+          form = { key: Buffer.from(`\0${opts.nameForm(name)}\0`), macro: `${opts.macroNameForm(raw, name)}\0` }
           this.forms.set(raw, form)
         }
-        this.keyText.update(`\0${form.key}\0`)
-        this.writtenNames.update(`${raw}\0`)
-        this.macroNames?.update(`${form.macro}\0`)
+        this.keyText.bytes(form.key)
+        this.writtenNames += `${raw}\0`
+        if (directivesOnly) this.macroNames += form.macro
       }
     }
     this.scanner = new InputScanner(opts.cwd, opts.mainInput, sink)
@@ -124,9 +172,9 @@ export class PreprocessedOutput {
     return {
       ppHash: this.ppHash?.digest('hex') ?? '',
       ppBytes: this.ppBytes,
-      keyText: this.keyText.digest('hex'),
-      writtenNames: this.writtenNames.digest('hex'),
-      macroNames: this.macroNames?.digest('hex') ?? null,
+      keyText: this.keyText.digest(),
+      writtenNames: createHash('sha256').update(this.writtenNames).digest('hex'),
+      macroNames: this.directivesOnly ? createHash('sha256').update(this.macroNames).digest('hex') : null,
       volatile: this.search.found,
       builtins: this.builtins.found,
       fileMacros: this.fileMacros?.found ?? false,
