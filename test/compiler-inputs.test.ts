@@ -21,7 +21,7 @@ const clang = haveCommand('clang') && haveCommand('clang++')
 function scan(pp: Buffer, dir: string, main: string, sizes: number[] = [pp.length]): string[] {
   const parts: Buffer[] = []
   const s = new InputScanner(dir, resolve(dir, main), {
-    text: (b) => { parts.push(Buffer.from(b)) },
+    text: (b, start, end) => { parts.push(Buffer.from(b.subarray(start, end))) },
     name: (raw) => { parts.push(Buffer.from(`"${raw}"`, 'latin1')) }
   })
   for (let at = 0, i = 0; at < pp.length; i++) {

@@ -92,7 +92,8 @@ function markerName(b: Buffer, start: number, end: number): MarkerName | null {
  * bytes outside marker names, and each marker's name (still escaped) in their place.
  */
 export interface MarkerTextSink {
-  text(b: Buffer): void
+  /** bytes [start, end) of `b`: a range, not a subarray, as a unit passes tens of thousands of pieces */
+  text(b: Buffer, start: number, end: number): void
   name(raw: string, escaped: boolean): void
 }
 
@@ -161,8 +162,8 @@ export class InputScanner {
       const nl = chunk.indexOf(LF)
       if (nl === -1) {
         if (this.partial.length + chunk.length > MAX_MARKER_LINE) {
-          sink?.text(this.partial)
-          sink?.text(chunk)
+          sink?.text(this.partial, 0, this.partial.length)
+          sink?.text(chunk, 0, chunk.length)
           this.partial = null
           this.directiveMayStart = false
           this.endedInStar = false
@@ -186,19 +187,19 @@ export class InputScanner {
       if (nl === -1) {
         // its own bytes: the chunk may be reused
         if (chunk.length - at <= MAX_MARKER_LINE) {
-          sink?.text(chunk.subarray(passed, at))
+          sink?.text(chunk, passed, at)
           passed = chunk.length
           this.partial = Buffer.from(chunk.subarray(at))
         }
         break
       }
       if (sink) {
-        sink.text(chunk.subarray(passed, at))
+        sink.text(chunk, passed, at)
         passed = nl
       }
       this.marker(chunk, at, nl)
     }
-    if (sink && passed < chunk.length) sink.text(chunk.subarray(passed))
+    if (sink && passed < chunk.length) sink.text(chunk, passed, chunk.length)
     this.directiveMayStart = this.directiveStart(chunk, chunk.length)
     this.endedInStar = chunk[chunk.length - 1] === STAR
   }
@@ -226,11 +227,11 @@ export class InputScanner {
     const name = markerName(buf, start, end)
     if (this.sink) {
       if (name === null) {
-        this.sink.text(buf.subarray(start, end))
+        this.sink.text(buf, start, end)
       } else {
-        this.sink.text(buf.subarray(start, name.open))
+        this.sink.text(buf, start, name.open)
         this.sink.name(name.raw, name.escaped)
-        this.sink.text(buf.subarray(name.close, end))
+        this.sink.text(buf, name.close, end)
       }
     }
     if (name === null || !name.entering || this.rawNames.has(name.raw)) return

@@ -68,6 +68,8 @@ export interface PreprocessedSummary {
 /** Pieces of text shorter than this are copied into the stage; longer ones go to the hash as they are. */
 const STAGE_DIRECT = 4096
 const STAGE_SIZE = 64 * 1024
+/** Pieces up to this long are copied byte by byte. */
+const STAGE_LOOP = 64
 
 /**
  * A hash fed in large pieces: a unit's thousands of line markers cut its text into tens of
@@ -80,15 +82,17 @@ class StagedHash {
   private used = 0
   private readonly hash = createHash('sha256')
 
-  bytes(b: Buffer): void {
-    if (b.length >= STAGE_DIRECT) {
+  bytes(b: Buffer, start = 0, end = b.length): void {
+    const n = end - start
+    if (n >= STAGE_DIRECT) {
       this.flush()
-      this.hash.update(b)
+      this.hash.update(b.subarray(start, end))
       return
     }
-    if (b.length > STAGE_SIZE - this.used) this.flush()
-    b.copy(this.stage, this.used)
-    this.used += b.length
+    if (n > STAGE_SIZE - this.used) this.flush()
+    // most pieces are a marker's few bytes around its name: a loop, as Buffer.copy allocates a view
+    if (n <= STAGE_LOOP) for (let i = start; i < end; i++) this.stage[this.used++] = b[i]!
+    else this.used += b.copy(this.stage, this.used, start, end)
   }
 
   digest(): string {
@@ -130,7 +134,7 @@ export class PreprocessedOutput {
     this.directivesOnly = directivesOnly
     this.ppHash = opts.remote ? createHash('sha256') : null
     const sink: MarkerTextSink = {
-      text: (b) => { this.keyText.bytes(b) },
+      text: (b, start, end) => { this.keyText.bytes(b, start, end) },
       name: (raw, escaped) => {
         let form = this.forms.get(raw)
         if (form === undefined) {
@@ -169,6 +173,8 @@ export class PreprocessedOutput {
 
   /** Once the stream has ended. */
   finish(): PreprocessedSummary {
+    // first: a last line without its line end reaches the sink only now
+    const inputs = this.scanner.finish()
     return {
       ppHash: this.ppHash?.digest('hex') ?? '',
       ppBytes: this.ppBytes,
@@ -178,7 +184,7 @@ export class PreprocessedOutput {
       volatile: this.search.found,
       builtins: this.builtins.found,
       fileMacros: this.fileMacros?.found ?? false,
-      inputs: this.scanner.finish()
+      inputs
     }
   }
 }
