@@ -276,3 +276,12 @@ test('dependency files as gcc and clang write them: escaped blanks, "$$", "\\#",
   assert.deepEqual(depfilePrerequisites('\na.o: x.c\n'), ['x.c'], 'a blank first line')
   assert.deepEqual(depfilePrerequisites('garbage without a rule\nx.o: y.c\n'), [])
 })
+
+test('names in every spelling Kbuild and others write ("./", "././", "//", "..", "/./") give the normalised paths and the directories ".." walks through', () => {
+  const names = ['./include/a.h', '././include/b.h', 'include//c.h', './src/../inc/d.h', '/usr/include/./e.h', '/usr//include/f.h', 'plain.h', './', '/opt/x/../y.h']
+  const pp = Buffer.from(names.map((n, i) => `# ${i + 1} "${n}" 1\nint v${i};\n`).join(''))
+  const set = inputsFromPreprocessed(pp, '/build/tree', '/build/tree/main.c')
+  assert.deepEqual(set.files, ['/build/tree/', '/build/tree/inc/d.h', '/build/tree/include/a.h', '/build/tree/include/b.h', '/build/tree/include/c.h',
+    '/build/tree/main.c', '/build/tree/plain.h', '/opt/y.h', '/usr/include/e.h', '/usr/include/f.h'])
+  assert.deepEqual(set.dirs, ['/build/tree', '/build/tree/src', '/opt/x'])
+})

@@ -28,6 +28,9 @@ export interface InputSet {
 /** a marker line is a path and a few numbers; a longer unfinished "#" line is no marker */
 const MAX_MARKER_LINE = 16 * 1024
 
+/** what path.normalize would change in an absolute path: "//", a "." or ".." component */
+const NOT_NORMAL = /\/\/|\/\.\.?(?:\/|$)/
+
 const LF = 10
 const CR = 13
 const SPACE = 32
@@ -242,11 +245,17 @@ export class InputScanner {
   private add(raw: string): void {
     if (raw.startsWith('<') && raw.endsWith('>')) return // <built-in>, <command-line>, <stdin>
     if (raw.endsWith('//')) return // gcc's "# 1 "/cwd//"" working-directory marker
-    // not path.join: it would resolve the ".." whose directory must exist on the builder
-    const abs = isAbsolute(raw) ? raw : `${this.cwd.replace(/\/+$/, '')}/${raw}`
-    const parts = abs.split('/')
-    for (let i = 1; i < parts.length; i++) if (parts[i] === '..') this.dirs.add(normalize(parts.slice(0, i).join('/') || '/'))
-    this.files.add(normalize(abs))
+    // not path.join: it would resolve the ".." whose directory must exist on the builder. A
+    // leading "./" (Kbuild names every header so) goes first: normalize would drop it anyway,
+    // and a path left with nothing to normalize skips it (a kernel unit enters ~800 files)
+    let rel = raw
+    if (!isAbsolute(raw)) while (rel.startsWith('./')) rel = rel.slice(2)
+    const abs = isAbsolute(raw) ? raw : `${this.cwd.replace(/\/+$/, '')}/${rel}`
+    if (abs.includes('/..')) {
+      const parts = abs.split('/')
+      for (let i = 1; i < parts.length; i++) if (parts[i] === '..') this.dirs.add(normalize(parts.slice(0, i).join('/') || '/'))
+    }
+    this.files.add(NOT_NORMAL.test(abs) ? normalize(abs) : abs)
   }
 }
 
