@@ -21,7 +21,7 @@ const clang = haveCommand('clang') && haveCommand('clang++')
 function scan(pp: Buffer, dir: string, main: string, sizes: number[] = [pp.length]): string[] {
   const parts: Buffer[] = []
   const s = new InputScanner(dir, resolve(dir, main), {
-    text: (b) => { parts.push(Buffer.from(b)) },
+    text: (b, start, end) => { parts.push(Buffer.from(b.subarray(start, end))) },
     name: (raw) => { parts.push(Buffer.from(`"${raw}"`, 'latin1')) }
   })
   for (let at = 0, i = 0; at < pp.length; i++) {
@@ -275,4 +275,13 @@ test('dependency files as gcc and clang write them: escaped blanks, "$$", "\\#",
   assert.deepEqual(depfilePrerequisites('a.o \\\r\n b.o: x.c \\\r\n y.h\r\n'), ['x.c', 'y.h'], 'targets over lines, CRLF')
   assert.deepEqual(depfilePrerequisites('\na.o: x.c\n'), ['x.c'], 'a blank first line')
   assert.deepEqual(depfilePrerequisites('garbage without a rule\nx.o: y.c\n'), [])
+})
+
+test('names in every spelling Kbuild and others write ("./", "././", "//", "..", "/./") give the normalised paths and the directories ".." walks through', () => {
+  const names = ['./include/a.h', '././include/b.h', 'include//c.h', './src/../inc/d.h', '/usr/include/./e.h', '/usr//include/f.h', 'plain.h', './', '/opt/x/../y.h']
+  const pp = Buffer.from(names.map((n, i) => `# ${i + 1} "${n}" 1\nint v${i};\n`).join(''))
+  const set = inputsFromPreprocessed(pp, '/build/tree', '/build/tree/main.c')
+  assert.deepEqual(set.files, ['/build/tree/', '/build/tree/inc/d.h', '/build/tree/include/a.h', '/build/tree/include/b.h', '/build/tree/include/c.h',
+    '/build/tree/main.c', '/build/tree/plain.h', '/opt/y.h', '/usr/include/e.h', '/usr/include/f.h'])
+  assert.deepEqual(set.dirs, ['/build/tree', '/build/tree/src', '/opt/x'])
 })

@@ -48,3 +48,42 @@ test('StreamSearchAny: any of several needles, across seams, and no find for ide
     assert.equal(miss.found, false, `chunk sizes ${sizes.join(',')}`)
   }
 })
+
+/** The daemon's needles (src/compiler/pp-output.ts): each is looked for by an anchor from its rarest byte, so each gets checked. */
+const DAEMON_NEEDLES = ['.incbin', 'DATE__', 'TIME__', 'STAMP__', '%:', '??=', 'builtin_FILE', 'builtin_source_loc', 'FILE__']
+/** C-like text full of near misses: anchors without their needle around them, needles cut short. */
+const NEAR_MISSES = 'x = __builtin_expect(a, 0); FILE *f; p.inc = bin; ME__ MP__ TIME_ __TIMER__ DATE_ %d ?? = builtin_FIL builtin_source_lo .incbi\n'
+
+function filler(length: number): string {
+  return NEAR_MISSES.repeat(Math.ceil(length / NEAR_MISSES.length)).slice(0, length)
+}
+
+test('every daemon needle, at every offset around a seam, in chunks of 1, 7 and 64 KiB: found exactly when the text holds it', () => {
+  for (const size of [1, 7, 64 * 1024]) {
+    // chunks of 1 and 7: a short text, the needle at every offset mod the chunk size; 64 KiB: across the first seam
+    const seam = size === 1 ? 40 : size === 7 ? 7 * 8 : size
+    for (const n of DAEMON_NEEDLES) {
+      for (let at = seam - n.length; at <= seam; at++) {
+        const text = filler(at) + n + filler(size === 64 * 1024 ? 1000 : 30)
+        const s = new StreamSearchAny([...DAEMON_NEEDLES].map((m) => Buffer.from(m)))
+        for (const c of chunked(text, [size])) s.push(c)
+        assert.equal(s.found, true, `${n} at ${at}, chunks of ${size}`)
+        const alone = new StreamSearch(Buffer.from(n))
+        for (const c of chunked(text, [size])) alone.push(c)
+        assert.equal(alone.found, true, `${n} alone at ${at}, chunks of ${size}`)
+      }
+    }
+    const none = new StreamSearchAny(DAEMON_NEEDLES.map((m) => Buffer.from(m)))
+    for (const c of chunked(filler(size * 3 + 5), [size])) none.push(c)
+    assert.equal(none.found, false, `near misses only, chunks of ${size}`)
+  }
+})
+
+test('a chunk the caller overwrites after pushing it leaves no trace in the seam', () => {
+  const s = new StreamSearch(Buffer.from('builtin_FILE'))
+  const chunk = Buffer.from('xxxxbuiltin_')
+  s.push(chunk)
+  chunk.fill('y')
+  s.push(Buffer.from('FILE'))
+  assert.equal(s.found, true)
+})

@@ -12,13 +12,12 @@ import type { RemoteJob } from '../daemon/compile-service.js'
 import { CompilerIdentity } from '../daemon/compiler-identity.js'
 import { siblingTemp } from '../util/atomic-write.js'
 import type { FileSet } from '../cache/manifest.js'
-import { StreamSearchAny } from '../util/stream-search.js'
 import { runProcess } from '../util/run-process.js'
 import { depfilePrerequisites, relocateDepfile } from './depfile.js'
 import { expandResponseFiles } from './response-file.js'
 import { hashedInputs, type CompileJob, type CompilerFamily, type ContentKey, type FamilyContext, type OutputBlobs, type Restore, type RunPlan, type SharedReach } from './family.js'
 import { compilerFamily, parseGccArgs } from './gcc.js'
-import { decodeMarkerName, InputScanner, type MarkerTextSink } from './inputs.js'
+import { PreprocessedOutput } from './pp-output.js'
 import { keyForm, mapPath, maxClimb, relativeForm, relocator } from './path-forms.js'
 import type { CompileSpec } from './types.js'
 
@@ -27,30 +26,6 @@ import type { CompileSpec } from './types.js'
 // 3: line-marker names and search paths enter by where they lie from the working directory (path-forms.ts)
 const KEY_VERSION = 'meshcc-key-3'
 
-const INCBIN = Buffer.from('.incbin')
-/**
- * __DATE__, __TIME__ and __TIMESTAMP__, left unexpanded by -fdirectives-only: such a unit is
- * keyed on its fully preprocessed text. Searched by their tails: a needle that starts with "__"
- * takes several times as long in C code, and an identifier that merely ends alike only costs a
- * full preprocessing run.
- */
-const DATE_TIME_MACROS = ['DATE__', 'TIME__', 'STAMP__'].map((m) => Buffer.from(m))
-/**
- * gcc -fdirectives-only leaves a directive spelled with a digraph or trigraph ("%:include",
- * "??=include") as text, so the header it includes would be missing from the key while the
- * real compile reads it: such a unit is preprocessed fully too.
- */
-const ALTERNATIVE_HASH = ['%:', '??='].map((m) => Buffer.from(m))
-/**
- * __FILE__, __BASE_FILE__ and __FILE_NAME__, left unexpanded by -fdirectives-only, take the
- * file's name from the line markers when compiled: such a unit's key holds every marker's name
- * as those macros expand it (after -fmacro-prefix-map). Almost every kernel unit names __FILE__
- * in a header's macros (WARN, cond_resched), and preprocessing it fully as well cost the client
- * a second, three times dearer preprocessor run per remote job.
- */
-const FILE_MACROS = [Buffer.from('FILE__')]
-/** Builtins that write the current file's name into the object, unexpanded in any preprocessed text: the names enter the key as written. */
-const FILE_BUILTINS = ['builtin_FILE', 'builtin_source_loc'].map((m) => Buffer.from(m))
 /** A manifest fact that is no variable: the working directory, for a set whose compile wrote names into its outputs. */
 const CWD_FACT = '\0cwd'
 
@@ -200,65 +175,29 @@ class CJob implements CompileJob {
     for (const name of KEY_ENV) if (req.env[name] !== undefined) field(`${name}=${req.env[name]}`)
     field(directivesOnly ? '--directives-only--' : '--preprocessed--')
 
-    // the builder re-preprocesses at the same paths and compares the text byte for byte
-    const ppHash = ctx.remote ? createHash('sha256') : null
-    // the key's view of the text: marker names as they can reach the outputs (nameForm), and
-    // the names as written apart, for a unit that turns out to write them into its object
-    const keyText = createHash('sha256')
-    const writtenNames = createHash('sha256')
-    // the names __FILE__ and its kin expand to, for a directives-only unit that names them
-    const macroNames = directivesOnly ? createHash('sha256') : null
-    const forms = new Map<string, { key: string; macro: string }>()
-    const sink: MarkerTextSink = {
-      text: (b) => { keyText.update(b) },
-      name: (raw, escaped) => {
-        let form = forms.get(raw)
-        if (form === undefined) {
-          const name = decodeMarkerName(raw, escaped)
-          form = { key: this.nameForm(name), macro: this.macroNameForm(raw, name) }
-          forms.set(raw, form)
-        }
-        keyText.update(`\0${form.key}\0`)
-        writtenNames.update(`${raw}\0`)
-        macroNames?.update(`${form.macro}\0`)
-      }
-    }
-    let ppBytes = 0
-    // a peer needs the unit's files, direct mode records them: read off the markers as they stream
-    const scanner = new InputScanner(req.cwd, resolve(req.cwd, spec.input), sink)
-    // An assembler .incbin (in a .S file or inline asm) reads a file the preprocessed text does
-    // not contain: a change there would leave the key unchanged and a hit would be stale. In
-    // directives-only text (comments kept, __DATE__ unexpanded) it, or a date or time macro,
-    // sends the unit to full preprocessing, which decides; so does a "%:" or "??=". __FILE__
-    // and its kin keep the cheap mode: the key takes the names they expand to (FILE_MACROS).
-    const search = new StreamSearchAny(directivesOnly ? [INCBIN, ...DATE_TIME_MACROS, ...ALTERNATIVE_HASH] : [INCBIN])
-    const builtins = new StreamSearchAny(FILE_BUILTINS)
-    const fileMacros = directivesOnly ? new StreamSearchAny(FILE_MACROS) : null
+    // the builder re-preprocesses at the same paths and compares the text byte for byte; the
+    // key's view of the text holds marker names as they can reach the outputs (nameForm)
+    const out = new PreprocessedOutput({
+      directivesOnly, remote: ctx.remote, cwd: req.cwd, mainInput: resolve(req.cwd, spec.input),
+      nameForm: (name) => this.nameForm(name), macroNameForm: (raw, name) => this.macroNameForm(raw, name)
+    })
     const ok = await ctx.pre.run(async () => {
       const r = await runProcess(req.compiler, spec.preprocessArgs(this.depTemp, directivesOnly), {
-        cwd: req.cwd, env: req.env, stderr: false,
-        onStdout: (chunk) => {
-          ppHash?.update(chunk)
-          ppBytes += chunk.length
-          search.push(chunk)
-          builtins.push(chunk)
-          fileMacros?.push(chunk)
-          scanner.push(chunk)
-        }
+        cwd: req.cwd, env: req.env, stderr: false, onStdout: (chunk) => out.push(chunk)
       })
       return r.exitCode === 0
     })
-    if (directivesOnly && (!ok || search.found)) {
+    if (directivesOnly && (!ok || out.volatile)) {
       ctx.log.debug(`${spec.input}: preprocessed fully (${ok ? 'it names .incbin, __DATE__ or __TIME__, or has a digraph or trigraph "#"' : 'gcc refused -fdirectives-only'})`)
       return 'full'
     }
-    if (ok && search.found) return 'incbin'
+    if (ok && out.volatile) return 'incbin'
     if (!ok) return null
-    const inputs = scanner.finish()
-    field(keyText.digest('hex'))
-    if (spec.paths.namesInCode !== null || builtins.found) field(`names=${writtenNames.digest('hex')}`)
-    if (fileMacros?.found) field(`file-macros=${macroNames!.digest('hex')}`)
-    return { key: h.digest('hex'), ppHash: ppHash?.digest('hex') ?? '', directivesOnly, ppBytes, inputs }
+    const r = out.finish()
+    field(r.keyText)
+    if (spec.paths.namesInCode !== null || r.builtins) field(`names=${r.writtenNames}`)
+    if (r.fileMacros) field(`file-macros=${r.macroNames!}`)
+    return { key: h.digest('hex'), ppHash: r.ppHash, directivesOnly, ppBytes: r.ppBytes, inputs: r.inputs }
   }
 
   /**

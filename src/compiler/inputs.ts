@@ -28,6 +28,9 @@ export interface InputSet {
 /** a marker line is a path and a few numbers; a longer unfinished "#" line is no marker */
 const MAX_MARKER_LINE = 16 * 1024
 
+/** what path.normalize would change in an absolute path: "//", a "." or ".." component */
+const NOT_NORMAL = /\/\/|\/\.\.?(?:\/|$)/
+
 const LF = 10
 const CR = 13
 const SPACE = 32
@@ -92,7 +95,8 @@ function markerName(b: Buffer, start: number, end: number): MarkerName | null {
  * bytes outside marker names, and each marker's name (still escaped) in their place.
  */
 export interface MarkerTextSink {
-  text(b: Buffer): void
+  /** bytes [start, end) of `b`: a range, not a subarray, as a unit passes tens of thousands of pieces */
+  text(b: Buffer, start: number, end: number): void
   name(raw: string, escaped: boolean): void
 }
 
@@ -161,8 +165,8 @@ export class InputScanner {
       const nl = chunk.indexOf(LF)
       if (nl === -1) {
         if (this.partial.length + chunk.length > MAX_MARKER_LINE) {
-          sink?.text(this.partial)
-          sink?.text(chunk)
+          sink?.text(this.partial, 0, this.partial.length)
+          sink?.text(chunk, 0, chunk.length)
           this.partial = null
           this.directiveMayStart = false
           this.endedInStar = false
@@ -186,19 +190,19 @@ export class InputScanner {
       if (nl === -1) {
         // its own bytes: the chunk may be reused
         if (chunk.length - at <= MAX_MARKER_LINE) {
-          sink?.text(chunk.subarray(passed, at))
+          sink?.text(chunk, passed, at)
           passed = chunk.length
           this.partial = Buffer.from(chunk.subarray(at))
         }
         break
       }
       if (sink) {
-        sink.text(chunk.subarray(passed, at))
+        sink.text(chunk, passed, at)
         passed = nl
       }
       this.marker(chunk, at, nl)
     }
-    if (sink && passed < chunk.length) sink.text(chunk.subarray(passed))
+    if (sink && passed < chunk.length) sink.text(chunk, passed, chunk.length)
     this.directiveMayStart = this.directiveStart(chunk, chunk.length)
     this.endedInStar = chunk[chunk.length - 1] === STAR
   }
@@ -226,11 +230,11 @@ export class InputScanner {
     const name = markerName(buf, start, end)
     if (this.sink) {
       if (name === null) {
-        this.sink.text(buf.subarray(start, end))
+        this.sink.text(buf, start, end)
       } else {
-        this.sink.text(buf.subarray(start, name.open))
+        this.sink.text(buf, start, name.open)
         this.sink.name(name.raw, name.escaped)
-        this.sink.text(buf.subarray(name.close, end))
+        this.sink.text(buf, name.close, end)
       }
     }
     if (name === null || !name.entering || this.rawNames.has(name.raw)) return
@@ -241,11 +245,17 @@ export class InputScanner {
   private add(raw: string): void {
     if (raw.startsWith('<') && raw.endsWith('>')) return // <built-in>, <command-line>, <stdin>
     if (raw.endsWith('//')) return // gcc's "# 1 "/cwd//"" working-directory marker
-    // not path.join: it would resolve the ".." whose directory must exist on the builder
-    const abs = isAbsolute(raw) ? raw : `${this.cwd.replace(/\/+$/, '')}/${raw}`
-    const parts = abs.split('/')
-    for (let i = 1; i < parts.length; i++) if (parts[i] === '..') this.dirs.add(normalize(parts.slice(0, i).join('/') || '/'))
-    this.files.add(normalize(abs))
+    // not path.join: it would resolve the ".." whose directory must exist on the builder. A
+    // leading "./" (Kbuild names every header so) goes first: normalize would drop it anyway,
+    // and a path left with nothing to normalize skips it (a kernel unit enters ~800 files)
+    let rel = raw
+    if (!isAbsolute(raw)) while (rel.startsWith('./')) rel = rel.slice(2)
+    const abs = isAbsolute(raw) ? raw : `${this.cwd.replace(/\/+$/, '')}/${rel}`
+    if (abs.includes('/..')) {
+      const parts = abs.split('/')
+      for (let i = 1; i < parts.length; i++) if (parts[i] === '..') this.dirs.add(normalize(parts.slice(0, i).join('/') || '/'))
+    }
+    this.files.add(NOT_NORMAL.test(abs) ? normalize(abs) : abs)
   }
 }
 
