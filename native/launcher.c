@@ -400,8 +400,7 @@ static pid_t spawn_daemon(const char *sock_path) {
   long maxfd = sysconf(_SC_OPEN_MAX);
   if (maxfd < 0 || maxfd > 65536) maxfd = 65536;
   for (int fd = 3; fd < maxfd; fd++) close(fd); /* the jobserver pipe of make, for one */
-  setenv("MALLOC_ARENA_MAX", "2", 0); /* DAEMON_ENV in src/daemon/spawn.ts */
-  setenv("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1", 0); /* the same */
+  setenv("MALLOC_ARENA_MAX", "2", 0); /* DAEMON_ENV in src/launcher/client.ts */
   char *av[] = {(char *)"node", (char *)DAEMON_NODE_FLAG, g_main_js, (char *)"daemon", (char *)"--background", NULL};
   if (strchr(MESHCC_NODE, '/')) execv(MESHCC_NODE, av);
   execvp("node", av);

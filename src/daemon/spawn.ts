@@ -20,11 +20,8 @@ export const DAEMON_NODE_FLAGS = ['--max-semi-space-size=4']
  * Environment for the daemon process (native/launcher.c sets the same unless the user has):
  * glibc gives each thread that allocates its own malloc arena; two arenas kept an idle
  * 30-member mesh daemon about 4 MiB smaller (npm run bench:mesh), at no measurable CPU.
- * Transparent huge pages for malloc's large chunks (glibc 2.35 and later; older ones ignore
- * the tunable): a cold cargo build reads 100 MB of rustc outputs into fresh buffers, and a
- * page fault per 4 KiB made more than half of the daemon's CPU kernel time on a VM.
  */
-export const DAEMON_ENV = { MALLOC_ARENA_MAX: '2', GLIBC_TUNABLES: 'glibc.malloc.hugetlb=1' }
+export const DAEMON_ENV = { MALLOC_ARENA_MAX: '2' }
 
 /** Start a detached daemon that holds none of our file descriptors (ninja waits on our pipes). */
 export function spawnDaemon(config: Config): ChildProcess | null {
