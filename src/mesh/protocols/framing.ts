@@ -73,16 +73,18 @@ export class Framed {
   }
 
   async writeBlob(data: Uint8Array, signal?: AbortSignal): Promise<void> {
-    await this.writeFrames(null, [data], signal)
+    await this.writeJson({ blob: data.length }, signal)
+    for (let off = 0; off < data.length; off += CHUNK_BYTES) {
+      await this.lp.write(data.subarray(off, Math.min(data.length, off + CHUNK_BYTES)), { signal })
+    }
   }
 
   /**
-   * A control frame (none: null) and blobs, each blob as its size frame and its chunks, small
-   * pieces coalesced: one write (one muxer frame, one encryption, one syscall) where a small
-   * reply took four.
+   * A control frame and blobs as writeJson and writeBlob send them, small pieces coalesced: one
+   * write (one muxer frame, one encryption, one syscall) where a small reply took four.
    */
   async writeFrames(head: unknown, blobs: Uint8Array[], signal?: AbortSignal): Promise<void> {
-    let batch: Uint8Array[] = head === null ? [] : [Buffer.from(JSON.stringify(head))]
+    let batch: Uint8Array[] = [Buffer.from(JSON.stringify(head))]
     for (const data of blobs) {
       batch.push(Buffer.from(JSON.stringify({ blob: data.length })))
       for (let off = 0; off < data.length; off += CHUNK_BYTES) {
