@@ -6,6 +6,7 @@
 import { test, before, after } from 'node:test'
 import assert from 'node:assert/strict'
 import { createHash, randomFillSync } from 'node:crypto'
+import { gzipSync } from 'node:zlib'
 import { existsSync, mkdtempSync, openSync, readFileSync, readdirSync, rmSync, writeFileSync, writeSync, closeSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -16,7 +17,7 @@ import { startMesh, type Mesh } from '../src/mesh/mesh.js'
 import { loadConfig, type Config } from '../src/config.js'
 import { silentLogger } from '../src/log.js'
 import { lpStream } from '@libp2p/utils'
-import { compileJobProtocol, sendCompileJob, serveCompileJobs, type CompileJobServer, type JobHeader } from '../src/mesh/protocols/compile-job.js'
+import { compileJobProtocol, encodeFileTable, sendCompileJob, serveCompileJobs, type CompileJobServer, type JobHeader } from '../src/mesh/protocols/compile-job.js'
 import { fetchToolchain, serveToolchains, toolchainFetchProtocol } from '../src/mesh/protocols/toolchain-fetch.js'
 import { Framed } from '../src/mesh/protocols/framing.js'
 import { Builder } from '../src/daemon/builder.js'
@@ -136,6 +137,35 @@ test('after the flood an honest job gets through: admitted, its inputs received 
   assert.match(bigReply.kind === 'failed' ? bigReply.reason : JSON.stringify(bigReply), /toolchain unavailable/, protocolErrors.slice(-3).join('; '))
   assert.equal(inputs.status().received_bytes - before, src.length + big.length, 'x.c came from the cache')
   assert.equal(server.heldBytes(), 0)
+})
+
+test('inputs that reach the builder faster than it reads them wait in the memory it reserved for them: the job is not dropped', { timeout: 60_000 }, async () => {
+  // libp2p drops a stream whose unread bytes pass its read buffer (4 MiB), and yamux grants
+  // window as bytes arrive, not as they are read: a client on a fast link sends a job's inputs
+  // faster than a busy builder reads them. Here the client writes all of them at once.
+  const big = randomFillSync(Buffer.alloc(12 * MiB))
+  const files = [fileRef('/w/burst.h', big)]
+  const before = inputs.status().received_bytes
+  const stream = await hostile.libp2p.dialProtocol(peerIdFromString(builderNode.peerId), compileJobProtocol(hostile.meshId))
+  const lp = lpStream(stream, { maxDataLength: MiB })
+  const frame = (v: unknown) => Buffer.from(JSON.stringify(v))
+  const readJson = async () => JSON.parse(Buffer.from((await lp.read()).subarray()).toString('utf8')) as { type?: string; reason?: string }
+  try {
+    const table = encodeFileTable(files)
+    await lp.writeV([frame({ v: 3, ...header(files), files: files.length }), frame({ blob: table.length }), table])
+    assert.equal((await readJson()).type, 'accepted')
+    const packed = gzipSync(big, { level: 1 })
+    const chunks = Array.from({ length: Math.ceil(packed.length / MiB) }, (_, i) => packed.subarray(i * MiB, (i + 1) * MiB))
+    await lp.writeV([frame({ blob: packed.length }), ...chunks])
+    let reply = await readJson()
+    while (reply.type === 'working') reply = await readJson()
+    assert.equal(reply.type, 'failed', JSON.stringify(reply))
+    assert.match(reply.reason ?? '', /toolchain unavailable/)
+  } finally {
+    stream.abort(new Error('test over'))
+  }
+  assert.equal(inputs.status().received_bytes - before, big.length)
+  await waitFor('the job to be done', () => (server.heldBytes() === 0 ? true : undefined), 10_000, 50)
 })
 
 test('a job whose inputs exceed what one peer may make the builder hold is refused before they are sent', { timeout: 60_000 }, async () => {

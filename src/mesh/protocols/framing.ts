@@ -9,6 +9,9 @@ export const CHUNK_BYTES = 1024 * 1024
 /** control frames are small; anything bigger is a broken or hostile peer */
 export const MAX_CONTROL_BYTES = 256 * 1024
 
+/** what libp2p lets wait unread on a stream before it drops it (lpStream's default) */
+const DEFAULT_UNREAD_BYTES = 4 * 1024 * 1024
+
 export class ProtocolViolation extends Error {}
 
 export interface FramedOptions {
@@ -23,14 +26,29 @@ export interface FramedOptions {
 }
 
 export class Framed {
-  private readonly lp: LengthPrefixedStream<Stream>
+  private lp: LengthPrefixedStream<Stream>
   /** aborted when a read waits past stallMs: one per stream, armed by a plain timer per read */
   private readonly stall = new AbortController()
   /** the caller's signal joined with `stall`, kept while the caller passes the same one */
   private joined: { from: AbortSignal | undefined; signal: AbortSignal } | null = null
 
   constructor(readonly stream: Stream, private readonly opts: FramedOptions = {}) {
-    this.lp = lpStream(stream, { maxDataLength: Math.max(CHUNK_BYTES, MAX_CONTROL_BYTES), maxBufferSize: opts.maxBufferSize })
+    this.lp = this.wrap(opts.maxBufferSize)
+  }
+
+  private wrap(maxBufferSize: number | undefined): LengthPrefixedStream<Stream> {
+    return lpStream(this.stream, { maxDataLength: Math.max(CHUNK_BYTES, MAX_CONTROL_BYTES), maxBufferSize })
+  }
+
+  /**
+   * Let up to `bytes` received and not yet read wait from now on (call it between reads): for a
+   * transfer whose memory the caller has reserved, so a reader that falls behind the link (a
+   * busy event loop) keeps the stream where the default buffer would have it dropped.
+   */
+  allowUnread(bytes: number): void {
+    if (bytes <= (this.opts.maxBufferSize ?? DEFAULT_UNREAD_BYTES)) return
+    this.lp.unwrap() // what is buffered goes back onto the stream, for the new reader
+    this.lp = this.wrap(bytes)
   }
 
   // Not AbortSignal.timeout and AbortSignal.any per frame: each of those timers stays armed
