@@ -168,6 +168,26 @@ test('inputs that reach the builder faster than it reads them wait in the memory
   await waitFor('the job to be done', () => (server.heldBytes() === 0 ? true : undefined), 10_000, 50)
 })
 
+test('a builder that resets the job stream while the client sends its inputs: one clear error, which the client treats as a peer failure', { timeout: 60_000 }, async () => {
+  // a builder that takes the job, reads the start of its inputs, then resets the stream (as
+  // libp2p does to a stream whose unread bytes overflow, or a builder whose handler failed)
+  await builderNode.libp2p.handle(compileJobProtocol('resets'), async (stream) => {
+    const f = new Framed(stream)
+    await f.readJson()
+    await f.readBlob(MiB)
+    await f.writeJson({ type: 'accepted', need: [0] })
+    await f.readBlobSize(64 * MiB)
+    stream.abort(new Error('builder gave up'))
+  })
+  const big = randomFillSync(Buffer.alloc(24 * MiB))
+  const err = await sendCompileJob(hostile.libp2p, 'resets', builderNode.peerId, header([fileRef('/w/big.h', big)]), async () => [big], { signal: AbortSignal.timeout(30_000) })
+    .then((reply) => assert.fail(`a reply from a reset stream: ${JSON.stringify(reply)}`), (e: unknown) => e)
+  // an Error with a message (tryPeers logs err.message and tries the next peer), not the
+  // stream's close event that lpStream rejects with while a write waits for room
+  assert.ok(err instanceof Error, `rejected with ${String(err)}`)
+  assert.match(err.message, /reset by the peer|has been reset/)
+})
+
 test('a job whose inputs exceed what one peer may make the builder hold is refused before they are sent', { timeout: 60_000 }, async () => {
   const tight = await serveCompileJobs(builderNode.libp2p, 'tight', builder, inputs, () => {}, { peerBytes: MiB })
   const big = Buffer.alloc(2 * MiB, 1)

@@ -2,7 +2,7 @@
 // JSON control frames, and blobs sent as a {blob: n} frame followed by chunks of at most
 // 1 MiB (so no single frame outgrows libp2p's read buffer). Every read is size-checked:
 // nothing that comes off the network is trusted for its length.
-import type { Stream } from '@libp2p/interface'
+import { StreamStateError, type Stream } from '@libp2p/interface'
 import { lpStream, type LengthPrefixedStream } from '@libp2p/utils'
 
 export const CHUNK_BYTES = 1024 * 1024
@@ -13,6 +13,8 @@ export const MAX_CONTROL_BYTES = 256 * 1024
 const DEFAULT_UNREAD_BYTES = 4 * 1024 * 1024
 
 export class ProtocolViolation extends Error {}
+/** a write the stream's end cut off (the peer reset it, or it was closed) */
+export class StreamGone extends Error {}
 
 export interface FramedOptions {
   /** a read that waits longer than this for the peer fails (a stalled sender holds nothing for long) */
@@ -73,8 +75,24 @@ export class Framed {
     }
   }
 
+  /**
+   * Every write goes through here. lpStream's write, waiting for room, rejects with the stream's
+   * close event (not an Error: no message, and callers' `err.message` throws) when the peer
+   * resets the stream, and a write after the reset throws "Cannot write to a stream that is
+   * closed"; both become one Error saying the peer closed the stream, which callers treat as
+   * any failure of that peer.
+   */
+  private async send(pieces: Uint8Array[], signal: AbortSignal | undefined): Promise<void> {
+    try {
+      await (pieces.length === 1 ? this.lp.write(pieces[0]!, { signal }) : this.lp.writeV(pieces, { signal }))
+    } catch (err) {
+      if (err instanceof Error && !(err instanceof StreamStateError)) throw err
+      throw new StreamGone(`the stream was ${this.stream.status === 'reset' ? 'reset by the peer' : 'closed'} before everything was sent`)
+    }
+  }
+
   async writeJson(value: unknown, signal?: AbortSignal): Promise<void> {
-    await this.lp.write(Buffer.from(JSON.stringify(value)), { signal })
+    await this.send([Buffer.from(JSON.stringify(value))], signal)
   }
 
   async readJson<T = Record<string, unknown>>(signal?: AbortSignal): Promise<T> {
@@ -93,7 +111,7 @@ export class Framed {
   async writeBlob(data: Uint8Array, signal?: AbortSignal): Promise<void> {
     await this.writeJson({ blob: data.length }, signal)
     for (let off = 0; off < data.length; off += CHUNK_BYTES) {
-      await this.lp.write(data.subarray(off, Math.min(data.length, off + CHUNK_BYTES)), { signal })
+      await this.send([data.subarray(off, Math.min(data.length, off + CHUNK_BYTES))], signal)
     }
   }
 
@@ -108,12 +126,12 @@ export class Framed {
       for (let off = 0; off < data.length; off += CHUNK_BYTES) {
         batch.push(data.subarray(off, Math.min(data.length, off + CHUNK_BYTES)))
         if (batch.length >= 2 && data.length > CHUNK_BYTES) {
-          await this.lp.writeV(batch, { signal })
+          await this.send(batch, signal)
           batch = []
         }
       }
     }
-    if (batch.length > 0) await this.lp.writeV(batch, { signal })
+    if (batch.length > 0) await this.send(batch, signal)
   }
 
   /**
@@ -131,7 +149,7 @@ export class Framed {
         const piece = chunk.subarray(off, Math.min(chunk.length, off + CHUNK_BYTES))
         if (sent + piece.length > size) throw new Error(`blob source longer than its ${size} bytes`)
         while (window !== undefined && sent - acked >= window) acked = int((await this.readJson(signal)).ack, 'ack', acked, sent)
-        await this.lp.write(piece, { signal })
+        await this.send([piece], signal)
         sent += piece.length
       }
     }
