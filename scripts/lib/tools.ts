@@ -1,6 +1,6 @@
 // The compilers/caches compared by the cache benchmark, each isolated in its own temp dir:
 // plain gcc, meshcc (launcher + daemon), ccache, sccache (client + server).
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdirSync, readFileSync, readdirSync, readlinkSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { cpuSecondsOf, fail, findPidsByEnv, freePort, isAlive, run, sleep } from './proc.js'
@@ -150,7 +150,11 @@ export async function sccacheTool(base: Record<string, string>, tmp: string): Pr
       const r = await sccache('--start-server')
       if (r.code !== 0) fail(`sccache --start-server failed: ${(r.stderr || r.stdout).trim().split('\n').pop()}`)
       started = true
-      serverPid = findPidsByEnv('SCCACHE_DIR', dir, ['sccache'])[0]
+      for (let i = 0; i < 20 && !(serverPid && holdsListener(serverPid, port)); i++) {
+        serverPid = findPidsByEnv('SCCACHE_DIR', dir, ['sccache'])[0]
+        if (!(serverPid && holdsListener(serverPid, port))) await sleep(100)
+      }
+      if (!serverPid || !holdsListener(serverPid, port)) fail(`sccache: after --start-server no sccache process with SCCACHE_DIR=${dir} listens on port ${port}`)
     },
     async zero() {
       const r = await sccache('-z')
@@ -171,7 +175,15 @@ export async function sccacheTool(base: Record<string, string>, tmp: string): Pr
       for (const [reason, n] of Object.entries((s.not_cached ?? {}) as Record<string, number>)) extra[`not_cached: ${reason}`] = n
       return { requests, hits, misses, uncacheable: requests - hits - misses, extra }
     },
-    serverCpu: () => (serverPid ? cpuSecondsOf(serverPid) : undefined),
+    serverCpu: () => {
+      if (!serverPid) return undefined
+      // A server that died is started again by the next `sccache gcc` (a new pid, its CPU from
+      // zero), or not at all: either way the build's figure would lack the compiles it ran.
+      if (!processAlive(serverPid) || !holdsListener(serverPid, port)) {
+        fail(`sccache: the server (pid ${serverPid}) ${processAlive(serverPid) ? 'no longer listens on' : 'is gone from'} port ${port}: the compiles it ran cannot be counted in the build's CPU`)
+      }
+      return cpuSecondsOf(serverPid)
+    },
     async stop() {
       if (!started) return
       started = false
@@ -272,6 +284,29 @@ export function meshccMissing(meshBin: string): string | undefined {
     if (!existsSync(join(meshBin, '..', '..', f))) return `dist/${f} is missing (run \`npm run build\` first)`
   }
   return undefined
+}
+
+/** Whether process `pid` holds the TCP socket listening on `port` (IPv4 or IPv6). */
+function holdsListener(pid: number, port: number): boolean {
+  const hex = port.toString(16).toUpperCase().padStart(4, '0')
+  const inodes = new Set<string>()
+  for (const table of ['/proc/net/tcp', '/proc/net/tcp6']) {
+    let text = ''
+    try { text = readFileSync(table, 'utf8') } catch { continue }
+    for (const line of text.split('\n').slice(1)) {
+      // sl local_address rem_address st … inode: local "ADDR:PORT", state 0A is LISTEN
+      const f = line.trim().split(/\s+/)
+      if (f[1]?.endsWith(`:${hex}`) && f[3] === '0A' && f[9]) inodes.add(f[9])
+    }
+  }
+  if (inodes.size === 0) return false
+  try {
+    return readdirSync(`/proc/${pid}/fd`).some((fd) => {
+      try { return inodes.has(/^socket:\[(\d+)\]$/.exec(readlinkSync(`/proc/${pid}/fd/${fd}`))?.[1] ?? '') } catch { return false }
+    })
+  } catch {
+    return false
+  }
 }
 
 /** The pid a pid lock file names, or null. */
