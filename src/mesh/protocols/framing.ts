@@ -109,23 +109,23 @@ export class Framed {
   }
 
   async writeBlob(data: Uint8Array, signal?: AbortSignal): Promise<void> {
-    await this.writeJson({ blob: data.length }, signal)
-    for (let off = 0; off < data.length; off += CHUNK_BYTES) {
-      await this.send([data.subarray(off, Math.min(data.length, off + CHUNK_BYTES))], signal)
-    }
+    await this.writeFrames(null, [data], signal)
   }
 
   /**
-   * A control frame and blobs as writeJson and writeBlob send them, small pieces coalesced: one
-   * write (one muxer frame, one encryption, one syscall) where a small reply took four.
+   * A control frame (none: null) and blobs, each blob as its size frame and its chunks, small
+   * pieces coalesced: one write (one muxer frame, one encryption, one syscall) where a small
+   * reply took four. Each chunk of a blob larger than a chunk ends its write, so a write carries
+   * at most one chunk of it, as when every chunk was written alone: libp2p drops a stream whose
+   * unread bytes pass its read buffer, and bigger writes arrive in bigger lumps.
    */
   async writeFrames(head: unknown, blobs: Uint8Array[], signal?: AbortSignal): Promise<void> {
-    let batch: Uint8Array[] = [Buffer.from(JSON.stringify(head))]
+    let batch: Uint8Array[] = head === null ? [] : [Buffer.from(JSON.stringify(head))]
     for (const data of blobs) {
       batch.push(Buffer.from(JSON.stringify({ blob: data.length })))
       for (let off = 0; off < data.length; off += CHUNK_BYTES) {
         batch.push(data.subarray(off, Math.min(data.length, off + CHUNK_BYTES)))
-        if (batch.length >= 2 && data.length > CHUNK_BYTES) {
+        if (data.length > CHUNK_BYTES) {
           await this.send(batch, signal)
           batch = []
         }
