@@ -22,6 +22,17 @@ export function clip(text: string, max = 200): string {
   return text.length > max ? `${escaped}… (${text.length} characters)` : escaped
 }
 
+/**
+ * The first line of whatever was thrown, at most `max` characters. Libraries do not always
+ * throw Errors (a libp2p stream's write rejects with its close Event): reading `.message` of
+ * those in a catch block would throw again and skip the code that handles the failure.
+ */
+export function firstLine(err: unknown, max = 200): string {
+  const m = (err as { message?: unknown } | null)?.message
+  const text = typeof m === 'string' && m !== '' ? m : String(err)
+  return text.split('\n')[0]!.slice(0, max)
+}
+
 /** A message as a log entry holds it: bounded, and its further lines (a stack) indented, so none passes for an entry. */
 function bounded(msg: string): string {
   const m = msg.length > MAX_LOG_MESSAGE ? `${msg.slice(0, MAX_LOG_MESSAGE)}… (${msg.length} characters)` : msg

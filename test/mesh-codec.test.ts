@@ -5,6 +5,7 @@ import { decodeExchange, exchangeDoc, MAX_EXCHANGE_ADDRS } from '../src/mesh/pro
 import { MAX_CONTROL_BYTES, ProtocolViolation } from '../src/mesh/protocols/framing.js'
 import { decodeFileTable, encodeFileTable, type JobFileRef } from '../src/mesh/protocols/compile-job.js'
 import { createHash } from 'node:crypto'
+import { firstLine } from '../src/log.js'
 
 const sample: LoadMessage = {
   cores: 16, running: 3, queued: 1, freeSlots: 13, load1: 2.57, speed: 1.25,
@@ -125,4 +126,15 @@ test('compile job file table: roundtrip of thousands of entries, compact, and ev
   bad(one('/x.h', 1), 1, /bad path length/) // shares bytes with a previous path that does not exist
   bad(one('/x.h', 0, 0o4755), 1, /mode/)
   bad(one('/x.h', 0, 0o644, 0xffffffff), 1, /size/)
+})
+
+test('firstLine: what a failed stream operation threw, as one line, whatever it was', () => {
+  // libp2p's write rejects with the stream's close Event when the peer resets it mid-write:
+  // reading .message of that in a catch block threw a TypeError before firstLine
+  assert.equal(firstLine(new Event('close')), '[object Event]')
+  assert.equal(firstLine(null), 'null')
+  assert.equal(firstLine(undefined), 'undefined')
+  assert.equal(firstLine('text\nstack'), 'text')
+  assert.equal(firstLine(new Error('first\n    at x')), 'first')
+  assert.equal(firstLine(new Error('x'.repeat(300)), 120).length, 120)
 })

@@ -6,7 +6,7 @@ import { createHash } from 'node:crypto'
 import { readFile, stat } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
 import type { Config } from '../config.js'
-import type { Logger } from '../log.js'
+import { firstLine, type Logger } from '../log.js'
 import type { Mesh, MeshMember } from '../mesh/index.js'
 import { sendCompileJob, type JobFileRef, type JobHeader } from '../mesh/protocols/compile-job.js'
 import { packToolchainCached } from '../toolchain/pack.js'
@@ -252,8 +252,8 @@ export class MeshRemoteRunner implements RemoteRunner {
     try {
       ;[toolchain, inputs] = await Promise.all([this.toolchainFor(job), this.readInputs(job)])
     } catch (err) {
-      this.opts.log.debug(`cannot ship ${'spec' in job ? job.spec.input : job.input}: ${(err as Error).message}`)
-      return { unshippable: (err as Error).message.split('\n')[0]!.slice(0, 120) }
+      this.opts.log.debug(`cannot ship ${'spec' in job ? job.spec.input : job.input}: ${firstLine(err)}`)
+      return { unshippable: firstLine(err, 120) }
     }
     const cwd = resolve(job.req.cwd)
     if (!('spec' in job)) return commandJob(job, cwd, toolchain.hash, inputs)
@@ -337,7 +337,7 @@ export class MeshRemoteRunner implements RemoteRunner {
         ps.failed++
         holdOff()
         reason = gone.signal.aborted ? 'peer error: it left the mesh view (no load message within the expiry)'
-          : `peer error: ${(err as Error).name === 'TimeoutError' ? 'timed out' : (err as Error).message.split('\n')[0].slice(0, 120)}`
+          : `peer error: ${(err as Error | null)?.name === 'TimeoutError' ? 'timed out' : firstLine(err, 120)}`
       } finally {
         jobs.delete(gone)
         if (jobs.size === 0) this.running.delete(peer.peerId)
