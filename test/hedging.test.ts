@@ -7,13 +7,14 @@
 // result; a client with local_slots = 0 must not.
 import { test, after, before } from 'node:test'
 import assert from 'node:assert/strict'
-import { mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs'
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { runCommand, type Instance, type RunResult } from './helpers/meshcc.js'
 import { status, startMeshDaemon, waitFor } from './helpers/mesh-daemons.js'
 import { startDistMesh, type DistMesh } from './helpers/dist-mesh.js'
 import { HEDGE_FACTOR, HEDGE_FLOOR_MS } from '../src/daemon/placement.js'
 import { logFiles } from '../src/log.js'
+import { Freezer, ended } from './helpers/freeze.js'
 
 let mesh: DistMesh
 let builder: Instance
@@ -21,8 +22,9 @@ let builder: Instance
 let noSlots: Instance
 /** local_slots = 1 and a speed score far below the builder's: misses go to the builder while its slot is free */
 let hedger: Instance
-/** processes this test froze, thawed again however a test ends */
-const frozen = new Set<number>()
+/** the builder's compilers this test froze, thawed again however a test ends */
+const freezer = new Freezer()
+const thaw = () => freezer.thaw()
 
 before(async () => {
   // one builder, advertised far faster than the clients: the hedging client sends its misses there
@@ -43,45 +45,6 @@ after(async () => {
   thaw()
   await mesh?.stop()
 })
-
-function thaw(): void {
-  for (const pid of frozen) try { process.kill(pid, 'SIGCONT') } catch { /* gone */ }
-  frozen.clear()
-}
-
-/** pid → [command name, parent pid, state] of every process, from /proc */
-function processes(): Map<number, { comm: string; ppid: number; state: string }> {
-  const out = new Map<number, { comm: string; ppid: number; state: string }>()
-  for (const name of readdirSync('/proc')) {
-    if (!/^\d+$/.test(name)) continue
-    let stat: string
-    try { stat = readFileSync(`/proc/${name}/stat`, 'utf8') } catch { continue }
-    // "pid (comm) state ppid …"; comm may hold spaces and parentheses
-    const close = stat.lastIndexOf(')')
-    const [state, ppid] = stat.slice(close + 2).split(' ')
-    out.set(Number(name), { comm: stat.slice(stat.indexOf('(') + 1, close), ppid: Number(ppid), state: state! })
-  }
-  return out
-}
-
-/** Freeze the first cc1 that runs under `root` (the builder daemon's sandbox); its pid. Bounded to 120 s. */
-async function freezeCompilerUnder(root: number): Promise<number> {
-  const deadline = Date.now() + 120_000
-  while (Date.now() < deadline) {
-    const procs = processes()
-    for (const [pid, p] of procs) {
-      if (p.comm !== 'cc1') continue
-      let up = p.ppid
-      for (let hops = 0; up > 1 && up !== root && hops < 32; hops++) up = procs.get(up)?.ppid ?? 0
-      if (up !== root) continue
-      process.kill(pid, 'SIGSTOP')
-      frozen.add(pid)
-      return pid
-    }
-    await new Promise((r) => setTimeout(r, 5))
-  }
-  throw new Error('no cc1 ran under the builder within 120 s')
-}
 
 /** A unit that keeps cc1 busy for a moment at -O2 (long enough to be caught running); `seed` makes each one a miss. */
 function writeSlowUnit(dir: string, name: string, seed: number): void {
@@ -122,7 +85,7 @@ async function slowCompile(client: Instance, dir: string, seed: number): Promise
   writeSlowUnit(dir, 'slow.c', seed)
   const plain = await runCommand('gcc', ['-c', '-O2', 'slow.c', '-o', 'plain.o'], { cwd: dir })
   assert.equal(plain.code, 0, plain.stderr)
-  const freezing = freezeCompilerUnder(builder.daemonPid()!)
+  const freezing = freezer.freezeUnder(builder.daemonPid()!, 'cc1')
   const run = client.run(['gcc', '-c', '-O2', 'slow.c', '-o', 'slow.o'], { cwd: dir, timeoutMs: 240_000 })
   return { run, frozenCc1: await freezing }
 }
@@ -150,10 +113,7 @@ test('a client with a local slot compiles a job stuck on a slow builder here too
     const text = await hedger.run(['-s'])
     assert.match(text.stdout, /hedged\)\s+\d+/)
     // the client reset the job's stream: the builder kills the job's sandbox (the frozen cc1 with it)
-    await waitFor('the builder to stop the abandoned job', async () => {
-      const state = processes().get(cc1)?.state
-      return state === undefined || state === 'Z' ? true : undefined
-    }, 30_000)
+    await waitFor('the builder to stop the abandoned job', async () => (ended(cc1) ? true : undefined), 30_000)
   } finally {
     thaw()
   }
