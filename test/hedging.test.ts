@@ -10,8 +10,8 @@ import assert from 'node:assert/strict'
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { runCommand, type Instance, type RunResult } from './helpers/meshcc.js'
-import { status, startMeshDaemon, waitFor } from './helpers/mesh-daemons.js'
-import { startDistMesh, type DistMesh } from './helpers/dist-mesh.js'
+import { status, waitFor } from './helpers/mesh-daemons.js'
+import { assertHedgeWonHere, startDistMesh, startSlowClient, type DistMesh } from './helpers/dist-mesh.js'
 import { HEDGE_FACTOR, HEDGE_FLOOR_MS } from '../src/daemon/placement.js'
 import { logFiles } from '../src/log.js'
 import { Freezer, ended } from './helpers/freeze.js'
@@ -31,15 +31,7 @@ before(async () => {
   mesh = await startDistMesh('hedge', 1, 'speed = 1000')
   builder = mesh.builders[0]!
   noSlots = mesh.client
-  const boot = (await status(builder)).mesh!.addresses.filter((a) => a.includes('/127.0.0.1/'))
-  hedger = mesh.daemon('hedge-local1', { localSlots: 1, cores: 1, bootstrap: boot, build: 'speed = 1' })
-  await startMeshDaemon(hedger)
-  // its own entry too: without its own speed score a client keeps a miss here while its slot is free
-  await waitFor('the builder and itself in the hedging client\'s view', async () => {
-    const s = await status(hedger)
-    const builderIn = s.mesh!.members.some((m) => !m.self && m.free_slots > 0 && m.accept !== 'never' && m.rtt_ms !== null)
-    return builderIn && s.mesh!.members.some((m) => m.self) ? true : undefined
-  })
+  hedger = await startSlowClient(mesh, builder, 'hedge-local1')
 })
 after(async () => {
   thaw()
@@ -101,14 +93,7 @@ test('a client with a local slot compiles a job stuck on a slow builder here too
     assert.equal(r.code, 0, `the compile finished (${r.signal ?? ''}): ${r.stderr}`)
     assert.ok(readFileSync(join(dir, 'slow.o')).equals(readFileSync(join(dir, 'plain.o'))), 'slow.o is what gcc makes')
     const after = await hedger.stats()
-    const d = (k: string) => after[k] - before[k]
-    assert.equal(d('hedged'), 1, 'the job was hedged')
-    assert.equal(d('hedge_won_local'), 1, 'the compile here won')
-    assert.equal(d('remote_compiles'), 0)
-    assert.equal(d('local_compiles'), 1)
-    assert.equal(d('fallbacks'), 0, `no fallback: ${JSON.stringify(after.fallback_reasons)}`)
-    const cHedged = (s: Record<string, unknown>) => (s.families as Record<string, { counters: Record<string, number> }>).c?.counters.hedged ?? 0
-    assert.equal(cHedged(after) - cHedged(before), 1, 'counted for the C family')
+    assertHedgeWonHere(before, after, 'c')
     // the human form names it
     const text = await hedger.run(['-s'])
     assert.match(text.stdout, /hedged\)\s+\d+/)

@@ -12,8 +12,8 @@ import assert from 'node:assert/strict'
 import { mkdirSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { runCommand, type Instance } from './helpers/meshcc.js'
-import { status, startMeshDaemon, waitFor } from './helpers/mesh-daemons.js'
-import { startDistMesh, type DistMesh } from './helpers/dist-mesh.js'
+import { status, waitFor } from './helpers/mesh-daemons.js'
+import { assertHedgeWonHere, startDistMesh, startSlowClient, type DistMesh } from './helpers/dist-mesh.js'
 import { filesIn, findCargo, toolchainRustc } from './helpers/cargo.js'
 import { Freezer, ended } from './helpers/freeze.js'
 
@@ -27,14 +27,7 @@ const freezer = new Freezer()
 before(async () => {
   mesh = await startDistMesh('rhedge', 1, 'speed = 1000')
   builder = mesh.builders[0]!
-  const boot = (await status(builder)).mesh!.addresses.filter((a) => a.includes('/127.0.0.1/'))
-  hedger = mesh.daemon('rhedge-local1', { localSlots: 1, cores: 1, bootstrap: boot, build: 'speed = 1' })
-  await startMeshDaemon(hedger)
-  await waitFor('the builder and itself in the hedging client\'s view', async () => {
-    const s = await status(hedger)
-    const builderIn = s.mesh!.members.some((m) => !m.self && m.free_slots > 0 && m.accept !== 'never' && m.rtt_ms !== null)
-    return builderIn && s.mesh!.members.some((m) => m.self) ? true : undefined
-  })
+  hedger = await startSlowClient(mesh, builder, 'rhedge-local1')
 })
 after(async () => {
   freezer.thaw()
@@ -75,12 +68,6 @@ function mtimes(dir: string): Map<string, number> {
   return new Map(readdirSync(dir).sort().map((n) => [n, statSync(join(dir, n)).mtimeMs]))
 }
 
-type RustCounters = Record<string, number>
-async function rustCounters(i: Instance): Promise<RustCounters> {
-  const s = await i.stats() as unknown as { families: Record<string, { counters: RustCounters }> }
-  return s.families.rust?.counters ?? {}
-}
-
 test('a rustc job stuck on a slow builder is compiled here too once a local slot is free, and the result here is taken', { timeout: 600_000 }, async () => {
   const dir = join(hedger.dir, 'crates')
   // Small crates until one compiled on the builder: the first ships the toolchain (which the
@@ -100,7 +87,6 @@ test('a rustc job stuck on a slow builder is compiled here too once a local slot
   const want = await plainRustc(dir, 'slow')
   const out = join(dir, 'out')
   const before = await hedger.stats()
-  const rustBefore = await rustCounters(hedger)
   try {
     const freezing = freezer.freezeUnder(builder.daemonPid()!, 'rustc')
     // without a hedge this waits for the frozen builder until the run's own timeout ends it
@@ -115,14 +101,7 @@ test('a rustc job stuck on a slow builder is compiled here too once a local slot
     assert.ok(files.has('slow-0123456789abcdef.d'), `the dep-info was written: ${[...files.keys()].join(' ')}`)
 
     const after = await hedger.stats()
-    const d = (k: string) => after[k] - before[k]
-    assert.equal(d('hedged'), 1, 'the job was hedged')
-    assert.equal(d('hedge_won_local'), 1, 'the compile here won')
-    assert.equal(d('remote_compiles'), 0)
-    assert.equal(d('local_compiles'), 1)
-    assert.equal(d('fallbacks'), 0, `no fallback: ${JSON.stringify(after.fallback_reasons)}`)
-    const rustAfter = await rustCounters(hedger)
-    assert.equal((rustAfter.hedged ?? 0) - (rustBefore.hedged ?? 0), 1, 'counted for the Rust family')
+    assertHedgeWonHere(before, after, 'rust')
 
     // the builder's late end: its rustc runs again; the client reset the job's stream, so the
     // builder stops the job (or finishes it into a closed stream). Nothing here may change.
