@@ -7,13 +7,14 @@
 // result; a client with local_slots = 0 must not.
 import { test, after, before } from 'node:test'
 import assert from 'node:assert/strict'
-import { mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs'
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { runCommand, type Instance, type RunResult } from './helpers/meshcc.js'
-import { status, startMeshDaemon, waitFor } from './helpers/mesh-daemons.js'
-import { startDistMesh, type DistMesh } from './helpers/dist-mesh.js'
+import { status, waitFor } from './helpers/mesh-daemons.js'
+import { assertHedgeWonHere, startDistMesh, startSlowClient, type DistMesh } from './helpers/dist-mesh.js'
 import { HEDGE_FACTOR, HEDGE_FLOOR_MS } from '../src/daemon/placement.js'
 import { logFiles } from '../src/log.js'
+import { Freezer, ended } from './helpers/freeze.js'
 
 let mesh: DistMesh
 let builder: Instance
@@ -21,67 +22,21 @@ let builder: Instance
 let noSlots: Instance
 /** local_slots = 1 and a speed score far below the builder's: misses go to the builder while its slot is free */
 let hedger: Instance
-/** processes this test froze, thawed again however a test ends */
-const frozen = new Set<number>()
+/** the builder's compilers this test froze, thawed again however a test ends */
+const freezer = new Freezer()
+const thaw = () => freezer.thaw()
 
 before(async () => {
   // one builder, advertised far faster than the clients: the hedging client sends its misses there
   mesh = await startDistMesh('hedge', 1, 'speed = 1000')
   builder = mesh.builders[0]!
   noSlots = mesh.client
-  const boot = (await status(builder)).mesh!.addresses.filter((a) => a.includes('/127.0.0.1/'))
-  hedger = mesh.daemon('hedge-local1', { localSlots: 1, cores: 1, bootstrap: boot, build: 'speed = 1' })
-  await startMeshDaemon(hedger)
-  // its own entry too: without its own speed score a client keeps a miss here while its slot is free
-  await waitFor('the builder and itself in the hedging client\'s view', async () => {
-    const s = await status(hedger)
-    const builderIn = s.mesh!.members.some((m) => !m.self && m.free_slots > 0 && m.accept !== 'never' && m.rtt_ms !== null)
-    return builderIn && s.mesh!.members.some((m) => m.self) ? true : undefined
-  })
+  hedger = await startSlowClient(mesh, builder, 'hedge-local1')
 })
 after(async () => {
   thaw()
   await mesh?.stop()
 })
-
-function thaw(): void {
-  for (const pid of frozen) try { process.kill(pid, 'SIGCONT') } catch { /* gone */ }
-  frozen.clear()
-}
-
-/** pid → [command name, parent pid, state] of every process, from /proc */
-function processes(): Map<number, { comm: string; ppid: number; state: string }> {
-  const out = new Map<number, { comm: string; ppid: number; state: string }>()
-  for (const name of readdirSync('/proc')) {
-    if (!/^\d+$/.test(name)) continue
-    let stat: string
-    try { stat = readFileSync(`/proc/${name}/stat`, 'utf8') } catch { continue }
-    // "pid (comm) state ppid …"; comm may hold spaces and parentheses
-    const close = stat.lastIndexOf(')')
-    const [state, ppid] = stat.slice(close + 2).split(' ')
-    out.set(Number(name), { comm: stat.slice(stat.indexOf('(') + 1, close), ppid: Number(ppid), state: state! })
-  }
-  return out
-}
-
-/** Freeze the first cc1 that runs under `root` (the builder daemon's sandbox); its pid. Bounded to 120 s. */
-async function freezeCompilerUnder(root: number): Promise<number> {
-  const deadline = Date.now() + 120_000
-  while (Date.now() < deadline) {
-    const procs = processes()
-    for (const [pid, p] of procs) {
-      if (p.comm !== 'cc1') continue
-      let up = p.ppid
-      for (let hops = 0; up > 1 && up !== root && hops < 32; hops++) up = procs.get(up)?.ppid ?? 0
-      if (up !== root) continue
-      process.kill(pid, 'SIGSTOP')
-      frozen.add(pid)
-      return pid
-    }
-    await new Promise((r) => setTimeout(r, 5))
-  }
-  throw new Error('no cc1 ran under the builder within 120 s')
-}
 
 /** A unit that keeps cc1 busy for a moment at -O2 (long enough to be caught running); `seed` makes each one a miss. */
 function writeSlowUnit(dir: string, name: string, seed: number): void {
@@ -122,7 +77,7 @@ async function slowCompile(client: Instance, dir: string, seed: number): Promise
   writeSlowUnit(dir, 'slow.c', seed)
   const plain = await runCommand('gcc', ['-c', '-O2', 'slow.c', '-o', 'plain.o'], { cwd: dir })
   assert.equal(plain.code, 0, plain.stderr)
-  const freezing = freezeCompilerUnder(builder.daemonPid()!)
+  const freezing = freezer.freezeUnder(builder.daemonPid()!, 'cc1')
   const run = client.run(['gcc', '-c', '-O2', 'slow.c', '-o', 'slow.o'], { cwd: dir, timeoutMs: 240_000 })
   return { run, frozenCc1: await freezing }
 }
@@ -138,22 +93,12 @@ test('a client with a local slot compiles a job stuck on a slow builder here too
     assert.equal(r.code, 0, `the compile finished (${r.signal ?? ''}): ${r.stderr}`)
     assert.ok(readFileSync(join(dir, 'slow.o')).equals(readFileSync(join(dir, 'plain.o'))), 'slow.o is what gcc makes')
     const after = await hedger.stats()
-    const d = (k: string) => after[k] - before[k]
-    assert.equal(d('hedged'), 1, 'the job was hedged')
-    assert.equal(d('hedge_won_local'), 1, 'the compile here won')
-    assert.equal(d('remote_compiles'), 0)
-    assert.equal(d('local_compiles'), 1)
-    assert.equal(d('fallbacks'), 0, `no fallback: ${JSON.stringify(after.fallback_reasons)}`)
-    const cHedged = (s: Record<string, unknown>) => (s.families as Record<string, { counters: Record<string, number> }>).c?.counters.hedged ?? 0
-    assert.equal(cHedged(after) - cHedged(before), 1, 'counted for the C family')
+    assertHedgeWonHere(before, after, 'c')
     // the human form names it
     const text = await hedger.run(['-s'])
     assert.match(text.stdout, /hedged\)\s+\d+/)
     // the client reset the job's stream: the builder kills the job's sandbox (the frozen cc1 with it)
-    await waitFor('the builder to stop the abandoned job', async () => {
-      const state = processes().get(cc1)?.state
-      return state === undefined || state === 'Z' ? true : undefined
-    }, 30_000)
+    await waitFor('the builder to stop the abandoned job', async () => (ended(cc1) ? true : undefined), 30_000)
   } finally {
     thaw()
   }

@@ -3,7 +3,7 @@
 // a free local slot skipped only for a clearly faster peer.
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
-import { choosePeer, fasterPeerThanHere, type Candidate } from '../src/daemon/placement.js'
+import { choosePeer, fasterPeerThanHere, hedgeAfterMs, HEDGE_FACTOR, HEDGE_FLOOR_MS, JobTimes, type Candidate } from '../src/daemon/placement.js'
 
 const peer = (id: string, free: number, extra: Partial<Candidate> = {}): Candidate => ({ id, free, speed: 10, rttMs: 1, hasToolchain: false, ...extra })
 
@@ -66,4 +66,26 @@ test('among equally fast peers, the one holding more of the job\'s inputs is pre
   // held inputs never lift a slower tier or a full peer
   assert.equal(choosePeer([peer('slow', 4, { speed: 1, inputsHeld: 1 }), peer('fast', 1, { speed: 10, inputsHeld: 0 })], lcg(3))!.id, 'fast')
   assert.equal(choosePeer([peer('full', 0, { inputsHeld: 1 }), peer('free', 1, { inputsHeld: 0 })], lcg(3))!.id, 'free')
+})
+
+test('the hedge bound follows a peer\'s usual job time per toolchain, and a job that fetched the toolchain is not a usual one', () => {
+  const times = new JobTimes()
+  const gcc = 'peer\0gcc-toolchain'
+  const rustc = 'peer\0rustc-toolchain'
+  // nothing finished there yet: three times the floor
+  assert.equal(hedgeAfterMs(times.get(rustc)), HEDGE_FACTOR * HEDGE_FLOOR_MS)
+  // the first rustc job had the peer fetch its 175 MiB toolchain: 20 s that no later job takes
+  times.record(rustc, 20_000, true)
+  assert.equal(times.get(rustc), null)
+  assert.equal(hedgeAfterMs(times.get(rustc)), HEDGE_FACTOR * HEDGE_FLOOR_MS)
+  // crates of 1.5 s: the bound is three times that
+  for (let i = 0; i < 5; i++) times.record(rustc, 1_500)
+  assert.equal(hedgeAfterMs(times.get(rustc)), HEDGE_FACTOR * 1_500)
+  // short C units on the same peer leave rustc's bound alone, and get the floor
+  for (let i = 0; i < 5; i++) times.record(gcc, 100)
+  assert.equal(hedgeAfterMs(times.get(rustc)), HEDGE_FACTOR * 1_500)
+  assert.equal(hedgeAfterMs(times.get(gcc)), HEDGE_FLOOR_MS)
+  // the usual time follows the last jobs (about five)
+  for (let i = 0; i < 12; i++) times.record(rustc, 4_000)
+  assert.ok(Math.abs(times.get(rustc)! - 4_000) < 100, `${times.get(rustc)}`)
 })

@@ -83,6 +83,15 @@ export function fasterPeerThanHere(ownSpeed: number | null, candidates: Readonly
 // that bound the job is either one of the largest (where one more local run is cheap against
 // its length) or its builder is slow; the floor keeps short C jobs, whose times on loopback
 // jitter by tens of milliseconds, from being compiled twice.
+//
+// The usual time is kept per peer and toolchain, so rustc's crates (0.2 s to tens of seconds)
+// never set the bound of C units there, nor the other way round. A job that had the peer
+// fetch the toolchain is not a usual job: the peer lacked it when the job was placed, so the
+// job's time holds the fetch and unpacking (rustc's toolchain is 175 MiB: 9.6 s on loopback,
+// far more on a slow link) and, recorded, it would raise the bound for the next five or more
+// jobs there to three times that, when rustc's jobs are few enough that those are a large
+// part of the build. Such a job's time is left out: until a usual job has finished there,
+// the bound is HEDGE_FACTOR times the floor.
 
 /** never hedge a job before it has run this long on its builder */
 export const HEDGE_FLOOR_MS = 2_000
@@ -97,7 +106,9 @@ export class JobTimes {
 
   constructor(private readonly maxKeys = 4096) {}
 
-  record(key: string, ms: number): void {
+  /** A job's time from acceptance to result; `fetchedToolchain`: the peer lacked its toolchain when it was placed (left out). */
+  record(key: string, ms: number, fetchedToolchain = false): void {
+    if (fetchedToolchain) return
     const before = this.usual.get(key)
     if (before === undefined && this.usual.size >= this.maxKeys) this.usual.clear()
     this.usual.set(key, before === undefined ? ms : before + JOB_TIME_WEIGHT * (ms - before))

@@ -300,6 +300,8 @@ export class MeshRemoteRunner implements RemoteRunner {
       const t0 = Date.now()
       let accepted = t0
       const timeKey = `${peer.peerId}\0${job.header.toolchain}`
+      // read now: the view's entry for the peer changes once it has fetched the toolchain
+      const fetchesToolchain = !peer.load.toolchains.includes(job.header.toolchain)
       const holdOff = () => this.backoff.set(peer.peerId, Date.now() + Math.min(MAX_BACKOFF_MS, Math.max(BACKOFF_MS, 2 * (Date.now() - t0))))
       try {
         const load = async (need: number[]) => {
@@ -319,7 +321,7 @@ export class MeshRemoteRunner implements RemoteRunner {
         })
         if (reply.kind === 'done') {
           ps.done++
-          if (reply.exitCode === 0) this.jobTimes.record(timeKey, Date.now() - accepted)
+          if (reply.exitCode === 0) this.jobTimes.record(timeKey, Date.now() - accepted, fetchesToolchain)
           return { kind: 'done', outcome: { exitCode: reply.exitCode, stdout: reply.stdout, stderr: reply.stderr, obj: reply.obj, peer: peer.peerId } }
         }
         if (reply.kind === 'refused') {

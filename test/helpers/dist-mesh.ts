@@ -1,6 +1,7 @@
 // A mesh of real daemons on loopback for distributed-compile tests: one mesh key, builders with
 // free slots, and a client with local_slots = 0 that sends every miss to them (mDNS off, each
 // daemon its own config dir). Every daemon made here is stopped by stop().
+import assert from 'node:assert/strict'
 import { join } from 'node:path'
 import { createInstance, type Instance } from './meshcc.js'
 import { generateMeshKey, writeMeshKey } from '../../src/mesh/keys.js'
@@ -55,4 +56,34 @@ export async function startDistMesh(prefix: string, builderCount = 2, builderBui
     await stop()
     throw err
   }
+}
+
+/**
+ * A client with one local slot and a speed score far below the builders' (speed = 1000 in
+ * startDistMesh's builderBuild): it sends its misses to `builder` while that has room, and can
+ * hedge them here. Started, with the builder and itself in its view.
+ */
+export async function startSlowClient(mesh: DistMesh, builder: Instance, name: string): Promise<Instance> {
+  const boot = (await status(builder)).mesh!.addresses.filter((a) => a.includes('/127.0.0.1/'))
+  const client = mesh.daemon(name, { localSlots: 1, cores: 1, bootstrap: boot, build: 'speed = 1' })
+  await startMeshDaemon(client)
+  // its own entry too: without its own speed score a client keeps a miss here while its slot is free
+  await waitFor('the builder and itself in the client\'s view', async () => {
+    const s = await status(client)
+    const builderIn = s.mesh!.members.some((m) => !m.self && m.free_slots > 0 && m.accept !== 'never' && m.rtt_ms !== null)
+    return builderIn && s.mesh!.members.some((m) => m.self) ? true : undefined
+  })
+  return client
+}
+
+/** Stats of a client before and after one hedged compile that the compile here won, for `family`. */
+export function assertHedgeWonHere(before: Record<string, unknown>, after: Record<string, unknown>, family: string): void {
+  const d = (k: string) => (after[k] as number) - (before[k] as number)
+  assert.equal(d('hedged'), 1, 'the job was hedged')
+  assert.equal(d('hedge_won_local'), 1, 'the compile here won')
+  assert.equal(d('remote_compiles'), 0)
+  assert.equal(d('local_compiles'), 1)
+  assert.equal(d('fallbacks'), 0, `no fallback: ${JSON.stringify(after.fallback_reasons)}`)
+  const hedged = (s: Record<string, unknown>) => (s.families as Record<string, { counters: Record<string, number> }>)[family]?.counters.hedged ?? 0
+  assert.equal(hedged(after) - hedged(before), 1, `counted for the ${family} family`)
 }
