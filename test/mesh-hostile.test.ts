@@ -188,6 +188,28 @@ test('a builder that resets the job stream while the client sends its inputs: on
   assert.match(err.message, /reset by the peer|has been reset/)
 })
 
+test('outputs that reach the client faster than it reads them wait unread: the result is not dropped', { timeout: 60_000 }, async () => {
+  // the reply's direction of the test above: a builder on a fast link sends a big object (an
+  // rlib is tens of MiB) while the client's event loop is busy; lpStream's default would drop
+  // the stream once 4 MiB wait unread. Here the builder writes the whole reply at once.
+  const obj = randomFillSync(Buffer.alloc(12 * MiB))
+  await builderNode.libp2p.handle(compileJobProtocol('bursts'), async (stream) => {
+    const f = new Framed(stream)
+    await f.readJson()
+    await f.readBlob(MiB)
+    await f.writeJson({ type: 'accepted', need: [] })
+    await f.readBlob(MiB)
+    const lp = lpStream(stream, { maxDataLength: MiB })
+    const frame = (v: unknown) => Buffer.from(JSON.stringify(v))
+    const chunks = Array.from({ length: obj.length / MiB }, (_, i) => obj.subarray(i * MiB, (i + 1) * MiB))
+    await lp.writeV([frame({ type: 'done', exitCode: 0 }), frame({ blob: 0 }), frame({ blob: 0 }), frame({ blob: obj.length }), ...chunks])
+    await stream.close()
+  })
+  const reply = await sendCompileJob(hostile.libp2p, 'bursts', builderNode.peerId, header([]), async () => [], { signal: AbortSignal.timeout(30_000) })
+  assert.equal(reply.kind, 'done', JSON.stringify(reply).slice(0, 200))
+  assert.ok(reply.kind === 'done' && reply.obj !== null && reply.obj.equals(obj), 'the object arrives whole')
+})
+
 test('a job whose inputs exceed what one peer may make the builder hold is refused before they are sent', { timeout: 60_000 }, async () => {
   const tight = await serveCompileJobs(builderNode.libp2p, 'tight', builder, inputs, () => {}, { peerBytes: MiB })
   const big = Buffer.alloc(2 * MiB, 1)

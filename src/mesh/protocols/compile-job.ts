@@ -255,6 +255,11 @@ export async function sendCompileJob(node: Libp2p, meshId: string, peer: string,
     if (!Array.isArray(need) || need.length > header.files.length) throw new ProtocolViolation('field need: expected a list of file indices')
     for (const i of need) if (!Number.isInteger(i) || i < 0 || i >= header.files.length) throw new ProtocolViolation('field need: index out of range')
     opts.onAccepted?.()
+    // the reply may come faster than a busy client reads it (yamux grants window as bytes
+    // arrive, not as they are read; libp2p drops a stream past 4 MiB unread): an rlib of tens
+    // of MiB lost to a lagging event loop. Let as much wait as the reply's object may be,
+    // which the client would hold anyway once read.
+    f.allowUnread(REPLY_UNREAD_BYTES)
     const data = await load(need as number[])
     const packed = await gzipAsync(Buffer.concat(data), { level: 1 })
     await f.writeBlob(packed, opts.signal)
@@ -320,6 +325,8 @@ const STALL_MS = 60_000
 const gzipBound = (n: number) => n + (n >> 8) + 1024
 /** the framing around a blob of `n` bytes: its size frame, a length prefix per chunk */
 const framesBytes = (n: number) => 64 + 8 * Math.ceil(n / CHUNK_BYTES)
+/** what a client lets wait unread of a job's reply: an object of the largest size, its frames, and room for stdout and stderr */
+const REPLY_UNREAD_BYTES = LIMITS.outputBytes + framesBytes(LIMITS.outputBytes) + 4 * 1024 * 1024
 
 /**
  * Gunzip the received inputs into one buffer per needed file, checking each file against its
