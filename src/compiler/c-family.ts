@@ -46,11 +46,12 @@ const TOO_NEW_MS = 1000
 /**
  * A unit whose main input is empty (Kbuild's cc-option probes compile /dev/null) and whose
  * preprocessed text is at most this long is compiled here, never sent: its compile is the
- * compiler's start-up (about 40 ms of CPU for a kernel probe; the smallest kernel unit, 61 KiB
- * of -fdirectives-only text, 30 ms), while a remote job costs the client's daemon about
- * 110 ms and the builder's about 130 ms (scratch measurement, issue #18). An empty unit's
- * -fdirectives-only text is gcc's predefined macros, about 22 KiB; the bound leaves room for
- * those of other targets while a unit that -include's real headers still goes remote.
+ * compiler's start-up (40-55 ms of CPU for a kernel probe), while a remote one cost the builder
+ * about 110 ms of its daemon's CPU and a sandbox, came back later, and spared the
+ * client nothing but that compile: its daemon's own work per probe is about 75 ms either way
+ * (A/B on one mesh, issue #18). An empty unit's -fdirectives-only text is gcc's predefined
+ * macros, about 22 KiB; the smallest real kernel unit has 61 KiB of it. The bound leaves room
+ * for other targets' macros while a probe that -include's real headers still goes remote.
  */
 const EMPTY_UNIT_MAX_BYTES = 64 * 1024
 /** These make the compiler write files we cannot see. */
