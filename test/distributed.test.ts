@@ -125,22 +125,6 @@ test('a compile error on a builder is rechecked here: the user sees exactly the 
   assert.equal(s.cache_writes, before.cache_writes)
 })
 
-test('a compiler probe on /dev/null (Kbuild cc-option), shipping no file, is compiled remotely too, not counted as a fallback', { timeout: 120_000 }, async () => {
-  const dir = join(client.dir, 'probe')
-  mkdirSync(dir)
-  // -nostdinc as Kbuild has it: not even stdc-predef.h is read, so the job ships no file at all
-  const args = ['-nostdinc', '-Werror', '-fno-stack-protector', '-c', '-x', 'c', '/dev/null', '-o', 'probe.o']
-  const plain = await runCommand('gcc', [...args.slice(0, -1), 'plain.o'], { cwd: dir })
-  assert.equal(plain.code, 0, plain.stderr)
-  const before = await client.stats()
-  const r = await client.run(['gcc', ...args], { cwd: dir })
-  assert.equal(r.code, 0, r.stderr)
-  const s = await client.stats()
-  assert.equal(s.remote_compiles - before.remote_compiles, 1, `compiled on a builder (fallbacks: ${JSON.stringify(s.fallback_reasons)})`)
-  assert.equal(s.fallbacks, before.fallbacks)
-  assert.ok(readFileSync(join(dir, 'probe.o')).equals(readFileSync(join(dir, 'plain.o'))))
-})
-
 test('a unit that includes thousands of headers (as large C++ units do) is compiled remotely, byte-identical (-g)', { timeout: 180_000 }, async () => {
   const dir = join(client.dir, 'many-headers')
   const inc = join(dir, 'include', 'vendor', 'some_large_library', 'detail', 'implementation')

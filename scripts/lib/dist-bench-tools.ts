@@ -290,11 +290,11 @@ export function meshccTool(base: Record<string, string>, tmp: string, o: MeshccO
       const s = JSON.parse(r.stdout) as Record<string, unknown>
       const num = (k: string) => (typeof s[k] === 'number' ? (s[k] as number) : 0)
       const reasons: Record<string, number> = {}
-      for (const [key, label] of [['fallback_reasons', 'fallback'], ['retry_reasons', 'retry'], ['non_cacheable_reasons', 'non-cacheable']] as const) {
+      for (const [key, label] of [['fallback_reasons', 'fallback'], ['retry_reasons', 'retry'], ['non_cacheable_reasons', 'non-cacheable'], ['kept_here_reasons', 'kept here']] as const) {
         for (const [k, v] of Object.entries((s[key] ?? {}) as Record<string, number>)) bump(reasons, `${label}: ${k}`, v)
       }
       const raw: Record<string, number> = {}
-      for (const k of ['compile_requests', 'cache_hits', 'cache_misses', 'non_cacheable', 'local_compiles', 'remote_compiles', 'compile_failures', 'fallbacks', 'remote_retries', 'cache_errors']) raw[k] = num(k)
+      for (const k of ['compile_requests', 'cache_hits', 'cache_misses', 'non_cacheable', 'local_compiles', 'kept_here', 'remote_compiles', 'compile_failures', 'fallbacks', 'remote_retries', 'cache_errors']) raw[k] = num(k)
       clearInterval(transferPoll)
       const tEnd = (await adminStatus(client.socket, 5000).catch(() => undefined))?.mesh?.transfer
       if (transferFrom && tEnd && tEnd.jobs > transferFrom.jobs) {

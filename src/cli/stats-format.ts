@@ -11,6 +11,7 @@ const LINES: Array<[string, string]> = [
   ['Cache misses', 'cache_misses'],
   ['Non-cacheable calls', 'non_cacheable'],
   ['Local compiles', 'local_compiles'],
+  ['  of those, kept from the mesh (probes)', 'kept_here'],
   ['Remote compiles', 'remote_compiles'],
   ['  slow, also started here (hedged)', 'hedged'],
   ['  of those, finished here first', 'hedge_won_local'],
@@ -45,7 +46,7 @@ export function formatStatsText(s: Record<string, unknown>): string {
   const width = Math.max(...rows.map(([l]) => l.length)) + 2
   const valueWidth = Math.max(...rows.map(([, v]) => v.length))
   let out = rows.map(([l, v]) => l.padEnd(width) + v.padStart(valueWidth)).join('\n') + '\n'
-  for (const [title, key] of [['Non-cacheable reasons', 'non_cacheable_reasons'], ['Fallback reasons', 'fallback_reasons'], ['Retry reasons', 'retry_reasons']] as const) {
+  for (const [title, key] of [['Non-cacheable reasons', 'non_cacheable_reasons'], ['Fallback reasons', 'fallback_reasons'], ['Retry reasons', 'retry_reasons'], ['Kept-here reasons', 'kept_here_reasons']] as const) {
     const reasons = Object.entries((s[key] as Record<string, number>) ?? {}).sort((a, b) => b[1] - a[1] || a[0].localeCompare(b[0]))
     if (reasons.length === 0) continue
     out += `\n${title}:\n` + reasons.map(([r, n]) => `  ${r.padEnd(width + valueWidth - 10)} ${String(n).padStart(7)}`).join('\n') + '\n'

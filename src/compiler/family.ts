@@ -228,6 +228,11 @@ export interface CompileJob {
   compilePlan?(opts?: { objectOnly?: boolean }): RunPlan
   /** the job as the mesh runner ships it, for a content-keyed miss; absent: never shipped */
   remoteJob?(k: ContentKey): import('../daemon/compile-service.js').RemoteJob
+  /**
+   * Why this miss is compiled here although a peer could take it (a remote job would cost more
+   * than the compile: a compiler probe), for the kept_here count; null: it may go remote.
+   */
+  keepHere?(k: ContentKey): Promise<string | null>
   /** the outputs of a compile a peer ran for this job; rejects when they cannot be this build's */
   remoteOutputs?(obj: Buffer): Promise<OutputBlobs>
   /** a peer's stdout or stderr as the compile here would have written it (the paths of this build) */

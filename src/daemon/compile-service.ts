@@ -290,7 +290,9 @@ export class CompileService {
     const { log } = this.opts
     const remote = this.remote
     const shipping = remote !== null && job.remoteBlocker === null && job.remoteJob !== undefined
-    const wantsPeer = shipping && remote.wants(this.cpu.running < this.opts.slots)
+    // a miss whose remote job would cost more than its compile stays here, also with local_slots = 0
+    const keptHere = shipping ? ((await job.keepHere?.(k)) ?? null) : null
+    const wantsPeer = shipping && keptHere === null && remote.wants(this.cpu.running < this.opts.slots)
 
     // After a local miss the shared cache is asked while the job is made ready to ship (the
     // lookup has its own time budget); a verified hit is replayed as a local hit is.
@@ -311,6 +313,9 @@ export class CompileService {
     let fallback: string | null = null
     if (!shipping) {
       fallback = this.unsentReason(job)
+    } else if (keptHere !== null) {
+      stats.keptHere(keptHere)
+      log.debug(`compiling ${job.input} here: ${keptHere}`)
     } else if (preparing) {
       const prepared = await preparing
       if ('unshippable' in prepared) fallback = `job not shippable (${prepared.unshippable})`
@@ -364,7 +369,8 @@ export class CompileService {
         stats.fallback(fallback)
         log.info(`compiling ${job.input} here: ${fallback}`)
       }
-      const r = await this.compileHere(call, fallback !== null)
+      // (with local_slots = 0 both run beside the slots, on this machine's cores)
+      const r = await this.compileHere(call, fallback !== null || keptHere !== null)
       if ('kind' in r) return r
       outcome = r
     }

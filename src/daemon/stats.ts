@@ -16,23 +16,24 @@ export const COUNTERS = [
   // manifest sets from the mesh or the tier that named a file or variable the command does not read
   'shared_sets_refused',
   // remote jobs also started here because their builder was slow, and those the compile here won
-  'hedged', 'hedge_won_local'
+  'hedged', 'hedge_won_local',
+  // misses a peer could take that are compiled here because a remote job would cost more (a compiler probe)
+  'kept_here'
 ] as const
 export type Counter = (typeof COUNTERS)[number]
 
+/** The counters that come with a count per reason, and where those are kept. */
+const REASON_MAPS = ['non_cacheable_reasons', 'fallback_reasons', 'retry_reasons', 'kept_here_reasons'] as const
+type ReasonMap = (typeof REASON_MAPS)[number]
+type Reasons = Record<ReasonMap, Record<string, number>>
+
 /** The same counts for the calls of one compiler family ("c", "rust"). */
-export interface FamilyData {
+export interface FamilyData extends Reasons {
   counters: Partial<Record<Counter, number>>
-  non_cacheable_reasons: Record<string, number>
-  fallback_reasons: Record<string, number>
-  retry_reasons: Record<string, number>
 }
 
-export interface StatsData {
+export interface StatsData extends Reasons {
   counters: Record<Counter, number>
-  non_cacheable_reasons: Record<string, number>
-  fallback_reasons: Record<string, number>
-  retry_reasons: Record<string, number>
   /** milliseconds summed over hits, for the average hit time */
   hit_time_ms: number
   /** the counts split by compiler family */
@@ -46,6 +47,8 @@ export interface FamilyStats {
   nonCacheable(reason: string): void
   fallback(reason: string): void
   retry(reason: string): void
+  /** a miss compiled here by choice (kept_here) */
+  keptHere(reason: string): void
   hitTime(ms: number): void
 }
 
@@ -60,19 +63,21 @@ function errMessage(err: unknown): string {
 }
 const JOURNAL_FILE = 'fallbacks.journal'
 
+function emptyReasons(): Reasons {
+  return Object.fromEntries(REASON_MAPS.map((k) => [k, {}])) as Reasons
+}
+
 function emptyData(): StatsData {
   return {
     counters: Object.fromEntries(COUNTERS.map((c) => [c, 0])) as Record<Counter, number>,
-    non_cacheable_reasons: {},
-    fallback_reasons: {},
-    retry_reasons: {},
+    ...emptyReasons(),
     hit_time_ms: 0,
     families: {}
   }
 }
 
 function emptyFamily(): FamilyData {
-  return { counters: {}, non_cacheable_reasons: {}, fallback_reasons: {}, retry_reasons: {} }
+  return { counters: {}, ...emptyReasons() }
 }
 
 function addReasons(into: Record<string, number>, from: Record<string, number>): void {
@@ -81,16 +86,12 @@ function addReasons(into: Record<string, number>, from: Record<string, number>):
 
 function addData(into: StatsData, from: StatsData): StatsData {
   for (const c of COUNTERS) into.counters[c] += from.counters[c]
-  addReasons(into.non_cacheable_reasons, from.non_cacheable_reasons)
-  addReasons(into.fallback_reasons, from.fallback_reasons)
-  addReasons(into.retry_reasons, from.retry_reasons)
+  for (const k of REASON_MAPS) addReasons(into[k], from[k])
   into.hit_time_ms += from.hit_time_ms
   for (const [name, f] of Object.entries(from.families)) {
     const to = (into.families[name] ??= emptyFamily())
     for (const c of COUNTERS) if (f.counters[c]) to.counters[c] = (to.counters[c] ?? 0) + f.counters[c]!
-    addReasons(to.non_cacheable_reasons, f.non_cacheable_reasons)
-    addReasons(to.fallback_reasons, f.fallback_reasons)
-    addReasons(to.retry_reasons, f.retry_reasons)
+    for (const k of REASON_MAPS) addReasons(to[k], f[k])
   }
   return into
 }
@@ -106,7 +107,7 @@ function readFamilies(saved: unknown): Record<string, FamilyData> {
       const v = f.counters?.[c]
       if (typeof v === 'number' && Number.isFinite(v)) d.counters[c] = v
     }
-    for (const k of ['non_cacheable_reasons', 'fallback_reasons', 'retry_reasons'] as const) {
+    for (const k of REASON_MAPS) {
       for (const [r, v] of Object.entries(f[k] ?? {})) if (typeof v === 'number' && Number.isFinite(v)) d[k][r] = v
     }
     out[name] = d
@@ -173,19 +174,26 @@ export class Stats {
   }
 
   nonCacheable(reason: string): void {
-    this.inc('non_cacheable')
-    this.pending.non_cacheable_reasons[reason] = (this.pending.non_cacheable_reasons[reason] ?? 0) + 1
+    this.counted('non_cacheable', 'non_cacheable_reasons', reason)
   }
 
   fallback(reason: string): void {
-    this.inc('fallbacks')
-    this.pending.fallback_reasons[reason] = (this.pending.fallback_reasons[reason] ?? 0) + 1
+    this.counted('fallbacks', 'fallback_reasons', reason)
   }
 
   /** a remote attempt that failed and was retried elsewhere or locally */
   retry(reason: string): void {
-    this.inc('remote_retries')
-    this.pending.retry_reasons[reason] = (this.pending.retry_reasons[reason] ?? 0) + 1
+    this.counted('remote_retries', 'retry_reasons', reason)
+  }
+
+  /** a miss a peer could take, compiled here because a remote job would cost more */
+  keptHere(reason: string): void {
+    this.counted('kept_here', 'kept_here_reasons', reason)
+  }
+
+  private counted(counter: Counter, map: ReasonMap, reason: string): void {
+    this.inc(counter)
+    this.pending[map][reason] = (this.pending[map][reason] ?? 0) + 1
   }
 
   hitTime(ms: number): void {
@@ -204,7 +212,7 @@ export class Stats {
 
   private makeFamilyView(name: string): FamilyStats {
     const own = () => (this.pending.families[name] ??= emptyFamily())
-    const reason = (key: 'non_cacheable_reasons' | 'fallback_reasons' | 'retry_reasons', r: string) => {
+    const reason = (key: ReasonMap, r: string) => {
       const f = own()[key]
       f[r] = (f[r] ?? 0) + 1
     }
@@ -218,6 +226,7 @@ export class Stats {
       nonCacheable: (r) => { this.nonCacheable(r); ownInc('non_cacheable'); reason('non_cacheable_reasons', r) },
       fallback: (r) => { this.fallback(r); ownInc('fallbacks'); reason('fallback_reasons', r) },
       retry: (r) => { this.retry(r); ownInc('remote_retries'); reason('retry_reasons', r) },
+      keptHere: (r) => { this.keptHere(r); ownInc('kept_here'); reason('kept_here_reasons', r) },
       hitTime: (ms) => this.hitTime(ms)
     }
   }
@@ -230,9 +239,7 @@ export class Stats {
         const v = saved.counters?.[c]
         if (typeof v === 'number' && Number.isFinite(v)) data.counters[c] = v
       }
-      addReasons(data.non_cacheable_reasons, saved.non_cacheable_reasons ?? {})
-      addReasons(data.fallback_reasons, saved.fallback_reasons ?? {})
-      addReasons(data.retry_reasons, saved.retry_reasons ?? {})
+      for (const k of REASON_MAPS) addReasons(data[k], saved[k] ?? {})
       if (typeof saved.hit_time_ms === 'number') data.hit_time_ms = saved.hit_time_ms
       data.families = readFamilies(saved.families)
     } catch (err) {
