@@ -20,6 +20,7 @@ import { lpStream } from '@libp2p/utils'
 import { compileJobProtocol, encodeFileTable, sendCompileJob, serveCompileJobs, type CompileJobServer, type JobHeader } from '../src/mesh/protocols/compile-job.js'
 import { fetchToolchain, serveToolchains, toolchainFetchProtocol } from '../src/mesh/protocols/toolchain-fetch.js'
 import { Framed } from '../src/mesh/protocols/framing.js'
+import { cacheExchangeProtocol, getEntry } from '../src/mesh/protocols/cache-exchange.js'
 import { Builder } from '../src/daemon/builder.js'
 import { MemoryInputCache } from '../src/daemon/input-cache.js'
 import { ToolchainCache } from '../src/toolchain/cache.js'
@@ -208,6 +209,21 @@ test('outputs that reach the client faster than it reads them wait unread: the r
   const reply = await sendCompileJob(hostile.libp2p, 'bursts', builderNode.peerId, header([]), async () => [], { signal: AbortSignal.timeout(30_000) })
   assert.equal(reply.kind, 'done', JSON.stringify(reply).slice(0, 200))
   assert.ok(reply.kind === 'done' && reply.obj !== null && reply.obj.equals(obj), 'the object arrives whole')
+})
+
+test('a cache entry that reaches the asker faster than it reads it waits unread: the hit is not dropped', { timeout: 60_000 }, async () => {
+  const entry = randomFillSync(Buffer.alloc(12 * MiB))
+  await builderNode.libp2p.handle(cacheExchangeProtocol('bursts'), async (stream) => {
+    const lp = lpStream(stream, { maxDataLength: MiB })
+    await lp.read()
+    const frame = (v: unknown) => Buffer.from(JSON.stringify(v))
+    const chunks = Array.from({ length: entry.length / MiB }, (_, i) => entry.subarray(i * MiB, (i + 1) * MiB))
+    await lp.writeV([frame({ type: 'hit' }), frame({ blob: entry.length }), ...chunks])
+    await stream.close()
+  })
+  const reply = await getEntry(hostile.libp2p, 'bursts', builderNode.peerId, 'a'.repeat(64), { signal: AbortSignal.timeout(30_000), limit: 64 * MiB })
+  assert.equal(reply.kind, 'hit', JSON.stringify(reply).slice(0, 200))
+  assert.ok(reply.kind === 'hit' && reply.blob.equals(entry), 'the entry arrives whole')
 })
 
 test('a job whose inputs exceed what one peer may make the builder hold is refused before they are sent', { timeout: 60_000 }, async () => {

@@ -25,7 +25,7 @@ import { isValidKey } from '../../cache/entry-format.js'
 import { clip } from '../../log.js'
 import { peerIdOf } from '../peer-ids.js'
 import { HeldBytes, StreamCounts } from './admission.js'
-import { Framed, ProtocolViolation, int, str } from './framing.js'
+import { Framed, ProtocolViolation, framedBytes, int, str } from './framing.js'
 
 export const cacheExchangeProtocol = (meshId: string) => `/meshcc/${meshId}/cache/1.0.0`
 const VERSION = 1
@@ -68,6 +68,9 @@ export async function getEntry(node: Libp2p, meshId: string, peer: string, k: st
   const f = new Framed(stream, { stallMs: opts.stallMs ?? 5000 })
   try {
     await f.writeJson(opts.follow ? { v: VERSION, op: 'get', key: k, follow: true } : { v: VERSION, op: 'get', key: k }, answer)
+    // the answer may arrive faster than a busy asker reads it (libp2p drops a stream past 4 MiB
+    // unread): let what it would hold anyway once read wait, the entry and the one it follows
+    f.allowUnread(framedBytes(opts.limit) + (opts.follow ? framedBytes(FOLLOW_MAX_BYTES) : 0))
     const head = await f.readJson<{ type?: unknown; reason?: unknown; next?: unknown }>(answer)
     if (head.type === 'miss') return { kind: 'miss' }
     if (head.type === 'refused') return { kind: 'refused', reason: str(head.reason, 'reason', 1024) }

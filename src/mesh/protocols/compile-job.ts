@@ -36,7 +36,7 @@ import type { Libp2p } from '@libp2p/interface'
 import { peerIdFromString } from '@libp2p/peer-id'
 import { clip } from '../../log.js'
 import { HeldBytes, StreamCounts } from './admission.js'
-import { CHUNK_BYTES, Framed, ProtocolViolation, int, str, strList } from './framing.js'
+import { Framed, framedBytes, ProtocolViolation, int, str, strList } from './framing.js'
 
 const gzipAsync = promisify(gzip)
 
@@ -323,10 +323,8 @@ const STALL_MS = 60_000
 
 /** the largest gzip stream `n` bytes can honestly become (stored blocks, header and trailer) */
 const gzipBound = (n: number) => n + (n >> 8) + 1024
-/** the framing around a blob of `n` bytes: its size frame, a length prefix per chunk */
-const framesBytes = (n: number) => 64 + 8 * Math.ceil(n / CHUNK_BYTES)
 /** what a client lets wait unread of a job's reply: an object of the largest size, its frames, and room for stdout and stderr */
-const REPLY_UNREAD_BYTES = LIMITS.outputBytes + framesBytes(LIMITS.outputBytes) + 4 * 1024 * 1024
+const REPLY_UNREAD_BYTES = framedBytes(LIMITS.outputBytes) + 4 * 1024 * 1024
 
 /**
  * Gunzip the received inputs into one buffer per needed file, checking each file against its
@@ -423,7 +421,7 @@ export async function serveCompileJobs(node: Libp2p, meshId: string, handler: Jo
       // the packed inputs may wait unread in the memory just reserved for them: yamux grants
       // window as bytes arrive, not as they are read, so a client on a fast link outruns a busy
       // builder, and libp2p drops a stream whose unread bytes pass 4 MiB (an honest job lost)
-      f.allowUnread(gzipBound(declared) + framesBytes(gzipBound(declared)))
+      f.allowUnread(framedBytes(gzipBound(declared)))
       await f.writeJson({ type: 'accepted', need })
       // alive from here on, also while the inputs arrive and are unpacked (the client reads
       // these after it has sent them)

@@ -12,6 +12,9 @@ export const MAX_CONTROL_BYTES = 256 * 1024
 /** what libp2p lets wait unread on a stream before it drops it (lpStream's default) */
 const DEFAULT_UNREAD_BYTES = 4 * 1024 * 1024
 
+/** a blob of `n` bytes as it crosses the stream: its size frame and a length prefix per chunk (for allowUnread) */
+export const framedBytes = (n: number): number => n + 64 + 8 * Math.ceil(n / CHUNK_BYTES)
+
 export class ProtocolViolation extends Error {}
 /** a write the stream's end cut off (the peer reset it, or it was closed) */
 export class StreamGone extends Error {}
