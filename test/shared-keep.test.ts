@@ -90,7 +90,8 @@ test('after a remote compile the builder holds the client\'s signed entry from a
   const expected = readFileSync(join(work, 'plain.o'))
   const a0 = await A.stats()
   const b0 = await mesh(B)
-  const r = await A.run(['gcc', '-O2', '-c', 'kept.c', '-o', 'kept.o'], { cwd: work, timeoutMs: 150_000 })
+  // -MD: the client's depfile goes into the entry, which the builder cannot know: the keep's own bytes
+  const r = await A.run(['gcc', '-O2', '-MD', '-c', 'kept.c', '-o', 'kept.o'], { cwd: work, timeoutMs: 150_000 })
   assert.equal(r.code, 0, r.stderr)
   const a1 = await A.stats()
   assert.equal(a1.remote_compiles - a0.remote_compiles, 1, `compiled on B (fallbacks: ${JSON.stringify(a1.fallback_reasons)})`)
@@ -123,6 +124,7 @@ test('after a remote compile the builder holds the client\'s signed entry from a
       objects++
       objectEntryBytes += blob.length
       assert.ok(e.outputs.find((o) => o.name === 'obj')!.data.equals(expected), 'the kept entry\'s object is the one gcc makes')
+      assert.ok(e.outputs.find((o) => o.name === 'dep')!.data.equals(readFileSync(join(work, 'kept.d'))), 'and its depfile the client\'s')
     }
   }
   assert.ok(objects >= 1, `B holds A's result (${held.length} entries held)`)
@@ -130,17 +132,22 @@ test('after a remote compile the builder holds the client\'s signed entry from a
   t.diagnostic(`A sent ${am.keeps_accepted} keeps (${am.keep_bytes_sent} bytes) for an object of ${expected.length} bytes; B holds ${held.length} entries, ${objects} results (${objectEntryBytes} bytes), ${bm.entries_stored_for_others - b0.entries_stored_for_others} put whole`)
   assert.ok(am.keep_bytes_sent > 0 && 4 * am.keep_bytes_sent < objectEntryBytes, `the keeps (${am.keep_bytes_sent} bytes) are a fraction of the entries they stand for (${objectEntryBytes})`)
 
-  // C, its cache empty, compiles the same unit: a hit, from B (the only owner)
+  // C, its cache empty, compiles the same unit: a hit, from B (the only owner); the same command
+  // (the depfile names its target), A's outputs moved aside
+  const aDep = readFileSync(join(work, 'kept.d'))
+  rmSync(join(work, 'kept.o'))
+  rmSync(join(work, 'kept.d'))
   const c0 = await C.stats()
   const bServed = bm.entries_served
-  const rc = await C.run(['gcc', '-O2', '-c', 'kept.c', '-o', 'kept-c.o'], { cwd: work, timeoutMs: 150_000 })
+  const rc = await C.run(['gcc', '-O2', '-MD', '-c', 'kept.c', '-o', 'kept.o'], { cwd: work, timeoutMs: 150_000 })
   assert.equal(rc.code, 0, rc.stderr)
   const c1 = await C.stats()
   assert.equal(c1.local_compiles - c0.local_compiles, 0, 'C compiled nothing')
   // its manifest set and the result (or the result alone): hits from the mesh either way
   assert.ok((await mesh(C)).remote_hits >= 1, 'C\'s hit came from the mesh')
   assert.ok((await mesh(B)).entries_served > bServed, 'B served it')
-  assert.ok(readFileSync(join(work, 'kept-c.o')).equals(expected))
+  assert.ok(readFileSync(join(work, 'kept.o')).equals(expected))
+  assert.ok(readFileSync(join(work, 'kept.d')).equals(aDep))
 })
 
 // --- the builder side of a keep, attacked by a member holding the mesh key ---

@@ -22,7 +22,19 @@ export interface KeptJobsOptions {
   maxUses?: number
 }
 
-interface Kept { peer: string; parts: JobParts; bytes: number; until: number; uses: number }
+/** A job's outputs as its keeps find them. */
+export interface KeptJob {
+  readonly parts: JobParts
+  /**
+   * the entry the last keep made of them (encoded, stored under that keep's key): a second keep
+   * whose content hash is that entry's (the result under its depend-form key) reuses it rather
+   * than encoding the same payload again; no larger than the parts (the body is stored as is
+   * when compressing would not shrink it)
+   */
+  encoded: Buffer | null
+}
+
+interface Kept extends KeptJob { peer: string; bytes: number; until: number; uses: number }
 
 export const KEEP_ID_RE = /^[0-9a-f]{32}$/
 
@@ -54,7 +66,7 @@ export class KeptJobs {
       this.drop(id, k)
     }
     const id = randomBytes(16).toString('hex')
-    this.jobs.set(id, { peer, parts, bytes, until: Date.now() + this.ttlMs, uses: 0 })
+    this.jobs.set(id, { peer, parts, encoded: null, bytes, until: Date.now() + this.ttlMs, uses: 0 })
     this.bytes += bytes
     return id
   }
@@ -63,12 +75,12 @@ export class KeptJobs {
    * The outputs of job `id` when `peer` sent it and they are still here; each call uses up one
    * of the job's keeps (a client cannot make the builder encode them again and again).
    */
-  take(peer: string, id: string): JobParts | null {
+  take(peer: string, id: string): KeptJob | null {
     const k = this.jobs.get(id)
     if (!k || k.peer !== peer) return null
     const expired = k.until < Date.now()
     if (expired || ++k.uses >= this.maxUses) this.drop(id, k)
-    return expired ? null : k.parts
+    return expired ? null : k
   }
 
   stats(): { jobs: number; bytes: number } {

@@ -32,8 +32,9 @@
 // stores it as any signed entry offered to it. A builder that is one of the key's owners counts
 // as that owner: its keep replaces the put it would have had, and a keep it refuses (outputs gone,
 // a member of the previous version) falls back to that put. A builder that is no owner becomes an
-// extra holder: the owners still get the entry whole, and a refused keep is not followed by a put
-// (a copy beyond the owners is not worth sending the entry for). Lookups ask the owners, so such
+// extra holder, once per job (not again for the job's result under its depend-form key: each keep
+// costs the builder an encode and both sides a stream): the owners still get the entry whole, and
+// a refused keep is not followed by a put (a copy beyond the owners is not worth the entry). Lookups ask the owners, so such
 // an extra holder answers those whose owners change to include it, or who ask it by hint.
 //   stats()              counters as a plain object (for stats.ts and status).
 //   serve()              answers the other members' gets and puts (protocols/cache-exchange.ts).
@@ -193,6 +194,8 @@ export class MeshCache {
   private readonly followed = new Map<string, FollowedEntry & { from: string; until: number }>()
   /** members that failed a keep as a stream (the previous version), until when they get whole entries */
   private readonly noKeep = new Map<string, number>()
+  /** jobs whose builder, no owner, was sent its keep as an extra holder already */
+  private readonly extraKept = new WeakSet<BuiltBy>()
   private readonly queue: BackgroundQueue<PublishItem>
   private readonly stopping = new AbortController()
   private server: CacheExchangeServer | null = null
@@ -506,7 +509,11 @@ export class MeshCache {
     // the builder that ran it: a keep, as the owner it may be or as an extra holder (see the header)
     const built = item.built
     const b = blob
-    const keeper = built !== null && this.takesKeeps(byId.get(built.peer), now) ? built.peer : null
+    let keeper = built !== null && this.takesKeeps(byId.get(built.peer), now) ? built.peer : null
+    if (keeper !== null && !targets.includes(keeper)) {
+      if (this.extraKept.has(built!)) keeper = null
+      else this.extraKept.add(built!)
+    }
     await Promise.all([
       ...targets.filter((peer) => peer !== keeper).map((peer) => this.put(peer, item.key, b)),
       ...(keeper !== null ? [this.keepAt(keeper, item.key, item.entry!, b, built!, targets.includes(keeper))] : [])
@@ -579,23 +586,14 @@ export class MeshCache {
     const { store, kept, trust } = this.opts
     if (!store) return 'this member holds no entries for others ([cache] shared_size = 0)'
     if (req.signature.producer !== peer) return 'a keep must be signed by the member that sends it'
-    const parts = kept?.take(peer, req.job) ?? null
-    if (parts === null) return 'the outputs of that job are not held here (expired, or not a job of yours)'
+    const job = kept?.take(peer, req.job) ?? null
+    if (job === null) return 'the outputs of that job are not held here (expired, or not a job of yours)'
     try {
-      checkSignature(Buffer.from(req.key, 'hex'), req.contentHash, req.signature, (p) => trust.refusalToHold(p))
-      const pieces = [...parts, extra]
-      const bytes = ([part, offset, length]: PartRef): Buffer => {
-        const p = pieces[part]
-        if (p === undefined || offset + length > p.length) throw new SignedEntryError('malformed', `a ref past the end of part ${part}`)
-        return p.subarray(offset, offset + length)
-      }
-      const entry: CacheEntry = {
-        exitCode: 0, stdout: bytes(req.stdout), stderr: bytes(req.stderr),
-        outputs: req.outputs.map((o) => ({ name: o.name, data: bytes(o.ref) })),
-        ...(req.meta.length > 0 ? { meta: Object.fromEntries(req.meta) } : {})
-      }
-      const encoded = await encodeEntry(entry, req.key)
+      const key = Buffer.from(req.key, 'hex')
+      checkSignature(key, req.contentHash, req.signature, (p) => trust.refusalToHold(p))
+      const encoded = job.encoded?.subarray(20, 52).equals(req.contentHash) ? reKeyed(job.encoded, key) : await keptEntry(req, [...job.parts, extra])
       if (!encoded.subarray(20, 52).equals(req.contentHash)) return 'the entry made of that job\'s outputs does not have the signed content hash'
+      job.encoded = encoded
       const signed = attachSignature(encoded, req.signature)
       const quota = store.admit(signed.length)
       if (quota !== null) return quota
@@ -606,6 +604,29 @@ export class MeshCache {
       throw err
     }
   }
+
+}
+
+/** The entry a keep describes, encoded, from `pieces` (the job's parts and the keep's own bytes). Throws on a bad ref or entry. */
+function keptEntry(req: KeepRequest, pieces: Buffer[]): Promise<Buffer> {
+  const bytes = ([part, offset, length]: PartRef): Buffer => {
+    const p = pieces[part]
+    if (p === undefined || offset + length > p.length) throw new SignedEntryError('malformed', `a ref past the end of part ${part}`)
+    return p.subarray(offset, offset + length)
+  }
+  const entry: CacheEntry = {
+    exitCode: 0, stdout: bytes(req.stdout), stderr: bytes(req.stderr),
+    outputs: req.outputs.map((o) => ({ name: o.name, data: bytes(o.ref) })),
+    ...(req.meta.length > 0 ? { meta: Object.fromEntries(req.meta) } : {})
+  }
+  return encodeEntry(entry, req.key)
+}
+
+/** An encoded entry under another key: the key is in the header only (the content hash is of the payload). */
+function reKeyed(encoded: Buffer, key: Buffer): Buffer {
+  const copy = Buffer.from(encoded)
+  key.copy(copy, 52)
+  return copy
 }
 
 /**

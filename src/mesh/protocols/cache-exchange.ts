@@ -16,7 +16,7 @@
 //   owner  → {type:'stored'}     |   {type:'refused', reason}     after verifying the whole entry
 //
 //   client → {v:1, op:'keep', key, job, hash, producer, timestamp, sig, stdout, stderr, outputs, meta, size}
-//          [+ blob (size bytes) when size > 0]
+//          [+ blob: raw deflate of part 3's `size` bytes, when size > 0]
 //   builder → {type:'stored'}   |   {type:'refused', reason}
 //   After a remote compile, to the builder that ran it and still holds its outputs under `job` (an
 //   id its reply gave, kept-jobs.ts): the client's signature (producer, timestamp, sig, over key and
@@ -24,7 +24,8 @@
 //   the entry itself. Each of stdout, stderr and the outputs' data is a ref [part, offset, length]
 //   into part 0 the job's stdout, 1 its stderr, 2 its object blob, 3 the blob sent here (what
 //   the builder cannot know: the client's depfile, text it rewrote); outputs are [name, ref]
-//   pairs, meta [key, value] pairs. The builder rebuilds and encodes the entry, and stores it only
+//   pairs, meta [key, value] pairs. Part 3 goes deflated: it is mostly a depfile, text that
+//   shrinks several times. The builder rebuilds and encodes the entry, and stores it only
 //   when its content hash is the signed one and the signature is the client's own. A member of
 //   the previous version fails the stream on the unknown op: the client sends the entry whole.
 //
@@ -33,6 +34,8 @@
 // make another one hold: a few streams per peer (more are refused unread), blob sizes announced
 // before they are read and checked against a limit, bytes in flight per peer and in all
 // (HeldBytes, as compile jobs), and a stall limit on every read.
+import { promisify } from 'node:util'
+import { deflateRaw, inflateRaw } from 'node:zlib'
 import type { Libp2p } from '@libp2p/interface'
 import { MAX_META, MAX_OUTPUTS, isValidKey } from '../../cache/entry-format.js'
 import type { EntrySignature } from '../../cache/signed-entry.js'
@@ -49,6 +52,10 @@ export const FOLLOW_MAX_BYTES = 16 * 1024 * 1024
 export const KEEP_MAX_BYTES = 1024 * 1024
 /** a keep's parts: the job's stdout, stderr and object blob, and the bytes sent with the keep */
 export const KEEP_PARTS = 4
+const deflateRawAsync = promisify(deflateRaw)
+const inflateRawAsync = promisify(inflateRaw)
+/** the largest raw deflate stream `n` bytes can honestly become (stored blocks) */
+const deflateBound = (n: number) => n + (n >> 8) + 64
 
 /** [part, offset, length]: bytes of one of a keep's parts */
 export type PartRef = readonly [number, number, number]
@@ -152,9 +159,10 @@ export async function keepEntry(node: Libp2p, meshId: string, peer: string, req:
       producer: s.producer, timestamp: s.timestamp, sig: s.signature.toString('base64'),
       stdout: req.stdout, stderr: req.stderr, outputs: req.outputs.map((o) => [o.name, o.ref]), meta: req.meta, size: extra.length
     }
-    if (extra.length > 0) await f.writeFrames(head, [extra], signal)
+    const packed = extra.length > 0 ? await deflateRawAsync(extra, { level: 1 }) : null
+    if (packed) await f.writeFrames(head, [packed], signal)
     else await f.writeJson(head, signal)
-    const sent = Buffer.byteLength(JSON.stringify(head)) + extra.length
+    const sent = Buffer.byteLength(JSON.stringify(head)) + (packed?.length ?? 0)
     const done = await f.readJson<{ type?: unknown; reason?: unknown }>(signal)
     if (done.type === 'stored') return { kind: 'stored', sent }
     if (done.type === 'refused') return { kind: 'refused', reason: str(done.reason, 'reason', 1024), sent }
@@ -270,9 +278,14 @@ export async function serveCacheExchange(node: Libp2p, meshId: string, handler: 
       if (req.op === 'keep') {
         const keep = parseKeep(k, req)
         const size = int(req.size, 'size', 0, KEEP_MAX_BYTES)
-        if (!account.take(size)) return await refuse(f, BUSY)
-        const extra = size > 0 ? await f.readBlob(size) : Buffer.alloc(0)
-        if (extra.length !== size) throw new ProtocolViolation(`keep of ${extra.length} bytes, announced ${size}`)
+        if (!account.take(size + deflateBound(size))) return await refuse(f, BUSY)
+        let extra = Buffer.alloc(0)
+        if (size > 0) {
+          const packed = await f.readBlob(deflateBound(size))
+          // maxOutputLength: a small hostile stream cannot inflate past what was announced
+          extra = await inflateRawAsync(packed, { maxOutputLength: size }).catch((err: Error) => { throw new ProtocolViolation(`keep bytes are not deflate data: ${err.message.split('\n')[0]}`) })
+          if (extra.length !== size) throw new ProtocolViolation(`keep of ${extra.length} bytes, announced ${size}`)
+        }
         const why = handler.keep ? await handler.keep(peer, keep, extra) : 'this member takes no keeps'
         await f.writeJson(why === null ? { type: 'stored' } : { type: 'refused', reason: why })
         return
