@@ -97,10 +97,15 @@ test('after a remote compile the builder holds the client\'s signed entry from a
   assert.equal(a1.remote_compiles - a0.remote_compiles, 1, `compiled on B (fallbacks: ${JSON.stringify(a1.fallback_reasons)})`)
   assert.ok(readFileSync(join(work, 'kept.o')).equals(expected))
 
-  // published in the background: the keep (or its fallback) settles within seconds
-  const am = await waitFor('A\'s keep to be answered', async () => {
+  // published in the background (the result, then its depend form and manifest set): until A's
+  // keeps and puts have been answered and stayed so for two seconds (bounded: 30 s)
+  let last = ''
+  let steadySince = Date.now()
+  const am = await waitFor('A\'s publishing to settle', async () => {
     const m = await mesh(A)
-    return m.keeps_accepted + m.keep_fallbacks >= 1 ? m : undefined
+    const now = `${m.keeps_accepted} ${m.keep_fallbacks} ${m.entries_pushed} ${m.failures.refused} ${m.failures.error}`
+    if (now !== last) { last = now; steadySince = Date.now() }
+    return m.keeps_accepted + m.keep_fallbacks >= 1 && Date.now() - steadySince >= 2000 ? m : undefined
   }, 30_000)
   const bm = await mesh(B)
   assert.ok(am.keeps_accepted >= 1, `B took A's keep (A: ${JSON.stringify(am)})`)
