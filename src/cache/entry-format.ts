@@ -192,8 +192,16 @@ function payloadPieces(entry: CacheEntry): { pieces: Buffer[]; size: number } {
  * first, and concatenating brotli's output twice, cost more CPU than the compression itself
  * on rustc's outputs (fresh memory is a page fault per 4 KiB).
  */
-export async function encodeEntry(entry: CacheEntry, key: string): Promise<Buffer> {
-  return Buffer.concat(await encodeEntryPieces(entry, key))
+export async function encodeEntry(entry: CacheEntry, key: string, opts: EncodeOptions = {}): Promise<Buffer> {
+  return Buffer.concat(await encodeEntryPieces(entry, key, opts))
+}
+
+export interface EncodeOptions {
+  /**
+   * keep the payload as it is (body encoding 0), only hashed: a builder storing the entry of a
+   * keep from outputs it made, where compressing cost twice what checking a sent entry did
+   */
+  uncompressed?: boolean
 }
 
 /**
@@ -202,9 +210,10 @@ export async function encodeEntry(entry: CacheEntry, key: string): Promise<Buffe
  * bench:rust build) into one fresh buffer behind the header cost the daemon 0.17 s of CPU,
  * half of it page faults on that buffer.
  */
-export async function encodeEntryPieces(entry: CacheEntry, key: string): Promise<Buffer[]> {
+export async function encodeEntryPieces(entry: CacheEntry, key: string, opts: EncodeOptions = {}): Promise<Buffer[]> {
   const keyBin = keyBytes(key)
   const { pieces, size } = payloadPieces(entry)
+  if (opts.uncompressed) return [entryHeader(keyBin, ENCODING_STORED, size, size, await sha256(pieces)), ...pieces.filter((b) => b.length > 0)]
   const z = createBrotliCompress({
     chunkSize: BROTLI_CHUNK,
     params: { [zlibConstants.BROTLI_PARAM_QUALITY]: ENTRY_BROTLI_QUALITY, [zlibConstants.BROTLI_PARAM_LGWIN]: ENTRY_BROTLI_LGWIN, [zlibConstants.BROTLI_PARAM_SIZE_HINT]: size }
@@ -222,17 +231,22 @@ export async function encodeEntryPieces(entry: CacheEntry, key: string): Promise
   const stored = compressedLength >= size
   const body = stored ? pieces : chunks
   const bodyLength = stored ? size : compressedLength
+  const header = entryHeader(keyBin, stored ? ENCODING_STORED : ENCODING_BROTLI, size, bodyLength, digest)
+  const written = body.reduce((n, b) => n + b.length, 0)
+  if (written !== bodyLength) fail(`internal error: a body of ${written} bytes, ${bodyLength} declared`)
+  return [header, ...body.filter((b) => b.length > 0)]
+}
+
+function entryHeader(keyBin: Buffer, encoding: number, size: number, bodyLength: number, digest: Buffer): Buffer {
   const header = Buffer.alloc(HEADER_LENGTH)
   ENTRY_MAGIC.copy(header, 0)
   header.writeUInt8(ENTRY_VERSION, 8)
-  header.writeUInt8(stored ? ENCODING_STORED : ENCODING_BROTLI, 9)
+  header.writeUInt8(encoding, 9)
   header.writeUInt32LE(size, 12)
   header.writeUInt32LE(bodyLength, 16)
   digest.copy(header, 20)
   keyBin.copy(header, 52)
-  const written = body.reduce((n, b) => n + b.length, 0)
-  if (written !== bodyLength) fail(`internal error: a body of ${written} bytes, ${bodyLength} declared`)
-  return [header, ...body.filter((b) => b.length > 0)]
+  return header
 }
 
 class Reader {

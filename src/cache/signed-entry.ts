@@ -112,14 +112,63 @@ export async function signEntry(encoded: Buffer, signer: EntrySigner, timestamp 
   if (producer.length === 0 || producer.length > MAX_PRODUCER_BYTES) throw new Error(`cannot sign as "${clip(signer.peerId, 40)}": not a peer ID`)
   const sig = await signer.privateKey.sign(message(key, contentHash, producer, timestamp))
   if (sig.length !== SIG_BYTES) throw new Error(`cannot sign entries with a ${signer.privateKey.type} identity (an Ed25519 one is needed)`)
+  return attachSignature(encoded, { producer: signer.peerId, timestamp, signature: bytesOf(sig) })
+}
+
+/**
+ * A signature over an entry, without the entry: what a client sends a builder that still holds
+ * the outputs of the job it ran (a keep, cache-exchange.ts), so the builder can rebuild the entry
+ * and store it as the client signed it.
+ */
+export interface EntrySignature {
+  producer: string
+  timestamp: number
+  /** 64 bytes, Ed25519 over the message in the header */
+  signature: Buffer
+}
+
+/** The encoded entry wrapped with a signature made elsewhere (signEntry's layout); checked by readSignedEntry, not here. */
+export function attachSignature(encoded: Buffer, sig: EntrySignature): Buffer {
+  const producer = Buffer.from(sig.producer, 'latin1')
+  if (producer.length === 0 || producer.length > MAX_PRODUCER_BYTES || sig.signature.length !== SIG_BYTES) throw new SignedEntryError('malformed', 'not a producer and signature')
   const header = Buffer.alloc(SIGNED_HEADER_BYTES)
   SIGNED_MAGIC.copy(header, 0)
   header.writeUInt8(SIGNED_VERSION, 8)
   header.writeUInt8(SCHEME_ED25519, 9)
   header.writeUInt16LE(producer.length, 10)
-  header.writeBigUInt64LE(BigInt(timestamp), 12)
-  header.set(sig, 20)
+  header.writeBigUInt64LE(BigInt(sig.timestamp), 12)
+  sig.signature.copy(header, 20)
   return Buffer.concat([header, producer, encoded])
+}
+
+/** The signature and content hash of a signed entry this member made itself (signEntry's output), unchecked; null when it is none. */
+export function signatureOf(blob: Buffer): (EntrySignature & { contentHash: Buffer }) | null {
+  const encoded = wrappedEntry(blob)
+  if (encoded === null || encoded.length < HEADER_LENGTH) return null
+  const plen = blob.readUInt16LE(10)
+  return {
+    producer: blob.toString('latin1', SIGNED_HEADER_BYTES, SIGNED_HEADER_BYTES + plen),
+    timestamp: Number(blob.readBigUInt64LE(12)),
+    signature: blob.subarray(20, 20 + SIG_BYTES),
+    contentHash: encoded.subarray(20, 52)
+  }
+}
+
+/**
+ * Check that `sig` signs `key` and `contentHash` and that its producer may be accepted; throws
+ * SignedEntryError. The entry's bytes are not looked at: the caller checks them against the hash.
+ */
+export function checkSignature(key: Buffer, contentHash: Buffer, sig: EntrySignature, refuseProducer?: (producer: string) => string | null): void {
+  const producerBytes = Buffer.from(sig.producer, 'latin1')
+  if (producerBytes.length === 0 || producerBytes.length > MAX_PRODUCER_BYTES) throw new SignedEntryError('malformed', `bad producer length ${producerBytes.length}`)
+  if (!Number.isSafeInteger(sig.timestamp) || sig.timestamp < 0) throw new SignedEntryError('malformed', 'bad timestamp')
+  if (key.length !== 32 || contentHash.length !== 32 || sig.signature.length !== SIG_BYTES) throw new SignedEntryError('malformed', 'bad key, content hash or signature length')
+  const publicKey = producerKey(sig.producer)
+  if (publicKey === null) throw new SignedEntryError('malformed', `producer "${clip(sig.producer, 60)}" is not an Ed25519 peer ID`)
+  const refusal = refuseProducer?.(sig.producer) ?? null
+  if (refusal !== null) throw new SignedEntryError('untrusted', `entry produced by ${sig.producer}: ${refusal}`)
+  const ok = verifySignature(null, message(key, contentHash, producerBytes, sig.timestamp), publicKey, sig.signature)
+  if (!ok) throw new SignedEntryError('signature', `bad signature on an entry claiming to come from ${sig.producer}`)
 }
 
 export interface ReadOptions {
@@ -145,18 +194,11 @@ export async function readSignedEntry(blob: Uint8Array, key: string, opts: ReadO
   const plen = data.readUInt16LE(10)
   if (plen === 0 || plen > MAX_PRODUCER_BYTES || SIGNED_HEADER_BYTES + plen > data.length) throw new SignedEntryError('malformed', `bad producer length ${plen}`)
   const timestamp = Number(data.readBigUInt64LE(12))
-  const producerBytes = data.subarray(SIGNED_HEADER_BYTES, SIGNED_HEADER_BYTES + plen)
-  const producer = producerBytes.toString('latin1')
+  const producer = data.toString('latin1', SIGNED_HEADER_BYTES, SIGNED_HEADER_BYTES + plen)
   const encoded = data.subarray(SIGNED_HEADER_BYTES + plen)
   const { key: entryKey, contentHash } = entryIdentity(encoded)
   if (entryKey.toString('hex') !== key) throw new SignedEntryError('malformed', `entry is stored for key ${entryKey.toString('hex')}, not this one`)
-
-  const publicKey = producerKey(producer)
-  if (publicKey === null) throw new SignedEntryError('malformed', `producer "${clip(producer, 60)}" is not an Ed25519 peer ID`)
-  const refusal = opts.refuseProducer?.(producer) ?? null
-  if (refusal !== null) throw new SignedEntryError('untrusted', `entry produced by ${producer}: ${refusal}`)
-  const ok = verifySignature(null, message(entryKey, contentHash, producerBytes, timestamp), publicKey, data.subarray(20, 20 + SIG_BYTES))
-  if (!ok) throw new SignedEntryError('signature', `bad signature on an entry claiming to come from ${producer}`)
+  checkSignature(entryKey, contentHash, { producer, timestamp, signature: data.subarray(20, 20 + SIG_BYTES) }, opts.refuseProducer)
   return { producer, timestamp, encoded }
 }
 

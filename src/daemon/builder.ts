@@ -21,6 +21,7 @@ import { describeJobMemory, jobMemoryMode, type JobMemoryMode } from '../sandbox
 import { readJobFile, readJobFiles } from '../sandbox/job-output.js'
 import type { ToolchainCache } from '../toolchain/cache.js'
 import { JobViewCheck } from './job-view-check.js'
+import { KeptJobs } from './kept-jobs.js'
 import { fileTableClash, WorkspacePool, type Workspace, type WorkspaceStats } from './job-workspace.js'
 
 const INPUTS_MISMATCH = 'inputs mismatch'
@@ -37,6 +38,8 @@ export interface BuilderOptions {
   findToolchainHolders: (hash: string) => Promise<string[]>
   isAllowed: (peer: string) => boolean
   onLoadChange: () => void
+  /** whether this member holds entries for others now: then a job's outputs are kept for its client's keep */
+  keepOutputs?: () => boolean
 }
 
 export interface BuilderStatus {
@@ -57,6 +60,8 @@ export class Builder implements JobHandler {
   private memoryMode: JobMemoryMode | null = null
   private readonly fetching = new Map<string, Promise<void>>()
   private readonly workspaces: WorkspacePool
+  /** the outputs of the last jobs, for their clients' keeps (mesh-cache.ts reads them) */
+  readonly kept = new KeptJobs()
 
   constructor(private readonly opts: BuilderOptions) {
     const b = opts.config.build
@@ -171,7 +176,13 @@ export class Builder implements JobHandler {
       if (signal?.aborted) log.debug(`job from ${peer}: stopped, the client closed its stream (it had its result from elsewhere)`)
       else if (reply.reply.kind === 'done') this.done++
       else this.failed++
-      return reply.reply
+      const r = reply.reply
+      if (r.kind === 'done' && r.exitCode === 0 && r.obj && !signal?.aborted && this.opts.keepOutputs?.()) {
+        // exactly the bytes the reply carries: a keep can only name these
+        const id = this.kept.keep(peer, [r.stdout, r.stderr, r.obj])
+        if (id !== null) return { ...r, keep: id }
+      }
+      return r
     } finally {
       release()
     }

@@ -23,6 +23,7 @@ import { writeFileAtomic } from '../util/atomic-write.js'
 import type { CompileRequest } from './launcher-protocol.js'
 import type { FamilyStats, Stats } from './stats.js'
 import type { SharedCache, SharedHit } from './shared-cache.js'
+import type { BuiltBy } from './mesh-cache.js'
 import type { VerifiedKind } from '../cache/verifier.js'
 
 export { KEY_ENV } from '../compiler/c-family.js'
@@ -79,7 +80,8 @@ export interface PreprocessedRemoteJob {
   inputs: () => Promise<HashedInputs>
 }
 
-export interface RemoteOutcome { exitCode: number; stdout: Buffer; stderr: Buffer; obj: Buffer | null; peer: string }
+/** `keep`: the builder holds these outputs under this id for a while (kept-jobs.ts), see BuiltBy */
+export interface RemoteOutcome { exitCode: number; stdout: Buffer; stderr: Buffer; obj: Buffer | null; peer: string; keep?: string }
 
 /** A job made ready to ship (toolchain packed, inputs read), offered to peers until one runs it. */
 export interface PreparedJob {
@@ -145,7 +147,7 @@ interface Call {
   dependForm?: { direct: string; k: ContentKey }
 }
 /** Who made a result this machine did not compile itself: the builder of a remote compile. */
-interface Producer { kind: VerifiedKind; peer: string }
+interface Producer { kind: VerifiedKind; peer: string; built?: BuiltBy }
 
 export class CompileService {
   /** file content hashes, memoised by stat: direct mode's checks, manifests and the inputs of jobs sent to peers */
@@ -349,7 +351,8 @@ export class CompileService {
           }
           stats.inc('remote_compiles')
           log.debug(`compiled ${job.input} on ${peer}`)
-          outcome = { result: { exitCode, stdout: taken.stdout, stderr: taken.stderr }, outputs: taken.outputs, producer: { kind: 'remote-compile', peer } }
+          const built = a.outcome.keep === undefined ? undefined : { peer, job: a.outcome.keep, parts: [a.outcome.stdout, a.outcome.stderr, obj ?? Buffer.alloc(0)] }
+          outcome = { result: { exitCode, stdout: taken.stdout, stderr: taken.stderr }, outputs: taken.outputs, producer: { kind: 'remote-compile', peer, built } }
           break
         }
         if (a.kind === 'failed') { fallback = `all attempts failed: ${a.reason}`; break }
@@ -614,8 +617,8 @@ export class CompileService {
       const shared = this.shared
       if (shared && share) {
         const publish = () => {
-          shared.publish(key, entry)
-          if (call.dependForm) this.track(this.publishDependForm(call, call.dependForm, entry))
+          shared.publish(key, entry, share.producer?.built)
+          if (call.dependForm) this.track(this.publishDependForm(call, call.dependForm, entry, share.producer?.built))
         }
         if (!share.producer || !this.verifyLater(call, key, entry, share.producer, publish)) publish()
       }
@@ -711,13 +714,13 @@ export class CompileService {
    * the same command then finds it by hashing those files (sharedDependLookup), without keying
    * the unit; the result key follows from the set, so no set can point a command elsewhere.
    */
-  private async publishDependForm(call: Call, form: { direct: string; k: ContentKey }, entry: CacheEntry): Promise<void> {
+  private async publishDependForm(call: Call, form: { direct: string; k: ContentKey }, entry: CacheEntry, built?: BuiltBy): Promise<void> {
     const { set, hashes } = await hashedInputs(form.k, this.hasher)
     const files = trusted(set.files, hashes, call.requestStart - call.job.tooNewMs, false)
     if (!files || files.length > MAX_SHARED_SET_FILES) return
     const recorded = call.job.recordSet ? call.job.recordSet(files, []) : { files }
     const key = dependKey(form.direct, recorded)
-    this.shared!.publish(key, entry)
+    this.shared!.publish(key, entry, built)
     this.shared!.publish(sharedManifestKey(form.direct), manifestEntry(form.direct, { ...recorded, result: key }))
   }
 

@@ -20,9 +20,22 @@
 //                        points at sends it in the same answer; it is kept here briefly, unverified,
 //                        and the lookup of its key that follows takes it (verified then) without
 //                        asking anyone: a hit from another checkout in one round trip, not two.
-//   publish(key, entry)  after a result was made here (a local compile, or a remote compile this
-//                        member vouches for): signed and queued for the owners; bounded backlog
-//                        (oldest dropped, counted), bounded upload rate.
+//   publish(key, entry, built?)  after a result was made here (a local compile, or a remote
+//                        compile this member vouches for): signed and queued for the owners; bounded
+//                        backlog (oldest dropped, counted), bounded upload rate. `built`: the
+//                        builder that ran the remote compile still holds its outputs, and gets a
+//                        keep instead of the entry (see "The builder keeps it too" below).
+//
+// The builder keeps it too. The builder of a remote compile gets only a keep (cache-exchange.ts):
+// the client's signature and how the entry is made of the job's outputs, which the builder held
+// on to (kept-jobs.ts); it rebuilds the entry, checks it against the signed content hash and
+// stores it as any signed entry offered to it. A builder that is one of the key's owners counts
+// as that owner: its keep replaces the put it would have had, and a keep it refuses (outputs gone,
+// a member of the previous version) falls back to that put. A builder that is no owner becomes an
+// extra holder, once per job (not again for the job's result under its depend-form key: each keep
+// costs the builder an encode and both sides a stream): the owners still get the entry whole, and
+// a refused keep is not followed by a put (a copy beyond the owners is not worth the entry). Lookups ask the owners, so such
+// an extra holder answers those whose owners change to include it, or who ask it by hint.
 //   stats()              counters as a plain object (for stats.ts and status).
 //   serve()              answers the other members' gets and puts (protocols/cache-exchange.ts).
 import { join } from 'node:path'
@@ -30,14 +43,15 @@ import type { Libp2p } from '@libp2p/interface'
 import type { Config } from '../config.js'
 import type { Logger } from '../log.js'
 import type { MeshMember } from '../mesh/mesh.js'
-import { decodeEntry, isValidKey, type CacheEntry } from '../cache/entry-format.js'
+import { EntryFormatError, decodeEntry, encodeEntry, isValidKey, type CacheEntry } from '../cache/entry-format.js'
 import { manifestResultHint } from '../cache/manifest.js'
 import { DEFAULT_OWNERS, ownersOf } from '../cache/owners.js'
 import { SharedStore } from '../cache/shared-store.js'
-import { MAX_SIGNED_ENTRY_BYTES, SignedEntryError, openSignedEntry, sealEntry, wrappedEntry, type EntrySigner } from '../cache/signed-entry.js'
+import { MAX_SIGNED_ENTRY_BYTES, SignedEntryError, attachSignature, checkSignature, openSignedEntry, sealEntry, signatureOf, wrappedEntry, type EntrySigner } from '../cache/signed-entry.js'
 import type { TrustPolicy } from '../cache/trust.js'
 import { BackgroundQueue } from '../cache/background-queue.js'
-import { getEntry, putEntry, serveCacheExchange, type CacheExchangeServer, type FollowedEntry } from '../mesh/protocols/cache-exchange.js'
+import { KEEP_MAX_BYTES, getEntry, keepEntry, putEntry, serveCacheExchange, type CacheExchangeServer, type FollowedEntry, type KeepRequest, type PartRef } from '../mesh/protocols/cache-exchange.js'
+import type { KeptJobs } from './kept-jobs.js'
 import { sharedIdentity } from './shared-identity.js'
 
 /** a member is skipped after this many answers in a row came after the lookup's budget */
@@ -51,6 +65,10 @@ const MAX_FOLLOWED_BYTES = 64 * 1024 * 1024
  * member cannot make it unpack a big entry of its own on every request (sets are kilobytes)
  */
 const MAX_SET_BYTES = 4 * 1024 * 1024
+/** a member whose keep failed as a stream (one of the previous version) gets whole entries for this long */
+const NO_KEEP_MS = 10 * 60_000
+/** the most bytes of meta a keep carries in its control frame (entryMeta is a few short strings) */
+const KEEP_MAX_META_BYTES = 64 * 1024
 
 /** What MeshCache needs of the mesh (mesh.ts's Mesh has it all). */
 export interface MeshCacheMesh {
@@ -81,6 +99,15 @@ export interface MeshCacheOptions {
   backlogBytes?: number
   /** upload rate of publishing, bytes per second (default 32 MiB/s) */
   uploadBytesPerSec?: number
+  /** this member's builder's outputs of its last jobs, for their clients' keeps (null: no builder) */
+  kept?: KeptJobs | null
+}
+
+/** The builder of a remote compile and what its reply carried: its job id and the reply's stdout, stderr and object blob. */
+export interface BuiltBy {
+  peer: string
+  job: string
+  parts: readonly Buffer[]
 }
 
 export interface RemoteHit {
@@ -117,6 +144,16 @@ export interface MeshCacheStats {
   entries_stored_for_others: number
   /** entries other members offered that were refused (quota, signature, producer) */
   entries_refused_for_others: number
+  /** builder side: entries stored here from a client's keep, rebuilt from the outputs of the job this member ran */
+  entries_kept_by_builder: number
+  /** builder side: keeps refused (outputs gone, content hash or signature wrong, quota, producer) */
+  keep_refused: number
+  /** client side: keeps a builder took instead of the entry */
+  keeps_accepted: number
+  /** client side: keeps not sent (too much to describe) or not taken; an owner got the entry whole then */
+  keep_fallbacks: number
+  /** client side: bytes of keeps sent (control frame and extra bytes) */
+  keep_bytes_sent: number
   failures: Record<SharedFailure, number>
   /** members skipped now after answering late or failing */
   members_skipped: number
@@ -134,6 +171,8 @@ interface PublishItem {
   blob: Buffer | null
   /** owners to send to; null = the owners at the time it is sent */
   targets: string[] | null
+  /** the builder that made it holds its outputs: it gets a keep */
+  built: BuiltBy | null
 }
 
 type Answer = { kind: 'hit'; hit: RemoteHit; blob: Buffer } | { kind: 'miss' } | { kind: 'none' }
@@ -153,12 +192,17 @@ export class MeshCache {
   private readonly lateInARow = new Map<string, number>()
   /** entries holders sent behind a manifest set, by key, until their lookup takes them */
   private readonly followed = new Map<string, FollowedEntry & { from: string; until: number }>()
+  /** members that failed a keep as a stream (the previous version), until when they get whole entries */
+  private readonly noKeep = new Map<string, number>()
+  /** jobs whose builder, no owner, was sent its keep as an extra holder already */
+  private readonly extraKept = new WeakSet<BuiltBy>()
   private readonly queue: BackgroundQueue<PublishItem>
   private readonly stopping = new AbortController()
   private server: CacheExchangeServer | null = null
   private readonly counters: Omit<MeshCacheStats, 'failures' | 'members_skipped' | 'serving_streams' | 'shared_entries' | 'shared_bytes' | 'shared_max_bytes'> = {
     lookups: 0, remote_hits: 0, followed_hits: 0, remote_misses: 0, lookups_unasked: 0, shared_lookup_ms: 0, entries_published: 0,
-    publish_dropped: 0, entries_pushed: 0, entries_served: 0, entries_stored_for_others: 0, entries_refused_for_others: 0
+    publish_dropped: 0, entries_pushed: 0, entries_served: 0, entries_stored_for_others: 0, entries_refused_for_others: 0,
+    entries_kept_by_builder: 0, keep_refused: 0, keeps_accepted: 0, keep_fallbacks: 0, keep_bytes_sent: 0
   }
   private readonly failures: Record<SharedFailure, number> = { timeout: 0, error: 0, refused: 0, malformed: 0, signature: 0, untrusted: 0, entry: 0 }
 
@@ -181,6 +225,9 @@ export class MeshCache {
 
   private get self(): string { return this.opts.mesh.peerId }
 
+  /** whether this member holds entries for others (a builder keeps its jobs' outputs only then) */
+  get holdsForOthers(): boolean { return this.opts.store !== null }
+
   /** Answer the other members' gets and puts. */
   async serve(): Promise<void> {
     const { mesh, store, log } = this.opts
@@ -198,7 +245,16 @@ export class MeshCache {
         if (r.kind !== 'quota') log.warn(`refused a cache entry offered by ${peer}: ${r.reason}`)
         return r.reason
       },
-      onServed: () => { this.counters.entries_served++ }
+      onServed: () => { this.counters.entries_served++ },
+      keep: async (peer, req, extra) => {
+        const why = await this.keepHere(peer, req, extra)
+        if (why === null) this.counters.entries_kept_by_builder++
+        else {
+          this.counters.keep_refused++
+          log.debug(`refused a keep of ${req.key.slice(0, 16)} from ${peer}: ${why}`)
+        }
+        return why
+      }
     }, (peer, err) => log.debug(`cache exchange with ${peer}: ${err.message.split('\n')[0]}`), { maxEntryBytes: MAX_SIGNED_ENTRY_BYTES })
   }
 
@@ -236,7 +292,7 @@ export class MeshCache {
       // read repair: owners that answered "miss" get the entry as it is (its producer's signature),
       // and this member keeps it when it is an owner itself
       const missed = asked.filter((id, i) => answers[i]!.kind === 'miss' && owners.includes(id))
-      if (missed.length > 0) this.queue.push({ key, entry: null, blob: hit.blob, targets: missed })
+      if (missed.length > 0) this.queue.push({ key, entry: null, blob: hit.blob, targets: missed, built: null })
       if (owners.includes(this.self)) void this.opts.store?.keepVerified(key, hit.blob).catch(() => {})
       return hit.hit
     } catch (err) {
@@ -249,10 +305,10 @@ export class MeshCache {
   }
 
   /** Sign `entry` (made here) and hand it to the key's owners in the background. Never throws. */
-  publish(key: string, entry: CacheEntry): void {
+  publish(key: string, entry: CacheEntry, built?: BuiltBy): void {
     if (!isValidKey(key) || entry?.exitCode !== 0) return
     this.counters.entries_published++
-    this.queue.push({ key, entry, blob: null, targets: null })
+    this.queue.push({ key, entry, blob: null, targets: null, built: built ?? null })
   }
 
   stats(): MeshCacheStats {
@@ -450,23 +506,166 @@ export class MeshCache {
       const m = byId.get(id)
       return m !== undefined && m.connection !== 'none' && (this.skipped.get(id) ?? 0) <= now
     })
+    // the builder that ran it: a keep, as the owner it may be or as an extra holder (see the header)
+    const built = item.built
     const b = blob
-    await Promise.all(targets.map(async (peer) => {
-      const signal = AbortSignal.any([this.stopping.signal, AbortSignal.timeout(5000 + Math.ceil(b.length / 1024))])
+    let keeper = built !== null && this.takesKeeps(byId.get(built.peer), now) ? built.peer : null
+    if (keeper !== null && !targets.includes(keeper)) {
+      if (this.extraKept.has(built!)) keeper = null
+      else this.extraKept.add(built!)
+    }
+    await Promise.all([
+      ...targets.filter((peer) => peer !== keeper).map((peer) => this.put(peer, item.key, b)),
+      ...(keeper !== null ? [this.keepAt(keeper, item.key, item.entry!, b, built!, targets.includes(keeper))] : [])
+    ])
+  }
+
+  /** Offer the signed entry `blob` of `key` to `peer`, an owner. */
+  private async put(peer: string, key: string, blob: Buffer): Promise<void> {
+    const { mesh, log } = this.opts
+    const signal = AbortSignal.any([this.stopping.signal, AbortSignal.timeout(5000 + Math.ceil(blob.length / 1024))])
+    try {
+      await this.queue.pace(blob.length, signal)
+      const r = await putEntry(mesh.libp2p, mesh.meshId, peer, key, blob, signal)
+      if (r.kind === 'stored') this.counters.entries_pushed++
+      else {
+        this.failures.refused++
+        log.debug(`mesh cache: ${peer} refused entry ${key.slice(0, 16)}: ${r.reason}`)
+      }
+    } catch (err) {
+      if (this.stopping.signal.aborted) return
+      this.fail('error', peer, `publishing failed: ${(err as Error).message.split('\n')[0]}`)
+    }
+  }
+
+  /** A member that may take a keep: connected, holding entries for others, not known to lack keeps. */
+  private takesKeeps(m: MeshMember | undefined, now: number): m is MeshMember {
+    if (!m || m.self || m.connection === 'none' || m.load.sharesCache !== true || (this.skipped.get(m.peerId) ?? 0) > now) return false
+    const until = this.noKeep.get(m.peerId)
+    if (until === undefined) return true
+    if (until > now) return false
+    this.noKeep.delete(m.peerId)
+    return true
+  }
+
+  /**
+   * Have the builder `peer` store the entry from the outputs it kept; when it does not and it is
+   * one of the key's owners (`owner`), it gets the entry whole. A failed keep is no failure of
+   * the member's: a member of the previous version answers every keep that way.
+   */
+  private async keepAt(peer: string, key: string, entry: CacheEntry, blob: Buffer, built: BuiltBy, owner: boolean): Promise<void> {
+    const { mesh, log } = this.opts
+    const made = keepRequest(key, entry, blob, built)
+    if (made !== null) {
       try {
-        await this.queue.pace(b.length, signal)
-        const r = await putEntry(mesh.libp2p, mesh.meshId, peer, item.key, b, signal)
-        if (r.kind === 'stored') this.counters.entries_pushed++
-        else {
-          this.failures.refused++
-          log.debug(`mesh cache: ${peer} refused entry ${item.key.slice(0, 16)}: ${r.reason}`)
+        const r = await keepEntry(mesh.libp2p, mesh.meshId, peer, made.req, made.extra, AbortSignal.any([this.stopping.signal, AbortSignal.timeout(5000)]))
+        this.counters.keep_bytes_sent += r.sent
+        if (r.kind === 'stored') {
+          this.counters.keeps_accepted++
+          return
         }
+        log.debug(`mesh cache: ${peer} did not keep ${key.slice(0, 16)}: ${r.reason}`)
       } catch (err) {
         if (this.stopping.signal.aborted) return
-        this.fail('error', peer, `publishing failed: ${(err as Error).message.split('\n')[0]}`)
+        log.debug(`mesh cache: keep of ${key.slice(0, 16)} at ${peer} failed (whole entries go there for ${NO_KEEP_MS / 60_000} min): ${(err as Error).message.split('\n')[0]}`)
+        this.noKeep.set(peer, Date.now() + NO_KEEP_MS)
       }
-    }))
+    }
+    this.counters.keep_fallbacks++
+    if (owner) await this.put(peer, key, blob)
   }
+
+  /**
+   * Builder side of a keep: the entry `req` describes, made of the outputs of the job `peer` sent
+   * here and `extra`, stored when it is exactly the one `peer` signed; a refusal reason, or null.
+   * The signature is checked before anything is encoded, the content hash after: what is stored
+   * is the client's signed entry, its parts named as this job's outputs are this job's outputs as
+   * this member produced them, and its producer passes the rules for holding entries a put's does.
+   */
+  private async keepHere(peer: string, req: KeepRequest, extra: Buffer): Promise<string | null> {
+    const { store, kept, trust } = this.opts
+    if (!store) return 'this member holds no entries for others ([cache] shared_size = 0)'
+    if (req.signature.producer !== peer) return 'a keep must be signed by the member that sends it'
+    const job = kept?.take(peer, req.job) ?? null
+    if (job === null) return 'the outputs of that job are not held here (expired, or not a job of yours)'
+    try {
+      const key = Buffer.from(req.key, 'hex')
+      checkSignature(key, req.contentHash, req.signature, (p) => trust.refusalToHold(p))
+      const encoded = job.encoded?.subarray(20, 52).equals(req.contentHash) ? reKeyed(job.encoded, key) : await keptEntry(req, [...job.parts, extra])
+      if (!encoded.subarray(20, 52).equals(req.contentHash)) return 'the entry made of that job\'s outputs does not have the signed content hash'
+      job.encoded = encoded
+      const signed = attachSignature(encoded, req.signature)
+      const quota = store.admit(signed.length)
+      if (quota !== null) return quota
+      await store.keepVerified(req.key, signed)
+      return null
+    } catch (err) {
+      if (err instanceof SignedEntryError || err instanceof EntryFormatError) return err.message
+      throw err
+    }
+  }
+
+}
+
+/**
+ * The entry a keep describes, encoded, from `pieces` (the job's parts and the keep's own bytes).
+ * Throws on a bad ref or entry. Uncompressed, only hashed: on kernel units compressing the entry
+ * took 1.7 to 3.3 ms of CPU against 1.2 to 2.0 ms for checking the same entry sent whole (which
+ * made keeps cost the builders 4 to 13 % more CPU per job than puts in bench-job-cpu), hashing it
+ * 0.4 to 0.7 ms. Such an entry takes two to three times the room here, and as many bytes when it
+ * is served; a member fetching it decompresses nothing.
+ */
+function keptEntry(req: KeepRequest, pieces: Buffer[]): Promise<Buffer> {
+  const bytes = ([part, offset, length]: PartRef): Buffer => {
+    const p = pieces[part]
+    if (p === undefined || offset + length > p.length) throw new SignedEntryError('malformed', `a ref past the end of part ${part}`)
+    return p.subarray(offset, offset + length)
+  }
+  const entry: CacheEntry = {
+    exitCode: 0, stdout: bytes(req.stdout), stderr: bytes(req.stderr),
+    outputs: req.outputs.map((o) => ({ name: o.name, data: bytes(o.ref) })),
+    ...(req.meta.length > 0 ? { meta: Object.fromEntries(req.meta) } : {})
+  }
+  return encodeEntry(entry, req.key, { uncompressed: true })
+}
+
+/** An encoded entry under another key: the key is in the header only (the content hash is of the payload). */
+function reKeyed(encoded: Buffer, key: Buffer): Buffer {
+  const copy = Buffer.from(encoded)
+  key.copy(copy, 52)
+  return copy
+}
+
+/**
+ * The keep that describes `entry` (signed as `blob`) from the parts of `built`'s reply: each piece
+ * that lies in a part (the same memory: the object as the client took it) or equals one is named
+ * by a ref, the rest is sent along. Null when that is too much to be worth it.
+ */
+function keepRequest(key: string, entry: CacheEntry, blob: Buffer, built: BuiltBy): { req: KeepRequest; extra: Buffer } | null {
+  const sig = signatureOf(blob)
+  if (sig === null || built.parts.length !== 3) return null
+  const extra: Buffer[] = []
+  let extraBytes = 0
+  const { parts } = built
+  const ref = (piece: Buffer): PartRef => {
+    for (let i = 0; i < parts.length; i++) {
+      const p = parts[i]!
+      if (piece.buffer === p.buffer && piece.byteOffset >= p.byteOffset && piece.byteOffset + piece.length <= p.byteOffset + p.length) return [i, piece.byteOffset - p.byteOffset, piece.length]
+    }
+    const same = parts.findIndex((p) => p.length === piece.length && p.equals(piece))
+    if (same >= 0) return [same, 0, piece.length]
+    extra.push(piece)
+    extraBytes += piece.length
+    return [parts.length, extraBytes - piece.length, piece.length]
+  }
+  const meta = Object.entries(entry.meta ?? {})
+  const req: KeepRequest = {
+    key, job: built.job, contentHash: sig.contentHash, signature: sig,
+    stdout: ref(entry.stdout), stderr: ref(entry.stderr), outputs: entry.outputs.map((o) => ({ name: o.name, ref: ref(o.data) })), meta
+  }
+  const metaBytes = meta.reduce((n, [k, v]) => n + k.length + v.length, 0)
+  if (extraBytes > KEEP_MAX_BYTES || metaBytes > KEEP_MAX_META_BYTES) return null
+  return { req, extra: Buffer.concat(extra) }
 }
 
 /**

@@ -185,7 +185,8 @@ export class MeshService {
       },
       findToolchainHolders: (hash) => mesh.findToolchainProviders(hash, 3000),
       isAllowed: (peer) => mesh.isAllowed(peer),
-      onLoadChange: () => mesh.notifyLoadChanged()
+      onLoadChange: () => mesh.notifyLoadChanged(),
+      keepOutputs: () => svc?.meshCache?.holdsForOthers === true
     })
     await builder.cleanStaleJobs()
     await builder.init()
@@ -221,7 +222,7 @@ export class MeshService {
     await old?.stop()
     if (this.config.cache.shared) {
       // a bad [cache] trust entry costs the shared cache, not the mesh
-      this.meshCache = await (await import('./mesh-cache.js')).startMeshCache(this.config, this.mesh, this.log.child('shared'), linkTuning(this.log))
+      this.meshCache = await (await import('./mesh-cache.js')).startMeshCache(this.config, this.mesh, this.log.child('shared'), { ...linkTuning(this.log), kept: this.builder.kept })
         .catch((err: Error) => { this.log.error(`shared cache not started: ${err.message}`); return null })
     }
     this.mesh.notifyLoadChanged()

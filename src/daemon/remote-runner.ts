@@ -322,7 +322,7 @@ export class MeshRemoteRunner implements RemoteRunner {
         if (reply.kind === 'done') {
           ps.done++
           if (reply.exitCode === 0) this.jobTimes.record(timeKey, Date.now() - accepted, fetchesToolchain)
-          return { kind: 'done', outcome: { exitCode: reply.exitCode, stdout: reply.stdout, stderr: reply.stderr, obj: reply.obj, peer: peer.peerId } }
+          return { kind: 'done', outcome: { exitCode: reply.exitCode, stdout: reply.stdout, stderr: reply.stderr, obj: reply.obj, peer: peer.peerId, ...(reply.keep !== undefined ? { keep: reply.keep } : {}) } }
         }
         if (reply.kind === 'refused') {
           // a full builder is backpressure, not a failure: try another, or wait for room

@@ -9,7 +9,7 @@ import type { CacheEntry } from '../cache/entry-format.js'
 import { Verifier, type VerifierStats, type VerifyJob } from '../cache/verifier.js'
 import { openRemoteTier, type RemoteTier, type TierStats } from '../cache/tiers/index.js'
 import type { TrustPolicy } from '../cache/trust.js'
-import type { MeshCache, MeshCacheStats } from './mesh-cache.js'
+import type { BuiltBy, MeshCache, MeshCacheStats } from './mesh-cache.js'
 import { sharedIdentity } from './shared-identity.js'
 
 export type SharedSource = 'mesh' | 'tier'
@@ -47,9 +47,12 @@ export class SharedCache {
     return t ? { ...t, source: 'tier' } : null
   }
 
-  /** A result made (or vouched for) here: signed and sent to the key's owners and the tier, in the background. */
-  publish(key: string, entry: CacheEntry): void {
-    this.opts.mesh?.publish(key, entry)
+  /**
+   * A result made (or vouched for) here: signed and sent to the key's owners and the tier, in the
+   * background; `built`: the builder that compiled it still holds its outputs (mesh-cache.ts).
+   */
+  publish(key: string, entry: CacheEntry, built?: BuiltBy): void {
+    this.opts.mesh?.publish(key, entry, built)
     this.opts.tier?.publish(key, entry)
   }
 

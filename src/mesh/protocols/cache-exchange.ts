@@ -15,13 +15,30 @@
 //   client → blob (size bytes)
 //   owner  → {type:'stored'}     |   {type:'refused', reason}     after verifying the whole entry
 //
+//   client → {v:1, op:'keep', key, job, hash, producer, timestamp, sig, stdout, stderr, outputs, meta, size}
+//          [+ blob: raw deflate of part 3's `size` bytes, when size > 0]
+//   builder → {type:'stored'}   |   {type:'refused', reason}
+//   After a remote compile, to the builder that ran it and still holds its outputs under `job` (an
+//   id its reply gave, kept-jobs.ts): the client's signature (producer, timestamp, sig, over key and
+//   the content hash `hash`, signed-entry.ts) and how the entry is made of the job's outputs, not
+//   the entry itself. Each of stdout, stderr and the outputs' data is a ref [part, offset, length]
+//   into part 0 the job's stdout, 1 its stderr, 2 its object blob, 3 the blob sent here (what
+//   the builder cannot know: the client's depfile, text it rewrote); outputs are [name, ref]
+//   pairs, meta [key, value] pairs. Part 3 goes deflated: it is mostly a depfile, text that
+//   shrinks several times. The builder rebuilds and encodes the entry, and stores it only
+//   when its content hash is the signed one and the signature is the client's own. A member of
+//   the previous version fails the stream on the unknown op: the client sends the entry whole.
+//
 // Entries are opaque bytes here: the holder and the client verify them (signature, producer,
 // checksum) with signed-entry.ts. What this file bounds is what a member holding the mesh key can
 // make another one hold: a few streams per peer (more are refused unread), blob sizes announced
 // before they are read and checked against a limit, bytes in flight per peer and in all
 // (HeldBytes, as compile jobs), and a stall limit on every read.
+import { promisify } from 'node:util'
+import { deflateRaw, inflateRaw } from 'node:zlib'
 import type { Libp2p } from '@libp2p/interface'
-import { isValidKey } from '../../cache/entry-format.js'
+import { MAX_META, MAX_OUTPUTS, isValidKey } from '../../cache/entry-format.js'
+import type { EntrySignature } from '../../cache/signed-entry.js'
 import { clip } from '../../log.js'
 import { peerIdOf } from '../peer-ids.js'
 import { HeldBytes, StreamCounts } from './admission.js'
@@ -31,6 +48,30 @@ export const cacheExchangeProtocol = (meshId: string) => `/meshcc/${meshId}/cach
 const VERSION = 1
 /** the largest entry a holder sends behind a manifest set (an object file is rarely a tenth of it) */
 export const FOLLOW_MAX_BYTES = 16 * 1024 * 1024
+/** the most bytes a keep carries besides its control frame (a depfile, rewritten text): more, and the entry goes whole */
+export const KEEP_MAX_BYTES = 1024 * 1024
+/** a keep's parts: the job's stdout, stderr and object blob, and the bytes sent with the keep */
+export const KEEP_PARTS = 4
+const deflateRawAsync = promisify(deflateRaw)
+const inflateRawAsync = promisify(inflateRaw)
+/** the largest raw deflate stream `n` bytes can honestly become (stored blocks) */
+const deflateBound = (n: number) => n + (n >> 8) + 64
+
+/** [part, offset, length]: bytes of one of a keep's parts */
+export type PartRef = readonly [number, number, number]
+
+/** What a keep says: everything the builder needs besides the outputs it kept. */
+export interface KeepRequest {
+  key: string
+  /** the id the job's reply gave */
+  job: string
+  contentHash: Buffer
+  signature: EntrySignature
+  stdout: PartRef
+  stderr: PartRef
+  outputs: Array<{ name: string; ref: PartRef }>
+  meta: Array<[string, string]>
+}
 
 /** a second entry a holder sent behind the first (follow): still to be verified */
 export interface FollowedEntry { key: string; blob: Buffer }
@@ -106,6 +147,63 @@ export async function putEntry(node: Libp2p, meshId: string, peer: string, k: st
   }
 }
 
+/**
+ * Client side: ask the builder `peer` to store the entry of `req.key` from the outputs of the job
+ * it ran, with `extra` as part 3. `sent`: the bytes this put on the stream. Throws on transport or
+ * protocol trouble (a member of the previous version, which does not know keeps, ends up here).
+ */
+export async function keepEntry(node: Libp2p, meshId: string, peer: string, req: KeepRequest, extra: Buffer, signal: AbortSignal): Promise<PutReply & { sent: number }> {
+  const stream = await node.dialProtocol(peerIdOf(peer), cacheExchangeProtocol(meshId), { signal, negotiateFully: false })
+  const f = new Framed(stream, { stallMs: 10_000 })
+  try {
+    const { signature: s } = req
+    const head = {
+      v: VERSION, op: 'keep', key: req.key, job: req.job, hash: req.contentHash.toString('hex'),
+      producer: s.producer, timestamp: s.timestamp, sig: s.signature.toString('base64'),
+      stdout: req.stdout, stderr: req.stderr, outputs: req.outputs.map((o) => [o.name, o.ref]), meta: req.meta, size: extra.length
+    }
+    const packed = extra.length > 0 ? await deflateRawAsync(extra, { level: 1 }) : null
+    if (packed) await f.writeFrames(head, [packed], signal)
+    else await f.writeJson(head, signal)
+    const sent = Buffer.byteLength(JSON.stringify(head)) + (packed?.length ?? 0)
+    const done = await f.readJson<{ type?: unknown; reason?: unknown }>(signal)
+    if (done.type === 'stored') return { kind: 'stored', sent }
+    if (done.type === 'refused') return { kind: 'refused', reason: str(done.reason, 'reason', 1024), sent }
+    throw new ProtocolViolation(`unexpected reply ${clip(String(done.type), 40)}`)
+  } finally {
+    await f.close()
+  }
+}
+
+function partRef(v: unknown, field: string): PartRef {
+  if (!Array.isArray(v) || v.length !== 3) throw new ProtocolViolation(`field ${field}: expected [part, offset, length]`)
+  return [int(v[0], `${field} part`, 0, KEEP_PARTS - 1), int(v[1], `${field} offset`, 0, 0xffffffff), int(v[2], `${field} length`, 0, 0xffffffff)]
+}
+
+function pairs<T>(v: unknown, field: string, max: number, item: (x: unknown[]) => T): T[] {
+  if (!Array.isArray(v) || v.length > max) throw new ProtocolViolation(`field ${field}: expected at most ${max} pairs`)
+  return v.map((x) => {
+    if (!Array.isArray(x) || x.length !== 2) throw new ProtocolViolation(`field ${field}: expected pairs`)
+    return item(x)
+  })
+}
+
+/** A keep's control frame, checked for shape (the entry's own rules are checked when it is encoded). */
+function parseKeep(k: string, req: Record<string, unknown>): KeepRequest {
+  const job = str(req.job, 'job', 64)
+  const hash = str(req.hash, 'hash', 64)
+  if (!/^[0-9a-f]{64}$/.test(hash)) throw new ProtocolViolation('field hash: expected 64 lowercase hex digits')
+  const sig = Buffer.from(str(req.sig, 'sig', 128), 'base64')
+  if (sig.length !== 64) throw new ProtocolViolation('field sig: expected 64 bytes')
+  return {
+    key: k, job, contentHash: Buffer.from(hash, 'hex'),
+    signature: { producer: str(req.producer, 'producer', 128), timestamp: int(req.timestamp, 'timestamp'), signature: sig },
+    stdout: partRef(req.stdout, 'stdout'), stderr: partRef(req.stderr, 'stderr'),
+    outputs: pairs(req.outputs, 'outputs', MAX_OUTPUTS, ([name, ref]) => ({ name: str(name, 'output name', 64), ref: partRef(ref, 'output') })),
+    meta: pairs(req.meta, 'meta', MAX_META, ([mk, mv]) => [str(mk, 'meta key', 256), str(mv, 'meta value', 65535)] as [string, string])
+  }
+}
+
 export interface CacheExchangeHandler {
   /** may this peer read or write here at all ([mesh] allow) */
   isAllowed(peer: string): boolean
@@ -120,6 +218,8 @@ export interface CacheExchangeHandler {
   put(peer: string, key: string, blob: Buffer): Promise<string | null>
   /** an entry was sent whole to `peer` */
   onServed?(peer: string, key: string, bytes: number): void
+  /** rebuild the entry a keep describes from the job's outputs held here, check and store it; a refusal reason, or null once stored */
+  keep?(peer: string, req: KeepRequest, extra: Buffer): Promise<string | null>
 }
 
 export interface CacheServeOptions {
@@ -161,7 +261,7 @@ export async function serveCacheExchange(node: Libp2p, meshId: string, handler: 
     const account = held.account(peer)
     try {
       if (slot.before >= maxStreams) return await refuse(f, 'busy: too many cache requests in flight from this peer')
-      const req = await f.readJson<{ v?: unknown; op?: unknown; key?: unknown; size?: unknown; follow?: unknown }>()
+      const req = await f.readJson<{ v?: unknown; op?: unknown; key?: unknown; size?: unknown; follow?: unknown } & Record<string, unknown>>()
       if (req.v !== VERSION) throw new ProtocolViolation(`unsupported cache request version ${clip(String(req.v), 40)}`)
       const k = key(req.key)
       if (!handler.isAllowed(peer)) return await refuse(f, 'not allowed here ([mesh] allow)')
@@ -176,6 +276,21 @@ export async function serveCacheExchange(node: Libp2p, meshId: string, handler: 
         await f.writeFrames(next ? { type: 'hit', next: next.key } : { type: 'hit' }, next ? [got.blob, next.blob] : [got.blob])
         handler.onServed?.(peer, k, got.blob.length)
         if (next) handler.onServed?.(peer, next.key, next.blob.length)
+        return
+      }
+      if (req.op === 'keep') {
+        const keep = parseKeep(k, req)
+        const size = int(req.size, 'size', 0, KEEP_MAX_BYTES)
+        if (!account.take(size + deflateBound(size))) return await refuse(f, BUSY)
+        let extra = Buffer.alloc(0)
+        if (size > 0) {
+          const packed = await f.readBlob(deflateBound(size))
+          // maxOutputLength: a small hostile stream cannot inflate past what was announced
+          extra = await inflateRawAsync(packed, { maxOutputLength: size }).catch((err: Error) => { throw new ProtocolViolation(`keep bytes are not deflate data: ${err.message.split('\n')[0]}`) })
+          if (extra.length !== size) throw new ProtocolViolation(`keep of ${extra.length} bytes, announced ${size}`)
+        }
+        const why = handler.keep ? await handler.keep(peer, keep, extra) : 'this member takes no keeps'
+        await f.writeJson(why === null ? { type: 'stored' } : { type: 'refused', reason: why })
         return
       }
       if (req.op !== 'put') throw new ProtocolViolation(`unknown cache operation ${clip(String(req.op), 40)}`)

@@ -15,7 +15,10 @@
 // project includes cross the network once, not once per unit. A received file whose bytes do
 // not match its hash fails the job; nothing unverified enters the cache.
 //   builder → {type:'working'} …                        heartbeats, so a long compile is never idle-aborted
-//           → {type:'done', exitCode} + blob stdout + blob stderr [+ blob object when exitCode is 0]
+//           → {type:'done', exitCode, keep?} + blob stdout + blob stderr [+ blob object when exitCode is 0]
+//             keep: the id under which the builder holds these outputs for a while (kept-jobs.ts),
+//             so that the client can have its signed entry stored there without sending it back
+//             (cache-exchange.ts, op 'keep'); a client of the previous version ignores it
 //           | {type:'failed', reason}                   sandbox, toolchain or input problem: try another peer
 //
 // Version 4 (rustc, and any family without a preprocessor to check): the header names
@@ -99,7 +102,7 @@ export interface JobHeader {
 }
 
 export type JobReply =
-  | { kind: 'done'; exitCode: number; stdout: Buffer; stderr: Buffer; obj: Buffer | null }
+  | { kind: 'done'; exitCode: number; stdout: Buffer; stderr: Buffer; obj: Buffer | null; keep?: string }
   | { kind: 'refused'; reason: string }
   | { kind: 'failed'; reason: string }
 
@@ -265,15 +268,16 @@ export async function sendCompileJob(node: Libp2p, meshId: string, peer: string,
     await f.writeBlob(packed, opts.signal)
     opts.onSent?.(packed.length)
     for (;;) {
-      const msg = await f.readJson<{ type?: string; reason?: unknown; exitCode?: unknown }>(opts.signal)
+      const msg = await f.readJson<{ type?: string; reason?: unknown; exitCode?: unknown; keep?: unknown }>(opts.signal)
       if (msg.type === 'working') continue
       if (msg.type === 'failed') return { kind: 'failed', reason: str(msg.reason, 'reason', 1024) }
       if (msg.type !== 'done') throw new ProtocolViolation(`unexpected reply ${clip(String(msg.type), 40)}`)
       const exitCode = int(msg.exitCode, 'exitCode', 0, 255)
+      const keep = msg.keep === undefined ? undefined : str(msg.keep, 'keep', 64)
       const stdout = await f.readBlob(LIMITS.outputBytes, opts.signal)
       const stderr = await f.readBlob(LIMITS.outputBytes, opts.signal)
       const obj = exitCode === 0 ? await f.readBlob(LIMITS.outputBytes, opts.signal) : null
-      return { kind: 'done', exitCode, stdout, stderr, obj }
+      return { kind: 'done', exitCode, stdout, stderr, obj, ...(keep !== undefined && exitCode === 0 ? { keep } : {}) }
     }
   } finally {
     // a caller that stopped the job resets the stream: the builder learns at once and stops it too
@@ -440,7 +444,7 @@ export async function serveCompileJobs(node: Libp2p, meshId: string, handler: Jo
       clearInterval(beat)
       beat = null
       if (reply.kind === 'done') {
-        await f.writeJson({ type: 'done', exitCode: reply.exitCode })
+        await f.writeJson(reply.keep !== undefined ? { type: 'done', exitCode: reply.exitCode, keep: reply.keep } : { type: 'done', exitCode: reply.exitCode })
         await f.writeBlob(reply.stdout)
         await f.writeBlob(reply.stderr)
         if (reply.exitCode === 0) await f.writeBlob(reply.obj ?? Buffer.alloc(0))
