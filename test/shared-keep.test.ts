@@ -23,7 +23,9 @@ import { loadConfig, type Config } from '../src/config.js'
 import { silentLogger } from '../src/log.js'
 import { decodeEntry, type CacheEntry } from '../src/cache/entry-format.js'
 import { readSignedEntry, sealEntry, signatureOf } from '../src/cache/signed-entry.js'
-import { keepEntry, type KeepRequest } from '../src/mesh/protocols/cache-exchange.js'
+import { cacheExchangeProtocol, keepEntry, type KeepRequest } from '../src/mesh/protocols/cache-exchange.js'
+import { lpStream } from '@libp2p/utils'
+import { peerIdFromString } from '@libp2p/peer-id'
 import { startMeshCache, type MeshCache } from '../src/daemon/mesh-cache.js'
 import { sharedIdentity } from '../src/daemon/shared-identity.js'
 import { KeptJobs } from '../src/daemon/kept-jobs.js'
@@ -157,7 +159,7 @@ test('after a remote compile the builder holds the client\'s signed entry from a
 
 // --- the builder side of a keep, attacked by a member holding the mesh key ---
 
-test('a forged keep is refused and counted: wrong content hash, garbage signature, another member\'s job, a ref past the end', { timeout: 120_000 }, async () => {
+test('a forged keep is refused and counted: wrong content hash, garbage signature, another member\'s job, a ref past the end; a 12 MiB put sent in one go is stored', { timeout: 120_000 }, async () => {
   const dir = mkdtempSync(join(tmpdir(), 'meshcc-keep-forge-'))
   const meshes: Mesh[] = []
   let builder: MeshCache | null = null
@@ -183,7 +185,7 @@ test('a forged keep is refused and counted: wrong content hash, garbage signatur
       meshes.push(m)
       return m
     }
-    const bConfig = config('builder', '8M', [])
+    const bConfig = config('builder', '32M', [])
     const bMesh = await start(bConfig, true)
     const kept = new KeptJobs()
     builder = await startMeshCache(bConfig, bMesh, silentLogger, { kept })
@@ -239,6 +241,26 @@ test('a forged keep is refused and counted: wrong content hash, garbage signatur
     s = builder.stats()
     assert.equal(s.entries_kept_by_builder, 2)
     assert.equal(s.keep_refused, 6)
+
+    // a put whose entry arrives faster than the owner reads it (sent in one go): it waits in the
+    // bytes the owner's account took for it, where libp2p's 4 MiB read buffer dropped the stream
+    const MiB = 1024 * 1024
+    const bigKey = createHash('sha256').update('a big put').digest('hex')
+    const sealed = await sealEntry({ ...entry, outputs: [{ name: 'obj', data: randomBytes(12 * MiB) }] }, bigKey, forger)
+    const stream = await fMesh.libp2p.dialProtocol(peerIdFromString(bMesh.peerId), cacheExchangeProtocol(fMesh.meshId))
+    const lp = lpStream(stream, { maxDataLength: MiB })
+    const frame = (v: unknown) => Buffer.from(JSON.stringify(v))
+    const readJson = async () => JSON.parse(Buffer.from((await lp.read()).subarray()).toString('utf8')) as { type?: string; reason?: string }
+    try {
+      await lp.write(frame({ v: 1, op: 'put', key: bigKey, size: sealed.length }))
+      assert.equal((await readJson()).type, 'accepted')
+      const chunks = Array.from({ length: Math.ceil(sealed.length / MiB) }, (_, i) => sealed.subarray(i * MiB, (i + 1) * MiB))
+      await lp.writeV([frame({ blob: sealed.length }), ...chunks])
+      const done = await readJson()
+      assert.equal(done.type, 'stored', JSON.stringify(done))
+    } finally {
+      stream.abort(new Error('test over'))
+    }
   } finally {
     await builder?.stop()
     await Promise.all(meshes.map((m) => m.stop()))

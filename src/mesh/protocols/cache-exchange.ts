@@ -298,6 +298,8 @@ export async function serveCacheExchange(node: Libp2p, meshId: string, handler: 
       const refusal = handler.admitPut(peer, k, size)
       if (refusal !== null) return await refuse(f, refusal)
       if (!account.take(size)) return await refuse(f, BUSY)
+      // the entry may arrive faster than a busy owner reads it: what the account holds may wait
+      f.allowUnread(framedBytes(size))
       await f.writeJson({ type: 'accepted' })
       const blob = await f.readBlob(size)
       if (blob.length !== size) throw new ProtocolViolation(`entry of ${blob.length} bytes, announced ${size}`)
