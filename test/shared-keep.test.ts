@@ -114,6 +114,9 @@ test('after a remote compile the builder holds the client\'s signed entry from a
   assert.equal(am.keep_fallbacks, 0, 'no keep fell back to a put')
   assert.ok(bm.entries_kept_by_builder - b0.entries_kept_by_builder >= 1, `B counts the kept entry (B: ${JSON.stringify(bm)})`)
   assert.equal(bm.keep_refused - b0.keep_refused, 0)
+  // and `meshcc -s` says so on both sides
+  assert.match((await A.run(['-s'])).stdout, /kept by the builder that compiled them\s+[1-9]/)
+  assert.match((await B.run(['-s'])).stdout, /kept from jobs compiled here\s+[1-9]/)
 
   // B's store holds the entry A signed, its object the one gcc makes; every entry B got whole is
   // one no keep could describe (a manifest set: not a job's output), never a kept result

@@ -27,8 +27,10 @@ const LINES: Array<[string, string]> = [
 /** The shared cache's counts since the daemon started: shown when it runs one. */
 const SHARED_LINES: Array<[string, string]> = [
   ['Entries published to the mesh', 'entries_published'],
+  ['  kept by the builder that compiled them', 'keeps_accepted'],
   ['Entries served to others', 'entries_served'],
   ['Entries held for others', 'shared_entries'],
+  ['  kept from jobs compiled here', 'entries_kept_by_builder'],
   ['Remote results verified', 'verifications'],
   ['Verification mismatches', 'verify_mismatches']
 ]

@@ -190,7 +190,8 @@ export async function startDaemon(config: Config, foreground: boolean): Promise<
     return {
       entries_served: s.mesh?.entries_served ?? 0, entries_stored_for_others: s.mesh?.entries_stored_for_others ?? 0,
       shared_entries: s.mesh?.shared_entries ?? 0, shared_bytes: s.mesh?.shared_bytes ?? 0,
-      entries_published: s.mesh?.entries_published ?? 0, tier_writes: s.tier?.tier_writes ?? 0,
+      entries_published: s.mesh?.entries_published ?? 0, keeps_accepted: s.mesh?.keeps_accepted ?? 0,
+      entries_kept_by_builder: s.mesh?.entries_kept_by_builder ?? 0, tier_writes: s.tier?.tier_writes ?? 0,
       verifications: s.verifier.verifications, verify_mismatches: s.verifier.verify_mismatches, verify_skipped: s.verifier.verify_skipped
     }
   }
