@@ -93,7 +93,7 @@ export function sharedText(sh: SharedCacheStatus, families: Record<string, Famil
   if (t) parts.push(`${hits('tier_hits')} from ${t.tier}${t.tier_down ? ' (not answering)' : ''}`)
   let out = `shared cache: ${parts.join(', ')}\n`
   if (m) {
-    out += `  ${m.entries_published} entries published (${m.keeps_accepted} kept by their builder), ${m.entries_served} served to others; holding ${m.shared_entries} entries (${formatSize(m.shared_bytes)} of ${formatSize(m.shared_max_bytes)}) for others${m.entries_kept_by_builder > 0 ? `, ${m.entries_kept_by_builder} kept from jobs compiled here` : ''}\n`
+    out += `  ${m.entries_published} entries published, ${m.entries_served} served to others; holding ${m.shared_entries} entries (${formatSize(m.shared_bytes)} of ${formatSize(m.shared_max_bytes)}) for others\n`
     const failed = Object.values(m.failures).reduce((n, v) => n + v, 0)
     if (failed > 0) out += `  lookups failed or refused: ${Object.entries(m.failures).filter(([, v]) => v > 0).map(([k, v]) => `${k} ${v}`).join(', ')}\n`
   }
