@@ -2,7 +2,9 @@
 // daemons + 1 client daemon (local_slots = 0) on 127.0.0.1 as bench:dist starts them, and the
 // kernel units that bench:dist's last build left in --linux (their .o.cmd files give the exact
 // compile commands), compiled through the client N at a time. Prints each daemon's utime and
-// stime (and minor faults) per remote job, without the preprocessors and compiles they ran.
+// stime (and minor faults) per remote job, without the preprocessors and compiles they ran,
+// and then the CPU of what each ran (its reaped children: on a builder the reaper, bwrap and
+// the compile of each job; on the client its preprocessors), per remote job too.
 //
 // The machine's speed drifts by more than most changes under test (other work, CPU frequency):
 // compare two checkouts by running them AT THE SAME TIME, each with its own hard-linked copy of
@@ -49,10 +51,13 @@ function kernelCommands(): string[] {
   return out
 }
 
-/** utime, stime (s) and minor faults of a process itself, not of its children. */
-function ownUsage(pid: number): [number, number, number] {
+/**
+ * utime, stime (s) and minor faults of a process itself, then the utime and stime (s) of its
+ * reaped children (a builder's reaper reaps bwrap, its init and the compile: all of a job).
+ */
+function ownUsage(pid: number): [number, number, number, number, number] {
   const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ')
-  return [Number(f[11]) / 100, Number(f[12]) / 100, Number(f[7])]
+  return [Number(f[11]) / 100, Number(f[12]) / 100, Number(f[7]), Number(f[13]) / 100, Number(f[14]) / 100]
 }
 
 const commands = kernelCommands().slice(0, units)
@@ -94,6 +99,9 @@ try {
   pids.forEach((_, i) => console.log(`${i === 0 ? 'client  ' : `builder${i}`} own CPU per remote job: ${per(i, 0, 1000)} ms user + ${per(i, 1, 1000)} ms sys, ${per(i, 2, 1)} minor faults`))
   const cpuMs = (i: number) => ((after[i]![0]! - before[i]![0]! + after[i]![1]! - before[i]![1]!) * 1000) / remote
   console.log(`own CPU per remote job: client ${cpuMs(0).toFixed(1)} ms, builders ${pids.slice(1).reduce((n, _, j) => n + cpuMs(j + 1), 0).toFixed(1)} ms`)
+  pids.forEach((_, i) => console.log(`${i === 0 ? 'client  ' : `builder${i}`} children's CPU per remote job: ${per(i, 3, 1000)} ms user + ${per(i, 4, 1000)} ms sys`))
+  const childMs = (i: number) => ((after[i]![3]! - before[i]![3]! + after[i]![4]! - before[i]![4]!) * 1000) / remote
+  console.log(`jobs' CPU per remote job (sandbox + compile): builders ${pids.slice(1).reduce((n, _, j) => n + childMs(j + 1), 0).toFixed(1)} ms; builders in all ${pids.slice(1).reduce((n, _, j) => n + cpuMs(j + 1) + childMs(j + 1), 0).toFixed(1)} ms`)
   for (const [where, line] of tool.problems().slice(0, 10)) console.log(`${where}: ${line}`)
 } finally {
   await tool.teardown()
