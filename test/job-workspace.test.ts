@@ -6,7 +6,7 @@
 import { test, after } from 'node:test'
 import assert from 'node:assert/strict'
 import { createHash } from 'node:crypto'
-import { existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs'
+import { existsSync, linkSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join, relative } from 'node:path'
 import { WorkspacePool } from '../src/daemon/job-workspace.js'
@@ -245,5 +245,24 @@ test('a member taking new peer IDs gets at most four input stores on the builder
   assert.equal(statSync(join(again.cwdDir, 'src/b.c')).nlink, 1, 'a copy: nothing untracked in a dropped store')
   assert.equal(stores(), 4)
   await p.release(again, true)
+  await p.stop()
+})
+
+test('a store file is written at its name without a temporary file, and never through a name that is already there (a file some tree may link)', async () => {
+  const dir = mkdtempSync(join(top, 'jobs-'))
+  const p = new WorkspacePool({ dir, toolchainRoot: () => toolchain(), chrooted: false, maxIdle: 4 })
+  const a = job({ [`${CWD}/src/a.c`]: 'int a;' })
+  // a name at the store's path for this content and mode, hard-linked elsewhere, as a tree's
+  // link to a content the store has let go of would be
+  const store = join(dir, `inputs-${createHash('sha256').update('peer1').digest('hex').slice(0, 32)}`)
+  mkdirSync(store, { recursive: true })
+  const held = join(top, 'held-by-a-tree')
+  writeFileSync(held, 'an older tree\'s content')
+  linkSync(held, join(store, `${a.refs[0]!.hash}.644`))
+  const ws = await p.acquire(key('peer1'), a.refs, a.data, [])
+  assert.equal(readFileSync(join(ws.cwdDir, 'src/a.c'), 'utf8'), 'int a;')
+  assert.equal(readFileSync(held, 'utf8'), 'an older tree\'s content', 'not written through the name that was there')
+  assert.deepEqual(readdirSync(store), [`${a.refs[0]!.hash}.644`], 'no temporary file left')
+  await p.release(ws, true)
   await p.stop()
 })

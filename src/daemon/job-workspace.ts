@@ -23,7 +23,7 @@
 // A tree whose job did not finish cleanly is deleted, not reused; so is every tree under
 // sandbox = "none", where the job can write anywhere in its chroot.
 import { createHash } from 'node:crypto'
-import { chmodSync, linkSync, lstatSync, mkdirSync, renameSync, rmSync, unlinkSync, writeFileSync } from 'node:fs'
+import { chmodSync, linkSync, lstatSync, mkdirSync, rmdirSync, rmSync, unlinkSync, writeFileSync } from 'node:fs'
 import { link, lstat, mkdir, mkdtemp, readdir, readlink, rm, symlink } from 'node:fs/promises'
 import { dirname, join, normalize, relative } from 'node:path'
 import type { JobFileRef } from '../mesh/protocols/compile-job.js'
@@ -80,6 +80,18 @@ function unlinkIfThere(p: string): void {
   }
 }
 
+/** rmdir, and a directory already gone is fine; one that is not empty goes whole */
+function removeDir(d: string): void {
+  try {
+    rmdirSync(d)
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code
+    if (code === 'ENOENT') return
+    if (code !== 'ENOTEMPTY' && code !== 'EEXIST') throw e
+    rmSync(d, { recursive: true, force: true })
+  }
+}
+
 /**
  * The mode an input gets here: the client's, readable by everyone. A root daemon's jobs run as
  * nobody, which must read every input whatever the client's umask was; the trees themselves
@@ -113,6 +125,8 @@ class InputStore {
 
   /** a store dropped by its pool: trees that still hold it get copies, so nothing grows untracked */
   private retired = false
+  /** its directory exists */
+  private made = false
 
   /** Put this content at `p` (which must not exist) as a link to the store's copy. */
   link(hash: string, mode: number, data: Buffer, p: string): void {
@@ -127,11 +141,26 @@ class InputStore {
       this.entries.delete(sp)
       this.entries.set(sp, held)
     } else {
-      mkdirSync(this.dir, { recursive: true, mode: 0o700 })
-      const tmp = `${sp}.tmp`
-      unlinkIfThere(tmp)
-      writeFileSync(tmp, data, { mode: onDisk(mode), flag: 'wx' })
-      renameSync(tmp, sp)
+      if (!this.made) mkdirSync(this.dir, { recursive: true, mode: 0o700 })
+      this.made = true
+      // straight at its name, no temporary file and rename (a tenth of the tree's upkeep per
+      // job): no tree links a store file before it is whole (the link below), a failed write
+      // goes at once, and the builder empties its jobs directory at start, so a crash midway
+      // leaves nothing that is used again. Exclusive: never written through a name that
+      // exists, which trees might link
+      const put = () => writeFileSync(sp, data, { mode: onDisk(mode), flag: 'wx' })
+      try {
+        try {
+          put()
+        } catch (e) {
+          if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e
+          unlinkIfThere(sp)
+          put()
+        }
+      } catch (e) {
+        unlinkIfThere(sp)
+        throw e
+      }
       this.entries.set(sp, data.length)
       this.bytes += data.length
       // trees keep their links to what goes: only the store's name of it is dropped
@@ -264,11 +293,14 @@ export class Workspace {
       removed++
       await turn()
     }
-    // deepest first; a directory this tree made that the job does not need (rm: the job
-    // never wrote here, but a directory the client replaced by a file must go whole)
+    // deepest first; a directory this tree made that the job does not need. Empty by now:
+    // the files this tree put in it went above, the directories it made in it went before it,
+    // the toolchain has nothing in a directory the toolchain lacked, and the job never writes
+    // here. So one rmdir, not rm's lstat, readdir and rmdir; rm whole all the same should
+    // anything be left (a directory the client replaced by a file must go whole).
     for (const d of [...this.dirs].sort((a, b) => b.length - a.length)) {
       if (wantDirs.has(d)) continue
-      rmSync(d, { recursive: true, force: true })
+      removeDir(d)
       this.dirs.delete(d)
       await turn()
     }
