@@ -14,7 +14,7 @@
 // Job cgroups are named meshcc-job.<daemon pid>.<n>: a daemon that starts removes those of
 // daemons that are gone (a crash leaves them), and its own pid's (a pid reused after a restart).
 import { spawn } from 'node:child_process'
-import { existsSync, readFileSync } from 'node:fs'
+import { existsSync, mkdirSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs'
 import { mkdir, readdir, readFile, rmdir, writeFile } from 'node:fs/promises'
 import { basename, dirname, join } from 'node:path'
 import { formatSize } from '../config.js'
@@ -59,7 +59,12 @@ export class JobCgroups {
     return `cgroup v${this.version}`
   }
 
-  /** A fresh cgroup whose memory (swap included) is `memoryBytes` and whose tasks are at most `tasks`. */
+  /**
+   * A fresh cgroup whose memory (swap included) is `memoryBytes` and whose tasks are at most
+   * `tasks`. Direct calls, as remove() and memoryLimitReached() make them: cgroupfs files are
+   * kernel counters, never a disk, and each of the job's eleven or so trips through the thread
+   * pool (a promise's open, write and close for every file written) cost more than the call.
+   */
   async create(memoryBytes: number, tasks: number): Promise<JobCgroup> {
     const name = `${JOB_PREFIX}${process.pid}.${(this.seq++).toString(36)}`
     const bytes = String(Math.max(1, Math.floor(memoryBytes)))
@@ -68,23 +73,23 @@ export class JobCgroups {
     const made: string[] = []
     const cg = new Cgroup(this.version, made, memory)
     try {
-      await mkdir(memory)
+      mkdirSync(memory)
       made.push(memory)
       if (this.version === 1) {
         // memsw (memory + swap) may not be set below the plain limit, so the plain limit first
-        await writeFile(join(memory, 'memory.limit_in_bytes'), bytes)
-        if (this.swapLimit) await writeFile(join(memory, 'memory.memsw.limit_in_bytes'), bytes)
+        writeFileSync(join(memory, 'memory.limit_in_bytes'), bytes)
+        if (this.swapLimit) writeFileSync(join(memory, 'memory.memsw.limit_in_bytes'), bytes)
         if (pids) {
-          await mkdir(pids)
+          mkdirSync(pids)
           made.push(pids)
-          await writeFile(join(pids, 'pids.max'), String(tasks))
+          writeFileSync(join(pids, 'pids.max'), String(tasks))
         }
       } else {
-        await writeFile(join(memory, 'memory.max'), bytes)
-        if (this.swapLimit) await writeFile(join(memory, 'memory.swap.max'), '0')
+        writeFileSync(join(memory, 'memory.max'), bytes)
+        if (this.swapLimit) writeFileSync(join(memory, 'memory.swap.max'), '0')
         // an OOM kill ends the whole job, not one of its processes
-        await writeFile(join(memory, 'memory.oom.group'), '1').catch(() => undefined)
-        if (this.pidsBase) await writeFile(join(memory, 'pids.max'), String(tasks))
+        try { writeFileSync(join(memory, 'memory.oom.group'), '1') } catch { /* an older kernel */ }
+        if (this.pidsBase) writeFileSync(join(memory, 'pids.max'), String(tasks))
       }
     } catch (e) {
       await cg.remove().catch(() => undefined)
@@ -114,7 +119,8 @@ class Cgroup implements JobCgroup {
   async memoryLimitReached(): Promise<boolean> {
     // v1: memory.oom_control's oom_kill; v2: memory.events's oom_kill (and oom_group_kill)
     const file = join(this.memory, this.version === 1 ? 'memory.oom_control' : 'memory.events')
-    const text = await readFile(file, 'utf8').catch(() => '')
+    let text = ''
+    try { text = readFileSync(file, 'utf8') } catch { /* gone: nothing to tell */ }
     return /^oom_(group_)?kill [1-9]/m.test(text)
   }
 
@@ -128,7 +134,7 @@ class Cgroup implements JobCgroup {
 async function removeCgroup(dir: string): Promise<void> {
   for (let i = 0; ; i++) {
     try {
-      await rmdir(dir)
+      rmdirSync(dir)
       return
     } catch (e) {
       const code = (e as NodeJS.ErrnoException).code
