@@ -78,3 +78,14 @@ test('the helper keeps no process alive once its runs are done', () => {
   const out = execFileSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { timeout: 30_000, encoding: 'utf8' })
   assert.equal(out.trim(), '0')
 })
+
+test('a NUL byte in an argument or the environment fails that run only', async () => {
+  for (const r of [await runProcess('echo', ['a\0b'], { cwd: '/tmp', env }), await runProcess('true', [], { cwd: '/tmp', env: { ...env, X: 'a\0b' } })]) {
+    assert.equal(r.exitCode, undefined)
+  }
+  // and the helper still starts the next one (such a string used to end it)
+  let parent = -1
+  const r = await runProcess('echo', ['ok'], { cwd: '/tmp', env, onSpawn: (pid) => { parent = Number(stat(pid)[1]) } })
+  assert.equal(r.stdout.toString(), 'ok\n')
+  assert.match(readFileSync(`/proc/${parent}/cmdline`, 'utf8'), /meshcc-spawn/)
+})

@@ -134,9 +134,11 @@ class Spawner {
   }
 
   run(cmd: string, args: string[], opts: ProcessOptions): Promise<ProcessResult> {
+    const env = Object.entries(opts.env).map(([k, v]) => `${k}=${v}`)
+    // the helper's strings end at NUL: such a string cannot be passed (node's spawn throws), so it cannot start
+    if ([cmd, opts.cwd, ...args, ...env].some((s) => s.includes('\0'))) return Promise.resolve(FAILED)
     const id = this.nextId++
     const flags = ((opts.stdout ?? true) ? 1 : 0) | ((opts.stderr ?? true) ? 2 : 0) | (opts.ownGroup ? 4 : 0)
-    const env = Object.entries(opts.env).map(([k, v]) => `${k}=${v}`)
     const head = Buffer.allocUnsafe(10)
     head.write('S', 0, 'latin1')
     head.writeUInt32LE(id, 5)
