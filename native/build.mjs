@@ -2,7 +2,9 @@
 // Without a C compiler, dist/bin/meshcc becomes a link to the Node CLI: everything works,
 // each compile just pays Node's start-up (about 0.1 s of CPU) instead of about 1 ms.
 // Also native/reap.c into dist/bin/meshcc-reap, which builders run their sandboxes under
-// (src/sandbox/bwrap.ts); without it they run them directly.
+// (src/sandbox/bwrap.ts); without it they run them directly. And native/spawn.c into
+// dist/bin/meshcc-spawn, which starts the daemons' preprocessors and compilers
+// (src/util/run-process.ts); without it node's spawn does.
 import { spawnSync } from 'node:child_process'
 import { chmodSync, mkdirSync, renameSync, rmSync, symlinkSync } from 'node:fs'
 import { dirname, join } from 'node:path'
@@ -27,13 +29,16 @@ if (built) {
 }
 chmodSync(join(root, 'dist', 'cli', 'main.js'), 0o755)
 
-const reap = join(root, 'dist', 'bin', 'meshcc-reap')
-const reapTmp = `${reap}.${process.pid}.tmp`
-rmSync(reapTmp, { force: true })
-const reapArgs = ['-O2', '-Wall', '-Wextra', '-o', reapTmp, join(root, 'native', 'reap.c')]
-if (built && spawnSync(built, reapArgs, { stdio: ['ignore', 'inherit', 'inherit'] }).status === 0) {
-  renameSync(reapTmp, reap)
-} else {
-  rmSync(reapTmp, { force: true })
-  rmSync(reap, { force: true })
+// the helpers: built with the compiler that built the launcher, or absent (their users fall back)
+for (const [name, source] of [['meshcc-reap', 'reap.c'], ['meshcc-spawn', 'spawn.c']]) {
+  const bin = join(root, 'dist', 'bin', name)
+  const binTmp = `${bin}.${process.pid}.tmp`
+  rmSync(binTmp, { force: true })
+  const binArgs = ['-O2', '-Wall', '-Wextra', '-o', binTmp, join(root, 'native', source)]
+  if (built && spawnSync(built, binArgs, { stdio: ['ignore', 'inherit', 'inherit'] }).status === 0) {
+    renameSync(binTmp, bin)
+  } else {
+    rmSync(binTmp, { force: true })
+    rmSync(bin, { force: true })
+  }
 }

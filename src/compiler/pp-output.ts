@@ -111,16 +111,21 @@ class StagedHash {
 interface NameForms {
   /** "\0<key form>\0" as the key's text holds it (UTF-8) */
   key: Buffer
-  /** the name as __FILE__ expands it */
-  macro: string
+  /** "<raw>\0" (UTF-8) */
+  written: Buffer
+  /** "<the name as __FILE__ expands it>\0" (UTF-8) */
+  macro: Buffer
 }
 
 export class PreprocessedOutput {
   private readonly ppHash: Hash | null
   private readonly keyText = new StagedHash()
-  /** "<raw>\0" per marker, and "<macro form>\0" when directives-only: hashed at the end, in one piece each */
-  private writtenNames = ''
-  private macroNames = ''
+  /**
+   * "<raw>\0" per marker, and "<macro form>\0" when directives-only, hashed as they come from
+   * each name's forms (no string per marker, nor one of the whole unit's names at the end)
+   */
+  private readonly writtenNames = new StagedHash()
+  private readonly macroNames = new StagedHash()
   private readonly directivesOnly: boolean
   private readonly forms = new Map<string, NameForms>()
   private readonly scanner: InputScanner
@@ -139,12 +144,12 @@ export class PreprocessedOutput {
         let form = this.forms.get(raw)
         if (form === undefined) {
           const name = decodeMarkerName(raw, escaped)
-          form = { key: Buffer.from(`\0${opts.nameForm(name)}\0`), macro: `${opts.macroNameForm(raw, name)}\0` }
+          form = { key: Buffer.from(`\0${opts.nameForm(name)}\0`), written: Buffer.from(`${raw}\0`), macro: Buffer.from(directivesOnly ? `${opts.macroNameForm(raw, name)}\0` : '') }
           this.forms.set(raw, form)
         }
         this.keyText.bytes(form.key)
-        this.writtenNames += `${raw}\0`
-        if (directivesOnly) this.macroNames += form.macro
+        this.writtenNames.bytes(form.written)
+        if (directivesOnly) this.macroNames.bytes(form.macro)
       }
     }
     this.scanner = new InputScanner(opts.cwd, opts.mainInput, sink)
@@ -179,8 +184,8 @@ export class PreprocessedOutput {
       ppHash: this.ppHash?.digest('hex') ?? '',
       ppBytes: this.ppBytes,
       keyText: this.keyText.digest(),
-      writtenNames: createHash('sha256').update(this.writtenNames).digest('hex'),
-      macroNames: this.directivesOnly ? createHash('sha256').update(this.macroNames).digest('hex') : null,
+      writtenNames: this.writtenNames.digest(),
+      macroNames: this.directivesOnly ? this.macroNames.digest() : null,
       volatile: this.search.found,
       builtins: this.builtins.found,
       fileMacros: this.fileMacros?.found ?? false,

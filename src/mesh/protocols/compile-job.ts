@@ -248,8 +248,8 @@ export async function sendCompileJob(node: Libp2p, meshId: string, peer: string,
   try {
     const head = { v: header.outputs ? VERSION_OUTPUTS : VERSION, ...header, files: header.files.length }
     const table = fileTableOf(header.files)
-    await f.writeJson(head, opts.signal)
-    await f.writeBlob(table, opts.signal)
+    // one write (one muxer frame, one encryption, one syscall) where the header and its table took two
+    await f.writeFrames(head, [table], opts.signal)
     opts.onSent?.(Buffer.byteLength(JSON.stringify(head)) + table.length)
     const first = await f.readJson<{ type?: string; reason?: unknown; need?: unknown }>(opts.signal)
     if (first.type === 'refused') return { kind: 'refused', reason: str(first.reason, 'reason', 1024) }
