@@ -43,6 +43,9 @@ test('a process that cannot start, or cannot enter its directory, has no exit co
 test('a killed process reports its signal; one past maxBuffer is killed', async () => {
   const killed = await runProcess('sh', ['-c', 'kill -9 $$'], { cwd: '/tmp', env })
   assert.deepEqual([killed.exitCode, killed.signal], [undefined, 'SIGKILL'])
+  // a signal with an alias is named as node's spawn names it (a compiler that aborts: SIGABRT, not SIGIOT)
+  const aborted = await runProcess('sh', ['-c', 'kill -ABRT $$'], { cwd: '/tmp', env })
+  assert.deepEqual([aborted.exitCode, aborted.signal], [undefined, 'SIGABRT'])
   const big = await runProcess('sh', ['-c', 'exec head -c 50000000 /dev/zero'], { cwd: '/tmp', env, maxBuffer: 1_000_000 })
   assert.equal(big.exitCode, undefined)
   assert.ok(big.stdout.length <= 1_000_000)
@@ -67,6 +70,11 @@ test('ownGroup: the process leads a group of its own, which the caller can kill'
   assert.equal(r.signal, 'SIGKILL')
 })
 
+test('a callback that throws in onSpawn does not leave the run hanging', async () => {
+  const r = await runProcess('echo', ['ok'], { cwd: '/tmp', env, onSpawn: () => { throw new Error('caller bug') } })
+  assert.equal(r.stdout.toString(), 'ok\n')
+})
+
 test('many at once each get their own output', async () => {
   const rs = await Promise.all(Array.from({ length: 40 }, (_, i) => runProcess('sh', ['-c', `echo ${i}; echo e${i} >&2`], { cwd: '/tmp', env })))
   rs.forEach((r, i) => assert.deepEqual([r.exitCode, r.stdout.toString(), r.stderr.toString()], [0, `${i}\n`, `e${i}\n`]))
@@ -85,7 +93,8 @@ test('a NUL byte in an argument or the environment fails that run only', async (
   }
   // and the helper still starts the next one (such a string used to end it)
   let parent = -1
-  const r = await runProcess('echo', ['ok'], { cwd: '/tmp', env, onSpawn: (pid) => { parent = Number(stat(pid)[1]) } })
+  // alive long enough for its /proc entry to be read (a bare echo can be reaped before onSpawn runs)
+  const r = await runProcess('sh', ['-c', 'echo ok; sleep 0.2'], { cwd: '/tmp', env, onSpawn: (pid) => { parent = Number(stat(pid)[1]) } })
   assert.equal(r.stdout.toString(), 'ok\n')
   assert.match(readFileSync(`/proc/${parent}/cmdline`, 'utf8'), /meshcc-spawn/)
 })

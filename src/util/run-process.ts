@@ -102,7 +102,9 @@ function nodeSpawn(cmd: string, args: string[], opts: ProcessOptions): Promise<P
 
 const SPAWN_HELPER = fileURLToPath(new URL('../../dist/bin/meshcc-spawn', import.meta.url))
 const RECORD = 17
-const SIGNAL_NAMES = new Map(Object.entries(osConstants.signals).map(([name, n]) => [n, name as NodeJS.Signals]))
+// a number's first name, as node's spawn reports it (6 is SIGABRT, not its alias SIGIOT)
+const SIGNAL_NAMES = new Map<number, NodeJS.Signals>()
+for (const [name, n] of Object.entries(osConstants.signals)) if (!SIGNAL_NAMES.has(n)) SIGNAL_NAMES.set(n, name as NodeJS.Signals)
 
 interface Run {
   opts: ProcessOptions
@@ -180,7 +182,8 @@ class Spawner {
   }
 
   private started(id: number, run: Run, pid: number, outFd: number, errFd: number): void {
-    run.opts.onSpawn?.(pid)
+    // a throwing callback must not leave the run unsettled (its pipes unopened, never 'R')
+    try { run.opts.onSpawn?.(pid) } catch { /* the caller's own failure; the run goes on */ }
     const streams: Socket[] = []
     try {
       for (const [fd, which] of [[outFd, 0], [errFd, 1]] as const) {
