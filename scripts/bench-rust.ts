@@ -282,6 +282,7 @@ async function main(): Promise<number> {
         if (res.failed) continue
         const dir = join(caches, `cold-${round + 1}`)
         try {
+          if (!last) mkdirSync(dir, { recursive: true })
           const tool = last ? kept : (passing = await makeTool(name, dir))
           await tool.start()
           const b = await build(tool, cargo, ws, jobs, join(workDir, `${name}-cold.log`), join(workDir, 'time.txt'))
