@@ -1,5 +1,5 @@
 // An rlib holds its crate's metadata a second time (the .rmeta file's bytes, inside the archive's
-// lib.rmeta member): the entry format stores them once and rebuilds the exact rlib on read.
+// lib.rmeta member): the entry format stores the rlib whole and the rmeta as a slice of it.
 // Real rustc makes the rlib and rmeta; the forged payloads are what a hostile peer holding the
 // mesh key could send (checksum and all).
 import { after, before, test } from 'node:test'
@@ -89,25 +89,26 @@ test('an entry in the version 2 layout with both outputs whole (older meshcc) st
   assert.ok(back.outputs[0]!.data.equals(rlib) && back.outputs[1]!.data.equals(rmeta))
 })
 
-/** The entry with one field of the rlib's reference changed and its checksum made right again. */
+/** The entry with one field of the rmeta's slice changed and its checksum made right again. */
 async function forged(change: (payload: Buffer, ref: number) => void): Promise<Buffer> {
   const enc = Buffer.from(await encodeEntry(rustEntry(), K, { uncompressed: true }))
   const payload = enc.subarray(HEADER_LENGTH)
-  // exit code, empty stdout, stderr, output count, then the rlib: name length, name, form
-  const ref = 4 + 4 + 4 + 11 + 2 + 1 + 4
-  assert.equal(payload[ref], 1, 'the rlib refers to the rmeta')
-  change(payload, ref + 1)
+  // exit code, empty stdout, stderr, output count, the rlib whole (name length, name, form 0,
+  // length, data), then the rmeta: name length, name, form
+  const form = 4 + 4 + 4 + 11 + 2 + (1 + 4 + 1 + 4 + rlib.length) + 1 + 5
+  assert.equal(payload[form], 1, 'the rmeta is a slice of the rlib')
+  change(payload, form + 1)
   createHash('sha256').update(payload).digest().copy(enc, 20)
   return enc
 }
 
 test('a forged reference is refused with a one-line reason, never a wrong file', async () => {
   const cases: Array<[string, (p: Buffer, at: number) => void, RegExp]> = [
-    ['source out of range', (p, at) => { p[at] = 9 }, /output "rlib" takes its metadata from output 9, which is not a data output/],
-    ['source is itself', (p, at) => { p[at] = 0 }, /output "rlib" takes its metadata from output 0/],
-    ['offset past the data', (p, at) => { p.writeUInt32LE(0xfffffff0, at + 1) }, /output "rlib" puts its metadata at byte 4294967280 of \d+/],
-    ['size mismatch', (p, at) => { p.writeUInt32LE(rmeta.length + 1, at + 5) }, new RegExp(`takes ${rmeta.length + 1} bytes of metadata from "rmeta", which has ${rmeta.length}`)],
-    ['unknown form', (p, at) => { p[at - 1] = 7 }, /output "rlib" has unknown form 7/]
+    ['source out of range', (p, at) => { p[at] = 9 }, /output "rmeta" is a slice of output 9, which is not a data output/],
+    ['source is itself', (p, at) => { p[at] = 1 }, /output "rmeta" is a slice of output 1, which is not a data output/],
+    ['offset past the data', (p, at) => { p.writeUInt32LE(0xfffffff0, at + 1) }, new RegExp(`output "rmeta" is bytes 4294967280 to \\d+ of "rlib", which has ${rlib.length}`)],
+    ['size past the data', (p, at) => { p.writeUInt32LE(rlib.length, at + 5) }, new RegExp(`output "rmeta" is bytes \\d+ to \\d+ of "rlib", which has ${rlib.length}`)],
+    ['unknown form', (p, at) => { p[at - 1] = 7 }, /output "rmeta" has unknown form 7/]
   ]
   for (const [what, change, reason] of cases) {
     const err = await decodeEntry(await forged(change), K).then(() => null, (e: unknown) => e)
@@ -117,8 +118,9 @@ test('a forged reference is refused with a one-line reason, never a wrong file',
   }
   // a reference that would grow the outputs past the decoder's limit
   const good = await forged(() => {})
-  await assert.rejects(decodeEntry(good, K, { maxPayloadBytes: rlib.length + 100 }), /outputs of more than \d+ bytes with their metadata/)
-  assert.ok((await decodeEntry(good, K)).outputs[0]!.data.equals(rlib))
+  await assert.rejects(decodeEntry(good, K, { maxPayloadBytes: rlib.length + 100 }), /outputs of more than \d+ bytes in all/)
+  const back = await decodeEntry(good, K)
+  assert.ok(back.outputs[0]!.data.equals(rlib) && back.outputs[1]!.data.equals(rmeta))
 })
 
 test('a signed entry of version 3 travels: sealed, opened, byte-identical', async () => {

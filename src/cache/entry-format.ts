@@ -23,9 +23,9 @@
 //       version 2: u32 length + data
 //       version 3: u8 form, then
 //         form 0 (data): u32 length + data
-//         form 1 (rlib without its metadata): u8 index of the output whose bytes go back in,
-//           u32 offset where they go, u32 their length, u32 length + the rest of the data
-//         (rlib-metadata.ts says why: an rlib holds its .rmeta output's bytes once more)
+//         form 1 (bytes of another output): u8 index of that output (a form 0 one), u32 offset
+//           and u32 length of the bytes in it; no data follows (rlib-metadata.ts says why:
+//           an rlib holds its .rmeta output's bytes once more)
 //     u16 meta count, each: u16 length + UTF-8 key, u16 length + UTF-8 value
 //     (nothing after the last field)
 import { createHash } from 'node:crypto'
@@ -79,7 +79,7 @@ export function isReadableVersion(version: number): boolean {
   return version === ENTRY_VERSION_PLAIN || version === ENTRY_VERSION
 }
 const FORM_DATA = 0
-const FORM_WITH_METADATA_OF = 1
+const FORM_SLICE_OF = 1
 export const HEADER_LENGTH = 84
 export const ENCODING_STORED = 0
 export const ENCODING_DEFLATE = 1
@@ -174,19 +174,15 @@ function payloadPieces(entry: CacheEntry): { pieces: Buffer[]; size: number; ver
     names.add(out.name)
     if (!isBytes(out.data)) fail(`cannot encode cache entry: output "${out.name}" data must be a Buffer`)
   }
-  const shared = sharedMetadata(outputs.map((o) => bytes(o.data)))
-  const version = shared.size > 0 ? ENTRY_VERSION : ENTRY_VERSION_PLAIN
+  const slices = metadataSlices(outputs.map((o) => bytes(o.data)))
+  const version = slices.size > 0 ? ENTRY_VERSION : ENTRY_VERSION_PLAIN
   outputs.forEach((out, i) => {
     const data = bytes(out.data)
     pieces.push(Buffer.from([out.name.length]), Buffer.from(out.name, 'latin1'))
-    const ref = shared.get(i)
+    const slice = slices.get(i)
     if (version === ENTRY_VERSION_PLAIN) pieces.push(u32(data.length), data)
-    else if (ref === undefined) pieces.push(Buffer.from([FORM_DATA]), u32(data.length), data)
-    else {
-      // the archive around the metadata, in two pieces: nothing is copied
-      pieces.push(Buffer.from([FORM_WITH_METADATA_OF, ref.source]), u32(ref.offset), u32(ref.size), u32(data.length - ref.size))
-      pieces.push(data.subarray(0, ref.offset), data.subarray(ref.offset + ref.size))
-    }
+    else if (slice === undefined) pieces.push(Buffer.from([FORM_DATA]), u32(data.length), data)
+    else pieces.push(Buffer.from([FORM_SLICE_OF, slice.source]), u32(slice.offset), u32(slice.size))
   })
 
   const metaPieces: Buffer[] = []
@@ -210,22 +206,26 @@ function payloadPieces(entry: CacheEntry): { pieces: Buffer[]; size: number; ver
   return { pieces, size, version }
 }
 
+interface Slice { source: number; offset: number; size: number }
+
 /**
- * The outputs (by index) that are rlibs holding another output's bytes as their metadata, with
- * that output's index and where its bytes sit. Found by the rlib's layout and compared byte for
- * byte; an output that others refer to never refers to one itself (no chains to resolve).
+ * The outputs (by index) whose bytes are an rlib's metadata, byte for byte: each with the rlib's
+ * index and where in it they sit. The rlib is stored whole and they as a slice of it, so a
+ * read hands out a view, with no copy (putting the metadata back into an rlib stored without
+ * it cost a read more CPU than decompressing it twice). Found by the rlib's layout, never by
+ * searching; an output that is a slice is never the source of one (no chains to resolve).
  */
-function sharedMetadata(datas: readonly Buffer[]): Map<number, { source: number; offset: number; size: number }> {
-  const refs = new Map<number, { source: number; offset: number; size: number }>()
-  datas.forEach((data, i) => {
+function metadataSlices(datas: readonly Buffer[]): Map<number, Slice> {
+  const slices = new Map<number, Slice>()
+  datas.forEach((data, source) => {
     const found = embeddedMetadata(data)
     if (found === null) return
     const inside = data.subarray(found.offset, found.offset + found.size)
-    const source = datas.findIndex((other, j) => j !== i && other.length === found.size && other.equals(inside))
-    if (source >= 0) refs.set(i, { source, ...found })
+    const i = datas.findIndex((other, j) => j !== source && !slices.has(j) && other.length === found.size && other.equals(inside))
+    if (i >= 0) slices.set(i, { source, ...found })
   })
-  for (const [i, ref] of refs) if (refs.has(ref.source)) refs.delete(i)
-  return refs
+  for (const [i, slice] of slices) if (slices.has(slice.source)) slices.delete(i)
+  return slices
 }
 
 /**
@@ -325,19 +325,21 @@ function unpackPayload(payload: Buffer, version: number, maxBytes: number): Cach
   if (outputCount > MAX_OUTPUTS) fail(`malformed payload: ${outputCount} outputs (at most ${MAX_OUTPUTS})`)
   const outputs: CacheEntry['outputs'] = []
   const names = new Set<string>()
-  const refs = new Map<number, { source: number; offset: number; size: number }>()
+  const slices = new Map<number, Slice>()
   for (let i = 0; i < outputCount; i++) {
     const name = r.text(r.u8('output name length'), 'output name')
     if (!OUTPUT_NAME_RE.test(name)) fail(`malformed payload: bad output name ${JSON.stringify(name)}`)
     if (names.has(name)) fail(`malformed payload: duplicate output "${name}"`)
     names.add(name)
     const form = version === ENTRY_VERSION_PLAIN ? FORM_DATA : r.u8(`output "${name}" form`)
-    if (form === FORM_WITH_METADATA_OF) {
-      refs.set(i, { source: r.u8(`output "${name}" metadata source`), offset: r.u32(`output "${name}" metadata offset`), size: r.u32(`output "${name}" metadata length`) })
-    } else if (form !== FORM_DATA) fail(`malformed payload: output "${name}" has unknown form ${form}`)
-    outputs.push({ name, data: r.bytes(r.u32(`output "${name}" length`), `output "${name}"`) })
+    if (form === FORM_SLICE_OF) {
+      slices.set(i, { source: r.u8(`output "${name}" source`), offset: r.u32(`output "${name}" offset`), size: r.u32(`output "${name}" length`) })
+      outputs.push({ name, data: Buffer.alloc(0) }) // filled in below, once every output is read
+    } else if (form === FORM_DATA) {
+      outputs.push({ name, data: r.bytes(r.u32(`output "${name}" length`), `output "${name}"`) })
+    } else fail(`malformed payload: output "${name}" has unknown form ${form}`)
   }
-  withMetadataBack(outputs, refs, maxBytes)
+  fillSlices(outputs, slices, maxBytes)
   const metaCount = r.u16('meta count')
   if (metaCount > MAX_META) fail(`malformed payload: ${metaCount} meta keys (at most ${MAX_META})`)
   const pairs: Array<[string, string]> = []
@@ -412,24 +414,20 @@ export async function decodeEntry(buf: Uint8Array, key: string, opts: DecodeOpti
 }
 
 /**
- * Put each rlib's metadata back from the output it was left out for (sharedMetadata, when
- * encoding): a reference to no output, to one that refers itself, a length that is not the
- * source's or an offset past the data is refused, and so are outputs that would grow past
- * `maxBytes` in all.
+ * Each slice output as a view of its source's bytes (metadataSlices, when encoding): a slice of
+ * no output, of itself or of another slice, or bytes past its source's end, are refused, and so
+ * are outputs of more than `maxBytes` in all (they are written out, each on its own).
  */
-function withMetadataBack(outputs: CacheEntry['outputs'], refs: Map<number, { source: number; offset: number; size: number }>, maxBytes: number): void {
+function fillSlices(outputs: CacheEntry['outputs'], slices: Map<number, Slice>, maxBytes: number): void {
   let total = outputs.reduce((n, o) => n + o.data.length, 0)
-  for (const [i, ref] of refs) {
+  for (const [i, slice] of slices) {
     const out = outputs[i]!
-    const source = outputs[ref.source]
-    if (source === undefined || ref.source === i || refs.has(ref.source)) fail(`malformed payload: output "${out.name}" takes its metadata from output ${ref.source}, which is not a data output of this entry`)
-    if (source.data.length !== ref.size) fail(`malformed payload: output "${out.name}" takes ${ref.size} bytes of metadata from "${source.name}", which has ${source.data.length}`)
-    if (ref.offset > out.data.length) fail(`malformed payload: output "${out.name}" puts its metadata at byte ${ref.offset} of ${out.data.length}`)
-    total += ref.size
-    if (total > maxBytes) fail(`malformed payload: outputs of more than ${maxBytes} bytes with their metadata`)
-  }
-  for (const [i, ref] of refs) {
-    const out = outputs[i]!
-    outputs[i] = { name: out.name, data: Buffer.concat([out.data.subarray(0, ref.offset), outputs[ref.source]!.data, out.data.subarray(ref.offset)]) }
+    const source = outputs[slice.source]
+    if (source === undefined || slices.has(slice.source)) fail(`malformed payload: output "${out.name}" is a slice of output ${slice.source}, which is not a data output of this entry`)
+    if (slice.offset + slice.size > source.data.length) fail(`malformed payload: output "${out.name}" is bytes ${slice.offset} to ${slice.offset + slice.size} of "${source.name}", which has ${source.data.length}`)
+    total += slice.size
+    if (total > maxBytes) fail(`malformed payload: outputs of more than ${maxBytes} bytes in all`)
+    outputs[i] = { name: out.name, data: source.data.subarray(slice.offset, slice.offset + slice.size) }
   }
 }
+
