@@ -9,6 +9,10 @@
 //   npm run bench:rust                 full run (about 40 min on 2 cores)
 //   npm run bench:rust -- --quick      a dozen direct dependencies (about 40 crates), for development
 //   npm run bench:rust -- --tools cargo,meshcc --reps 1
+//   npm run bench:rust -- --quick --tools cargo,meshcc --reps 1 --cold-reps 5
+//                                      five cold builds per tool, alternated (cargo, meshcc,
+//                                      cargo, …), each on an empty cache: medians and the median
+//                                      of the per-pair ratios, steadier than one cold build each
 //   npm run bench:rust -- --quick --tools cargo,meshcc-dist --reps 1
 //                                      the same cold build over two builder daemons on loopback
 //                                      (each its own config dir, bubblewrap sandbox) and a client
@@ -59,6 +63,10 @@ interface BuildResult {
   wallMs: number
   /** user+sys of cargo and everything it waited for, plus the tool's server and its compilers */
   cpuS: number
+  /** the part of cpuS the tool's server (daemon) used, with the compilers it ran itself */
+  serverCpuS?: number
+  /** of that, the server process's own CPU (meshcc's daemon without its rustc children) */
+  serverOwnCpuS?: number
   /** CPU seconds other processes on the machine used meanwhile (noise in the wall time) */
   foreignCpuS?: number
   crates: number
@@ -70,14 +78,18 @@ interface BuildResult {
   identical?: number
 }
 
-interface ToolResult { name: ToolName; skipped?: string; failed?: string; cold?: BuildResult; warm: BuildResult[] }
+/** `cold` is the last cold build (its cache is the warm builds'); `colds` all of them, in order (--cold-reps) */
+interface ToolResult { name: ToolName; skipped?: string; failed?: string; cold?: BuildResult; colds?: BuildResult[]; warm: BuildResult[] }
+interface RunInfo { rustc: string; sccache: string; jobs: number; quick: boolean; reps: number; coldReps?: number }
 
 function usage(): string {
-  return `usage: npm run bench:rust -- [--quick] [--tools ${ALL_TOOLS.join(',')}] [--reps N] [--jobs N] [--work-dir DIR] [--out FILE] [--no-install]
+  return `usage: npm run bench:rust -- [--quick] [--tools ${ALL_TOOLS.join(',')}] [--reps N] [--cold-reps N] [--jobs N] [--work-dir DIR] [--out FILE] [--no-install]
   --quick      the first ${QUICK_DEPS} direct dependencies only (about 40 crates)
   --tools      which tools to compare, in order (default: ${DEFAULT_TOOLS.join(',')}; cargo alone is the baseline;
                meshcc-dist: ${DIST_BUILDERS} builder daemons on 127.0.0.1 and a client with local_slots = 0)
   --reps       warm builds per caching tool (default 3; the median counts)
+  --cold-reps  cold builds per tool, alternated between the tools, each on an empty cache (default 1);
+               above 1 the cold figures are medians and the overheads medians of the per-pair ratios
   --jobs       cargo -j (default: number of CPUs)
   --work-dir   workspace, CARGO_HOME and caches (default /var/tmp/meshcc-bench-rust)
   --out        Markdown results (default scripts/bench-results/rust.md, rust-quick.md with --quick); JSON beside it
@@ -130,6 +142,7 @@ async function build(tool: Tool, cargo: string, ws: string, jobs: number, logFil
   rmSync(join(ws, 'target'), { recursive: true, force: true }) // cargo clean, without asking cargo
   await tool.zero()
   const server0 = tool.serverCpu() ?? 0
+  const own0 = tool.serverOwnCpu?.()
   const busy0 = machineBusySeconds()
   writeFileSync(logFile, '')
   const r = await run('/usr/bin/time', ['-f', '%e %U %S', '-o', timeFile, cargo, 'build', '--offline', `-j${jobs}`], {
@@ -139,9 +152,11 @@ async function build(tool: Tool, cargo: string, ws: string, jobs: number, logFil
   const log = readFileSync(logFile, 'utf8')
   if (r.code !== 0) fail(`${tool.name}: cargo build failed (exit ${r.code}); see ${logFile}: ${log.trim().split('\n').slice(-3).join(' | ')}`)
   const [, user, sys] = readFileSync(timeFile, 'utf8').trim().split('\n').pop()!.split(' ').map(Number)
-  const cpuS = (user ?? 0) + (sys ?? 0) + Math.max(0, (tool.serverCpu() ?? 0) - server0)
+  const serverCpuS = Math.max(0, (tool.serverCpu() ?? 0) - server0)
+  const own1 = tool.serverOwnCpu?.()
+  const cpuS = (user ?? 0) + (sys ?? 0) + serverCpuS
   return {
-    wallMs: r.wallMs, cpuS,
+    wallMs: r.wallMs, cpuS, serverCpuS, serverOwnCpuS: own0 !== undefined && own1 !== undefined ? own1 - own0 : undefined,
     foreignCpuS: busy0 !== undefined && busy1 !== undefined ? Math.max(0, busy1 - busy0 - cpuS) : undefined,
     crates: (log.match(/^\s+Compiling /gm) ?? []).length,
     counts: await tool.counts(),
@@ -186,6 +201,7 @@ async function main(): Promise<number> {
       quick: { type: 'boolean', default: false },
       tools: { type: 'string', default: DEFAULT_TOOLS.join(',') },
       reps: { type: 'string', default: '3' },
+      'cold-reps': { type: 'string', default: '1' },
       jobs: { type: 'string', default: String(cpus().length) },
       'work-dir': { type: 'string', default: '/var/tmp/meshcc-bench-rust' },
       'report-from': { type: 'string' }
@@ -198,8 +214,8 @@ async function main(): Promise<number> {
   }
   if (values['report-from']) {
     // the report again from a run's JSON (after a change to how it is written)
-    const saved = JSON.parse(readFileSync(values['report-from'], 'utf8')) as { info: Parameters<typeof render>[1]; results: ToolResult[] }
-    for (const r of saved.results) for (const b of [r.cold, ...r.warm]) if (b) b.outputs = new Map()
+    const saved = JSON.parse(readFileSync(values['report-from'], 'utf8')) as { info: RunInfo; results: ToolResult[] }
+    for (const r of saved.results) for (const b of [r.cold, ...(r.colds ?? []), ...r.warm]) if (b) b.outputs = new Map()
     const md = render(saved.results, saved.info)
     writeFileSync(values['report-from'].replace(/\.json$/, '.md'), md)
     process.stdout.write(md)
@@ -208,6 +224,7 @@ async function main(): Promise<number> {
   const quick = values.quick!
   const names = toolList(values.tools!, ALL_TOOLS)
   const reps = countOption(values.reps!, '--reps', 20)
+  const coldReps = countOption(values['cold-reps']!, '--cold-reps', 20)
   const jobs = countOption(values.jobs!, '--jobs')
   const workDir = resolve(values['work-dir']!)
   const outFile = resolve(values.out ?? join(HERE, 'bench-results', quick ? 'rust-quick.md' : 'rust.md'))
@@ -226,49 +243,63 @@ async function main(): Promise<number> {
   const base = { CARGO_HOME: cargoHome, CARGO_INCREMENTAL: '0', CARGO_TERM_COLOR: 'never' }
   say(`${rustc}, ${sccacheV || 'no sccache'}, ${cpus().length} CPUs, cargo -j${jobs}, workspace ${ws}`)
 
+  /** the tool `name` with its caches (and server's files) under `dir` */
+  const makeTool = async (name: ToolName, dir: string): Promise<Tool> => {
+    if (name === 'cargo') return plainCargo(base)
+    if (name === 'sccache') {
+      const t = await sccacheTool(base, dir)
+      t.env.RUSTC_WRAPPER = 'sccache'
+      return t
+    }
+    if (name === 'meshcc') {
+      const t = meshccTool(base, dir, MESHCC_MAIN)
+      t.env.RUSTC_WRAPPER = MESHCC_MAIN
+      return t
+    }
+    return meshccDistTool(base, dir, Math.max(1, Math.floor(cpus().length / DIST_BUILDERS)))
+  }
   const results: ToolResult[] = []
   const tools: Array<{ name: ToolName; tool: Tool }> = []
+  /** a cold build's tool that is not kept for the warm builds (--cold-reps), stopped at the end if a build fails */
+  let passing: Tool | undefined
   try {
     for (const name of names) {
-      if (name === 'cargo') tools.push({ name, tool: plainCargo(base) })
-      if (name === 'sccache') {
-        const t = await sccacheTool(base, caches)
-        t.env.RUSTC_WRAPPER = 'sccache'
-        tools.push({ name, tool: t })
+      const missing = name === 'meshcc' || name === 'meshcc-dist' ? meshccMissing(MESHCC_MAIN) : undefined
+      if (missing) {
+        results.push({ name, skipped: missing, warm: [] })
+        continue
       }
-      if (name === 'meshcc') {
-        const missing = meshccMissing(MESHCC_MAIN)
-        if (missing) {
-          results.push({ name, skipped: missing, warm: [] })
-          continue
-        }
-        const t = meshccTool(base, caches, MESHCC_MAIN)
-        t.env.RUSTC_WRAPPER = MESHCC_MAIN
-        tools.push({ name, tool: t })
-      }
-      if (name === 'meshcc-dist') {
-        const missing = meshccMissing(MESHCC_MAIN)
-        if (missing) {
-          results.push({ name, skipped: missing, warm: [] })
-          continue
-        }
-        tools.push({ name, tool: meshccDistTool(base, caches, Math.max(1, Math.floor(cpus().length / DIST_BUILDERS))) })
-      }
+      tools.push({ name, tool: await makeTool(name, caches) })
+      results.push({ name, warm: [], colds: [] })
     }
-    // cold builds one tool after the other, then the warm ones interleaved, so a slow spell of
-    // the machine does not land on one tool alone
-    for (const { name, tool } of tools) {
-      const res: ToolResult = { name, warm: [] }
-      results.push(res)
-      try {
-        await tool.start()
-        res.cold = await build(tool, cargo, ws, jobs, join(workDir, `${name}-cold.log`), join(workDir, 'time.txt'))
-        const b = res.cold
-        say(`${name}: cold ${fmtSec(b.wallMs)} wall, ${b.cpuS.toFixed(0)} s CPU, ${b.crates} crates${b.counts ? `, ${countsLine(b.counts)}` : ''}${b.foreignCpuS !== undefined ? `, ${b.foreignCpuS.toFixed(0)} s foreign CPU` : ''}`)
-      } catch (err) {
-        if (!(err instanceof BenchError)) throw err
-        res.failed = err.message
-        say(`${name}: ${err.message}`)
+    // cold builds one tool after the other (with --cold-reps, round after round: each tool's
+    // cold builds before the last on a fresh cache of their own, removed after it), then the
+    // warm ones interleaved, so a slow spell of the machine does not land on one tool alone
+    for (let round = 0; round < coldReps; round++) {
+      const last = round === coldReps - 1
+      for (const { name, tool: kept } of tools) {
+        const res = results.find((r) => r.name === name)!
+        if (res.failed) continue
+        const dir = join(caches, `cold-${round + 1}`)
+        try {
+          if (!last) mkdirSync(dir, { recursive: true })
+          const tool = last ? kept : (passing = await makeTool(name, dir))
+          await tool.start()
+          const b = await build(tool, cargo, ws, jobs, join(workDir, `${name}-cold.log`), join(workDir, 'time.txt'))
+          res.colds!.push(b)
+          if (last) res.cold = b
+          say(`${name}: cold${coldReps > 1 ? ` #${round + 1}` : ''} ${fmtSec(b.wallMs)} wall, ${b.cpuS.toFixed(0)} s CPU${b.serverCpuS ? ` (server ${b.serverCpuS.toFixed(1)} s${b.serverOwnCpuS !== undefined ? `, its own ${b.serverOwnCpuS.toFixed(1)} s` : ''})` : ''}, ${b.crates} crates${b.counts ? `, ${countsLine(b.counts)}` : ''}${b.foreignCpuS !== undefined ? `, ${b.foreignCpuS.toFixed(0)} s foreign CPU` : ''}`)
+        } catch (err) {
+          if (!(err instanceof BenchError)) throw err
+          res.failed = err.message
+          say(`${name}: ${err.message}`)
+        } finally {
+          if (passing) {
+            await passing.stop()
+            passing = undefined
+            rmSync(dir, { recursive: true, force: true })
+          }
+        }
       }
     }
     for (let rep = 0; rep < reps; rep++) {
@@ -286,11 +317,12 @@ async function main(): Promise<number> {
       }
     }
   } finally {
+    await passing?.stop()
     for (const { tool } of tools) await tool.stop()
     rmSync(caches, { recursive: true, force: true })
   }
 
-  const info = { rustc, sccache: sccacheV, jobs, quick, reps }
+  const info: RunInfo = { rustc, sccache: sccacheV, jobs, quick, reps, coldReps }
   const plainOutputs = results.find((r) => r.name === 'cargo')?.cold?.outputs
   const forJson = (b: BuildResult) => ({
     ...b, outputs: undefined, outputCount: b.outputs.size,
@@ -299,36 +331,51 @@ async function main(): Promise<number> {
   const report = render(results, info)
   mkdirSync(dirname(outFile), { recursive: true })
   writeFileSync(outFile, report)
-  writeFileSync(outFile.replace(/\.md$/, '.json'), JSON.stringify({ info, results: results.map((r) => ({ ...r, cold: r.cold && forJson(r.cold), warm: r.warm.map(forJson) })) }, null, 2) + '\n')
+  writeFileSync(outFile.replace(/\.md$/, '.json'), JSON.stringify({ info, results: results.map((r) => ({ ...r, cold: r.cold && forJson(r.cold), colds: r.colds?.map(forJson), warm: r.warm.map(forJson) })) }, null, 2) + '\n')
   process.stdout.write('\n' + report)
   say(`written to ${outFile}`)
   return 0
 }
 
-function render(results: ToolResult[], info: { rustc: string; sccache: string; jobs: number; quick: boolean; reps: number }): string {
+/** a tool's cold builds (one, in a report of a run before --cold-reps) */
+const coldsOf = (r: ToolResult): BuildResult[] => (r.colds?.length ? r.colds : r.cold ? [r.cold] : [])
+const coldWall = (r: ToolResult) => median(coldsOf(r).map((b) => b.wallMs))
+const coldCpu = (r: ToolResult) => median(coldsOf(r).map((b) => b.cpuS))
+/** `of`'s cold builds over `base`'s, pair by pair (the n-th of each, built one after the other) */
+function pairRatios(of: ToolResult, base: ToolResult, field: 'wallMs' | 'cpuS'): number[] {
+  const a = coldsOf(of)
+  const b = coldsOf(base)
+  return a.slice(0, b.length).map((x, i) => x[field] / b[i]![field] - 1)
+}
+
+function render(results: ToolResult[], info: RunInfo): string {
   const by = (n: ToolName) => results.find((r) => r.name === n && r.cold)
-  const plain = by('cargo')?.cold
+  const plainRes = by('cargo')
+  const plain = plainRes?.cold
+  const coldReps = info.coldReps ?? 1
+  const coldVs = (r: ToolResult, field: 'wallMs' | 'cpuS') => (plainRes ? median(pairRatios(r, plainRes, field)) : undefined)
   const warmOf = (r: ToolResult | undefined) => (r && r.warm.length ? median(r.warm.map((w) => w.wallMs)) : undefined)
   const warmCpuOf = (r: ToolResult | undefined) => (r && r.warm.length ? median(r.warm.map((w) => w.cpuS)) : undefined)
   const rows = results.map((r) => {
     if (!r.cold) return [r.name, r.skipped ?? r.failed ?? '-', '', '', '', '', '', '']
     const w = r.warm.at(-1)
+    const foreign = coldsOf(r).map((b) => b.foreignCpuS).filter((x) => x !== undefined)
     return [
-      r.name, fmtSec(r.cold.wallMs), plain ? fmtPct(r.cold.wallMs / plain.wallMs - 1) : '-', `${r.cold.cpuS.toFixed(0)} s`,
+      r.name, fmtSec(coldWall(r)), plain ? fmtPct(coldVs(r, 'wallMs')) : '-', `${coldCpu(r).toFixed(0)} s`,
       r.name === 'cargo' ? '-' : fmtSec(warmOf(r)), r.name === 'cargo' ? '-' : `${warmCpuOf(r)?.toFixed(0) ?? '-'} s`,
       w?.counts ? `${w.counts.hits}/${w.counts.misses}/${w.counts.uncacheable}` : '-',
-      r.cold.foreignCpuS !== undefined ? `${r.cold.foreignCpuS.toFixed(0)} s` : '-'
+      foreign.length ? `${median(foreign).toFixed(0)} s` : '-'
     ]
   })
   const header = ['tool', 'cold build', 'cold vs cargo', 'cold CPU', 'warm build (median)', 'warm CPU', 'warm hits/misses/not cacheable', 'foreign CPU (cold)']
   const mesh = by('meshcc')
   const sc = by('sccache')
-  const coldOverhead = mesh?.cold && plain ? mesh.cold.wallMs / plain.wallMs - 1 : undefined
+  const coldOverhead = mesh?.cold && plain ? coldVs(mesh, 'wallMs') : undefined
   const warmRatio = warmOf(mesh) !== undefined && warmOf(sc) !== undefined ? warmOf(mesh)! / warmOf(sc)! : undefined
   const meshWarm = mesh?.warm.at(-1)
   const same = meshWarm && plain ? meshWarm.identical ?? [...plain.outputs].filter(([n, h]) => meshWarm.outputs.get(n) === h).length : undefined
   // CPU seconds (cargo, rustc, the tool's server) do not depend on what else the machine runs
-  const coldCpuOverhead = mesh?.cold && plain ? mesh.cold.cpuS / plain.cpuS - 1 : undefined
+  const coldCpuOverhead = mesh?.cold && plain ? coldVs(mesh, 'cpuS') : undefined
   const warmCpuRatio = warmCpuOf(mesh) !== undefined && warmCpuOf(sc) !== undefined ? warmCpuOf(mesh)! / warmCpuOf(sc)! : undefined
   const verdict = (x: number | undefined, limit: number) => (x === undefined ? '-' : x <= limit ? 'met' : 'missed')
   const targets = [
@@ -344,9 +391,18 @@ function render(results: ToolResult[], info: { rustc: string; sccache: string; j
   }
   const crates = plain?.crates ?? mesh?.cold?.crates
   let md = `# Rust benchmark${info.quick ? ' (quick)' : ''}\n\n`
-  md += `\`npm run bench:rust${info.quick ? ' -- --quick' : ''}\`: \`cargo build\` of a program with ${info.quick ? QUICK_DEPS : DEPS.length} direct dependencies, ${crates ?? '?'} crates compiled in all (Debian's librust-*-dev crates, offline), debug profile, CARGO_INCREMENTAL=0, cargo -j${info.jobs}; ${info.rustc}; ${info.sccache}. Cold: empty cache, clean target directory. Warm: \`cargo clean && cargo build\` with the cache the cold build filled, median of ${info.reps}.\n\n`
+  md += `\`npm run bench:rust${info.quick ? ' -- --quick' : ''}\`: \`cargo build\` of a program with ${info.quick ? QUICK_DEPS : DEPS.length} direct dependencies, ${crates ?? '?'} crates compiled in all (Debian's librust-*-dev crates, offline), debug profile, CARGO_INCREMENTAL=0, cargo -j${info.jobs}; ${info.rustc}; ${info.sccache}. Cold: empty cache, clean target directory${coldReps > 1 ? `; ${coldReps} cold builds per tool, alternated between the tools, the median of each, and \`cold vs cargo\` the median of the per-pair ratios` : ''}. Warm: \`cargo clean && cargo build\` with the cache the cold build filled, median of ${info.reps}.\n\n`
   md += markdownTable(header, rows) + '\n\n'
   md += markdownTable(['figure', 'measured', 'target', ''], targets) + '\n\n'
+  if (coldReps > 1) {
+    md += `Cold builds in the order they ran (wall, CPU, foreign CPU), and each pair's ratio to plain cargo's (wall, CPU):\n\n`
+    for (const r of results.filter((x) => x.cold)) {
+      const builds = coldsOf(r).map((b) => `${fmtSec(b.wallMs)} / ${b.cpuS.toFixed(1)} s${b.serverOwnCpuS !== undefined ? ` (daemon's own ${b.serverOwnCpuS.toFixed(1)} s)` : ''} / ${b.foreignCpuS?.toFixed(0) ?? '-'} s`).join(', ')
+      const ratios = plainRes && r !== plainRes ? `; vs cargo ${pairRatios(r, plainRes, 'wallMs').map(fmtPct).join(', ')} (wall), ${pairRatios(r, plainRes, 'cpuS').map(fmtPct).join(', ')} (CPU)` : ''
+      md += `- ${r.name}: ${builds}${ratios}\n`
+    }
+    md += '\n'
+  }
   if (same !== undefined) md += `Outputs: ${same} of ${plain!.outputCount ?? plain!.outputs.size} rlib/rmeta files of meshcc's warm build are byte-identical to plain cargo's.\n\n`
   if (dist?.cold && plain) {
     const distSame = dist.cold.identical ?? [...plain.outputs].filter(([n, h]) => dist.cold!.outputs.get(n) === h).length

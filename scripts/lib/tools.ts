@@ -3,7 +3,7 @@
 import { existsSync, mkdirSync, readFileSync, readdirSync, readlinkSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { cpuSecondsOf, fail, findPidsByEnv, freePort, isAlive, run, sleep } from './proc.js'
+import { cpuSecondsOf, fail, ownCpuSecondsOf, findPidsByEnv, freePort, isAlive, run, sleep } from './proc.js'
 import { processAlive } from '../../src/util/pid-lock.js'
 
 /** Hit/miss counts in one shape for every tool. */
@@ -29,6 +29,8 @@ export interface Tool {
   counts(): Promise<CacheCounts | undefined>
   /** CPU seconds of the tool's server (with its reaped children: the compilers it ran) */
   serverCpu(): number | undefined
+  /** CPU seconds of the server process itself, without the compilers it ran (where known) */
+  serverOwnCpu?(): number | undefined
   /** stop the server if it was started; never throws */
   stop(): Promise<void>
 }
@@ -265,6 +267,7 @@ export function meshccTool(base: Record<string, string>, tmp: string, meshBin: s
       }
       return cpuSecondsOf(daemonPid)
     },
+    serverOwnCpu: () => (daemonPid ? ownCpuSecondsOf(daemonPid) : undefined),
     async stop() {
       if (!started) return
       started = false

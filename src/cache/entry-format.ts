@@ -5,7 +5,7 @@
 // Layout, integers little-endian:
 //   header (84 bytes)
 //     0  8  magic "MESHCC01"
-//     8  1  format version (2)
+//     8  1  format version: 2, or 3 when an output refers to another (below); both are read
 //     9  1  body encoding: 0 = stored, 1 = raw deflate (read only: entries of earlier meshcc
 //           versions), 2 = brotli
 //    10  2  reserved, zero
@@ -19,12 +19,19 @@
 //     i32 exit code
 //     u32 length + stdout bytes
 //     u32 length + stderr bytes
-//     u16 output count, each: u8 name length + ASCII name, u32 length + data
+//     u16 output count, each: u8 name length + ASCII name, then
+//       version 2: u32 length + data
+//       version 3: u8 form, then
+//         form 0 (data): u32 length + data
+//         form 1 (bytes of another output): u8 index of that output (a form 0 one), u32 offset
+//           and u32 length of the bytes in it; no data follows (rlib-metadata.ts says why:
+//           an rlib holds its .rmeta output's bytes once more)
 //     u16 meta count, each: u16 length + UTF-8 key, u16 length + UTF-8 value
 //     (nothing after the last field)
 import { createHash } from 'node:crypto'
 import { promisify } from 'node:util'
 import { brotliDecompress, createBrotliCompress, inflateRaw, constants as zlibConstants } from 'node:zlib'
+import { embeddedMetadata } from './rlib-metadata.js'
 
 export interface CacheEntry {
   /** always 0 for stored entries */
@@ -63,7 +70,16 @@ function keyBytes(key: string): Buffer {
 }
 
 export const ENTRY_MAGIC = Buffer.from('MESHCC01', 'latin1')
-export const ENTRY_VERSION = 2
+/** the newest format version, written when an output refers to another */
+export const ENTRY_VERSION = 3
+/** the format version written when no output does (what meshcc wrote before version 3) */
+export const ENTRY_VERSION_PLAIN = 2
+/** whether a header's version byte is one this meshcc reads */
+export function isReadableVersion(version: number): boolean {
+  return version === ENTRY_VERSION_PLAIN || version === ENTRY_VERSION
+}
+const FORM_DATA = 0
+const FORM_SLICE_OF = 1
 export const HEADER_LENGTH = 84
 export const ENCODING_STORED = 0
 export const ENCODING_DEFLATE = 1
@@ -134,7 +150,7 @@ function isBytes(v: unknown): v is Uint8Array {
  * The payload as a list of pieces: small field buffers and the outputs' own data, which is
  * never copied (rlibs come to a hundred megabytes per build). Validates as it goes.
  */
-function payloadPieces(entry: CacheEntry): { pieces: Buffer[]; size: number } {
+function payloadPieces(entry: CacheEntry): { pieces: Buffer[]; size: number; version: number } {
   if (entry === null || typeof entry !== 'object') fail('cannot encode cache entry: not an object')
   const { exitCode, stdout, stderr, outputs, meta } = entry
   if (!Number.isInteger(exitCode) || exitCode < -0x80000000 || exitCode > 0x7fffffff) fail(`cannot encode cache entry: bad exit code ${String(exitCode)}`)
@@ -157,8 +173,17 @@ function payloadPieces(entry: CacheEntry): { pieces: Buffer[]; size: number } {
     if (names.has(out.name)) fail(`cannot encode cache entry: duplicate output "${out.name}"`)
     names.add(out.name)
     if (!isBytes(out.data)) fail(`cannot encode cache entry: output "${out.name}" data must be a Buffer`)
-    pieces.push(Buffer.from([out.name.length]), Buffer.from(out.name, 'latin1'), u32(out.data.length), bytes(out.data))
   }
+  const slices = metadataSlices(outputs.map((o) => bytes(o.data)))
+  const version = slices.size > 0 ? ENTRY_VERSION : ENTRY_VERSION_PLAIN
+  outputs.forEach((out, i) => {
+    const data = bytes(out.data)
+    pieces.push(Buffer.from([out.name.length]), Buffer.from(out.name, 'latin1'))
+    const slice = slices.get(i)
+    if (version === ENTRY_VERSION_PLAIN) pieces.push(u32(data.length), data)
+    else if (slice === undefined) pieces.push(Buffer.from([FORM_DATA]), u32(data.length), data)
+    else pieces.push(Buffer.from([FORM_SLICE_OF, slice.source]), u32(slice.offset), u32(slice.size))
+  })
 
   const metaPieces: Buffer[] = []
   if (meta !== undefined) {
@@ -178,7 +203,29 @@ function payloadPieces(entry: CacheEntry): { pieces: Buffer[]; size: number } {
   pieces.push(u16(metaPieces.length / 4), ...metaPieces)
   const size = pieces.reduce((n, p) => n + p.length, 0)
   if (size > MAX_PAYLOAD_BYTES) fail(`cannot encode cache entry: ${size} bytes (at most ${MAX_PAYLOAD_BYTES})`)
-  return { pieces, size }
+  return { pieces, size, version }
+}
+
+interface Slice { source: number; offset: number; size: number }
+
+/**
+ * The outputs (by index) whose bytes are an rlib's metadata, byte for byte: each with the rlib's
+ * index and where in it they sit. The rlib is stored whole and they as a slice of it, so a
+ * read hands out a view, with no copy (putting the metadata back into an rlib stored without
+ * it cost a read more CPU than decompressing it twice). Found by the rlib's layout, never by
+ * searching; an output that is a slice is never the source of one (no chains to resolve).
+ */
+function metadataSlices(datas: readonly Buffer[]): Map<number, Slice> {
+  const slices = new Map<number, Slice>()
+  datas.forEach((data, source) => {
+    const found = embeddedMetadata(data)
+    if (found === null) return
+    const inside = data.subarray(found.offset, found.offset + found.size)
+    const i = datas.findIndex((other, j) => j !== source && !slices.has(j) && other.length === found.size && other.equals(inside))
+    if (i >= 0) slices.set(i, { source, ...found })
+  })
+  for (const [i, slice] of slices) if (slices.has(slice.source)) slices.delete(i)
+  return slices
 }
 
 /**
@@ -212,8 +259,8 @@ export interface EncodeOptions {
  */
 export async function encodeEntryPieces(entry: CacheEntry, key: string, opts: EncodeOptions = {}): Promise<Buffer[]> {
   const keyBin = keyBytes(key)
-  const { pieces, size } = payloadPieces(entry)
-  if (opts.uncompressed) return [entryHeader(keyBin, ENCODING_STORED, size, size, await sha256(pieces)), ...pieces.filter((b) => b.length > 0)]
+  const { pieces, size, version } = payloadPieces(entry)
+  if (opts.uncompressed) return [entryHeader(keyBin, version, ENCODING_STORED, size, size, await sha256(pieces)), ...pieces.filter((b) => b.length > 0)]
   const z = createBrotliCompress({
     chunkSize: BROTLI_CHUNK,
     params: { [zlibConstants.BROTLI_PARAM_QUALITY]: ENTRY_BROTLI_QUALITY, [zlibConstants.BROTLI_PARAM_LGWIN]: ENTRY_BROTLI_LGWIN, [zlibConstants.BROTLI_PARAM_SIZE_HINT]: size }
@@ -231,16 +278,16 @@ export async function encodeEntryPieces(entry: CacheEntry, key: string, opts: En
   const stored = compressedLength >= size
   const body = stored ? pieces : chunks
   const bodyLength = stored ? size : compressedLength
-  const header = entryHeader(keyBin, stored ? ENCODING_STORED : ENCODING_BROTLI, size, bodyLength, digest)
+  const header = entryHeader(keyBin, version, stored ? ENCODING_STORED : ENCODING_BROTLI, size, bodyLength, digest)
   const written = body.reduce((n, b) => n + b.length, 0)
   if (written !== bodyLength) fail(`internal error: a body of ${written} bytes, ${bodyLength} declared`)
   return [header, ...body.filter((b) => b.length > 0)]
 }
 
-function entryHeader(keyBin: Buffer, encoding: number, size: number, bodyLength: number, digest: Buffer): Buffer {
+function entryHeader(keyBin: Buffer, version: number, encoding: number, size: number, bodyLength: number, digest: Buffer): Buffer {
   const header = Buffer.alloc(HEADER_LENGTH)
   ENTRY_MAGIC.copy(header, 0)
-  header.writeUInt8(ENTRY_VERSION, 8)
+  header.writeUInt8(version, 8)
   header.writeUInt8(encoding, 9)
   header.writeUInt32LE(size, 12)
   header.writeUInt32LE(bodyLength, 16)
@@ -269,7 +316,7 @@ class Reader {
   get remaining(): number { return this.buf.length - this.pos }
 }
 
-function unpackPayload(payload: Buffer): CacheEntry {
+function unpackPayload(payload: Buffer, version: number, maxBytes: number): CacheEntry {
   const r = new Reader(payload)
   const exitCode = r.i32('exit code')
   const stdout = r.bytes(r.u32('stdout length'), 'stdout')
@@ -278,13 +325,21 @@ function unpackPayload(payload: Buffer): CacheEntry {
   if (outputCount > MAX_OUTPUTS) fail(`malformed payload: ${outputCount} outputs (at most ${MAX_OUTPUTS})`)
   const outputs: CacheEntry['outputs'] = []
   const names = new Set<string>()
+  const slices = new Map<number, Slice>()
   for (let i = 0; i < outputCount; i++) {
     const name = r.text(r.u8('output name length'), 'output name')
     if (!OUTPUT_NAME_RE.test(name)) fail(`malformed payload: bad output name ${JSON.stringify(name)}`)
     if (names.has(name)) fail(`malformed payload: duplicate output "${name}"`)
     names.add(name)
-    outputs.push({ name, data: r.bytes(r.u32(`output "${name}" length`), `output "${name}"`) })
+    const form = version === ENTRY_VERSION_PLAIN ? FORM_DATA : r.u8(`output "${name}" form`)
+    if (form === FORM_SLICE_OF) {
+      slices.set(i, { source: r.u8(`output "${name}" source`), offset: r.u32(`output "${name}" offset`), size: r.u32(`output "${name}" length`) })
+      outputs.push({ name, data: Buffer.alloc(0) }) // filled in below, once every output is read
+    } else if (form === FORM_DATA) {
+      outputs.push({ name, data: r.bytes(r.u32(`output "${name}" length`), `output "${name}"`) })
+    } else fail(`malformed payload: output "${name}" has unknown form ${form}`)
   }
+  fillSlices(outputs, slices, maxBytes)
   const metaCount = r.u16('meta count')
   if (metaCount > MAX_META) fail(`malformed payload: ${metaCount} meta keys (at most ${MAX_META})`)
   const pairs: Array<[string, string]> = []
@@ -319,13 +374,13 @@ export async function decodeEntry(buf: Uint8Array, key: string, opts: DecodeOpti
   const maxPayload = opts.maxPayloadBytes ?? MAX_PAYLOAD_BYTES
   const keyBin = keyBytes(key)
   const data = Buffer.isBuffer(buf) ? buf : Buffer.from(buf.buffer, buf.byteOffset, buf.byteLength)
-  if (data.length >= 9 && data.subarray(0, 8).equals(ENTRY_MAGIC) && data.readUInt8(8) < ENTRY_VERSION) {
+  if (data.length >= 9 && data.subarray(0, 8).equals(ENTRY_MAGIC) && data.readUInt8(8) < ENTRY_VERSION_PLAIN) {
     throw new StaleEntryError(`format version ${data.readUInt8(8)} of an older meshcc`)
   }
   if (data.length < HEADER_LENGTH) fail(`truncated: ${data.length} bytes, shorter than the ${HEADER_LENGTH}-byte header`)
   if (!data.subarray(0, 8).equals(ENTRY_MAGIC)) fail('bad magic: not a meshcc cache entry')
   const version = data.readUInt8(8)
-  if (version !== ENTRY_VERSION) fail(`unsupported format version ${version} (expected ${ENTRY_VERSION})`)
+  if (!isReadableVersion(version)) fail(`unsupported format version ${version} (expected ${ENTRY_VERSION_PLAIN} or ${ENTRY_VERSION})`)
   if (!data.subarray(52, 84).equals(keyBin)) fail(`stored for key ${data.toString('hex', 52, 84)}, not this one`)
   const encoding = data.readUInt8(9)
   if (encoding !== ENCODING_STORED && encoding !== ENCODING_DEFLATE && encoding !== ENCODING_BROTLI) fail(`unknown body encoding ${encoding}`)
@@ -355,5 +410,24 @@ export async function decodeEntry(buf: Uint8Array, key: string, opts: DecodeOpti
   }
   const digest = await sha256([payload])
   if (!digest.equals(data.subarray(20, 52))) fail('checksum mismatch')
-  return unpackPayload(payload)
+  return unpackPayload(payload, version, maxPayload)
 }
+
+/**
+ * Each slice output as a view of its source's bytes (metadataSlices, when encoding): a slice of
+ * no output, of itself or of another slice, or bytes past its source's end, are refused, and so
+ * are outputs of more than `maxBytes` in all (they are written out, each on its own).
+ */
+function fillSlices(outputs: CacheEntry['outputs'], slices: Map<number, Slice>, maxBytes: number): void {
+  let total = outputs.reduce((n, o) => n + o.data.length, 0)
+  for (const [i, slice] of slices) {
+    const out = outputs[i]!
+    const source = outputs[slice.source]
+    if (source === undefined || slices.has(slice.source)) fail(`malformed payload: output "${out.name}" is a slice of output ${slice.source}, which is not a data output of this entry`)
+    if (slice.offset + slice.size > source.data.length) fail(`malformed payload: output "${out.name}" is bytes ${slice.offset} to ${slice.offset + slice.size} of "${source.name}", which has ${source.data.length}`)
+    total += slice.size
+    if (total > maxBytes) fail(`malformed payload: outputs of more than ${maxBytes} bytes in all`)
+    outputs[i] = { name: out.name, data: source.data.subarray(slice.offset, slice.offset + slice.size) }
+  }
+}
+

@@ -22,7 +22,7 @@ import { createPublicKey, verify as verifySignature, type KeyObject } from 'node
 import type { PrivateKey } from '@libp2p/interface'
 import { peerIdFromString } from '@libp2p/peer-id'
 import { clip } from '../log.js'
-import { ENTRY_MAGIC, ENTRY_VERSION, EntryFormatError, HEADER_LENGTH, decodeEntry, encodeEntry, isValidKey, type CacheEntry } from './entry-format.js'
+import { ENTRY_MAGIC, EntryFormatError, HEADER_LENGTH, decodeEntry, encodeEntry, isReadableVersion, isValidKey, type CacheEntry } from './entry-format.js'
 
 export const SIGNED_MAGIC = Buffer.from('MESHCCS1', 'latin1')
 export const SIGNED_VERSION = 1
@@ -101,7 +101,7 @@ function message(key: Buffer, contentHash: Buffer, producer: Buffer, timestamp: 
 /** The key and content hash an encoded entry names in its header (checked only for shape). */
 function entryIdentity(encoded: Buffer): { key: Buffer; contentHash: Buffer } {
   if (encoded.length < HEADER_LENGTH || !encoded.subarray(0, 8).equals(ENTRY_MAGIC)) throw new SignedEntryError('malformed', 'the wrapped data is not a meshcc cache entry')
-  if (encoded.readUInt8(8) !== ENTRY_VERSION) throw new SignedEntryError('malformed', `the wrapped entry has format version ${encoded.readUInt8(8)}, not ${ENTRY_VERSION}`)
+  if (!isReadableVersion(encoded.readUInt8(8))) throw new SignedEntryError('malformed', `the wrapped entry has format version ${encoded.readUInt8(8)}, not one this meshcc reads`)
   return { contentHash: encoded.subarray(20, 52), key: encoded.subarray(52, 84) }
 }
 
