@@ -3,8 +3,8 @@
 // `npm install -g .` links the global command to this checkout (moving or deleting it breaks
 // meshcc) and npm 11 warns that the checkout's `prepare` script is not allowed. The tarball made
 // here holds only what an installed meshcc runs: the bundled CLI and daemon (dist/cli/main.js,
-// every library inside, see build-bundle.mjs), the native launcher and sandbox reaper
-// (dist/bin/), their sources, the examples and the README; its package.json has no scripts and
+// every library inside, see build-bundle.mjs), the native launcher, sandbox reaper and process
+// starter (dist/bin/), their sources, the examples and the README; its package.json has no scripts and
 // no dependencies, so `npm install -g ./meshcc-<version>.tgz` copies it in, offline, in seconds.
 // The native binaries are built for this machine: make the package where it will be installed
 // (or on the same OS and architecture).
@@ -16,7 +16,7 @@ import { fileURLToPath } from 'node:url'
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..')
 const pkg = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8'))
-const ship = ['dist/cli/main.js', 'dist/bin/meshcc', 'dist/bin/meshcc-reap', 'native', 'examples', 'README.md']
+const ship = ['dist/cli/main.js', 'dist/bin/meshcc', 'dist/bin/meshcc-reap', 'dist/bin/meshcc-spawn', 'native', 'examples', 'README.md']
 for (const f of ship.slice(0, 2)) {
   if (!existsSync(join(root, f))) {
     process.stderr.write(`package: ${f} is missing; run "npm run build" first\n`)
