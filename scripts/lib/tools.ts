@@ -5,6 +5,7 @@ import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { cpuSecondsOf, fail, ownCpuSecondsOf, findPidsByEnv, freePort, isAlive, run, sleep } from './proc.js'
 import { processAlive } from '../../src/util/pid-lock.js'
+import { treeCpuSeconds } from './dist-bench-proc.js'
 
 /** Hit/miss counts in one shape for every tool. */
 export interface CacheCounts {
@@ -265,7 +266,9 @@ export function meshccTool(base: Record<string, string>, tmp: string, meshBin: s
       if (!processAlive(daemonPid) || holder !== daemonPid) {
         fail(`meshcc: the daemon (pid ${daemonPid}) is gone, the socket's lock names ${holder ?? 'nobody'}; its log says: ${logProblems(join(cacheDir, 'meshcc.log'))}`)
       }
-      return cpuSecondsOf(daemonPid)
+      // the whole tree: the daemon starts compilers through dist/bin/meshcc-spawn, which reaps
+      // them, so their CPU sits in that live helper's counters, not in the daemon's own
+      return treeCpuSeconds(daemonPid)
     },
     serverOwnCpu: () => (daemonPid ? ownCpuSecondsOf(daemonPid) : undefined),
     async stop() {
