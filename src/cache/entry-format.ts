@@ -317,6 +317,19 @@ function coalesced(pieces: readonly Buffer[]): Buffer[] {
   return out
 }
 
+/**
+ * An encoded entry (encodeEntryPieces' pieces, or one buffer) under another key: the key is in
+ * the header only, the content hash is of the payload, so nothing is encoded again. The first
+ * piece is copied (the header, or the whole entry when it is one buffer), the rest shared.
+ */
+export function reKeyed(encoded: readonly Buffer[], key: string): Buffer[] {
+  const first = encoded[0]
+  if (first === undefined || first.length < HEADER_LENGTH) fail('cannot re-key an encoded entry: no header')
+  const copy = Buffer.from(first)
+  keyBytes(key).copy(copy, 52)
+  return [copy, ...encoded.slice(1)]
+}
+
 function entryHeader(keyBin: Buffer, version: number, encoding: number, size: number, bodyLength: number, digest: Buffer): Buffer {
   const header = Buffer.alloc(HEADER_LENGTH)
   ENTRY_MAGIC.copy(header, 0)
