@@ -146,6 +146,8 @@ interface Call {
   req: CompileRequest; job: CompileJob; stats: FamilyStats; requestStart: number; held?: boolean
   /** a content-keyed miss with a direct key: its result also goes to the mesh in depend form (publishDependForm) */
   dependForm?: { direct: string; k: ContentKey }
+  /** the files a content key's unit read as a manifest set records them (recordedSet), once per call */
+  recorded?: { k: ContentKey; set: Promise<Omit<FileSet, 'result'> | null> }
 }
 /** Who made a result this machine did not compile itself: the builder of a remote compile. */
 interface Producer { kind: VerifiedKind; peer: string; built?: BuiltBy }
@@ -723,10 +725,8 @@ export class CompileService {
    * the unit; the result key follows from the set, so no set can point a command elsewhere.
    */
   private async publishDependForm(call: Call, form: { direct: string; k: ContentKey }, entry: CacheEntry, built?: BuiltBy, encoded?: Promise<readonly Buffer[]>): Promise<void> {
-    const { set, hashes } = await hashedInputs(form.k, this.hasher)
-    const files = trusted(set.files, hashes, call.requestStart - call.job.tooNewMs, false)
-    if (!files || files.length > MAX_SHARED_SET_FILES) return
-    const recorded = call.job.recordSet ? call.job.recordSet(files, []) : { files }
+    const recorded = await this.recordedSet(call, form.k)
+    if (!recorded || recorded.files.length > MAX_SHARED_SET_FILES) return
     const key = dependKey(form.direct, recorded)
     this.shared!.publish(key, entry, built, encoded?.then((pieces) => reKeyed(pieces, key)))
     this.shared!.publish(sharedManifestKey(form.direct), manifestEntry(form.direct, { ...recorded, result: key }))
@@ -846,10 +846,24 @@ export class CompileService {
    * new to trust, at least that the result is under its preprocessed key.
    */
   private async recordManifest(call: Call, direct: string, k: ContentKey): Promise<void> {
-    const { set, hashes } = await hashedInputs(k, this.hasher)
-    const files = trusted(set.files, hashes, call.requestStart - call.job.tooNewMs, false)
-    const recorded = files && (call.job.recordSet ? call.job.recordSet(files, []) : { files })
+    const recorded = await this.recordedSet(call, k)
     await this.manifestWrite(direct, recorded ? this.opts.direct!.add(direct, { ...recorded, result: k.key }) : this.opts.direct!.markPreprocess(direct))
+  }
+
+  /**
+   * The files the unit of `k` read (its line markers), as a manifest set records them; null when
+   * they cannot be recorded (too new, unreadable, volatile). Made once per call: the manifest
+   * here and the depend form for the mesh both take it (a kernel unit's set is ~800 files).
+   */
+  private recordedSet(call: Call, k: ContentKey): Promise<Omit<FileSet, 'result'> | null> {
+    if (call.recorded?.k !== k) {
+      const set = hashedInputs(k, this.hasher).then(({ set, hashes }) => {
+        const files = trusted(set.files, hashes, call.requestStart - call.job.tooNewMs, false)
+        return files && (call.job.recordSet ? call.job.recordSet(files, []) : { files })
+      })
+      call.recorded = { k, set }
+    }
+    return call.recorded.set
   }
 
   /** A manifest that cannot be written costs a later hit, never the compile. */
