@@ -67,7 +67,9 @@ interface PeerDialState { failures: number; nextAt: number; lastFailure: number;
 /** a member we could not dial counts as out of reach this long after someone last named it */
 const UNREACHABLE_MEMORY_MS = 30_000
 
-export type DiscoverySource = 'mdns' | 'dht' | 'gossip' | 'exchange'
+/** how we heard of a peer; 'lost': it was in the view and its last connection closed */
+export type DiscoverySource = 'mdns' | 'dht' | 'gossip' | 'exchange' | 'lost'
+const sourceText = (s: DiscoverySource) => s === 'lost' ? 'redialed: its connection closed' : `found by ${s}`
 
 export interface ConnectorInit {
   node: MeshLibp2p
@@ -236,7 +238,7 @@ export class Connector {
       if (addrs.length > 0) await this.node.peerStore.merge(peer, { multiaddrs: addrs })
       await this.node.dial(peer, { signal: AbortSignal.timeout(DIAL_TIMEOUT_MS) })
       this.peerState.delete(id)
-      this.log.debug(`connected to ${id} (found by ${source})`)
+      this.log.debug(`connected to ${id} (${sourceText(source)})`)
     } catch (err) {
       const st = this.peerState.get(id) ?? { failures: 0, nextAt: 0, lastFailure: 0, error: '', tried: new Set<string>() }
       // bounded: each new address earns one dial, and a member advertises a handful
@@ -247,7 +249,7 @@ export class Connector {
       // held back at least as long as the dial took (dialFailure: placement skips it meanwhile)
       st.nextAt = Date.now() + Math.max(Date.now() - t0, Math.min(PEER_MAX_BACKOFF_MS, 1000 * 2 ** st.failures))
       this.peerState.set(id, st)
-      this.log.debug(`dial to ${id} (found by ${source}) failed: ${errText(err)}`)
+      this.log.debug(`dial to ${id} (${sourceText(source)}) failed: ${errText(err)}`)
     } finally {
       this.dialing.delete(id)
       this.pump()
