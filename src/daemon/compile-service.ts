@@ -164,6 +164,12 @@ export class CompileService {
   private readonly pendingWrites = new Set<Promise<void>>()
   /** manifest updates in flight, by direct key */
   private readonly manifestWrites = new Map<string, Promise<void>>()
+  /**
+   * Entries being stored, by key. The reply goes out before the store ends; the same compile
+   * asked again a moment later (the next build step, a second checkout) waits for it and hits
+   * instead of compiling again.
+   */
+  private readonly entryWrites = new Map<string, Promise<void>>()
   /** members whose refused shared manifest sets were logged at warn already */
   private readonly refusedFrom = new Set<string>()
   /** the compiler families, asked in order which one a request's compiler belongs to (C takes the rest) */
@@ -536,14 +542,15 @@ export class CompileService {
   /** Keep an entry in the local cache in the background; then the manifest that points at it. */
   private storeLocally(call: Call, key: string, entry: CacheEntry, afterStore: ManifestUpdate | null, encoded?: Buffer): void {
     // a verified entry from the mesh is kept as it came: compressing it again cost a hit more CPU than the rest of it
-    this.track((encoded ? this.opts.store.putEncoded(key, encoded) : this.opts.store.put(key, entry)).then(
-      async () => {
-        call.stats.inc('cache_writes')
-        this.writeWorked()
-        if (afterStore) await afterStore.write()
-      },
-      (err: Error) => { call.stats.inc('cache_errors'); this.writeFailed(`cache entry ${key}`, err) }
-    ), afterStore?.direct)
+    const stored = (encoded ? this.opts.store.putEncoded(key, encoded) : this.opts.store.put(key, entry)).then(
+      () => { call.stats.inc('cache_writes'); this.writeWorked(); return true },
+      (err: Error) => { call.stats.inc('cache_errors'); this.writeFailed(`cache entry ${key}`, err); return false }
+    )
+    const settled = stored.then(() => undefined)
+    this.entryWrites.set(key, settled)
+    void settled.finally(() => { if (this.entryWrites.get(key) === settled) this.entryWrites.delete(key) })
+    // the manifest names the entry: written only once the entry is
+    this.track(stored.then(async (ok) => { if (ok && afterStore) await afterStore.write() }), afterStore?.direct)
   }
 
   /**
@@ -807,6 +814,7 @@ export class CompileService {
 
   /** A cache entry, or null; a corrupt one is counted, logged and (by the store) removed. */
   private async storeGet(key: string): Promise<CacheEntry | null> {
+    await this.entryWrites.get(key)
     const got = await this.opts.store.get(key)
     if (got.status === 'corrupt') {
       this.opts.stats.inc('cache_errors')
