@@ -527,7 +527,7 @@ export class CompileService {
     const { req, job } = call
     const plan = job.compilePlan!({ objectOnly: stillSame !== undefined })
     const r = await runProcess(req.compiler, plan.args, {
-      cwd: req.cwd, env: this.planEnv(req, plan),
+      cwd: req.cwd, env: this.planEnv(req, plan, false),
       onSpawn: (pid) => { try { setPriority(pid, 19) } catch { /* it may have exited already */ } }
     })
     if (r.exitCode !== 0) return null
@@ -574,7 +574,7 @@ export class CompileService {
     const { req } = call
     const sem = fallback && this.opts.slots === 0 ? this.fallbackCpu : this.cpu
     const r = await sem.run(async () => {
-      const done = await runProcess(req.compiler, plan.args, { cwd: req.cwd, env: this.planEnv(req, plan), onSpawn: hedge?.onSpawn, ownGroup: hedge !== undefined })
+      const done = await runProcess(req.compiler, plan.args, { cwd: req.cwd, env: this.planEnv(req, plan, hedge === undefined), onSpawn: hedge?.onSpawn, ownGroup: hedge !== undefined })
       hedge?.onExit()
       return done
     })
@@ -590,12 +590,13 @@ export class CompileService {
     return { exitCode: r.exitCode, stdout, stderr }
   }
 
-  /** The request's environment without the variables the plan drops. */
-  private planEnv(req: CompileRequest, plan: RunPlan): Record<string, string> {
-    if (!plan.dropEnv?.some((k) => req.env[k] !== undefined)) return req.env
+  /** The request's environment without the variables the plan drops, with its jobserver's when `jobserver`. */
+  private planEnv(req: CompileRequest, plan: RunPlan, jobserver: boolean): Record<string, string> {
+    const join = jobserver ? plan.jobserverEnv : undefined
+    if (!join && !plan.dropEnv?.some((k) => req.env[k] !== undefined)) return req.env
     const env = { ...req.env }
-    for (const k of plan.dropEnv) delete env[k]
-    return env
+    for (const k of plan.dropEnv ?? []) delete env[k]
+    return { ...env, ...join }
   }
 
   /**
