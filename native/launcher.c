@@ -502,7 +502,7 @@ int main(int argc, char **argv) {
   int fd = connect_daemon(&addr, sock_path, &why);
   if (fd < 0) exec_node(why);
 
-  /* COMPILE [version, cwd, compiler, argc, args..., env...] */
+  /* COMPILE [version, cwd, compiler, argc, args..., env..., MESHCC_LAUNCHER_PID=pid] */
   struct buf b = {0};
   char count[16];
   snprintf(count, sizeof count, "%d", argc - first_arg);
@@ -510,6 +510,12 @@ int main(int argc, char **argv) {
            put_field(&b, cwd) && put_field(&b, compiler) && put_field(&b, count);
   for (int i = first_arg; ok && i < argc; i++) ok = put_field(&b, argv[i]);
   for (char **e = environ; ok && *e; e++) ok = put_field(&b, *e);
+  /* LAUNCHER_PID_ENV in src/daemon/launcher-protocol.ts, last so that it wins over an inherited
+   * one: this process holds the build's descriptors (a jobserver's) until the reply, and the
+   * daemon's rustc may open them through /proc */
+  char pid_entry[40];
+  snprintf(pid_entry, sizeof pid_entry, "MESHCC_LAUNCHER_PID=%d", (int)getpid());
+  ok = ok && put_field(&b, pid_entry);
   if (!ok) exec_node(NULL);
   if (b.len - 4 > MAX_REQUEST) exec_node("request too large");
   uint32_t body = (uint32_t)(b.len - 4);

@@ -171,6 +171,29 @@ test('a newcomer that knows only its bootstrap peer meets the rest by member exc
   assert.equal(C.m.members().find((x) => x.peerId === B.m.peerId)?.load.cores, 3)
 })
 
+// A member whose last connection closed while it is alive (a relay died, a NAT forgot the
+// mapping) leaves the view; when every member we know is directly connected nobody forwards
+// gossip (forwarding.ts), so nothing would bring it back: one redial of its last addresses does.
+test('a member whose connection closed while it lives is redialed and back in the view', { timeout: 60_000 }, async (t) => {
+  const key = join(dir, 'mesh-lost.key')
+  writeMeshKey(key, generateMeshKey())
+  const H = await start('L-H', key, { load: () => load(1) })
+  const addrH = H.m.addresses()[0]!
+  // A and B know only H, and meet each other by member exchange
+  const A = await start('L-A', key, { bootstrap: [addrH], load: () => load(2) })
+  const B = await start('L-B', key, { bootstrap: [addrH], load: () => load(3) })
+  const sees = (m: Mesh, id: string) => m.members().some((x) => x.peerId === id && x.connection === 'direct')
+  await waitFor('A and B directly connected, in each other\'s view', () => (sees(A.m, B.m.peerId) && sees(B.m, A.m.peerId) ? true : undefined), 20_000, 100)
+  await waitFor('all three to stop forwarding', () => ([H, A, B].every((x) => !x.m.gossipForwarding()) ? true : undefined), 30_000, 200)
+  // A drops its connection to B (as a dead relay or a NAT would): both forget each other
+  const t0 = Date.now()
+  await A.m.libp2p.hangUp(B.m.libp2p.peerId)
+  const back = await waitFor('A and B back in each other\'s view', () => (sees(A.m, B.m.peerId) && sees(B.m, A.m.peerId) ? true : undefined), 15_000, 100).catch(() => undefined)
+  t.diagnostic(`back after ${Date.now() - t0} ms; A: ${A.lines.filter((l) => /L-B|disconnected|redialed/.test(l) || l.includes(B.m.peerId)).slice(-4).join(' | ')}`)
+  assert.ok(back, 'A and B find each other again within 15 s, without forwarding or a bootstrap between them')
+  assert.ok(A.lines.concat(B.lines).some((l) => l.includes('(redialed: its connection closed)')), 'by the redial of a lost member')
+})
+
 // Crossing dials leave two connections, and the connector closes the one the larger peer id
 // dialed (both sides agree). Gossipsub runs one long-lived stream per peer and direction over
 // whichever connection it met first; closing that one must not leave the pair unable to

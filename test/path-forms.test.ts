@@ -11,6 +11,24 @@ test('paths in the working directory\'s top-level directory are relative to it, 
   assert.equal(keyForm('/home/dev/src/proj/include', '/home/dev/src/proj/build'), '<cwd>/../include')
   assert.equal(keyForm('../include', '/home/dev/src/proj/build'), '../include')
   assert.equal(maxClimb(['/home/dev/src/proj/src/a.c', '/home/dev/x.h', '/usr/include/stdio.h'], '/home/dev/src/proj/build'), 3)
+  // leading and doubled slashes, the root, a top-level name that only begins alike, a directory named '..x'
+  assert.equal(relativeForm('//home//dev/x.h', '/home/dev/src'), '../x.h')
+  assert.equal(relativeForm('/', '/home/dev'), null)
+  assert.equal(relativeForm('/homework/x.h', '/home/dev'), null)
+  assert.equal(maxClimb(['/home/dev/..x/y.h'], '/home/dev'), 0)
+  assert.equal(maxClimb(['/home/x.h', '/home/dev/a/b.h'], '/home/dev/a'), 2)
+})
+
+test('path forms are memoised per working directory and stay exact across many of them', () => {
+  // the same path under other working directories, asked again and again, past the memo's bounds
+  for (let round = 0; round < 2; round++) {
+    for (let d = 0; d < 40; d++) {
+      const cwd = `/w${d % 3}/proj${d}/build`
+      assert.equal(relativeForm(`/w${d % 3}/proj${d}/include/x.h`, cwd), '../include/x.h')
+      assert.equal(relativeForm(`/w${(d + 1) % 3}/proj${d}/include/x.h`, cwd), null)
+      assert.equal(keyForm(`/w${d % 3}/x.h`, cwd), '<cwd>/../../x.h')
+    }
+  }
 })
 
 test('prefix maps: the compilers\' result, or null when none or two disagreeing maps apply', () => {

@@ -106,6 +106,8 @@ async function forEachLimit<T>(items: readonly T[], limit: number, fn: (item: T)
   await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker))
 }
 
+const TEST_PUT_DELAY_MS = Number(process.env.MESHCC_TEST_STORE_DELAY_MS) > 0 ? Number(process.env.MESHCC_TEST_STORE_DELAY_MS) : 0
+
 export class LocalStore<T = CacheEntry> {
   readonly dir: string
   private readonly codec: StoreCodec<T>
@@ -240,6 +242,8 @@ export class LocalStore<T = CacheEntry> {
   private async doPut(key: string, file: string, encode: () => Promise<Buffer | readonly Buffer[]>): Promise<void> {
     await this.open()
     const encoded = await encode()
+    // tests only: a slow disk, so that what happens while an entry is being stored can be seen
+    if (TEST_PUT_DELAY_MS > 0) await new Promise((res) => setTimeout(res, TEST_PUT_DELAY_MS))
     const pieces = Buffer.isBuffer(encoded) ? [encoded] : encoded
     const size = pieces.reduce((n, p) => n + p.length, 0)
     if (size > this.targetBytes()) {

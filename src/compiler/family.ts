@@ -83,6 +83,12 @@ export interface RunPlan {
   temps: string[]
   /** environment variables to drop from the request's for this run */
   dropEnv?: readonly string[]
+  /**
+   * variables, set over the request's, by which the run joins the build's jobserver; a run that
+   * may be killed (a hedge) or that the build does not wait for (a verifier's recompile) goes
+   * without: a killed compiler takes the tokens it holds, and the build goes on with fewer
+   */
+  jobserverEnv?: Record<string, string>
   /** the run writes the outputs where the user expects them (rustc into --out-dir): a miss need not write them again */
   inPlace?: boolean
   /**

@@ -25,7 +25,8 @@ import { siblingTemp } from '../util/atomic-write.js'
 import type { CompileJob, CompilerFamily, ContentKey, Dependencies, DirectKey, FamilyContext, ListedInputs, OutputBlobs, Restore, RunPlan, SharedReach } from './family.js'
 import { replaceAll } from './path-forms.js'
 import { parseDepInfo } from './rust-depinfo.js'
-import { JOBSERVER_ENV, RustToolchains, type RustToolchain } from './rust-toolchain.js'
+import { buildJobserver, JOBSERVER_ENV } from './rust-jobserver.js'
+import { RustToolchains, type RustToolchain } from './rust-toolchain.js'
 import { parseRustcArgs, type RustSpec } from './rustc-args.js'
 
 const RUST_KEY_VERSION = 'meshcc-rust-1'
@@ -207,8 +208,9 @@ class RustJob implements CompileJob {
 
   /**
    * The real compile with the outputs cargo asked for; rustc's dep-info lists what it read (a
-   * temp one when cargo asked for none). The jobserver variables go: their descriptors belong
-   * to the build, and rustc would warn that it cannot open them.
+   * temp one when cargo asked for none). The jobserver variables go (their descriptors are the
+   * build's, and rustc would warn that it cannot open them), for the build's own jobserver
+   * reached through the launcher where it can be (jobserver()).
    */
   dependPlan(): RunPlan {
     const { spec, req } = this
@@ -223,7 +225,7 @@ class RustJob implements CompileJob {
     }
     const dep = depPath
     return {
-      args, temps, dropEnv: JOBSERVER_ENV, inPlace: true,
+      args, ...this.jobserver(temps), inPlace: true,
       collect: async () => {
         const blobs = await this.readOutputs()
         if (blobs === null) return { outputs: null, deps: null }
@@ -236,9 +238,20 @@ class RustJob implements CompileJob {
   /** The plain compile, for a listed miss compiled here after all. */
   compilePlan(): RunPlan {
     return {
-      args: [...this.req.args], temps: [], dropEnv: JOBSERVER_ENV, inPlace: true,
+      args: [...this.req.args], ...this.jobserver([]), inPlace: true,
       collect: async () => ({ outputs: await this.readOutputs(), deps: null })
     }
+  }
+
+  /**
+   * A run here joins the build's jobserver through the launcher when it can (rust-jobserver.ts).
+   * Should the launcher be gone before rustc opens it, rustc warns naming the path: as a temp,
+   * that result is not stored, and the launcher (if any) runs rustc itself.
+   */
+  private jobserver(temps: string[]): Pick<RunPlan, 'temps' | 'dropEnv' | 'jobserverEnv'> {
+    const path = buildJobserver(this.req)
+    if (path === null) return { temps, dropEnv: JOBSERVER_ENV }
+    return { temps: [...temps, `fifo:${path}`], dropEnv: JOBSERVER_ENV, jobserverEnv: { CARGO_MAKEFLAGS: `-j --jobserver-auth=fifo:${path}` } }
   }
 
   private async readOutputs(): Promise<OutputBlobs | null> {

@@ -14,6 +14,7 @@ import { execa } from 'execa'
 import { CompilerIdentity } from '../daemon/compiler-identity.js'
 import type { CompileRequest } from '../daemon/launcher-protocol.js'
 import { discoverToolchain, sharedLibraries } from '../toolchain/index.js'
+import { JOBSERVER_ENV } from './rust-jobserver.js'
 
 export interface RustToolchain {
   /** rustc -vV, the sysroot's shared libraries */
@@ -26,8 +27,6 @@ export interface RustToolchain {
 
 /** Variables rustup picks a toolchain by. */
 const RUSTUP_ENV = ['RUSTUP_TOOLCHAIN', 'RUSTUP_HOME']
-/** The jobserver rustc would join: its descriptors are the build's, not the daemon's. */
-export const JOBSERVER_ENV = ['CARGO_MAKEFLAGS', 'MAKEFLAGS', 'MFLAGS']
 
 export class RustToolchains {
   private readonly files: CompilerIdentity

@@ -167,6 +167,12 @@ export class CompileService {
   private readonly pendingWrites = new Set<Promise<void>>()
   /** manifest updates in flight, by direct key */
   private readonly manifestWrites = new Map<string, Promise<void>>()
+  /**
+   * Entries being stored, by key. The reply goes out before the store ends; the same compile
+   * asked again a moment later (the next build step, a second checkout) waits for it and hits
+   * instead of compiling again.
+   */
+  private readonly entryWrites = new Map<string, Promise<void>>()
   /** members whose refused shared manifest sets were logged at warn already */
   private readonly refusedFrom = new Set<string>()
   /** the compiler families, asked in order which one a request's compiler belongs to (C takes the rest) */
@@ -524,7 +530,7 @@ export class CompileService {
     const { req, job } = call
     const plan = job.compilePlan!({ objectOnly: stillSame !== undefined })
     const r = await runProcess(req.compiler, plan.args, {
-      cwd: req.cwd, env: this.planEnv(req, plan),
+      cwd: req.cwd, env: this.planEnv(req, plan, false),
       onSpawn: (pid) => { try { setPriority(pid, 19) } catch { /* it may have exited already */ } }
     })
     if (r.exitCode !== 0) return null
@@ -543,14 +549,15 @@ export class CompileService {
    */
   private storeLocally(call: Call, key: string, entry: CacheEntry, afterStore: ManifestUpdate | null, encoded?: Buffer | Promise<readonly Buffer[]>): void {
     // a verified entry from the mesh is kept as it came: compressing it again cost a hit more CPU than the rest of it
-    this.track((encoded ? this.opts.store.putEncoded(key, encoded) : this.opts.store.put(key, entry)).then(
-      async () => {
-        call.stats.inc('cache_writes')
-        this.writeWorked()
-        if (afterStore) await afterStore.write()
-      },
-      (err: Error) => { call.stats.inc('cache_errors'); this.writeFailed(`cache entry ${key}`, err) }
-    ), afterStore?.direct)
+    const stored = (encoded ? this.opts.store.putEncoded(key, encoded) : this.opts.store.put(key, entry)).then(
+      () => { call.stats.inc('cache_writes'); this.writeWorked(); return true },
+      (err: Error) => { call.stats.inc('cache_errors'); this.writeFailed(`cache entry ${key}`, err); return false }
+    )
+    const settled = stored.then(() => undefined)
+    this.entryWrites.set(key, settled)
+    void settled.finally(() => { if (this.entryWrites.get(key) === settled) this.entryWrites.delete(key) })
+    // the manifest names the entry: written only once the entry is
+    this.track(stored.then(async (ok) => { if (ok && afterStore) await afterStore.write() }), afterStore?.direct)
   }
 
   /**
@@ -574,7 +581,7 @@ export class CompileService {
     const { req } = call
     const sem = fallback && this.opts.slots === 0 ? this.fallbackCpu : this.cpu
     const r = await sem.run(async () => {
-      const done = await runProcess(req.compiler, plan.args, { cwd: req.cwd, env: this.planEnv(req, plan), onSpawn: hedge?.onSpawn, ownGroup: hedge !== undefined })
+      const done = await runProcess(req.compiler, plan.args, { cwd: req.cwd, env: this.planEnv(req, plan, hedge === undefined), onSpawn: hedge?.onSpawn, ownGroup: hedge !== undefined })
       hedge?.onExit()
       return done
     })
@@ -590,12 +597,13 @@ export class CompileService {
     return { exitCode: r.exitCode, stdout, stderr }
   }
 
-  /** The request's environment without the variables the plan drops. */
-  private planEnv(req: CompileRequest, plan: RunPlan): Record<string, string> {
-    if (!plan.dropEnv?.some((k) => req.env[k] !== undefined)) return req.env
+  /** The request's environment without the variables the plan drops, with its jobserver's when `jobserver`. */
+  private planEnv(req: CompileRequest, plan: RunPlan, jobserver: boolean): Record<string, string> {
+    const join = jobserver ? plan.jobserverEnv : undefined
+    if (!join && !plan.dropEnv?.some((k) => req.env[k] !== undefined)) return req.env
     const env = { ...req.env }
-    for (const k of plan.dropEnv) delete env[k]
-    return env
+    for (const k of plan.dropEnv ?? []) delete env[k]
+    return { ...env, ...join }
   }
 
   /**
@@ -815,6 +823,7 @@ export class CompileService {
 
   /** A cache entry, or null; a corrupt one is counted, logged and (by the store) removed. */
   private async storeGet(key: string): Promise<CacheEntry | null> {
+    await this.entryWrites.get(key)
     const got = await this.opts.store.get(key)
     if (got.status === 'corrupt') {
       this.opts.stats.inc('cache_errors')

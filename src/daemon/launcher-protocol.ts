@@ -7,6 +7,8 @@
 //
 // One request and one reply per connection. Requests:
 //   COMPILE  [version "1", cwd, compiler path, argc, arg × argc, "KEY=VALUE" env × rest]
+//            the native launcher adds MESHCC_LAUNCHER_PID=<its pid> to the env: it holds the
+//            build's descriptors (a jobserver's) while it waits; decoded as launcherPid
 //   ADMIN    [command, argument]        command: ping | stats | zero | shutdown | status
 // Replies:
 //   RESULT       [exit code, stdout, stderr]   the daemon wrote the outputs; replay and exit
@@ -153,15 +155,21 @@ export class FrameReader {
   }
 }
 
+/** The env entry a launcher names its own pid by; never part of the compiler's environment. */
+export const LAUNCHER_PID_ENV = 'MESHCC_LAUNCHER_PID'
+
 export interface CompileRequest {
   cwd: string
   compiler: string
   args: string[]
   env: Record<string, string>
+  /** the process cargo (or make) started as the compiler, waiting for the reply with the build's descriptors */
+  launcherPid?: number
 }
 
 export function encodeCompileRequest(req: CompileRequest): Buffer {
   const env = Object.entries(req.env).map(([k, v]) => `${k}=${v}`)
+  if (req.launcherPid !== undefined) env.push(`${LAUNCHER_PID_ENV}=${req.launcherPid}`)
   return encodeFrame(MsgType.COMPILE, [PROTOCOL_VERSION, req.cwd, req.compiler, String(req.args.length), ...req.args, ...env])
 }
 
@@ -176,5 +184,9 @@ export function decodeCompileRequest(frame: Frame): CompileRequest {
     const eq = kv.indexOf('=')
     if (eq > 0) env[kv.slice(0, eq)] = kv.slice(eq + 1)
   }
-  return { cwd: f[1], compiler: f[2], args: f.slice(4, 4 + argc), env }
+  const pid = env[LAUNCHER_PID_ENV]
+  delete env[LAUNCHER_PID_ENV]
+  const req: CompileRequest = { cwd: f[1], compiler: f[2], args: f.slice(4, 4 + argc), env }
+  if (pid !== undefined && /^[1-9]\d{0,9}$/.test(pid)) req.launcherPid = Number(pid)
+  return req
 }

@@ -61,12 +61,15 @@ export interface RefusedPeer {
 const REFUSED_MEMORY_MS = 10 * 60_000
 const MAX_REFUSED = 64
 
-interface PeerDialState { failures: number; nextAt: number; lastFailure: number; error: string }
+/** tried: the addresses failed dials had since the last success; one they lacked is worth a dial at once */
+interface PeerDialState { failures: number; nextAt: number; lastFailure: number; error: string; tried: Set<string> }
 
 /** a member we could not dial counts as out of reach this long after someone last named it */
 const UNREACHABLE_MEMORY_MS = 30_000
 
-export type DiscoverySource = 'mdns' | 'dht' | 'gossip' | 'exchange'
+/** how we heard of a peer; 'lost': it was in the view and its last connection closed */
+export type DiscoverySource = 'mdns' | 'dht' | 'gossip' | 'exchange' | 'lost'
+const sourceText = (s: DiscoverySource) => s === 'lost' ? 'redialed: its connection closed' : `found by ${s}`
 
 export interface ConnectorInit {
   node: MeshLibp2p
@@ -192,12 +195,15 @@ export class Connector {
     if (this.node.getConnections(peer).length > 0) return
     if (this.heard.size > 10_000) this.heard.clear()
     this.heard.set(peerIdText, Date.now())
-    const st = this.peerState.get(peerIdText)
-    // mDNS hears the member on this LAN now: that beats an old failure
-    if (st && Date.now() < st.nextAt && !(source === 'mdns' && Date.now() - st.lastFailure > MDNS_RETRY_AFTER_MS)) return
-    if (this.node.getConnections().length >= MAX_CONNECTIONS) return
     // a remote host's loopback address would reach whatever listens on our own loopback
     const mas = withoutLoopback(addrs.map(toMultiaddr).filter((m): m is Multiaddr => m !== null))
+    const st = this.peerState.get(peerIdText)
+    // mDNS hears the member on this LAN now: that beats an old failure; so do addresses the
+    // failed dials did not have (a member whose relay died and who took a slot on another
+    // would otherwise wait out a backoff earned on the dead relay's circuit, up to two minutes)
+    if (st && Date.now() < st.nextAt && !(source === 'mdns' && Date.now() - st.lastFailure > MDNS_RETRY_AFTER_MS) &&
+      mas.every((a) => st.tried.has(a.toString()))) return
+    if (this.node.getConnections().length >= MAX_CONNECTIONS) return
     const go = () => {
       this.delayed.delete(peerIdText)
       if (this.stopped || this.node.getConnections(peer).length > 0) return
@@ -232,16 +238,18 @@ export class Connector {
       if (addrs.length > 0) await this.node.peerStore.merge(peer, { multiaddrs: addrs })
       await this.node.dial(peer, { signal: AbortSignal.timeout(DIAL_TIMEOUT_MS) })
       this.peerState.delete(id)
-      this.log.debug(`connected to ${id} (found by ${source})`)
+      this.log.debug(`connected to ${id} (${sourceText(source)})`)
     } catch (err) {
-      const st = this.peerState.get(id) ?? { failures: 0, nextAt: 0, lastFailure: 0, error: '' }
+      const st = this.peerState.get(id) ?? { failures: 0, nextAt: 0, lastFailure: 0, error: '', tried: new Set<string>() }
+      // bounded: each new address earns one dial, and a member advertises a handful
+      if (st.tried.size < 64) for (const a of addrs) st.tried.add(a.toString())
       st.failures++
       st.lastFailure = Date.now()
       st.error = dialErrorText(err)
       // held back at least as long as the dial took (dialFailure: placement skips it meanwhile)
       st.nextAt = Date.now() + Math.max(Date.now() - t0, Math.min(PEER_MAX_BACKOFF_MS, 1000 * 2 ** st.failures))
       this.peerState.set(id, st)
-      this.log.debug(`dial to ${id} (found by ${source}) failed: ${errText(err)}`)
+      this.log.debug(`dial to ${id} (${sourceText(source)}) failed: ${errText(err)}`)
     } finally {
       this.dialing.delete(id)
       this.pump()

@@ -420,7 +420,16 @@ export async function startMesh(opts: MeshOptions): Promise<Mesh> {
   }
   node.addEventListener('connection:open', onOpen)
   const onDisconnect = (evt: CustomEvent<PeerId>) => {
-    if (node.getConnections(evt.detail).length === 0) view.forget(evt.detail.toString(), 'disconnected')
+    if (node.getConnections(evt.detail).length !== 0) return
+    const id = evt.detail.toString()
+    const last = view.get(id)?.addrs ?? []
+    view.forget(id, 'disconnected')
+    // It may be alive behind another path: a relayed link whose relay died, while both sides
+    // hold a slot on another relay. Nobody would tell us: in a mesh where every member we know
+    // is directly connected, nobody forwards its messages (forwarding.ts), so it would stay out
+    // of this view for good. One dial to its last addresses finds out (a member that died
+    // costs one refused dial).
+    if (!stopped && last.length > 0) connector?.consider(id, last, 'lost')
   }
   node.addEventListener('peer:disconnect', onDisconnect)
 

@@ -56,7 +56,14 @@ export interface ReachMember { peerId: string; reach: ReachCode | undefined; rel
 
 const TICK_MS = 2000
 const RECHECK_MS = 10 * 60_000
+/** not reachable: asked again this often (a port forward or mapping may start working later) */
+const RECHECK_PRIVATE_MS = 60_000
 const RETRY_UNKNOWN_MS = 30_000
+/** a check some helper did not answer (busy, failed) and that found nothing public: asked again this soon */
+const RETRY_INCOMPLETE_MS = 6_000
+const MAX_INCOMPLETE_RETRIES = 3
+/** a helper answers one request per peer per 5 s (dial-back.ts MIN_GAP_PER_PEER_MS), "busy" before */
+const HELPER_GAP_MS = 5_500
 export const RELAYS_WANTED = 2
 /** a relay that failed a reservation is not tried again for this long */
 const RELAY_FAILURE_HOLD_MS = 20_000
@@ -75,7 +82,13 @@ export class Reachability {
   private publicAddrs: string[] = []
   private checkedAt = 0
   private checkedFor = ''
+  /** a check that some helper did not answer is repeated at this time (0: none due) */
+  private retryAt = 0
+  /** incomplete checks in a row: retried soon at most MAX_INCOMPLETE_RETRIES times, then on the usual schedule */
+  private incomplete = 0
   private checking = false
+  /** helper -> when it was last asked: asking again within its gap only earns "busy" */
+  private readonly askedAt = new Map<string, number>()
   private upgraded = 0
   private readonly relayFailures = new Map<string, number>()
   private readonly reserving = new Set<string>()
@@ -168,7 +181,10 @@ export class Reachability {
     if (this.stopped) return
     const own = this.ownDirectAddrs().filter((a) => !isLoopbackAddr(a))
     const key = own.join(' ')
-    const due = this.state === 'unknown' ? Date.now() - this.checkedAt > RETRY_UNKNOWN_MS || this.checkedAt === 0 : Date.now() - this.checkedAt > RECHECK_MS
+    const now = Date.now()
+    const due = this.state === 'unknown'
+      ? now - this.checkedAt > RETRY_UNKNOWN_MS || this.checkedAt === 0
+      : now - this.checkedAt > (this.state === 'private' ? RECHECK_PRIVATE_MS : RECHECK_MS) || (this.retryAt > 0 && now >= this.retryAt)
     if (!this.checking && own.length > 0 && (due || key !== this.checkedFor)) void this.check(own, key)
     if (this.state === 'private') {
       this.portMapper.wanted()
@@ -214,6 +230,15 @@ export class Reachability {
       if (this.checkedAt === 0 || this.state === 'unknown') this.checkedAt = Date.now()
       return
     }
+    // A helper asked a moment ago would only say "busy", and a check answered by the others
+    // alone can be wrong for good: seen in the NAT lab, a node whose port mapping came up 2 s
+    // after its first check asked again at once, its IPv4 helper was busy, an IPv6-only helper
+    // answered, and the node stayed "not reachable over IPv4" for the 10 min to the next check.
+    // So the check waits (ticks are 2 s) until every chosen helper can answer.
+    const now = Date.now()
+    if (helpers.some((id) => now - (this.askedAt.get(id) ?? 0) < HELPER_GAP_MS)) return
+    for (const id of helpers) this.askedAt.set(id, now)
+    if (this.askedAt.size > 1024) this.askedAt.clear()
     this.checking = true
     try {
       const results = await Promise.all(helpers.map(async (id) => {
@@ -233,6 +258,7 @@ export class Reachability {
       if (answered.length === 0) return
       this.checkedAt = Date.now()
       this.checkedFor = key
+      this.retryAt = 0
       const ok = [...new Set(answered.flatMap((r) => r.ok))]
       const before = `${this.state} ${this.publicAddrs.join(',')}`
       // Reached over IPv6 alone is not public: members with IPv4 only (most, behind their own
@@ -248,7 +274,13 @@ export class Reachability {
         this.publicAddrs = v6
         const why = answered.map((r) => r.why).find((w) => w !== '') ?? 'no member on another network could reach this node'
         this.why = v6.length > 0 ? `reachable over IPv6 at ${v6.join(' ')}, not over IPv4: ${why}` : why
+        // a helper that did not answer might have reached us: ask again soon, not in a minute
+        if (answered.length < helpers.length && this.incomplete < MAX_INCOMPLETE_RETRIES) {
+          this.incomplete++
+          this.retryAt = this.checkedAt + RETRY_INCOMPLETE_MS
+        } else this.incomplete = 0
       }
+      if (this.state === 'public') this.incomplete = 0
       if (`${this.state} ${this.publicAddrs.join(',')}` !== before) {
         this.log.info(`reachability: ${this.state === 'public' ? 'public' : 'not reachable from other networks'} (${this.why})`)
         this.onChange()
