@@ -14,6 +14,13 @@
 //   (cd ../base && node --import tsx scripts/bench-job-cpu.ts --linux /var/tmp/jobcpu-a) &
 //   node --import tsx scripts/bench-job-cpu.ts --linux /var/tmp/jobcpu-b
 // Two runs of one checkout side by side differ by about 5 %.
+//
+// --cpu-prof DIR writes V8 profiles of the client and builder1: wall-clock samples of the main
+// thread, which on a loaded machine charge a descheduled thread's wait to whatever it was in,
+// and never see the libuv pool (compression, hashing). --perf FILE records the client daemon
+// with `perf record -e cpu-clock -g` over the same window instead: its CPU, every thread
+// (`perf report -i FILE --no-children --sort sym`; JS frames show as V8 builtins or unknown).
+import { spawn } from 'node:child_process'
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { parseArgs } from 'node:util'
@@ -26,10 +33,11 @@ const { values } = parseArgs({
     linux: { type: 'string' },
     units: { type: 'string', default: '100' },
     jobs: { type: 'string', default: '4' },
-    'cpu-prof': { type: 'string' }
+    'cpu-prof': { type: 'string' },
+    perf: { type: 'string' }
   }
 })
-if (!values.linux) fail('usage: bench-job-cpu.ts --linux DIR (a hard-linked copy of bench:dist\'s built tree) [--units N] [--jobs J] [--cpu-prof DIR]')
+if (!values.linux) fail('usage: bench-job-cpu.ts --linux DIR (a hard-linked copy of bench:dist\'s built tree) [--units N] [--jobs J] [--cpu-prof DIR] [--perf FILE]')
 const linux = values.linux
 const units = Number(values.units)
 const jobs = Number(values.jobs)
@@ -80,6 +88,7 @@ try {
   const pids = tool.roots() // client first
   const before = pids.map(ownUsage)
   tool.profile?.(true)
+  const perf = values.perf === undefined ? null : spawn('perf', ['record', '-q', '-e', 'cpu-clock', '-F', '999', '-g', '-p', String(pids[0]), '-o', values.perf], { stdio: 'inherit' })
   const t0 = Date.now()
   let next = 0
   let failed = 0
@@ -91,6 +100,10 @@ try {
   }))
   const wallMs = Date.now() - t0
   tool.profile?.(false)
+  if (perf) {
+    perf.kill('SIGINT')
+    await new Promise((resolve) => perf.once('close', resolve))
+  }
   const after = pids.map(ownUsage)
   const counts = await tool.counts('')
   const remote = Math.max(1, counts.remote)

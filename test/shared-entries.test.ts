@@ -9,8 +9,8 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { generateKeyPair } from '@libp2p/crypto/keys'
 import { peerIdFromPrivateKey } from '@libp2p/peer-id'
-import { encodeEntry, type CacheEntry } from '../src/cache/entry-format.js'
-import { MAX_SIGNED_ENTRY_BYTES, SignedEntryError, openSignedEntry, readSignedEntry, sealEntry, signEntry, type EntrySigner } from '../src/cache/signed-entry.js'
+import { encodeEntry, encodeEntryPieces, reKeyed, type CacheEntry } from '../src/cache/entry-format.js'
+import { MAX_SIGNED_ENTRY_BYTES, SignedEntryError, openSignedEntry, readSignedEntry, sealEncoded, sealEntry, signEntry, type EntrySigner } from '../src/cache/signed-entry.js'
 import { ownersOf } from '../src/cache/owners.js'
 import { TrustPolicy, distrustFile, readDistrusted } from '../src/cache/trust.js'
 import { SharedStore } from '../src/cache/shared-store.js'
@@ -96,6 +96,25 @@ test('signed entries: the producer and its signature travel with the entry, and 
   // a failed compile is never an entry, signed or not
   const failed = await signEntry(await encodeEntry({ ...entry('x'), exitCode: 1 }, k), a)
   await refusedAs(openSignedEntry(failed, k), 'entry')
+})
+
+test('an entry encoded once (for the local store) is signed as it is, and under its depend-form key re-keyed, never compressed again', async () => {
+  const a = await signer()
+  const k = key('unit 1')
+  const k2 = key('unit 1, depend form')
+  const e = { ...entry('object bytes '.repeat(500)), outputs: [{ name: 'obj', data: Buffer.from('object bytes '.repeat(500)) }, { name: 'dep', data: Buffer.from('x.o: x.c x.h\n'.repeat(300)) }] }
+  const pieces = await encodeEntryPieces(e, k)
+  const header = Buffer.from(pieces[0]!)
+  const opened = await openSignedEntry(await sealEncoded(pieces, k, a), k)
+  assert.ok(opened.encoded.equals(Buffer.concat(pieces)), 'the signed entry wraps the local store\'s bytes')
+  assert.deepEqual(opened.entry, e)
+  const other = await openSignedEntry(await sealEncoded(reKeyed(pieces, k2), k2, a), k2)
+  assert.deepEqual(other.entry, e)
+  assert.ok(other.encoded.subarray(84).equals(Buffer.concat(pieces).subarray(84)), 'the body is the same bytes')
+  assert.ok(pieces[0]!.equals(header), 're-keying leaves the original header alone')
+  // pieces of one key are never signed as another's
+  await assert.rejects(sealEncoded(pieces, k2, a), /not the one of key/)
+  assert.throws(() => reKeyed([Buffer.alloc(10)], k2), /no header/)
 })
 
 test('owners: rendezvous hashing is balanced, order-free, and moves only what a joining or leaving member owns', () => {

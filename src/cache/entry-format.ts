@@ -109,6 +109,8 @@ const ENTRY_BROTLI_QUALITY = 0
 const ENTRY_BROTLI_LGWIN = 18
 /** brotli's output buffers: fewer turns through the libuv pool than its 16 KiB default */
 const BROTLI_CHUNK = 256 * 1024
+/** pieces smaller than this go to the compressor joined (coalesced) */
+const COALESCE_BYTES = 256 * 1024
 const unbrotliAsync = promisify(brotliDecompress)
 const inflateRawAsync = promisify(inflateRaw)
 const utf8 = new TextDecoder('utf-8', { fatal: true })
@@ -270,8 +272,10 @@ export async function encodeEntryPieces(entry: CacheEntry, key: string, opts: En
   z.on('data', (c: Buffer) => { chunks.push(c); compressedLength += c.length })
   const compressed = new Promise<void>((resolve, reject) => { z.once('end', resolve); z.once('error', reject) })
   compressed.catch(() => {}) // awaited below; a failure before then must not go unhandled
-  for (const p of pieces) if (p.length > 0) z.write(p)
-  z.end()
+  // the last one with end(): compressed and finished in the same trip through the pool
+  const input = coalesced(pieces)
+  input.forEach((p, i) => { if (i < input.length - 1) z.write(p); else z.end(p) })
+  if (input.length === 0) z.end()
   // the compressor works on the libuv pool while the hash runs here
   const [digest] = await Promise.all([sha256(pieces), compressed])
   // Already-compressed outputs would only grow.
@@ -282,6 +286,48 @@ export async function encodeEntryPieces(entry: CacheEntry, key: string, opts: En
   const written = body.reduce((n, b) => n + b.length, 0)
   if (written !== bodyLength) fail(`internal error: a body of ${written} bytes, ${bodyLength} declared`)
   return [header, ...body.filter((b) => b.length > 0)]
+}
+
+/**
+ * The pieces with the small ones joined: every write to the compressor is a trip through the
+ * libuv pool (a wake-up there and back), and an entry's header fields, names and meta are a
+ * dozen pieces or more. Outputs of COALESCE_BYTES or more stay as they are, never copied.
+ */
+function coalesced(pieces: readonly Buffer[]): Buffer[] {
+  const out: Buffer[] = []
+  let run: Buffer[] = []
+  let runBytes = 0
+  const flush = () => {
+    if (run.length > 0) out.push(run.length === 1 ? run[0]! : Buffer.concat(run, runBytes))
+    run = []
+    runBytes = 0
+  }
+  for (const p of pieces) {
+    if (p.length === 0) continue
+    if (p.length >= COALESCE_BYTES) {
+      flush()
+      out.push(p)
+      continue
+    }
+    run.push(p)
+    runBytes += p.length
+    if (runBytes >= COALESCE_BYTES) flush()
+  }
+  flush()
+  return out
+}
+
+/**
+ * An encoded entry (encodeEntryPieces' pieces, or one buffer) under another key: the key is in
+ * the header only, the content hash is of the payload, so nothing is encoded again. The first
+ * piece is copied (the header, or the whole entry when it is one buffer), the rest shared.
+ */
+export function reKeyed(encoded: readonly Buffer[], key: string): Buffer[] {
+  const first = encoded[0]
+  if (first === undefined || first.length < HEADER_LENGTH) fail('cannot re-key an encoded entry: no header')
+  const copy = Buffer.from(first)
+  keyBytes(key).copy(copy, 52)
+  return [copy, ...encoded.slice(1)]
 }
 
 function entryHeader(keyBin: Buffer, version: number, encoding: number, size: number, bodyLength: number, digest: Buffer): Buffer {

@@ -230,12 +230,13 @@ export class LocalStore<T = CacheEntry> {
   /**
    * Keep bytes already in this store's format, checked by the caller (a verified entry fetched
    * from the mesh: its encoding, checksum and key were checked as it was opened), as they are:
-   * no second compression of what arrived compressed.
+   * no second compression of what arrived compressed. Also a result encoded once for this store
+   * and the mesh (its pieces, possibly still being encoded).
    */
-  async putEncoded(key: string, buf: Buffer): Promise<void> {
+  async putEncoded(key: string, buf: Buffer | readonly Buffer[] | Promise<readonly Buffer[]>): Promise<void> {
     const file = this.pathFor(key)
     this.assertOpen()
-    return this.track(this.doPut(key, file, async () => buf))
+    return this.track(this.doPut(key, file, async () => await buf))
   }
 
   private async doPut(key: string, file: string, encode: () => Promise<Buffer | readonly Buffer[]>): Promise<void> {

@@ -22,7 +22,7 @@ import { createPublicKey, verify as verifySignature, type KeyObject } from 'node
 import type { PrivateKey } from '@libp2p/interface'
 import { peerIdFromString } from '@libp2p/peer-id'
 import { clip } from '../log.js'
-import { ENTRY_MAGIC, EntryFormatError, HEADER_LENGTH, decodeEntry, encodeEntry, isReadableVersion, isValidKey, type CacheEntry } from './entry-format.js'
+import { ENTRY_MAGIC, EntryFormatError, HEADER_LENGTH, decodeEntry, encodeEntryPieces, isReadableVersion, isValidKey, type CacheEntry } from './entry-format.js'
 
 export const SIGNED_MAGIC = Buffer.from('MESHCCS1', 'latin1')
 export const SIGNED_VERSION = 1
@@ -240,5 +240,12 @@ export async function openSignedEntry(blob: Uint8Array, key: string, opts: ReadO
 
 /** Encode and sign an entry in one step: what publish sends to owners and stores. */
 export async function sealEntry(entry: CacheEntry, key: string, signer: EntrySigner): Promise<Buffer> {
-  return signEntry(await encodeEntry(entry, key), signer)
+  return sealEncoded(await encodeEntryPieces(entry, key), key, signer)
+}
+
+/** Sign an entry encoded already (encodeEntryPieces' pieces), which must be the one of `key`. */
+export async function sealEncoded(pieces: readonly Buffer[], key: string, signer: EntrySigner): Promise<Buffer> {
+  const encoded = Buffer.concat(pieces)
+  if (encoded.length < HEADER_LENGTH || encoded.toString('hex', 52, 84) !== key) throw new Error(`the encoded entry to sign is not the one of key ${clip(key, 64)}`)
+  return signEntry(encoded, signer)
 }

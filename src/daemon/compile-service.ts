@@ -10,6 +10,7 @@ import { availableParallelism, setPriority } from 'node:os'
 import { basename, join, resolve } from 'node:path'
 import type { CompileSpec } from '../compiler/types.js'
 import type { CacheEntry, LocalStore } from '../cache/local-store.js'
+import { encodeEntryPieces, reKeyed } from '../cache/entry-format.js'
 import { FileHasher, type FileHash } from '../cache/file-hashes.js'
 import { encodeManifest, parseManifest, type FileSet, type ManifestStore } from '../cache/manifest.js'
 import type { InputSet } from '../compiler/inputs.js'
@@ -145,6 +146,8 @@ interface Call {
   req: CompileRequest; job: CompileJob; stats: FamilyStats; requestStart: number; held?: boolean
   /** a content-keyed miss with a direct key: its result also goes to the mesh in depend form (publishDependForm) */
   dependForm?: { direct: string; k: ContentKey }
+  /** the files a content key's unit read as a manifest set records them (recordedSet), once per call */
+  recorded?: { k: ContentKey; set: Promise<Omit<FileSet, 'result'> | null> }
 }
 /** Who made a result this machine did not compile itself: the builder of a remote compile. */
 interface Producer { kind: VerifiedKind; peer: string; built?: BuiltBy }
@@ -539,8 +542,12 @@ export class CompileService {
     return outputs
   }
 
-  /** Keep an entry in the local cache in the background; then the manifest that points at it. */
-  private storeLocally(call: Call, key: string, entry: CacheEntry, afterStore: ManifestUpdate | null, encoded?: Buffer): void {
+  /**
+   * Keep an entry in the local cache in the background; then the manifest that points at it.
+   * `encoded`: the entry in the store's format already (a verified one from the mesh, or one
+   * encoded once for this store and the mesh).
+   */
+  private storeLocally(call: Call, key: string, entry: CacheEntry, afterStore: ManifestUpdate | null, encoded?: Buffer | Promise<readonly Buffer[]>): void {
     // a verified entry from the mesh is kept as it came: compressing it again cost a hit more CPU than the rest of it
     const stored = (encoded ? this.opts.store.putEncoded(key, encoded) : this.opts.store.put(key, entry)).then(
       () => { call.stats.inc('cache_writes'); this.writeWorked(); return true },
@@ -621,12 +628,15 @@ export class CompileService {
     const entry: CacheEntry = { exitCode: 0, stdout: result.stdout, stderr: result.stderr, outputs, meta: job.entryMeta() }
     if (!inPlace && !(await this.writeOutputs(job, entry))) return this.notCacheable(stats, 'output not writable')
     if (key !== null) {
-      this.storeLocally(call, key, entry, afterStore)
-      const shared = this.shared
+      const shared = this.shared && share ? this.shared : null
+      // compressed once for the local store and the mesh (under its depend-form key too, re-keyed)
+      const encoded = shared ? encodeEntryPieces(entry, key) : undefined
+      encoded?.catch(() => {}) // the store reports a failure; a publish that is never made must not leave it unhandled
+      this.storeLocally(call, key, entry, afterStore, encoded)
       if (shared && share) {
         const publish = () => {
-          shared.publish(key, entry, share.producer?.built)
-          if (call.dependForm) this.track(this.publishDependForm(call, call.dependForm, entry, share.producer?.built))
+          shared.publish(key, entry, share.producer?.built, encoded)
+          if (call.dependForm) this.track(this.publishDependForm(call, call.dependForm, entry, share.producer?.built, encoded))
         }
         if (!share.producer || !this.verifyLater(call, key, entry, share.producer, publish)) publish()
       }
@@ -722,13 +732,11 @@ export class CompileService {
    * the same command then finds it by hashing those files (sharedDependLookup), without keying
    * the unit; the result key follows from the set, so no set can point a command elsewhere.
    */
-  private async publishDependForm(call: Call, form: { direct: string; k: ContentKey }, entry: CacheEntry, built?: BuiltBy): Promise<void> {
-    const { set, hashes } = await hashedInputs(form.k, this.hasher)
-    const files = trusted(set.files, hashes, call.requestStart - call.job.tooNewMs, false)
-    if (!files || files.length > MAX_SHARED_SET_FILES) return
-    const recorded = call.job.recordSet ? call.job.recordSet(files, []) : { files }
+  private async publishDependForm(call: Call, form: { direct: string; k: ContentKey }, entry: CacheEntry, built?: BuiltBy, encoded?: Promise<readonly Buffer[]>): Promise<void> {
+    const recorded = await this.recordedSet(call, form.k)
+    if (!recorded || recorded.files.length > MAX_SHARED_SET_FILES) return
     const key = dependKey(form.direct, recorded)
-    this.shared!.publish(key, entry, built)
+    this.shared!.publish(key, entry, built, encoded?.then((pieces) => reKeyed(pieces, key)))
     this.shared!.publish(sharedManifestKey(form.direct), manifestEntry(form.direct, { ...recorded, result: key }))
   }
 
@@ -847,10 +855,24 @@ export class CompileService {
    * new to trust, at least that the result is under its preprocessed key.
    */
   private async recordManifest(call: Call, direct: string, k: ContentKey): Promise<void> {
-    const { set, hashes } = await hashedInputs(k, this.hasher)
-    const files = trusted(set.files, hashes, call.requestStart - call.job.tooNewMs, false)
-    const recorded = files && (call.job.recordSet ? call.job.recordSet(files, []) : { files })
+    const recorded = await this.recordedSet(call, k)
     await this.manifestWrite(direct, recorded ? this.opts.direct!.add(direct, { ...recorded, result: k.key }) : this.opts.direct!.markPreprocess(direct))
+  }
+
+  /**
+   * The files the unit of `k` read (its line markers), as a manifest set records them; null when
+   * they cannot be recorded (too new, unreadable, volatile). Made once per call: the manifest
+   * here and the depend form for the mesh both take it (a kernel unit's set is ~800 files).
+   */
+  private recordedSet(call: Call, k: ContentKey): Promise<Omit<FileSet, 'result'> | null> {
+    if (call.recorded?.k !== k) {
+      const set = hashedInputs(k, this.hasher).then(({ set, hashes }) => {
+        const files = trusted(set.files, hashes, call.requestStart - call.job.tooNewMs, false)
+        return files && (call.job.recordSet ? call.job.recordSet(files, []) : { files })
+      })
+      call.recorded = { k, set }
+    }
+    return call.recorded.set
   }
 
   /** A manifest that cannot be written costs a later hit, never the compile. */

@@ -20,8 +20,9 @@
 //                        points at sends it in the same answer; it is kept here briefly, unverified,
 //                        and the lookup of its key that follows takes it (verified then) without
 //                        asking anyone: a hit from another checkout in one round trip, not two.
-//   publish(key, entry, built?)  after a result was made here (a local compile, or a remote
-//                        compile this member vouches for): signed and queued for the owners; bounded
+//   publish(key, entry, built?, encoded?)  after a result was made here (a local compile, or a remote
+//                        compile this member vouches for): signed and queued for the owners (`encoded`:
+//                        the entry as the local store got it, so it is compressed once); bounded
 //                        backlog (oldest dropped, counted), bounded upload rate. `built`: the
 //                        builder that ran the remote compile still holds its outputs, and gets a
 //                        keep instead of the entry (see "The builder keeps it too" below).
@@ -43,11 +44,11 @@ import type { Libp2p } from '@libp2p/interface'
 import type { Config } from '../config.js'
 import type { Logger } from '../log.js'
 import type { MeshMember } from '../mesh/mesh.js'
-import { EntryFormatError, decodeEntry, encodeEntry, isValidKey, type CacheEntry } from '../cache/entry-format.js'
+import { EntryFormatError, decodeEntry, encodeEntry, isValidKey, reKeyed, type CacheEntry } from '../cache/entry-format.js'
 import { manifestResultHint } from '../cache/manifest.js'
 import { DEFAULT_OWNERS, ownersOf } from '../cache/owners.js'
 import { SharedStore } from '../cache/shared-store.js'
-import { MAX_SIGNED_ENTRY_BYTES, SignedEntryError, attachSignature, checkSignature, openSignedEntry, sealEntry, signatureOf, wrappedEntry, type EntrySigner } from '../cache/signed-entry.js'
+import { MAX_SIGNED_ENTRY_BYTES, SignedEntryError, attachSignature, checkSignature, openSignedEntry, sealEncoded, sealEntry, signatureOf, wrappedEntry, type EntrySigner } from '../cache/signed-entry.js'
 import type { TrustPolicy } from '../cache/trust.js'
 import { BackgroundQueue } from '../cache/background-queue.js'
 import { KEEP_MAX_BYTES, getEntry, keepEntry, putEntry, serveCacheExchange, type CacheExchangeServer, type FollowedEntry, type KeepRequest, type PartRef } from '../mesh/protocols/cache-exchange.js'
@@ -173,6 +174,8 @@ interface PublishItem {
   targets: string[] | null
   /** the builder that made it holds its outputs: it gets a keep */
   built: BuiltBy | null
+  /** `entry` encoded for `key` already (encodeEntryPieces), not to be compressed again */
+  encoded?: Promise<readonly Buffer[]>
 }
 
 type Answer = { kind: 'hit'; hit: RemoteHit; blob: Buffer } | { kind: 'miss' } | { kind: 'none' }
@@ -304,11 +307,14 @@ export class MeshCache {
     }
   }
 
-  /** Sign `entry` (made here) and hand it to the key's owners in the background. Never throws. */
-  publish(key: string, entry: CacheEntry, built?: BuiltBy): void {
+  /**
+   * Sign `entry` (made here) and hand it to the key's owners in the background. Never throws.
+   * `encoded`: the entry encoded for `key` already (the local store's copy).
+   */
+  publish(key: string, entry: CacheEntry, built?: BuiltBy, encoded?: Promise<readonly Buffer[]>): void {
     if (!isValidKey(key) || entry?.exitCode !== 0) return
     this.counters.entries_published++
-    this.queue.push({ key, entry, blob: null, targets: null, built: built ?? null })
+    this.queue.push({ key, entry, blob: null, targets: null, built: built ?? null, ...(encoded ? { encoded } : {}) })
   }
 
   stats(): MeshCacheStats {
@@ -489,7 +495,7 @@ export class MeshCache {
     let blob = item.blob
     if (blob === null) {
       try {
-        blob = await sealEntry(item.entry!, item.key, signer)
+        blob = item.encoded ? await sealEncoded(await item.encoded, item.key, signer) : await sealEntry(item.entry!, item.key, signer)
       } catch (err) {
         this.failures.entry++
         log.warn(`cannot publish cache entry ${item.key.slice(0, 16)}: ${(err as Error).message}`)
@@ -591,7 +597,7 @@ export class MeshCache {
     try {
       const key = Buffer.from(req.key, 'hex')
       checkSignature(key, req.contentHash, req.signature, (p) => trust.refusalToHold(p))
-      const encoded = job.encoded?.subarray(20, 52).equals(req.contentHash) ? reKeyed(job.encoded, key) : await keptEntry(req, [...job.parts, extra])
+      const encoded = job.encoded?.subarray(20, 52).equals(req.contentHash) ? reKeyed([job.encoded], req.key)[0]! : await keptEntry(req, [...job.parts, extra])
       if (!encoded.subarray(20, 52).equals(req.contentHash)) return 'the entry made of that job\'s outputs does not have the signed content hash'
       job.encoded = encoded
       const signed = attachSignature(encoded, req.signature)
@@ -629,12 +635,6 @@ function keptEntry(req: KeepRequest, pieces: Buffer[]): Promise<Buffer> {
   return encodeEntry(entry, req.key, { uncompressed: true })
 }
 
-/** An encoded entry under another key: the key is in the header only (the content hash is of the payload). */
-function reKeyed(encoded: Buffer, key: Buffer): Buffer {
-  const copy = Buffer.from(encoded)
-  key.copy(copy, 52)
-  return copy
-}
 
 /**
  * The keep that describes `entry` (signed as `blob`) from the parts of `built`'s reply: each piece

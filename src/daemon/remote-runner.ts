@@ -6,6 +6,7 @@ import { createHash } from 'node:crypto'
 import { readFile, stat } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
 import type { Config } from '../config.js'
+import { readSmallFile } from '../cache/file-hashes.js'
 import { firstLine, type Logger } from '../log.js'
 import type { Mesh, MeshMember } from '../mesh/index.js'
 import { sendCompileJob, type JobFileRef, type JobHeader } from '../mesh/protocols/compile-job.js'
@@ -238,7 +239,7 @@ export class MeshRemoteRunner implements RemoteRunner {
   private async loadInputs(files: JobFileRef[], need: number[]): Promise<Buffer[]> {
     const out: Buffer[] = []
     for (const i of need) {
-      const data = await readFile(files[i]!.path)
+      const data = await readSmallFile(files[i]!.path, files[i]!.size)
       if (data.length !== files[i]!.size) throw new Error(`input ${files[i]!.path} changed during the compile`)
       out.push(data)
     }

@@ -49,10 +49,11 @@ export class SharedCache {
 
   /**
    * A result made (or vouched for) here: signed and sent to the key's owners and the tier, in the
-   * background; `built`: the builder that compiled it still holds its outputs (mesh-cache.ts).
+   * background; `built`: the builder that compiled it still holds its outputs (mesh-cache.ts);
+   * `encoded`: the entry encoded for `key` already (for the local store), which the mesh signs as it is.
    */
-  publish(key: string, entry: CacheEntry, built?: BuiltBy): void {
-    this.opts.mesh?.publish(key, entry, built)
+  publish(key: string, entry: CacheEntry, built?: BuiltBy, encoded?: Promise<readonly Buffer[]>): void {
+    this.opts.mesh?.publish(key, entry, built, encoded)
     this.opts.tier?.publish(key, entry)
   }
 
