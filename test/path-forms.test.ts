@@ -20,7 +20,7 @@ test('paths in the working directory\'s top-level directory are relative to it, 
 })
 
 test('path forms are memoised per working directory and stay exact across many of them', () => {
-  // the same path under other working directories, asked again and again, past the memo's bounds
+  // the same path under other working directories, asked again and again: each answer its own
   for (let round = 0; round < 2; round++) {
     for (let d = 0; d < 40; d++) {
       const cwd = `/w${d % 3}/proj${d}/build`

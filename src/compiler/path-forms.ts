@@ -31,28 +31,29 @@ function firstComponent(p: string): string {
  * Forms already computed, per working directory. A kernel unit names ~800 headers, mostly the
  * same ones as the unit before, and each miss asks for their forms two or three times
  * (recordSet, maxClimb, keys): about 3 ms of the daemon's CPU per unit before this memo.
- * Lexical and pure, so a memo cannot go stale; bounded by clearing.
+ * Lexical and pure, so a memo cannot go stale; bounded over all directories by clearing.
  */
 const formMemo = new Map<string, Map<string, string | null>>()
-const MAX_MEMO_DIRS = 16
-const MAX_MEMO_PATHS = 100_000
+/** forms held over all directories (a CMake build has a directory per target): all dropped beyond it */
+const MAX_MEMO_FORMS = 200_000
+let memoForms = 0
 
 /**
  * The path relative to `cwd` when it lies in the same top-level directory (the checkout's
  * part of the tree); else null. Lexical, like the names a compiler writes.
  */
 export function relativeForm(p: string, cwd: string): string | null {
-  let memo = formMemo.get(cwd)
-  if (memo === undefined) {
-    if (formMemo.size >= MAX_MEMO_DIRS) formMemo.clear()
-    memo = new Map()
-    formMemo.set(cwd, memo)
-  }
-  const known = memo.get(p)
+  const known = formMemo.get(cwd)?.get(p)
   if (known !== undefined) return known
   const form = computeRelativeForm(p, cwd)
-  if (memo.size >= MAX_MEMO_PATHS) memo.clear()
+  if (memoForms >= MAX_MEMO_FORMS) {
+    formMemo.clear()
+    memoForms = 0
+  }
+  let memo = formMemo.get(cwd)
+  if (memo === undefined) formMemo.set(cwd, (memo = new Map()))
   memo.set(p, form)
+  memoForms++
   return form
 }
 
