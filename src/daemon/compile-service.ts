@@ -237,14 +237,15 @@ export class CompileService {
       // A miss compiled here needs no preprocessor run at all; one that may go to a peer does (its
       // inputs). A source saved a moment ago (the edit-compile loop) goes the preprocessed way,
       // which can store its result where depend mode could not key it safely. A family without
-      // a content key (rustc) keys every miss through depend mode.
-      // With a shared cache the key must be known before compiling, to ask the mesh: the preprocessed way too.
+      // a content key (rustc) keys every miss through depend mode. The shared cache is asked by
+      // the direct key there (the depend form every member publishes), so sharing needs no -E.
       const distributable = this.remote !== null && job.remoteBlocker === null && job.remoteJob !== undefined
-      if (direct && job.listInputs && distributable && this.remote!.wants(this.cpu.running < this.opts.slots)) {
+      const peerWanted = distributable && this.remote!.wants(this.cpu.running < this.opts.slots)
+      if (direct && job.listInputs && peerWanted) {
         const r = await this.compileListed(call, direct, started)
         if (r) return r
       }
-      if (direct && (!job.contentKey || (!dk!.sourceFresh && !preferPreprocessed && !distributable && this.shared === null))) {
+      if (direct && (!job.contentKey || (!dk!.sourceFresh && !preferPreprocessed && !peerWanted))) {
         const r = await this.compileDepend(call, direct)
         if (r) return r
       }
