@@ -148,6 +148,8 @@ interface Call {
   dependForm?: { direct: string; k: ContentKey }
   /** the files a content key's unit read as a manifest set records them (recordedSet), once per call */
   recorded?: { k: ContentKey; set: Promise<Omit<FileSet, 'result'> | null> }
+  /** the unit's content key, taken once per call (contentKeyOf) */
+  keyed?: Promise<ContentKey | 'failed' | { notCacheable: string }>
 }
 /** Who made a result this machine did not compile itself: the builder of a remote compile. */
 interface Producer { kind: VerifiedKind; peer: string; built?: BuiltBy }
@@ -256,7 +258,7 @@ export class CompileService {
         const r = await this.sharedDependLookup(call, direct, started)
         if (r) return r
       }
-      const k = await job.contentKey()
+      const k = await this.contentKeyOf(call)
       if (k === 'failed') {
         // a missing source, a syntax error in a directive: the compile fails the same way, and
         // the compiler run by the launcher says exactly how
@@ -694,11 +696,19 @@ export class CompileService {
       return null
     }
     const set = m.sets[0]
-    if (!set || set.files.length > MAX_SHARED_SET_FILES || dependKey(direct, set) !== set.result) return null
+    // a pointer (preprocess: the producer's files were too new to vouch for): its result is a
+    // preprocessed key, taken here too before it is asked for
+    const pointer = m.preprocess
+    if (!set || set.files.length > MAX_SHARED_SET_FILES || (!pointer && dependKey(direct, set) !== set.result)) return null
     if ((await this.refusedSharedSet(call, set, found!.producer)) || !(await this.setMatches(call, set))) return null
+    let record: ManifestUpdate = { direct, write: () => this.manifestWrite(direct, this.opts.direct!.add(direct, set)) }
+    if (pointer) {
+      const k = call.job.contentKey ? await this.contentKeyOf(call) : 'failed'
+      if (k === 'failed' || 'notCacheable' in k || k.key !== set.result) return null
+      record = { direct, write: () => this.recordManifest(call, direct, k) }
+    }
     const hit = await this.shared!.lookup(set.result)
     if (!hit) return null
-    const record: ManifestUpdate = { direct, write: () => this.manifestWrite(direct, this.opts.direct!.add(direct, set)) }
     const replay = await this.replayShared(call, set.result, hit, record, started, () => this.setMatches(call, set))
     if (replay) call.stats.inc('shared_manifest_hits')
     return replay
@@ -735,10 +745,32 @@ export class CompileService {
    */
   private async publishDependForm(call: Call, form: { direct: string; k: ContentKey }, entry: CacheEntry, built?: BuiltBy, encoded?: Promise<readonly Buffer[]>): Promise<void> {
     const recorded = await this.recordedSet(call, form.k)
-    if (!recorded || recorded.files.length > MAX_SHARED_SET_FILES) return
+    if (!recorded) return this.publishPointer(call, form)
+    if (recorded.files.length > MAX_SHARED_SET_FILES) return
     const key = dependKey(form.direct, recorded)
     this.shared!.publish(key, entry, built, encoded?.then((pieces) => reKeyed(pieces, key)))
     this.shared!.publish(sharedManifestKey(form.direct), manifestEntry(form.direct, { ...recorded, result: key }))
+  }
+
+  /**
+   * A unit whose files changed just before its compile cannot vouch for their hashes (one may
+   * have changed again after the compiler read it), so no depend form: a pointer instead, the
+   * set as hashed now with the preprocessed key as its result. A member whose files have those
+   * hashes takes its own preprocessed key and asks for the result only when the two are equal,
+   * so a wrong hash costs it one preprocessor run, never a wrong result.
+   */
+  private async publishPointer(call: Call, form: { direct: string; k: ContentKey }): Promise<void> {
+    const { set, hashes } = await hashedInputs(form.k, this.hasher)
+    if (set.files.length > MAX_SHARED_SET_FILES || !hashes.every((f) => f !== null && !f.volatile)) return
+    const files = set.files.map((p, i): [string, string] => [p, hashes[i]!.hash])
+    const pointer = call.job.recordSet ? call.job.recordSet(files, []) : { files }
+    this.shared!.publish(sharedManifestKey(form.direct), manifestEntry(form.direct, { ...pointer, result: form.k.key }, true))
+  }
+
+  /** The unit's content key (its preprocessor run), once per call. */
+  private contentKeyOf(call: Call): Promise<ContentKey | 'failed' | { notCacheable: string }> {
+    call.keyed ??= call.job.contentKey!()
+    return call.keyed
   }
 
   /** Every file a manifest set names still has its recorded hash here, and every fact its value. */
@@ -904,9 +936,9 @@ export class CompileService {
   }
 }
 
-/** A manifest set as the mesh carries it: an entry of one output, the set's manifest text. */
-function manifestEntry(direct: string, set: FileSet): CacheEntry {
-  const data = Buffer.from(encodeManifest(direct, { sets: [set], preprocess: false }))
+/** A manifest set as the mesh carries it: an entry of one output, the set's manifest text; `pointer`: its result is a preprocessed key. */
+function manifestEntry(direct: string, set: FileSet, pointer = false): CacheEntry {
+  const data = Buffer.from(encodeManifest(direct, { sets: [set], preprocess: pointer }))
   return { exitCode: 0, stdout: Buffer.alloc(0), stderr: Buffer.alloc(0), outputs: [{ name: 'manifest', data }] }
 }
 
