@@ -60,6 +60,10 @@ test('local_slots = 0 in a mesh with no peer: a fallback with its reason', { tim
   await startMeshDaemon(inst)
   writeFileSync(join(inst.dir, 'a.c'), 'int a(void) { return 1; }\n')
   assert.equal((await inst.run(['gcc', '-c', 'a.c'])).code, 0)
+  // and a source saved over a second ago: compiled in depend mode, the same reason
+  writeFileSync(join(inst.dir, 'b.c'), 'int b(void) { return 2; }\n')
+  await new Promise((r) => setTimeout(r, 1100))
+  assert.equal((await inst.run(['gcc', '-c', 'b.c'])).code, 0)
   // a library crate as cargo passes it: meant for the mesh too, and says so the same way
   mkdirSync(join(inst.dir, 'out'))
   writeFileSync(join(inst.dir, 'r.rs'), 'pub fn r() -> u8 { 1 }\n')
@@ -68,8 +72,8 @@ test('local_slots = 0 in a mesh with no peer: a fallback with its reason', { tim
   const rr = await inst.run([join(sysroot, 'bin', 'rustc'), '--crate-name', 'r', '--edition=2021', 'r.rs', '--crate-type', 'lib', '--emit=dep-info,metadata,link', '--out-dir', join(inst.dir, 'out')])
   assert.equal(rr.code, 0, rr.stderr)
   const s = await inst.stats()
-  assert.deepEqual(s.fallback_reasons, { 'no peer takes jobs': 2 })
-  assert.equal(s.local_compiles, 2)
+  assert.deepEqual(s.fallback_reasons, { 'no peer takes jobs': 3 })
+  assert.equal(s.local_compiles, 3)
 })
 
 test('a read-only cache directory: counts stay right and the log moves beside the socket', { skip: process.getuid?.() !== 0 ? 'needs root for a read-only bind mount' : false }, async (t) => {

@@ -570,8 +570,8 @@ export class CompileService {
   private unsentReason(job: CompileJob): string | null {
     if (this.opts.slots > 0) return null
     if (!this.remote) return 'no mesh'
-    // a job listed for the mesh (rustc) that stayed here without a blocker found nobody to take it
-    if (job.remoteBlocker === null && job.listInputs && !this.remote.wants(false)) return 'no peer takes jobs'
+    // a job the mesh could take that stayed here without a blocker found nobody to take it
+    if (job.remoteBlocker === null && job.remoteJob !== undefined && !this.remote.wants(false)) return 'no peer takes jobs'
     return `not distributable (${job.remoteBlocker ?? `${job.family} jobs are compiled here`})`
   }
 
