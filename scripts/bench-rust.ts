@@ -13,6 +13,14 @@
 //                                      five cold builds per tool, alternated (cargo, meshcc,
 //                                      cargo, …), each on an empty cache: medians and the median
 //                                      of the per-pair ratios, steadier than one cold build each
+//   npm run bench:rust -- --quick --tools cargo,meshcc,meshcc-base --baseline /work/main --reps 1 --cold-reps 3
+//                                      meshcc-base: another checkout's build (its dist/bin/meshcc),
+//                                      alternated with this one: an A/B of two versions in one run
+//   npm run bench:rust -- --quick --tools cargo,meshcc --reps 1 --cpu-prof DIR
+//                                      a V8 CPU profile of meshcc's daemon over each cold build
+//   npm run bench:rust -- --quick --toolchain-known …
+//                                      each cold daemon starts knowing the toolchain's file hashes
+//                                      (compiler-hashes.json): a new crate graph, not a new toolchain
 //   npm run bench:rust -- --quick --tools cargo,meshcc-dist --reps 1
 //                                      the same cold build over two builder daemons on loopback
 //                                      (each its own config dir, bubblewrap sandbox) and a client
@@ -26,7 +34,7 @@ import { cpus } from 'node:os'
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { createHash } from 'node:crypto'
 import { dirname, join, resolve } from 'node:path'
-import { fileURLToPath } from 'node:url'
+import { fileURLToPath, pathToFileURL } from 'node:url'
 import { parseArgs } from 'node:util'
 import { BenchError, COMMON_BENCH_OPTIONS, countOption, fail, killRunningChildren, machineBusySeconds, run, runOk, toolList } from './lib/proc.js'
 import { fmtPct, fmtRatio, fmtSec, markdownTable, median, textTable } from './lib/stats.js'
@@ -35,7 +43,7 @@ import { meshccTool as meshccFarmTool } from './lib/dist-bench-tools.js'
 
 const HERE = dirname(fileURLToPath(import.meta.url))
 const REGISTRY = '/usr/share/cargo/registry'
-const ALL_TOOLS = ['cargo', 'sccache', 'meshcc', 'meshcc-dist'] as const
+const ALL_TOOLS = ['cargo', 'sccache', 'meshcc', 'meshcc-base', 'meshcc-dist'] as const
 const DEFAULT_TOOLS = ['cargo', 'sccache', 'meshcc']
 type ToolName = (typeof ALL_TOOLS)[number]
 /** meshcc-dist: builder daemons on loopback, slots each (the machine's cores shared between them) */
@@ -80,10 +88,10 @@ interface BuildResult {
 
 /** `cold` is the last cold build (its cache is the warm builds'); `colds` all of them, in order (--cold-reps) */
 interface ToolResult { name: ToolName; skipped?: string; failed?: string; cold?: BuildResult; colds?: BuildResult[]; warm: BuildResult[] }
-interface RunInfo { rustc: string; sccache: string; jobs: number; quick: boolean; reps: number; coldReps?: number }
+interface RunInfo { rustc: string; sccache: string; jobs: number; quick: boolean; reps: number; coldReps?: number; toolchainKnown?: boolean; baseline?: string }
 
 function usage(): string {
-  return `usage: npm run bench:rust -- [--quick] [--tools ${ALL_TOOLS.join(',')}] [--reps N] [--cold-reps N] [--jobs N] [--work-dir DIR] [--out FILE] [--no-install]
+  return `usage: npm run bench:rust -- [--quick] [--tools ${ALL_TOOLS.join(',')}] [--reps N] [--cold-reps N] [--jobs N] [--work-dir DIR] [--out FILE] [--baseline DIR] [--toolchain-known] [--cpu-prof DIR] [--no-install]
   --quick      the first ${QUICK_DEPS} direct dependencies only (about 40 crates)
   --tools      which tools to compare, in order (default: ${DEFAULT_TOOLS.join(',')}; cargo alone is the baseline;
                meshcc-dist: ${DIST_BUILDERS} builder daemons on 127.0.0.1 and a client with local_slots = 0)
@@ -93,6 +101,11 @@ function usage(): string {
   --jobs       cargo -j (default: number of CPUs)
   --work-dir   workspace, CARGO_HOME and caches (default /var/tmp/meshcc-bench-rust)
   --out        Markdown results (default scripts/bench-results/rust.md, rust-quick.md with --quick); JSON beside it
+  --baseline   a checkout whose build (DIR/dist/bin/meshcc) is the tool meshcc-base, for an A/B against this one
+  --toolchain-known  meshcc's cold builds start with the toolchain's file hashes in the cache dir, as a daemon
+               that has compiled with this toolchain before keeps them (without it, the 500 MB toolchain is
+               hashed in every cold build: a first use's cost, paid once per cache dir)
+  --cpu-prof   write a V8 CPU profile of each meshcc daemon over each cold build into DIR (skews its CPU figures)
   --no-install fail instead of running apt-get when packages are missing
   --report-from FILE.json   write the Markdown report again from a run's JSON, without building`
 }
@@ -138,9 +151,23 @@ function hashOutputs(deps: string): Map<string, string> {
   return out
 }
 
-async function build(tool: Tool, cargo: string, ws: string, jobs: number, logFile: string, timeFile: string): Promise<BuildResult> {
+/** A daemon's pid from its socket's lock file (meshccTool's layout: `dir`/d.sock.pid). */
+function daemonPid(dir: string): number | undefined {
+  try {
+    const pid = Number(readFileSync(join(dir, 'd.sock.pid'), 'utf8').trim().split(/\s+/)[0])
+    return Number.isInteger(pid) && pid > 0 ? pid : undefined
+  } catch {
+    return undefined
+  }
+}
+
+/** `profileOf`: the directory of a daemon started with cpu-profile-preload.mjs, profiled over the build */
+async function build(tool: Tool, cargo: string, ws: string, jobs: number, logFile: string, timeFile: string, profileOf?: string): Promise<BuildResult> {
   rmSync(join(ws, 'target'), { recursive: true, force: true }) // cargo clean, without asking cargo
   await tool.zero()
+  // the preload starts a profile on the first SIGUSR2 and writes it on the second
+  const profiled = profileOf === undefined ? undefined : daemonPid(profileOf)
+  if (profiled !== undefined) process.kill(profiled, 'SIGUSR2')
   const server0 = tool.serverCpu() ?? 0
   const own0 = tool.serverOwnCpu?.()
   const busy0 = machineBusySeconds()
@@ -149,6 +176,10 @@ async function build(tool: Tool, cargo: string, ws: string, jobs: number, logFil
     cwd: ws, env: tool.env, timeoutMs: 3_600_000, logFile
   })
   const busy1 = machineBusySeconds()
+  if (profiled !== undefined) {
+    process.kill(profiled, 'SIGUSR2')
+    await new Promise((r) => setTimeout(r, 3000)) // the profile is written after the counters below
+  }
   const log = readFileSync(logFile, 'utf8')
   if (r.code !== 0) fail(`${tool.name}: cargo build failed (exit ${r.code}); see ${logFile}: ${log.trim().split('\n').slice(-3).join(' | ')}`)
   const [, user, sys] = readFileSync(timeFile, 'utf8').trim().split('\n').pop()!.split(' ').map(Number)
@@ -162,6 +193,32 @@ async function build(tool: Tool, cargo: string, ws: string, jobs: number, logFil
     counts: await tool.counts(),
     outputs: hashOutputs(join(ws, 'target', 'debug', 'deps'))
   }
+}
+
+/** where a daemon keeps the compilers' file hashes, in its cache dir (compile-service.ts) */
+const COMPILER_HASHES_FILE = 'compiler-hashes.json'
+
+/** The compiler-hashes.json a daemon writes on compiling one small crate with this toolchain (--toolchain-known). */
+async function toolchainMemo(base: Record<string, string>, cargo: string, dir: string): Promise<Buffer> {
+  rmSync(dir, { recursive: true, force: true })
+  mkdirSync(join(dir, 'crate', 'src'), { recursive: true })
+  writeFileSync(join(dir, 'crate', 'Cargo.toml'), '[package]\nname = "tcmemo"\nversion = "0.1.0"\nedition = "2021"\n')
+  writeFileSync(join(dir, 'crate', 'src', 'lib.rs'), 'pub fn f() -> u32 { 1 }\n')
+  const t = meshccTool(base, dir, MESHCC_MAIN)
+  t.env.RUSTC_WRAPPER = MESHCC_MAIN
+  try {
+    await t.start()
+    const r = await run(cargo, ['build', '--offline'], { cwd: join(dir, 'crate'), env: t.env, timeoutMs: 600_000 })
+    if (r.code !== 0) fail(`--toolchain-known: cargo build of a one-line crate failed (exit ${r.code}): ${r.stderr.trim().split('\n').pop() ?? ''}`)
+  } finally {
+    await t.stop()
+  }
+  const file = join(dir, 'meshcc-cache', COMPILER_HASHES_FILE)
+  if (!existsSync(file)) fail(`--toolchain-known: the daemon wrote no ${file}`)
+  const memo = readFileSync(file)
+  rmSync(dir, { recursive: true, force: true })
+  say(`toolchain known: ${JSON.parse(memo.toString('utf8')).entries.length} file hashes from a one-line crate's build`)
+  return memo
 }
 
 function plainCargo(base: Record<string, string>): Tool {
@@ -204,7 +261,10 @@ async function main(): Promise<number> {
       'cold-reps': { type: 'string', default: '1' },
       jobs: { type: 'string', default: String(cpus().length) },
       'work-dir': { type: 'string', default: '/var/tmp/meshcc-bench-rust' },
-      'report-from': { type: 'string' }
+      'report-from': { type: 'string' },
+      baseline: { type: 'string' },
+      'cpu-prof': { type: 'string' },
+      'toolchain-known': { type: 'boolean', default: false }
     },
     strict: true
   })
@@ -229,6 +289,11 @@ async function main(): Promise<number> {
   const workDir = resolve(values['work-dir']!)
   const outFile = resolve(values.out ?? join(HERE, 'bench-results', quick ? 'rust-quick.md' : 'rust.md'))
   const deps = quick ? DEPS.slice(0, QUICK_DEPS) : DEPS
+  const baselineBin = values.baseline === undefined ? undefined : join(resolve(values.baseline), 'dist', 'bin', 'meshcc')
+  if (names.includes('meshcc-base') && baselineBin === undefined) fail('--tools meshcc-base needs --baseline DIR (a checkout with its build)')
+  const cpuProf = values['cpu-prof'] === undefined ? undefined : resolve(values['cpu-prof'])
+  if (cpuProf) mkdirSync(cpuProf, { recursive: true })
+  const binOf = (name: ToolName) => (name === 'meshcc-base' ? baselineBin! : MESHCC_MAIN)
 
   await ensurePackages(deps, values['no-install']!)
   const cargo = findCargo()
@@ -243,6 +308,7 @@ async function main(): Promise<number> {
   const base = { CARGO_HOME: cargoHome, CARGO_INCREMENTAL: '0', CARGO_TERM_COLOR: 'never' }
   say(`${rustc}, ${sccacheV || 'no sccache'}, ${cpus().length} CPUs, cargo -j${jobs}, workspace ${ws}`)
 
+  const tcMemo = values['toolchain-known'] && names.some((n) => n === 'meshcc' || n === 'meshcc-base') ? await toolchainMemo(base, cargo, join(workDir, 'tc-memo')) : undefined
   /** the tool `name` with its caches (and server's files) under `dir` */
   const makeTool = async (name: ToolName, dir: string): Promise<Tool> => {
     if (name === 'cargo') return plainCargo(base)
@@ -251,9 +317,21 @@ async function main(): Promise<number> {
       t.env.RUSTC_WRAPPER = 'sccache'
       return t
     }
-    if (name === 'meshcc') {
-      const t = meshccTool(base, dir, MESHCC_MAIN)
-      t.env.RUSTC_WRAPPER = MESHCC_MAIN
+    if (name === 'meshcc' || name === 'meshcc-base') {
+      const own = join(dir, name) // each version its own socket and cache
+      mkdirSync(own, { recursive: true })
+      const t = meshccTool(base, own, binOf(name))
+      t.env.RUSTC_WRAPPER = binOf(name)
+      // the launcher is native: only the daemon it starts reads NODE_OPTIONS
+      if (tcMemo) {
+        const start = t.start.bind(t)
+        t.start = async () => {
+          mkdirSync(join(own, 'meshcc-cache'), { recursive: true })
+          writeFileSync(join(own, 'meshcc-cache', COMPILER_HASHES_FILE), tcMemo)
+          await start()
+        }
+      }
+      if (cpuProf) Object.assign(t.env, { NODE_OPTIONS: `--import=${pathToFileURL(join(HERE, 'lib', 'cpu-profile-preload.mjs')).href}`, MESHCC_BENCH_PROF_DIR: cpuProf })
       return t
     }
     return meshccDistTool(base, dir, Math.max(1, Math.floor(cpus().length / DIST_BUILDERS)))
@@ -264,7 +342,7 @@ async function main(): Promise<number> {
   let passing: Tool | undefined
   try {
     for (const name of names) {
-      const missing = name === 'meshcc' || name === 'meshcc-dist' ? meshccMissing(MESHCC_MAIN) : undefined
+      const missing = name === 'meshcc' || name === 'meshcc-dist' || name === 'meshcc-base' ? meshccMissing(binOf(name)) : undefined
       if (missing) {
         results.push({ name, skipped: missing, warm: [] })
         continue
@@ -285,7 +363,8 @@ async function main(): Promise<number> {
           if (!last) mkdirSync(dir, { recursive: true })
           const tool = last ? kept : (passing = await makeTool(name, dir))
           await tool.start()
-          const b = await build(tool, cargo, ws, jobs, join(workDir, `${name}-cold.log`), join(workDir, 'time.txt'))
+          const profileOf = cpuProf && (name === 'meshcc' || name === 'meshcc-base') ? join(last ? caches : dir, name) : undefined
+          const b = await build(tool, cargo, ws, jobs, join(workDir, `${name}-cold.log`), join(workDir, 'time.txt'), profileOf)
           res.colds!.push(b)
           if (last) res.cold = b
           say(`${name}: cold${coldReps > 1 ? ` #${round + 1}` : ''} ${fmtSec(b.wallMs)} wall, ${b.cpuS.toFixed(0)} s CPU${b.serverCpuS ? ` (server ${b.serverCpuS.toFixed(1)} s${b.serverOwnCpuS !== undefined ? `, its own ${b.serverOwnCpuS.toFixed(1)} s` : ''})` : ''}, ${b.crates} crates${b.counts ? `, ${countsLine(b.counts)}` : ''}${b.foreignCpuS !== undefined ? `, ${b.foreignCpuS.toFixed(0)} s foreign CPU` : ''}`)
@@ -322,7 +401,7 @@ async function main(): Promise<number> {
     rmSync(caches, { recursive: true, force: true })
   }
 
-  const info: RunInfo = { rustc, sccache: sccacheV, jobs, quick, reps, coldReps }
+  const info: RunInfo = { rustc, sccache: sccacheV, jobs, quick, reps, coldReps, toolchainKnown: values['toolchain-known'], baseline: values.baseline }
   const plainOutputs = results.find((r) => r.name === 'cargo')?.cold?.outputs
   const forJson = (b: BuildResult) => ({
     ...b, outputs: undefined, outputCount: b.outputs.size,
@@ -391,7 +470,7 @@ function render(results: ToolResult[], info: RunInfo): string {
   }
   const crates = plain?.crates ?? mesh?.cold?.crates
   let md = `# Rust benchmark${info.quick ? ' (quick)' : ''}\n\n`
-  md += `\`npm run bench:rust${info.quick ? ' -- --quick' : ''}\`: \`cargo build\` of a program with ${info.quick ? QUICK_DEPS : DEPS.length} direct dependencies, ${crates ?? '?'} crates compiled in all (Debian's librust-*-dev crates, offline), debug profile, CARGO_INCREMENTAL=0, cargo -j${info.jobs}; ${info.rustc}; ${info.sccache}. Cold: empty cache, clean target directory${coldReps > 1 ? `; ${coldReps} cold builds per tool, alternated between the tools, the median of each, and \`cold vs cargo\` the median of the per-pair ratios` : ''}. Warm: \`cargo clean && cargo build\` with the cache the cold build filled, median of ${info.reps}.\n\n`
+  md += `\`npm run bench:rust${info.quick ? ' -- --quick' : ''}\`: \`cargo build\` of a program with ${info.quick ? QUICK_DEPS : DEPS.length} direct dependencies, ${crates ?? '?'} crates compiled in all (Debian's librust-*-dev crates, offline), debug profile, CARGO_INCREMENTAL=0, cargo -j${info.jobs}; ${info.rustc}; ${info.sccache}. Cold: empty cache, clean target directory${coldReps > 1 ? `; ${coldReps} cold builds per tool, alternated between the tools, the median of each, and \`cold vs cargo\` the median of the per-pair ratios` : ''}. Warm: \`cargo clean && cargo build\` with the cache the cold build filled, median of ${info.reps}.${info.toolchainKnown ? ' Each meshcc cold build\'s daemon started knowing the toolchain\'s file hashes (--toolchain-known).' : ''}${info.baseline ? ` meshcc-base: the build in ${info.baseline}.` : ''}\n\n`
   md += markdownTable(header, rows) + '\n\n'
   md += markdownTable(['figure', 'measured', 'target', ''], targets) + '\n\n'
   if (coldReps > 1) {
