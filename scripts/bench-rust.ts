@@ -38,7 +38,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url'
 import { parseArgs } from 'node:util'
 import { BenchError, COMMON_BENCH_OPTIONS, countOption, fail, killRunningChildren, machineBusySeconds, run, runOk, toolList } from './lib/proc.js'
 import { fmtPct, fmtRatio, fmtSec, markdownTable, median, textTable } from './lib/stats.js'
-import { MESHCC_MAIN, type CacheCounts, type Tool, cleanEnv, meshccMissing, meshccTool, sccacheTool } from './lib/tools.js'
+import { MESHCC_MAIN, type CacheCounts, type Tool, cleanEnv, meshccMissing, meshccTool, readPidLock, sccacheTool } from './lib/tools.js'
 import { meshccTool as meshccFarmTool } from './lib/dist-bench-tools.js'
 
 const HERE = dirname(fileURLToPath(import.meta.url))
@@ -151,22 +151,12 @@ function hashOutputs(deps: string): Map<string, string> {
   return out
 }
 
-/** A daemon's pid from its socket's lock file (meshccTool's layout: `dir`/d.sock.pid). */
-function daemonPid(dir: string): number | undefined {
-  try {
-    const pid = Number(readFileSync(join(dir, 'd.sock.pid'), 'utf8').trim().split(/\s+/)[0])
-    return Number.isInteger(pid) && pid > 0 ? pid : undefined
-  } catch {
-    return undefined
-  }
-}
-
 /** `profileOf`: the directory of a daemon started with cpu-profile-preload.mjs, profiled over the build */
 async function build(tool: Tool, cargo: string, ws: string, jobs: number, logFile: string, timeFile: string, profileOf?: string): Promise<BuildResult> {
   rmSync(join(ws, 'target'), { recursive: true, force: true }) // cargo clean, without asking cargo
   await tool.zero()
   // the preload starts a profile on the first SIGUSR2 and writes it on the second
-  const profiled = profileOf === undefined ? undefined : daemonPid(profileOf)
+  const profiled = profileOf === undefined ? undefined : readPidLock(join(profileOf, 'd.sock.pid')) ?? undefined // meshccTool's socket
   if (profiled !== undefined) process.kill(profiled, 'SIGUSR2')
   const server0 = tool.serverCpu() ?? 0
   const own0 = tool.serverOwnCpu?.()

@@ -316,7 +316,7 @@ function holdsListener(pid: number, port: number): boolean {
 }
 
 /** The pid a pid lock file names, or null. */
-function readPidLock(file: string): number | null {
+export function readPidLock(file: string): number | null {
   try {
     const pid = Number(readFileSync(file, 'utf8').trim().split(/\s+/)[0])
     return Number.isInteger(pid) && pid > 0 ? pid : null
