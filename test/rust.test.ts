@@ -178,6 +178,22 @@ test('a change to an include_str! file misses, and the new text is what the prog
   assert.match(run.stdout, /second words\n$/)
 })
 
+test('a dependency compiled again in place, seconds after the last build, is keyed by its new rmeta in the crate depending on it', async () => {
+  // no cargo clean: rustc renames corelib's new rmeta over the one whose hash the daemon kept
+  // as it read it moments ago (FileHasher.readKnownBinary); midlib's key must hold the new
+  // one, or midlib would be served the entry compiled against the old corelib. (The daemon
+  // keeps the new rmeta's hash as it reads it too: file-hashes.test.ts shows a rewrite
+  // never answered by the memo on its own.)
+  const lib = join(ws, 'corelib', 'src', 'lib.rs')
+  writeFileSync(lib, readFileSync(lib, 'utf8') + 'pub fn added_again() -> u8 { 2 }\n')
+  const from = logSize()
+  const r = await cargoIn(ws, [], true)
+  assert.equal(r.code, 0, r.stderr)
+  const b = logOutcomes(join(inst.cacheDir, 'meshcc.log'), from)
+  assert.deepEqual(b.misses, ['corelib/src/lib.rs', 'midlib/src/lib.rs'])
+  assert.deepEqual(b.hits, [])
+})
+
 test('a compile error reaches cargo exactly as rustc gives it, JSON diagnostics included', async () => {
   const dir = join(root, 'direct')
   mkdirSync(join(dir, 'out'), { recursive: true })
