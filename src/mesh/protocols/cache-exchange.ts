@@ -29,6 +29,16 @@
 //   when its content hash is the signed one and the signature is the client's own. A member of
 //   the previous version fails the stream on the unknown op: the client sends the entry whole.
 //
+//   client → {v:1, op:'batch', key, count}      then `count` (at most MAX_BATCH_OPS) puts and keeps,
+//            each exactly as on a stream of its own, with the same replies, one after the other
+//   What a client hands one owner at once (a job's result, its depend form, the manifest set, and
+//   other jobs' when publishing lags) on one stream: each stream costs both sides a yamux stream,
+//   protocol negotiation and a handler run. Every operation in it passes the checks and limits
+//   it would alone (admission before its bytes are read, its own held bytes, given back when it
+//   ends); a refused one does not end the batch. `key` (the first operation's) only gets the head
+//   past the checks of a member of the previous version, which fails the stream on the unknown
+//   op before answering anything: the client sends the operations one by one then.
+//
 // Entries are opaque bytes here: the holder and the client verify them (signature, producer,
 // checksum) with signed-entry.ts. What this file bounds is what a member holding the mesh key can
 // make another one hold: a few streams per peer (more are refused unread), blob sizes announced
@@ -52,6 +62,8 @@ export const FOLLOW_MAX_BYTES = 16 * 1024 * 1024
 export const KEEP_MAX_BYTES = 1024 * 1024
 /** a keep's parts: the job's stdout, stderr and object blob, and the bytes sent with the keep */
 export const KEEP_PARTS = 4
+/** the most operations one batch carries */
+export const MAX_BATCH_OPS = 32
 const deflateRawAsync = promisify(deflateRaw)
 const inflateRawAsync = promisify(inflateRaw)
 /** the largest raw deflate stream `n` bytes can honestly become (stored blocks) */
@@ -130,18 +142,9 @@ export async function getEntry(node: Libp2p, meshId: string, peer: string, k: st
 
 /** Client side: offer `blob` (the signed entry of `k`) to `peer`. Throws on transport or protocol trouble. */
 export async function putEntry(node: Libp2p, meshId: string, peer: string, k: string, blob: Buffer, signal: AbortSignal): Promise<PutReply> {
-  const stream = await node.dialProtocol(peerIdOf(peer), cacheExchangeProtocol(meshId), { signal, negotiateFully: false })
-  const f = new Framed(stream, { stallMs: 10_000 })
+  const f = await open(node, meshId, peer, signal)
   try {
-    await f.writeJson({ v: VERSION, op: 'put', key: k, size: blob.length }, signal)
-    const first = await f.readJson<{ type?: unknown; reason?: unknown }>(signal)
-    if (first.type === 'refused') return { kind: 'refused', reason: str(first.reason, 'reason', 1024) }
-    if (first.type !== 'accepted') throw new ProtocolViolation(`unexpected reply ${clip(String(first.type), 40)}`)
-    await f.writeBlob(blob, signal)
-    const done = await f.readJson<{ type?: unknown; reason?: unknown }>(signal)
-    if (done.type === 'stored') return { kind: 'stored' }
-    if (done.type === 'refused') return { kind: 'refused', reason: str(done.reason, 'reason', 1024) }
-    throw new ProtocolViolation(`unexpected reply ${clip(String(done.type), 40)}`)
+    return await putOn(f, k, blob, signal)
   } finally {
     await f.close()
   }
@@ -153,26 +156,75 @@ export async function putEntry(node: Libp2p, meshId: string, peer: string, k: st
  * protocol trouble (a member of the previous version, which does not know keeps, ends up here).
  */
 export async function keepEntry(node: Libp2p, meshId: string, peer: string, req: KeepRequest, extra: Buffer, signal: AbortSignal): Promise<PutReply & { sent: number }> {
-  const stream = await node.dialProtocol(peerIdOf(peer), cacheExchangeProtocol(meshId), { signal, negotiateFully: false })
-  const f = new Framed(stream, { stallMs: 10_000 })
+  const f = await open(node, meshId, peer, signal)
   try {
-    const { signature: s } = req
-    const head = {
-      v: VERSION, op: 'keep', key: req.key, job: req.job, hash: req.contentHash.toString('hex'),
-      producer: s.producer, timestamp: s.timestamp, sig: s.signature.toString('base64'),
-      stdout: req.stdout, stderr: req.stderr, outputs: req.outputs.map((o) => [o.name, o.ref]), meta: req.meta, size: extra.length
-    }
-    const packed = extra.length > 0 ? await deflateRawAsync(extra, { level: 1 }) : null
-    if (packed) await f.writeFrames(head, [packed], signal)
-    else await f.writeJson(head, signal)
-    const sent = Buffer.byteLength(JSON.stringify(head)) + (packed?.length ?? 0)
-    const done = await f.readJson<{ type?: unknown; reason?: unknown }>(signal)
-    if (done.type === 'stored') return { kind: 'stored', sent }
-    if (done.type === 'refused') return { kind: 'refused', reason: str(done.reason, 'reason', 1024), sent }
-    throw new ProtocolViolation(`unexpected reply ${clip(String(done.type), 40)}`)
+    return await keepOn(f, req, extra, signal)
   } finally {
     await f.close()
   }
+}
+
+/** One operation of a batch: a put of a signed entry, or a keep. */
+export type BatchOp = { op: 'put'; key: string; blob: Buffer } | { op: 'keep'; req: KeepRequest; extra: Buffer }
+/** A batch's outcome: the replies in order, as far as they came; `error` what ended it early (null: nothing). */
+export interface BatchResult { replies: Array<PutReply & { sent?: number }>; error: Error | null }
+
+/**
+ * Client side: several puts and keeps to `peer` on one stream (see the header). Never throws: a
+ * member of the previous version gives no reply at all and an error, and the caller sends the
+ * operations one by one then.
+ */
+export async function sendBatch(node: Libp2p, meshId: string, peer: string, ops: BatchOp[], signal: AbortSignal): Promise<BatchResult> {
+  const replies: BatchResult['replies'] = []
+  if (ops.length === 0 || ops.length > MAX_BATCH_OPS) return { replies, error: new Error(`a batch of ${ops.length} operations`) }
+  let f: Framed | null = null
+  try {
+    f = await open(node, meshId, peer, signal)
+    const first = ops[0]!
+    await f.writeJson({ v: VERSION, op: 'batch', key: first.op === 'put' ? first.key : first.req.key, count: ops.length }, signal)
+    for (const o of ops) replies.push(o.op === 'put' ? await putOn(f, o.key, o.blob, signal) : await keepOn(f, o.req, o.extra, signal))
+    return { replies, error: null }
+  } catch (err) {
+    return { replies, error: err as Error }
+  } finally {
+    await f?.close()
+  }
+}
+
+async function open(node: Libp2p, meshId: string, peer: string, signal: AbortSignal): Promise<Framed> {
+  const stream = await node.dialProtocol(peerIdOf(peer), cacheExchangeProtocol(meshId), { signal, negotiateFully: false })
+  return new Framed(stream, { stallMs: 10_000 })
+}
+
+async function putOn(f: Framed, k: string, blob: Buffer, signal: AbortSignal): Promise<PutReply> {
+  await f.writeJson({ v: VERSION, op: 'put', key: k, size: blob.length }, signal)
+  const first = await f.readJson<{ type?: unknown; reason?: unknown }>(signal)
+  if (first.type === 'refused') return { kind: 'refused', reason: str(first.reason, 'reason', 1024) }
+  if (first.type !== 'accepted') throw new ProtocolViolation(`unexpected reply ${clip(String(first.type), 40)}`)
+  await f.writeBlob(blob, signal)
+  return await stored(f, signal)
+}
+
+async function keepOn(f: Framed, req: KeepRequest, extra: Buffer, signal: AbortSignal): Promise<PutReply & { sent: number }> {
+  const { signature: s } = req
+  const head = {
+    v: VERSION, op: 'keep', key: req.key, job: req.job, hash: req.contentHash.toString('hex'),
+    producer: s.producer, timestamp: s.timestamp, sig: s.signature.toString('base64'),
+    stdout: req.stdout, stderr: req.stderr, outputs: req.outputs.map((o) => [o.name, o.ref]), meta: req.meta, size: extra.length
+  }
+  const packed = extra.length > 0 ? await deflateRawAsync(extra, { level: 1 }) : null
+  if (packed) await f.writeFrames(head, [packed], signal)
+  else await f.writeJson(head, signal)
+  const sent = Buffer.byteLength(JSON.stringify(head)) + (packed?.length ?? 0)
+  return { ...(await stored(f, signal)), sent }
+}
+
+/** The owner's last word on a put or keep. */
+async function stored(f: Framed, signal: AbortSignal): Promise<PutReply> {
+  const done = await f.readJson<{ type?: unknown; reason?: unknown }>(signal)
+  if (done.type === 'stored') return { kind: 'stored' }
+  if (done.type === 'refused') return { kind: 'refused', reason: str(done.reason, 'reason', 1024) }
+  throw new ProtocolViolation(`unexpected reply ${clip(String(done.type), 40)}`)
 }
 
 function partRef(v: unknown, field: string): PartRef {
@@ -220,6 +272,8 @@ export interface CacheExchangeHandler {
   onServed?(peer: string, key: string, bytes: number): void
   /** rebuild the entry a keep describes from the job's outputs held here, check and store it; a refusal reason, or null once stored */
   keep?(peer: string, req: KeepRequest, extra: Buffer): Promise<string | null>
+  /** a put or keep came in a batch */
+  onBatched?(peer: string): void
 }
 
 export interface CacheServeOptions {
@@ -242,6 +296,15 @@ export interface CacheExchangeServer {
   stop(): Promise<void>
 }
 
+type Request = { v?: unknown; op?: unknown; key?: unknown; size?: unknown; follow?: unknown; count?: unknown } & Record<string, unknown>
+
+/** A request's control frame, of this version. */
+async function readRequest(f: Framed): Promise<Request> {
+  const req = await f.readJson<Request>()
+  if (req.v !== VERSION) throw new ProtocolViolation(`unsupported cache request version ${clip(String(req.v), 40)}`)
+  return req
+}
+
 async function refuse(f: Framed, reason: string): Promise<void> {
   await f.writeJson({ type: 'refused', reason })
   await f.closeAfterReply()
@@ -258,11 +321,45 @@ export async function serveCacheExchange(node: Libp2p, meshId: string, handler: 
     const peer = connection.remotePeer.toString()
     const f = new Framed(stream, { stallMs: opts.stallMs ?? 10_000 })
     const slot = streams.open(peer)
-    const account = held.account(peer)
+    let account = held.account(peer)
+    /** a put or keep, alone on its stream (a refusal ends it) or in a batch (the next one follows) */
+    const store = async (req: Request, k: string, alone: boolean): Promise<void> => {
+      const no = (reason: string) => (alone ? refuse(f, reason) : f.writeJson({ type: 'refused', reason }))
+      if (req.op === 'keep') {
+        const keep = parseKeep(k, req)
+        const size = int(req.size, 'size', 0, KEEP_MAX_BYTES)
+        if (!account.take(size + deflateBound(size))) {
+          // in a batch its bytes are on their way: passed over a chunk at a time, never held
+          if (!alone && size > 0) for await (const _ of f.readBlobChunks(await f.readBlobSize(deflateBound(size)))) { /* dropped */ }
+          return await no(BUSY)
+        }
+        let extra = Buffer.alloc(0)
+        if (size > 0) {
+          const packed = await f.readBlob(deflateBound(size))
+          // maxOutputLength: a small hostile stream cannot inflate past what was announced
+          extra = await inflateRawAsync(packed, { maxOutputLength: size }).catch((err: Error) => { throw new ProtocolViolation(`keep bytes are not deflate data: ${err.message.split('\n')[0]}`) })
+          if (extra.length !== size) throw new ProtocolViolation(`keep of ${extra.length} bytes, announced ${size}`)
+        }
+        const why = handler.keep ? await handler.keep(peer, keep, extra) : 'this member takes no keeps'
+        await f.writeJson(why === null ? { type: 'stored' } : { type: 'refused', reason: why })
+        return
+      }
+      if (req.op !== 'put') throw new ProtocolViolation(`unknown cache operation ${clip(String(req.op), 40)}`)
+      const size = int(req.size, 'size', 1, opts.maxEntryBytes)
+      const refusal = handler.admitPut(peer, k, size)
+      if (refusal !== null) return await no(refusal)
+      if (!account.take(size)) return await no(BUSY)
+      // the entry may arrive faster than a busy owner reads it: what the account holds may wait
+      f.allowUnread(framedBytes(size))
+      await f.writeJson({ type: 'accepted' })
+      const blob = await f.readBlob(size)
+      if (blob.length !== size) throw new ProtocolViolation(`entry of ${blob.length} bytes, announced ${size}`)
+      const why = await handler.put(peer, k, blob)
+      await f.writeJson(why === null ? { type: 'stored' } : { type: 'refused', reason: why })
+    }
     try {
       if (slot.before >= maxStreams) return await refuse(f, 'busy: too many cache requests in flight from this peer')
-      const req = await f.readJson<{ v?: unknown; op?: unknown; key?: unknown; size?: unknown; follow?: unknown } & Record<string, unknown>>()
-      if (req.v !== VERSION) throw new ProtocolViolation(`unsupported cache request version ${clip(String(req.v), 40)}`)
+      const req = await readRequest(f)
       const k = key(req.key)
       if (!handler.isAllowed(peer)) return await refuse(f, 'not allowed here ([mesh] allow)')
       if (req.op === 'get') {
@@ -278,33 +375,20 @@ export async function serveCacheExchange(node: Libp2p, meshId: string, handler: 
         if (next) handler.onServed?.(peer, next.key, next.blob.length)
         return
       }
-      if (req.op === 'keep') {
-        const keep = parseKeep(k, req)
-        const size = int(req.size, 'size', 0, KEEP_MAX_BYTES)
-        if (!account.take(size + deflateBound(size))) return await refuse(f, BUSY)
-        let extra = Buffer.alloc(0)
-        if (size > 0) {
-          const packed = await f.readBlob(deflateBound(size))
-          // maxOutputLength: a small hostile stream cannot inflate past what was announced
-          extra = await inflateRawAsync(packed, { maxOutputLength: size }).catch((err: Error) => { throw new ProtocolViolation(`keep bytes are not deflate data: ${err.message.split('\n')[0]}`) })
-          if (extra.length !== size) throw new ProtocolViolation(`keep of ${extra.length} bytes, announced ${size}`)
-        }
-        const why = handler.keep ? await handler.keep(peer, keep, extra) : 'this member takes no keeps'
-        await f.writeJson(why === null ? { type: 'stored' } : { type: 'refused', reason: why })
-        return
+      if (req.op !== 'batch') return await store(req, k, true)
+      const count = int(req.count, 'count', 1, MAX_BATCH_OPS)
+      for (let i = 0; i < count; i++) {
+        // each operation as on a stream of its own: its bytes held until it ends, no more room to wait unread
+        account.end()
+        account = held.account(peer)
+        f.resetUnread()
+        const sub = await readRequest(f)
+        if (sub.op !== 'put' && sub.op !== 'keep') throw new ProtocolViolation(`cache operation ${clip(String(sub.op), 40)} in a batch`)
+        const sk = key(sub.key)
+        if (!handler.isAllowed(peer)) return await refuse(f, 'not allowed here ([mesh] allow)')
+        await store(sub, sk, false)
+        handler.onBatched?.(peer)
       }
-      if (req.op !== 'put') throw new ProtocolViolation(`unknown cache operation ${clip(String(req.op), 40)}`)
-      const size = int(req.size, 'size', 1, opts.maxEntryBytes)
-      const refusal = handler.admitPut(peer, k, size)
-      if (refusal !== null) return await refuse(f, refusal)
-      if (!account.take(size)) return await refuse(f, BUSY)
-      // the entry may arrive faster than a busy owner reads it: what the account holds may wait
-      f.allowUnread(framedBytes(size))
-      await f.writeJson({ type: 'accepted' })
-      const blob = await f.readBlob(size)
-      if (blob.length !== size) throw new ProtocolViolation(`entry of ${blob.length} bytes, announced ${size}`)
-      const why = await handler.put(peer, k, blob)
-      await f.writeJson(why === null ? { type: 'stored' } : { type: 'refused', reason: why })
     } catch (err) {
       onError(peer, err as Error)
       f.abort(err as Error)
