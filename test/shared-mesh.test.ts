@@ -373,7 +373,9 @@ test('bounded publishing, the quota, and read repair to an owner that missed', {
 
 test('a member holding the mesh key cannot make an owner hold more than its share: streams refused unread, sizes checked before reading', { timeout: 60_000 }, async () => {
   const open = async () => new Framed(await F.mesh.libp2p.dialProtocol(peerIdOf(A.mesh.peerId), cacheExchangeProtocol(A.mesh.meshId)))
-  const before = A.cache!.stats().serving_streams
+  // get streams the other members parked here (cache-exchange.ts, again) close within GET_IDLE_MS
+  await waitFor('parked get streams to close', () => (A.cache!.stats().serving_streams === 0 ? true : undefined), 10_000)
+  const before = 0
   // ten puts announcing 1 MiB each, none sending a byte of it: eight are accepted (and held
   // against F's budget), the rest refused unread
   const streams = await Promise.all(Array.from({ length: 10 }, () => open()))
@@ -523,6 +525,51 @@ test('what one publish run hands an owner goes on one stream (a batch); an owner
     await C.mesh.libp2p.unhandle(proto)
     await C.cache!.serve()
     await pub.stop()
+  }
+})
+
+test('a lookup soon after another reuses the stream its holder answered on; a holder of the previous version answers each get on a stream of its own', { timeout: 60_000 }, async () => {
+  const { signer, trust } = await sharedIdentity(L.config, capture([]))
+  const asker = () => new MeshCache({ mesh: L.mesh, signer, trust, store: null, log: capture([]), goodLinkRttMs: 5000, minBudgetMs: 2000, maxBudgetMs: 2000 })
+  const first = asker()
+  // misses, answered by both owners: the first lookup asks A and C on streams of their own, the others on those again
+  const absent = keysOwnedByAC('nobody published', 3)
+  for (const key of absent) assert.equal(await first.lookup(key), null)
+  assert.equal(first.stats().get_streams_reused, 4)
+  // a hit on a stream answered on before (the entries the batch test above published to A and C)
+  assert.equal((await first.lookup(keysOwnedByAC('batched', 1)[0]!))?.producer, L.mesh.peerId)
+  assert.ok(first.stats().get_streams_reused >= 5)
+  assert.equal(first.stats().failures.error, 0)
+  await first.stop()
+
+  // C as a holder of the previous version: one get per stream, no again
+  const proto = cacheExchangeProtocol(C.mesh.meshId)
+  await C.mesh.libp2p.unhandle(proto)
+  let oldStreams = 0
+  await C.mesh.libp2p.handle(proto, async (stream) => {
+    oldStreams++
+    const f = new Framed(stream, { stallMs: 5000 })
+    try {
+      const req = await f.readJson<{ op?: string }>()
+      if (req.op !== 'get') throw new Error(`unexpected ${req.op}`)
+      await f.writeJson({ type: 'miss' })
+    } catch (err) {
+      f.abort(err as Error)
+    } finally {
+      await f.close()
+    }
+  })
+  const second = asker()
+  try {
+    for (const key of absent) assert.equal(await second.lookup(key), null)
+    assert.equal(oldStreams, absent.length)
+    // only A's stream was used again
+    const s = second.stats()
+    assert.deepEqual([s.get_streams_reused, s.remote_misses, s.failures.error], [absent.length - 1, absent.length, 0])
+  } finally {
+    await C.mesh.libp2p.unhandle(proto)
+    await C.cache!.serve()
+    await second.stop()
   }
 })
 

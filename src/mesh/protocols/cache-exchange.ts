@@ -9,6 +9,12 @@
 //   A holder that does not know follow (an older meshcc) answers as to a plain get, and a client
 //   that did not ask never gets a second blob. The client verifies key2's entry like any other.
 //   The second entry is at most FOLLOW_MAX_BYTES (a larger one the client asks for itself).
+//   With again: true the client offers to send its next get on the same stream; a holder that
+//   takes it says again: true in its answer (a miss or a hit) and reads one more get, waiting
+//   GET_IDLE_MS for it, then closes quietly; the client parks the stream for less than that
+//   (GetStreams). A lookup per job and owner each opened a stream of their own: yamux, protocol
+//   negotiation and a handler run on both sides. A holder of the previous version ignores the
+//   field and closes as before; a parked stream that fails before its answer is dialed anew.
 //
 //   client → {v:1, op:'put', key, size}
 //   owner  → {type:'accepted'}   |   {type:'refused', reason}     decided before any entry byte is read
@@ -64,6 +70,12 @@ export const KEEP_MAX_BYTES = 1024 * 1024
 export const KEEP_PARTS = 4
 /** the most operations one batch carries */
 export const MAX_BATCH_OPS = 32
+/** a holder that said again waits this long for the next get; a client parks a stream for GET_PARK_MS, well under it */
+export const GET_IDLE_MS = 3000
+const GET_PARK_MS = 2000
+/** gets one stream carries at most, and streams parked per holder */
+const MAX_GETS_PER_STREAM = 256
+const MAX_PARKED_PER_PEER = 2
 const deflateRawAsync = promisify(deflateRaw)
 const inflateRawAsync = promisify(inflateRaw)
 /** the largest raw deflate stream `n` bytes can honestly become (stored blocks) */
@@ -101,7 +113,50 @@ export interface GetOptions {
   follow?: boolean
   /** a read that waits longer than this for the next piece fails (default 5 s) */
   stallMs?: number
+  /** streams the holder reads another get on: taken from here, and parked here again after the answer */
+  streams?: GetStreams
 }
+
+/** Client side: streams whose holders read one more get (again), a few per holder, each for GET_PARK_MS. */
+export class GetStreams {
+  private readonly parked = new Map<string, Array<{ f: Framed; timer: NodeJS.Timeout }>>()
+  /** gets sent on a parked stream */
+  reused = 0
+
+  take(peer: string): Framed | null {
+    const list = this.parked.get(peer)
+    const p = list?.pop()
+    if (list?.length === 0) this.parked.delete(peer)
+    if (!p) return null
+    clearTimeout(p.timer)
+    return p.f
+  }
+
+  park(peer: string, f: Framed): void {
+    const list = this.parked.get(peer) ?? []
+    this.parked.set(peer, list)
+    if (list.length >= MAX_PARKED_PER_PEER) this.drop(peer, list.shift()!)
+    const p = { f, timer: setTimeout(() => this.drop(peer, p), GET_PARK_MS) }
+    p.timer.unref()
+    list.push(p)
+  }
+
+  closeAll(): void {
+    for (const [peer, list] of this.parked) for (const p of [...list]) this.drop(peer, p)
+  }
+
+  private drop(peer: string, p: { f: Framed; timer: NodeJS.Timeout }): void {
+    clearTimeout(p.timer)
+    const list = this.parked.get(peer)
+    const i = list?.indexOf(p) ?? -1
+    if (i >= 0) list!.splice(i, 1)
+    if (list?.length === 0) this.parked.delete(peer)
+    void p.f.close()
+  }
+}
+
+/** a parked stream that failed before its answer (the holder closed it meanwhile): the get goes on a new one */
+class Unanswered extends Error {}
 
 function key(v: unknown): string {
   const k = str(v, 'key', 64)
@@ -116,27 +171,56 @@ function either(a: AbortSignal, b?: AbortSignal): AbortSignal {
 /** Client side: ask `peer` for the signed entry of `k`. Throws on transport or protocol trouble. */
 export async function getEntry(node: Libp2p, meshId: string, peer: string, k: string, opts: GetOptions): Promise<GetReply> {
   const answer = either(opts.signal, opts.answerSignal)
+  const parked = opts.streams?.take(peer)
+  if (parked) {
+    try {
+      const r = await getOn(parked, peer, k, opts, answer, true)
+      opts.streams!.reused++
+      return r
+    } catch (err) {
+      if (!(err instanceof Unanswered)) throw err
+    }
+  }
   // the protocol's name goes out with the request: no round trip of its own
   const stream = await node.dialProtocol(peerIdOf(peer), cacheExchangeProtocol(meshId), { signal: answer, negotiateFully: false })
-  const f = new Framed(stream, { stallMs: opts.stallMs ?? 5000 })
+  return await getOn(new Framed(stream, { stallMs: opts.stallMs ?? 5000 }), peer, k, opts, answer, false)
+}
+
+async function getOn(f: Framed, peer: string, k: string, opts: GetOptions, answer: AbortSignal, reused: boolean): Promise<GetReply> {
+  let parked = false
   try {
-    await f.writeJson(opts.follow ? { v: VERSION, op: 'get', key: k, follow: true } : { v: VERSION, op: 'get', key: k }, answer)
-    // the answer may arrive faster than a busy asker reads it (libp2p drops a stream past 4 MiB
-    // unread): let what it would hold anyway once read wait, the entry and the one it follows
-    f.allowUnread(framedBytes(opts.limit) + (opts.follow ? framedBytes(FOLLOW_MAX_BYTES) : 0))
-    const head = await f.readJson<{ type?: unknown; reason?: unknown; next?: unknown }>(answer)
-    if (head.type === 'miss') return { kind: 'miss' }
+    let head: { type?: unknown; reason?: unknown; next?: unknown; again?: unknown }
+    try {
+      await f.writeJson({ v: VERSION, op: 'get', key: k, ...(opts.follow ? { follow: true } : {}), ...(opts.streams ? { again: true } : {}) }, answer)
+      // the answer may arrive faster than a busy asker reads it (libp2p drops a stream past 4 MiB
+      // unread): let what it would hold anyway once read wait, the entry and the one it follows
+      f.resetUnread()
+      f.allowUnread(framedBytes(opts.limit) + (opts.follow ? framedBytes(FOLLOW_MAX_BYTES) : 0))
+      head = await f.readJson<typeof head>(answer)
+    } catch (err) {
+      if (reused && !answer.aborted) throw new Unanswered((err as Error).message)
+      throw err
+    }
+    const again = head.again === true && opts.streams !== undefined
+    const done = (reply: GetReply): GetReply => {
+      if (again && !opts.signal.aborted) {
+        opts.streams!.park(peer, f)
+        parked = true
+      }
+      return reply
+    }
+    if (head.type === 'miss') return done({ kind: 'miss' })
     if (head.type === 'refused') return { kind: 'refused', reason: str(head.reason, 'reason', 1024) }
     if (head.type !== 'hit') throw new ProtocolViolation(`unexpected reply ${clip(String(head.type), 40)}`)
     const nextKey = head.next === undefined ? null : key(head.next)
     if (nextKey !== null && !opts.follow) throw new ProtocolViolation('a second entry nobody asked for')
     const size = await f.readBlobSize(opts.limit, answer)
     const blob = await f.readBlobBody(size, opts.signal)
-    if (nextKey === null) return { kind: 'hit', blob, next: null }
+    if (nextKey === null) return done({ kind: 'hit', blob, next: null })
     const nextSize = await f.readBlobSize(Math.min(opts.limit, FOLLOW_MAX_BYTES), opts.signal)
-    return { kind: 'hit', blob, next: { key: nextKey, blob: await f.readBlobBody(nextSize, opts.signal) } }
+    return done({ kind: 'hit', blob, next: { key: nextKey, blob: await f.readBlobBody(nextSize, opts.signal) } })
   } finally {
-    await f.close()
+    if (!parked) await f.close()
   }
 }
 
@@ -296,13 +380,27 @@ export interface CacheExchangeServer {
   stop(): Promise<void>
 }
 
-type Request = { v?: unknown; op?: unknown; key?: unknown; size?: unknown; follow?: unknown; count?: unknown } & Record<string, unknown>
+type Request = { v?: unknown; op?: unknown; key?: unknown; size?: unknown; follow?: unknown; count?: unknown; again?: unknown } & Record<string, unknown>
 
 /** A request's control frame, of this version. */
-async function readRequest(f: Framed): Promise<Request> {
-  const req = await f.readJson<Request>()
+async function readRequest(f: Framed, signal?: AbortSignal): Promise<Request> {
+  const req = await f.readJson<Request>(signal)
   if (req.v !== VERSION) throw new ProtocolViolation(`unsupported cache request version ${clip(String(req.v), 40)}`)
   return req
+}
+
+/** The next get on a stream whose asker was told again; null when it closed the stream or sent nothing for GET_IDLE_MS (a quiet end). */
+async function nextGet(f: Framed): Promise<Request | null> {
+  const idle = new AbortController()
+  const timer = setTimeout(() => idle.abort(), GET_IDLE_MS)
+  try {
+    return await readRequest(f, idle.signal)
+  } catch (err) {
+    if (err instanceof ProtocolViolation && !idle.signal.aborted) throw err
+    return null
+  } finally {
+    clearTimeout(timer)
+  }
 }
 
 async function refuse(f: Framed, reason: string): Promise<void> {
@@ -357,23 +455,45 @@ export async function serveCacheExchange(node: Libp2p, meshId: string, handler: 
       const why = await handler.put(peer, k, blob)
       await f.writeJson(why === null ? { type: 'stored' } : { type: 'refused', reason: why })
     }
+    /** answer a get (again: the asker may send another on this stream); false when the stream ends here */
+    const answerGet = async (k: string, follow: boolean, again: boolean): Promise<boolean> => {
+      const more = again ? { again: true } : {}
+      const got = await handler.get(peer, k, follow)
+      if (got === null || got.blob.length > opts.maxEntryBytes) {
+        await f.writeJson({ type: 'miss', ...more })
+        return true
+      }
+      const next = got.next !== null && got.next.blob.length <= Math.min(opts.maxEntryBytes, FOLLOW_MAX_BYTES) ? got.next : null
+      if (!account.take(got.blob.length + (next?.blob.length ?? 0))) {
+        await refuse(f, BUSY)
+        return false
+      }
+      await f.writeFrames(next ? { type: 'hit', next: next.key, ...more } : { type: 'hit', ...more }, next ? [got.blob, next.blob] : [got.blob])
+      handler.onServed?.(peer, k, got.blob.length)
+      if (next) handler.onServed?.(peer, next.key, next.blob.length)
+      return true
+    }
     try {
       if (slot.before >= maxStreams) return await refuse(f, 'busy: too many cache requests in flight from this peer')
       const req = await readRequest(f)
       const k = key(req.key)
       if (!handler.isAllowed(peer)) return await refuse(f, 'not allowed here ([mesh] allow)')
       if (req.op === 'get') {
-        const got = await handler.get(peer, k, req.follow === true)
-        if (got === null || got.blob.length > opts.maxEntryBytes) {
-          await f.writeJson({ type: 'miss' })
-          return
+        let r = req
+        let rk = k
+        for (let n = 1; ; n++) {
+          const again = r.again === true && n < MAX_GETS_PER_STREAM
+          if (!(await answerGet(rk, r.follow === true, again)) || !again) return
+          // the next get, as on a stream of its own: its bytes held until it is answered
+          account.end()
+          account = held.account(peer)
+          const next = await nextGet(f)
+          if (next === null) return
+          if (next.op !== 'get') throw new ProtocolViolation(`cache operation ${clip(String(next.op), 40)} after a get`)
+          rk = key(next.key)
+          if (!handler.isAllowed(peer)) return await refuse(f, 'not allowed here ([mesh] allow)')
+          r = next
         }
-        const next = got.next !== null && got.next.blob.length <= Math.min(opts.maxEntryBytes, FOLLOW_MAX_BYTES) ? got.next : null
-        if (!account.take(got.blob.length + (next?.blob.length ?? 0))) return await refuse(f, BUSY)
-        await f.writeFrames(next ? { type: 'hit', next: next.key } : { type: 'hit' }, next ? [got.blob, next.blob] : [got.blob])
-        handler.onServed?.(peer, k, got.blob.length)
-        if (next) handler.onServed?.(peer, next.key, next.blob.length)
-        return
       }
       if (req.op !== 'batch') return await store(req, k, true)
       const count = int(req.count, 'count', 1, MAX_BATCH_OPS)
