@@ -37,8 +37,8 @@
 // costs the builder an encode and both sides a stream): the owners still get the entry whole, and
 // a refused keep is not followed by a put (a copy beyond the owners is not worth the entry). Lookups ask the owners, so such
 // an extra holder answers those whose owners change to include it, or who ask it by hint.
-// Fewer streams. A get offers its stream for the next get to the same holder (cache-exchange.ts,
-// again), which a lookup soon after takes. What one publish run hands one member (puts and keeps: a job's result, its
+// Fewer streams. A get or batch offers its stream for the next request to the same member
+// (cache-exchange.ts, again), which a lookup or publish soon after takes. What one publish run hands one member (puts and keeps: a job's result, its
 // depend form and manifest set, and other jobs' when publishing lags) goes on one stream, a batch
 // (cache-exchange.ts), and a publish waits PUBLISH_LINGER_MS for the others of its job to join
 // it: on bench-job-cpu's kernel units a remote job's client opened 7.2 cache-exchange streams, and
@@ -58,7 +58,7 @@ import { SharedStore } from '../cache/shared-store.js'
 import { MAX_SIGNED_ENTRY_BYTES, SignedEntryError, attachSignature, checkSignature, openSignedEntry, sealEncoded, sealEntry, signatureOf, wrappedEntry, type EntrySigner } from '../cache/signed-entry.js'
 import type { TrustPolicy } from '../cache/trust.js'
 import { BackgroundQueue } from '../cache/background-queue.js'
-import { GetStreams, KEEP_MAX_BYTES, MAX_BATCH_OPS, getEntry, keepEntry, putEntry, sendBatch, serveCacheExchange, type BatchOp, type CacheExchangeServer, type FollowedEntry, type KeepRequest, type PartRef } from '../mesh/protocols/cache-exchange.js'
+import { KEEP_MAX_BYTES, MAX_BATCH_OPS, getEntry, keepEntry, putEntry, ReusableStreams, sendBatch, serveCacheExchange, type BatchOp, type CacheExchangeServer, type FollowedEntry, type KeepRequest, type PartRef } from '../mesh/protocols/cache-exchange.js'
 import type { KeptJobs } from './kept-jobs.js'
 import { sharedIdentity } from './shared-identity.js'
 
@@ -170,8 +170,8 @@ export interface MeshCacheStats {
   batched_ops: number
   /** puts and keeps other members sent here in batches */
   batched_ops_received: number
-  /** client side: gets sent on a stream a holder had answered a get on already (cache-exchange.ts, again) */
-  get_streams_reused: number
+  /** client side: gets and batches sent on a stream a member had answered on already (cache-exchange.ts, again) */
+  streams_reused: number
   failures: Record<SharedFailure, number>
   /** members skipped now after answering late or failing */
   members_skipped: number
@@ -221,12 +221,12 @@ export class MeshCache {
   private readonly noBatch = new Map<string, number>()
   /** jobs whose builder, no owner, was sent its keep as an extra holder already */
   private readonly extraKept = new WeakSet<BuiltBy>()
-  /** streams the holders read another get on */
-  private readonly getStreams = new GetStreams()
+  /** streams the other members read another request on */
+  private readonly streams = new ReusableStreams()
   private readonly queue: BackgroundQueue<PublishItem>
   private readonly stopping = new AbortController()
   private server: CacheExchangeServer | null = null
-  private readonly counters: Omit<MeshCacheStats, 'failures' | 'members_skipped' | 'serving_streams' | 'shared_entries' | 'shared_bytes' | 'shared_max_bytes' | 'get_streams_reused'> = {
+  private readonly counters: Omit<MeshCacheStats, 'failures' | 'members_skipped' | 'serving_streams' | 'shared_entries' | 'shared_bytes' | 'shared_max_bytes' | 'streams_reused'> = {
     lookups: 0, remote_hits: 0, followed_hits: 0, remote_misses: 0, lookups_unasked: 0, shared_lookup_ms: 0, entries_published: 0,
     publish_dropped: 0, entries_pushed: 0, entries_served: 0, entries_stored_for_others: 0, entries_refused_for_others: 0,
     entries_kept_by_builder: 0, keep_refused: 0, keeps_accepted: 0, keep_fallbacks: 0, keep_bytes_sent: 0,
@@ -354,7 +354,7 @@ export class MeshCache {
       failures: { ...this.failures },
       members_skipped: [...this.skipped.values()].filter((until) => until > now).length,
       serving_streams: this.server?.openStreams() ?? 0,
-      get_streams_reused: this.getStreams.reused,
+      streams_reused: this.streams.reused,
       shared_entries: st.entries, shared_bytes: st.bytes, shared_max_bytes: st.maxBytes
     }
   }
@@ -367,7 +367,7 @@ export class MeshCache {
   /** Drop the backlog, abort uploads in flight, close the store of entries held for others. */
   async stop(): Promise<void> {
     this.stopping.abort()
-    this.getStreams.closeAll()
+    this.streams.closeAll()
     await this.server?.stop().catch(() => {})
     await this.queue.stop()
     await this.opts.store?.close()
@@ -495,7 +495,7 @@ export class MeshCache {
   private async ask(peer: string, key: string, signal: AbortSignal, answerBy: AbortSignal, follow: boolean): Promise<Answer> {
     const { mesh, trust } = this.opts
     try {
-      const r = await getEntry(mesh.libp2p, mesh.meshId, peer, key, { signal, answerSignal: answerBy, limit: MAX_SIGNED_ENTRY_BYTES, follow, streams: this.getStreams })
+      const r = await getEntry(mesh.libp2p, mesh.meshId, peer, key, { signal, answerSignal: answerBy, limit: MAX_SIGNED_ENTRY_BYTES, follow, streams: this.streams })
       this.lateInARow.delete(peer)
       if (r.kind === 'miss') return { kind: 'miss' }
       if (r.kind === 'refused') {
@@ -589,7 +589,7 @@ export class MeshCache {
     const bytes = sent.reduce((n, { op }) => n + (op.op === 'put' ? op.blob.length : op.extra.length), 0)
     const signal = AbortSignal.any([this.stopping.signal, AbortSignal.timeout(5000 * sent.length + Math.ceil(bytes / 1024))])
     await this.queue.pace(bytes, signal)
-    const r = await sendBatch(mesh.libp2p, mesh.meshId, peer, sent.map((s) => s.op), signal)
+    const r = await sendBatch(mesh.libp2p, mesh.meshId, peer, sent.map((s) => s.op), signal, this.streams)
     if (this.stopping.signal.aborted) return
     if (r.replies.length === 0 && r.error !== null && !signal.aborted) {
       log.debug(`mesh cache: a batch to ${peer} failed before any answer (single operations go there for ${NO_KEEP_MS / 60_000} min): ${r.error.message.split('\n')[0]}`)

@@ -9,12 +9,13 @@
 //   A holder that does not know follow (an older meshcc) answers as to a plain get, and a client
 //   that did not ask never gets a second blob. The client verifies key2's entry like any other.
 //   The second entry is at most FOLLOW_MAX_BYTES (a larger one the client asks for itself).
-//   With again: true the client offers to send its next get on the same stream; a holder that
-//   takes it says again: true in its answer (a miss or a hit) and reads one more get, waiting
-//   GET_IDLE_MS for it, then closes quietly; the client parks the stream for less than that
-//   (GetStreams). A lookup per job and owner each opened a stream of their own: yamux, protocol
-//   negotiation and a handler run on both sides. A holder of the previous version ignores the
-//   field and closes as before; a parked stream that fails before its answer is dialed anew.
+//   With again: true the client offers to send its next request (a get or a batch) on the same
+//   stream; a holder that takes it says again: true in its answer (a miss or a hit) and reads one
+//   more request, waiting IDLE_MS for it, then closes quietly; the client parks the stream for
+//   less than that (ReusableStreams). Lookups and publishes per job and owner each opened a
+//   stream of their own: yamux, protocol negotiation and a handler run on both sides. A holder of
+//   the previous version ignores the field and closes as before; a parked stream that fails
+//   before its answer is dialed anew.
 //
 //   client → {v:1, op:'put', key, size}
 //   owner  → {type:'accepted'}   |   {type:'refused', reason}     decided before any entry byte is read
@@ -36,7 +37,9 @@
 //   the previous version fails the stream on the unknown op: the client sends the entry whole.
 //
 //   client → {v:1, op:'batch', key, count}      then `count` (at most MAX_BATCH_OPS) puts and keeps,
-//            each exactly as on a stream of its own, with the same replies, one after the other
+//            each exactly as on a stream of its own, with the same replies, one after the other;
+//            with again: true, the member reads one more request after it, as after a get (every
+//            member that takes batches does)
 //   What a client hands one owner at once (a job's result, its depend form, the manifest set, and
 //   other jobs' when publishing lags) on one stream: each stream costs both sides a yamux stream,
 //   protocol negotiation and a handler run. Every operation in it passes the checks and limits
@@ -70,11 +73,11 @@ export const KEEP_MAX_BYTES = 1024 * 1024
 export const KEEP_PARTS = 4
 /** the most operations one batch carries */
 export const MAX_BATCH_OPS = 32
-/** a holder that said again waits this long for the next get; a client parks a stream for GET_PARK_MS, well under it */
-export const GET_IDLE_MS = 3000
-const GET_PARK_MS = 2000
-/** gets one stream carries at most, and streams parked per holder */
-const MAX_GETS_PER_STREAM = 256
+/** a holder that said again waits this long for the next request; a client parks a stream for PARK_MS, well under it */
+export const IDLE_MS = 3000
+const PARK_MS = 2000
+/** requests one stream carries at most, and streams parked per holder */
+const MAX_REQUESTS_PER_STREAM = 256
 const MAX_PARKED_PER_PEER = 2
 const deflateRawAsync = promisify(deflateRaw)
 const inflateRawAsync = promisify(inflateRaw)
@@ -113,30 +116,32 @@ export interface GetOptions {
   follow?: boolean
   /** a read that waits longer than this for the next piece fails (default 5 s) */
   stallMs?: number
-  /** streams the holder reads another get on: taken from here, and parked here again after the answer */
-  streams?: GetStreams
+  /** streams the holder reads another request on: taken from here, and parked here again after the answer */
+  streams?: ReusableStreams
 }
 
-/** Client side: streams whose holders read one more get (again), a few per holder, each for GET_PARK_MS. */
-export class GetStreams {
+/** Client side: streams whose holders read one more request (again), a few per holder, each for PARK_MS. */
+export class ReusableStreams {
   private readonly parked = new Map<string, Array<{ f: Framed; timer: NodeJS.Timeout }>>()
-  /** gets sent on a parked stream */
+  /** requests answered on a parked stream */
   reused = 0
 
+  /** a parked stream to `peer` that its end has not closed, or null */
   take(peer: string): Framed | null {
-    const list = this.parked.get(peer)
-    const p = list?.pop()
-    if (list?.length === 0) this.parked.delete(peer)
-    if (!p) return null
-    clearTimeout(p.timer)
-    return p.f
+    for (let p = this.parked.get(peer)?.at(-1); p; p = this.parked.get(peer)?.at(-1)) {
+      this.drop(peer, p, false)
+      const { stream } = p.f
+      if (stream.status === 'open' && stream.remoteWriteStatus === 'writable') return p.f
+      void p.f.close()
+    }
+    return null
   }
 
   park(peer: string, f: Framed): void {
     const list = this.parked.get(peer) ?? []
     this.parked.set(peer, list)
     if (list.length >= MAX_PARKED_PER_PEER) this.drop(peer, list.shift()!)
-    const p = { f, timer: setTimeout(() => this.drop(peer, p), GET_PARK_MS) }
+    const p = { f, timer: setTimeout(() => this.drop(peer, p), PARK_MS) }
     p.timer.unref()
     list.push(p)
   }
@@ -145,13 +150,13 @@ export class GetStreams {
     for (const [peer, list] of this.parked) for (const p of [...list]) this.drop(peer, p)
   }
 
-  private drop(peer: string, p: { f: Framed; timer: NodeJS.Timeout }): void {
+  private drop(peer: string, p: { f: Framed; timer: NodeJS.Timeout }, close = true): void {
     clearTimeout(p.timer)
     const list = this.parked.get(peer)
     const i = list?.indexOf(p) ?? -1
     if (i >= 0) list!.splice(i, 1)
     if (list?.length === 0) this.parked.delete(peer)
-    void p.f.close()
+    if (close) void p.f.close()
   }
 }
 
@@ -183,11 +188,12 @@ export async function getEntry(node: Libp2p, meshId: string, peer: string, k: st
   }
   // the protocol's name goes out with the request: no round trip of its own
   const stream = await node.dialProtocol(peerIdOf(peer), cacheExchangeProtocol(meshId), { signal: answer, negotiateFully: false })
-  return await getOn(new Framed(stream, { stallMs: opts.stallMs ?? 5000 }), peer, k, opts, answer, false)
+  return await getOn(new Framed(stream), peer, k, opts, answer, false)
 }
 
 async function getOn(f: Framed, peer: string, k: string, opts: GetOptions, answer: AbortSignal, reused: boolean): Promise<GetReply> {
   let parked = false
+  f.setStallMs(opts.stallMs ?? 5000)
   try {
     let head: { type?: unknown; reason?: unknown; next?: unknown; again?: unknown }
     try {
@@ -254,24 +260,46 @@ export type BatchOp = { op: 'put'; key: string; blob: Buffer } | { op: 'keep'; r
 export interface BatchResult { replies: Array<PutReply & { sent?: number }>; error: Error | null }
 
 /**
- * Client side: several puts and keeps to `peer` on one stream (see the header). Never throws: a
- * member of the previous version gives no reply at all and an error, and the caller sends the
- * operations one by one then.
+ * Client side: several puts and keeps to `peer` on one stream (see the header), a parked one from
+ * `streams` when there is one (and parked there again after). Never throws: a member of the
+ * previous version gives no reply at all and an error, and the caller sends the operations one
+ * by one then.
  */
-export async function sendBatch(node: Libp2p, meshId: string, peer: string, ops: BatchOp[], signal: AbortSignal): Promise<BatchResult> {
-  const replies: BatchResult['replies'] = []
-  if (ops.length === 0 || ops.length > MAX_BATCH_OPS) return { replies, error: new Error(`a batch of ${ops.length} operations`) }
-  let f: Framed | null = null
+export async function sendBatch(node: Libp2p, meshId: string, peer: string, ops: BatchOp[], signal: AbortSignal, streams?: ReusableStreams): Promise<BatchResult> {
+  if (ops.length === 0 || ops.length > MAX_BATCH_OPS) return { replies: [], error: new Error(`a batch of ${ops.length} operations`) }
+  const parked = streams?.take(peer)
+  if (parked) {
+    const r = await batchOn(parked, peer, ops, signal, streams)
+    if (r.replies.length > 0 || r.error === null) streams!.reused++
+    // the member closed it meanwhile: on a new one
+    if (r.replies.length > 0 || r.error === null || signal.aborted) return r
+  }
+  let f: Framed
   try {
     f = await open(node, meshId, peer, signal)
+  } catch (err) {
+    return { replies: [], error: err as Error }
+  }
+  return await batchOn(f, peer, ops, signal, streams)
+}
+
+async function batchOn(f: Framed, peer: string, ops: BatchOp[], signal: AbortSignal, streams?: ReusableStreams): Promise<BatchResult> {
+  const replies: BatchResult['replies'] = []
+  let parked = false
+  f.setStallMs(10_000)
+  try {
     const first = ops[0]!
-    await f.writeJson({ v: VERSION, op: 'batch', key: first.op === 'put' ? first.key : first.req.key, count: ops.length }, signal)
+    await f.writeJson({ v: VERSION, op: 'batch', key: first.op === 'put' ? first.key : first.req.key, count: ops.length, ...(streams ? { again: true } : {}) }, signal)
     for (const o of ops) replies.push(o.op === 'put' ? await putOn(f, o.key, o.blob, signal) : await keepOn(f, o.req, o.extra, signal))
+    if (streams && !signal.aborted) {
+      streams.park(peer, f)
+      parked = true
+    }
     return { replies, error: null }
   } catch (err) {
     return { replies, error: err as Error }
   } finally {
-    await f?.close()
+    if (!parked) await f.close()
   }
 }
 
@@ -389,10 +417,10 @@ async function readRequest(f: Framed, signal?: AbortSignal): Promise<Request> {
   return req
 }
 
-/** The next get on a stream whose asker was told again; null when it closed the stream or sent nothing for GET_IDLE_MS (a quiet end). */
-async function nextGet(f: Framed): Promise<Request | null> {
+/** The next request on a stream whose asker was told again; null when it closed the stream or sent nothing for IDLE_MS (a quiet end). */
+async function nextRequest(f: Framed): Promise<Request | null> {
   const idle = new AbortController()
-  const timer = setTimeout(() => idle.abort(), GET_IDLE_MS)
+  const timer = setTimeout(() => idle.abort(), IDLE_MS)
   try {
     return await readRequest(f, idle.signal)
   } catch (err) {
@@ -455,6 +483,25 @@ export async function serveCacheExchange(node: Libp2p, meshId: string, handler: 
       const why = await handler.put(peer, k, blob)
       await f.writeJson(why === null ? { type: 'stored' } : { type: 'refused', reason: why })
     }
+    /** the operations of a batch, each as on a stream of its own; false when the stream ends here */
+    const batch = async (req: Request): Promise<boolean> => {
+      const count = int(req.count, 'count', 1, MAX_BATCH_OPS)
+      for (let i = 0; i < count; i++) {
+        account.end()
+        account = held.account(peer)
+        f.resetUnread()
+        const sub = await readRequest(f)
+        if (sub.op !== 'put' && sub.op !== 'keep') throw new ProtocolViolation(`cache operation ${clip(String(sub.op), 40)} in a batch`)
+        const sk = key(sub.key)
+        if (!handler.isAllowed(peer)) {
+          await refuse(f, 'not allowed here ([mesh] allow)')
+          return false
+        }
+        await store(sub, sk, false)
+        handler.onBatched?.(peer)
+      }
+      return true
+    }
     /** answer a get (again: the asker may send another on this stream); false when the stream ends here */
     const answerGet = async (k: string, follow: boolean, again: boolean): Promise<boolean> => {
       const more = again ? { again: true } : {}
@@ -478,36 +525,23 @@ export async function serveCacheExchange(node: Libp2p, meshId: string, handler: 
       const req = await readRequest(f)
       const k = key(req.key)
       if (!handler.isAllowed(peer)) return await refuse(f, 'not allowed here ([mesh] allow)')
-      if (req.op === 'get') {
-        let r = req
-        let rk = k
-        for (let n = 1; ; n++) {
-          const again = r.again === true && n < MAX_GETS_PER_STREAM
-          if (!(await answerGet(rk, r.follow === true, again)) || !again) return
-          // the next get, as on a stream of its own: its bytes held until it is answered
-          account.end()
-          account = held.account(peer)
-          const next = await nextGet(f)
-          if (next === null) return
-          if (next.op !== 'get') throw new ProtocolViolation(`cache operation ${clip(String(next.op), 40)} after a get`)
-          rk = key(next.key)
-          if (!handler.isAllowed(peer)) return await refuse(f, 'not allowed here ([mesh] allow)')
-          r = next
-        }
-      }
-      if (req.op !== 'batch') return await store(req, k, true)
-      const count = int(req.count, 'count', 1, MAX_BATCH_OPS)
-      for (let i = 0; i < count; i++) {
-        // each operation as on a stream of its own: its bytes held until it ends, no more room to wait unread
+      // gets and batches may be followed by another request on the stream (again); a put or keep is alone
+      if (req.op !== 'get' && req.op !== 'batch') return await store(req, k, true)
+      let r = req
+      let rk = k
+      for (let n = 1; ; n++) {
+        const again = r.again === true && n < MAX_REQUESTS_PER_STREAM
+        if (!(await (r.op === 'batch' ? batch(r) : answerGet(rk, r.follow === true, again))) || !again) return
+        // the next request, as on a stream of its own: its bytes held until it is answered, no more room to wait unread
         account.end()
         account = held.account(peer)
         f.resetUnread()
-        const sub = await readRequest(f)
-        if (sub.op !== 'put' && sub.op !== 'keep') throw new ProtocolViolation(`cache operation ${clip(String(sub.op), 40)} in a batch`)
-        const sk = key(sub.key)
+        const next = await nextRequest(f)
+        if (next === null) return
+        if (next.op !== 'get' && next.op !== 'batch') throw new ProtocolViolation(`cache operation ${clip(String(next.op), 40)} after a get or batch`)
+        rk = key(next.key)
         if (!handler.isAllowed(peer)) return await refuse(f, 'not allowed here ([mesh] allow)')
-        await store(sub, sk, false)
-        handler.onBatched?.(peer)
+        r = next
       }
     } catch (err) {
       onError(peer, err as Error)

@@ -39,7 +39,10 @@ export class Framed {
   /** allowUnread widened the read buffer */
   private raised = false
 
-  constructor(readonly stream: Stream, private readonly opts: FramedOptions = {}) {
+  private readonly opts: FramedOptions
+
+  constructor(readonly stream: Stream, opts: FramedOptions = {}) {
+    this.opts = { ...opts } // setStallMs changes this copy
     this.lp = this.wrap(opts.maxBufferSize)
   }
 
@@ -57,6 +60,11 @@ export class Framed {
     this.lp.unwrap() // what is buffered goes back onto the stream, for the new reader
     this.lp = this.wrap(bytes)
     this.raised = true
+  }
+
+  /** The stall limit of the reads from now on (a stream that carries requests of different kinds). */
+  setStallMs(ms: number): void {
+    this.opts.stallMs = ms
   }
 
   /** Back to the room for unread bytes the stream started with, once what allowUnread reserved is given back. */
