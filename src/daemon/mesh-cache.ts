@@ -164,7 +164,7 @@ export interface MeshCacheStats {
   keep_fallbacks: number
   /** client side: bytes of keeps sent (control frame and extra bytes) */
   keep_bytes_sent: number
-  /** client side: streams that carried several puts and keeps to one member (a batch) */
+  /** client side: batches sent (the puts and keeps one member gets from a publish run, on one stream) */
   batches_sent: number
   /** client side: puts and keeps answered in those */
   batched_ops: number
@@ -569,10 +569,13 @@ export class MeshCache {
     ]
   }
 
-  /** Hand `peer` what it gets: in a batch when there are several, one by one to a member of the previous version. */
+  /**
+   * Hand `peer` what it gets: in a batch (one operation too: it may go on a parked stream, and
+   * leaves one), one by one to a member of the previous version.
+   */
   private async deliver(peer: string, ds: Delivery[]): Promise<void> {
     const now = Date.now()
-    if (ds.length === 1 || !this.current(this.noBatch, peer, now)) {
+    if (!this.current(this.noBatch, peer, now)) {
       await Promise.all(ds.map((d) => (d.kind === 'put' ? this.put(peer, d.key, d.blob) : this.keepAt(peer, d.key, d.entry, d.blob, d.built, d.owner))))
       return
     }
@@ -585,6 +588,10 @@ export class MeshCache {
       if (made) sent.push({ d, op: { op: 'keep', req: made.req, extra: made.extra } })
       else if (d.kind === 'put' || d.owner) sent.push({ d: { peer, key: d.key, blob: d.blob, kind: 'put' }, op: { op: 'put', key: d.key, blob: d.blob } })
       if (d.kind === 'keep' && !made) undescribed++
+    }
+    if (sent.length === 0) {
+      this.counters.keep_fallbacks += undescribed
+      return
     }
     const bytes = sent.reduce((n, { op }) => n + (op.op === 'put' ? op.blob.length : op.extra.length), 0)
     const signal = AbortSignal.any([this.stopping.signal, AbortSignal.timeout(5000 * sent.length + Math.ceil(bytes / 1024))])
