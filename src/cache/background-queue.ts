@@ -16,6 +16,11 @@ export interface BackgroundQueueOptions<T> {
   concurrency?: number
   /** average upload rate through pace(), bytes per second; 0 = unpaced */
   bytesPerSec?: number
+  /**
+   * Items run together: up to `max` waiting items go to `run` at once (run is then not called),
+   * and an item pushed while a slot is free waits `lingerMs` for others to join it.
+   */
+  group?: { max: number; lingerMs: number; run: (items: T[]) => Promise<void> }
 }
 
 export class BackgroundQueue<T> {
@@ -24,6 +29,7 @@ export class BackgroundQueue<T> {
   private running = 0
   private stopped = false
   private busyUntil = 0
+  private linger: NodeJS.Timeout | null = null
   private readonly idleWaiters: Array<() => void> = []
   private readonly maxItems: number
   private readonly maxBytes: number
@@ -47,12 +53,14 @@ export class BackgroundQueue<T> {
     if (this.stopped || n > this.maxBytes) { this.opts.onDrop?.(item); return false }
     this.items.push(item)
     this.bytes += n
-    while (this.items.length > this.maxItems || this.bytes > this.maxBytes) {
+    const over = () => this.items.length > this.maxItems || this.bytes > this.maxBytes
+    // a backlog past its bounds goes to a free slot before anything is dropped: no lingering then
+    this.pump(!over())
+    while (over()) {
       const old = this.items.shift()!
       this.bytes -= this.opts.size(old)
       this.opts.onDrop?.(old)
     }
-    this.pump()
     return true
   }
 
@@ -77,17 +85,25 @@ export class BackgroundQueue<T> {
   /** Drop what waits (counted) and wait for what is in flight. */
   async stop(): Promise<void> {
     this.stopped = true
+    if (this.linger) clearTimeout(this.linger)
+    this.linger = null
     for (const item of this.items.splice(0)) this.opts.onDrop?.(item)
     this.bytes = 0
     await this.idle()
   }
 
-  private pump(): void {
+  /** Start what the free slots allow; `linger`: a group may wait for more items first (a push). */
+  private pump(linger = false): void {
+    const { group } = this.opts
     while (this.running < this.concurrency && this.items.length > 0) {
-      const item = this.items.shift()!
-      this.bytes -= this.opts.size(item)
+      if (group && linger && group.lingerMs > 0 && this.items.length < group.max) {
+        this.linger ??= setTimeout(() => { this.linger = null; this.pump() }, group.lingerMs)
+        return
+      }
+      const taken = this.items.splice(0, group ? group.max : 1)
+      for (const item of taken) this.bytes -= this.opts.size(item)
       this.running++
-      void this.opts.run(item).catch(() => {}).finally(() => {
+      void (group ? group.run(taken) : this.opts.run(taken[0]!)).catch(() => {}).finally(() => {
         this.running--
         this.pump()
         if (this.items.length === 0 && this.running === 0) for (const w of this.idleWaiters.splice(0)) w()

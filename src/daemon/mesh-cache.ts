@@ -37,6 +37,13 @@
 // costs the builder an encode and both sides a stream): the owners still get the entry whole, and
 // a refused keep is not followed by a put (a copy beyond the owners is not worth the entry). Lookups ask the owners, so such
 // an extra holder answers those whose owners change to include it, or who ask it by hint.
+// Fewer streams. A get or batch offers its stream for the next request to the same member
+// (cache-exchange.ts, again), which a lookup or publish soon after takes. What one publish run hands one member (puts and keeps: a job's result, its
+// depend form and manifest set, and other jobs' when publishing lags) goes on one stream, a batch
+// (cache-exchange.ts), and a publish waits PUBLISH_LINGER_MS for the others of its job to join
+// it: on bench-job-cpu's kernel units a remote job's client opened 7.2 cache-exchange streams, and
+// each costs both sides a yamux stream, protocol negotiation and a handler run. A member that fails
+// a batch before answering any of it (one of the previous version) gets them one by one for a while.
 //   stats()              counters as a plain object (for stats.ts and status).
 //   serve()              answers the other members' gets and puts (protocols/cache-exchange.ts).
 import { join } from 'node:path'
@@ -51,7 +58,7 @@ import { SharedStore } from '../cache/shared-store.js'
 import { MAX_SIGNED_ENTRY_BYTES, SignedEntryError, attachSignature, checkSignature, openSignedEntry, sealEncoded, sealEntry, signatureOf, wrappedEntry, type EntrySigner } from '../cache/signed-entry.js'
 import type { TrustPolicy } from '../cache/trust.js'
 import { BackgroundQueue } from '../cache/background-queue.js'
-import { KEEP_MAX_BYTES, getEntry, keepEntry, putEntry, serveCacheExchange, type CacheExchangeServer, type FollowedEntry, type KeepRequest, type PartRef } from '../mesh/protocols/cache-exchange.js'
+import { KEEP_MAX_BYTES, MAX_BATCH_OPS, getEntry, keepEntry, putEntry, ReusableStreams, sendBatch, serveCacheExchange, type BatchOp, type CacheExchangeServer, type FollowedEntry, type KeepRequest, type PartRef } from '../mesh/protocols/cache-exchange.js'
 import type { KeptJobs } from './kept-jobs.js'
 import { sharedIdentity } from './shared-identity.js'
 
@@ -66,8 +73,10 @@ const MAX_FOLLOWED_BYTES = 64 * 1024 * 1024
  * member cannot make it unpack a big entry of its own on every request (sets are kilobytes)
  */
 const MAX_SET_BYTES = 4 * 1024 * 1024
-/** a member whose keep failed as a stream (one of the previous version) gets whole entries for this long */
+/** a member whose keep failed as a stream (one of the previous version) gets whole entries for this long; one whose batch failed, single operations */
 const NO_KEEP_MS = 10 * 60_000
+/** a publish waits this long for the other publishes of its job (they follow within milliseconds), to share their streams */
+const PUBLISH_LINGER_MS = 20
 /** the most bytes of meta a keep carries in its control frame (entryMeta is a few short strings) */
 const KEEP_MAX_META_BYTES = 64 * 1024
 
@@ -155,6 +164,14 @@ export interface MeshCacheStats {
   keep_fallbacks: number
   /** client side: bytes of keeps sent (control frame and extra bytes) */
   keep_bytes_sent: number
+  /** client side: batches sent (the puts and keeps one member gets from a publish run, on one stream) */
+  batches_sent: number
+  /** client side: puts and keeps answered in those */
+  batched_ops: number
+  /** puts and keeps other members sent here in batches */
+  batched_ops_received: number
+  /** client side: gets and batches sent on a stream a member had answered on already (cache-exchange.ts, again) */
+  streams_reused: number
   failures: Record<SharedFailure, number>
   /** members skipped now after answering late or failing */
   members_skipped: number
@@ -178,6 +195,9 @@ interface PublishItem {
   encoded?: Promise<readonly Buffer[]>
 }
 
+/** What one member gets of a published entry: the signed entry whole, or a keep (the builder that ran it, `owner`: one of the key's owners too). */
+type Delivery = { peer: string; key: string; blob: Buffer } & ({ kind: 'put' } | { kind: 'keep'; entry: CacheEntry; built: BuiltBy; owner: boolean })
+
 type Answer = { kind: 'hit'; hit: RemoteHit; blob: Buffer } | { kind: 'miss' } | { kind: 'none' }
 
 function entryBytes(e: CacheEntry): number {
@@ -197,15 +217,20 @@ export class MeshCache {
   private readonly followed = new Map<string, FollowedEntry & { from: string; until: number }>()
   /** members that failed a keep as a stream (the previous version), until when they get whole entries */
   private readonly noKeep = new Map<string, number>()
+  /** members that failed a batch before answering any of it (the previous version), until when they get single operations */
+  private readonly noBatch = new Map<string, number>()
   /** jobs whose builder, no owner, was sent its keep as an extra holder already */
   private readonly extraKept = new WeakSet<BuiltBy>()
+  /** streams the other members read another request on */
+  private readonly streams = new ReusableStreams()
   private readonly queue: BackgroundQueue<PublishItem>
   private readonly stopping = new AbortController()
   private server: CacheExchangeServer | null = null
-  private readonly counters: Omit<MeshCacheStats, 'failures' | 'members_skipped' | 'serving_streams' | 'shared_entries' | 'shared_bytes' | 'shared_max_bytes'> = {
+  private readonly counters: Omit<MeshCacheStats, 'failures' | 'members_skipped' | 'serving_streams' | 'shared_entries' | 'shared_bytes' | 'shared_max_bytes' | 'streams_reused'> = {
     lookups: 0, remote_hits: 0, followed_hits: 0, remote_misses: 0, lookups_unasked: 0, shared_lookup_ms: 0, entries_published: 0,
     publish_dropped: 0, entries_pushed: 0, entries_served: 0, entries_stored_for_others: 0, entries_refused_for_others: 0,
-    entries_kept_by_builder: 0, keep_refused: 0, keeps_accepted: 0, keep_fallbacks: 0, keep_bytes_sent: 0
+    entries_kept_by_builder: 0, keep_refused: 0, keeps_accepted: 0, keep_fallbacks: 0, keep_bytes_sent: 0,
+    batches_sent: 0, batched_ops: 0, batched_ops_received: 0
   }
   private readonly failures: Record<SharedFailure, number> = { timeout: 0, error: 0, refused: 0, malformed: 0, signature: 0, untrusted: 0, entry: 0 }
 
@@ -216,7 +241,9 @@ export class MeshCache {
     this.maxBudgetMs = Math.max(this.minBudgetMs, opts.maxBudgetMs ?? 400)
     this.skipMs = opts.skipMs ?? 30_000
     this.queue = new BackgroundQueue<PublishItem>({
-      run: (item) => this.send(item),
+      run: (item) => this.send([item]),
+      // a batch carries at most one operation per item
+      group: { max: MAX_BATCH_OPS, lingerMs: PUBLISH_LINGER_MS, run: (items) => this.send(items) },
       size: (item) => item.blob?.length ?? (item.entry ? entryBytes(item.entry) : 0),
       onDrop: () => { this.counters.publish_dropped++ },
       maxItems: opts.backlogEntries ?? 256,
@@ -249,6 +276,7 @@ export class MeshCache {
         return r.reason
       },
       onServed: () => { this.counters.entries_served++ },
+      onBatched: () => { this.counters.batched_ops_received++ },
       keep: async (peer, req, extra) => {
         const why = await this.keepHere(peer, req, extra)
         if (why === null) this.counters.entries_kept_by_builder++
@@ -326,6 +354,7 @@ export class MeshCache {
       failures: { ...this.failures },
       members_skipped: [...this.skipped.values()].filter((until) => until > now).length,
       serving_streams: this.server?.openStreams() ?? 0,
+      streams_reused: this.streams.reused,
       shared_entries: st.entries, shared_bytes: st.bytes, shared_max_bytes: st.maxBytes
     }
   }
@@ -338,6 +367,7 @@ export class MeshCache {
   /** Drop the backlog, abort uploads in flight, close the store of entries held for others. */
   async stop(): Promise<void> {
     this.stopping.abort()
+    this.streams.closeAll()
     await this.server?.stop().catch(() => {})
     await this.queue.stop()
     await this.opts.store?.close()
@@ -465,7 +495,7 @@ export class MeshCache {
   private async ask(peer: string, key: string, signal: AbortSignal, answerBy: AbortSignal, follow: boolean): Promise<Answer> {
     const { mesh, trust } = this.opts
     try {
-      const r = await getEntry(mesh.libp2p, mesh.meshId, peer, key, { signal, answerSignal: answerBy, limit: MAX_SIGNED_ENTRY_BYTES, follow })
+      const r = await getEntry(mesh.libp2p, mesh.meshId, peer, key, { signal, answerSignal: answerBy, limit: MAX_SIGNED_ENTRY_BYTES, follow, streams: this.streams })
       this.lateInARow.delete(peer)
       if (r.kind === 'miss') return { kind: 'miss' }
       if (r.kind === 'refused') {
@@ -490,7 +520,19 @@ export class MeshCache {
     }
   }
 
-  private async send(item: PublishItem): Promise<void> {
+  /** Publish `items`: what each member gets of them, on one stream per member. */
+  private async send(items: PublishItem[]): Promise<void> {
+    const byPeer = new Map<string, Delivery[]>()
+    for (const d of (await Promise.all(items.map((item) => this.deliveries(item)))).flat()) {
+      const list = byPeer.get(d.peer)
+      if (list) list.push(d)
+      else byPeer.set(d.peer, [d])
+    }
+    await Promise.all([...byPeer].map(([peer, ds]) => this.deliver(peer, ds)))
+  }
+
+  /** Sign `item` (unless it is signed) and say what each of its owners, and the builder that ran it, gets. */
+  private async deliveries(item: PublishItem): Promise<Delivery[]> {
     const { mesh, signer, store, log } = this.opts
     let blob = item.blob
     if (blob === null) {
@@ -499,7 +541,7 @@ export class MeshCache {
       } catch (err) {
         this.failures.entry++
         log.warn(`cannot publish cache entry ${item.key.slice(0, 16)}: ${(err as Error).message}`)
-        return
+        return []
       }
       // the producer keeps what it made: callers that know who made an entry may ask it
       await store?.keepVerified(item.key, blob).catch((err: Error) => log.warn(`cannot keep cache entry ${item.key.slice(0, 16)} for the mesh: ${err.message}`))
@@ -514,16 +556,77 @@ export class MeshCache {
     })
     // the builder that ran it: a keep, as the owner it may be or as an extra holder (see the header)
     const built = item.built
-    const b = blob
     let keeper = built !== null && this.takesKeeps(byId.get(built.peer), now) ? built.peer : null
     if (keeper !== null && !targets.includes(keeper)) {
       if (this.extraKept.has(built!)) keeper = null
       else this.extraKept.add(built!)
     }
-    await Promise.all([
-      ...targets.filter((peer) => peer !== keeper).map((peer) => this.put(peer, item.key, b)),
-      ...(keeper !== null ? [this.keepAt(keeper, item.key, item.entry!, b, built!, targets.includes(keeper))] : [])
-    ])
+    const key = item.key
+    const b = blob
+    return [
+      ...targets.filter((peer) => peer !== keeper).map((peer): Delivery => ({ kind: 'put', peer, key, blob: b })),
+      ...(keeper !== null ? [{ kind: 'keep', peer: keeper, key, blob: b, entry: item.entry!, built: built!, owner: targets.includes(keeper) } as const] : [])
+    ]
+  }
+
+  /**
+   * Hand `peer` what it gets: in a batch (one operation too: it may go on a parked stream, and
+   * leaves one), one by one to a member of the previous version.
+   */
+  private async deliver(peer: string, ds: Delivery[]): Promise<void> {
+    const now = Date.now()
+    if (!this.current(this.noBatch, peer, now)) {
+      await Promise.all(ds.map((d) => (d.kind === 'put' ? this.put(peer, d.key, d.blob) : this.keepAt(peer, d.key, d.entry, d.blob, d.built, d.owner))))
+      return
+    }
+    const { mesh, log } = this.opts
+    // a keep too large to describe goes as the put an owner would get instead (as keepAt does)
+    const sent: Array<{ d: Delivery; op: BatchOp }> = []
+    let undescribed = 0
+    for (const d of ds) {
+      const made = d.kind === 'keep' ? keepRequest(d.key, d.entry, d.blob, d.built) : null
+      if (made) sent.push({ d, op: { op: 'keep', req: made.req, extra: made.extra } })
+      else if (d.kind === 'put' || d.owner) sent.push({ d: { peer, key: d.key, blob: d.blob, kind: 'put' }, op: { op: 'put', key: d.key, blob: d.blob } })
+      if (d.kind === 'keep' && !made) undescribed++
+    }
+    if (sent.length === 0) {
+      this.counters.keep_fallbacks += undescribed
+      return
+    }
+    const bytes = sent.reduce((n, { op }) => n + (op.op === 'put' ? op.blob.length : op.extra.length), 0)
+    const signal = AbortSignal.any([this.stopping.signal, AbortSignal.timeout(5000 * sent.length + Math.ceil(bytes / 1024))])
+    await this.queue.pace(bytes, signal)
+    const r = await sendBatch(mesh.libp2p, mesh.meshId, peer, sent.map((s) => s.op), signal, this.streams)
+    if (this.stopping.signal.aborted) return
+    if (r.replies.length === 0 && r.error !== null && !signal.aborted) {
+      log.debug(`mesh cache: a batch to ${peer} failed before any answer (single operations go there for ${NO_KEEP_MS / 60_000} min): ${r.error.message.split('\n')[0]}`)
+      this.noBatch.set(peer, now + NO_KEEP_MS)
+      await this.deliver(peer, ds)
+      return
+    }
+    this.counters.keep_fallbacks += undescribed
+    this.counters.batches_sent++
+    this.counters.batched_ops += r.replies.length
+    const refusedKeeps: Delivery[] = []
+    r.replies.forEach((reply, i) => {
+      const { d } = sent[i]!
+      if (d.kind === 'keep') {
+        this.counters.keep_bytes_sent += reply.sent ?? 0
+        if (reply.kind === 'stored') this.counters.keeps_accepted++
+        else {
+          this.counters.keep_fallbacks++
+          log.debug(`mesh cache: ${peer} did not keep ${d.key.slice(0, 16)}: ${reply.reason}`)
+          if (d.owner) refusedKeeps.push(d)
+        }
+      } else if (reply.kind === 'stored') this.counters.entries_pushed++
+      else {
+        this.failures.refused++
+        log.debug(`mesh cache: ${peer} refused entry ${d.key.slice(0, 16)}: ${reply.reason}`)
+      }
+    })
+    if (r.error !== null) this.fail('error', peer, `publishing failed: ${r.error.message.split('\n')[0]}`)
+    // an owner that did not keep gets the entry whole
+    else await Promise.all(refusedKeeps.map((d) => this.put(peer, d.key, d.blob)))
   }
 
   /** Offer the signed entry `blob` of `key` to `peer`, an owner. */
@@ -547,10 +650,15 @@ export class MeshCache {
   /** A member that may take a keep: connected, holding entries for others, not known to lack keeps. */
   private takesKeeps(m: MeshMember | undefined, now: number): m is MeshMember {
     if (!m || m.self || m.connection === 'none' || m.load.sharesCache !== true || (this.skipped.get(m.peerId) ?? 0) > now) return false
-    const until = this.noKeep.get(m.peerId)
+    return this.current(this.noKeep, m.peerId, now)
+  }
+
+  /** `peer` is not (or no longer) marked in `older` as a member of the previous version. */
+  private current(older: Map<string, number>, peer: string, now: number): boolean {
+    const until = older.get(peer)
     if (until === undefined) return true
     if (until > now) return false
-    this.noKeep.delete(m.peerId)
+    older.delete(peer)
     return true
   }
 

@@ -36,8 +36,13 @@ export class Framed {
   private readonly stall = new AbortController()
   /** the caller's signal joined with `stall`, kept while the caller passes the same one */
   private joined: { from: AbortSignal | undefined; signal: AbortSignal } | null = null
+  /** allowUnread widened the read buffer */
+  private raised = false
 
-  constructor(readonly stream: Stream, private readonly opts: FramedOptions = {}) {
+  private readonly opts: FramedOptions
+
+  constructor(readonly stream: Stream, opts: FramedOptions = {}) {
+    this.opts = { ...opts } // setStallMs changes this copy
     this.lp = this.wrap(opts.maxBufferSize)
   }
 
@@ -54,6 +59,20 @@ export class Framed {
     if (bytes <= (this.opts.maxBufferSize ?? DEFAULT_UNREAD_BYTES)) return
     this.lp.unwrap() // what is buffered goes back onto the stream, for the new reader
     this.lp = this.wrap(bytes)
+    this.raised = true
+  }
+
+  /** The stall limit of the reads from now on (a stream that carries requests of different kinds). */
+  setStallMs(ms: number): void {
+    this.opts.stallMs = ms
+  }
+
+  /** Back to the room for unread bytes the stream started with, once what allowUnread reserved is given back. */
+  resetUnread(): void {
+    if (!this.raised) return
+    this.lp.unwrap()
+    this.lp = this.wrap(this.opts.maxBufferSize)
+    this.raised = false
   }
 
   // Not AbortSignal.timeout and AbortSignal.any per frame: each of those timers stays armed
