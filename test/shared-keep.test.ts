@@ -270,3 +270,22 @@ test('a forged keep is refused and counted: wrong content hash, garbage signatur
     rmSync(dir, { recursive: true, force: true })
   }
 })
+
+test('the entry a keep made of a kept job counts in the bytes kept: the oldest jobs go when it does not fit', () => {
+  const kept = new KeptJobs({ maxBytes: 1000 })
+  const a = kept.keep('p', [Buffer.alloc(300)])!
+  const b = kept.keep('p', [Buffer.alloc(300)])!
+  assert.deepEqual(kept.stats(), { jobs: 2, bytes: 600 })
+  const job = kept.take('p', b)!
+  kept.setEncoded(job, Buffer.alloc(250))
+  assert.deepEqual(kept.stats(), { jobs: 2, bytes: 850 })
+  // a larger one replaces it: past the bound, the oldest job goes
+  kept.setEncoded(job, Buffer.alloc(450))
+  assert.deepEqual(kept.stats(), { jobs: 1, bytes: 750 })
+  assert.equal(kept.take('p', a), null)
+  // its second (last) keep finds the entry, and the job is gone with it
+  assert.equal(kept.take('p', b)!.encoded!.length, 450)
+  assert.deepEqual(kept.stats(), { jobs: 0, bytes: 0 })
+  kept.setEncoded(job, Buffer.alloc(100))
+  assert.deepEqual(kept.stats(), { jobs: 0, bytes: 0 }, 'a job used up holds nothing')
+})

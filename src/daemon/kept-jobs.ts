@@ -29,12 +29,12 @@ export interface KeptJob {
    * the entry the last keep made of them (encoded, stored under that keep's key): a second keep
    * whose content hash is that entry's (the result under its depend-form key) reuses it rather
    * than encoding the same payload again; no larger than the parts (the body is stored as is
-   * when compressing would not shrink it)
+   * when compressing would not shrink it); set through KeptJobs.setEncoded, which counts it
    */
-  encoded: Buffer | null
+  readonly encoded: Buffer | null
 }
 
-interface Kept extends KeptJob { peer: string; bytes: number; until: number; uses: number }
+interface Kept extends KeptJob { id: string; encoded: Buffer | null; peer: string; bytes: number; until: number; uses: number }
 
 export const KEEP_ID_RE = /^[0-9a-f]{32}$/
 
@@ -66,7 +66,7 @@ export class KeptJobs {
       this.drop(id, k)
     }
     const id = randomBytes(16).toString('hex')
-    this.jobs.set(id, { peer, parts, encoded: null, bytes, until: Date.now() + this.ttlMs, uses: 0 })
+    this.jobs.set(id, { id, peer, parts, encoded: null, bytes, until: Date.now() + this.ttlMs, uses: 0 })
     this.bytes += bytes
     return id
   }
@@ -81,6 +81,23 @@ export class KeptJobs {
     const expired = k.until < Date.now()
     if (expired || ++k.uses >= this.maxUses) this.drop(id, k)
     return expired ? null : k
+  }
+
+  /**
+   * Hold the entry a keep made of `job`'s outputs for its next keep, counted in the bytes kept:
+   * the oldest jobs go when it does not fit (this one too, in its turn). A job used up holds nothing.
+   */
+  setEncoded(job: KeptJob, encoded: Buffer): void {
+    const k = job as Kept
+    if (this.jobs.get(k.id) !== k) return
+    const more = encoded.length - (k.encoded?.length ?? 0)
+    k.encoded = encoded
+    k.bytes += more
+    this.bytes += more
+    for (const [id, o] of this.jobs) {
+      if (this.bytes <= this.maxBytes) break
+      this.drop(id, o)
+    }
   }
 
   stats(): { jobs: number; bytes: number } {

@@ -707,7 +707,7 @@ export class MeshCache {
       checkSignature(key, req.contentHash, req.signature, (p) => trust.refusalToHold(p))
       const encoded = job.encoded?.subarray(20, 52).equals(req.contentHash) ? reKeyed([job.encoded], req.key)[0]! : await keptEntry(req, [...job.parts, extra])
       if (!encoded.subarray(20, 52).equals(req.contentHash)) return 'the entry made of that job\'s outputs does not have the signed content hash'
-      job.encoded = encoded
+      kept!.setEncoded(job, encoded)
       const signed = attachSignature(encoded, req.signature)
       const quota = store.admit(signed.length)
       if (quota !== null) return quota
