@@ -639,7 +639,8 @@ export class CompileService {
       if (shared && share) {
         const publish = () => {
           shared.publish(key, entry, share.producer?.built, encoded)
-          if (call.dependForm) this.track(this.publishDependForm(call, call.dependForm, entry, share.producer?.built, encoded))
+          // (in the background: a failure costs the others a cheap hit, never this compile)
+          if (call.dependForm) this.track(this.publishDependForm(call, call.dependForm, entry, share.producer?.built, encoded).catch((err: Error) => log.debug(`depend form of ${job.input} not published: ${err.message}`)))
         }
         if (!share.producer || !this.verifyLater(call, key, entry, share.producer, publish)) publish()
       }

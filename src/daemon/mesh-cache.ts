@@ -38,12 +38,13 @@
 // a refused keep is not followed by a put (a copy beyond the owners is not worth the entry). Lookups ask the owners, so such
 // an extra holder answers those whose owners change to include it, or who ask it by hint.
 // Fewer streams. A get or batch offers its stream for the next request to the same member
-// (cache-exchange.ts, again), which a lookup or publish soon after takes. What one publish run hands one member (puts and keeps: a job's result, its
-// depend form and manifest set, and other jobs' when publishing lags) goes on one stream, a batch
-// (cache-exchange.ts), and a publish waits PUBLISH_LINGER_MS for the others of its job to join
-// it: on bench-job-cpu's kernel units a remote job's client opened 7.2 cache-exchange streams, and
-// each costs both sides a yamux stream, protocol negotiation and a handler run. A member that fails
-// a batch before answering any of it (one of the previous version) gets them one by one for a while.
+// (cache-exchange.ts, again), which a lookup or publish soon after takes. What one publish run
+// hands one member (puts and keeps: a job's result, its depend form and manifest set, and other
+// jobs' when publishing lags) goes on one stream, a batch (cache-exchange.ts), and a publish waits
+// PUBLISH_LINGER_MS for the others of its job to join it: on bench-job-cpu's kernel units a remote
+// job's client opened 7.2 cache-exchange streams, and each costs both sides a yamux stream,
+// protocol negotiation and a handler run. A member that fails a batch before answering any of it
+// (one of the previous version) gets them one by one for a while.
 //   stats()              counters as a plain object (for stats.ts and status).
 //   serve()              answers the other members' gets and puts (protocols/cache-exchange.ts).
 import { join } from 'node:path'
@@ -742,7 +743,6 @@ function keptEntry(req: KeepRequest, pieces: Buffer[]): Promise<Buffer> {
   }
   return encodeEntry(entry, req.key, { uncompressed: true })
 }
-
 
 /**
  * The keep that describes `entry` (signed as `blob`) from the parts of `built`'s reply: each piece
