@@ -37,7 +37,7 @@ import { dirname, join, resolve } from 'node:path'
 import { fileURLToPath, pathToFileURL } from 'node:url'
 import { parseArgs } from 'node:util'
 import { BenchError, COMMON_BENCH_OPTIONS, countOption, fail, killRunningChildren, machineBusySeconds, run, runOk, toolList } from './lib/proc.js'
-import { fmtPct, fmtRatio, fmtSec, markdownTable, median, textTable } from './lib/stats.js'
+import { fmtPct, fmtRatio, fmtSec, markdownTable, median, pairRatios as ratiosOf, textTable } from './lib/stats.js'
 import { MESHCC_MAIN, type CacheCounts, type Tool, cleanEnv, meshccMissing, meshccTool, readPidLock, sccacheTool } from './lib/tools.js'
 import { meshccTool as meshccFarmTool } from './lib/dist-bench-tools.js'
 
@@ -412,9 +412,7 @@ const coldWall = (r: ToolResult) => median(coldsOf(r).map((b) => b.wallMs))
 const coldCpu = (r: ToolResult) => median(coldsOf(r).map((b) => b.cpuS))
 /** `of`'s cold builds over `base`'s, pair by pair (the n-th of each, built one after the other) */
 function pairRatios(of: ToolResult, base: ToolResult, field: 'wallMs' | 'cpuS'): number[] {
-  const a = coldsOf(of)
-  const b = coldsOf(base)
-  return a.slice(0, b.length).map((x, i) => x[field] / b[i]![field] - 1)
+  return ratiosOf(coldsOf(of).map((b) => b[field]), coldsOf(base).map((b) => b[field]))
 }
 
 function render(results: ToolResult[], info: RunInfo): string {

@@ -7,6 +7,11 @@ export function median(xs: number[]): number {
   return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2
 }
 
+/** `a` over `b`, pair by pair (the n-th of each, built one after the other), as a fraction over 1 */
+export function pairRatios(a: readonly number[], b: readonly number[]): number[] {
+  return a.slice(0, b.length).map((x, i) => x / b[i]! - 1)
+}
+
 export function mean(xs: number[]): number {
   return xs.length ? xs.reduce((a, b) => a + b, 0) / xs.length : NaN
 }
