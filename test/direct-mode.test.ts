@@ -169,6 +169,10 @@ test('a miss runs no preprocessor (depend mode); -MMD qualifies only with -nostd
   assert.equal(s.direct_hits, 3, 'a changed header listed by -MMD is a miss')
   const log = readFileSync(join(inst.cacheDir, 'meshcc.log'), 'utf8')
   assert.equal(log.match(/miss \(depend mode\)/g)?.length, 3, 'the -MD, the -nostdinc and the changed-header misses ran without -E')
+  // the compiler's outputs were moved into place (renamed), not copied: nothing of ours is left
+  await inst.run(['gcc', '-O2', '-MD', '-c', 'd.c', '-o', 'p.o'])
+  assert.deepEqual(readdirSync(inst.dir).filter((n) => n.includes('meshcc-tmp')), [], 'no temp file beside the outputs')
+  assert.equal(readFileSync(join(inst.dir, 'p.d'), 'utf8').split(':')[0], 'p.o', 'the depfile names the object, not its temp')
 })
 
 test('-MMD leaves out what a self-declared system header includes, however it declares itself: such a list makes no manifest', { timeout: 120_000 }, async () => {

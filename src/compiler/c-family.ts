@@ -4,7 +4,7 @@
 // the depfile lists) and preprocessed (the preprocessor's output, taken before compiling: the
 // way for a miss that may go to a peer, who needs those files).
 import { createHash } from 'node:crypto'
-import { readFile, rm } from 'node:fs/promises'
+import { readFile, rename, rm } from 'node:fs/promises'
 import { basename, dirname, join, resolve } from 'node:path'
 import type { CacheEntry } from '../cache/entry-format.js'
 import type { CompileRequest } from '../daemon/launcher-protocol.js'
@@ -140,9 +140,21 @@ class CJob implements CompileJob {
     const plan = spec.dependCompileArgs(objTemp, depPath)
     if (plan === null) return null
     this.temps.push(objTemp, depPath)
+    const depDest = userDep && resolve(req.cwd, this.outputs.find((o) => o.name === 'dep')!.path)
     return {
       args: plan.args,
       temps: [objTemp, depPath],
+      // the bytes collect() read are the files renamed: restore() would hand back the same for
+      // a compile in this directory (a depfile names the user's target: userDepArgs)
+      place: async () => {
+        try {
+          if (depDest) await rename(depPath, depDest)
+          await rename(objTemp, this.objDest)
+          return true
+        } catch {
+          return false
+        }
+      },
       collect: async () => {
         const obj = await readFile(objTemp).catch(() => null)
         const depText = await readFile(depPath).catch(() => null)

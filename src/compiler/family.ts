@@ -92,6 +92,12 @@ export interface RunPlan {
   /** the run writes the outputs where the user expects them (rustc into --out-dir): a miss need not write them again */
   inPlace?: boolean
   /**
+   * After a successful run and collect(): move the run's own outputs where the user expects
+   * them, a rename each (atomic, and no second write of bytes the compiler just wrote); false
+   * when one could not be moved, and the outputs are written from the entry instead
+   */
+  place?(): Promise<boolean>
+  /**
    * After a successful run: the outputs to store and hand back, and (depend plans) what the
    * compile read; null outputs when one is missing; null deps when the list cannot be had.
    */

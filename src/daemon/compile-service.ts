@@ -678,7 +678,8 @@ export class CompileService {
       // the others find the result through this set: published beside it
       if (r.exitCode === 0 && outputs) this.shared?.publish(sharedManifestKey(direct), manifestEntry(direct, entry))
     }
-    return await this.storeResult(call, key, r, outputs, record, plan.inPlace, key ? { producer: null } : null)
+    const placed = plan.inPlace || (outputs !== null && (await plan.place?.()) === true)
+    return await this.storeResult(call, key, r, outputs, record, placed, key ? { producer: null } : null)
   }
 
   /**
