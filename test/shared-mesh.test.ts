@@ -29,11 +29,12 @@ import { MeshCache, startMeshCache } from '../src/daemon/mesh-cache.js'
 import { sharedIdentity } from '../src/daemon/shared-identity.js'
 import { waitFor } from './helpers/mesh-proc.js'
 import { findCargo, toolchainRustc } from './helpers/cargo.js'
-import { CompileService, dependKey, sharedManifestKey } from '../src/daemon/compile-service.js'
+import { CompileService, dependKey } from '../src/daemon/compile-service.js'
 import { SharedCache } from '../src/daemon/shared-cache.js'
 import { Stats } from '../src/daemon/stats.js'
 import { LocalStore } from '../src/cache/local-store.js'
-import { encodeManifest, ManifestStore, type FileSet } from '../src/cache/manifest.js'
+import { encodeManifest, ManifestStore, sharedManifestEntry, sharedManifestKey, sharedManifestOf, type FileSet } from '../src/cache/manifest.js'
+import { signedManifestSet } from '../src/cache/shared-store.js'
 import { FileHasher } from '../src/cache/file-hashes.js'
 import { RustFamily } from '../src/compiler/rust-family.js'
 import type { CompileJob } from '../src/compiler/family.js'
@@ -458,6 +459,66 @@ test('a manifest set\'s holder sends the entry the set points at in the same ans
   assert.equal(B.cache!.stats().followed_hits, before.followed_hits + 1)
   assert.ok(B.lines.some((l) => l.startsWith('W ') && l.includes(H.mesh.peerId) && /bad signature/.test(l)), B.lines.join('\n'))
   await H.mesh.stop()
+})
+
+test('an owner keeps a manifest set\'s depend form when a pointer for the same command arrives (from a member, or published by the owner itself); a depend form replaces a pointer, a pointer a pointer', { timeout: 60_000 }, async () => {
+  // a command whose manifest set A and C own: L (holding nothing for others) publishes, asks, and
+  // is answered by an owner
+  let direct = ''
+  for (let i = 0; ; i++) {
+    direct = k(`owner keeps ${i}`)
+    const o = ownersOf(sharedManifestKey(direct), sharing())
+    if (o.includes(A.mesh.peerId) && o.includes(C.mesh.peerId)) break
+  }
+  const key = sharedManifestKey(direct)
+  const files = (tag: string): Array<[string, string]> => [['/src/unit.c', k(`unit.c ${tag}`)], ['/src/unit.h', k(`unit.h ${tag}`)]]
+  const dependForm = (tag: string): CacheEntry => sharedManifestEntry(direct, { files: files(tag), result: dependKey(direct, { files: files(tag) }) })
+  const pointer = (tag: string): CacheEntry => sharedManifestEntry(direct, { files: files(tag), result: k(`preprocessed ${tag}`) }, true)
+  const publish = async (m: Member, e: CacheEntry) => { m.cache!.publish(key, e); await m.cache!.flushed() }
+  /** what L is served, and what each owner holds: [tag of the set's files, pointer or depend form] */
+  const tagOf = (set: { sets: FileSet[]; preprocess: boolean } | null) => set && `${['v1', 'v2', 'v3'].find((t) => set.sets[0]!.files[0]![1] === k(`unit.c ${t}`))} ${set.preprocess ? 'pointer' : 'depend'}`
+  const served = async () => {
+    const hit = await L.cache!.lookup(key)
+    return tagOf(hit && sharedManifestOf(key, hit.entry))
+  }
+  const held = async (owner: Member) => tagOf(await signedManifestSet(key, readFileSync(join(owner.config.cache.dir, 'shared', key.slice(0, 2), key))))
+
+  await publish(L, dependForm('v1'))
+  assert.equal(await served(), 'v1 depend')
+  // B's files were too new to vouch for: a pointer, which both owners refuse
+  const refused = A.cache!.stats().entries_refused_for_others + C.cache!.stats().entries_refused_for_others
+  const logged = [A.lines.length, C.lines.length]
+  await publish(B, pointer('v2'))
+  assert.equal(A.cache!.stats().entries_refused_for_others + C.cache!.stats().entries_refused_for_others, refused + 2)
+  assert.equal(await served(), 'v1 depend', 'the owners still serve the depend form')
+  for (const owner of [A, C]) assert.equal(await held(owner), 'v1 depend', `${owner.name} holds the depend form`)
+  assert.deepEqual([A.lines.slice(logged[0]), C.lines.slice(logged[1])].flat().filter((l) => l.startsWith('W ')), [], 'an honest pointer is no warning')
+  // an owner's own pointer does not replace the depend form it holds either (its own store is the owner's copy)
+  await publish(A, pointer('v3'))
+  for (const owner of [A, C]) assert.equal(await held(owner), 'v1 depend', `${owner.name} holds the depend form`)
+  assert.equal(await served(), 'v1 depend')
+  // a depend form replaces a depend form, as before
+  await publish(B, dependForm('v2'))
+  for (const owner of [A, C]) assert.equal(await held(owner), 'v2 depend')
+
+  // another command: a pointer is held until a pointer or a depend form replaces it
+  for (let i = 0; ; i++) {
+    direct = k(`pointer first ${i}`)
+    const o = ownersOf(sharedManifestKey(direct), sharing())
+    if (o.includes(A.mesh.peerId) && o.includes(C.mesh.peerId)) break
+  }
+  const key2 = sharedManifestKey(direct)
+  const publish2 = async (m: Member, e: CacheEntry) => { m.cache!.publish(key2, e); await m.cache!.flushed() }
+  const served2 = async () => {
+    const hit = await L.cache!.lookup(key2)
+    return tagOf(hit && sharedManifestOf(key2, hit.entry))
+  }
+  await publish2(L, pointer('v1'))
+  assert.equal(await served2(), 'v1 pointer')
+  await publish2(B, pointer('v2'))
+  assert.equal(await served2(), 'v2 pointer')
+  await publish2(L, dependForm('v3'))
+  assert.equal(await served2(), 'v3 depend')
 })
 
 /** `n` keys both of whose owners are A and C */

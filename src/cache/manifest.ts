@@ -17,6 +17,7 @@ import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { createHash, randomBytes } from 'node:crypto'
 import { clip } from '../log.js'
+import type { CacheEntry } from './entry-format.js'
 
 export interface FileSet {
   /**
@@ -120,23 +121,18 @@ export function encodeManifest(key: string, m: Manifest): string {
   return `${sha256(json)}\n${json}`
 }
 
-/**
- * The result key the newest set of a manifest points at, read loosely (no checksum, no command
- * key: a member holding a set for others knows neither the command nor whether it applies), or
- * null. Only a hint of what to send along: whoever uses the set checks it whole (parseManifest).
- */
-export function manifestResultHint(text: string): string | null {
-  if (text.length > MAX_BYTES || text[64] !== '\n') return null
-  try {
-    const result = (JSON.parse(text.slice(65)) as { sets?: Array<{ result?: unknown }> }).sets?.[0]?.result
-    return typeof result === 'string' && HEX64.test(result) ? result : null
-  } catch {
-    return null
-  }
-}
-
 /** The manifest in `text`, written for `key`; or why it is not one ('old format' for an older meshcc's). */
 export function parseManifest(text: string, key: string): Manifest | string {
+  const d = manifestDoc(text)
+  if (typeof d === 'string') return d
+  if (d.key !== key) return `written for command ${typeof d.key === 'string' ? clip(d.key, 64) : 'unknown'}, not this one`
+  return manifestOf(d)
+}
+
+type ManifestDoc = { format?: unknown; key?: unknown; sets?: unknown; preprocess?: unknown }
+
+/** The JSON of a manifest whose checksum and format are right, or why it is not one. */
+function manifestDoc(text: string): ManifestDoc | string {
   const checked = text.length > 65 && text[64] === '\n' && HEX64.test(text.slice(0, 64))
   const json = checked ? text.slice(65) : text
   if (checked && sha256(json) !== text.slice(0, 64)) return 'checksum mismatch'
@@ -147,10 +143,14 @@ export function parseManifest(text: string, key: string): Manifest | string {
     return checked ? 'not JSON' : 'no checksum'
   }
   if (typeof doc !== 'object' || doc === null) return 'not a manifest'
-  const d = doc as { format?: unknown; key?: unknown; sets?: unknown; preprocess?: unknown }
+  const d = doc as ManifestDoc
   if (!checked) return typeof d.format === 'string' && OLD_FORMATS.has(d.format) ? 'old format' : 'no checksum'
   if (d.format !== FORMAT) return 'not a manifest'
-  if (d.key !== key) return `written for command ${typeof d.key === 'string' ? clip(d.key, 64) : 'unknown'}, not this one`
+  return d
+}
+
+/** The sets and hint of a manifest's JSON, each set checked, or why they are malformed. */
+function manifestOf(d: ManifestDoc): Manifest | string {
   const sets = d.sets
   if (!Array.isArray(sets)) return 'no sets'
   for (const s of sets) {
@@ -164,4 +164,39 @@ export function parseManifest(text: string, key: string): Manifest | string {
     }
   }
   return { sets: sets as FileSet[], preprocess: d.preprocess === true }
+}
+
+// --- manifest sets in the mesh ---
+// A member publishes the set a result was made from as an entry of one output named
+// 'manifest', under a key made from the command's direct key: a depend form (its result is
+// the key its files make) or a pointer ("preprocess": its result is a preprocessed key).
+
+const SHARED_MANIFEST_VERSION = 'meshcc-shared-manifest-1'
+/** Sets are kilobytes: a holder reads none larger than this, packed or unpacked (a member cannot make it unpack a big entry of its own). */
+export const MAX_SHARED_SET_BYTES = 4 * 1024 * 1024
+
+/** Where the mesh holds the manifest set of a direct key (depend-mode results, and content-keyed ones in depend form). */
+export function sharedManifestKey(direct: string): string {
+  return createHash('sha256').update(`${SHARED_MANIFEST_VERSION}\0${direct}`).digest('hex')
+}
+
+/** A manifest set as the mesh carries it: an entry of one output, the set's manifest text; `pointer`: its result is a preprocessed key. */
+export function sharedManifestEntry(direct: string, set: FileSet, pointer = false): CacheEntry {
+  const data = Buffer.from(encodeManifest(direct, { sets: [set], preprocess: pointer }))
+  return { exitCode: 0, stdout: Buffer.alloc(0), stderr: Buffer.alloc(0), outputs: [{ name: 'manifest', data }] }
+}
+
+/**
+ * The manifest set `entry` carries when it is one for the mesh key `key` (what
+ * sharedManifestEntry makes, for a command whose sharedManifestKey is `key`: a holder can tell
+ * without knowing the command), or null. Not checked against anyone's files: whoever uses the
+ * set checks that (compile-service.ts).
+ */
+export function sharedManifestOf(key: string, entry: CacheEntry): Manifest | null {
+  const out = entry.outputs
+  if (out.length !== 1 || out[0]!.name !== 'manifest' || out[0]!.data.length > MAX_SHARED_SET_BYTES) return null
+  const d = manifestDoc(out[0]!.data.toString('utf8'))
+  if (typeof d === 'string' || typeof d.key !== 'string' || sharedManifestKey(d.key) !== key) return null
+  const m = manifestOf(d)
+  return typeof m === 'string' ? null : m
 }

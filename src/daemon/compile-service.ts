@@ -12,7 +12,7 @@ import type { CompileSpec } from '../compiler/types.js'
 import type { CacheEntry, LocalStore } from '../cache/local-store.js'
 import { encodeEntryPieces, reKeyed } from '../cache/entry-format.js'
 import { FileHasher, type FileHash } from '../cache/file-hashes.js'
-import { encodeManifest, parseManifest, type FileSet, type ManifestStore } from '../cache/manifest.js'
+import { parseManifest, sharedManifestEntry, sharedManifestKey, type FileSet, type ManifestStore } from '../cache/manifest.js'
 import type { InputSet } from '../compiler/inputs.js'
 import { hashedInputs, sharedSetRefusal, type CompileJob, type CompilerFamily, type ContentKey, type Dependencies, type FamilyContext, type OutputBlobs, type RunPlan } from '../compiler/family.js'
 import { CFamily } from '../compiler/c-family.js'
@@ -35,7 +35,6 @@ export type CompileReply =
   | { kind: 'fallback'; reason: string }
 
 const DEPEND_KEY_VERSION = 'meshcc-depend-1'
-const SHARED_MANIFEST_VERSION = 'meshcc-shared-manifest-1'
 /** a shared manifest set naming more files than this is not checked (a crate's dep-info is a few hundred) */
 const MAX_SHARED_SET_FILES = 20_000
 /** compilers' file hashes kept beside the cache entries (a Rust toolchain is hashed once, not by every daemon) */
@@ -676,7 +675,7 @@ export class CompileService {
       const entry: FileSet = { ...set, result: key }
       record = { direct, write: () => this.manifestWrite(direct, this.opts.direct!.add(direct, entry)) }
       // the others find the result through this set: published beside it
-      if (r.exitCode === 0 && outputs) this.shared?.publish(sharedManifestKey(direct), manifestEntry(direct, entry))
+      if (r.exitCode === 0 && outputs) this.shared?.publish(sharedManifestKey(direct), sharedManifestEntry(direct, entry))
     }
     const placed = plan.inPlace || (outputs !== null && (await plan.place?.()) === true)
     return await this.storeResult(call, key, r, outputs, record, placed, key ? { producer: null } : null)
@@ -751,7 +750,7 @@ export class CompileService {
     if (recorded.files.length > MAX_SHARED_SET_FILES) return
     const key = dependKey(form.direct, recorded)
     this.shared!.publish(key, entry, built, encoded?.then((pieces) => reKeyed(pieces, key)))
-    this.shared!.publish(sharedManifestKey(form.direct), manifestEntry(form.direct, { ...recorded, result: key }))
+    this.shared!.publish(sharedManifestKey(form.direct), sharedManifestEntry(form.direct, { ...recorded, result: key }))
   }
 
   /**
@@ -766,7 +765,7 @@ export class CompileService {
     if (set.files.length > MAX_SHARED_SET_FILES || !hashes.every((f) => f !== null && !f.volatile)) return
     const files = set.files.map((p, i): [string, string] => [p, hashes[i]!.hash])
     const pointer = call.job.recordSet ? call.job.recordSet(files, []) : { files }
-    this.shared!.publish(sharedManifestKey(form.direct), manifestEntry(form.direct, { ...pointer, result: form.k.key }, true))
+    this.shared!.publish(sharedManifestKey(form.direct), sharedManifestEntry(form.direct, { ...pointer, result: form.k.key }, true))
   }
 
   /** The unit's content key (its preprocessor run), once per call. */
@@ -936,17 +935,6 @@ export class CompileService {
   async drain(): Promise<void> {
     await Promise.all([...this.pendingWrites])
   }
-}
-
-/** A manifest set as the mesh carries it: an entry of one output, the set's manifest text; `pointer`: its result is a preprocessed key. */
-function manifestEntry(direct: string, set: FileSet, pointer = false): CacheEntry {
-  const data = Buffer.from(encodeManifest(direct, { sets: [set], preprocess: pointer }))
-  return { exitCode: 0, stdout: Buffer.alloc(0), stderr: Buffer.alloc(0), outputs: [{ name: 'manifest', data }] }
-}
-
-/** Where the mesh holds the manifest set of a direct key (depend-mode results, and content-keyed ones in depend form). */
-export function sharedManifestKey(direct: string): string {
-  return createHash('sha256').update(`${SHARED_MANIFEST_VERSION}\0${direct}`).digest('hex')
 }
 
 /** The result key of a depend-mode compile: its direct key and every file (and variable) it read. */

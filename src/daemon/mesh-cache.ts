@@ -52,11 +52,10 @@ import type { Libp2p } from '@libp2p/interface'
 import type { Config } from '../config.js'
 import type { Logger } from '../log.js'
 import type { MeshMember } from '../mesh/mesh.js'
-import { EntryFormatError, decodeEntry, encodeEntry, isValidKey, reKeyed, type CacheEntry } from '../cache/entry-format.js'
-import { manifestResultHint } from '../cache/manifest.js'
+import { EntryFormatError, encodeEntry, isValidKey, reKeyed, type CacheEntry } from '../cache/entry-format.js'
 import { DEFAULT_OWNERS, ownersOf } from '../cache/owners.js'
-import { SharedStore } from '../cache/shared-store.js'
-import { MAX_SIGNED_ENTRY_BYTES, SignedEntryError, attachSignature, checkSignature, openSignedEntry, sealEncoded, sealEntry, signatureOf, wrappedEntry, type EntrySigner } from '../cache/signed-entry.js'
+import { SharedStore, signedManifestSet } from '../cache/shared-store.js'
+import { MAX_SIGNED_ENTRY_BYTES, SignedEntryError, attachSignature, checkSignature, openSignedEntry, sealEncoded, sealEntry, signatureOf, type EntrySigner } from '../cache/signed-entry.js'
 import type { TrustPolicy } from '../cache/trust.js'
 import { BackgroundQueue } from '../cache/background-queue.js'
 import { KEEP_MAX_BYTES, MAX_BATCH_OPS, getEntry, keepEntry, putEntry, ReusableStreams, sendBatch, serveCacheExchange, type BatchOp, type CacheExchangeServer, type FollowedEntry, type KeepRequest, type PartRef } from '../mesh/protocols/cache-exchange.js'
@@ -69,11 +68,6 @@ const LATE_ANSWERS_BEFORE_SKIP = 3
 const FOLLOWED_TTL_MS = 10_000
 const MAX_FOLLOWED = 32
 const MAX_FOLLOWED_BYTES = 64 * 1024 * 1024
-/**
- * a holder reads a manifest set it sends along only up to this size, packed and unpacked: a
- * member cannot make it unpack a big entry of its own on every request (sets are kilobytes)
- */
-const MAX_SET_BYTES = 4 * 1024 * 1024
 /** a member whose keep failed as a stream (one of the previous version) gets whole entries for this long; one whose batch failed, single operations */
 const NO_KEEP_MS = 10 * 60_000
 /** a publish waits this long for the other publishes of its job (they follow within milliseconds), to share their streams */
@@ -273,7 +267,8 @@ export class MeshCache {
         const r = await store!.put(key, blob)
         if (r.stored) { this.counters.entries_stored_for_others++; return null }
         this.counters.entries_refused_for_others++
-        if (r.kind !== 'quota') log.warn(`refused a cache entry offered by ${peer}: ${r.reason}`)
+        if (r.kind === 'held') log.debug(`kept the manifest set held for ${key.slice(0, 16)} rather than ${peer}'s: ${r.reason}`)
+        else if (r.kind !== 'quota') log.warn(`refused a cache entry offered by ${peer}: ${r.reason}`)
         return r.reason
       },
       onServed: () => { this.counters.entries_served++ },
@@ -325,7 +320,7 @@ export class MeshCache {
       // and this member keeps it when it is an owner itself
       const missed = asked.filter((id, i) => answers[i]!.kind === 'miss' && owners.includes(id))
       if (missed.length > 0) this.queue.push({ key, entry: null, blob: hit.blob, targets: missed, built: null })
-      if (owners.includes(this.self)) void this.opts.store?.keepVerified(key, hit.blob).catch(() => {})
+      if (owners.includes(this.self)) void this.opts.store?.keepVerified(key, hit.blob, hit.hit.entry).catch(() => {})
       return hit.hit
     } catch (err) {
       this.failures.error++
@@ -430,14 +425,11 @@ export class MeshCache {
    */
   private async followedBy(key: string, blob: Buffer): Promise<FollowedEntry | null> {
     try {
-      const encoded = blob.length <= MAX_SET_BYTES ? wrappedEntry(blob) : null
-      const entry = encoded && (await decodeEntry(encoded, key, { maxPayloadBytes: MAX_SET_BYTES }))
-      const text = entry?.outputs.length === 1 && entry.outputs[0]!.name === 'manifest' ? entry.outputs[0]!.data.toString('utf8') : null
-      const next = text === null ? null : manifestResultHint(text)
-      const nextBlob = next === null || next === key ? null : await this.opts.store!.get(next)
+      const next = (await signedManifestSet(key, blob))?.sets[0]?.result
+      const nextBlob = next === undefined || next === key ? null : await this.opts.store!.get(next)
       return nextBlob && { key: next!, blob: nextBlob }
     } catch {
-      return null // not a manifest set, or one this member cannot read: the plain answer
+      return null // the store closing: the plain answer
     }
   }
 
@@ -545,7 +537,7 @@ export class MeshCache {
         return []
       }
       // the producer keeps what it made: callers that know who made an entry may ask it
-      await store?.keepVerified(item.key, blob).catch((err: Error) => log.warn(`cannot keep cache entry ${item.key.slice(0, 16)} for the mesh: ${err.message}`))
+      await store?.keepVerified(item.key, blob, item.entry!).catch((err: Error) => log.warn(`cannot keep cache entry ${item.key.slice(0, 16)} for the mesh: ${err.message}`))
     }
     const members = mesh.members()
     const byId = new Map(members.map((m) => [m.peerId, m]))
@@ -709,11 +701,7 @@ export class MeshCache {
       const encoded = job.encoded?.subarray(20, 52).equals(req.contentHash) ? reKeyed([job.encoded], req.key)[0]! : await keptEntry(req, [...job.parts, extra])
       if (!encoded.subarray(20, 52).equals(req.contentHash)) return 'the entry made of that job\'s outputs does not have the signed content hash'
       kept!.setEncoded(job, encoded)
-      const signed = attachSignature(encoded, req.signature)
-      const quota = store.admit(signed.length)
-      if (quota !== null) return quota
-      await store.keepVerified(req.key, signed)
-      return null
+      return await store.keepVerified(req.key, attachSignature(encoded, req.signature))
     } catch (err) {
       if (err instanceof SignedEntryError || err instanceof EntryFormatError) return err.message
       throw err
